@@ -1,0 +1,36 @@
+# The two commands of the README: `make test` and `make demo`. Both set up .venv first (pip only).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Extra arguments for the demo, e.g. `make demo DEMO_ARGS=--full` for every prompt instead of a sample.
+DEMO_ARGS ?=
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test demo lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==25.3
+	# torch first and alone: the CPU build on disk; any other torch request pulls a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: setup lint
+	$(BIN)/pytest
+
+demo: setup
+	$(BIN)/python -m benchmarks.routing_quality $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .ruff_cache

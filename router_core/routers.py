@@ -1,0 +1,321 @@
+"""Routers: predict each LLM's error on a prompt, then pick argmin_h [error(x, h) + cost_weight * cost(h)].
+
+Every router is fitted on the *validation* prompts: their embeddings and each LLM's errors on them. LLMs
+join or leave the pool with ``add_llm`` / ``remove_llm``, which never refit anything learned from training
+data (the cluster map of ``UniRouter``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, Self
+
+import numpy as np
+import polars as pl
+
+from router_core._errors import NotFittedError, RouterInputError
+from router_core.cluster_maps import ClusterMap, check_embeddings
+from router_core.features import llm_error_features
+from router_core.frames import check_cost, check_llms, error_matrix
+
+__all__ = ["KNNRouter", "OracleRouter", "RandomRouter", "Router", "UniRouter", "ZeroRouter", "choose"]
+
+
+def choose(predicted_error: np.ndarray, costs: np.ndarray, cost_weight: float) -> np.ndarray:
+    """Column index of argmin_h [predicted_error + cost_weight * cost] per row; ties go to the cheaper LLM.
+
+    ``cost_weight=inf`` sends every prompt to the cheapest LLM.
+    """
+    if cost_weight is None or np.isnan(cost_weight) or cost_weight < 0:
+        raise RouterInputError("cost_weight", cost_weight, "must be a number >= 0 (inf allowed)")
+    order = np.argsort(costs, kind="stable")
+    if np.isinf(cost_weight):
+        return np.full(predicted_error.shape[0], order[0])
+    score = predicted_error[:, order] + cost_weight * costs[order]
+    return order[score.argmin(axis=1)]
+
+
+class Router(ABC):
+    """Base router. Subclasses implement ``predict_error`` from the stored validation errors."""
+
+    # ---- fitting and the pool -------------------------------------------------------------------------
+    def fit(
+        self,
+        embeddings: np.ndarray,
+        prompt_ids: Sequence,
+        outcomes: pl.DataFrame,
+        llms: pl.DataFrame,
+    ) -> Self:
+        """Fit on validation prompts given as frames.
+
+        Parameters
+        ----------
+        embeddings : (n, d) array
+            Embeddings of the validation prompts, in the order of ``prompt_ids``.
+        prompt_ids : sequence
+            Ids of the validation prompts.
+        outcomes : polars.DataFrame
+            ``model, prompt_id, score`` (score 1 = correct); rows for other prompts are ignored.
+        llms : polars.DataFrame
+            ``model, cost``: the pool.
+        """
+        check_llms(llms)
+        models = llms["model"].to_list()
+        errors = error_matrix(outcomes, prompt_ids, models)
+        return self.fit_arrays(embeddings, errors, models, llms["cost"].to_list(), prompt_ids)
+
+    def fit_arrays(
+        self,
+        embeddings: np.ndarray,
+        errors: np.ndarray,
+        llms: Sequence[str],
+        costs: Sequence[float],
+        prompt_ids: Sequence | None = None,
+    ) -> Self:
+        """Fit on validation prompts given as arrays: ``errors`` is (n, M), NaN where not collected."""
+        x = check_embeddings(embeddings)
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.ndim != 2 or errors.shape != (x.shape[0], len(llms)):
+            raise RouterInputError("errors", errors.shape, f"must be (n_prompts, n_llms)=({x.shape[0]}, {len(llms)})")
+        if len(costs) != len(llms):
+            raise RouterInputError("costs", len(costs), f"needs one cost per LLM ({len(llms)})")
+        if prompt_ids is not None and len(prompt_ids) != x.shape[0]:
+            raise RouterInputError("prompt_ids", len(prompt_ids), f"needs one id per embedding ({x.shape[0]})")
+        self.validation_prompt_ids_ = None if prompt_ids is None else list(prompt_ids)
+        self.embedding_dim_ = x.shape[1]
+        self._fit_prompts(x)
+        self.llms_: list[str] = []
+        self.costs_ = np.zeros(0)
+        self.validation_errors_ = np.zeros((x.shape[0], 0))
+        for j, (name, cost) in enumerate(zip(llms, costs, strict=True)):
+            self._append(name, errors[:, j], cost)
+        self._pool_changed()
+        return self
+
+    def add_llm(self, name: str, validation_errors: np.ndarray | pl.DataFrame, cost: float) -> Self:
+        """Add an LLM from its errors on the validation prompts; nothing is refit.
+
+        ``validation_errors`` is an (n_val,) array of errors in [0, 1] (NaN = not collected), in the order of
+        the validation prompts, or a frame ``prompt_id, score`` (needs ``fit`` with prompt ids).
+        """
+        self._check_fitted()
+        if isinstance(validation_errors, pl.DataFrame):
+            if self.validation_prompt_ids_ is None:
+                raise RouterInputError("validation_errors", "DataFrame", "router was fitted without prompt ids")
+            frame = validation_errors.with_columns(pl.lit(name).alias("model"))
+            validation_errors = error_matrix(frame, self.validation_prompt_ids_, [name])[:, 0]
+        self._append(name, validation_errors, cost)
+        self._pool_changed()
+        return self
+
+    def remove_llm(self, name: str) -> Self:
+        """Remove an LLM from the pool; nothing is refit."""
+        j = self._index([name])[0]
+        del self.llms_[j]
+        self.costs_ = np.delete(self.costs_, j)
+        self.validation_errors_ = np.delete(self.validation_errors_, j, axis=1)
+        self._pool_changed()
+        return self
+
+    def _append(self, name: str, errors: np.ndarray, cost: float) -> None:
+        if not isinstance(name, str) or not name:
+            raise RouterInputError("model", name, "must be a non-empty string")
+        if name in self.llms_:
+            raise RouterInputError("model", name, "is already in the pool (remove_llm first to replace it)")
+        cost = check_cost(name, cost)
+        errors = np.asarray(errors, dtype=np.float64).reshape(-1)
+        if errors.shape[0] != self.validation_errors_.shape[0]:
+            raise RouterInputError(
+                "validation_errors",
+                errors.shape,
+                f"needs one value per validation prompt ({self.validation_errors_.shape[0]})",
+            )
+        llm_error_features(np.ones((errors.shape[0], 1)), errors, llms=[name])  # raises on empty/out of range
+        self.llms_.append(name)
+        self.costs_ = np.append(self.costs_, cost)
+        self.validation_errors_ = np.column_stack([self.validation_errors_, errors])
+
+    # ---- prediction -----------------------------------------------------------------------------------
+    def predict_error(self, embeddings: np.ndarray, candidates: Sequence[str] | None = None) -> np.ndarray:
+        """(n, M) predicted error of each pool LLM (or of ``candidates``, in that order) on each prompt."""
+        self._check_fitted()
+        x = check_embeddings(embeddings, self.embedding_dim_)
+        return self._predict_error(x)[:, self._index(candidates)]
+
+    def route(self, embeddings: np.ndarray, cost_weight: float, candidates: Sequence[str] | None = None) -> np.ndarray:
+        """Name of the chosen LLM per prompt: argmin_h [predicted error + cost_weight * cost(h)]."""
+        idx = self._index(candidates)
+        choice = choose(self.predict_error(embeddings, candidates), self.costs_[idx], cost_weight)
+        return np.asarray(self.llms_, dtype=object)[idx][choice]
+
+    def _index(self, candidates: Sequence[str] | None) -> np.ndarray:
+        self._check_fitted()
+        if candidates is None:
+            if not self.llms_:
+                raise RouterInputError("candidates", [], "the pool is empty")
+            return np.arange(len(self.llms_))
+        if isinstance(candidates, str):
+            candidates = [candidates]
+        if len(candidates) == 0:
+            raise RouterInputError("candidates", list(candidates), "must name at least one LLM")
+        position = {name: j for j, name in enumerate(self.llms_)}
+        unknown = [c for c in candidates if c not in position]
+        if unknown:
+            raise RouterInputError("candidates", unknown[0], f"unknown LLM; the pool is {self.llms_}")
+        if len(set(candidates)) != len(candidates):
+            raise RouterInputError("candidates", list(candidates), "contains duplicates")
+        return np.array([position[c] for c in candidates])
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "llms_"):
+            raise NotFittedError(self)
+
+    # ---- hooks for subclasses -------------------------------------------------------------------------
+    def _fit_prompts(self, x: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Store what the router needs from the validation embeddings."""
+
+    def _pool_changed(self) -> None:  # noqa: B027 - optional hook
+        """Refresh per-LLM state after the pool changed."""
+
+    @abstractmethod
+    def _predict_error(self, x: np.ndarray) -> np.ndarray:
+        """(n, M) predicted errors for the whole pool."""
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-serialisable)."""
+        return {}
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        """Prompt-side fitted state (the pool's errors and costs are saved by the base class)."""
+        return {}
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027 - optional hook
+        """Restore ``get_arrays()``."""
+
+
+class UniRouter(Router):
+    """UniRoute: error(x, h) = Phi(x) . Psi(h), with Psi from h's validation errors per cluster.
+
+    Parameters
+    ----------
+    cluster_map : ClusterMap
+        A map already fitted on training prompts (``KMeansClusterMap`` or ``LearnedClusterMap``).
+    shrinkage : float
+        Prior weight (in prompts) pulling sparse clusters toward the LLM's overall error; see
+        :func:`router_core.llm_error_features`.
+    """
+
+    def __init__(self, cluster_map: ClusterMap, shrinkage: float = 0.0) -> None:
+        self.cluster_map = cluster_map
+        self.shrinkage = shrinkage
+
+    def _fit_prompts(self, x: np.ndarray) -> None:
+        self.validation_assignments_ = self.cluster_map.transform(x)
+
+    def _pool_changed(self) -> None:
+        self.psi_ = (
+            llm_error_features(self.validation_assignments_, self.validation_errors_, self.shrinkage, self.llms_)
+            if self.llms_
+            else np.zeros((0, self.validation_assignments_.shape[1]))
+        )
+
+    def _predict_error(self, x: np.ndarray) -> np.ndarray:
+        return self.cluster_map.transform(x) @ self.psi_.T
+
+    def get_params(self) -> dict[str, Any]:
+        return {"shrinkage": self.shrinkage}
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        return {"validation_assignments": self.validation_assignments_}
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.validation_assignments_ = arrays["validation_assignments"]
+
+
+class ZeroRouter(Router):
+    """Prompt-blind baseline: every prompt gets each LLM's overall validation error.
+
+    Its deferral curve, after the concave hull, is the best random mixture of single LLMs.
+    """
+
+    def _predict_error(self, x: np.ndarray) -> np.ndarray:
+        overall = np.nanmean(self.validation_errors_, axis=0)
+        return np.broadcast_to(overall, (x.shape[0], overall.shape[0]))
+
+
+class KNNRouter(Router):
+    """error(x, h) = mean error of h on the k validation prompts nearest to x (cosine similarity).
+
+    Parameters
+    ----------
+    n_neighbors : int
+        k.
+    """
+
+    def __init__(self, n_neighbors: int = 10) -> None:
+        self.n_neighbors = n_neighbors
+
+    def _fit_prompts(self, x: np.ndarray) -> None:
+        if not isinstance(self.n_neighbors, int | np.integer) or not 1 <= self.n_neighbors <= x.shape[0]:
+            raise RouterInputError("n_neighbors", self.n_neighbors, f"must be in [1, {x.shape[0]}]")
+        self.validation_embeddings_ = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def _predict_error(self, x: np.ndarray) -> np.ndarray:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        similarity = x @ self.validation_embeddings_.T
+        k = self.n_neighbors
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]  # (n, k)
+        neighbour_errors = self.validation_errors_[nearest]  # (n, k, M)
+        observed = ~np.isnan(neighbour_errors)
+        total = np.where(observed, neighbour_errors, 0.0).sum(axis=1)
+        count = observed.sum(axis=1)
+        overall = np.nanmean(self.validation_errors_, axis=0)
+        return np.where(count > 0, total / np.maximum(count, 1), overall)
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_neighbors": self.n_neighbors}
+
+    def get_arrays(self) -> dict[str, np.ndarray]:
+        return {"validation_embeddings": self.validation_embeddings_}
+
+    def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.validation_embeddings_ = arrays["validation_embeddings"]
+
+
+class RandomRouter(Router):
+    """Baseline: i.i.d. uniform "errors", so cost_weight=0 picks an LLM uniformly at random.
+
+    Parameters
+    ----------
+    seed : int
+        The same seed and input shape give the same routes.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def _predict_error(self, x: np.ndarray) -> np.ndarray:
+        return np.random.default_rng(self.seed).uniform(size=(x.shape[0], len(self.llms_)))
+
+    def get_params(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+
+class OracleRouter(Router):
+    """Upper bound with hindsight: fitted on the *evaluation* prompts, it knows each LLM's true error there.
+
+    ``predict_error`` looks each embedding up among the fitted ones (exact match) and raises on any other.
+    """
+
+    def _fit_prompts(self, x: np.ndarray) -> None:
+        self._row_of: dict[bytes, int] = {}
+        for i, row in enumerate(x):
+            self._row_of.setdefault(row.tobytes(), i)
+
+    def _predict_error(self, x: np.ndarray) -> np.ndarray:
+        rows = [self._row_of.get(row.tobytes()) for row in x]
+        if None in rows:
+            raise RouterInputError("embeddings", rows.index(None), "row is not one of the oracle's prompts")
+        errors = self.validation_errors_[rows]
+        return np.where(np.isnan(errors), 1.0, errors)

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from router_core import (
+    KMeansClusterMap,
+    KNNRouter,
+    LearnedClusterMap,
+    OracleRouter,
+    RandomRouter,
+    UniRouter,
+    ZeroRouter,
+    audc,
+    concave_hull,
+    deferral_curve,
+    plot_deferral_curves,
+    qnc,
+)
+
+
+def _curve(points):
+    return pl.DataFrame(points, schema=["cost", "accuracy"], orient="row")
+
+
+def test_hull_drops_points_under_the_chord_and_is_flat_after_the_peak():
+    curve = _curve([(1, 0.2), (2, 0.3), (3, 0.6), (4, 0.5), (3, 0.4)])
+    hull = concave_hull(curve)
+    assert hull.rows() == [(1.0, 0.2), (3.0, 0.6)]
+    assert audc(curve, (1, 5)) == pytest.approx(((0.2 + 0.6) / 2 * 2 + 0.6 * 2) / 4)
+
+
+def test_audc_holds_the_first_point_left_of_it():
+    assert audc(_curve([(2, 0.5), (4, 0.7)]), (0, 4)) == pytest.approx((0.5 * 2 + 0.6 * 2) / 4)
+
+
+def test_qnc_interpolates_on_the_hull_and_is_inf_when_never_reached():
+    curve = _curve([(1, 0.2), (3, 0.6)])
+    assert qnc(curve, 0.4, reference_cost=4.0) == pytest.approx(2 / 4)
+    assert qnc(curve, 0.7, reference_cost=4.0) == float("inf")
+
+
+def test_deferral_curve_endpoints():
+    scores = np.array([[1.0, 0.0], [1.0, 1.0]])
+    predicted = 1 - scores
+    curve = deferral_curve(predicted, np.array([2.0, 1.0]), scores, cost_weights=[0.0, np.inf])
+    assert curve.rows() == [(0.0, 1.5, 1.0), (np.inf, 1.0, 0.5)]
+
+
+def test_oracle_bounds_every_router(two_topics):
+    data = two_topics
+    truth = 1 - data.error_matrix("test")
+    val = (data.validation, data.error_matrix("validation"), data.llms, data.costs)
+    routers = {
+        "zero": ZeroRouter().fit_arrays(*val),
+        "random": RandomRouter(0).fit_arrays(*val),
+        "knn": KNNRouter(5).fit_arrays(*val),
+        "kmeans": UniRouter(KMeansClusterMap(2).fit(data.train)).fit_arrays(*val),
+        "learned": UniRouter(LearnedClusterMap(2).fit(data.train, data.error_matrix("train"))).fit_arrays(*val),
+    }
+    oracle = OracleRouter().fit_arrays(data.test, 1 - truth, data.llms, data.costs)
+    costs = np.array(data.costs)
+
+    def area(router) -> float:
+        return audc(deferral_curve(router.predict_error(data.test), costs, truth), (costs.min(), costs.max()))
+
+    best = area(oracle)
+    areas = {name: area(r) for name, r in routers.items()}
+    assert all(a <= best + 1e-12 for a in areas.values()), areas
+    assert areas["kmeans"] > areas["zero"] + 0.2  # topics are perfectly separable here
+    fig = plot_deferral_curves({"oracle": deferral_curve(oracle.predict_error(data.test), costs, truth)})
+    assert fig.axes[0].get_lines()
