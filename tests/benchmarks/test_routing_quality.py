@@ -32,7 +32,10 @@ def test_benchmark_runs_the_protocol_and_writes_results(mmlu_like_dir, tmp_path,
     printed = capsys.readouterr().out
     assert "cost = flat" in printed and "cost = tokens" in printed and "floors" in printed
     results = pl.read_csv(tmp_path / "out" / "per_seed.csv")
-    assert results.height == 6 * 2 * 2  # methods x seeds x cost modes
+    n_methods = len(routing_quality.MAIN_METHODS) + len(routing_quality.ABLATIONS)
+    assert results.height == n_methods * 2 * 2  # x seeds x cost modes
+    ablations = results.filter(pl.col("base").is_not_null())
+    assert ablations["delta_base"].is_not_null().all()
     for (seed, mode), group in results.group_by("seed", "cost_mode"):
         oracle = group.filter(pl.col("method") == "Oracle")["audc"].item()
         assert (group["audc"] <= oracle + 1e-12).all(), (seed, mode)
