@@ -146,7 +146,7 @@ class LearnedClusterMap(ClusterMap):
         n_clusters: int = 16,
         seed: int = 0,
         init_sharpness: float = 10.0,
-        l2: float = 1e-4,
+        l2: float = 1e-2,
         max_iter: int = 200,
     ) -> None:
         self.n_clusters = n_clusters

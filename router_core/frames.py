@@ -32,8 +32,11 @@ def _first_duplicate(frame: pl.DataFrame, keys: list[str]) -> dict | None:
     return dup.row(0, named=True) if dup.height else None
 
 
+SPLITS = ("train", "validation", "test")
+
+
 def check_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
-    """Check a prompts frame: unique non-null ``prompt_id``, non-empty ``text``. Returns it unchanged."""
+    """Check a prompts frame: unique ``prompt_id``, non-empty ``text``, ``split`` (if any) in :data:`SPLITS`."""
     _require_columns(prompts, "prompts", ["prompt_id", "text"])
     if prompts["prompt_id"].null_count():
         raise RouterInputError("prompt_id", None, "prompts contain a null prompt_id")
@@ -42,6 +45,12 @@ def check_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
     empty = prompts.filter(pl.col("text").is_null() | (pl.col("text").str.strip_chars() == ""))
     if empty.height:
         raise RouterInputError("text", empty["text"][0], f"empty text for prompt_id={empty['prompt_id'][0]!r}")
+    if "split" in prompts.columns:
+        bad = prompts.filter(~pl.col("split").is_in(SPLITS) | pl.col("split").is_null())
+        if bad.height:
+            raise RouterInputError(
+                "split", bad["split"][0], f"must be one of {SPLITS} (prompt_id={bad['prompt_id'][0]!r})"
+            )
     return prompts
 
 

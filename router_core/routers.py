@@ -36,6 +36,17 @@ def choose(predicted_error: np.ndarray, costs: np.ndarray, cost_weight: float) -
     return order[score.argmin(axis=1)]
 
 
+def _check_llm(name: str, errors: np.ndarray, cost: float, pool: Sequence[str]) -> tuple[str, np.ndarray, float]:
+    """Validate one LLM joining ``pool``: a new non-empty name, a cost >= 0, some errors, all in [0, 1]."""
+    if not isinstance(name, str) or not name:
+        raise RouterInputError("model", name, "must be a non-empty string")
+    if name in pool:
+        raise RouterInputError("model", name, "is already in the pool (remove_llm first to replace it)")
+    errors = np.asarray(errors, dtype=np.float64)
+    llm_error_features(np.ones((len(errors), 1)), errors, llms=[name])  # raises on no outcomes / out of range
+    return name, errors, check_cost(name, cost)
+
+
 class Router(ABC):
     """Base router. Subclasses implement ``predict_error`` from the stored validation errors."""
 
@@ -82,14 +93,14 @@ class Router(ABC):
             raise RouterInputError("costs", len(costs), f"needs one cost per LLM ({len(llms)})")
         if prompt_ids is not None and len(prompt_ids) != x.shape[0]:
             raise RouterInputError("prompt_ids", len(prompt_ids), f"needs one id per embedding ({x.shape[0]})")
+        llms = list(llms)
+        checked = [_check_llm(name, errors[:, j], costs[j], llms[:j]) for j, name in enumerate(llms)]
+        self._fit_prompts(x)  # after every check: a fit that fails on bad input sets no pool state
         self.validation_prompt_ids_ = None if prompt_ids is None else list(prompt_ids)
         self.embedding_dim_ = x.shape[1]
-        self._fit_prompts(x)
-        self.llms_: list[str] = []
-        self.costs_ = np.zeros(0)
-        self.validation_errors_ = np.zeros((x.shape[0], 0))
-        for j, (name, cost) in enumerate(zip(llms, costs, strict=True)):
-            self._append(name, errors[:, j], cost)
+        self.llms_ = [name for name, _, _ in checked]
+        self.costs_ = np.array([cost for _, _, cost in checked], dtype=np.float64)
+        self.validation_errors_ = errors.copy()
         self._pool_changed()
         return self
 
@@ -105,36 +116,27 @@ class Router(ABC):
                 raise RouterInputError("validation_errors", "DataFrame", "router was fitted without prompt ids")
             frame = validation_errors.with_columns(pl.lit(name).alias("model"))
             validation_errors = error_matrix(frame, self.validation_prompt_ids_, [name])[:, 0]
-        self._append(name, validation_errors, cost)
+        if np.shape(validation_errors) != (len(self.validation_errors_),):
+            raise RouterInputError(
+                "validation_errors",
+                np.shape(validation_errors),
+                f"needs one value per validation prompt ({len(self.validation_errors_)})",
+            )
+        name, errors, cost = _check_llm(name, validation_errors, cost, self.llms_)
+        self.llms_ = [*self.llms_, name]
+        self.costs_ = np.append(self.costs_, cost)
+        self.validation_errors_ = np.column_stack([self.validation_errors_, errors])
         self._pool_changed()
         return self
 
     def remove_llm(self, name: str) -> Self:
         """Remove an LLM from the pool; nothing is refit."""
         j = self._index([name])[0]
-        del self.llms_[j]
+        self.llms_ = [m for m in self.llms_ if m != name]
         self.costs_ = np.delete(self.costs_, j)
         self.validation_errors_ = np.delete(self.validation_errors_, j, axis=1)
         self._pool_changed()
         return self
-
-    def _append(self, name: str, errors: np.ndarray, cost: float) -> None:
-        if not isinstance(name, str) or not name:
-            raise RouterInputError("model", name, "must be a non-empty string")
-        if name in self.llms_:
-            raise RouterInputError("model", name, "is already in the pool (remove_llm first to replace it)")
-        cost = check_cost(name, cost)
-        errors = np.asarray(errors, dtype=np.float64).reshape(-1)
-        if errors.shape[0] != self.validation_errors_.shape[0]:
-            raise RouterInputError(
-                "validation_errors",
-                errors.shape,
-                f"needs one value per validation prompt ({self.validation_errors_.shape[0]})",
-            )
-        llm_error_features(np.ones((errors.shape[0], 1)), errors, llms=[name])  # raises on empty/out of range
-        self.llms_.append(name)
-        self.costs_ = np.append(self.costs_, cost)
-        self.validation_errors_ = np.column_stack([self.validation_errors_, errors])
 
     # ---- prediction -----------------------------------------------------------------------------------
     def predict_error(self, embeddings: np.ndarray, candidates: Sequence[str] | None = None) -> np.ndarray:

@@ -40,3 +40,20 @@ def test_benchmark_runs_the_protocol_and_writes_results(mmlu_like_dir, tmp_path,
         oracle = group.filter(pl.col("method") == "Oracle")["audc"].item()
         assert (group["audc"] <= oracle + 1e-12).all(), (seed, mode)
     assert (tmp_path / "out" / "deferral_curves_flat.png").stat().st_size > 10_000
+
+
+def test_splits_are_disjoint_stratified_and_keep_test_fixed_across_validation_shares(mmlu_like_dir):
+    from benchmarks.mmlu_pro_data import load_mmlu_pro
+
+    ds = load_mmlu_pro(mmlu_like_dir)
+    data = routing_quality.Data(ds.prompts, ds.llms["model"].to_list(), None, None, None, None)
+    split = routing_quality.split_prompts_and_llms(data, seed=3, n_training_llms=3)
+    parts = [set(split.train), set(split.validation), set(split.test)]
+    assert sum(map(len, parts)) == ds.prompts.height and len(set().union(*parts)) == ds.prompts.height
+    assert not set(split.training_llms) & set(split.unseen_llms) and len(split.unseen_llms) == 3
+    test_share = ds.prompts[split.test].group_by("category").len()["len"].to_list()
+    assert max(test_share) - min(test_share) <= 1  # 36 per category, 30% each
+    wider = routing_quality.split_prompts_and_llms(data, seed=3, n_training_llms=3, validation_share=0.2)
+    assert (wider.test == split.test).all() and len(wider.validation) > len(split.validation)
+    other_seed = routing_quality.split_prompts_and_llms(data, seed=4, n_training_llms=3)
+    assert set(other_seed.test) != set(split.test)

@@ -41,6 +41,11 @@ def test_duplicate_prompt_id():
         check_prompts(pl.DataFrame({"prompt_id": [7, 7], "text": ["a", "b"]}))
 
 
+def test_unknown_split():
+    with _raises("split", "dev"):
+        check_prompts(pl.DataFrame({"prompt_id": [1, 2], "text": ["a", "b"], "split": ["train", "dev"]}))
+
+
 def test_empty_prompt_text():
     with _raises("text", "''"):
         check_prompts(pl.DataFrame({"prompt_id": [1, 2], "text": ["a", ""]}))
@@ -130,3 +135,18 @@ def test_too_many_clusters(two_topics):
 def test_learned_map_needs_training_errors(two_topics):
     with _raises("errors", "None"):
         LearnedClusterMap(2).fit(two_topics.train)
+
+
+def test_a_refit_with_bad_input_keeps_the_fitted_pool(fitted, two_topics):
+    before = (list(fitted.llms_), fitted.psi_.copy())
+    errors = two_topics.error_matrix("validation")
+    with _raises("cost", "-2"):
+        fitted.fit_arrays(two_topics.validation, errors, ["X", "Y", "Z"], [1.0, -2.0, 1.0])
+    with _raises("model", "X"):
+        fitted.fit_arrays(two_topics.validation, errors, ["X", "X", "Z"], [1.0, 1.0, 1.0])
+    assert fitted.llms_ == before[0] and np.array_equal(fitted.psi_, before[1])
+    fresh = ZeroRouter()
+    with _raises("cost", "-2"):
+        fresh.fit_arrays(two_topics.validation, errors, ["X", "Y", "Z"], [1.0, -2.0, 1.0])
+    with pytest.raises(NotFittedError):
+        fresh.route(two_topics.test, 0.0)
