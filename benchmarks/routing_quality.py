@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -446,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    data, embed_rate = load_data(args)
+    try:
+        data, embed_rate = load_data(args)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(
         f"data: {data.scores.shape[0]} prompts x {len(data.models)} LLMs; embeddings {data.embeddings.shape} "
         f"(cached under {args.cache_dir}); load+embed {time.perf_counter() - start:.1f} s"
@@ -461,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     n_test = np.mean([len(split_prompts_and_llms(data, s, args.training_llms).test) for s in args.seeds])
     embed_s = n_test / embed_rate
     print(f"\nmachine: {machine_description()}")
-    print(f"embedding: {embed_rate:.1f} prompts/s -> {embed_s:.1f} s for the {n_test:.0f} test prompts")
+    print(f"embedding speed: {embed_rate:.1f} prompts/s -> {embed_s:.1f} s for the {n_test:.0f} test prompts")
     frame = summarize(results)
     first = split_prompts_and_llms(data, args.seeds[0], args.training_llms)
     for mode in COST_MODES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ class Embedder:
         """Length of one vector."""
         return int(self._load().get_embedding_dimension())
 
-    @property
+    @cached_property
     def embedder_id(self) -> str:
         """Stable id of what a vector means: model name, dimension, max length and a config hash.
 

@@ -57,3 +57,9 @@ def test_splits_are_disjoint_stratified_and_keep_test_fixed_across_validation_sh
     assert (wider.test == split.test).all() and len(wider.validation) > len(split.validation)
     other_seed = routing_quality.split_prompts_and_llms(data, seed=4, n_training_llms=3)
     assert set(other_seed.test) != set(split.test)
+
+
+def test_missing_dataset_exits_2_naming_the_path_and_the_variable(tmp_path, capsys):
+    assert routing_quality.main(["--data", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "absent") in err and "UNIROUTE_MMLU_PRO_DIR" in err
