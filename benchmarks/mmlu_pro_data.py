@@ -8,13 +8,12 @@ from pathlib import Path
 
 import polars as pl
 
+from profiling.rendering import CHARS_PER_TOKEN, LETTERS
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
 #: Git-ignored home of caches and results (embeddings, figures).
 DATA_HOME = Path(os.environ.get("UNIROUTE_DATA_HOME", PROJECT_ROOT / "data"))
-#: Rule-of-thumb token count for English text (OpenAI's ~4 characters per token); the dataset has none.
-CHARS_PER_TOKEN = 4.0
-LETTERS = "ABCDEFGHIJ"
 
 
 @dataclass(frozen=True)

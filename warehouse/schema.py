@@ -1,0 +1,73 @@
+"""The warehouse schema: numbered forward migrations, applied in order when a database is opened.
+
+Add a migration by appending to ``MIGRATIONS``; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the catalog, prompts, collected responses, grades, collection failures, embeddings.
+    """
+    CREATE TABLE llms (
+        name VARCHAR PRIMARY KEY,
+        base_url VARCHAR NOT NULL,
+        model_id VARCHAR NOT NULL,
+        api_key_env VARCHAR,                       -- the NAME of an environment variable, never a key
+        usd_per_mtok_in DOUBLE NOT NULL CHECK (usd_per_mtok_in >= 0),
+        usd_per_mtok_out DOUBLE NOT NULL CHECK (usd_per_mtok_out >= 0),
+        max_concurrency INTEGER NOT NULL CHECK (max_concurrency > 0),
+        requests_per_minute INTEGER CHECK (requests_per_minute > 0),
+        added_at TIMESTAMP NOT NULL,
+        active BOOLEAN NOT NULL
+    );
+    CREATE TABLE prompts (
+        prompt_id VARCHAR PRIMARY KEY,
+        dataset VARCHAR NOT NULL,
+        split VARCHAR NOT NULL CHECK (split IN ('train', 'validation', 'test')),
+        category VARCHAR,
+        text VARCHAR NOT NULL,                     -- what the router sees
+        prompt VARCHAR NOT NULL,                   -- what the LLM is asked (rendered)
+        reference VARCHAR,                         -- the reference answer
+        grader VARCHAR NOT NULL,
+        content_hash VARCHAR NOT NULL              -- hash of text: embeddings are keyed by it
+    );
+    CREATE TABLE responses (
+        model VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        response VARCHAR NOT NULL,
+        finish_reason VARCHAR,
+        prompt_tokens INTEGER CHECK (prompt_tokens >= 0),
+        completion_tokens INTEGER CHECK (completion_tokens >= 0),
+        latency_ms DOUBLE CHECK (latency_ms >= 0),
+        cost_usd DOUBLE CHECK (cost_usd >= 0),
+        prompt_hash VARCHAR NOT NULL,              -- hash of the rendered prompt actually sent
+        collected_at TIMESTAMP NOT NULL,
+        run_id VARCHAR NOT NULL,
+        PRIMARY KEY (model, prompt_id)
+    );
+    CREATE TABLE grades (
+        model VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        score DOUBLE NOT NULL CHECK (score >= 0 AND score <= 1),
+        grader VARCHAR NOT NULL,
+        grader_version VARCHAR NOT NULL,
+        graded_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (model, prompt_id)
+    );
+    CREATE TABLE collection_failures (
+        model VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        attempts INTEGER NOT NULL CHECK (attempts > 0),
+        last_error_class VARCHAR NOT NULL,         -- e.g. HTTP 503, ReadTimeout; never a response body
+        last_failed_at TIMESTAMP NOT NULL,
+        run_id VARCHAR NOT NULL,
+        PRIMARY KEY (model, prompt_id)
+    );
+    CREATE TABLE embeddings (
+        embedder_id VARCHAR NOT NULL,
+        content_hash VARCHAR NOT NULL,
+        vector FLOAT[] NOT NULL,
+        PRIMARY KEY (embedder_id, content_hash)
+    );
+    """,
+]
