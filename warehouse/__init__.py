@@ -1,0 +1,42 @@
+"""warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write)."""
+
+from warehouse.db import SchemaError, connect, default_path, schema_version
+from warehouse.store import (
+    WarehouseInputError,
+    insert_responses,
+    pending_pairs,
+    read_embeddings,
+    read_failures,
+    read_grades,
+    read_llms,
+    read_outcomes,
+    read_prompts,
+    read_responses,
+    record_failures,
+    upsert_embeddings,
+    upsert_grades,
+    upsert_llms,
+    upsert_prompts,
+)
+
+__all__ = [
+    "SchemaError",
+    "WarehouseInputError",
+    "connect",
+    "default_path",
+    "insert_responses",
+    "pending_pairs",
+    "read_embeddings",
+    "read_failures",
+    "read_grades",
+    "read_llms",
+    "read_outcomes",
+    "read_prompts",
+    "read_responses",
+    "record_failures",
+    "schema_version",
+    "upsert_embeddings",
+    "upsert_grades",
+    "upsert_llms",
+    "upsert_prompts",
+]

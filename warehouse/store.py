@@ -1,0 +1,354 @@
+"""Read and write the warehouse tables: Polars frames in, Polars frames out. The only SQL in the project.
+
+Writers validate and cast the incoming frame, then run one ``INSERT ... ON CONFLICT`` in a transaction: a bad
+frame raises :class:`WarehouseInputError` and changes nothing. Responses are insert-only: an answer already
+stored is never overwritten, so re-running a collection never re-pays for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import polars as pl
+
+__all__ = [
+    "WarehouseInputError",
+    "insert_responses",
+    "pending_pairs",
+    "read_embeddings",
+    "read_failures",
+    "read_grades",
+    "read_llms",
+    "read_outcomes",
+    "read_prompts",
+    "read_responses",
+    "record_failures",
+    "upsert_embeddings",
+    "upsert_grades",
+    "upsert_llms",
+    "upsert_prompts",
+]
+
+
+class WarehouseInputError(ValueError):
+    """A frame to be written is missing a column or holds a value the table refuses; names both."""
+
+    def __init__(self, table: str, field: str, value: object, problem: str) -> None:
+        self.table, self.field, self.value = table, field, value
+        super().__init__(f"{table}.{field}={value!r}: {problem}")
+
+
+# Column -> dtype of each table's writable frame; None marks columns that may be absent (filled with null).
+_COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
+    "llms": {
+        "name": (pl.String, True),
+        "base_url": (pl.String, True),
+        "model_id": (pl.String, True),
+        "api_key_env": (pl.String, False),
+        "usd_per_mtok_in": (pl.Float64, True),
+        "usd_per_mtok_out": (pl.Float64, True),
+        "max_concurrency": (pl.Int32, True),
+        "requests_per_minute": (pl.Int32, False),
+        "active": (pl.Boolean, True),
+    },
+    "prompts": {
+        "prompt_id": (pl.String, True),
+        "dataset": (pl.String, True),
+        "split": (pl.String, True),
+        "category": (pl.String, False),
+        "text": (pl.String, True),
+        "prompt": (pl.String, True),
+        "reference": (pl.String, False),
+        "grader": (pl.String, True),
+        "content_hash": (pl.String, True),
+    },
+    "responses": {
+        "model": (pl.String, True),
+        "prompt_id": (pl.String, True),
+        "response": (pl.String, True),
+        "finish_reason": (pl.String, False),
+        "prompt_tokens": (pl.Int32, False),
+        "completion_tokens": (pl.Int32, False),
+        "latency_ms": (pl.Float64, False),
+        "cost_usd": (pl.Float64, False),
+        "prompt_hash": (pl.String, True),
+        "run_id": (pl.String, True),
+    },
+    "grades": {
+        "model": (pl.String, True),
+        "prompt_id": (pl.String, True),
+        "score": (pl.Float64, True),
+        "grader": (pl.String, True),
+        "grader_version": (pl.String, True),
+    },
+    "collection_failures": {
+        "model": (pl.String, True),
+        "prompt_id": (pl.String, True),
+        "attempts": (pl.Int32, True),
+        "last_error_class": (pl.String, True),
+        "run_id": (pl.String, True),
+    },
+}
+# Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
+_RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
+    "llms": [
+        ("usd_per_mtok_in", pl.col("usd_per_mtok_in") >= 0, "must be >= 0"),
+        ("usd_per_mtok_out", pl.col("usd_per_mtok_out") >= 0, "must be >= 0"),
+        ("max_concurrency", pl.col("max_concurrency") > 0, "must be > 0"),
+        ("requests_per_minute", pl.col("requests_per_minute").is_null() | (pl.col("requests_per_minute") > 0), "> 0"),
+    ],
+    "prompts": [("split", pl.col("split").is_in(["train", "validation", "test"]), "must be train/validation/test")],
+    "responses": [
+        (c, pl.col(c).is_null() | (pl.col(c) >= 0), "must be >= 0")
+        for c in ("prompt_tokens", "completion_tokens", "latency_ms", "cost_usd")
+    ],
+    "grades": [("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be in [0, 1]")],
+    "collection_failures": [("attempts", pl.col("attempts") > 0, "must be > 0")],
+}
+_KEYS = {
+    "llms": ["name"],
+    "prompts": ["prompt_id"],
+    "responses": ["model", "prompt_id"],
+    "grades": ["model", "prompt_id"],
+    "collection_failures": ["model", "prompt_id"],
+}
+
+
+def _prepare(table: str, frame: pl.DataFrame) -> pl.DataFrame:
+    """Select, cast and check ``frame`` for ``table``; raise naming the first bad column and value."""
+    if not isinstance(frame, pl.DataFrame):
+        raise WarehouseInputError(table, "frame", type(frame).__name__, "must be a polars.DataFrame")
+    columns = _COLUMNS[table]
+    out = []
+    for name, (dtype, required) in columns.items():
+        if name not in frame.columns:
+            if required:
+                raise WarehouseInputError(table, name, None, f"missing column (have {frame.columns})")
+            out.append(pl.lit(None, dtype=dtype).alias(name))
+            continue
+        try:
+            out.append(frame[name].cast(dtype, strict=True))
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+            raise WarehouseInputError(table, name, str(frame[name].dtype), f"cannot be read as {dtype}") from exc
+        if required and (nulls := frame.filter(pl.col(name).is_null())).height:
+            raise WarehouseInputError(table, name, None, f"null in a required column (row {nulls.row(0)})")
+    prepared = frame.select(out) if frame.height else pl.DataFrame(schema={n: d for n, (d, _) in columns.items()})
+    for column, rule, problem in _RULES[table]:
+        if (bad := prepared.filter(~rule.fill_null(False))).height:
+            raise WarehouseInputError(table, column, bad[column][0], problem)
+    keys = _KEYS[table]
+    dup = prepared.filter(prepared.select(keys).is_duplicated())
+    if dup.height:
+        raise WarehouseInputError(table, "/".join(keys), dup.select(keys).row(0), "duplicate key in one write")
+    return prepared
+
+
+def _write(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    frame: pl.DataFrame,
+    conflict: str,
+    stamp: str | None = None,
+    after: str | None = None,
+) -> int:
+    """INSERT the checked frame with ``conflict`` handling in one transaction; returns rows written.
+
+    ``stamp`` names a timestamp column set to now (UTC); ``after`` is SQL run in the same transaction, with the
+    frame visible as ``_incoming``.
+    """
+    prepared = _prepare(table, frame)
+    if prepared.height == 0:
+        return 0
+    if stamp:
+        prepared = prepared.with_columns(pl.lit(datetime.now(UTC).replace(tzinfo=None)).alias(stamp))
+    names = ", ".join(prepared.columns)
+    con.register("_incoming", prepared)
+    con.begin()
+    try:
+        count = con.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM _incoming {conflict}").fetchall()[0][0]
+        if after:
+            con.execute(after).fetchall()
+        con.commit()
+    except duckdb.ConstraintException as exc:
+        con.rollback()
+        raise WarehouseInputError(table, "row", str(exc).splitlines()[0], "violates a table constraint") from exc
+    except BaseException:
+        con.rollback()
+        raise
+    finally:
+        con.unregister("_incoming")
+    return count
+
+
+def _query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence | None = None) -> pl.DataFrame:
+    return con.sql(sql, params=list(params) if params else None).pl()
+
+
+# ---- catalog ---------------------------------------------------------------------------------------------
+def upsert_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame) -> int:
+    """Insert or update catalog entries by ``name``; ``added_at`` is kept from the first insert."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["llms"] if c != "name")
+    return _write(con, "llms", llms, f"ON CONFLICT (name) DO UPDATE SET {updates}", stamp="added_at")
+
+
+def read_llms(con: duckdb.DuckDBPyConnection, active_only: bool = False) -> pl.DataFrame:
+    """The catalog, one row per LLM, sorted by name."""
+    where = "WHERE active" if active_only else ""
+    return _query(con, f"SELECT * FROM llms {where} ORDER BY name")
+
+
+# ---- prompts ---------------------------------------------------------------------------------------------
+def upsert_prompts(con: duckdb.DuckDBPyConnection, prompts: pl.DataFrame) -> int:
+    """Insert or update prompts by ``prompt_id``."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["prompts"] if c != "prompt_id")
+    return _write(con, "prompts", prompts, f"ON CONFLICT (prompt_id) DO UPDATE SET {updates}")
+
+
+def read_prompts(
+    con: duckdb.DuckDBPyConnection, dataset: str | None = None, splits: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Prompts, optionally of one ``dataset`` and some ``splits``, sorted by prompt_id."""
+    clauses, params = ["TRUE"], []
+    if dataset is not None:
+        clauses.append("dataset = ?")
+        params.append(dataset)
+    if splits is not None:
+        clauses.append("list_contains(?, split)")
+        params.append(list(splits))
+    return _query(con, f"SELECT * FROM prompts WHERE {' AND '.join(clauses)} ORDER BY prompt_id", params)
+
+
+# ---- responses and failures ------------------------------------------------------------------------------
+def insert_responses(con: duckdb.DuckDBPyConnection, responses: pl.DataFrame) -> int:
+    """Store new responses; pairs already stored are left untouched. Clears their recorded failures.
+
+    Returns the number of responses newly stored.
+    """
+    return _write(
+        con,
+        "responses",
+        responses,
+        "ON CONFLICT DO NOTHING",
+        stamp="collected_at",
+        after="DELETE FROM collection_failures f USING _incoming d "
+        "WHERE f.model = d.model AND f.prompt_id = d.prompt_id",
+    )
+
+
+def read_responses(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> pl.DataFrame:
+    """Stored responses, optionally of some models."""
+    if models is None:
+        return _query(con, "SELECT * FROM responses ORDER BY model, prompt_id")
+    return _query(
+        con, "SELECT * FROM responses WHERE list_contains(?, model) ORDER BY model, prompt_id", [list(models)]
+    )
+
+
+def pending_pairs(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str], splits: Sequence[str] = ("validation",)
+) -> pl.DataFrame:
+    """(model, prompt_id, prompt) pairs of ``models`` x prompts in ``splits`` with no stored response."""
+    return _query(
+        con,
+        """
+        SELECT m.model, p.prompt_id, p.prompt
+        FROM prompts p CROSS JOIN (SELECT unnest(?) AS model) m
+        WHERE list_contains(?, p.split)
+          AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = m.model AND r.prompt_id = p.prompt_id)
+        ORDER BY m.model, p.prompt_id
+        """,
+        [list(models), list(splits)],
+    )
+
+
+def record_failures(con: duckdb.DuckDBPyConnection, failures: pl.DataFrame) -> int:
+    """Record (or add to) failed attempts per pair: model, prompt_id, attempts, last_error_class, run_id."""
+    return _write(
+        con,
+        "collection_failures",
+        failures,
+        "ON CONFLICT (model, prompt_id) DO UPDATE SET attempts = collection_failures.attempts + excluded.attempts, "
+        "last_error_class = excluded.last_error_class, last_failed_at = excluded.last_failed_at, "
+        "run_id = excluded.run_id",
+        stamp="last_failed_at",
+    )
+
+
+def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Pairs whose collection failed and that have no response yet."""
+    return _query(con, "SELECT * FROM collection_failures ORDER BY model, prompt_id")
+
+
+# ---- grades ----------------------------------------------------------------------------------------------
+def upsert_grades(con: duckdb.DuckDBPyConnection, grades: pl.DataFrame) -> int:
+    """Insert or replace grades by (model, prompt_id): regrading with a new grader version updates them."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ("score", "grader", "grader_version", "graded_at"))
+    return _write(
+        con,
+        "grades",
+        grades,
+        f"ON CONFLICT (model, prompt_id) DO UPDATE SET {updates}",
+        stamp="graded_at",
+    )
+
+
+def read_grades(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """All grades."""
+    return _query(con, "SELECT * FROM grades ORDER BY model, prompt_id")
+
+
+def read_outcomes(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None, splits: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """router_core's outcomes frame (model, prompt_id, score), optionally of some models and splits."""
+    clauses, params = ["TRUE"], []
+    if models is not None:
+        clauses.append("list_contains(?, g.model)")
+        params.append(list(models))
+    if splits is not None:
+        clauses.append("list_contains(?, p.split)")
+        params.append(list(splits))
+    return _query(
+        con,
+        f"SELECT g.model, g.prompt_id, g.score FROM grades g JOIN prompts p USING (prompt_id) "
+        f"WHERE {' AND '.join(clauses)} ORDER BY g.model, g.prompt_id",
+        params,
+    )
+
+
+# ---- embeddings ------------------------------------------------------------------------------------------
+def upsert_embeddings(
+    con: duckdb.DuckDBPyConnection, embedder_id: str, content_hashes: Sequence[str], vectors: np.ndarray
+) -> int:
+    """Store vectors by (embedder_id, content_hash); existing ones are kept (same text, same vector)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(content_hashes):
+        raise WarehouseInputError("embeddings", "vector", vectors.shape, f"need ({len(content_hashes)}, dim)")
+    frame = pl.DataFrame(
+        {"embedder_id": embedder_id, "content_hash": list(content_hashes), "vector": list(vectors)},
+        schema={"embedder_id": pl.String, "content_hash": pl.String, "vector": pl.List(pl.Float32)},
+    )
+    if frame.height == 0:
+        return 0
+    con.register("_incoming", frame)
+    try:
+        return con.execute(
+            "INSERT INTO embeddings SELECT embedder_id, content_hash, vector FROM _incoming ON CONFLICT DO NOTHING"
+        ).fetchall()[0][0]
+    finally:
+        con.unregister("_incoming")
+
+
+def read_embeddings(
+    con: duckdb.DuckDBPyConnection, embedder_id: str, content_hashes: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Stored vectors of ``embedder_id`` for those of ``content_hashes`` that have one."""
+    frame = _query(
+        con,
+        "SELECT content_hash, vector FROM embeddings WHERE embedder_id = ? AND list_contains(?, content_hash)",
+        [embedder_id, list(content_hashes)],
+    )
+    return {h: np.asarray(v, dtype=np.float32) for h, v in frame.iter_rows()}
