@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
-from profiling.rendering import CHARS_PER_TOKEN, LETTERS
+from profiling.rendering import CHARS_PER_TOKEN, router_input
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
@@ -27,12 +27,6 @@ class RoutingDataset:
     prompts: pl.DataFrame
     outcomes: pl.DataFrame
     llms: pl.DataFrame
-
-
-def router_input(question: str, options: list[str]) -> str:
-    """What the router sees: the question and its lettered options."""
-    lines = [question.strip()] + [f"({LETTERS[i]}) {opt}" for i, opt in enumerate(options)]
-    return "\n".join(lines)
 
 
 def _tokens(text: pl.Expr) -> pl.Expr:

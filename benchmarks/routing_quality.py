@@ -37,6 +37,7 @@ from router_core import (
     Router,
     UniRouter,
     ZeroRouter,
+    assign_splits,
     audc,
     deferral_curve,
     error_matrix,
@@ -97,20 +98,13 @@ def split_prompts_and_llms(data: Data, seed: int, n_training_llms: int, validati
     The test share is always the last 30% of each category's shuffled order, so ablations with a larger
     validation share (taken from train) are scored on the very same test prompts.
     """
-    ranked = data.prompts.with_row_index("row").with_columns(
-        pl.int_range(pl.len()).shuffle(seed=seed).over("category").alias("rank"),
-        pl.len().over("category").alias("size"),
-    )
-    frac = pl.col("rank") / pl.col("size")
-    test_start = 1 - SPLITS["test"]
-    rows = {
-        "train": ranked.filter(frac < test_start - validation_share),
-        "validation": ranked.filter((frac >= test_start - validation_share) & (frac < test_start)),
-        "test": ranked.filter(frac >= test_start),
-    }
+    train_share = 1 - SPLITS["test"] - validation_share
+    shares = {"train": train_share, "validation": validation_share, "test": SPLITS["test"]}
+    split = assign_splits(data.prompts, shares, seed)["split"]
+    rows = {name: np.flatnonzero((split == name).to_numpy()) for name in shares}
     llm_order = np.random.default_rng(seed).permutation(len(data.models))
     return Split(
-        **{name: np.sort(frame["row"].to_numpy()) for name, frame in rows.items()},
+        **rows,
         training_llms=np.sort(llm_order[:n_training_llms]),
         unseen_llms=np.sort(llm_order[n_training_llms:]),
     )

@@ -14,6 +14,11 @@ _MMLU_PRO_INSTRUCTION = (
 )
 
 
+def router_input(question: str, options: list[str]) -> str:
+    """What the router sees of a multiple-choice prompt: the question and its lettered options."""
+    return "\n".join([question.strip()] + [f"({LETTERS[i]}) {option}" for i, option in enumerate(options)])
+
+
 def render_mmlu_pro(question: str, options: list[str], category: str) -> str:
     """MMLU-Pro's chain-of-thought prompt (zero-shot): instruction, question, lettered options, "Let's think"."""
     if len(options) > len(LETTERS):

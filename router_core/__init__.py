@@ -19,7 +19,7 @@ from router_core.evaluation import (
     qnc,
 )
 from router_core.features import llm_error_features
-from router_core.frames import check_llms, check_outcomes, check_prompts, error_matrix
+from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix
 from router_core.persistence import load_router, save_router
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 
@@ -38,6 +38,7 @@ __all__ = [
     "RouterInputError",
     "UniRouter",
     "ZeroRouter",
+    "assign_splits",
     "audc",
     "check_llms",
     "check_outcomes",

@@ -16,7 +16,15 @@ import polars as pl
 
 from router_core._errors import RouterInputError
 
-__all__ = ["check_cost", "check_llms", "check_outcomes", "check_prompts", "error_matrix", "value_matrix"]
+__all__ = [
+    "assign_splits",
+    "check_cost",
+    "check_llms",
+    "check_outcomes",
+    "check_prompts",
+    "error_matrix",
+    "value_matrix",
+]
 
 
 def _require_columns(frame: pl.DataFrame, name: str, columns: Sequence[str]) -> None:
@@ -52,6 +60,31 @@ def check_prompts(prompts: pl.DataFrame) -> pl.DataFrame:
                 "split", bad["split"][0], f"must be one of {SPLITS} (prompt_id={bad['prompt_id'][0]!r})"
             )
     return prompts
+
+
+def assign_splits(
+    prompts: pl.DataFrame, shares: dict[str, float], seed: int, stratify_by: str | None = "category"
+) -> pl.DataFrame:
+    """Add a ``split`` column: each stratum is shuffled with ``seed`` and cut by ``shares`` in their order.
+
+    The last split takes each stratum's last share of the shuffled order, so growing an earlier share at the
+    expense of another earlier one leaves the last split's prompts unchanged.
+
+    >>> frame = pl.DataFrame({"prompt_id": range(10), "category": ["a"] * 10})
+    >>> split = assign_splits(frame, {"train": 0.6, "validation": 0.1, "test": 0.3}, seed=0)["split"]
+    >>> [split.to_list().count(name) for name in ("train", "validation", "test")]
+    [6, 1, 3]
+    """
+    unknown = set(shares) - set(SPLITS)
+    if unknown or abs(sum(shares.values()) - 1) > 1e-9 or min(shares.values()) < 0:
+        raise RouterInputError("shares", shares, f"must be non-negative shares of {SPLITS} summing to 1")
+    group = pl.col(stratify_by) if stratify_by else pl.lit(0)
+    frac = pl.int_range(pl.len()).shuffle(seed=seed).over(group) / pl.len().over(group)
+    names = list(shares)
+    split = pl.lit(names[-1])
+    for name, edge in reversed(list(zip(names[:-1], np.cumsum(list(shares.values()))[:-1], strict=True))):
+        split = pl.when(frac < edge).then(pl.lit(name)).otherwise(split)
+    return prompts.with_columns(split.alias("split"))
 
 
 def check_outcomes(outcomes: pl.DataFrame) -> pl.DataFrame:

@@ -1,5 +1,6 @@
 """warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write)."""
 
+from warehouse.catalog import CatalogError, LLMEntry, load_catalog, sync_catalog
 from warehouse.db import SchemaError, connect, default_path, schema_version
 from warehouse.store import (
     WarehouseInputError,
@@ -13,6 +14,7 @@ from warehouse.store import (
     read_prompts,
     read_responses,
     record_failures,
+    sync_llms,
     upsert_embeddings,
     upsert_grades,
     upsert_llms,
@@ -20,11 +22,14 @@ from warehouse.store import (
 )
 
 __all__ = [
+    "CatalogError",
+    "LLMEntry",
     "SchemaError",
     "WarehouseInputError",
     "connect",
     "default_path",
     "insert_responses",
+    "load_catalog",
     "pending_pairs",
     "read_embeddings",
     "read_failures",
@@ -35,6 +40,8 @@ __all__ = [
     "read_responses",
     "record_failures",
     "schema_version",
+    "sync_catalog",
+    "sync_llms",
     "upsert_embeddings",
     "upsert_grades",
     "upsert_llms",

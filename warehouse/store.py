@@ -26,6 +26,7 @@ __all__ = [
     "read_prompts",
     "read_responses",
     "record_failures",
+    "sync_llms",
     "upsert_embeddings",
     "upsert_grades",
     "upsert_llms",
@@ -190,8 +191,17 @@ def _query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence | None = N
 # ---- catalog ---------------------------------------------------------------------------------------------
 def upsert_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame) -> int:
     """Insert or update catalog entries by ``name``; ``added_at`` is kept from the first insert."""
+    return _write_llms(con, llms)
+
+
+def sync_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame) -> int:
+    """Make the catalog table match ``llms``: upsert them and deactivate every LLM not listed (kept, not deleted)."""
+    return _write_llms(con, llms, after="UPDATE llms SET active = false WHERE name NOT IN (SELECT name FROM _incoming)")
+
+
+def _write_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame, after: str | None = None) -> int:
     updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["llms"] if c != "name")
-    return _write(con, "llms", llms, f"ON CONFLICT (name) DO UPDATE SET {updates}", stamp="added_at")
+    return _write(con, "llms", llms, f"ON CONFLICT (name) DO UPDATE SET {updates}", stamp="added_at", after=after)
 
 
 def read_llms(con: duckdb.DuckDBPyConnection, active_only: bool = False) -> pl.DataFrame:

@@ -1,0 +1,84 @@
+"""Catalog validation: each error names the entry and field; a bad catalog changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+import warehouse as wh
+
+GOOD = """
+defaults:
+  base_url: http://127.0.0.1:8765/v1
+  max_concurrency: 8
+llms:
+  - name: cheap
+    usd_per_mtok_in: 0.1
+    usd_per_mtok_out: 0.2
+  - name: pricey
+    model_id: vendor/pricey-v2
+    base_url: https://api.example.com/v1
+    api_key_env: PRICEY_KEY
+    usd_per_mtok_in: 5
+    usd_per_mtok_out: 15
+"""
+
+
+def _write(tmp_path, text: str, name: str = "llms.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_catalog_loads_with_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    catalog = wh.load_catalog(_write(tmp_path, GOOD))
+    rows = {r["name"]: r for r in catalog.iter_rows(named=True)}
+    assert rows["cheap"]["model_id"] == "cheap" and rows["cheap"]["max_concurrency"] == 8
+    assert rows["pricey"]["base_url"] == "https://api.example.com/v1"
+    assert rows["pricey"]["api_key_env"] == "PRICEY_KEY" and "sk-test" not in str(catalog.rows())
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("    usd_per_mtok_in: 0.1\n", ""), "entry 'cheap' (#0): usd_per_mtok_in: Field required"),
+        (("usd_per_mtok_in: 0.1", "usd_per_mtok_in: -1"), "entry 'cheap' (#0): usd_per_mtok_in: Input should be"),
+        (("name: pricey", "name: cheap"), "entry 'cheap' (#1): name: duplicate name"),
+        (("https://api.example.com/v1", "not a url"), "entry 'pricey' (#1): base_url: Input should be a valid URL"),
+        (("    usd_per_mtok_out: 0.2\n", "    usd_per_mtok_out: 0.2\n    colour: red\n"), "(#0): colour: Extra"),
+    ],
+)
+def test_each_error_names_entry_and_field(tmp_path, monkeypatch, edit, expected):
+    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    with pytest.raises(wh.CatalogError) as info:
+        wh.load_catalog(_write(tmp_path, GOOD.replace(*edit)))
+    assert any(p.startswith(expected) or expected in p for p in info.value.problems), info.value.problems
+
+
+def test_unset_api_key_variable_is_named_but_no_key_leaks(tmp_path, monkeypatch):
+    monkeypatch.delenv("PRICEY_KEY", raising=False)
+    with pytest.raises(wh.CatalogError, match="entry 'pricey' \\(#1\\): api_key_env: variable PRICEY_KEY is not set"):
+        wh.load_catalog(_write(tmp_path, GOOD))
+
+
+def test_csv_catalog(tmp_path):
+    path = _write(
+        tmp_path,
+        "name,base_url,usd_per_mtok_in,usd_per_mtok_out\na,http://127.0.0.1:1/v1,1,2\nb,http://127.0.0.1:1/v1,0,0\n",
+        "llms.csv",
+    )
+    assert wh.load_catalog(path)["name"].to_list() == ["a", "b"]
+
+
+def test_sync_deactivates_removed_llms_and_a_bad_catalog_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        wh.sync_catalog(con, _write(tmp_path, GOOD))
+        only_cheap = GOOD.split("  - name: pricey")[0]
+        wh.sync_catalog(con, _write(tmp_path, only_cheap))
+        assert wh.read_llms(con, active_only=True)["name"].to_list() == ["cheap"]
+        assert wh.read_llms(con)["name"].to_list() == ["cheap", "pricey"]
+        before = wh.read_llms(con)
+        with pytest.raises(wh.CatalogError):
+            wh.sync_catalog(con, _write(tmp_path, GOOD.replace("usd_per_mtok_in: 0.1", "usd_per_mtok_in: -3")))
+        assert wh.read_llms(con).equals(before)

@@ -1,0 +1,113 @@
+"""The LLM catalog: a user-edited ``llms.yaml`` (or CSV), validated before anything reaches the database.
+
+YAML layout (``defaults`` apply to every entry; an entry's own keys win)::
+
+    defaults:
+      base_url: http://127.0.0.1:8765/v1
+      max_concurrency: 32
+    llms:
+      - name: gemini-1.5-flash-002
+        usd_per_mtok_in: 0.19
+        usd_per_mtok_out: 0.19
+        api_key_env: GEMINI_API_KEY     # the NAME of the variable holding the key, never the key
+
+CSV: one row per LLM with the same column names. ``model_id`` defaults to ``name``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import yaml
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
+
+from warehouse.store import sync_llms
+
+__all__ = ["CatalogError", "LLMEntry", "load_catalog", "sync_catalog"]
+
+
+class CatalogError(ValueError):
+    """The catalog is invalid; ``problems`` lists each one as 'entry <name> (#i): <field>: <message>'."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"invalid LLM catalog {source}:\n  " + "\n  ".join(problems))
+
+
+class LLMEntry(BaseModel):
+    """One LLM behind an OpenAI-compatible endpoint."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    name: str = Field(min_length=1)
+    base_url: AnyHttpUrl
+    model_id: str | None = Field(default=None, min_length=1)
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    usd_per_mtok_in: NonNegativeFloat
+    usd_per_mtok_out: NonNegativeFloat
+    max_concurrency: PositiveInt = 16
+    requests_per_minute: PositiveInt | None = None
+    active: bool = True
+
+
+def _read_entries(path: Path) -> list[Mapping[str, Any]]:
+    if path.suffix.lower() == ".csv":
+        return [{k: v for k, v in row.items() if v is not None} for row in pl.read_csv(path).iter_rows(named=True)]
+    document = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(document, Mapping) or not isinstance(document.get("llms"), list):
+        raise CatalogError(str(path), ["top level: expected a mapping with a list under 'llms'"])
+    defaults = document.get("defaults") or {}
+    return [{**defaults, **entry} if isinstance(entry, Mapping) else entry for entry in document["llms"]]
+
+
+def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> pl.DataFrame:
+    """Validate the catalog at ``path``; returns the frame ``warehouse.sync_llms`` takes.
+
+    Every problem is collected and raised together in one :class:`CatalogError`: missing or negative prices,
+    duplicate names, malformed URLs, unknown keys, and an ``api_key_env`` whose variable is not set.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CatalogError(str(path), ["file not found"])
+    environ = os.environ if environ is None else environ
+    problems: list[str] = []
+    entries: list[LLMEntry] = []
+    for i, raw in enumerate(_read_entries(path)):
+        label = raw.get("name", "?") if isinstance(raw, Mapping) else "?"
+        try:
+            entry = LLMEntry.model_validate(raw)
+        except ValidationError as exc:
+            for err in exc.errors():
+                field = ".".join(str(p) for p in err["loc"]) or "entry"
+                problems.append(f"entry {label!r} (#{i}): {field}: {err['msg']}")
+            continue
+        if entry.api_key_env and not environ.get(entry.api_key_env):
+            problems.append(f"entry {label!r} (#{i}): api_key_env: variable {entry.api_key_env} is not set")
+        entries.append(entry)
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        if entry.name in seen:
+            problems.append(f"entry {entry.name!r} (#{i}): name: duplicate name")
+        seen.add(entry.name)
+    if problems:
+        raise CatalogError(str(path), problems)
+    rows = [
+        entry.model_dump() | {"base_url": str(entry.base_url), "model_id": entry.model_id or entry.name}
+        for entry in entries
+    ]
+    return pl.DataFrame(rows, schema_overrides={"requests_per_minute": pl.Int64})
+
+
+def sync_catalog(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -> pl.DataFrame:
+    """Validate the catalog, then upsert it and deactivate LLMs no longer listed, in one transaction.
+
+    A bad catalog raises before anything is written. Returns the validated catalog.
+    """
+    catalog = load_catalog(path)
+    sync_llms(con, catalog)
+    return catalog
