@@ -1,0 +1,266 @@
+"""Collect LLM responses from OpenAI-compatible endpoints into the warehouse.
+
+Resumable and idempotent: only (model, prompt) pairs with no stored response are requested, results are
+written in batches (a killed run loses at most the batch in flight), and stored answers are never asked again.
+Retries use exponential backoff with jitter on 429, 5xx, timeouts, transport errors and malformed bodies,
+honouring ``Retry-After``; after ``max_attempts`` the pair is recorded in ``collection_failures``.
+API keys are read from the environment variable the catalog names, at request time, and appear nowhere else:
+errors are recorded by class (``HTTP 503``, ``ReadTimeout``), never by message or body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import duckdb
+import httpx
+import polars as pl
+from tqdm.auto import tqdm
+
+import warehouse as wh
+from profiling.rendering import estimate_tokens
+from router_core.embedding import prompt_hash
+
+__all__ = ["CollectionReport", "RetryPolicy", "collect", "collect_pairs"]
+
+log = logging.getLogger(__name__)
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try one pair: attempts, backoff (seconds) and the per-request timeout."""
+
+    max_attempts: int = 5
+    base_delay_s: float = 0.2
+    max_delay_s: float = 20.0
+    timeout_s: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Backoff before attempt ``attempt + 1``: exponential with full jitter, at least ``Retry-After``."""
+        backoff = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.5)
+        return max(backoff, min(retry_after or 0.0, self.max_delay_s))
+
+
+@dataclass
+class CollectionReport:
+    """What a run did; ``failed`` pairs are also in the warehouse's ``collection_failures``."""
+
+    run_id: str
+    requested: int = 0
+    stored: int = 0
+    failed: int = 0
+    attempts: int = 0
+    cost_usd: float = 0.0
+    seconds: float = 0.0
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def complete(self) -> bool:
+        return self.failed == 0 and self.stored == self.requested
+
+
+class _PermanentError(Exception):
+    """Not worth retrying (e.g. 404 unknown model)."""
+
+
+class _RetryableError(Exception):
+    def __init__(self, kind: str, retry_after: float | None = None) -> None:
+        super().__init__(kind)
+        self.kind, self.retry_after = kind, retry_after
+
+
+@dataclass
+class _Endpoint:
+    model: str
+    url: str
+    model_id: str
+    api_key_env: str | None
+    usd_in: float
+    usd_out: float
+    semaphore: asyncio.Semaphore
+    min_interval_s: float
+    next_start: float = 0.0
+
+    def headers(self) -> dict[str, str]:
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise _PermanentError(f"api_key_env {self.api_key_env} not set")
+        return {"Authorization": f"Bearer {key}"}
+
+    async def pace(self) -> None:
+        """Space request starts to respect requests_per_minute."""
+        if self.min_interval_s:
+            now = time.monotonic()
+            start, self.next_start = max(now, self.next_start), max(now, self.next_start) + self.min_interval_s
+            await asyncio.sleep(start - now)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+async def _ask(client: httpx.AsyncClient, endpoint: _Endpoint, prompt: str, timeout_s: float) -> dict:
+    body = {"model": endpoint.model_id, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+    await endpoint.pace()
+    started = time.perf_counter()
+    try:
+        response = await client.post(endpoint.url, json=body, headers=endpoint.headers(), timeout=timeout_s)
+    except httpx.TimeoutException as exc:
+        raise _RetryableError(type(exc).__name__) from None
+    except httpx.TransportError as exc:
+        raise _RetryableError(type(exc).__name__) from None
+    latency_ms = (time.perf_counter() - started) * 1000
+    if response.status_code in _RETRYABLE_STATUS:
+        raise _RetryableError(f"HTTP {response.status_code}", _retry_after(response))
+    if response.status_code != 200:
+        raise _PermanentError(f"HTTP {response.status_code}")
+    try:
+        payload = response.json()
+        choice = payload["choices"][0]
+        text = choice["message"]["content"]
+        if not isinstance(text, str):
+            raise TypeError
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise _RetryableError("MalformedBody") from None
+    usage = payload.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or estimate_tokens(prompt))
+    completion_tokens = int(usage.get("completion_tokens") or estimate_tokens(text))
+    return {
+        "response": text,
+        "finish_reason": choice.get("finish_reason"),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "latency_ms": latency_ms,
+        "cost_usd": (prompt_tokens * endpoint.usd_in + completion_tokens * endpoint.usd_out) / 1e6,
+    }
+
+
+async def collect_pairs(
+    con: duckdb.DuckDBPyConnection,
+    pairs: pl.DataFrame,
+    llms: pl.DataFrame,
+    policy: RetryPolicy | None = None,
+    batch_size: int = 256,
+    seed: int | None = None,
+    progress: bool = True,
+) -> CollectionReport:
+    """Ask each (model, prompt_id, prompt) of ``pairs`` of its LLM in ``llms`` (the catalog) and store answers."""
+    policy = policy or RetryPolicy()
+    report = CollectionReport(run_id=f"run-{uuid.uuid4().hex[:12]}", requested=pairs.height)
+    if pairs.height == 0:
+        return report
+    endpoints = {
+        row["name"]: _Endpoint(
+            model=row["name"],
+            url=row["base_url"].rstrip("/") + "/chat/completions",
+            model_id=row["model_id"],
+            api_key_env=row["api_key_env"],
+            usd_in=row["usd_per_mtok_in"],
+            usd_out=row["usd_per_mtok_out"],
+            semaphore=asyncio.Semaphore(row["max_concurrency"]),
+            min_interval_s=60.0 / row["requests_per_minute"] if row["requests_per_minute"] else 0.0,
+        )
+        for row in llms.iter_rows(named=True)
+    }
+    unknown = set(pairs["model"].unique()) - set(endpoints)
+    if unknown:
+        raise ValueError(f"model={sorted(unknown)[0]!r}: not in the catalog")
+    rng = random.Random(seed)
+    done: list[dict] = []
+    failed: list[dict] = []
+    bar = tqdm(total=pairs.height, desc="collecting", unit="req", disable=not progress)
+    started = time.perf_counter()
+
+    def flush() -> None:
+        if done:
+            report.stored += wh.insert_responses(con, pl.DataFrame(done))
+            done.clear()
+        if failed:
+            wh.record_failures(con, pl.DataFrame(failed))
+            failed.clear()
+
+    async def one(client: httpx.AsyncClient, model: str, prompt_id: str, prompt: str) -> None:
+        endpoint = endpoints[model]
+        result, kind, attempt = None, "unknown", 0
+        while result is None and attempt < policy.max_attempts:
+            attempt += 1
+            report.attempts += 1
+            try:
+                async with endpoint.semaphore:
+                    result = await _ask(client, endpoint, prompt, policy.timeout_s)
+            except _RetryableError as exc:
+                kind = exc.kind
+                report.errors[kind] += 1
+                if attempt < policy.max_attempts:
+                    await asyncio.sleep(policy.delay(attempt, exc.retry_after, rng))
+            except _PermanentError as exc:
+                kind = str(exc)
+                report.errors[kind] += 1
+                break
+        identity = {"model": model, "prompt_id": prompt_id, "run_id": report.run_id}
+        if result is None:
+            failed.append(identity | {"attempts": attempt, "last_error_class": kind})
+            report.failed += 1
+        else:
+            done.append(identity | {"prompt_hash": prompt_hash(prompt)} | result)
+            report.cost_usd += result["cost_usd"]
+        bar.update(1)
+        bar.set_postfix(errors=sum(report.errors.values()), failed=report.failed, usd=f"{report.cost_usd:.4f}")
+        if len(done) + len(failed) >= batch_size:
+            flush()
+
+    limits = httpx.Limits(max_connections=int(llms["max_concurrency"].sum()) + 8)
+    async with httpx.AsyncClient(limits=limits) as client:
+        try:
+            await asyncio.gather(
+                *(one(client, *row) for row in pairs.select("model", "prompt_id", "prompt").iter_rows())
+            )
+        finally:
+            flush()
+            bar.close()
+    report.seconds = time.perf_counter() - started
+    log.info(
+        "collection %s: %d requested, %d stored, %d failed, %d attempts, $%.4f, %.1f s, errors %s",
+        report.run_id,
+        report.requested,
+        report.stored,
+        report.failed,
+        report.attempts,
+        report.cost_usd,
+        report.seconds,
+        dict(report.errors),
+    )
+    return report
+
+
+def collect(
+    con: duckdb.DuckDBPyConnection,
+    models: Sequence[str] | None = None,
+    splits: Sequence[str] = ("validation",),
+    policy: RetryPolicy | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> CollectionReport:
+    """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``."""
+    llms = wh.read_llms(con, active_only=True)
+    if models is not None:
+        unknown = set(models) - set(llms["name"])
+        if unknown:
+            raise ValueError(f"model={sorted(unknown)[0]!r}: not an active LLM in the catalog")
+        llms = llms.filter(pl.col("name").is_in(list(models)))
+    pairs = wh.pending_pairs(con, llms["name"].to_list(), splits)
+    return asyncio.run(collect_pairs(con, pairs, llms, policy, batch_size, progress=progress))
