@@ -20,6 +20,7 @@ __all__ = [
     "pending_pairs",
     "read_embeddings",
     "read_failures",
+    "read_gradable",
     "read_grades",
     "read_llms",
     "read_outcomes",
@@ -302,6 +303,22 @@ def upsert_grades(con: duckdb.DuckDBPyConnection, grades: pl.DataFrame) -> int:
         grades,
         f"ON CONFLICT (model, prompt_id) DO UPDATE SET {updates}",
         stamp="graded_at",
+    )
+
+
+def read_gradable(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> pl.DataFrame:
+    """Stored responses with what grading needs: model, prompt_id, response, reference, grader, and the
+    ``graded_version`` of the grade already stored (null if none)."""
+    where, params = ("WHERE list_contains(?, r.model)", [list(models)]) if models is not None else ("", [])
+    return _query(
+        con,
+        f"""
+        SELECT r.model, r.prompt_id, r.response, p.reference, p.grader, g.grader_version AS graded_version
+        FROM responses r JOIN prompts p USING (prompt_id)
+        LEFT JOIN grades g ON g.model = r.model AND g.prompt_id = r.prompt_id AND g.grader = p.grader
+        {where} ORDER BY r.model, r.prompt_id
+        """,
+        params,
     )
 
 
