@@ -5,12 +5,13 @@ written in batches (a killed run loses at most the batch in flight), and stored 
 Retries use exponential backoff with jitter on 429, 5xx, timeouts, transport errors and malformed bodies,
 honouring ``Retry-After``; after ``max_attempts`` the pair is recorded in ``collection_failures``.
 API keys are read from the environment variable the catalog names, at request time, and appear nowhere else:
-errors are recorded by class (``HTTP 503``, ``ReadTimeout``), never by message or body.
+errors are recorded by class (``HTTP 503``, ``Timeout``), never by message or body.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -20,8 +21,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 import duckdb
-import httpx
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -106,30 +107,33 @@ class _Endpoint:
             await asyncio.sleep(start - now)
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(value: str | None) -> float | None:
     try:
-        return float(response.headers["retry-after"])
-    except (KeyError, ValueError):
+        return float(value) if value is not None else None
+    except ValueError:
         return None
 
 
-async def _ask(client: httpx.AsyncClient, endpoint: _Endpoint, prompt: str, timeout_s: float) -> dict:
+async def _ask(session: aiohttp.ClientSession, endpoint: _Endpoint, prompt: str, timeout_s: float) -> dict:
     body = {"model": endpoint.model_id, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
     await endpoint.pace()
     started = time.perf_counter()
     try:
-        response = await client.post(endpoint.url, json=body, headers=endpoint.headers(), timeout=timeout_s)
-    except httpx.TimeoutException as exc:
-        raise _RetryableError(type(exc).__name__) from None
-    except httpx.TransportError as exc:
+        async with session.post(
+            endpoint.url, json=body, headers=endpoint.headers(), timeout=aiohttp.ClientTimeout(total=timeout_s)
+        ) as response:
+            status, retry_after, raw = response.status, response.headers.get("Retry-After"), await response.read()
+    except TimeoutError:
+        raise _RetryableError("Timeout") from None
+    except aiohttp.ClientError as exc:
         raise _RetryableError(type(exc).__name__) from None
     latency_ms = (time.perf_counter() - started) * 1000
-    if response.status_code in _RETRYABLE_STATUS:
-        raise _RetryableError(f"HTTP {response.status_code}", _retry_after(response))
-    if response.status_code != 200:
-        raise _PermanentError(f"HTTP {response.status_code}")
+    if status in _RETRYABLE_STATUS:
+        raise _RetryableError(f"HTTP {status}", _retry_after(retry_after))
+    if status != 200:
+        raise _PermanentError(f"HTTP {status}")
     try:
-        payload = response.json()
+        payload = json.loads(raw)
         choice = payload["choices"][0]
         text = choice["message"]["content"]
         if not isinstance(text, str):
@@ -193,7 +197,7 @@ async def collect_pairs(
             wh.record_failures(con, pl.DataFrame(failed))
             failed.clear()
 
-    async def one(client: httpx.AsyncClient, model: str, prompt_id: str, prompt: str) -> None:
+    async def one(session: aiohttp.ClientSession, model: str, prompt_id: str, prompt: str) -> None:
         endpoint = endpoints[model]
         result, kind, attempt = None, "unknown", 0
         while result is None and attempt < policy.max_attempts:
@@ -201,7 +205,7 @@ async def collect_pairs(
             report.attempts += 1
             try:
                 async with endpoint.semaphore:
-                    result = await _ask(client, endpoint, prompt, policy.timeout_s)
+                    result = await _ask(session, endpoint, prompt, policy.timeout_s)
             except _RetryableError as exc:
                 kind = exc.kind
                 report.errors[kind] += 1
@@ -219,16 +223,15 @@ async def collect_pairs(
             done.append(identity | {"prompt_hash": prompt_hash(prompt)} | result)
             report.cost_usd += result["cost_usd"]
         bar.update(1)
-        bar.set_postfix(errors=sum(report.errors.values()), failed=report.failed, usd=f"{report.cost_usd:.4f}")
         if len(done) + len(failed) >= batch_size:
             flush()
+            bar.set_postfix(errors=sum(report.errors.values()), failed=report.failed, usd=f"{report.cost_usd:.4f}")
 
-    limits = httpx.Limits(max_connections=int(llms["max_concurrency"].sum()) + 8)
-    async with httpx.AsyncClient(limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=int(llms["max_concurrency"].sum()) + 8, limit_per_host=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
         try:
-            await asyncio.gather(
-                *(one(client, *row) for row in pairs.select("model", "prompt_id", "prompt").iter_rows())
-            )
+            rows = pairs.select("model", "prompt_id", "prompt").iter_rows()
+            await asyncio.gather(*(one(session, *row) for row in rows))
         finally:
             flush()
             bar.close()
@@ -263,4 +266,14 @@ def collect(
             raise ValueError(f"model={sorted(unknown)[0]!r}: not an active LLM in the catalog")
         llms = llms.filter(pl.col("name").is_in(list(models)))
     pairs = wh.pending_pairs(con, llms["name"].to_list(), splits)
-    return asyncio.run(collect_pairs(con, pairs, llms, policy, batch_size, progress=progress))
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(collect_pairs(con, pairs, llms, policy, batch_size, progress=progress))
+
+
+def _loop_factory():
+    """uvloop's event loop where installed (about a third less CPU per request), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

@@ -88,7 +88,7 @@ def test_faults_of_every_kind_end_with_every_pair_stored_once(con, mmlu_like_dir
     n_val = wh.read_prompts(con, splits=["validation"]).height
     assert report.stored == 2 * n_val and report.failed == 0
     assert wh.read_responses(con).height == 2 * n_val
-    assert {"HTTP 429", "HTTP 500", "HTTP 503", "ReadTimeout", "MalformedBody"} <= set(report.errors)
+    assert {"HTTP 429", "HTTP 500", "HTTP 503", "Timeout", "MalformedBody"} <= set(report.errors)
     assert totals.get("ok", 0) == 2 * n_val  # exactly one successful answer per pair
 
 

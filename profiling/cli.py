@@ -1,0 +1,212 @@
+"""The ``uniroute`` command line: the replay endpoint and the warehouse steps (catalog, prompts, collect, grade)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from profiling.replay_server import DATA_FILES, FaultKind, FaultRates, ReplayConfig, ReplayData, create_app
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR_ENV = "UNIROUTE_MMLU_PRO_DIR"
+DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
+
+
+def default_data_dir() -> Path:
+    """``$UNIROUTE_MMLU_PRO_DIR``, else ``../shared/data/mmlu_pro`` next to the project."""
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def _key_value(text: str, flag: str) -> tuple[str, float]:
+    """Parse ``KEY=NUMBER`` (e.g. ``--model-latency gpt-4o=120``)."""
+    key, sep, value = text.rpartition("=")
+    try:
+        if not (sep and key):
+            raise ValueError
+        return key, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{flag}: expected KEY=NUMBER, got {text!r}") from None
+
+
+def _model_latency(text: str) -> tuple[str, float]:
+    return _key_value(text, "--model-latency")
+
+
+def _fault(text: str) -> tuple[str, float]:
+    kind, rate = _key_value(text, "--fault")
+    if kind not in set(FaultKind):
+        raise argparse.ArgumentTypeError(f"--fault: unknown kind {kind!r}; one of {[k.value for k in FaultKind]}")
+    return kind, rate
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uniroute", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    replay = commands.add_parser(
+        "replay-server",
+        help="serve recorded answers as an OpenAI-compatible endpoint",
+        description="Serve recorded MMLU-Pro answers at /v1/chat/completions and /v1/models, with latency and "
+        "seeded faults; request counts at /_replay/stats and /_replay/requests.",
+    )
+    replay.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"dataset directory ({', '.join(DATA_FILES)}); default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR}",
+    )
+    replay.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
+    replay.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    replay.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer (default 0)")
+    replay.add_argument(
+        "--model-latency",
+        type=_model_latency,
+        action="append",
+        default=[],
+        metavar="MODEL=MS",
+        help="per-model latency override; repeatable",
+    )
+    replay.add_argument(
+        "--fault-rate", type=float, default=0.0, help="probability of a fault, spread evenly over the kinds"
+    )
+    replay.add_argument(
+        "--fault",
+        type=_fault,
+        action="append",
+        default=[],
+        metavar="KIND=RATE",
+        help=f"rate of one fault kind, overriding its share of --fault-rate; kinds: {', '.join(FaultKind)}",
+    )
+    replay.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default 0)")
+    replay.add_argument(
+        "--hang-seconds", type=float, default=30.0, help="how long a hang lasts; above the client timeout"
+    )
+    replay.add_argument("--retry-after", type=int, default=1, help="Retry-After of a 429, in seconds")
+    replay.set_defaults(run=run_replay_server)
+    _add_warehouse_commands(commands)
+    return parser
+
+
+def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
+    def command(name: str, help_text: str, run) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--warehouse", type=Path, default=None, help="DuckDB file (default $UNIROUTE_WAREHOUSE or data/)"
+        )
+        sub.set_defaults(run=run)
+        return sub
+
+    catalog = command("sync-catalog", "validate llms.yaml (or CSV) and make the warehouse catalog match it", _sync)
+    catalog.add_argument("catalog", type=Path)
+    mmlu = command("import-mmlu-pro", "import MMLU-Pro questions as prompts, split train/validation/test", _import)
+    mmlu.add_argument("--data", type=Path, default=None, help=f"dataset directory; default ${DATA_DIR_ENV}")
+    mmlu.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    collect = command("collect", "ask the catalog's LLMs every prompt they have not answered yet", _collect)
+    collect.add_argument("--models", nargs="+", default=None, help="default: every active LLM")
+    collect.add_argument("--splits", nargs="+", default=["validation"])
+    collect.add_argument("--max-attempts", type=int, default=5)
+    collect.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
+    collect.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade = command("grade", "grade stored responses not yet graded by the current grader version", _grade)
+    grade.add_argument("--models", nargs="+", default=None)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import warehouse as wh
+
+    with wh.connect(args.warehouse) as con:
+        catalog = wh.sync_catalog(con, args.catalog)
+    print(f"catalog: {catalog.height} LLMs synced ({catalog['active'].sum()} active)")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    import warehouse as wh
+    from profiling.importers import import_mmlu_pro
+
+    with wh.connect(args.warehouse) as con:
+        prompts = import_mmlu_pro(con, args.data or default_data_dir(), seed=args.seed)
+    print(f"prompts: {prompts.height} imported; {dict(prompts['split'].value_counts().iter_rows())}")
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    import warehouse as wh
+    from profiling.collector import RetryPolicy, collect
+
+    policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout)
+    with wh.connect(args.warehouse) as con:
+        report = collect(con, args.models, args.splits, policy, progress=not args.quiet)
+    print(
+        f"collection {report.run_id}: {report.stored}/{report.requested} stored, {report.failed} failed "
+        f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s"
+    )
+    return 0 if report.failed == 0 else 3
+
+
+def _grade(args: argparse.Namespace) -> int:
+    import warehouse as wh
+    from profiling.grading import grade_responses
+
+    with wh.connect(args.warehouse) as con:
+        print(f"grades: {grade_responses(con, args.models)} written")
+    return 0
+
+
+def run_replay_server(args: argparse.Namespace) -> int:
+    """Load the dataset, then serve until interrupted (SIGINT/SIGTERM)."""
+    import uvicorn
+
+    data_dir: Path = args.data or default_data_dir()
+    missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"replay-server: MMLU-Pro data not found at {data_dir} (missing {', '.join(missing)}); "
+            f"pass --data DIR or set {DATA_DIR_ENV}"
+        )
+    try:
+        faults = FaultRates(**{**vars(FaultRates.spread(args.fault_rate)), **dict(args.fault)})
+        config = ReplayConfig(
+            latency_ms=args.latency_ms,
+            model_latency_ms=dict(args.model_latency),
+            faults=faults,
+            seed=args.seed,
+            hang_seconds=args.hang_seconds,
+            retry_after_seconds=args.retry_after,
+        )
+        started = time.perf_counter()
+        data = ReplayData.load(data_dir)
+        app = create_app(data, config)
+    except ValueError as exc:
+        raise SystemExit(f"replay-server: {exc}") from None
+    print(
+        f"replay-server: {data.n_responses} responses of {len(data.models)} models to {data.n_questions} questions "
+        f"from {data_dir} loaded in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        proxy_headers=False,
+        log_level="info",
+        timeout_graceful_shutdown=3,  # then cancel requests still hanging
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``uniroute``."""
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

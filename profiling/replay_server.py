@@ -1,0 +1,570 @@
+"""The replay endpoint: an OpenAI-compatible server that answers with recorded LLM responses.
+
+A prompt is identified by its text: every question of an MMLU-Pro-like dataset is rendered with
+:func:`~profiling.rendering.render_mmlu_pro`, and the hash of that text maps to its question id. A chat request
+is answered with the recorded ``response`` of (model, question of its last user message), after a configurable
+latency, unless a seeded fault (429, 500, 503, a hang, a truncated body) is drawn instead. Every request is
+counted per (model, prompt_id, outcome) and served at ``GET /_replay/stats`` and ``GET /_replay/requests``.
+
+Used for offline demos, tests and load tests::
+
+    with ReplayServer(data_dir, ReplayConfig(latency_ms=50)) as server:
+        httpx.post(f"{server.base_url}/chat/completions", json={"model": ..., "messages": [...]})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from profiling.rendering import estimate_tokens, render_mmlu_pro
+from router_core.embedding import prompt_hash
+
+__all__ = [
+    "OK",
+    "FaultKind",
+    "FaultRates",
+    "RejectReason",
+    "ReplayConfig",
+    "ReplayData",
+    "ReplayServer",
+    "RequestLog",
+    "create_app",
+]
+
+#: The outcome of a request answered with its recorded response.
+OK = "ok"
+DATA_FILES = ("questions.parquet", "responses.parquet", "models.csv")
+
+
+class FaultKind(StrEnum):
+    """An injected failure; its value is the outcome recorded in the request log."""
+
+    RATE_LIMITED = "rate_limited"  # 429 with Retry-After, sent at once (no latency)
+    SERVER_ERROR = "server_error"  # 500 after the latency
+    UNAVAILABLE = "unavailable"  # 503 after the latency
+    HANG = "hang"  # nothing for hang_seconds (or until the client gives up), then 504
+    TRUNCATED = "truncated"  # 200 whose JSON body is cut in half
+
+
+class RejectReason(StrEnum):
+    """Why a request was refused before any fault was drawn; also its recorded outcome and error code."""
+
+    INVALID_REQUEST = "invalid_request"  # 400
+    MODEL_NOT_FOUND = "model_not_found"  # 404
+    PROMPT_NOT_FOUND = "prompt_not_found"  # 404
+    RESPONSE_NOT_RECORDED = "response_not_recorded"  # 404: a known model that never answered this prompt
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Probability of each fault kind per valid request; the rest are answered (``OK``)."""
+
+    rate_limited: float = 0.0
+    server_error: float = 0.0
+    unavailable: float = 0.0
+    hang: float = 0.0
+    truncated: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            rate = getattr(self, f.name)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault rate {f.name}: {rate!r} is not in [0, 1]")
+        if self.total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates: they sum to {self.total!r}, more than 1")
+
+    @classmethod
+    def spread(cls, total_rate: float) -> FaultRates:
+        """``total_rate`` split evenly over every fault kind."""
+        if not 0.0 <= total_rate <= 1.0:
+            raise ValueError(f"fault_rate: {total_rate!r} is not in [0, 1]")
+        return cls(**{kind.value: total_rate / len(FaultKind) for kind in FaultKind})
+
+    @property
+    def total(self) -> float:
+        """Probability that a request gets any fault."""
+        return sum(getattr(self, kind.value) for kind in FaultKind)
+
+    def cumulative(self) -> list[tuple[float, FaultKind]]:
+        """Upper bounds of each kind's slice of [0, 1), in ``FaultKind`` order, for one uniform draw."""
+        bounds, upper = [], 0.0
+        for kind in FaultKind:
+            upper += getattr(self, kind.value)
+            bounds.append((upper, kind))
+        return bounds
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """How the replay server behaves: latency, faults and their seeded draws."""
+
+    #: Delay before every answer (and before 500, 503 and truncated bodies), in milliseconds.
+    latency_ms: float = 0.0
+    #: Per-model overrides of ``latency_ms``.
+    model_latency_ms: dict[str, float] = field(default_factory=dict)
+    faults: FaultRates = field(default_factory=FaultRates)
+    #: Seed of the fault draws (``None``: fresh entropy); draws follow the order requests arrive in.
+    seed: int | None = 0
+    #: How long a hang lasts when the client does not give up first; choose it above the client's timeout.
+    hang_seconds: float = 30.0
+    #: The ``Retry-After`` header of a 429, in seconds.
+    retry_after_seconds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.latency_ms < 0:
+            raise ValueError(f"latency_ms: {self.latency_ms!r} is negative")
+        for model, ms in self.model_latency_ms.items():
+            if ms < 0:
+                raise ValueError(f"model_latency_ms[{model!r}]: {ms!r} is negative")
+        if self.hang_seconds <= 0:
+            raise ValueError(f"hang_seconds: {self.hang_seconds!r} is not positive")
+        if self.retry_after_seconds < 0:
+            raise ValueError(f"retry_after_seconds: {self.retry_after_seconds!r} is negative")
+
+    def latency_seconds(self, model: str) -> float:
+        """The delay before ``model`` answers, in seconds."""
+        return self.model_latency_ms.get(model, self.latency_ms) / 1000.0
+
+
+@dataclass(frozen=True)
+class ReplayData:
+    """Recorded answers, indexed for lookup by prompt text.
+
+    ``question_ids_by_hash`` maps ``prompt_hash(rendered question)`` to the ids of the questions rendering to it
+    (a few MMLU-Pro questions are exact duplicates); ``responses`` maps model -> question id -> response.
+    """
+
+    question_ids_by_hash: dict[str, tuple[int, ...]]
+    responses: dict[str, dict[int, str]]
+    models: tuple[str, ...]
+
+    @classmethod
+    def load(cls, data_dir: str | os.PathLike[str]) -> ReplayData:
+        """Read ``questions.parquet``, ``responses.parquet`` and ``models.csv`` from ``data_dir``."""
+        data_dir = Path(data_dir)
+        missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"replay data: {', '.join(missing)} missing in {data_dir}")
+        questions = pl.read_parquet(
+            data_dir / "questions.parquet", columns=["question_id", "question", "options", "category"]
+        )
+        question_ids_by_hash: dict[str, tuple[int, ...]] = {}
+        for qid, text, options, category in zip(
+            questions["question_id"].to_list(),
+            questions["question"].to_list(),
+            questions["options"].to_list(),
+            questions["category"].to_list(),
+            strict=True,
+        ):
+            key = prompt_hash(render_mmlu_pro(text, options, category))
+            question_ids_by_hash[key] = (*question_ids_by_hash.get(key, ()), qid)
+        question_ids_by_hash = {key: tuple(sorted(ids)) for key, ids in question_ids_by_hash.items()}
+
+        recorded = pl.read_parquet(data_dir / "responses.parquet", columns=["model", "question_id", "response"])
+        responses = {
+            model: dict(zip(part["question_id"].to_list(), part["response"].to_list(), strict=True))
+            for (model,), part in recorded.partition_by("model", as_dict=True, maintain_order=True).items()
+        }
+        listed = pl.read_csv(data_dir / "models.csv", columns=["model"])["model"].to_list()
+        models = (*listed, *sorted(set(responses) - set(listed)))
+        return cls(question_ids_by_hash=question_ids_by_hash, responses=responses, models=models)
+
+    @property
+    def n_questions(self) -> int:
+        return sum(len(ids) for ids in self.question_ids_by_hash.values())
+
+    @property
+    def n_responses(self) -> int:
+        return sum(len(answers) for answers in self.responses.values())
+
+
+class RequestLog:
+    """Thread-safe counts of requests per (model, prompt_id, outcome); readable while the server runs."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str | None, int | None, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def record(self, model: str | None, prompt_id: int | None, outcome: str) -> None:
+        outcome = str(outcome)  # a plain str, also for FaultKind / RejectReason members
+        with self._lock:
+            self._counts[model, prompt_id, outcome] += 1
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per (model, prompt_id, outcome) with its ``count``; model/prompt_id are None when unknown."""
+        with self._lock:
+            items = list(self._counts.items())
+        return [
+            {"model": model, "prompt_id": prompt_id, "outcome": outcome, "count": count}
+            for (model, prompt_id, outcome), count in items
+        ]
+
+    def totals(self) -> dict[str, int]:
+        """Number of requests per outcome."""
+        totals: Counter[str] = Counter()
+        for row in self.rows():
+            totals[row["outcome"]] += row["count"]
+        return dict(totals)
+
+    def frame(self) -> pl.DataFrame:
+        """:meth:`rows` as a frame: model, prompt_id, outcome, count."""
+        schema = {"model": pl.String, "prompt_id": pl.Int64, "outcome": pl.String, "count": pl.Int64}
+        return pl.DataFrame(self.rows(), schema=schema)
+
+
+class _BadRequest(Exception):
+    """A malformed chat request; ``param`` names the offending field."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class _ChatRequest:
+    model: str
+    prompt: str  # the last user message: what identifies the question
+    prompt_tokens: int
+
+
+def _message_text(content: Any, param: str) -> str:
+    """The text of a message's ``content``: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for i, part in enumerate(content):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise _BadRequest(f"{param}[{i}]: expected a text part, got {part!r:.80}", f"{param}[{i}]")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise _BadRequest(f"{param}: expected a string or a list of text parts, got {content!r:.80}", param)
+
+
+def _parse_chat_request(raw: bytes) -> _ChatRequest:
+    """Validate a ``/v1/chat/completions`` body; raise ``_BadRequest`` naming the first bad field."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise _BadRequest(f"request body is not valid JSON: {exc}", None) from None
+    if not isinstance(body, dict):
+        raise _BadRequest(f"request body: expected a JSON object, got {type(body).__name__}", None)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest(f"model: expected a non-empty string, got {model!r:.80}", "model")
+    if body.get("stream"):
+        raise _BadRequest("stream: streaming is not supported by the replay server", "stream")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _BadRequest(f"messages: expected a non-empty list of messages, got {messages!r:.80}", "messages")
+    texts, prompt = [], None
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _BadRequest(f"messages[{i}]: expected an object, got {message!r:.80}", f"messages[{i}]")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise _BadRequest(f"messages[{i}].role: expected a string, got {role!r:.80}", f"messages[{i}].role")
+        text = _message_text(message.get("content"), f"messages[{i}].content")
+        texts.append(text)
+        if role == "user":
+            prompt = text
+    if prompt is None:
+        raise _BadRequest("messages: no message with role 'user'", "messages")
+    return _ChatRequest(model=model, prompt=prompt, prompt_tokens=estimate_tokens("\n".join(texts)))
+
+
+def _json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+
+
+def _error(
+    status_code: int,
+    message: str,
+    error_type: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """An error in OpenAI's format: ``{"error": {"message", "type", "param", "code"}}``."""
+    error = {"message": message, "type": error_type, "param": param, "code": code}
+    return _json_response({"error": error}, status_code, headers)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _Replayer:
+    """The state behind one app: data, config, the seeded fault draws and the request log."""
+
+    def __init__(self, data: ReplayData, config: ReplayConfig) -> None:
+        unknown = sorted(set(config.model_latency_ms) - set(data.models))
+        if unknown:
+            raise ValueError(f"model_latency_ms: unknown model(s) {unknown}; known: {list(data.models)}")
+        self.data = data
+        self.config = config
+        self.log = RequestLog()
+        self._known_models = frozenset(data.models)
+        self._fault_bounds = config.faults.cumulative()
+        self._any_faults = config.faults.total > 0
+        self._rng = random.Random(config.seed)
+        created = int(time.time())
+        self.models_body = [{"id": m, "object": "model", "created": created, "owned_by": "replay"} for m in data.models]
+
+    def reset(self) -> None:
+        """Clear the request log and restart the fault draws from the seed."""
+        self.log.reset()
+        self._rng = random.Random(self.config.seed)
+
+    def draw_fault(self) -> FaultKind | None:
+        if not self._any_faults:
+            return None
+        u = self._rng.random()
+        for upper, kind in self._fault_bounds:
+            if u < upper:
+                return kind
+        return None
+
+    async def chat_completion(self, request: Request) -> Response:
+        try:
+            chat = _parse_chat_request(await request.body())
+        except _BadRequest as exc:
+            self.log.record(None, None, RejectReason.INVALID_REQUEST)
+            return _error(400, str(exc), "invalid_request_error", RejectReason.INVALID_REQUEST, exc.param)
+        model = chat.model
+        if model not in self._known_models:
+            self.log.record(model, None, RejectReason.MODEL_NOT_FOUND)
+            message = f"The model {model!r} does not exist; known models: GET /v1/models"
+            return _error(404, message, "invalid_request_error", RejectReason.MODEL_NOT_FOUND, "model")
+        key = prompt_hash(chat.prompt)
+        question_ids = self.data.question_ids_by_hash.get(key)
+        if question_ids is None:
+            self.log.record(model, None, RejectReason.PROMPT_NOT_FOUND)
+            message = f"prompt not found: the last user message ({chat.prompt[:60]!r}, hash {key}) matches no question"
+            return _error(404, message, "invalid_request_error", RejectReason.PROMPT_NOT_FOUND, "messages")
+        answers = self.data.responses.get(model, {})
+        question_id = next((qid for qid in question_ids if qid in answers), None)
+        if question_id is None:
+            self.log.record(model, question_ids[0], RejectReason.RESPONSE_NOT_RECORDED)
+            message = f"model {model!r} has no recorded response to question {question_ids[0]} (hash {key})"
+            return _error(404, message, "invalid_request_error", RejectReason.RESPONSE_NOT_RECORDED, "messages")
+
+        fault = self.draw_fault()
+        self.log.record(model, question_id, fault or OK)
+        if fault is FaultKind.RATE_LIMITED:
+            headers = {"Retry-After": str(self.config.retry_after_seconds)}
+            message = f"injected fault: rate limit reached for {model}; retry after {self.config.retry_after_seconds} s"
+            return _error(429, message, "requests", "rate_limit_exceeded", headers=headers)
+        if fault is FaultKind.HANG:
+            with contextlib.suppress(TimeoutError):  # timed out, or the client left first
+                await asyncio.wait_for(_wait_for_disconnect(request), timeout=self.config.hang_seconds)
+            return _error(504, "injected fault: the upstream hung", "server_error", "timeout")
+        latency = self.config.latency_seconds(model)
+        if latency > 0:
+            await asyncio.sleep(latency)
+        if fault is FaultKind.SERVER_ERROR:
+            message = "injected fault: the server had an error while processing your request"
+            return _error(500, message, "server_error", "internal_error")
+        if fault is FaultKind.UNAVAILABLE:
+            return _error(503, "injected fault: the engine is currently overloaded", "server_error", "unavailable")
+
+        answer = answers[question_id]
+        completion_tokens = estimate_tokens(answer)
+        response = _json_response(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": chat.prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": chat.prompt_tokens + completion_tokens,
+                },
+            }
+        )
+        if fault is FaultKind.TRUNCATED:
+            body = response.body[: len(response.body) // 2]
+            return Response(body, status_code=200, media_type="application/json")
+        return response
+
+
+def create_app(data: str | os.PathLike[str] | ReplayData, config: ReplayConfig | None = None) -> FastAPI:
+    """The replay server's ASGI app over ``data`` (a dataset directory, or data already loaded).
+
+    Routes: ``POST /v1/chat/completions``, ``GET /v1/models[/{model}]``; the request log at
+    ``GET /_replay/stats`` (``{outcome: count}``), ``GET /_replay/requests`` (a list of
+    ``{model, prompt_id, outcome, count}``), ``POST /_replay/reset``, and in process at ``app.state.request_log``.
+    """
+    replay_data = data if isinstance(data, ReplayData) else ReplayData.load(data)
+    replayer = _Replayer(replay_data, config or ReplayConfig())
+    app = FastAPI(
+        title="UniRoute replay server",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        # a test double: no OpenTelemetry spans or metrics, and no per-request check for a configured provider
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
+    app.state.request_log = replayer.log
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else None
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return _error(exc.status_code, message, "invalid_request_error", code)
+
+    # Plain Starlette routes (no FastAPI dependency solving): the hot path of load tests.
+    app.add_route("/v1/chat/completions", replayer.chat_completion, methods=["POST"])
+
+    async def list_models(request: Request) -> Response:
+        return _json_response({"object": "list", "data": replayer.models_body})
+
+    async def retrieve_model(request: Request) -> Response:
+        model = request.path_params["model"]
+        found = next((m for m in replayer.models_body if m["id"] == model), None)
+        if found is None:
+            message = f"The model {model!r} does not exist"
+            return _error(404, message, "invalid_request_error", RejectReason.MODEL_NOT_FOUND, "model")
+        return _json_response(found)
+
+    async def stats(request: Request) -> Response:
+        return _json_response(replayer.log.totals())
+
+    async def requests(request: Request) -> Response:
+        return _json_response(replayer.log.rows())
+
+    async def reset(request: Request) -> Response:
+        replayer.reset()
+        return _json_response({"reset": True})
+
+    app.add_route("/v1/models", list_models, methods=["GET"])
+    app.add_route("/v1/models/{model:path}", retrieve_model, methods=["GET"])
+    app.add_route("/_replay/stats", stats, methods=["GET"])
+    app.add_route("/_replay/requests", requests, methods=["GET"])
+    app.add_route("/_replay/reset", reset, methods=["POST"])
+    return app
+
+
+class ReplayServer:
+    """A replay server on a background thread (uvicorn, uvloop, httptools) for tests and benchmarks.
+
+    ``with ReplayServer(data_dir, config) as server:`` serves at ``server.base_url``
+    (``http://127.0.0.1:PORT/v1``); ``port=0`` picks a free port. Exiting stops it; requests still hanging
+    are cancelled after ``shutdown_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike[str] | ReplayData,
+        config: ReplayConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        startup_timeout_s: float = 30.0,
+        shutdown_timeout_s: float = 1.0,
+    ) -> None:
+        self.app = create_app(data, config)
+        self.request_log: RequestLog = self.app.state.request_log
+        self.host = host
+        self._requested_port = port
+        self._startup_timeout_s = startup_timeout_s
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("ReplayServer: not started; use it as a context manager or call start()")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """The server's root, e.g. ``http://127.0.0.1:PORT`` (``/_replay/...`` lives here)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL, e.g. ``http://127.0.0.1:PORT/v1``."""
+        return f"{self.url}/v1"
+
+    def start(self) -> ReplayServer:
+        """Start serving; return once the socket accepts connections."""
+        if self._thread is not None:
+            raise RuntimeError("ReplayServer: already started")
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self._requested_port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="off",
+            access_log=False,
+            proxy_headers=False,  # loopback only: no X-Forwarded-* to trust
+            log_config=None,  # leave the host process's logging alone
+            log_level="warning",
+            timeout_graceful_shutdown=self._shutdown_timeout_s,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="replay-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self._startup_timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"ReplayServer: failed to start on {self.host}:{self._requested_port}")
+            time.sleep(0.005)
+        self._port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=self._shutdown_timeout_s + 10.0)
+            if self._thread.is_alive():
+                raise RuntimeError("ReplayServer: the server thread did not stop")
+        self._server = self._thread = None
+
+    def __enter__(self) -> ReplayServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,413 @@
+"""The replay endpoint on a real uvicorn server on 127.0.0.1, over the tiny MMLU-Pro-like fixture dataset."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from profiling import cli
+from profiling.rendering import estimate_tokens, render_mmlu_pro
+from profiling.replay_server import FaultKind, FaultRates, ReplayConfig, ReplayData, ReplayServer, create_app
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODELS = ["math-pro", "history-pro", "bio-pro", "generalist", "cheap", "last"]
+
+
+@pytest.fixture(scope="module")
+def replay_data(mmlu_like_dir: Path) -> ReplayData:
+    return ReplayData.load(mmlu_like_dir)
+
+
+@pytest.fixture(scope="module")
+def prompts(mmlu_like_dir: Path) -> dict[int, str]:
+    """question_id -> the rendered prompt a client sends."""
+    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
+    return {q["question_id"]: render_mmlu_pro(q["question"], q["options"], q["category"]) for q in questions.to_dicts()}
+
+
+@pytest.fixture(scope="module")
+def recorded(mmlu_like_dir: Path) -> dict[tuple[str, int], str]:
+    responses = pl.read_parquet(mmlu_like_dir / "responses.parquet")
+    return {(r["model"], r["question_id"]): r["response"] for r in responses.to_dicts()}
+
+
+@pytest.fixture(scope="module")
+def server(replay_data: ReplayData) -> Iterator[ReplayServer]:
+    with ReplayServer(replay_data) as replay:
+        yield replay
+
+
+@pytest.fixture
+def client(server: ReplayServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        http.post("/_replay/reset").raise_for_status()
+        yield http
+
+
+def chat(http: httpx.Client, model: str, content: object, **extra: object) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+    return http.post("/v1/chat/completions", json=body)
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None, param: str | None) -> str:
+    """Check OpenAI's error shape; return the message."""
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["code"], error["param"]) == (code, param)
+    assert error["message"]
+    return error["message"]
+
+
+# ---- answers ----
+
+
+@pytest.mark.parametrize(("model", "question_id"), [("math-pro", 1), ("cheap", 2), ("last", 11), ("bio-pro", 119)])
+def test_serves_the_recorded_response_with_usage(client, prompts, recorded, model, question_id):
+    response = chat(client, model, prompts[question_id])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    answer = recorded[model, question_id]
+    assert body["object"] == "chat.completion"
+    assert body["model"] == model
+    assert body["id"].startswith("chatcmpl-")
+    assert abs(body["created"] - time.time()) < 60
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": answer}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    prompt_tokens, completion_tokens = estimate_tokens(prompts[question_id]), estimate_tokens(answer)
+    assert body["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def test_answers_differ_per_question_and_ids_per_request(client, prompts, recorded):
+    first, second = chat(client, "cheap", prompts[1]).json(), chat(client, "cheap", prompts[2]).json()
+    assert recorded["cheap", 1] != recorded["cheap", 2]
+    assert [first["choices"][0]["message"]["content"], second["choices"][0]["message"]["content"]] == [
+        recorded["cheap", 1],
+        recorded["cheap", 2],
+    ]
+    assert first["id"] != second["id"]
+
+
+def test_the_last_user_message_identifies_the_question(client, prompts, recorded):
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": prompts[5]},
+        {"role": "assistant", "content": "Thinking..."},
+        {"role": "user", "content": [{"type": "text", "text": part} for part in (prompts[7][:50], prompts[7][50:])]},
+    ]
+    response = client.post("/v1/chat/completions", json={"model": "generalist", "messages": messages})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == recorded["generalist", 7]
+    all_text = "\n".join(["You are terse.", prompts[5], "Thinking...", prompts[7]])
+    assert body["usage"]["prompt_tokens"] == estimate_tokens(all_text)
+
+
+def test_models_lists_every_model(client):
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == MODELS
+    assert {m["object"] for m in body["data"]} == {"model"}
+    assert client.get("/v1/models/cheap").json()["id"] == "cheap"
+    assert_openai_error(client.get("/v1/models/gpt-17"), 404, "model_not_found", "model")
+
+
+def test_identical_prompts_are_served_from_a_question_the_model_answered(tmp_path):
+    question = {"question": "Same?", "options": ["yes", "no"], "answer": "A", "category": "math", "src": "t"}
+    pl.DataFrame([{"question_id": qid, **question} for qid in (1, 2)]).write_parquet(tmp_path / "questions.parquet")
+    answers = [("a", 2, "a on 2"), ("b", 1, "b on 1"), ("b", 2, "b on 2")]
+    pl.DataFrame(
+        [{"model": m, "question_id": q, "response": r, "pred": "A", "correct": 1} for m, q, r in answers]
+    ).write_parquet(tmp_path / "responses.parquet")
+    pl.DataFrame({"model": ["a", "b"], "usd_per_mtok": [1.0, 2.0]}).write_csv(tmp_path / "models.csv")
+    prompt = render_mmlu_pro("Same?", ["yes", "no"], "math")
+    with ReplayServer(tmp_path) as replay, httpx.Client(base_url=replay.url) as http:
+        contents = [chat(http, model, prompt).json()["choices"][0]["message"]["content"] for model in ("a", "b")]
+        assert contents == ["a on 2", "b on 1"]
+        assert {(row["model"], row["prompt_id"]) for row in http.get("/_replay/requests").json()} == {
+            ("a", 2),
+            ("b", 1),
+        }
+
+
+# ---- errors ----
+
+
+def test_unknown_model_is_a_404_in_openai_format(client, prompts):
+    message = assert_openai_error(chat(client, "gpt-17", prompts[1]), 404, "model_not_found", "model")
+    assert "gpt-17" in message
+
+
+def test_unknown_prompt_is_a_404(client, prompts):
+    assert_openai_error(chat(client, "math-pro", "What is 2 + 2?"), 404, "prompt_not_found", "messages")
+    # the exact rendered text is the key: a trailing space is another prompt
+    assert_openai_error(chat(client, "math-pro", prompts[1] + " "), 404, "prompt_not_found", "messages")
+
+
+def test_a_model_lacking_the_answer_is_a_404_naming_the_question(client, prompts):
+    message = assert_openai_error(chat(client, "last", prompts[10]), 404, "response_not_recorded", "messages")
+    assert "'last'" in message and "question 10" in message
+    assert chat(client, "generalist", prompts[10]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"model": "cheap", "messages": [', None),
+        (b'["cheap"]', None),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model"),
+        (b'{"model": "cheap", "messages": "hi"}', "messages"),
+        (b'{"model": "cheap", "messages": []}', "messages"),
+        (b'{"model": "cheap", "messages": [{"content": "hi"}]}', "messages[0].role"),
+        (b'{"model": "cheap", "messages": [{"role": "user", "content": 42}]}', "messages[0].content"),
+        (b'{"model": "cheap", "messages": [{"role": "user", "content": [{"type": "png"}]}]}', "messages[0].content[0]"),
+        (b'{"model": "cheap", "messages": [{"role": "system", "content": "hi"}]}', "messages"),
+        (b'{"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "stream": true}', "stream"),
+    ],
+)
+def test_malformed_body_is_a_400_naming_the_field(client, body, param):
+    response = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    message = assert_openai_error(response, 400, "invalid_request", param)
+    if param is not None:
+        assert message.startswith(param.split("[")[0])
+
+
+def test_unknown_route_is_a_404_in_openai_format(client):
+    assert_openai_error(client.get("/v2/everything"), 404, "not_found", None)
+
+
+# ---- latency ----
+
+
+def test_latency_applies_per_model_overrides(replay_data, prompts):
+    config = ReplayConfig(latency_ms=0, model_latency_ms={"cheap": 500})
+    with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url) as http:
+        elapsed = {}
+        for model in ("cheap", "math-pro"):
+            started = time.perf_counter()
+            assert chat(http, model, prompts[1]).status_code == 200
+            elapsed[model] = time.perf_counter() - started
+    assert elapsed["cheap"] >= 0.5
+    assert elapsed["math-pro"] < 0.5
+
+
+def test_latency_does_not_block_the_event_loop(replay_data, prompts):
+    async def eight_at_once(base_url: str) -> list[int]:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            body = {"model": "cheap", "messages": [{"role": "user", "content": prompts[3]}]}
+            responses = await asyncio.gather(*(http.post("/chat/completions", json=body) for _ in range(8)))
+            return [r.status_code for r in responses]
+
+    with ReplayServer(replay_data, ReplayConfig(latency_ms=300)) as replay:
+        started = time.perf_counter()
+        assert asyncio.run(eight_at_once(replay.base_url)) == [200] * 8
+        elapsed = time.perf_counter() - started
+    assert 0.3 <= elapsed < 8 * 0.3  # concurrent sleeps, not one after another
+
+
+# ---- faults ----
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code"),
+    [
+        (FaultKind.RATE_LIMITED, 429, "rate_limit_exceeded"),
+        (FaultKind.SERVER_ERROR, 500, "internal_error"),
+        (FaultKind.UNAVAILABLE, 503, "unavailable"),
+    ],
+)
+def test_error_faults_at_rate_one(replay_data, prompts, kind, status, code):
+    config = ReplayConfig(faults=FaultRates(**{kind.value: 1.0}), retry_after_seconds=7)
+    with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url) as http:
+        for _ in range(3):
+            response = chat(http, "cheap", prompts[1])
+            assert_openai_error(response, status, code, None)
+            assert response.headers.get("retry-after") == ("7" if kind is FaultKind.RATE_LIMITED else None)
+        assert replay.request_log.totals() == {kind.value: 3}
+
+
+def test_truncated_fault_is_a_200_whose_json_does_not_parse(replay_data, prompts):
+    with (
+        ReplayServer(replay_data, ReplayConfig(faults=FaultRates(truncated=1.0))) as replay,
+        httpx.Client(base_url=replay.url) as http,
+    ):
+        response = chat(http, "cheap", prompts[1])
+        assert replay.request_log.totals() == {"truncated": 1}
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.content.startswith(b'{"id":"chatcmpl-')
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+
+
+def test_hang_fault_outlasts_the_client_timeout_and_ends_when_the_client_leaves(replay_data, prompts):
+    config = ReplayConfig(faults=FaultRates(hang=1.0), hang_seconds=30)
+    replay = ReplayServer(replay_data, config, shutdown_timeout_s=10).start()
+    try:
+        with httpx.Client(base_url=replay.url, timeout=0.3) as http, pytest.raises(httpx.ReadTimeout):
+            chat(http, "cheap", prompts[1])
+        assert replay.request_log.totals() == {"hang": 1}
+    finally:
+        started = time.perf_counter()
+        replay.stop()
+    # the hang noticed the disconnect: shutdown did not wait for its 30 s nor for the 10 s grace period
+    assert time.perf_counter() - started < 5
+
+
+def test_a_hang_shorter_than_the_client_timeout_ends_in_a_504(replay_data, prompts):
+    config = ReplayConfig(faults=FaultRates(hang=1.0), hang_seconds=0.2)
+    with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url, timeout=5) as http:
+        started = time.perf_counter()
+        assert_openai_error(chat(http, "cheap", prompts[1]), 504, "timeout", None)
+        assert time.perf_counter() - started >= 0.2
+
+
+def test_fault_rate_spreads_over_every_kind_reproducibly(replay_data, prompts):
+    config = ReplayConfig(faults=FaultRates.spread(0.5), hang_seconds=0.01, seed=3)
+    with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url) as http:
+
+        def statuses() -> list[int]:
+            return [chat(http, "cheap", prompts[i % 120]).status_code for i in range(200)]
+
+        first = statuses()
+        totals = http.get("/_replay/stats").json()
+        http.post("/_replay/reset").raise_for_status()
+        assert statuses() == first  # reset restarts the seeded draws
+    assert set(totals) == {"ok", *FaultKind}
+    assert 60 < totals["ok"] < 140
+    assert sorted(set(first)) == [200, 429, 500, 503, 504]
+
+
+def test_fault_rates_are_validated():
+    with pytest.raises(ValueError, match="hang"):
+        FaultRates(hang=1.5)
+    with pytest.raises(ValueError, match="sum"):
+        FaultRates(rate_limited=0.6, truncated=0.6)
+    assert FaultRates.spread(0.5).total == pytest.approx(0.5)
+    assert FaultRates.spread(0.5).hang == pytest.approx(0.1)
+
+
+def test_latency_override_for_an_unknown_model_is_refused(replay_data):
+    with pytest.raises(ValueError, match="gpt-17"):
+        create_app(replay_data, ReplayConfig(model_latency_ms={"gpt-17": 10}))
+
+
+# ---- request log ----
+
+
+def test_request_log_counts_per_model_prompt_and_outcome(client, server, prompts):
+    for _ in range(3):
+        chat(client, "math-pro", prompts[4])
+    chat(client, "bio-pro", prompts[4])
+    chat(client, "gpt-17", prompts[4])
+    chat(client, "last", prompts[20])
+    chat(client, "math-pro", "not a question")
+    client.post("/v1/chat/completions", content=b"{")
+
+    stats = client.get("/_replay/stats").json()
+    assert stats == {
+        "ok": 4,
+        "model_not_found": 1,
+        "response_not_recorded": 1,
+        "prompt_not_found": 1,
+        "invalid_request": 1,
+    }
+    rows = client.get("/_replay/requests").json()
+    counts = {(row["model"], row["prompt_id"], row["outcome"]): row["count"] for row in rows}
+    assert counts == {
+        ("math-pro", 4, "ok"): 3,
+        ("bio-pro", 4, "ok"): 1,
+        ("gpt-17", None, "model_not_found"): 1,
+        ("last", 20, "response_not_recorded"): 1,
+        ("math-pro", None, "prompt_not_found"): 1,
+        (None, None, "invalid_request"): 1,
+    }
+    frame = server.request_log.frame()
+    assert frame.columns == ["model", "prompt_id", "outcome", "count"]
+    assert frame["count"].sum() == 8
+
+    assert client.post("/_replay/reset").status_code == 200
+    assert client.get("/_replay/stats").json() == {}
+
+
+# ---- the command line ----
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_serves_answers_and_stops_on_sigterm(mmlu_like_dir, prompts, recorded):
+    port = free_port()
+    command = [sys.executable, "-m", "profiling.cli", "replay-server", "--data", str(mmlu_like_dir)]
+    command += ["--port", str(port), "--latency-ms", "1", "--model-latency", "cheap=2", "--seed", "1"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, process.stdout.read().decode()
+            assert time.monotonic() < deadline, "replay-server did not answer within 30 s"
+            try:
+                if httpx.get(f"{base_url}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        with httpx.Client(base_url=base_url, timeout=5) as http:
+            response = chat(http, "cheap", prompts[9])
+            assert response.json()["choices"][0]["message"]["content"] == recorded["cheap", 9]
+            assert http.get("/_replay/stats").json() == {"ok": 1}
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=15)[0].decode()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit 0 on older versions)
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "Finished server process" in output
+    assert "708 responses of 6 models to 120 questions" in output
+
+
+def test_cli_names_the_missing_data_dir_and_its_variable(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(SystemExit, match="UNIROUTE_MMLU_PRO_DIR") as excinfo:
+        cli.main(["replay-server", "--data", str(missing)])
+    assert str(missing) in str(excinfo.value)
+
+    monkeypatch.setenv("UNIROUTE_MMLU_PRO_DIR", str(tmp_path / "from-env"))
+    with pytest.raises(SystemExit, match="from-env"):
+        cli.main(["replay-server"])
+    monkeypatch.delenv("UNIROUTE_MMLU_PRO_DIR")
+    assert cli.default_data_dir() == PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--model-latency", "cheap"], "--model-latency: expected KEY=NUMBER"),
+        (["--fault", "meteor=0.1"], "--fault: unknown kind 'meteor'"),
+        (["--fault-rate", "0.5", "--fault", "hang=0.9"], "sum to"),
+        (["--model-latency", "gpt-17=5"], "gpt-17"),
+    ],
+)
+def test_cli_rejects_bad_options_by_name(mmlu_like_dir, capsys, extra, expected):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(["replay-server", "--data", str(mmlu_like_dir), *extra])
+    assert expected in str(excinfo.value) + capsys.readouterr().err
