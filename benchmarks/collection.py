@@ -27,8 +27,8 @@ import httpx
 import polars as pl
 
 import warehouse as wh
+from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DEFAULT_DATA_DIR
-from benchmarks.routing_quality import machine_description
 from profiling.collector import RetryPolicy, collect
 from profiling.importers import import_mmlu_pro
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME, load_mmlu_pro, stratified_sample
 from router_core import (
     ClusterMap,
@@ -409,18 +409,6 @@ def check_floors(frame: pl.DataFrame, route_vs_embed: float) -> list[tuple[str, 
         ("Oracle bounds every router on every seed", oracle_bound),
         (f"routing test prompts < 1% of embedding them (measured {route_vs_embed:.4%})", route_vs_embed < 0.01),
     ]
-
-
-def machine_description() -> str:
-    """CPU model, cores and OS: benchmark numbers mean little without them."""
-    cpuinfo = Path("/proc/cpuinfo")
-    model = platform.processor() or platform.machine()
-    if cpuinfo.exists():
-        names = [
-            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-        ]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,7 +158,7 @@ async def collect_pairs(
     pairs: pl.DataFrame,
     llms: pl.DataFrame,
     policy: RetryPolicy | None = None,
-    batch_size: int = 256,
+    batch_size: int = 512,
     seed: int | None = None,
     progress: bool = True,
 ) -> CollectionReport:
@@ -255,7 +255,7 @@ def collect(
     models: Sequence[str] | None = None,
     splits: Sequence[str] = ("validation",),
     policy: RetryPolicy | None = None,
-    batch_size: int = 256,
+    batch_size: int = 512,
     progress: bool = True,
 ) -> CollectionReport:
     """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 __all__ = [
+    "CHOICE_RULES",
     "ExactMatchGrader",
     "Grader",
     "MMLUProLetterGrader",
@@ -29,6 +30,7 @@ __all__ = [
     "get_grader",
     "grader_names",
     "normalize_text",
+    "trace_choice",
 ]
 
 CHOICE_LETTERS = "ABCDEFGHIJ"
@@ -47,7 +49,8 @@ class Grader(ABC):
         """Score of an already-validated pair."""
 
     def _check_reference(self, reference: str, field: str) -> None:
-        """Raise ``ValueError`` naming ``field`` when ``reference`` cannot be graded against (default: accept)."""
+        """Raise ``ValueError`` naming ``field`` when ``reference`` cannot be graded against (default: any str)."""
+        return None
 
     def grade(self, response: str, reference: str) -> float:
         """Score in [0, 1] of ``response`` against ``reference``."""
@@ -91,35 +94,76 @@ def _check_sequence(value: object, field: str) -> None:
 
 # The chain of TIGER-AI-Lab/MMLU-Pro (compute_accuracy.py / evaluate_from_api.py): case-sensitive, first match.
 _ANSWER_IS = re.compile(r"answer is \(?([A-J])\)?")
-# Without DOTALL ``.*`` stays on one line: the first line holding "answer: X" wins, its last such X.
-_ANSWER_COLON = re.compile(r".*[aA]nswer:\s*([A-J])")
+# MMLU-Pro's second step is ``re.search(r".*[aA]nswer:\s*([A-J])", text)``: without DOTALL ``.*`` stays on one
+# line, so the first line holding an "answer: X" wins, and within it (greedy ``.*``) the last one. That pattern
+# backtracks quadratically on long lines; this look-ahead finds every candidate once (overlapping ones too) and
+# ``_answer_colon`` applies the same first-line, last-in-line rule.
+_ANSWER_COLON = re.compile(r"(?=[aA]nswer:\s*([A-J]))")
 # MMLU-Pro's last step is ``\b[A-J]\b(?!.*\b[A-J]\b)`` with DOTALL: the last standalone letter. Standalone
 # one-letter matches never overlap, so the last ``finditer`` match is the same letter without the quadratic
-# look-ahead (tests check the two agree).
+# look-ahead.
 _STANDALONE_LETTER = re.compile(r"\b[A-J]\b")
+
+
+def _answer_colon(response: str) -> str | None:
+    chosen, line_end = None, -1
+    for match in _ANSWER_COLON.finditer(response):
+        if chosen is None:
+            line_end = response.find("\n", match.start())
+            line_end = len(response) if line_end < 0 else line_end
+        elif match.start() >= line_end:
+            break
+        chosen = match
+    return chosen.group(1) if chosen else None
+
+
+def _last_standalone_letter(response: str) -> str | None:
+    last = None
+    for last in _STANDALONE_LETTER.finditer(response):  # noqa: B007 -- only the last match is wanted
+        pass
+    return last.group(0) if last else None
+
+
+#: Which step of MMLU-Pro's chain gave the letter (``trace_choice``), in the order they are tried.
+CHOICE_RULES = ("answer is", "Answer:", "last letter", "none")
+
+
+def trace_choice(response: str) -> tuple[str | None, str]:
+    """The letter ``extract_choice`` gives and the rule of ``CHOICE_RULES`` that gave it.
+
+    >>> trace_choice("Answer: (E)?  Then answer: F")  # the "Answer:" rule takes no parenthesis
+    ('F', 'Answer:')
+    >>> trace_choice("Between (E) and (F), I pick E.")
+    ('E', 'last letter')
+    """
+    _check_str(response, "response")
+    match = _ANSWER_IS.search(response)
+    if match:
+        return match.group(1), CHOICE_RULES[0]
+    letter = _answer_colon(response)
+    if letter:
+        return letter, CHOICE_RULES[1]
+    letter = _last_standalone_letter(response)
+    return (letter, CHOICE_RULES[2]) if letter else (None, CHOICE_RULES[3])
 
 
 def extract_choice(response: str) -> str | None:
     """The letter A-J that MMLU-Pro's evaluation extracts from ``response``, or None.
 
-    In order: the first ``answer is (X)`` / ``answer is X``; else ``Answer: X`` (either case of "answer");
-    else the last standalone capital letter A-J anywhere. Lower-case letters are never choices.
+    In order: the first ``answer is (X)`` / ``answer is X``; else ``Answer: X`` (either case of "answer"; the
+    first line that has one, its last); else the last standalone capital letter A-J anywhere. Lower-case
+    letters are never choices.
 
     >>> extract_choice("The answer is (B). Also A.")
     'B'
-    >>> extract_choice("Answer: D\\nso maybe C") is None
-    False
+    >>> extract_choice("Answer: D\\nso maybe C")
+    'D'
+    >>> extract_choice("the answer is (b), I think C")
+    'C'
     >>> extract_choice("no letter here") is None
     True
     """
-    _check_str(response, "response")
-    match = _ANSWER_IS.search(response) or _ANSWER_COLON.search(response)
-    if match:
-        return match.group(1)
-    last = None
-    for last in _STANDALONE_LETTER.finditer(response):  # noqa: B007 -- the loop only finds the last match
-        pass
-    return last.group(0) if last else None
+    return trace_choice(response)[0]
 
 
 class MMLUProLetterGrader(Grader):
@@ -198,7 +242,7 @@ def _number_value(match: re.Match[str]) -> float | None:
             denominator = int(match["denominator"])
             if denominator == 0:
                 return None
-            value = int(integer) / denominator
+            value = float(integer) / denominator
         else:
             value = float(integer + (match["decimals"] or "") + (match["exponent"] or ""))
     return -value if negative else value
@@ -207,7 +251,7 @@ def _number_value(match: re.Match[str]) -> float | None:
 def extract_number(text: str) -> float | None:
     """The value of the last number in ``text``, or None.
 
-    Handles signs (``-``, ``+``, ``−``), decimals (``.5``, ``2.50``), exponents (``1e-6``), thousands separators
+    Handles signs (``-``, ``+``, U+2212 minus), decimals (``.5``, ``2.50``), exponents (``1e-6``), thousands separators
     (``1,234,567``), simple fractions (``3/4``) and a leading ``$`` (``-$5``, ``$-5``). A number glued to a word
     (``H2O``, ``x2``) is not a number; in ``3-4`` the last number is 4, not -4.
 
