@@ -108,6 +108,7 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     collect.add_argument("--splits", nargs="+", default=["validation"])
     collect.add_argument("--max-attempts", type=int, default=5)
     collect.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
+    collect.add_argument("--batch-size", type=int, default=512, help="responses per warehouse write")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     grade = command("grade", "grade stored responses not yet graded by the current grader version", _grade)
     grade.add_argument("--models", nargs="+", default=None)
@@ -138,7 +139,7 @@ def _collect(args: argparse.Namespace) -> int:
 
     policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout)
     with wh.connect(args.warehouse) as con:
-        report = collect(con, args.models, args.splits, policy, progress=not args.quiet)
+        report = collect(con, args.models, args.splits, policy, args.batch_size, progress=not args.quiet)
     print(
         f"collection {report.run_id}: {report.stored}/{report.requested} stored, {report.failed} failed "
         f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s"

@@ -121,3 +121,41 @@ def test_planted_api_key_never_reaches_the_database_or_logs(con, mmlu_like_dir, 
 def test_unknown_model_is_named(con):
     with pytest.raises(ValueError, match="model='nope'"):
         collect(con, models=["nope"], progress=False)
+
+
+def test_a_killed_collector_resumes_without_asking_stored_pairs_again(con, mmlu_like_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "w.duckdb"
+    with ReplayServer(mmlu_like_dir, ReplayConfig(latency_ms=30)) as server:
+        wh.upsert_llms(con, _catalog(server.base_url).with_columns(max_concurrency=pl.lit(2)))
+        con.close()  # the collector process needs the file's write lock
+        cmd = [
+            sys.executable,
+            "-m",
+            "profiling.cli",
+            "collect",
+            "--warehouse",
+            str(path),
+            "--batch-size",
+            "4",
+            "--quiet",
+        ]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while server.request_log.totals().get("ok", 0) < 12 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with wh.connect(path) as again:
+            before = wh.read_responses(again).select("model", "prompt_id")
+            collect(again, policy=FAST, progress=False)
+            after = wh.read_responses(again)
+        served = _served_counts(server)
+    assert 0 < before.height < after.height
+    assert not after.select("model", "prompt_id").is_duplicated().any()
+    stored_before = before.with_columns(pl.col("prompt_id").str.split("/").list.get(1).cast(pl.Int64))
+    assert (stored_before.join(served, on=["model", "prompt_id"])["count"] == 1).all()
