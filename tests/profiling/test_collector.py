@@ -159,3 +159,17 @@ def test_a_killed_collector_resumes_without_asking_stored_pairs_again(con, mmlu_
     assert not after.select("model", "prompt_id").is_duplicated().any()
     stored_before = before.with_columns(pl.col("prompt_id").str.split("/").list.get(1).cast(pl.Int64))
     assert (stored_before.join(served, on=["model", "prompt_id"])["count"] == 1).all()
+
+
+def test_requests_per_minute_spaces_request_starts(con, mmlu_like_dir):
+    with ReplayServer(mmlu_like_dir) as server:
+        paced = (
+            _catalog(server.base_url)
+            .filter(pl.col("name") == "cheap")
+            .with_columns(
+                requests_per_minute=pl.lit(600)  # one request every 0.1 s
+            )
+        )
+        wh.upsert_llms(con, paced)
+        report = collect(con, models=["cheap"], policy=FAST, progress=False)
+    assert report.stored == 12 and report.seconds >= 11 * 0.1  # a lower bound: pacing can only slow it down
