@@ -8,7 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from profiling.replay_server import DATA_FILES, FaultKind, FaultRates, ReplayConfig, ReplayData, create_app
+from profiling.replay_server import (
+    DATA_FILES,
+    UVICORN_SETTINGS,
+    FaultKind,
+    FaultRates,
+    ReplayConfig,
+    ReplayData,
+    create_app,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "UNIROUTE_MMLU_PRO_DIR"
@@ -192,11 +200,7 @@ def run_replay_server(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        proxy_headers=False,
+        **UVICORN_SETTINGS,
         log_level="info",
         timeout_graceful_shutdown=3,  # then cancel requests still hanging
     )

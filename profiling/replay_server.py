@@ -480,6 +480,17 @@ def create_app(data: str | os.PathLike[str] | ReplayData, config: ReplayConfig |
     return app
 
 
+#: How the server runs under uvicorn, in a thread or from the CLI: fast loop and parser, no access log, and no
+#: X-Forwarded-* headers to trust (loopback only).
+UVICORN_SETTINGS = {
+    "loop": "uvloop",
+    "http": "httptools",
+    "lifespan": "off",
+    "access_log": False,
+    "proxy_headers": False,
+}
+
+
 class ReplayServer:
     """A replay server on a background thread (uvicorn, uvloop, httptools) for tests and benchmarks.
 
@@ -532,11 +543,7 @@ class ReplayServer:
             self.app,
             host=self.host,
             port=self._requested_port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="off",
-            access_log=False,
-            proxy_headers=False,  # loopback only: no X-Forwarded-* to trust
+            **UVICORN_SETTINGS,
             log_config=None,  # leave the host process's logging alone
             log_level="warning",
             timeout_graceful_shutdown=self._shutdown_timeout_s,
