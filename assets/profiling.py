@@ -1,0 +1,98 @@
+"""Profiling assets: the LLM catalog, the prompt set, and each LLM's responses and grades (one partition per LLM)."""
+
+# Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
+
+import dagster as dg
+import polars as pl
+
+import warehouse as wh
+from assets.resources import CollectorResource, WarehouseResource
+from profiling.collector import collect
+from profiling.grading import grade_responses
+from profiling.importers import import_mmlu_pro
+
+GROUP = "profiling"
+#: One partition per catalog LLM; the onboarding sensor adds them.
+llm_partitions = dg.DynamicPartitionsDefinition(name="llm")
+
+
+class CatalogConfig(dg.Config):
+    """Where the user-edited catalog lives."""
+
+    path: str = "llms.yaml"
+
+
+class PromptSetConfig(dg.Config):
+    """The dataset to import (MMLU-Pro layout) and how to split it."""
+
+    data_dir: str
+    seed: int = 0
+    sample: int | None = None  # first N questions per category order; None: all
+
+
+class ProfilingConfig(dg.Config):
+    """Which prompt splits an LLM answers."""
+
+    splits: list[str] = ["validation"]  # noqa: RUF012 - pydantic copies field defaults
+
+
+@dg.asset(group_name=GROUP, pool="duckdb")
+def llm_catalog(config: CatalogConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The catalog of LLMs (endpoint, prices, concurrency), validated from ``llms.yaml``."""
+    with warehouse.connect() as con:
+        catalog = wh.sync_catalog(con, config.path)
+    return dg.MaterializeResult(
+        metadata={"llms": catalog.height, "active": int(catalog["active"].sum()), "names": catalog["name"].to_list()}
+    )
+
+
+@dg.asset(group_name=GROUP, pool="duckdb")
+def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Prompts rendered for the LLMs and split train / validation / test."""
+    ids = None
+    if config.sample is not None:
+        questions = pl.read_parquet(f"{config.data_dir}/questions.parquet", columns=["question_id"])
+        ids = questions["question_id"].head(config.sample).to_list()
+    with warehouse.connect() as con:
+        prompts = import_mmlu_pro(con, config.data_dir, seed=config.seed, question_ids=ids)
+    counts = dict(prompts["split"].value_counts().iter_rows())
+    return dg.MaterializeResult(metadata={"prompts": prompts.height, **{f"{k} prompts": v for k, v in counts.items()}})
+
+
+@dg.asset(group_name=GROUP, partitions_def=llm_partitions, deps=[llm_catalog, prompt_set], pool="duckdb")
+def llm_responses(
+    context: dg.AssetExecutionContext,
+    config: ProfilingConfig,
+    warehouse: WarehouseResource,
+    collector: CollectorResource,
+) -> dg.MaterializeResult:
+    """One LLM's answers to its prompts; only pairs not stored yet are asked."""
+    model = context.partition_key
+    with warehouse.connect() as con:
+        report = collect(con, [model], config.splits, collector.policy(), collector.batch_size, progress=False)
+    if report.failed:
+        context.log.warning(f"{model}: {report.failed} of {report.requested} prompts failed; see collection_failures")
+    return dg.MaterializeResult(
+        metadata={
+            "requested": report.requested,
+            "stored": report.stored,
+            "failed": report.failed,
+            "attempts": report.attempts,
+            "cost_usd": report.cost_usd,
+            "seconds": report.seconds,
+            "errors": dict(report.errors),
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, partitions_def=llm_partitions, deps=[llm_responses], pool="duckdb")
+def graded_responses(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """One LLM's grades, from each prompt's grader; its validation accuracy in the metadata."""
+    model = context.partition_key
+    with warehouse.connect() as con:
+        written = grade_responses(con, [model])
+        outcomes = wh.read_outcomes(con, [model], ["validation"])
+    accuracy = float(outcomes["score"].mean()) if outcomes.height else None
+    return dg.MaterializeResult(
+        metadata={"graded": written, "validation_outcomes": outcomes.height, "validation_accuracy": accuracy}
+    )

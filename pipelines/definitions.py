@@ -1,0 +1,13 @@
+"""The one ``Definitions`` object ``dagster dev`` loads (``[tool.dagster] module_name``)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.profiling import graded_responses, llm_catalog, llm_responses, prompt_set
+from assets.resources import CollectorResource, WarehouseResource
+
+defs = dg.Definitions(
+    assets=[llm_catalog, prompt_set, llm_responses, graded_responses],
+    resources={"warehouse": WarehouseResource(), "collector": CollectorResource()},
+)

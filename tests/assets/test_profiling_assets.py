@@ -1,0 +1,70 @@
+"""Real materialisations: the profiling slice of the graph on the fixture dataset, a replay server and DuckDB."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+import warehouse as wh
+from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
+from assets.resources import CollectorResource, WarehouseResource
+from pipelines.definitions import defs
+from profiling.replay_server import ReplayServer
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        yield instance
+
+
+def test_definitions_load():
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"llm_catalog", "prompt_set", "llm_responses", "graded_responses"} <= keys
+
+
+def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_dir):
+    catalog = tmp_path / "llms.yaml"
+    resources = {
+        "warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")),
+        "collector": CollectorResource(max_attempts=3, timeout_s=5.0),
+    }
+    with ReplayServer(mmlu_like_dir) as server:
+        catalog.write_text(
+            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            "llms: [{name: cheap}, {name: math-pro}]\n"
+        )
+        config = {
+            "llm_catalog": {"config": {"path": str(catalog)}},
+            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+        }
+        setup = dg.materialize(
+            [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
+        )
+        assert setup.success
+        instance.add_dynamic_partitions(llm_partitions.name, ["cheap", "math-pro"])
+        for model in ("cheap", "math-pro"):
+            result = dg.materialize(
+                [llm_responses, graded_responses],
+                partition_key=model,
+                resources=resources,
+                instance=instance,
+                selection=[llm_responses, graded_responses],
+            )
+            assert result.success
+            stored = result.asset_materializations_for_node("llm_responses")[0].metadata["stored"].value
+            assert stored == 12
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        outcomes = wh.read_outcomes(con, splits=["validation"])
+    assert outcomes.group_by("model").len().sort("model")["len"].to_list() == [12, 12]
+    event = instance.get_latest_materialization_event(dg.AssetKey("graded_responses"))
+    assert event is not None and event.dagster_event.partition in {"cheap", "math-pro"}
