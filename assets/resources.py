@@ -7,6 +7,7 @@ import duckdb
 
 import warehouse as wh
 from profiling.collector import RetryPolicy
+from router_core import DEFAULT_EMBEDDER, Embedder
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -27,3 +28,14 @@ class CollectorResource(dg.ConfigurableResource):
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts, timeout_s=self.timeout_s)
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """The prompt embedder: the bundled model by default, or a local sentence-transformers directory or name."""
+
+    model: str = DEFAULT_EMBEDDER
+    max_seq_length: int | None = None
+    batch_size: int = 64
+
+    def embedder(self) -> Embedder:
+        return Embedder(self.model, batch_size=self.batch_size, max_seq_length=self.max_seq_length)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.embeddings import prompt_embeddings
 from assets.profiling import graded_responses, llm_catalog, llm_responses, prompt_set
-from assets.resources import CollectorResource, WarehouseResource
+from assets.resources import CollectorResource, EmbedderResource, WarehouseResource
 
 defs = dg.Definitions(
-    assets=[llm_catalog, prompt_set, llm_responses, graded_responses],
-    resources={"warehouse": WarehouseResource(), "collector": CollectorResource()},
+    assets=[llm_catalog, prompt_set, llm_responses, graded_responses, prompt_embeddings],
+    resources={"warehouse": WarehouseResource(), "collector": CollectorResource(), "embedder": EmbedderResource()},
 )

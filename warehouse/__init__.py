@@ -4,7 +4,9 @@ from warehouse.catalog import CatalogError, LLMEntry, load_catalog, sync_catalog
 from warehouse.db import SchemaError, connect, default_path, schema_version
 from warehouse.store import (
     WarehouseInputError,
+    count_embeddings,
     insert_responses,
+    missing_embeddings,
     pending_pairs,
     read_embeddings,
     read_failures,
@@ -28,9 +30,11 @@ __all__ = [
     "SchemaError",
     "WarehouseInputError",
     "connect",
+    "count_embeddings",
     "default_path",
     "insert_responses",
     "load_catalog",
+    "missing_embeddings",
     "pending_pairs",
     "read_embeddings",
     "read_failures",

@@ -16,7 +16,9 @@ import polars as pl
 
 __all__ = [
     "WarehouseInputError",
+    "count_embeddings",
     "insert_responses",
+    "missing_embeddings",
     "pending_pairs",
     "read_embeddings",
     "read_failures",
@@ -367,6 +369,24 @@ def upsert_embeddings(
         ).fetchall()[0][0]
     finally:
         con.unregister("_incoming")
+
+
+def missing_embeddings(con: duckdb.DuckDBPyConnection, embedder_id: str) -> pl.DataFrame:
+    """Distinct prompt texts (content_hash, text) with no vector from ``embedder_id`` yet."""
+    return _query(
+        con,
+        """
+        SELECT content_hash, any_value(text) AS text FROM prompts p
+        WHERE NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.embedder_id = ? AND e.content_hash = p.content_hash)
+        GROUP BY content_hash ORDER BY content_hash
+        """,
+        [embedder_id],
+    )
+
+
+def count_embeddings(con: duckdb.DuckDBPyConnection, embedder_id: str) -> int:
+    """How many vectors ``embedder_id`` has stored."""
+    return _query(con, "SELECT count(*) AS n FROM embeddings WHERE embedder_id = ?", [embedder_id])["n"].item()
 
 
 def read_embeddings(

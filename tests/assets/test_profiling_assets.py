@@ -68,3 +68,18 @@ def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_
     assert outcomes.group_by("model").len().sort("model")["len"].to_list() == [12, 12]
     event = instance.get_latest_materialization_event(dg.AssetKey("graded_responses"))
     assert event is not None and event.dagster_event.partition in {"cheap", "math-pro"}
+
+
+def test_prompt_embeddings_embed_each_text_once(instance, tmp_path, mmlu_like_dir):
+    from assets.embeddings import prompt_embeddings
+    from assets.resources import EmbedderResource
+
+    resources = {"warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")), "embedder": EmbedderResource()}
+    run_config = {"ops": {"prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}}}}
+    first = dg.materialize(
+        [prompt_set, prompt_embeddings], resources=resources, instance=instance, run_config=run_config
+    )
+    again = dg.materialize([prompt_embeddings], resources=resources, instance=instance)
+    meta = [r.asset_materializations_for_node("prompt_embeddings")[0].metadata for r in (first, again)]
+    assert meta[0]["embedded_now"].value == meta[0]["vectors"].value == 120
+    assert meta[1]["embedded_now"].value == 0 and meta[1]["vectors"].value == 120
