@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import duckdb
 
@@ -39,3 +41,13 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def embedder(self) -> Embedder:
         return Embedder(self.model, batch_size=self.batch_size, max_seq_length=self.max_seq_length)
+
+
+class ArtifactsResource(dg.ConfigurableResource):
+    """Where fitted cluster maps and routers are written; empty ``root`` means ``<data home>/artifacts``."""
+
+    root: str = ""
+
+    def path(self, *parts: str) -> Path:
+        base = Path(self.root) if self.root else wh.default_path().parent / "artifacts"
+        return base.joinpath(*parts)

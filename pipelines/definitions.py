@@ -6,9 +6,23 @@ import dagster as dg
 
 from assets.embeddings import prompt_embeddings
 from assets.profiling import graded_responses, llm_catalog, llm_responses, prompt_set
-from assets.resources import CollectorResource, EmbedderResource, WarehouseResource
+from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, WarehouseResource
+from assets.routing import cluster_map, llm_error_features
 
 defs = dg.Definitions(
-    assets=[llm_catalog, prompt_set, llm_responses, graded_responses, prompt_embeddings],
-    resources={"warehouse": WarehouseResource(), "collector": CollectorResource(), "embedder": EmbedderResource()},
+    assets=[
+        llm_catalog,
+        prompt_set,
+        llm_responses,
+        graded_responses,
+        prompt_embeddings,
+        cluster_map,
+        llm_error_features,
+    ],
+    resources={
+        "warehouse": WarehouseResource(),
+        "collector": CollectorResource(),
+        "embedder": EmbedderResource(),
+        "artifacts": ArtifactsResource(),
+    },
 )

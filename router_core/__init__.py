@@ -20,7 +20,7 @@ from router_core.evaluation import (
 )
 from router_core.features import llm_error_features
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix
-from router_core.persistence import load_router, save_router
+from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 
 __all__ = [
@@ -49,9 +49,11 @@ __all__ = [
     "deferral_curve",
     "error_matrix",
     "llm_error_features",
+    "load_cluster_map",
     "load_router",
     "plot_deferral_curves",
     "prompt_hash",
     "qnc",
+    "save_cluster_map",
     "save_router",
 ]

@@ -17,7 +17,7 @@ from router_core._errors import RouterInputError
 from router_core.cluster_maps import ClusterMap, KMeansClusterMap, LearnedClusterMap
 from router_core.routers import KNNRouter, RandomRouter, Router, UniRouter, ZeroRouter
 
-__all__ = ["FORMAT_VERSION", "load_router", "save_router"]
+__all__ = ["FORMAT_VERSION", "load_cluster_map", "load_router", "save_cluster_map", "save_router"]
 
 FORMAT_VERSION = 1
 _ROUTERS: dict[str, type[Router]] = {c.__name__: c for c in (UniRouter, ZeroRouter, KNNRouter, RandomRouter)}
@@ -56,6 +56,33 @@ def save_router(router: Router, directory: str | os.PathLike[str]) -> Path:
     np.savez(directory / "arrays.npz", **arrays)
     (directory / "router.json").write_text(json.dumps(meta, indent=2))
     return directory
+
+
+def save_cluster_map(cluster_map: ClusterMap, directory: str | os.PathLike[str]) -> Path:
+    """Write a fitted cluster map to ``directory`` as ``cluster_map.json`` + ``cluster_map.npz``."""
+    name = type(cluster_map).__name__
+    if name not in _MAPS:
+        raise RouterInputError("cluster_map", name, f"cannot be saved; savable maps: {sorted(_MAPS)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / "cluster_map.npz", **cluster_map.get_arrays())
+    meta = {"format_version": FORMAT_VERSION, "class": name, "params": cluster_map.get_params()}
+    (directory / "cluster_map.json").write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_cluster_map(directory: str | os.PathLike[str]) -> ClusterMap:
+    """Load a cluster map written by :func:`save_cluster_map`."""
+    directory = Path(directory)
+    meta_path = directory / "cluster_map.json"
+    if not meta_path.exists():
+        raise RouterInputError("directory", str(directory), "has no cluster_map.json")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("class") not in _MAPS:
+        raise RouterInputError("cluster_map", meta.get("class"), f"unknown cluster map; known: {sorted(_MAPS)}")
+    with np.load(directory / "cluster_map.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    return _MAPS[meta["class"]](**meta["params"]).set_arrays(arrays)
 
 
 def load_router(directory: str | os.PathLike[str]) -> Router:

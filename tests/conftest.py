@@ -123,7 +123,7 @@ def mmlu_like_dir(tmp_path_factory) -> Path:
                     {
                         "model": model,
                         "question_id": qid,
-                        "response": "The answer is (A)." * (1 + i % 3),
+                        "response": f"The answer is ({'A' if correct else 'B'})." * (1 + i % 3),
                         "pred": "A",
                         "correct": int(correct),
                     }

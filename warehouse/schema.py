@@ -70,4 +70,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (embedder_id, content_hash)
     );
     """,
+    # 2: fitted cluster maps (files on disk, registered here) and each LLM's error features per map.
+    """
+    CREATE TABLE cluster_maps (
+        version VARCHAR PRIMARY KEY,               -- content hash of parameters and training data
+        kind VARCHAR NOT NULL,
+        n_clusters INTEGER NOT NULL CHECK (n_clusters > 0),
+        embedder_id VARCHAR NOT NULL,
+        training_llms VARCHAR[] NOT NULL,
+        n_train_prompts INTEGER NOT NULL,
+        path VARCHAR NOT NULL,
+        created_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE llm_features (
+        model VARCHAR NOT NULL,
+        cluster_map_version VARCHAR NOT NULL,
+        psi DOUBLE[] NOT NULL,
+        overall_error DOUBLE NOT NULL CHECK (overall_error >= 0 AND overall_error <= 1),
+        n_validation INTEGER NOT NULL,
+        computed_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (model, cluster_map_version)
+    );
+    """,
 ]

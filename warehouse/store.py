@@ -18,20 +18,25 @@ __all__ = [
     "WarehouseInputError",
     "count_embeddings",
     "insert_responses",
+    "latest_cluster_map",
     "missing_embeddings",
     "pending_pairs",
     "read_embeddings",
     "read_failures",
     "read_gradable",
     "read_grades",
+    "read_llm_features",
     "read_llms",
     "read_outcomes",
+    "read_prompt_vectors",
     "read_prompts",
     "read_responses",
     "record_failures",
+    "register_cluster_map",
     "sync_llms",
     "upsert_embeddings",
     "upsert_grades",
+    "upsert_llm_features",
     "upsert_llms",
     "upsert_prompts",
 ]
@@ -88,6 +93,22 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "grader": (pl.String, True),
         "grader_version": (pl.String, True),
     },
+    "cluster_maps": {
+        "version": (pl.String, True),
+        "kind": (pl.String, True),
+        "n_clusters": (pl.Int32, True),
+        "embedder_id": (pl.String, True),
+        "training_llms": (pl.List(pl.String), True),
+        "n_train_prompts": (pl.Int32, True),
+        "path": (pl.String, True),
+    },
+    "llm_features": {
+        "model": (pl.String, True),
+        "cluster_map_version": (pl.String, True),
+        "psi": (pl.List(pl.Float64), True),
+        "overall_error": (pl.Float64, True),
+        "n_validation": (pl.Int32, True),
+    },
     "collection_failures": {
         "model": (pl.String, True),
         "prompt_id": (pl.String, True),
@@ -111,6 +132,8 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     ],
     "grades": [("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be in [0, 1]")],
     "collection_failures": [("attempts", pl.col("attempts") > 0, "must be > 0")],
+    "cluster_maps": [("n_clusters", pl.col("n_clusters") > 0, "must be > 0")],
+    "llm_features": [("overall_error", pl.col("overall_error").is_between(0, 1), "must be in [0, 1]")],
 }
 _KEYS = {
     "llms": ["name"],
@@ -118,6 +141,8 @@ _KEYS = {
     "responses": ["model", "prompt_id"],
     "grades": ["model", "prompt_id"],
     "collection_failures": ["model", "prompt_id"],
+    "cluster_maps": ["version"],
+    "llm_features": ["model", "cluster_map_version"],
 }
 
 
@@ -399,3 +424,51 @@ def read_embeddings(
         [embedder_id, list(content_hashes)],
     )
     return {h: np.asarray(v, dtype=np.float32) for h, v in frame.iter_rows()}
+
+
+# ---- prompt vectors, cluster maps and LLM features ---------------------------------------------------------
+def read_prompt_vectors(
+    con: duckdb.DuckDBPyConnection, embedder_id: str, splits: Sequence[str]
+) -> tuple[list[str], np.ndarray]:
+    """Prompt ids of ``splits`` (sorted) and their vectors from ``embedder_id``; raises if any is missing."""
+    frame = _query(
+        con,
+        """
+        SELECT p.prompt_id, e.vector FROM prompts p
+        LEFT JOIN embeddings e ON e.content_hash = p.content_hash AND e.embedder_id = ?
+        WHERE list_contains(?, p.split) ORDER BY p.prompt_id
+        """,
+        [embedder_id, list(splits)],
+    )
+    if (missing := frame.filter(pl.col("vector").is_null())).height:
+        raise WarehouseInputError("embeddings", "prompt_id", missing["prompt_id"][0], f"no vector from {embedder_id}")
+    vectors = np.asarray(frame["vector"].to_list(), dtype=np.float32).reshape(frame.height, -1)
+    return frame["prompt_id"].to_list(), vectors
+
+
+def register_cluster_map(con: duckdb.DuckDBPyConnection, cluster_map: pl.DataFrame) -> int:
+    """Record a fitted cluster map (a version already registered is left as it is)."""
+    return _write(con, "cluster_maps", cluster_map, "ON CONFLICT DO NOTHING", stamp="created_at")
+
+
+def latest_cluster_map(con: duckdb.DuckDBPyConnection) -> dict | None:
+    """The most recently registered cluster map as a dict, or None."""
+    frame = _query(con, "SELECT * FROM cluster_maps ORDER BY created_at DESC, version LIMIT 1")
+    return frame.row(0, named=True) if frame.height else None
+
+
+def upsert_llm_features(con: duckdb.DuckDBPyConnection, features: pl.DataFrame) -> int:
+    """Insert or replace Psi rows by (model, cluster_map_version)."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in ("psi", "overall_error", "n_validation", "computed_at"))
+    return _write(
+        con,
+        "llm_features",
+        features,
+        f"ON CONFLICT (model, cluster_map_version) DO UPDATE SET {updates}",
+        stamp="computed_at",
+    )
+
+
+def read_llm_features(con: duckdb.DuckDBPyConnection, cluster_map_version: str) -> pl.DataFrame:
+    """Psi of every LLM computed with one cluster map."""
+    return _query(con, "SELECT * FROM llm_features WHERE cluster_map_version = ? ORDER BY model", [cluster_map_version])

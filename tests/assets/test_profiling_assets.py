@@ -83,3 +83,64 @@ def test_prompt_embeddings_embed_each_text_once(instance, tmp_path, mmlu_like_di
     meta = [r.asset_materializations_for_node("prompt_embeddings")[0].metadata for r in (first, again)]
     assert meta[0]["embedded_now"].value == meta[0]["vectors"].value == 120
     assert meta[1]["embedded_now"].value == 0 and meta[1]["vectors"].value == 120
+
+
+def test_cluster_map_then_features_and_a_new_llm_needs_no_retraining(instance, tmp_path, mmlu_like_dir):
+    from assets.embeddings import prompt_embeddings
+    from assets.resources import ArtifactsResource, EmbedderResource
+    from assets.routing import cluster_map, llm_error_features
+
+    resources = {
+        "warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")),
+        "collector": CollectorResource(max_attempts=3, timeout_s=5.0),
+        "embedder": EmbedderResource(),
+        "artifacts": ArtifactsResource(root=str(tmp_path / "artifacts")),
+    }
+    catalog = tmp_path / "llms.yaml"
+    map_config = {
+        "cluster_map": {"config": {"kind": "learned", "n_clusters": 3, "training_llms": ["cheap", "bio-pro"]}}
+    }
+    with ReplayServer(mmlu_like_dir) as server:
+        catalog.write_text(
+            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            "llms: [{name: cheap}, {name: bio-pro}, {name: history-pro}]\n"
+        )
+        setup = {
+            "llm_catalog": {"config": {"path": str(catalog)}},
+            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+        }
+        assert dg.materialize(
+            [llm_catalog, prompt_set, prompt_embeddings],
+            resources=resources,
+            instance=instance,
+            run_config={"ops": setup},
+        ).success
+        instance.add_dynamic_partitions(llm_partitions.name, ["cheap", "bio-pro"])
+        profile = {"llm_responses": {"config": {"splits": ["train", "validation"]}}}
+        for model in ("cheap", "bio-pro"):
+            assert dg.materialize(
+                [llm_responses, graded_responses],
+                partition_key=model,
+                resources=resources,
+                instance=instance,
+                run_config={"ops": profile},
+            ).success
+        first = dg.materialize([cluster_map], resources=resources, instance=instance, run_config={"ops": map_config})
+        version = first.asset_materializations_for_node("cluster_map")[0].metadata["version"].value
+        for model in ("cheap", "bio-pro"):
+            assert dg.materialize(
+                [llm_error_features], partition_key=model, resources=resources, instance=instance
+            ).success
+        # A new LLM: profiled on validation only, its features computed with the same map; the map is not refit.
+        instance.add_dynamic_partitions(llm_partitions.name, ["history-pro"])
+        for asset in (llm_responses, graded_responses, llm_error_features):
+            assert dg.materialize([asset], partition_key="history-pro", resources=resources, instance=instance).success
+        again = dg.materialize([cluster_map], resources=resources, instance=instance, run_config={"ops": map_config})
+    assert again.asset_materializations_for_node("cluster_map")[0].metadata["version"].value == version
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        features = wh.read_llm_features(con, version)
+        assert wh.latest_cluster_map(con)["training_llms"] == ["cheap", "bio-pro"]
+    assert features["model"].to_list() == ["bio-pro", "cheap", "history-pro"]
+    psi = dict(zip(features["model"], features["psi"].to_list(), strict=True))
+    assert len(psi["history-pro"]) == 3 and all(0 <= v <= 1 for v in psi["history-pro"])
+    assert psi["bio-pro"] != psi["history-pro"]  # different specialists, different features
