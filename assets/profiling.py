@@ -2,6 +2,8 @@
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 
+import os
+
 import dagster as dg
 import polars as pl
 
@@ -16,10 +18,15 @@ GROUP = "profiling"
 llm_partitions = dg.DynamicPartitionsDefinition(name="llm")
 
 
-class CatalogConfig(dg.Config):
-    """Where the user-edited catalog lives."""
+def default_catalog_path() -> str:
+    """``$UNIROUTE_CATALOG``, else ``llms.yaml`` in the working directory."""
+    return os.environ.get("UNIROUTE_CATALOG", "llms.yaml")
 
-    path: str = "llms.yaml"
+
+class CatalogConfig(dg.Config):
+    """Where the user-edited catalog lives (default :func:`default_catalog_path`)."""
+
+    path: str = ""
 
 
 class PromptSetConfig(dg.Config):
@@ -40,7 +47,7 @@ class ProfilingConfig(dg.Config):
 def llm_catalog(config: CatalogConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The catalog of LLMs (endpoint, prices, concurrency), validated from ``llms.yaml``."""
     with warehouse.connect() as con:
-        catalog = wh.sync_catalog(con, config.path)
+        catalog = wh.sync_catalog(con, config.path or default_catalog_path())
     return dg.MaterializeResult(
         metadata={"llms": catalog.height, "active": int(catalog["active"].sum()), "names": catalog["name"].to_list()}
     )

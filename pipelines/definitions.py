@@ -8,6 +8,8 @@ from assets.embeddings import prompt_embeddings
 from assets.profiling import graded_responses, llm_catalog, llm_responses, prompt_set
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, WarehouseResource
 from assets.routing import cluster_map, llm_error_features
+from pipelines.jobs import profile_llm_job
+from pipelines.sensors import llm_onboarding_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -19,6 +21,8 @@ defs = dg.Definitions(
         cluster_map,
         llm_error_features,
     ],
+    jobs=[profile_llm_job],
+    sensors=[llm_onboarding_sensor],
     resources={
         "warehouse": WarehouseResource(),
         "collector": CollectorResource(),

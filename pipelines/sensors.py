@@ -1,0 +1,49 @@
+"""The onboarding sensor: a new (or re-pointed) LLM in the catalog gets a partition and a profiling run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import dagster as dg
+
+import warehouse as wh
+from assets.profiling import default_catalog_path, llm_partitions
+from pipelines.jobs import profile_llm_job
+
+
+def _fingerprint(entry: dict) -> str:
+    """What makes answers comparable: the endpoint and model id (prices and concurrency do not)."""
+    return hashlib.sha256(json.dumps([entry["base_url"], entry["model_id"]]).encode()).hexdigest()[:12]
+
+
+@dg.sensor(job=profile_llm_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def llm_onboarding_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """Adds a partition for each new active catalog LLM and launches its profiling; a changed endpoint or model
+    id launches a new profiling run too. The cursor keeps each LLM's fingerprint. An invalid catalog is skipped
+    with its errors (nothing is launched)."""
+    path = default_catalog_path()
+    try:
+        catalog = wh.load_catalog(path)
+    except wh.CatalogError as exc:
+        return dg.SkipReason(str(exc))
+    seen = json.loads(context.cursor) if context.cursor else {}
+    current = {row["name"]: _fingerprint(row) for row in catalog.iter_rows(named=True) if row["active"]}
+    changed = sorted(name for name, fp in current.items() if seen.get(name) != fp)
+    existing = set(context.instance.get_dynamic_partitions(llm_partitions.name))
+    new = [name for name in changed if name not in existing]
+    if not changed:
+        return dg.SkipReason(f"no new or changed LLMs in {path}")
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"{name}:{current[name]}",
+                partition_key=name,
+                run_config={"ops": {"llm_catalog": {"config": {"path": path}}}},
+                tags={"uniroute/onboarding": "new" if name in new else "changed"},
+            )
+            for name in changed
+        ],
+        dynamic_partitions_requests=[llm_partitions.build_add_request(new)] if new else [],
+        cursor=json.dumps({**seen, **current}),
+    )
