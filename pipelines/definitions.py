@@ -9,6 +9,7 @@ from assets.profiling import graded_responses, llm_catalog, llm_responses, promp
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, WarehouseResource
 from assets.routing import cluster_map, llm_error_features
 from pipelines.jobs import profile_llm_job
+from pipelines.schedules import nightly_profiling_schedule, retrain_cluster_map_job, weekly_cluster_map_schedule
 from pipelines.sensors import llm_onboarding_sensor
 
 defs = dg.Definitions(
@@ -21,7 +22,8 @@ defs = dg.Definitions(
         cluster_map,
         llm_error_features,
     ],
-    jobs=[profile_llm_job],
+    jobs=[profile_llm_job, retrain_cluster_map_job],
+    schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
     sensors=[llm_onboarding_sensor],
     resources={
         "warehouse": WarehouseResource(),

@@ -20,6 +20,7 @@ __all__ = [
     "insert_responses",
     "latest_cluster_map",
     "missing_embeddings",
+    "pending_counts",
     "pending_pairs",
     "read_embeddings",
     "read_failures",
@@ -299,6 +300,21 @@ def pending_pairs(
         ORDER BY m.model, p.prompt_id
         """,
         [list(models), list(splits)],
+    )
+
+
+def pending_counts(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validation",)) -> pl.DataFrame:
+    """Per active catalog LLM, how many prompts of ``splits`` it has not answered (``model, pending``), > 0 only."""
+    return _query(
+        con,
+        """
+        SELECT l.name AS model, count(*) AS pending
+        FROM llms l CROSS JOIN prompts p
+        WHERE l.active AND list_contains(?, p.split)
+          AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id)
+        GROUP BY l.name ORDER BY l.name
+        """,
+        [list(splits)],
     )
 
 

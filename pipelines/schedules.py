@@ -1,0 +1,44 @@
+"""Schedules: nightly profiling of what is missing, weekly retraining of the cluster map."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import duckdb
+
+import warehouse as wh
+from assets.routing import cluster_map
+from pipelines.jobs import profile_llm_job
+
+#: Cron strings, overridable per deployment.
+NIGHTLY_CRON = os.environ.get("UNIROUTE_NIGHTLY_CRON", "0 2 * * *")
+WEEKLY_CRON = os.environ.get("UNIROUTE_WEEKLY_CRON", "0 3 * * 0")
+
+retrain_cluster_map_job = dg.define_asset_job(
+    "retrain_cluster_map", selection=dg.AssetSelection.assets(cluster_map), description="Refit the cluster map."
+)
+
+
+@dg.schedule(job=profile_llm_job, cron_schedule=NIGHTLY_CRON, execution_timezone="UTC")
+def nightly_profiling_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    """One profiling run per active LLM that has validation prompts it has not answered (new prompts, a new
+    LLM, or failures to retry); LLMs with nothing missing are left alone. Endpoint or model-id changes are
+    caught by the onboarding sensor."""
+    try:
+        with wh.connect() as con:
+            pending = wh.pending_counts(con)
+    except duckdb.IOException as exc:  # a run holds the file's write lock: try again next tick
+        return dg.SkipReason(f"warehouse busy: {type(exc).__name__}")
+    known = set(context.instance.get_dynamic_partitions("llm"))
+    requests = [
+        dg.RunRequest(partition_key=row["model"], tags={"uniroute/pending": str(row["pending"])})
+        for row in pending.iter_rows(named=True)
+        if row["model"] in known
+    ]
+    return requests or dg.SkipReason("every active LLM has answered every validation prompt")
+
+
+weekly_cluster_map_schedule = dg.ScheduleDefinition(
+    name="weekly_cluster_map_schedule", job=retrain_cluster_map_job, cron_schedule=WEEKLY_CRON, execution_timezone="UTC"
+)
