@@ -9,6 +9,10 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Telemetry off (dagster.yaml also says so for Dagster instances).
+export MLFLOW_DISABLE_TELEMETRY := true
+export GX_ANALYTICS_ENABLED := false
+export DAGSTER_DISABLE_TELEMETRY := true
 
 .PHONY: setup test demo lint clean
 

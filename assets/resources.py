@@ -51,3 +51,20 @@ class ArtifactsResource(dg.ConfigurableResource):
     def path(self, *parts: str) -> Path:
         base = Path(self.root) if self.root else wh.default_path().parent / "artifacts"
         return base.joinpath(*parts)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry; empty ``tracking_uri`` means a sqlite file under ``<data home>/mlflow``."""
+
+    tracking_uri: str = ""
+    experiment: str = "uniroute"
+    model_name: str = "uniroute"
+
+    def setup(self) -> str:
+        """Configure MLflow and return the experiment id (artifacts beside the sqlite file)."""
+        from serving import registry
+
+        root = wh.default_path().parent / "mlflow"
+        root.mkdir(parents=True, exist_ok=True)
+        registry.configure(self.tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
+        return registry.ensure_experiment(self.experiment, root / "artifacts")

@@ -38,11 +38,11 @@ from router_core import (
     UniRouter,
     ZeroRouter,
     assign_splits,
-    audc,
     deferral_curve,
     error_matrix,
     plot_deferral_curves,
-    qnc,
+    single_llm_points,
+    summarize_curve,
 )
 from router_core.frames import value_matrix
 
@@ -120,17 +120,9 @@ def costs_for(data: Data, mode: str, llms: np.ndarray, estimate_rows: np.ndarray
     )
 
 
-def single_llm_points(scores: np.ndarray, costs: Costs) -> tuple[np.ndarray, np.ndarray]:
-    """Average realised cost and accuracy of each LLM answering every evaluation prompt alone."""
-    realized = costs.estimate[None, :] if costs.realized is None else costs.realized
-    return np.broadcast_to(realized, scores.shape).mean(axis=0), scores.mean(axis=0)
-
-
 def score_curve(curve: pl.DataFrame, scores: np.ndarray, costs: Costs) -> tuple[float, float]:
     """AUDC over [cheapest, most expensive] LLM and QNC against the most accurate single LLM."""
-    llm_cost, llm_acc = single_llm_points(scores, costs)
-    best = int(llm_acc.argmax())
-    return audc(curve, (llm_cost.min(), llm_cost.max())), qnc(curve, llm_acc[best], llm_cost[best])
+    return summarize_curve(curve, scores, costs.estimate, costs.realized)
 
 
 def crossfit_audc(
@@ -472,7 +464,8 @@ def plot_first_seed(results: list[Result], data: Data, split: Split, mode: str, 
     """Deferral curves of the main methods on the first seed, with the unseen LLMs as points."""
     seed = args.seeds[0]
     costs = costs_for(data, mode, split.unseen_llms, split.validation, split.test)
-    llm_cost, llm_acc = single_llm_points(data.scores[np.ix_(split.test, split.unseen_llms)], costs)
+    scores = data.scores[np.ix_(split.test, split.unseen_llms)]
+    llm_cost, llm_acc = single_llm_points(scores, costs.estimate, costs.realized)
     curves = {r.method: r.curve for r in results if r.cost_mode == mode and r.seed == seed and r.method in MAIN_METHODS}
     fig = plot_deferral_curves(
         curves,

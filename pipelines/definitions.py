@@ -6,7 +6,8 @@ import dagster as dg
 
 from assets.embeddings import prompt_embeddings
 from assets.profiling import graded_responses, llm_catalog, llm_responses, prompt_set
-from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, WarehouseResource
+from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
+from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from pipelines.jobs import profile_llm_job
 from pipelines.schedules import nightly_profiling_schedule, retrain_cluster_map_job, weekly_cluster_map_schedule
@@ -21,6 +22,7 @@ defs = dg.Definitions(
         prompt_embeddings,
         cluster_map,
         llm_error_features,
+        router,
     ],
     jobs=[profile_llm_job, retrain_cluster_map_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
@@ -30,5 +32,6 @@ defs = dg.Definitions(
         "collector": CollectorResource(),
         "embedder": EmbedderResource(),
         "artifacts": ArtifactsResource(),
+        "mlflow": MlflowResource(),
     },
 )

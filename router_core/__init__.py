@@ -16,7 +16,10 @@ from router_core.evaluation import (
     default_cost_weights,
     deferral_curve,
     plot_deferral_curves,
+    plot_psi_heatmap,
     qnc,
+    single_llm_points,
+    summarize_curve,
 )
 from router_core.features import llm_error_features
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix
@@ -52,8 +55,11 @@ __all__ = [
     "load_cluster_map",
     "load_router",
     "plot_deferral_curves",
+    "plot_psi_heatmap",
     "prompt_hash",
     "qnc",
     "save_cluster_map",
     "save_router",
+    "single_llm_points",
+    "summarize_curve",
 ]

@@ -22,7 +22,10 @@ __all__ = [
     "default_cost_weights",
     "deferral_curve",
     "plot_deferral_curves",
+    "plot_psi_heatmap",
     "qnc",
+    "single_llm_points",
+    "summarize_curve",
 ]
 
 
@@ -133,6 +136,24 @@ def qnc(curve: pl.DataFrame, target_accuracy: float, reference_cost: float) -> f
     return float((xs[i - 1] + frac * (xs[i] - xs[i - 1])) / reference_cost)
 
 
+def single_llm_points(scores: np.ndarray, costs: np.ndarray, realized_costs: np.ndarray | None = None):
+    """(cost, accuracy) of each LLM answering every evaluation prompt alone: two (M,) arrays."""
+    scores = np.asarray(scores, dtype=np.float64)
+    realized = np.broadcast_to(costs, scores.shape) if realized_costs is None else np.asarray(realized_costs)
+    return realized.mean(axis=0), scores.mean(axis=0)
+
+
+def summarize_curve(
+    curve: pl.DataFrame, scores: np.ndarray, costs: np.ndarray, realized_costs: np.ndarray | None = None
+) -> tuple[float, float]:
+    """AUDC over [cheapest, most expensive] LLM of the pool, and QNC against its most accurate LLM."""
+    llm_cost, llm_acc = single_llm_points(scores, costs, realized_costs)
+    best = int(llm_acc.argmax())
+    low, high = float(llm_cost.min()), float(llm_cost.max())
+    area = audc(curve, (low, high)) if high > low else float(np.interp(low, *_hull_arrays(curve)))
+    return area, qnc(curve, llm_acc[best], llm_cost[best]) if llm_cost[best] > 0 else float("nan")
+
+
 def plot_deferral_curves(
     curves: Mapping[str, pl.DataFrame],
     single_llms: pl.DataFrame | None = None,
@@ -164,5 +185,22 @@ def plot_deferral_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_psi_heatmap(psi: np.ndarray, llms: Sequence[str]):
+    """Figure of the LLM feature table Psi: one row per LLM, one column per cluster, colour = error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(llms) + 1.5))
+    image = ax.imshow(psi, aspect="auto", cmap="magma_r", vmin=0, vmax=1)
+    ax.set_yticks(range(len(llms)), list(llms), fontsize=7)
+    ax.set_xlabel("cluster")
+    ax.set_title("Psi: validation error per cluster")
+    fig.colorbar(image, ax=ax, label="error")
     fig.tight_layout()
     return fig

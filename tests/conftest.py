@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Telemetry off for every library the tests import (set before any of them is imported).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
+
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -22,6 +22,7 @@ __all__ = [
     "missing_embeddings",
     "pending_counts",
     "pending_pairs",
+    "read_costs",
     "read_embeddings",
     "read_failures",
     "read_gradable",
@@ -314,6 +315,16 @@ def pending_counts(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("val
           AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id)
         GROUP BY l.name ORDER BY l.name
         """,
+        [list(splits)],
+    )
+
+
+def read_costs(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validation",)) -> pl.DataFrame:
+    """Mean realised cost per query (USD) of each LLM on ``splits``: ``model, cost``."""
+    return _query(
+        con,
+        "SELECT r.model, avg(r.cost_usd) AS cost FROM responses r JOIN prompts p USING (prompt_id) "
+        "WHERE list_contains(?, p.split) GROUP BY r.model ORDER BY r.model",
         [list(splits)],
     )
 

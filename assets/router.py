@@ -1,0 +1,123 @@
+"""The router: cluster map + Psi + costs of the pool, evaluated on test prompts, registered in MLflow."""
+
+# Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
+import dagster as dg
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+
+import warehouse as wh
+from assets.resources import ArtifactsResource, EmbedderResource, MlflowResource, WarehouseResource
+from assets.routing import cluster_map, llm_error_features
+from router_core import (
+    UniRouter,
+    ZeroRouter,
+    deferral_curve,
+    error_matrix,
+    load_cluster_map,
+    plot_deferral_curves,
+    plot_psi_heatmap,
+    save_router,
+    single_llm_points,
+    summarize_curve,
+)
+from serving import registry
+
+GROUP = "routing"
+
+
+class RouterConfig(dg.Config):
+    """The pool (default: every LLM with features for the current cluster map) and the serving default."""
+
+    pool: list[str] | None = None
+    default_cost_weight: float = 0.0
+
+
+def _evaluate(router, x_test, scores, costs) -> tuple[float, float, pl.DataFrame]:
+    curve = deferral_curve(router.predict_error(x_test), costs, scores)
+    return (*summarize_curve(curve, scores, costs), curve)
+
+
+@dg.asset(group_name=GROUP, deps=[cluster_map, llm_error_features], pool="duckdb")
+def router(
+    context: dg.AssetExecutionContext,
+    config: RouterConfig,
+    warehouse: WarehouseResource,
+    embedder: EmbedderResource,
+    artifacts: ArtifactsResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """A new registered router version; alias ``champion`` moves only if its test AUDC is not worse than the
+    current champion's on the same test prompts (else ``challenger``)."""
+    emb = embedder.embedder()
+    with warehouse.connect() as con:
+        latest = wh.latest_cluster_map(con)
+        if latest is None:
+            raise dg.Failure("no cluster map yet: materialise cluster_map first")
+        featured = wh.read_llm_features(con, latest["version"])["model"].to_list()
+        pool = config.pool or featured
+        costs = dict(wh.read_costs(con).iter_rows())
+        val_ids, x_val = wh.read_prompt_vectors(con, emb.embedder_id, ["validation"])
+        test_ids, x_test = wh.read_prompt_vectors(con, emb.embedder_id, ["test"])
+        val_errors = error_matrix(wh.read_outcomes(con, pool, ["validation"]), val_ids, pool)
+        test_scores = 1 - error_matrix(wh.read_outcomes(con, pool, ["test"]), test_ids, pool)
+    complete = ~np.isnan(test_scores).any(axis=1)
+    if not complete.any():
+        raise dg.Failure(f"no test prompt answered by the whole pool {pool}: profile the pool on the test split")
+    x_test, test_scores = x_test[complete], test_scores[complete]
+    cost = np.array([costs[m] for m in pool])
+    uni = UniRouter(load_cluster_map(latest["path"])).fit_arrays(x_val, val_errors, pool, cost, val_ids)
+    zero = ZeroRouter().fit_arrays(x_val, val_errors, pool, cost, val_ids)
+    audc, qnc, curve = _evaluate(uni, x_test, test_scores, cost)
+    zero_audc, _, zero_curve = _evaluate(zero, x_test, test_scores, cost)
+    llm_cost, llm_acc = single_llm_points(test_scores, cost)
+    figures = {
+        "deferral_curve.png": plot_deferral_curves(
+            {"UniRoute": curve, "ZeroRouter": zero_curve},
+            single_llms=pl.DataFrame({"cost": llm_cost, "accuracy": llm_acc}),
+            cost_range=(llm_cost.min(), llm_cost.max()) if llm_cost.max() > llm_cost.min() else None,
+            cost_label="average cost per prompt (USD)",
+        ),
+        "psi_heatmap.png": plot_psi_heatmap(uni.psi_, uni.llms_),
+    }
+    run_dir = artifacts.path("routers", context.run.run_id)
+    save_router(uni, run_dir)
+    registry.write_router_meta(run_dir, emb.model, emb.max_seq_length, config.default_cost_weight)
+    experiment_id = mlflow.setup()
+    champion = registry.champion_router(mlflow.model_name)
+    champion_audc = None
+    if champion is not None and set(champion.llms_) <= set(pool):
+        idx = [pool.index(m) for m in champion.llms_]
+        champion_audc = _evaluate(champion, x_test, test_scores[:, idx], champion.costs_)[0]
+    tags = {
+        "pool": ",".join(pool),
+        "embedder_id": emb.embedder_id,
+        "cluster_map_version": latest["version"],
+        "audc": f"{audc:.6f}",
+        "test_prompts": str(int(complete.sum())),
+    }
+    version = registry.register_router(
+        run_dir,
+        mlflow.model_name,
+        experiment_id,
+        params={"cluster_map_kind": latest["kind"], "n_clusters": latest["n_clusters"], "pool_size": len(pool)},
+        metrics={"audc": audc, "qnc": qnc, "zero_audc": zero_audc, "audc_gain_vs_zero": audc - zero_audc},
+        tags=tags,
+        figures=figures,
+        input_example=["What is the derivative of x^2?"],
+    )
+    alias = registry.promote(mlflow.model_name, version, better=champion_audc is None or audc >= champion_audc)
+    for figure in figures.values():
+        plt.close(figure)
+    return dg.MaterializeResult(
+        metadata={
+            "version": version,
+            "alias": alias,
+            "audc": audc,
+            "zero_audc": zero_audc,
+            "qnc": qnc,
+            "champion_audc_same_test_set": champion_audc,
+            "pool": pool,
+            "cluster_map_version": latest["version"],
+        }
+    )
