@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import dagster as dg
-import pytest
 
 import warehouse as wh
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
 from assets.resources import CollectorResource, WarehouseResource
 from pipelines.definitions import defs
 from profiling.replay_server import ReplayServer
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def instance(tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.get() as instance:
-        yield instance
 
 
 def test_definitions_load():

@@ -3,12 +3,8 @@ registry; a new LLM yields a new version without refitting the map; models:/unir
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import dagster as dg
 import pandas as pd
-import pytest
 
 from assets.embeddings import prompt_embeddings
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
@@ -22,19 +18,6 @@ from assets.resources import (
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from profiling.replay_server import ReplayServer
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def instance(tmp_path, monkeypatch):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    with dg.DagsterInstance.get() as instance:
-        yield instance
 
 
 def _meta(result, node):
