@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 
 import warehouse as wh
+from assets.expectations import COVERAGE_FLOOR, CheckOutcome, check_grades, check_responses
 from assets.resources import CollectorResource, WarehouseResource
 from profiling.collector import collect
 from profiling.grading import grade_responses
@@ -38,9 +39,26 @@ class PromptSetConfig(dg.Config):
 
 
 class ProfilingConfig(dg.Config):
-    """Which prompt splits an LLM answers."""
+    """Which prompt splits an LLM answers, and the coverage floor of its data checks."""
 
     splits: list[str] = ["validation"]  # noqa: RUF012 - pydantic copies field defaults
+    coverage_floor: float = COVERAGE_FLOOR
+
+
+class GradingConfig(dg.Config):
+    """The coverage floor of the grades' data check."""
+
+    coverage_floor: float = COVERAGE_FLOOR
+
+
+def _check_result(con, model: str, name: str, outcome: CheckOutcome, rows: int, n_validation: int):
+    """Record the outcome in the warehouse (routers skip failing LLMs) and report it to Dagster."""
+    wh.record_check(con, model, name, outcome.passed, outcome.details())
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=outcome.passed,
+        metadata={"coverage": rows / max(n_validation, 1), "failed_expectations": outcome.details()},
+    )
 
 
 @dg.asset(group_name=GROUP, pool="duckdb")
@@ -66,7 +84,13 @@ def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.Mate
     return dg.MaterializeResult(metadata={"prompts": prompts.height, **{f"{k} prompts": v for k, v in counts.items()}})
 
 
-@dg.asset(group_name=GROUP, partitions_def=llm_partitions, deps=[llm_catalog, prompt_set], pool="duckdb")
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=llm_partitions,
+    deps=[llm_catalog, prompt_set],
+    pool="duckdb",
+    check_specs=[dg.AssetCheckSpec("check_llm_responses_valid", asset="llm_responses", blocking=True)],
+)
 def llm_responses(
     context: dg.AssetExecutionContext,
     config: ProfilingConfig,
@@ -77,6 +101,16 @@ def llm_responses(
     model = context.partition_key
     with warehouse.connect() as con:
         report = collect(con, [model], config.splits, collector.policy(), collector.batch_size, progress=False)
+        n_validation = wh.read_prompts(con, splits=["validation"]).height
+        responses = wh.read_responses(con, [model], ["validation"])
+        check = _check_result(
+            con,
+            model,
+            "check_llm_responses_valid",
+            check_responses(responses, n_validation, config.coverage_floor),
+            responses.height,
+            n_validation,
+        )
     if report.failed:
         context.log.warning(f"{model}: {report.failed} of {report.requested} prompts failed; see collection_failures")
     return dg.MaterializeResult(
@@ -88,18 +122,37 @@ def llm_responses(
             "cost_usd": report.cost_usd,
             "seconds": report.seconds,
             "errors": dict(report.errors),
-        }
+        },
+        check_results=[check],
     )
 
 
-@dg.asset(group_name=GROUP, partitions_def=llm_partitions, deps=[llm_responses], pool="duckdb")
-def graded_responses(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=llm_partitions,
+    deps=[llm_responses],
+    pool="duckdb",
+    check_specs=[dg.AssetCheckSpec("check_graded_responses_valid", asset="graded_responses", blocking=True)],
+)
+def graded_responses(
+    context: dg.AssetExecutionContext, config: GradingConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
     """One LLM's grades, from each prompt's grader; its validation accuracy in the metadata."""
     model = context.partition_key
     with warehouse.connect() as con:
         written = grade_responses(con, [model])
         outcomes = wh.read_outcomes(con, [model], ["validation"])
+        n_validation = wh.read_prompts(con, splits=["validation"]).height
+        check = _check_result(
+            con,
+            model,
+            "check_graded_responses_valid",
+            check_grades(outcomes, n_validation, config.coverage_floor),
+            outcomes.height,
+            n_validation,
+        )
     accuracy = float(outcomes["score"].mean()) if outcomes.height else None
     return dg.MaterializeResult(
-        metadata={"graded": written, "validation_outcomes": outcomes.height, "validation_accuracy": accuracy}
+        metadata={"graded": written, "validation_outcomes": outcomes.height, "validation_accuracy": accuracy},
+        check_results=[check],
     )

@@ -54,8 +54,11 @@ def router(
         latest = wh.latest_cluster_map(con)
         if latest is None:
             raise dg.Failure("no cluster map yet: materialise cluster_map first")
+        failing = set(wh.failing_llms(con))
         featured = wh.read_llm_features(con, latest["version"])["model"].to_list()
-        pool = config.pool or featured
+        pool = [m for m in (config.pool or featured) if m not in failing]  # failed data checks: no router
+        if failing:
+            context.log.warning(f"left out of the pool, their data checks fail: {sorted(failing)}")
         costs = dict(wh.read_costs(con).iter_rows())
         val_ids, x_val = wh.read_prompt_vectors(con, emb.embedder_id, ["validation"])
         test_ids, x_test = wh.read_prompt_vectors(con, emb.embedder_id, ["test"])
@@ -118,6 +121,7 @@ def router(
             "qnc": qnc,
             "champion_audc_same_test_set": champion_audc,
             "pool": pool,
+            "excluded_failing_checks": sorted(failing),
             "cluster_map_version": latest["version"],
         }
     )

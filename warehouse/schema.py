@@ -92,4 +92,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (model, cluster_map_version)
     );
     """,
+    # 3: the latest data-check outcome per LLM and check: routers use only LLMs whose checks pass.
+    """
+    CREATE TABLE llm_checks (
+        model VARCHAR NOT NULL,
+        check_name VARCHAR NOT NULL,
+        passed BOOLEAN NOT NULL,
+        details VARCHAR NOT NULL,                  -- JSON: failing expectations and sample values
+        checked_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (model, check_name)
+    );
+    """,
 ]

@@ -17,6 +17,7 @@ import polars as pl
 __all__ = [
     "WarehouseInputError",
     "count_embeddings",
+    "failing_llms",
     "insert_responses",
     "latest_cluster_map",
     "missing_embeddings",
@@ -33,6 +34,7 @@ __all__ = [
     "read_prompt_vectors",
     "read_prompts",
     "read_responses",
+    "record_check",
     "record_failures",
     "register_cluster_map",
     "sync_llms",
@@ -111,6 +113,12 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "overall_error": (pl.Float64, True),
         "n_validation": (pl.Int32, True),
     },
+    "llm_checks": {
+        "model": (pl.String, True),
+        "check_name": (pl.String, True),
+        "passed": (pl.Boolean, True),
+        "details": (pl.String, True),
+    },
     "collection_failures": {
         "model": (pl.String, True),
         "prompt_id": (pl.String, True),
@@ -134,6 +142,7 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     ],
     "grades": [("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be in [0, 1]")],
     "collection_failures": [("attempts", pl.col("attempts") > 0, "must be > 0")],
+    "llm_checks": [],
     "cluster_maps": [("n_clusters", pl.col("n_clusters") > 0, "must be > 0")],
     "llm_features": [("overall_error", pl.col("overall_error").is_between(0, 1), "must be in [0, 1]")],
 }
@@ -144,6 +153,7 @@ _KEYS = {
     "grades": ["model", "prompt_id"],
     "collection_failures": ["model", "prompt_id"],
     "cluster_maps": ["version"],
+    "llm_checks": ["model", "check_name"],
     "llm_features": ["model", "cluster_map_version"],
 }
 
@@ -278,13 +288,18 @@ def insert_responses(con: duckdb.DuckDBPyConnection, responses: pl.DataFrame) ->
     )
 
 
-def read_responses(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> pl.DataFrame:
-    """Stored responses, optionally of some models."""
-    if models is None:
-        return _query(con, "SELECT * FROM responses ORDER BY model, prompt_id")
-    return _query(
-        con, "SELECT * FROM responses WHERE list_contains(?, model) ORDER BY model, prompt_id", [list(models)]
-    )
+def read_responses(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None, splits: Sequence[str] | None = None
+) -> pl.DataFrame:
+    """Stored responses, optionally of some models and prompt splits."""
+    clauses, params = ["TRUE"], []
+    if models is not None:
+        clauses.append("list_contains(?, r.model)")
+        params.append(list(models))
+    if splits is not None:
+        clauses.append("r.prompt_id IN (SELECT prompt_id FROM prompts WHERE list_contains(?, split))")
+        params.append(list(splits))
+    return _query(con, f"SELECT r.* FROM responses r WHERE {' AND '.join(clauses)} ORDER BY model, prompt_id", params)
 
 
 def pending_pairs(
@@ -499,3 +514,15 @@ def upsert_llm_features(con: duckdb.DuckDBPyConnection, features: pl.DataFrame) 
 def read_llm_features(con: duckdb.DuckDBPyConnection, cluster_map_version: str) -> pl.DataFrame:
     """Psi of every LLM computed with one cluster map."""
     return _query(con, "SELECT * FROM llm_features WHERE cluster_map_version = ? ORDER BY model", [cluster_map_version])
+
+
+def record_check(con: duckdb.DuckDBPyConnection, model: str, check_name: str, passed: bool, details: str) -> None:
+    """Store the latest outcome of one data check of one LLM."""
+    frame = pl.DataFrame({"model": [model], "check_name": [check_name], "passed": [passed], "details": [details]})
+    updates = "passed = excluded.passed, details = excluded.details, checked_at = excluded.checked_at"
+    _write(con, "llm_checks", frame, f"ON CONFLICT (model, check_name) DO UPDATE SET {updates}", stamp="checked_at")
+
+
+def failing_llms(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """LLMs whose latest outcome of any data check is a failure."""
+    return _query(con, "SELECT DISTINCT model FROM llm_checks WHERE NOT passed ORDER BY model")["model"].to_list()

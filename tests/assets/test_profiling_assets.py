@@ -8,7 +8,7 @@ import warehouse as wh
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
 from assets.resources import CollectorResource, WarehouseResource
 from pipelines.definitions import defs
-from profiling.replay_server import ReplayServer
+from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
 
 
 def test_definitions_load():
@@ -128,3 +128,39 @@ def test_cluster_map_then_features_and_a_new_llm_needs_no_retraining(instance, t
     psi = dict(zip(features["model"], features["psi"].to_list(), strict=True))
     assert len(psi["history-pro"]) == 3 and all(0 <= v <= 1 for v in psi["history-pro"])
     assert psi["bio-pro"] != psi["history-pro"]  # different specialists, different features
+
+
+def test_a_failing_data_check_blocks_grading_and_is_recorded(instance, tmp_path, mmlu_like_dir):
+    resources = {
+        "warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")),
+        "collector": CollectorResource(max_attempts=1, timeout_s=5.0),
+    }
+    catalog = tmp_path / "llms.yaml"
+    flaky = ReplayConfig(faults=FaultRates(unavailable=0.5), seed=0)  # one attempt each: about half fail
+    with ReplayServer(mmlu_like_dir, flaky) as server:
+        catalog.write_text(
+            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            "llms: [{name: last}]\n"
+        )
+        setup = {
+            "llm_catalog": {"config": {"path": str(catalog)}},
+            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+        }
+        assert dg.materialize(
+            [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": setup}
+        ).success
+        instance.add_dynamic_partitions(llm_partitions.name, ["last"])
+        result = dg.materialize(
+            [llm_responses, graded_responses],
+            partition_key="last",
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
+    checks = result.get_asset_check_evaluations()
+    assert [(c.check_name, c.passed) for c in checks] == [("check_llm_responses_valid", False)]
+    assert "expect_table_row_count_to_be_between" in checks[0].metadata["failed_expectations"].value
+    assert not result.asset_materializations_for_node("graded_responses")  # blocked downstream
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        assert wh.failing_llms(con) == ["last"]
+        assert wh.read_grades(con).height == 0
