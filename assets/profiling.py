@@ -35,13 +35,14 @@ class PromptSetConfig(dg.Config):
 
     data_dir: str
     seed: int = 0
-    sample: int | None = None  # first N questions per category order; None: all
+    sample: int | None = None  # only the first N questions of the dataset; None: all
 
 
 class ProfilingConfig(dg.Config):
     """Which prompt splits an LLM answers, and the coverage floor of its data checks."""
 
-    splits: list[str] = ["validation"]  # noqa: RUF012 - pydantic copies field defaults
+    # validation: every LLM; test: the evaluation pool (routers are scored there); add "train" for training LLMs
+    splits: list[str] = ["validation", "test"]  # noqa: RUF012 - pydantic copies field defaults
     coverage_floor: float = COVERAGE_FLOOR
 
 

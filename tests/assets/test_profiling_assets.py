@@ -46,7 +46,7 @@ def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_
             )
             assert result.success
             stored = result.asset_materializations_for_node("llm_responses")[0].metadata["stored"].value
-            assert stored == 12
+            assert stored == 12 + 36  # validation and test prompts
     with wh.connect(tmp_path / "w.duckdb") as con:
         outcomes = wh.read_outcomes(con, splits=["validation"])
     assert outcomes.group_by("model").len().sort("model")["len"].to_list() == [12, 12]
