@@ -5,6 +5,7 @@
 import os
 
 import dagster as dg
+import duckdb
 import polars as pl
 
 import warehouse as wh
@@ -52,7 +53,9 @@ class GradingConfig(dg.Config):
     coverage_floor: float = COVERAGE_FLOOR
 
 
-def _check_result(con, model: str, name: str, outcome: CheckOutcome, rows: int, n_validation: int):
+def _check_result(
+    con: duckdb.DuckDBPyConnection, model: str, name: str, outcome: CheckOutcome, rows: int, n_validation: int
+) -> dg.AssetCheckResult:
     """Record the outcome in the warehouse (routers skip failing LLMs) and report it to Dagster."""
     wh.record_check(con, model, name, outcome.passed, outcome.details())
     return dg.AssetCheckResult(
