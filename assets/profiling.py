@@ -104,7 +104,15 @@ def llm_responses(
     """One LLM's answers to its prompts; only pairs not stored yet are asked."""
     model = context.partition_key
     with warehouse.connect() as con:
-        report = collect(con, [model], config.splits, collector.policy(), collector.batch_size, progress=False)
+        report = collect(
+            con,
+            [model],
+            config.splits,
+            collector.policy(),
+            collector.batch_size,
+            progress=False,
+            log_progress=context.log.info,
+        )
         n_validation = wh.read_prompts(con, splits=["validation"]).height
         responses = wh.read_responses(con, [model], ["validation"])
         check = _check_result(

@@ -18,7 +18,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -161,8 +161,12 @@ async def collect_pairs(
     batch_size: int = 512,
     seed: int | None = None,
     progress: bool = True,
+    log_progress: Callable[[str], None] | None = None,
 ) -> CollectionReport:
-    """Ask each (model, prompt_id, prompt) of ``pairs`` of its LLM in ``llms`` (the catalog) and store answers."""
+    """Ask each (model, prompt_id, prompt) of ``pairs`` of its LLM in ``llms`` (the catalog) and store answers.
+
+    ``progress`` shows a tqdm bar; ``log_progress`` (e.g. a Dagster logger) gets a line after every batch write.
+    """
     policy = policy or RetryPolicy()
     report = CollectionReport(run_id=f"run-{uuid.uuid4().hex[:12]}", requested=pairs.height)
     if pairs.height == 0:
@@ -196,6 +200,13 @@ async def collect_pairs(
         if failed:
             wh.record_failures(con, pl.DataFrame(failed))
             failed.clear()
+        if log_progress:
+            elapsed = time.perf_counter() - started
+            log_progress(
+                f"collected {report.stored + report.failed}/{report.requested} "
+                f"({(report.stored + report.failed) / elapsed:.0f}/s), {report.failed} failed, "
+                f"{sum(report.errors.values())} retried errors, ${report.cost_usd:.4f}"
+            )
 
     async def one(session: aiohttp.ClientSession, model: str, prompt_id: str, prompt: str) -> None:
         endpoint = endpoints[model]
@@ -257,6 +268,7 @@ def collect(
     policy: RetryPolicy | None = None,
     batch_size: int = 512,
     progress: bool = True,
+    log_progress: Callable[[str], None] | None = None,
 ) -> CollectionReport:
     """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``."""
     llms = wh.read_llms(con, active_only=True)
@@ -267,7 +279,9 @@ def collect(
         llms = llms.filter(pl.col("name").is_in(list(models)))
     pairs = wh.pending_pairs(con, llms["name"].to_list(), splits)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(collect_pairs(con, pairs, llms, policy, batch_size, progress=progress))
+        return runner.run(
+            collect_pairs(con, pairs, llms, policy, batch_size, progress=progress, log_progress=log_progress)
+        )
 
 
 def _loop_factory():

@@ -52,12 +52,14 @@ def _missing_for_last(con) -> set[str]:
 def test_collects_each_pair_once_and_a_rerun_asks_nothing(con, mmlu_like_dir):
     with ReplayServer(mmlu_like_dir) as server:
         wh.upsert_llms(con, _catalog(server.base_url))
-        first = collect(con, policy=FAST, progress=False)
+        lines: list[str] = []
+        first = collect(con, policy=FAST, progress=False, batch_size=10, log_progress=lines.append)
         second = collect(con, policy=FAST, progress=False)
         served = _served_counts(server)
     n_val = wh.read_prompts(con, splits=["validation"]).height
     missing = _missing_for_last(con)
     assert first.requested == 3 * n_val and first.stored == 3 * n_val - len(missing)
+    assert len(lines) >= 3 and lines[-1].startswith(f"collected {first.requested}/{first.requested} (")
     assert second.requested == len(missing) and second.stored == 0  # only the never-answered pairs again
     stored = wh.read_responses(con)
     assert stored.height == first.stored and not stored.select("model", "prompt_id").is_duplicated().any()
