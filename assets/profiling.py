@@ -6,7 +6,6 @@ import os
 
 import dagster as dg
 import duckdb
-import polars as pl
 
 import warehouse as wh
 from assets.expectations import COVERAGE_FLOOR, CheckOutcome, check_grades, check_responses
@@ -36,7 +35,7 @@ class PromptSetConfig(dg.Config):
 
     data_dir: str
     seed: int = 0
-    sample: int | None = None  # only the first N questions of the dataset; None: all
+    sample: int | None = None  # a stratified sample of about N questions; None: all
 
 
 class ProfilingConfig(dg.Config):
@@ -78,12 +77,8 @@ def llm_catalog(config: CatalogConfig, warehouse: WarehouseResource) -> dg.Mater
 @dg.asset(group_name=GROUP, pool="duckdb")
 def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Prompts rendered for the LLMs and split train / validation / test."""
-    ids = None
-    if config.sample is not None:
-        questions = pl.read_parquet(f"{config.data_dir}/questions.parquet", columns=["question_id"])
-        ids = questions["question_id"].head(config.sample).to_list()
     with warehouse.connect() as con:
-        prompts = import_mmlu_pro(con, config.data_dir, seed=config.seed, question_ids=ids)
+        prompts = import_mmlu_pro(con, config.data_dir, seed=config.seed, sample=config.sample)
     counts = dict(prompts["split"].value_counts().iter_rows())
     return dg.MaterializeResult(metadata={"prompts": prompts.height, **{f"{k} prompts": v for k, v in counts.items()}})
 

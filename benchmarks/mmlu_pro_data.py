@@ -70,16 +70,3 @@ def load_mmlu_pro(data_dir: str | os.PathLike[str] | None = None) -> RoutingData
         )
     )
     return RoutingDataset(prompts=prompts, outcomes=outcomes, llms=prices.sort("model"))
-
-
-def stratified_sample(prompts: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
-    """About ``n`` prompts with the categories in their original proportions."""
-    if n >= prompts.height:
-        return prompts
-    frac = n / prompts.height
-    return (
-        prompts.with_columns(pl.int_range(pl.len()).shuffle(seed=seed).over("category").alias("_rank"))
-        .filter(pl.col("_rank") < (pl.len().over("category") * frac).round().cast(pl.Int64).clip(lower_bound=1))
-        .drop("_rank")
-        .sort("prompt_id")
-    )

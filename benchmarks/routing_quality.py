@@ -24,7 +24,8 @@ import numpy as np
 import polars as pl
 
 from benchmarks.machine import machine_description
-from benchmarks.mmlu_pro_data import DATA_HOME, load_mmlu_pro, stratified_sample
+from benchmarks.mmlu_pro_data import DATA_HOME, load_mmlu_pro
+from profiling.importers import stratified_sample
 from router_core import (
     ClusterMap,
     Embedder,

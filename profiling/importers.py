@@ -18,10 +18,20 @@ import warehouse as wh
 from profiling.rendering import render_mmlu_pro, router_input
 from router_core import assign_splits, check_outcomes, prompt_hash
 
-__all__ = ["DEFAULT_SHARES", "import_graded_results", "import_mmlu_pro"]
+__all__ = ["DEFAULT_SHARES", "import_graded_results", "import_mmlu_pro", "stratified_sample"]
 
 DEFAULT_SHARES = {"train": 0.6, "validation": 0.1, "test": 0.3}
 _READERS = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
+
+
+def stratified_sample(prompts: pl.DataFrame, n: int, seed: int, by: str = "category") -> pl.DataFrame:
+    """About ``n`` rows of ``prompts`` with the strata (``by``) in their original proportions."""
+    if n >= prompts.height:
+        return prompts
+    frac = n / prompts.height
+    rank = pl.int_range(pl.len()).shuffle(seed=seed).over(by)
+    keep = (pl.len().over(by) * frac).round().cast(pl.Int64).clip(lower_bound=1)
+    return prompts.filter(rank < keep)
 
 
 def import_mmlu_pro(
@@ -30,10 +40,12 @@ def import_mmlu_pro(
     seed: int = 0,
     shares: dict[str, float] | None = None,
     question_ids: list[int] | None = None,
+    sample: int | None = None,
 ) -> pl.DataFrame:
     """Upsert the questions of an MMLU-Pro-layout dataset as prompts ``mmlu_pro/<question_id>``.
 
-    Splits are stratified by category with ``seed``; ``question_ids`` restricts the import (e.g. a sample).
+    Splits are stratified by category with ``seed``; ``question_ids`` restricts the import, ``sample`` keeps a
+    stratified sample of about that many questions.
     Re-importing is idempotent. Returns the imported prompts.
     """
     path = Path(data_dir) / "questions.parquet"
@@ -42,6 +54,8 @@ def import_mmlu_pro(
     questions = pl.read_parquet(path)
     if question_ids is not None:
         questions = questions.filter(pl.col("question_id").is_in(question_ids))
+    if sample is not None:
+        questions = stratified_sample(questions, sample, seed)
     rows = [
         {
             "prompt_id": f"mmlu_pro/{q['question_id']}",

@@ -3,7 +3,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from benchmarks.mmlu_pro_data import load_mmlu_pro, stratified_sample
+from benchmarks.mmlu_pro_data import load_mmlu_pro
+from profiling.importers import stratified_sample
 from profiling.rendering import router_input
 
 
