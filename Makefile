@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Extra arguments for the demo, e.g. `make demo DEMO_ARGS=--full` for every prompt instead of a sample.
+# Extra arguments, e.g. `make demo DEMO_ARGS=--full` for every prompt instead of a stratified sample.
 DEMO_ARGS ?=
+BENCHMARK_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -14,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := true
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo benchmark lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,8 +34,13 @@ lint: setup
 test: setup lint
 	$(BIN)/pytest
 
+# The main job: the pipeline's whole story (profile, cluster map, router v1; onboard 4 LLMs; router v2).
 demo: setup
-	$(BIN)/python -m benchmarks.routing_quality $(DEMO_ARGS)
+	$(BIN)/python -m pipelines.demo $(DEMO_ARGS)
+
+# The routing-quality benchmark (issue 3's protocol) on a stratified sample; BENCHMARK_ARGS=--full for all.
+benchmark: setup
+	$(BIN)/python -m benchmarks.routing_quality $(BENCHMARK_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -1,0 +1,172 @@
+"""The pipeline end to end on ../shared/data/mmlu_pro, in-process: profile an initial pool, train the cluster
+map, register router v1; then add LLMs to the catalog, let the onboarding sensor profile them, and register v2
+with the same cluster map.
+
+    python -m pipelines.demo [--sample 2000] [--full]
+
+State lives under ``data/demo`` (warehouse kept between runs, so embeddings and answers are reused; Dagster
+home and the MLflow registry start afresh each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def _catalog(path: Path, models: pl.DataFrame, base_url: str) -> None:
+    lines = [f"defaults: {{base_url: '{base_url}', max_concurrency: 64}}", "llms:"]
+    lines += [
+        f"  - {{name: {r['model']}, usd_per_mtok_in: {r['usd_per_mtok']}, usd_per_mtok_out: {r['usd_per_mtok']}}}"
+        for r in models.iter_rows(named=True)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("UNIROUTE_MMLU_PRO_DIR", DEFAULT_DATA)))
+    parser.add_argument("--sample", type=int, default=2000, help="stratified sample of questions")
+    parser.add_argument("--full", action="store_true", help="every question")
+    parser.add_argument("--initial", type=int, default=15, help="LLMs in the initial pool")
+    parser.add_argument("--added", type=int, default=4, help="LLMs added afterwards through the sensor")
+    args = parser.parse_args(argv)
+    if not (args.data / "questions.parquet").exists():
+        print(f"error: no MMLU-Pro data at {args.data}; set UNIROUTE_MMLU_PRO_DIR or pass --data", file=sys.stderr)
+        return 2
+    home = Path(os.environ.get("UNIROUTE_DATA_HOME", PROJECT_ROOT / "data")) / "demo"
+    for fresh in ("dagster", "mlflow", "artifacts"):
+        shutil.rmtree(home / fresh, ignore_errors=True)
+    (home / "dagster").mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster" / "dagster.yaml")
+    os.environ.update(
+        DAGSTER_HOME=str(home / "dagster"),
+        UNIROUTE_WAREHOUSE=str(home / "warehouse.duckdb"),
+        UNIROUTE_CATALOG=str(home / "llms.yaml"),
+    )
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    return _run(args, home)
+
+
+def _run(args: argparse.Namespace, home: Path) -> int:
+    import dagster as dg
+
+    import warehouse as wh
+    from assets import embeddings, profiling, router, routing
+    from assets.resources import ArtifactsResource, MlflowResource
+    from pipelines.definitions import defs
+    from pipelines.sensors import llm_onboarding_sensor
+    from profiling.replay_server import ReplayServer
+
+    started = time.perf_counter()
+    models = pl.read_csv(args.data / "models.csv").sample(fraction=1.0, shuffle=True, seed=0)
+    initial, added = models.head(args.initial), models.slice(args.initial, args.added)
+    uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    (home / "mlflow").mkdir(exist_ok=True)
+    resources = {
+        **defs.resources,
+        "artifacts": ArtifactsResource(root=str(home / "artifacts")),
+        "mlflow": MlflowResource(tracking_uri=uri),
+    }
+    versions = []
+
+    def step(title: str, assets: list, partition: str | None = None, ops: dict | None = None):
+        t = time.perf_counter()
+        result = dg.materialize(
+            assets,
+            partition_key=partition,
+            resources=resources,
+            instance=instance,
+            run_config={**QUIET, "ops": ops or {}},
+            raise_on_error=False,
+        )
+        failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+        note = f"  data check failed ({', '.join(failed)}): left out" if failed else ""
+        if not result.success and not failed:
+            raise RuntimeError(f"{title}: run failed; see {home / 'dagster'}")
+        print(f"  {title:<58}{time.perf_counter() - t:6.1f} s{note}", flush=True)
+        return result
+
+    def meta(result, node: str) -> dict:
+        return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+
+    with ReplayServer(args.data) as server, dg.DagsterInstance.get() as instance:
+        _catalog(home / "llms.yaml", initial, server.base_url)
+        print(f"1. initial pool of {args.initial} LLMs (replay endpoint {server.base_url})")
+        sample = None if args.full else args.sample
+        step(
+            "catalog, prompts (stratified sample), embeddings",
+            [profiling.llm_catalog, profiling.prompt_set, embeddings.prompt_embeddings],
+            ops={"prompt_set": {"config": {"data_dir": str(args.data), "sample": sample}}},
+        )
+        names = initial["model"].to_list()
+        instance.add_dynamic_partitions(profiling.llm_partitions.name, names)
+        profile = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
+        for name in names:
+            step(f"profile {name}", [profiling.llm_responses, profiling.graded_responses], name, profile)
+        with wh.connect() as con:
+            names = [n for n in names if n not in wh.failing_llms(con)]
+        step(
+            "cluster map (learned, K=16) on the initial pool",
+            [routing.cluster_map],
+            ops={"cluster_map": {"config": {"kind": "learned", "n_clusters": 16, "training_llms": names}}},
+        )
+        for name in names:
+            step(f"features {name}", [routing.llm_error_features], name)
+        versions.append(meta(step("router v1 -> MLflow", [router.router]), "router"))
+
+        print(f"2. {args.added} LLMs added to the catalog; the onboarding sensor takes them from here")
+        _catalog(home / "llms.yaml", pl.concat([initial, added]), server.base_url)
+        tick = llm_onboarding_sensor(dg.build_sensor_context(instance=instance))
+        for request in tick.dynamic_partitions_requests:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        job = defs.resolve_job_def("profile_llm")
+        new = [r.partition_key for r in tick.run_requests if r.tags.get("uniroute/onboarding") == "new"]
+        for request in tick.run_requests:
+            if request.partition_key in new:
+                t = time.perf_counter()
+                job.execute_in_process(
+                    partition_key=request.partition_key,
+                    instance=instance,
+                    resources=resources,
+                    run_config={**QUIET, **request.run_config},
+                )
+                print(f"  {'sensor run: profile ' + request.partition_key:<58}{time.perf_counter() - t:6.1f} s")
+        with wh.connect() as con:
+            new = [n for n in new if n not in wh.failing_llms(con)]
+        for name in new:
+            step(f"features {name} (same cluster map)", [routing.llm_error_features], name)
+        versions.append(meta(step("router v2 -> MLflow", [router.router]), "router"))
+
+    print(f"\n{'version':<9}{'alias':<12}{'pool':>5}{'AUDC':>9}{'Zero AUDC':>11}  cluster map   what changed")
+    previous: set[str] = set()
+    for v in versions:
+        pool = set(v["pool"])
+        change = "initial pool" if not previous else "added " + ", ".join(sorted(pool - previous))
+        print(
+            f"{v['version']:<9}{v['alias']:<12}{len(pool):>5}{v['audc']:>9.4f}{v['zero_audc']:>11.4f}  "
+            f"{v['cluster_map_version']:<13} {change}"
+        )
+        previous = pool
+    print(f"\ntotal {time.perf_counter() - started:.0f} s. Look at the results:")
+    print(
+        f"  DAGSTER_HOME={home / 'dagster'} UNIROUTE_WAREHOUSE={home / 'warehouse.duckdb'} "
+        f"UNIROUTE_CATALOG={home / 'llms.yaml'} .venv/bin/dagster dev"
+    )
+    print(f"  .venv/bin/mlflow ui --backend-store-uri {uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
