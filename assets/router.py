@@ -27,7 +27,7 @@ GROUP = "routing"
 
 
 class RouterConfig(dg.Config):
-    """The pool (default: every LLM with features for the current cluster map) and the serving default."""
+    """The pool (default: every active catalog LLM with features for the current map) and the serving default."""
 
     pool: list[str] | None = None
     default_cost_weight: float = 0.0
@@ -56,7 +56,9 @@ def router(
             raise dg.Failure("no cluster map yet: materialise cluster_map first")
         failing = set(wh.failing_llms(con))
         featured = wh.read_llm_features(con, latest["version"])["model"].to_list()
-        pool = [m for m in (config.pool or featured) if m not in failing]  # failed data checks: no router
+        active = set(wh.read_llms(con, active_only=True)["name"])
+        # only LLMs active in the catalog, with features for this map, whose data checks pass
+        pool = [m for m in (config.pool or featured) if m in active and m not in failing]
         if failing:
             context.log.warning(f"left out of the pool, their data checks fail: {sorted(failing)}")
         costs = dict(wh.read_costs(con).iter_rows())

@@ -94,12 +94,22 @@ def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monk
             [llm_error_features], partition_key="history-pro", resources=resources, instance=instance
         ).success
         v2 = _meta(dg.materialize([router], resources=resources, instance=instance), "router")
+        # Retire an LLM from the catalog: the next version leaves it out, though its features remain.
+        write_catalog(["math-pro", "generalist", "history-pro"])
+        assert dg.materialize(
+            [llm_catalog],
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"llm_catalog": {"config": {"path": str(catalog)}}}},
+        ).success
+        v3 = _meta(dg.materialize([router], resources=resources, instance=instance), "router")
+    assert sorted(v3["pool"]) == ["generalist", "history-pro", "math-pro"]
     assert v2["version"] == "2" and v2["cluster_map_version"] == map_version == v1["cluster_map_version"]
     assert "history-pro" in v2["pool"] and v2["alias"] == ("champion" if v2["audc"] >= v1["audc"] else "challenger")
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    model = mlflow.pyfunc.load_model("models:/uniroute@champion")
+    model = mlflow.pyfunc.load_model(f"models:/uniroute/{v2['version']}")
     routed = model.predict(
         pd.DataFrame({"prompt": ["Compute the integral of 3x from 0 to 5."]}), params={"cost_weight": 0.0}
     )
