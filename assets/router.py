@@ -12,14 +12,13 @@ from assets.routing import cluster_map, llm_error_features
 from router_core import (
     UniRouter,
     ZeroRouter,
-    deferral_curve,
     error_matrix,
+    evaluate_router,
     load_cluster_map,
     plot_deferral_curves,
     plot_psi_heatmap,
     save_router,
     single_llm_points,
-    summarize_curve,
 )
 from serving import registry
 
@@ -31,11 +30,6 @@ class RouterConfig(dg.Config):
 
     pool: list[str] | None = None
     default_cost_weight: float = 0.0
-
-
-def _evaluate(router, x_test, scores, costs) -> tuple[float, float, pl.DataFrame]:
-    curve = deferral_curve(router.predict_error(x_test), costs, scores)
-    return (*summarize_curve(curve, scores, costs), curve)
 
 
 @dg.asset(group_name=GROUP, deps=[cluster_map, llm_error_features], pool="duckdb")
@@ -73,8 +67,8 @@ def router(
     cost = np.array([costs[m] for m in pool])
     uni = UniRouter(load_cluster_map(latest["path"])).fit_arrays(x_val, val_errors, pool, cost, val_ids)
     zero = ZeroRouter().fit_arrays(x_val, val_errors, pool, cost, val_ids)
-    audc, qnc, curve = _evaluate(uni, x_test, test_scores, cost)
-    zero_audc, _, zero_curve = _evaluate(zero, x_test, test_scores, cost)
+    audc, qnc, curve = evaluate_router(uni, x_test, test_scores)
+    zero_audc, _, zero_curve = evaluate_router(zero, x_test, test_scores)
     llm_cost, llm_acc = single_llm_points(test_scores, cost)
     figures = {
         "deferral_curve.png": plot_deferral_curves(
@@ -93,7 +87,7 @@ def router(
     champion_audc = None
     if champion is not None and set(champion.llms_) <= set(pool):
         idx = [pool.index(m) for m in champion.llms_]
-        champion_audc = _evaluate(champion, x_test, test_scores[:, idx], champion.costs_)[0]
+        champion_audc = evaluate_router(champion, x_test, test_scores[:, idx])[0]
     tags = {
         "pool": ",".join(pool),
         "embedder_id": emb.embedder_id,

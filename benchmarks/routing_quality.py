@@ -41,6 +41,7 @@ from router_core import (
     assign_splits,
     deferral_curve,
     error_matrix,
+    evaluate_router,
     plot_deferral_curves,
     single_llm_points,
     summarize_curve,
@@ -185,8 +186,7 @@ def evaluate(
     start = time.perf_counter()
     router.route(x_test, cost_weight=1.0)  # one routing pass: the cost that matters at serving time
     route_s = time.perf_counter() - start
-    curve = deferral_curve(router.predict_error(x_test), costs.estimate, scores, costs.realized)
-    area, q = score_curve(curve, scores, costs)
+    area, q, curve = evaluate_router(router, x_test, scores, costs.realized)  # router's costs = costs.estimate
     return Result(method, ctx.seed, mode, area, q, k, fit_s, route_s, curve)
 
 

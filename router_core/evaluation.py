@@ -21,6 +21,7 @@ __all__ = [
     "concave_hull",
     "default_cost_weights",
     "deferral_curve",
+    "evaluate_router",
     "plot_deferral_curves",
     "plot_psi_heatmap",
     "qnc",
@@ -152,6 +153,14 @@ def summarize_curve(
     low, high = float(llm_cost.min()), float(llm_cost.max())
     area = audc(curve, (low, high)) if high > low else float(np.interp(low, *_hull_arrays(curve)))
     return area, qnc(curve, llm_acc[best], llm_cost[best]) if llm_cost[best] > 0 else float("nan")
+
+
+def evaluate_router(
+    router, embeddings: np.ndarray, scores: np.ndarray, realized_costs: np.ndarray | None = None
+) -> tuple[float, float, pl.DataFrame]:
+    """AUDC, QNC and deferral curve of a fitted router's whole pool on evaluation prompts (``scores``: (n, M))."""
+    curve = deferral_curve(router.predict_error(embeddings), router.costs_, scores, realized_costs)
+    return (*summarize_curve(curve, scores, router.costs_, realized_costs), curve)
 
 
 def plot_deferral_curves(

@@ -71,33 +71,31 @@ def save_cluster_map(cluster_map: ClusterMap, directory: str | os.PathLike[str])
     return directory
 
 
+def _read(directory: str | os.PathLike[str], stem: str, arrays_name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The JSON metadata ``<stem>.json`` and the arrays of ``arrays_name`` in ``directory``."""
+    directory = Path(directory)
+    meta_path = directory / f"{stem}.json"
+    if not meta_path.exists():
+        raise RouterInputError("directory", str(directory), f"has no {stem}.json")
+    with np.load(directory / arrays_name, allow_pickle=False) as npz:
+        return json.loads(meta_path.read_text()), {k: npz[k] for k in npz.files}
+
+
 def load_cluster_map(directory: str | os.PathLike[str]) -> ClusterMap:
     """Load a cluster map written by :func:`save_cluster_map`."""
-    directory = Path(directory)
-    meta_path = directory / "cluster_map.json"
-    if not meta_path.exists():
-        raise RouterInputError("directory", str(directory), "has no cluster_map.json")
-    meta = json.loads(meta_path.read_text())
+    meta, arrays = _read(directory, "cluster_map", "cluster_map.npz")
     if meta.get("class") not in _MAPS:
         raise RouterInputError("cluster_map", meta.get("class"), f"unknown cluster map; known: {sorted(_MAPS)}")
-    with np.load(directory / "cluster_map.npz", allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
     return _MAPS[meta["class"]](**meta["params"]).set_arrays(arrays)
 
 
 def load_router(directory: str | os.PathLike[str]) -> Router:
     """Load a router written by :func:`save_router`."""
-    directory = Path(directory)
-    meta_path = directory / "router.json"
-    if not meta_path.exists():
-        raise RouterInputError("directory", str(directory), "has no router.json")
-    meta = json.loads(meta_path.read_text())
+    meta, arrays = _read(directory, "router", "arrays.npz")
     if meta.get("format_version") != FORMAT_VERSION:
         raise RouterInputError("format_version", meta.get("format_version"), f"expected {FORMAT_VERSION}")
     if meta.get("router") not in _ROUTERS:
         raise RouterInputError("router", meta.get("router"), f"unknown router class; known: {sorted(_ROUTERS)}")
-    with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
     cls = _ROUTERS[meta["router"]]
     if cls is UniRouter:
         spec = meta["cluster_map"]
