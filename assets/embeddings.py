@@ -6,6 +6,7 @@ import time
 import dagster as dg
 
 import warehouse as wh
+from assets import automation
 from assets.profiling import prompt_set
 from assets.resources import EmbedderResource, WarehouseResource
 
@@ -13,7 +14,7 @@ GROUP = "routing"
 CHUNK = 512  # prompts embedded between two warehouse writes (and log lines)
 
 
-@dg.asset(group_name=GROUP, deps=[prompt_set], pool="duckdb")
+@dg.asset(group_name=GROUP, deps=[prompt_set], pool="duckdb", automation_condition=automation.EMBEDDINGS)
 def prompt_embeddings(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:

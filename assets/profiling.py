@@ -3,6 +3,7 @@
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 
 import os
+from datetime import UTC, datetime
 
 import dagster as dg
 import duckdb
@@ -36,6 +37,7 @@ class PromptSetConfig(dg.Config):
     data_dir: str
     seed: int = 0
     sample: int | None = None  # a stratified sample of about N questions; None: all
+    shares: dict[str, float] | None = None  # e.g. {"train": 0.6, "validation": 0.1, "test": 0.3} (the default)
 
 
 class ProfilingConfig(dg.Config):
@@ -44,6 +46,18 @@ class ProfilingConfig(dg.Config):
     # validation: every LLM; test: the evaluation pool (routers are scored there); add "train" for training LLMs
     splits: list[str] = ["validation", "test"]  # noqa: RUF012 - pydantic copies field defaults
     coverage_floor: float = COVERAGE_FLOOR
+    # Re-profile: answers collected before this UTC time (ISO 8601) are archived and asked again, and the
+    # features' drift check compares the two profiles. A re-run with the same value asks nothing twice.
+    refresh_before: str | None = None
+
+    def refresh_time(self) -> datetime | None:
+        if self.refresh_before is None:
+            return None
+        try:
+            moment = datetime.fromisoformat(self.refresh_before)
+        except ValueError:
+            raise dg.Failure(f"llm_responses.config.refresh_before={self.refresh_before!r}: not ISO 8601") from None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class GradingConfig(dg.Config):
@@ -78,7 +92,7 @@ def llm_catalog(config: CatalogConfig, warehouse: WarehouseResource) -> dg.Mater
 def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Prompts rendered for the LLMs and split train / validation / test."""
     with warehouse.connect() as con:
-        prompts = import_mmlu_pro(con, config.data_dir, seed=config.seed, sample=config.sample)
+        prompts = import_mmlu_pro(con, config.data_dir, seed=config.seed, shares=config.shares, sample=config.sample)
     counts = dict(prompts["split"].value_counts().iter_rows())
     return dg.MaterializeResult(metadata={"prompts": prompts.height, **{f"{k} prompts": v for k, v in counts.items()}})
 
@@ -107,6 +121,7 @@ def llm_responses(
             collector.batch_size,
             progress=False,
             log_progress=context.log.info,
+            refresh_before=config.refresh_time(),
         )
         n_validation = wh.read_prompts(con, splits=["validation"]).height
         responses = wh.read_responses(con, [model], ["validation"])

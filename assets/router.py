@@ -7,6 +7,8 @@ import numpy as np
 import polars as pl
 
 import warehouse as wh
+from assets import automation
+from assets.metadata import markdown_image
 from assets.resources import ArtifactsResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.routing import cluster_map, llm_error_features
 from router_core import (
@@ -32,7 +34,9 @@ class RouterConfig(dg.Config):
     default_cost_weight: float = 0.0
 
 
-@dg.asset(group_name=GROUP, deps=[cluster_map, llm_error_features], pool="duckdb")
+@dg.asset(
+    group_name=GROUP, deps=[cluster_map, llm_error_features], pool="duckdb", automation_condition=automation.ROUTER
+)
 def router(
     context: dg.AssetExecutionContext,
     config: RouterConfig,
@@ -106,6 +110,7 @@ def router(
         input_example=["What is the derivative of x^2?"],
     )
     alias = registry.promote(mlflow.model_name, version, better=champion_audc is None or audc >= champion_audc)
+    plots = {name.removesuffix(".png"): markdown_image(figure, name) for name, figure in figures.items()}
     for figure in figures.values():
         plt.close(figure)
     return dg.MaterializeResult(
@@ -119,5 +124,6 @@ def router(
             "pool": pool,
             "excluded_failing_checks": sorted(failing),
             "cluster_map_version": latest["version"],
+            **plots,
         }
     )

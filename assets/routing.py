@@ -9,10 +9,19 @@ import numpy as np
 import polars as pl
 
 import warehouse as wh
+from assets import automation
 from assets.embeddings import prompt_embeddings
+from assets.metadata import markdown_table
 from assets.profiling import graded_responses, llm_partitions
 from assets.resources import ArtifactsResource, EmbedderResource, WarehouseResource
-from router_core import KMeansClusterMap, LearnedClusterMap, error_matrix, load_cluster_map, save_cluster_map
+from router_core import (
+    KMeansClusterMap,
+    LearnedClusterMap,
+    error_matrix,
+    load_cluster_map,
+    psi_drift,
+    save_cluster_map,
+)
 from router_core import llm_error_features as compute_psi
 
 GROUP = "routing"
@@ -31,22 +40,40 @@ def _data_version(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-@dg.asset(group_name=GROUP, deps=[prompt_embeddings, graded_responses], pool="duckdb")
+@dg.asset(
+    group_name=GROUP,
+    deps=[prompt_embeddings, graded_responses],
+    pool="duckdb",
+    output_required=False,
+    automation_condition=automation.CLUSTER_MAP,
+)
 def cluster_map(
-    config: ClusterMapConfig, warehouse: WarehouseResource, embedder: EmbedderResource, artifacts: ArtifactsResource
-) -> dg.MaterializeResult:
-    """The cluster map Phi; its version is a hash of its parameters and training data, so a rerun on the same
-    data is a no-op and a new LLM in the pool never retrains it."""
+    context: dg.AssetExecutionContext,
+    config: ClusterMapConfig,
+    warehouse: WarehouseResource,
+    embedder: EmbedderResource,
+    artifacts: ArtifactsResource,
+):
+    """The cluster map Phi; its version is a hash of its parameters and training data. When that is the
+    current map's version nothing is refitted or materialised, so a new LLM in the pool never moves it."""
+    maps = {"learned": LearnedClusterMap, "kmeans": KMeansClusterMap}
+    if config.kind not in maps:
+        raise dg.Failure(f"cluster_map.kind={config.kind!r}: expected one of {sorted(maps)}")
     embedder_id = embedder.embedder().embedder_id
     with warehouse.connect() as con:
         ids, x = wh.read_prompt_vectors(con, embedder_id, ["train"])
+        failing = set(wh.failing_llms(con))
         outcomes = wh.read_outcomes(con, config.training_llms, ["train"])
-        llms = config.training_llms or sorted(outcomes["model"].unique())
+        llms = config.training_llms or sorted(set(outcomes["model"]) - failing)
+        if not llms or not ids:
+            context.log.info("no training prompts answered by a training LLM yet: nothing to fit")
+            return
         errors = error_matrix(outcomes, ids, llms)
         version = _data_version(config.kind, config.n_clusters, config.seed, embedder_id, llms, ids, errors.tobytes())
-        maps = {"learned": LearnedClusterMap, "kmeans": KMeansClusterMap}
-        if config.kind not in maps:
-            raise ValueError(f"kind={config.kind!r}: expected one of {sorted(maps)}")
+        latest = wh.latest_cluster_map(con)
+        if latest is not None and latest["version"] == version:
+            context.log.info(f"training data and parameters unchanged: cluster map {version} stays current")
+            return
         cmap = maps[config.kind](config.n_clusters, seed=config.seed).fit(x, errors)
         path = save_cluster_map(cmap, artifacts.path("cluster_maps", version))
         row = {
@@ -59,7 +86,7 @@ def cluster_map(
             "path": str(path),
         }
         wh.register_cluster_map(con, pl.DataFrame(row))
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "version": version,
             "kind": config.kind,
@@ -71,20 +98,41 @@ def cluster_map(
     )
 
 
-@dg.asset(group_name=GROUP, partitions_def=llm_partitions, deps=[graded_responses, cluster_map], pool="duckdb")
+DRIFT_CHECK = "check_llm_error_features_drift"
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=llm_partitions,
+    deps=[graded_responses, cluster_map],
+    pool="duckdb",
+    automation_condition=automation.FEATURES,
+    check_specs=[
+        dg.AssetCheckSpec(
+            DRIFT_CHECK,
+            asset="llm_error_features",
+            description="After a re-profiling: clusters whose error moved beyond sampling noise (warns).",
+        )
+    ],
+)
 def llm_error_features(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
-    """One LLM's Psi: its validation error per cluster of the current cluster map."""
+    """One LLM's Psi: its validation error per cluster of the current cluster map. After a re-profiling (same
+    name, new answers) its check compares Psi with the previous profile's, through the same map."""
     model = context.partition_key
     with warehouse.connect() as con:
         latest = wh.latest_cluster_map(con)
         if latest is None:
             raise dg.Failure("no cluster map yet: materialise cluster_map first")
+        if model in wh.failing_llms(con):
+            raise dg.Failure(f"llm={model!r}: its data checks fail, so it gets no features (see llm_checks)")
         ids, x = wh.read_prompt_vectors(con, embedder.embedder().embedder_id, ["validation"])
-        errors = error_matrix(wh.read_outcomes(con, [model], ["validation"]), ids, [model])
-        psi = compute_psi(load_cluster_map(latest["path"]).transform(x), errors, llms=[model])[0]
-        observed = ~np.isnan(errors[:, 0])
+        errors = error_matrix(wh.read_outcomes(con, [model], ["validation"]), ids, [model])[:, 0]
+        previous = wh.read_archived_outcomes(con, model, ["validation"])
+        weights = load_cluster_map(latest["path"]).transform(x)
+        psi = compute_psi(weights, errors, llms=[model])[0]
+        observed = ~np.isnan(errors)
         wh.upsert_llm_features(
             con,
             pl.DataFrame(
@@ -92,16 +140,47 @@ def llm_error_features(
                     "model": model,
                     "cluster_map_version": latest["version"],
                     "psi": [psi.tolist()],
-                    "overall_error": float(errors[observed, 0].mean()),
+                    "overall_error": float(errors[observed].mean()),
                     "n_validation": int(observed.sum()),
                 }
             ),
         )
+    drift = _drift_check(context, model, weights, errors, previous, ids)
     return dg.MaterializeResult(
         metadata={
             "cluster_map_version": latest["version"],
             "validation_prompts": int(observed.sum()),
-            "overall_error": float(errors[observed, 0].mean()),
+            "overall_error": float(errors[observed].mean()),
             "psi": [round(v, 4) for v in psi.tolist()],
-        }
+        },
+        check_results=[drift],
+    )
+
+
+def _drift_check(
+    context: dg.AssetExecutionContext,
+    model: str,
+    weights: np.ndarray,
+    errors: np.ndarray,
+    previous: pl.DataFrame,
+    ids: list[str],
+) -> dg.AssetCheckResult:
+    """Warn, naming the clusters, when Psi moved beyond sampling noise since the previous profile."""
+    if previous.height == 0:
+        return dg.AssetCheckResult(check_name=DRIFT_CHECK, passed=True, metadata={"previous_profile": "none"})
+    errors_before = error_matrix(previous.drop("archived_at"), ids, [model])[:, 0]
+    drift = psi_drift(weights, errors_before, errors)
+    moved = drift.filter("moved")["cluster"].to_list()
+    if moved:
+        context.log.warning(f"{model}: Psi moved beyond sampling noise since the previous profile on clusters {moved}")
+    return dg.AssetCheckResult(
+        check_name=DRIFT_CHECK,
+        passed=not moved,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "moved_clusters": moved,
+            "previous_profile_archived_at": str(previous["archived_at"].max()),
+            "max_abs_z": float(drift["z"].abs().max()),
+            "clusters": markdown_table(drift),
+        },
     )

@@ -22,9 +22,9 @@ retrain_cluster_map_job = dg.define_asset_job(
 
 @dg.schedule(job=profile_llm_job, cron_schedule=NIGHTLY_CRON, execution_timezone="UTC")
 def nightly_profiling_schedule(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    """One profiling run per active LLM that has validation prompts it has not answered (new prompts, a new
-    LLM, or failures to retry); LLMs with nothing missing are left alone. Endpoint or model-id changes are
-    caught by the onboarding sensor."""
+    """One profiling run per active LLM whose current endpoint has validation prompts to answer: new prompts,
+    failures to retry, or a changed endpoint or model id (its earlier answers are archived and asked again);
+    LLMs with nothing missing are left alone. Features and the router follow by declarative automation."""
     try:
         with wh.connect() as con:
             pending = wh.pending_counts(con)

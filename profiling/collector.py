@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import aiohttp
 import duckdb
@@ -82,7 +83,7 @@ class _RetryableError(Exception):
 @dataclass
 class _Endpoint:
     model: str
-    url: str
+    base_url: str
     model_id: str
     api_key_env: str | None
     usd_in: float
@@ -90,6 +91,10 @@ class _Endpoint:
     semaphore: asyncio.Semaphore
     min_interval_s: float
     next_start: float = 0.0
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
 
     def headers(self) -> dict[str, str]:
         if not self.api_key_env:
@@ -174,7 +179,7 @@ async def collect_pairs(
     endpoints = {
         row["name"]: _Endpoint(
             model=row["name"],
-            url=row["base_url"].rstrip("/") + "/chat/completions",
+            base_url=row["base_url"],
             model_id=row["model_id"],
             api_key_env=row["api_key_env"],
             usd_in=row["usd_per_mtok_in"],
@@ -231,7 +236,8 @@ async def collect_pairs(
             failed.append(identity | {"attempts": attempt, "last_error_class": kind})
             report.failed += 1
         else:
-            done.append(identity | {"prompt_hash": prompt_hash(prompt)} | result)
+            answered_by = {"base_url": endpoint.base_url, "model_id": endpoint.model_id}
+            done.append(identity | answered_by | {"prompt_hash": prompt_hash(prompt)} | result)
             report.cost_usd += result["cost_usd"]
         bar.update(1)
         if len(done) + len(failed) >= batch_size:
@@ -269,14 +275,24 @@ def collect(
     batch_size: int = 512,
     progress: bool = True,
     log_progress: Callable[[str], None] | None = None,
+    refresh_before: datetime | None = None,
 ) -> CollectionReport:
-    """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``."""
+    """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``.
+
+    Answers from an endpoint or model id the catalog no longer lists for an LLM are archived and asked again;
+    ``refresh_before`` (UTC) re-profiles: answers collected before it are archived and asked again too.
+    """
     llms = wh.read_llms(con, active_only=True)
     if models is not None:
         unknown = set(models) - set(llms["name"])
         if unknown:
             raise ValueError(f"model={sorted(unknown)[0]!r}: not an active LLM in the catalog")
         llms = llms.filter(pl.col("name").is_in(list(models)))
+    archived = wh.archive_responses(con, llms["name"].to_list(), refresh_before)
+    if archived:
+        log.info("archived %d answers to ask again (new endpoint or model id, or re-profiling)", archived)
+        if log_progress:
+            log_progress(f"archived {archived} earlier answers to ask again")
     pairs = wh.pending_pairs(con, llms["name"].to_list(), splits)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(

@@ -22,7 +22,7 @@ from router_core.evaluation import (
     single_llm_points,
     summarize_curve,
 )
-from router_core.features import llm_error_features
+from router_core.features import llm_error_features, psi_drift
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix
 from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
@@ -59,6 +59,7 @@ __all__ = [
     "plot_deferral_curves",
     "plot_psi_heatmap",
     "prompt_hash",
+    "psi_drift",
     "qnc",
     "save_cluster_map",
     "save_router",

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import polars as pl
 
 from router_core._errors import RouterInputError
 
-__all__ = ["llm_error_features"]
+__all__ = ["llm_error_features", "psi_drift"]
 
 
 def _as_2d(name: str, array: np.ndarray) -> np.ndarray:
@@ -81,3 +82,72 @@ def llm_error_features(
     psi = (total + shrinkage * overall) / np.maximum(mass + shrinkage, 1e-12)
     psi = np.where(mass + shrinkage > 1e-12, psi, overall)  # an empty cluster with no prior: overall error
     return psi.T
+
+
+def psi_drift(
+    assignments: np.ndarray, errors_before: np.ndarray, errors_after: np.ndarray, z: float = 3.0
+) -> pl.DataFrame:
+    r"""Which clusters of one LLM's Psi moved beyond their sampling noise between two profiles.
+
+    Each profile's :math:`\Psi_k` is a weighted mean of 0/1-like errors with weights :math:`w_{ik}`; its
+    variance is :math:`p_k(1-p_k)/n_k` with the effective size :math:`n_k = (\sum_i w_{ik})^2 / \sum_i w_{ik}^2`
+    of the cluster's observed prompts and :math:`p_k` the two profiles' pooled error. A cluster moved when
+    :math:`|\Psi^{after}_k - \Psi^{before}_k|` exceeds ``z`` standard errors of the difference (z = 3: about
+    0.3% false alarms per cluster when nothing changed).
+
+    Parameters
+    ----------
+    assignments : (n, K) array
+        Cluster weights of the validation prompts.
+    errors_before, errors_after : (n,) arrays
+        The LLM's errors in [0, 1] on the same prompts in each profile; NaN = not answered in that profile.
+    z : float
+        Threshold in standard errors.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per cluster: ``cluster, psi_before, psi_after, n_before, n_after, z, moved``.
+
+    Examples
+    --------
+    >>> a = np.repeat(np.eye(2), 100, axis=0)
+    >>> before = np.r_[np.zeros(100), np.full(100, 0.5)]
+    >>> after = np.r_[np.ones(100), np.full(100, 0.5)]
+    >>> psi_drift(a, before, after)["moved"].to_list()
+    [True, False]
+    """
+    weights = _as_2d("assignments", assignments)
+    sides = {"errors_before": errors_before, "errors_after": errors_after}
+    stats = {}
+    for name, errors in sides.items():
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.shape != (weights.shape[0],):
+            raise RouterInputError(name, errors.shape, f"needs one error per validation prompt ({weights.shape[0]})")
+        observed = ~np.isnan(errors)
+        if not observed.any():
+            raise RouterInputError(name, "all NaN", "the profile has no validation outcomes")
+        w = weights[observed]
+        mass, total = w.sum(axis=0), w.T @ errors[observed]
+        n_eff = np.divide(mass**2, (w**2).sum(axis=0), out=np.zeros_like(mass), where=mass > 0)
+        stats[name] = (mass, total, n_eff)
+    (m_b, t_b, n_b), (m_a, t_a, n_a) = stats.values()
+    psi_b = np.divide(t_b, m_b, out=np.full_like(m_b, np.nan), where=m_b > 0)
+    psi_a = np.divide(t_a, m_a, out=np.full_like(m_a, np.nan), where=m_a > 0)
+    pooled = np.divide(t_b + t_a, m_b + m_a, out=np.zeros_like(m_b), where=(m_b + m_a) > 0)
+    inv_n = np.divide(1.0, n_b, out=np.full_like(n_b, np.inf), where=n_b > 0) + np.divide(
+        1.0, n_a, out=np.full_like(n_a, np.inf), where=n_a > 0
+    )
+    se = np.sqrt(np.clip(pooled * (1 - pooled), 1e-12, None) * inv_n)
+    scores = np.where(np.isfinite(se), (psi_a - psi_b) / se, 0.0)
+    return pl.DataFrame(
+        {
+            "cluster": np.arange(weights.shape[1]),
+            "psi_before": psi_b,
+            "psi_after": psi_a,
+            "n_before": n_b,
+            "n_after": n_a,
+            "z": np.nan_to_num(scores),
+            "moved": np.abs(np.nan_to_num(scores)) > z,
+        }
+    )

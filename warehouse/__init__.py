@@ -4,6 +4,7 @@ from warehouse.catalog import CatalogError, LLMEntry, load_catalog, sync_catalog
 from warehouse.db import SchemaError, connect, default_path, schema_version
 from warehouse.store import (
     WarehouseInputError,
+    archive_responses,
     count_embeddings,
     failing_llms,
     insert_responses,
@@ -11,6 +12,7 @@ from warehouse.store import (
     missing_embeddings,
     pending_counts,
     pending_pairs,
+    read_archived_outcomes,
     read_costs,
     read_embeddings,
     read_failures,
@@ -38,6 +40,7 @@ __all__ = [
     "LLMEntry",
     "SchemaError",
     "WarehouseInputError",
+    "archive_responses",
     "connect",
     "count_embeddings",
     "default_path",
@@ -48,6 +51,7 @@ __all__ = [
     "missing_embeddings",
     "pending_counts",
     "pending_pairs",
+    "read_archived_outcomes",
     "read_costs",
     "read_embeddings",
     "read_failures",

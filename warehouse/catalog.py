@@ -55,6 +55,14 @@ class LLMEntry(BaseModel):
     active: bool = True
 
 
+_EMPTY_SCHEMA = {
+    **dict.fromkeys(("name", "base_url", "model_id", "api_key_env"), pl.String),
+    **dict.fromkeys(("usd_per_mtok_in", "usd_per_mtok_out"), pl.Float64),
+    **dict.fromkeys(("max_concurrency", "requests_per_minute"), pl.Int64),
+    "active": pl.Boolean,
+}
+
+
 def _read_entries(path: Path) -> list[Mapping[str, Any]]:
     if path.suffix.lower() == ".csv":
         return [{k: v for k, v in row.items() if v is not None} for row in pl.read_csv(path).iter_rows(named=True)]
@@ -100,6 +108,8 @@ def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None
         entry.model_dump() | {"base_url": str(entry.base_url), "model_id": entry.model_id or entry.name}
         for entry in entries
     ]
+    if not rows:  # an empty catalog: every LLM is deactivated
+        return pl.DataFrame(schema=_EMPTY_SCHEMA)
     return pl.DataFrame(rows, schema_overrides={"requests_per_minute": pl.Int64})
 
 

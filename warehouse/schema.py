@@ -103,4 +103,39 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (model, check_name)
     );
     """,
+    # 4: which endpoint answered each response; re-profiling archives the answers it replaces (kept, and
+    # compared with the new ones for drift) instead of overwriting them.
+    """
+    ALTER TABLE responses ADD COLUMN base_url VARCHAR;
+    ALTER TABLE responses ADD COLUMN model_id VARCHAR;
+    UPDATE responses SET base_url = l.base_url, model_id = l.model_id FROM llms l WHERE l.name = responses.model;
+    CREATE TABLE responses_archive (
+        model VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        response VARCHAR NOT NULL,
+        finish_reason VARCHAR,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        latency_ms DOUBLE,
+        cost_usd DOUBLE,
+        prompt_hash VARCHAR NOT NULL,
+        collected_at TIMESTAMP NOT NULL,
+        run_id VARCHAR NOT NULL,
+        base_url VARCHAR,
+        model_id VARCHAR,
+        archived_at TIMESTAMP NOT NULL,
+        reason VARCHAR NOT NULL,                   -- 'endpoint changed' or 're-profiled'
+        PRIMARY KEY (model, prompt_id, archived_at)
+    );
+    CREATE TABLE grades_archive (
+        model VARCHAR NOT NULL,
+        prompt_id VARCHAR NOT NULL,
+        score DOUBLE NOT NULL,
+        grader VARCHAR NOT NULL,
+        grader_version VARCHAR NOT NULL,
+        graded_at TIMESTAMP NOT NULL,
+        archived_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (model, prompt_id, archived_at)
+    );
+    """,
 ]

@@ -16,6 +16,7 @@ import polars as pl
 
 __all__ = [
     "WarehouseInputError",
+    "archive_responses",
     "count_embeddings",
     "failing_llms",
     "insert_responses",
@@ -23,6 +24,7 @@ __all__ = [
     "missing_embeddings",
     "pending_counts",
     "pending_pairs",
+    "read_archived_outcomes",
     "read_costs",
     "read_embeddings",
     "read_failures",
@@ -89,6 +91,8 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "cost_usd": (pl.Float64, False),
         "prompt_hash": (pl.String, True),
         "run_id": (pl.String, True),
+        "base_url": (pl.String, False),  # the endpoint that answered (null: unknown, taken as the current one)
+        "model_id": (pl.String, False),
     },
     "grades": {
         "model": (pl.String, True),
@@ -201,7 +205,7 @@ def _write(
     frame visible as ``_incoming``.
     """
     prepared = _prepare(table, frame)
-    if prepared.height == 0:
+    if prepared.height == 0 and after is None:
         return 0
     if stamp:
         prepared = prepared.with_columns(pl.lit(datetime.now(UTC).replace(tzinfo=None)).alias(stamp))
@@ -272,6 +276,10 @@ def read_prompts(
 
 
 # ---- responses and failures ------------------------------------------------------------------------------
+#: An answer from an endpoint or model id other than the catalog's (``r``: responses, ``l``: llms).
+_STALE = "(r.base_url IS NOT NULL AND (r.base_url <> l.base_url OR r.model_id <> l.model_id))"
+
+
 def insert_responses(con: duckdb.DuckDBPyConnection, responses: pl.DataFrame) -> int:
     """Store new responses; pairs already stored are left untouched. Clears their recorded failures.
 
@@ -320,17 +328,80 @@ def pending_pairs(
 
 
 def pending_counts(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validation",)) -> pl.DataFrame:
-    """Per active catalog LLM, how many prompts of ``splits`` it has not answered (``model, pending``), > 0 only."""
+    """Per active catalog LLM, how many prompts of ``splits`` its current endpoint has not answered
+    (``model, pending``), > 0 only: answers from an endpoint or model id it no longer has count as missing."""
     return _query(
         con,
-        """
+        f"""
         SELECT l.name AS model, count(*) AS pending
         FROM llms l CROSS JOIN prompts p
         WHERE l.active AND list_contains(?, p.split)
-          AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id)
+          AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id
+                          AND NOT {_STALE})
         GROUP BY l.name ORDER BY l.name
         """,
         [list(splits)],
+    )
+
+
+_RESPONSE_COLUMNS = [*_COLUMNS["responses"], "collected_at"]
+_GRADE_COLUMNS = [*_COLUMNS["grades"], "graded_at"]
+
+
+def archive_responses(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str], collected_before: datetime | None = None
+) -> int:
+    """Move the answers a re-profiling of ``models`` replaces, with their grades, into ``responses_archive`` and
+    ``grades_archive``: answers from an endpoint or model id the catalog no longer has, and, given
+    ``collected_before`` (UTC), every answer collected before it. One transaction; returns the responses moved.
+    The pairs become pending again; a second call with the same arguments moves nothing."""
+    names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
+    from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
+    archived_at = datetime.now(UTC).replace(tzinfo=None)
+    before = collected_before.astimezone(UTC).replace(tzinfo=None) if collected_before else None
+    con.begin()
+    try:
+        con.execute(
+            f"""
+            CREATE TEMP TABLE _moving AS
+            SELECT r.model, r.prompt_id, CASE WHEN {_STALE} THEN 'endpoint changed' ELSE 're-profiled' END AS reason
+            FROM responses r JOIN llms l ON l.name = r.model
+            WHERE list_contains(?, r.model) AND ({_STALE} OR r.collected_at < ?)
+            """,
+            [list(models), before],
+        ).fetchall()
+        moved = con.execute("SELECT count(*) FROM _moving").fetchall()[0][0]
+        for sql in (
+            f"INSERT INTO responses_archive ({names}, archived_at, reason) "
+            f"SELECT {from_r}, ?, m.reason FROM responses r JOIN _moving m USING (model, prompt_id)",
+            f"INSERT INTO grades_archive ({grades}, archived_at) "
+            f"SELECT {from_g}, ? FROM grades g JOIN _moving m USING (model, prompt_id)",
+        ):
+            con.execute(sql, [archived_at]).fetchall()
+        for table in ("grades", "responses", "collection_failures"):
+            con.execute(
+                f"DELETE FROM {table} t USING _moving m WHERE t.model = m.model AND t.prompt_id = m.prompt_id"
+            ).fetchall()
+        con.execute("DROP TABLE _moving").fetchall()
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return moved
+
+
+def read_archived_outcomes(con: duckdb.DuckDBPyConnection, model: str, splits: Sequence[str]) -> pl.DataFrame:
+    """The outcomes (model, prompt_id, score, archived_at) of ``model``'s most recently archived answers on
+    ``splits``: its previous profile, empty if it was never re-profiled."""
+    return _query(
+        con,
+        """
+        SELECT g.model, g.prompt_id, g.score, g.archived_at FROM grades_archive g JOIN prompts p USING (prompt_id)
+        WHERE g.model = ? AND list_contains(?, p.split)
+          AND g.archived_at = (SELECT max(archived_at) FROM grades_archive WHERE model = ?)
+        ORDER BY g.prompt_id
+        """,
+        [model, list(splits), model],
     )
 
 
@@ -489,8 +560,11 @@ def read_prompt_vectors(
 
 
 def register_cluster_map(con: duckdb.DuckDBPyConnection, cluster_map: pl.DataFrame) -> int:
-    """Record a fitted cluster map (a version already registered is left as it is)."""
-    return _write(con, "cluster_maps", cluster_map, "ON CONFLICT DO NOTHING", stamp="created_at")
+    """Record a fitted cluster map as the current one (re-registering a version makes it current again)."""
+    updates = "path = excluded.path, created_at = excluded.created_at"
+    return _write(
+        con, "cluster_maps", cluster_map, f"ON CONFLICT (version) DO UPDATE SET {updates}", stamp="created_at"
+    )
 
 
 def latest_cluster_map(con: duckdb.DuckDBPyConnection) -> dict | None:

@@ -10,11 +10,11 @@ from pipelines.schedules import nightly_profiling_schedule
 from profiling.importers import import_mmlu_pro
 
 
-def test_nightly_requests_only_llms_with_missing_validation_answers(tmp_path, monkeypatch, mmlu_like_dir):
+def test_nightly_requests_llms_with_missing_or_repointed_answers_only(tmp_path, monkeypatch, mmlu_like_dir):
     monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
     with wh.connect() as con:
         prompts = import_mmlu_pro(con, mmlu_like_dir)
-        names = ["done", "behind", "retired", "unpartitioned"]
+        names = ["done", "behind", "retired", "unpartitioned", "repointed"]
         wh.upsert_llms(
             con,
             pl.DataFrame(
@@ -25,7 +25,7 @@ def test_nightly_requests_only_llms_with_missing_validation_answers(tmp_path, mo
                     "usd_per_mtok_in": 1.0,
                     "usd_per_mtok_out": 1.0,
                     "max_concurrency": 1,
-                    "active": [True, True, False, True],
+                    "active": [True, True, False, True, True],
                 }
             ),
         )
@@ -33,10 +33,15 @@ def test_nightly_requests_only_llms_with_missing_validation_answers(tmp_path, mo
         answers = pl.DataFrame({"prompt_id": val, "response": "x", "prompt_hash": "h", "run_id": "r"})
         wh.insert_responses(con, answers.with_columns(model=pl.lit("done")))
         wh.insert_responses(con, answers.head(5).with_columns(model=pl.lit("behind")))
+        old_endpoint = {"base_url": pl.lit("http://127.0.0.1:9/v1"), "model_id": pl.lit("old-model")}
+        wh.insert_responses(con, answers.with_columns(model=pl.lit("repointed"), **old_endpoint))
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("llm", ["done", "behind", "retired"])
+        instance.add_dynamic_partitions("llm", ["done", "behind", "retired", "repointed"])
         result = nightly_profiling_schedule(dg.build_schedule_context(instance=instance))
-    assert [(r.partition_key, r.tags["uniroute/pending"]) for r in result] == [("behind", str(len(val) - 5))]
+    assert [(r.partition_key, r.tags["uniroute/pending"]) for r in result] == [
+        ("behind", str(len(val) - 5)),
+        ("repointed", str(len(val))),  # answered by a model it no longer points at
+    ]
 
 
 def test_nightly_skips_when_nothing_is_missing(tmp_path, monkeypatch):

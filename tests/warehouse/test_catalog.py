@@ -82,3 +82,15 @@ def test_sync_deactivates_removed_llms_and_a_bad_catalog_changes_nothing(tmp_pat
         with pytest.raises(wh.CatalogError):
             wh.sync_catalog(con, _write(tmp_path, GOOD.replace("usd_per_mtok_in: 0.1", "usd_per_mtok_in: -3")))
         assert wh.read_llms(con).equals(before)
+
+
+def test_an_empty_catalog_deactivates_every_llm(tmp_path):
+    path = tmp_path / "llms.yaml"
+    path.write_text(
+        "defaults: {base_url: 'http://127.0.0.1:9/v1', usd_per_mtok_in: 1, usd_per_mtok_out: 1}\nllms: [{name: a}]\n"
+    )
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        wh.sync_catalog(con, path)
+        path.write_text("llms: []\n")
+        assert wh.sync_catalog(con, path).height == 0
+        assert wh.read_llms(con).select("name", "active").rows() == [("a", False)]

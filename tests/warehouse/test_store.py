@@ -160,3 +160,85 @@ def test_embeddings_round_trip(con):
     got = wh.read_embeddings(con, "emb-1", ["a", "c", "zz"])
     assert sorted(got) == ["a", "c"] and np.array_equal(got["a"], vectors[0])
     assert wh.read_embeddings(con, "emb-2", ["a"]) == {}
+
+
+def _llm(name: str, model_id: str) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "name": [name],
+            "base_url": ["http://127.0.0.1:9/v1"],
+            "model_id": [model_id],
+            "usd_per_mtok_in": [1.0],
+            "usd_per_mtok_out": [1.0],
+            "max_concurrency": [4],
+            "active": [True],
+        }
+    )
+
+
+def _grades(model: str, ids: list[str], score: float) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"model": model, "prompt_id": ids, "score": score, "grader": "mmlu_pro_letter", "grader_version": "1"}
+    )
+
+
+def test_a_new_model_id_archives_its_answers_and_grades_and_makes_them_pending(con):
+    ids = ["ds/0", "ds/1", "ds/2"]
+    wh.upsert_prompts(con, _prompts())
+    wh.upsert_llms(con, pl.concat([_llm("m1", "v1"), _llm("m2", "m2")]))
+    for model, model_id in (("m1", "v1"), ("m2", "m2")):
+        answers = _responses(model, ids).with_columns(
+            base_url=pl.lit("http://127.0.0.1:9/v1"), model_id=pl.lit(model_id)
+        )
+        wh.insert_responses(con, answers)
+        wh.upsert_grades(con, _grades(model, ids, 1.0))
+    assert wh.archive_responses(con, ["m1", "m2"]) == 0  # nothing changed: nothing moves
+    assert wh.pending_counts(con).height == 0
+
+    wh.upsert_llms(con, _llm("m1", "v2"))  # same name, a new model behind it
+    assert wh.pending_counts(con).rows() == [("m1", 3)]  # the nightly schedule sees it as unanswered
+    assert wh.archive_responses(con, ["m1", "m2"]) == 3
+    assert wh.archive_responses(con, ["m1", "m2"]) == 0  # idempotent
+    assert wh.read_responses(con)["model"].unique().to_list() == ["m2"]
+    assert wh.pending_pairs(con, ["m1"])["prompt_id"].to_list() == ids
+    assert wh.read_outcomes(con, ["m1"]).height == 0
+    previous = wh.read_archived_outcomes(con, "m1", ["validation"])
+    assert previous["prompt_id"].to_list() == ids and previous["score"].to_list() == [1.0] * 3
+    archived = con.sql("SELECT reason, model_id FROM responses_archive").fetchall()
+    assert archived == [("endpoint changed", "v1")] * 3
+
+
+def test_refresh_before_archives_older_answers_once(con):
+    from datetime import UTC, datetime, timedelta
+
+    wh.upsert_prompts(con, _prompts())
+    wh.upsert_llms(con, _llm("m1", "v1"))
+    wh.insert_responses(con, _responses("m1", ["ds/0", "ds/1"]))  # no endpoint recorded: taken as current
+    wh.upsert_grades(con, _grades("m1", ["ds/0", "ds/1"], 0.0))
+    assert wh.archive_responses(con, ["m1"], datetime.now(UTC) - timedelta(hours=1)) == 0  # nothing that old
+    cutoff = datetime.now(UTC)
+    assert wh.archive_responses(con, ["m1"], cutoff) == 2
+    wh.insert_responses(con, _responses("m1", ["ds/0", "ds/1"], text="asked again"))
+    assert wh.archive_responses(con, ["m1"], cutoff) == 0  # a re-run with the same cutoff asks nothing twice
+    assert wh.read_responses(con)["response"].to_list() == ["asked again"] * 2
+    assert con.sql("SELECT count(*) FROM grades_archive").fetchall() == [(2,)]
+    assert wh.read_archived_outcomes(con, "m2", ["validation"]).height == 0
+
+
+def test_migration_4_records_the_catalog_endpoint_of_existing_answers(tmp_path):
+    import duckdb
+
+    path = tmp_path / "w.duckdb"
+    raw = duckdb.connect(str(path))
+    raw.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
+    for version, sql in enumerate(MIGRATIONS[:3], start=1):
+        raw.execute(sql).fetchall()
+        raw.execute("INSERT INTO schema_migrations VALUES (?, now())", [version]).fetchall()
+    raw.execute(
+        "INSERT INTO llms VALUES ('m1', 'http://h/v1', 'v1', NULL, 1, 1, 4, NULL, now(), true);"
+        "INSERT INTO responses VALUES ('m1', 'p', 'A', NULL, 1, 1, 1, 0, 'x', now(), 'run')"
+    ).fetchall()
+    raw.close()
+    with wh.connect(path) as con:
+        assert wh.schema_version(con) == len(MIGRATIONS)
+        assert wh.read_responses(con).select("base_url", "model_id").rows() == [("http://h/v1", "v1")]

@@ -1,0 +1,143 @@
+"""Declarative automation on a real instance: features and the router follow new grades without a manual run,
+a new LLM never retrains the cluster map, and a re-pointed LLM is re-profiled with its drift reported."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+import warehouse as wh
+from assets import profiling
+from assets.resources import ArtifactsResource, MlflowResource
+from assets.routing import cluster_map
+from pipelines.definitions import defs
+from pipelines.sensors import llm_onboarding_sensor
+from pipelines.ticks import AutomationTicks, sensor_tick
+from profiling.replay_server import ReplayServer
+
+ALL_SPLITS = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
+
+
+class Pipeline:
+    """A replay endpoint, a catalog file, and the daemon's work done in-process."""
+
+    def __init__(self, instance, tmp_path, server, data_dir, shares=None):
+        self.instance, self.server, self.catalog = instance, server, tmp_path / "llms.yaml"
+        self.resources = {
+            **defs.resources,
+            "artifacts": ArtifactsResource(root=str(tmp_path / "artifacts")),
+            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+        }
+        self.outcomes: dict[tuple[str, str | None], dg.ExecuteInProcessResult] = {}
+        self.ticks = AutomationTicks(defs, instance, self.resources, on_run=self._record)
+        self.cursor = None
+        assert self.ticks.tick() == []  # the daemon is on before anything is materialised
+        self.write_catalog({})
+        prompts = {"prompt_set": {"config": {"data_dir": str(data_dir), "shares": shares}}}
+        assets = [profiling.llm_catalog, profiling.prompt_set]
+        assert dg.materialize(assets, instance=instance, resources=self.resources, run_config={"ops": prompts}).success
+        self.setup_runs = self.ticks.until_idle()
+
+    def _record(self, names, partition, outcome, seconds) -> None:
+        for name in names:
+            self.outcomes[(name, partition)] = outcome
+
+    def write_catalog(self, llms: dict[str, str]) -> None:
+        entries = ", ".join(f"{{name: {name}, model_id: {model_id}}}" for name, model_id in llms.items())
+        self.catalog.write_text(
+            f"defaults: {{base_url: '{self.server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            f"llms: [{entries}]\n"
+        )
+
+    def onboard(self, ops: dict | None = None) -> list[dg.RunRequest]:
+        """A sensor tick, then the profiling run it requests for each LLM."""
+        tick = sensor_tick(llm_onboarding_sensor, self.instance, self.cursor)
+        self.cursor = tick.cursor
+        job = defs.resolve_job_def("profile_llm")
+        for request in tick.run_requests:
+            config = {"ops": {**request.run_config["ops"], **(ops or {})}}
+            run = job.execute_in_process(
+                partition_key=request.partition_key, run_config=config, instance=self.instance, raise_on_error=False
+            )
+            assert run.success or request.partition_key == "ghost"  # no answers: its coverage check fails
+        return tick.run_requests
+
+    def train_cluster_map(self) -> str:
+        kmeans = {"cluster_map": {"config": {"kind": "kmeans", "n_clusters": 3}}}
+        result = dg.materialize(
+            [cluster_map], instance=self.instance, resources=self.resources, run_config={"ops": kmeans}
+        )
+        return result.asset_materializations_for_node("cluster_map")[0].metadata["version"].value
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch, mmlu_like_dir):
+    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
+    monkeypatch.setenv("UNIROUTE_CATALOG", str(tmp_path / "llms.yaml"))
+    with ReplayServer(mmlu_like_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def pipeline(instance, tmp_path, server, mmlu_like_dir):
+    return Pipeline(instance, tmp_path, server, mmlu_like_dir)
+
+
+def _requested(runs) -> set[tuple[str, str | None]]:
+    return {(name, partition) for names, partition in runs for name in names}
+
+
+def test_features_and_router_follow_new_grades_and_a_new_llm_keeps_the_map(pipeline):
+    # New prompts: embedded by automation; the cluster map has no training answers yet, so nothing is fitted.
+    assert ("prompt_embeddings", None) in _requested(pipeline.setup_runs)
+    pipeline.write_catalog({"cheap": "cheap", "math-pro": "math-pro", "generalist": "generalist", "ghost": "no-such"})
+    pipeline.onboard(ALL_SPLITS)
+    assert pipeline.ticks.until_idle() == []  # grades alone never retrain the map
+    version = pipeline.train_cluster_map()
+
+    first = _requested(pipeline.ticks.until_idle())
+    # every LLM whose checks pass gets features for the new map, then one router version; not "ghost"
+    assert first == {("llm_error_features", m) for m in ("cheap", "math-pro", "generalist")} | {("router", None)}
+    v1 = pipeline.outcomes[("router", None)].asset_materializations_for_node("router")[0].metadata
+    assert sorted(v1["pool"].value) == ["cheap", "generalist", "math-pro"] and v1["version"].value == "1"
+    assert v1["deferral_curve"].value.startswith("![deferral_curve.png](data:image/png;base64,")
+
+    pipeline.write_catalog(
+        {"cheap": "cheap", "math-pro": "math-pro", "generalist": "generalist", "ghost": "no-such", "bio-pro": "bio-pro"}
+    )
+    assert [r.partition_key for r in pipeline.onboard()] == ["bio-pro"]
+    second = _requested(pipeline.ticks.until_idle())
+    assert second == {("llm_error_features", "bio-pro"), ("router", None)}  # no cluster_map, no other LLM
+    v2 = pipeline.outcomes[("router", None)].asset_materializations_for_node("router")[0].metadata
+    assert "bio-pro" in v2["pool"].value and v2["cluster_map_version"].value == version
+
+
+def test_a_repointed_llm_is_reprofiled_and_its_drift_named(instance, tmp_path, server, mmlu_like_dir):
+    # 16 validation prompts per topic: enough to tell a real change from noise at 3 standard errors
+    shares = {"train": 0.4, "validation": 0.4, "test": 0.2}
+    pipeline = Pipeline(instance, tmp_path, server, mmlu_like_dir, shares)
+    pipeline.write_catalog({"cheap": "cheap", "math-pro": "math-pro", "history-pro": "history-pro"})
+    pipeline.onboard(ALL_SPLITS)
+    pipeline.train_cluster_map()
+    pipeline.ticks.until_idle()
+    features = pipeline.outcomes[("llm_error_features", "math-pro")]
+    [check] = features.get_asset_check_evaluations()
+    assert check.passed and check.metadata["previous_profile"].value == "none"
+    asked_before = sum(pipeline.server.request_log.totals().values())
+
+    # Same name, another model behind it: the sensor notices, the profiling run archives and asks again.
+    pipeline.write_catalog({"cheap": "cheap", "math-pro": "history-pro", "history-pro": "history-pro"})
+    changed = pipeline.onboard()
+    assert [(r.partition_key, r.tags["uniroute/onboarding"]) for r in changed] == [("math-pro", "changed")]
+    with wh.connect() as con:
+        asked = wh.read_prompts(con, splits=["validation", "test"]).height
+        answered = wh.read_prompts(con).height  # on every split before
+        archived = con.sql("SELECT count(*) FROM responses_archive WHERE model = 'math-pro'").fetchall()[0][0]
+        assert wh.pending_counts(con).height == 0
+    assert sum(pipeline.server.request_log.totals().values()) - asked_before == asked  # math-pro's prompts, once
+    assert archived == answered  # its earlier answers are kept, not overwritten
+
+    assert _requested(pipeline.ticks.until_idle()) == {("llm_error_features", "math-pro"), ("router", None)}
+    [drift] = pipeline.outcomes[("llm_error_features", "math-pro")].get_asset_check_evaluations()
+    assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
+    assert len(drift.metadata["moved_clusters"].value) == 2  # math got worse, history better, biology the same
