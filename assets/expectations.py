@@ -14,6 +14,10 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # configured before grea
 #: Default floors, overridable per run through the assets' config.
 COVERAGE_FLOOR = 0.98
 EMPTY_RESPONSE_CEILING = 0.01
+# Type names as Great Expectations sees pandas columns (dtype names, or Python types of object values).
+TEXT = ["str", "object", "string"]
+INTEGER = ["int", "int32", "int64", "Int32", "Int64"]
+FLOAT = ["float", "float32", "float64", "Float64"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ def check_responses(responses: pl.DataFrame, n_validation: int, coverage_floor: 
         responses,
         [
             *[e.ExpectColumnToExist(column=c) for c in ("model", "prompt_id", "response", "prompt_tokens")],
+            *[e.ExpectColumnValuesToBeInTypeList(column=c, type_list=TEXT) for c in ("model", "prompt_id", "response")],
+            *[
+                e.ExpectColumnValuesToBeInTypeList(column=c, type_list=INTEGER)
+                for c in ("prompt_tokens", "completion_tokens")
+            ],
             e.ExpectCompoundColumnsToBeUnique(column_list=["model", "prompt_id"]),
             e.ExpectTableRowCountToBeBetween(min_value=math.ceil(coverage_floor * n_validation), max_value=None),
             e.ExpectColumnValueLengthsToBeBetween(column="response", min_value=1, mostly=1 - EMPTY_RESPONSE_CEILING),
@@ -79,6 +88,8 @@ def check_grades(grades: pl.DataFrame, n_validation: int, coverage_floor: float 
     return _run(
         grades,
         [
+            *[e.ExpectColumnToExist(column=c) for c in ("model", "prompt_id", "score")],
+            e.ExpectColumnValuesToBeInTypeList(column="score", type_list=FLOAT),
             e.ExpectCompoundColumnsToBeUnique(column_list=["model", "prompt_id"]),
             e.ExpectColumnValuesToNotBeNull(column="score"),
             e.ExpectColumnValuesToBeBetween(column="score", min_value=0, max_value=1),

@@ -1,9 +1,12 @@
-"""Metadata the Dagster UI shows: figures as Markdown images, small frames as Markdown tables."""
+"""Metadata the Dagster UI and the registry show: figures as Markdown images, frames as Markdown tables, and
+fingerprints of the data a result was built from."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 
 import dagster as dg
 import polars as pl
@@ -23,3 +26,11 @@ def markdown_table(frame: pl.DataFrame, digits: int = 4) -> dg.MetadataValue:
     lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * frame.width]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rounded.iter_rows()]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def fingerprint(*parts: object) -> str:
+    """A short content hash of ``parts`` (arrays as bytes): equal data, equal fingerprint."""
+    encoded = json.dumps(
+        parts, sort_keys=True, default=lambda v: v.tobytes().hex() if hasattr(v, "tobytes") else str(v)
+    )
+    return hashlib.sha256(encoded.encode()).hexdigest()[:12]

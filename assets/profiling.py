@@ -84,7 +84,11 @@ def llm_catalog(config: CatalogConfig, warehouse: WarehouseResource) -> dg.Mater
     with warehouse.connect() as con:
         catalog = wh.sync_catalog(con, config.path or default_catalog_path())
     return dg.MaterializeResult(
-        metadata={"llms": catalog.height, "active": int(catalog["active"].sum()), "names": catalog["name"].to_list()}
+        metadata={
+            "dagster/row_count": catalog.height,
+            "active": int(catalog["active"].sum()),
+            "names": catalog["name"].to_list(),
+        }
     )
 
 
@@ -94,7 +98,9 @@ def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.Mate
     with warehouse.connect() as con:
         prompts = import_mmlu_pro(con, config.data_dir, seed=config.seed, shares=config.shares, sample=config.sample)
     counts = dict(prompts["split"].value_counts().iter_rows())
-    return dg.MaterializeResult(metadata={"prompts": prompts.height, **{f"{k} prompts": v for k, v in counts.items()}})
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": prompts.height, **{f"{k} prompts": v for k, v in counts.items()}}
+    )
 
 
 @dg.asset(
@@ -125,6 +131,7 @@ def llm_responses(
         )
         n_validation = wh.read_prompts(con, splits=["validation"]).height
         responses = wh.read_responses(con, [model], ["validation"])
+        rows = wh.count_answers(con, model)["responses"]
         check = _check_result(
             con,
             model,
@@ -137,6 +144,8 @@ def llm_responses(
         context.log.warning(f"{model}: {report.failed} of {report.requested} prompts failed; see collection_failures")
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": rows,
+            "validation_coverage": responses.height / max(n_validation, 1),
             "requested": report.requested,
             "stored": report.stored,
             "failed": report.failed,
@@ -165,6 +174,7 @@ def graded_responses(
         written = grade_responses(con, [model])
         outcomes = wh.read_outcomes(con, [model], ["validation"])
         n_validation = wh.read_prompts(con, splits=["validation"]).height
+        rows = wh.count_answers(con, model)["grades"]
         check = _check_result(
             con,
             model,
@@ -175,6 +185,11 @@ def graded_responses(
         )
     accuracy = float(outcomes["score"].mean()) if outcomes.height else None
     return dg.MaterializeResult(
-        metadata={"graded": written, "validation_outcomes": outcomes.height, "validation_accuracy": accuracy},
+        metadata={
+            "dagster/row_count": rows,
+            "validation_coverage": outcomes.height / max(n_validation, 1),
+            "graded_now": written,
+            "validation_accuracy": accuracy,
+        },
         check_results=[check],
     )

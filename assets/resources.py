@@ -38,9 +38,12 @@ class EmbedderResource(dg.ConfigurableResource):
     model: str = DEFAULT_EMBEDDER
     max_seq_length: int | None = None
     batch_size: int = 64
+    show_progress: bool = False  # a tqdm bar on stderr (the demo); runs log a line per chunk anyway
 
     def embedder(self) -> Embedder:
-        return Embedder(self.model, batch_size=self.batch_size, max_seq_length=self.max_seq_length)
+        return Embedder(
+            self.model, batch_size=self.batch_size, max_seq_length=self.max_seq_length, show_progress=self.show_progress
+        )
 
 
 class ArtifactsResource(dg.ConfigurableResource):

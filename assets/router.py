@@ -8,12 +8,13 @@ import polars as pl
 
 import warehouse as wh
 from assets import automation
-from assets.metadata import markdown_image
+from assets.metadata import fingerprint, markdown_image
 from assets.resources import ArtifactsResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.routing import cluster_map, llm_error_features
 from router_core import (
     UniRouter,
     ZeroRouter,
+    deferral_curve,
     error_matrix,
     evaluate_router,
     load_cluster_map,
@@ -85,7 +86,11 @@ def router(
     }
     run_dir = artifacts.path("routers", context.run.run_id)
     save_router(uni, run_dir)
-    registry.write_router_meta(run_dir, emb.model, emb.max_seq_length, config.default_cost_weight)
+    # budgets (max cost per query, min accuracy) resolve on the validation curve of the whole pool
+    val_scores = 1 - val_errors
+    answered = ~np.isnan(val_scores).any(axis=1)
+    operating_points = deferral_curve(uni.predict_error(x_val[answered]), uni.costs_, val_scores[answered])
+    registry.write_router_meta(run_dir, emb.model, emb.max_seq_length, config.default_cost_weight, operating_points)
     experiment_id = mlflow.setup()
     champion = registry.champion_router(mlflow.model_name)
     champion_audc = None
@@ -98,6 +103,8 @@ def router(
         "cluster_map_version": latest["version"],
         "audc": f"{audc:.6f}",
         "test_prompts": str(int(complete.sum())),
+        # what this version was built and scored on: validation and test ids, outcomes and costs of the pool
+        "data_snapshot": fingerprint(pool, val_ids, val_errors, test_ids, test_scores, cost),
     }
     version = registry.register_router(
         run_dir,

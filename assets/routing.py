@@ -1,9 +1,6 @@
 """Routing assets: the cluster map (trained on training prompts and training LLMs) and each LLM's features Psi."""
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
-import hashlib
-import json
-
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -11,7 +8,7 @@ import polars as pl
 import warehouse as wh
 from assets import automation
 from assets.embeddings import prompt_embeddings
-from assets.metadata import markdown_table
+from assets.metadata import fingerprint, markdown_table
 from assets.profiling import graded_responses, llm_partitions
 from assets.resources import ArtifactsResource, EmbedderResource, WarehouseResource
 from router_core import (
@@ -34,10 +31,6 @@ class ClusterMapConfig(dg.Config):
     n_clusters: int = 16
     seed: int = 0
     training_llms: list[str] | None = None  # default: every LLM graded on training prompts
-
-
-def _data_version(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dg.asset(
@@ -69,7 +62,7 @@ def cluster_map(
             context.log.info("no training prompts answered by a training LLM yet: nothing to fit")
             return
         errors = error_matrix(outcomes, ids, llms)
-        version = _data_version(config.kind, config.n_clusters, config.seed, embedder_id, llms, ids, errors.tobytes())
+        version = fingerprint(config.kind, config.n_clusters, config.seed, embedder_id, llms, ids, errors.tobytes())
         latest = wh.latest_cluster_map(con)
         if latest is not None and latest["version"] == version:
             context.log.info(f"training data and parameters unchanged: cluster map {version} stays current")

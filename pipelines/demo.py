@@ -22,7 +22,6 @@ import polars as pl
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _catalog(path: Path, models: pl.DataFrame, base_url: str) -> None:
@@ -63,10 +62,11 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     import dagster as dg
 
     import warehouse as wh
-    from assets import embeddings, profiling, router, routing
-    from assets.resources import ArtifactsResource, MlflowResource
+    from assets import profiling, routing
+    from assets.resources import ArtifactsResource, EmbedderResource, MlflowResource
     from pipelines.definitions import defs
     from pipelines.sensors import llm_onboarding_sensor
+    from pipelines.ticks import QUIET, AutomationTicks, sensor_tick
     from profiling.replay_server import ReplayServer
 
     started = time.perf_counter()
@@ -76,78 +76,76 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     (home / "mlflow").mkdir(exist_ok=True)
     resources = {
         **defs.resources,
+        "embedder": EmbedderResource(show_progress=True),
         "artifacts": ArtifactsResource(root=str(home / "artifacts")),
         "mlflow": MlflowResource(tracking_uri=uri),
     }
-    versions = []
+    versions: list[dict] = []
 
-    def step(title: str, assets: list, partition: str | None = None, ops: dict | None = None):
-        t = time.perf_counter()
-        result = dg.materialize(
-            assets,
-            partition_key=partition,
-            resources=resources,
-            instance=instance,
-            run_config={**QUIET, "ops": ops or {}},
-            raise_on_error=False,
-        )
-        failed = [c.check_name for c in result.get_asset_check_evaluations() if not c.passed]
+    def report(title: str, result, seconds: float) -> None:
+        errors = [c for c in result.get_asset_check_evaluations() if c.severity == dg.AssetCheckSeverity.ERROR]
+        failed = [c.check_name for c in errors if not c.passed]
         note = f"  data check failed ({', '.join(failed)}): left out" if failed else ""
         if not result.success and not failed:
             raise RuntimeError(f"{title}: run failed; see {home / 'dagster'}")
-        print(f"  {title:<58}{time.perf_counter() - t:6.1f} s{note}", flush=True)
-        return result
+        print(f"  {title:<58}{seconds:6.1f} s{note}", flush=True)
+        for event in result.get_asset_materialization_events():
+            if event.asset_key == dg.AssetKey("router"):
+                versions.append({k: v.value for k, v in event.materialization.metadata.items()})
 
-    def meta(result, node: str) -> dict:
-        return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+    def automation_run(names: list[str], partition: str | None, result, seconds: float) -> None:
+        report(f"automation: {', '.join(names)}" + (f" [{partition}]" if partition else ""), result, seconds)
+
+    def onboard(cursor: str | None, ops: dict) -> str | None:
+        """One sensor tick, then the profiling run it requests for each new LLM (the daemon would launch them)."""
+        tick = sensor_tick(llm_onboarding_sensor, instance, cursor)
+        job = defs.resolve_job_def("profile_llm")
+        for request in tick.run_requests:
+            t = time.perf_counter()
+            result = job.execute_in_process(
+                partition_key=request.partition_key,
+                instance=instance,
+                resources=resources,
+                run_config={**QUIET, "ops": {**request.run_config["ops"], **ops}},
+                raise_on_error=False,
+            )
+            report(f"sensor run: profile {request.partition_key}", result, time.perf_counter() - t)
+        return tick.cursor
 
     with ReplayServer(args.data) as server, dg.DagsterInstance.get() as instance:
+        ticks = AutomationTicks(defs, instance, resources, on_run=automation_run)
+        ticks.tick()  # the daemon is on before anything is materialised
         _catalog(home / "llms.yaml", initial, server.base_url)
         print(f"1. initial pool of {args.initial} LLMs (replay endpoint {server.base_url})")
-        sample = None if args.full else args.sample
-        step(
-            "catalog, prompts (stratified sample), embeddings",
-            [profiling.llm_catalog, profiling.prompt_set, embeddings.prompt_embeddings],
-            ops={"prompt_set": {"config": {"data_dir": str(args.data), "sample": sample}}},
+        t = time.perf_counter()
+        prompts = {"prompt_set": {"config": {"data_dir": str(args.data), "sample": None if args.full else args.sample}}}
+        result = dg.materialize(
+            [profiling.llm_catalog, profiling.prompt_set],
+            resources=resources,
+            instance=instance,
+            run_config={**QUIET, "ops": prompts},
         )
-        names = initial["model"].to_list()
-        instance.add_dynamic_partitions(profiling.llm_partitions.name, names)
-        profile = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
-        for name in names:
-            step(f"profile {name}", [profiling.llm_responses, profiling.graded_responses], name, profile)
+        report("catalog, prompts (stratified sample)", result, time.perf_counter() - t)
+        ticks.until_idle()  # embeds the new prompts
+        # the initial pool also answers the training prompts: the cluster map learns from them
+        cursor = onboard(None, {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}})
         with wh.connect() as con:
-            names = [n for n in names if n not in wh.failing_llms(con)]
-        step(
-            "cluster map (learned, K=16) on the initial pool",
+            training = [n for n in initial["model"].to_list() if n not in wh.failing_llms(con)]
+        t = time.perf_counter()
+        learned = {"kind": "learned", "n_clusters": 16, "training_llms": training}
+        result = dg.materialize(
             [routing.cluster_map],
-            ops={"cluster_map": {"config": {"kind": "learned", "n_clusters": 16, "training_llms": names}}},
+            resources=resources,
+            instance=instance,
+            run_config={**QUIET, "ops": {"cluster_map": {"config": learned}}},
         )
-        for name in names:
-            step(f"features {name}", [routing.llm_error_features], name)
-        versions.append(meta(step("router v1 -> MLflow", [router.router]), "router"))
+        report("cluster map (learned, K=16) on the initial pool", result, time.perf_counter() - t)
+        ticks.until_idle()  # features of every LLM, then router v1
 
-        print(f"2. {args.added} LLMs added to the catalog; the onboarding sensor takes them from here")
+        print(f"2. {args.added} LLMs added to the catalog; the onboarding sensor and automation take it from here")
         _catalog(home / "llms.yaml", pl.concat([initial, added]), server.base_url)
-        tick = llm_onboarding_sensor(dg.build_sensor_context(instance=instance))
-        for request in tick.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        job = defs.resolve_job_def("profile_llm")
-        new = [r.partition_key for r in tick.run_requests if r.tags.get("uniroute/onboarding") == "new"]
-        for request in tick.run_requests:
-            if request.partition_key in new:
-                t = time.perf_counter()
-                job.execute_in_process(
-                    partition_key=request.partition_key,
-                    instance=instance,
-                    resources=resources,
-                    run_config={**QUIET, **request.run_config},
-                )
-                print(f"  {'sensor run: profile ' + request.partition_key:<58}{time.perf_counter() - t:6.1f} s")
-        with wh.connect() as con:
-            new = [n for n in new if n not in wh.failing_llms(con)]
-        for name in new:
-            step(f"features {name} (same cluster map)", [routing.llm_error_features], name)
-        versions.append(meta(step("router v2 -> MLflow", [router.router]), "router"))
+        onboard(cursor, {})
+        ticks.until_idle()  # their features with the same map, then router v2
 
     print(f"\n{'version':<9}{'alias':<12}{'pool':>5}{'AUDC':>9}{'Zero AUDC':>11}  cluster map   what changed")
     previous: set[str] = set()

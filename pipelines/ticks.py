@@ -7,12 +7,14 @@ functions so the same sensor and automation conditions drive them without a daem
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import dagster as dg
 
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+#: Console logs of in-process runs: their events and logs are in the instance (the Dagster UI shows them).
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 @dataclass
@@ -32,7 +34,9 @@ class AutomationTicks:
         Like the daemon, requested assets are grouped into one run per partition key; the unpartitioned run
         goes first, since within one tick only an unpartitioned asset (the cluster map) precedes partitioned ones.
         """
-        result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
+        with warnings.catch_warnings():  # dagster's evaluator passes a beta parameter to itself
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
         self.cursor = result.cursor
         graph = self.defs.resolve_asset_graph()
         grouped: dict[str | None, list[dg.AssetKey]] = {}

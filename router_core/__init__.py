@@ -11,7 +11,9 @@ from router_core._errors import NotFittedError, RouterInputError
 from router_core.cluster_maps import ClusterMap, KMeansClusterMap, LearnedClusterMap
 from router_core.embedding import DEFAULT_EMBEDDER, Embedder, EmbeddingCache, prompt_hash
 from router_core.evaluation import (
+    BudgetMix,
     audc,
+    budget_mix,
     concave_hull,
     default_cost_weights,
     deferral_curve,
@@ -29,6 +31,7 @@ from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, U
 
 __all__ = [
     "DEFAULT_EMBEDDER",
+    "BudgetMix",
     "ClusterMap",
     "Embedder",
     "EmbeddingCache",
@@ -44,6 +47,7 @@ __all__ = [
     "ZeroRouter",
     "assign_splits",
     "audc",
+    "budget_mix",
     "check_llms",
     "check_outcomes",
     "check_prompts",

@@ -8,7 +8,9 @@ its peak. Below its cheapest point the curve is held at that point's accuracy.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
@@ -17,7 +19,9 @@ from router_core._errors import RouterInputError
 from router_core.routers import choose
 
 __all__ = [
+    "BudgetMix",
     "audc",
+    "budget_mix",
     "concave_hull",
     "default_cost_weights",
     "deferral_curve",
@@ -80,6 +84,64 @@ def deferral_curve(
         chosen = choose(predicted_error, costs, float(weight))
         points.append((float(weight), realized[rows, chosen].mean(), scores[rows, chosen].mean()))
     return pl.DataFrame(points, schema=["cost_weight", "cost", "accuracy"], orient="row")
+
+
+@dataclass(frozen=True)
+class BudgetMix:
+    """How to meet a budget: route a share ``high_share`` of prompts with cost weight ``high`` (the more
+    accurate, pricier operating point) and the rest with ``low``; ``cost`` and ``accuracy`` are the mix's
+    expected values on the curve it was resolved on."""
+
+    low: float
+    high: float
+    high_share: float
+    cost: float
+    accuracy: float
+
+    def cost_weights(self, keys: Sequence[str]) -> np.ndarray:
+        """One cost weight per prompt: ``high`` for a share ``high_share`` of them, drawn by a hash of each key
+        (e.g. the prompt's text), so a prompt always gets the same weight and no state is needed."""
+        draws = np.array([int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 16**8 for key in keys])
+        return np.where(draws < self.high_share, self.high, self.low)
+
+
+def budget_mix(curve: pl.DataFrame, max_cost: float | None = None, min_accuracy: float | None = None) -> BudgetMix:
+    """The point of ``curve``'s concave hull (from :func:`deferral_curve`) that meets a budget, as a mix of the
+    two operating points around it.
+
+    With ``max_cost`` (per query): the most accurate mix costing at most that (on average). With
+    ``min_accuracy``: the cheapest mix at least that accurate. Exactly one must be given.
+
+    Examples
+    --------
+    >>> curve = pl.DataFrame({"cost_weight": [0.0, 1.0, 10.0], "cost": [3.0, 2.0, 1.0], "accuracy": [0.8, 0.7, 0.5]})
+    >>> budget_mix(curve, max_cost=1.5)
+    BudgetMix(low=10.0, high=1.0, high_share=0.5, cost=1.5, accuracy=0.6)
+    """
+    if (max_cost is None) == (min_accuracy is None):
+        raise RouterInputError("budget", (max_cost, min_accuracy), "give exactly one of max_cost, min_accuracy")
+    hull = concave_hull(curve).join(curve, on=["cost", "accuracy"], how="left").unique(["cost"], keep="first")
+    hull = hull.sort("cost")
+    costs, accuracies, weights = (hull[c].to_numpy() for c in ("cost", "accuracy", "cost_weight"))
+    if max_cost is not None:
+        if max_cost < costs[0] * (1 - 1e-9):  # a mean of equal costs may round just above them
+            raise RouterInputError("max_cost_per_query", max_cost, f"below the cheapest routing ({costs[0]:.6g})")
+        position = np.interp(max_cost, costs, np.arange(len(costs)))
+    else:
+        if min_accuracy > accuracies[-1]:
+            raise RouterInputError(
+                "min_accuracy", min_accuracy, f"above the most accurate routing ({accuracies[-1]:.4f})"
+            )
+        position = np.interp(min_accuracy, accuracies, np.arange(len(accuracies)))
+    i = min(int(np.floor(position)), len(costs) - 1)
+    j, share = min(i + 1, len(costs) - 1), float(position - i)
+    return BudgetMix(
+        low=float(weights[i]),
+        high=float(weights[j]),
+        high_share=share,
+        cost=float(costs[i] + share * (costs[j] - costs[i])),
+        accuracy=float(accuracies[i] + share * (accuracies[j] - accuracies[i])),
+    )
 
 
 def concave_hull(curve: pl.DataFrame) -> pl.DataFrame:

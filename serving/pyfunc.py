@@ -1,7 +1,9 @@
 """The registered model: routes raw prompt text with a saved ``router_core`` router (MLflow "models from code").
 
 ``mlflow.pyfunc.load_model("models:/uniroute@champion").predict(pd.DataFrame({"prompt": [...]}),
-params={"cost_weight": 0.1})`` returns, per prompt, the chosen LLM and each candidate's predicted error.
+params={"cost_weight": 0.1})`` returns, per prompt, the chosen LLM, the cost weight used, and each candidate's
+predicted error and cost per query. Instead of ``cost_weight``, ``max_cost_per_query`` (USD) or
+``min_accuracy`` pick the operating point of the pool's validation deferral curve that meets the budget.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import polars as pl
 
-from router_core import Embedder, load_router
+from router_core import Embedder, RouterInputError, budget_mix, choose, load_router
 
 
 class UniRoutePyfunc(mlflow.pyfunc.PythonModel):
@@ -24,20 +27,39 @@ class UniRoutePyfunc(mlflow.pyfunc.PythonModel):
         self.router = load_router(router_dir)
         meta = json.loads((router_dir / "uniroute.json").read_text())
         self.default_cost_weight = float(meta["default_cost_weight"])
+        self.operating_points = pl.DataFrame(meta["operating_points"])
         self.embedder = Embedder(meta["embedder"], max_seq_length=meta.get("max_seq_length"))
+
+    def cost_weights(self, prompts: list[str], params: dict) -> np.ndarray:
+        """Per prompt: ``cost_weight`` as given, or, for a budget (``max_cost_per_query`` or ``min_accuracy``),
+        one of the two operating points of the validation curve around it, drawn by a hash of the prompt so
+        that on average the budget is met and the same prompt always goes the same way."""
+        budget = {k: params.get(k) for k in ("max_cost_per_query", "min_accuracy")}
+        if all(v is None for v in budget.values()):
+            weight = params.get("cost_weight")
+            return np.full(len(prompts), self.default_cost_weight if weight is None else float(weight))
+        mix = budget_mix(self.operating_points, budget["max_cost_per_query"], budget["min_accuracy"])
+        return mix.cost_weights(prompts)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if "prompt" not in model_input.columns:
-            raise ValueError(f"model_input: needs a 'prompt' column (got {list(model_input.columns)})")
+            raise RouterInputError("model_input", list(model_input.columns), "needs a 'prompt' column")
+        prompts = model_input["prompt"].tolist()
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise RouterInputError(f"prompt[{i}]", prompt, "must be non-empty text")
         params = params or {}
-        cost_weight = float(params.get("cost_weight", self.default_cost_weight))
-        candidates = params.get("candidates") or None
-        x = self.embedder.embed(model_input["prompt"].tolist())
-        names = list(candidates) if candidates else self.router.llms_
-        errors = self.router.predict_error(x, names)
-        chosen = self.router.route(x, cost_weight, names)
-        out = pd.DataFrame({"llm": chosen.astype(str)})
+        weights = self.cost_weights(prompts, params)
+        names = list(params.get("candidates") or self.router.llms_)
+        errors = self.router.predict_error(self.embedder.embed(prompts), names)
+        costs = self.router.costs_[[self.router.llms_.index(name) for name in names]]
+        chosen = np.empty(len(prompts), dtype=int)
+        for weight in np.unique(weights):  # at most two for a budget
+            rows = weights == weight
+            chosen[rows] = choose(errors[rows], costs, float(weight))
+        out = pd.DataFrame({"llm": np.asarray(names)[chosen], "cost_weight": weights})
         out["predicted_error"] = [dict(zip(names, np.round(row, 6).tolist(), strict=True)) for row in errors]
+        out["cost"] = [dict(zip(names, costs.tolist(), strict=True))] * len(out)
         return out
 
 

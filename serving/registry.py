@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+import polars as pl
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec
@@ -58,10 +59,16 @@ def register_router(
         for name, figure in figures.items():
             mlflow.log_figure(figure, name)
         example = pd.DataFrame({"prompt": input_example})
-        signature = infer_signature(example, pd.DataFrame({"llm": ["x"], "predicted_error": [{"x": 0.5}]}))
-        # explicit params: an empty candidate list means "the whole pool"
+        output = {"llm": ["x"], "cost_weight": [0.0], "predicted_error": [{"x": 0.5}], "cost": [{"x": 0.001}]}
+        signature = infer_signature(example, pd.DataFrame(output))
+        # explicit params: an empty candidate list means "the whole pool"; a budget replaces cost_weight
         signature.params = ParamSchema(
-            [ParamSpec("cost_weight", "double", 0.0), ParamSpec("candidates", "string", [], (-1,))]
+            [
+                ParamSpec("cost_weight", "double", None),
+                ParamSpec("max_cost_per_query", "double", None),
+                ParamSpec("min_accuracy", "double", None),
+                ParamSpec("candidates", "string", [], (-1,)),
+            ]
         )
         info = mlflow.pyfunc.log_model(
             name="router",
@@ -102,7 +109,19 @@ def promote(model_name: str, version: str, better: bool) -> str:
     return alias
 
 
-def write_router_meta(router_dir: Path, embedder: str, max_seq_length: int | None, default_cost_weight: float) -> None:
-    """What the pyfunc needs besides the router: which embedder to load and the default cost weight."""
-    meta = {"embedder": embedder, "max_seq_length": max_seq_length, "default_cost_weight": default_cost_weight}
+def write_router_meta(
+    router_dir: Path,
+    embedder: str,
+    max_seq_length: int | None,
+    default_cost_weight: float,
+    operating_points: pl.DataFrame,
+) -> None:
+    """What the pyfunc needs besides the router: which embedder to load, the default cost weight, and the
+    validation deferral curve (``cost_weight, cost, accuracy``) that budgets are resolved on."""
+    meta = {
+        "embedder": embedder,
+        "max_seq_length": max_seq_length,
+        "default_cost_weight": default_cost_weight,
+        "operating_points": operating_points.select("cost_weight", "cost", "accuracy").to_dict(as_series=False),
+    }
     (router_dir / "uniroute.json").write_text(json.dumps(meta, indent=2))

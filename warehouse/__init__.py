@@ -5,6 +5,7 @@ from warehouse.db import SchemaError, connect, default_path, schema_version
 from warehouse.store import (
     WarehouseInputError,
     archive_responses,
+    count_answers,
     count_embeddings,
     failing_llms,
     insert_responses,
@@ -42,6 +43,7 @@ __all__ = [
     "WarehouseInputError",
     "archive_responses",
     "connect",
+    "count_answers",
     "count_embeddings",
     "default_path",
     "failing_llms",

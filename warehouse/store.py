@@ -17,6 +17,7 @@ import polars as pl
 __all__ = [
     "WarehouseInputError",
     "archive_responses",
+    "count_answers",
     "count_embeddings",
     "failing_llms",
     "insert_responses",
@@ -403,6 +404,15 @@ def read_archived_outcomes(con: duckdb.DuckDBPyConnection, model: str, splits: S
         """,
         [model, list(splits), model],
     )
+
+
+def count_answers(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
+    """How many current responses and grades ``model`` has, on every split: ``{"responses": n, "grades": m}``."""
+    row = con.sql(
+        "SELECT (SELECT count(*) FROM responses WHERE model = $m), (SELECT count(*) FROM grades WHERE model = $m)",
+        params={"m": model},
+    ).fetchall()[0]
+    return {"responses": row[0], "grades": row[1]}
 
 
 def read_costs(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validation",)) -> pl.DataFrame:

@@ -47,8 +47,22 @@ def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_
             assert result.success
             stored = result.asset_materializations_for_node("llm_responses")[0].metadata["stored"].value
             assert stored == 12 + 36  # validation and test prompts
+        asked = sum(server.request_log.totals().values())
+        again = dg.materialize(
+            [llm_responses, graded_responses], partition_key="cheap", resources=resources, instance=instance
+        )
+        assert sum(server.request_log.totals().values()) == asked  # nothing asked twice
+    meta = {
+        node: again.asset_materializations_for_node(node)[0].metadata for node in ("llm_responses", "graded_responses")
+    }
+    assert meta["llm_responses"]["stored"].value == 0 and meta["graded_responses"]["graded_now"].value == 0
+    assert (
+        meta["llm_responses"]["dagster/row_count"].value == 48
+        and meta["graded_responses"]["validation_coverage"].value == 1
+    )
     with wh.connect(tmp_path / "w.duckdb") as con:
         outcomes = wh.read_outcomes(con, splits=["validation"])
+        assert wh.count_answers(con, "cheap") == {"responses": 48, "grades": 48}  # no duplicated rows
     assert outcomes.group_by("model").len().sort("model")["len"].to_list() == [12, 12]
     event = instance.get_latest_materialization_event(dg.AssetKey("graded_responses"))
     assert event is not None and event.dagster_event.partition in {"cheap", "math-pro"}

@@ -42,12 +42,15 @@ class Pipeline:
         for name in names:
             self.outcomes[(name, partition)] = outcome
 
-    def write_catalog(self, llms: dict[str, str]) -> None:
-        entries = ", ".join(f"{{name: {name}, model_id: {model_id}}}" for name, model_id in llms.items())
-        self.catalog.write_text(
-            f"defaults: {{base_url: '{self.server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-            f"llms: [{entries}]\n"
+    def write_catalog(self, llms: dict[str, str], prices: dict[str, float] | None = None) -> None:
+        """``llms``: name -> model id behind it; ``prices``: USD per million tokens (default 1)."""
+        prices = prices or {}
+        entries = ", ".join(
+            f"{{name: {name}, model_id: {model_id}, usd_per_mtok_in: {prices.get(name, 1)}, "
+            f"usd_per_mtok_out: {prices.get(name, 1)}}}"
+            for name, model_id in llms.items()
         )
+        self.catalog.write_text(f"defaults: {{base_url: '{self.server.base_url}'}}\nllms: [{entries}]\n")
 
     def onboard(self, ops: dict | None = None) -> list[dg.RunRequest]:
         """A sensor tick, then the profiling run it requests for each LLM."""
@@ -62,8 +65,8 @@ class Pipeline:
             assert run.success or request.partition_key == "ghost"  # no answers: its coverage check fails
         return tick.run_requests
 
-    def train_cluster_map(self) -> str:
-        kmeans = {"cluster_map": {"config": {"kind": "kmeans", "n_clusters": 3}}}
+    def train_cluster_map(self, n_clusters: int = 3) -> str:
+        kmeans = {"cluster_map": {"config": {"kind": "kmeans", "n_clusters": n_clusters}}}
         result = dg.materialize(
             [cluster_map], instance=self.instance, resources=self.resources, run_config={"ops": kmeans}
         )
@@ -141,3 +144,26 @@ def test_a_repointed_llm_is_reprofiled_and_its_drift_named(instance, tmp_path, s
     [drift] = pipeline.outcomes[("llm_error_features", "math-pro")].get_asset_check_evaluations()
     assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
     assert len(drift.metadata["moved_clusters"].value) == 2  # math got worse, history better, biology the same
+
+
+def test_a_worse_router_becomes_challenger_and_champion_stays(pipeline):
+    import mlflow
+
+    prices = {"cheap": 0.1, "math-pro": 1.0, "generalist": 4.0}
+    pipeline.write_catalog({"cheap": "cheap", "math-pro": "math-pro", "generalist": "generalist"}, prices)
+    pipeline.onboard(ALL_SPLITS)
+    pipeline.train_cluster_map(n_clusters=3)  # one cluster per topic: routes math to math-pro
+    pipeline.ticks.until_idle()
+    v1 = pipeline.outcomes[("router", None)].asset_materializations_for_node("router")[0].metadata
+    pipeline.train_cluster_map(n_clusters=1)  # one cluster: prompt-blind, like ZeroRouter
+    assert _requested(pipeline.ticks.until_idle()) == {
+        *(("llm_error_features", m) for m in ("cheap", "math-pro", "generalist")),
+        ("router", None),
+    }
+    v2 = pipeline.outcomes[("router", None)].asset_materializations_for_node("router")[0].metadata
+    assert v2["audc"].value < v1["audc"].value  # the precondition: v2 is worse on the same test prompts
+    assert (v1["alias"].value, v2["alias"].value) == ("champion", "challenger")
+    uri = pipeline.resources["mlflow"].tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert str(client.get_model_version_by_alias("uniroute", "champion").version) == v1["version"].value
+    assert str(client.get_model_version_by_alias("uniroute", "challenger").version) == v2["version"].value
