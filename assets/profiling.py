@@ -3,7 +3,7 @@
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 
 import os
-from datetime import UTC, datetime
+from datetime import datetime
 
 import dagster as dg
 import duckdb
@@ -54,10 +54,9 @@ class ProfilingConfig(dg.Config):
         if self.refresh_before is None:
             return None
         try:
-            moment = datetime.fromisoformat(self.refresh_before)
+            return datetime.fromisoformat(self.refresh_before)  # naive: UTC
         except ValueError:
             raise dg.Failure(f"llm_responses.config.refresh_before={self.refresh_before!r}: not ISO 8601") from None
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class GradingConfig(dg.Config):

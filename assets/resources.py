@@ -57,7 +57,8 @@ class ArtifactsResource(dg.ConfigurableResource):
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """MLflow tracking and registry; empty ``tracking_uri`` means a sqlite file under ``<data home>/mlflow``."""
+    """MLflow tracking and registry; empty ``tracking_uri`` means ``$MLFLOW_TRACKING_URI``, else a sqlite file
+    under ``<data home>/mlflow``."""
 
     tracking_uri: str = ""
     experiment: str = "uniroute"
@@ -67,7 +68,7 @@ class MlflowResource(dg.ConfigurableResource):
         """Configure MLflow and return the experiment id (artifacts beside the sqlite file)."""
         from serving import registry
 
-        root = wh.default_path().parent / "mlflow"
+        root = registry.default_mlflow_dir()
         root.mkdir(parents=True, exist_ok=True)
-        registry.configure(self.tracking_uri or f"sqlite:///{root / 'mlflow.db'}")
+        registry.configure(self.tracking_uri or registry.default_tracking_uri())
         return registry.ensure_experiment(self.experiment, root / "artifacts")

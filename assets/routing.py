@@ -1,6 +1,8 @@
 """Routing assets: the cluster map (trained on training prompts and training LLMs) and each LLM's features Psi."""
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -57,14 +59,14 @@ def cluster_map(
         ids, x = wh.read_prompt_vectors(con, embedder_id, ["train"])
         failing = set(wh.failing_llms(con))
         outcomes = wh.read_outcomes(con, config.training_llms, ["train"])
-        llms = config.training_llms or sorted(set(outcomes["model"]) - failing)
+        llms = config.training_llms or sorted(set(outcomes["model"]) - failing)  # default: sorted, one version
         if not llms or not ids:
             context.log.info("no training prompts answered by a training LLM yet: nothing to fit")
             return
         errors = error_matrix(outcomes, ids, llms)
         version = fingerprint(config.kind, config.n_clusters, config.seed, embedder_id, llms, ids, errors.tobytes())
         latest = wh.latest_cluster_map(con)
-        if latest is not None and latest["version"] == version:
+        if latest is not None and latest["version"] == version and Path(latest["path"]).exists():
             context.log.info(f"training data and parameters unchanged: cluster map {version} stays current")
             return
         cmap = maps[config.kind](config.n_clusters, seed=config.seed).fit(x, errors)

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from profiling.replay_server import (
@@ -51,8 +52,14 @@ def _fault(text: str) -> tuple[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The profiling commands alone (``python -m profiling.cli``); ``uniroute`` is :mod:`serving.cli`."""
     parser = argparse.ArgumentParser(prog="uniroute", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Add replay-server, sync-catalog, import-mmlu-pro, collect and grade to ``commands``."""
     replay = commands.add_parser(
         "replay-server",
         help="serve recorded answers as an OpenAI-compatible endpoint",
@@ -94,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--retry-after", type=int, default=1, help="Retry-After of a 429, in seconds")
     replay.set_defaults(run=run_replay_server)
     _add_warehouse_commands(commands)
-    return parser
 
 
 def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
@@ -118,6 +124,13 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     collect.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
     collect.add_argument("--batch-size", type=int, default=512, help="responses per warehouse write")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
+    collect.add_argument(
+        "--refresh-before",
+        type=datetime.fromisoformat,
+        default=None,
+        metavar="ISO_TIME",
+        help="re-profile: archive answers collected before this UTC time and ask again",
+    )
     grade = command("grade", "grade stored responses not yet graded by the current grader version", _grade)
     grade.add_argument("--models", nargs="+", default=None)
 
@@ -147,7 +160,15 @@ def _collect(args: argparse.Namespace) -> int:
 
     policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout)
     with wh.connect(args.warehouse) as con:
-        report = collect(con, args.models, args.splits, policy, args.batch_size, progress=not args.quiet)
+        report = collect(
+            con,
+            args.models,
+            args.splits,
+            policy,
+            args.batch_size,
+            progress=not args.quiet,
+            refresh_before=args.refresh_before,
+        )
     print(
         f"collection {report.run_id}: {report.stored}/{report.requested} stored, {report.failed} failed "
         f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s"

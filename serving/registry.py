@@ -26,6 +26,18 @@ PIP_REQUIREMENTS = [
 ]
 
 
+def default_mlflow_dir() -> Path:
+    """``<data home>/mlflow``: the sqlite registry and the artifacts, beside the warehouse file."""
+    import warehouse as wh
+
+    return wh.default_path().parent / "mlflow"
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else the sqlite file in :func:`default_mlflow_dir`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_mlflow_dir() / 'mlflow.db'}"
+
+
 def configure(tracking_uri: str) -> None:
     """Point MLflow at ``tracking_uri`` (e.g. ``sqlite:///data/mlflow/mlflow.db``); telemetry off."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -1,6 +1,6 @@
 """warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write)."""
 
-from warehouse.catalog import CatalogError, LLMEntry, load_catalog, sync_catalog
+from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, load_catalog, sync_catalog
 from warehouse.db import SchemaError, connect, default_path, schema_version
 from warehouse.store import (
     WarehouseInputError,
@@ -41,6 +41,7 @@ __all__ = [
     "LLMEntry",
     "SchemaError",
     "WarehouseInputError",
+    "add_to_catalog",
     "archive_responses",
     "connect",
     "count_answers",

@@ -17,6 +17,7 @@ CSV: one row per LLM with the same column names. ``model_id`` defaults to ``name
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, NonNegativeFloat,
 
 from warehouse.store import sync_llms
 
-__all__ = ["CatalogError", "LLMEntry", "load_catalog", "sync_catalog"]
+__all__ = ["CatalogError", "LLMEntry", "add_to_catalog", "load_catalog", "sync_catalog"]
 
 
 class CatalogError(ValueError):
@@ -120,4 +121,41 @@ def sync_catalog(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -
     """
     catalog = load_catalog(path)
     sync_llms(con, catalog)
+    return catalog
+
+
+def add_to_catalog(
+    path: str | os.PathLike[str], entry: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> pl.DataFrame:
+    """Append ``entry`` to the catalog file at ``path`` (created if absent), validating the whole result first:
+    a bad entry or a duplicate name raises :class:`CatalogError` and leaves the file as it was.
+
+    A YAML catalog whose ``llms`` list is the last block keeps its text and comments (one line is appended);
+    otherwise the document is rewritten. Returns the validated catalog.
+    """
+    path = Path(path)
+    entry = {k: v for k, v in entry.items() if v is not None}
+    text = path.read_text() if path.exists() else "llms:\n"
+    if path.suffix.lower() == ".csv":
+        rows = pl.read_csv(path) if path.exists() else pl.DataFrame()
+        new_text = pl.concat([rows, pl.DataFrame([entry])], how="diagonal_relaxed").write_csv()
+    else:
+        document = yaml.safe_load(text) or {}
+        if not isinstance(document, Mapping) or not isinstance(document.get("llms", []), list):
+            raise CatalogError(str(path), ["top level: expected a mapping with a list under 'llms'"])
+        block_list_last = list(document)[-1:] == ["llms"] and re.search(r"^llms:[ \t]*$", text, re.MULTILINE)
+        if block_list_last:
+            flow = yaml.safe_dump(dict(entry), default_flow_style=True, sort_keys=False).strip()
+            new_text = text.rstrip("\n") + f"\n  - {flow}\n"
+        else:
+            document = {**document, "llms": [*(document.get("llms") or []), dict(entry)]}
+            new_text = yaml.safe_dump(document, sort_keys=False)
+    candidate = path.with_name(f".new-{path.name}")  # same suffix: read as the same format
+    candidate.write_text(new_text)
+    try:
+        catalog = load_catalog(candidate, environ)
+    except CatalogError as exc:
+        candidate.unlink()
+        raise CatalogError(str(path), exc.problems) from None
+    candidate.replace(path)  # atomic: readers see the old file or the new one
     return catalog

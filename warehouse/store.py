@@ -354,12 +354,15 @@ def archive_responses(
 ) -> int:
     """Move the answers a re-profiling of ``models`` replaces, with their grades, into ``responses_archive`` and
     ``grades_archive``: answers from an endpoint or model id the catalog no longer has, and, given
-    ``collected_before`` (UTC), every answer collected before it. One transaction; returns the responses moved.
+    ``collected_before`` (naive: UTC), every answer collected before it. One transaction; returns the responses moved.
     The pairs become pending again; a second call with the same arguments moves nothing."""
     names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
     from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
     archived_at = datetime.now(UTC).replace(tzinfo=None)
-    before = collected_before.astimezone(UTC).replace(tzinfo=None) if collected_before else None
+    before = None
+    if collected_before is not None:  # naive times are UTC, like the stored ones
+        aware = collected_before if collected_before.tzinfo else collected_before.replace(tzinfo=UTC)
+        before = aware.astimezone(UTC).replace(tzinfo=None)
     con.begin()
     try:
         con.execute(

@@ -10,48 +10,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pandas as pd
-import polars as pl
 import pytest
 import requests
-
-from router_core import DEFAULT_EMBEDDER, Embedder, KMeansClusterMap, UniRouter, deferral_curve, save_router
-
-PRICES = {"cheap": 0.1, "math-pro": 1.0, "generalist": 4.0}
-
-
-@pytest.fixture(scope="module")
-def registry_uri(tmp_path_factory, mmlu_like_dir):
-    """A router over the fixture's three LLMs (K-means, K=3), registered as uniroute v1 @champion."""
-    import mlflow
-
-    from serving import registry
-
-    root = tmp_path_factory.mktemp("serving")
-    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
-    answers = pl.read_parquet(mmlu_like_dir / "responses.parquet")
-    embedder = Embedder()
-    x = embedder.embed(questions["question"].to_list())
-    llms = list(PRICES)
-    errors = np.column_stack(
-        [
-            1.0
-            - questions.join(answers.filter(pl.col("model") == m), on="question_id", how="left")["correct"].to_numpy()
-            for m in llms
-        ]
-    )
-    router = UniRouter(KMeansClusterMap(n_clusters=3).fit(x)).fit_arrays(x, errors, llms, list(PRICES.values()))
-    router_dir = save_router(router, root / "router")
-    curve = deferral_curve(router.predict_error(x), router.costs_, 1 - errors)
-    registry.write_router_meta(router_dir, DEFAULT_EMBEDDER, None, 0.0, curve)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    registry.configure(uri)
-    experiment = registry.ensure_experiment("uniroute", root / "artifacts")
-    version = registry.register_router(router_dir, "uniroute", experiment, {}, {}, {}, {}, ["What is 2 + 2?"])
-    registry.promote("uniroute", version, better=True)
-    yield uri
-    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +22,12 @@ def champion(registry_uri):
     return mlflow.pyfunc.load_model("models:/uniroute@champion")
 
 
-def test_routes_text_with_each_candidates_error_and_cost(champion):
+def test_routes_text_with_each_candidates_error_and_cost(champion, prices):
     prompts = ["Compute the integral of 3x from 0 to 5.", "Which empire ruled Gaul in 300 AD?"]
     out = champion.predict(pd.DataFrame({"prompt": prompts}), params={"cost_weight": 0.0})
     assert list(out.columns) == ["llm", "cost_weight", "predicted_error", "cost"]
     assert out["llm"].iloc[0] in {"math-pro", "generalist"}  # right on math; cost_weight 0 ignores price
-    assert set(out["predicted_error"].iloc[0]) == set(PRICES) and out["cost"].iloc[0]["cheap"] == 0.1
+    assert set(out["predicted_error"].iloc[0]) == set(prices) and out["cost"].iloc[0]["cheap"] == 0.1
     cheap = champion.predict(pd.DataFrame({"prompt": prompts}), params={"cost_weight": 1e6})
     assert cheap["llm"].tolist() == ["cheap", "cheap"]
     only = champion.predict(pd.DataFrame({"prompt": prompts}), params={"candidates": ["generalist", "cheap"]})
@@ -104,7 +65,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_invocations(registry_uri, tmp_path):
+def test_mlflow_models_serve_answers_invocations(registry_uri, tmp_path, prices):
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry_uri, "MLFLOW_REGISTRY_URI": registry_uri}
     env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"  # as in an activated .venv (uvicorn)
@@ -134,7 +95,7 @@ def test_mlflow_models_serve_answers_invocations(registry_uri, tmp_path):
         answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
         assert answer.status_code == 200, answer.text
         [row] = answer.json()["predictions"]
-        assert row["llm"] == "cheap" and set(row["predicted_error"]) == set(PRICES)
+        assert row["llm"] == "cheap" and set(row["predicted_error"]) == set(prices)
         bad = requests.post(
             f"http://127.0.0.1:{port}/invocations",
             json={"dataframe_split": {"columns": ["prompt"], "data": [[""]]}},

@@ -1,0 +1,167 @@
+"""The ``uniroute`` command line: profiling commands (replay-server, sync-catalog, import-mmlu-pro, collect,
+grade) and serving commands (route, models, add-model, serve).
+
+The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
+file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); the catalog is ``$UNIROUTE_CATALOG`` or
+``llms.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import profiling.cli
+
+DEFAULT_MODEL_URI = "models:/uniroute@champion"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uniroute", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    profiling.cli.add_commands(commands)
+
+    def with_registry(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help=f"default {DEFAULT_MODEL_URI}")
+        sub.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (see above)")
+        return sub
+
+    route = with_registry(commands.add_parser("route", help="which LLM the router picks for a prompt, and why"))
+    route.add_argument("prompt", nargs="+", help="one or more prompts")
+    budget = route.add_mutually_exclusive_group()
+    budget.add_argument("--cost-weight", type=float, default=None, help="lambda: error + lambda * cost (USD)")
+    budget.add_argument("--max-cost", type=float, default=None, help="budget in USD per query")
+    budget.add_argument("--min-accuracy", type=float, default=None, help="accuracy to reach, at least cost")
+    route.add_argument("--candidates", nargs="+", default=None, help="route among these LLMs only")
+    route.set_defaults(run=_route)
+
+    models = with_registry(commands.add_parser("models", help="the router's pool: cost and Psi per LLM"))
+    models.set_defaults(run=_models)
+
+    add = commands.add_parser("add-model", help="append an LLM to the catalog, validating the whole catalog")
+    add.add_argument("name")
+    add.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
+    add.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.x.com/v1")
+    add.add_argument("--model-id", default=None, help="the endpoint's model name (default: NAME)")
+    add.add_argument("--usd-per-mtok-in", type=float, required=True)
+    add.add_argument("--usd-per-mtok-out", type=float, required=True)
+    add.add_argument("--api-key-env", default=None, help="NAME of the variable holding the key (never the key)")
+    add.add_argument("--max-concurrency", type=int, default=None)
+    add.add_argument("--requests-per-minute", type=int, default=None)
+    add.set_defaults(run=_add_model)
+
+    serve = with_registry(commands.add_parser("serve", help="the OpenAI-compatible routing gateway"))
+    serve.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--reload-interval", type=float, default=30.0, help="seconds between alias checks")
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def _catalog_path(path: Path | None) -> Path:
+    return path or Path(os.environ.get("UNIROUTE_CATALOG", "llms.yaml"))
+
+
+def _load(args: argparse.Namespace):
+    """The registered pyfunc (unwrapped) that ``--model-uri`` names."""
+    import mlflow
+
+    from serving import registry
+
+    registry.configure(args.tracking_uri or registry.default_tracking_uri())
+    try:
+        return mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
+    except mlflow.exceptions.MlflowException as exc:
+        message = str(exc).splitlines()[0]
+        raise SystemExit(f"{args.model_uri}: {message} (registry {mlflow.get_tracking_uri()})") from None
+
+
+def _route(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    model = _load(args)
+    params = {
+        "cost_weight": args.cost_weight,
+        "max_cost_per_query": args.max_cost,
+        "min_accuracy": args.min_accuracy,
+        "candidates": args.candidates,
+    }
+    try:
+        out = model.predict(
+            None, pd.DataFrame({"prompt": args.prompt}), {k: v for k, v in params.items() if v is not None}
+        )
+    except ValueError as exc:
+        raise SystemExit(f"route: {exc}") from None
+    for prompt, row in zip(args.prompt, out.itertuples(), strict=True):
+        print(f"{row.llm}\t(cost_weight {row.cost_weight:.4g})\t{prompt[:60]}")
+        ranked = sorted(row.predicted_error, key=row.predicted_error.get)
+        for name in ranked:
+            marker = "*" if name == row.llm else " "
+            print(f"  {marker} {name:<32} predicted error {row.predicted_error[name]:.3f}   cost ${row.cost[name]:.6f}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    model = _load(args)
+    router = model.router
+    print(f"{args.model_uri}: {len(router.llms_)} LLMs, {router.psi_.shape[1]} clusters")
+    print(f"  {'llm':<32}{'cost/query':>12}{'mean Psi':>10}{'best cluster':>14}{'worst cluster':>15}")
+    order = sorted(range(len(router.llms_)), key=lambda j: router.costs_[j])
+    for j in order:
+        psi = router.psi_[j]
+        print(
+            f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{psi.mean():>10.3f}"
+            f"{f'{psi.argmin()} ({psi.min():.2f})':>14}{f'{psi.argmax()} ({psi.max():.2f})':>15}"
+        )
+    return 0
+
+
+def _add_model(args: argparse.Namespace) -> int:
+    import warehouse as wh
+
+    path = _catalog_path(args.catalog)
+    entry = {
+        "name": args.name,
+        "base_url": args.base_url,
+        "model_id": args.model_id,
+        "api_key_env": args.api_key_env,
+        "usd_per_mtok_in": args.usd_per_mtok_in,
+        "usd_per_mtok_out": args.usd_per_mtok_out,
+        "max_concurrency": args.max_concurrency,
+        "requests_per_minute": args.requests_per_minute,
+    }
+    try:
+        catalog = wh.add_to_catalog(path, entry)
+    except wh.CatalogError as exc:
+        print(f"add-model: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: {args.name} added ({catalog.height} LLMs); the onboarding sensor profiles it on its next tick")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from serving import registry
+    from serving.gateway import Gateway, create_app
+
+    registry.configure(args.tracking_uri or registry.default_tracking_uri())
+    catalog = _catalog_path(args.catalog)
+    if not catalog.exists():
+        raise SystemExit(f"serve: no catalog at {catalog}; pass --catalog or set UNIROUTE_CATALOG")
+    gateway = Gateway(args.model_uri, catalog, args.reload_interval)
+    uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``uniroute``."""
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
