@@ -66,21 +66,25 @@ def cluster_map(
         errors = error_matrix(outcomes, ids, llms)
         version = fingerprint(config.kind, config.n_clusters, config.seed, embedder_id, llms, ids, errors.tobytes())
         latest = wh.latest_cluster_map(con)
-        if latest is not None and latest["version"] == version and Path(latest["path"]).exists():
+        current = latest is not None and latest["version"] == version and Path(latest["path"]).exists()
+        if current and _materialized_version(context) == version:
             context.log.info(f"training data and parameters unchanged: cluster map {version} stays current")
             return
-        cmap = maps[config.kind](config.n_clusters, seed=config.seed).fit(x, errors)
-        path = save_cluster_map(cmap, artifacts.path("cluster_maps", version))
-        row = {
-            "version": version,
-            "kind": config.kind,
-            "n_clusters": config.n_clusters,
-            "embedder_id": embedder_id,
-            "training_llms": [llms],
-            "n_train_prompts": len(ids),
-            "path": str(path),
-        }
-        wh.register_cluster_map(con, pl.DataFrame(row))
+        if current:  # fitted before this Dagster instance knew of it (e.g. a new DAGSTER_HOME): record it
+            context.log.info(f"cluster map {version} is already current in the warehouse: recorded, not refitted")
+        else:
+            cmap = maps[config.kind](config.n_clusters, seed=config.seed).fit(x, errors)
+            path = save_cluster_map(cmap, artifacts.path("cluster_maps", version))
+            row = {
+                "version": version,
+                "kind": config.kind,
+                "n_clusters": config.n_clusters,
+                "embedder_id": embedder_id,
+                "training_llms": [llms],
+                "n_train_prompts": len(ids),
+                "path": str(path),
+            }
+            wh.register_cluster_map(con, pl.DataFrame(row))
     yield dg.MaterializeResult(
         metadata={
             "version": version,
@@ -91,6 +95,13 @@ def cluster_map(
         },
         data_version=dg.DataVersion(version),
     )
+
+
+def _materialized_version(context: dg.AssetExecutionContext) -> str | None:
+    """The cluster-map version of this asset's latest materialisation in this Dagster instance."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    version = event.asset_materialization.metadata.get("version") if event else None
+    return version.value if version is not None else None
 
 
 DRIFT_CHECK = "check_llm_error_features_drift"
