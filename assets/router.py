@@ -18,6 +18,7 @@ from router_core import (
     error_matrix,
     evaluate_router,
     load_cluster_map,
+    out_of_fold_errors,
     plot_deferral_curves,
     plot_psi_heatmap,
     save_router,
@@ -86,10 +87,11 @@ def router(
     }
     run_dir = artifacts.path("routers", context.run.run_id)
     save_router(uni, run_dir)
-    # budgets (max cost per query, min accuracy) resolve on the validation curve of the whole pool
-    val_scores = 1 - val_errors
-    answered = ~np.isnan(val_scores).any(axis=1)
-    operating_points = deferral_curve(uni.predict_error(x_val[answered]), uni.costs_, val_scores[answered])
+    # budgets (max cost per query, min accuracy) resolve on the pool's validation curve, cross-fitted so that it
+    # describes prompts the router has not seen
+    answered = ~np.isnan(val_errors).any(axis=1)
+    predicted = out_of_fold_errors(uni, x_val, val_errors)[answered]
+    operating_points = deferral_curve(predicted, uni.costs_, 1 - val_errors[answered])
     registry.write_router_meta(run_dir, emb.model, emb.max_seq_length, config.default_cost_weight, operating_points)
     experiment_id = mlflow.setup()
     champion = registry.champion_router(mlflow.model_name)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,38 +30,19 @@ from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DEFAULT_DATA_DIR
 from profiling.collector import RetryPolicy, collect
 from profiling.importers import import_mmlu_pro
+from serving.processes import free_port, server_process
 
 MODEL = "Meta-Llama-3_1-70B-Instruct"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def replay_server(data: Path, *extra: str):
     """The replay endpoint as a separate process (its own interpreter and cores), stopped on exit."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "profiling.cli", "replay-server", "--data", str(data), "--port", str(port), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     root = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{root}/v1/models", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"replay server did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
+    with tempfile.TemporaryDirectory() as logs, server_process(cmd, f"{root}/v1/models", Path(logs) / "replay.log"):
         yield root
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def _warehouse(directory: Path, data: Path, n_prompts: int, base_url: str, concurrency: int) -> Path:

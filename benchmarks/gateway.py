@@ -14,15 +14,13 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import numpy as np
-import requests
+import polars as pl
 
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
@@ -31,12 +29,7 @@ from benchmarks.routing_quality import load_data, split_prompts_and_llms
 from profiling.cli import default_data_dir
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import ReplayConfig, ReplayServer
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.processes import free_port, server_process
 
 
 async def _load(url: str, bodies: list[dict], concurrency: int) -> tuple[list[float], list[int], list[str], float]:
@@ -87,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     from serving import registry
 
     registry.promote("bench", uri.rsplit("/", 1)[1], better=True)
-    test = data.prompts[split.test[: args.requests]]
+    ids = data.prompts["prompt_id"].gather(split.test[: args.requests])  # MMLU-Pro question ids
+    questions = pl.read_parquet(Path(args.data or default_data_dir()) / "questions.parquet")
+    test = questions.filter(pl.col("question_id").is_in(ids.to_list()))
     prompts = [render_mmlu_pro(q, o, c) for q, o, c in test.select("question", "options", "category").iter_rows()]
     with ReplayServer(args.data or default_data_dir(), ReplayConfig(latency_ms=args.latency_ms)) as replay:
         catalog = root / "llms.yaml"
@@ -98,28 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         catalog.write_text(
             f"defaults: {{base_url: '{replay.base_url}', max_concurrency: 64}}\nllms:\n" + "\n".join(entries) + "\n"
         )
-        port = _free_port()
-        env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+        port = free_port()
         command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
-        gateway = subprocess.Popen(
-            [*command, "--tracking-uri", tracking, "--model-uri", "models:/bench@champion"],
-            env=env,
-            stdout=open(root / "gateway.log", "w"),  # noqa: SIM115 - closed with the process
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if gateway.poll() is not None or time.monotonic() > deadline:
-                    print((root / "gateway.log").read_text()[-3000:], file=sys.stderr)
-                    return 2
-                time.sleep(0.3)
+        command += ["--tracking-uri", tracking, "--model-uri", "models:/bench@champion"]
+        with server_process(command, f"http://127.0.0.1:{port}/health", root / "gateway.log"):
             bodies = [{"model": "uniroute", "messages": [{"role": "user", "content": p}]} for p in prompts]
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             asyncio.run(_load(url, bodies[:16], args.concurrency))  # warm-up
@@ -127,9 +104,6 @@ def main(argv: list[str] | None = None) -> int:
             fallback = data.models[split.unseen_llms[0]]  # for a request the gateway failed (counted as an error)
             direct_bodies = [{**b, "model": llm or fallback} for b, llm in zip(bodies, routed[2], strict=True)]
             direct = asyncio.run(_load(f"{replay.base_url}/chat/completions", direct_bodies, args.concurrency))
-        finally:
-            os.killpg(gateway.pid, 15)
-            gateway.wait(timeout=30)
     print(f"machine: {machine_description()}")
     print(f"{len(bodies)} requests, concurrency {args.concurrency}, replay latency {args.latency_ms:.0f} ms\n")
     print("| path | p50 ms | p99 ms | requests/s | errors |\n|---|---|---|---|---|")

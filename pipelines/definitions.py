@@ -11,7 +11,7 @@ from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from pipelines.jobs import profile_llm_job
 from pipelines.schedules import nightly_profiling_schedule, retrain_cluster_map_job, weekly_cluster_map_schedule
-from pipelines.sensors import llm_onboarding_sensor
+from pipelines.sensors import automation_sensor, llm_onboarding_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -26,7 +26,7 @@ defs = dg.Definitions(
     ],
     jobs=[profile_llm_job, retrain_cluster_map_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
-    sensors=[llm_onboarding_sensor],
+    sensors=[llm_onboarding_sensor, automation_sensor],
     resources={
         "warehouse": WarehouseResource(),
         "collector": CollectorResource(),

@@ -1,4 +1,5 @@
-"""The onboarding sensor: a new (or re-pointed) LLM in the catalog gets a partition and a profiling run."""
+"""Sensors: onboarding (a new or re-pointed LLM in the catalog gets a partition and a profiling run) and the
+automation sensor that evaluates the assets' automation conditions (features and router follow new data)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,13 @@ def llm_onboarding_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
         dynamic_partitions_requests=[llm_partitions.build_add_request(new)] if new else [],
         cursor=json.dumps({**seen, **current}),
     )
+
+
+#: Evaluates ``assets/automation.py``'s conditions; on by default, unlike Dagster's own default sensor.
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "uniroute_automation_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Features follow checked grades and new cluster maps; the router follows new features.",
+)

@@ -8,6 +8,7 @@ its peak. Below its cheapest point the curve is held at that point's accuracy.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = [
     "default_cost_weights",
     "deferral_curve",
     "evaluate_router",
+    "out_of_fold_errors",
     "plot_deferral_curves",
     "plot_psi_heatmap",
     "qnc",
@@ -39,6 +41,29 @@ def default_cost_weights(costs: np.ndarray, n: int = 200) -> np.ndarray:
     costs = np.asarray(costs, dtype=np.float64)
     span = float(costs.max() - costs.min()) or 1.0
     return np.concatenate([[0.0], np.geomspace(1e-4, 1e4, n) / span, [np.inf]])
+
+
+def out_of_fold_errors(router, embeddings: np.ndarray, errors: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(n, M) predicted errors of a fitted router's pool on its own validation prompts, each predicted by a copy
+    fitted on the other folds (cross-fitting): what it predicts for prompts it has not seen. A deferral curve
+    on these is an honest stand-in for new prompts (in-sample predictions flatter the router).
+
+    ``errors`` is what ``router`` was fitted on: (n, M) in the order of ``router.llms_``, NaN = not collected.
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    if errors.shape != (len(embeddings), len(router.llms_)):
+        raise RouterInputError(
+            "errors", errors.shape, f"need (n_prompts, n_llms)=({len(embeddings)}, {len(router.llms_)})"
+        )
+    if folds < 2 or folds > len(embeddings):
+        raise RouterInputError("folds", folds, f"must be in [2, {len(embeddings)}]")
+    fold_of = np.random.default_rng(seed).permutation(len(embeddings)) % folds
+    predicted = np.empty_like(errors)
+    for fold in range(folds):
+        held = fold_of == fold
+        clone = copy.deepcopy(router).fit_arrays(embeddings[~held], errors[~held], router.llms_, router.costs_)
+        predicted[held] = clone.predict_error(embeddings[held])
+    return predicted
 
 
 def deferral_curve(

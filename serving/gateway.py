@@ -157,6 +157,8 @@ class Gateway:
             if prompt is None:
                 return _error(400, "messages: needs a user message with text to route on", "messages")
             pool = [m for m in router.model.router.llms_ if m in self.endpoints]
+            if not pool:
+                return _error(503, f"no LLM of router version {router.version} is active in the catalog", "model")
             candidates = params.get("candidates") or pool
             unknown = [c for c in candidates if c not in pool]
             if unknown:

@@ -14,6 +14,12 @@ from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
 def test_definitions_load():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"llm_catalog", "prompt_set", "llm_responses", "graded_responses"} <= keys
+    sensors = {s.name: s.default_status for s in defs.get_repository_def().sensor_defs}
+    # onboarding and automation run as soon as a daemon does; nothing else evaluates automation conditions
+    assert sensors == {
+        "llm_onboarding_sensor": dg.DefaultSensorStatus.RUNNING,
+        "uniroute_automation_sensor": dg.DefaultSensorStatus.RUNNING,
+    }
 
 
 def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_dir):

@@ -111,3 +111,20 @@ def test_a_budget_is_met_on_average_by_mixing_the_two_operating_points_around_it
         budget_mix(curve, min_accuracy=1.01)
     with pytest.raises(RouterInputError, match="exactly one"):
         budget_mix(curve, max_cost=0.5, min_accuracy=0.5)
+
+
+def test_out_of_fold_errors_predict_each_prompt_without_it(two_topics):
+    from router_core import RouterInputError, out_of_fold_errors
+
+    data = two_topics
+    errors = data.error_matrix("validation")
+    router = UniRouter(KMeansClusterMap(n_clusters=2).fit(data.train)).fit_arrays(
+        data.validation, errors, data.llms, np.array(data.costs)
+    )
+    in_sample = router.predict_error(data.validation)
+    held_out = out_of_fold_errors(router, data.validation, errors, folds=5)
+    assert held_out.shape == in_sample.shape and not np.allclose(held_out, in_sample)  # C's noise is not memorised
+    assert np.allclose(held_out[:, :2], in_sample[:, :2])  # A and B are exact per topic: any fold agrees
+    assert router.llms_ == data.llms and np.allclose(router.predict_error(data.validation), in_sample)  # untouched
+    with pytest.raises(RouterInputError, match="folds"):
+        out_of_fold_errors(router, data.validation, errors, folds=1)

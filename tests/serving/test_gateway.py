@@ -3,8 +3,6 @@ routing with the registry's champion and swapping in a new champion without fail
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -15,14 +13,7 @@ import requests
 
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import ReplayServer
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from serving.processes import free_port, server_process
 
 
 @pytest.fixture
@@ -32,34 +23,12 @@ def gateway(registry_uri, tmp_path, mmlu_like_dir, prices):
         catalog = tmp_path / "llms.yaml"
         entries = [f"  - {{name: {m}, usd_per_mtok_in: {p}, usd_per_mtok_out: {p}}}" for m, p in prices.items()]
         catalog.write_text(f"defaults: {{base_url: '{replay.base_url}'}}\nllms:\n" + "\n".join(entries) + "\n")
-        port = _free_port()
-        env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+        port = free_port()
         command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
-        log = open(tmp_path / "gateway.log", "w")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(
-            [*command, "--tracking-uri", registry_uri, "--reload-interval", "0.5"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        command += ["--tracking-uri", registry_uri, "--reload-interval", "0.5"]
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    if requests.get(f"{url}/health", timeout=1).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                assert process.poll() is None, (tmp_path / "gateway.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the gateway did not answer /health in 120 s"
-                time.sleep(0.3)
+        with server_process(command, f"{url}/health", tmp_path / "gateway.log"):
             yield url, replay
-        finally:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=30)
-            log.close()
 
 
 def _prompt(data_dir, category: str) -> str:

@@ -3,12 +3,8 @@ input by name; and `mlflow models serve` answers /invocations over HTTP on 127.0
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -59,35 +55,14 @@ def test_bad_input_is_refused_naming_the_field(champion, frame, params, named):
         champion.predict(frame, params=params)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_invocations(registry_uri, tmp_path, prices):
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registry_uri, "MLFLOW_REGISTRY_URI": registry_uri}
-    env["PATH"] = f"{os.path.dirname(sys.executable)}:{env['PATH']}"  # as in an activated .venv (uvicorn)
-    mlflow_cli = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/uniroute@champion"]
-    server = subprocess.Popen(
-        [*mlflow_cli, "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env,
-        stdout=open(tmp_path / "serve.log", "w"),  # noqa: SIM115 - closed with the process
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 120 s"
-            time.sleep(0.5)
+    from serving.processes import free_port, server_process, venv_env
+
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/uniroute@champion"]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = venv_env(MLFLOW_TRACKING_URI=registry_uri, MLFLOW_REGISTRY_URI=registry_uri)  # uvicorn from the .venv
+    with server_process(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env):
         body = {
             "dataframe_split": {"columns": ["prompt"], "data": [["Compute the integral of 3x from 0 to 5."]]},
             "params": {"cost_weight": 1e6},
@@ -102,6 +77,3 @@ def test_mlflow_models_serve_answers_invocations(registry_uri, tmp_path, prices)
             timeout=60,
         )
         assert bad.status_code >= 400 and "prompt[0]" in bad.text
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
