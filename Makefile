@@ -15,6 +15,10 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export GX_ANALYTICS_ENABLED := false
 export DAGSTER_DISABLE_TELEMETRY := true
 
+# Debian's chromium for the UI tests (Playwright drives it; nothing is downloaded by the test tool itself).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: setup test demo benchmark lint clean
 
 $(STAMP): pyproject.toml constraints.txt
@@ -31,7 +35,10 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup lint
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -q chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
+
+test: setup lint $(CHROMIUM)
 	$(BIN)/pytest
 
 # The main job: the pipeline's whole story (profile, cluster map, router v1; onboard 4 LLMs; router v2).

@@ -107,7 +107,15 @@ def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.Mate
     partitions_def=llm_partitions,
     deps=[llm_catalog, prompt_set],
     pool="duckdb",
-    check_specs=[dg.AssetCheckSpec("check_llm_responses_valid", asset="llm_responses", blocking=True)],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "check_llm_responses_valid",
+            asset="llm_responses",
+            blocking=True,
+            description="Great Expectations: schema and types, one row per prompt, validation coverage, "
+            "no empty responses, token counts > 0. Failing blocks grading, features and routers.",
+        )
+    ],
 )
 def llm_responses(
     context: dg.AssetExecutionContext,
@@ -162,7 +170,15 @@ def llm_responses(
     partitions_def=llm_partitions,
     deps=[llm_responses],
     pool="duckdb",
-    check_specs=[dg.AssetCheckSpec("check_graded_responses_valid", asset="graded_responses", blocking=True)],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "check_graded_responses_valid",
+            asset="graded_responses",
+            blocking=True,
+            description="Great Expectations: one row per prompt, scores in [0, 1], validation coverage. "
+            "Failing blocks features and routers.",
+        )
+    ],
 )
 def graded_responses(
     context: dg.AssetExecutionContext, config: GradingConfig, warehouse: WarehouseResource

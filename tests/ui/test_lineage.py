@@ -1,0 +1,145 @@
+"""The users' flows in a real browser: the Dagster UI shows the materialised lineage and its checks, the MLflow
+UI shows the registered router with its champion alias. Headless Debian chromium driven by Playwright;
+screenshots are kept under ``data/screenshots/`` (git-ignored) for people to look at."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.embeddings import prompt_embeddings
+from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
+from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
+from assets.router import router
+from assets.routing import cluster_map, llm_error_features
+from profiling.replay_server import ReplayServer
+from serving.processes import free_port, server_process, venv_env
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package; `make test` installs it
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "data" / "screenshots"
+# As root, in a closed network: no sandbox, no background traffic (see the machine notes).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def materialised(tmp_path_factory, mmlu_like_dir):
+    """A Dagster home, warehouse and MLflow registry holding the whole graph for two fixture LLMs."""
+    root = tmp_path_factory.mktemp("ui")
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "dagster.yaml", home)
+    env = {"DAGSTER_HOME": str(home), "UNIROUTE_WAREHOUSE": str(root / "w.duckdb")}
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    resources = {
+        "warehouse": WarehouseResource(path=env["UNIROUTE_WAREHOUSE"]),
+        "collector": CollectorResource(max_attempts=2, timeout_s=5.0),
+        "embedder": EmbedderResource(),
+        "artifacts": ArtifactsResource(root=str(root / "artifacts")),
+        "mlflow": MlflowResource(tracking_uri=uri),
+    }
+    with ReplayServer(mmlu_like_dir) as server, dg.DagsterInstance.from_config(str(home)) as instance:
+        catalog = root / "llms.yaml"
+        catalog.write_text(
+            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            "llms: [{name: cheap}, {name: math-pro}]\n"
+        )
+        setup = {
+            "llm_catalog": {"config": {"path": str(catalog)}},
+            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+        }
+        assert dg.materialize(
+            [llm_catalog, prompt_set, prompt_embeddings],
+            resources=resources,
+            instance=instance,
+            run_config={"ops": setup},
+        ).success
+        instance.add_dynamic_partitions(llm_partitions.name, ["cheap", "math-pro"])
+        splits = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
+        for model in ("cheap", "math-pro"):
+            profile = [llm_responses, graded_responses]
+            assert dg.materialize(
+                profile, partition_key=model, resources=resources, instance=instance, run_config={"ops": splits}
+            ).success
+        kmeans = {"cluster_map": {"config": {"kind": "kmeans", "n_clusters": 3}}}
+        assert dg.materialize([cluster_map], resources=resources, instance=instance, run_config={"ops": kmeans}).success
+        for model in ("cheap", "math-pro"):
+            assert dg.materialize(
+                [llm_error_features], partition_key=model, resources=resources, instance=instance
+            ).success
+        assert dg.materialize([router], resources=resources, instance=instance).success
+    return root, env, uri
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def _shot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_the_dagster_ui_shows_the_lineage_and_its_checks(materialised, browser, tmp_path):
+    _, env, _ = materialised
+    port = free_port()
+    webserver = str(Path(sys.executable).with_name("dagster-webserver"))
+    command = [webserver, "-h", "127.0.0.1", "-p", str(port), "-m", "pipelines.definitions"]
+    url = f"http://127.0.0.1:{port}"
+    with server_process(command, f"{url}/server_info", tmp_path / "webserver.log", venv_env(**env), timeout_s=180):
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # the router's upstream lineage: every asset of both groups, expanded
+        page.goto(f"{url}/assets/router?view=lineage&lineageScope=upstream&lineageDepth=6", wait_until="networkidle")
+        _dismiss_welcome(page)
+        for asset in ("llm_catalog", "prompt_set", "llm_responses", "graded_responses", "prompt_embeddings"):
+            page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
+        for asset in ("cluster_map", "llm_error_features", "router"):
+            page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
+        assert _shot(page, "dagster_lineage.png").stat().st_size > 10_000
+        page.goto(f"{url}/assets/llm_responses?view=checks", wait_until="networkidle")
+        _dismiss_welcome(page)
+        page.get_by_text("check_llm_responses_valid").first.wait_for(timeout=60_000)
+        _shot(page, "dagster_checks.png")
+        page.close()
+
+
+def _dismiss_welcome(page) -> None:
+    """Dagster's first-visit community dialog covers the graph; skip it when it shows."""
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count():
+        skip.first.click()
+
+
+def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
+    _, _, uri = materialised
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with server_process(command, f"{url}/health", tmp_path / "mlflow.log", venv_env(MLFLOW_DISABLE_TELEMETRY="true")):
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        page.goto(f"{url}/#/models/uniroute", wait_until="networkidle")
+        page.get_by_text("champion").first.wait_for(timeout=60_000)
+        assert _shot(page, "mlflow_champion.png").stat().st_size > 10_000
+        page.close()
