@@ -164,3 +164,44 @@ def mmlu_like_dir(tmp_path_factory) -> Path:
         }
     ).write_csv(root / "models.csv")
     return root
+
+
+def materialise_graph(instance, resources: dict, data_dir: Path, catalog: Path, llms: list[str]) -> dict[str, dict]:
+    """The whole graph for ``llms`` (already in ``catalog``): catalog, prompts, embeddings; each LLM profiled on
+    every split; a K-means map (K=3); features; the router. Returns the map's and the router's metadata."""
+    import dagster as dg
+
+    from assets.embeddings import prompt_embeddings
+    from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
+    from assets.router import router
+    from assets.routing import cluster_map, llm_error_features
+
+    def run(assets, partition=None, ops=None):
+        result = dg.materialize(
+            assets, partition_key=partition, resources=resources, instance=instance, run_config={"ops": ops or {}}
+        )
+        assert result.success
+        return result
+
+    def meta(result, node):
+        return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+
+    setup = {"llm_catalog": {"config": {"path": str(catalog)}}, "prompt_set": {"config": {"data_dir": str(data_dir)}}}
+    run([llm_catalog, prompt_set, prompt_embeddings], ops=setup)
+    instance.add_dynamic_partitions(llm_partitions.name, llms)
+    for model in llms:
+        run(
+            [llm_responses, graded_responses],
+            model,
+            {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}},
+        )
+    fitted = run([cluster_map], ops={"cluster_map": {"config": {"kind": "kmeans", "n_clusters": 3}}})
+    for model in llms:
+        run([llm_error_features], model)
+    return {"cluster_map": meta(fitted, "cluster_map"), "router": meta(run([router]), "router")}
+
+
+@pytest.fixture(scope="session")
+def build_graph():
+    """:func:`materialise_graph`, for tests that need the whole graph materialised."""
+    return materialise_graph

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dagster as dg
 import pandas as pd
 
-from assets.embeddings import prompt_embeddings
-from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
+from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses
 from assets.resources import (
     ArtifactsResource,
     CollectorResource,
@@ -16,7 +15,7 @@ from assets.resources import (
     WarehouseResource,
 )
 from assets.router import router
-from assets.routing import cluster_map, llm_error_features
+from assets.routing import llm_error_features
 from profiling.replay_server import ReplayServer
 
 
@@ -24,7 +23,7 @@ def _meta(result, node):
     return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
 
 
-def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monkeypatch):
+def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monkeypatch, build_graph):
     import mlflow
 
     monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
@@ -56,28 +55,8 @@ def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monk
                 ).success
 
         write_catalog(["cheap", "math-pro", "generalist"])
-        setup = {
-            "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
-        }
-        assert dg.materialize(
-            [llm_catalog, prompt_set, prompt_embeddings],
-            resources=resources,
-            instance=instance,
-            run_config={"ops": setup},
-        ).success
-        for model in ("cheap", "math-pro", "generalist"):
-            profile(model)
-        kmeans = {"cluster_map": {"config": {"kind": "kmeans", "n_clusters": 3}}}
-        map_version = _meta(
-            dg.materialize([cluster_map], resources=resources, instance=instance, run_config={"ops": kmeans}),
-            "cluster_map",
-        )["version"]
-        for model in ("cheap", "math-pro", "generalist"):
-            assert dg.materialize(
-                [llm_error_features], partition_key=model, resources=resources, instance=instance
-            ).success
-        v1 = _meta(dg.materialize([router], resources=resources, instance=instance), "router")
+        built = build_graph(instance, resources, mmlu_like_dir, catalog, ["cheap", "math-pro", "generalist"])
+        map_version, v1 = built["cluster_map"]["version"], built["router"]
         assert v1["version"] == "1" and v1["alias"] == "champion"
         assert v1["audc"] >= v1["zero_audc"] - 1e-9  # topic specialists: routing can only help here
 

@@ -11,11 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.embeddings import prompt_embeddings
-from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
-from assets.router import router
-from assets.routing import cluster_map, llm_error_features
 from profiling.replay_server import ReplayServer
 from serving.processes import free_port, server_process, venv_env
 
@@ -26,7 +22,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 @pytest.fixture(scope="module")
-def materialised(tmp_path_factory, mmlu_like_dir):
+def materialised(tmp_path_factory, mmlu_like_dir, build_graph):
     """A Dagster home, warehouse and MLflow registry holding the whole graph for two fixture LLMs."""
     root = tmp_path_factory.mktemp("ui")
     home = root / "dagster_home"
@@ -47,30 +43,7 @@ def materialised(tmp_path_factory, mmlu_like_dir):
             f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
             "llms: [{name: cheap}, {name: math-pro}]\n"
         )
-        setup = {
-            "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
-        }
-        assert dg.materialize(
-            [llm_catalog, prompt_set, prompt_embeddings],
-            resources=resources,
-            instance=instance,
-            run_config={"ops": setup},
-        ).success
-        instance.add_dynamic_partitions(llm_partitions.name, ["cheap", "math-pro"])
-        splits = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
-        for model in ("cheap", "math-pro"):
-            profile = [llm_responses, graded_responses]
-            assert dg.materialize(
-                profile, partition_key=model, resources=resources, instance=instance, run_config={"ops": splits}
-            ).success
-        kmeans = {"cluster_map": {"config": {"kind": "kmeans", "n_clusters": 3}}}
-        assert dg.materialize([cluster_map], resources=resources, instance=instance, run_config={"ops": kmeans}).success
-        for model in ("cheap", "math-pro"):
-            assert dg.materialize(
-                [llm_error_features], partition_key=model, resources=resources, instance=instance
-            ).success
-        assert dg.materialize([router], resources=resources, instance=instance).success
+        build_graph(instance, resources, mmlu_like_dir, catalog, ["cheap", "math-pro"])
     return root, env, uri
 
 
