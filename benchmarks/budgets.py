@@ -68,10 +68,7 @@ def run_seed(data, seed: int, n_training_llms: int, cross_fit: bool) -> list[dic
     for fraction in FRACTIONS:
         budget = low + fraction * (high - low)
         mix = budget_mix(curve, max_cost=budget)
-        weights = mix.cost_weights(texts)
-        chosen = np.empty(len(rows), dtype=int)
-        for weight in np.unique(weights):
-            chosen[weights == weight] = choose(test_errors[weights == weight], costs.estimate, float(weight))
+        chosen = choose(test_errors, costs.estimate, mix.cost_weights(texts))
         single = curve.filter(pl.col("cost") <= budget).sort("accuracy", descending=True)["cost_weight"][0]
         baseline = choose(test_errors, costs.estimate, float(single))
         for method, picks in (("mix", chosen), ("single weight", baseline)):

@@ -26,6 +26,7 @@ from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_overhead import register
 from benchmarks.routing_quality import load_data, split_prompts_and_llms
+from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import ReplayConfig, ReplayServer
@@ -86,13 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [render_mmlu_pro(q, o, c) for q, o, c in test.select("question", "options", "category").iter_rows()]
     with ReplayServer(args.data or default_data_dir(), ReplayConfig(latency_ms=args.latency_ms)) as replay:
         catalog = root / "llms.yaml"
-        entries = [
-            f"  - {{name: {data.models[j]}, usd_per_mtok_in: {data.price[j]}, usd_per_mtok_out: {data.price[j]}}}"
-            for j in split.unseen_llms
-        ]
-        catalog.write_text(
-            f"defaults: {{base_url: '{replay.base_url}', max_concurrency: 64}}\nllms:\n" + "\n".join(entries) + "\n"
+        unseen = pl.DataFrame(
+            {"model": [data.models[j] for j in split.unseen_llms], "usd_per_mtok": data.price[split.unseen_llms]}
         )
+        write_catalog(catalog, unseen, replay.base_url)
         port = free_port()
         command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
         command += ["--tracking-uri", tracking, "--model-uri", "models:/bench@champion"]

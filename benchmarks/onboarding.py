@@ -24,15 +24,11 @@ import polars as pl
 
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
+from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
 
 FLOOR_S = 60.0
 NEW_LLM = "gemini-1.5-flash-002"
-
-
-def _catalog(path: Path, models: pl.DataFrame, base_url: str) -> None:
-    rows = [f"  - {{name: {m}, usd_per_mtok_in: {p}, usd_per_mtok_out: {p}}}" for m, p in models.iter_rows()]
-    path.write_text(f"defaults: {{base_url: '{base_url}', max_concurrency: 64}}\nllms:\n" + "\n".join(rows) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         ticks = AutomationTicks(defs, instance, resources)
         ticks.tick()
         started = time.perf_counter()
-        _catalog(home / "llms.yaml", initial, server.base_url)
+        write_catalog(home / "llms.yaml", initial, server.base_url)
         prompts = {"prompt_set": {"config": {"data_dir": str(data_dir), "sample": args.sample}}}
         dg.materialize(
             [profiling.llm_catalog, profiling.prompt_set],
@@ -111,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- timed: a new catalog entry to a new champion that includes it ----
         started = time.perf_counter()
-        _catalog(home / "llms.yaml", pl.concat([initial, models.filter(pl.col("model") == NEW_LLM)]), server.base_url)
+        write_catalog(
+            home / "llms.yaml", pl.concat([initial, models.filter(pl.col("model") == NEW_LLM)]), server.base_url
+        )
         tick = sensor_tick(llm_onboarding_sensor, instance, tick.cursor)
         steps = {}
         for request in tick.run_requests:

@@ -24,7 +24,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
 
 
-def _catalog(path: Path, models: pl.DataFrame, base_url: str) -> None:
+def write_catalog(path: Path, models: pl.DataFrame, base_url: str) -> None:
+    """An ``llms.yaml`` of ``models`` (columns ``model, usd_per_mtok``, as in models.csv) behind ``base_url``."""
     lines = [f"defaults: {{base_url: '{base_url}', max_concurrency: 64}}", "llms:"]
     lines += [
         f"  - {{name: {r['model']}, usd_per_mtok_in: {r['usd_per_mtok']}, usd_per_mtok_out: {r['usd_per_mtok']}}}"
@@ -114,7 +115,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     with ReplayServer(args.data) as server, dg.DagsterInstance.get() as instance:
         ticks = AutomationTicks(defs, instance, resources, on_run=automation_run)
         ticks.tick()  # the daemon is on before anything is materialised
-        _catalog(home / "llms.yaml", initial, server.base_url)
+        write_catalog(home / "llms.yaml", initial, server.base_url)
         print(f"1. initial pool of {args.initial} LLMs (replay endpoint {server.base_url})")
         t = time.perf_counter()
         prompts = {"prompt_set": {"config": {"data_dir": str(args.data), "sample": None if args.full else args.sample}}}
@@ -141,7 +142,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         ticks.until_idle()  # features of every LLM, then router v1
 
         print(f"2. {args.added} LLMs added to the catalog; the onboarding sensor and automation take it from here")
-        _catalog(home / "llms.yaml", pl.concat([initial, added]), server.base_url)
+        write_catalog(home / "llms.yaml", pl.concat([initial, added]), server.base_url)
         onboard(cursor, {})
         ticks.until_idle()  # their features with the same map, then router v2
 

@@ -1,4 +1,5 @@
-"""The ``uniroute`` command line: the replay endpoint and the warehouse steps (catalog, prompts, collect, grade)."""
+"""The profiling commands of ``uniroute`` (:mod:`serving.cli`): the replay endpoint and the warehouse steps
+(catalog, prompts, collect, grade)."""
 
 from __future__ import annotations
 
@@ -49,13 +50,6 @@ def _fault(text: str) -> tuple[str, float]:
     if kind not in set(FaultKind):
         raise argparse.ArgumentTypeError(f"--fault: unknown kind {kind!r}; one of {[k.value for k in FaultKind]}")
     return kind, rate
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The profiling commands alone (``python -m profiling.cli``); ``uniroute`` is :mod:`serving.cli`."""
-    parser = argparse.ArgumentParser(prog="uniroute", description=__doc__)
-    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    return parser
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -226,13 +220,3 @@ def run_replay_server(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=3,  # then cancel requests still hanging
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``uniroute``."""
-    args = build_parser().parse_args(argv)
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

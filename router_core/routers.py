@@ -22,18 +22,25 @@ from router_core.frames import check_cost, check_llms, error_matrix
 __all__ = ["KNNRouter", "OracleRouter", "RandomRouter", "Router", "UniRouter", "ZeroRouter", "choose"]
 
 
-def choose(predicted_error: np.ndarray, costs: np.ndarray, cost_weight: float) -> np.ndarray:
+def choose(predicted_error: np.ndarray, costs: np.ndarray, cost_weight: float | np.ndarray) -> np.ndarray:
     """Column index of argmin_h [predicted_error + cost_weight * cost] per row; ties go to the cheaper LLM.
 
-    ``cost_weight=inf`` sends every prompt to the cheapest LLM.
+    ``cost_weight`` is one number or one per row (e.g. a budget's mix); ``inf`` sends a prompt to the cheapest LLM.
     """
-    if cost_weight is None or np.isnan(cost_weight) or cost_weight < 0:
+    if cost_weight is None:
         raise RouterInputError("cost_weight", cost_weight, "must be a number >= 0 (inf allowed)")
+    weights = np.broadcast_to(np.asarray(cost_weight, dtype=np.float64), (predicted_error.shape[0],))
+    bad = np.isnan(weights) | (weights < 0)
+    if bad.any():
+        raise RouterInputError(
+            "cost_weight",
+            cost_weight if np.ndim(cost_weight) == 0 else weights[bad][0],
+            "must be a number >= 0 (inf allowed)",
+        )
     order = np.argsort(costs, kind="stable")
-    if np.isinf(cost_weight):
-        return np.full(predicted_error.shape[0], order[0])
-    score = predicted_error[:, order] + cost_weight * costs[order]
-    return order[score.argmin(axis=1)]
+    cheapest = np.isinf(weights)
+    score = predicted_error[:, order] + np.where(cheapest, 0.0, weights)[:, None] * costs[order]
+    return np.where(cheapest, order[0], order[score.argmin(axis=1)])
 
 
 def _check_llm(name: str, errors: np.ndarray, cost: float, pool: Sequence[str]) -> tuple[str, np.ndarray, float]:

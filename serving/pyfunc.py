@@ -53,10 +53,7 @@ class UniRoutePyfunc(mlflow.pyfunc.PythonModel):
         names = list(params.get("candidates") or self.router.llms_)
         errors = self.router.predict_error(self.embedder.embed(prompts), names)
         costs = self.router.costs_[[self.router.llms_.index(name) for name in names]]
-        chosen = np.empty(len(prompts), dtype=int)
-        for weight in np.unique(weights):  # at most two for a budget
-            rows = weights == weight
-            chosen[rows] = choose(errors[rows], costs, float(weight))
+        chosen = choose(errors, costs, weights)
         cost = dict(zip(names, costs.tolist(), strict=True))
         return pd.DataFrame(  # one constructor: adding columns one by one costs a millisecond a prompt
             {

@@ -138,7 +138,7 @@ def test_a_killed_collector_resumes_without_asking_stored_pairs_again(con, mmlu_
         cmd = [
             sys.executable,
             "-m",
-            "profiling.cli",
+            "serving.cli",
             "collect",
             "--warehouse",
             str(path),

@@ -19,6 +19,7 @@ import pytest
 from profiling import cli
 from profiling.rendering import estimate_tokens, render_mmlu_pro
 from profiling.replay_server import FaultKind, FaultRates, ReplayConfig, ReplayData, ReplayServer, create_app
+from serving.cli import main as uniroute
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["math-pro", "history-pro", "bio-pro", "generalist", "cheap", "last"]
@@ -358,7 +359,7 @@ def free_port() -> int:
 
 def test_cli_serves_answers_and_stops_on_sigterm(mmlu_like_dir, prompts, recorded):
     port = free_port()
-    command = [sys.executable, "-m", "profiling.cli", "replay-server", "--data", str(mmlu_like_dir)]
+    command = [sys.executable, "-m", "serving.cli", "replay-server", "--data", str(mmlu_like_dir)]
     command += ["--port", str(port), "--latency-ms", "1", "--model-latency", "cheap=2", "--seed", "1"]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -388,12 +389,12 @@ def test_cli_serves_answers_and_stops_on_sigterm(mmlu_like_dir, prompts, recorde
 def test_cli_names_the_missing_data_dir_and_its_variable(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
     with pytest.raises(SystemExit, match="UNIROUTE_MMLU_PRO_DIR") as excinfo:
-        cli.main(["replay-server", "--data", str(missing)])
+        uniroute(["replay-server", "--data", str(missing)])
     assert str(missing) in str(excinfo.value)
 
     monkeypatch.setenv("UNIROUTE_MMLU_PRO_DIR", str(tmp_path / "from-env"))
     with pytest.raises(SystemExit, match="from-env"):
-        cli.main(["replay-server"])
+        uniroute(["replay-server"])
     monkeypatch.delenv("UNIROUTE_MMLU_PRO_DIR")
     assert cli.default_data_dir() == PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
 
@@ -409,5 +410,5 @@ def test_cli_names_the_missing_data_dir_and_its_variable(tmp_path, monkeypatch):
 )
 def test_cli_rejects_bad_options_by_name(mmlu_like_dir, capsys, extra, expected):
     with pytest.raises(SystemExit) as excinfo:
-        cli.main(["replay-server", "--data", str(mmlu_like_dir), *extra])
+        uniroute(["replay-server", "--data", str(mmlu_like_dir), *extra])
     assert expected in str(excinfo.value) + capsys.readouterr().err
