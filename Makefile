@@ -18,6 +18,9 @@ export DAGSTER_DISABLE_TELEMETRY := true
 # Debian's chromium for the UI tests (Playwright drives it; nothing is downloaded by the test tool itself).
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian's PostgreSQL server binaries (any version; Debian 12 ships 15) for the PostgreSQL pipeline test, which
+# starts its own throwaway server on 127.0.0.1 (tests/pipelines/test_postgres.py).
+POSTGRES_INITDB := $(or $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb)),/usr/lib/postgresql/15/bin/initdb)
 
 .PHONY: setup test demo benchmark lint clean
 
@@ -38,7 +41,10 @@ lint: setup
 $(CHROMIUM):
 	$(SUDO) apt-get install -y -q chromium || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium)
 
-test: setup lint $(CHROMIUM)
+$(POSTGRES_INITDB):
+	$(SUDO) apt-get install -y -q postgresql || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql)
+
+test: setup lint $(CHROMIUM) $(POSTGRES_INITDB)
 	$(BIN)/pytest
 
 # The main job: the pipeline's whole story (profile, cluster map, router v1; onboard 4 LLMs; router v2).

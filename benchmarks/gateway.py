@@ -25,11 +25,12 @@ import polars as pl
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_overhead import register
-from benchmarks.routing_quality import load_data, split_prompts_and_llms
+from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_llms
 from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import ReplayConfig, ReplayServer
+from router_core import Embedder
 from serving.processes import free_port, server_process
 
 
@@ -66,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
     parser.add_argument("--strict", action="store_true", help="exit 1 on any failed request")
     args = parser.parse_args(argv)
-    args.full, args.max_seq_length = False, None
+    args.full = False
+    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR)  # what the pipeline registers by default
     try:
-        data, _ = load_data(args)
+        data = load_data(args, embedder)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     root = DATA_HOME / "bench" / "gateway"
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    uri = register(data, split, root, args.embedder)
+    uri = register(data, split, root, embedder)
     tracking = f"sqlite:///{root / 'mlflow.db'}"
     from serving import registry
 

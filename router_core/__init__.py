@@ -9,7 +9,15 @@ No Dagster, no MLflow: those layers call this one.
 
 from router_core._errors import NotFittedError, RouterInputError
 from router_core.cluster_maps import ClusterMap, KMeansClusterMap, LearnedClusterMap
-from router_core.embedding import DEFAULT_EMBEDDER, Embedder, EmbeddingCache, prompt_hash
+from router_core.embedding import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    DEFAULT_EMBEDDER,
+    DEFAULT_MAX_SEQ_LENGTH,
+    Embedder,
+    EmbeddingCache,
+    prompt_hash,
+)
 from router_core.evaluation import (
     BudgetMix,
     audc,
@@ -31,7 +39,10 @@ from router_core.persistence import load_cluster_map, load_router, save_cluster_
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 
 __all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
     "DEFAULT_EMBEDDER",
+    "DEFAULT_MAX_SEQ_LENGTH",
     "BudgetMix",
     "ClusterMap",
     "Embedder",

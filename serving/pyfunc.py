@@ -28,7 +28,12 @@ class UniRoutePyfunc(mlflow.pyfunc.PythonModel):
         meta = json.loads((router_dir / "uniroute.json").read_text())
         self.default_cost_weight = float(meta["default_cost_weight"])
         self.operating_points = pl.DataFrame(meta["operating_points"])
-        self.embedder = Embedder(meta["embedder"], max_seq_length=meta.get("max_seq_length"))
+        self.embedder = Embedder(  # routers registered before backends existed ran torch
+            meta["embedder"],
+            max_seq_length=meta.get("max_seq_length"),
+            backend=meta.get("backend", "torch"),
+            cache_dir=router_dir / "embedder",  # the ONNX export shipped with the version, if any
+        )
 
     def cost_weights(self, prompts: list[str], params: dict) -> np.ndarray:
         """Per prompt: ``cost_weight`` as given, or, for a budget (``max_cost_per_query`` or ``min_accuracy``),

