@@ -39,12 +39,13 @@ def _check_mean_pooling(model_dir: Path) -> None:
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, root.handlers[:]
     root.setLevel(logging.ERROR)
     try:
         yield
-    finally:
+    finally:  # the quantiser's module-level ``logging.info`` calls also install a root handler: take it away
         root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def export_onnx(model_dir: Path, path: Path) -> Path:

@@ -105,3 +105,13 @@ def test_unknown_backend_and_bad_lengths_are_named():
         Embedder(max_seq_length=0)
     with pytest.raises(RouterInputError, match=r"backend=.*'torch'.*no ONNX export"):
         Embedder(backend="torch").onnx_file()
+
+
+def test_exporting_leaves_the_root_logger_as_it_was(tmp_path, monkeypatch):
+    import logging
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a plain script: no handler yet (pytest installs its own)
+    level = root.level
+    Embedder(backend="onnx-int8", cache_dir=tmp_path).onnx_file()
+    assert root.level == level and root.handlers == []  # no stray handler printing every library's INFO lines
