@@ -27,7 +27,7 @@ import polars as pl
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_quality import ONNX_DIR, Data, add_protocol_arguments, load_data, run_seed, summarize
-from router_core import DEFAULT_EMBEDDER, Embedder, EmbeddingCache
+from router_core import DEFAULT_BACKEND, DEFAULT_EMBEDDER, DEFAULT_MAX_SEQ_LENGTH, Embedder, EmbeddingCache
 
 QUALITY_METHODS = ["UniRoute-KMeans", "UniRoute-LearnedMap", "KNN"]
 FLOOR_SPEEDUP, FLOOR_AUDC_LOSS = 2.0, 0.002
@@ -50,17 +50,21 @@ BASELINE = Config("torch", None)
 CONFIGS = [BASELINE, Config("torch", 128), *(Config("onnx-int8", n) for n in (None, 192, 128))]
 
 
-def measure_speed(embedders: dict[str, Embedder], texts: list[str], rounds: int) -> dict[str, float]:
-    """Median prompts/s per embedder over ``rounds`` passes of ``texts``, the embedders taking turns."""
+def measure_speed(
+    embedders: dict[str, Embedder], texts: list[str], rounds: int
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Median prompts/s per embedder over ``rounds`` passes of ``texts``, the embedders taking turns; and each
+    embedder's vectors of ``texts`` (from the last pass)."""
     for embedder in embedders.values():
         embedder.embed(texts[:8])  # load (and export) before timing
     seconds: dict[str, list[float]] = {name: [] for name in embedders}
+    vectors: dict[str, np.ndarray] = {}
     for _ in range(rounds):
         for name, embedder in embedders.items():
             start = time.perf_counter()
-            embedder.embed(texts)
+            vectors[name] = embedder.embed(texts)
             seconds[name].append(time.perf_counter() - start)
-    return {name: len(texts) / float(np.median(s)) for name, s in seconds.items()}
+    return {name: len(texts) / float(np.median(s)) for name, s in seconds.items()}, vectors
 
 
 def audc_table(data: Data, args: argparse.Namespace) -> pl.DataFrame:
@@ -80,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.ablations = False
 
-    default = Embedder(args.embedder)
-    configs = list(dict.fromkeys([*CONFIGS, Config(default.backend, default.max_seq_length)]))
+    default = Config(DEFAULT_BACKEND, DEFAULT_MAX_SEQ_LENGTH)  # Embedder()'s
+    configs = list(dict.fromkeys([*CONFIGS, default]))
     embedders = {c.name: c.embedder(args.embedder) for c in configs}
     start = time.perf_counter()
     try:
@@ -91,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     texts = base.prompts["text"].to_list()
     sample = list(np.random.default_rng(0).choice(texts, size=min(args.speed_prompts, len(texts)), replace=False))
-    speed = measure_speed(embedders, sample, args.rounds)
-    reference = embedders[BASELINE.name].embed(sample)
+    speed, sample_vectors = measure_speed(embedders, sample, args.rounds)
+    reference = sample_vectors[BASELINE.name]
     speed_rows, audc_frames = [], []
     for config in configs:
         embedder, t = embedders[config.name], time.perf_counter()
-        cosine = (embedder.embed(sample) * reference).sum(axis=1)
+        cosine = (sample_vectors[config.name] * reference).sum(axis=1)
         speed_rows.append(
             {
                 "config": config.name,
@@ -115,10 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         on=["method", "cost_mode"],
     ).with_columns(d_audc=pl.col("audc") - pl.col("base_audc"))
     speeds = pl.DataFrame(speed_rows)
-    chosen = Config(default.backend, default.max_seq_length).name
     print(f"\nmachine: {machine_description()}")
     print(f"data: {len(texts)} prompts; speed on {len(sample)} of them, median of {args.rounds} interleaved rounds")
-    ok = report(speeds, audc, chosen, len(args.seeds))
+    ok = report(speeds, audc, default.name, len(args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
     speeds.write_csv(args.out / "speed.csv")
     audc.write_csv(args.out / "audc.csv")
