@@ -4,6 +4,7 @@
 
 import os
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -12,8 +13,9 @@ import warehouse as wh
 from assets.expectations import COVERAGE_FLOOR, CheckOutcome, check_grades, check_responses
 from assets.resources import CollectorResource, WarehouseResource
 from profiling.collector import collect
+from profiling.datasets import detect_adapter, import_dataset
 from profiling.grading import grade_responses
-from profiling.importers import import_mmlu_pro
+from profiling.importers import import_results
 
 GROUP = "profiling"
 #: One partition per catalog LLM; the onboarding sensor adds them.
@@ -32,12 +34,35 @@ class CatalogConfig(dg.Config):
 
 
 class PromptSetConfig(dg.Config):
-    """The dataset to import (MMLU-Pro layout) and how to split it."""
+    """The dataset: imported from ``path`` (any adapter's layout) when given, else one already registered by
+    ``uniroute import-prompts``, which is then only summarised."""
 
-    data_dir: str
-    seed: int = 0
-    sample: int | None = None  # a stratified sample of about N questions; None: all
+    path: str = ""
+    dataset: str = ""  # default: the adapter's name for a directory (e.g. mmlu_pro), the file's stem for a file
+    adapter: str = ""  # default: mmlu_pro for a directory holding questions.parquet, else prompts (a prompt file)
+    spec: dict | None = None  # DatasetSpec settings over the adapter's (template, max_tokens, router_text, ...)
+    seed: int | None = None  # of the assigned splits (stratified by category); stored splits never move
+    sample: int | None = None  # a stratified sample of about N prompts; None: all
     shares: dict[str, float] | None = None  # e.g. {"train": 0.6, "validation": 0.1, "test": 0.3} (the default)
+
+    def dataset_name(self) -> str:
+        if self.dataset:
+            return self.dataset
+        if not self.path:
+            raise dg.Failure("prompt_set.config: give a path to import, or the dataset of an earlier import")
+        path = Path(self.path)
+        return detect_adapter(path) if path.is_dir() else path.stem
+
+
+class ResultsConfig(dg.Config):
+    """An evaluation table to import (``uniroute import-results``): long, wide (RouterBench) or lm-eval samples."""
+
+    path: str
+    dataset: str
+    format: str = "auto"
+    model: str | None = None  # lm-eval samples without a results_*.json beside them
+    score_field: str | None = None
+    catalog: str = ""  # where new LLMs are appended as import-only entries; default the catalog's path
 
 
 class ProfilingConfig(dg.Config):
@@ -77,28 +102,91 @@ def _check_result(
     )
 
 
+def _register_partitions(context: dg.AssetExecutionContext, names: list[str]) -> list[str]:
+    """Give each LLM its partition, so ``dagster asset materialize --partition NAME`` works without the sensor."""
+    new = sorted(set(names) - set(context.instance.get_dynamic_partitions(llm_partitions.name)))
+    if new:
+        context.instance.add_dynamic_partitions(llm_partitions.name, new)
+    return new
+
+
 @dg.asset(group_name=GROUP, pool="duckdb")
-def llm_catalog(config: CatalogConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """The catalog of LLMs (endpoint, prices, concurrency), validated from ``llms.yaml``."""
+def llm_catalog(
+    context: dg.AssetExecutionContext, config: CatalogConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """The catalog of LLMs (endpoint, prices, concurrency), validated from ``llms.yaml``; each active LLM has a
+    partition of the per-LLM assets."""
     with warehouse.connect() as con:
         catalog = wh.sync_catalog(con, config.path or default_catalog_path())
+    new = _register_partitions(context, catalog.filter("active")["name"].to_list())
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": catalog.height,
             "active": int(catalog["active"].sum()),
+            "import_only": int(catalog["base_url"].is_null().sum()),
             "names": catalog["name"].to_list(),
+            "partitions_added": new,
         }
     )
 
 
 @dg.asset(group_name=GROUP, pool="duckdb")
 def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Prompts rendered for the LLMs and split train / validation / test."""
+    """Prompts of a dataset, rendered for the LLMs by its spec and split train / validation / test (a stored
+    prompt keeps its split)."""
+    dataset = config.dataset_name()
     with warehouse.connect() as con:
-        prompts = import_mmlu_pro(con, config.data_dir, seed=config.seed, shares=config.shares, sample=config.sample)
+        if config.path:
+            settings = {**(config.spec or {}), "seed": config.seed, "shares": config.shares}
+            prompts = import_dataset(
+                con,
+                config.path,
+                dataset,
+                config.adapter or detect_adapter(config.path),
+                sample=config.sample,
+                **settings,
+            )
+        else:
+            prompts = wh.read_prompts(con, dataset=dataset)
+            if prompts.height == 0:
+                raise dg.Failure(f"prompt_set.config.dataset={dataset!r}: no such dataset (uniroute import-prompts)")
     counts = dict(prompts["split"].value_counts().iter_rows())
     return dg.MaterializeResult(
-        metadata={"dagster/row_count": prompts.height, **{f"{k} prompts": v for k, v in counts.items()}}
+        metadata={
+            "dataset": dataset,
+            "dagster/row_count": prompts.height,
+            **{f"{k} prompts": v for k, v in sorted(counts.items())},
+        }
+    )
+
+
+@dg.asset(group_name=GROUP, deps=[llm_catalog], pool="duckdb")
+def imported_results(
+    context: dg.AssetExecutionContext, config: ResultsConfig, warehouse: WarehouseResource
+) -> dg.MaterializeResult:
+    """Evaluation results users already have, as imported answers and grades with their per-query costs; their
+    LLMs join the catalog as import-only entries and count as profiled (nothing asks them again)."""
+    with warehouse.connect() as con:
+        report = import_results(
+            con,
+            config.path,
+            config.dataset,
+            config.format,
+            config.model,
+            config.score_field,
+            config.catalog or default_catalog_path(),
+        )
+    _register_partitions(context, report.models)
+    return dg.MaterializeResult(
+        metadata={
+            "dataset": report.dataset,
+            "models": report.models,
+            "answers_stored": report.answers_stored,
+            "grades_written": report.grades_written,
+            "with_per_query_cost": report.with_cost,
+            "prompts_added": report.prompts_added,
+            "added_to_catalog": report.models_added_to_catalog,
+        }
     )
 
 
@@ -136,7 +224,7 @@ def llm_responses(
             log_progress=context.log.info,
             refresh_before=config.refresh_time(),
         )
-        n_validation = wh.read_prompts(con, splits=["validation"]).height
+        n_validation = wh.expected_count(con, model, ["validation"])
         responses = wh.read_responses(con, [model], ["validation"])
         rows = wh.count_answers(con, model)["responses"]
         check = _check_result(
@@ -188,7 +276,7 @@ def graded_responses(
     with warehouse.connect() as con:
         written = grade_responses(con, [model])
         outcomes = wh.read_outcomes(con, [model], ["validation"])
-        n_validation = wh.read_prompts(con, splits=["validation"]).height
+        n_validation = wh.expected_count(con, model, ["validation"])
         rows = wh.count_answers(con, model)["grades"]
         check = _check_result(
             con,

@@ -23,6 +23,7 @@ from router_core import (
     plot_psi_heatmap,
     save_router,
     single_llm_points,
+    value_matrix,
 )
 from serving import registry
 
@@ -54,28 +55,44 @@ def router(
         latest = wh.latest_cluster_map(con)
         if latest is None:
             raise dg.Failure("no cluster map yet: materialise cluster_map first")
+        if latest["embedder_id"] != emb.embedder_id:
+            raise dg.Failure(
+                f"cluster map {latest['version']} was fitted on vectors of {latest['embedder_id']}, but the embedder "
+                f"resource is {emb.embedder_id}: refit the map (cluster_map) or configure that embedder"
+            )
         failing = set(wh.failing_llms(con))
-        featured = wh.read_llm_features(con, latest["version"])["model"].to_list()
+        features = wh.read_llm_features(con, latest["version"])
+        stored_psi = {m: np.asarray(p) for m, p in features.select("model", "psi").iter_rows()}
         active = set(wh.read_llms(con, active_only=True)["name"])
-        # only LLMs active in the catalog, with features for this map, whose data checks pass
-        pool = [m for m in (config.pool or featured) if m in active and m not in failing]
+        costs = {m: c for m, c, _ in wh.read_costs(con).iter_rows() if c is not None}
+        # only LLMs active in the catalog, with features for this map, whose data checks pass, with a cost
+        candidates = [m for m in (config.pool or sorted(stored_psi)) if m in active and m not in failing]
         if failing:
             context.log.warning(f"left out of the pool, their data checks fail: {sorted(failing)}")
-        costs = dict(wh.read_costs(con).iter_rows())
-        val_ids, x_val = wh.read_prompt_vectors(con, emb.embedder_id, ["validation"])
-        test_ids, x_test = wh.read_prompt_vectors(con, emb.embedder_id, ["test"])
+        if unpriced := [m for m in candidates if m not in costs]:
+            context.log.warning(f"left out of the pool, no cost on validation (prices or per-query USD): {unpriced}")
+        pool = [m for m in candidates if m in costs]
+        if not pool:
+            raise dg.Failure(f"no LLM to route among: features {sorted(stored_psi)}, failing {sorted(failing)}")
+        val_ids, x_val = wh.read_prompt_vectors(con, latest["embedder_id"], ["validation"])
+        test_ids, x_test = wh.read_prompt_vectors(con, latest["embedder_id"], ["test"])
         val_errors = error_matrix(wh.read_outcomes(con, pool, ["validation"]), val_ids, pool)
         test_scores = 1 - error_matrix(wh.read_outcomes(con, pool, ["test"]), test_ids, pool)
+        test_costs = value_matrix(wh.read_query_costs(con, pool, ["test"]), test_ids, pool, "cost")
     complete = ~np.isnan(test_scores).any(axis=1)
     if not complete.any():
         raise dg.Failure(f"no test prompt answered by the whole pool {pool}: profile the pool on the test split")
     x_test, test_scores = x_test[complete], test_scores[complete]
     cost = np.array([costs[m] for m in pool])
+    # each test answer's own cost where the data has it, else the LLM's mean validation cost
+    realised = np.where(np.isnan(test_costs[complete]), cost, test_costs[complete])
     uni = UniRouter(load_cluster_map(latest["path"])).fit_arrays(x_val, val_errors, pool, cost, val_ids)
+    _check_one_psi(uni, stored_psi)
     zero = ZeroRouter().fit_arrays(x_val, val_errors, pool, cost, val_ids)
-    audc, qnc, curve = evaluate_router(uni, x_test, test_scores)
-    zero_audc, _, zero_curve = evaluate_router(zero, x_test, test_scores)
-    llm_cost, llm_acc = single_llm_points(test_scores, cost)
+    audc, qnc, curve = evaluate_router(uni, x_test, test_scores, realised)
+    zero_audc, _, zero_curve = evaluate_router(zero, x_test, test_scores, realised)
+    llm_cost, llm_acc = single_llm_points(test_scores, cost, realised)
+    seen = [m for m in pool if m in set(latest["training_llms"])]
     figures = {
         "deferral_curve.png": plot_deferral_curves(
             {"UniRoute": curve, "ZeroRouter": zero_curve},
@@ -98,13 +115,17 @@ def router(
     champion_audc = None
     if champion is not None and set(champion.llms_) <= set(pool):
         idx = [pool.index(m) for m in champion.llms_]
-        champion_audc = evaluate_router(champion, x_test, test_scores[:, idx])[0]
+        champion_audc = evaluate_router(champion, x_test, test_scores[:, idx], realised[:, idx])[0]
     tags = {
         "pool": ",".join(pool),
         "embedder_id": emb.embedder_id,
         "cluster_map_version": latest["version"],
         "audc": f"{audc:.6f}",
         "test_prompts": str(int(complete.sum())),
+        # a gain over LLMs the map was trained on is not an unseen-LLM result
+        "cluster_map_training_llms": ",".join(seen),
+        "unseen_llms": ",".join(m for m in pool if m not in seen),
+        "test_costs": "per query" if not np.isnan(test_costs[complete]).all() else "mean validation cost",
         # what this version was built and scored on: validation and test ids, outcomes and costs of the pool
         "data_snapshot": fingerprint(pool, val_ids, val_errors, test_ids, test_scores, cost),
     }
@@ -131,8 +152,21 @@ def router(
             "qnc": qnc,
             "champion_audc_same_test_set": champion_audc,
             "pool": pool,
+            "cluster_map_training_llms": seen,
+            "unseen_llms": [m for m in pool if m not in seen],
             "excluded_failing_checks": sorted(failing),
             "cluster_map_version": latest["version"],
             **plots,
         }
     )
+
+
+def _check_one_psi(uni: UniRouter, stored: dict[str, np.ndarray]) -> None:
+    """The router's Psi must be the features ``llm_error_features`` stored: grades that changed since make them
+    stale, and the router waits for the features to follow rather than route on a Psi nobody can inspect."""
+    stale = [m for j, m in enumerate(uni.llms_) if not np.allclose(uni.psi_[j], stored[m], atol=1e-9, equal_nan=True)]
+    if stale:
+        raise dg.Failure(
+            f"stored features of {stale} differ from their current grades: re-materialise llm_error_features "
+            "for them (automation does once their grades' checks pass), then the router"
+        )

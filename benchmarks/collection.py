@@ -73,11 +73,9 @@ def _warehouse(directory: Path, data: Path, n_prompts: int, base_url: str, concu
 def _server_ok_counts(root: str) -> pl.DataFrame:
     rows = httpx.get(f"{root}/_replay/requests", timeout=30).json()
     frame = pl.DataFrame(
-        rows, schema={"model": pl.String, "prompt_id": pl.Int64, "outcome": pl.String, "count": pl.Int64}
+        rows, schema={"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "count": pl.Int64}
     )
-    return frame.filter(pl.col("outcome") == "ok").select(
-        "model", (pl.lit("mmlu_pro/") + pl.col("prompt_id").cast(pl.String)).alias("prompt_id"), "count"
-    )
+    return frame.filter(pl.col("outcome") == "ok").select("model", "prompt_id", "count")  # the warehouse's ids
 
 
 def _duplicates(path: Path) -> tuple[int, int]:

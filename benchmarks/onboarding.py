@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         ticks.tick()
         started = time.perf_counter()
         write_catalog(home / "llms.yaml", initial, server.base_url)
-        prompts = {"prompt_set": {"config": {"data_dir": str(data_dir), "sample": args.sample}}}
+        prompts = {"prompt_set": {"config": {"path": str(data_dir), "sample": args.sample}}}
         dg.materialize(
             [profiling.llm_catalog, profiling.prompt_set],
             instance=instance,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.embeddings import prompt_embeddings
-from assets.profiling import graded_responses, llm_catalog, llm_responses, prompt_set
+from assets.profiling import graded_responses, imported_results, llm_catalog, llm_responses, prompt_set
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
@@ -17,6 +17,7 @@ defs = dg.Definitions(
     assets=[
         llm_catalog,
         prompt_set,
+        imported_results,
         llm_responses,
         graded_responses,
         prompt_embeddings,

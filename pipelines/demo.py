@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         write_catalog(home / "llms.yaml", initial, server.base_url)
         print(f"1. initial pool of {args.initial} LLMs (replay endpoint {server.base_url})")
         t = time.perf_counter()
-        prompts = {"prompt_set": {"config": {"data_dir": str(args.data), "sample": None if args.full else args.sample}}}
+        prompts = {"prompt_set": {"config": {"path": str(args.data), "sample": None if args.full else args.sample}}}
         result = dg.materialize(
             [profiling.llm_catalog, profiling.prompt_set],
             resources=resources,

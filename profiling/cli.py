@@ -106,11 +106,50 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
         sub.set_defaults(run=run)
         return sub
 
-    catalog = command("sync-catalog", "validate llms.yaml (or CSV) and make the warehouse catalog match it", _sync)
+    catalog = command(
+        "sync-catalog",
+        "validate llms.yaml (or CSV), make the warehouse catalog match it, and register each LLM's Dagster "
+        "partition (in $DAGSTER_HOME, when set)",
+        _sync,
+    )
     catalog.add_argument("catalog", type=Path)
-    mmlu = command("import-mmlu-pro", "import MMLU-Pro questions as prompts, split train/validation/test", _import)
+    prompts = command(
+        "import-prompts",
+        "validate a prompt file (JSONL, CSV or Parquet; README 'Bring your own data') and store it as a dataset; "
+        "a bad row is named and nothing is written",
+        _import_prompts,
+    )
+    prompts.add_argument("file", type=Path, help="the prompt file (or, with --adapter mmlu_pro, its directory)")
+    prompts.add_argument("--dataset", required=True, help="the dataset's name (prompt ids become NAME/<prompt_id>)")
+    prompts.add_argument("--adapter", default="prompts", help="the file's layout (default prompts; see `datasets`)")
+    prompts.add_argument("--spec", type=Path, default=None, help="YAML/JSON: template, request parameters, ...")
+    prompts.add_argument("--grader", default=None, help="grader of rows without one (see `uniroute graders`)")
+    prompts.add_argument("--system-prompt", default=None)
+    prompts.add_argument("--template", default=None, help='the user turn, e.g. "Q: {prompt}\nA:"')
+    prompts.add_argument("--max-tokens", type=int, default=None)
+    prompts.add_argument("--temperature", type=float, default=None)
+    prompts.add_argument("--router-text", default=None, help="prompt | rendered | field:<column> | last:<N>")
+    prompts.add_argument("--results-only", action="store_true", help="never ask these prompts of an endpoint")
+    prompts.add_argument("--sample", type=int, default=None, help="a stratified sample of about N prompts")
+    prompts.add_argument("--seed", type=int, default=None, help="seed of the assigned splits (default 0)")
+    mmlu = command("import-mmlu-pro", "import MMLU-Pro questions as prompts (the mmlu_pro adapter)", _import)
     mmlu.add_argument("--data", type=Path, default=None, help=f"dataset directory; default ${DATA_DIR_ENV}")
     mmlu.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    results = command(
+        "import-results",
+        "import evaluation results you already have (long table, RouterBench-style wide table, or "
+        "lm-evaluation-harness --log_samples) as answers and grades; new LLMs join the catalog as import-only",
+        _import_results,
+    )
+    results.add_argument("file", type=Path, help="Parquet, CSV, JSONL, or a directory of lm-eval samples")
+    results.add_argument("--dataset", required=True, help="the dataset the prompt ids belong to")
+    results.add_argument("--format", default="auto", choices=["auto", "long", "wide", "lm-eval"])
+    results.add_argument("--model", default=None, help="the model's name (lm-eval samples without results_*.json)")
+    results.add_argument("--score-field", default=None, help="lm-eval: the metric to import (default acc, ...)")
+    results.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
+    command("datasets", "the registered datasets: prompts, collectable, template version", _datasets)
+    graders = commands.add_parser("graders", help="the registered graders, their versions and options")
+    graders.set_defaults(run=_graders)
     collect = command("collect", "ask the catalog's LLMs every prompt they have not answered yet", _collect)
     collect.add_argument("--models", nargs="+", default=None, help="default: every active LLM")
     collect.add_argument("--splits", nargs="+", default=["validation"])
@@ -135,6 +174,88 @@ def _sync(args: argparse.Namespace) -> int:
     with wh.connect(args.warehouse) as con:
         catalog = wh.sync_catalog(con, args.catalog)
     print(f"catalog: {catalog.height} LLMs synced ({catalog['active'].sum()} active)")
+    _register_partitions(catalog.filter("active")["name"].to_list())
+    return 0
+
+
+#: The name of the Dagster partitions of per-LLM assets (``assets.profiling.llm_partitions``).
+LLM_PARTITIONS = "llm"
+
+
+def _register_partitions(names: list[str]) -> None:
+    """Give each LLM its Dagster partition in ``$DAGSTER_HOME``'s instance (``dagster asset materialize
+    --partition NAME`` then works without the onboarding sensor); nothing without ``$DAGSTER_HOME``."""
+    if not os.environ.get("DAGSTER_HOME") or not names:
+        return
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        new = sorted(set(names) - set(instance.get_dynamic_partitions(LLM_PARTITIONS)))
+        if new:
+            instance.add_dynamic_partitions(LLM_PARTITIONS, new)
+    print(f"dagster partitions: {len(new)} added ({', '.join(new) or 'none new'})")
+
+
+def _import_prompts(args: argparse.Namespace) -> int:
+    import warehouse as wh
+    from profiling.datasets import import_dataset
+
+    overrides = {
+        "grader": args.grader,
+        "system_prompt": args.system_prompt,
+        "template": args.template,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "router_text": args.router_text,
+        "seed": args.seed,
+        "collectable": False if args.results_only else None,
+    }
+    with wh.connect(args.warehouse) as con:
+        prompts = import_dataset(con, args.file, args.dataset, args.adapter, args.spec, args.sample, **overrides)
+    splits = dict(sorted(prompts["split"].value_counts().iter_rows()))
+    print(f"dataset {args.dataset}: {prompts.height} prompts imported; splits {splits}")
+    return 0
+
+
+def _import_results(args: argparse.Namespace) -> int:
+    import warehouse as wh
+    from profiling.importers import import_results
+
+    catalog = args.catalog or Path(os.environ.get("UNIROUTE_CATALOG", "llms.yaml"))
+    with wh.connect(args.warehouse) as con:
+        report = import_results(con, args.file, args.dataset, args.format, args.model, args.score_field, catalog)
+    print(
+        f"dataset {report.dataset}: {report.answers_stored} answers and {report.grades_written} grades of "
+        f"{len(report.models)} LLMs imported ({report.with_cost} with a per-query cost); "
+        f"{report.prompts_added} prompts added"
+    )
+    if report.models_added_to_catalog:
+        print(f"{catalog}: added as import-only: {', '.join(report.models_added_to_catalog)}")
+    _register_partitions(report.models)
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    import warehouse as wh
+
+    with wh.connect(args.warehouse) as con:
+        frame = wh.read_datasets(con)
+    print(f"{'dataset':<24}{'prompts':>9}  {'collectable':<12}{'template':<14}source")
+    for row in frame.iter_rows(named=True):
+        print(
+            f"{row['name']:<24}{row['prompts']:>9}  {str(row['collectable']).lower():<12}"
+            f"{row['template_version']:<14}{row['source'] or ''}"
+        )
+    return 0
+
+
+def _graders(args: argparse.Namespace) -> int:
+    from profiling.graders import grader_catalog
+
+    for entry in grader_catalog():
+        print(f"{entry['name']:<18} v{entry['version']:<8} {entry['description']}")
+        for option in entry.get("options", []):
+            print(f"    {option}")
     return 0
 
 

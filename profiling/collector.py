@@ -31,7 +31,16 @@ import warehouse as wh
 from profiling.rendering import estimate_tokens
 from router_core.embedding import prompt_hash
 
-__all__ = ["CollectionReport", "RetryPolicy", "collect", "collect_pairs"]
+__all__ = [
+    "DEFAULT_REQUEST_PARAMS",
+    "CollectionReport",
+    "Completion",
+    "RetryPolicy",
+    "collect",
+    "collect_pairs",
+    "complete_many",
+    "request_of",
+]
 
 log = logging.getLogger(__name__)
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -86,11 +95,15 @@ class _Endpoint:
     base_url: str
     model_id: str
     api_key_env: str | None
-    usd_in: float
-    usd_out: float
-    semaphore: asyncio.Semaphore
+    usd_in: float | None
+    usd_out: float | None
+    max_concurrency: int
     min_interval_s: float
     next_start: float = 0.0
+    semaphore: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(self.max_concurrency)
 
     @property
     def url(self) -> str:
@@ -119,8 +132,19 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-async def _ask(session: aiohttp.ClientSession, endpoint: _Endpoint, prompt: str, timeout_s: float) -> dict:
-    body = {"model": endpoint.model_id, "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+def _tokens(usage: object, field: str, fallback: str) -> int:
+    """A usage count as the endpoint reported it, else estimated from ``fallback``: a missing or malformed count
+    (``-1``, ``"n/a"``) never fails an answer already paid for."""
+    value = usage.get(field) if isinstance(usage, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**31:
+        return int(value)
+    return estimate_tokens(fallback)
+
+
+async def _ask(
+    session: aiohttp.ClientSession, endpoint: _Endpoint, messages: list[dict], params: dict, timeout_s: float
+) -> dict:
+    body = {**params, "model": endpoint.model_id, "messages": messages}
     await endpoint.pace()
     started = time.perf_counter()
     try:
@@ -145,17 +169,120 @@ async def _ask(session: aiohttp.ClientSession, endpoint: _Endpoint, prompt: str,
             raise TypeError
     except (ValueError, KeyError, IndexError, TypeError):
         raise _RetryableError("MalformedBody") from None
-    usage = payload.get("usage") or {}
-    prompt_tokens = int(usage.get("prompt_tokens") or estimate_tokens(prompt))
-    completion_tokens = int(usage.get("completion_tokens") or estimate_tokens(text))
+    usage = payload.get("usage")
+    prompt_tokens = _tokens(usage, "prompt_tokens", "\n".join(str(m.get("content") or "") for m in messages))
+    completion_tokens = _tokens(usage, "completion_tokens", text)
+    priced = endpoint.usd_in is not None and endpoint.usd_out is not None
+    finish = choice.get("finish_reason")
     return {
         "response": text,
-        "finish_reason": choice.get("finish_reason"),
+        "finish_reason": finish if isinstance(finish, str) else None,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "latency_ms": latency_ms,
-        "cost_usd": (prompt_tokens * endpoint.usd_in + completion_tokens * endpoint.usd_out) / 1e6,
+        "cost_usd": (prompt_tokens * endpoint.usd_in + completion_tokens * endpoint.usd_out) / 1e6 if priced else None,
     }
+
+
+#: What a prompt is sent with when its dataset sets nothing else (the collector's behaviour before datasets).
+DEFAULT_REQUEST_PARAMS = {"temperature": 0}
+
+
+def request_of(prompt: str, messages: str | None, params: str | None) -> tuple[list[dict], dict]:
+    """The chat messages and request parameters a stored prompt is sent with (its JSON columns; null: one user
+    message holding ``prompt``, temperature 0)."""
+    return (
+        json.loads(messages) if messages else [{"role": "user", "content": prompt}],
+        json.loads(params) if params else dict(DEFAULT_REQUEST_PARAMS),
+    )
+
+
+async def _ask_with_retries(
+    session: aiohttp.ClientSession,
+    endpoint: _Endpoint,
+    messages: list[dict],
+    params: dict,
+    policy: RetryPolicy,
+    rng: random.Random,
+    report: CollectionReport,
+) -> tuple[dict | None, str, int]:
+    """One request, retried per ``policy``: (answer or None, the last error class, attempts made)."""
+    result, kind, attempt = None, "unknown", 0
+    while result is None and attempt < policy.max_attempts:
+        attempt += 1
+        report.attempts += 1
+        try:
+            async with endpoint.semaphore:
+                result = await _ask(session, endpoint, messages, params, policy.timeout_s)
+        except _RetryableError as exc:
+            kind = exc.kind
+            report.errors[kind] += 1
+            if attempt < policy.max_attempts:
+                await asyncio.sleep(policy.delay(attempt, exc.retry_after, rng))
+        except _PermanentError as exc:
+            kind = str(exc)
+            report.errors[kind] += 1
+            break
+    return result, kind, attempt
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One answer of :func:`complete_many`."""
+
+    response: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    latency_ms: float
+    model_id: str
+
+
+def complete_many(
+    llm: dict, requests: Sequence[dict], policy: RetryPolicy | None = None, seed: int | None = None
+) -> list[Completion | None]:
+    """Ask one catalog LLM (a row of :func:`warehouse.read_llms`) each request (``{"messages": [...], "params":
+    {...}}``) with the collector's concurrency, pacing and retries; None where a request failed for good. Used by
+    graders that ask an LLM (LLM-as-judge); nothing is stored here."""
+    if not llm.get("base_url"):
+        raise ValueError(f"llm={llm.get('name')!r}: has no base_url, so it cannot be asked")
+    policy = policy or RetryPolicy()
+    rng = random.Random(seed)
+
+    async def run() -> list[Completion | None]:
+        endpoint = _endpoint(llm)
+        report = CollectionReport(run_id="complete")
+        connector = aiohttp.TCPConnector(limit=endpoint.max_concurrency + 8, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def one(request: dict) -> Completion | None:
+                params = request.get("params") or dict(DEFAULT_REQUEST_PARAMS)
+                result, _, _ = await _ask_with_retries(
+                    session, endpoint, request["messages"], params, policy, rng, report
+                )
+                if result is None:
+                    return None
+                fields = ("response", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms")
+                return Completion(**{f: result[f] for f in fields}, model_id=endpoint.model_id)
+
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(run())
+
+
+def _endpoint(row: dict) -> _Endpoint:
+    """A catalog row as an endpoint (its concurrency and pacing are per run)."""
+    return _Endpoint(
+        model=row["name"],
+        base_url=row["base_url"],
+        model_id=row["model_id"],
+        api_key_env=row["api_key_env"],
+        usd_in=row["usd_per_mtok_in"],
+        usd_out=row["usd_per_mtok_out"],
+        max_concurrency=row["max_concurrency"],
+        min_interval_s=60.0 / row["requests_per_minute"] if row["requests_per_minute"] else 0.0,
+    )
 
 
 async def collect_pairs(
@@ -168,7 +295,9 @@ async def collect_pairs(
     progress: bool = True,
     log_progress: Callable[[str], None] | None = None,
 ) -> CollectionReport:
-    """Ask each (model, prompt_id, prompt) of ``pairs`` of its LLM in ``llms`` (the catalog) and store answers.
+    """Ask each pair of ``pairs`` (model, prompt_id, prompt, and optionally the prompt's messages,
+    request_params, request_hash, template_version: :func:`warehouse.pending_pairs`) of its LLM in ``llms`` (the
+    catalog) and store the answers with the request they answered.
 
     ``progress`` shows a tqdm bar; ``log_progress`` (e.g. a Dagster logger) gets a line after every batch write.
     """
@@ -176,22 +305,13 @@ async def collect_pairs(
     report = CollectionReport(run_id=f"run-{uuid.uuid4().hex[:12]}", requested=pairs.height)
     if pairs.height == 0:
         return report
-    endpoints = {
-        row["name"]: _Endpoint(
-            model=row["name"],
-            base_url=row["base_url"],
-            model_id=row["model_id"],
-            api_key_env=row["api_key_env"],
-            usd_in=row["usd_per_mtok_in"],
-            usd_out=row["usd_per_mtok_out"],
-            semaphore=asyncio.Semaphore(row["max_concurrency"]),
-            min_interval_s=60.0 / row["requests_per_minute"] if row["requests_per_minute"] else 0.0,
-        )
-        for row in llms.iter_rows(named=True)
-    }
+    endpoints = {row["name"]: _endpoint(row) for row in llms.iter_rows(named=True) if row["base_url"]}
     unknown = set(pairs["model"].unique()) - set(endpoints)
     if unknown:
-        raise ValueError(f"model={sorted(unknown)[0]!r}: not in the catalog")
+        raise ValueError(f"model={sorted(unknown)[0]!r}: not in the catalog, or it has no base_url")
+    for column in ("messages", "request_params", "request_hash", "template_version"):
+        if column not in pairs.columns:
+            pairs = pairs.with_columns(pl.lit(None, dtype=pl.String).alias(column))
     rng = random.Random(seed)
     done: list[dict] = []
     failed: list[dict] = []
@@ -200,7 +320,7 @@ async def collect_pairs(
 
     def flush() -> None:
         if done:
-            report.stored += wh.insert_responses(con, pl.DataFrame(done))
+            report.stored += wh.insert_responses(con, pl.DataFrame(done, infer_schema_length=None))
             done.clear()
         if failed:
             wh.record_failures(con, pl.DataFrame(failed))
@@ -213,41 +333,43 @@ async def collect_pairs(
                 f"{sum(report.errors.values())} retried errors, ${report.cost_usd:.4f}"
             )
 
-    async def one(session: aiohttp.ClientSession, model: str, prompt_id: str, prompt: str) -> None:
+    async def one(
+        session: aiohttp.ClientSession,
+        model: str,
+        prompt_id: str,
+        prompt: str,
+        messages_json: str | None,
+        params_json: str | None,
+        request_hash: str | None,
+        template_version: str | None,
+    ) -> None:
         endpoint = endpoints[model]
-        result, kind, attempt = None, "unknown", 0
-        while result is None and attempt < policy.max_attempts:
-            attempt += 1
-            report.attempts += 1
-            try:
-                async with endpoint.semaphore:
-                    result = await _ask(session, endpoint, prompt, policy.timeout_s)
-            except _RetryableError as exc:
-                kind = exc.kind
-                report.errors[kind] += 1
-                if attempt < policy.max_attempts:
-                    await asyncio.sleep(policy.delay(attempt, exc.retry_after, rng))
-            except _PermanentError as exc:
-                kind = str(exc)
-                report.errors[kind] += 1
-                break
+        messages, params = request_of(prompt, messages_json, params_json)
+        result, kind, attempt = await _ask_with_retries(session, endpoint, messages, params, policy, rng, report)
         identity = {"model": model, "prompt_id": prompt_id, "run_id": report.run_id}
         if result is None:
             failed.append(identity | {"attempts": attempt, "last_error_class": kind})
             report.failed += 1
         else:
             answered_by = {"base_url": endpoint.base_url, "model_id": endpoint.model_id}
-            done.append(identity | answered_by | {"prompt_hash": prompt_hash(prompt)} | result)
-            report.cost_usd += result["cost_usd"]
+            request = {
+                "prompt_hash": prompt_hash(prompt),
+                "request_hash": request_hash,
+                "template_version": template_version,
+                "request_params": json.dumps(params, sort_keys=True),
+            }
+            done.append(identity | answered_by | request | result)
+            report.cost_usd += result["cost_usd"] or 0.0
         bar.update(1)
         if len(done) + len(failed) >= batch_size:
             flush()
             bar.set_postfix(errors=sum(report.errors.values()), failed=report.failed, usd=f"{report.cost_usd:.4f}")
 
-    connector = aiohttp.TCPConnector(limit=int(llms["max_concurrency"].sum()) + 8, limit_per_host=0)
+    connector = aiohttp.TCPConnector(limit=sum(e.max_concurrency for e in endpoints.values()) + 8, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         try:
-            rows = pairs.select("model", "prompt_id", "prompt").iter_rows()
+            columns = ("model", "prompt_id", "prompt", "messages", "request_params", "request_hash", "template_version")
+            rows = pairs.select(columns).iter_rows()
             await asyncio.gather(*(one(session, *row) for row in rows))
         finally:
             flush()

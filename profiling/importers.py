@@ -1,37 +1,37 @@
 """Bring prompts and existing results into the warehouse instead of re-collecting them.
 
-- :func:`import_mmlu_pro`: prompts of a dataset in the layout of ``../shared/data/mmlu_pro`` (questions,
-  options, answer letter, category), rendered for the LLMs and split train/validation/test.
-- :func:`import_graded_results`: already-graded results (prompt_id, prompt text, model, score in [0, 1]) from
-  Parquet, CSV or JSONL, e.g. exports of lm-evaluation-harness or HELM.
+- :func:`import_mmlu_pro`: the prompts of a dataset in the layout of ``../shared/data/mmlu_pro``, through the
+  ``mmlu_pro`` adapter of :mod:`profiling.datasets` (the general path is :func:`profiling.datasets.import_dataset`).
+- :func:`import_results`: evaluation results users already have (long tables, RouterBench-style wide tables,
+  lm-evaluation-harness ``--log_samples``; :mod:`profiling.results`) as imported answers and grades, with their
+  per-query costs. Their LLMs join the catalog as import-only entries (no endpoint) and count as profiled.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import polars as pl
 
 import warehouse as wh
-from profiling.rendering import render_mmlu_pro, router_input
-from router_core import assign_splits, check_outcomes, prompt_hash
+from profiling.datasets import (
+    IMPORTED_GRADER,
+    DatasetSpec,
+    PromptSetError,
+    load_spec,
+    normalise_rows,
+    prepare_prompts,
+    stratified_sample,
+    write_prompt_set,
+)
+from profiling.datasets import import_dataset as _import_dataset
+from profiling.results import read_results
+from router_core import prompt_hash
 
-__all__ = ["DEFAULT_SHARES", "import_graded_results", "import_mmlu_pro", "stratified_sample"]
-
-DEFAULT_SHARES = {"train": 0.6, "validation": 0.1, "test": 0.3}
-_READERS = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
-
-
-def stratified_sample(prompts: pl.DataFrame, n: int, seed: int, by: str = "category") -> pl.DataFrame:
-    """About ``n`` rows of ``prompts`` with the strata (``by``) in their original proportions."""
-    if n >= prompts.height:
-        return prompts
-    frac = n / prompts.height
-    rank = pl.int_range(pl.len()).shuffle(seed=seed).over(by)
-    keep = (pl.len().over(by) * frac).round().cast(pl.Int64).clip(lower_bound=1)
-    return prompts.filter(rank < keep)
+__all__ = ["IMPORTED_GRADER", "ImportReport", "import_mmlu_pro", "import_results", "stratified_sample"]
 
 
 def import_mmlu_pro(
@@ -42,84 +42,110 @@ def import_mmlu_pro(
     question_ids: list[int] | None = None,
     sample: int | None = None,
 ) -> pl.DataFrame:
-    """Upsert the questions of an MMLU-Pro-layout dataset as prompts ``mmlu_pro/<question_id>``.
+    """Store the questions of an MMLU-Pro-layout directory as dataset ``mmlu_pro`` (prompts ``mmlu_pro/<id>``).
 
-    Splits are stratified by category with ``seed``; ``question_ids`` restricts the import, ``sample`` keeps a
-    stratified sample of about that many questions.
-    Re-importing is idempotent. Returns the imported prompts.
+    ``question_ids`` restricts the import; ``sample`` keeps a stratified sample of about that many questions.
+    Splits are drawn once per prompt (stratified by category, ``seed``) and never move. Returns the prompts.
     """
-    path = Path(data_dir) / "questions.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"no questions.parquet in {data_dir}; set UNIROUTE_MMLU_PRO_DIR or pass the path")
-    questions = pl.read_parquet(path)
-    if question_ids is not None:
-        questions = questions.filter(pl.col("question_id").is_in(question_ids))
-    if sample is not None:
-        questions = stratified_sample(questions, sample, seed)
-    rows = [
-        {
-            "prompt_id": f"mmlu_pro/{q['question_id']}",
-            "category": q["category"],
-            "text": router_input(q["question"], q["options"]),
-            "prompt": render_mmlu_pro(q["question"], q["options"], q["category"]),
-            "reference": q["answer"],
-        }
-        for q in questions.iter_rows(named=True)
-    ]
-    prompts = pl.DataFrame(rows).with_columns(
-        pl.lit("mmlu_pro").alias("dataset"),
-        pl.lit("mmlu_pro_letter").alias("grader"),
-        pl.col("text").map_elements(prompt_hash, return_dtype=pl.String).alias("content_hash"),
-    )
-    prompts = assign_splits(prompts.sort("prompt_id"), shares or DEFAULT_SHARES, seed)
-    wh.upsert_prompts(con, prompts)
-    return prompts
+    if question_ids is None:
+        return _import_dataset(con, data_dir, "mmlu_pro", "mmlu_pro", sample=sample, seed=seed, shares=shares)
+    from profiling.datasets import get_adapter
+
+    rows, spec = get_adapter("mmlu_pro").load(Path(data_dir))
+    rows = rows.filter(pl.col("prompt_id").is_in([str(q) for q in question_ids]))
+    spec = load_spec(spec.model_dump(exclude_unset=True), seed=seed, shares=shares)
+    return write_prompt_set(con, "mmlu_pro", rows, spec, source=str(data_dir))
 
 
-def import_graded_results(
+@dataclass
+class ImportReport:
+    """What an import of results stored."""
+
+    dataset: str
+    prompts_added: int = 0
+    answers_stored: int = 0
+    grades_written: int = 0
+    models: list[str] = field(default_factory=list)
+    models_added_to_catalog: list[str] = field(default_factory=list)
+    with_cost: int = 0
+
+
+def import_results(
     con: duckdb.DuckDBPyConnection,
     path: str | os.PathLike[str],
     dataset: str,
-    seed: int = 0,
-    shares: dict[str, float] | None = None,
-    grader: str = "imported",
-) -> int:
-    """Import rows ``prompt_id, prompt, model, score`` (optional ``category``); returns grades written.
+    format: str = "auto",
+    model: str | None = None,
+    score_field: str | None = None,
+    catalog: str | os.PathLike[str] | None = None,
+    spec: DatasetSpec | None = None,
+) -> ImportReport:
+    """Import a results table as answers (``source = 'imported'``) and grades of ``dataset``.
 
-    Prompts get ids ``<dataset>/<prompt_id>`` and splits drawn with ``seed`` (a prompt already in the
-    warehouse keeps its split). Scores must lie in [0, 1]; a bad file raises and writes nothing.
+    Prompts the warehouse lacks are added from the table's ``prompt`` column (a dataset created here is
+    results-only: never asked of an endpoint); a stored prompt keeps its text and split. LLMs missing from the
+    warehouse catalog are appended to ``catalog`` (a ``llms.yaml``) as import-only entries and synced; without
+    ``catalog`` they are an error. Re-importing stores nothing twice; a pair already answered by an endpoint keeps
+    that answer and its grade. Everything is checked before anything is written.
     """
-    path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise ValueError(f"path={str(path)!r}: unsupported format; use one of {sorted(_READERS)}")
-    results = reader(path)
-    missing = {"prompt_id", "prompt", "model", "score"} - set(results.columns)
-    if missing:
-        raise ValueError(f"{path.name}: missing column(s) {sorted(missing)} (have {results.columns})")
-    check_outcomes(results.select("model", "prompt_id", "score"))  # before any write: a bad file writes nothing
-    results = results.with_columns((pl.lit(f"{dataset}/") + pl.col("prompt_id").cast(pl.String)).alias("prompt_id"))
-    prompts = results.group_by("prompt_id", maintain_order=True).agg(
-        pl.col("prompt").first(), *([pl.col("category").first()] if "category" in results.columns else [])
-    )
-    prompts = prompts.with_columns(
-        pl.lit(dataset).alias("dataset"),
-        pl.col("prompt").alias("text"),
-        pl.lit(None, dtype=pl.String).alias("reference"),
-        pl.lit(grader).alias("grader"),
-        pl.col("prompt").map_elements(prompt_hash, return_dtype=pl.String).alias("content_hash"),
-    )
-    known = wh.read_prompts(con, dataset=dataset).select("prompt_id", pl.col("split").alias("_known"))
-    prompts = (
-        assign_splits(
-            prompts, shares or DEFAULT_SHARES, seed, stratify_by="category" if "category" in prompts.columns else None
+    results = read_results(path, format, model=model, score_field=score_field)
+    results = results.with_columns((pl.lit(f"{dataset}/") + pl.col("prompt_id")).alias("stored_id"))
+    stored = wh.read_prompts(con).filter(pl.col("prompt_id").is_in(results["stored_id"].unique().to_list()))
+    new = results.filter(~pl.col("stored_id").is_in(stored["prompt_id"].to_list()))
+    known_llms = set(wh.read_llms(con)["name"])
+    missing_llms = sorted(set(results["model"]) - known_llms)
+    if missing_llms and catalog is None:
+        raise PromptSetError(f"model={missing_llms[0]!r}: not in the catalog; add it (or pass a catalog to extend)")
+    if (no_text := new.filter(pl.col("prompt").is_null())).height:
+        raise PromptSetError(
+            f"prompt_id={no_text['prompt_id'][0]!r}: not in the warehouse and the results give no prompt text "
+            f"(import the prompts first: uniroute import-prompts FILE --dataset {dataset})"
         )
-        .join(known, on="prompt_id", how="left")
-        .with_columns(pl.coalesce("_known", "split").alias("split"))
-        .drop("_known")
+    existing = wh.read_datasets(con).filter(pl.col("name") == dataset)
+    if spec is None:
+        spec = (
+            DatasetSpec.model_validate_json(existing["spec"][0])
+            if existing.height
+            else DatasetSpec(collectable=False, grader=IMPORTED_GRADER)
+        )
+    rows = _prompt_rows(new)
+    if rows.height:  # checked before anything is written
+        prepare_prompts(dataset, rows, spec)
+    report = ImportReport(dataset=dataset, models=sorted(set(results["model"])))
+    if missing_llms:
+        for name in missing_llms:  # import-only: no endpoint, so nothing will ever ask it
+            wh.add_to_catalog(catalog, {"name": name, "base_url": None})
+        wh.sync_catalog(con, catalog)
+        report.models_added_to_catalog = missing_llms
+    if rows.height:
+        report.prompts_added = write_prompt_set(con, dataset, rows, spec, source=str(path)).height
+    answers = results.select(
+        "model",
+        pl.col("stored_id").alias("prompt_id"),
+        "response",
+        pl.col("input_tokens").alias("prompt_tokens"),
+        pl.col("output_tokens").alias("completion_tokens"),
+        "cost_usd",
+        pl.col("prompt").fill_null("").map_elements(prompt_hash, return_dtype=pl.String).alias("prompt_hash"),
+        pl.lit(f"import-{prompt_hash(str(Path(path).resolve()))[:12]}").alias("run_id"),
+        pl.lit("imported").alias("source"),
     )
-    grades = results.select("model", "prompt_id", "score").with_columns(
-        pl.lit(grader).alias("grader"), pl.lit("1").alias("grader_version")
+    report.answers_stored = wh.insert_responses(con, answers)
+    # grades only where the stored answer is the imported one: an endpoint's answer keeps its own grade
+    imported = wh.read_responses(con, report.models).filter(pl.col("source") == "imported").select("model", "prompt_id")
+    grades = (
+        results.select("model", pl.col("stored_id").alias("prompt_id"), "score")
+        .join(imported, on=["model", "prompt_id"])
+        .with_columns(pl.lit(IMPORTED_GRADER).alias("grader"), pl.lit("1").alias("grader_version"))
     )
-    wh.upsert_prompts(con, prompts)
-    return wh.upsert_grades(con, grades)
+    report.grades_written = wh.upsert_grades(con, grades)
+    report.with_cost = int(results["cost_usd"].is_not_null().sum())
+    return report
+
+
+def _prompt_rows(results: pl.DataFrame) -> pl.DataFrame:
+    """Prompt rows (the file format) of the results' prompts."""
+    firsts = results.group_by("prompt_id", maintain_order=True).agg(
+        pl.col("prompt").first(), pl.col("category").first(), pl.col("reference").first(), pl.col("split").first()
+    )
+    return normalise_rows(firsts)

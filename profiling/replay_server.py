@@ -1,10 +1,12 @@
 """The replay endpoint: an OpenAI-compatible server that answers with recorded LLM responses.
 
-A prompt is identified by its text: every question of an MMLU-Pro-like dataset is rendered with
-:func:`~profiling.rendering.render_mmlu_pro`, and the hash of that text maps to its question id. A chat request
-is answered with the recorded ``response`` of (model, question of its last user message), after a configurable
-latency, unless a seeded fault (429, 500, 503, a hang, a truncated body) is drawn instead. Every request is
-counted per (model, prompt_id, outcome) and served at ``GET /_replay/stats`` and ``GET /_replay/requests``.
+It serves any dataset with recorded answers (:class:`ReplayData`): a dataset read by its adapter and rendered as
+the warehouse stores it (:func:`~profiling.datasets.prepare_prompts`), or prompts and responses already in frames
+or in the warehouse. A prompt is identified by its text: the hash of its last user message maps to its stored id
+(``<dataset>/<file id>``). A chat request is answered with the recorded ``response`` of (model, the prompt of its
+last user message), after a configurable latency, unless a seeded fault (429, 500, 503, a hang, a truncated body)
+is drawn instead. Every request is counted per (model, prompt_id, outcome) and served at ``GET /_replay/stats``
+and ``GET /_replay/requests``.
 
 Used for offline demos, tests and load tests::
 
@@ -23,18 +25,22 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from profiling.rendering import estimate_tokens, render_mmlu_pro
+import warehouse as wh
+from profiling.datasets import get_adapter, prepare_prompts
+from profiling.rendering import estimate_tokens
 from router_core.embedding import prompt_hash
 
 __all__ = [
@@ -51,6 +57,7 @@ __all__ = [
 
 #: The outcome of a request answered with its recorded response.
 OK = "ok"
+#: The files of an MMLU-Pro-layout directory, as profiling/cli.py checks them (the server reads any adapter's).
 DATA_FILES = ("questions.parquet", "responses.parquet", "models.csv")
 
 
@@ -148,62 +155,165 @@ class ReplayConfig:
 class ReplayData:
     """Recorded answers, indexed for lookup by prompt text.
 
-    ``question_ids_by_hash`` maps ``prompt_hash(rendered question)`` to the ids of the questions rendering to it
-    (a few MMLU-Pro questions are exact duplicates); ``responses`` maps model -> question id -> response.
+    ``prompt_ids_by_hash`` maps ``prompt_hash(last user message)`` to the stored ids of the prompts whose last user
+    message it is (several prompts may share a text, e.g. MMLU-Pro's duplicate questions); ``responses`` maps
+    model -> prompt id -> response; ``models`` is the order ``GET /v1/models`` lists them in.
     """
 
-    question_ids_by_hash: dict[str, tuple[int, ...]]
-    responses: dict[str, dict[int, str]]
+    prompt_ids_by_hash: dict[str, tuple[str, ...]]
+    responses: dict[str, dict[str, str]]
     models: tuple[str, ...]
 
     @classmethod
-    def load(cls, data_dir: str | os.PathLike[str]) -> ReplayData:
-        """Read ``questions.parquet``, ``responses.parquet`` and ``models.csv`` from ``data_dir``."""
-        data_dir = Path(data_dir)
-        missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
-        if missing:
-            raise FileNotFoundError(f"replay data: {', '.join(missing)} missing in {data_dir}")
-        questions = pl.read_parquet(
-            data_dir / "questions.parquet", columns=["question_id", "question", "options", "category"]
-        )
-        question_ids_by_hash: dict[str, tuple[int, ...]] = {}
-        for qid, text, options, category in zip(
-            questions["question_id"].to_list(),
-            questions["question"].to_list(),
-            questions["options"].to_list(),
-            questions["category"].to_list(),
-            strict=True,
-        ):
-            key = prompt_hash(render_mmlu_pro(text, options, category))
-            question_ids_by_hash[key] = (*question_ids_by_hash.get(key, ()), qid)
-        question_ids_by_hash = {key: tuple(sorted(ids)) for key, ids in question_ids_by_hash.items()}
+    def from_frames(
+        cls, prompts: pl.DataFrame, responses: pl.DataFrame, models: Sequence[str] | None = None
+    ) -> ReplayData:
+        """Index ``prompts`` (``prompt_id`` and ``messages``, JSON chat messages, or ``prompt``, the user turn; a
+        null ``messages`` falls back to ``prompt``) and ``responses`` (``model, prompt_id, response``; null
+        responses skipped, responses to other prompts ignored). ``models``: default the sorted models answering."""
+        _require_columns(prompts, "prompts", ("prompt_id",))
+        if "messages" not in prompts.columns and "prompt" not in prompts.columns:
+            raise ValueError(f"prompts: needs a 'messages' or a 'prompt' column (have {prompts.columns})")
+        _require_columns(responses, "responses", ("model", "prompt_id", "response"))
+        messages = prompts["messages"].to_list() if "messages" in prompts.columns else [None] * prompts.height
+        texts = prompts["prompt"].to_list() if "prompt" in prompts.columns else [None] * prompts.height
+        by_hash: dict[str, list[str]] = {}
+        for prompt_id, chat, text in zip(prompts["prompt_id"].cast(pl.String).to_list(), messages, texts, strict=True):
+            if prompt_id is None:
+                raise ValueError("prompts: a prompt_id is null")
+            by_hash.setdefault(prompt_hash(_last_user_text(prompt_id, chat, text)), []).append(prompt_id)
+        prompt_ids_by_hash = {key: tuple(sorted(ids)) for key, ids in by_hash.items()}
 
-        recorded = pl.read_parquet(data_dir / "responses.parquet", columns=["model", "question_id", "response"])
-        responses = {
-            model: dict(zip(part["question_id"].to_list(), part["response"].to_list(), strict=True))
-            for (model,), part in recorded.partition_by("model", as_dict=True, maintain_order=True).items()
+        known = {prompt_id for ids in prompt_ids_by_hash.values() for prompt_id in ids}
+        recorded = responses.select("model", pl.col("prompt_id").cast(pl.String), "response").filter(
+            pl.col("response").is_not_null()
+        )
+        served = recorded.filter(pl.col("prompt_id").is_in(list(known)))
+        if recorded.height and not served.height:
+            example = recorded["prompt_id"][0]
+            raise ValueError(
+                f"responses: none of their {recorded.height} prompt ids is a prompt's (e.g. {example!r}; "
+                f"prompts have ids like {next(iter(sorted(known)), None)!r})"
+            )
+        answers = {
+            model: dict(zip(part["prompt_id"].to_list(), part["response"].to_list(), strict=True))
+            for (model,), part in served.partition_by("model", as_dict=True, maintain_order=True).items()
         }
-        listed = pl.read_csv(data_dir / "models.csv", columns=["model"])["model"].to_list()
-        models = (*listed, *sorted(set(responses) - set(listed)))
-        return cls(question_ids_by_hash=question_ids_by_hash, responses=responses, models=models)
+        order = tuple(dict.fromkeys(models)) if models is not None else tuple(sorted(answers))
+        return cls(prompt_ids_by_hash=prompt_ids_by_hash, responses=answers, models=order)
+
+    @classmethod
+    def from_dataset(
+        cls,
+        path: str | os.PathLike[str],
+        adapter: str | None = None,
+        dataset: str | None = None,
+        responses: str | os.PathLike[str] | None = None,
+    ) -> ReplayData:
+        """Read a dataset with its adapter, render it as the warehouse stores it, and serve its recorded answers.
+
+        ``adapter``: default ``mmlu_pro`` for a directory holding ``questions.parquet``, else ``prompts`` (a prompt
+        file). ``dataset``: the name prefixing stored ids (``<dataset>/<file id>``); default the adapter's name for
+        a directory, the file's stem for a file. ``responses``: a Parquet/CSV/JSONL file of ``model, prompt_id,
+        response`` (the file's ids); default the answers recorded with the dataset. Models are listed in the order
+        of the directory's ``models.csv`` where it has one, then sorted.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"replay data: {path} not found")
+        if adapter is None:
+            adapter = "mmlu_pro" if (path / "questions.parquet").is_file() else "prompts"
+        reader = get_adapter(adapter)
+        if dataset is None:
+            dataset = reader.name if path.is_dir() else path.stem
+        rows, spec = reader.load(path)
+        prompts = prepare_prompts(dataset, rows, spec)
+        recorded = _read_responses(Path(responses)) if responses is not None else reader.recorded_responses(path)
+        if recorded is None:
+            raise ValueError(f"replay data: {adapter} dataset {path} has no recorded responses; pass responses=FILE")
+        _require_columns(recorded, "responses", ("model", "prompt_id", "response"))
+        recorded = recorded.with_columns(
+            (pl.lit(f"{dataset}/") + pl.col("prompt_id").cast(pl.String)).alias("prompt_id")
+        )
+        answered = recorded.filter(pl.col("response").is_not_null())["model"].unique().sort().to_list()
+        listed = path / "models.csv"
+        if path.is_dir() and listed.is_file():
+            order = pl.read_csv(listed, columns=["model"])["model"].to_list()
+            models = (*order, *(m for m in answered if m not in order))
+        else:
+            models = answered
+        return cls.from_frames(prompts, recorded, models)
+
+    @classmethod
+    def from_warehouse(
+        cls, con: duckdb.DuckDBPyConnection, responses: pl.DataFrame, models: Sequence[str] | None = None
+    ) -> ReplayData:
+        """The warehouse's prompts (as sent: their stored messages) answered with ``responses`` (stored ids)."""
+        return cls.from_frames(wh.read_prompts(con), responses, models)
+
+    #: Kept for callers of the former MMLU-Pro-only loader.
+    load = from_dataset
 
     @property
-    def n_questions(self) -> int:
-        return sum(len(ids) for ids in self.question_ids_by_hash.values())
+    def n_prompts(self) -> int:
+        return sum(len(ids) for ids in self.prompt_ids_by_hash.values())
+
+    #: Kept for callers of the former MMLU-Pro-only loader.
+    n_questions = n_prompts
 
     @property
     def n_responses(self) -> int:
         return sum(len(answers) for answers in self.responses.values())
 
 
+def _require_columns(frame: pl.DataFrame, name: str, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {missing} (have {frame.columns})")
+
+
+def _last_user_text(prompt_id: str, messages: str | None, prompt: str | None) -> str:
+    """What identifies a prompt: its last user message (``messages``, JSON), else ``prompt``."""
+    where = f"prompts: prompt_id={prompt_id!r}"
+    if messages is None:
+        if prompt is None:
+            raise ValueError(f"{where}: neither messages nor prompt is given")
+        return prompt
+    try:
+        chat = json.loads(messages)
+    except ValueError:
+        raise ValueError(f"{where}: messages={messages!r:.80}: not valid JSON") from None
+    users = [m for m in chat if isinstance(m, dict) and m.get("role") == "user"] if isinstance(chat, list) else []
+    if not users:
+        raise ValueError(f"{where}: messages={messages!r:.80}: no message with role 'user'")
+    try:
+        return _message_text(users[-1].get("content"), "content")
+    except _BadRequest as exc:
+        raise ValueError(f"{where}: messages: {exc}") from None
+
+
+def _read_responses(path: Path) -> pl.DataFrame:
+    """A responses file: Parquet, CSV or JSONL with ``model, prompt_id, response`` (ids as in the prompt file)."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"responses: {path} not found")
+    if suffix == ".parquet":
+        return pl.read_parquet(path)
+    if suffix == ".csv":
+        return pl.read_csv(path, infer_schema=False)  # ids and answers stay text ("007" is not 7)
+    if suffix in (".jsonl", ".ndjson"):
+        return pl.read_ndjson(path)
+    raise ValueError(f"responses: {path}: unsupported format {suffix!r}; use .parquet, .csv or .jsonl")
+
+
 class RequestLog:
     """Thread-safe counts of requests per (model, prompt_id, outcome); readable while the server runs."""
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str | None, int | None, str]] = Counter()
+        self._counts: Counter[tuple[str | None, str | None, str]] = Counter()
         self._lock = threading.Lock()
 
-    def record(self, model: str | None, prompt_id: int | None, outcome: str) -> None:
+    def record(self, model: str | None, prompt_id: str | None, outcome: str) -> None:
         outcome = str(outcome)  # a plain str, also for FaultKind / RejectReason members
         with self._lock:
             self._counts[model, prompt_id, outcome] += 1
@@ -229,8 +339,8 @@ class RequestLog:
         return dict(totals)
 
     def frame(self) -> pl.DataFrame:
-        """:meth:`rows` as a frame: model, prompt_id, outcome, count."""
-        schema = {"model": pl.String, "prompt_id": pl.Int64, "outcome": pl.String, "count": pl.Int64}
+        """:meth:`rows` as a frame: model, prompt_id (the stored id), outcome, count."""
+        schema = {"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "count": pl.Int64}
         return pl.DataFrame(self.rows(), schema=schema)
 
 
@@ -245,7 +355,7 @@ class _BadRequest(Exception):
 @dataclass(frozen=True)
 class _ChatRequest:
     model: str
-    prompt: str  # the last user message: what identifies the question
+    prompt: str  # the last user message: what identifies the prompt
     prompt_tokens: int
 
 
@@ -363,20 +473,20 @@ class _Replayer:
             message = f"The model {model!r} does not exist; known models: GET /v1/models"
             return _error(404, message, "invalid_request_error", RejectReason.MODEL_NOT_FOUND, "model")
         key = prompt_hash(chat.prompt)
-        question_ids = self.data.question_ids_by_hash.get(key)
-        if question_ids is None:
+        prompt_ids = self.data.prompt_ids_by_hash.get(key)
+        if prompt_ids is None:
             self.log.record(model, None, RejectReason.PROMPT_NOT_FOUND)
-            message = f"prompt not found: the last user message ({chat.prompt[:60]!r}, hash {key}) matches no question"
+            message = f"prompt not found: the last user message ({chat.prompt[:60]!r}, hash {key}) matches no prompt"
             return _error(404, message, "invalid_request_error", RejectReason.PROMPT_NOT_FOUND, "messages")
         answers = self.data.responses.get(model, {})
-        question_id = next((qid for qid in question_ids if qid in answers), None)
-        if question_id is None:
-            self.log.record(model, question_ids[0], RejectReason.RESPONSE_NOT_RECORDED)
-            message = f"model {model!r} has no recorded response to question {question_ids[0]} (hash {key})"
+        prompt_id = next((pid for pid in prompt_ids if pid in answers), None)
+        if prompt_id is None:
+            self.log.record(model, prompt_ids[0], RejectReason.RESPONSE_NOT_RECORDED)
+            message = f"model {model!r} has no recorded response to prompt {prompt_ids[0]!r} (hash {key})"
             return _error(404, message, "invalid_request_error", RejectReason.RESPONSE_NOT_RECORDED, "messages")
 
         fault = self.draw_fault()
-        self.log.record(model, question_id, fault or OK)
+        self.log.record(model, prompt_id, fault or OK)
         if fault is FaultKind.RATE_LIMITED:
             headers = {"Retry-After": str(self.config.retry_after_seconds)}
             message = f"injected fault: rate limit reached for {model}; retry after {self.config.retry_after_seconds} s"
@@ -394,7 +504,7 @@ class _Replayer:
         if fault is FaultKind.UNAVAILABLE:
             return _error(503, "injected fault: the engine is currently overloaded", "server_error", "unavailable")
 
-        answer = answers[question_id]
+        answer = answers[prompt_id]
         completion_tokens = estimate_tokens(answer)
         response = _json_response(
             {
@@ -424,13 +534,13 @@ class _Replayer:
 
 
 def create_app(data: str | os.PathLike[str] | ReplayData, config: ReplayConfig | None = None) -> FastAPI:
-    """The replay server's ASGI app over ``data`` (a dataset directory, or data already loaded).
+    """The replay server's ASGI app over ``data`` (a dataset: see :meth:`ReplayData.from_dataset`; or data loaded).
 
     Routes: ``POST /v1/chat/completions``, ``GET /v1/models[/{model}]``; the request log at
     ``GET /_replay/stats`` (``{outcome: count}``), ``GET /_replay/requests`` (a list of
     ``{model, prompt_id, outcome, count}``), ``POST /_replay/reset``, and in process at ``app.state.request_log``.
     """
-    replay_data = data if isinstance(data, ReplayData) else ReplayData.load(data)
+    replay_data = data if isinstance(data, ReplayData) else ReplayData.from_dataset(data)
     replayer = _Replayer(replay_data, config or ReplayConfig())
     app = FastAPI(
         title="UniRoute replay server",

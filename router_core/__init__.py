@@ -34,7 +34,7 @@ from router_core.evaluation import (
     summarize_curve,
 )
 from router_core.features import llm_error_features, psi_drift
-from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix
+from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix, value_matrix
 from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 
@@ -82,4 +82,5 @@ __all__ = [
     "save_router",
     "single_llm_points",
     "summarize_curve",
+    "value_matrix",
 ]

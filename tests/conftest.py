@@ -198,7 +198,7 @@ def materialise_graph(
     def meta(result, node):
         return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
 
-    setup = {"llm_catalog": {"config": {"path": str(catalog)}}, "prompt_set": {"config": {"data_dir": str(data_dir)}}}
+    setup = {"llm_catalog": {"config": {"path": str(catalog)}}, "prompt_set": {"config": {"path": str(data_dir)}}}
     run([llm_catalog, prompt_set, prompt_embeddings], ops=setup)
     instance.add_dynamic_partitions(llm_partitions.name, llms)
     for model in llms if profile else []:

@@ -12,6 +12,10 @@ YAML layout (``defaults`` apply to every entry; an entry's own keys win)::
         api_key_env: GEMINI_API_KEY     # the NAME of the variable holding the key, never the key
 
 CSV: one row per LLM with the same column names. ``model_id`` defaults to ``name``.
+
+An LLM that exists only as imported results (``uniroute import-results``) needs no endpoint: leave out
+``base_url`` (nothing will ever ask it anything) and, where the results carry per-query USD costs, its prices.
+An entry with a ``base_url`` needs both prices: they price the answers collected from it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from typing import Any
 import duckdb
 import polars as pl
 import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+)
 
 from warehouse.store import sync_llms
 
@@ -46,11 +58,11 @@ class LLMEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
     name: str = Field(min_length=1)
-    base_url: AnyHttpUrl
+    base_url: AnyHttpUrl | None = None  # None: import-only (results, no endpoint)
     model_id: str | None = Field(default=None, min_length=1)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    usd_per_mtok_in: NonNegativeFloat
-    usd_per_mtok_out: NonNegativeFloat
+    usd_per_mtok_in: NonNegativeFloat | None = None
+    usd_per_mtok_out: NonNegativeFloat | None = None
     max_concurrency: PositiveInt = 16
     requests_per_minute: PositiveInt | None = None
     active: bool = True
@@ -95,6 +107,10 @@ def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None
                 field = ".".join(str(p) for p in err["loc"]) or "entry"
                 problems.append(f"entry {label!r} (#{i}): {field}: {err['msg']}")
             continue
+        if entry.base_url is not None:  # the prices price the answers collected from it
+            for price in ("usd_per_mtok_in", "usd_per_mtok_out"):
+                if getattr(entry, price) is None:
+                    problems.append(f"entry {label!r} (#{i}): {price}: Field required with a base_url")
         if entry.api_key_env and not environ.get(entry.api_key_env):
             problems.append(f"entry {label!r} (#{i}): api_key_env: variable {entry.api_key_env} is not set")
         entries.append(entry)
@@ -106,12 +122,13 @@ def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None
     if problems:
         raise CatalogError(str(path), problems)
     rows = [
-        entry.model_dump() | {"base_url": str(entry.base_url), "model_id": entry.model_id or entry.name}
+        entry.model_dump()
+        | {"base_url": str(entry.base_url) if entry.base_url else None, "model_id": entry.model_id or entry.name}
         for entry in entries
     ]
     if not rows:  # an empty catalog: every LLM is deactivated
         return pl.DataFrame(schema=_EMPTY_SCHEMA)
-    return pl.DataFrame(rows, schema_overrides={"requests_per_minute": pl.Int64})
+    return pl.DataFrame(rows, schema=_EMPTY_SCHEMA)
 
 
 def sync_catalog(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -> pl.DataFrame:
@@ -130,11 +147,14 @@ def add_to_catalog(
     """Append ``entry`` to the catalog file at ``path`` (created if absent), validating the whole result first:
     a bad entry or a duplicate name raises :class:`CatalogError` and leaves the file as it was.
 
-    A YAML catalog whose ``llms`` list is the last block keeps its text and comments (one line is appended);
+    ``base_url: None`` makes an import-only entry. A YAML catalog whose ``llms`` list is the last block keeps its
+    text and comments (one line is appended);
     otherwise the document is rewritten. Returns the validated catalog.
     """
     path = Path(path)
-    entry = {k: v for k, v in entry.items() if v is not None}
+    # None is "not given", except base_url: None is an import-only entry (written as null, so the catalog's
+    # defaults do not give it an endpoint)
+    entry = {k: v for k, v in entry.items() if v is not None or k == "base_url"}
     text = path.read_text() if path.exists() else "llms:\n"
     if path.suffix.lower() == ".csv":
         rows = pl.read_csv(path) if path.exists() else pl.DataFrame()

@@ -138,4 +138,52 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (model, prompt_id, archived_at)
     );
     """,
+    # 5: any dataset. A dataset records how its prompts are rendered (template, request parameters, what the router
+    # embeds) and whether its LLMs can be asked them; a prompt keeps the chat messages and parameters it is sent with
+    # (their hash tells a stale answer), its grader's options, code tests and free metadata; an answer records the
+    # request it answered and whether it was collected or imported; grades record the judge (LLM-as-judge) and its
+    # cost apart from the graded LLM's, and judge verdicts are cached so regrading never pays twice. LLMs that exist
+    # only as imported results have no endpoint and may have no prices.
+    """
+    CREATE TABLE datasets (
+        name VARCHAR PRIMARY KEY,
+        spec VARCHAR NOT NULL,                     -- JSON: template, request parameters, router text, grader
+        template_version VARCHAR NOT NULL,         -- hash of what changes the requests sent
+        collectable BOOLEAN NOT NULL,              -- false: results only (imported), never asked of an endpoint
+        source VARCHAR,                            -- where it was imported from
+        updated_at TIMESTAMP NOT NULL
+    );
+    ALTER TABLE prompts ADD COLUMN messages VARCHAR;          -- JSON chat messages sent (null: one user message)
+    ALTER TABLE prompts ADD COLUMN request_params VARCHAR;    -- JSON: max_tokens, temperature, stop
+    ALTER TABLE prompts ADD COLUMN request_hash VARCHAR;      -- hash of messages + parameters
+    ALTER TABLE prompts ADD COLUMN grader_options VARCHAR;    -- JSON
+    ALTER TABLE prompts ADD COLUMN tests VARCHAR;             -- code the answer is run against (code grader)
+    ALTER TABLE prompts ADD COLUMN metadata VARCHAR;          -- JSON: the prompt file's other columns
+    ALTER TABLE responses ALTER COLUMN response DROP NOT NULL; -- imported results may carry no answer text
+    ALTER TABLE responses ADD COLUMN request_hash VARCHAR;    -- the request answered (null: unknown, or imported)
+    ALTER TABLE responses ADD COLUMN template_version VARCHAR;
+    ALTER TABLE responses ADD COLUMN request_params VARCHAR;
+    ALTER TABLE responses ADD COLUMN source VARCHAR DEFAULT 'collected';  -- 'collected' or 'imported'
+    UPDATE responses SET source = 'collected';
+    ALTER TABLE responses_archive ALTER COLUMN response DROP NOT NULL;
+    ALTER TABLE responses_archive ADD COLUMN request_hash VARCHAR;
+    ALTER TABLE responses_archive ADD COLUMN template_version VARCHAR;
+    ALTER TABLE responses_archive ADD COLUMN request_params VARCHAR;
+    ALTER TABLE responses_archive ADD COLUMN source VARCHAR;
+    ALTER TABLE grades ADD COLUMN judge VARCHAR;              -- the judge LLM and its model id (llm_judge)
+    ALTER TABLE grades ADD COLUMN judge_cost_usd DOUBLE;                -- checked on write (store.py)
+    ALTER TABLE grades_archive ADD COLUMN judge VARCHAR;
+    ALTER TABLE grades_archive ADD COLUMN judge_cost_usd DOUBLE;
+    CREATE TABLE judge_cache (
+        key VARCHAR PRIMARY KEY,                   -- hash of judge, its model id, grader version, prompt, answer
+        judge VARCHAR NOT NULL,
+        score DOUBLE NOT NULL CHECK (score >= 0 AND score <= 1),
+        verdict VARCHAR,
+        cost_usd DOUBLE CHECK (cost_usd >= 0),
+        created_at TIMESTAMP NOT NULL
+    );
+    ALTER TABLE llms ALTER COLUMN base_url DROP NOT NULL;    -- import-only LLMs have no endpoint
+    ALTER TABLE llms ALTER COLUMN usd_per_mtok_in DROP NOT NULL;
+    ALTER TABLE llms ALTER COLUMN usd_per_mtok_out DROP NOT NULL;
+    """,
 ]

@@ -19,7 +19,9 @@ __all__ = [
     "archive_responses",
     "count_answers",
     "count_embeddings",
+    "expected_count",
     "failing_llms",
+    "insert_judge_cache",
     "insert_responses",
     "latest_cluster_map",
     "missing_embeddings",
@@ -27,20 +29,25 @@ __all__ = [
     "pending_pairs",
     "read_archived_outcomes",
     "read_costs",
+    "read_datasets",
     "read_embeddings",
     "read_failures",
     "read_gradable",
     "read_grades",
+    "read_judge_cache",
     "read_llm_features",
     "read_llms",
     "read_outcomes",
     "read_prompt_vectors",
     "read_prompts",
+    "read_query_costs",
     "read_responses",
+    "read_splits",
     "record_check",
     "record_failures",
     "register_cluster_map",
     "sync_llms",
+    "upsert_dataset",
     "upsert_embeddings",
     "upsert_grades",
     "upsert_llm_features",
@@ -61,11 +68,11 @@ class WarehouseInputError(ValueError):
 _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
     "llms": {
         "name": (pl.String, True),
-        "base_url": (pl.String, True),
+        "base_url": (pl.String, False),  # null: import-only (results, no endpoint)
         "model_id": (pl.String, True),
         "api_key_env": (pl.String, False),
-        "usd_per_mtok_in": (pl.Float64, True),
-        "usd_per_mtok_out": (pl.Float64, True),
+        "usd_per_mtok_in": (pl.Float64, False),  # null: costs come from per-query USD in the data
+        "usd_per_mtok_out": (pl.Float64, False),
         "max_concurrency": (pl.Int32, True),
         "requests_per_minute": (pl.Int32, False),
         "active": (pl.Boolean, True),
@@ -80,11 +87,17 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "reference": (pl.String, False),
         "grader": (pl.String, True),
         "content_hash": (pl.String, True),
+        "messages": (pl.String, False),  # JSON chat messages; null: one user message, ``prompt``
+        "request_params": (pl.String, False),  # JSON
+        "request_hash": (pl.String, False),
+        "grader_options": (pl.String, False),  # JSON
+        "tests": (pl.String, False),
+        "metadata": (pl.String, False),  # JSON
     },
     "responses": {
         "model": (pl.String, True),
         "prompt_id": (pl.String, True),
-        "response": (pl.String, True),
+        "response": (pl.String, False),  # null: an imported score without the answer's text
         "finish_reason": (pl.String, False),
         "prompt_tokens": (pl.Int32, False),
         "completion_tokens": (pl.Int32, False),
@@ -94,6 +107,10 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "run_id": (pl.String, True),
         "base_url": (pl.String, False),  # the endpoint that answered (null: unknown, taken as the current one)
         "model_id": (pl.String, False),
+        "request_hash": (pl.String, False),  # the request answered; null: unknown (taken as current) or imported
+        "template_version": (pl.String, False),
+        "request_params": (pl.String, False),
+        "source": (pl.String, False),  # "collected" (default) or "imported"
     },
     "grades": {
         "model": (pl.String, True),
@@ -101,6 +118,22 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "score": (pl.Float64, True),
         "grader": (pl.String, True),
         "grader_version": (pl.String, True),
+        "judge": (pl.String, False),  # llm_judge: the judge LLM and model id
+        "judge_cost_usd": (pl.Float64, False),
+    },
+    "datasets": {
+        "name": (pl.String, True),
+        "spec": (pl.String, True),
+        "template_version": (pl.String, True),
+        "collectable": (pl.Boolean, True),
+        "source": (pl.String, False),
+    },
+    "judge_cache": {
+        "key": (pl.String, True),
+        "judge": (pl.String, True),
+        "score": (pl.Float64, True),
+        "verdict": (pl.String, False),
+        "cost_usd": (pl.Float64, False),
     },
     "cluster_maps": {
         "version": (pl.String, True),
@@ -135,8 +168,8 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
 _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     "llms": [
-        ("usd_per_mtok_in", pl.col("usd_per_mtok_in") >= 0, "must be >= 0"),
-        ("usd_per_mtok_out", pl.col("usd_per_mtok_out") >= 0, "must be >= 0"),
+        ("usd_per_mtok_in", pl.col("usd_per_mtok_in").is_null() | (pl.col("usd_per_mtok_in") >= 0), "must be >= 0"),
+        ("usd_per_mtok_out", pl.col("usd_per_mtok_out").is_null() | (pl.col("usd_per_mtok_out") >= 0), "must be >= 0"),
         ("max_concurrency", pl.col("max_concurrency") > 0, "must be > 0"),
         ("requests_per_minute", pl.col("requests_per_minute").is_null() | (pl.col("requests_per_minute") > 0), "> 0"),
     ],
@@ -144,8 +177,14 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     "responses": [
         (c, pl.col(c).is_null() | (pl.col(c) >= 0), "must be >= 0")
         for c in ("prompt_tokens", "completion_tokens", "latency_ms", "cost_usd")
+    ]
+    + [("source", pl.col("source").is_in(["collected", "imported"]), "must be 'collected' or 'imported'")],
+    "grades": [
+        ("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be in [0, 1]"),
+        ("judge_cost_usd", pl.col("judge_cost_usd").is_null() | (pl.col("judge_cost_usd") >= 0), "must be >= 0"),
     ],
-    "grades": [("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be in [0, 1]")],
+    "datasets": [],
+    "judge_cache": [("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be in [0, 1]")],
     "collection_failures": [("attempts", pl.col("attempts") > 0, "must be > 0")],
     "llm_checks": [],
     "cluster_maps": [("n_clusters", pl.col("n_clusters") > 0, "must be > 0")],
@@ -160,6 +199,8 @@ _KEYS = {
     "cluster_maps": ["version"],
     "llm_checks": ["model", "check_name"],
     "llm_features": ["model", "cluster_map_version"],
+    "datasets": ["name"],
+    "judge_cache": ["key"],
 }
 
 
@@ -255,10 +296,26 @@ def read_llms(con: duckdb.DuckDBPyConnection, active_only: bool = False) -> pl.D
     return _query(con, f"SELECT * FROM llms {where} ORDER BY name")
 
 
-# ---- prompts ---------------------------------------------------------------------------------------------
+# ---- datasets and prompts ---------------------------------------------------------------------------------
+def upsert_dataset(con: duckdb.DuckDBPyConnection, dataset: pl.DataFrame) -> int:
+    """Insert or update datasets by ``name``: name, spec (JSON), template_version, collectable, source."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["datasets"] if c != "name")
+    return _write(con, "datasets", dataset, f"ON CONFLICT (name) DO UPDATE SET {updates}", stamp="updated_at")
+
+
+def read_datasets(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Registered datasets with their prompt counts, sorted by name."""
+    return _query(
+        con,
+        "SELECT d.*, (SELECT count(*) FROM prompts p WHERE p.dataset = d.name) AS prompts "
+        "FROM datasets d ORDER BY name",
+    )
+
+
 def upsert_prompts(con: duckdb.DuckDBPyConnection, prompts: pl.DataFrame) -> int:
-    """Insert or update prompts by ``prompt_id``."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["prompts"] if c != "prompt_id")
+    """Insert or update prompts by ``prompt_id``. A stored prompt keeps its split: splits never move, so a
+    re-import can never move a cluster map's training prompts into a router's test set."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["prompts"] if c not in ("prompt_id", "split"))
     return _write(con, "prompts", prompts, f"ON CONFLICT (prompt_id) DO UPDATE SET {updates}")
 
 
@@ -276,16 +333,35 @@ def read_prompts(
     return _query(con, f"SELECT * FROM prompts WHERE {' AND '.join(clauses)} ORDER BY prompt_id", params)
 
 
+def read_splits(con: duckdb.DuckDBPyConnection, prompt_ids: Sequence[str]) -> dict[str, str]:
+    """The stored split of those of ``prompt_ids`` already in the warehouse."""
+    frame = _query(con, "SELECT prompt_id, split FROM prompts WHERE list_contains(?, prompt_id)", [list(prompt_ids)])
+    return dict(frame.iter_rows())
+
+
 # ---- responses and failures ------------------------------------------------------------------------------
 #: An answer from an endpoint or model id other than the catalog's (``r``: responses, ``l``: llms).
 _STALE = "(r.base_url IS NOT NULL AND (r.base_url <> l.base_url OR r.model_id <> l.model_id))"
+#: An answer to another request than the prompt's current one (template, messages or parameters changed).
+_STALE_REQUEST = "(r.request_hash IS NOT NULL AND p.request_hash IS NOT NULL AND r.request_hash <> p.request_hash)"
+#: Whether LLM ``l`` can be asked prompt ``p``: it has an endpoint and the dataset is collectable.
+_COLLECTABLE = (
+    "(l.base_url IS NOT NULL AND coalesce((SELECT d.collectable FROM datasets d WHERE d.name = p.dataset), true))"
+)
+#: Prompts ``p`` expected of LLM ``l``: collectable ones, and those of any dataset it has answers in (imported).
+_EXPECTED = (
+    f"({_COLLECTABLE} OR EXISTS (SELECT 1 FROM responses r2 JOIN prompts p2 USING (prompt_id) "
+    "WHERE r2.model = l.name AND p2.dataset = p.dataset))"
+)
 
 
 def insert_responses(con: duckdb.DuckDBPyConnection, responses: pl.DataFrame) -> int:
     """Store new responses; pairs already stored are left untouched. Clears their recorded failures.
 
-    Returns the number of responses newly stored.
+    ``source`` defaults to ``"collected"``. Returns the number of responses newly stored.
     """
+    if isinstance(responses, pl.DataFrame) and "source" not in responses.columns:
+        responses = responses.with_columns(pl.lit("collected").alias("source"))
     return _write(
         con,
         "responses",
@@ -314,35 +390,48 @@ def read_responses(
 def pending_pairs(
     con: duckdb.DuckDBPyConnection, models: Sequence[str], splits: Sequence[str] = ("validation",)
 ) -> pl.DataFrame:
-    """(model, prompt_id, prompt) pairs of ``models`` x prompts in ``splits`` with no stored response."""
+    """What to ask: ``models`` x prompts in ``splits`` with no stored response, where the LLM has an endpoint
+    and the prompt's dataset is collectable. Columns model, prompt_id, prompt, messages, request_params,
+    request_hash, template_version (null where the dataset is not registered)."""
     return _query(
         con,
-        """
-        SELECT m.model, p.prompt_id, p.prompt
-        FROM prompts p CROSS JOIN (SELECT unnest(?) AS model) m
-        WHERE list_contains(?, p.split)
-          AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = m.model AND r.prompt_id = p.prompt_id)
-        ORDER BY m.model, p.prompt_id
+        f"""
+        SELECT l.name AS model, p.prompt_id, p.prompt, p.messages, p.request_params, p.request_hash,
+               (SELECT d.template_version FROM datasets d WHERE d.name = p.dataset) AS template_version
+        FROM prompts p CROSS JOIN llms l
+        WHERE list_contains(?, l.name) AND list_contains(?, p.split) AND {_COLLECTABLE}
+          AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id)
+        ORDER BY l.name, p.prompt_id
         """,
         [list(models), list(splits)],
     )
 
 
 def pending_counts(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validation",)) -> pl.DataFrame:
-    """Per active catalog LLM, how many prompts of ``splits`` its current endpoint has not answered
-    (``model, pending``), > 0 only: answers from an endpoint or model id it no longer has count as missing."""
+    """Per active catalog LLM, how many prompts of ``splits`` it can be asked and has no current answer to
+    (``model, pending``), > 0 only. An answer from an endpoint or model id it no longer has, or to another
+    version of the prompt's request (template), counts as missing; imported answers count as answered."""
     return _query(
         con,
         f"""
         SELECT l.name AS model, count(*) AS pending
         FROM llms l CROSS JOIN prompts p
-        WHERE l.active AND list_contains(?, p.split)
+        WHERE l.active AND list_contains(?, p.split) AND {_COLLECTABLE}
           AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id
-                          AND NOT {_STALE})
+                          AND NOT {_STALE} AND NOT {_STALE_REQUEST})
         GROUP BY l.name ORDER BY l.name
         """,
         [list(splits)],
     )
+
+
+def expected_count(con: duckdb.DuckDBPyConnection, model: str, splits: Sequence[str] = ("validation",)) -> int:
+    """How many prompts of ``splits`` ``model`` should have answered (its coverage's denominator): those it can
+    be asked, and those of every dataset it has imported answers in."""
+    return con.sql(
+        f"SELECT count(*) FROM prompts p JOIN llms l ON l.name = $m WHERE list_contains($s, p.split) AND {_EXPECTED}",
+        params={"m": model, "s": list(splits)},
+    ).fetchall()[0][0]
 
 
 _RESPONSE_COLUMNS = [*_COLUMNS["responses"], "collected_at"]
@@ -353,9 +442,10 @@ def archive_responses(
     con: duckdb.DuckDBPyConnection, models: Sequence[str], collected_before: datetime | None = None
 ) -> int:
     """Move the answers a re-profiling of ``models`` replaces, with their grades, into ``responses_archive`` and
-    ``grades_archive``: answers from an endpoint or model id the catalog no longer has, and, given
-    ``collected_before`` (naive: UTC), every answer collected before it. One transaction; returns the responses moved.
-    The pairs become pending again; a second call with the same arguments moves nothing."""
+    ``grades_archive``: collected answers from an endpoint or model id the catalog no longer has, or to another
+    version of the prompt's request, and, given ``collected_before`` (naive: UTC), every collected answer before
+    it (imported answers are never archived: nothing would ask them again). One transaction; returns the
+    responses moved. The pairs become pending again; a second call with the same arguments moves nothing."""
     names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
     from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
     archived_at = datetime.now(UTC).replace(tzinfo=None)
@@ -368,9 +458,12 @@ def archive_responses(
         con.execute(
             f"""
             CREATE TEMP TABLE _moving AS
-            SELECT r.model, r.prompt_id, CASE WHEN {_STALE} THEN 'endpoint changed' ELSE 're-profiled' END AS reason
-            FROM responses r JOIN llms l ON l.name = r.model
-            WHERE list_contains(?, r.model) AND ({_STALE} OR r.collected_at < ?)
+            SELECT r.model, r.prompt_id,
+                   CASE WHEN {_STALE} THEN 'endpoint changed' WHEN {_STALE_REQUEST} THEN 'template changed'
+                        ELSE 're-profiled' END AS reason
+            FROM responses r JOIN llms l ON l.name = r.model JOIN prompts p USING (prompt_id)
+            WHERE list_contains(?, r.model) AND r.source = 'collected'
+              AND ({_STALE} OR {_STALE_REQUEST} OR r.collected_at < ?)
             """,
             [list(models), before],
         ).fetchall()
@@ -419,13 +512,41 @@ def count_answers(con: duckdb.DuckDBPyConnection, model: str) -> dict[str, int]:
 
 
 def read_costs(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validation",)) -> pl.DataFrame:
-    """Mean realised cost per query (USD) of each LLM on ``splits``: ``model, cost``."""
+    """Mean realised cost per query (USD) of each LLM's answers on ``splits``: ``model, cost, priced``.
+
+    An answer's cost is what the data measured (``cost_usd``: collected answers are priced from the catalog and
+    the tokens used; imported ones keep their per-query USD), else catalog price x tokens where both are known;
+    ``priced`` is how many answers had a cost (``cost`` is null when none had).
+    """
     return _query(
         con,
-        "SELECT r.model, avg(r.cost_usd) AS cost FROM responses r JOIN prompts p USING (prompt_id) "
-        "WHERE list_contains(?, p.split) GROUP BY r.model ORDER BY r.model",
+        f"""
+        SELECT model, avg(cost) AS cost, count(cost) AS priced
+        FROM ({_ANSWER_COST}) c JOIN prompts p USING (prompt_id)
+        WHERE list_contains(?, p.split) GROUP BY model ORDER BY model
+        """,
         [list(splits)],
     )
+
+
+def read_query_costs(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str], splits: Sequence[str] = ("test",)
+) -> pl.DataFrame:
+    """Each answer's cost in USD (``model, prompt_id, cost``; null where unknown), as :func:`read_costs` counts it."""
+    return _query(
+        con,
+        f"SELECT c.model, c.prompt_id, c.cost FROM ({_ANSWER_COST}) c JOIN prompts p USING (prompt_id) "
+        "WHERE list_contains(?, c.model) AND list_contains(?, p.split) ORDER BY c.model, c.prompt_id",
+        [list(models), list(splits)],
+    )
+
+
+#: model, prompt_id, cost of every stored answer: measured USD, else catalog prices x tokens.
+_ANSWER_COST = """
+    SELECT r.model, r.prompt_id, coalesce(r.cost_usd,
+        (r.prompt_tokens * l.usd_per_mtok_in + r.completion_tokens * l.usd_per_mtok_out) / 1e6) AS cost
+    FROM responses r LEFT JOIN llms l ON l.name = r.model
+"""
 
 
 def record_failures(con: duckdb.DuckDBPyConnection, failures: pl.DataFrame) -> int:
@@ -449,7 +570,9 @@ def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 # ---- grades ----------------------------------------------------------------------------------------------
 def upsert_grades(con: duckdb.DuckDBPyConnection, grades: pl.DataFrame) -> int:
     """Insert or replace grades by (model, prompt_id): regrading with a new grader version updates them."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in ("score", "grader", "grader_version", "graded_at"))
+    updates = ", ".join(
+        f"{c} = excluded.{c}" for c in ("score", "grader", "grader_version", "judge", "judge_cost_usd", "graded_at")
+    )
     return _write(
         con,
         "grades",
@@ -460,16 +583,18 @@ def upsert_grades(con: duckdb.DuckDBPyConnection, grades: pl.DataFrame) -> int:
 
 
 def read_gradable(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> pl.DataFrame:
-    """Stored responses with what grading needs: model, prompt_id, response, reference, grader, and the
-    ``graded_version`` of the grade already stored (null if none)."""
-    where, params = ("WHERE list_contains(?, r.model)", [list(models)]) if models is not None else ("", [])
+    """Collected responses with what grading needs: model, prompt_id, response, reference, grader,
+    grader_options, tests, prompt (the user message asked), and the ``graded_version`` of the grade already stored
+    by the prompt's grader (null if none). Imported answers keep their imported scores and are not listed."""
+    where, params = ("AND list_contains(?, r.model)", [list(models)]) if models is not None else ("", [])
     return _query(
         con,
         f"""
-        SELECT r.model, r.prompt_id, r.response, p.reference, p.grader, g.grader_version AS graded_version
+        SELECT r.model, r.prompt_id, r.response, p.reference, p.grader, p.grader_options, p.tests, p.prompt,
+               g.grader_version AS graded_version
         FROM responses r JOIN prompts p USING (prompt_id)
         LEFT JOIN grades g ON g.model = r.model AND g.prompt_id = r.prompt_id AND g.grader = p.grader
-        {where} ORDER BY r.model, r.prompt_id
+        WHERE r.source = 'collected' AND r.response IS NOT NULL {where} ORDER BY r.model, r.prompt_id
         """,
         params,
     )
@@ -497,6 +622,20 @@ def read_outcomes(
         f"WHERE {' AND '.join(clauses)} ORDER BY g.model, g.prompt_id",
         params,
     )
+
+
+def read_judge_cache(con: duckdb.DuckDBPyConnection, keys: Sequence[str]) -> pl.DataFrame:
+    """Cached judge verdicts (key, judge, score, verdict, cost_usd) of those of ``keys`` that have one."""
+    return _query(
+        con,
+        "SELECT key, judge, score, verdict, cost_usd FROM judge_cache WHERE list_contains(?, key) ORDER BY key",
+        [list(keys)],
+    )
+
+
+def insert_judge_cache(con: duckdb.DuckDBPyConnection, verdicts: pl.DataFrame) -> int:
+    """Store judge verdicts by ``key`` (key, judge, score, verdict, cost_usd); cached ones are kept."""
+    return _write(con, "judge_cache", verdicts, "ON CONFLICT DO NOTHING", stamp="created_at")
 
 
 # ---- embeddings ------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_
         )
         config = {
             "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
         }
         setup = dg.materialize(
             [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
@@ -79,7 +79,7 @@ def test_prompt_embeddings_embed_each_text_once(instance, tmp_path, mmlu_like_di
     from assets.resources import EmbedderResource
 
     resources = {"warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")), "embedder": EmbedderResource()}
-    run_config = {"ops": {"prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}}}}
+    run_config = {"ops": {"prompt_set": {"config": {"path": str(mmlu_like_dir)}}}}
     first = dg.materialize(
         [prompt_set, prompt_embeddings], resources=resources, instance=instance, run_config=run_config
     )
@@ -111,7 +111,7 @@ def test_cluster_map_then_features_and_a_new_llm_needs_no_retraining(instance, t
         )
         setup = {
             "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
         }
         assert dg.materialize(
             [llm_catalog, prompt_set, prompt_embeddings],
@@ -165,7 +165,7 @@ def test_a_failing_data_check_blocks_grading_and_is_recorded(instance, tmp_path,
         )
         setup = {
             "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
         }
         assert dg.materialize(
             [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": setup}

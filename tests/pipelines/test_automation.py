@@ -33,7 +33,7 @@ class Pipeline:
         self.cursor = None
         assert self.ticks.tick() == []  # the daemon is on before anything is materialised
         self.write_catalog({})
-        prompts = {"prompt_set": {"config": {"data_dir": str(data_dir), "shares": shares}}}
+        prompts = {"prompt_set": {"config": {"path": str(data_dir), "shares": shares}}}
         assets = [profiling.llm_catalog, profiling.prompt_set]
         assert dg.materialize(assets, instance=instance, resources=self.resources, run_config={"ops": prompts}).success
         self.setup_runs = self.ticks.until_idle()

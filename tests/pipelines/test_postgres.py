@@ -196,7 +196,7 @@ def test_parallel_profiling_and_registry_on_postgres(
         )
         setup = {
             "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}},
+            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
         }
         assert dg.materialize(
             [llm_catalog, prompt_set], instance=instance, resources=resources, run_config={"ops": setup}

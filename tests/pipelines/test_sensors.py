@@ -73,7 +73,7 @@ def test_the_sensors_run_request_profiles_the_new_llm(catalog, tmp_path, monkeyp
     monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
     with dg.DagsterInstance.ephemeral() as instance, ReplayServer(mmlu_like_dir) as server:
         catalog(f"{{name: cheap, base_url: '{server.base_url}'}}")
-        prompts = {"ops": {"prompt_set": {"config": {"data_dir": str(mmlu_like_dir)}}}}
+        prompts = {"ops": {"prompt_set": {"config": {"path": str(mmlu_like_dir)}}}}
         assert dg.materialize([prompt_set], instance=instance, resources=defs.resources, run_config=prompts).success
         result, _ = _tick(instance)
         request = result.run_requests[0]

@@ -1,4 +1,5 @@
-"""The replay endpoint on a real uvicorn server on 127.0.0.1, over the tiny MMLU-Pro-like fixture dataset."""
+"""The replay endpoint on a real uvicorn server on 127.0.0.1, over the tiny MMLU-Pro-like fixture dataset and a
+chat dataset in the generic prompt file format."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import httpx
 import polars as pl
 import pytest
 
+import warehouse as wh
 from profiling import cli
+from profiling.datasets import DatasetSpec, get_adapter, prepare_prompts, read_prompt_file, write_prompt_set
 from profiling.rendering import estimate_tokens, render_mmlu_pro
 from profiling.replay_server import FaultKind, FaultRates, ReplayConfig, ReplayData, ReplayServer, create_app
+from router_core.embedding import prompt_hash
 from serving.cli import main as uniroute
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -27,7 +31,7 @@ MODELS = ["math-pro", "history-pro", "bio-pro", "generalist", "cheap", "last"]
 
 @pytest.fixture(scope="module")
 def replay_data(mmlu_like_dir: Path) -> ReplayData:
-    return ReplayData.load(mmlu_like_dir)
+    return ReplayData.from_dataset(mmlu_like_dir)
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +147,166 @@ def test_identical_prompts_are_served_from_a_question_the_model_answered(tmp_pat
         contents = [chat(http, model, prompt).json()["choices"][0]["message"]["content"] for model in ("a", "b")]
         assert contents == ["a on 2", "b on 1"]
         assert {(row["model"], row["prompt_id"]) for row in http.get("/_replay/requests").json()} == {
-            ("a", 2),
-            ("b", 1),
+            ("a", "mmlu_pro/2"),
+            ("b", "mmlu_pro/1"),
         }
+
+
+# ---- datasets ----
+
+
+def test_the_mmlu_pro_adapter_renders_what_render_mmlu_pro_renders(mmlu_like_dir, prompts, replay_data):
+    rows, spec = get_adapter("mmlu_pro").load(mmlu_like_dir)
+    prepared = prepare_prompts("mmlu_pro", rows, spec)
+    sent = {pid: json.loads(m)[-1] for pid, m in zip(prepared["prompt_id"], prepared["messages"], strict=True)}
+    assert sent == {f"mmlu_pro/{qid}": {"role": "user", "content": text} for qid, text in prompts.items()}
+    assert dict(zip(prepared["prompt_id"], prepared["prompt"], strict=True)) == {
+        f"mmlu_pro/{qid}": text for qid, text in prompts.items()
+    }
+    expected: dict[str, list[str]] = {}
+    for qid, text in prompts.items():
+        expected.setdefault(prompt_hash(text), []).append(f"mmlu_pro/{qid}")
+    assert replay_data.prompt_ids_by_hash == {key: tuple(sorted(ids)) for key, ids in expected.items()}
+    assert replay_data.n_prompts == 120 and replay_data.n_responses == 708
+
+
+SYSTEM = "Answer with the city's name only."
+FEW_SHOT = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris"}]
+#: file id -> the question (the last user turn); "007" checks that ids stay text.
+QUESTIONS = {"q1": "Capital of Italy?", "q2": "Capital of Spain?", "007": "Capital of Japan?"}
+REFERENCES = {"q1": "Rome", "q2": "Madrid", "007": "Tokyo"}
+#: (model, file id, response); beta's null answer to q2 is not recorded.
+ANSWERS = [
+    ("alpha", "q1", "Rome"),
+    ("alpha", "q2", "Madrid"),
+    ("alpha", "007", "Kyoto"),
+    ("beta", "q1", "Milan"),
+    ("beta", "q2", None),
+    ("beta", "007", "Tokyo"),
+]
+
+
+def conversation(question: str) -> list[dict[str, str]]:
+    """What a chat prompt of the fixture sends: a system message, one few-shot exchange, the question."""
+    return [{"role": "system", "content": SYSTEM}, *FEW_SHOT, {"role": "user", "content": question}]
+
+
+@pytest.fixture
+def chat_file(tmp_path: Path) -> Path:
+    """A prompt file (JSONL) of chat prompts with exact-match references."""
+    path = tmp_path / "chat.jsonl"
+    rows = [
+        {
+            "prompt_id": pid,
+            "prompt": question,
+            "messages": conversation(question),
+            "reference": REFERENCES[pid],
+            "grader": "exact_match",
+        }
+        for pid, question in QUESTIONS.items()
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def answers_frame(prefix: str = "") -> pl.DataFrame:
+    return pl.DataFrame(
+        [{"model": m, "prompt_id": f"{prefix}{pid}", "response": r} for m, pid, r in ANSWERS],
+        schema={"model": pl.String, "prompt_id": pl.String, "response": pl.String},
+    )
+
+
+def write_answers(path: Path) -> Path:
+    writers = {
+        ".parquet": pl.DataFrame.write_parquet,
+        ".csv": pl.DataFrame.write_csv,
+        ".jsonl": pl.DataFrame.write_ndjson,
+    }
+    writers[path.suffix](answers_frame(), path)
+    return path
+
+
+def test_from_frames_indexes_chat_prompts_by_their_last_user_message(chat_file):
+    prepared = prepare_prompts("chat", read_prompt_file(chat_file), DatasetSpec())
+    data = ReplayData.from_frames(prepared, answers_frame("chat/"))
+    assert data.prompt_ids_by_hash == {prompt_hash(q): (f"chat/{pid}",) for pid, q in QUESTIONS.items()}
+    assert data.models == ("alpha", "beta")
+    assert data.responses["beta"] == {"chat/q1": "Milan", "chat/007": "Tokyo"}  # the null answer is skipped
+    assert data.n_prompts == 3 and data.n_responses == 5
+    # without messages the prompt (the user turn) is the key; models keep the order given
+    by_prompt = ReplayData.from_frames(prepared.drop("messages"), answers_frame("chat/"), models=["beta", "alpha"])
+    assert by_prompt.prompt_ids_by_hash == data.prompt_ids_by_hash and by_prompt.models == ("beta", "alpha")
+
+
+def test_a_chat_dataset_is_answered_over_http(chat_file, tmp_path):
+    data = ReplayData.from_dataset(chat_file, responses=write_answers(tmp_path / "answers.jsonl"))
+    recorded = {(m, f"chat/{pid}"): r for m, pid, r in ANSWERS}
+    with ReplayServer(data) as replay, httpx.Client(base_url=replay.url, timeout=10) as http:
+        for model in ("alpha", "beta"):
+            for pid in ("q1", "007"):
+                messages = conversation(QUESTIONS[pid])
+                response = http.post("/v1/chat/completions", json={"model": model, "messages": messages})
+                assert response.status_code == 200, response.text
+                body = response.json()
+                assert body["choices"][0]["message"]["content"] == recorded[model, f"chat/{pid}"]
+                texts = "\n".join(m["content"] for m in messages)
+                assert body["usage"]["prompt_tokens"] == estimate_tokens(texts)
+        missing = http.post("/v1/chat/completions", json={"model": "beta", "messages": conversation(QUESTIONS["q2"])})
+        assert "'chat/q2'" in assert_openai_error(missing, 404, "response_not_recorded", "messages")
+        # the few-shot question is no prompt of the dataset: only the last user message identifies one
+        shot = http.post(
+            "/v1/chat/completions", json={"model": "alpha", "messages": conversation("Capital of France?")}
+        )
+        assert_openai_error(shot, 404, "prompt_not_found", "messages")
+        assert_openai_error(chat(http, "alpha", SYSTEM), 404, "prompt_not_found", "messages")
+        log = {
+            (row["model"], row["prompt_id"], row["outcome"]): row["count"]
+            for row in http.get("/_replay/requests").json()
+        }
+    assert log == {
+        ("alpha", "chat/q1", "ok"): 1,
+        ("alpha", "chat/007", "ok"): 1,
+        ("beta", "chat/q1", "ok"): 1,
+        ("beta", "chat/007", "ok"): 1,
+        ("beta", "chat/q2", "response_not_recorded"): 1,
+        ("alpha", None, "prompt_not_found"): 2,
+    }
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_responses_files_give_file_ids_prefixed_by_the_dataset(chat_file, tmp_path, suffix):
+    answers = write_answers(tmp_path / f"answers{suffix}")
+    assert ReplayData.from_dataset(chat_file, responses=answers).responses["beta"] == {
+        "chat/q1": "Milan",
+        "chat/007": "Tokyo",
+    }
+    named = ReplayData.from_dataset(chat_file, dataset="capitals", responses=answers)
+    assert named.prompt_ids_by_hash[prompt_hash(QUESTIONS["007"])] == ("capitals/007",)
+    assert set(named.responses["alpha"]) == {"capitals/q1", "capitals/q2", "capitals/007"}
+
+
+def test_from_warehouse_serves_the_stored_prompts(chat_file, tmp_path):
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        write_prompt_set(con, "chat", read_prompt_file(chat_file), DatasetSpec())
+        data = ReplayData.from_warehouse(con, answers_frame("chat/"))
+    assert data == ReplayData.from_frames(
+        prepare_prompts("chat", read_prompt_file(chat_file), DatasetSpec()), answers_frame("chat/")
+    )
+
+
+def test_unservable_data_is_refused_by_name(chat_file, tmp_path):
+    with pytest.raises(ValueError, match="no recorded responses"):
+        ReplayServer(chat_file)
+    stored_ids = tmp_path / "stored.parquet"
+    answers_frame("chat/").write_parquet(stored_ids)  # warehouse ids where file ids are expected
+    with pytest.raises(ValueError, match="'chat/chat/q1'"):
+        ReplayData.from_dataset(chat_file, responses=stored_ids)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        ReplayData.from_dataset(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="'messages' or a 'prompt'"):
+        ReplayData.from_frames(pl.DataFrame({"prompt_id": ["a"]}), answers_frame())
+    with pytest.raises(ValueError, match=r"responses: missing column\(s\) \['response'\]"):
+        ReplayData.from_frames(pl.DataFrame({"prompt_id": ["a"], "prompt": ["x"]}), answers_frame().drop("response"))
 
 
 # ---- errors ----
@@ -162,9 +323,9 @@ def test_unknown_prompt_is_a_404(client, prompts):
     assert_openai_error(chat(client, "math-pro", prompts[1] + " "), 404, "prompt_not_found", "messages")
 
 
-def test_a_model_lacking_the_answer_is_a_404_naming_the_question(client, prompts):
+def test_a_model_lacking_the_answer_is_a_404_naming_the_prompt(client, prompts):
     message = assert_openai_error(chat(client, "last", prompts[10]), 404, "response_not_recorded", "messages")
-    assert "'last'" in message and "question 10" in message
+    assert "'last'" in message and "'mmlu_pro/10'" in message
     assert chat(client, "generalist", prompts[10]).status_code == 200
 
 
@@ -333,15 +494,15 @@ def test_request_log_counts_per_model_prompt_and_outcome(client, server, prompts
     rows = client.get("/_replay/requests").json()
     counts = {(row["model"], row["prompt_id"], row["outcome"]): row["count"] for row in rows}
     assert counts == {
-        ("math-pro", 4, "ok"): 3,
-        ("bio-pro", 4, "ok"): 1,
+        ("math-pro", "mmlu_pro/4", "ok"): 3,
+        ("bio-pro", "mmlu_pro/4", "ok"): 1,
         ("gpt-17", None, "model_not_found"): 1,
-        ("last", 20, "response_not_recorded"): 1,
+        ("last", "mmlu_pro/20", "response_not_recorded"): 1,
         ("math-pro", None, "prompt_not_found"): 1,
         (None, None, "invalid_request"): 1,
     }
     frame = server.request_log.frame()
-    assert frame.columns == ["model", "prompt_id", "outcome", "count"]
+    assert frame.schema == {"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "count": pl.Int64}
     assert frame["count"].sum() == 8
 
     assert client.post("/_replay/reset").status_code == 200

@@ -94,3 +94,12 @@ def test_an_empty_catalog_deactivates_every_llm(tmp_path):
         path.write_text("llms: []\n")
         assert wh.sync_catalog(con, path).height == 0
         assert wh.read_llms(con).select("name", "active").rows() == [("a", False)]
+
+
+def test_an_import_only_entry_needs_no_endpoint_or_prices(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    catalog = wh.load_catalog(
+        _write(tmp_path, GOOD.replace("llms:\n", "llms:\n  - {name: imported, base_url: null}\n"))
+    )
+    row = catalog.filter(catalog["name"] == "imported").row(0, named=True)
+    assert row["base_url"] is None and row["usd_per_mtok_in"] is None

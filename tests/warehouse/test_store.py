@@ -69,6 +69,7 @@ def test_newer_schema_is_refused(tmp_path):
 
 def test_responses_are_insert_only_and_pending_pairs_shrink(con):
     wh.upsert_prompts(con, _prompts(3))
+    wh.upsert_llms(con, pl.concat([_llm("m1", "m1"), _llm("m2", "m2")]))
     assert wh.pending_pairs(con, ["m1", "m2"]).height == 6
     assert wh.insert_responses(con, _responses("m1", ["ds/0", "ds/1"])) == 2
     assert wh.insert_responses(con, _responses("m1", ["ds/1", "ds/2"], text="changed")) == 1  # ds/1 kept
@@ -242,3 +243,76 @@ def test_migration_4_records_the_catalog_endpoint_of_existing_answers(tmp_path):
     with wh.connect(path) as con:
         assert wh.schema_version(con) == len(MIGRATIONS)
         assert wh.read_responses(con).select("base_url", "model_id").rows() == [("http://h/v1", "v1")]
+
+
+def test_a_stored_prompt_keeps_its_split_on_reimport(con):
+    wh.upsert_prompts(con, _prompts(3, split="train"))
+    wh.upsert_prompts(con, _prompts(3, split="test").with_columns(text=pl.lit("edited")))
+    stored = wh.read_prompts(con)
+    assert stored["split"].to_list() == ["train"] * 3  # splits never move
+    assert stored["text"].to_list() == ["edited"] * 3  # everything else follows the new import
+    assert wh.read_splits(con, ["ds/0", "ds/9"]) == {"ds/0": "train"}
+
+
+def test_an_answer_to_an_older_request_is_stale_and_archived_once(con):
+    prompts = _prompts(2).with_columns(request_hash=pl.lit("v2"))
+    wh.upsert_prompts(con, prompts)
+    wh.upsert_llms(con, _llm("m1", "m1"))
+    old = _responses("m1", ["ds/0"]).with_columns(request_hash=pl.lit("v1"))
+    wh.insert_responses(con, pl.concat([old, _responses("m1", ["ds/1"]).with_columns(request_hash=pl.lit("v2"))]))
+    assert wh.pending_counts(con).rows() == [("m1", 1)]  # the answer to the old template counts as missing
+    assert wh.pending_pairs(con, ["m1"]).height == 0  # ... until it is archived
+    assert wh.archive_responses(con, ["m1"]) == 1
+    assert wh.archive_responses(con, ["m1"]) == 0
+    assert con.sql("SELECT prompt_id, reason FROM responses_archive").fetchall() == [("ds/0", "template changed")]
+    assert wh.pending_pairs(con, ["m1"])["prompt_id"].to_list() == ["ds/0"]
+
+
+def test_import_only_llms_and_results_only_datasets_are_never_pending(con):
+    wh.upsert_prompts(
+        con,
+        pl.concat(
+            [
+                _prompts(2),
+                _prompts(2).with_columns(prompt_id=pl.format("res/{}", pl.col("content_hash")), dataset=pl.lit("res")),
+            ]
+        ),
+    )
+    spec = {"spec": "{}", "template_version": "t", "source": None}
+    wh.upsert_dataset(con, pl.DataFrame([{"name": "res", "collectable": False, **spec}]))
+    imported_only = _llm("imp", "imp").with_columns(
+        base_url=pl.lit(None, pl.String),
+        usd_per_mtok_in=pl.lit(None, pl.Float64),
+        usd_per_mtok_out=pl.lit(None, pl.Float64),
+    )
+    wh.upsert_llms(con, pl.concat([_llm("m1", "m1"), imported_only], how="vertical_relaxed"))
+    assert wh.pending_pairs(con, ["m1", "imp"])["prompt_id"].to_list() == ["ds/0", "ds/1"]  # only m1, only ds
+    assert wh.pending_counts(con).rows() == [("m1", 2)]
+    imported = _responses("imp", ["res/h0", "res/h1"]).with_columns(
+        response=pl.lit(None, pl.String), cost_usd=pl.Series([0.5, 1.5]), source=pl.lit("imported")
+    )
+    wh.insert_responses(con, imported)
+    assert wh.expected_count(con, "imp") == 2  # the dataset it has answers in
+    assert wh.expected_count(con, "m1") == 2  # what it can be asked
+    assert wh.read_gradable(con).height == 0  # imported scores are kept, never regraded
+    assert wh.archive_responses(con, ["imp"], collected_before=__import__("datetime").datetime(2100, 1, 1)) == 0
+    costs = dict(wh.read_costs(con).select("model", "cost").iter_rows())
+    assert costs == {"imp": 1.0}
+    assert wh.read_query_costs(con, ["imp"], ["validation"])["cost"].to_list() == [0.5, 1.5]
+
+
+def test_costs_fall_back_to_catalog_prices_times_tokens(con):
+    wh.upsert_prompts(con, _prompts(2))
+    wh.upsert_llms(con, _llm("m1", "m1").with_columns(usd_per_mtok_in=pl.lit(2.0), usd_per_mtok_out=pl.lit(4.0)))
+    wh.insert_responses(con, _responses("m1", ["ds/0", "ds/1"]).with_columns(cost_usd=pl.Series([None, 1.0])))
+    # ds/0: no measured cost -> 10 tokens in x $2/M + 5 out x $4/M
+    assert wh.read_query_costs(con, ["m1"], ["validation"])["cost"].to_list() == [pytest.approx(4e-5), 1.0]
+
+
+def test_judge_verdicts_are_cached_once(con):
+    frame = pl.DataFrame({"key": ["k1"], "judge": ["j@v"], "score": [0.7], "verdict": ["Score: 7"], "cost_usd": [1e-4]})
+    assert wh.insert_judge_cache(con, frame) == 1
+    assert wh.insert_judge_cache(con, frame.with_columns(score=pl.lit(0.1))) == 0
+    assert wh.read_judge_cache(con, ["k1", "k2"])["score"].to_list() == [0.7]
+    with pytest.raises(wh.WarehouseInputError, match=r"judge_cache\.score=2\.0"):
+        wh.insert_judge_cache(con, frame.with_columns(key=pl.lit("k3"), score=pl.lit(2.0)))
