@@ -58,26 +58,37 @@ def _run(frame: pl.DataFrame, expectations: list) -> CheckOutcome:
 
 
 def check_responses(responses: pl.DataFrame, n_validation: int, coverage_floor: float = COVERAGE_FLOOR) -> CheckOutcome:
-    """One LLM's validation responses: schema, one row per prompt, coverage, non-empty text, token counts > 0."""
+    """One LLM's validation responses: schema, one row per prompt, coverage; collected answers also have text
+    and token counts > 0 (imported results may carry neither: their scores came with them)."""
     import great_expectations as gx
 
     e = gx.expectations
-    return _run(
+    whole = _run(
         responses,
         [
             *[e.ExpectColumnToExist(column=c) for c in ("model", "prompt_id", "response", "prompt_tokens")],
-            *[e.ExpectColumnValuesToBeInTypeList(column=c, type_list=TEXT) for c in ("model", "prompt_id", "response")],
+            *[e.ExpectColumnValuesToBeInTypeList(column=c, type_list=TEXT) for c in ("model", "prompt_id")],
+            e.ExpectCompoundColumnsToBeUnique(column_list=["model", "prompt_id"]),
+            e.ExpectTableRowCountToBeBetween(min_value=math.ceil(coverage_floor * n_validation), max_value=None),
+        ],
+    )
+    collected = responses.filter(pl.col("source") != "imported") if "source" in responses.columns else responses
+    if collected.height == 0:
+        return whole
+    answers = _run(
+        collected,
+        [
+            e.ExpectColumnValuesToBeInTypeList(column="response", type_list=TEXT),
             *[
                 e.ExpectColumnValuesToBeInTypeList(column=c, type_list=INTEGER)
                 for c in ("prompt_tokens", "completion_tokens")
             ],
-            e.ExpectCompoundColumnsToBeUnique(column_list=["model", "prompt_id"]),
-            e.ExpectTableRowCountToBeBetween(min_value=math.ceil(coverage_floor * n_validation), max_value=None),
             e.ExpectColumnValueLengthsToBeBetween(column="response", min_value=1, mostly=1 - EMPTY_RESPONSE_CEILING),
             e.ExpectColumnValuesToBeBetween(column="prompt_tokens", min_value=1),
             e.ExpectColumnValuesToBeBetween(column="completion_tokens", min_value=1),
         ],
     )
+    return CheckOutcome(passed=whole.passed and answers.passed, failures=whole.failures + answers.failures)
 
 
 def check_grades(grades: pl.DataFrame, n_validation: int, coverage_floor: float = COVERAGE_FLOOR) -> CheckOutcome:

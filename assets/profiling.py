@@ -12,9 +12,9 @@ import duckdb
 import warehouse as wh
 from assets.expectations import COVERAGE_FLOOR, CheckOutcome, check_grades, check_responses
 from assets.resources import CollectorResource, WarehouseResource
-from profiling.collector import collect
+from profiling.collector import catalog_completer, collect
 from profiling.datasets import detect_adapter, import_dataset
-from profiling.grading import grade_responses
+from profiling.grading import grade_responses_report
 from profiling.importers import import_results
 
 GROUP = "profiling"
@@ -269,12 +269,17 @@ def llm_responses(
     ],
 )
 def graded_responses(
-    context: dg.AssetExecutionContext, config: GradingConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext,
+    config: GradingConfig,
+    warehouse: WarehouseResource,
+    collector: CollectorResource,
 ) -> dg.MaterializeResult:
-    """One LLM's grades, from each prompt's grader; its validation accuracy in the metadata."""
+    """One LLM's grades, from each prompt's grader (an LLM judge is asked through the catalog; its verdicts are
+    cached); its validation accuracy in the metadata. Imported scores are kept as they are."""
     model = context.partition_key
     with warehouse.connect() as con:
-        written = grade_responses(con, [model])
+        grading = grade_responses_report(con, [model], catalog_completer(con, collector.policy()))
+        written = grading.written
         outcomes = wh.read_outcomes(con, [model], ["validation"])
         n_validation = wh.expected_count(con, model, ["validation"])
         rows = wh.count_answers(con, model)["grades"]
@@ -286,12 +291,16 @@ def graded_responses(
             outcomes.height,
             n_validation,
         )
+    if grading.failed:
+        context.log.warning(f"{model}: {grading.failed} answers not graded (retried next run): {grading.examples}")
     accuracy = float(outcomes["score"].mean()) if outcomes.height else None
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": rows,
             "validation_coverage": outcomes.height / max(n_validation, 1),
             "graded_now": written,
+            "ungraded_will_retry": grading.failed,
+            "judge_cost_usd": grading.judge_cost_usd,
             "validation_accuracy": accuracy,
         },
         check_results=[check],

@@ -1,7 +1,11 @@
-"""Does the ``mmlu_pro_letter`` grader reproduce the dataset's own grades? Every row of MMLU-Pro's responses.
+"""Do the graders give the grades they should? Every row of MMLU-Pro's responses, and cases with known labels.
 
-Grades each response against its question's answer, then compares with the dataset's ``correct`` column (the
-floor: >= 99% agreement) and the extracted letter with its ``pred`` column, per extraction rule and per model.
+Grades each MMLU-Pro response against its question's answer with ``mmlu_pro_letter``, then compares with the
+dataset's ``correct`` column (the floor: >= 99% agreement) and the extracted letter with its ``pred`` column,
+per extraction rule and per model. Then one row per grader, ``grader, cases, agreement, rows/s``: the
+``multiple_choice`` grader (10 letters, default extraction) on the same MMLU-Pro rows, and ``numeric``,
+``exact_match``, ``regex`` and ``code`` on cases this script builds with known labels (floor: 100%). The
+``llm_judge`` grader has no case here: its agreement depends on the judge LLM, not on this code.
 
     python -m benchmarks.grader_agreement            # ../shared/data/mmlu_pro, or $UNIROUTE_MMLU_PRO_DIR
     python -m benchmarks.grader_agreement --strict   # exit 1 when agreement is under the floor
@@ -11,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DEFAULT_DATA_DIR
-from profiling.graders import CHOICE_RULES, get_grader, trace_choice
+from profiling.graders import CHOICE_RULES, GradeItem, get_grader, trace_choice
 
 GRADER = "mmlu_pro_letter"
 #: Share of rows whose grade must equal the dataset's ``correct``.
@@ -164,6 +171,157 @@ def print_examples(graded: pl.DataFrame, n: int) -> None:
         )
 
 
+# ---- one case per grader ----
+
+
+@dataclass(frozen=True)
+class Case:
+    """Items for one grader with the score each should get."""
+
+    grader: str
+    options: dict[str, Any]
+    data: str
+    items: list[GradeItem]
+    labels: list[float]
+    floor: float = 1.0
+
+
+def _numeric_items(rng: random.Random, n: int) -> tuple[list[GradeItem], list[float]]:
+    """Numbers written as the numeric grader reads them; wrong answers end on another number."""
+    formats = [
+        (lambda v: f"{v:,.2f}", lambda v: f"{v}"),
+        (lambda v: f"${v:,.2f}", lambda v: f"{v:.2f}"),
+        (lambda v: f"{v:.6e}", lambda v: f"{v:.6f}"),
+        (lambda v: f"{v}", lambda v: f"${v:,.2f}"),
+    ]
+    items, labels = [], []
+    for i in range(n):
+        value = round(rng.uniform(-5000, 5000), 2)
+        written, reference = formats[i % len(formats)]
+        right = i % 2 == 0
+        shown = value if right else round(value + rng.choice([-1, 1]) * rng.uniform(0.5, 50), 2)
+        template = rng.choice(["The answer is {}.", "So x = {}", "Step 1: 12 apples. Total: {}", "{}"])
+        items.append(GradeItem(template.format(written(shown)), reference(value)))
+        labels.append(1.0 if right else 0.0)
+    fractions = [("So 3/4 of it", "0.75", 1.0), ("It is 1/3", "0.3333333", 1.0), ("3/4", "0.7", 0.0)]
+    items += [GradeItem(r, a) for r, a, _ in fractions]
+    return items, labels + [label for *_, label in fractions]
+
+
+_WORDS = ["Paris", "New York", "straße", "C++", "the Eiffel Tower", "H2O", "Ada Lovelace", "42 km"]
+
+
+def _exact_items(rng: random.Random, n: int) -> tuple[list[GradeItem], list[float]]:
+    """Same answer up to case, whitespace and trailing punctuation (1), or another answer (0)."""
+    items, labels = [], []
+    for i in range(n):
+        word = rng.choice(_WORDS)
+        if i % 2 == 0:
+            shown = rng.choice([word.upper(), word.lower(), f"  {word}. ", word.replace(" ", "  "), f"{word}!?"])
+            labels.append(1.0)
+        else:
+            other = rng.choice([w for w in _WORDS if w.casefold() != word.casefold()])
+            shown = rng.choice([other, f"{word} and {other}", f"not {word}", f"{word},x"])
+            labels.append(0.0)
+        items.append(GradeItem(shown, word))
+    return items, labels
+
+
+def _regex_items(rng: random.Random, n: int) -> tuple[list[GradeItem], list[float]]:
+    """Does the answer name the year 1969 (pattern ``\b1969\b``), anywhere in the text?"""
+    right = ["It happened in 1969.", "1969", "July 20, 1969, at 20:17 UTC", "Year: 1969\nwhy: Apollo"]
+    wrong = ["In 1968.", "19690", "around 1970", "x1969", "nineteen sixty-nine"]
+    items = [GradeItem(rng.choice(right if i % 2 == 0 else wrong)) for i in range(n)]
+    return items, [1.0 if i % 2 == 0 else 0.0 for i in range(n)]
+
+
+# MBPP-style tasks: (tests, a correct solution, an incorrect one).
+_CODE_TASKS = [
+    (
+        "assert reverse_words('a b c') == 'c b a'\nassert reverse_words('ab cd') == 'cd ab'",
+        "def reverse_words(s):\n    return ' '.join(reversed(s.split()))",
+        "def reverse_words(s):\n    return s[::-1]",  # right on 'a b c', wrong on words longer than a letter
+    ),
+    (
+        "assert is_prime(2)\nassert is_prime(13)\nassert not is_prime(1)\nassert not is_prime(21)",
+        "def is_prime(n):\n    return n > 1 and all(n % d for d in range(2, int(n ** 0.5) + 1))",
+        "def is_prime(n):\n    return n % 2 == 1",
+    ),
+    (
+        "assert max_sub([1, -2, 3, 4, -1]) == 7\nassert max_sub([-3, -1]) == -1",
+        "def max_sub(xs):\n    best = cur = xs[0]\n    for x in xs[1:]:\n        cur = max(x, cur + x)\n"
+        "        best = max(best, cur)\n    return best",
+        "def max_sub(xs):\n    return sum(x for x in xs if x > 0)",
+    ),
+    (
+        "assert fib(0) == 0\nassert fib(10) == 55",
+        "```python\ndef fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n```",
+        "def fib(n):\n    while True:\n        pass",  # never returns: killed at the time limit
+    ),
+    (
+        "assert count_vowels('Hello World') == 3",
+        "Here you go:\n```python\ndef count_vowels(s):\n    return sum(c in 'aeiouAEIOU' for c in s)\n```",
+        "```python\ndef count_vowels(s):\n    return sum(c in 'aeiou' for c in s.upper())\n```",
+    ),
+    (
+        "assert dedupe([3, 1, 3, 2, 1]) == [3, 1, 2]",
+        "def dedupe(xs):\n    return list(dict.fromkeys(xs))",
+        "def dedupe(xs):\n    return sorted(set(xs))",
+    ),
+]
+
+
+def synthetic_cases(seed: int = 0, n: int = 400) -> list[Case]:
+    """The cases with known labels this script makes itself."""
+    rng = random.Random(seed)
+    code_items = [GradeItem(solution, tests=tests) for tests, *solutions in _CODE_TASKS for solution in solutions]
+    return [
+        Case("numeric", {}, "synthetic numbers", *_numeric_items(rng, n)),
+        Case("exact_match", {}, "synthetic short answers", *_exact_items(rng, n)),
+        Case("regex", {"pattern": r"\b1969\b"}, "synthetic years", *_regex_items(rng, n)),
+        Case("code", {"timeout_s": 2}, "MBPP-style tasks", code_items, [1.0, 0.0] * len(_CODE_TASKS)),
+    ]
+
+
+def mmlu_pro_choice_case(rows: pl.DataFrame) -> Case:
+    """``multiple_choice`` over A-J with its default extraction, against the dataset's ``correct``."""
+    items = [GradeItem(r, a) for r, a in zip(rows["response"], rows["answer"], strict=True)]
+    labels = rows["correct"].cast(pl.Float64).to_list()
+    return Case("multiple_choice", {"n_options": 10}, "MMLU-Pro correct", items, labels, AGREEMENT_FLOOR)
+
+
+def measure(case: Case) -> dict[str, Any]:
+    """grader, version, data, cases, agreement (share of items whose score is the label), rows/s."""
+    grader = get_grader(case.grader, case.options)
+    start = time.perf_counter()
+    results = grader.grade_items(case.items)
+    seconds = time.perf_counter() - start
+    agree = sum(r.score == label for r, label in zip(results, case.labels, strict=True))
+    n = len(case.items)
+    return {
+        "grader": case.grader,
+        "version": grader.version,
+        "data": case.data,
+        "cases": n,
+        "agreement": agree / n if n else 0.0,
+        "rows_per_s": n / seconds if seconds > 0 else float("inf"),
+        "passed": n > 0 and agree / n >= case.floor,
+        "floor": case.floor,
+    }
+
+
+def print_agreement(measured: list[dict[str, Any]]) -> bool:
+    """The per-grader table; returns whether every case holds its floor."""
+    print(f"\nper grader\n{'grader':<18}{'data':<26}{'cases':>9}{'agreement':>12}{'rows/s':>12}  floor")
+    for m in measured:
+        verdict = "PASS" if m["passed"] else "FAIL"
+        print(
+            f"{m['grader']:<18}{m['data']:<26}{m['cases']:>9,}{_pct(m['agreement']):>12}{m['rows_per_s']:>12,.0f}"
+            f"  {m['floor']:.0%} [{verdict}]"
+        )
+    return all(m["passed"] for m in measured)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help=f"MMLU-Pro directory (default ${DATA_ENV} or {DEFAULT_DATA_DIR})")
@@ -182,7 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     print_by_rule(graded)
     print_by_model(graded)
     print_examples(graded, args.examples)
-    return 0 if passed or not args.strict else 1
+    letter = {
+        "grader": GRADER,
+        "data": "MMLU-Pro correct",
+        "cases": graded.height,
+        "agreement": graded["agree_correct"].mean() if graded.height else 0.0,
+        "rows_per_s": rows_per_s,
+        "passed": passed,
+        "floor": AGREEMENT_FLOOR,
+    }
+    measured = [letter, measure(mmlu_pro_choice_case(rows)), *(measure(case) for case in synthetic_cases())]
+    all_passed = print_agreement(measured)
+    return 0 if all_passed or not args.strict else 1
 
 
 if __name__ == "__main__":

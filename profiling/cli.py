@@ -11,7 +11,6 @@ from datetime import datetime
 from pathlib import Path
 
 from profiling.replay_server import (
-    DATA_FILES,
     UVICORN_SETTINGS,
     FaultKind,
     FaultRates,
@@ -57,14 +56,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     replay = commands.add_parser(
         "replay-server",
         help="serve recorded answers as an OpenAI-compatible endpoint",
-        description="Serve recorded MMLU-Pro answers at /v1/chat/completions and /v1/models, with latency and "
-        "seeded faults; request counts at /_replay/stats and /_replay/requests.",
+        description="Serve a dataset's recorded answers at /v1/chat/completions and /v1/models, with latency and "
+        "seeded faults; request counts at /_replay/stats and /_replay/requests. Prompts are rendered by the "
+        "dataset's adapter, so a request is answered when its last user message is one of them.",
     )
     replay.add_argument(
         "--data",
         type=Path,
         default=None,
-        help=f"dataset directory ({', '.join(DATA_FILES)}); default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR}",
+        help=f"a prompt file, or a dataset directory (e.g. the mmlu_pro layout); default ${DATA_DIR_ENV} or "
+        f"{DEFAULT_DATA_DIR}",
+    )
+    replay.add_argument("--adapter", default=None, help="the data's layout (default: detected)")
+    replay.add_argument("--dataset", default=None, help="its dataset name (default: the adapter's or file's)")
+    replay.add_argument(
+        "--responses", type=Path, default=None, help="recorded answers (model, prompt_id, response) if not in --data"
     )
     replay.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
     replay.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -253,9 +259,12 @@ def _graders(args: argparse.Namespace) -> int:
     from profiling.graders import grader_catalog
 
     for entry in grader_catalog():
-        print(f"{entry['name']:<18} v{entry['version']:<8} {entry['description']}")
-        for option in entry.get("options", []):
-            print(f"    {option}")
+        problem = f"  [unusable: {entry['error']}]" if entry.get("error") else ""
+        print(f"{entry['name']:<16} v{entry['version']:<6} {entry['description']} ({entry['source']}){problem}")
+        for option in entry["options"]:
+            default = "required" if option["required"] else f"default {option['default']!r:.40}"
+            print(f"    {option['name']:<22} {default:<22} {option['description']}")
+    print("imported         (scores imported with results: kept as they are, never regraded)")
     return 0
 
 
@@ -293,10 +302,17 @@ def _collect(args: argparse.Namespace) -> int:
 
 def _grade(args: argparse.Namespace) -> int:
     import warehouse as wh
-    from profiling.grading import grade_responses
+    from profiling.collector import catalog_completer
+    from profiling.grading import grade_responses_report
 
     with wh.connect(args.warehouse) as con:
-        print(f"grades: {grade_responses(con, args.models)} written")
+        report = grade_responses_report(con, args.models, catalog_completer(con))
+    print(
+        f"grades: {report.written} written, {report.failed} not graded (retried next run), "
+        f"judges ${report.judge_cost_usd:.4f}"
+    )
+    for example in report.examples:
+        print(f"  {example}")
     return 0
 
 
@@ -305,12 +321,8 @@ def run_replay_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     data_dir: Path = args.data or default_data_dir()
-    missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
-    if missing:
-        raise SystemExit(
-            f"replay-server: MMLU-Pro data not found at {data_dir} (missing {', '.join(missing)}); "
-            f"pass --data DIR or set {DATA_DIR_ENV}"
-        )
+    if not data_dir.exists():
+        raise SystemExit(f"replay-server: no data at {data_dir}; pass --data PATH or set {DATA_DIR_ENV}")
     try:
         faults = FaultRates(**{**vars(FaultRates.spread(args.fault_rate)), **dict(args.fault)})
         config = ReplayConfig(
@@ -322,12 +334,12 @@ def run_replay_server(args: argparse.Namespace) -> int:
             retry_after_seconds=args.retry_after,
         )
         started = time.perf_counter()
-        data = ReplayData.load(data_dir)
+        data = ReplayData.from_dataset(data_dir, args.adapter, args.dataset, args.responses)
         app = create_app(data, config)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"replay-server: {exc}") from None
     print(
-        f"replay-server: {data.n_responses} responses of {len(data.models)} models to {data.n_questions} questions "
+        f"replay-server: {data.n_responses} responses of {len(data.models)} models to {data.n_prompts} prompts "
         f"from {data_dir} loaded in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
         flush=True,

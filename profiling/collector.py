@@ -36,6 +36,7 @@ __all__ = [
     "CollectionReport",
     "Completion",
     "RetryPolicy",
+    "catalog_completer",
     "collect",
     "collect_pairs",
     "complete_many",
@@ -269,6 +270,20 @@ def complete_many(
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(run())
+
+
+def catalog_completer(
+    con: duckdb.DuckDBPyConnection, policy: RetryPolicy | None = None
+) -> Callable[[str, list[dict]], list[Completion | None]]:
+    """``complete(llm_name, requests)`` over the warehouse catalog's endpoints (what ``llm_judge`` graders call)."""
+
+    def complete(name: str, requests: list[dict]) -> list[Completion | None]:
+        rows = wh.read_llms(con).filter(pl.col("name") == name)
+        if rows.height == 0:
+            raise ValueError(f"judge={name!r}: not in the catalog")
+        return complete_many(rows.row(0, named=True), requests, policy)
+
+    return complete
 
 
 def _endpoint(row: dict) -> _Endpoint:

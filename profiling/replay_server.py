@@ -57,8 +57,6 @@ __all__ = [
 
 #: The outcome of a request answered with its recorded response.
 OK = "ok"
-#: The files of an MMLU-Pro-layout directory, as profiling/cli.py checks them (the server reads any adapter's).
-DATA_FILES = ("questions.parquet", "responses.parquet", "models.csv")
 
 
 class FaultKind(StrEnum):
@@ -251,15 +249,9 @@ class ReplayData:
         """The warehouse's prompts (as sent: their stored messages) answered with ``responses`` (stored ids)."""
         return cls.from_frames(wh.read_prompts(con), responses, models)
 
-    #: Kept for callers of the former MMLU-Pro-only loader.
-    load = from_dataset
-
     @property
     def n_prompts(self) -> int:
         return sum(len(ids) for ids in self.prompt_ids_by_hash.values())
-
-    #: Kept for callers of the former MMLU-Pro-only loader.
-    n_questions = n_prompts
 
     @property
     def n_responses(self) -> int:

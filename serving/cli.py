@@ -157,10 +157,23 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the input's fault: each names the field and value, so one line says it all."""
+    from profiling.datasets import PromptSetError
+    from profiling.results import ResultsError
+    from warehouse import CatalogError, WarehouseInputError
+
+    return PromptSetError, ResultsError, CatalogError, WarehouseInputError
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``uniroute``."""
+    """Entry point of ``uniroute``: a user error is a message on stderr and exit code 2, not a traceback."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except _user_errors() as exc:
+        print(f"uniroute {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -176,11 +176,18 @@ def mmlu_like_dir(tmp_path_factory) -> Path:
 
 
 def materialise_graph(
-    instance, resources: dict, data_dir: Path, catalog: Path, llms: list[str], profile: bool = True
+    instance,
+    resources: dict,
+    data_dir: Path | None,
+    catalog: Path,
+    llms: list[str],
+    profile: bool = True,
+    prompts: dict | None = None,
 ) -> dict[str, dict]:
-    """The whole graph for ``llms`` (already in ``catalog``): catalog, prompts, embeddings; each LLM profiled on
-    every split (``profile=False``: already done, e.g. by parallel runs); a K-means map (K=3); features; the
-    router. Returns the map's and the router's metadata."""
+    """The whole graph for ``llms`` (already in ``catalog``): catalog, prompts (``data_dir`` imported, or the
+    ``prompt_set`` config ``prompts``), embeddings; each LLM profiled on every split (``profile=False``: already
+    done, e.g. by parallel runs); a K-means map (K=3); features; the router. Returns the map's and the router's
+    metadata."""
     import dagster as dg
 
     from assets.embeddings import prompt_embeddings
@@ -198,7 +205,8 @@ def materialise_graph(
     def meta(result, node):
         return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
 
-    setup = {"llm_catalog": {"config": {"path": str(catalog)}}, "prompt_set": {"config": {"path": str(data_dir)}}}
+    prompt_config = prompts if prompts is not None else {"path": str(data_dir)}
+    setup = {"llm_catalog": {"config": {"path": str(catalog)}}, "prompt_set": {"config": prompt_config}}
     run([llm_catalog, prompt_set, prompt_embeddings], ops=setup)
     instance.add_dynamic_partitions(llm_partitions.name, llms)
     for model in llms if profile else []:

@@ -187,7 +187,11 @@ class LLMJudgeGrader(Grader):
             return {}
         params = {"temperature": 0, "max_tokens": self.max_tokens}
         requests = [{"messages": [{"role": "user", "content": self.render(items[k])}], "params": params} for k in keys]
-        completions = context.complete(self.judge, requests)  # type: ignore[misc]
+        try:
+            completions = context.complete(self.judge, requests)  # type: ignore[misc]
+        except Exception as exc:  # e.g. the judge is not in the catalog: these items fail, the batch goes on
+            failed = GradeResult(None, judge=self.judge, error=f"judge {self.judge!r}: {type(exc).__name__}: {exc}")
+            return {key: (None, failed) for key in keys}
         if len(completions) != len(requests):
             raise ValueError(
                 f"complete: returned {len(completions)} completions for {len(requests)} requests to {self.judge!r}"

@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from benchmarks import grader_agreement
+from profiling.graders import GradeItem
 
 ANSWERS = {1: "A", 2: "B", 3: "C", 4: "D"}
 # model, question_id, response, the dataset's pred, the dataset's correct
@@ -21,6 +22,13 @@ ROWS = [
     ("beta", 3, "the answer is (C)", "C", 1),
     ("beta", 4, "the answer is (A)", "A", 0),
 ]
+
+
+@pytest.fixture(autouse=True)
+def no_synthetic_cases(request, monkeypatch):
+    """The synthetic cases (a code case waits for its time limit) run in their own test only."""
+    if "synthetic" not in request.node.name:
+        monkeypatch.setattr(grader_agreement, "synthetic_cases", lambda: [])
 
 
 def write_dataset(root: Path, rows: list[tuple] = ROWS, answers: dict[int, str] = ANSWERS) -> Path:
@@ -68,7 +76,8 @@ def test_prints_agreement_per_rule_and_model_and_the_disagreeing_row(tmp_path, c
     per_model = printed.split("per model, worst first")[1].split("disagreements with correct")[0]
     assert per_model.index("alpha") < per_model.index("beta")  # worst first
     assert line_starting(per_model, "alpha").split()[1:4] == ["4", "75.000%", "50.000%"]
-    examples = printed.split("disagreements with correct: 1 rows; examples")[1].strip().splitlines()[1:]
+    examples = printed.split("disagreements with correct: 1 rows; examples")[1].split("\nper grader")[0]
+    examples = examples.strip().splitlines()[1:]
     assert len(examples) == 2  # header + the one disagreeing row
     assert examples[1].split()[:6] == ["alpha", "3", "C", "-", "0", "C"]
     assert examples[1].endswith("...So\\nAnswer: C")
@@ -119,5 +128,27 @@ def test_a_response_without_its_question_exits_2(tmp_path, capsys):
 @pytest.mark.parametrize("n", [0, 1])
 def test_examples_flag_limits_the_rows_shown(tmp_path, capsys, n):
     grader_agreement.main(["--data", str(write_dataset(tmp_path / "d")), "--examples", str(n)])
-    tail = capsys.readouterr().out.split("disagreements with correct: 1 rows")[1]
+    tail = capsys.readouterr().out.split("disagreements with correct: 1 rows")[1].split("\nper grader")[0]
     assert tail.count("alpha") == n
+
+
+def test_the_per_grader_table_has_a_row_per_grader_and_strict_needs_them_all(tmp_path, capsys, monkeypatch):
+    agreeing = [row if row[:2] != ("alpha", 3) else (*row[:4], 1) for row in ROWS]
+    data = write_dataset(tmp_path / "above", agreeing)
+    assert grader_agreement.main(["--data", str(data), "--strict"]) == 0
+    table = capsys.readouterr().out.split("\nper grader\n")[1].splitlines()
+    assert [line.split()[0] for line in table] == ["grader", "mmlu_pro_letter", "multiple_choice"]
+    assert line_starting("\n".join(table), "multiple_choice").split()[3:5] == ["8", "100.000%"]
+    failing = grader_agreement.Case("exact_match", {}, "mislabelled", [GradeItem("a", "a")], [0.0])
+    monkeypatch.setattr(grader_agreement, "synthetic_cases", lambda: [failing])
+    assert grader_agreement.main(["--data", str(data), "--strict"]) == 1
+    assert "0.000%" in line_starting(capsys.readouterr().out, "exact_match")
+
+
+def test_the_synthetic_cases_agree_with_their_labels():
+    cases = grader_agreement.synthetic_cases()
+    assert {case.grader for case in cases} == {"numeric", "exact_match", "regex", "code"}
+    for case in cases:
+        assert 0 < sum(case.labels) < len(case.labels), case.grader  # both outcomes are represented
+        measured = grader_agreement.measure(case)
+        assert measured["agreement"] == 1.0 and measured["passed"], case.grader

@@ -141,6 +141,15 @@ def test_a_complete_function_returning_the_wrong_count_is_an_error():
         get_grader("llm_judge", {"judge": "j"}).grade_items(items("Paris"), GradeContext(lambda name, reqs: []))
 
 
+def test_a_complete_function_that_raises_fails_the_items_not_the_batch():
+    def complete(name, requests):
+        raise ValueError(f"judge={name!r}: not in the catalog")
+
+    results = get_grader("llm_judge", {"judge": "j"}).grade_items(items("Paris", "Lyon"), GradeContext(complete))
+    assert [r.score for r in results] == [None, None]
+    assert results[0].error == "judge 'j': ValueError: judge='j': not in the catalog"
+
+
 def test_grade_raises_for_an_ungradable_verdict():
     grader = get_grader("llm_judge", {"judge": "j"})
     with pytest.raises(ValueError, match=r"context\.complete"):

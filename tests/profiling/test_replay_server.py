@@ -544,7 +544,7 @@ def test_cli_serves_answers_and_stops_on_sigterm(mmlu_like_dir, prompts, recorde
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit 0 on older versions)
     assert process.returncode in (0, -signal.SIGTERM), output
     assert "Finished server process" in output
-    assert "708 responses of 6 models to 120 questions" in output
+    assert "708 responses of 6 models to 120 prompts" in output
 
 
 def test_cli_names_the_missing_data_dir_and_its_variable(tmp_path, monkeypatch):
