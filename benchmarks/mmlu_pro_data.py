@@ -1,4 +1,5 @@
-"""Load ``../shared/data/mmlu_pro`` into router_core's frames: prompts, outcomes, llms."""
+"""Load routing data into router_core's frames (prompts, outcomes, llms): ``../shared/data/mmlu_pro``, or any
+dataset in the generic layout (:func:`load_generic`)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,88 @@ def load_mmlu_pro(data_dir: str | os.PathLike[str] | None = None) -> RoutingData
         )
     )
     return RoutingDataset(prompts=prompts, outcomes=outcomes, llms=prices.sort("model"))
+
+
+def load_routing_data(data_dir: str | os.PathLike[str] | None = None) -> RoutingDataset:
+    """:func:`load_mmlu_pro` for a directory in its layout (the default), else :func:`load_generic`."""
+    if data_dir is None or not Path(data_dir).is_dir() or (Path(data_dir) / "questions.parquet").exists():
+        return load_mmlu_pro(data_dir)
+    return load_generic(data_dir)
+
+
+def _one_file(directory: Path, stem: str) -> Path | None:
+    found = [
+        directory / f"{stem}{suffix}"
+        for suffix in (".parquet", ".csv", ".jsonl")
+        if (directory / f"{stem}{suffix}").exists()
+    ]
+    if len(found) > 1:
+        raise ValueError(f"{directory}: several {stem} files ({[f.name for f in found]}); keep one")
+    return found[0] if found else None
+
+
+def load_generic(data_dir: str | os.PathLike[str]) -> RoutingDataset:
+    """A dataset in the layout users bring (README "Bring your own data"), keeping prompts every LLM answered.
+
+    ``DIR/results.{parquet,csv,jsonl}`` (or ``DIR/results/``, lm-evaluation-harness samples): scores and, where
+    known, per-query USD costs, in any format ``uniroute import-results`` reads; ``DIR/prompts.{jsonl,csv,parquet}``
+    (optional; else the results' ``prompt`` column) in the prompt file format, with ``DIR/spec.yaml`` (optional)
+    saying what the router embeds; ``DIR/models.csv`` (optional: ``model, usd_per_mtok``) prices answers that carry
+    no cost, from their tokens. Without prices, an LLM's flat cost is its mean per-query cost.
+    """
+    from profiling.datasets import DatasetSpec, load_spec, read_prompt_file, render
+    from profiling.results import read_results
+
+    directory = Path(data_dir)
+    source = _one_file(directory, "results") or (directory / "results" if (directory / "results").is_dir() else None)
+    if source is None:
+        raise FileNotFoundError(
+            f"{directory}: no results.parquet/.csv/.jsonl or results/ (README 'Bring your own data')"
+        )
+    results = read_results(source)
+    spec = load_spec(directory / "spec.yaml") if (directory / "spec.yaml").exists() else DatasetSpec()
+    prompt_file = _one_file(directory, "prompts")
+    if prompt_file is not None:
+        rows = read_prompt_file(prompt_file)
+    else:
+        rows = results.group_by("prompt_id", maintain_order=True).agg(
+            pl.col("prompt").first(), pl.col("category").first()
+        )
+        rows = rows.with_columns(pl.lit(None, pl.String).alias(c) for c in ("messages", "metadata"))
+    texts = [render(spec, row, f"prompt_id={row['prompt_id']!r}")[2] for row in rows.iter_rows(named=True)]
+    models = sorted(set(results["model"]))
+    complete = (
+        results.group_by("prompt_id").agg(pl.col("model").n_unique().alias("n")).filter(pl.col("n") == len(models))
+    )
+    prompts = (
+        rows.select("prompt_id", pl.Series("text", texts), pl.col("category").fill_null(""))
+        .join(complete.select("prompt_id"), on="prompt_id")
+        .sort("prompt_id")
+    )
+    prices_file = directory / "models.csv"
+    prices = (
+        pl.read_csv(prices_file).select("model", pl.col("usd_per_mtok").cast(pl.Float64))
+        if prices_file.exists()
+        else None
+    )
+    outcomes = results.filter(pl.col("prompt_id").is_in(prompts["prompt_id"].to_list()))
+    if prices is not None:
+        tokens = pl.coalesce(
+            pl.col("input_tokens") + pl.col("output_tokens"),
+            _tokens(pl.col("prompt").fill_null("")) + _tokens(pl.col("response").fill_null("")),
+        )
+        outcomes = outcomes.join(prices, on="model", how="left").with_columns(
+            pl.coalesce("cost_usd", pl.col("usd_per_mtok") * tokens / 1e6).alias("cost_usd")
+        )
+    if (unpriced := outcomes.filter(pl.col("cost_usd").is_null())).height:
+        raise ValueError(
+            f"{directory}: model={unpriced['model'][0]!r} prompt_id={unpriced['prompt_id'][0]!r} has no cost: give "
+            "per-query USD (cost_usd) in the results or prices in models.csv"
+        )
+    mean_cost = outcomes.group_by("model").agg(pl.col("cost_usd").mean().alias("cost"))
+    llms = prices.select("model", pl.col("usd_per_mtok").alias("cost")) if prices is not None else mean_cost
+    return RoutingDataset(
+        prompts=prompts,
+        outcomes=outcomes.select("model", "prompt_id", "score", "cost_usd"),
+        llms=llms.filter(pl.col("model").is_in(models)).sort("model"),
+    )

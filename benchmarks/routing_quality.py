@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 
 from benchmarks.machine import machine_description
-from benchmarks.mmlu_pro_data import DATA_HOME, load_mmlu_pro
+from benchmarks.mmlu_pro_data import DATA_HOME, load_routing_data
 from profiling.importers import stratified_sample
 from router_core import (
     BACKENDS,
@@ -273,7 +273,7 @@ ABLATIONS = [
 
 def load_data(args: argparse.Namespace, embedder: Embedder) -> Data:
     """Load the dataset, sample it, embed the prompts with ``embedder`` (cached)."""
-    ds = load_mmlu_pro(args.data)
+    ds = load_routing_data(args.data)
     prompts = ds.prompts if args.full else stratified_sample(ds.prompts, args.sample, seed=0)
     models = ds.llms["model"].to_list()
     ids = prompts["prompt_id"].to_list()
@@ -406,7 +406,12 @@ def check_floors(frame: pl.DataFrame, route_vs_embed: float) -> list[tuple[str, 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser, seeds: list[int]) -> None:
     """The data and protocol options this benchmark shares with ``benchmarks.embedders``."""
-    parser.add_argument("--data", default=None, help="MMLU-Pro directory (default ../shared/data/mmlu_pro)")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="MMLU-Pro directory (default ../shared/data/mmlu_pro), or a dataset in the generic layout "
+        "(results table + optional prompts file, spec.yaml, models.csv; README 'Bring your own data')",
+    )
     parser.add_argument("--full", action="store_true", help="use every prompt instead of a stratified sample")
     parser.add_argument("--sample", type=int, default=3000, help="prompts in the stratified sample")
     parser.add_argument("--seeds", type=int, nargs="+", default=seeds)

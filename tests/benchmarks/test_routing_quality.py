@@ -63,3 +63,32 @@ def test_missing_dataset_exits_2_naming_the_path_and_the_variable(tmp_path, caps
     assert routing_quality.main(["--data", str(tmp_path / "absent")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "absent") in err and "UNIROUTE_MMLU_PRO_DIR" in err
+
+
+def test_a_dataset_in_the_generic_layout_gets_the_same_table(mmlu_like_dir, tmp_path, capsys):
+    """Results with per-query costs and a prompt file, as a user brings them: no MMLU-Pro code involved."""
+    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
+    answers = pl.read_parquet(mmlu_like_dir / "responses.parquet")
+    data = tmp_path / "mine"
+    data.mkdir()
+    questions.select(
+        pl.format("q{}", "question_id").alias("prompt_id"), pl.col("question").alias("prompt"), "category"
+    ).write_ndjson(data / "prompts.jsonl")
+    answers.select(
+        "model",
+        pl.format("q{}", "question_id").alias("prompt_id"),
+        pl.col("correct").alias("score"),
+        (pl.col("response").str.len_chars() * 1e-6 * (pl.col("model").rank("dense") + 1)).alias("cost_usd"),
+    ).write_parquet(data / "results.parquet")
+    argv = ["--data", str(data), "--full", "--seeds", "0", "--training-llms", "3", "--k-grid", "2", "3"]
+    argv += ["--knn-grid", "3", "--no-ablations", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o")]
+    assert routing_quality.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "cost = flat" in printed and "UniRoute-KMeans" in printed
+    results = pl.read_csv(tmp_path / "o" / "per_seed.csv")
+    assert results.height == len(routing_quality.MAIN_METHODS) * 2
+    # the fixture's "last" lacks every 10th question: those prompts are dropped, never scored as wrong
+    assert "data: 108 prompts x 6 LLMs" in printed
+    uniroute = results.filter(pl.col("method") == "UniRoute-KMeans", pl.col("cost_mode") == "tokens")["audc"].item()
+    zero = results.filter(pl.col("method") == "ZeroRouter", pl.col("cost_mode") == "tokens")["audc"].item()
+    assert uniroute > zero  # topic specialists: routing on the prompt's text wins
