@@ -80,10 +80,11 @@ def _read_entries(path: Path) -> list[Mapping[str, Any]]:
     if path.suffix.lower() == ".csv":
         return [{k: v for k, v in row.items() if v is not None} for row in pl.read_csv(path).iter_rows(named=True)]
     document = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(document, Mapping) or not isinstance(document.get("llms"), list):
+    if not isinstance(document, Mapping) or "llms" not in document or not isinstance(document["llms"] or [], list):
         raise CatalogError(str(path), ["top level: expected a mapping with a list under 'llms'"])
     defaults = document.get("defaults") or {}
-    return [{**defaults, **entry} if isinstance(entry, Mapping) else entry for entry in document["llms"]]
+    entries = document["llms"] or []  # "llms:" with nothing under it: an empty catalog
+    return [{**defaults, **entry} if isinstance(entry, Mapping) else entry for entry in entries]
 
 
 def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> pl.DataFrame:
@@ -161,7 +162,7 @@ def add_to_catalog(
         new_text = pl.concat([rows, pl.DataFrame([entry])], how="diagonal_relaxed").write_csv()
     else:
         document = yaml.safe_load(text) or {}
-        if not isinstance(document, Mapping) or not isinstance(document.get("llms", []), list):
+        if not isinstance(document, Mapping) or not isinstance(document.get("llms") or [], list):
             raise CatalogError(str(path), ["top level: expected a mapping with a list under 'llms'"])
         block_list_last = list(document)[-1:] == ["llms"] and re.search(r"^llms:[ \t]*$", text, re.MULTILINE)
         if block_list_last:
