@@ -93,6 +93,7 @@ def router(
     zero_audc, _, zero_curve = evaluate_router(zero, x_test, test_scores, realised)
     llm_cost, llm_acc = single_llm_points(test_scores, cost, realised)
     seen = [m for m in pool if m in set(latest["training_llms"])]
+    unseen = [m for m in pool if m not in seen]
     figures = {
         "deferral_curve.png": plot_deferral_curves(
             {"UniRoute": curve, "ZeroRouter": zero_curve},
@@ -124,10 +125,10 @@ def router(
         "test_prompts": str(int(complete.sum())),
         # a gain over LLMs the map was trained on is not an unseen-LLM result
         "cluster_map_training_llms": ",".join(seen),
-        "unseen_llms": ",".join(m for m in pool if m not in seen),
+        "unseen_llms": ",".join(unseen),
         "test_costs": "per query" if not np.isnan(test_costs[complete]).all() else "mean validation cost",
         # what this version was built and scored on: validation and test ids, outcomes and costs of the pool
-        "data_snapshot": fingerprint(pool, val_ids, val_errors, test_ids, test_scores, cost),
+        "data_snapshot": fingerprint(pool, val_ids, val_errors, test_ids, test_scores, cost, realised),
     }
     version = registry.register_router(
         run_dir,
@@ -153,7 +154,7 @@ def router(
             "champion_audc_same_test_set": champion_audc,
             "pool": pool,
             "cluster_map_training_llms": seen,
-            "unseen_llms": [m for m in pool if m not in seen],
+            "unseen_llms": unseen,
             "excluded_failing_checks": sorted(failing),
             "cluster_map_version": latest["version"],
             **plots,

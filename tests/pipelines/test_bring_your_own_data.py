@@ -156,6 +156,14 @@ def test_a_prompt_file_with_mixed_graders_runs_the_unchanged_pipeline_to_a_champ
         assert report.written == essays.height and report.judge_cost_usd == 0
         assert server.request_log.frame().filter(pl.col("model") == "judge")["count"].sum() == judge_calls
 
+        # one Psi: a validation grade that changed after the features were stored holds the router back
+        validation = wh.read_outcomes(con, ["alpha"], ["validation"]).row(0, named=True)
+        changed = {**validation, "score": 1 - validation["score"], "grader": "exact_match", "grader_version": "1"}
+        wh.upsert_grades(con, pl.DataFrame([changed]))
+    stale = dg.materialize([router], resources=_resources(tmp), instance=instance, raise_on_error=False)
+    assert not stale.success
+    assert "stored features of ['alpha'] differ" in str(stale.all_events)
+
 
 def test_an_imported_results_table_onboards_a_held_back_llm_with_the_same_map(instance, byod, build_graph):
     tmp, server = byod["tmp"], byod["server"]
