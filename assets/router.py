@@ -14,7 +14,6 @@ from assets.routing import cluster_map, llm_error_features
 from router_core import (
     UniRouter,
     ZeroRouter,
-    deferral_curve,
     error_matrix,
     evaluate_router,
     load_cluster_map,
@@ -109,8 +108,7 @@ def router(
     # describes prompts the router has not seen
     answered = ~np.isnan(val_errors).any(axis=1)
     predicted = out_of_fold_errors(uni, x_val, val_errors)[answered]
-    operating_points = deferral_curve(predicted, uni.costs_, 1 - val_errors[answered])
-    registry.write_router_meta(run_dir, emb, config.default_cost_weight, operating_points)
+    registry.write_router_meta(run_dir, emb, config.default_cost_weight, predicted, 1 - val_errors[answered])
     experiment_id = mlflow.setup()
     champion = registry.champion_router(mlflow.model_name)
     champion_audc = None

@@ -24,7 +24,7 @@ import pandas as pd
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_llms
-from router_core import Embedder, KMeansClusterMap, UniRouter, deferral_curve, save_router
+from router_core import Embedder, KMeansClusterMap, UniRouter, save_router
 
 FLOORS = {"batch": 1.05, "single p50": 1.10}
 
@@ -40,8 +40,8 @@ def register(data, split, root: Path, embedder: Embedder) -> str:
         data.embeddings[split.validation], errors, [data.models[j] for j in llms], data.price[llms]
     )
     router_dir = save_router(router, root / "router")
-    curve = deferral_curve(router.predict_error(data.embeddings[split.validation]), router.costs_, 1 - errors)
-    registry.write_router_meta(router_dir, embedder, 0.0, curve)
+    predicted = router.predict_error(data.embeddings[split.validation])
+    registry.write_router_meta(router_dir, embedder, 0.0, predicted, 1 - errors)
     registry.configure(f"sqlite:///{root / 'mlflow.db'}")
     experiment = registry.ensure_experiment("bench", root / "artifacts")
     version = registry.register_router(router_dir, "bench", experiment, {}, {}, {}, {}, ["What is 2 + 2?"])

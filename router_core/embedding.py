@@ -45,6 +45,10 @@ _CONFIG_FILES = (
 )
 
 
+#: Characters one token can stand for at most (WordPiece's max_input_chars_per_word; BERT-family tokenizers).
+MAX_CHARS_PER_TOKEN = 100
+
+
 def prompt_hash(text: str) -> str:
     """Stable key of a prompt's text (sha256, hex, first 32 characters)."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
@@ -215,6 +219,11 @@ class Embedder:
                 raise RouterInputError(f"texts[{i}]", text, "must be a non-empty string")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        # the tokenizer keeps seq_length tokens of at most MAX_CHARS_PER_TOKEN characters each (WordPiece turns a
+        # longer word into one unknown token): cutting the text there first changes no vector of ordinary text and
+        # keeps a megabyte-long prompt from costing seconds of tokenising
+        limit = self.seq_length * MAX_CHARS_PER_TOKEN
+        texts = [text[:limit] for text in texts]
         if self.backend == "onnx-int8":
             return self._load_onnx().encode(texts)
         vectors = self._load().encode(

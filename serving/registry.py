@@ -8,8 +8,8 @@ import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
-import polars as pl
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec
@@ -127,23 +127,33 @@ def promote(model_name: str, version: str, better: bool) -> str:
     return alias
 
 
+#: Inside a router's directory: the validation predictions and scores that budgets resolve on, per sub-pool.
+BUDGET_FILE = "budget_validation.npz"
+
+
 def write_router_meta(
     router_dir: Path,
     embedder: Embedder,
     default_cost_weight: float,
-    operating_points: pl.DataFrame,
+    validation_predicted: np.ndarray,
+    validation_scores: np.ndarray,
 ) -> None:
     """What the pyfunc needs besides the router: which embedder to load (an ONNX export is copied into
-    ``router_dir/embedder``, so the model version ships it), the default cost weight, and the validation
-    deferral curve (``cost_weight, cost, accuracy``) that budgets are resolved on."""
+    ``router_dir/embedder``, so the model version ships it), the default cost weight, and the pool's
+    cross-fitted validation predictions and true scores (n, M), from which a budget's deferral curve is drawn
+    for whichever candidates a request routes among."""
     if embedder.backend == "onnx-int8":
         (router_dir / EMBEDDER_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copy2(embedder.onnx_file(), router_dir / EMBEDDER_DIR / embedder.onnx_path.name)
+    np.savez(
+        router_dir / BUDGET_FILE,
+        predicted=np.asarray(validation_predicted, dtype=np.float64),
+        scores=np.asarray(validation_scores, dtype=np.float64),
+    )
     meta = {
         "embedder": embedder.model,
         "max_seq_length": embedder.max_seq_length,
         "backend": embedder.backend,
         "default_cost_weight": default_cost_weight,
-        "operating_points": operating_points.select("cost_weight", "cost", "accuracy").to_dict(as_series=False),
     }
     (router_dir / "uniroute.json").write_text(json.dumps(meta, indent=2))

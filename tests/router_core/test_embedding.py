@@ -115,3 +115,16 @@ def test_exporting_leaves_the_root_logger_as_it_was(tmp_path, monkeypatch):
     level = root.level
     Embedder(backend="onnx-int8", cache_dir=tmp_path).onnx_file()
     assert root.level == level and root.handlers == []  # no stray handler printing every library's INFO lines
+
+
+def test_a_huge_prompt_is_cut_before_tokenising_without_changing_its_vector(embedder):
+    import time
+
+    text = "The quick brown fox jumps over the lazy dog. " * 5_000  # ~225 KB: well past what the model reads
+    whole = embedder._load_onnx().encode([text])[0]  # the encoder alone tokenises every character
+    assert np.allclose(embedder.embed([text])[0], whole, atol=1e-6)
+    huge = text * 23  # ~5 MB
+    started = time.process_time()
+    vector = embedder.embed([huge])[0]
+    assert time.process_time() - started < 1.0  # it cost 13-18 s of CPU when the whole text was tokenised
+    assert np.allclose(vector, whole, atol=1e-6)

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from router_core import Embedder, KMeansClusterMap, UniRouter, deferral_curve, save_router
+from router_core import Embedder, KMeansClusterMap, UniRouter, save_router
 
 PRICES = {"cheap": 0.1, "math-pro": 1.0, "generalist": 4.0}
 
@@ -25,8 +25,7 @@ def register_fixture_router(root, data_dir, llms: list[str], onnx_cache) -> str:
     errors = 1.0 - np.column_stack([c.to_numpy() for c in correct])
     router = UniRouter(KMeansClusterMap(n_clusters=3).fit(x)).fit_arrays(x, errors, llms, [PRICES[m] for m in llms])
     router_dir = save_router(router, root / f"router-{len(llms)}")
-    curve = deferral_curve(router.predict_error(x), router.costs_, 1 - errors)
-    registry.write_router_meta(router_dir, embedder, 0.0, curve)
+    registry.write_router_meta(router_dir, embedder, 0.0, router.predict_error(x), 1 - errors)
     experiment = registry.ensure_experiment("uniroute", root / "artifacts")
     return registry.register_router(router_dir, "uniroute", experiment, {}, {}, {}, {}, ["What is 2 + 2?"])
 

@@ -53,6 +53,26 @@ def test_a_budget_resolves_to_the_operating_points_around_it(champion):
     assert (accurate["llm"] != "cheap").mean() > 0.5
 
 
+def test_a_budget_resolves_on_the_curve_of_the_llms_actually_routed(champion, mmlu_like_dir):
+    """Without cheap, the cheapest operating point is another LLM's: a budget must not be read off the whole
+    pool's curve (where it would be met by routing to cheap, which this request excludes)."""
+    model = champion.unwrap_python_model()
+    pool = {row["llm"]: row["cost"] for row in model.pool()}
+    assert set(pool) == {"cheap", "math-pro", "generalist"}
+    whole, narrowed = model.operating_points(), model.operating_points(["math-pro", "generalist"])
+    assert whole["cost"].min() == pytest.approx(pool["cheap"]) and narrowed["cost"].min() >= pool["math-pro"]
+    # the prompts the curve was drawn on (the fixture router's validation set is every fixture question)
+    prompts = pd.DataFrame({"prompt": pd.read_parquet(mmlu_like_dir / "questions.parquet")["question"]})
+    budget = (pool["math-pro"] + pool["generalist"]) / 2
+    routed = champion.predict(prompts, params={"max_cost_per_query": budget, "candidates": ["math-pro", "generalist"]})
+    realised = routed["llm"].map(pool).mean()
+    assert budget * 0.9 <= realised <= budget * 1.1  # met on average among the two, not by a cheap mix
+    with pytest.raises(ValueError, match="max_cost_per_query"):
+        champion.predict(
+            prompts, params={"max_cost_per_query": pool["cheap"], "candidates": ["math-pro", "generalist"]}
+        )
+
+
 @pytest.mark.parametrize(
     ("frame", "params", "named"),
     [
@@ -89,4 +109,10 @@ def test_mlflow_models_serve_answers_invocations(registry_uri, tmp_path, prices)
             json={"dataframe_split": {"columns": ["prompt"], "data": [[""]]}},
             timeout=60,
         )
-        assert bad.status_code >= 400 and "prompt[0]" in bad.text
+        assert bad.status_code == 400 and "prompt[0]" in bad.json()["message"], bad.text
+        unknown = requests.post(
+            f"http://127.0.0.1:{port}/invocations",
+            json={"dataframe_split": {"columns": ["prompt"], "data": [["hi"]]}, "params": {"candidates": ["gpt-99"]}},
+            timeout=60,
+        )
+        assert unknown.status_code == 400 and "candidates='gpt-99'" in unknown.json()["message"], unknown.text
