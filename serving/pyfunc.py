@@ -10,6 +10,7 @@ actually routed among (``candidates``, default the whole pool).
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -89,10 +90,7 @@ class UniRoutePyfunc(mlflow.pyfunc.PythonModel):
         for i, prompt in enumerate(prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise RouterInputError(f"prompt[{i}]", prompt, "must be non-empty text")
-        names = list(params.get("candidates") or self.router.llms_)
-        weights = self.cost_weights(prompts, params, names)
-        errors = self.router.predict_error(self.embedder.embed(prompts), names)
-        costs = self.router.costs_[[self.router.llms_.index(name) for name in names]]
+        names, weights, errors, costs = self._score(prompts, self.embedder.embed(prompts), params)
         chosen = choose(errors, costs, weights)
         cost = dict(zip(names, costs.tolist(), strict=True))
         return pd.DataFrame(  # one constructor: adding columns one by one costs a millisecond a prompt
@@ -103,6 +101,33 @@ class UniRoutePyfunc(mlflow.pyfunc.PythonModel):
                 "cost": [cost] * len(prompts),
             }
         )
+
+    def _score(
+        self, prompts: list[str], vectors: np.ndarray, params: dict
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates, cost weight per prompt, predicted errors (n, M) and costs (M,) of routing ``prompts``."""
+        names = list(params.get("candidates") or self.router.llms_)
+        weights = self.cost_weights(prompts, params, names)
+        errors = self.router.predict_error(vectors, names)
+        return names, weights, errors, self.router.costs_[[self.router.llms_.index(name) for name in names]]
+
+    def rank(self, prompt: str, vector: np.ndarray, params: dict) -> dict:
+        """One prompt already embedded (``vector``): the candidates best first by predicted error + cost weight x
+        cost (the gateway's fallback order; ties to the cheaper), the cost weight, and each candidate's predicted
+        error and cost. Refusals name the field (:class:`InvalidRoutingInput`)."""
+        try:
+            names, weights, errors, costs = self._score([prompt], vector.reshape(1, -1), params)
+        except RouterInputError as exc:
+            raise InvalidRoutingInput(str(exc)) from exc
+        weight = float(weights[0])
+        score = errors[0] + (0.0 if math.isinf(weight) else weight) * costs
+        order = sorted(range(len(names)), key=lambda j: (costs[j] if math.isinf(weight) else score[j], costs[j]))
+        return {
+            "order": [names[j] for j in order],
+            "cost_weight": weight,
+            "predicted_error": {n: round(float(e), 6) for n, e in zip(names, errors[0], strict=True)},
+            "cost": {n: float(c) for n, c in zip(names, costs, strict=True)},
+        }
 
 
 mlflow.models.set_model(UniRoutePyfunc())

@@ -116,3 +116,16 @@ def test_mlflow_models_serve_answers_invocations(registry_uri, tmp_path, prices)
             timeout=60,
         )
         assert unknown.status_code == 400 and "candidates='gpt-99'" in unknown.json()["message"], unknown.text
+
+
+def test_rank_orders_the_candidates_as_predict_chooses(champion, mmlu_like_dir):
+    model = champion.unwrap_python_model()
+    prompts = pd.read_parquet(mmlu_like_dir / "questions.parquet")["question"].head(12).tolist()
+    vectors = model.embedder.embed(prompts)
+    for params in ({"cost_weight": 0.0}, {"cost_weight": 0.3}, {"cost_weight": float("inf")}, {"min_accuracy": 0.8}):
+        chosen = model.predict(None, pd.DataFrame({"prompt": prompts}), params)["llm"].tolist()
+        ranked = [model.rank(p, v, params) for p, v in zip(prompts, vectors, strict=True)]
+        assert [r["order"][0] for r in ranked] == chosen, params
+        assert all(sorted(r["order"]) == sorted(r["cost"]) for r in ranked)
+    with pytest.raises(ValueError, match="candidates"):
+        model.rank(prompts[0], vectors[0], {"candidates": ["gpt-99"]})
