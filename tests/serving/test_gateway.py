@@ -61,7 +61,9 @@ def test_the_gateway_routes_forwards_and_names_the_llm(gateway, mmlu_like_dir, p
 
     too_little = _chat(url, math, max_cost_per_query=1e-3)
     assert too_little.status_code == 400 and "max_cost_per_query=0.001" in too_little.json()["error"]["message"]
-    unknown = requests.post(f"{url}/v1/chat/completions", json={"model": "gpt-99", "messages": []})
+    unknown = requests.post(
+        f"{url}/v1/chat/completions", json={"model": "gpt-99", "messages": [{"role": "user", "content": "hi"}]}
+    )
     assert unknown.status_code == 404 and "gpt-99" in unknown.json()["error"]["message"]
     no_user = requests.post(f"{url}/v1/chat/completions", json={"model": "uniroute", "messages": []})
     assert no_user.status_code == 400 and no_user.json()["error"]["param"] == "messages"
@@ -98,3 +100,33 @@ def test_a_new_champion_is_swapped_in_without_a_failed_request(gateway, mmlu_lik
     assert {status for status, _ in seen} == {200}, seen  # no request failed during the swap
     swapped = versions.index(version)
     assert swapped > 0 and set(versions[:swapped]) == {"1"} and set(versions[swapped:]) == {version}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": ["uniroute"], "messages": [{"role": "user", "content": "hi"}]}, "model"),
+        ({"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "stream": "false"}, "stream"),
+        ({"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "candidates": "cheap"}, "candidates"),
+        ({"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "n": 4}, "n"),
+        (
+            {"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_cost_per_query": 0.1},
+            "max_cost_per_query",
+        ),
+    ],
+)
+def test_bad_requests_are_refused_before_anything_is_paid(gateway, body, param):
+    url, replay = gateway
+    asked = sum(replay.request_log.totals().values())
+    answer = requests.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+    infinite = requests.post(
+        f"{url}/v1/chat/completions",
+        data=b'{"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "cost_weight": Infinity}',
+        timeout=30,
+    )
+    assert infinite.status_code == 400 and infinite.json()["error"]["param"] == "cost_weight"
+    for raw in (b"\xff\xfe{", b"[" * 100_000 + b"]" * 100_000):
+        answer = requests.post(f"{url}/v1/chat/completions", data=raw, timeout=30)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "body"
+    assert sum(replay.request_log.totals().values()) == asked  # no upstream was asked anything

@@ -1,0 +1,46 @@
+"""Concurrent prompts share one embedding call; each gets its own vector, and an error reaches only its batch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from serving.batching import EmbeddingBatcher
+
+
+def _slow_embed(texts):
+    time.sleep(0.02)
+    if "bad" in texts:
+        raise ValueError("texts[0]: must be a non-empty string")
+    return np.array([[float(len(t))] for t in texts])
+
+
+def test_requests_arriving_together_share_calls_and_get_their_own_vectors():
+    async def run(max_batch):
+        batcher = EmbeddingBatcher(_slow_embed, max_batch=max_batch)
+        texts = [f"prompt number {'x' * i}" for i in range(40)]
+        vectors = await asyncio.gather(*(batcher.embed(t) for t in texts))
+        return batcher.batches, [v[0] for v in vectors], [float(len(t)) for t in texts]
+
+    batches, got, expected = asyncio.run(run(32))
+    assert got == expected and batches <= 3  # 40 prompts: the first alone, then the rest in <= 32s
+    batches, got, expected = asyncio.run(run(1))
+    assert got == expected and batches == 40
+
+
+def test_an_error_fails_the_requests_of_its_batch_only():
+    async def run():
+        batcher = EmbeddingBatcher(_slow_embed)
+        first = asyncio.ensure_future(batcher.embed("fine"))
+        await asyncio.sleep(0)  # the first batch starts with "fine" alone
+        bad = asyncio.gather(batcher.embed("bad"), batcher.embed("also fine"), return_exceptions=True)
+        return await first, await bad, await batcher.embed("later")
+
+    first, bad, later = asyncio.run(run())
+    assert first[0] == 4.0 and later[0] == 5.0
+    assert all(isinstance(r, ValueError) for r in bad)
+    with pytest.raises(ValueError, match="max_batch"):
+        EmbeddingBatcher(_slow_embed, max_batch=0)
