@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.decisions import routing_decisions
 from assets.embeddings import prompt_embeddings
 from assets.profiling import graded_responses, imported_results, llm_catalog, llm_responses, prompt_set
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
@@ -24,6 +25,7 @@ defs = dg.Definitions(
         cluster_map,
         llm_error_features,
         router,
+        routing_decisions,
     ],
     jobs=[profile_llm_job, retrain_cluster_map_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],

@@ -4,9 +4,15 @@ It serves any dataset with recorded answers (:class:`ReplayData`): a dataset rea
 the warehouse stores it (:func:`~profiling.datasets.prepare_prompts`), or prompts and responses already in frames
 or in the warehouse. A prompt is identified by its text: the hash of its last user message maps to its stored id
 (``<dataset>/<file id>``). A chat request is answered with the recorded ``response`` of (model, the prompt of its
-last user message), after a configurable latency, unless a seeded fault (429, 500, 503, a hang, a truncated body)
-is drawn instead. Every request is counted per (model, prompt_id, outcome) and served at ``GET /_replay/stats``
-and ``GET /_replay/requests``.
+last user message), after a configurable latency, unless a seeded fault (429, 500, 503, a hang, a truncated body,
+a dropped connection) is drawn instead. Every request is counted per (model, prompt_id, outcome) and served at
+``GET /_replay/stats`` and ``GET /_replay/requests``.
+
+``stream=true`` is answered as OpenAI streams: server-sent events of ``chat.completion.chunk`` objects (the role,
+the recorded answer in about eight pieces, ``stream_chunk_delay_ms`` apart, then the ``finish_reason``), a last
+chunk with ``usage`` when ``stream_options.include_usage`` is true, then ``data: [DONE]``. Faults are drawn before
+the first byte as for plain requests; ``truncated`` ends a stream cleanly after half its events (no ``[DONE]``),
+``mid_stream_drop`` closes the connection after half of them (or half a plain body).
 
 Used for offline demos, tests and load tests::
 
@@ -45,6 +51,7 @@ from router_core.embedding import prompt_hash
 
 __all__ = [
     "OK",
+    "SPREAD_KINDS",
     "FaultKind",
     "FaultRates",
     "RejectReason",
@@ -66,7 +73,18 @@ class FaultKind(StrEnum):
     SERVER_ERROR = "server_error"  # 500 after the latency
     UNAVAILABLE = "unavailable"  # 503 after the latency
     HANG = "hang"  # nothing for hang_seconds (or until the client gives up), then 504
-    TRUNCATED = "truncated"  # 200 whose JSON body is cut in half
+    TRUNCATED = "truncated"  # 200 whose JSON body is cut in half (a stream: half its events, no [DONE])
+    MID_STREAM_DROP = "mid_stream_drop"  # 200, half the body (or the stream's events), then the connection closes
+
+
+#: The kinds :meth:`FaultRates.spread` spreads a total rate over.
+SPREAD_KINDS = (
+    FaultKind.RATE_LIMITED,
+    FaultKind.SERVER_ERROR,
+    FaultKind.UNAVAILABLE,
+    FaultKind.HANG,
+    FaultKind.TRUNCATED,
+)
 
 
 class RejectReason(StrEnum):
@@ -87,6 +105,7 @@ class FaultRates:
     unavailable: float = 0.0
     hang: float = 0.0
     truncated: float = 0.0
+    mid_stream_drop: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -98,10 +117,11 @@ class FaultRates:
 
     @classmethod
     def spread(cls, total_rate: float) -> FaultRates:
-        """``total_rate`` split evenly over every fault kind."""
+        """``total_rate`` split evenly over the kinds of :data:`SPREAD_KINDS` (``mid_stream_drop``, added later, is
+        left out so that a seeded spread draws what it always drew; set it by name)."""
         if not 0.0 <= total_rate <= 1.0:
             raise ValueError(f"fault_rate: {total_rate!r} is not in [0, 1]")
-        return cls(**{kind.value: total_rate / len(FaultKind) for kind in FaultKind})
+        return cls(**{kind.value: total_rate / len(SPREAD_KINDS) for kind in SPREAD_KINDS})
 
     @property
     def total(self) -> float:
@@ -132,6 +152,8 @@ class ReplayConfig:
     hang_seconds: float = 30.0
     #: The ``Retry-After`` header of a 429, in seconds.
     retry_after_seconds: int = 1
+    #: Delay before each content piece of a stream, in milliseconds (the first byte comes after ``latency_ms``).
+    stream_chunk_delay_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0:
@@ -143,6 +165,8 @@ class ReplayConfig:
             raise ValueError(f"hang_seconds: {self.hang_seconds!r} is not positive")
         if self.retry_after_seconds < 0:
             raise ValueError(f"retry_after_seconds: {self.retry_after_seconds!r} is negative")
+        if self.stream_chunk_delay_ms < 0:
+            raise ValueError(f"stream_chunk_delay_ms: {self.stream_chunk_delay_ms!r} is negative")
 
     def latency_seconds(self, model: str) -> float:
         """The delay before ``model`` answers, in seconds."""
@@ -349,6 +373,8 @@ class _ChatRequest:
     model: str
     prompt: str  # the last user message: what identifies the prompt
     prompt_tokens: int
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage
 
 
 def _message_text(content: Any, param: str) -> str:
@@ -378,8 +404,16 @@ def _parse_chat_request(raw: bytes) -> _ChatRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _BadRequest(f"model: expected a non-empty string, got {model!r:.80}", "model")
-    if body.get("stream"):
-        raise _BadRequest("stream: streaming is not supported by the replay server", "stream")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _BadRequest(f"stream: expected a boolean, got {stream!r:.80}", "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise _BadRequest(f"stream_options: expected an object, got {options!r:.80}", "stream_options")
+    include_usage = (options or {}).get("include_usage")
+    if include_usage is not None and not isinstance(include_usage, bool):
+        param = "stream_options.include_usage"
+        raise _BadRequest(f"{param}: expected a boolean, got {include_usage!r:.80}", param)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _BadRequest(f"messages: expected a non-empty list of messages, got {messages!r:.80}", "messages")
@@ -396,7 +430,13 @@ def _parse_chat_request(raw: bytes) -> _ChatRequest:
             prompt = text
     if prompt is None:
         raise _BadRequest("messages: no message with role 'user'", "messages")
-    return _ChatRequest(model=model, prompt=prompt, prompt_tokens=estimate_tokens("\n".join(texts)))
+    return _ChatRequest(
+        model=model,
+        prompt=prompt,
+        prompt_tokens=estimate_tokens("\n".join(texts)),
+        stream=bool(stream),
+        include_usage=bool(include_usage),
+    )
 
 
 def _json_response(payload: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -453,7 +493,7 @@ class _Replayer:
                 return kind
         return None
 
-    async def chat_completion(self, request: Request) -> Response:
+    async def chat_completion(self, request: Request) -> Response | _SSEResponse | _DroppedResponse:
         try:
             chat = _parse_chat_request(await request.body())
         except _BadRequest as exc:
@@ -498,6 +538,17 @@ class _Replayer:
 
         answer = answers[prompt_id]
         completion_tokens = estimate_tokens(answer)
+        usage = {
+            "prompt_tokens": chat.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": chat.prompt_tokens + completion_tokens,
+        }
+        if chat.stream:
+            delay = self.config.stream_chunk_delay_ms / 1000.0
+            events = _stream_events(model, answer, usage if chat.include_usage else None, delay)
+            if fault in (FaultKind.TRUNCATED, FaultKind.MID_STREAM_DROP):
+                return _SSEResponse(events[: len(events) // 2], drop=fault is FaultKind.MID_STREAM_DROP)
+            return _SSEResponse(events)
         response = _json_response(
             {
                 "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -512,17 +563,76 @@ class _Replayer:
                         "finish_reason": "stop",
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": chat.prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": chat.prompt_tokens + completion_tokens,
-                },
+                "usage": usage,
             }
         )
         if fault is FaultKind.TRUNCATED:
             body = response.body[: len(response.body) // 2]
             return Response(body, status_code=200, media_type="application/json")
+        if fault is FaultKind.MID_STREAM_DROP:
+            return _DroppedResponse(response.body)
         return response
+
+
+#: How many content pieces a streamed answer is split into (fewer for answers shorter than that).
+STREAM_PIECES = 8
+
+
+def _stream_events(
+    model: str, answer: str, usage: dict[str, int] | None, delay_s: float = 0.0
+) -> list[tuple[bytes, float]]:
+    """The SSE events OpenAI streams for ``answer``, each with the delay before it (``delay_s`` before each content
+    piece): the role, the content in pieces, the finish reason, the usage (when asked for; every other chunk then
+    carries ``"usage": null``), ``[DONE]``."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time())}
+    base["model"] = model
+    extra = {"usage": None} if usage is not None else {}
+
+    def chunk(delta: dict, finish_reason: str | None) -> dict:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return {**base, "choices": [choice], **extra}
+
+    size = max(1, -(-len(answer) // STREAM_PIECES))
+    pieces = [chunk({"content": answer[i : i + size]}, None) for i in range(0, len(answer), size)]
+    chunks = [(chunk({"role": "assistant", "content": ""}, None), 0.0), *((c, delay_s) for c in pieces)]
+    chunks.append((chunk({}, "stop"), 0.0))
+    if usage is not None:
+        chunks.append(({**base, "choices": [], "usage": usage}, 0.0))
+    events = [
+        (b"data: " + json.dumps(c, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n", d) for c, d in chunks
+    ]
+    return [*events, (b"data: [DONE]\n\n", 0.0)]
+
+
+class _SSEResponse:
+    """A ``text/event-stream`` response sending ``events`` (each after its delay); ``drop``: close the connection
+    after the last one instead of ending the response."""
+
+    def __init__(self, events: list[tuple[bytes, float]], drop: bool = False) -> None:
+        self.events, self.drop = events, drop
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for event, delay_s in self.events:
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        if not self.drop:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # dropped: returning with the response unfinished makes uvicorn close the connection mid-body
+
+
+class _DroppedResponse:
+    """A 200 JSON response whose connection closes after half of ``body`` (its Content-Length promises all)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body[: len(self.body) // 2], "more_body": True})
 
 
 def create_app(data: str | os.PathLike[str] | ReplayData, config: ReplayConfig | None = None) -> FastAPI:

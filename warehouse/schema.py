@@ -186,4 +186,33 @@ MIGRATIONS: list[str] = [
     ALTER TABLE llms ALTER COLUMN usd_per_mtok_in DROP NOT NULL;
     ALTER TABLE llms ALTER COLUMN usd_per_mtok_out DROP NOT NULL;
     """,
+    # 6: the routing gateway's decision log, one row per routed request (loaded from its Parquet files by the
+    # routing_decisions asset): ids, hashes and numbers, never prompt text or keys. Times are UTC. The log's ``at`` is
+    # stored as ``decided_at``: DuckDB 2.0 reserves AT (AT TIME ZONE), so a column named at needs quotes everywhere.
+    """
+    CREATE TABLE routing_decisions (
+        request_id VARCHAR PRIMARY KEY,
+        decided_at TIMESTAMP NOT NULL,             -- the log's "at"
+        key_id VARCHAR,
+        prompt_hash VARCHAR,
+        router_version VARCHAR,
+        model_requested VARCHAR,
+        chosen_llm VARCHAR,                        -- null: no LLM answered (every attempt failed, or refused)
+        cost_weight DOUBLE,
+        budget_kind VARCHAR NOT NULL               -- what bounded the choice ('none': the router's default)
+            CHECK (budget_kind IN ('max_cost_per_query', 'min_accuracy', 'cost_weight', 'none')),
+        budget_value DOUBLE,
+        candidates VARCHAR[],
+        predicted_error VARCHAR,                   -- JSON {llm: e}
+        predicted_cost VARCHAR,                    -- JSON {llm: usd}
+        attempts VARCHAR,                          -- JSON [{llm, try_number, status, error, seconds}]
+        status INTEGER NOT NULL,
+        prompt_tokens INTEGER CHECK (prompt_tokens >= 0),
+        completion_tokens INTEGER CHECK (completion_tokens >= 0),
+        realised_cost_usd DOUBLE CHECK (realised_cost_usd >= 0),
+        latency_ms DOUBLE CHECK (latency_ms >= 0),
+        stream BOOLEAN,
+        loaded_at TIMESTAMP NOT NULL               -- when it reached the warehouse
+    );
+    """,
 ]

@@ -19,10 +19,12 @@ __all__ = [
     "archive_responses",
     "count_answers",
     "count_embeddings",
+    "count_routing_decisions",
     "expected_count",
     "failing_llms",
     "insert_judge_cache",
     "insert_responses",
+    "insert_routing_decisions",
     "latest_cluster_map",
     "missing_embeddings",
     "pending_counts",
@@ -42,6 +44,7 @@ __all__ = [
     "read_prompts",
     "read_query_costs",
     "read_responses",
+    "read_routing_decisions",
     "read_splits",
     "record_check",
     "record_failures",
@@ -164,6 +167,28 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "last_error_class": (pl.String, True),
         "run_id": (pl.String, True),
     },
+    "routing_decisions": {
+        "request_id": (pl.String, True),
+        "decided_at": (pl.Datetime("us"), True),  # UTC; the decision log's ``at``
+        "key_id": (pl.String, False),
+        "prompt_hash": (pl.String, False),
+        "router_version": (pl.String, False),
+        "model_requested": (pl.String, False),
+        "chosen_llm": (pl.String, False),
+        "cost_weight": (pl.Float64, False),
+        "budget_kind": (pl.String, True),  # max_cost_per_query, min_accuracy, cost_weight or none
+        "budget_value": (pl.Float64, False),
+        "candidates": (pl.List(pl.String), False),
+        "predicted_error": (pl.String, False),  # JSON {llm: e}
+        "predicted_cost": (pl.String, False),  # JSON {llm: usd}
+        "attempts": (pl.String, False),  # JSON [{llm, try_number, status, error, seconds}]
+        "status": (pl.Int32, True),
+        "prompt_tokens": (pl.Int32, False),
+        "completion_tokens": (pl.Int32, False),
+        "realised_cost_usd": (pl.Float64, False),
+        "latency_ms": (pl.Float64, False),
+        "stream": (pl.Boolean, False),
+    },
 }
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
 _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
@@ -189,6 +214,18 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     "llm_checks": [],
     "cluster_maps": [("n_clusters", pl.col("n_clusters") > 0, "must be > 0")],
     "llm_features": [("overall_error", pl.col("overall_error").is_between(0, 1), "must be in [0, 1]")],
+    "routing_decisions": [
+        (
+            "budget_kind",
+            pl.col("budget_kind").is_in(["max_cost_per_query", "min_accuracy", "cost_weight", "none"]),
+            "must be max_cost_per_query, min_accuracy, cost_weight or none",
+        ),
+        ("status", pl.col("status").is_between(100, 599), "must be an HTTP status"),
+    ]
+    + [
+        (c, pl.col(c).is_null() | (pl.col(c) >= 0), "must be >= 0")
+        for c in ("prompt_tokens", "completion_tokens", "realised_cost_usd", "latency_ms")
+    ],
 }
 _KEYS = {
     "llms": ["name"],
@@ -201,6 +238,7 @@ _KEYS = {
     "llm_features": ["model", "cluster_map_version"],
     "datasets": ["name"],
     "judge_cache": ["key"],
+    "routing_decisions": ["request_id"],
 }
 
 
@@ -752,3 +790,34 @@ def record_check(con: duckdb.DuckDBPyConnection, model: str, check_name: str, pa
 def failing_llms(con: duckdb.DuckDBPyConnection) -> list[str]:
     """LLMs whose latest outcome of any data check is a failure."""
     return _query(con, "SELECT DISTINCT model FROM llm_checks WHERE NOT passed ORDER BY model")["model"].to_list()
+
+
+# ---- the gateway's decision log ---------------------------------------------------------------------------
+def insert_routing_decisions(con: duckdb.DuckDBPyConnection, decisions: pl.DataFrame) -> int:
+    """Store routed requests by ``request_id`` (the columns of ``serving.decisions.SCHEMA``; its ``at``, naive UTC
+    or aware, is stored as ``decided_at``); those already stored are kept, so loading the same files again stores
+    nothing. Returns the rows newly stored."""
+    if isinstance(decisions, pl.DataFrame) and "at" in decisions.columns and "decided_at" not in decisions.columns:
+        decisions = decisions.rename({"at": "decided_at"})
+    if isinstance(decisions, pl.DataFrame) and "decided_at" in decisions.columns:
+        kind = decisions.schema["decided_at"]
+        if isinstance(kind, pl.Datetime) and kind.time_zone is not None:
+            decisions = decisions.with_columns(
+                pl.col("decided_at").dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            )
+    return _write(con, "routing_decisions", decisions, "ON CONFLICT DO NOTHING", stamp="loaded_at")
+
+
+def read_routing_decisions(con: duckdb.DuckDBPyConnection, since: datetime | None = None) -> pl.DataFrame:
+    """Stored routed requests, optionally those decided at or after ``since`` (aware, or naive UTC), sorted by
+    ``decided_at`` (naive UTC)."""
+    if since is None:
+        return _query(con, "SELECT * FROM routing_decisions ORDER BY decided_at, request_id")
+    if since.tzinfo is not None:
+        since = since.astimezone(UTC).replace(tzinfo=None)
+    return _query(con, "SELECT * FROM routing_decisions WHERE decided_at >= ? ORDER BY decided_at, request_id", [since])
+
+
+def count_routing_decisions(con: duckdb.DuckDBPyConnection) -> int:
+    """How many routed requests are stored."""
+    return _query(con, "SELECT count(*) AS n FROM routing_decisions")["n"].item()

@@ -21,7 +21,15 @@ import warehouse as wh
 from profiling import cli
 from profiling.datasets import DatasetSpec, get_adapter, prepare_prompts, read_prompt_file, write_prompt_set
 from profiling.rendering import estimate_tokens, render_mmlu_pro
-from profiling.replay_server import FaultKind, FaultRates, ReplayConfig, ReplayData, ReplayServer, create_app
+from profiling.replay_server import (
+    SPREAD_KINDS,
+    FaultKind,
+    FaultRates,
+    ReplayConfig,
+    ReplayData,
+    ReplayServer,
+    create_app,
+)
 from router_core.embedding import prompt_hash
 from serving.cli import main as uniroute
 
@@ -341,7 +349,8 @@ def test_a_model_lacking_the_answer_is_a_404_naming_the_prompt(client, prompts):
         (b'{"model": "cheap", "messages": [{"role": "user", "content": 42}]}', "messages[0].content"),
         (b'{"model": "cheap", "messages": [{"role": "user", "content": [{"type": "png"}]}]}', "messages[0].content[0]"),
         (b'{"model": "cheap", "messages": [{"role": "system", "content": "hi"}]}', "messages"),
-        (b'{"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "stream": true}', "stream"),
+        (b'{"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', "stream"),
+        (b'{"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "stream_options": 1}', "stream_options"),
     ],
 )
 def test_malformed_body_is_a_400_naming_the_field(client, body, param):
@@ -452,7 +461,7 @@ def test_fault_rate_spreads_over_every_kind_reproducibly(replay_data, prompts):
         totals = http.get("/_replay/stats").json()
         http.post("/_replay/reset").raise_for_status()
         assert statuses() == first  # reset restarts the seeded draws
-    assert set(totals) == {"ok", *FaultKind}
+    assert set(totals) == {"ok", *SPREAD_KINDS}
     assert 60 < totals["ok"] < 140
     assert sorted(set(first)) == [200, 429, 500, 503, 504]
 
@@ -573,3 +582,96 @@ def test_cli_rejects_bad_options_by_name(mmlu_like_dir, capsys, extra, expected)
     with pytest.raises(SystemExit) as excinfo:
         uniroute(["replay-server", "--data", str(mmlu_like_dir), *extra])
     assert expected in str(excinfo.value) + capsys.readouterr().err
+
+
+# ---- streaming ----
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    """The ``data:`` values of a server-sent event stream, in order."""
+    return [line.removeprefix("data: ") for line in response.text.split("\n\n") if line.startswith("data: ")]
+
+
+def stream_chat(http: httpx.Client, model: str, content: str, **extra: object) -> tuple[httpx.Response, list[str]]:
+    response = chat(http, model, content, stream=True, **extra)
+    return response, sse_events(response)
+
+
+def test_stream_sends_the_answer_in_chunks_then_done(client, prompts, recorded):
+    response, events = stream_chat(client, "math-pro", prompts[3])
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks[1:]]
+    assert "".join(pieces) == recorded["math-pro", 3]
+    assert 6 <= len([p for p in pieces if p]) <= 8
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert all("usage" not in c for c in chunks)  # not asked for
+    assert client.get("/_replay/stats").json() == {"ok": 1}
+
+
+def test_stream_ends_with_usage_when_asked(client, prompts, recorded):
+    _, events = stream_chat(client, "cheap", prompts[4], stream_options={"include_usage": True})
+    chunks = [json.loads(e) for e in events[:-1]]
+    final = chunks[-1]
+    assert final["choices"] == []
+    answer = recorded["cheap", 4]
+    tokens = estimate_tokens(prompts[4]), estimate_tokens(answer)
+    assert final["usage"] == {"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)}
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert events[-1] == "[DONE]"
+
+
+def test_stream_chunks_are_paced_by_the_chunk_delay(replay_data, prompts):
+    config = ReplayConfig(stream_chunk_delay_ms=50)
+    with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url, timeout=10) as http:
+        started = time.perf_counter()
+        with http.stream("POST", "/v1/chat/completions", json=stream_body("cheap", prompts[1])) as response:
+            arrivals = [time.perf_counter() - started for _ in response.iter_lines()]
+    assert arrivals[0] < 0.3  # the role chunk comes at once
+    assert arrivals[-1] >= 8 * 0.05
+
+
+def stream_body(model: str, content: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], "stream": True}
+
+
+@pytest.mark.parametrize(
+    ("faults", "status"),
+    [(FaultRates(rate_limited=1.0), 429), (FaultRates(server_error=1.0), 500), (FaultRates(unavailable=1.0), 503)],
+)
+def test_stream_faults_strike_before_the_first_byte(replay_data, prompts, faults, status):
+    with ReplayServer(replay_data, ReplayConfig(faults=faults)) as replay, httpx.Client(base_url=replay.url) as http:
+        response = http.post("/v1/chat/completions", json=stream_body("cheap", prompts[1]))
+    assert response.status_code == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["message"].startswith("injected fault")
+
+
+def test_truncated_stream_stops_halfway_without_done(replay_data, prompts):
+    config = ReplayConfig(faults=FaultRates(truncated=1.0))
+    with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url) as http:
+        response = http.post("/v1/chat/completions", json=stream_body("cheap", prompts[1]))
+    events = sse_events(response)
+    assert response.status_code == 200
+    assert 2 <= len(events) <= 6 and "[DONE]" not in events
+
+
+def test_mid_stream_drop_closes_the_connection(replay_data, prompts):
+    config = ReplayConfig(faults=FaultRates(mid_stream_drop=1.0))
+    with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url) as http:
+        received = []
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            http.stream("POST", "/v1/chat/completions", json=stream_body("cheap", prompts[1])) as response,
+        ):
+            assert response.status_code == 200
+            received.extend(response.iter_lines())
+        assert any(line.startswith("data: {") for line in received)
+        with pytest.raises(httpx.RemoteProtocolError):  # a plain answer: half its body, then the close
+            chat(http, "cheap", prompts[1])
+        assert replay.request_log.totals() == {"mid_stream_drop": 2}

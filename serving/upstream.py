@@ -1,0 +1,536 @@
+"""The gateway's calls to the LLM endpoints: timeouts, retries, fallbacks, a circuit breaker per LLM, streaming.
+
+One :class:`Upstreams` object (one aiohttp session) holds the whole policy, as LiteLLM's router does:
+:meth:`Upstreams.call` takes the fallback order the router chose and returns an :class:`UpstreamResult` with every
+try recorded as an :class:`Attempt` (no bodies, no keys) for the decision log.
+
+- **Per LLM**, in order: skipped while its breaker is open (an ``circuit_open`` attempt); else up to
+  ``1 + retries`` tries on 429, 408, 5xx, timeouts, connection errors and malformed 200 bodies, all before the
+  first byte reaches the client, with exponential backoff and jitter of at least the upstream's ``Retry-After``
+  (a ``Retry-After`` above ``max_delay_s`` moves on to the next LLM at once). Any other 4xx ends the request
+  (the request itself is bad: no fallback) with a generic message, never the upstream's body: 400, 413 and 422
+  keep their status, the rest become 502.
+- **Timeouts**, per LLM from its catalog row (:class:`Timeouts`): ``connect_s`` (the socket connect),
+  ``first_byte_s`` (from a try's start to the response headers and, for a stream, its first chunk) and
+  ``total_s``, a deadline over everything spent on that LLM: its tries, backoffs and the body or the whole
+  stream. So a hanging upstream holds a client at most ``total_s`` per LLM (then the next one is tried).
+- **Streams**: the result's ``stream`` yields the upstream's SSE bytes unchanged from the first chunk on. After
+  that no fallback is possible; a stream that breaks (connection lost, the total deadline, or an SSE stream ending
+  without ``data: [DONE]``) ends with one ``data: {"error": {...}}`` event. While it is relayed the result's
+  ``usage`` is filled from the chunk that carries it, and the answering attempt's ``seconds`` (and ``error``, if it
+  broke) are updated when it ends. Consume it to the end or ``await result.stream.aclose()``: that releases the
+  connection.
+- **Circuit breaker** per LLM: ``breaker_failures`` consecutive failed tries (the retryable kinds) open it for
+  ``breaker_cooldown_s``; then one trial request is let through (half-open): success closes it, failure re-opens
+  it. A non-retryable 4xx shows the endpoint is up and counts as a success.
+- **Keys**: read at call time from the environment variable the row names (``api_key_env``), sent as
+  ``Authorization: Bearer``; errors name exception types and statuses only, so a key never reaches an
+  :class:`Attempt`, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+__all__ = ["Attempt", "Timeouts", "UpstreamResult", "Upstreams", "realised_cost"]
+
+log = logging.getLogger(__name__)
+
+#: Statuses worth another try (or another LLM): the upstream's trouble, not the request's.
+RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+#: Non-retryable 4xx statuses that describe the client's request and are given back as they are; other 4xx
+#: (404, 401, ...) are the gateway's configuration problem and become 502.
+CLIENT_STATUSES = frozenset({400, 413, 422})
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """One LLM's timeouts, in seconds (catalog fields ``timeout_connect_s``, ``timeout_first_byte_s``,
+    ``timeout_total_s``)."""
+
+    connect_s: float = 5.0
+    first_byte_s: float = 60.0
+    total_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        for name in ("connect_s", "first_byte_s", "total_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"timeout {name}: {value!r} is not a positive number of seconds")
+
+    @classmethod
+    def of(cls, row: dict) -> Timeouts:
+        """The row's timeouts; a missing or null field takes the default."""
+        defaults = cls()
+        return cls(
+            connect_s=_number(row.get("timeout_connect_s"), defaults.connect_s),
+            first_byte_s=_number(row.get("timeout_first_byte_s"), defaults.first_byte_s),
+            total_s=_number(row.get("timeout_total_s"), defaults.total_s),
+        )
+
+
+def _number(value: object, default: float) -> float:
+    return default if value is None else float(value)
+
+
+@dataclass
+class Attempt:
+    """One try, as the decision log records it (no bodies, no keys).
+
+    ``error``: None for an answer; else e.g. ``"HTTP 429"``, ``"Timeout(connect)"``, ``"Timeout(first_byte)"``,
+    ``"Timeout(total)"``, ``"ClientConnectorError"``, ``"InvalidJSON"``, ``"circuit_open"``,
+    ``"api_key_env NAME not set"``; for a stream that broke after its first byte, ``"mid_stream(<kind>)"``, or
+    ``"client_disconnected"`` when the consumer closed it early. ``started_at`` is wall-clock (``time.time()``).
+    """
+
+    llm: str
+    try_number: int
+    status: int | None
+    error: str | None
+    started_at: float
+    seconds: float
+    retry_after_s: float | None = None
+
+
+@dataclass
+class UpstreamResult:
+    """What :meth:`Upstreams.call` got.
+
+    ``llm``: the LLM that answered (None: all failed; then ``status`` is the one to give the client: 429, 502,
+    503 (every LLM's breaker open), 504 (timed out), or the request's own 400/413/422, and ``error`` a generic
+    message for it). ``payload``: the upstream's JSON (non-streaming successes only). ``stream``: the SSE bytes.
+    ``usage``: ``prompt_tokens``/``completion_tokens`` when known (a stream's once it has been relayed).
+    """
+
+    llm: str | None
+    attempts: list[Attempt]
+    status: int
+    payload: dict | None = None
+    stream: AsyncIterator[bytes] | None = None
+    usage: dict | None = None
+    error: str | None = None
+    #: The ``Retry-After`` (seconds) to give the client with a 429.
+    retry_after_s: float | None = None
+
+
+def realised_cost(row: dict, usage: dict | None) -> float | None:
+    """USD of one answer: prices per million tokens times its tokens; None when tokens or prices are unknown."""
+    if not usage:
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    price_in, price_out = row.get("usd_per_mtok_in"), row.get("usd_per_mtok_out")
+    if None in (prompt, completion, price_in, price_out):
+        return None
+    return (float(price_in) * prompt + float(price_out) * completion) / 1e6
+
+
+@dataclass
+class _Breaker:
+    failures: int = 0  # consecutive failed tries
+    opened_at: float | None = None  # monotonic; None: closed
+    trial: bool = False  # half-open: the one trial request is in flight
+
+
+@dataclass
+class _Failure:
+    """Why an LLM gave no answer: the client's status, a generic message, and whether to stop falling back."""
+
+    status: int
+    message: str
+    final: bool = False
+    retry_after_s: float | None = None
+
+
+class _TryFailed(Exception):
+    """One try gave no answer (internal: never raised out of this module)."""
+
+    def __init__(self, error: str, status: int | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(error)
+        self.error, self.status, self.retry_after_s = error, status, retry_after_s
+
+
+class Upstreams:
+    """The upstream policy of one gateway process: one HTTP session, the retry/fallback loop, the breakers."""
+
+    def __init__(
+        self,
+        retries: int = 2,
+        base_delay_s: float = 0.1,
+        max_delay_s: float = 5.0,
+        breaker_failures: int = 5,
+        breaker_cooldown_s: float = 30.0,
+        connector_limit: int = 256,
+        seed: int | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries: {retries!r} is negative")
+        if base_delay_s < 0 or max_delay_s < 0:
+            raise ValueError(f"base_delay_s={base_delay_s!r}, max_delay_s={max_delay_s!r}: delays are not negative")
+        if breaker_failures < 1:
+            raise ValueError(f"breaker_failures: {breaker_failures!r} is not at least 1")
+        if breaker_cooldown_s < 0:
+            raise ValueError(f"breaker_cooldown_s: {breaker_cooldown_s!r} is negative")
+        self.retries = retries
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.breaker_failures = breaker_failures
+        self.breaker_cooldown_s = breaker_cooldown_s
+        self.connector_limit = connector_limit
+        self._rng = random.Random(seed)
+        self._breakers: dict[str, _Breaker] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.connector_limit, limit_per_host=0)
+            # no session-wide timeout: each try sets its own (connect) and runs under its deadlines
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Upstreams:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # ---- circuit breaker ----
+    def available(self, llm: str) -> bool:
+        """False while ``llm``'s breaker is open (cooling down), or half-open with its trial request in flight."""
+        breaker = self._breakers.get(llm)
+        if breaker is None or breaker.opened_at is None:
+            return True
+        return not breaker.trial and time.monotonic() - breaker.opened_at >= self.breaker_cooldown_s
+
+    def _acquire(self, llm: str) -> bool:
+        """May a try go to ``llm`` now? Claims the trial of a half-open breaker."""
+        if not self.available(llm):
+            return False
+        breaker = self._breakers.setdefault(llm, _Breaker())
+        if breaker.opened_at is not None:
+            breaker.trial = True
+        return True
+
+    def _succeeded(self, llm: str) -> None:
+        breaker = self._breakers.setdefault(llm, _Breaker())
+        if breaker.opened_at is not None:
+            log.info("llm %s: circuit closed", llm)
+        breaker.failures, breaker.opened_at, breaker.trial = 0, None, False
+
+    def _failed(self, llm: str) -> None:
+        breaker = self._breakers.setdefault(llm, _Breaker())
+        breaker.failures += 1
+        if breaker.opened_at is not None or breaker.failures >= self.breaker_failures:
+            if breaker.opened_at is None:
+                log.warning(
+                    "llm %s: circuit open for %.1f s after %d failures", llm, self.breaker_cooldown_s, breaker.failures
+                )
+            breaker.opened_at, breaker.trial = time.monotonic(), False
+
+    def _released(self, llm: str) -> None:
+        """A try that said nothing about the endpoint (cancelled): give the trial back."""
+        breaker = self._breakers.get(llm)
+        if breaker is not None:
+            breaker.trial = False
+
+    # ---- calls ----
+    async def call(self, order: list[tuple[str, dict]], body: dict, stream: bool) -> UpstreamResult:
+        """Ask the LLMs of ``order`` (name, catalog row) in turn until one answers; see the module's docstring."""
+        if self._session is None:
+            raise RuntimeError("Upstreams: not started; await start() first")
+        attempts: list[Attempt] = []
+        last = _Failure(502, "no LLM to ask")
+        for llm, row in order:
+            outcome = await self._call_llm(llm, row, body, stream, attempts)
+            if isinstance(outcome, UpstreamResult):
+                return outcome
+            last = outcome
+            if outcome.final:
+                break
+        if attempts and all(a.error == "circuit_open" for a in attempts):
+            last = _Failure(503, "every LLM asked is cooling down after repeated failures; try again later")
+        return UpstreamResult(
+            llm=None, attempts=attempts, status=last.status, error=last.message, retry_after_s=last.retry_after_s
+        )
+
+    def _delay(self, try_number: int, retry_after_s: float | None) -> float | None:
+        """Backoff before the next try: exponential with jitter, at least ``Retry-After``; None: do not wait."""
+        if retry_after_s is not None and retry_after_s > self.max_delay_s:
+            return None
+        backoff = min(self.max_delay_s, self.base_delay_s * 2 ** (try_number - 1) * self._rng.uniform(0.5, 1.5))
+        return max(backoff, retry_after_s or 0.0)
+
+    async def _call_llm(
+        self, llm: str, row: dict, body: dict, stream: bool, attempts: list[Attempt]
+    ) -> UpstreamResult | _Failure:
+        timeouts = Timeouts.of(row)
+        headers = {}
+        key_env = row.get("api_key_env")
+        if key_env:
+            key = os.environ.get(key_env)
+            if not key:
+                attempts.append(Attempt(llm, 1, None, f"api_key_env {key_env} not set", time.time(), 0.0))
+                log.error("llm %s: api_key_env %s is not set", llm, key_env)
+                return _Failure(502, f"llm {llm!r}: not configured")
+            headers["Authorization"] = f"Bearer {key}"
+        url = str(row["base_url"]).rstrip("/") + "/chat/completions"
+        sent = {**body, "model": row["model_id"]}
+        if stream:
+            sent["stream"] = True
+            if "stream_options" not in body:
+                sent["stream_options"] = {"include_usage": True}
+        elif "stream" in sent:
+            sent["stream"] = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.total_s
+        failure = _Failure(502, f"llm {llm!r}: no answer")
+        for try_number in range(1, self.retries + 2):
+            if not self._acquire(llm):
+                attempts.append(Attempt(llm, try_number, None, "circuit_open", time.time(), 0.0))
+                if try_number > 1:  # opened by this request's own failures: report those
+                    return failure
+                return _Failure(503, f"llm {llm!r}: cooling down after repeated failures")
+            attempt = Attempt(llm, try_number, None, None, time.time(), 0.0)
+            attempts.append(attempt)
+            began = loop.time()
+            retry_after_s = None
+            try:
+                result = await self._try(llm, url, sent, headers, stream, timeouts, deadline, attempt, attempts)
+            except _TryFailed as exc:
+                attempt.status, attempt.error, attempt.retry_after_s = exc.status, exc.error, exc.retry_after_s
+                attempt.seconds = loop.time() - began
+                if exc.status is not None and exc.status not in RETRYABLE_STATUSES:  # the request is bad
+                    self._succeeded(llm)  # the endpoint is up
+                    log.warning("llm %s try %d: %s (not retried)", llm, try_number, exc.error)
+                    status = exc.status if exc.status in CLIENT_STATUSES else 502
+                    return _Failure(status, f"llm {llm!r} refused the request (HTTP {exc.status})", final=True)
+                self._failed(llm)
+                retry_after_s = exc.retry_after_s
+                log.warning("llm %s try %d: %s", llm, try_number, exc.error)
+                failure = _Failure(
+                    429 if exc.status == 429 else 504 if exc.error.startswith("Timeout") else 502,
+                    f"llm {llm!r}: " + ("rate limited" if exc.status == 429 else f"no answer ({exc.error})"),
+                    retry_after_s=exc.retry_after_s,
+                )
+            except BaseException:  # cancelled (the client left): the endpoint is not to blame
+                attempt.seconds, attempt.error = loop.time() - began, attempt.error or "cancelled"
+                self._released(llm)
+                raise
+            else:
+                attempt.seconds = loop.time() - began
+                self._succeeded(llm)
+                return result
+            if try_number > self.retries:
+                break
+            delay = self._delay(try_number, retry_after_s)
+            if delay is None or loop.time() + delay >= deadline:
+                break  # Retry-After beyond the cap, or past this LLM's deadline: the next LLM instead
+            await asyncio.sleep(delay)
+            if loop.time() >= deadline:
+                break
+        return failure
+
+    async def _try(
+        self,
+        llm: str,
+        url: str,
+        sent: dict,
+        headers: dict,
+        stream: bool,
+        timeouts: Timeouts,
+        deadline: float,
+        attempt: Attempt,
+        attempts: list[Attempt],
+    ) -> UpstreamResult:
+        """One try; raises :class:`_TryFailed` for anything but an answer."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        first_byte_at = min(began + timeouts.first_byte_s, deadline)
+        phase = "first_byte" if first_byte_at < deadline else "total"
+        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
+        response: aiohttp.ClientResponse | None = None
+        keep = False
+        try:
+            try:
+                async with asyncio.timeout_at(first_byte_at):
+                    response = await self._session.post(url, json=sent, headers=headers, timeout=client_timeout)
+                    attempt.status = response.status
+                    first = await response.content.readany() if stream and response.status == 200 else b""
+                phase = "total"
+                if response.status != 200:
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    with contextlib.suppress(Exception):  # drain a small error body to reuse the connection
+                        async with asyncio.timeout_at(min(deadline, loop.time() + 1.0)):
+                            await response.read()
+                    raise _TryFailed(f"HTTP {response.status}", response.status, retry_after)
+                if stream:
+                    if not first:
+                        raise _TryFailed("EmptyStream", None)
+                    result = UpstreamResult(llm=llm, attempts=attempts, status=200)
+                    relay = self._relay(llm, response, first, result, attempt, began, deadline)
+                    result.stream = _Stream(relay, response, attempt)
+                    keep = True
+                    return result
+                async with asyncio.timeout_at(deadline):
+                    raw = await response.read()
+            except aiohttp.ConnectionTimeoutError:
+                raise _TryFailed("Timeout(connect)", attempt.status) from None
+            except TimeoutError:
+                raise _TryFailed(f"Timeout({phase})", None) from None
+            except aiohttp.ClientError as exc:
+                raise _TryFailed(type(exc).__name__, None) from None
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = None
+            if not isinstance(payload, dict):
+                raise _TryFailed("InvalidJSON", None)
+            usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
+            return UpstreamResult(llm=llm, attempts=attempts, status=200, payload=payload, usage=usage)
+        finally:
+            if response is not None and not keep:
+                if response.content.at_eof():
+                    response.release()  # read to the end: the connection can serve another request
+                else:
+                    response.close()
+
+    async def _relay(
+        self,
+        llm: str,
+        response: aiohttp.ClientResponse,
+        first: bytes,
+        result: UpstreamResult,
+        attempt: Attempt,
+        began: float,
+        deadline: float,
+    ) -> AsyncIterator[bytes]:
+        """The upstream's bytes as they come; one error event if the stream breaks."""
+        loop = asyncio.get_running_loop()
+        scanner = _SSEScanner()
+        sse = response.content_type == "text/event-stream"
+        error: str | None = None
+        finished = False
+        try:
+            scanner.feed(first)
+            yield first
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        chunk = await response.content.readany()
+                except TimeoutError:
+                    error = "Timeout(total)"
+                    break
+                except aiohttp.ClientError as exc:
+                    error = type(exc).__name__
+                    break
+                if not chunk:
+                    if sse and not scanner.done:
+                        error = "NoDone"
+                    break
+                scanner.feed(chunk)
+                yield chunk
+            result.usage = scanner.usage
+            if error is not None:
+                attempt.error = f"mid_stream({error})"
+                self._failed(llm)
+                log.warning("llm %s: stream broke after its first byte: %s", llm, error)
+                event = {
+                    "error": {
+                        "message": f"llm {llm!r}: the stream broke ({error})",
+                        "type": "upstream_error",
+                        "param": None,
+                        "code": "stream_interrupted",
+                    }
+                }
+                finished = True
+                yield b"data: " + json.dumps(event).encode() + b"\n\n"
+            finished = True
+        finally:
+            if not finished:
+                attempt.error = attempt.error or "client_disconnected"
+            result.usage = scanner.usage
+            attempt.seconds = loop.time() - began
+            if error is None and finished:
+                response.release()
+            else:
+                response.close()
+
+
+class _Stream:
+    """The relayed stream: an async iterator of bytes whose ``aclose()`` frees the connection even when it was
+    never iterated (closing an async generator that never started runs none of its cleanup)."""
+
+    def __init__(self, relay: AsyncIterator[bytes], response: aiohttp.ClientResponse, attempt: Attempt) -> None:
+        self._relay, self._response, self._attempt = relay, response, attempt
+        self._started = False
+
+    def __aiter__(self) -> _Stream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._started = True
+        return await self._relay.__anext__()
+
+    async def aclose(self) -> None:
+        await self._relay.aclose()
+        if not self._started:
+            self._attempt.error = self._attempt.error or "client_disconnected"
+        self._response.close()  # a no-op once released
+
+
+class _SSEScanner:
+    """Watches SSE bytes go by for the ``usage`` of a chunk and the ``[DONE]`` event (the bytes are not changed)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.usage: dict | None = None
+        self.done = False
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data.replace(b"\r\n", b"\n")
+        *events, self._buffer = self._buffer.split(b"\n\n")
+        for event in events:
+            for line in event.split(b"\n"):
+                if not line.startswith(b"data:"):
+                    continue
+                value = line[5:].strip()
+                if value == b"[DONE]":
+                    self.done = True
+                    continue
+                try:
+                    chunk = json.loads(value)
+                except ValueError:
+                    continue
+                if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+                    self.usage = chunk["usage"]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: a number, or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

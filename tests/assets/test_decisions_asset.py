@@ -1,0 +1,115 @@
+"""The routing_decisions asset: the gateway's decision files into the warehouse, idempotently, with its plots."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+import pytest
+
+import warehouse as wh
+from assets.decisions import routing_decisions
+from assets.resources import WarehouseResource
+from serving.decisions import DecisionLog, read_decisions
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def write_decisions(directory, n: int, start: int = 0) -> None:
+    """``n`` decisions over three days and three LLMs, half with a max_cost_per_query, written by a DecisionLog."""
+    with DecisionLog(directory, batch_size=16, flush_interval_s=0.01) as log:
+        for i in range(start, start + n):
+            budgeted = i % 2 == 0
+            log.record(
+                {
+                    "request_id": f"req-{i}",
+                    "at": NOW - timedelta(days=i % 3, minutes=i),
+                    "key_id": f"k{i % 2}",
+                    "prompt_hash": f"h{i}",
+                    "router_version": "2",
+                    "model_requested": "uniroute",
+                    "chosen_llm": ["cheap", "math-pro", None][i % 3],
+                    "cost_weight": 0.1,
+                    "budget_kind": "max_cost_per_query" if budgeted else None,
+                    "budget_value": 0.002 if budgeted else None,
+                    "candidates": ["cheap", "math-pro"],
+                    "predicted_error": {"cheap": 0.4, "math-pro": 0.2},
+                    "predicted_cost": {"cheap": 0.001, "math-pro": 0.003},
+                    "attempts": [{"llm": "cheap", "try_number": 1, "status": 200, "error": None, "seconds": 0.1}],
+                    "status": 200 if i % 3 != 2 else 502,
+                    "prompt_tokens": 10,
+                    "completion_tokens": 20,
+                    "realised_cost_usd": 0.001 * (1 + i % 4),
+                    "latency_ms": 100.0 + i,
+                    "stream": i % 5 == 0,
+                }
+            )
+
+
+def test_loads_every_file_once_with_plots(instance, tmp_path):
+    directory, path = tmp_path / "decisions", tmp_path / "w.duckdb"
+    write_decisions(directory, 60)
+    resources = {"warehouse": WarehouseResource(path=str(path))}
+    run_config = {"ops": {"routing_decisions": {"config": {"directory": str(directory)}}}}
+
+    def materialise() -> dict:
+        result = dg.materialize([routing_decisions], resources=resources, instance=instance, run_config=run_config)
+        assert result.success
+        return {k: v.value for k, v in result.asset_materializations_for_node("routing_decisions")[0].metadata.items()}
+
+    first = materialise()
+    assert (first["rows_loaded"], first["rows_total"], first["files"]) == (60, 60, 4)
+    for plot in ("cost_vs_budget", "llm_mix_per_day"):
+        assert first[plot].startswith(f"![{plot}](data:image/png;base64,") and len(first[plot]) > 2000
+    # budget 0.002 on even requests; realised 0.001 * (1 + i % 4): i % 4 == 2 costs 0.003, over it
+    assert first["over_budget_last_30_days"] == 15
+
+    again = materialise()
+    assert (again["rows_loaded"], again["rows_total"]) == (0, 60)
+
+    write_decisions(directory, 10, start=55)  # 5 repeated (a retried file), 5 new
+    third = materialise()
+    assert (third["rows_loaded"], third["rows_total"]) == (5, 65)
+
+    with wh.connect(path) as con:
+        stored = wh.read_routing_decisions(con)
+        recent = wh.read_routing_decisions(con, since=NOW - timedelta(hours=12))
+    assert stored.height == 65 and stored["request_id"].n_unique() == 65
+    row = stored.filter(pl.col("request_id") == "req-0").row(0, named=True)
+    assert row["decided_at"] == NOW.replace(tzinfo=None)  # the log's "at", stored as naive UTC
+    assert row["candidates"] == ["cheap", "math-pro"] and row["budget_kind"] == "max_cost_per_query"
+    assert row["loaded_at"] is not None and row["stream"] is True
+    assert set(recent["request_id"]) == {
+        r
+        for r, at in stored.select("request_id", "decided_at").iter_rows()
+        if at >= (NOW - timedelta(hours=12)).replace(tzinfo=None)
+    }
+    assert 0 < recent.height < 65
+
+
+def test_no_files_yet_still_plots(instance, tmp_path):
+    result = dg.materialize(
+        [routing_decisions],
+        resources={"warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb"))},
+        instance=instance,
+        run_config={"ops": {"routing_decisions": {"config": {"directory": str(tmp_path / "none")}}}},
+    )
+    meta = result.asset_materializations_for_node("routing_decisions")[0].metadata
+    assert meta["rows_total"].value == 0 and "data:image/png" in meta["llm_mix_per_day"].value
+
+
+def test_store_refuses_bad_rows_and_ignores_repeats(tmp_path):
+    write_decisions(tmp_path / "d", 6)
+    frame = read_decisions(tmp_path / "d")
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        assert wh.insert_routing_decisions(con, frame) == 6
+        assert wh.insert_routing_decisions(con, frame) == 0
+        bad = frame.head(1).with_columns(
+            pl.lit("req-new").alias("request_id"), pl.lit("max_latency").alias("budget_kind")
+        )
+        with pytest.raises(wh.WarehouseInputError, match="budget_kind"):
+            wh.insert_routing_decisions(con, bad)
+        with pytest.raises(wh.WarehouseInputError, match="status"):
+            wh.insert_routing_decisions(con, frame.head(1).with_columns(pl.lit(None, pl.Int32).alias("status")))
+        assert wh.count_routing_decisions(con) == 6
