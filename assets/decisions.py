@@ -1,6 +1,7 @@
 """The gateway's decision log in the warehouse: every routed request, loaded from the files the gateway writes."""
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
+import os
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -17,9 +18,11 @@ PLOT_DAYS = 30  # the plots show the last 30 days of requests
 
 
 class DecisionsConfig(dg.Config):
-    """Where the gateway's decision files are; empty means ``<warehouse dir>/decisions``."""
+    """Where the gateway's decision files are (empty: ``<warehouse dir>/decisions``), and whether files once loaded
+    are moved to its ``loaded/`` folder (kept there, never deleted; the next run reads only new files)."""
 
     directory: str = ""
+    move_loaded: bool = True
 
 
 @dg.asset(group_name=GROUP, pool="duckdb")
@@ -27,17 +30,24 @@ def routing_decisions(config: DecisionsConfig, warehouse: WarehouseResource) -> 
     """Every routed request the gateway logged, loaded into ``routing_decisions`` (requests already loaded are
     kept: loading again stores nothing new); plots of realised cost against the budget asked, and the LLM mix."""
     directory = config.directory or str(decisions.default_directory())
-    frame = decisions.read_decisions(directory)
+    files = decisions.decision_files(directory)  # finished files only: the log renames each into place whole
+    frame = decisions.read_decision_files(files)
     with warehouse.connect() as con:
         loaded = wh.insert_routing_decisions(con, frame)
         total = wh.count_routing_decisions(con)
         recent = wh.read_routing_decisions(con, since=datetime.now(UTC) - timedelta(days=PLOT_DAYS))
+    if config.move_loaded and files:  # only once their rows are committed: a crash before this reloads them (no-op)
+        done = files[0].parent / "loaded"
+        done.mkdir(exist_ok=True)
+        for file in files:
+            os.replace(file, done / file.name)
     figures = {"cost_vs_budget": _cost_vs_budget(recent), "llm_mix_per_day": _llm_mix_per_day(recent)}
     return dg.MaterializeResult(
         metadata={
             "rows_loaded": loaded,
             "rows_total": total,
-            "files": len(decisions.decision_files(directory)),
+            "files": len(files),
+            "files_moved_to_loaded": len(files) if config.move_loaded else 0,
             "directory": directory,
             f"over_budget_last_{PLOT_DAYS}_days": _over_budget(recent),
             **{name: markdown_image(figure, name) for name, figure in figures.items()},

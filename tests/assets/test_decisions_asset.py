@@ -51,9 +51,10 @@ def test_loads_every_file_once_with_plots(instance, tmp_path):
     directory, path = tmp_path / "decisions", tmp_path / "w.duckdb"
     write_decisions(directory, 60)
     resources = {"warehouse": WarehouseResource(path=str(path))}
-    run_config = {"ops": {"routing_decisions": {"config": {"directory": str(directory)}}}}
 
-    def materialise() -> dict:
+    def materialise(move: bool = False) -> dict:  # not moved: every run reads every file again
+        config = {"directory": str(directory), "move_loaded": move}
+        run_config = {"ops": {"routing_decisions": {"config": config}}}
         result = dg.materialize([routing_decisions], resources=resources, instance=instance, run_config=run_config)
         assert result.success
         return {k: v.value for k, v in result.asset_materializations_for_node("routing_decisions")[0].metadata.items()}
@@ -113,3 +114,26 @@ def test_store_refuses_bad_rows_and_ignores_repeats(tmp_path):
         with pytest.raises(wh.WarehouseInputError, match="status"):
             wh.insert_routing_decisions(con, frame.head(1).with_columns(pl.lit(None, pl.Int32).alias("status")))
         assert wh.count_routing_decisions(con) == 6
+
+
+def test_loaded_files_move_to_loaded_and_are_kept(instance, tmp_path):
+    directory = tmp_path / "decisions"
+    write_decisions(directory, 40)
+    names = sorted(f.name for f in directory.glob("*.parquet"))
+    resources = {"warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb"))}
+    run_config = {"ops": {"routing_decisions": {"config": {"directory": str(directory)}}}}  # move_loaded: default
+
+    def materialise() -> dict:
+        result = dg.materialize([routing_decisions], resources=resources, instance=instance, run_config=run_config)
+        assert result.success
+        return {k: v.value for k, v in result.asset_materializations_for_node("routing_decisions")[0].metadata.items()}
+
+    first = materialise()
+    assert (first["rows_loaded"], first["rows_total"], first["files"], first["files_moved_to_loaded"]) == (40, 40, 3, 3)
+    assert list(directory.glob("*.parquet")) == [] and sorted(f.name for f in (directory / "loaded").iterdir()) == names
+    assert read_decisions(directory / "loaded").height == 40  # kept, readable
+
+    write_decisions(directory, 5, start=40)
+    second = materialise()
+    assert (second["rows_loaded"], second["rows_total"], second["files"]) == (5, 45, 1)
+    assert len(list((directory / "loaded").iterdir())) == 4

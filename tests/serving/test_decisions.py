@@ -14,8 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from serving.decisions import SCHEMA, DecisionLog, decision_files, read_decisions
+from serving.decisions import SCHEMA, DecisionLog, decision_files, flush_on_sigterm, read_decisions
+from serving.metrics import GatewayMetrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,9 +118,11 @@ def test_invalid_records_are_dropped_alone(tmp_path):
 
 
 class StuckLog(DecisionLog):
-    """A log whose disk hangs until ``release`` is set."""
+    """A log whose disk hangs until its ``release`` is set."""
 
-    release = threading.Event()
+    def __init__(self, *args, **kwargs):
+        self.release = threading.Event()
+        super().__init__(*args, **kwargs)
 
     def _write(self, batch):
         self.release.wait(10)
@@ -130,23 +135,37 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
     accepted = sum(log.record(decision(f"r{i}")) for i in range(100))
     assert time.perf_counter() - started < 1.0  # a hung disk never holds a request
     assert accepted + log.dropped == 100 and 10 <= accepted <= 12 and log.depth <= 10
-    StuckLog.release.set()
+    log.release.set()
     log.close()
     assert read_decisions(tmp_path).height == accepted and log.written == accepted
     assert not log.record(decision("late")) and log.dropped == 100 - accepted + 1  # closed: dropped, counted
 
 
+def test_a_budget_less_record_says_none_and_the_tag_names_the_files(tmp_path):
+    with DecisionLog(tmp_path, process_tag="gw/1", flush_interval_s=0.01) as log:
+        log.record(decision("x", budget_kind=None, budget_value=None))
+    assert read_decisions(tmp_path)["budget_kind"].to_list() == ["none"]
+    assert [f.name.startswith("decisions-gw_1-") for f in decision_files(tmp_path)] == [True]
+
+
+def test_metrics_hear_the_queue_and_the_drops_from_the_writer(tmp_path):
+    metrics = GatewayMetrics()
+    log = StuckLog(tmp_path, batch_size=1, flush_interval_s=0.01, max_queue=5, metrics=metrics)
+    accepted = sum(log.record(decision(f"m{i}")) for i in range(20))
+    log.release.set()
+    log.close()
+    got = {s.name: s.value for f in text_string_to_metric_families(metrics.render()[0].decode()) for s in f.samples}
+    assert got["uniroute_decision_log_dropped_total"] == 20 - accepted > 0
+    assert got["uniroute_decision_log_queue_depth"] == 0
+
+
+# A process that records, then is sent SIGTERM: flush_on_sigterm writes everything, then it dies of SIGTERM.
 SCRIPT = """
-import signal, sys, time
-from serving.decisions import DecisionLog
+import sys, time
+from serving.decisions import DecisionLog, flush_on_sigterm
 
 log = DecisionLog(sys.argv[1], batch_size=10_000, flush_interval_s=3600)  # nothing written before close()
-
-def on_sigterm(signum, frame):
-    log.close()
-    sys.exit(0)
-
-signal.signal(signal.SIGTERM, on_sigterm)
+flush_on_sigterm(log)
 for i in range(500):
     log.record({"request_id": f"s{i}", "status": 200, "chosen_llm": "cheap"})
 print("recorded", log.written, flush=True)
@@ -154,20 +173,59 @@ while True:
     time.sleep(0.05)
 """
 
+# The gateway's way: uvicorn handles SIGTERM with a graceful shutdown, which runs the lifespan's exit.
+UVICORN_SCRIPT = """
+import contextlib, sys
+import uvicorn
+from starlette.applications import Starlette
+from serving.decisions import DecisionLog
 
-def test_sigterm_leaves_every_decision_on_disk(tmp_path):
+log = DecisionLog(sys.argv[1], batch_size=10_000, flush_interval_s=3600)
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    for i in range(500):
+        log.record({"request_id": f"s{i}", "status": 200, "chosen_llm": "cheap"})
+    print("recorded", log.written, flush=True)
+    try:
+        yield
+    finally:
+        log.close()
+
+uvicorn.run(Starlette(lifespan=lifespan), host="127.0.0.1", port=0, log_level="warning")
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "returncode"), [(SCRIPT, -signal.SIGTERM), (UVICORN_SCRIPT, -signal.SIGTERM)], ids=["handler", "uvicorn"]
+)
+def test_sigterm_leaves_every_decision_on_disk(tmp_path, source, returncode):
     script = tmp_path / "gateway_like.py"
-    script.write_text(textwrap.dedent(SCRIPT))
+    script.write_text(textwrap.dedent(source))
     out = tmp_path / "decisions"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "recorded 0"  # all still queued
         assert decision_files(out) == []
+        time.sleep(0.2)  # uvicorn: past the lifespan's start, serving
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.wait(timeout=30) == returncode  # killed by SIGTERM, as without the handler
     finally:
         proc.kill()
     frame = read_decisions(out)
     assert frame.height == 500 and set(frame["request_id"]) == {f"s{i}" for i in range(500)}
     assert raw_rows(out).height == 500
+
+
+def test_flush_on_sigterm_hands_on_to_the_handler_before_it(tmp_path):
+    called = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: called.append(signum))
+    try:
+        log = DecisionLog(tmp_path, batch_size=10_000, flush_interval_s=3600)
+        flush_on_sigterm(log)
+        log.record(decision("t"))
+        signal.raise_signal(signal.SIGTERM)
+        assert called == [signal.SIGTERM] and read_decisions(tmp_path)["request_id"].to_list() == ["t"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

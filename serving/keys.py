@@ -1,0 +1,455 @@
+"""Client API keys of the gateway: who may call it, which models each key reaches, and its rate and spend limits.
+
+Keys come from a file of *hashed* keys and/or the environment:
+
+- ``--keys-file keys.yaml`` (YAML or JSON): a list of ``{id, sha256, models?, usd_per_day?, requests_per_minute?}``
+  where ``sha256`` is the hex SHA-256 of the secret. The file never holds a secret; make an entry with::
+
+      python -m serving.keys hash --id alice --usd-per-day 5 --rpm 60   # reads the secret from stdin
+      python -m serving.keys hash --id alice --generate                 # new secret on stderr, entry on stdout
+
+  and paste the printed entry into the file. ``models`` lists the catalog LLMs a key may call directly and route
+  to; the routed model ``uniroute`` is allowed (over those LLMs only) unless the list names ``"!uniroute"``.
+- ``UNIROUTE_GATEWAY_KEYS="alice:SECRET,bob:SECRET2:5.0:60"``: comma-separated ``id:secret`` pairs, optionally
+  ``id:secret:usd_per_day:requests_per_minute`` (either may be left empty), for tests and simple deployments.
+
+Secrets are hashed as soon as they are read and compared by hash in constant time (``hmac.compare_digest``); no
+secret is kept, logged, put in an exception or shown by ``repr``. Spend is the realised cost the gateway records
+after each answer, per UTC day: a limit is checked before a request, so requests already in flight can take a key
+past it by their own cost. Rate limits are a token bucket per key (a minute's worth of burst).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+ROUTED_MODEL = "uniroute"  # as serving.gateway.ROUTED_MODEL (not imported: the gateway will import this module)
+NO_ROUTING = f"!{ROUTED_MODEL}"  # in a key's models: the key may not use the routed model
+ENV_VAR = "UNIROUTE_GATEWAY_KEYS"
+ANONYMOUS_ID = "anonymous"
+MIN_SECRET_CHARS = 16
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_FIELDS = ("id", "sha256", "models", "usd_per_day", "requests_per_minute")
+
+
+class ClientError(Exception):
+    """A request refused for the client's own reason (4xx): status, message, OpenAI ``param``/``code``, headers."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.headers = dict(headers or {})
+
+
+class AuthError(ClientError):
+    """401 (no or unknown key) or 403 (a model the key may not use)."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+        headers = {"WWW-Authenticate": 'Bearer realm="uniroute"'} if status == 401 else None
+        super().__init__(status, message, code, param, headers)
+
+
+class LimitError(ClientError):
+    """429: a key over its rate or spend limit; ``retry_after_s`` says when to try again."""
+
+    def __init__(self, message: str, code: str, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(429, message, code, None, {"Retry-After": str(max(1, math.ceil(retry_after_s)))})
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What one key may do. ``key_id`` is public (logs, metrics); the secret is never part of a policy."""
+
+    key_id: str
+    models: frozenset[str] | None = None  # allowed LLMs (direct and as routing candidates); None: all
+    usd_per_day: float | None = None
+    requests_per_minute: float | None = None
+
+    def allows(self, model: str) -> bool:
+        """Whether the key may ask for ``model``: a catalog LLM in its set, or the routed model unless excluded."""
+        if self.models is None:
+            return True
+        if model == ROUTED_MODEL:
+            return NO_ROUTING not in self.models
+        return model in self.models
+
+    def require_model(self, model: object) -> None:
+        """Raise ``AuthError`` 403 when the request's ``model`` is not allowed for this key."""
+        if not isinstance(model, str) or not self.allows(model):
+            raise AuthError(
+                403, f"model={short_repr(model)}: not allowed for key {self.key_id!r}", "model_not_allowed", "model"
+            )
+
+    def route_pool(self, pool: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
+        """The candidates to route over: ``requested`` (each must be allowed) or the allowed part of ``pool``.
+
+        Raises ``AuthError`` 403 naming the first requested candidate the key may not use, or when none of the
+        pool is allowed.
+        """
+        if requested:
+            for name in requested:
+                if not isinstance(name, str) or not self.allows(name) or name == ROUTED_MODEL:
+                    raise AuthError(
+                        403,
+                        f"candidates: {short_repr(name)} is not allowed for key {self.key_id!r}",
+                        "model_not_allowed",
+                        "candidates",
+                    )
+            return list(requested)
+        allowed = [m for m in pool if self.allows(m)]
+        if not allowed:
+            raise AuthError(
+                403, f"key {self.key_id!r}: none of the router's LLMs {list(pool)} is allowed", "model_not_allowed"
+            )
+        return allowed
+
+
+ANONYMOUS = KeyPolicy(ANONYMOUS_ID)
+
+
+@dataclass(frozen=True)
+class _Key:
+    policy: KeyPolicy
+    digest: bytes = field(repr=False)  # SHA-256 of the secret
+    source: str = ""  # where it was defined, for errors
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+def hash_secret(secret: str) -> str:
+    """The hex SHA-256 of ``secret`` (UTF-8), as stored in a keys file."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class KeyStore:
+    """The gateway's client keys and each key's request and spend counters (thread- and async-safe).
+
+    ``KeyStore.load(path, environ)`` reads a keys file and ``$UNIROUTE_GATEWAY_KEYS``; an empty store lets every
+    request through as ``ANONYMOUS`` (the gateway then binds loopback only: ``serving.middleware.check_bind``).
+    ``clock`` (monotonic seconds) and ``wall_clock`` (Unix seconds, for the UTC day) are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        keys: Iterable[_Key] = (),
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys: tuple[_Key, ...] = ()
+        ids: dict[str, _Key] = {}
+        digests: dict[bytes, _Key] = {}
+        for key in keys:
+            where = f"{key.source or 'key'} (id={key.policy.key_id!r})"
+            if key.policy.key_id in ids:
+                raise ValueError(f"{where}: defined twice (also {ids[key.policy.key_id].source})")
+            if key.digest in digests:
+                raise ValueError(f"{where}: the same secret as id={digests[key.digest].policy.key_id!r}")
+            ids[key.policy.key_id] = digests[key.digest] = key
+            self._keys += (key,)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._lock = threading.Lock()  # held for microseconds, never across an await
+        self._buckets: dict[str, _Bucket] = {}
+        self._spend: dict[str, tuple[str, float]] = {}  # key_id -> (UTC day, USD)
+
+    # ---- loading ----
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **clocks: Callable[[], float],
+    ) -> KeyStore:
+        """Keys from the file at ``path`` (if given) and from ``environ[UNIROUTE_GATEWAY_KEYS]`` (os.environ)."""
+        environ = os.environ if environ is None else environ
+        keys = [*(parse_keys_file(path) if path is not None else []), *parse_env_keys(environ.get(ENV_VAR, ""))]
+        store = cls(keys, **clocks)
+        log.info("client keys: %d configured (ids %s)", len(keys), [k.policy.key_id for k in keys])
+        return store
+
+    @property
+    def empty(self) -> bool:
+        """No keys configured: every request is anonymous."""
+        return not self._keys
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [k.policy.key_id for k in self._keys]
+
+    def __repr__(self) -> str:
+        return f"KeyStore({len(self._keys)} keys: {self.key_ids})"
+
+    # ---- requests ----
+    def authenticate(self, bearer: str | None) -> KeyPolicy:
+        """The policy of the key whose secret is ``bearer`` (the token after ``Bearer``); ``AuthError`` 401 if none.
+
+        Every configured key's hash is compared, in constant time, so timing says nothing about which is close.
+        """
+        if self.empty:
+            return ANONYMOUS
+        if not bearer:
+            raise AuthError(401, "missing API key: send the header 'Authorization: Bearer <key>'", "invalid_api_key")
+        digest = hashlib.sha256(bearer.encode("utf-8", "surrogateescape")).digest()
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        if found is None:
+            raise AuthError(401, "invalid API key", "invalid_api_key")
+        return found.policy
+
+    def check_rate(self, policy: KeyPolicy) -> None:
+        """Take one request from the key's bucket; ``LimitError`` (code ``rate_limit_exceeded``) when empty."""
+        rpm = policy.requests_per_minute
+        if rpm is None:
+            return
+        rate = rpm / 60.0  # tokens per second
+        capacity = max(1.0, rpm)
+        with self._lock:
+            now = self._clock()
+            bucket = self._buckets.get(policy.key_id)
+            if bucket is None:
+                bucket = self._buckets[policy.key_id] = _Bucket(capacity, now)
+            bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
+            bucket.updated = now
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return
+            wait = (1.0 - bucket.tokens) / rate
+        raise LimitError(
+            f"rate limit of key {policy.key_id!r}: {rpm:g} requests per minute; retry in {wait:.1f} s",
+            "rate_limit_exceeded",
+            wait,
+        )
+
+    def check_spend(self, policy: KeyPolicy) -> None:
+        """``LimitError`` (code ``insufficient_quota``, retry at the next UTC midnight) once today's spend is over."""
+        limit = policy.usd_per_day
+        if limit is None:
+            return
+        now = self._wall_clock()
+        spent = self.spent_today(policy.key_id)
+        if spent >= limit:
+            today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            wait = (today + timedelta(days=1)).timestamp() - now
+            raise LimitError(
+                f"spend limit of key {policy.key_id!r}: ${spent:.6g} of ${limit:g} per day (UTC) used; "
+                "it resets at midnight UTC",
+                "insufficient_quota",
+                wait,
+            )
+
+    def record_spend(self, key_id: str, usd: float) -> None:
+        """Add a request's realised cost (USD) to the key's spend of today (UTC)."""
+        if isinstance(usd, bool) or not isinstance(usd, int | float) or not math.isfinite(usd) or usd < 0:
+            raise ValueError(f"record_spend usd={usd!r}: expected a finite cost >= 0")
+        day = self._day()
+        with self._lock:
+            spent_day, spent = self._spend.get(key_id, (day, 0.0))
+            self._spend[key_id] = (day, (spent if spent_day == day else 0.0) + float(usd))
+
+    def spent_today(self, key_id: str) -> float:
+        """USD the key has spent today (UTC)."""
+        day = self._day()
+        with self._lock:
+            spent_day, spent = self._spend.get(key_id, (day, 0.0))
+        return spent if spent_day == day else 0.0
+
+    def _day(self) -> str:
+        return datetime.fromtimestamp(self._wall_clock(), UTC).date().isoformat()
+
+
+# ---- parsing ----
+def parse_keys_file(path: str | os.PathLike[str]) -> list[_Key]:
+    """The keys of a YAML or JSON keys file; ``ValueError`` naming the file, entry, field and value."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise ValueError(f"keys file {path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    if isinstance(data, dict) and set(data) == {"keys"}:
+        data = data["keys"]
+    if not isinstance(data, list):
+        raise ValueError(f"keys file {path}: expected a list of {{id, sha256, ...}} entries, got {type(data).__name__}")
+    return [_parse_entry(entry, f"keys file {path} entry {i}") for i, entry in enumerate(data)]
+
+
+def _parse_entry(entry: object, where: str) -> _Key:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping with id and sha256, got {type(entry).__name__}")
+    key_id = _parse_id(entry.get("id"), where)
+    where = f"{where} (id={key_id!r})"
+    unknown = [k for k in entry if k not in _FIELDS]
+    if unknown:  # e.g. a pasted "secret": the value is not repeated here
+        raise ValueError(
+            f"{where}: unknown field {str(unknown[0])!r}; the fields are {list(_FIELDS)} "
+            "(a keys file holds sha256 hashes, never secrets: python -m serving.keys hash)"
+        )
+    digest = entry.get("sha256")
+    if not isinstance(digest, str) or not _HEX64.fullmatch(digest.lower()):
+        # not echoed: a secret pasted here by mistake must not reach the log
+        raise ValueError(f"{where}: field sha256 must be 64 hex digits (python -m serving.keys hash makes it)")
+    return _Key(
+        KeyPolicy(
+            key_id,
+            _parse_models(entry.get("models"), where),
+            _parse_number(entry.get("usd_per_day"), "usd_per_day", where, allow_zero=True),
+            _parse_number(entry.get("requests_per_minute"), "requests_per_minute", where, allow_zero=False),
+        ),
+        bytes.fromhex(digest),
+        where.partition(" (id=")[0],
+    )
+
+
+def parse_env_keys(value: str) -> list[_Key]:
+    """Keys from ``id:secret[:usd_per_day[:requests_per_minute]]`` pairs separated by commas."""
+    keys = []
+    for i, item in enumerate(part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        where = f"{ENV_VAR} entry {i}"
+        parts = item.split(":")
+        if len(parts) < 2 or len(parts) > 4:
+            raise ValueError(f"{where}: expected id:secret or id:secret:usd_per_day:requests_per_minute")
+        key_id = _parse_id(parts[0].strip(), where)
+        where = f"{where} (id={key_id!r})"
+        secret = parts[1].strip()
+        if len(secret) < MIN_SECRET_CHARS:
+            raise ValueError(f"{where}: the secret is shorter than {MIN_SECRET_CHARS} characters")
+        limits = [p.strip() or None for p in parts[2:]] + [None] * (4 - len(parts))
+        keys.append(
+            _Key(
+                KeyPolicy(
+                    key_id,
+                    None,
+                    _parse_number(limits[0], "usd_per_day", where, allow_zero=True),
+                    _parse_number(limits[1], "requests_per_minute", where, allow_zero=False),
+                ),
+                hashlib.sha256(secret.encode("utf-8")).digest(),
+                f"{ENV_VAR} entry {i}",
+            )
+        )
+    return keys
+
+
+def _parse_id(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ValueError(f"{where}: field id={short_repr(value)}: expected 1-64 of A-Z a-z 0-9 _ . @ - (a public name)")
+    if value == ANONYMOUS_ID:
+        raise ValueError(f"{where}: field id={value!r} is reserved for requests without keys")
+    return value
+
+
+def _parse_models(value: object, where: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(m, str) and m.strip() for m in value):
+        raise ValueError(f"{where}: field models={short_repr(value)}: expected a list of model names")
+    return frozenset(m.strip() for m in value)
+
+
+def _parse_number(value: object, name: str, where: str, *, allow_zero: bool) -> float | None:
+    if value is None:
+        return None
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+        raise ValueError(f"{where}: field {name}={short_repr(value)}: expected a number")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ValueError(
+            f"{where}: field {name}={short_repr(value)}: expected a number {'>=' if allow_zero else '>'} 0"
+        )
+    return float(number)
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (values from clients can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- python -m serving.keys hash ----
+def _entry(args: argparse.Namespace, secret: str) -> str:
+    entry: dict = {"id": args.id, "sha256": hash_secret(secret)}
+    if args.models:
+        entry["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.usd_per_day is not None:
+        entry["usd_per_day"] = args.usd_per_day
+    if args.rpm is not None:
+        entry["requests_per_minute"] = args.rpm
+    _parse_entry(entry, "the new entry")  # the printed line is one the store accepts
+    return yaml.safe_dump([entry], sort_keys=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.keys", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("hash", help="print a keys-file entry for a secret read from stdin (never stored)")
+    cmd.add_argument("--id", required=True, help="the key's public id (logs, metrics, errors)")
+    cmd.add_argument("--models", help="comma-separated LLMs the key may use (default: all); !uniroute: no routing")
+    cmd.add_argument("--usd-per-day", type=float, help="spend limit per UTC day, USD")
+    cmd.add_argument("--rpm", type=float, help="requests per minute")
+    cmd.add_argument("--generate", action="store_true", help="make a new secret (printed on stderr) instead")
+    args = parser.parse_args(argv)
+    if args.generate:
+        secret = "ur-" + secrets.token_urlsafe(32)
+        print(f"secret for {args.id} (give it to the client; only its hash is kept): {secret}", file=sys.stderr)
+    elif sys.stdin.isatty():
+        secret = getpass.getpass("secret: ").strip()
+    else:
+        secret = sys.stdin.readline().strip()
+    if len(secret) < MIN_SECRET_CHARS:
+        print(f"error: the secret is shorter than {MIN_SECRET_CHARS} characters", file=sys.stderr)
+        return 2
+    try:
+        sys.stdout.write(_entry(args, secret))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

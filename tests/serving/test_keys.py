@@ -1,0 +1,260 @@
+"""serving.keys: loading hashed keys, constant-time authentication, token buckets and daily spend."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+from datetime import UTC, datetime
+
+import pytest
+import yaml
+
+from serving import keys
+from serving.keys import ANONYMOUS, AuthError, KeyPolicy, KeyStore, LimitError, hash_secret
+
+ALICE = "alice-secret-0123456789abcdef"
+BOB = "bob-secret-0123456789abcdef"
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def write_keys(tmp_path, entries, name="keys.yaml"):
+    path = tmp_path / name
+    path.write_text(json.dumps(entries) if name.endswith(".json") else yaml.safe_dump(entries))
+    return path
+
+
+def test_keys_file_yaml_and_json_give_policies(tmp_path):
+    entries = [
+        {"id": "alice", "sha256": hash_secret(ALICE), "models": ["cheap"], "usd_per_day": 2.5},
+        {"id": "bob", "sha256": hash_secret(BOB).upper(), "requests_per_minute": 60},
+    ]
+    for name in ("keys.yaml", "keys.json"):
+        store = KeyStore.load(write_keys(tmp_path, entries, name), environ={})
+        assert store.authenticate(ALICE) == KeyPolicy("alice", frozenset({"cheap"}), 2.5, None)
+        assert store.authenticate(BOB) == KeyPolicy("bob", None, None, 60.0)
+        assert not store.empty
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ({"id": "bob", "sha256": hash_secret(BOB), "requests_per_minute": "fast"}, "requests_per_minute='fast'"),
+        ({"id": "bob", "sha256": hash_secret(BOB), "requests_per_minute": 0}, "requests_per_minute=0"),
+        ({"id": "bob", "sha256": hash_secret(BOB), "usd_per_day": -1}, "usd_per_day=-1"),
+        ({"id": "bob", "sha256": hash_secret(BOB), "usd_per_day": True}, "usd_per_day=True"),
+        ({"id": "bob", "sha256": hash_secret(BOB), "models": "cheap"}, "models='cheap'"),
+        ({"id": "b o b", "sha256": hash_secret(BOB)}, "id='b o b'"),
+        ({"id": "anonymous", "sha256": hash_secret(BOB)}, "id='anonymous'"),
+        ({"id": "alice", "sha256": hash_secret(BOB)}, "id='alice'): defined twice (also keys file"),
+        ({"id": "bob", "sha256": hash_secret(ALICE)}, "id='bob'): the same secret as id='alice'"),
+    ],
+)
+def test_a_bad_entry_is_named_with_its_field_and_value(tmp_path, entry, expected):
+    path = write_keys(tmp_path, [{"id": "alice", "sha256": hash_secret(ALICE)}, entry])
+    with pytest.raises(ValueError, match="keys file") as info:
+        KeyStore.load(path, environ={})
+    assert expected in str(info.value)
+    assert "entry 1" in str(info.value)
+
+
+@pytest.mark.parametrize("entry", [{"id": "bob", "sha256": BOB}, {"id": "bob", "secret": BOB}])
+def test_a_secret_pasted_into_the_file_is_refused_without_repeating_it(tmp_path, entry):
+    with pytest.raises(ValueError, match="entry 0") as info:
+        KeyStore.load(write_keys(tmp_path, [entry]), environ={})
+    assert BOB not in str(info.value)
+    assert "serving.keys hash" in str(info.value)
+
+
+def test_an_unreadable_file_is_one_value_error(tmp_path):
+    path = tmp_path / "keys.yaml"
+    path.write_text("- id: [unclosed\n")
+    with pytest.raises(ValueError, match="keys file"):
+        KeyStore.load(path, environ={})
+    path.write_text("id: alice\n")
+    with pytest.raises(ValueError, match="expected a list"):
+        KeyStore.load(path, environ={})
+
+
+def test_environment_keys_with_optional_limits():
+    store = KeyStore.load(environ={keys.ENV_VAR: f"alice:{ALICE}, bob:{BOB}:1.5:30"})
+    assert store.authenticate(ALICE) == KeyPolicy("alice")
+    assert store.authenticate(BOB) == KeyPolicy("bob", None, 1.5, 30.0)
+    assert KeyStore.load(environ={keys.ENV_VAR: f"bob:{BOB}::30"}).authenticate(BOB).usd_per_day is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (f"alice:{ALICE},bob", "entry 1"),
+        (f"bob:{BOB}:cheap", "usd_per_day='cheap'"),
+        ("bob:zq9x", "shorter than 16"),
+        (f"bob:{BOB}:1:2:3", "expected id:secret"),
+    ],
+)
+def test_bad_environment_keys_name_the_entry_never_the_secret(value, expected):
+    with pytest.raises(ValueError, match=keys.ENV_VAR) as info:
+        KeyStore.load(environ={keys.ENV_VAR: value})
+    assert expected in str(info.value)
+    assert BOB not in str(info.value) and "zq9x" not in str(info.value)
+
+
+def test_authenticate_refuses_missing_and_wrong_keys_comparing_every_hash(monkeypatch):
+    store = KeyStore.load(environ={keys.ENV_VAR: f"alice:{ALICE},bob:{BOB}"})
+    compared = []
+    real = keys.hmac.compare_digest
+    monkeypatch.setattr(keys.hmac, "compare_digest", lambda a, b: compared.append(1) or real(a, b))
+    for bearer in (None, ""):
+        with pytest.raises(AuthError) as info:
+            store.authenticate(bearer)
+        assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    with pytest.raises(AuthError, match="invalid API key"):
+        store.authenticate(ALICE + "x")
+    assert len(compared) == 2  # both keys, in constant time
+    compared.clear()
+    assert store.authenticate(ALICE).key_id == "alice"
+    assert len(compared) == 2  # no early exit on a match either
+
+
+def test_an_empty_store_is_anonymous():
+    store = KeyStore.load(environ={})
+    assert store.empty
+    assert store.authenticate(None) is ANONYMOUS
+    store.check_rate(ANONYMOUS)
+    store.check_spend(ANONYMOUS)
+
+
+def test_secrets_are_in_no_repr_or_log(caplog):
+    caplog.set_level(logging.DEBUG)
+    store = KeyStore.load(environ={keys.ENV_VAR: f"alice:{ALICE}"})
+    with pytest.raises(AuthError) as info:
+        store.authenticate(BOB)
+    policy = store.authenticate(ALICE)
+    for text in (repr(store), str(store), repr(policy), str(info.value), caplog.text, repr(store._keys)):
+        assert ALICE not in text and BOB not in text
+        assert hash_secret(ALICE) not in text
+    assert "alice" in repr(store)
+
+
+def test_token_bucket_limits_then_recovers():
+    clock = Clock(1000.0)
+    store = KeyStore(clock=clock)
+    policy = KeyPolicy("alice", requests_per_minute=2)
+    store.check_rate(policy)
+    store.check_rate(policy)
+    with pytest.raises(LimitError) as info:
+        store.check_rate(policy)
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.retry_after_s == pytest.approx(30.0)
+    assert info.value.headers["Retry-After"] == "30"
+    clock.now += 29.0
+    with pytest.raises(LimitError) as info:
+        store.check_rate(policy)
+    assert info.value.retry_after_s == pytest.approx(1.0)
+    clock.now += 1.0
+    store.check_rate(policy)  # recovered: one request's worth refilled
+    store.check_rate(KeyPolicy("bob", requests_per_minute=2))  # buckets are per key
+
+
+def test_token_bucket_is_thread_safe():
+    store = KeyStore(clock=Clock(0.0))  # no refill: exactly the capacity gets through
+    policy = KeyPolicy("alice", requests_per_minute=300)
+    passed = []
+
+    def hammer():
+        for _ in range(100):
+            try:
+                store.check_rate(policy)
+                passed.append(1)
+            except LimitError:
+                pass
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(passed) == 300
+
+
+def test_spend_limit_per_utc_day():
+    wall = Clock(datetime(2030, 5, 1, 23, 0, tzinfo=UTC).timestamp())
+    store = KeyStore(wall_clock=wall)
+    policy = KeyPolicy("alice", usd_per_day=0.01)
+    store.check_spend(policy)
+    store.record_spend("alice", 0.004)
+    store.check_spend(policy)
+    store.record_spend("alice", 0.006)
+    assert store.spent_today("alice") == pytest.approx(0.01)
+    with pytest.raises(LimitError) as info:
+        store.check_spend(policy)
+    assert info.value.code == "insufficient_quota"
+    assert info.value.retry_after_s == pytest.approx(3600.0)
+    assert info.value.headers["Retry-After"] == "3600"
+    store.check_spend(KeyPolicy("bob", usd_per_day=0.01))  # per key
+    wall.now += 3600.0  # midnight UTC: a new day
+    assert store.spent_today("alice") == 0.0
+    store.check_spend(policy)
+    store.record_spend("alice", 0.002)
+    assert store.spent_today("alice") == pytest.approx(0.002)
+
+
+@pytest.mark.parametrize("usd", [-0.1, float("nan"), float("inf"), "0.1", True])
+def test_record_spend_refuses_a_bad_cost(usd):
+    with pytest.raises(ValueError, match="usd="):
+        KeyStore().record_spend("alice", usd)
+
+
+def test_policy_models_and_the_routed_model():
+    everything = KeyPolicy("a")
+    assert everything.allows("uniroute") and everything.allows("anything")
+    cheap = KeyPolicy("c", models=frozenset({"cheap", "generalist"}))
+    assert cheap.allows("cheap") and cheap.allows("uniroute") and not cheap.allows("math-pro")
+    assert cheap.route_pool(["cheap", "math-pro", "generalist"]) == ["cheap", "generalist"]
+    assert cheap.route_pool(["cheap", "math-pro"], requested=["cheap"]) == ["cheap"]
+    with pytest.raises(AuthError) as info:
+        cheap.route_pool(["cheap", "math-pro"], requested=["math-pro"])
+    assert (info.value.status, info.value.param, info.value.code) == (403, "candidates", "model_not_allowed")
+    with pytest.raises(AuthError, match="none of the router's LLMs"):
+        cheap.route_pool(["math-pro"])
+    with pytest.raises(AuthError, match="math-pro") as info:
+        cheap.require_model("math-pro")
+    assert info.value.param == "model"
+    direct_only = KeyPolicy("d", models=frozenset({"cheap", keys.NO_ROUTING}))
+    assert not direct_only.allows("uniroute") and direct_only.allows("cheap")
+    with pytest.raises(AuthError, match="x" * 20 + r"\.\.\."):  # a client's megabyte is not echoed whole
+        cheap.require_model("x" * 100_000)
+
+
+def test_hash_command_prints_an_entry_the_store_accepts(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("sys.stdin", io.StringIO(ALICE + "\n"))
+    args = ["hash", "--id", "alice", "--models", "cheap,generalist", "--usd-per-day", "5", "--rpm", "60"]
+    assert keys.main(args) == 0
+    out = capsys.readouterr().out
+    assert ALICE not in out
+    path = tmp_path / "keys.yaml"
+    path.write_text(out)
+    assert KeyStore.load(path, environ={}).authenticate(ALICE) == KeyPolicy(
+        "alice", frozenset({"cheap", "generalist"}), 5.0, 60.0
+    )
+
+
+def test_hash_command_generates_a_secret_and_refuses_a_short_one(monkeypatch, capsys, tmp_path):
+    assert keys.main(["hash", "--id", "bob", "--generate"]) == 0
+    captured = capsys.readouterr()
+    secret = captured.err.rsplit(": ", 1)[1].strip()
+    assert secret not in captured.out
+    path = tmp_path / "keys.yaml"
+    path.write_text(captured.out)
+    assert KeyStore.load(path, environ={}).authenticate(secret).key_id == "bob"
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    assert keys.main(["hash", "--id", "bob"]) == 2
+    assert "shorter than 16" in capsys.readouterr().err
