@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
         command += ["--tracking-uri", tracking, "--model-uri", "models:/bench@champion"]
         command += ["--embed-batch", str(args.embed_batch)]
-        with server_process(command, f"http://127.0.0.1:{port}/health", root / "gateway.log"):
+        with server_process(command, f"http://127.0.0.1:{port}/ready", root / "gateway.log"):
             bodies = [{"model": "uniroute", "messages": [{"role": "user", "content": p}]} for p in prompts]
             url = f"http://127.0.0.1:{port}/v1/chat/completions"
             asyncio.run(_load(url, bodies[:16], args.concurrency))  # warm-up

@@ -56,12 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes, each serving the same champion")
+    serve.add_argument(
+        "--keys-file", type=Path, default=None, help="client keys (hashed; python -m serving.keys hash makes entries)"
+    )
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback --host without client keys (anyone who reaches it spends your LLM budget)",
+    )
     serve.add_argument("--reload-interval", type=float, default=30.0, help="seconds between alias checks")
     serve.add_argument(
         "--embed-batch",
         type=int,
         default=32,
         help="prompts of concurrent requests embedded in one call, at most (1: each request its own call)",
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger request bodies get 413")
+    serve.add_argument("--max-tokens", type=int, default=16_384, help="largest max_tokens a request may ask")
+    serve.add_argument("--fallbacks", type=int, default=2, help="next-best LLMs tried when the choice fails")
+    serve.add_argument("--retries", type=int, default=2, help="retries per LLM on 429/5xx/timeouts")
+    serve.add_argument(
+        "--decisions-dir", type=Path, default=None, help="decision log files (default <warehouse dir>/decisions)"
     )
     serve.set_defaults(run=_serve)
     return parser
@@ -152,15 +168,61 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving import registry
-    from serving.gateway import Gateway, create_app
+    from serving.gateway import CONFIG_ENV, Gateway, GatewayConfig, create_app
+    from serving.keys import KeyStore
+    from serving.metrics import MULTIPROC_ENV, clear_multiprocess_dir
+    from serving.middleware import check_bind
 
-    registry.configure(args.tracking_uri or registry.default_tracking_uri())
     catalog = _catalog_path(args.catalog)
     if not catalog.exists():
         raise SystemExit(f"serve: no catalog at {catalog}; pass --catalog or set UNIROUTE_CATALOG")
-    gateway = Gateway(args.model_uri, catalog, args.reload_interval, args.embed_batch)
-    uvicorn.run(create_app(gateway), host=args.host, port=args.port, log_level="warning", access_log=False)
+    if args.workers < 1:
+        print(f"uniroute serve: --workers {args.workers}: expected at least 1", file=sys.stderr)
+        return 2
+    try:
+        keys = KeyStore.load(args.keys_file)
+        notice = check_bind(args.host, keys, args.allow_unauthenticated)
+    except ValueError as exc:
+        print(f"uniroute serve: {exc}", file=sys.stderr)
+        return 2
+    if notice:
+        print(f"uniroute serve: {notice}", file=sys.stderr)
+    config = GatewayConfig(
+        catalog_path=str(catalog.resolve()),
+        model_uri=args.model_uri,
+        tracking_uri=args.tracking_uri or registry.default_tracking_uri(),
+        keys_file=str(args.keys_file.resolve()) if args.keys_file else None,
+        reload_interval_s=args.reload_interval,
+        embed_batch=args.embed_batch,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens=args.max_tokens,
+        fallbacks=args.fallbacks,
+        retries=args.retries,
+        decisions_dir=str(args.decisions_dir.resolve()) if args.decisions_dir else None,
+    )
+    options = {"host": args.host, "port": args.port, "log_config": _log_config(), "access_log": False}
+    if args.workers == 1:
+        uvicorn.run(create_app(Gateway(config, keys)), **options)
+        return 0
+    os.environ[CONFIG_ENV] = config.to_json()  # each worker builds its gateway from it
+    if not os.environ.get(MULTIPROC_ENV):  # every worker's metrics in /metrics, whichever worker answers
+        os.environ[MULTIPROC_ENV] = str(registry.default_mlflow_dir().parent / "gateway" / f"metrics-{args.port}")
+    clear_multiprocess_dir()
+    uvicorn.run("serving.gateway:app_from_environment", factory=True, workers=args.workers, **options)
     return 0
+
+
+def _log_config() -> dict:
+    """uvicorn's logging, plus the gateway's own lines (access log, reloads, upstream trouble) at INFO."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["uvicorn"]["level"] = "WARNING"
+    for name in ("serving", "uniroute"):
+        config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -1,41 +1,93 @@
 """An OpenAI-compatible routing gateway: ``POST /v1/chat/completions`` with ``model="uniroute"`` routes the
 request with the champion router and forwards it to the chosen LLM's endpoint from the catalog.
 
-- The answer is the endpoint's own JSON plus a ``uniroute`` field (LLM, router version, cost weight); headers
-  ``X-UniRoute-LLM`` and ``X-UniRoute-Router-Version`` name them too. ``model=<catalog name>`` skips routing.
-- Routing options ride in the request body beside OpenAI's fields: ``cost_weight``, ``max_cost_per_query``,
-  ``min_accuracy`` (budgets, as in the pyfunc) and ``candidates``; they are not forwarded.
-- A background task polls the registry: when the alias (``champion``) moves, the new version is loaded on a
-  thread and swapped in; requests in flight finish on the router they started with, none is dropped. The
-  catalog file is re-read when it changes; only its active LLMs are routed to.
-- API keys come from the environment variable each catalog entry names, at request time, and are never
-  logged or returned.
+- **The answer** is the endpoint's own JSON plus a ``uniroute`` field (LLM, router version, cost weight, attempts,
+  realised cost); headers ``X-UniRoute-LLM`` and ``X-UniRoute-Router-Version`` name them too. ``stream=true``
+  passes the endpoint's server-sent events through, the headers and a first SSE comment line naming the choice.
+  ``model=<LLM>`` asks one LLM of the router's pool directly (no routing, no budget fields, no fallback).
+- **Routing options** ride in the body beside OpenAI's fields: ``cost_weight``, ``max_cost_per_query``,
+  ``min_accuracy`` (a budget resolves on the validation curve of the LLMs actually routed among) and
+  ``candidates``; they are not forwarded. Every field is checked before anything is paid for
+  (:mod:`serving.chat_request`).
+- **Policy in one place**: the middleware (:mod:`serving.middleware`) authenticates client keys, bounds the body
+  and shapes every error in OpenAI's form; :class:`serving.upstream.Upstreams` holds timeouts, retries, fallbacks
+  (the router's next-best LLMs, under the same cost weight) and circuit breakers; :mod:`serving.metrics` counts and
+  logs every request; :mod:`serving.decisions` records every chat request off the request path.
+- **Reloads**: a background task polls the registry; when the alias (``champion``) moves, the new version is
+  loaded on a thread and swapped in; requests in flight finish on the router they started with. The catalog file
+  is re-read when it changes. ``/ready`` answers 200 once a router is loaded; ``/health`` whenever the process
+  runs.
+- API keys of the endpoints come from the environment variable each catalog entry names, at request time, and
+  are never logged or returned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
 import polars as pl
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 import warehouse as wh
+from router_core.embedding import prompt_hash
 from serving.batching import EmbeddingBatcher
-from serving.chat_request import ROUTED_MODEL, ChatRequestError, parse_chat_request
+from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request
+from serving.decisions import DecisionLog, default_directory
+from serving.keys import KeyPolicy, KeyStore
+from serving.metrics import GatewayMetrics, ObservabilityMiddleware
+from serving.middleware import (
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    ErrorShapingMiddleware,
+    RequestError,
+    error_response,
+    http_exception_handler,
+    read_json,
+)
+from serving.upstream import UpstreamResult, Upstreams, realised_cost
 
 log = logging.getLogger(__name__)
+
+CONFIG_ENV = "UNIROUTE_GATEWAY_CONFIG"  # the settings, as JSON, of each worker process of ``--workers N``
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one gateway process needs; plain values, so that ``--workers N`` can hand it to each worker."""
+
+    catalog_path: str
+    model_uri: str = "models:/uniroute@champion"
+    tracking_uri: str | None = None  # None: MLflow's current URI
+    keys_file: str | None = None  # hashed client keys (serving.keys); $UNIROUTE_GATEWAY_KEYS adds more
+    reload_interval_s: float = 30.0
+    embed_batch: int = 32
+    max_body_bytes: int = 1_000_000
+    max_tokens: int = 16_384
+    fallbacks: int = 2  # LLMs tried after the router's choice fails before its first byte
+    retries: int = 2  # per LLM, on 429/5xx/timeouts/connection errors
+    decisions_dir: str | None = None  # None: <warehouse dir>/decisions
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> GatewayConfig:
+        return cls(**json.loads(text))
 
 
 @dataclass
@@ -47,13 +99,15 @@ class LoadedRouter:
     model: object  # serving.pyfunc.UniRoutePyfunc
     embed_batch: int = 32
     batcher: EmbeddingBatcher = field(init=False)
+    costs: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
         self.batcher = EmbeddingBatcher(self.model.embedder.embed, self.embed_batch)
+        self.costs = {row["llm"]: row["cost"] for row in self.model.pool()}
 
     def pool(self) -> list[str]:
         """The LLMs this version routes among."""
-        return [row["llm"] for row in self.model.pool()]
+        return list(self.costs)
 
     async def rank(self, prompt: str, params: dict) -> dict:
         """The candidates best first, the cost weight, each candidate's predicted error and cost."""
@@ -79,42 +133,63 @@ def load_router(model_uri: str, embed_batch: int = 32) -> LoadedRouter:
     return LoadedRouter(version=version, model=model, embed_batch=embed_batch)
 
 
-class Gateway:
-    """State of one gateway process: the router served, the catalog, and an HTTP session to the endpoints."""
+@dataclass
+class _Call:
+    """One chat request on its way: what the decision log, the metrics and the access log need."""
 
-    def __init__(
-        self,
-        model_uri: str,
-        catalog_path: str | os.PathLike[str],
-        reload_interval_s: float = 30.0,
-        embed_batch: int = 32,
-    ) -> None:
-        _split_uri(model_uri)
-        self.embed_batch = embed_batch
-        self.model_uri = model_uri
-        self.catalog_path = Path(catalog_path)
-        self.reload_interval_s = reload_interval_s
+    request: Request
+    chat: ChatRequest
+    policy: KeyPolicy
+    router_version: str
+    started: float
+    endpoints: dict[str, dict]
+    ranked: dict | None = None
+    order: list[str] = field(default_factory=list)
+
+
+class Gateway:
+    """State of one gateway process: the router served, the catalog, the upstream policy, metrics and logs."""
+
+    def __init__(self, config: GatewayConfig, keys: KeyStore | None = None) -> None:
+        _split_uri(config.model_uri)
+        self.config = config
+        self.limits = Limits(max_tokens=config.max_tokens)
+        self.catalog_path = Path(config.catalog_path)
+        self.keys = keys if keys is not None else KeyStore.load(config.keys_file)
+        self.metrics = GatewayMetrics()
+        self.upstreams = Upstreams(retries=config.retries)
         self.router: LoadedRouter | None = None
         self.endpoints: dict[str, dict] = {}
+        self.decisions: DecisionLog | None = None
         self._catalog_mtime = 0.0
-        self._session: aiohttp.ClientSession | None = None
-        self._watcher: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     # ---- lifecycle ----
     async def start(self) -> None:
+        """Read the catalog (a bad one fails the start) and load the router before serving, so that a worker
+        never answers 503 while its siblings route; if the registry fails, serve anyway (``/ready`` says 503) and
+        keep trying in the background."""
+        if self.config.tracking_uri:
+            from serving import registry
+
+            registry.configure(self.config.tracking_uri)
         self.reload_catalog()
-        self.router = await run_in_threadpool(load_router, self.model_uri, self.embed_batch)
-        log.info("serving %s version %s", self.model_uri, self.router.version)
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, limit_per_host=0))
-        self._watcher = asyncio.create_task(self._watch())
+        await self.upstreams.start()
+        directory = self.config.decisions_dir or default_directory()
+        self.decisions = DecisionLog(directory, metrics=self.metrics)
+        await self._check_router()
+        self._tasks = [asyncio.create_task(self._watch())]
 
     async def stop(self) -> None:
-        if self._watcher:
-            self._watcher.cancel()
+        """Stop watching, close the upstream session, write every queued decision (SIGTERM under uvicorn)."""
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        if self._session:
-            await self._session.close()
+                await task
+        await self.upstreams.stop()
+        if self.decisions is not None:
+            await run_in_threadpool(self.decisions.close)
+        self.metrics.close()
 
     def reload_catalog(self) -> bool:
         """Re-read the catalog if its file changed; a bad catalog keeps the previous one (and is logged)."""
@@ -134,114 +209,191 @@ class Gateway:
         return True
 
     async def _watch(self) -> None:
-        """Swap in the alias's new version when it moves; re-read a changed catalog."""
+        """Every ``reload_interval_s``: re-read a changed catalog, load the alias's version when it moves."""
+        while True:
+            await asyncio.sleep(self.config.reload_interval_s)
+            with contextlib.suppress(wh.CatalogError):  # logged; the previous catalog stays
+                self.reload_catalog()
+            await self._check_router()
+
+    async def _check_router(self) -> None:
+        """Load the alias's version if none is loaded or the alias moved; failures are logged (retried later)."""
         import mlflow
 
-        name, alias = _split_uri(self.model_uri)
-        while True:
-            await asyncio.sleep(self.reload_interval_s)
-            try:
-                self.reload_catalog()
-                current = await run_in_threadpool(lambda: mlflow.MlflowClient().get_model_version_by_alias(name, alias))
-                if str(current.version) != self.router.version:
-                    started = time.perf_counter()
-                    self.router = await run_in_threadpool(load_router, self.model_uri, self.embed_batch)
-                    log.info(
-                        "%s moved: now version %s (%.1f s)",
-                        self.model_uri,
-                        self.router.version,
-                        time.perf_counter() - started,
-                    )
-            except Exception:  # the registry may be briefly unreachable: keep serving, try again
-                log.exception("reload check failed; still serving version %s", self.router.version)
+        name, alias = _split_uri(self.config.model_uri)
+        try:
+            current = await run_in_threadpool(lambda: mlflow.MlflowClient().get_model_version_by_alias(name, alias))
+            if self.router is None or str(current.version) != self.router.version:
+                started = time.perf_counter()
+                router = await run_in_threadpool(load_router, self.config.model_uri, self.config.embed_batch)
+                self.router = router  # requests already routing keep the version they took
+                seconds = time.perf_counter() - started
+                log.info("serving %s version %s (loaded in %.1f s)", self.config.model_uri, router.version, seconds)
+        except Exception:  # the registry may be briefly unreachable: keep serving, try again
+            log.exception("router check failed; serving version %s", self.router and self.router.version)
 
     # ---- requests ----
-    async def chat_completions(self, request: Request) -> Response:
-        try:
-            chat = parse_chat_request(json.loads(await request.body()))
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # not JSON, invalid UTF-8, too deep
-            if isinstance(exc, ChatRequestError):
-                return _error(400, str(exc), exc.param, exc.code)
-            return _error(400, f"request body: not valid JSON ({type(exc).__name__})", "body")
-        if chat.stream:
-            return _error(400, "stream=true: not supported by the gateway yet; send stream=false", "stream")
-        router = self.router  # this request finishes on this version even if a reload swaps it meanwhile
-        cost_weight = None
-        if chat.routed:
-            pool = [m for m in router.pool() if m in self.endpoints]
-            if not pool:
-                return _error(503, f"no LLM of router version {router.version} is active in the catalog", "model")
-            candidates = chat.candidates or pool
-            unknown = [c for c in candidates if c not in pool]
-            if unknown:
-                return _error(
-                    400, f"candidates: {unknown[0]!r} is not an active LLM of the router's pool {pool}", "candidates"
-                )
-            params = {"candidates": candidates}  # a budget resolves on the curve of exactly these LLMs
-            for name in ("cost_weight", "max_cost_per_query", "min_accuracy"):
-                if getattr(chat, name) is not None:
-                    params[name] = getattr(chat, name)
-            try:
-                ranked = await router.rank(chat.prompt, params)
-            except ValueError as exc:  # names the field and value (e.g. an impossible budget)
-                return _error(400, str(exc), chat.budget[0] if chat.budget else "messages")
-            llm, cost_weight = ranked["order"][0], ranked["cost_weight"]
-        elif chat.model in self.endpoints:
-            llm = chat.model
-        else:
-            return _error(
-                404, f"model={chat.model!r}: not {ROUTED_MODEL!r} nor an active catalog LLM", "model", "model_not_found"
-            )
-        return await self._forward(llm, chat.forward, router.version, cost_weight)
+    def _pool(self, router: LoadedRouter, endpoints: dict[str, dict], policy: KeyPolicy) -> list[str]:
+        """What a key can reach: the router's LLMs active in the catalog and allowed for the key."""
+        return [m for m in router.pool() if m in endpoints and policy.allows(m)]
 
-    async def _forward(self, llm: str, body: dict, version: str, cost_weight: float | None) -> Response:
-        endpoint = self.endpoints[llm]
-        headers = {"X-UniRoute-LLM": llm, "X-UniRoute-Router-Version": version}
-        upstream_headers = {}
-        if endpoint["api_key_env"]:
-            key = os.environ.get(endpoint["api_key_env"])
-            if not key:
-                return _error(
-                    502, f"llm {llm!r}: api_key_env {endpoint['api_key_env']} is not set", "llm", headers=headers
-                )
-            upstream_headers["Authorization"] = f"Bearer {key}"
-        url = endpoint["base_url"].rstrip("/") + "/chat/completions"
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        policy: KeyPolicy = request.state.key
+        body = await read_json(request)
         try:
-            async with self._session.post(
-                url, json={**body, "model": endpoint["model_id"]}, headers=upstream_headers
-            ) as up:
-                status, raw = up.status, await up.read()
-        except aiohttp.ClientError as exc:
-            return _error(502, f"llm {llm!r}: endpoint unreachable ({type(exc).__name__})", "llm", headers=headers)
+            chat = parse_chat_request(body, self.limits)
+        except ChatRequestError as exc:
+            raise RequestError(400, str(exc), exc.param, exc.code) from None
+        request.state.model = chat.model
+        policy.require_model(chat.model)
+        router = self.router  # this request finishes on this version even if a reload swaps it meanwhile
+        if router is None:
+            return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
+        call = _Call(request, chat, policy, router.version, started, self.endpoints)
+        pool = self._pool(router, call.endpoints, policy)
+        if chat.routed:
+            await self._route(call, router, pool)
+        elif chat.model in pool:
+            call.order = [chat.model]
+        else:
+            message = f"model={chat.model!r}: not {ROUTED_MODEL!r} nor an LLM of {pool}"
+            raise RequestError(404, message, "model", "model_not_found")
+        result = await self.upstreams.call([(m, call.endpoints[m]) for m in call.order], chat.forward, chat.stream)
+        if result.llm is None:
+            self._finish(call, result, result.status)
+            headers = {"Retry-After": str(max(1, round(result.retry_after_s or 1)))} if result.status == 429 else {}
+            code = _upstream_code(result.status)
+            return error_response(result.status, result.error or "no answer", "model", code, headers)
+        headers = {"X-UniRoute-LLM": result.llm, "X-UniRoute-Router-Version": router.version}
+        if result.stream is not None:
+            return StreamingResponse(self._relay(call, result), media_type="text/event-stream", headers=headers)
+        cost = self._finish(call, result, 200)
+        payload = {**result.payload, "uniroute": self._summary(call, result, cost)}
+        return JSONResponse(payload, headers=headers)
+
+    async def _route(self, call: _Call, router: LoadedRouter, pool: list[str]) -> None:
+        """Rank the allowed candidates for the prompt; the first ``1 + fallbacks`` are the order to ask."""
+        chat = call.chat
+        if not pool:
+            message = f"no LLM of router version {router.version} is active and allowed"
+            raise RequestError(503, message, "model", "no_llm_available")
+        candidates = call.policy.route_pool(pool, chat.candidates)
+        unknown = [c for c in candidates if c not in pool]
+        if unknown:
+            message = f"candidates: {unknown[0]!r} is not an active LLM of the router's pool {pool}"
+            raise RequestError(400, message, "candidates", "invalid_value")
+        params = {"candidates": candidates}  # a budget resolves on the curve of exactly these LLMs
+        if chat.budget:
+            params[chat.budget[0]] = chat.budget[1]
+        began = time.perf_counter()
         try:
-            payload = json.loads(raw)
-        except json.JSONDecodeError:
-            return Response(raw, status_code=status, headers=headers, media_type="application/json")
-        if isinstance(payload, dict):
-            payload["uniroute"] = {"llm": llm, "router_version": version, "cost_weight": cost_weight}
-        return JSONResponse(payload, status_code=status, headers=headers)
+            call.ranked = await router.rank(chat.prompt, params)
+        except ValueError as exc:  # names the field and value (e.g. an impossible budget)
+            raise RequestError(400, str(exc), chat.budget[0] if chat.budget else "messages", "invalid_value") from None
+        self.metrics.observe_routing(time.perf_counter() - began)
+        call.order = call.ranked["order"][: 1 + self.config.fallbacks]
+
+    async def _relay(self, call: _Call, result: UpstreamResult):
+        """The upstream's SSE bytes; the first chunk is prefixed with a comment naming the choice (clients skip
+        SSE comments). The decision is recorded when the stream ends, however it ends."""
+        head = f": uniroute {json.dumps(self._summary(call, result, None))}\n\n".encode()
+        try:
+            async for chunk in result.stream:
+                yield head + chunk if head else chunk
+                head = b""
+        finally:
+            await result.stream.aclose()
+            self._finish(call, result, 200)
+
+    def _summary(self, call: _Call, result: UpstreamResult, cost: float | None) -> dict:
+        return {
+            "llm": result.llm,
+            "router_version": call.router_version,
+            "cost_weight": call.ranked["cost_weight"] if call.ranked else None,
+            "attempts": len(result.attempts),
+            "cost_usd": cost,
+        }
+
+    def _finish(self, call: _Call, result: UpstreamResult, status: int) -> float | None:
+        """Realised cost (charged to the key), metrics, the decision record and the access log's fields."""
+        cost = None
+        if result.llm is not None:
+            cost = realised_cost(call.endpoints[result.llm], result.usage)
+            if cost is None and call.ranked:  # tokens not reported: the router's expected cost per query
+                cost = call.ranked["cost"].get(result.llm)
+            if cost is not None:
+                self.keys.record_spend(call.policy.key_id, cost)
+                self.metrics.observe_cost(result.llm, call.policy.key_id, cost)
+            self.metrics.observe_choice(result.llm, fallback=result.llm != call.order[0])
+        for attempt in result.attempts:
+            self.metrics.observe_upstream(attempt.llm, attempt.seconds, attempt.error)
+        state = call.request.state
+        state.llm, state.attempts, state.cost_usd = result.llm, len(result.attempts), cost
+        chat, usage = call.chat, result.usage or {}
+        self.decisions.record(
+            {
+                "request_id": state.request_id,
+                "at": datetime.now(UTC),
+                "key_id": call.policy.key_id,
+                "prompt_hash": prompt_hash(chat.prompt) if chat.prompt else None,
+                "router_version": call.router_version,
+                "model_requested": chat.model,
+                "chosen_llm": result.llm,
+                "cost_weight": call.ranked["cost_weight"] if call.ranked else None,
+                "budget_kind": chat.budget[0] if chat.budget else "none",
+                "budget_value": chat.budget[1] if chat.budget else None,
+                "candidates": call.order,
+                "predicted_error": call.ranked["predicted_error"] if call.ranked else None,
+                "predicted_cost": call.ranked["cost"] if call.ranked else None,
+                "attempts": [
+                    {"llm": a.llm, "try": a.try_number, "status": a.status, "error": a.error, "seconds": a.seconds}
+                    for a in result.attempts
+                ],
+                "status": status,
+                "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
+                "completion_tokens": _int_or_none(usage.get("completion_tokens")),
+                "realised_cost_usd": cost,
+                "latency_ms": (time.perf_counter() - call.started) * 1e3,
+                "stream": chat.stream,
+            }
+        )
+        return cost
 
     async def models(self, request: Request) -> Response:
-        pool = self.router.pool() if self.router else []
-        names = [ROUTED_MODEL, *(m for m in self.endpoints if m in pool)]  # what this gateway can route to
+        router, policy = self.router, request.state.key
+        names = self._pool(router, self.endpoints, policy) if router else []
+        if policy.allows(ROUTED_MODEL):
+            names = [ROUTED_MODEL, *names]
         created = int(self._catalog_mtime)
         data = [{"id": n, "object": "model", "created": created, "owned_by": "uniroute"} for n in names]
         return JSONResponse({"object": "list", "data": data})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "router_version": self.router.version if self.router else None})
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        if self.router is None:
+            return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
+        return JSONResponse({"status": "ready", "router_version": self.router.version, "llms": self.router.pool()})
+
+    async def prometheus(self, request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
 
 
-def _error(
-    status: int, message: str, param: str | None, code: str | None = None, headers: dict | None = None
-) -> JSONResponse:
-    """An OpenAI-style error body."""
-    kind = "invalid_request_error" if status < 500 else "upstream_error"
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status, headers)
+def _upstream_code(status: int) -> str:
+    return {429: "rate_limit_exceeded", 503: "upstream_unavailable", 504: "upstream_timeout"}.get(
+        status, "upstream_error" if status >= 500 else "invalid_request"
+    )
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
 
 
 def create_app(gateway: Gateway) -> Starlette:
-    """The ASGI app of ``gateway`` (started and stopped with the server)."""
+    """The ASGI app of ``gateway`` (started and stopped with the server), its middleware outermost first."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -256,6 +408,20 @@ def create_app(gateway: Gateway) -> Starlette:
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),
+            Route("/ready", gateway.ready, methods=["GET"]),
+            Route("/metrics", gateway.prometheus, methods=["GET"]),
         ],
+        middleware=[
+            Middleware(ObservabilityMiddleware, metrics=gateway.metrics),
+            Middleware(ErrorShapingMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=gateway.config.max_body_bytes),
+            Middleware(AuthMiddleware, store=gateway.keys),
+        ],
+        exception_handlers={HTTPException: http_exception_handler},
         lifespan=lifespan,
     )
+
+
+def app_from_environment() -> Starlette:
+    """The app of one worker of ``uniroute serve --workers N`` (uvicorn's factory), configured by $CONFIG_ENV."""
+    return create_app(Gateway(GatewayConfig.from_json(os.environ[CONFIG_ENV])))

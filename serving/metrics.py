@@ -12,9 +12,11 @@ is free text, so it is cut to 64 characters.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-__all__ = ["ACCESS_FIELDS", "GatewayMetrics", "access_log_line", "clear_multiprocess_dir"]
+__all__ = ["ACCESS_FIELDS", "GatewayMetrics", "ObservabilityMiddleware", "access_log_line", "clear_multiprocess_dir"]
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROUTING_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -212,3 +214,51 @@ def access_log_line(**fields: object) -> str:
     if given.get("cost_usd") is not None:
         given["cost_usd"] = f"{float(given['cost_usd']):.8f}"
     return " ".join(f"{name}={_field(given.get(name))}" for name in ACCESS_FIELDS)
+
+
+class ObservabilityMiddleware:
+    """Times every HTTP request, counts it in ``metrics`` and writes its access-log line (pure ASGI, so streamed
+    responses pass unbuffered and are timed to their end). Outermost, so that it sees the status of every error
+    the inner middleware shapes. It reads what the inner layers leave in ``scope["state"]``: ``request_id``
+    (``ErrorShapingMiddleware``), ``key`` (``AuthMiddleware``), and the handler's ``model``, ``llm``,
+    ``attempts`` and ``cost_usd``."""
+
+    def __init__(self, app, metrics: GatewayMetrics, logger: logging.Logger | None = None) -> None:
+        self.app, self.metrics = app, metrics
+        self.log = logger or logging.getLogger("uniroute.access")
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # a response that never started: the server closes the connection
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - started
+            state = scope.get("state", {})
+            key = state.get("key")
+            key_id = getattr(key, "key_id", None)
+            if scope.get("path") not in ("/metrics", "/health", "/ready"):  # probes and scrapes: not requests
+                self.metrics.observe_request(state.get("model") or "-", key_id or "-", status, seconds)
+            self.log.info(
+                access_log_line(
+                    request_id=state.get("request_id"),
+                    key_id=key_id,
+                    method=scope.get("method"),
+                    path=scope.get("path"),
+                    status=status,
+                    llm=state.get("llm"),
+                    attempts=state.get("attempts"),
+                    latency_ms=seconds * 1e3,
+                    cost_usd=state.get("cost_usd"),
+                )
+            )

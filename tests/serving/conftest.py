@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
 import numpy as np
 import polars as pl
 import pytest
@@ -36,7 +39,7 @@ def register_router(mmlu_like_dir, onnx_cache):
     return lambda root, llms: register_fixture_router(root, mmlu_like_dir, llms, onnx_cache)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def prices() -> dict[str, float]:
     """USD per million tokens of the registered router's LLMs."""
     return dict(PRICES)
@@ -56,3 +59,27 @@ def registry_uri(tmp_path_factory, mmlu_like_dir, onnx_cache):
     registry.promote("uniroute", version, better=True)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+def write_gateway_catalog(path, base_url: str, prices: dict[str, float], extra: dict[str, str] | None = None) -> None:
+    """A catalog of ``prices``' LLMs at ``base_url``; ``extra`` adds YAML flow fields per LLM (e.g. a dead URL)."""
+    extra = extra or {}
+    entries = [
+        f"  - {{name: {m}, usd_per_mtok_in: {p}, usd_per_mtok_out: {p}{', ' + extra[m] if m in extra else ''}}}"
+        for m, p in prices.items()
+    ]
+    path.write_text(f"defaults: {{base_url: '{base_url}'}}\nllms:\n" + "\n".join(entries) + "\n")
+
+
+@contextlib.contextmanager
+def gateway_process(root, catalog, registry_uri: str, *args: str, env: dict[str, str] | None = None):
+    """``uniroute serve`` as its own process on 127.0.0.1 (decisions under ``root/decisions``); yields its URL once
+    ``/ready``; stopped with SIGTERM (a graceful shutdown) on exit."""
+    from serving.processes import free_port, server_process, venv_env
+
+    port = free_port()
+    command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
+    command += ["--tracking-uri", registry_uri, "--decisions-dir", str(root / "decisions"), *args]
+    url = f"http://127.0.0.1:{port}"
+    with server_process(command, f"{url}/ready", root / "gateway.log", venv_env(**(env or {}))):
+        yield url

@@ -3,7 +3,6 @@ routing with the registry's champion and swapping in a new champion without fail
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
@@ -13,21 +12,18 @@ import requests
 
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import ReplayServer
-from serving.processes import free_port, server_process
+
+from .conftest import gateway_process, write_gateway_catalog
 
 
-@pytest.fixture
-def gateway(registry_uri, tmp_path, mmlu_like_dir, prices):
-    """(gateway URL, replay server) with the fixture's three LLMs in the catalog."""
+@pytest.fixture(scope="module")
+def gateway(registry_uri, tmp_path_factory, mmlu_like_dir, prices):
+    """(gateway URL, replay server) with the fixture's three LLMs in the catalog; one process for the module."""
+    root = tmp_path_factory.mktemp("gateway")
     with ReplayServer(mmlu_like_dir) as replay:
-        catalog = tmp_path / "llms.yaml"
-        entries = [f"  - {{name: {m}, usd_per_mtok_in: {p}, usd_per_mtok_out: {p}}}" for m, p in prices.items()]
-        catalog.write_text(f"defaults: {{base_url: '{replay.base_url}'}}\nllms:\n" + "\n".join(entries) + "\n")
-        port = free_port()
-        command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
-        command += ["--tracking-uri", registry_uri, "--reload-interval", "0.5"]
-        url = f"http://127.0.0.1:{port}"
-        with server_process(command, f"{url}/health", tmp_path / "gateway.log"):
+        catalog = root / "llms.yaml"
+        write_gateway_catalog(catalog, replay.base_url, prices)
+        with gateway_process(root, catalog, registry_uri, "--reload-interval", "0.5") as url:
             yield url, replay
 
 
@@ -125,7 +121,7 @@ def test_bad_requests_are_refused_before_anything_is_paid(gateway, body, param):
         data=b'{"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "cost_weight": Infinity}',
         timeout=30,
     )
-    assert infinite.status_code == 400 and infinite.json()["error"]["param"] == "cost_weight"
+    assert infinite.status_code == 400 and "Infinity" in infinite.json()["error"]["message"]
     for raw in (b"\xff\xfe{", b"[" * 100_000 + b"]" * 100_000):
         answer = requests.post(f"{url}/v1/chat/completions", data=raw, timeout=30)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "body"

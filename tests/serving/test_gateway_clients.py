@@ -1,0 +1,202 @@
+"""The gateway as clients meet it: the official ``openai`` SDK (plain and streamed), client keys with their
+models, spend and rate limits, and every refusal in OpenAI's error shape before anything is paid for."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import time
+
+import openai
+import polars as pl
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from profiling.rendering import render_mmlu_pro
+from profiling.replay_server import ReplayServer
+from serving.decisions import read_decisions
+
+from .conftest import gateway_process, write_gateway_catalog
+
+SECRETS = {name: f"{name}-secret-0123456789abcdef" for name in ("alice", "bob", "carol", "dave")}
+
+
+def _sha(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def served(registry_uri, tmp_path_factory, mmlu_like_dir, prices):
+    """(gateway URL, replay server, root): keys alice (anything), bob (a tiny daily budget), carol (cheap only,
+    no routing over others), dave (2 requests a minute)."""
+    root = tmp_path_factory.mktemp("gateway_clients")
+    keys = root / "keys.yaml"
+    keys.write_text(
+        f"- {{id: alice, sha256: {_sha(SECRETS['alice'])}}}\n"
+        f"- {{id: bob, sha256: {_sha(SECRETS['bob'])}, usd_per_day: 0.0000001}}\n"
+        f"- {{id: carol, sha256: {_sha(SECRETS['carol'])}, models: [cheap]}}\n"
+    )
+    env = {"UNIROUTE_GATEWAY_KEYS": f"dave:{SECRETS['dave']}::2"}
+    with ReplayServer(mmlu_like_dir) as replay:
+        catalog = root / "llms.yaml"
+        write_gateway_catalog(catalog, replay.base_url, prices)
+        with gateway_process(root, catalog, registry_uri, "--keys-file", str(keys), env=env) as url:
+            yield url, replay, root
+
+
+def _prompt(data_dir, category: str = "math") -> str:
+    row = pl.read_parquet(data_dir / "questions.parquet").filter(pl.col("category") == category).row(0, named=True)
+    return render_mmlu_pro(row["question"], row["options"], row["category"])
+
+
+def _client(url: str, key: str = "alice") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=SECRETS.get(key, key), max_retries=0, timeout=30)
+
+
+def _asked(replay) -> int:
+    return sum(replay.request_log.totals().values())
+
+
+def test_the_openai_sdk_routes_plain_and_streamed(served, mmlu_like_dir):
+    url, _, _ = served
+    client, prompt = _client(url), _prompt(mmlu_like_dir)
+    messages = [{"role": "user", "content": prompt}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="uniroute", messages=messages, extra_body={"cost_weight": 0.0}
+    )
+    answer = raw.parse()
+    llm = raw.headers["X-UniRoute-LLM"]
+    assert llm in {"math-pro", "generalist"} and answer.choices[0].message.content
+    extra = answer.model_extra["uniroute"]
+    assert extra["llm"] == llm and extra["router_version"] == "1" and extra["attempts"] == 1 and extra["cost_usd"] > 0
+
+    with client.chat.completions.with_streaming_response.create(
+        model="uniroute", messages=messages, stream=True, extra_body={"cost_weight": 0.0}
+    ) as response:
+        assert response.headers["X-UniRoute-LLM"] == llm
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks = list(response.parse())
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == answer.choices[0].message.content  # the same recorded answer, piece by piece
+
+    direct = client.chat.completions.create(model="cheap", messages=messages)  # named: no routing
+    assert direct.choices[0].message.content
+    listed = [m.id for m in client.models.list()]
+    assert listed[0] == "uniroute" and set(listed[1:]) == {"cheap", "math-pro", "generalist"}
+
+
+def test_keys_are_required_and_checked(served, mmlu_like_dir):
+    url, replay, _ = served
+    messages = [{"role": "user", "content": _prompt(mmlu_like_dir)}]
+    asked = _asked(replay)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        _client(url, "nobody-0123456789abcdef").chat.completions.create(model="uniroute", messages=messages)
+    assert refused.value.status_code == 401 and refused.value.body["code"] == "invalid_api_key"
+    assert requests.post(f"{url}/v1/chat/completions", json={}).status_code == 401  # no header at all
+
+    carol = _client(url, "carol")
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        carol.chat.completions.create(model="generalist", messages=messages)
+    assert refused.value.body["param"] == "model" and "carol" in refused.value.body["message"]
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        carol.chat.completions.create(model="uniroute", messages=messages, extra_body={"candidates": ["generalist"]})
+    assert refused.value.body["param"] == "candidates"
+    assert _asked(replay) == asked  # nothing was paid for
+    routed = carol.chat.completions.with_raw_response.create(
+        model="uniroute", messages=messages, extra_body={"cost_weight": 0.0}
+    )
+    assert routed.headers["X-UniRoute-LLM"] == "cheap"  # routes among the LLMs the key may use only
+    assert [m.id for m in carol.models.list()] == ["uniroute", "cheap"]
+
+
+def test_a_spent_budget_and_a_rate_limit_get_429_with_retry_after(served, mmlu_like_dir):
+    url, replay, _ = served
+    messages = [{"role": "user", "content": _prompt(mmlu_like_dir)}]
+    bob = _client(url, "bob")
+    bob.chat.completions.create(model="cheap", messages=messages)  # within budget before it: spends it
+    asked = _asked(replay)
+    with pytest.raises(openai.RateLimitError) as refused:
+        bob.chat.completions.create(model="cheap", messages=messages)
+    assert refused.value.body["code"] == "insufficient_quota" and int(refused.value.response.headers["Retry-After"]) > 0
+
+    dave = _client(url, "dave")
+    for _ in range(2):
+        dave.chat.completions.create(model="cheap", messages=messages)
+    asked = _asked(replay)
+    with pytest.raises(openai.RateLimitError) as refused:
+        dave.chat.completions.create(model="cheap", messages=messages)
+    assert refused.value.body["code"] == "rate_limit_exceeded" and refused.value.response.headers["Retry-After"]
+    assert _asked(replay) == asked
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"x" * 5_000_000, 413, "body"),  # 5 MB: refused from its Content-Length, nothing read
+        (b'{"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "cost_weight": 1e999}', 400, None),
+        (b'{"model": "math-pro", "messages": [{"role": "user", "content": "hi"}], "min_accuracy": 0.5}', 400, None),
+        (b'{"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "tools": "all"}', 400, "tools"),
+        (b'{"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10000000}', 400, None),
+        (b'{"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "logprobs": 1}', 400, "logprobs"),
+        (b'{"model": "uniroute", "messages": [{"role": "user", "content": "hi"}], "functions": []}', 400, "functions"),
+    ],
+)
+def test_hostile_bodies_get_their_status_in_openai_shape(served, body, status, param):
+    url, replay, _ = served
+    asked = _asked(replay)
+    headers = {"Authorization": f"Bearer {SECRETS['alice']}", "Content-Type": "application/json"}
+    answer = requests.post(f"{url}/v1/chat/completions", data=body, headers=headers, timeout=30)
+    error = answer.json()["error"]
+    assert answer.status_code == status and set(error) == {"message", "type", "param", "code"}, answer.text
+    assert param is None or error["param"] == param
+    assert _asked(replay) == asked
+
+
+def test_probes_metrics_and_the_access_log(served, mmlu_like_dir):
+    url, _, root = served
+    assert requests.get(f"{url}/health").json() == {"status": "ok"}
+    ready = requests.get(f"{url}/ready").json()
+    assert ready["status"] == "ready" and ready["router_version"] == "1"
+    prompt = _prompt(mmlu_like_dir, "history")
+    _client(url).chat.completions.create(model="uniroute", messages=[{"role": "user", "content": prompt}])
+    samples = [s for f in text_string_to_metric_families(requests.get(f"{url}/metrics").text) for s in f.samples]
+    names = {s.name for s in samples}
+    assert {"uniroute_requests_total", "uniroute_routing_duration_seconds_bucket", "uniroute_choices_total"} <= names
+    assert "uniroute_upstream_duration_seconds_bucket" in names and "uniroute_cost_usd_total" in names
+    ok = sum(s.value for s in samples if s.name == "uniroute_requests_total" and s.labels["status"] == "200")
+    refused = sum(s.value for s in samples if s.name == "uniroute_requests_total" and s.labels["status"] == "401")
+    assert ok >= 1 and refused >= 1
+    log = (root / "gateway.log").read_text()
+    lines = [line for line in log.splitlines() if "path=/v1/chat/completions" in line]
+    assert any("status=200" in line and "key_id=alice" in line and "llm=" in line for line in lines)
+    assert prompt[:40] not in log and not any(secret in log for secret in SECRETS.values())
+
+
+def test_the_decision_log_records_every_chat_request(served):
+    _, _, root = served
+    deadline = time.monotonic() + 10  # written off the request path within its flush interval (2 s)
+    while time.monotonic() < deadline and read_decisions(root / "decisions").height == 0:
+        time.sleep(0.2)
+    frame = read_decisions(root / "decisions")
+    routed = frame.filter(pl.col("model_requested") == "uniroute", pl.col("status") == 200)
+    assert routed.height >= 3 and routed["predicted_error"].null_count() == 0
+    assert routed["prompt_hash"].null_count() == 0 and routed["realised_cost_usd"].min() > 0
+    assert set(frame["key_id"]) <= {"alice", "bob", "carol", "dave"}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["--host", "0.0.0.0"], 2, "no client keys"),
+        (["--host", "127.0.0.1", "--keys-file", "missing.yaml"], 2, "missing.yaml"),
+    ],
+)
+def test_serve_refuses_an_open_address_without_keys(tmp_path, args, code, says):
+    catalog = tmp_path / "llms.yaml"
+    write_gateway_catalog(catalog, "http://127.0.0.1:9/v1", {"cheap": 0.1})
+    command = [sys.executable, "-m", "serving.cli", "serve", "--catalog", str(catalog), "--port", "9", *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == code and says in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
