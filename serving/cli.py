@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--decisions-dir", type=Path, default=None, help="decision log files (default <warehouse dir>/decisions)"
     )
+    serve.add_argument(
+        "--ledger", type=Path, default=None, help="keys' spend and rate counters (default <warehouse dir>/gateway/)"
+    )
     serve.set_defaults(run=_serve)
     return parser
 
@@ -168,7 +171,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving import registry
-    from serving.gateway import CONFIG_ENV, Gateway, GatewayConfig, create_app
+    from serving.gateway import CONFIG_ENV, Gateway, GatewayConfig, create_app, open_ledger
     from serving.keys import KeyStore
     from serving.metrics import MULTIPROC_ENV, clear_multiprocess_dir
     from serving.middleware import check_bind
@@ -179,14 +182,6 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"uniroute serve: --workers {args.workers}: expected at least 1", file=sys.stderr)
         return 2
-    try:
-        keys = KeyStore.load(args.keys_file)
-        notice = check_bind(args.host, keys, args.allow_unauthenticated)
-    except ValueError as exc:
-        print(f"uniroute serve: {exc}", file=sys.stderr)
-        return 2
-    if notice:
-        print(f"uniroute serve: {notice}", file=sys.stderr)
     config = GatewayConfig(
         catalog_path=str(catalog.resolve()),
         model_uri=args.model_uri,
@@ -199,10 +194,19 @@ def _serve(args: argparse.Namespace) -> int:
         fallbacks=args.fallbacks,
         retries=args.retries,
         decisions_dir=str(args.decisions_dir.resolve()) if args.decisions_dir else None,
+        ledger_path=str(args.ledger.resolve()) if args.ledger else None,
     )
+    try:
+        notice = check_bind(args.host, KeyStore.load(args.keys_file), args.allow_unauthenticated)
+        open_ledger(config)  # an unwritable ledger is an error now, not at the first request
+    except (ValueError, OSError) as exc:
+        print(f"uniroute serve: {exc}", file=sys.stderr)
+        return 2
+    if notice:
+        print(f"uniroute serve: {notice}", file=sys.stderr)
     options = {"host": args.host, "port": args.port, "log_config": _log_config(), "access_log": False}
     if args.workers == 1:
-        uvicorn.run(create_app(Gateway(config, keys)), **options)
+        uvicorn.run(create_app(Gateway(config)), **options)
         return 0
     os.environ[CONFIG_ENV] = config.to_json()  # each worker builds its gateway from it
     if not os.environ.get(MULTIPROC_ENV):  # every worker's metrics in /metrics, whichever worker answers

@@ -49,6 +49,7 @@ from serving.batching import EmbeddingBatcher
 from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request
 from serving.decisions import DecisionLog, default_directory
 from serving.keys import KeyPolicy, KeyStore
+from serving.ledger import SqliteLedger
 from serving.metrics import GatewayMetrics, ObservabilityMiddleware
 from serving.middleware import (
     AuthMiddleware,
@@ -81,6 +82,7 @@ class GatewayConfig:
     fallbacks: int = 2  # LLMs tried after the router's choice fails before its first byte
     retries: int = 2  # per LLM, on 429/5xx/timeouts/connection errors
     decisions_dir: str | None = None  # None: <warehouse dir>/decisions
+    ledger_path: str | None = None  # keys' spend and rate counters; None: <warehouse dir>/gateway/ledger.sqlite
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -155,7 +157,7 @@ class Gateway:
         self.config = config
         self.limits = Limits(max_tokens=config.max_tokens)
         self.catalog_path = Path(config.catalog_path)
-        self.keys = keys if keys is not None else KeyStore.load(config.keys_file)
+        self.keys = keys if keys is not None else KeyStore.load(config.keys_file, ledger=open_ledger(config))
         self.metrics = GatewayMetrics()
         self.upstreams = Upstreams(retries=config.retries)
         self.router: LoadedRouter | None = None
@@ -380,6 +382,11 @@ class Gateway:
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
+
+
+def open_ledger(config: GatewayConfig) -> SqliteLedger:
+    """The key counters every worker of this gateway shares (and a restart keeps)."""
+    return SqliteLedger(config.ledger_path or wh.default_path().parent / "gateway" / "ledger.sqlite")
 
 
 def _upstream_code(status: int) -> str:

@@ -32,7 +32,6 @@ import os
 import re
 import secrets
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import yaml
+
+from serving.ledger import Ledger, MemoryLedger
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,6 @@ class _Key:
     source: str = ""  # where it was defined, for errors
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
 def hash_secret(secret: str) -> str:
     """The hex SHA-256 of ``secret`` (UTF-8), as stored in a keys file."""
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
@@ -162,15 +157,18 @@ class KeyStore:
 
     ``KeyStore.load(path, environ)`` reads a keys file and ``$UNIROUTE_GATEWAY_KEYS``; an empty store lets every
     request through as ``ANONYMOUS`` (the gateway then binds loopback only: ``serving.middleware.check_bind``).
-    ``clock`` (monotonic seconds) and ``wall_clock`` (Unix seconds, for the UTC day) are injectable for tests.
+    Counters live in ``ledger`` (:mod:`serving.ledger`): this process's memory by default, or a SQLite file that
+    all workers share and a restart keeps. ``clock`` (seconds; default the wall clock, the same in every process)
+    and ``wall_clock`` (Unix seconds, for the UTC day) are injectable for tests.
     """
 
     def __init__(
         self,
         keys: Iterable[_Key] = (),
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         wall_clock: Callable[[], float] = time.time,
+        ledger: Ledger | None = None,
     ) -> None:
         self._keys: tuple[_Key, ...] = ()
         ids: dict[str, _Key] = {}
@@ -185,9 +183,7 @@ class KeyStore:
             self._keys += (key,)
         self._clock = clock
         self._wall_clock = wall_clock
-        self._lock = threading.Lock()  # held for microseconds, never across an await
-        self._buckets: dict[str, _Bucket] = {}
-        self._spend: dict[str, tuple[str, float]] = {}  # key_id -> (UTC day, USD)
+        self._ledger = ledger if ledger is not None else MemoryLedger()
 
     # ---- loading ----
     @classmethod
@@ -195,12 +191,13 @@ class KeyStore:
         cls,
         path: str | os.PathLike[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        ledger: Ledger | None = None,
         **clocks: Callable[[], float],
     ) -> KeyStore:
         """Keys from the file at ``path`` (if given) and from ``environ[UNIROUTE_GATEWAY_KEYS]`` (os.environ)."""
         environ = os.environ if environ is None else environ
         keys = [*(parse_keys_file(path) if path is not None else []), *parse_env_keys(environ.get(ENV_VAR, ""))]
-        store = cls(keys, **clocks)
+        store = cls(keys, ledger=ledger, **clocks)
         log.info("client keys: %d configured (ids %s)", len(keys), [k.policy.key_id for k in keys])
         return store
 
@@ -241,18 +238,9 @@ class KeyStore:
         if rpm is None:
             return
         rate = rpm / 60.0  # tokens per second
-        capacity = max(1.0, rpm)
-        with self._lock:
-            now = self._clock()
-            bucket = self._buckets.get(policy.key_id)
-            if bucket is None:
-                bucket = self._buckets[policy.key_id] = _Bucket(capacity, now)
-            bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
-            bucket.updated = now
-            if bucket.tokens >= 1.0:
-                bucket.tokens -= 1.0
-                return
-            wait = (1.0 - bucket.tokens) / rate
+        wait = self._ledger.take(policy.key_id, rate, max(1.0, rpm), self._clock())  # a minute's burst at most
+        if wait == 0.0:
+            return
         raise LimitError(
             f"rate limit of key {policy.key_id!r}: {rpm:g} requests per minute; retry in {wait:.1f} s",
             "rate_limit_exceeded",
@@ -280,17 +268,11 @@ class KeyStore:
         """Add a request's realised cost (USD) to the key's spend of today (UTC)."""
         if isinstance(usd, bool) or not isinstance(usd, int | float) or not math.isfinite(usd) or usd < 0:
             raise ValueError(f"record_spend usd={usd!r}: expected a finite cost >= 0")
-        day = self._day()
-        with self._lock:
-            spent_day, spent = self._spend.get(key_id, (day, 0.0))
-            self._spend[key_id] = (day, (spent if spent_day == day else 0.0) + float(usd))
+        self._ledger.add_spend(key_id, self._day(), float(usd))
 
     def spent_today(self, key_id: str) -> float:
         """USD the key has spent today (UTC)."""
-        day = self._day()
-        with self._lock:
-            spent_day, spent = self._spend.get(key_id, (day, 0.0))
-        return spent if spent_day == day else 0.0
+        return self._ledger.spent(key_id, self._day())
 
     def _day(self) -> str:
         return datetime.fromtimestamp(self._wall_clock(), UTC).date().isoformat()

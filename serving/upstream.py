@@ -43,6 +43,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from warehouse.catalog import KeyEnvPolicy
+
 __all__ = ["Attempt", "Timeouts", "UpstreamResult", "Upstreams", "realised_cost"]
 
 log = logging.getLogger(__name__)
@@ -282,6 +284,10 @@ class Upstreams:
         timeouts = Timeouts.of(row)
         headers = {}
         key_env = row.get("api_key_env")
+        if key_env and not KeyEnvPolicy.from_environ().allows(key_env):  # a row that bypassed the catalog's check
+            attempts.append(Attempt(llm, 1, None, f"api_key_env {key_env} not allowed", time.time(), 0.0))
+            log.error("llm %s: api_key_env %s is not an allowed key variable", llm, key_env)
+            return _Failure(502, f"llm {llm!r}: not configured")
         if key_env:
             key = os.environ.get(key_env)
             if not key:

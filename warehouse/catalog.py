@@ -9,39 +9,72 @@ YAML layout (``defaults`` apply to every entry; an entry's own keys win)::
       - name: gemini-1.5-flash-002
         usd_per_mtok_in: 0.19
         usd_per_mtok_out: 0.19
-        api_key_env: GEMINI_API_KEY     # the NAME of the variable holding the key, never the key
+      - name: my-gpt
+        base_url: https://api.openai.com/v1
+        model_id: gpt-4o-mini
+        api_key_env: UNIROUTE_KEY_OPENAI  # the NAME of the variable holding the key, never the key
+        usd_per_mtok_in: 0.15
+        usd_per_mtok_out: 0.60
+        timeout_first_byte_s: 30          # optional gateway timeouts; the gateway's defaults otherwise
 
 CSV: one row per LLM with the same column names. ``model_id`` defaults to ``name``.
 
 An LLM that exists only as imported results (``uniroute import-results``) needs no endpoint: leave out
 ``base_url`` (nothing will ever ask it anything) and, where the results carry per-query USD costs, its prices.
 An entry with a ``base_url`` needs both prices: they price the answers collected from it.
+
+The file decides where keys are sent, so it is held to these rules:
+
+- **Keys only from allowed variables.** ``api_key_env`` must start with ``UNIROUTE_KEY_`` or be listed in the
+  environment variable ``UNIROUTE_ALLOWED_KEY_VARS`` (comma-separated names). ``UNIROUTE_ALLOWED_KEY_PREFIX``
+  replaces the prefix (set but empty: no prefix is accepted, only the listed names); ``load_catalog``'s
+  ``key_env_prefix`` and ``key_env_allow`` replace both. So an entry cannot have, say, ``DAGSTER_PG_PASSWORD``
+  sent as a bearer token to a host of its choosing. Neither setting starts with the default prefix, so neither
+  can be named as a key. :class:`KeyEnvPolicy` is the rule, for code that reads keys at call time.
+- **No credentials in URLs.** A ``base_url`` with ``user[:password]@``, a query string or a fragment is refused
+  (keys come from ``api_key_env``; and ``/chat/completions`` is appended to the URL, which a query string or a
+  fragment would swallow).
+- **https for keys.** An entry with ``api_key_env`` needs an ``https`` ``base_url`` unless its host is loopback
+  (``localhost``, 127.0.0.0/8, ``::1``).
+- **Bounded, finite numbers.** Prices 0 to 10,000 USD per million tokens; ``max_concurrency`` 1 to 4,096;
+  ``requests_per_minute`` 1 to 1,000,000; the optional timeouts in seconds (null: the gateway's defaults),
+  above 0 and at most 60 (``timeout_connect_s``), 600 (``timeout_first_byte_s``) and 3,600
+  (``timeout_total_s``), and of those given, connect <= first byte <= total. Infinity and NaN are refused.
+
+Every problem names the entry, the field and the value; a value that could be a secret is masked: a URL's
+credentials, query and fragment, the value of an unknown field, an ``api_key_env`` not shaped like a variable
+name (upper case words joined by ``_``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 import polars as pl
 import yaml
-from pydantic import (
-    AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    PositiveInt,
-    ValidationError,
-)
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from warehouse.store import sync_llms
 
-__all__ = ["CatalogError", "LLMEntry", "add_to_catalog", "load_catalog", "sync_catalog"]
+__all__ = ["CatalogError", "KeyEnvPolicy", "LLMEntry", "add_to_catalog", "load_catalog", "sync_catalog"]
+
+DEFAULT_KEY_ENV_PREFIX = "UNIROUTE_KEY_"
+KEY_ENV_PREFIX_VARIABLE = "UNIROUTE_ALLOWED_KEY_PREFIX"
+KEY_ENV_ALLOW_VARIABLE = "UNIROUTE_ALLOWED_KEY_VARS"
+MAX_USD_PER_MTOK = 10_000.0
+MAX_CONCURRENCY = 4096
+MAX_REQUESTS_PER_MINUTE = 1_000_000
+#: Upper bounds, in seconds, in the order each must not exceed the next (a try's first byte includes its connect).
+TIMEOUT_LIMITS_S = {"timeout_connect_s": 60.0, "timeout_first_byte_s": 600.0, "timeout_total_s": 3600.0}
 
 
 class CatalogError(ValueError):
@@ -50,6 +83,43 @@ class CatalogError(ValueError):
     def __init__(self, source: str, problems: list[str]) -> None:
         self.problems = problems
         super().__init__(f"invalid LLM catalog {source}:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True)
+class KeyEnvPolicy:
+    """Which environment variables an entry may name as ``api_key_env``: those starting with ``prefix`` (none
+    when it is empty) and those in ``allow``."""
+
+    prefix: str = DEFAULT_KEY_ENV_PREFIX
+    allow: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, prefix: str | None = None, allow: Iterable[str] | None = None
+    ) -> KeyEnvPolicy:
+        """The policy set by ``UNIROUTE_ALLOWED_KEY_PREFIX`` / ``UNIROUTE_ALLOWED_KEY_VARS`` in ``environ``
+        (default ``os.environ``); ``prefix`` and ``allow``, when given, replace them."""
+        environ = os.environ if environ is None else environ
+        if prefix is None:
+            prefix = environ.get(KEY_ENV_PREFIX_VARIABLE, DEFAULT_KEY_ENV_PREFIX)
+        if allow is None:
+            allow = environ.get(KEY_ENV_ALLOW_VARIABLE, "").split(",")
+        return cls(prefix.strip(), frozenset(name.strip() for name in allow if name.strip()))
+
+    def allows(self, name: str) -> bool:
+        """Whether the key may be read from the variable ``name``."""
+        return name in self.allow or (bool(self.prefix) and name.startswith(self.prefix) and name != self.prefix)
+
+    def rule(self) -> str:
+        """The rule in words, for an error message."""
+        listed = f"be listed in {KEY_ENV_ALLOW_VARIABLE}"
+        if not self.prefix:
+            return f"it must {listed} ({KEY_ENV_PREFIX_VARIABLE} is empty: no prefix is accepted)"
+        return f"it must start with {self.prefix} or {listed}"
+
+
+def _seconds(field: str) -> Any:
+    return Field(default=None, gt=0, le=TIMEOUT_LIMITS_S[field], allow_inf_nan=False)
 
 
 class LLMEntry(BaseModel):
@@ -61,10 +131,15 @@ class LLMEntry(BaseModel):
     base_url: AnyHttpUrl | None = None  # None: import-only (results, no endpoint)
     model_id: str | None = Field(default=None, min_length=1)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    usd_per_mtok_in: NonNegativeFloat | None = None
-    usd_per_mtok_out: NonNegativeFloat | None = None
-    max_concurrency: PositiveInt = 16
-    requests_per_minute: PositiveInt | None = None
+    # allow_inf_nan=False: NonNegativeFloat took inf (and 1e400, which is inf)
+    usd_per_mtok_in: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)
+    usd_per_mtok_out: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)
+    max_concurrency: int = Field(default=16, gt=0, le=MAX_CONCURRENCY)
+    requests_per_minute: int | None = Field(default=None, gt=0, le=MAX_REQUESTS_PER_MINUTE)
+    # the gateway's per-LLM timeouts (serving.upstream.Timeouts.of reads these names); None: its defaults
+    timeout_connect_s: float | None = _seconds("timeout_connect_s")
+    timeout_first_byte_s: float | None = _seconds("timeout_first_byte_s")
+    timeout_total_s: float | None = _seconds("timeout_total_s")
     active: bool = True
 
 
@@ -72,6 +147,7 @@ _EMPTY_SCHEMA = {
     **dict.fromkeys(("name", "base_url", "model_id", "api_key_env"), pl.String),
     **dict.fromkeys(("usd_per_mtok_in", "usd_per_mtok_out"), pl.Float64),
     **dict.fromkeys(("max_concurrency", "requests_per_minute"), pl.Int64),
+    **dict.fromkeys(TIMEOUT_LIMITS_S, pl.Float64),
     "active": pl.Boolean,
 }
 
@@ -87,18 +163,109 @@ def _read_entries(path: Path) -> list[Mapping[str, Any]]:
     return [{**defaults, **entry} if isinstance(entry, Mapping) else entry for entry in entries]
 
 
-def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> pl.DataFrame:
-    """Validate the catalog at ``path``; returns the frame ``warehouse.sync_llms`` takes.
+# ---- showing values without showing secrets ----------------------------------------------------------------
+# A key pasted where a variable's name belongs rarely looks like OPENAI_API_KEY: upper case words joined by "_".
+_VARIABLE_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+_?")
 
-    Every problem is collected and raised together in one :class:`CatalogError`: missing or negative prices,
-    duplicate names, malformed URLs, unknown keys, and an ``api_key_env`` whose variable is not set.
+
+def _hidden(value: object) -> str:
+    size = f" of {len(value)} characters" if isinstance(value, str) else ""
+    return f"<hidden {type(value).__name__}{size}>"
+
+
+def _shown_key_env(value: object) -> str:
+    if isinstance(value, str) and len(value) <= 64 and _VARIABLE_NAME.fullmatch(value):
+        return value
+    return _hidden(value)
+
+
+def _masked_url(value: object) -> str:
+    """The URL with its user info, query values and fragment replaced by ``***``."""
+    if not isinstance(value, str):
+        return _hidden(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return _hidden(value)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    query = "&".join(f"{item.partition('=')[0]}=***" for item in parts.query.split("&")) if parts.query else ""
+    masked = urlunsplit(
+        (parts.scheme, ("***@" if userinfo else "") + host, parts.path, query, "***" if parts.fragment else "")
+    )
+    return repr(masked) if "@" not in masked.replace("***@", "", 1) else _hidden(value)  # "@" left: misparsed
+
+
+def _shown(field: str, value: object) -> str:
+    if field == "base_url":
+        return _masked_url(value)
+    if field == "api_key_env":
+        return _shown_key_env(value)
+    if field in LLMEntry.model_fields:
+        return repr(value)
+    return _hidden(value)  # an unknown field, or a whole entry that is not a mapping: it may be "api_key: sk-..."
+
+
+# ---- the rules pydantic's field types do not express --------------------------------------------------------
+def _is_loopback(host: str | None) -> bool:
+    host = (host or "").strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def _entry_problems(entry: LLMEntry, policy: KeyEnvPolicy, environ: Mapping[str, str]) -> list[str]:
+    """``<field>: <message>`` for each rule ``entry`` breaks beyond its fields' own types."""
+    problems = []
+    if (url := entry.base_url) is not None:
+        shown = _masked_url(str(url))
+        if url.username or url.password:
+            problems.append(f"base_url: credentials in the URL are refused (name a variable in api_key_env): {shown}")
+        if url.query or url.fragment:
+            problems.append(f"base_url: a query string or fragment is refused (it may hold credentials): {shown}")
+        if entry.api_key_env and url.scheme != "https" and not _is_loopback(url.host):
+            problems.append(f"base_url: an entry with api_key_env needs https unless its host is loopback: {shown}")
+        for price in ("usd_per_mtok_in", "usd_per_mtok_out"):  # the prices price the answers collected from it
+            if getattr(entry, price) is None:
+                problems.append(f"{price}: Field required with a base_url")
+    if entry.api_key_env:
+        if not policy.allows(entry.api_key_env):
+            shown_env = _shown_key_env(entry.api_key_env)
+            problems.append(f"api_key_env: {shown_env} is not an allowed key variable: {policy.rule()}")
+        elif not environ.get(entry.api_key_env):
+            problems.append(f"api_key_env: variable {entry.api_key_env} is not set")
+    given = [(field, value) for field in TIMEOUT_LIMITS_S if (value := getattr(entry, field)) is not None]
+    for (field, value), (longer, longer_value) in pairwise(given):
+        if value > longer_value:
+            problems.append(f"{field}: {value!r} is more than {longer} ({longer_value!r})")
+    return problems
+
+
+def load_catalog(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    key_env_prefix: str | None = None,
+    key_env_allow: Iterable[str] | None = None,
+) -> pl.DataFrame:
+    """Validate the catalog at ``path``; returns the frame ``warehouse.sync_llms`` takes (plus the timeouts).
+
+    Every problem is collected and raised together in one :class:`CatalogError`: missing, negative, unbounded
+    or non-finite numbers, duplicate names, malformed URLs or URLs with credentials, a key sent over plain
+    http, unknown keys, and an ``api_key_env`` that is not allowed or whose variable is not set. ``environ``
+    (default ``os.environ``) holds the keys and the key-variable settings, which ``key_env_prefix`` and
+    ``key_env_allow`` replace (see the module's docstring).
     """
     path = Path(path)
     if not path.exists():
         raise CatalogError(str(path), ["file not found"])
     environ = os.environ if environ is None else environ
+    policy = KeyEnvPolicy.from_environ(environ, key_env_prefix, key_env_allow)
     problems: list[str] = []
-    entries: list[LLMEntry] = []
+    entries: list[tuple[int, LLMEntry]] = []
     for i, raw in enumerate(_read_entries(path)):
         label = raw.get("name", "?") if isinstance(raw, Mapping) else "?"
         try:
@@ -106,17 +273,13 @@ def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None
         except ValidationError as exc:
             for err in exc.errors():
                 field = ".".join(str(p) for p in err["loc"]) or "entry"
-                problems.append(f"entry {label!r} (#{i}): {field}: {err['msg']}")
+                got = "" if err["type"] == "missing" else f", got {_shown(field, err['input'])}"
+                problems.append(f"entry {label!r} (#{i}): {field}: {err['msg']}{got}")
             continue
-        if entry.base_url is not None:  # the prices price the answers collected from it
-            for price in ("usd_per_mtok_in", "usd_per_mtok_out"):
-                if getattr(entry, price) is None:
-                    problems.append(f"entry {label!r} (#{i}): {price}: Field required with a base_url")
-        if entry.api_key_env and not environ.get(entry.api_key_env):
-            problems.append(f"entry {label!r} (#{i}): api_key_env: variable {entry.api_key_env} is not set")
-        entries.append(entry)
+        problems += [f"entry {label!r} (#{i}): {problem}" for problem in _entry_problems(entry, policy, environ)]
+        entries.append((i, entry))
     seen: set[str] = set()
-    for i, entry in enumerate(entries):
+    for i, entry in entries:
         if entry.name in seen:
             problems.append(f"entry {entry.name!r} (#{i}): name: duplicate name")
         seen.add(entry.name)
@@ -125,7 +288,7 @@ def load_catalog(path: str | os.PathLike[str], environ: Mapping[str, str] | None
     rows = [
         entry.model_dump()
         | {"base_url": str(entry.base_url) if entry.base_url else None, "model_id": entry.model_id or entry.name}
-        for entry in entries
+        for _, entry in entries
     ]
     if not rows:  # an empty catalog: every LLM is deactivated
         return pl.DataFrame(schema=_EMPTY_SCHEMA)

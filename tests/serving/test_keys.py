@@ -13,6 +13,7 @@ import yaml
 
 from serving import keys
 from serving.keys import ANONYMOUS, AuthError, KeyPolicy, KeyStore, LimitError, hash_secret
+from serving.ledger import MemoryLedger, SqliteLedger
 
 ALICE = "alice-secret-0123456789abcdef"
 BOB = "bob-secret-0123456789abcdef"
@@ -144,9 +145,15 @@ def test_secrets_are_in_no_repr_or_log(caplog):
     assert "alice" in repr(store)
 
 
-def test_token_bucket_limits_then_recovers():
+@pytest.fixture(params=["memory", "sqlite"])
+def ledger(request, tmp_path):
+    """Each limit test runs on both ledgers: this process's memory and the SQLite file workers share."""
+    return MemoryLedger() if request.param == "memory" else SqliteLedger(tmp_path / "ledger.sqlite")
+
+
+def test_token_bucket_limits_then_recovers(ledger):
     clock = Clock(1000.0)
-    store = KeyStore(clock=clock)
+    store = KeyStore(clock=clock, ledger=ledger)
     policy = KeyPolicy("alice", requests_per_minute=2)
     store.check_rate(policy)
     store.check_rate(policy)
@@ -164,8 +171,8 @@ def test_token_bucket_limits_then_recovers():
     store.check_rate(KeyPolicy("bob", requests_per_minute=2))  # buckets are per key
 
 
-def test_token_bucket_is_thread_safe():
-    store = KeyStore(clock=Clock(0.0))  # no refill: exactly the capacity gets through
+def test_token_bucket_is_thread_safe(ledger):
+    store = KeyStore(clock=Clock(0.0), ledger=ledger)  # no refill: exactly the capacity gets through
     policy = KeyPolicy("alice", requests_per_minute=300)
     passed = []
 
@@ -185,9 +192,9 @@ def test_token_bucket_is_thread_safe():
     assert len(passed) == 300
 
 
-def test_spend_limit_per_utc_day():
+def test_spend_limit_per_utc_day(ledger):
     wall = Clock(datetime(2030, 5, 1, 23, 0, tzinfo=UTC).timestamp())
-    store = KeyStore(wall_clock=wall)
+    store = KeyStore(wall_clock=wall, ledger=ledger)
     policy = KeyPolicy("alice", usd_per_day=0.01)
     store.check_spend(policy)
     store.record_spend("alice", 0.004)
@@ -205,6 +212,23 @@ def test_spend_limit_per_utc_day():
     store.check_spend(policy)
     store.record_spend("alice", 0.002)
     assert store.spent_today("alice") == pytest.approx(0.002)
+
+
+def test_workers_share_limits_through_the_sqlite_ledger_and_a_restart_keeps_them(tmp_path):
+    path, clock = tmp_path / "ledger.sqlite", Clock(1000.0)
+    worker_1, worker_2 = (KeyStore(clock=clock, wall_clock=clock, ledger=SqliteLedger(path)) for _ in range(2))
+    policy = KeyPolicy("alice", usd_per_day=0.01, requests_per_minute=3)
+    for store in (worker_1, worker_2, worker_1):  # three requests, whichever worker takes them
+        store.check_rate(policy)
+    with pytest.raises(LimitError):
+        worker_2.check_rate(policy)
+    worker_1.record_spend("alice", 0.006)
+    worker_2.record_spend("alice", 0.006)
+    restarted = KeyStore(clock=clock, wall_clock=clock, ledger=SqliteLedger(path))
+    assert restarted.spent_today("alice") == pytest.approx(0.012)
+    with pytest.raises(LimitError, match="spend limit"):
+        restarted.check_spend(policy)
+    assert KeyStore(wall_clock=clock).spent_today("alice") == 0.0  # memory: what a restart used to forget
 
 
 @pytest.mark.parametrize("usd", [-0.1, float("nan"), float("inf"), "0.1", True])

@@ -333,13 +333,13 @@ async def _with_recording_server(status: int, handler_body: dict, action):
 
 
 def test_the_key_is_sent_from_its_variable_and_never_appears_in_errors_or_logs(monkeypatch, caplog):
-    monkeypatch.setenv("UNIROUTE_TEST_KEY", SECRET)
+    monkeypatch.setenv("UNIROUTE_KEY_TEST", SECRET)
     caplog.set_level(logging.DEBUG)
     leaky = {"error": {"message": f"Incorrect API key provided: {SECRET}", "type": "invalid_request_error"}}
 
     async def action(base_url: str) -> UpstreamResult:
         async with Upstreams(base_delay_s=0.01) as upstreams:
-            target = row(base_url, model_id="provider/model-x", api_key_env="UNIROUTE_TEST_KEY")
+            target = row(base_url, model_id="provider/model-x", api_key_env="UNIROUTE_KEY_TEST")
             return await upstreams.call([("x", target)], body("hi", temperature=0), stream=False)
 
     result, seen = asyncio.run(_with_recording_server(401, leaky, action))
@@ -356,15 +356,28 @@ def test_the_key_is_sent_from_its_variable_and_never_appears_in_errors_or_logs(m
 def test_a_stream_request_asks_for_usage_and_a_missing_key_variable_falls_back(
     monkeypatch, caplog, mmlu_like_dir, prompts
 ):
-    monkeypatch.delenv("UNIROUTE_MISSING_KEY", raising=False)
+    monkeypatch.delenv("UNIROUTE_KEY_MISSING", raising=False)
 
     async def action(base_url: str) -> UpstreamResult:
         async with Upstreams() as upstreams:
-            order = [("keyless", row(base_url, api_key_env="UNIROUTE_MISSING_KEY")), ("other", row(base_url, "other"))]
+            order = [("keyless", row(base_url, api_key_env="UNIROUTE_KEY_MISSING")), ("other", row(base_url, "other"))]
             return await upstreams.call(order, body("hi", stream=True), stream=True)
 
     result, seen = asyncio.run(_with_recording_server(400, {"error": {"message": "no"}}, action))
-    assert [a.error for a in result.attempts] == ["api_key_env UNIROUTE_MISSING_KEY not set", "HTTP 400"]
+    assert [a.error for a in result.attempts] == ["api_key_env UNIROUTE_KEY_MISSING not set", "HTTP 400"]
     assert len(seen) == 1 and "Authorization" not in seen[0][0]
     assert seen[0][1]["stream"] is True and seen[0][1]["stream_options"] == {"include_usage": True}
     assert seen[0][1]["model"] == "other"
+
+
+def test_a_key_variable_outside_the_allowed_prefix_is_never_sent(monkeypatch, mmlu_like_dir, prompts):
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "a-database-password")  # a row that bypassed the catalog's check
+
+    async def action(base_url: str) -> UpstreamResult:
+        async with Upstreams() as upstreams:
+            order = [("leaky", row(base_url, api_key_env="DAGSTER_PG_PASSWORD")), ("other", row(base_url, "other"))]
+            return await upstreams.call(order, body("hi"), stream=False)
+
+    result, seen = asyncio.run(_with_recording_server(400, {"error": {"message": "no"}}, action))
+    assert [a.error for a in result.attempts] == ["api_key_env DAGSTER_PG_PASSWORD not allowed", "HTTP 400"]
+    assert len(seen) == 1 and "a-database-password" not in str(seen)

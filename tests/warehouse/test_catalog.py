@@ -17,7 +17,7 @@ llms:
   - name: pricey
     model_id: vendor/pricey-v2
     base_url: https://api.example.com/v1
-    api_key_env: PRICEY_KEY
+    api_key_env: UNIROUTE_KEY_PRICEY
     usd_per_mtok_in: 5
     usd_per_mtok_out: 15
 """
@@ -30,12 +30,12 @@ def _write(tmp_path, text: str, name: str = "llms.yaml"):
 
 
 def test_good_catalog_loads_with_defaults(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    monkeypatch.setenv("UNIROUTE_KEY_PRICEY", "sk-test")
     catalog = wh.load_catalog(_write(tmp_path, GOOD))
     rows = {r["name"]: r for r in catalog.iter_rows(named=True)}
     assert rows["cheap"]["model_id"] == "cheap" and rows["cheap"]["max_concurrency"] == 8
     assert rows["pricey"]["base_url"] == "https://api.example.com/v1"
-    assert rows["pricey"]["api_key_env"] == "PRICEY_KEY" and "sk-test" not in str(catalog.rows())
+    assert rows["pricey"]["api_key_env"] == "UNIROUTE_KEY_PRICEY" and "sk-test" not in str(catalog.rows())
 
 
 @pytest.mark.parametrize(
@@ -49,15 +49,16 @@ def test_good_catalog_loads_with_defaults(tmp_path, monkeypatch):
     ],
 )
 def test_each_error_names_entry_and_field(tmp_path, monkeypatch, edit, expected):
-    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    monkeypatch.setenv("UNIROUTE_KEY_PRICEY", "sk-test")
     with pytest.raises(wh.CatalogError) as info:
         wh.load_catalog(_write(tmp_path, GOOD.replace(*edit)))
     assert any(p.startswith(expected) or expected in p for p in info.value.problems), info.value.problems
 
 
 def test_unset_api_key_variable_is_named_but_no_key_leaks(tmp_path, monkeypatch):
-    monkeypatch.delenv("PRICEY_KEY", raising=False)
-    with pytest.raises(wh.CatalogError, match="entry 'pricey' \\(#1\\): api_key_env: variable PRICEY_KEY is not set"):
+    monkeypatch.delenv("UNIROUTE_KEY_PRICEY", raising=False)
+    expected = "entry 'pricey' \\(#1\\): api_key_env: variable UNIROUTE_KEY_PRICEY is not set"
+    with pytest.raises(wh.CatalogError, match=expected):
         wh.load_catalog(_write(tmp_path, GOOD))
 
 
@@ -71,7 +72,7 @@ def test_csv_catalog(tmp_path):
 
 
 def test_sync_deactivates_removed_llms_and_a_bad_catalog_changes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    monkeypatch.setenv("UNIROUTE_KEY_PRICEY", "sk-test")
     with wh.connect(tmp_path / "w.duckdb") as con:
         wh.sync_catalog(con, _write(tmp_path, GOOD))
         only_cheap = GOOD.split("  - name: pricey")[0]
@@ -97,7 +98,7 @@ def test_an_empty_catalog_deactivates_every_llm(tmp_path):
 
 
 def test_an_import_only_entry_needs_no_endpoint_or_prices(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRICEY_KEY", "sk-test")
+    monkeypatch.setenv("UNIROUTE_KEY_PRICEY", "sk-test")
     catalog = wh.load_catalog(
         _write(tmp_path, GOOD.replace("llms:\n", "llms:\n  - {name: imported, base_url: null}\n"))
     )
