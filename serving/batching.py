@@ -1,14 +1,17 @@
-"""Embed the prompts of concurrent requests together: one thread call for all that arrived meanwhile.
+"""Embed the prompts of concurrent requests together: a few thread calls for all that arrived meanwhile.
 
-Each request awaits its vector; one worker task hands the pending prompts to a thread in one call, so the
-embedder runs one batch at a time (no oversubscribed cores, one thread hop per batch rather than per request).
-The int8 backend still embeds each prompt on its own inside the call, so a vector never depends on its batch.
-``benchmarks.gateway --embed-batch 1`` measures the one-prompt-per-call alternative.
+Each request awaits its vector. Pending prompts are handed to a thread in one call, and up to ``parallel`` calls
+run at once (ONNX Runtime runs concurrent calls in parallel, so one call per core keeps every core busy without
+the thread hop and oversubscription of one call per request). A call starts as soon as a slot is free with
+whatever is waiting (up to ``max_batch``), so a lone request is never held back for company. The int8 backend
+still embeds each prompt on its own inside a call, so a vector never depends on its batch.
+``benchmarks.gateway`` measures this against one call per request (``--embed-batch 1``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -20,15 +23,19 @@ __all__ = ["EmbeddingBatcher"]
 class EmbeddingBatcher:
     """``await batcher.embed(text)`` -> that text's vector, embedded with others waiting at the same time.
 
-    ``max_batch`` caps one call (1: each prompt its own call, concurrently, as without a batcher).
+    ``max_batch`` caps one call (1: each prompt its own call, concurrently, as without a batcher); ``parallel``
+    caps the calls running at once (default: the cores this process may use).
     """
 
-    def __init__(self, embed: Callable[[Sequence[str]], np.ndarray], max_batch: int = 32) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch={max_batch!r}: must be >= 1")
-        self._embed, self.max_batch = embed, max_batch
+    def __init__(
+        self, embed: Callable[[Sequence[str]], np.ndarray], max_batch: int = 32, parallel: int | None = None
+    ) -> None:
+        parallel = parallel or len(os.sched_getaffinity(0))
+        if max_batch < 1 or parallel < 1:
+            raise ValueError(f"max_batch={max_batch!r}, parallel={parallel!r}: each must be >= 1")
+        self._embed, self.max_batch, self.parallel = embed, max_batch, parallel
         self._pending: list[tuple[str, asyncio.Future]] = []
-        self._worker: asyncio.Task | None = None
+        self._running = 0
         self.batches = 0  # calls made, for tests and metrics
 
     async def embed(self, text: str) -> np.ndarray:
@@ -37,21 +44,27 @@ class EmbeddingBatcher:
             return (await run_in_threadpool(self._embed, [text]))[0]
         future = asyncio.get_running_loop().create_future()
         self._pending.append((text, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
+        self._start_calls()
         return await future
 
-    async def _drain(self) -> None:
-        while self._pending:
+    def _start_calls(self) -> None:
+        while self._pending and self._running < self.parallel:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            self._running += 1
             self.batches += 1
-            try:
-                vectors = await run_in_threadpool(self._embed, [text for text, _ in batch])
-            except Exception as exc:  # every waiting request gets the error (e.g. an empty text)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
+            asyncio.get_running_loop().create_task(self._call(batch))
+
+    async def _call(self, batch: list[tuple[str, asyncio.Future]]) -> None:
+        try:
+            vectors = await run_in_threadpool(self._embed, [text for text, _ in batch])
+        except Exception as exc:  # every waiting request of this call gets the error (e.g. an empty text)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
             for (_, future), vector in zip(batch, vectors, strict=True):
                 if not future.done():
                     future.set_result(vector)
+        finally:
+            self._running -= 1
+            self._start_calls()  # what arrived meanwhile

@@ -5,7 +5,8 @@ One :class:`Upstreams` object (one aiohttp session) holds the whole policy, as L
 try recorded as an :class:`Attempt` (no bodies, no keys) for the decision log.
 
 - **Per LLM**, in order: skipped while its breaker is open (an ``circuit_open`` attempt); else up to
-  ``1 + retries`` tries on 429, 408, 5xx, timeouts, connection errors and malformed 200 bodies, all before the
+  ``1 + retries`` tries on 429, 408, 5xx, timeouts, connection errors and 200 bodies that are not JSON or hold no
+  answer (no ``choices[0].message``), all before the
   first byte reaches the client, with exponential backoff and jitter of at least the upstream's ``Retry-After``
   (a ``Retry-After`` above ``max_delay_s`` moves on to the next LLM at once). Any other 4xx ends the request
   (the request itself is bad: no fallback) with a generic message, never the upstream's body: 400, 413 and 422
@@ -132,9 +133,24 @@ def realised_cost(row: dict, usage: dict | None) -> float | None:
         return None
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     price_in, price_out = row.get("usd_per_mtok_in"), row.get("usd_per_mtok_out")
-    if None in (prompt, completion, price_in, price_out):
-        return None
+    if None in (price_in, price_out) or not (_token_count(prompt) and _token_count(completion)):
+        return None  # an endpoint's usage may be anything ("n/a", -1, 1e30): then the tokens are unknown
     return (float(price_in) * prompt + float(price_out) * completion) / 1e6
+
+
+def _token_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9
+
+
+def _has_answer(payload: object) -> bool:
+    """A chat completion with at least one choice holding a message (text, a refusal or tool calls)."""
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return False
+    message = choices[0].get("message")
+    return isinstance(message, dict) and (
+        isinstance(message.get("content"), str) or bool(message.get("tool_calls")) or bool(message.get("refusal"))
+    )
 
 
 @dataclass
@@ -407,6 +423,8 @@ class Upstreams:
                 payload = None
             if not isinstance(payload, dict):
                 raise _TryFailed("InvalidJSON", None)
+            if not _has_answer(payload):  # a 200 with no answer in it is the endpoint's fault: try again
+                raise _TryFailed("MalformedBody", None)
             usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
             return UpstreamResult(llm=llm, attempts=attempts, status=200, payload=payload, usage=usage)
         finally:

@@ -19,8 +19,8 @@ def _slow_embed(texts):
 
 
 def test_requests_arriving_together_share_calls_and_get_their_own_vectors():
-    async def run(max_batch):
-        batcher = EmbeddingBatcher(_slow_embed, max_batch=max_batch)
+    async def run(max_batch, parallel=1):
+        batcher = EmbeddingBatcher(_slow_embed, max_batch=max_batch, parallel=parallel)
         texts = [f"prompt number {'x' * i}" for i in range(40)]
         vectors = await asyncio.gather(*(batcher.embed(t) for t in texts))
         return batcher.batches, [v[0] for v in vectors], [float(len(t)) for t in texts]
@@ -29,11 +29,34 @@ def test_requests_arriving_together_share_calls_and_get_their_own_vectors():
     assert got == expected and batches <= 3  # 40 prompts: the first alone, then the rest in <= 32s
     batches, got, expected = asyncio.run(run(1))
     assert got == expected and batches == 40
+    batches, got, expected = asyncio.run(run(32, parallel=2))
+    assert got == expected and batches <= 4  # two alone (a slot each), then the rest in <= 32s
+
+
+def test_parallel_calls_run_at_once_and_never_more():
+    running, most = 0, 0
+
+    def embed(texts):
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        time.sleep(0.05)
+        running -= 1
+        return np.zeros((len(texts), 1))
+
+    async def run():
+        batcher = EmbeddingBatcher(embed, max_batch=4, parallel=3)
+        started = time.perf_counter()
+        await asyncio.gather(*(batcher.embed(str(i)) for i in range(24)))
+        return time.perf_counter() - started, batcher.batches
+
+    seconds, batches = asyncio.run(run())
+    assert most == 3 and batches >= 6 and seconds < 0.05 * batches  # overlapping calls, at most three at once
 
 
 def test_an_error_fails_the_requests_of_its_batch_only():
     async def run():
-        batcher = EmbeddingBatcher(_slow_embed)
+        batcher = EmbeddingBatcher(_slow_embed, parallel=1)
         first = asyncio.ensure_future(batcher.embed("fine"))
         await asyncio.sleep(0)  # the first batch starts with "fine" alone
         bad = asyncio.gather(batcher.embed("bad"), batcher.embed("also fine"), return_exceptions=True)
@@ -44,3 +67,5 @@ def test_an_error_fails_the_requests_of_its_batch_only():
     assert all(isinstance(r, ValueError) for r in bad)
     with pytest.raises(ValueError, match="max_batch"):
         EmbeddingBatcher(_slow_embed, max_batch=0)
+    with pytest.raises(ValueError, match="parallel"):
+        EmbeddingBatcher(_slow_embed, parallel=-1)

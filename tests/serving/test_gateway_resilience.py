@@ -107,3 +107,16 @@ def test_two_workers_serve_the_champion_with_one_metrics_page(registry_uri, tmp_
     assert served == 40  # both workers' counts, whichever answered the scrape
     files = list(tmp_path.glob("decisions/decisions-*.parquet"))
     assert len({f.name.rsplit("-", 2)[0] for f in files}) >= 1 and read_decisions(tmp_path / "decisions").height == 40
+
+
+def test_an_upstream_429_everywhere_reaches_the_client_with_retry_after(registry_uri, tmp_path, mmlu_like_dir, prices):
+    config = ReplayConfig(faults=FaultRates(rate_limited=1.0), retry_after_seconds=7)
+    with ReplayServer(mmlu_like_dir, config) as replay:
+        catalog = tmp_path / "llms.yaml"
+        write_gateway_catalog(catalog, replay.base_url, prices)
+        with gateway_process(tmp_path, catalog, registry_uri, "--retries", "0", "--fallbacks", "1") as url:
+            answer = requests.post(f"{url}/v1/chat/completions", json=_body(_prompts(mmlu_like_dir, 1)[0]), timeout=60)
+        assert replay.request_log.totals() == {"rate_limited": 2}  # the choice and one fallback, no more
+    error = answer.json()["error"]
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "7"
+    assert error["code"] == "rate_limit_exceeded" and "injected" not in error["message"]  # not the upstream's body

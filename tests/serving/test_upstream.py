@@ -381,3 +381,31 @@ def test_a_key_variable_outside_the_allowed_prefix_is_never_sent(monkeypatch, mm
     result, seen = asyncio.run(_with_recording_server(400, {"error": {"message": "no"}}, action))
     assert [a.error for a in result.attempts] == ["api_key_env DAGSTER_PG_PASSWORD not allowed", "HTTP 400"]
     assert len(seen) == 1 and "a-database-password" not in str(seen)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"choices": []}, {"choices": [{"message": None}]}, {"id": "x"}, {"choices": [{"message": {"content": 3}}]}],
+)
+def test_a_200_without_an_answer_is_retried_on_the_next_llm(payload, mmlu_like_dir, prompts):
+    async def action(base_url: str) -> UpstreamResult:
+        async with Upstreams(retries=0) as upstreams:
+            return await upstreams.call([("empty", row(base_url, "empty"))], body("hi"), stream=False)
+
+    result, seen = asyncio.run(_with_recording_server(200, payload, action))
+    assert result.llm is None and [a.error for a in result.attempts] == ["MalformedBody"] and len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": "n/a", "completion_tokens": 3},
+        {"prompt_tokens": -1, "completion_tokens": 3},
+        {"prompt_tokens": True, "completion_tokens": 3},
+    ],
+)
+def test_a_malformed_usage_gives_no_realised_cost(usage):
+    assert realised_cost({"usd_per_mtok_in": 1.0, "usd_per_mtok_out": 1.0}, usage) is None
+    assert realised_cost(
+        {"usd_per_mtok_in": 1.0, "usd_per_mtok_out": 2.0}, {"prompt_tokens": 10, "completion_tokens": 5}
+    ) == pytest.approx(2e-5)
