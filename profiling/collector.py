@@ -1,9 +1,20 @@
 """Collect LLM responses from OpenAI-compatible endpoints into the warehouse.
 
-Resumable and idempotent: only (model, prompt) pairs with no stored response are requested, results are
-written in batches (a killed run loses at most the batch in flight), and stored answers are never asked again.
-Retries use exponential backoff with jitter on 429, 5xx, timeouts, transport errors and malformed bodies,
-honouring ``Retry-After``; after ``max_attempts`` the pair is recorded in ``collection_failures``.
+Resumable and idempotent: only (model, prompt) pairs with no stored response are requested, so stored answers are
+never asked again and never duplicated. Answers are stored in batches, one transaction each, written once
+``batch_size`` (512) of them wait or the first of them has waited ``flush_interval_s`` (2 s), whichever comes first,
+by one worker thread while the requests in flight go on: a killed run loses at most the answers it received in its
+last ``flush_interval_s`` (and those of a write in progress), and a re-run asks exactly the pairs not stored.
+
+Paid work is never lost to one bad answer: a body with no text answer (not JSON, ``choices`` missing or empty,
+``content`` not a string) is retried and, after ``max_attempts``, recorded in ``collection_failures``; a malformed
+field of an answer that has its text (a token count that is missing, negative, fractional or not a number, ``usage``
+that is not an object, a cost that is not finite, a non-string ``finish_reason``, characters that cannot be
+stored) is estimated, left null or replaced, counted in :attr:`CollectionReport.repaired`, and the answer stored.
+Every answer is checked against the warehouse's rules before it joins a batch, so one row can never make a
+batch's write fail; an unforeseen exception while asking costs that pair (a failure named by the exception's
+class), never the run. Retries use exponential backoff with jitter on 429, 5xx, timeouts, transport errors and
+malformed bodies, honouring ``Retry-After``.
 API keys are read from the environment variable the catalog names, at request time, and appear nowhere else:
 errors are recorded by class (``HTTP 503``, ``Timeout``), never by message or body.
 """
@@ -11,14 +22,19 @@ errors are recorded by class (``HTTP 503``, ``Timeout``), never by message or bo
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import json
 import logging
+import math
 import os
 import random
+import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -74,6 +90,10 @@ class CollectionReport:
     cost_usd: float = 0.0
     seconds: float = 0.0
     errors: Counter = field(default_factory=Counter)
+    #: Fields of stored answers the endpoint sent malformed or not at all, per field (``usage.prompt_tokens``,
+    #: ``cost_usd``, ...): token counts estimated from the text, a non-finite cost or a non-string finish reason
+    #: left null, characters that cannot be stored replaced.
+    repaired: Counter = field(default_factory=Counter)
 
     @property
     def complete(self) -> bool:
@@ -127,19 +147,113 @@ class _Endpoint:
 
 
 def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds, if it is a number (an HTTP date or garbage: none)."""
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
-def _tokens(usage: object, field: str, fallback: str) -> int:
-    """A usage count as the endpoint reported it, else estimated from ``fallback``: a missing or malformed count
-    (``-1``, ``"n/a"``) never fails an answer already paid for."""
-    value = usage.get(field) if isinstance(usage, dict) else None
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**31:
-        return int(value)
-    return estimate_tokens(fallback)
+#: A token count the warehouse stores (INTEGER): 0 <= n < 2**31.
+_MAX_TOKENS = 2**31
+
+
+def _count(usage: object, name: str) -> int | None:
+    """``usage[name]`` if it is a whole number the warehouse can store, else None (``-1``, ``"n/a"``, ``1.5``,
+    NaN, ``true``, missing, ``usage`` not an object)."""
+    value = usage.get(name) if isinstance(usage, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not (0 <= value < _MAX_TOKENS and value == int(value)):  # NaN and infinities fail the range
+        return None
+    return int(value)
+
+
+#: What UTF-8 cannot hold in a str: lone surrogates (valid JSON escapes, e.g. half an emoji cut by a tokenizer).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable_text(text: str) -> tuple[str, bool]:
+    """``text`` as UTF-8 can hold it (each lone surrogate becomes U+FFFD), and whether it changed."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text), True
+    return text, False
+
+
+def _read_answer(raw: bytes, messages: Sequence[dict], usd_in: float | None, usd_out: float | None) -> dict:
+    """The answer in a 200 body: its text, finish reason, token counts, cost and the fields ``repaired``.
+
+    A body with no text answer raises a retryable ``MalformedBody``. Any other malformed field is repaired, never
+    raised: the answer is paid for already. A count is estimated from the text, a non-finite cost (from a price
+    that is not finite) and a non-string finish reason become null, characters UTF-8 cannot hold are replaced.
+    """
+    try:
+        payload = json.loads(raw)
+        choice = payload["choices"][0]
+        text = choice["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # RecursionError: absurdly nested JSON
+        raise _RetryableError("MalformedBody") from None
+    if not isinstance(text, str):  # None (a refusal, tool calls), a number, a list of parts
+        raise _RetryableError("MalformedBody")
+    repaired = []
+    text, changed = _storable_text(text)
+    if changed:
+        repaired.append("content")
+    finish = choice.get("finish_reason")
+    if finish is not None and not isinstance(finish, str):
+        finish = None
+        repaired.append("finish_reason")
+    elif finish is not None:
+        finish, changed = _storable_text(finish)
+        if changed:
+            repaired.append("finish_reason")
+    usage = payload.get("usage")
+    prompt_tokens = _count(usage, "prompt_tokens")
+    if prompt_tokens is None:
+        prompt_tokens = estimate_tokens("\n".join(str(m.get("content") or "") for m in messages))
+        repaired.append("usage.prompt_tokens")
+    completion_tokens = _count(usage, "completion_tokens")
+    if completion_tokens is None:
+        completion_tokens = estimate_tokens(text)
+        repaired.append("usage.completion_tokens")
+    cost = None
+    if usd_in is not None and usd_out is not None:
+        cost = (prompt_tokens * usd_in + completion_tokens * usd_out) / 1e6
+        if not (math.isfinite(cost) and cost >= 0):
+            cost = None
+            repaired.append("cost_usd")
+    return {
+        "response": text,
+        "finish_reason": finish,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cost_usd": cost,
+        "repaired": repaired,
+    }
+
+
+def _unstorable(row: dict) -> str | None:
+    """The first field of an answer row the warehouse would refuse (its rules for ``responses``), else None."""
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = row[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_TOKENS:
+            return name
+    for name, required in (("latency_ms", True), ("cost_usd", False)):
+        value = row[name]
+        if value is None and not required:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+            return name
+    for name, required in (("response", True), ("finish_reason", False), ("prompt_hash", True)):
+        value = row[name]
+        if value is None and not required:
+            continue
+        if not isinstance(value, str) or _storable_text(value)[1]:
+            return name
+    return None
 
 
 async def _ask(
@@ -162,27 +276,7 @@ async def _ask(
         raise _RetryableError(f"HTTP {status}", _retry_after(retry_after))
     if status != 200:
         raise _PermanentError(f"HTTP {status}")
-    try:
-        payload = json.loads(raw)
-        choice = payload["choices"][0]
-        text = choice["message"]["content"]
-        if not isinstance(text, str):
-            raise TypeError
-    except (ValueError, KeyError, IndexError, TypeError):
-        raise _RetryableError("MalformedBody") from None
-    usage = payload.get("usage")
-    prompt_tokens = _tokens(usage, "prompt_tokens", "\n".join(str(m.get("content") or "") for m in messages))
-    completion_tokens = _tokens(usage, "completion_tokens", text)
-    priced = endpoint.usd_in is not None and endpoint.usd_out is not None
-    finish = choice.get("finish_reason")
-    return {
-        "response": text,
-        "finish_reason": finish if isinstance(finish, str) else None,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "latency_ms": latency_ms,
-        "cost_usd": (prompt_tokens * endpoint.usd_in + completion_tokens * endpoint.usd_out) / 1e6 if priced else None,
-    }
+    return _read_answer(raw, messages, endpoint.usd_in, endpoint.usd_out) | {"latency_ms": latency_ms}
 
 
 #: What a prompt is sent with when its dataset sets nothing else (the collector's behaviour before datasets).
@@ -223,6 +317,11 @@ async def _ask_with_retries(
         except _PermanentError as exc:
             kind = str(exc)
             report.errors[kind] += 1
+            break
+        except Exception as exc:  # unforeseen: it costs this pair, not the run; by class only (never a message)
+            kind = type(exc).__name__
+            report.errors[kind] += 1
+            log.warning("%s while asking %s: recorded as a failure of the pair", kind, endpoint.model)
             break
     return result, kind, attempt
 
@@ -300,6 +399,93 @@ def _endpoint(row: dict) -> _Endpoint:
     )
 
 
+class _Batches:
+    """Answers and failures on their way to the warehouse: the collector's one place that writes.
+
+    A batch is written, one transaction, once ``size`` rows wait or its first row has waited ``interval_s``,
+    whichever comes first, by a single worker thread: the requests in flight go on meanwhile. So a killed run
+    loses at most the rows of its last ``interval_s`` and of the write in progress. ``written`` is called (on the
+    event loop) after every write.
+    """
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        report: CollectionReport,
+        size: int,
+        interval_s: float,
+        written: Callable[[], None],
+    ) -> None:
+        self._con, self._report, self._written = con, report, written
+        self._size, self._interval_s = size, interval_s
+        self._answers: list[dict] = []
+        self._failures: list[dict] = []
+        self._first_at: float | None = None  # when the first row of the batch being filled came (monotonic)
+        self._full: collections.deque[tuple[list[dict], list[dict]]] = collections.deque()
+        self._due = asyncio.Event()
+        # One thread: writes never overlap, and close() can wait for the one in progress.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-collector-writer")
+
+    def add(self, answer: dict | None = None, failure: dict | None = None) -> None:
+        """Queue an answer (checked already: see ``_unstorable``) or a failure; never blocks."""
+        if self._first_at is None:
+            self._first_at = time.monotonic()
+        if answer is not None:
+            self._answers.append(answer)
+        if failure is not None:
+            self._failures.append(failure)
+        if len(self._answers) + len(self._failures) >= self._size:
+            self._full.append(self._take())
+            self._due.set()
+
+    async def write_when_due(self) -> None:
+        """Write every full batch, and the one being filled once its first row has waited ``interval_s``; runs
+        until cancelled."""
+        while True:
+            wait = self._interval_s if self._first_at is None else self._first_at + self._interval_s - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), max(0.0, wait))
+            self._due.clear()
+            if self._first_at is not None and time.monotonic() - self._first_at >= self._interval_s:
+                self._full.append(self._take())
+            while self._full:
+                # shielded: cancelling this task must not cancel a write not started yet (its rows would be lost)
+                await asyncio.shield(asyncio.wrap_future(self._worker.submit(self._write, *self._full.popleft())))
+                self._written()
+
+    def close(self) -> None:
+        """Wait for the write in progress, then write every row left (the event loop has nothing else to do)."""
+        self._worker.shutdown(wait=True)
+        if self._answers or self._failures:
+            self._full.append(self._take())
+        if not self._full:
+            self._written()  # a last report of the totals
+        while self._full:
+            self._write(*self._full.popleft())
+            self._written()
+
+    def _take(self) -> tuple[list[dict], list[dict]]:
+        taken = self._answers, self._failures
+        self._answers, self._failures, self._first_at = [], [], None
+        return taken
+
+    def _write(self, answers: list[dict], failures: list[dict]) -> None:
+        """One batch: its answers (pairs stored already are skipped), then its failures."""
+        if answers:
+            self._report.stored += wh.insert_responses(self._con, pl.DataFrame(answers, infer_schema_length=None))
+        if failures:
+            wh.record_failures(self._con, pl.DataFrame(failures))
+
+
+def _check_batching(batch_size: int, flush_interval_s: float) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: must be a whole number >= 1")
+    if isinstance(flush_interval_s, bool) or not isinstance(flush_interval_s, int | float):
+        raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be a number of seconds")
+    if not (math.isfinite(flush_interval_s) and flush_interval_s > 0):
+        raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be a positive number of seconds")
+
+
 async def collect_pairs(
     con: duckdb.DuckDBPyConnection,
     pairs: pl.DataFrame,
@@ -309,13 +495,16 @@ async def collect_pairs(
     seed: int | None = None,
     progress: bool = True,
     log_progress: Callable[[str], None] | None = None,
+    flush_interval_s: float = 2.0,
 ) -> CollectionReport:
     """Ask each pair of ``pairs`` (model, prompt_id, prompt, and optionally the prompt's messages,
     request_params, request_hash, template_version: :func:`warehouse.pending_pairs`) of its LLM in ``llms`` (the
     catalog) and store the answers with the request they answered.
 
+    Answers and failures are written once ``batch_size`` of them wait or the first has waited ``flush_interval_s``.
     ``progress`` shows a tqdm bar; ``log_progress`` (e.g. a Dagster logger) gets a line after every batch write.
     """
+    _check_batching(batch_size, flush_interval_s)
     policy = policy or RetryPolicy()
     report = CollectionReport(run_id=f"run-{uuid.uuid4().hex[:12]}", requested=pairs.height)
     if pairs.height == 0:
@@ -328,18 +517,11 @@ async def collect_pairs(
         if column not in pairs.columns:
             pairs = pairs.with_columns(pl.lit(None, dtype=pl.String).alias(column))
     rng = random.Random(seed)
-    done: list[dict] = []
-    failed: list[dict] = []
     bar = tqdm(total=pairs.height, desc="collecting", unit="req", disable=not progress)
     started = time.perf_counter()
 
-    def flush() -> None:
-        if done:
-            report.stored += wh.insert_responses(con, pl.DataFrame(done, infer_schema_length=None))
-            done.clear()
-        if failed:
-            wh.record_failures(con, pl.DataFrame(failed))
-            failed.clear()
+    def written() -> None:
+        bar.set_postfix(errors=sum(report.errors.values()), failed=report.failed, usd=f"{report.cost_usd:.4f}")
         if log_progress:
             elapsed = time.perf_counter() - started
             log_progress(
@@ -347,6 +529,8 @@ async def collect_pairs(
                 f"({(report.stored + report.failed) / elapsed:.0f}/s), {report.failed} failed, "
                 f"{sum(report.errors.values())} retried errors, ${report.cost_usd:.4f}"
             )
+
+    batches = _Batches(con, report, batch_size, flush_interval_s, written)
 
     async def one(
         session: aiohttp.ClientSession,
@@ -362,10 +546,8 @@ async def collect_pairs(
         messages, params = request_of(prompt, messages_json, params_json)
         result, kind, attempt = await _ask_with_retries(session, endpoint, messages, params, policy, rng, report)
         identity = {"model": model, "prompt_id": prompt_id, "run_id": report.run_id}
-        if result is None:
-            failed.append(identity | {"attempts": attempt, "last_error_class": kind})
-            report.failed += 1
-        else:
+        if result is not None:
+            repaired = result.pop("repaired")
             answered_by = {"base_url": endpoint.base_url, "model_id": endpoint.model_id}
             request = {
                 "prompt_hash": prompt_hash(prompt),
@@ -373,25 +555,41 @@ async def collect_pairs(
                 "template_version": template_version,
                 "request_params": json.dumps(params, sort_keys=True),
             }
-            done.append(identity | answered_by | request | result)
-            report.cost_usd += result["cost_usd"] or 0.0
+            answer = identity | answered_by | request | result
+            if (bad := _unstorable(answer)) is None:
+                batches.add(answer=answer)
+                report.cost_usd += result["cost_usd"] or 0.0
+                report.repaired.update(repaired)
+            else:  # checked here so that one row can never make a whole batch's write fail
+                log.warning("answer of %s: %s cannot be stored; recorded as a failure of the pair", model, bad)
+                result, kind = None, "UnstorableAnswer"
+                report.errors[kind] += 1
+        if result is None:
+            batches.add(failure=identity | {"attempts": attempt, "last_error_class": kind})
+            report.failed += 1
         bar.update(1)
-        if len(done) + len(failed) >= batch_size:
-            flush()
-            bar.set_postfix(errors=sum(report.errors.values()), failed=report.failed, usd=f"{report.cost_usd:.4f}")
 
     connector = aiohttp.TCPConnector(limit=sum(e.max_concurrency for e in endpoints.values()) + 8, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
+        columns = ("model", "prompt_id", "prompt", "messages", "request_params", "request_hash", "template_version")
+        writer = asyncio.create_task(batches.write_when_due())
+        asks = asyncio.gather(*(one(session, *row) for row in pairs.select(columns).iter_rows()))
         try:
-            columns = ("model", "prompt_id", "prompt", "messages", "request_params", "request_hash", "template_version")
-            rows = pairs.select(columns).iter_rows()
-            await asyncio.gather(*(one(session, *row) for row in rows))
+            await asyncio.wait((writer, asks), return_when=asyncio.FIRST_COMPLETED)
+            if writer.done():  # a write failed: nothing more could be stored, so stop paying for answers
+                asks.cancel()
+                writer.result()
+            await asks
         finally:
-            flush()
-            bar.close()
+            writer.cancel()
+            asks.cancel()
+            try:
+                batches.close()
+            finally:
+                bar.close()
     report.seconds = time.perf_counter() - started
     log.info(
-        "collection %s: %d requested, %d stored, %d failed, %d attempts, $%.4f, %.1f s, errors %s",
+        "collection %s: %d requested, %d stored, %d failed, %d attempts, $%.4f, %.1f s, errors %s, repaired %s",
         report.run_id,
         report.requested,
         report.stored,
@@ -400,6 +598,7 @@ async def collect_pairs(
         report.cost_usd,
         report.seconds,
         dict(report.errors),
+        dict(report.repaired),
     )
     return report
 
@@ -413,12 +612,15 @@ def collect(
     progress: bool = True,
     log_progress: Callable[[str], None] | None = None,
     refresh_before: datetime | None = None,
+    flush_interval_s: float = 2.0,
 ) -> CollectionReport:
     """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``.
 
     Answers from an endpoint or model id the catalog no longer lists for an LLM are archived and asked again;
-    ``refresh_before`` (UTC) re-profiles: answers collected before it are archived and asked again too.
+    ``refresh_before`` (UTC) re-profiles: answers collected before it are archived and asked again too. Answers
+    are stored once ``batch_size`` of them wait or the first has waited ``flush_interval_s`` (:func:`collect_pairs`).
     """
+    _check_batching(batch_size, flush_interval_s)
     llms = wh.read_llms(con, active_only=True)
     if models is not None:
         unknown = set(models) - set(llms["name"])
@@ -433,7 +635,16 @@ def collect(
     pairs = wh.pending_pairs(con, llms["name"].to_list(), splits)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
-            collect_pairs(con, pairs, llms, policy, batch_size, progress=progress, log_progress=log_progress)
+            collect_pairs(
+                con,
+                pairs,
+                llms,
+                policy,
+                batch_size,
+                progress=progress,
+                log_progress=log_progress,
+                flush_interval_s=flush_interval_s,
+            )
         )
 
 

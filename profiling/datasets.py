@@ -303,7 +303,7 @@ def _assign_splits(frame: pl.DataFrame, shares: Mapping[str, float], seed: int) 
         edges.append((name, total))
     for name, edge in reversed(edges):
         split = pl.when(frac < edge).then(pl.lit(name)).otherwise(split)
-    return frame.select(split.alias("split"))["split"]
+    return frame.select(split.alias("split"), frac)["split"]  # frac keeps one row per row when one split takes all
 
 
 def stratified_sample(prompts: pl.DataFrame, n: int, seed: int, by: str = "category") -> pl.DataFrame:

@@ -12,7 +12,10 @@ a dropped connection) is drawn instead. Every request is counted per (model, pro
 the recorded answer in about eight pieces, ``stream_chunk_delay_ms`` apart, then the ``finish_reason``), a last
 chunk with ``usage`` when ``stream_options.include_usage`` is true, then ``data: [DONE]``. Faults are drawn before
 the first byte as for plain requests; ``truncated`` ends a stream cleanly after half its events (no ``[DONE]``),
-``mid_stream_drop`` closes the connection after half of them (or half a plain body).
+``mid_stream_drop`` closes the connection after half of them (or half a plain body). Two faults send a 200 whose JSON
+parses but is wrong, as real endpoints sometimes do: ``malformed_usage`` (the recorded answer with token counts that
+are negative, not numbers, fractional or too large, or ``usage`` a string) and ``malformed_body`` (no text answer:
+``choices`` missing or empty, no ``message``, ``content`` null or a number; a stream: chunks without ``choices``).
 
 Used for offline demos, tests and load tests::
 
@@ -50,6 +53,8 @@ from profiling.rendering import estimate_tokens
 from router_core.embedding import prompt_hash
 
 __all__ = [
+    "MALFORMED_BODIES",
+    "MALFORMED_USAGES",
     "OK",
     "SPREAD_KINDS",
     "FaultKind",
@@ -75,6 +80,8 @@ class FaultKind(StrEnum):
     HANG = "hang"  # nothing for hang_seconds (or until the client gives up), then 504
     TRUNCATED = "truncated"  # 200 whose JSON body is cut in half (a stream: half its events, no [DONE])
     MID_STREAM_DROP = "mid_stream_drop"  # 200, half the body (or the stream's events), then the connection closes
+    MALFORMED_USAGE = "malformed_usage"  # 200 with the answer, its usage malformed (a stream: its usage chunk)
+    MALFORMED_BODY = "malformed_body"  # 200 with valid JSON holding no text answer (a stream: chunks without choices)
 
 
 #: The kinds :meth:`FaultRates.spread` spreads a total rate over.
@@ -106,6 +113,8 @@ class FaultRates:
     hang: float = 0.0
     truncated: float = 0.0
     mid_stream_drop: float = 0.0
+    malformed_usage: float = 0.0
+    malformed_body: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -117,8 +126,8 @@ class FaultRates:
 
     @classmethod
     def spread(cls, total_rate: float) -> FaultRates:
-        """``total_rate`` split evenly over the kinds of :data:`SPREAD_KINDS` (``mid_stream_drop``, added later, is
-        left out so that a seeded spread draws what it always drew; set it by name)."""
+        """``total_rate`` split evenly over the kinds of :data:`SPREAD_KINDS` (``mid_stream_drop`` and the malformed
+        kinds, added later, are left out so that a seeded spread draws what it always drew; set them by name)."""
         if not 0.0 <= total_rate <= 1.0:
             raise ValueError(f"fault_rate: {total_rate!r} is not in [0, 1]")
         return cls(**{kind.value: total_rate / len(SPREAD_KINDS) for kind in SPREAD_KINDS})
@@ -543,35 +552,78 @@ class _Replayer:
             "completion_tokens": completion_tokens,
             "total_tokens": chat.prompt_tokens + completion_tokens,
         }
+        # which malformation: drawn only with these faults, so other seeded runs draw what they always drew
+        draw = self._rng.randrange(1 << 30) if fault in (FaultKind.MALFORMED_USAGE, FaultKind.MALFORMED_BODY) else 0
+        if fault is FaultKind.MALFORMED_USAGE:
+            usage = _malformed_usage(usage, draw)
         if chat.stream:
+            if fault is FaultKind.MALFORMED_BODY:
+                chunk = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "model": model}
+                return _SSEResponse(
+                    [(b"data: " + json.dumps(chunk).encode() + b"\n\n", 0.0), (b"data: [DONE]\n\n", 0.0)]
+                )
             delay = self.config.stream_chunk_delay_ms / 1000.0
             events = _stream_events(model, answer, usage if chat.include_usage else None, delay)
             if fault in (FaultKind.TRUNCATED, FaultKind.MID_STREAM_DROP):
                 return _SSEResponse(events[: len(events) // 2], drop=fault is FaultKind.MID_STREAM_DROP)
             return _SSEResponse(events)
-        response = _json_response(
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": answer},
-                        "logprobs": None,
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage,
-            }
-        )
+        payload = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": usage,
+        }
+        if fault is FaultKind.MALFORMED_BODY:
+            payload = _malformed_body(payload, draw)
+        response = _json_response(payload)
         if fault is FaultKind.TRUNCATED:
             body = response.body[: len(response.body) // 2]
             return Response(body, status_code=200, media_type="application/json")
         if fault is FaultKind.MID_STREAM_DROP:
             return _DroppedResponse(response.body)
         return response
+
+
+#: What ``malformed_usage`` puts in place of the true counts (one drawn per answer).
+MALFORMED_USAGES: tuple[Any, ...] = (
+    {"prompt_tokens": -1},
+    {"prompt_tokens": "n/a"},
+    {"completion_tokens": -1},
+    {"completion_tokens": "n/a"},
+    {"prompt_tokens": 1.5},
+    {"completion_tokens": 2**40},
+    "n/a",
+)
+#: The bodies ``malformed_body`` sends: each parses as JSON, none holds a text answer (one drawn per answer).
+MALFORMED_BODIES = ("no_choices", "empty_choices", "no_message", "null_content", "number_content")
+
+
+def _malformed_usage(usage: dict[str, int], draw: int) -> Any:
+    variant = MALFORMED_USAGES[draw % len(MALFORMED_USAGES)]
+    return {**usage, **variant} if isinstance(variant, dict) else variant
+
+
+def _malformed_body(payload: dict[str, Any], draw: int) -> dict[str, Any]:
+    variant = MALFORMED_BODIES[draw % len(MALFORMED_BODIES)]
+    choice = payload["choices"][0]
+    if variant == "no_choices":
+        del payload["choices"]
+    elif variant == "empty_choices":
+        payload["choices"] = []
+    elif variant == "no_message":
+        del choice["message"]
+    else:
+        choice["message"]["content"] = None if variant == "null_content" else 42
+    return payload
 
 
 #: How many content pieces a streamed answer is split into (fewer for answers shorter than that).

@@ -121,6 +121,9 @@ class OnnxEncoder:
         self.tokenizer.no_padding()  # tokenizer.json may ask for fixed-length padding; one text needs none
         options = ort.SessionOptions()
         options.intra_op_num_threads = len(os.sched_getaffinity(0))
+        # Idle threads sleep rather than spin: spinning burnt the cores that concurrent calls (the gateway's
+        # batcher) and the event loop need; measured faster alone too, and the vectors are bit for bit the same.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 

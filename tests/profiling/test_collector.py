@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
 
 import polars as pl
 import pytest
@@ -16,12 +22,12 @@ FAST = RetryPolicy(max_attempts=8, base_delay_s=0.001, max_delay_s=0.01, timeout
 MODELS = ["cheap", "math-pro", "last"]
 
 
-def _catalog(base_url: str, api_key_env: str | None = None) -> pl.DataFrame:
+def _catalog(base_url: str, api_key_env: str | None = None, models: list[str] = MODELS) -> pl.DataFrame:
     return pl.DataFrame(
         {
-            "name": MODELS,
+            "name": models,
             "base_url": base_url,
-            "model_id": MODELS,
+            "model_id": models,
             "api_key_env": api_key_env,
             "usd_per_mtok_in": 1.0,
             "usd_per_mtok_out": 2.0,
@@ -124,42 +130,80 @@ def test_unknown_model_is_named(con):
         collect(con, models=["nope"], progress=False)
 
 
-def test_a_killed_collector_resumes_without_asking_stored_pairs_again(con, mmlu_like_dir, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
+#: Models of the fixture that answer every prompt (so every pair asked can be stored).
+COMPLETE = ["bio-pro", "cheap", "generalist", "history-pro", "math-pro"]
+ALL_SPLITS = ["train", "validation", "test"]
 
-    path = tmp_path / "w.duckdb"
-    with ReplayServer(mmlu_like_dir, ReplayConfig(latency_ms=30)) as server:
-        wh.upsert_llms(con, _catalog(server.base_url).with_columns(max_concurrency=pl.lit(2)))
+
+def _stored_pairs(path) -> set[tuple[str, str]]:
+    with wh.connect(path) as con:
+        stored = wh.read_responses(con).select("model", "prompt_id")
+    assert not stored.is_duplicated().any()
+    return set(stored.iter_rows())
+
+
+def _ok_counts(server: ReplayServer) -> Counter:
+    """Answers served (billed, for a real endpoint) per (model, prompt_id); logged when a request arrives, so those
+    in flight at a kill count too."""
+    return Counter(
+        {(r["model"], r["prompt_id"]): r["count"] for r in server.request_log.rows() if r["outcome"] == "ok"}
+    )
+
+
+def test_a_killed_collector_loses_at_most_two_seconds_of_answers_and_a_rerun_asks_only_the_rest(
+    con, mmlu_like_dir, tmp_path
+):
+    """SIGKILL ``uniroute collect`` (defaults: 512 answers or 2 s per write) at seeded points 3-4 s into answering
+    (a batch of 512 would not be full: the old behaviour stored nothing), then re-run to the end."""
+    path, flush_s = tmp_path / "w.duckdb", 2.0  # the collector's default flush interval
+    slack_s = 0.5  # for the write in progress and a timer firing late on 2 busy cores
+    latency_s, per_model = 0.2, 2  # 5 models x 2 / 0.2 s: about 50 answers/s, so a kill finds ~100 answers in 2 s
+    in_flight = len(COMPLETE) * per_model  # logged as paid when they arrived; never received by the killed run
+    rng = random.Random(14)
+    kill_after_s = [rng.uniform(3.0, 4.0) for _ in range(2)]
+    command = [sys.executable, "-m", "serving.cli", "collect", "--warehouse", str(path), "--quiet"]
+    command += ["--models", *COMPLETE, "--splits", *ALL_SPLITS]
+    with ReplayServer(mmlu_like_dir, ReplayConfig(latency_ms=latency_s * 1000)) as server:
+        catalog = _catalog(server.base_url, models=COMPLETE)
+        wh.upsert_llms(con, catalog.with_columns(max_concurrency=pl.lit(per_model)))
+        n_pairs = wh.pending_pairs(con, COMPLETE, ALL_SPLITS).height
         con.close()  # the collector process needs the file's write lock
-        cmd = [
-            sys.executable,
-            "-m",
-            "serving.cli",
-            "collect",
-            "--warehouse",
-            str(path),
-            "--batch-size",
-            "4",
-            "--quiet",
-        ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while server.request_log.totals().get("ok", 0) < 12 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        lost_total = 0
+        for seconds in kill_after_s:
+            stored_before, paid_before = _stored_pairs(path), _ok_counts(server)
+            with open(tmp_path / "collect.log", "w") as output:
+                proc = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+            try:
+                deadline, first_paid_at = time.monotonic() + 60, None
+                while first_paid_at is None or time.monotonic() < first_paid_at + seconds:
+                    assert proc.poll() is None, (tmp_path / "collect.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, "the collector asked nothing within 60 s"
+                    if first_paid_at is None and sum(_ok_counts(server).values()) > sum(paid_before.values()):
+                        first_paid_at = time.monotonic()
+                    time.sleep(0.02)
+            finally:
+                proc.kill()
+                proc.wait()
+            killed_at = time.monotonic()
+            paid = _ok_counts(server) - paid_before  # the process is dead: nothing more arrives
+            stored = _stored_pairs(path)
+            lost = set(paid) - stored
+            rate = sum(paid.values()) / (killed_at - first_paid_at)
+            allowed = math.ceil(rate * (flush_s + slack_s)) + in_flight
+            assert len(stored) > len(stored_before), "nothing was stored within the run's first seconds"
+            assert len(lost) <= allowed, f"{len(lost)} answers lost; {rate:.0f}/s allows {allowed}"
+            assert not set(paid) & stored_before  # no pair stored before this run was asked again
+            lost_total += len(lost)
+
+        stored_before, paid_before = _stored_pairs(path), _ok_counts(server)
         with wh.connect(path) as again:
-            before = wh.read_responses(again).select("model", "prompt_id")
-            collect(again, policy=FAST, progress=False)
-            after = wh.read_responses(again)
-        served = _served_counts(server)
-    assert 0 < before.height < after.height
-    assert not after.select("model", "prompt_id").is_duplicated().any()
-    asked_before = before.join(served, on=["model", "prompt_id"])
-    assert asked_before.height == before.height and (asked_before["count"] == 1).all()
+            wh.upsert_llms(again, catalog.with_columns(max_concurrency=pl.lit(16)))  # the rest, quickly
+            report = collect(again, COMPLETE, ALL_SPLITS, policy=FAST, progress=False)
+        paid = _ok_counts(server)
+    stored = _stored_pairs(path)
+    assert report.requested == n_pairs - len(stored_before) and report.stored == report.requested
+    assert len(stored) == n_pairs and not set(paid - paid_before) & stored_before  # asked only what was not stored
+    assert sum(paid.values()) == n_pairs + lost_total  # an answer paid twice only where the first was lost
 
 
 def test_requests_per_minute_spaces_request_starts(con, mmlu_like_dir):

@@ -172,3 +172,10 @@ def test_a_template_field_missing_from_a_row_is_named(con, tmp_path):
 def test_unknown_adapter_names_the_known_ones(con, tmp_path):
     with pytest.raises(PromptSetError, match=r"adapter='helm': unknown; known adapters: mmlu_pro, prompts"):
         import_dataset(con, tmp_path, "d", adapter="helm")
+
+
+def test_one_split_taking_every_share_gives_it_to_every_row():
+    from profiling.datasets import _assign_splits
+
+    rows = pl.DataFrame({"prompt_id": ["a", "b", "c"], "category": ["x", "y", "x"]})
+    assert _assign_splits(rows, {"validation": 1.0}, seed=0).to_list() == ["validation"] * 3  # not one value
