@@ -10,18 +10,29 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from profiling.replay_server import (
-    UVICORN_SETTINGS,
-    FaultKind,
-    FaultRates,
-    ReplayConfig,
-    ReplayData,
-    create_app,
-)
+# Only the standard library at module level: `uniroute --help` builds every parser, and the replay server, the
+# warehouse and the graders pull in polars, scikit-learn and the rest (seconds). Commands import what they run.
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "UNIROUTE_MMLU_PRO_DIR"
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
+#: The values of ``profiling.replay_server.FaultKind``, spelled out for --help without importing the server
+#: (a test keeps the two equal); ``--fault`` itself is checked against the enum.
+FAULT_KINDS = (
+    "rate_limited",
+    "server_error",
+    "unavailable",
+    "hang",
+    "truncated",
+    "mid_stream_drop",
+    "malformed_usage",
+    "malformed_body",
+)
+
+
+class CommandError(Exception):
+    """A user error of a command (a missing file, a bad option value): ``uniroute`` prints it as one line and
+    exits with code 2."""
 
 
 def default_data_dir() -> Path:
@@ -45,6 +56,8 @@ def _model_latency(text: str) -> tuple[str, float]:
 
 
 def _fault(text: str) -> tuple[str, float]:
+    from profiling.replay_server import FaultKind
+
     kind, rate = _key_value(text, "--fault")
     if kind not in set(FaultKind):
         raise argparse.ArgumentTypeError(f"--fault: unknown kind {kind!r}; one of {[k.value for k in FaultKind]}")
@@ -92,7 +105,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KIND=RATE",
-        help=f"rate of one fault kind, overriding its share of --fault-rate; kinds: {', '.join(FaultKind)}",
+        help=f"rate of one fault kind, overriding its share of --fault-rate; kinds: {', '.join(FAULT_KINDS)}",
     )
     replay.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default 0)")
     replay.add_argument(
@@ -320,9 +333,11 @@ def run_replay_server(args: argparse.Namespace) -> int:
     """Load the dataset, then serve until interrupted (SIGINT/SIGTERM)."""
     import uvicorn
 
+    from profiling.replay_server import UVICORN_SETTINGS, FaultRates, ReplayConfig, ReplayData, create_app
+
     data_dir: Path = args.data or default_data_dir()
     if not data_dir.exists():
-        raise SystemExit(f"replay-server: no data at {data_dir}; pass --data PATH or set {DATA_DIR_ENV}")
+        raise CommandError(f"no data at {data_dir}; pass --data PATH or set {DATA_DIR_ENV}")
     try:
         faults = FaultRates(**{**vars(FaultRates.spread(args.fault_rate)), **dict(args.fault)})
         config = ReplayConfig(
@@ -337,7 +352,7 @@ def run_replay_server(args: argparse.Namespace) -> int:
         data = ReplayData.from_dataset(data_dir, args.adapter, args.dataset, args.responses)
         app = create_app(data, config)
     except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"replay-server: {exc}") from None
+        raise CommandError(str(exc)) from exc
     print(
         f"replay-server: {data.n_responses} responses of {len(data.models)} models to {data.n_prompts} prompts "
         f"from {data_dir} loaded in {time.perf_counter() - started:.1f} s",

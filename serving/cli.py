@@ -2,24 +2,59 @@
 grade) and serving commands (route, models, add-model, serve).
 
 The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
-file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); the catalog is ``$UNIROUTE_CATALOG`` or
-``llms.yaml``.
+file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); a sqlite registry that does not exist is an
+error, never created. The catalog is ``$UNIROUTE_CATALOG`` or ``llms.yaml``. A user error is one line on stderr
+and exit code 2; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 import profiling.cli
+from profiling.cli import CommandError
+
+# Only the standard library here and in profiling.cli: `uniroute --help` must not wait for mlflow, polars or
+# torch (seconds); each command imports what it runs.
 
 DEFAULT_MODEL_URI = "models:/uniroute@champion"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is one ``--help`` away) and exit code 2."""
+
+    commands: dict[str, argparse.ArgumentParser]  # the subcommands' parsers, by name (set by build_parser)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _finite(text: str) -> float:
+    """A budget or cost weight: a finite number (float() also takes nan and inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isfinite(value):
+        return value
+    raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+
+
+def _candidates(text: str) -> list[str]:
+    """``--candidates a,b``: the names, blanks dropped."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated LLM names, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="uniroute", description=__doc__)
+    parser = _Parser(prog="uniroute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     profiling.cli.add_commands(commands)
 
@@ -28,13 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (see above)")
         return sub
 
-    route = with_registry(commands.add_parser("route", help="which LLM the router picks for a prompt, and why"))
-    route.add_argument("prompt", nargs="+", help="one or more prompts")
+    route = with_registry(
+        commands.add_parser(
+            "route",
+            help="which LLM the router picks for a prompt, and why",
+            description="Route PROMPT (or each --prompt) and print the choice and every candidate's predicted "
+            'error and cost, e.g. uniroute route "What is 2 + 2?" --candidates cheap,generalist',
+        )
+    )
+    route.add_argument("prompt", nargs="?", default=None, help="the prompt; - reads it from stdin")
+    route.add_argument(
+        "--prompt", dest="prompts", action="append", default=[], metavar="TEXT", help="another prompt; repeatable"
+    )
     budget = route.add_mutually_exclusive_group()
-    budget.add_argument("--cost-weight", type=float, default=None, help="lambda: error + lambda * cost (USD)")
-    budget.add_argument("--max-cost", type=float, default=None, help="budget in USD per query")
-    budget.add_argument("--min-accuracy", type=float, default=None, help="accuracy to reach, at least cost")
-    route.add_argument("--candidates", nargs="+", default=None, help="route among these LLMs only")
+    budget.add_argument("--cost-weight", type=_finite, default=None, help="lambda: error + lambda * cost (USD)")
+    budget.add_argument("--max-cost", type=_finite, default=None, help="budget in USD per query")
+    budget.add_argument("--min-accuracy", type=_finite, default=None, help="accuracy to reach, at least cost")
+    route.add_argument(
+        "--candidates",
+        type=_candidates,
+        action="extend",
+        default=None,
+        metavar="A,B",
+        help="route among these LLMs only (comma-separated; repeatable)",
+    )
     route.set_defaults(run=_route)
 
     models = with_registry(commands.add_parser("models", help="the router's pool: cost and Psi per LLM"))
@@ -83,11 +135,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--ledger", type=Path, default=None, help="keys' spend and rate counters (default <warehouse dir>/gateway/)"
     )
     serve.set_defaults(run=_serve)
+    for sub in commands.choices.values():  # `uniroute route ... --debug` works too
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.commands = commands.choices
     return parser
 
 
 def _catalog_path(path: Path | None) -> Path:
     return path or Path(os.environ.get("UNIROUTE_CATALOG", "llms.yaml"))
+
+
+def _tracking_uri(args: argparse.Namespace) -> str:
+    """``--tracking-uri``, else the default registry; a sqlite registry must already exist (see
+    :func:`_check_registry`)."""
+    from serving import registry
+
+    uri = args.tracking_uri or registry.default_tracking_uri()
+    _check_registry(uri)
+    return uri
+
+
+def _check_registry(uri: str) -> None:
+    """Refuse a ``sqlite:///PATH`` registry whose file is missing or holds no MLflow registry: MLflow would create
+    an empty registry there, so a typo or a moved file would read as "no model" and leave a stray database."""
+    import contextlib
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return  # a server, a file store: MLflow's own errors say what is wrong
+    path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
+    if str(path) in ("", ":memory:"):
+        return
+    hint = "pass --tracking-uri or set MLFLOW_TRACKING_URI (the pipeline or `make demo` creates the registry)"
+    if not path.is_file():
+        problem = "not a file" if path.exists() else "no such file"
+        raise CommandError(f"MLflow registry {path}: {problem} (tracking URI {uri}); {hint}")
+    try:  # read-only: looking must not change the file
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise CommandError(f"{path} ({uri}) is not an MLflow registry: {exc}; {hint}") from exc
+    if "registered_models" not in tables:
+        raise CommandError(f"{path} ({uri}) is not an MLflow registry: it has no registered_models table; {hint}")
 
 
 def _load(args: argparse.Namespace):
@@ -96,17 +185,27 @@ def _load(args: argparse.Namespace):
 
     from serving import registry
 
-    registry.configure(args.tracking_uri or registry.default_tracking_uri())
+    registry.configure(_tracking_uri(args))
     try:
         return mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
     except mlflow.exceptions.MlflowException as exc:
         message = str(exc).splitlines()[0]
-        raise SystemExit(f"{args.model_uri}: {message} (registry {mlflow.get_tracking_uri()})") from None
+        raise CommandError(f"{args.model_uri}: {message} (registry {mlflow.get_tracking_uri()})") from exc
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """PROMPT (``-``: all of stdin, one prompt), then each ``--prompt``."""
+    first = [] if args.prompt is None else [sys.stdin.read().rstrip("\n") if args.prompt == "-" else args.prompt]
+    prompts = first + args.prompts
+    if not prompts:
+        raise CommandError("no prompt: give PROMPT, --prompt TEXT (repeatable) or - to read it from stdin")
+    return prompts
 
 
 def _route(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    prompts = _prompts(args)
     model = _load(args)
     params = {
         "cost_weight": args.cost_weight,
@@ -115,13 +214,11 @@ def _route(args: argparse.Namespace) -> int:
         "candidates": args.candidates,
     }
     try:
-        out = model.predict(
-            None, pd.DataFrame({"prompt": args.prompt}), {k: v for k, v in params.items() if v is not None}
-        )
-    except ValueError as exc:
-        raise SystemExit(f"route: {exc}") from None
-    for prompt, row in zip(args.prompt, out.itertuples(), strict=True):
-        print(f"{row.llm}\t(cost_weight {row.cost_weight:.4g})\t{prompt[:60]}")
+        out = model.predict(None, pd.DataFrame({"prompt": prompts}), {k: v for k, v in params.items() if v is not None})
+    except ValueError as exc:  # a bad budget, an unknown candidate, an empty prompt: each named with its value
+        raise CommandError(str(exc)) from exc
+    for prompt, row in zip(prompts, out.itertuples(), strict=True):
+        print(f"{row.llm}\t(cost_weight {row.cost_weight:.4g})\t{' '.join(prompt.split())[:60]}")
         ranked = sorted(row.predicted_error, key=row.predicted_error.get)
         for name in ranked:
             marker = "*" if name == row.llm else " "
@@ -132,14 +229,19 @@ def _route(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     model = _load(args)
     router = model.router
-    print(f"{args.model_uri}: {len(router.llms_)} LLMs, {router.psi_.shape[1]} clusters")
-    print(f"  {'llm':<32}{'cost/query':>12}{'mean Psi':>10}{'best cluster':>14}{'worst cluster':>15}")
+    print(
+        f"{args.model_uri}: {len(router.llms_)} LLMs, {router.psi_.shape[1]} prompt clusters; Psi is an LLM's error "
+        "rate on a cluster's validation prompts (0: always right, 1: always wrong)"
+    )
+    print(
+        f"  {'llm':<32}{'USD/query':>12}{'mean error (Psi)':>18}{'best cluster (Psi)':>20}{'worst cluster (Psi)':>21}"
+    )
     order = sorted(range(len(router.llms_)), key=lambda j: router.costs_[j])
     for j in order:
         psi = router.psi_[j]
         print(
-            f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{psi.mean():>10.3f}"
-            f"{f'{psi.argmin()} ({psi.min():.2f})':>14}{f'{psi.argmax()} ({psi.max():.2f})':>15}"
+            f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{psi.mean():>18.3f}"
+            f"{f'{psi.argmin()} ({psi.min():.2f})':>20}{f'{psi.argmax()} ({psi.max():.2f})':>21}"
         )
     return 0
 
@@ -158,34 +260,40 @@ def _add_model(args: argparse.Namespace) -> int:
         "max_concurrency": args.max_concurrency,
         "requests_per_minute": args.requests_per_minute,
     }
-    try:
-        catalog = wh.add_to_catalog(path, entry)
-    except wh.CatalogError as exc:
-        print(f"add-model: {exc}", file=sys.stderr)
-        return 2
+    catalog = wh.add_to_catalog(path, entry)  # a CatalogError is a user error (main prints it, exit code 2)
     print(f"{path}: {args.name} added ({catalog.height} LLMs); the onboarding sensor profiles it on its next tick")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import sqlite3
+
     import uvicorn
 
+    import warehouse as wh
     from serving import registry
     from serving.gateway import CONFIG_ENV, Gateway, GatewayConfig, create_app, open_ledger
     from serving.keys import KeyStore
     from serving.metrics import MULTIPROC_ENV, clear_multiprocess_dir
     from serving.middleware import check_bind
 
-    catalog = _catalog_path(args.catalog)
-    if not catalog.exists():
-        raise SystemExit(f"serve: no catalog at {catalog}; pass --catalog or set UNIROUTE_CATALOG")
     if args.workers < 1:
-        print(f"uniroute serve: --workers {args.workers}: expected at least 1", file=sys.stderr)
-        return 2
+        raise CommandError(f"--workers {args.workers}: expected at least 1")
+    name, _, alias = args.model_uri.removeprefix("models:/").partition("@")
+    if not (args.model_uri.startswith("models:/") and name and alias):
+        raise CommandError(f"--model-uri {args.model_uri!r}: expected models:/<name>@<alias>, e.g. {DEFAULT_MODEL_URI}")
+    catalog = _catalog_path(args.catalog)
+    if not catalog.is_file():
+        raise CommandError(f"no catalog at {catalog}; pass --catalog or set UNIROUTE_CATALOG")
+    wh.load_catalog(catalog)  # a bad catalog fails here, in one line, rather than in the server's start-up
+    try:
+        notice = check_bind(args.host, KeyStore.load(args.keys_file), args.allow_unauthenticated)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
     config = GatewayConfig(
         catalog_path=str(catalog.resolve()),
         model_uri=args.model_uri,
-        tracking_uri=args.tracking_uri or registry.default_tracking_uri(),
+        tracking_uri=_tracking_uri(args),
         keys_file=str(args.keys_file.resolve()) if args.keys_file else None,
         reload_interval_s=args.reload_interval,
         embed_batch=args.embed_batch,
@@ -197,11 +305,9 @@ def _serve(args: argparse.Namespace) -> int:
         ledger_path=str(args.ledger.resolve()) if args.ledger else None,
     )
     try:
-        notice = check_bind(args.host, KeyStore.load(args.keys_file), args.allow_unauthenticated)
         open_ledger(config)  # an unwritable ledger is an error now, not at the first request
-    except (ValueError, OSError) as exc:
-        print(f"uniroute serve: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, sqlite3.Error) as exc:
+        raise CommandError(str(exc)) from exc
     if notice:
         print(f"uniroute serve: {notice}", file=sys.stderr)
     options = {"host": args.host, "port": args.port, "log_config": _log_config(), "access_log": False}
@@ -229,23 +335,68 @@ def _log_config() -> dict:
     return config
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the input's fault: each names the field and value, so one line says it all."""
-    from profiling.datasets import PromptSetError
-    from profiling.results import ResultsError
-    from warehouse import CatalogError, WarehouseInputError
+#: Errors that are the input's fault, by module: each names the field and value (or the file), so one line says it
+#: all. Looked up only in modules already imported (one that was not cannot have raised), so nothing is imported
+#: to report an error.
+USER_ERRORS = (
+    ("profiling.cli", "CommandError"),
+    ("profiling.datasets", "PromptSetError"),
+    ("profiling.results", "ResultsError"),
+    ("warehouse.catalog", "CatalogError"),
+    ("warehouse.store", "WarehouseInputError"),
+    ("warehouse.db", "SchemaError"),  # a warehouse written by a newer uniroute
+    ("router_core._errors", "RouterInputError"),
+    ("mlflow.exceptions", "MlflowException"),  # e.g. an unknown alias or model
+    ("duckdb", "IOException"),  # the warehouse cannot be opened: locked by another process, not a DuckDB file
+)
 
-    return PromptSetError, ResultsError, CatalogError, WarehouseInputError
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):  # a missing or unreadable file, a directory that cannot be created
+        return True
+    loaded = (getattr(sys.modules.get(module), name, None) for module, name in USER_ERRORS)
+    return isinstance(exc, tuple(cls for cls in loaded if isinstance(cls, type)))
+
+
+def _one_line(message: str) -> str:
+    """A multi-line message (a catalog's list of problems) joined into one line."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return "".join(
+        line if i == 0 else (" " if lines[i - 1].endswith(":") else "; ") + line for i, line in enumerate(lines)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``uniroute``: a user error is a message on stderr and exit code 2, not a traceback."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``uniroute``: a user error is one line on stderr and exit code 2; an unexpected error is one
+    line and exit code 1. ``--debug`` raises either instead, traceback included."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # named by the command's own parser, with a hint for the old `--candidates a b` spelling
+        hint = (
+            "; --candidates takes one comma-separated list: --candidates a,b"
+            if getattr(args, "candidates", None)
+            else ""
+        )
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
         return args.run(args)
-    except _user_errors() as exc:
-        print(f"uniroute {args.command}: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"uniroute {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if _is_user_error(exc):
+            print(f"uniroute {args.command}: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(
+            f"uniroute {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)} "
+            "(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
-"""`uniroute route`, `uniroute models` and `uniroute add-model` as a user types them."""
+"""`uniroute route`, `uniroute models`, `uniroute add-model` and `uniroute serve`'s checks as a user types them:
+one-line errors with exit code 2 (tracebacks only with --debug), a sqlite registry never created by looking."""
 
 from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
 
 import pytest
 
 import warehouse as wh
 from serving.cli import main
+from serving.processes import venv_env
 
 CATALOG = """# our LLMs (this comment must survive add-model)
 defaults: {base_url: 'http://127.0.0.1:9/v1'}
@@ -25,19 +32,215 @@ def test_route_prints_the_choice_and_every_candidate(registry_uri, capsys, price
     starred = [line for line in lines[1:] if line.strip().startswith("*")]
     assert len(lines) == 1 + len(prices) and len(starred) == 1 and chosen in starred[0]
     assert main(["route", "anything", "--max-cost", "1000", "--tracking-uri", registry_uri]) == 0
-    with pytest.raises(SystemExit, match="candidates"):
-        main(["route", "anything", "--candidates", "gpt-99", "--tracking-uri", registry_uri])
+    capsys.readouterr()
+    assert main(["route", "anything", "--candidates", "gpt-99", "--tracking-uri", registry_uri]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniroute route: ") and "gpt-99" in err and len(err.splitlines()) == 1
+
+
+def _chosen_and_ranked(out: str) -> list[tuple[str, str, list[str]]]:
+    """(chosen LLM, prompt shown, candidates listed) per routed prompt of `uniroute route`'s output."""
+    routed = []
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            llm, _, prompt = line.split("\t")
+            routed.append((llm, prompt, []))
+        else:
+            routed[-1][2].append(line.strip().removeprefix("*").split()[0])
+    return routed
+
+
+def test_route_candidates_never_swallow_the_prompt(registry_uri, capsys):
+    uri = ["--tracking-uri", registry_uri]
+    assert main(["route", "--candidates", "cheap,generalist", "What is 7 * 6?", *uri]) == 0
+    [(llm, prompt, listed)] = _chosen_and_ranked(capsys.readouterr().out)
+    assert prompt == "What is 7 * 6?" and sorted(listed) == ["cheap", "generalist"] and llm in listed
+    assert main(["route", "Name a prime.", "--candidates", "cheap", "--candidates", "math-pro", *uri]) == 0
+    [(_, prompt, listed)] = _chosen_and_ranked(capsys.readouterr().out)
+    assert prompt == "Name a prime." and sorted(listed) == ["cheap", "math-pro"]
+
+    # the old spelling: one prompt and two names were three words; now it is refused, naming the stray word
+    with pytest.raises(SystemExit) as refused:
+        main(["route", "--candidates", "cheap", "generalist", "What is 7 * 6?", *uri])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniroute route: unrecognized arguments: What is 7 * 6?") and "--candidates a,b" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_route_takes_more_prompts_by_flag_and_one_from_stdin(registry_uri, capsys, monkeypatch):
+    uri = ["--tracking-uri", registry_uri]
+    assert main(["route", "first?", "--prompt", "second?", "--prompt", "third?", *uri]) == 0
+    assert [prompt for _, prompt, _ in _chosen_and_ranked(capsys.readouterr().out)] == ["first?", "second?", "third?"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("A question\nover two lines?\n"))
+    assert main(["route", "-", "--candidates", "cheap,math-pro", *uri]) == 0
+    [(_, prompt, listed)] = _chosen_and_ranked(capsys.readouterr().out)
+    assert prompt == "A question over two lines?" and sorted(listed) == ["cheap", "math-pro"]
+    assert main(["route", *uri]) == 2
+    assert "no prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--max-cost", "-1"], "-1"),
+        (["--min-accuracy", "1.5"], "1.5"),
+        (["--model-uri", "models:/uniroute@nope"], "nope"),
+        (["--model-uri", "models:/elsewhere@champion"], "elsewhere"),
+        # refused by the parser (argparse's SystemExit(2)), before anything is loaded
+        (["--max-cost", "nan"], "'nan'"),
+        (["--cost-weight", "inf"], "'inf'"),
+        (["--min-accuracy", "most"], "'most'"),
+        (["--max-cost", "0.001", "--min-accuracy", "0.5"], "not allowed with"),
+        (["--candidates", ","], "comma-separated"),
+    ],
+)
+def test_route_user_errors_are_one_line_and_exit_2(registry_uri, capsys, args, named):
+    try:
+        code = main(["route", "What is 2 + 2?", "--tracking-uri", registry_uri, *args])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniroute route") and named in err and len(err.splitlines()) == 1, err
 
 
 def test_models_lists_the_pool_cheapest_first(registry_uri, capsys, prices):
     assert main(["models", "--tracking-uri", registry_uri]) == 0
-    rows = capsys.readouterr().out.splitlines()[2:]
+    lines = capsys.readouterr().out.splitlines()
+    assert "error rate" in lines[0] and "mean error (Psi)" in lines[1]
+    rows = lines[2:]
     assert [row.split()[0] for row in rows] == sorted(prices, key=prices.get)
+    assert all(0 <= float(row.split()[2]) <= 1 for row in rows)
 
 
-def test_a_missing_registry_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="uniroute@champion"):
-        main(["models", "--tracking-uri", f"sqlite:///{tmp_path / 'empty.db'}"])
+def _registry_commands(uri: str, catalog) -> list[list[str]]:
+    """Every command that reads the registry, pointed at ``uri`` (None: the default)."""
+    flag = ["--tracking-uri", uri] if uri else []
+    return [
+        ["models", *flag],
+        ["route", "What is 2 + 2?", *flag],
+        ["serve", "--catalog", str(catalog), "--port", "9", *flag],
+    ]
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    path = tmp_path / "llms.yaml"
+    path.write_text(CATALOG)
+    return path
+
+
+@pytest.mark.parametrize("where", ["missing_dir", "missing_file", "empty_file", "not_sqlite", "other_sqlite"])
+def test_a_missing_or_foreign_registry_is_an_error_naming_it_and_stays_as_it_was(tmp_path, capsys, catalog, where):
+    import sqlite3
+
+    path = tmp_path / ("nope/mlflow.db" if where == "missing_dir" else "mlflow.db")
+    if where == "empty_file":
+        path.touch()
+    elif where == "not_sqlite":
+        path.write_text("moved elsewhere\n")
+    elif where == "other_sqlite":
+        with sqlite3.connect(path) as con:
+            con.execute("CREATE TABLE t (x)")
+    before = path.read_bytes() if path.exists() else None
+    for argv in _registry_commands(f"sqlite:///{path}", catalog):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"uniroute {argv[0]}: ") and str(path) in err and len(err.splitlines()) == 1, err
+        assert (path.read_bytes() if path.exists() else None) == before  # not created, not migrated
+    assert not (tmp_path / "nope").exists()
+
+
+def test_the_default_registry_missing_is_an_error_naming_its_path(tmp_path, capsys, monkeypatch, catalog):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "home" / "warehouse.duckdb"))
+    for argv in _registry_commands(None, catalog):
+        assert main(argv) == 2, argv
+        assert str(tmp_path / "home" / "mlflow" / "mlflow.db") in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()
+
+
+def test_serve_refuses_a_bad_catalog_or_model_uri_in_one_line(registry_uri, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "llms:\n  - {name: a, base_url: 'http://127.0.0.1:9/v1', usd_per_mtok_in: .inf, usd_per_mtok_out: 1}\n"
+    )
+    serve = ["serve", "--port", "9", "--tracking-uri", registry_uri]
+    for args, named in [
+        (["--catalog", str(bad)], "usd_per_mtok_in"),
+        (["--catalog", str(tmp_path / "absent.yaml")], "absent.yaml"),
+        (["--catalog", str(bad), "--workers", "0"], "--workers 0"),
+        (["--catalog", str(bad), "--model-uri", "uniroute"], "models:/<name>@<alias>"),
+    ]:
+        assert main([*serve, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("uniroute serve: ") and named in err and len(err.splitlines()) == 1, err
+
+
+def _uniroute(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``uniroute ARGV`` as its own process, as a user runs it."""
+    command = [sys.executable, "-m", "serving.cli", *argv]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, env=venv_env(), timeout=300)
+
+
+def test_a_user_error_is_one_line_and_exit_2_in_a_real_process_and_debug_shows_the_traceback(tmp_path):
+    missing = tmp_path / "moved" / "mlflow.db"
+    done = _uniroute("models", "--tracking-uri", f"sqlite:///{missing}")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"uniroute models: MLflow registry {missing}: no such file")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    for debug in (["--debug", "models"], ["models", "--debug"]):
+        done = _uniroute(*debug, "--tracking-uri", f"sqlite:///{missing}")
+        assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr
+        assert done.stderr.rstrip().splitlines()[-1].startswith("profiling.cli.CommandError: MLflow registry")
+    assert not missing.parent.exists()
+
+    done = _uniroute("route", "x", "--max-cost", "cheap")  # argparse's own errors: one line too, exit 2
+    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+        "uniroute route: argument --max-cost: expected a finite number, got 'cheap' (see uniroute route --help)"
+    ]
+
+
+#: Modules that take seconds to import: `--help` must need none of them.
+HEAVY = {
+    "mlflow", "dagster", "torch", "sentence_transformers", "onnxruntime", "polars", "pandas", "numpy", "scipy",
+    "sklearn", "pyarrow", "duckdb", "uvicorn", "starlette", "httpx", "router_core", "warehouse",
+}  # fmt: skip
+
+COMMANDS = [
+    "replay-server", "sync-catalog", "import-prompts", "import-mmlu-pro", "import-results", "datasets", "graders",
+    "collect", "grade", "route", "models", "add-model", "serve",
+]  # fmt: skip
+
+HELP_EVERYWHERE = f"""
+import contextlib, io, json, sys
+from serving.cli import build_parser
+for argv in [["--help"]] + [[name, "--help"] for name in {COMMANDS!r}]:
+    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
+        build_parser().parse_args(argv)
+    assert "usage: uniroute" in out.getvalue(), argv
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_an_unknown_alias_is_one_line_and_exit_2_in_a_real_process(registry_uri):
+    done = _uniroute("models", "--model-uri", "models:/uniroute@nope", "--tracking-uri", registry_uri)
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("uniroute models: models:/uniroute@nope: ") and registry_uri in line
+
+
+def test_help_imports_nothing_heavy():
+    """`uniroute --help` (and every command's) in well under a second: modules, not seconds, so a busy machine
+    cannot make this flaky."""
+    done = subprocess.run([sys.executable, "-c", HELP_EVERYWHERE], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(done.stdout))
+    assert {name.split(".")[0] for name in loaded} & HEAVY == set()
+    assert not loaded & {"serving.registry", "serving.gateway", "profiling.replay_server", "profiling.collector"}
+    assert "serving.cli" in loaded and "profiling.cli" in loaded
+    help_text = _uniroute("--help")
+    assert help_text.returncode == 0 and "route" in help_text.stdout and "--debug" in help_text.stdout
 
 
 def test_add_model_appends_validates_and_keeps_the_file_on_error(tmp_path, capsys):
@@ -69,6 +272,7 @@ def test_add_model_appends_validates_and_keeps_the_file_on_error(tmp_path, capsy
     )
     err = capsys.readouterr().err
     assert "'gpt-x'" in err and "duplicate name" in err and "usd_per_mtok_in" in err
+    assert [line.split(":")[0] for line in err.splitlines()] == ["uniroute add-model"] * 2  # one line each
     assert path.read_text() == text  # a refused entry leaves the catalog as it was
     assert not list(tmp_path.glob(".new-*"))
 
