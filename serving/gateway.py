@@ -145,6 +145,7 @@ class _Call:
     router_version: str
     started: float
     endpoints: dict[str, dict]
+    expected_cost: dict[str, float]  # the router's cost per query of each LLM, for answers without token counts
     ranked: dict | None = None
     order: list[str] = field(default_factory=list)
 
@@ -252,7 +253,7 @@ class Gateway:
         router = self.router  # this request finishes on this version even if a reload swaps it meanwhile
         if router is None:
             return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
-        call = _Call(request, chat, policy, router.version, started, self.endpoints)
+        call = _Call(request, chat, policy, router.version, started, self.endpoints, router.costs)
         pool = self._pool(router, call.endpoints, policy)
         if chat.routed:
             await self._route(call, router, pool)
@@ -322,8 +323,8 @@ class Gateway:
         cost = None
         if result.llm is not None:
             cost = realised_cost(call.endpoints[result.llm], result.usage)
-            if cost is None and call.ranked:  # tokens not reported: the router's expected cost per query
-                cost = call.ranked["cost"].get(result.llm)
+            if cost is None:  # tokens not reported (or malformed): the router's expected cost per query
+                cost = call.expected_cost.get(result.llm)
             if cost is not None:
                 self.keys.record_spend(call.policy.key_id, cost)
                 self.metrics.observe_cost(result.llm, call.policy.key_id, cost)

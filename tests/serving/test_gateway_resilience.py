@@ -120,3 +120,21 @@ def test_an_upstream_429_everywhere_reaches_the_client_with_retry_after(registry
     error = answer.json()["error"]
     assert answer.status_code == 429 and answer.headers["Retry-After"] == "7"
     assert error["code"] == "rate_limit_exceeded" and "injected" not in error["message"]  # not the upstream's body
+
+
+def test_an_answer_without_usable_token_counts_is_charged_the_routers_expected_cost(
+    registry_uri, tmp_path, mmlu_like_dir, prices
+):
+    secret = "eve-secret-0123456789abcdef"
+    headers = {"Authorization": f"Bearer {secret}"}
+    with ReplayServer(mmlu_like_dir, ReplayConfig(faults=FaultRates(malformed_usage=1.0))) as replay:
+        catalog = tmp_path / "llms.yaml"
+        write_gateway_catalog(catalog, replay.base_url, prices)
+        env = {"UNIROUTE_GATEWAY_KEYS": f"eve:{secret}:0.05:"}
+        with gateway_process(tmp_path, catalog, registry_uri, env=env) as url:
+            body = {"model": "cheap", "messages": [{"role": "user", "content": _prompts(mmlu_like_dir, 1)[0]}]}
+            first = requests.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+            second = requests.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=30)
+    assert first.status_code == 200 and first.json()["uniroute"]["cost_usd"] == prices["cheap"]  # the router's cost
+    assert second.status_code == 429 and second.json()["error"]["code"] == "insufficient_quota"
+    assert read_decisions(tmp_path / "decisions")["realised_cost_usd"].to_list() == [prices["cheap"]]
