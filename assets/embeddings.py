@@ -7,6 +7,7 @@ import dagster as dg
 
 import warehouse as wh
 from assets import automation
+from assets.metadata import fingerprint
 from assets.profiling import prompt_set
 from assets.resources import EmbedderResource, WarehouseResource
 
@@ -39,5 +40,8 @@ def prompt_embeddings(
             "embedded_now": todo.height,
             "vectors": total,
             "seconds": time.perf_counter() - started,
-        }
+        },
+        # an embedder's vectors only grow (one per text, never rewritten), so their count identifies them: a run
+        # that embedded nothing keeps the version, and the cluster map downstream stays in sync
+        data_version=dg.DataVersion(fingerprint(embedder_id, total)),
     )

@@ -2,7 +2,8 @@
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 
-import os
+import json
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import dagster as dg
 import duckdb
 
 import warehouse as wh
-from assets.expectations import COVERAGE_FLOOR, CheckOutcome, check_grades, check_responses
+from assets.expectations import (
+    COVERAGE_FLOOR,
+    GRADE_PROPERTIES,
+    RESPONSE_PROPERTIES,
+    PropertyOutcome,
+    all_blocking_passed,
+    check_grades,
+    check_responses,
+)
 from assets.resources import CollectorResource, WarehouseResource
 from profiling.collector import catalog_completer, collect
 from profiling.datasets import detect_adapter, import_dataset
@@ -22,13 +31,8 @@ GROUP = "profiling"
 llm_partitions = dg.DynamicPartitionsDefinition(name="llm")
 
 
-def default_catalog_path() -> str:
-    """``$UNIROUTE_CATALOG``, else ``llms.yaml`` in the working directory."""
-    return os.environ.get("UNIROUTE_CATALOG", "llms.yaml")
-
-
 class CatalogConfig(dg.Config):
-    """Where the user-edited catalog lives (default :func:`default_catalog_path`)."""
+    """Where the user-edited catalog lives (default: the warehouse resource's ``catalog_path``)."""
 
     path: str = ""
 
@@ -62,7 +66,7 @@ class ResultsConfig(dg.Config):
     format: str = "auto"
     model: str | None = None  # lm-eval samples without a results_*.json beside them
     score_field: str | None = None
-    catalog: str = ""  # where new LLMs are appended as import-only entries; default the catalog's path
+    catalog: str = ""  # where new LLMs are appended as import-only entries; default the warehouse resource's
 
 
 class ProfilingConfig(dg.Config):
@@ -90,16 +94,63 @@ class GradingConfig(dg.Config):
     coverage_floor: float = COVERAGE_FLOOR
 
 
-def _check_result(
-    con: duckdb.DuckDBPyConnection, model: str, name: str, outcome: CheckOutcome, rows: int, n_validation: int
-) -> dg.AssetCheckResult:
-    """Record the outcome in the warehouse (routers skip failing LLMs) and report it to Dagster."""
-    wh.record_check(con, model, name, outcome.passed, outcome.details())
-    return dg.AssetCheckResult(
-        check_name=name,
-        passed=outcome.passed,
-        metadata={"coverage": rows / max(n_validation, 1), "failed_expectations": outcome.details()},
-    )
+#: The warehouse's record of each LLM's blocking checks, one row per LLM and asset, which features and routers
+#: read (an LLM whose record fails is left out); the names predate the per-property checks and are kept so that
+#: a warehouse's earlier rows are overwritten, never left behind.
+WAREHOUSE_RECORD = {"llm_responses": "check_llm_responses_valid", "graded_responses": "check_graded_responses_valid"}
+
+CHECK_DESCRIPTIONS = {
+    "schema": "Columns and their types as the pipeline reads them; one row per prompt.",
+    "coverage": "Share of the validation prompts answered, against a floor (default 98%, run config coverage_floor).",
+    "empty_responses": "At most 1% of collected answers without text.",
+    "token_counts": "Every collected answer reports prompt and completion tokens > 0 (its cost is priced from them).",
+    "score_range": "Every validation answer has a score, in [0, 1].",
+}
+
+
+def check_specs(asset: str, properties: dict[str, bool]) -> list[dg.AssetCheckSpec]:
+    """One check per property of ``asset``, per LLM partition; blocking ones (ERROR) stop grading, features and
+    routers for that LLM, the others warn."""
+    with warnings.catch_warnings():  # partitioned checks (a preview): the UI shows each LLM's own status
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                f"check_{asset}_{prop}",
+                asset=asset,
+                blocking=blocking,
+                partitions_def=llm_partitions,
+                description=CHECK_DESCRIPTIONS[prop] + (" Blocks (ERROR)." if blocking else " Warns."),
+            )
+            for prop, blocking in properties.items()
+        ]
+
+
+def _check_results(
+    con: duckdb.DuckDBPyConnection, model: str, asset: str, outcomes: dict[str, PropertyOutcome]
+) -> list[dg.AssetCheckResult]:
+    """Record whether the blocking checks pass in the warehouse (routers skip failing LLMs) and report each
+    property to Dagster, naming the LLM."""
+    failed = {
+        f"check_{asset}_{o.prop}": {"message": o.message, "failures": o.failures}
+        for o in outcomes.values()
+        if o.blocking and not o.passed
+    }
+    wh.record_check(con, model, WAREHOUSE_RECORD[asset], all_blocking_passed(outcomes), json.dumps(failed, default=str))
+    return [
+        dg.AssetCheckResult(
+            check_name=f"check_{asset}_{o.prop}",
+            passed=o.passed,
+            severity=dg.AssetCheckSeverity.ERROR if o.blocking else dg.AssetCheckSeverity.WARN,
+            description=f"{model}: {o.message}",
+            metadata={
+                "llm": model,
+                "summary": o.message,
+                **o.numbers,
+                **({"failed_expectations": dg.MetadataValue.json(o.failures)} if o.failures else {}),
+            },
+        )
+        for o in outcomes.values()
+    ]
 
 
 def _register_partitions(context: dg.AssetExecutionContext, names: list[str]) -> list[str]:
@@ -117,7 +168,7 @@ def llm_catalog(
     """The catalog of LLMs (endpoint, prices, concurrency), validated from ``llms.yaml``; each active LLM has a
     partition of the per-LLM assets."""
     with warehouse.connect() as con:
-        catalog = wh.sync_catalog(con, config.path or default_catalog_path())
+        catalog = wh.sync_catalog(con, config.path or warehouse.catalog())
     new = _register_partitions(context, catalog.filter("active")["name"].to_list())
     return dg.MaterializeResult(
         metadata={
@@ -135,9 +186,9 @@ def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.Mate
     """Prompts of a dataset, rendered for the LLMs by its spec and split train / validation / test (a stored
     prompt keeps its split)."""
     dataset = config.dataset_name()
-    with warehouse.connect() as con:
-        if config.path:
-            settings = {**(config.spec or {}), "seed": config.seed, "shares": config.shares}
+    if config.path:
+        settings = {**(config.spec or {}), "seed": config.seed, "shares": config.shares}
+        with warehouse.connect() as con:
             prompts = import_dataset(
                 con,
                 config.path,
@@ -146,10 +197,14 @@ def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.Mate
                 sample=config.sample,
                 **settings,
             )
-        else:
-            prompts = wh.read_prompts(con, dataset=dataset)
-            if prompts.height == 0:
-                raise dg.Failure(f"prompt_set.config.dataset={dataset!r}: no such dataset (uniroute import-prompts)")
+    else:  # a dataset registered earlier: only read
+        try:
+            with warehouse.connect_read_only() as con:
+                prompts = wh.read_prompts(con, dataset=dataset)
+        except FileNotFoundError as exc:
+            raise dg.Failure(f"prompt_set.config.dataset={dataset!r}: {exc} (uniroute import-prompts)") from None
+        if prompts.height == 0:
+            raise dg.Failure(f"prompt_set.config.dataset={dataset!r}: no such dataset (uniroute import-prompts)")
     counts = dict(prompts["split"].value_counts().iter_rows())
     return dg.MaterializeResult(
         metadata={
@@ -174,7 +229,7 @@ def imported_results(
             config.format,
             config.model,
             config.score_field,
-            config.catalog or default_catalog_path(),
+            config.catalog or warehouse.catalog(),
         )
     _register_partitions(context, report.models)
     return dg.MaterializeResult(
@@ -195,15 +250,7 @@ def imported_results(
     partitions_def=llm_partitions,
     deps=[llm_catalog, prompt_set],
     pool="duckdb",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "check_llm_responses_valid",
-            asset="llm_responses",
-            blocking=True,
-            description="Great Expectations: schema and types, one row per prompt, validation coverage, "
-            "no empty responses, token counts > 0. Failing blocks grading, features and routers.",
-        )
-    ],
+    check_specs=check_specs("llm_responses", RESPONSE_PROPERTIES),
 )
 def llm_responses(
     context: dg.AssetExecutionContext,
@@ -227,13 +274,8 @@ def llm_responses(
         n_validation = wh.expected_count(con, model, ["validation"])
         responses = wh.read_responses(con, [model], ["validation"])
         rows = wh.count_answers(con, model)["responses"]
-        check = _check_result(
-            con,
-            model,
-            "check_llm_responses_valid",
-            check_responses(responses, n_validation, config.coverage_floor),
-            responses.height,
-            n_validation,
+        checks = _check_results(
+            con, model, "llm_responses", check_responses(responses, n_validation, config.coverage_floor)
         )
     if report.failed:
         context.log.warning(f"{model}: {report.failed} of {report.requested} prompts failed; see collection_failures")
@@ -249,7 +291,7 @@ def llm_responses(
             "seconds": report.seconds,
             "errors": dict(report.errors),
         },
-        check_results=[check],
+        check_results=checks,
     )
 
 
@@ -258,15 +300,7 @@ def llm_responses(
     partitions_def=llm_partitions,
     deps=[llm_responses],
     pool="duckdb",
-    check_specs=[
-        dg.AssetCheckSpec(
-            "check_graded_responses_valid",
-            asset="graded_responses",
-            blocking=True,
-            description="Great Expectations: one row per prompt, scores in [0, 1], validation coverage. "
-            "Failing blocks features and routers.",
-        )
-    ],
+    check_specs=check_specs("graded_responses", GRADE_PROPERTIES),
 )
 def graded_responses(
     context: dg.AssetExecutionContext,
@@ -283,13 +317,8 @@ def graded_responses(
         outcomes = wh.read_outcomes(con, [model], ["validation"])
         n_validation = wh.expected_count(con, model, ["validation"])
         rows = wh.count_answers(con, model)["grades"]
-        check = _check_result(
-            con,
-            model,
-            "check_graded_responses_valid",
-            check_grades(outcomes, n_validation, config.coverage_floor),
-            outcomes.height,
-            n_validation,
+        checks = _check_results(
+            con, model, "graded_responses", check_grades(outcomes, n_validation, config.coverage_floor)
         )
     if grading.failed:
         context.log.warning(f"{model}: {grading.failed} answers not graded (retried next run): {grading.examples}")
@@ -303,5 +332,5 @@ def graded_responses(
             "judge_cost_usd": grading.judge_cost_usd,
             "validation_accuracy": accuracy,
         },
-        check_results=[check],
+        check_results=checks,
     )

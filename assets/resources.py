@@ -14,12 +14,26 @@ from router_core import DEFAULT_BACKEND, DEFAULT_EMBEDDER, DEFAULT_MAX_SEQ_LENGT
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file; empty ``path`` means ``warehouse.default_path()``."""
+    """The DuckDB warehouse file and the catalog file synced into it; empty means ``warehouse.default_path()`` and
+    ``warehouse.default_catalog_path()``. The assets, the onboarding sensor and the nightly schedule all take this
+    resource, so configuring it here moves all of them."""
 
     path: str = ""
+    catalog_path: str = ""
+
+    def database(self) -> Path:
+        return Path(self.path) if self.path else wh.default_path()
+
+    def catalog(self) -> Path:
+        return Path(self.catalog_path) if self.catalog_path else wh.default_catalog_path()
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        return wh.connect(self.path or None)
+        """For writing (migrates the schema; one writing process at a time)."""
+        return wh.connect(self.database())
+
+    def connect_read_only(self) -> duckdb.DuckDBPyConnection:
+        """For reading only: no migration, no write lock (``warehouse.connect_read_only``)."""
+        return wh.connect_read_only(self.database())
 
 
 class CollectorResource(dg.ConfigurableResource):

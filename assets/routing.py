@@ -1,6 +1,7 @@
 """Routing assets: the cluster map (trained on training prompts and training LLMs) and each LLM's features Psi."""
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -37,7 +38,13 @@ class ClusterMapConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    deps=[prompt_embeddings, graded_responses],
+    # The map learns from the training LLMs' grades, but by design never follows grades (a new LLM must not move
+    # it; the weekly schedule refits it, skipping when its training data is unchanged, and its version hashes that
+    # data): the edge is drawn but maps to no partition, so new grades neither trigger it nor leave it "Unsynced".
+    deps=[
+        prompt_embeddings,
+        dg.AssetDep(graded_responses, partition_mapping=dg.SpecificPartitionsPartitionMapping([])),
+    ],
     pool="duckdb",
     output_required=False,
     automation_condition=automation.CLUSTER_MAP,
@@ -106,6 +113,16 @@ def _materialized_version(context: dg.AssetExecutionContext) -> str | None:
 
 DRIFT_CHECK = "check_llm_error_features_drift"
 
+with warnings.catch_warnings():  # partitioned checks (a preview): the UI shows each LLM's own status
+    warnings.simplefilter("ignore", dg.PreviewWarning)
+    DRIFT_SPEC = dg.AssetCheckSpec(
+        DRIFT_CHECK,
+        asset="llm_error_features",
+        partitions_def=llm_partitions,
+        description="After a re-profiling: clusters whose error moved beyond 3 standard errors of sampling noise "
+        "since the previous profile. Warns.",
+    )
+
 
 @dg.asset(
     group_name=GROUP,
@@ -113,13 +130,7 @@ DRIFT_CHECK = "check_llm_error_features_drift"
     deps=[graded_responses, cluster_map],
     pool="duckdb",
     automation_condition=automation.FEATURES,
-    check_specs=[
-        dg.AssetCheckSpec(
-            DRIFT_CHECK,
-            asset="llm_error_features",
-            description="After a re-profiling: clusters whose error moved beyond sampling noise (warns).",
-        )
-    ],
+    check_specs=[DRIFT_SPEC],
 )
 def llm_error_features(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, embedder: EmbedderResource
@@ -171,19 +182,37 @@ def _drift_check(
     previous: pl.DataFrame,
     ids: list[str],
 ) -> dg.AssetCheckResult:
-    """Warn, naming the clusters, when Psi moved beyond sampling noise since the previous profile."""
+    """Warn, naming the LLM and the clusters, when Psi moved beyond sampling noise since the previous profile."""
     if previous.height == 0:
-        return dg.AssetCheckResult(check_name=DRIFT_CHECK, passed=True, metadata={"previous_profile": "none"})
+        return dg.AssetCheckResult(
+            check_name=DRIFT_CHECK,
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{model}: no earlier profile to compare with",
+            metadata={"llm": model, "previous_profile": "none"},
+        )
     errors_before = error_matrix(previous.drop("archived_at"), ids, [model])[:, 0]
     drift = psi_drift(weights, errors_before, errors)
     moved = drift.filter("moved")["cluster"].to_list()
+    changes = [
+        f"cluster {row['cluster']} error {row['psi_before']:.0%} -> {row['psi_after']:.0%}"
+        for row in drift.filter("moved").iter_rows(named=True)
+    ]
+    summary = (
+        f"error moved beyond 3 standard errors of sampling noise since the previous profile: {'; '.join(changes)}"
+        if moved
+        else "error within 3 standard errors of sampling noise of the previous profile on every cluster"
+    )
     if moved:
-        context.log.warning(f"{model}: Psi moved beyond sampling noise since the previous profile on clusters {moved}")
+        context.log.warning(f"{model}: {summary}")
     return dg.AssetCheckResult(
         check_name=DRIFT_CHECK,
         passed=not moved,
         severity=dg.AssetCheckSeverity.WARN,
+        description=f"{model}: {summary}",
         metadata={
+            "llm": model,
+            "summary": summary,
             "moved_clusters": moved,
             "previous_profile_archived_at": str(previous["archived_at"].max()),
             "max_abs_z": float(drift["z"].abs().max()),

@@ -4,8 +4,11 @@ with the same cluster map.
 
     python -m pipelines.demo [--sample 2000] [--full]
 
-State lives under ``data/demo`` (the warehouse and its artifacts are kept between runs, so embeddings, answers
-and fitted maps are reused; the Dagster home and the MLflow registry start afresh each run).
+State lives under ``<data home>/demo`` (the warehouse and its artifacts are kept between runs, so embeddings,
+answers and fitted maps are reused; the Dagster home and the MLflow registry start afresh each run). The sensor
+and automation cursors are stored in the Dagster home as the daemon stores them, so ``dagster dev`` started on the
+results launches nothing until something changes. The demo prints only its own lines: progress bars and the
+libraries' INFO logs are configured off (warnings still show).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -45,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "questions.parquet").exists():
         print(f"error: no MMLU-Pro data at {args.data}; set UNIROUTE_MMLU_PRO_DIR or pass --data", file=sys.stderr)
         return 2
-    home = Path(os.environ.get("UNIROUTE_DATA_HOME", PROJECT_ROOT / "data")) / "demo"
+    from warehouse.db import data_home
+
+    home = data_home() / "demo"
     for fresh in ("dagster", "mlflow"):  # the warehouse and the artifacts it points at are kept
         shutil.rmtree(home / fresh, ignore_errors=True)
     (home / "dagster").mkdir(parents=True)
@@ -55,18 +62,65 @@ def main(argv: list[str] | None = None) -> int:
         UNIROUTE_WAREHOUSE=str(home / "warehouse.duckdb"),
         UNIROUTE_CATALOG=str(home / "llms.yaml"),
     )
+    for name, value in QUIET_ENVIRONMENT.items():  # read by the libraries on import: set before any is imported
+        os.environ.setdefault(name, value)
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    return _run(args, home)
+    with _mlflow_warnings_only():
+        return _run(args, home)
+
+
+#: Progress bars off (tqdm's own setting, and MLflow's artifact bars) and MLflow's logs from WARNING up.
+QUIET_ENVIRONMENT = {
+    "TQDM_DISABLE": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+}
+
+
+@contextmanager
+def _mlflow_warnings_only() -> Iterator[None]:
+    """MLflow prints registration notes ("Created version '2' ...") to its event stream whatever the log level:
+    mute that stream with MLflow's own counted switch (its inner uses of the switch then leave it muted) and show
+    MLflow's warnings and errors through a handler of ours."""
+    from mlflow.utils import logging_utils
+    from mlflow.utils.autologging_utils.logging_and_warnings import MlflowEventsAndWarningsBehaviorGlobally
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(logging_utils.LOGGING_LINE_FORMAT, logging_utils.LOGGING_DATETIME_FORMAT))
+    logger = logging.getLogger("mlflow")
+    logger.addHandler(handler)
+    try:
+        with MlflowEventsAndWarningsBehaviorGlobally(
+            disable_event_logs=True, disable_warnings=False, reroute_warnings=False
+        ):
+            yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def _pool(value: object) -> set[str]:
+    """A router version's pool from its metadata: a list, or a comma-separated text."""
+    names = value if isinstance(value, list | tuple) else str(value).split(",")
+    return {name.strip() for name in names if name.strip() and name.strip() != "none"}
+
+
+def _aliases(uri: str, name: str, versions: list[str]) -> dict[str, str]:
+    """The aliases each version holds now (a version registered as champion may have been overtaken since)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return {v: ",".join(sorted(client.get_model_version(name, v).aliases)) or "-" for v in versions}
 
 
 def _run(args: argparse.Namespace, home: Path) -> int:
     import dagster as dg
 
     from assets import profiling, routing
-    from assets.resources import ArtifactsResource, EmbedderResource, MlflowResource
+    from assets.resources import MlflowResource
     from pipelines.definitions import defs
     from pipelines.sensors import llm_onboarding_sensor
-    from pipelines.ticks import QUIET, AutomationTicks, sensor_tick
+    from pipelines.ticks import QUIET, AutomationTicks, sensor_run_tags, sensor_tick
     from profiling.replay_server import ReplayServer
 
     started = time.perf_counter()
@@ -74,12 +128,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     initial, added = models.head(args.initial), models.slice(args.initial, args.added)
     uri = f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     (home / "mlflow").mkdir(exist_ok=True)
-    resources = {
-        **defs.resources,
-        "embedder": EmbedderResource(show_progress=True),
-        "artifacts": ArtifactsResource(root=str(home / "artifacts")),
-        "mlflow": MlflowResource(tracking_uri=uri),
-    }
+    # the resources `dagster dev` resolves from the variables set above; the registry named outright, so that a
+    # $MLFLOW_TRACKING_URI of the user's never receives the demo's versions
+    resources = {**defs.resources, "mlflow": MlflowResource(tracking_uri=uri)}
     versions: list[dict] = []
 
     def report(title: str, result, seconds: float) -> None:
@@ -96,9 +147,9 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     def automation_run(names: list[str], partition: str | None, result, seconds: float) -> None:
         report(f"automation: {', '.join(names)}" + (f" [{partition}]" if partition else ""), result, seconds)
 
-    def onboard(cursor: str | None, ops: dict) -> str | None:
+    def onboard(ops: dict) -> None:
         """One sensor tick, then the profiling run it requests for each new LLM (the daemon would launch them)."""
-        tick = sensor_tick(llm_onboarding_sensor, instance, cursor)
+        tick = sensor_tick(llm_onboarding_sensor, instance, resources=resources)
         job = defs.resolve_job_def("profile_llm")
         for request in tick.run_requests:
             t = time.perf_counter()
@@ -107,10 +158,10 @@ def _run(args: argparse.Namespace, home: Path) -> int:
                 instance=instance,
                 resources=resources,
                 run_config={**QUIET, "ops": {**request.run_config["ops"], **ops}},
+                tags=sensor_run_tags(llm_onboarding_sensor, request),
                 raise_on_error=False,
             )
             report(f"sensor run: profile {request.partition_key}", result, time.perf_counter() - t)
-        return tick.cursor
 
     with ReplayServer(args.data) as server, dg.DagsterInstance.get() as instance:
         ticks = AutomationTicks(defs, instance, resources, on_run=automation_run)
@@ -128,7 +179,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         report("catalog, prompts (stratified sample)", result, time.perf_counter() - t)
         ticks.until_idle()  # embeds the new prompts
         # the initial pool also answers the training prompts: the cluster map learns from them
-        cursor = onboard(None, {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}})
+        onboard({"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}})
         t = time.perf_counter()
         # trained on the LLMs that answered training prompts (the initial pool) and pass their checks
         learned = {"kind": "learned", "n_clusters": 16}
@@ -143,17 +194,20 @@ def _run(args: argparse.Namespace, home: Path) -> int:
 
         print(f"2. {args.added} LLMs added to the catalog; the onboarding sensor and automation take it from here")
         write_catalog(home / "llms.yaml", pl.concat([initial, added]), server.base_url)
-        onboard(cursor, {})
+        onboard({})
         ticks.until_idle()  # their features with the same map, then router v2
 
-    print(f"\n{'version':<9}{'alias':<12}{'pool':>5}{'AUDC':>9}{'Zero AUDC':>11}  cluster map   what changed")
+    registered = list({str(v["version"]): v for v in versions if v.get("version")}.values())  # "unchanged": once
+    aliases = _aliases(uri, resources["mlflow"].model_name, [str(v["version"]) for v in registered])
+    width = max([len(a) for a in aliases.values()] + [10]) + 2
+    print(f"\n{'version':<9}{'alias':<{width}}{'pool':>5}{'AUDC':>9}{'Zero AUDC':>11}  cluster map   what changed")
     previous: set[str] = set()
-    for v in versions:
-        pool = set(v["pool"])
+    for v in registered:
+        pool = _pool(v["pool"])
         change = "initial pool" if not previous else "added " + ", ".join(sorted(pool - previous))
         print(
-            f"{v['version']:<9}{v['alias']:<12}{len(pool):>5}{v['audc']:>9.4f}{v['zero_audc']:>11.4f}  "
-            f"{v['cluster_map_version']:<13} {change}"
+            f"{v['version']!s:<9}{aliases[str(v['version'])]:<{width}}{len(pool):>5}{v['audc']:>9.4f}"
+            f"{v['zero_audc']:>11.4f}  {v['cluster_map_version']:<13} {change}"
         )
         previous = pool
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Look at the results:")

@@ -1,7 +1,7 @@
 """Sensors: onboarding (a new or re-pointed LLM in the catalog gets a partition and a profiling run) and the
 automation sensor that evaluates the assets' automation conditions (features and router follow new data)."""
 
-from __future__ import annotations
+# Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
 import hashlib
 import json
@@ -9,7 +9,8 @@ import json
 import dagster as dg
 
 import warehouse as wh
-from assets.profiling import default_catalog_path, llm_partitions
+from assets.profiling import llm_partitions
+from assets.resources import WarehouseResource
 from pipelines.jobs import profile_llm_job
 
 
@@ -19,11 +20,13 @@ def _fingerprint(entry: dict) -> str:
 
 
 @dg.sensor(job=profile_llm_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def llm_onboarding_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+def llm_onboarding_sensor(
+    context: dg.SensorEvaluationContext, warehouse: WarehouseResource
+) -> dg.SensorResult | dg.SkipReason:
     """Adds a partition for each new active catalog LLM and launches its profiling; a changed endpoint or model
-    id launches a new profiling run too. The cursor keeps each LLM's fingerprint. An invalid catalog is skipped
-    with its errors (nothing is launched)."""
-    path = default_catalog_path()
+    id launches a new profiling run too. The catalog is the warehouse resource's, as the assets read it; the
+    cursor keeps each LLM's fingerprint. An invalid catalog is skipped with its errors (nothing is launched)."""
+    path = str(warehouse.catalog())
     try:
         catalog = wh.load_catalog(path)
     except wh.CatalogError as exc:
@@ -32,7 +35,7 @@ def llm_onboarding_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
     current = {row["name"]: _fingerprint(row) for row in catalog.iter_rows(named=True) if row["active"]}
     changed = sorted(name for name, fp in current.items() if seen.get(name) != fp)
     existing = set(context.instance.get_dynamic_partitions(llm_partitions.name))
-    new = [name for name in changed if name not in existing]
+    unpartitioned = [name for name in changed if name not in existing]  # a synced catalog may have added some
     if not changed:
         return dg.SkipReason(f"no new or changed LLMs in {path}")
     return dg.SensorResult(
@@ -41,11 +44,11 @@ def llm_onboarding_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
                 run_key=f"{name}:{current[name]}",
                 partition_key=name,
                 run_config={"ops": {"llm_catalog": {"config": {"path": path}}}},
-                tags={"uniroute/onboarding": "new" if name in new else "changed"},
+                tags={"uniroute/onboarding": "changed" if name in seen else "new"},
             )
             for name in changed
         ],
-        dynamic_partitions_requests=[llm_partitions.build_add_request(new)] if new else [],
+        dynamic_partitions_requests=[llm_partitions.build_add_request(unpartitioned)] if unpartitioned else [],
         cursor=json.dumps({**seen, **current}),
     )
 

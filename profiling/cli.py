@@ -240,7 +240,7 @@ def _import_results(args: argparse.Namespace) -> int:
     import warehouse as wh
     from profiling.importers import import_results
 
-    catalog = args.catalog or Path(os.environ.get("UNIROUTE_CATALOG", "llms.yaml"))
+    catalog = args.catalog or wh.default_catalog_path()  # the one place paths resolve
     with wh.connect(args.warehouse) as con:
         report = import_results(con, args.file, args.dataset, args.format, args.model, args.score_field, catalog)
     print(

@@ -1,10 +1,17 @@
-"""Collect LLM responses from OpenAI-compatible endpoints into the warehouse.
+"""Collect LLM responses from OpenAI-compatible endpoints into a sink: the warehouse, or staging files.
 
 Resumable and idempotent: only (model, prompt) pairs with no stored response are requested, so stored answers are
-never asked again and never duplicated. Answers are stored in batches, one transaction each, written once
-``batch_size`` (512) of them wait or the first of them has waited ``flush_interval_s`` (2 s), whichever comes first,
-by one worker thread while the requests in flight go on: a killed run loses at most the answers it received in its
-last ``flush_interval_s`` (and those of a write in progress), and a re-run asks exactly the pairs not stored.
+never asked again and never duplicated. Answers go to the :class:`Sink` the collector is handed in batches, written
+once ``batch_size`` (512) of them wait or the first of them has waited ``flush_interval_s`` (2 s), whichever comes
+first, by one worker thread while the requests in flight go on: a killed run loses at most the answers it received
+in its last ``flush_interval_s`` (and those of a write in progress), and a re-run asks exactly the pairs not stored.
+:class:`WarehouseSink` writes each batch to the warehouse in one transaction (what :func:`collect` and the CLI do);
+``profiling.staging.StagingSink`` writes it to a durable file outside the warehouse, merged later in a short step.
+
+A profiling run is three steps, each a function of its own: :func:`archive_replaced_answers` (answers from a changed
+endpoint or request, or before ``refresh_before``, move to the archive and become pending), planning
+(:func:`warehouse.pending_pairs`, or ``profiling.staging.plan_collection`` with staging) and asking
+(:func:`collect_pairs` / :func:`run_collection`). :func:`collect` runs them in that order.
 
 Paid work is never lost to one bad answer: a body with no text answer (not JSON, ``choices`` missing or empty,
 ``content`` not a string) is retried and, after ``max_attempts``, recorded in ``collection_failures``; a malformed
@@ -37,6 +44,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import aiohttp
 import duckdb
@@ -48,15 +56,23 @@ from profiling.rendering import estimate_tokens
 from router_core.embedding import prompt_hash
 
 __all__ = [
+    "ANSWER_SCHEMA",
     "DEFAULT_REQUEST_PARAMS",
+    "FAILURE_SCHEMA",
     "CollectionReport",
     "Completion",
     "RetryPolicy",
+    "Sink",
+    "WarehouseSink",
+    "active_llms",
+    "archive_replaced_answers",
     "catalog_completer",
     "collect",
     "collect_pairs",
     "complete_many",
+    "new_run_id",
     "request_of",
+    "run_collection",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,7 +96,8 @@ class RetryPolicy:
 
 @dataclass
 class CollectionReport:
-    """What a run did; ``failed`` pairs are also in the warehouse's ``collection_failures``."""
+    """What a run did; ``failed`` pairs are also in the warehouse's ``collection_failures`` (once merged, when the
+    run wrote to staging). ``stored``: answers the sink took (new to the warehouse, or staged)."""
 
     run_id: str
     requested: int = 0
@@ -399,24 +416,75 @@ def _endpoint(row: dict) -> _Endpoint:
     )
 
 
-class _Batches:
-    """Answers and failures on their way to the warehouse: the collector's one place that writes.
+#: The columns (and types) of the answers a :class:`Sink` is handed: a stored response, as it came.
+ANSWER_SCHEMA: dict[str, pl.DataType] = {
+    "model": pl.String,
+    "prompt_id": pl.String,
+    "run_id": pl.String,
+    "base_url": pl.String,
+    "model_id": pl.String,
+    "prompt_hash": pl.String,
+    "request_hash": pl.String,
+    "template_version": pl.String,
+    "request_params": pl.String,
+    "response": pl.String,
+    "finish_reason": pl.String,
+    "prompt_tokens": pl.Int32,
+    "completion_tokens": pl.Int32,
+    "cost_usd": pl.Float64,
+    "latency_ms": pl.Float64,
+}
+#: The columns of the failures a :class:`Sink` is handed: pairs given up on in this run, with the attempts made.
+FAILURE_SCHEMA: dict[str, pl.DataType] = {
+    "model": pl.String,
+    "prompt_id": pl.String,
+    "run_id": pl.String,
+    "attempts": pl.Int32,
+    "last_error_class": pl.String,
+}
 
-    A batch is written, one transaction, once ``size`` rows wait or its first row has waited ``interval_s``,
-    whichever comes first, by a single worker thread: the requests in flight go on meanwhile. So a killed run
-    loses at most the rows of its last ``interval_s`` and of the write in progress. ``written`` is called (on the
-    event loop) after every write.
+
+class Sink(Protocol):
+    """Where the collector's batches go. ``write`` is called on one worker thread while requests are in flight (the
+    last batches once none is left), never twice at once, so it may block (a transaction, an fsync)."""
+
+    def write(self, answers: pl.DataFrame, failures: pl.DataFrame) -> int:
+        """Keep one batch durably: ``answers`` (:data:`ANSWER_SCHEMA`, checked storable already) and ``failures``
+        (:data:`FAILURE_SCHEMA`), either possibly empty. Returns how many answers it took (new ones)."""
+        ...
+
+
+class WarehouseSink:
+    """Each batch into the warehouse, one transaction for its answers and one for its failures (pairs stored
+    already are skipped; a failure adds its attempts to the pair's). The file's write lock is held throughout."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def write(self, answers: pl.DataFrame, failures: pl.DataFrame) -> int:
+        stored = wh.insert_responses(self.con, answers) if answers.height else 0
+        if failures.height:
+            wh.record_failures(self.con, failures)
+        return stored
+
+
+class _Batches:
+    """Answers and failures on their way to the sink: the collector's one place that writes.
+
+    A batch is written once ``size`` rows wait or its first row has waited ``interval_s``, whichever comes first,
+    by a single worker thread: the requests in flight go on meanwhile. So a killed run loses at most the rows of its
+    last ``interval_s`` and of the write in progress. ``written`` is called (on the event loop) after every write.
     """
 
     def __init__(
         self,
-        con: duckdb.DuckDBPyConnection,
+        sink: Sink,
         report: CollectionReport,
         size: int,
         interval_s: float,
         written: Callable[[], None],
     ) -> None:
-        self._con, self._report, self._written = con, report, written
+        self._sink, self._report, self._written = sink, report, written
         self._size, self._interval_s = size, interval_s
         self._answers: list[dict] = []
         self._failures: list[dict] = []
@@ -470,11 +538,9 @@ class _Batches:
         return taken
 
     def _write(self, answers: list[dict], failures: list[dict]) -> None:
-        """One batch: its answers (pairs stored already are skipped), then its failures."""
-        if answers:
-            self._report.stored += wh.insert_responses(self._con, pl.DataFrame(answers, infer_schema_length=None))
-        if failures:
-            wh.record_failures(self._con, pl.DataFrame(failures))
+        """One batch, answers and failures, to the sink."""
+        frames = pl.DataFrame(answers, schema=ANSWER_SCHEMA), pl.DataFrame(failures, schema=FAILURE_SCHEMA)
+        self._report.stored += self._sink.write(*frames)
 
 
 def _check_batching(batch_size: int, flush_interval_s: float) -> None:
@@ -486,8 +552,13 @@ def _check_batching(batch_size: int, flush_interval_s: float) -> None:
         raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be a positive number of seconds")
 
 
+def new_run_id() -> str:
+    """A fresh collection run id (``run-`` and 12 hex digits): it names the run's answers, and its staging files."""
+    return f"run-{uuid.uuid4().hex[:12]}"
+
+
 async def collect_pairs(
-    con: duckdb.DuckDBPyConnection,
+    sink: Sink | duckdb.DuckDBPyConnection,
     pairs: pl.DataFrame,
     llms: pl.DataFrame,
     policy: RetryPolicy | None = None,
@@ -496,17 +567,22 @@ async def collect_pairs(
     progress: bool = True,
     log_progress: Callable[[str], None] | None = None,
     flush_interval_s: float = 2.0,
+    run_id: str | None = None,
 ) -> CollectionReport:
     """Ask each pair of ``pairs`` (model, prompt_id, prompt, and optionally the prompt's messages,
     request_params, request_hash, template_version: :func:`warehouse.pending_pairs`) of its LLM in ``llms`` (the
-    catalog) and store the answers with the request they answered.
+    catalog) and hand the answers, with the request they answered, and the failures to ``sink`` (a DuckDB
+    connection: :class:`WarehouseSink` on it).
 
-    Answers and failures are written once ``batch_size`` of them wait or the first has waited ``flush_interval_s``.
+    Answers and failures are written once ``batch_size`` of them wait or the first has waited ``flush_interval_s``,
+    on one worker thread (never on the event loop). ``run_id`` (default :func:`new_run_id`) names the answers.
     ``progress`` shows a tqdm bar; ``log_progress`` (e.g. a Dagster logger) gets a line after every batch write.
     """
     _check_batching(batch_size, flush_interval_s)
+    if isinstance(sink, duckdb.DuckDBPyConnection):
+        sink = WarehouseSink(sink)
     policy = policy or RetryPolicy()
-    report = CollectionReport(run_id=f"run-{uuid.uuid4().hex[:12]}", requested=pairs.height)
+    report = CollectionReport(run_id=run_id or new_run_id(), requested=pairs.height)
     if pairs.height == 0:
         return report
     endpoints = {row["name"]: _endpoint(row) for row in llms.iter_rows(named=True) if row["base_url"]}
@@ -530,7 +606,7 @@ async def collect_pairs(
                 f"{sum(report.errors.values())} retried errors, ${report.cost_usd:.4f}"
             )
 
-    batches = _Batches(con, report, batch_size, flush_interval_s, written)
+    batches = _Batches(sink, report, batch_size, flush_interval_s, written)
 
     async def one(
         session: aiohttp.ClientSession,
@@ -603,6 +679,66 @@ async def collect_pairs(
     return report
 
 
+def run_collection(
+    sink: Sink | duckdb.DuckDBPyConnection,
+    pairs: pl.DataFrame,
+    llms: pl.DataFrame,
+    policy: RetryPolicy | None = None,
+    batch_size: int = 512,
+    seed: int | None = None,
+    progress: bool = True,
+    log_progress: Callable[[str], None] | None = None,
+    flush_interval_s: float = 2.0,
+    run_id: str | None = None,
+) -> CollectionReport:
+    """:func:`collect_pairs` on an event loop of its own (uvloop's where installed), for callers without one."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(
+            collect_pairs(
+                sink,
+                pairs,
+                llms,
+                policy,
+                batch_size,
+                seed=seed,
+                progress=progress,
+                log_progress=log_progress,
+                flush_interval_s=flush_interval_s,
+                run_id=run_id,
+            )
+        )
+
+
+def active_llms(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> pl.DataFrame:
+    """The catalog rows of ``models`` (default: every active LLM); an unknown or inactive name raises, naming it."""
+    llms = wh.read_llms(con, active_only=True)
+    if models is None:
+        return llms
+    unknown = set(models) - set(llms["name"])
+    if unknown:
+        raise ValueError(f"model={sorted(unknown)[0]!r}: not an active LLM in the catalog")
+    return llms.filter(pl.col("name").is_in(list(models)))
+
+
+def archive_replaced_answers(
+    con: duckdb.DuckDBPyConnection,
+    models: Sequence[str] | None = None,
+    refresh_before: datetime | None = None,
+    log_progress: Callable[[str], None] | None = None,
+) -> int:
+    """The first step of a profiling run: archive the answers of ``models`` (default: every active LLM) that a
+    re-profiling replaces (:func:`warehouse.archive_responses`: from an endpoint or model id the catalog no longer
+    lists, to another version of the prompt's request, or collected before ``refresh_before``, UTC), so that their
+    pairs are pending again. A short write (one transaction); idempotent. Returns the answers archived."""
+    names = active_llms(con, models)["name"].to_list()
+    archived = wh.archive_responses(con, names, refresh_before)
+    if archived:
+        log.info("archived %d answers to ask again (new endpoint or model id, or re-profiling)", archived)
+        if log_progress:
+            log_progress(f"archived {archived} earlier answers to ask again")
+    return archived
+
+
 def collect(
     con: duckdb.DuckDBPyConnection,
     models: Sequence[str] | None = None,
@@ -614,38 +750,32 @@ def collect(
     refresh_before: datetime | None = None,
     flush_interval_s: float = 2.0,
 ) -> CollectionReport:
-    """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``.
+    """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits`` into the
+    warehouse, holding ``con`` throughout: the three steps of a profiling run in order.
 
-    Answers from an endpoint or model id the catalog no longer lists for an LLM are archived and asked again;
-    ``refresh_before`` (UTC) re-profiles: answers collected before it are archived and asked again too. Answers
-    are stored once ``batch_size`` of them wait or the first has waited ``flush_interval_s`` (:func:`collect_pairs`).
+    1. :func:`archive_replaced_answers`: answers from an endpoint or model id the catalog no longer lists for an
+       LLM, or to an older request, are archived and asked again; ``refresh_before`` (UTC) re-profiles: answers
+       collected before it are archived and asked again too.
+    2. :func:`warehouse.pending_pairs`: what to ask.
+    3. :func:`run_collection` into :class:`WarehouseSink`: answers are stored once ``batch_size`` of them wait or
+       the first has waited ``flush_interval_s``.
+
+    To wait on endpoints without holding the warehouse, use ``profiling.staging`` (plan, collect to staging, merge).
     """
     _check_batching(batch_size, flush_interval_s)
-    llms = wh.read_llms(con, active_only=True)
-    if models is not None:
-        unknown = set(models) - set(llms["name"])
-        if unknown:
-            raise ValueError(f"model={sorted(unknown)[0]!r}: not an active LLM in the catalog")
-        llms = llms.filter(pl.col("name").is_in(list(models)))
-    archived = wh.archive_responses(con, llms["name"].to_list(), refresh_before)
-    if archived:
-        log.info("archived %d answers to ask again (new endpoint or model id, or re-profiling)", archived)
-        if log_progress:
-            log_progress(f"archived {archived} earlier answers to ask again")
+    llms = active_llms(con, models)
+    archive_replaced_answers(con, llms["name"].to_list(), refresh_before, log_progress)
     pairs = wh.pending_pairs(con, llms["name"].to_list(), splits)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(
-            collect_pairs(
-                con,
-                pairs,
-                llms,
-                policy,
-                batch_size,
-                progress=progress,
-                log_progress=log_progress,
-                flush_interval_s=flush_interval_s,
-            )
-        )
+    return run_collection(
+        WarehouseSink(con),
+        pairs,
+        llms,
+        policy,
+        batch_size,
+        progress=progress,
+        log_progress=log_progress,
+        flush_interval_s=flush_interval_s,
+    )
 
 
 def _loop_factory():

@@ -257,7 +257,9 @@ def plot_deferral_curves(
     title: str = "Deferral curves",
     cost_label: str = "average cost per prompt",
 ):
-    """Figure of each router's hulled deferral curve, with single LLMs as points (``model, cost, accuracy``)."""
+    """Figure of each router's hulled deferral curve, with single LLMs as points (``cost, accuracy``, and
+    ``model`` to label each point with its name). The axes leave a margin around ``cost_range`` so that the
+    points at its ends are drawn whole."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,19 +272,45 @@ def plot_deferral_curves(
         if right is not None and xs[-1] < right:
             xs, ys = np.append(xs, right), np.append(ys, ys[-1])
         ax.plot(xs, ys, label=name, linewidth=1.6)
+    log_scale = bool(cost_range and cost_range[0] > 0 and cost_range[1] / cost_range[0] > 10)
+    if log_scale:
+        ax.set_xscale("log")  # list prices span orders of magnitude
+    if cost_range:
+        low, high = map(float, cost_range)
+        if log_scale:
+            ax.set_xlim(low / 1.25, high * 1.25)
+        else:
+            pad = 0.05 * ((high - low) or abs(high) or 1.0)
+            ax.set_xlim(low - pad, high + pad)
     if single_llms is not None:
         ax.scatter(single_llms["cost"], single_llms["accuracy"], s=14, c="black", zorder=3, label="single LLMs")
-    if cost_range:
-        ax.set_xlim(cost_range[0], cost_range[1])
-        if cost_range[0] > 0 and cost_range[1] / cost_range[0] > 10:
-            ax.set_xscale("log")  # list prices span orders of magnitude
+        if "model" in single_llms.columns:
+            _label_points(ax, single_llms)
     ax.set_xlabel(cost_label)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def _label_points(ax, points: pl.DataFrame) -> None:
+    """Each point's ``model`` beside it, on the side facing the middle of the axes so that no name leaves them."""
+    left, right = ax.get_xlim()
+    scale = np.log10 if ax.get_xscale() == "log" else (lambda v: v)
+    middle = (scale(left) + scale(right)) / 2
+    for model, cost, accuracy in points.select("model", "cost", "accuracy").iter_rows():
+        towards_left = scale(cost) > middle
+        ax.annotate(
+            str(model),
+            (cost, accuracy),
+            xytext=(-5 if towards_left else 5, 3),
+            textcoords="offset points",
+            ha="right" if towards_left else "left",
+            fontsize=7,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
+        )
 
 
 def plot_psi_heatmap(psi: np.ndarray, llms: Sequence[str]):

@@ -142,7 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _catalog_path(path: Path | None) -> Path:
-    return path or Path(os.environ.get("UNIROUTE_CATALOG", "llms.yaml"))
+    if path is not None:
+        return path
+    from warehouse.db import default_catalog_path  # the one place paths resolve (imported late: --help stays fast)
+
+    return default_catalog_path()
 
 
 def _tracking_uri(args: argparse.Namespace) -> str:

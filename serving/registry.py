@@ -1,18 +1,29 @@
-"""Log and register router versions in the MLflow model registry; promote with aliases, never stages."""
+"""Log and register router versions in the MLflow model registry; promote with aliases, never stages.
+
+Each version carries a model card (its description), metrics named with their split and unit, and an output
+signature whose per-LLM columns are maps. A sqlite registry records where its artifacts lie relative to the
+database file, so a data home moved or copied elsewhere is re-rooted by :func:`configure` and loads from there.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ParamSchema, ParamSpec
+from mlflow.types.schema import ColSpec, DataType, Map, ParamSchema, ParamSpec, Schema
 
 from router_core import Embedder
 
@@ -30,6 +41,49 @@ PIP_REQUIREMENTS = [
     "polars==2.1.0",
     "pandas==2.3.3",
 ]
+CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
+#: Experiment tag: the artifact root relative to the sqlite file's folder (how :func:`configure` re-roots it).
+ARTIFACT_ROOT_TAG = "uniroute.artifact_root_from_registry"
+#: Tag prefix for a metric that was not logged, e.g. ``metric_absent.test_qnc_fraction_of_best_cost``: why.
+ABSENT_METRIC_TAG = "metric_absent."
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
+MODEL_DESCRIPTION = """\
+**UniRoute**: a cost-aware LLM router. Each version routes raw prompt text to one LLM of its pool, the one with \
+the lowest *predicted error + cost_weight x cost (USD per query)*; an LLM's predicted error on a prompt is its \
+error rate on validation prompts of the clusters the prompt belongs to, so a new LLM joins by answering the \
+validation prompts, without retraining.
+
+- `@champion`: the version to serve (it moves only when a new version's test AUDC is not worse on the same test \
+prompts); `@previous-champion`: the one it replaced; `@challenger`: the latest version that did not win.
+- Each version's description is its model card: pool and costs, AUDC and QNC against the prompt-blind baseline, \
+cluster map, embedder, dataset, and how to call it.
+- Input: a `prompt` column. Output per prompt: `llm`, `cost_weight`, `predicted_error` {llm: error rate} and \
+`cost` {llm: USD per query}. Params: `cost_weight`, or a budget `max_cost_per_query` (USD) or `min_accuracy`; \
+`candidates` narrows the pool.
+"""
+
+#: The pyfunc's input, output and params (``predicted_error`` and ``cost`` map each candidate LLM to a number).
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec(DataType.string, "prompt")]),
+    outputs=Schema(
+        [
+            ColSpec(DataType.string, "llm"),
+            ColSpec(DataType.double, "cost_weight"),
+            ColSpec(Map(DataType.double), "predicted_error"),
+            ColSpec(Map(DataType.double), "cost"),
+        ]
+    ),
+    # an empty candidate list means "the whole pool"; a budget replaces cost_weight
+    params=ParamSchema(
+        [
+            ParamSpec("cost_weight", "double", None),
+            ParamSpec("max_cost_per_query", "double", None),
+            ParamSpec("min_accuracy", "double", None),
+            ParamSpec("candidates", "string", [], (-1,)),
+        ]
+    ),
+)
 
 
 def default_mlflow_dir() -> Path:
@@ -45,18 +99,232 @@ def default_tracking_uri() -> str:
 
 
 def configure(tracking_uri: str) -> None:
-    """Point MLflow at ``tracking_uri`` (e.g. ``sqlite:///data/mlflow/mlflow.db``); telemetry off."""
+    """Point MLflow at ``tracking_uri`` (e.g. ``sqlite:///data/mlflow/mlflow.db``); telemetry off. A sqlite
+    registry that was moved or copied with its artifacts is re-rooted first (:func:`follow_moved_artifacts`)."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    database = sqlite_path(tracking_uri)
+    if database is not None and database.is_file():
+        follow_moved_artifacts(database)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative to the working directory unless absolute), else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def ensure_experiment(name: str, artifact_root: Path) -> str:
-    """The experiment's id, created with an absolute artifact location (not ./mlruns of the cwd)."""
+    """The experiment's id, created with an absolute artifact location (not ./mlruns of the cwd). In a sqlite
+    registry it is tagged with that location relative to the database's folder, so a moved copy can find it."""
+    root = artifact_root.resolve()
+    database = sqlite_path(mlflow.get_tracking_uri())
+    tags = {ARTIFACT_ROOT_TAG: os.path.relpath(root, database.resolve().parent)} if database else {}
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_root.resolve().as_uri())
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=root.as_uri(), tags=tags)
+    if tags and ARTIFACT_ROOT_TAG not in experiment.tags and experiment.artifact_location == root.as_uri():
+        MlflowClient().set_experiment_tag(experiment.experiment_id, ARTIFACT_ROOT_TAG, tags[ARTIFACT_ROOT_TAG])
+    return experiment.experiment_id
+
+
+def follow_moved_artifacts(database: Path) -> int:
+    """Re-root the artifact URIs a sqlite registry stores when it no longer lies where it was created.
+
+    MLflow stores absolute artifact URIs (experiments, runs, logged models, model versions, traces) and has no
+    relative form for a file store, so a copied registry would read, and write, the original's artifacts. Each
+    experiment tagged with :data:`ARTIFACT_ROOT_TAG` whose root, taken relative to ``database``'s folder, is an
+    existing folder other than the stored one gets every URI under the stored root rewritten to it, in one
+    transaction. A registry that did not move is only read. Returns the number of experiments re-rooted.
+    """
+    moves = _moved_roots(database)
+    if not moves:
+        return 0
+    con = sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
+    try:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with con:  # one transaction: all URIs move, or none
+            for experiment_id, old, new in moves:
+                _rewrite_prefix(con, tables, experiment_id, old, new)
+    finally:
+        con.close()
+    return len(moves)
+
+
+def _moved_roots(database: Path) -> list[tuple[str, str, str]]:
+    """``(experiment_id, stored root URI, root URI now)`` of each tagged experiment whose artifacts moved."""
+    folder = database.resolve().parent
+    con = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"experiments", "experiment_tags"} <= tables:
+            return []  # not (yet) an MLflow database
+        rows = con.execute(
+            "SELECT e.experiment_id, e.artifact_location, t.value FROM experiments e "
+            "JOIN experiment_tags t ON t.experiment_id = e.experiment_id AND t.key = ?",
+            [ARTIFACT_ROOT_TAG],
+        ).fetchall()
+    finally:
+        con.close()
+    roots = [(experiment_id, stored, (folder / relative).resolve()) for experiment_id, stored, relative in rows]
+    return [(e, stored, root.as_uri()) for e, stored, root in roots if root.is_dir() and root.as_uri() != stored]
+
+
+def _rewrite_prefix(con: sqlite3.Connection, tables: set[str], experiment_id: str, old: str, new: str) -> None:
+    """Every stored URI equal to ``old`` or under it, rewritten under ``new``."""
+    columns = [  # table, column, and which of its rows belong to the experiment
+        ("experiments", "artifact_location", " AND experiment_id = ?", [experiment_id]),
+        ("runs", "artifact_uri", " AND experiment_id = ?", [experiment_id]),
+        ("logged_models", "artifact_location", " AND experiment_id = ?", [experiment_id]),
+        ("model_versions", "storage_location", "", []),
+        ("model_versions", "source", "", []),
+        ("trace_tags", "value", " AND key = 'mlflow.artifactLocation'", []),
+    ]
+    for table, column, scope, scope_params in columns:
+        if table in tables:
+            con.execute(
+                f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                f"WHERE ({column} = ? OR substr({column}, 1, ?) = ?){scope}",
+                [new, len(old) + 1, old, len(old) + 1, old + "/", *scope_params],
+            )
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """One LLM of a version's pool: its cost (USD per query), validation accuracy and coverage (share of the
+    validation prompts it answered), test accuracy, and share of test prompts routed to it at the default cost
+    weight."""
+
+    llm: str
+    usd_per_query: float
+    validation_accuracy: float
+    validation_coverage: float
+    test_accuracy: float
+    test_share_routed: float
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a version's description says about it (see :meth:`markdown`). QNC is ``inf`` when no budget on the
+    router's deferral curve reaches the accuracy of ``best_llm``, the pool's most accurate LLM on test."""
+
+    pool: Sequence[PoolEntry]
+    test_prompts: int
+    audc: float
+    zero_audc: float
+    qnc: float
+    zero_qnc: float
+    best_llm: str
+    cluster_map_kind: str
+    n_clusters: int
+    cluster_map_version: str
+    embedder_id: str
+    dataset: str
+    default_cost_weight: float
+    data_snapshot: str = ""
+    unseen_llms: Sequence[str] = ()
+    test_costs: str = "per query"
+
+    def markdown(self, model_name: str, version: str, tracking_uri: str) -> str:
+        """The model card in Markdown (MLflow's UI renders a version's description as Markdown)."""
+        uri = f"models:/{model_name}/{version}"
+        rows = [
+            f"| {p.llm} | {_usd(p.usd_per_query)} | {p.validation_accuracy:.3f} | {p.validation_coverage:.0%} "
+            f"| {p.test_accuracy:.3f} | {p.test_share_routed:.0%} |"
+            for p in sorted(self.pool, key=lambda p: p.usd_per_query)
+        ]
+        budget = _round_up(math.sqrt(min(p.usd_per_query for p in self.pool) * max(p.usd_per_query for p in self.pool)))
+        unseen = ", ".join(self.unseen_llms) or "none"
+        return "\n".join(
+            [
+                f"**{model_name} v{version}** routes each prompt to the LLM of its pool with the lowest predicted "
+                "error + cost_weight x cost (USD per query).",
+                "",
+                f"### Pool: {len(self.pool)} LLMs, cheapest first",
+                "| LLM | USD per query | validation accuracy | validation coverage | test accuracy "
+                f"| test prompts routed to it at cost_weight={self.default_cost_weight:g} (default) |",
+                "|---|---|---|---|---|---|",
+                *rows,
+                "",
+                f"### Against the prompt-blind baseline on {self.test_prompts:,} test prompts",
+                "| router | AUDC | QNC |",
+                "|---|---|---|",
+                f"| UniRoute (this version) | {self.audc:.4f} | {_qnc(self.qnc)} |",
+                f"| ZeroRouter (prompt-blind mix of single LLMs) | {self.zero_audc:.4f} | {_qnc(self.zero_qnc)} |",
+                "",
+                "AUDC: mean test accuracy under the concave hull of the deferral curve, over [cheapest, most "
+                "expensive] LLM of the pool. QNC: the cheapest budget reaching the accuracy of the most accurate "
+                f"LLM (`{self.best_llm}`), as a fraction of its cost (never: no budget does). Test answers are "
+                f"costed {self.test_costs}. LLMs the cluster map was not trained on: {unseen}.",
+                "",
+                "### Built from",
+                f"- cluster map: {self.cluster_map_kind}, K={self.n_clusters}, version `{self.cluster_map_version}`",
+                f"- embedder: `{self.embedder_id}`",
+                f"- dataset: {self.dataset}",
+                *([f"- data snapshot: `{self.data_snapshot}`"] if self.data_snapshot else []),
+                "",
+                "### How to call it",
+                "```python",
+                "import mlflow",
+                "import pandas as pd",
+                "",
+                f'mlflow.set_tracking_uri("{tracking_uri}")  # the registry it was registered in',
+                f'router = mlflow.pyfunc.load_model("{uri}")  # or "models:/{model_name}@champion"',
+                'router.predict(pd.DataFrame({"prompt": ["What is 2 + 2?"]}), '
+                f'params={{"max_cost_per_query": {budget}}})',
+                "# -> llm, cost_weight, predicted_error {llm: error}, cost {llm: USD per query}",
+                "```",
+                f"Through the gateway (OpenAI's API, any OpenAI SDK): `uniroute serve --catalog llms.yaml --model-uri "
+                f"models:/{model_name}@champion --port 8080` serves the version holding an alias (this one while it "
+                "is the champion):",
+                "```python",
+                "from openai import OpenAI",
+                "",
+                'client = OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="<your client key>")',
+                "client.chat.completions.create(",
+                '    model="uniroute",  # routes; the name of one LLM of the pool asks it directly',
+                '    messages=[{"role": "user", "content": "What is 2 + 2?"}],',
+                f'    extra_body={{"max_cost_per_query": {budget}}},  # or cost_weight, min_accuracy, candidates',
+                ")",
+                "```",
+            ]
+        )
+
+
+def _usd(value: float) -> str:
+    return f"${value:.3g}"
+
+
+def _qnc(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "never"
+
+
+def _round_up(value: float, digits: int = 2) -> float:
+    """``value`` rounded up to ``digits`` significant digits (a budget example that stays affordable)."""
+    if not value > 0:
+        return 0.0
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(value)))
+    return float(f"{math.ceil(value * scale - 1e-9) / scale:.{digits}g}")
+
+
+def run_name(cluster_map_version: str, n_llms: int, day: date | None = None) -> str:
+    """``router-<cluster map version>-<n>llms-<YYYY-MM-DD>``: what the run built, readable in MLflow's run list."""
+    return f"router-{cluster_map_version}-{n_llms}llms-{(day or date.today()).isoformat()}"
+
+
+def ui_url(configured: str = "") -> str:
+    """The MLflow UI to link to: ``configured``, else the tracking server when MLflow talks to one over HTTP,
+    else :data:`DEFAULT_UI_URL` (``mlflow ui`` on this machine)."""
+    tracking = mlflow.get_tracking_uri()
+    return configured or (tracking if tracking.startswith(("http://", "https://")) else DEFAULT_UI_URL)
+
+
+def version_url(model_name: str, version: str, ui_url: str = DEFAULT_UI_URL) -> str:
+    """The MLflow UI's page of a model version (``<ui>/#/models/<name>/versions/<version>``)."""
+    return f"{ui_url.rstrip('/')}/#/models/{quote(model_name, safe='')}/versions/{version}"
 
 
 def register_router(
@@ -64,37 +332,45 @@ def register_router(
     model_name: str,
     experiment_id: str,
     params: dict,
-    metrics: dict[str, float],
+    metrics: Mapping[str, float],
     tags: dict[str, str],
     figures: dict[str, object],
     input_example: list[str],
+    *,
+    run_name: str | None = None,
+    card: ModelCard | None = None,
+    absent_reasons: Mapping[str, str] | None = None,
+    json_artifacts: Mapping[str, object] | None = None,
 ) -> str:
-    """Log a run with the router as a pyfunc model and register it; returns the new version."""
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    """Log a run with the router as a pyfunc model and register it; returns the new version.
+
+    A metric that is not finite (e.g. QNC when no budget matches the best LLM) is not logged: the run and the
+    version get a tag ``metric_absent.<name>`` with ``absent_reasons[name]`` instead. ``card`` becomes the
+    version's description; the registered model gets :data:`MODEL_DESCRIPTION`.
+    """
+    finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
+    absent = {
+        f"{ABSENT_METRIC_TAG}{k}": (absent_reasons or {}).get(k, f"not a finite number ({v})")
+        for k, v in metrics.items()
+        if k not in finite
+    }
+    tags = {**tags, **absent}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
+        mlflow.log_metrics(finite)
         mlflow.set_tags(tags)
         for name, figure in figures.items():
-            mlflow.log_figure(figure, name)
+            mlflow.log_figure(figure, name, save_kwargs={"bbox_inches": "tight"})
+        for name, content in (json_artifacts or {}).items():
+            mlflow.log_dict(content, name)
         example = pd.DataFrame({"prompt": input_example})
-        output = {"llm": ["x"], "cost_weight": [0.0], "predicted_error": [{"x": 0.5}], "cost": [{"x": 0.001}]}
-        signature = infer_signature(example, pd.DataFrame(output))
-        # explicit params: an empty candidate list means "the whole pool"; a budget replaces cost_weight
-        signature.params = ParamSchema(
-            [
-                ParamSpec("cost_weight", "double", None),
-                ParamSpec("max_cost_per_query", "double", None),
-                ParamSpec("min_accuracy", "double", None),
-                ParamSpec("candidates", "string", [], (-1,)),
-            ]
-        )
         info = mlflow.pyfunc.log_model(
             name="router",
             python_model=str(PYFUNC_CODE),
             artifacts={"router": str(router_dir)},
             code_paths=[str(PROJECT_ROOT / "router_core")],
             pip_requirements=PIP_REQUIREMENTS,
-            signature=signature,
+            signature=SIGNATURE,
             input_example=example,
             registered_model_name=model_name,
         )
@@ -102,29 +378,47 @@ def register_router(
     client = MlflowClient()
     for key, value in {**tags, "run_id": run.info.run_id}.items():
         client.set_model_version_tag(model_name, version, key, value)
+    if card is not None:
+        client.update_model_version(
+            model_name, version, description=card.markdown(model_name, version, mlflow.get_tracking_uri())
+        )
+    client.update_registered_model(model_name, description=MODEL_DESCRIPTION)
     return version
+
+
+def champion(model_name: str):
+    """The ``champion`` alias's ``ModelVersion`` (tags, description, ...), or None when there is none yet."""
+    try:
+        return MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        return None
 
 
 def champion_version(model_name: str) -> str | None:
     """The version the ``champion`` alias points at, or None when there is none yet."""
-    try:
-        return MlflowClient().get_model_version_by_alias(model_name, "champion").version
-    except mlflow.exceptions.MlflowException:
-        return None
+    current = champion(model_name)
+    return None if current is None else str(current.version)
 
 
 def champion_router(model_name: str):
     """The champion's router (router_core), loaded from the registry, or None."""
     if champion_version(model_name) is None:
         return None
-    return mlflow.pyfunc.load_model(f"models:/{model_name}@champion").unwrap_python_model().router
+    return mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}").unwrap_python_model().router
 
 
 def promote(model_name: str, version: str, better: bool) -> str:
-    """Point ``champion`` at ``version`` when it is ``better`` (or there is no champion), else ``challenger``."""
-    alias = "champion" if better or champion_version(model_name) is None else "challenger"
-    MlflowClient().set_registered_model_alias(model_name, alias, version)
-    return alias
+    """Point ``champion`` at ``version`` when it is ``better`` (or there is no champion), else ``challenger``.
+    When ``champion`` moves, ``previous-champion`` keeps the version it left (a one-alias rollback)."""
+    current = champion_version(model_name)
+    client = MlflowClient()
+    if not better and current is not None:
+        client.set_registered_model_alias(model_name, CHALLENGER, version)
+        return CHALLENGER
+    if current is not None and current != str(version):
+        client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, current)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return CHAMPION
 
 
 #: Inside a router's directory: the validation predictions and scores that budgets resolve on, per sub-pool.

@@ -1,7 +1,15 @@
 """warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write)."""
 
 from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, load_catalog, sync_catalog
-from warehouse.db import SchemaError, connect, default_path, schema_version
+from warehouse.db import (
+    SchemaError,
+    connect,
+    connect_read_only,
+    data_home,
+    default_catalog_path,
+    default_path,
+    schema_version,
+)
 from warehouse.store import (
     WarehouseInputError,
     archive_responses,
@@ -14,6 +22,7 @@ from warehouse.store import (
     insert_responses,
     insert_routing_decisions,
     latest_cluster_map,
+    merge_staged,
     missing_embeddings,
     pending_counts,
     pending_pairs,
@@ -34,6 +43,7 @@ from warehouse.store import (
     read_responses,
     read_routing_decisions,
     read_splits,
+    read_staging_merges,
     record_check,
     record_failures,
     register_cluster_map,
@@ -54,9 +64,12 @@ __all__ = [
     "add_to_catalog",
     "archive_responses",
     "connect",
+    "connect_read_only",
     "count_answers",
     "count_embeddings",
     "count_routing_decisions",
+    "data_home",
+    "default_catalog_path",
     "default_path",
     "expected_count",
     "failing_llms",
@@ -65,6 +78,7 @@ __all__ = [
     "insert_routing_decisions",
     "latest_cluster_map",
     "load_catalog",
+    "merge_staged",
     "missing_embeddings",
     "pending_counts",
     "pending_pairs",
@@ -85,6 +99,7 @@ __all__ = [
     "read_responses",
     "read_routing_decisions",
     "read_splits",
+    "read_staging_merges",
     "record_check",
     "record_failures",
     "register_cluster_map",

@@ -1,4 +1,5 @@
-"""Open the warehouse: one DuckDB file, migrated forward on open."""
+"""Open the warehouse: one DuckDB file, migrated forward when opened for writing; and where this project's files
+live (the data home, the warehouse file, the catalog), resolved here and nowhere else."""
 
 from __future__ import annotations
 
@@ -9,24 +10,45 @@ import duckdb
 
 from warehouse.schema import MIGRATIONS
 
-__all__ = ["SchemaError", "connect", "default_path", "schema_version"]
+__all__ = [
+    "SchemaError",
+    "connect",
+    "connect_read_only",
+    "data_home",
+    "default_catalog_path",
+    "default_path",
+    "schema_version",
+]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class SchemaError(RuntimeError):
-    """The database was written by a newer version of this project."""
+    """The database was written by a newer version of this project, or (read-only) needs migrating first."""
+
+
+def data_home() -> Path:
+    """``$UNIROUTE_DATA_HOME``, else ``<project>/data``: where everything the project writes goes by default."""
+    return Path(os.environ.get("UNIROUTE_DATA_HOME") or PROJECT_ROOT / "data")
 
 
 def default_path() -> Path:
-    """``$UNIROUTE_WAREHOUSE``, else ``$UNIROUTE_DATA_HOME/warehouse.duckdb`` (default ``<project>/data``)."""
+    """``$UNIROUTE_WAREHOUSE``, else ``<data home>/warehouse.duckdb``."""
     if path := os.environ.get("UNIROUTE_WAREHOUSE"):
         return Path(path)
-    return Path(os.environ.get("UNIROUTE_DATA_HOME", PROJECT_ROOT / "data")) / "warehouse.duckdb"
+    return data_home() / "warehouse.duckdb"
+
+
+def default_catalog_path() -> Path:
+    """``$UNIROUTE_CATALOG``, else ``llms.yaml`` in the working directory (the file users edit)."""
+    return Path(os.environ.get("UNIROUTE_CATALOG") or "llms.yaml")
 
 
 def connect(path: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) the warehouse at ``path`` and apply pending migrations."""
+    """Open (creating if needed) the warehouse at ``path`` for writing and apply pending migrations.
+
+    DuckDB lets one process at a time hold a file open for writing: readers use :func:`connect_read_only`.
+    """
     path = Path(path) if path is not None else default_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(path))
@@ -38,9 +60,42 @@ def connect(path: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnec
     return con
 
 
+def connect_read_only(path: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the existing warehouse at ``path`` for reading only: no migration, no write lock, so any number of
+    readers may hold it at once (a process writing it still excludes them, and they it, while open).
+
+    Raises ``FileNotFoundError`` when there is no warehouse at ``path``, and :class:`SchemaError` when its schema
+    is not this code's (an older one is migrated by the next writer, e.g. any ``uniroute`` command that writes).
+    """
+    path = Path(path) if path is not None else default_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"no warehouse at {path}")
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        current = _applied_version(con)
+        if current != len(MIGRATIONS):
+            state = "newer than" if current > len(MIGRATIONS) else "older than"
+            raise SchemaError(
+                f"warehouse {path}: schema version {current} is {state} this code's {len(MIGRATIONS)}"
+                + (": upgrade uniroute" if current > len(MIGRATIONS) else ": open it for writing once to migrate")
+            )
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """The highest migration applied to ``con``."""
     return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0]
+
+
+def _applied_version(con: duckdb.DuckDBPyConnection) -> int:
+    """:func:`schema_version`, or 0 for a file without the migrations table (nothing applied yet)."""
+    tables = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchall()
+    return schema_version(con) if tables[0][0] else 0
 
 
 def _migrate(con: duckdb.DuckDBPyConnection) -> None:

@@ -215,4 +215,16 @@ MIGRATIONS: list[str] = [
         loaded_at TIMESTAMP NOT NULL               -- when it reached the warehouse
     );
     """,
+    # 7: staged collection files merged into the warehouse (profiling/staging.py), one row per file, written in the
+    # same transaction as the file's answers and failures: a file merged twice (a crash after the commit, before the
+    # file was moved aside) is recognised and adds nothing.
+    """
+    CREATE TABLE staging_merges (
+        file VARCHAR PRIMARY KEY,                  -- path under the staging root: model=<m>/<stamp>-<run>-<n>.parquet
+        merged_at TIMESTAMP NOT NULL,
+        answers INTEGER NOT NULL CHECK (answers >= 0),                -- answer rows the file held
+        answers_stored INTEGER NOT NULL CHECK (answers_stored >= 0),  -- of them, new to responses
+        failures INTEGER NOT NULL CHECK (failures >= 0)               -- failure rows the file held
+    );
+    """,
 ]

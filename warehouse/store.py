@@ -26,6 +26,7 @@ __all__ = [
     "insert_responses",
     "insert_routing_decisions",
     "latest_cluster_map",
+    "merge_staged",
     "missing_embeddings",
     "pending_counts",
     "pending_pairs",
@@ -46,6 +47,7 @@ __all__ = [
     "read_responses",
     "read_routing_decisions",
     "read_splits",
+    "read_staging_merges",
     "record_check",
     "record_failures",
     "register_cluster_map",
@@ -425,24 +427,76 @@ def read_responses(
     return _query(con, f"SELECT r.* FROM responses r WHERE {' AND '.join(clauses)} ORDER BY model, prompt_id", params)
 
 
+#: Answers held outside the warehouse (staged, not merged yet) that :func:`pending_pairs` can take into account.
+_STAGED_COLUMNS = {
+    "model": pl.String,
+    "prompt_id": pl.String,
+    "request_hash": pl.String,
+    "base_url": pl.String,
+    "model_id": pl.String,
+    "collected_at": pl.Datetime("us"),
+}
+
+
 def pending_pairs(
-    con: duckdb.DuckDBPyConnection, models: Sequence[str], splits: Sequence[str] = ("validation",)
+    con: duckdb.DuckDBPyConnection,
+    models: Sequence[str],
+    splits: Sequence[str] = ("validation",),
+    staged: pl.DataFrame | None = None,
+    staged_since: datetime | None = None,
 ) -> pl.DataFrame:
     """What to ask: ``models`` x prompts in ``splits`` with no stored response, where the LLM has an endpoint
     and the prompt's dataset is collectable. Columns model, prompt_id, prompt, messages, request_params,
-    request_hash, template_version (null where the dataset is not registered)."""
-    return _query(
-        con,
-        f"""
-        SELECT l.name AS model, p.prompt_id, p.prompt, p.messages, p.request_params, p.request_hash,
-               (SELECT d.template_version FROM datasets d WHERE d.name = p.dataset) AS template_version
-        FROM prompts p CROSS JOIN llms l
-        WHERE list_contains(?, l.name) AND list_contains(?, p.split) AND {_COLLECTABLE}
-          AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id)
-        ORDER BY l.name, p.prompt_id
-        """,
-        [list(models), list(splits)],
-    )
+    request_hash, template_version (null where the dataset is not registered).
+
+    ``staged``: answers held elsewhere, not stored yet (model, prompt_id, request_hash, base_url, model_id,
+    collected_at: ``profiling.staging.staged_pairs``); a pair with a current one is not pending. A staged answer
+    is current as a stored one is (see :func:`pending_counts`): to the prompt's current request, from the LLM's
+    current endpoint and model id, and, given ``staged_since`` (naive: UTC), collected at or after it.
+    """
+    staged_frame = _staged_frame(staged)
+    since = _naive_utc(staged_since)
+    con.register("_staged", staged_frame)
+    try:
+        return _query(
+            con,
+            f"""
+            SELECT l.name AS model, p.prompt_id, p.prompt, p.messages, p.request_params, p.request_hash,
+                   (SELECT d.template_version FROM datasets d WHERE d.name = p.dataset) AS template_version
+            FROM prompts p CROSS JOIN llms l
+            WHERE list_contains(?, l.name) AND list_contains(?, p.split) AND {_COLLECTABLE}
+              AND NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = l.name AND r.prompt_id = p.prompt_id)
+              AND NOT EXISTS (SELECT 1 FROM _staged r WHERE r.model = l.name AND r.prompt_id = p.prompt_id
+                              AND NOT {_STALE} AND NOT {_STALE_REQUEST}
+                              AND (CAST(? AS TIMESTAMP) IS NULL OR r.collected_at >= CAST(? AS TIMESTAMP)))
+            ORDER BY l.name, p.prompt_id
+            """,
+            [list(models), list(splits), since, since],
+        )
+    finally:
+        con.unregister("_staged")
+
+
+def _staged_frame(staged: pl.DataFrame | None) -> pl.DataFrame:
+    """``staged`` with exactly :data:`_STAGED_COLUMNS` (an empty frame for None); raises naming a missing column."""
+    if staged is None:
+        return pl.DataFrame(schema=_STAGED_COLUMNS)
+    if not isinstance(staged, pl.DataFrame):
+        raise WarehouseInputError("staged", "frame", type(staged).__name__, "must be a polars.DataFrame")
+    for name in _STAGED_COLUMNS:
+        if name not in staged.columns:
+            raise WarehouseInputError("staged", name, None, f"missing column (have {staged.columns})")
+    try:
+        return staged.select(pl.col(n).cast(d, strict=True) for n, d in _STAGED_COLUMNS.items())
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+        raise WarehouseInputError("staged", "frame", str(staged.schema), "has a column of the wrong type") from exc
+
+
+def _naive_utc(moment: datetime | None) -> datetime | None:
+    """``moment`` as naive UTC, the way times are stored (a naive one is UTC already)."""
+    if moment is None or moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 def pending_counts(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validation",)) -> pl.DataFrame:
@@ -603,6 +657,90 @@ def record_failures(con: duckdb.DuckDBPyConnection, failures: pl.DataFrame) -> i
 def read_failures(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Pairs whose collection failed and that have no response yet."""
     return _query(con, "SELECT * FROM collection_failures ORDER BY model, prompt_id")
+
+
+# ---- staged collections ----------------------------------------------------------------------------------
+def merge_staged(
+    con: duckdb.DuckDBPyConnection, file: str, answers: pl.DataFrame, failures: pl.DataFrame
+) -> dict[str, int] | None:
+    """Store one staged file's answers and failures and record ``file`` in ``staging_merges``, in ONE transaction;
+    None, and nothing written, when ``file`` is recorded already (merged before: a crash after the commit and
+    before the file was moved aside, or the same file merged twice).
+
+    ``answers`` has the columns of :func:`insert_responses` plus ``collected_at`` (naive UTC: when the answer came;
+    null: now); ``failures`` those of :func:`record_failures` plus ``last_failed_at``. As those functions do, an
+    answer to a pair stored already is skipped (responses are insert-only) and clears the pair's failures, and a
+    failure adds its attempts to the pair's; a failure of a pair that has an answer (stored now or before) is
+    dropped. Returns ``{"answers", "answers_stored", "failures", "failures_recorded"}``.
+    """
+    if isinstance(answers, pl.DataFrame) and "source" not in answers.columns:
+        answers = answers.with_columns(pl.lit("collected").alias("source"))
+    now = datetime.now(UTC).replace(tzinfo=None)
+    staged_answers = _with_time(_prepare("responses", answers), answers, "collected_at", now)
+    staged_failures = _with_time(_prepare("collection_failures", failures), failures, "last_failed_at", now)
+    answer_columns = ", ".join(staged_answers.columns)
+    failure_columns = ", ".join(staged_failures.columns)
+    con.register("_staged_answers", staged_answers)
+    con.register("_staged_failures", staged_failures)
+    con.begin()
+    try:
+        if con.execute("SELECT count(*) FROM staging_merges WHERE file = ?", [file]).fetchall()[0][0]:
+            con.rollback()
+            return None
+        stored = con.execute(
+            f"INSERT INTO responses ({answer_columns}) SELECT {answer_columns} FROM _staged_answers "
+            "ON CONFLICT DO NOTHING"
+        ).fetchall()[0][0]
+        con.execute(
+            "DELETE FROM collection_failures f USING _staged_answers a "
+            "WHERE f.model = a.model AND f.prompt_id = a.prompt_id"
+        ).fetchall()
+        recorded = con.execute(
+            f"""
+            INSERT INTO collection_failures ({failure_columns}) SELECT {failure_columns} FROM _staged_failures s
+            WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = s.model AND r.prompt_id = s.prompt_id)
+            ON CONFLICT (model, prompt_id) DO UPDATE SET attempts = collection_failures.attempts + excluded.attempts,
+                last_error_class = excluded.last_error_class, last_failed_at = excluded.last_failed_at,
+                run_id = excluded.run_id
+            """
+        ).fetchall()[0][0]
+        counts = {
+            "answers": staged_answers.height,
+            "answers_stored": stored,
+            "failures": staged_failures.height,
+            "failures_recorded": recorded,
+        }
+        con.execute(
+            "INSERT INTO staging_merges (file, merged_at, answers, answers_stored, failures) VALUES (?, ?, ?, ?, ?)",
+            [file, now, counts["answers"], stored, counts["failures"]],
+        ).fetchall()
+        con.commit()
+    except duckdb.ConstraintException as exc:
+        con.rollback()
+        raise WarehouseInputError("staging_merges", "file", file, f"violates a table constraint: {exc}") from exc
+    except BaseException:
+        con.rollback()
+        raise
+    finally:
+        con.unregister("_staged_answers")
+        con.unregister("_staged_failures")
+    return counts
+
+
+def _with_time(prepared: pl.DataFrame, frame: pl.DataFrame, column: str, default: datetime) -> pl.DataFrame:
+    """``prepared`` with ``frame``'s ``column`` (a naive UTC time; missing or null: ``default``)."""
+    if column in frame.columns and frame.height:
+        try:
+            times = frame[column].cast(pl.Datetime("us"), strict=True)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+            raise WarehouseInputError("staging", column, str(frame[column].dtype), "cannot be read as a time") from exc
+        return prepared.with_columns(times.fill_null(default).alias(column))
+    return prepared.with_columns(pl.lit(default, dtype=pl.Datetime("us")).alias(column))
+
+
+def read_staging_merges(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Staged files merged so far (file, merged_at, answers, answers_stored, failures), in merge order."""
+    return _query(con, "SELECT * FROM staging_merges ORDER BY merged_at, file")
 
 
 # ---- grades ----------------------------------------------------------------------------------------------

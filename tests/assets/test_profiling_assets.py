@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import dagster as dg
+import polars as pl
 
 import warehouse as wh
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
@@ -151,17 +154,31 @@ def test_cluster_map_then_features_and_a_new_llm_needs_no_retraining(instance, t
     assert psi["bio-pro"] != psi["history-pro"]  # different specialists, different features
 
 
-def test_a_failing_data_check_blocks_grading_and_is_recorded(instance, tmp_path, mmlu_like_dir):
+CHECKS_QUERY = """
+query ($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { assetChecksOrError { ... on AssetChecks { checks {
+    name blocking executionForLatestMaterialization { status }
+    partitionStatuses { ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions } }
+  } } } } }
+}
+"""
+
+
+def test_each_property_is_a_check_of_its_llm_and_a_failed_coverage_blocks_and_shows(instance, tmp_path, mmlu_like_dir):
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    from pipelines.ticks import daemon_workspace
+
     resources = {
         "warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")),
         "collector": CollectorResource(max_attempts=1, timeout_s=5.0),
     }
     catalog = tmp_path / "llms.yaml"
     flaky = ReplayConfig(faults=FaultRates(unavailable=0.5), seed=0)  # one attempt each: about half fail
-    with ReplayServer(mmlu_like_dir, flaky) as server:
+    with ReplayServer(mmlu_like_dir, flaky) as flaky_server, ReplayServer(mmlu_like_dir) as server:
         catalog.write_text(
             f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-            "llms: [{name: last}]\n"
+            f"llms: [{{name: last, base_url: '{flaky_server.base_url}'}}, {{name: cheap}}]\n"
         )
         setup = {
             "llm_catalog": {"config": {"path": str(catalog)}},
@@ -170,18 +187,52 @@ def test_a_failing_data_check_blocks_grading_and_is_recorded(instance, tmp_path,
         assert dg.materialize(
             [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": setup}
         ).success
-        instance.add_dynamic_partitions(llm_partitions.name, ["last"])
-        result = dg.materialize(
-            [llm_responses, graded_responses],
-            partition_key="last",
-            resources=resources,
-            instance=instance,
-            raise_on_error=False,
+        instance.add_dynamic_partitions(llm_partitions.name, ["last", "cheap"])
+        # the failing LLM first, a passing one after it: the asset must not read "passed" for the latest
+        failing, passing = (
+            dg.materialize(
+                [llm_responses, graded_responses],
+                partition_key=model,
+                resources=resources,
+                instance=instance,
+                raise_on_error=False,
+            )
+            for model in ("last", "cheap")
         )
-    checks = result.get_asset_check_evaluations()
-    assert [(c.check_name, c.passed) for c in checks] == [("check_llm_responses_valid", False)]
-    assert "expect_table_row_count_to_be_between" in checks[0].metadata["failed_expectations"].value
-    assert not result.asset_materializations_for_node("graded_responses")  # blocked downstream
+    checks = {c.check_name: c for c in failing.get_asset_check_evaluations()}
+    # one check per property, each about its LLM's partition; grading never ran, so no grade checks
+    assert set(checks) == {
+        f"check_llm_responses_{p}" for p in ("schema", "coverage", "empty_responses", "token_counts")
+    }
+    assert {c.partition for c in checks.values()} == {"last"}
+    coverage = checks["check_llm_responses_coverage"]
+    assert not coverage.passed and coverage.severity == dg.AssetCheckSeverity.ERROR and coverage.blocking
+    assert re.fullmatch(r"last: coverage \d+% < 98% \(\d+ of 12 validation prompts\)", coverage.description)
+    assert "expect_column_unique_value_count_to_be_between" in str(coverage.metadata["failed_expectations"].value)
+    assert checks["check_llm_responses_schema"].passed and checks["check_llm_responses_schema"].blocking
+    mild = [checks[f"check_llm_responses_{p}"] for p in ("empty_responses", "token_counts")]
+    assert all(c.passed and c.severity == dg.AssetCheckSeverity.WARN and not c.blocking for c in mild)
+    assert mild[0].description == "last: 0% empty responses <= 1% allowed (" + mild[0].description.split("(")[1]
+    assert not failing.asset_materializations_for_node("graded_responses")  # blocked downstream
+
+    passed = passing.get_asset_check_evaluations()
+    assert len(passed) == 7 and all(c.passed and c.partition == "cheap" for c in passed)  # 4 on answers, 3 on grades
+    assert {c.description for c in passed} >= {
+        "cheap: coverage 100% >= 98% (12 of 12 validation prompts)",
+        "cheap: every score present and in [0, 1]",
+    }
     with wh.connect(tmp_path / "w.duckdb") as con:
         assert wh.failing_llms(con) == ["last"]
-        assert wh.read_grades(con).height == 0
+        assert wh.read_grades(con).filter(pl.col("model") == "last").height == 0
+
+    # what the asset's checks tab shows: the coverage check failed for "last", passed for "cheap"
+    with daemon_workspace(instance) as workspace, workspace.create_request_context() as context:
+        result = execute_dagster_graphql(context, CHECKS_QUERY, {"key": {"path": ["llm_responses"]}})
+    shown = {c["name"]: c for c in result.data["assetNodeOrError"]["assetChecksOrError"]["checks"]}
+    assert shown["check_llm_responses_coverage"]["partitionStatuses"] == {
+        "succeededPartitions": ["cheap"],
+        "failedPartitions": ["last"],
+    }
+    assert (
+        shown["check_llm_responses_coverage"]["blocking"] and not shown["check_llm_responses_token_counts"]["blocking"]
+    )

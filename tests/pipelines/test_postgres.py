@@ -30,6 +30,8 @@ from pipelines.definitions import defs
 from profiling.replay_server import ReplayConfig, ReplayServer
 from serving.processes import free_port, venv_env
 
+pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LLMS = ["cheap", "math-pro"]
 # Instance storage with its credentials from the environment, as in the README: no secrets in the file.
@@ -244,9 +246,15 @@ def test_parallel_profiling_and_registry_on_postgres(
 
     # The router: version 1 with the champion alias, in the Postgres-backed registry.
     router = built["router"]
-    assert router["version"] == "1" and router["alias"] == "champion" and sorted(router["pool"]) == sorted(LLMS)
+    assert router["version"] == "1" and router["alias"] == "champion" and sorted(_names(router["pool"])) == sorted(LLMS)
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     assert str(client.get_model_version_by_alias("uniroute", "champion").version) == "1"
     assert postgres.query("mlflow", "SELECT name, alias, version FROM registered_model_aliases") == [
         ("uniroute", "champion", 1)
     ]
+
+
+def _names(value) -> list[str]:
+    """LLM names from the router's metadata: a list, or text joined by commas ("none" when empty)."""
+    names = value if isinstance(value, list) else str(value).split(",")
+    return [n.strip() for n in names if n.strip() and n.strip() != "none"]

@@ -1,18 +1,31 @@
-"""The nightly schedule requests exactly the partitions that have something to collect."""
+"""The nightly schedule requests exactly the partitions that have something to collect, reading the warehouse of
+the resource the assets use, read-only."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import dagster as dg
 import polars as pl
 
 import warehouse as wh
+from assets.resources import WarehouseResource
 from pipelines.schedules import nightly_profiling_schedule
 from profiling.importers import import_mmlu_pro
 
+HOLD_READ_ONLY = "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); "
+HOLD_READ_ONLY += "sys.stdin.read()"
 
-def test_nightly_requests_llms_with_missing_or_repointed_answers_only(tmp_path, monkeypatch, mmlu_like_dir):
-    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
-    with wh.connect() as con:
+
+def _evaluate(instance, warehouse=None):
+    resources = {"warehouse": warehouse or WarehouseResource()}
+    return nightly_profiling_schedule(dg.build_schedule_context(instance=instance, resources=resources))
+
+
+def _profiled(path, mmlu_like_dir) -> int:
+    """A warehouse where five LLMs stand at different points; returns the number of validation prompts."""
+    with wh.connect(path) as con:
         prompts = import_mmlu_pro(con, mmlu_like_dir)
         names = ["done", "behind", "retired", "unpartitioned", "repointed"]
         wh.upsert_llms(
@@ -35,17 +48,45 @@ def test_nightly_requests_llms_with_missing_or_repointed_answers_only(tmp_path, 
         wh.insert_responses(con, answers.head(5).with_columns(model=pl.lit("behind")))
         old_endpoint = {"base_url": pl.lit("http://127.0.0.1:9/v1"), "model_id": pl.lit("old-model")}
         wh.insert_responses(con, answers.with_columns(model=pl.lit("repointed"), **old_endpoint))
+    return len(val)
+
+
+def test_nightly_requests_llms_with_missing_or_repointed_answers_only(tmp_path, monkeypatch, mmlu_like_dir):
+    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
+    n_validation = _profiled(tmp_path / "w.duckdb", mmlu_like_dir)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("llm", ["done", "behind", "retired", "repointed"])
-        result = nightly_profiling_schedule(dg.build_schedule_context(instance=instance))
+        result = _evaluate(instance)
     assert [(r.partition_key, r.tags["uniroute/pending"]) for r in result] == [
-        ("behind", str(len(val) - 5)),
-        ("repointed", str(len(val))),  # answered by a model it no longer points at
+        ("behind", str(n_validation - 5)),
+        ("repointed", str(n_validation)),  # answered by a model it no longer points at
     ]
 
 
-def test_nightly_skips_when_nothing_is_missing(tmp_path, monkeypatch):
-    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "empty.duckdb"))
+def test_nightly_reads_the_configured_warehouse_beside_other_readers(tmp_path, monkeypatch, mmlu_like_dir):
+    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "default.duckdb"))  # not the deployment's
+    deployed = tmp_path / "deployed.duckdb"
+    _profiled(deployed, mmlu_like_dir)
+    # another process reads the warehouse meanwhile (the gateway, a CLI): a writer would be locked out
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_READ_ONLY, str(deployed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("llm", ["behind"])
+            result = _evaluate(instance, WarehouseResource(path=str(deployed)))
+    finally:
+        holder.communicate("", timeout=30)
+    assert [r.partition_key for r in result] == ["behind"]
+    assert not (tmp_path / "default.duckdb").exists()  # nothing created where the environment pointed
+
+
+def test_nightly_skips_when_nothing_is_missing_or_nothing_exists_yet(tmp_path, monkeypatch):
     with dg.instance_for_test() as instance:
-        result = nightly_profiling_schedule(dg.build_schedule_context(instance=instance))
-    assert isinstance(result, dg.SkipReason)
+        missing = _evaluate(instance, WarehouseResource(path=str(tmp_path / "none.duckdb")))
+        wh.connect(tmp_path / "empty.duckdb").close()
+        empty = _evaluate(instance, WarehouseResource(path=str(tmp_path / "empty.duckdb")))
+    assert isinstance(missing, dg.SkipReason) and "no warehouse at" in missing.skip_message
+    assert not (tmp_path / "none.duckdb").exists()  # a reader creates nothing
+    assert isinstance(empty, dg.SkipReason) and "every active LLM" in empty.skip_message

@@ -1,4 +1,5 @@
-"""The onboarding sensor on catalog changes, evaluated with build_sensor_context against a real instance."""
+"""The onboarding sensor on catalog changes, evaluated with build_sensor_context against a real instance; it reads
+the catalog of the warehouse resource the assets use."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import dagster as dg
 import pytest
 
+from assets.resources import WarehouseResource
 from pipelines.sensors import llm_onboarding_sensor
 
 CATALOG = """
@@ -27,8 +29,9 @@ def catalog(tmp_path, monkeypatch):
     return write
 
 
-def _tick(instance, cursor=None):
-    result = llm_onboarding_sensor(dg.build_sensor_context(instance=instance, cursor=cursor))
+def _tick(instance, cursor=None, warehouse=None):
+    resources = {"warehouse": warehouse or WarehouseResource()}
+    result = llm_onboarding_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
     if isinstance(result, dg.SkipReason):
         return result, cursor
     for request in result.dynamic_partitions_requests:  # what the daemon does with them
@@ -39,8 +42,12 @@ def _tick(instance, cursor=None):
 def test_new_llms_get_partitions_and_runs_and_nothing_twice(catalog):
     with dg.DagsterInstance.ephemeral() as instance:
         catalog("{name: a}", "{name: b}")
+        instance.add_dynamic_partitions("llm", ["a"])  # e.g. by a catalog sync: still new to the sensor
         first, cursor = _tick(instance)
-        assert sorted(r.partition_key for r in first.run_requests) == ["a", "b"]
+        assert sorted((r.partition_key, r.tags["uniroute/onboarding"]) for r in first.run_requests) == [
+            ("a", "new"),
+            ("b", "new"),
+        ]
         assert sorted(instance.get_dynamic_partitions("llm")) == ["a", "b"]
         idle, cursor = _tick(instance, cursor)
         assert isinstance(idle, dg.SkipReason)
@@ -62,6 +69,20 @@ def test_invalid_catalog_launches_nothing(catalog):
         result, _ = _tick(instance)
         assert isinstance(result, dg.SkipReason) and "usd_per_mtok_in" in result.skip_message
         assert instance.get_dynamic_partitions("llm") == []
+
+
+def test_a_configured_warehouse_resource_moves_the_sensor_with_the_assets(catalog, tmp_path):
+    # $UNIROUTE_CATALOG names one file (the fixture's); the deployment configures another on the resource
+    catalog("{name: from-environment}")
+    configured = tmp_path / "deployed.yaml"
+    configured.write_text(CATALOG.format(entries="  - {name: from-resource}"))
+    warehouse = WarehouseResource(path=str(tmp_path / "deployed.duckdb"), catalog_path=str(configured))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result, _ = _tick(instance, warehouse=warehouse)
+    [request] = result.run_requests
+    assert request.partition_key == "from-resource"
+    # the run it launches syncs the same file into the same warehouse
+    assert request.run_config["ops"]["llm_catalog"]["config"]["path"] == str(configured)
 
 
 def test_the_sensors_run_request_profiles_the_new_llm(catalog, tmp_path, monkeypatch, mmlu_like_dir):

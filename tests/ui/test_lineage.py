@@ -11,9 +11,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assets.profiling import graded_responses, llm_partitions, llm_responses
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
 from profiling.replay_server import ReplayServer
 from serving.processes import free_port, server_process, venv_env
+
+pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package; `make test` installs it
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "data" / "screenshots"
@@ -41,9 +44,21 @@ def materialised(tmp_path_factory, mmlu_like_dir, build_graph):
         catalog = root / "llms.yaml"
         catalog.write_text(
             f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-            "llms: [{name: cheap}, {name: math-pro}]\n"
+            f"llms: [{{name: cheap}}, {{name: math-pro}}, {{name: last, base_url: 'http://127.0.0.1:{free_port()}/v1'}}]\n"
         )
         build_graph(instance, resources, mmlu_like_dir, catalog, ["cheap", "math-pro"])
+        # "last" has a dead endpoint: no answers, so its coverage check fails (and blocks its grading)
+        instance.add_dynamic_partitions(llm_partitions.name, ["last"])
+        profiled = dg.materialize(
+            [llm_responses, graded_responses],
+            partition_key="last",
+            resources=resources,
+            instance=instance,
+            run_config={"ops": {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}},
+            raise_on_error=False,
+        )
+        coverage = [e for e in profiled.get_asset_check_evaluations() if e.check_name.endswith("coverage")]
+        assert [e.passed for e in coverage] == [False]
     return root, env, uri
 
 
@@ -82,8 +97,18 @@ def test_the_dagster_ui_shows_the_lineage_and_its_checks(materialised, browser, 
         assert _shot(page, "dagster_lineage.png").stat().st_size > 10_000
         page.goto(f"{url}/assets/llm_responses?view=checks", wait_until="networkidle")
         _dismiss_welcome(page)
-        page.get_by_text("check_llm_responses_valid").first.wait_for(timeout=60_000)
+        page.get_by_text("check_llm_responses_coverage").first.wait_for(timeout=60_000)
         _shot(page, "dagster_checks.png")
+        # the failing check of one LLM, named with its LLM and the numbers in the user's terms
+        page.get_by_text("check_llm_responses_coverage").first.click()
+        page.get_by_text("Failed").first.wait_for(timeout=60_000)
+        page.get_by_text("last").first.wait_for(timeout=60_000)
+        assert _shot(page, "dagster_failing_check.png").stat().st_size > 10_000
+        # the router's page: the per-LLM table, rounded headline numbers, the link to its MLflow version
+        page.goto(f"{url}/assets/router", wait_until="networkidle")
+        for text in ("audc", "mlflow_version", "math-pro"):
+            page.get_by_text(text).first.wait_for(timeout=60_000)
+        assert _shot(page, "dagster_router.png").stat().st_size > 10_000
         page.close()
 
 
@@ -116,4 +141,9 @@ def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
         page.goto(f"{url}/#/models/uniroute", wait_until="domcontentloaded")
         page.get_by_text("champion").first.wait_for(timeout=60_000)
         assert _shot(page, "mlflow_champion.png").stat().st_size > 10_000
+        # the version's model card: pool with costs, AUDC against the prompt-blind baseline, how to call it
+        page.goto(f"{url}/#/models/uniroute/versions/1", wait_until="domcontentloaded")
+        for text in ("ZeroRouter", "models:/uniroute@champion"):
+            page.get_by_text(text).first.wait_for(timeout=60_000)
+        assert _shot(page, "mlflow_model_card.png").stat().st_size > 10_000
         page.close()

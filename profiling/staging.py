@@ -1,0 +1,316 @@
+"""Collect without holding the warehouse: stage answers in durable files as they arrive, merge them in a short step.
+
+DuckDB lets one process at a time write the warehouse, and a collection waits on its endpoint for most of its run.
+So a profiling run can be split into steps that hold the warehouse only briefly:
+
+1. ``archive_replaced_answers(con, models, refresh_before)`` (:mod:`profiling.collector`): stale answers move to
+   the archive and their pairs become pending. A short write.
+2. :func:`plan_collection`: the pairs to ask, against the warehouse *and* the unmerged staged files. A short read.
+3. :func:`collect_to_staging`: ask them, each batch written to its own Parquet file as it arrives. No warehouse
+   connection at all: any number of these may run at once, for any models.
+4. :func:`merge_staging`: each unmerged file's answers and failures into the warehouse, idempotently (one
+   transaction per file, which also records the file in ``staging_merges``), then the file moves to ``merged/``.
+   The only writer; a short write.
+
+Layout under the staging ``directory``::
+
+    model=<model, %-quoted>/<UTC stamp>-<run_id>-<n>.parquet          staged, not merged yet
+    model=<model, %-quoted>/.<name>.tmp                                being written (never read)
+    merged/model=<model, %-quoted>/<UTC stamp>-<run_id>-<n>.parquet   merged (kept, never read again)
+
+A file holds one batch of one model: its answers (``kind = 'answer'``, the columns of
+:data:`profiling.collector.ANSWER_SCHEMA`) and its failures (``kind = 'failure'``, with ``attempts`` and
+``last_error_class``), and ``staged_at`` (naive UTC), the time the batch was written: the answers' ``collected_at``.
+It is written under a temporary name, fsynced, then renamed into place (and its directory fsynced), so a file that
+has its name is whole: a run killed at any point loses at most the batch it was writing, and a re-run planned with
+:func:`plan_collection` never asks (never pays for) a staged answer again.
+
+``staging_merges``, not the move to ``merged/``, says what is merged: the move only keeps the listing of unmerged
+files short. That is what lets the staging location be shared storage: a path every run's machine mounts (the
+temporary name and rename are atomic on a POSIX filesystem; NFS renames are atomic within a directory too) or, later,
+an S3-compatible bucket through ``pyarrow.fs.S3FileSystem`` or DuckDB's ``httpfs`` (``read_parquet('s3://...')``).
+On S3 an object is written whole by one PUT, so the temporary name becomes unnecessary; the "move" becomes a copy and
+a delete, and a crash between them leaves a copy that ``staging_merges`` recognises. Only local paths are
+implemented here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+import warehouse as wh
+from profiling.collector import (
+    ANSWER_SCHEMA,
+    FAILURE_SCHEMA,
+    CollectionReport,
+    RetryPolicy,
+    new_run_id,
+    run_collection,
+)
+
+__all__ = [
+    "STAGED_SCHEMA",
+    "MergeReport",
+    "StagingSink",
+    "collect_to_staging",
+    "merge_staging",
+    "plan_collection",
+    "staged_files",
+    "staged_pairs",
+]
+
+log = logging.getLogger(__name__)
+
+#: The columns of a staged file: a row is an answer or a failure (``kind``), of one model.
+STAGED_SCHEMA: dict[str, pl.DataType] = {
+    "kind": pl.String,
+    **ANSWER_SCHEMA,
+    "attempts": pl.Int32,
+    "last_error_class": pl.String,
+    "staged_at": pl.Datetime("us"),
+}
+MERGED = "merged"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_PAIR_COLUMNS = ["model", "prompt_id", "request_hash", "base_url", "model_id", "staged_at"]
+
+
+def _model_dir(model: str) -> str:
+    """The directory of ``model``'s files: ``model=`` and the name %-quoted (no separators, never ``merged``)."""
+    return "model=" + urllib.parse.quote(model, safe="")
+
+
+class StagingSink:
+    """A collector sink (:class:`profiling.collector.Sink`) that writes each batch durably to its own Parquet file
+    per model under ``directory`` (see the module's docstring), named after ``run_id`` so that runs at once never
+    collide. Needs no warehouse connection."""
+
+    def __init__(self, directory: str | os.PathLike[str], run_id: str) -> None:
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+            raise ValueError(f"run_id={run_id!r}: must be 1-128 letters, digits, '.', '_' or '-', not starting with .")
+        self.directory, self.run_id = Path(directory), run_id
+        self._files = 0
+
+    def write(self, answers: pl.DataFrame, failures: pl.DataFrame) -> int:
+        """Stage one batch: a file per model; returns the answers staged."""
+        staged_at = datetime.now(UTC).replace(tzinfo=None)
+        rows = pl.concat(
+            [
+                answers.with_columns(kind=pl.lit("answer")),
+                failures.with_columns(kind=pl.lit("failure")),
+            ],
+            how="diagonal_relaxed",
+        )
+        if rows.height == 0:
+            return 0
+        rows = rows.with_columns(staged_at=pl.lit(staged_at, dtype=pl.Datetime("us")))
+        rows = rows.select(
+            pl.col(n).cast(d) if n in rows.columns else pl.lit(None, dtype=d).alias(n) for n, d in STAGED_SCHEMA.items()
+        )
+        stamp = staged_at.strftime("%Y%m%dT%H%M%S%fZ")
+        for (model,), part in sorted(rows.partition_by("model", as_dict=True, maintain_order=True).items()):
+            self._files += 1
+            name = f"{stamp}-{self.run_id}-{self._files:06d}.parquet"
+            _write_durably(part, self.directory / _model_dir(model) / name)
+        return answers.height
+
+
+def _write_durably(frame: pl.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` whole or not at all: a temporary name, fsync, rename, fsync of the directory."""
+    created = not path.parent.is_dir()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if created:
+        _fsync_dir(path.parent.parent)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            frame.write_parquet(out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in ``directory`` durable (where the OS can: not on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def staged_files(directory: str | os.PathLike[str], models: Sequence[str] | None = None) -> list[Path]:
+    """The unmerged staged files under ``directory`` (of ``models``, default all), oldest first; files being
+    written (temporary names) are never listed. A missing directory holds none."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    if models is None:
+        folders = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("model=")]
+    else:
+        folders = [root / _model_dir(m) for m in models]
+    files = [f for d in folders if d.is_dir() for f in d.glob("*.parquet") if not f.name.startswith(".")]
+    return sorted(files, key=lambda f: (f.name, f.parent.name))
+
+
+def staged_pairs(directory: str | os.PathLike[str], models: Sequence[str] | None = None) -> pl.DataFrame:
+    """The answered pairs staged under ``directory`` and not merged yet, of ``models`` (default all): model,
+    prompt_id, request_hash, base_url, model_id (what the answer answered, and who) and collected_at. Reads only
+    those columns of each file. A pair may be listed more than once (answered in several runs)."""
+    root = Path(directory)
+    frames = []
+    for path in staged_files(root, models):
+        try:
+            frame = pl.read_parquet(path, columns=[*_PAIR_COLUMNS, "kind"], hive_partitioning=False)
+        except FileNotFoundError:  # merged meanwhile: moved aside, with the same content
+            frame = pl.read_parquet(
+                root / MERGED / path.relative_to(root), columns=[*_PAIR_COLUMNS, "kind"], hive_partitioning=False
+            )
+        frames.append(frame.filter(pl.col("kind") == "answer").drop("kind"))
+    schema = {n: STAGED_SCHEMA[n] for n in _PAIR_COLUMNS}
+    if not frames:
+        return pl.DataFrame(schema=schema).rename({"staged_at": "collected_at"})
+    return pl.concat(frames).select(pl.col(n).cast(d) for n, d in schema.items()).rename({"staged_at": "collected_at"})
+
+
+def plan_collection(
+    con: duckdb.DuckDBPyConnection,
+    models: Sequence[str],
+    splits: Sequence[str] = ("validation",),
+    staging_dir: str | os.PathLike[str] | None = None,
+    refresh_before: datetime | None = None,
+) -> pl.DataFrame:
+    """The pairs a collection of ``models`` on ``splits`` should ask: the warehouse's pending pairs
+    (:func:`warehouse.pending_pairs`; run ``archive_replaced_answers`` first) less those with a current staged
+    answer in ``staging_dir`` (:func:`staged_pairs`). A staged answer counts as a stored one does: to the prompt's
+    current request (``request_hash``), from the LLM's current endpoint and model id, and collected at or after
+    ``refresh_before`` (UTC) when given; any other is stale and its pair is asked again. Only reads ``con``.
+
+    The staged files are read before the warehouse, so a merge between the two reads cannot hide an answer.
+    """
+    staged = staged_pairs(staging_dir, models) if staging_dir is not None else None
+    return wh.pending_pairs(con, list(models), splits, staged=staged, staged_since=refresh_before)
+
+
+def collect_to_staging(
+    pairs: pl.DataFrame,
+    llms: pl.DataFrame,
+    staging_dir: str | os.PathLike[str],
+    run_id: str | None = None,
+    policy: RetryPolicy | None = None,
+    batch_size: int = 512,
+    seed: int | None = None,
+    progress: bool = True,
+    log_progress: Callable[[str], None] | None = None,
+    flush_interval_s: float = 2.0,
+) -> CollectionReport:
+    """Ask ``pairs`` (:func:`plan_collection`) of their LLMs in ``llms`` (catalog rows:
+    ``profiling.collector.active_llms``) and stage every batch under ``staging_dir`` as it arrives
+    (:class:`StagingSink`); no warehouse connection. ``run_id`` (default a new one) names the answers and the files.
+    The report's ``stored`` counts the answers staged; :func:`merge_staging` stores them."""
+    run_id = run_id or new_run_id()
+    return run_collection(
+        StagingSink(staging_dir, run_id),
+        pairs,
+        llms,
+        policy,
+        batch_size,
+        seed=seed,
+        progress=progress,
+        log_progress=log_progress,
+        flush_interval_s=flush_interval_s,
+        run_id=run_id,
+    )
+
+
+@dataclass
+class MergeReport:
+    """What :func:`merge_staging` did: ``files`` merged now, ``already_merged`` files found recorded already (moved
+    aside, nothing added), and the rows the merged files held."""
+
+    files: int = 0
+    already_merged: int = 0
+    answers: int = 0
+    answers_stored: int = 0
+    failures: int = 0
+    failures_recorded: int = 0
+
+
+def merge_staging(
+    con: duckdb.DuckDBPyConnection,
+    directory: str | os.PathLike[str],
+    models: Sequence[str] | None = None,
+    log_progress: Callable[[str], None] | None = None,
+) -> MergeReport:
+    """Merge every unmerged staged file under ``directory`` (of ``models``, default all) into the warehouse, then
+    move it to ``<directory>/merged/``.
+
+    Each file is one transaction (:func:`warehouse.merge_staged`): its answers, its failures and a row naming it in
+    ``staging_merges``. So a merge repeated adds nothing, and a merge that crashed after a commit and before the move
+    finds the file recorded and only moves it: failures' attempts are never counted twice, answers never duplicated.
+    Files are merged newest first, so where runs answered the same pair (a stale answer, then a current one) the
+    newest answer is the one stored; the others stay in their files under ``merged/``.
+    """
+    root = Path(directory)
+    report = MergeReport()
+    for path in reversed(staged_files(root, models)):
+        file = path.relative_to(root).as_posix()
+        rows = pl.read_parquet(path, hive_partitioning=False)
+        answers = rows.filter(pl.col("kind") == "answer").select(
+            *ANSWER_SCHEMA, pl.col("staged_at").alias("collected_at")
+        )
+        failures = rows.filter(pl.col("kind") == "failure").select(
+            *FAILURE_SCHEMA, pl.col("staged_at").alias("last_failed_at")
+        )
+        try:
+            counts = wh.merge_staged(con, file, answers, failures)
+        except wh.WarehouseInputError as exc:
+            raise wh.WarehouseInputError("staging", "file", str(path), str(exc)) from exc
+        if counts is None:
+            report.already_merged += 1
+        else:
+            report.files += 1
+            report.answers += counts["answers"]
+            report.answers_stored += counts["answers_stored"]
+            report.failures += counts["failures"]
+            report.failures_recorded += counts["failures_recorded"]
+        _move_aside(root, path)
+    if report.files or report.already_merged:
+        message = (
+            f"merged {report.files} staged files ({report.answers_stored} answers stored of {report.answers}, "
+            f"{report.failures_recorded} failures recorded); {report.already_merged} merged before, moved aside"
+        )
+        log.info(message)
+        if log_progress:
+            log_progress(message)
+    return report
+
+
+def _move_aside(root: Path, path: Path) -> None:
+    """Move a merged file to ``<root>/merged/`` under the same relative path (replacing a copy there)."""
+    target = root / MERGED / path.relative_to(root)
+    created = not target.parent.is_dir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if created:
+        _fsync_dir(target.parent.parent)
+    os.replace(path, target)
+    _fsync_dir(target.parent)
+    _fsync_dir(path.parent)

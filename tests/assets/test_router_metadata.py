@@ -1,0 +1,153 @@
+"""The router asset explains itself (a per-LLM table, rounded headline numbers, a link to the MLflow version,
+labelled plots), registers versions with a model card, named metrics and a map-typed signature, and registers
+nothing when the champion already is what it would build. One graph is materialised for the whole module."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
+from assets.router import _pool_table, router
+from profiling.replay_server import ReplayServer
+from serving import registry
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LLMS = ["cheap", "math-pro", "generalist"]
+
+
+@pytest.fixture(scope="module")
+def materialised(tmp_path_factory, mmlu_like_dir, build_graph):
+    """The graph on three fixture LLMs, then the router once more on the same data: both router materialisations'
+    metadata, and the registry's URI."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("router_metadata")
+    home = root / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    resources = {
+        "warehouse": WarehouseResource(path=str(root / "w.duckdb")),
+        "collector": CollectorResource(max_attempts=3, timeout_s=5.0),
+        "embedder": EmbedderResource(),
+        "artifacts": ArtifactsResource(root=str(root / "artifacts")),
+        "mlflow": MlflowResource(tracking_uri=uri),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAGSTER_HOME", str(home))
+        patch.setenv("UNIROUTE_WAREHOUSE", str(root / "w.duckdb"))
+        with ReplayServer(mmlu_like_dir) as server, dg.DagsterInstance.get() as instance:
+            catalog = root / "llms.yaml"
+            entries = ", ".join(f"{{name: {n}}}" for n in LLMS)
+            catalog.write_text(
+                f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+                f"llms: [{entries}]\n"
+            )
+            build_graph(instance, resources, mmlu_like_dir, catalog, LLMS)
+            again = dg.materialize([router], resources=resources, instance=instance)
+            assert again.success
+            records = instance.fetch_materializations(dg.AssetKey("router"), limit=2, ascending=True).records
+            first, second = (r.event_log_entry.asset_materialization.metadata for r in records)
+        registry.configure(uri)
+        yield {"first": first, "second": second, "uri": uri}
+    mlflow.set_tracking_uri(None)
+
+
+def test_unchanged_data_registers_no_new_version(materialised):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    assert [str(v.version) for v in client.search_model_versions("name='uniroute'")] == ["1"]
+    first, second = materialised["first"], materialised["second"]
+    assert first["version"].value == "1" and first["status"].value.startswith("registered v1")
+    assert second["status"].value.startswith("unchanged") and second["version"].value == "1"
+    assert second["alias"].value == "champion"
+
+
+def test_the_asset_page_explains_the_version(materialised):
+    meta = materialised["first"]
+    assert meta["pool"].value == "cheap, generalist, math-pro"  # readable text, not a JSON list
+    assert isinstance(meta["mlflow_version"], dg.UrlMetadataValue)
+    assert meta["mlflow_version"].value == "http://127.0.0.1:5000/#/models/uniroute/versions/1"
+    table = meta["llms"]
+    assert isinstance(table, dg.TableMetadataValue)
+    assert [c.name for c in table.schema.columns] == [
+        "LLM",
+        "in pool",
+        "USD per query",
+        "validation accuracy",
+        "validation coverage (%)",
+        "test accuracy",
+        "test prompts routed (%)",
+        "data checks",
+    ]
+    rows = {r.data["LLM"]: r.data for r in table.records}
+    assert set(rows) == set(LLMS) and all(r["data checks"] == "passed" for r in rows.values())
+    assert all(float(f"{r['USD per query']:.3g}") == r["USD per query"] > 0 for r in rows.values())
+    assert rows["generalist"]["validation accuracy"] == 1.0 and rows["math-pro"]["validation coverage (%)"] == 100.0
+    assert sum(r["test prompts routed (%)"] for r in rows.values()) == pytest.approx(100, abs=0.2)
+    for key in ("audc", "zero_audc", "audc_gain_vs_zero", "test_accuracy_at_default_cost_weight"):
+        value = meta[key].value
+        assert isinstance(value, float) and round(value, 4) == value, (key, value)  # no 0.6512535080723294
+    usd = meta["test_mean_cost_usd_per_query_at_default_cost_weight"].value
+    assert float(f"{usd:.3g}") == usd
+    assert meta["test_prompts"].value > 0 and meta["cluster_map"].value.startswith("kmeans, K=3, version ")
+    assert meta["dataset"].value.endswith(f"{meta['test_prompts'].value} test prompts)")
+    assert "![deferral_curve.png](data:image/png;base64," in meta["deferral_curve"].value
+
+
+def test_left_out_llms_are_rows_that_say_why():
+    entry = registry.PoolEntry("a", 0.00012345, 0.5, 0.99, 0.6, 1.0)
+    table = _pool_table([entry], {"b": "failed"})
+    rows = [r.data for r in table.records]
+    assert rows[0]["USD per query"] == 0.000123 and rows[0]["validation coverage (%)"] == 99.0
+    assert rows[1]["LLM"] == "b" and rows[1]["in pool"] is False and rows[1]["data checks"] == "failed"
+    assert rows[1]["USD per query"] is None
+
+
+def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(materialised):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version("uniroute", "1")
+    card = version.description
+    for text in (
+        "### Pool: 3 LLMs",
+        "| cheap | $",
+        "UniRoute (this version)",
+        "ZeroRouter",
+        f"on {materialised['first']['test_prompts'].value} test prompts",
+        "cluster map: kmeans, K=3, version",
+        f"embedder: `{version.tags['embedder_id']}`",
+        "dataset: ",
+        'mlflow.pyfunc.load_model("models:/uniroute/1")',
+        "uniroute serve --catalog llms.yaml --model-uri models:/uniroute@champion",
+        "client.chat.completions.create(",
+    ):
+        assert text in card, text
+    assert "@champion" in client.get_registered_model("uniroute").description
+    run = client.get_run(version.run_id)
+    assert run.info.run_name == registry.run_name(version.tags["cluster_map_version"], 3)
+    metrics = run.data.metrics
+    assert {
+        "test_audc",
+        "test_zero_router_audc",
+        "test_audc_gain_vs_zero_router",
+        "test_mean_cost_usd_per_query_at_default_cost_weight",
+        "validation_cheapest_llm_cost_usd_per_query",
+    } <= set(metrics)
+    assert all(math.isfinite(v) and abs(v) < 1e300 for v in metrics.values())  # inf is never logged as 1.8e308
+    qnc = "test_qnc_fraction_of_best_cost"
+    assert (qnc in metrics) != (f"metric_absent.{qnc}" in run.data.tags)
+    outputs = mlflow.models.get_model_info("models:/uniroute/1").signature.outputs.to_dict()
+    assert {c["name"]: c["type"] for c in outputs} == {
+        "llm": "string",
+        "cost_weight": "double",
+        "predicted_error": "map",
+        "cost": "map",
+    }

@@ -1,0 +1,279 @@
+"""Collecting to staging files (no warehouse connection) and merging them: a real replay server on 127.0.0.1, real
+DuckDB files, and a staging run SIGKILLed in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+import warehouse as wh
+from profiling import staging
+from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers, collect, collect_pairs
+from profiling.importers import import_mmlu_pro
+from profiling.replay_server import ReplayConfig, ReplayServer
+from profiling.staging import (
+    STAGED_SCHEMA,
+    collect_to_staging,
+    merge_staging,
+    plan_collection,
+    staged_files,
+    staged_pairs,
+)
+
+FAST = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
+ALL_SPLITS = ["train", "validation", "test"]
+#: Models of the fixture that answer every prompt.
+COMPLETE = ["bio-pro", "cheap", "generalist", "history-pro", "math-pro"]
+
+
+def _catalog(base_url: str, models: list[str], concurrency: int = 8, names: list[str] | None = None) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "name": names or models,
+            "base_url": base_url,
+            "model_id": models,
+            "usd_per_mtok_in": 1.0,
+            "usd_per_mtok_out": 2.0,
+            "max_concurrency": concurrency,
+            "active": True,
+        }
+    )
+
+
+@pytest.fixture
+def con(tmp_path, mmlu_like_dir):
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        import_mmlu_pro(con, mmlu_like_dir, seed=0)
+        yield con
+
+
+def _ok_counts(server: ReplayServer) -> Counter:
+    """Answers served (paid, for a real endpoint) per (model id, prompt_id), logged as requests arrive."""
+    return Counter(
+        {(r["model"], r["prompt_id"]): r["count"] for r in server.request_log.rows() if r["outcome"] == "ok"}
+    )
+
+
+def _stored(con) -> pl.DataFrame:
+    stored = wh.read_responses(con)
+    assert not stored.select("model", "prompt_id").is_duplicated().any()
+    return stored
+
+
+def _stage(con, stage_dir, models: list[str], splits=("validation",), **kwargs):
+    """Plan against warehouse and staging, then collect to staging (the warehouse is not touched while asking)."""
+    pairs = plan_collection(con, models, splits, stage_dir)
+    return pairs, collect_to_staging(pairs, active_llms(con, models), stage_dir, policy=FAST, progress=False, **kwargs)
+
+
+def test_staging_writes_each_batch_durably_as_answers_arrive(con, mmlu_like_dir, tmp_path):
+    stage_dir, seen = tmp_path / "staging", []
+    with ReplayServer(mmlu_like_dir, ReplayConfig(latency_ms=20)) as server:
+        # a catalog name with a slash (a provider's "org/model") gets a directory of its own, quoted
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap", "math-pro"], 2, names=["org/cheap", "math-pro"]))
+        pairs = plan_collection(con, ["org/cheap", "math-pro"], ALL_SPLITS, stage_dir)
+        llms = active_llms(con, ["org/cheap", "math-pro"])
+
+        def written(_line: str) -> None:  # after every batch written, on the event loop
+            seen.append((staged_pairs(stage_dir).height, sum(_ok_counts(server).values())))
+
+        report = collect_to_staging(
+            pairs, llms, stage_dir, run_id="r1", progress=False, log_progress=written, flush_interval_s=0.1
+        )
+    assert report.run_id == "r1" and report.stored == pairs.height == 240 and report.failed == 0
+    rows_staged, paid = seen[0]
+    assert 0 < rows_staged < pairs.height and paid < pairs.height  # staged while the rest was still being asked
+    assert len(seen) >= 5 and [s[0] for s in seen] == sorted(s[0] for s in seen)
+    assert {f.parent.name for f in staged_files(stage_dir)} == {"model=org%2Fcheap", "model=math-pro"}
+    assert not [f for f in stage_dir.rglob("*") if f.name.startswith(".")]  # no temporary file left
+    one = pl.read_parquet(staged_files(stage_dir)[0])
+    assert one.schema == pl.Schema(STAGED_SCHEMA) and one["model"].n_unique() == 1 and (one["run_id"] == "r1").all()
+    staged = staged_pairs(stage_dir)
+    assert staged.height == 240 and not staged.select("model", "prompt_id").is_duplicated().any()
+    assert set(staged.columns) >= {"model", "prompt_id", "request_hash", "collected_at"}
+    assert staged["collected_at"].is_not_null().all() and staged["request_hash"].is_not_null().all()
+    assert wh.read_responses(con).height == 0  # nothing reached the warehouse: only the merge writes it
+    assert plan_collection(con, ["org/cheap", "math-pro"], ALL_SPLITS, stage_dir).height == 0
+
+
+#: A staging run in a process of its own, the way a run outside the warehouse's pool does it: no warehouse at all.
+_STAGING_RUN = """
+import sys
+import polars as pl
+from profiling.collector import RetryPolicy
+from profiling.staging import collect_to_staging
+pairs, llms = pl.read_parquet(sys.argv[1]), pl.read_parquet(sys.argv[2])
+policy = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.01, timeout_s=5.0)
+collect_to_staging(pairs, llms, sys.argv[3], run_id=sys.argv[4], policy=policy, progress=False, flush_interval_s=0.2)
+"""
+
+
+def test_a_killed_staging_run_then_a_rerun_pays_nothing_twice_and_merges_one_row_per_pair(con, mmlu_like_dir, tmp_path):
+    stage_dir = tmp_path / "staging"
+    per_model, latency_s = 2, 0.05  # 5 models x 2 in flight / 50 ms: ~200 answers/s, 600 pairs in ~3 s
+    with ReplayServer(mmlu_like_dir, ReplayConfig(latency_ms=latency_s * 1000)) as server:
+        wh.upsert_llms(con, _catalog(server.base_url, COMPLETE, per_model))
+        pairs = plan_collection(con, COMPLETE, ALL_SPLITS, stage_dir)
+        n_pairs = pairs.height
+        pairs.write_parquet(tmp_path / "pairs.parquet")
+        active_llms(con, COMPLETE).write_parquet(tmp_path / "llms.parquet")
+        command = [sys.executable, "-c", _STAGING_RUN, str(tmp_path / "pairs.parquet"), str(tmp_path / "llms.parquet")]
+        with open(tmp_path / "run.log", "w") as output:  # the warehouse stays open here: the run never needs it
+            proc = subprocess.Popen([*command, str(stage_dir), "killed"], stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while sum(_ok_counts(server).values()) < n_pairs // 3 or len(staged_files(stage_dir)) < 3:
+                assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the staging run staged nothing within 60 s"
+                time.sleep(0.01)
+        finally:
+            proc.kill()
+            proc.wait()
+        paid_killed = _ok_counts(server)
+        staged_before = set(staged_pairs(stage_dir).select("model", "prompt_id").iter_rows())
+        assert 0 < len(staged_before) < n_pairs
+
+        # resumed: planned against warehouse and staging, asked, staged, merged
+        rest = plan_collection(con, COMPLETE, ALL_SPLITS, stage_dir)
+        assert not set(rest.select("model", "prompt_id").iter_rows()) & staged_before
+        assert rest.height == n_pairs - len(staged_before)
+        wh.upsert_llms(con, _catalog(server.base_url, COMPLETE, 16))  # the rest, quickly
+        report = collect_to_staging(rest, active_llms(con, COMPLETE), stage_dir, policy=FAST, progress=False)
+        paid = _ok_counts(server)
+    assert report.stored == rest.height and report.failed == 0
+    asked_again = {pair for pair in paid - paid_killed if pair in staged_before}
+    assert not asked_again  # no staged answer was paid for twice
+    lost = set(paid_killed) - staged_before  # paid in the killed run, never staged (in flight, or not written yet)
+    assert sum(paid.values()) == n_pairs + len(lost)
+    assert len(lost) <= 200 * (0.2 + 0.5) + len(COMPLETE) * per_model  # the last interval's, and those in flight
+
+    merged = merge_staging(con, stage_dir)
+    stored = _stored(con)
+    assert stored.height == n_pairs == merged.answers_stored == merged.answers
+    assert merged.files == wh.read_staging_merges(con).height and staged_files(stage_dir) == []
+    assert set(stored["run_id"]) == {"killed", report.run_id}
+    assert plan_collection(con, COMPLETE, ALL_SPLITS, stage_dir).height == 0
+
+
+def test_a_merge_repeated_or_crashed_before_the_move_adds_nothing(con, mmlu_like_dir, tmp_path, monkeypatch):
+    stage_dir = tmp_path / "staging"
+    with ReplayServer(mmlu_like_dir) as server:
+        wh.upsert_llms(con, _catalog(server.base_url, ["last", "cheap", "math-pro"]))
+        _stage(con, stage_dir, ["last", "cheap"], ["validation", "test"], batch_size=10)
+        first = merge_staging(con, stage_dir)
+        responses, failures = _stored(con), wh.read_failures(con)
+        assert failures.height > 0 and (failures["attempts"] == 1).all()  # "last" lacks some answers: 404, once
+        assert first.files > 2 and first.answers_stored == responses.height and first.already_merged == 0
+
+        again = merge_staging(con, stage_dir)  # nothing left to merge
+        assert (again.files, again.already_merged, again.answers) == (0, 0, 0)
+
+        # a crash after a file's commit and before its move: the file is back in place; it is recognised, moved aside
+        merged_dir = stage_dir / staging.MERGED
+        for merged_file in merged_dir.rglob("*.parquet"):
+            shutil.copy(merged_file, stage_dir / merged_file.relative_to(merged_dir))
+        replaced = merge_staging(con, stage_dir)
+        assert (replaced.files, replaced.already_merged) == (0, first.files) and staged_files(stage_dir) == []
+        assert _stored(con).equals(responses) and wh.read_failures(con).equals(failures)  # attempts not doubled
+
+        # the same crash for real: the move fails after the first commit; the next merge only moves that file
+        _stage(con, stage_dir, ["math-pro"], ["validation", "test"], batch_size=10)
+        n_files = len(staged_files(stage_dir))
+
+        def crash(root, path):
+            raise OSError("killed before the move")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(staging, "_move_aside", crash)
+            with pytest.raises(OSError, match="killed before the move"):
+                merge_staging(con, stage_dir)
+        assert len(staged_files(stage_dir)) == n_files and wh.read_staging_merges(con).height == first.files + 1
+        resumed = merge_staging(con, stage_dir)
+        assert (resumed.files, resumed.already_merged) == (n_files - 1, 1)
+
+        # a failure asked again in another run adds that run's attempts, once
+        _stage(con, stage_dir, ["last"], ["validation", "test"])
+        merge_staging(con, stage_dir)
+    stored = _stored(con)
+    assert stored.height == responses.height + 48 and stored.filter(pl.col("model") == "math-pro").height == 48
+    assert (wh.read_failures(con)["attempts"] == 2).all()
+
+
+def test_pending_respects_staged_answers_and_stale_request_hashes(con, mmlu_like_dir, tmp_path):
+    stage_dir = tmp_path / "staging"
+    with ReplayServer(mmlu_like_dir) as server:
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
+        pairs, report = _stage(con, stage_dir, ["cheap"])
+        assert report.stored == pairs.height == 12
+        assert plan_collection(con, ["cheap"], staging_dir=stage_dir).height == 0
+        assert wh.pending_pairs(con, ["cheap"]).height == 12  # the warehouse alone still lacks them
+
+        # the template changed for three prompts: their staged answers answered an older request
+        changed = pairs["prompt_id"].head(3).to_list()
+        con.execute("UPDATE prompts SET request_hash = 'v2' WHERE list_contains(?, prompt_id)", [changed]).fetchall()
+        planned = plan_collection(con, ["cheap"], staging_dir=stage_dir)
+        assert planned["prompt_id"].to_list() == changed and (planned["request_hash"] == "v2").all()
+        # re-profiling: staged answers from before the cutoff do not count, later ones do
+        assert plan_collection(con, ["cheap"], staging_dir=stage_dir, refresh_before=datetime.now(UTC)).height == 12
+        earlier = datetime.now(UTC) - timedelta(hours=1)
+        assert plan_collection(con, ["cheap"], staging_dir=stage_dir, refresh_before=earlier).height == 3
+
+        # asked again, staged again: the merge stores the newest answer, to the current request
+        _, again = _stage(con, stage_dir, ["cheap"])
+        assert again.stored == 3
+        merge_staging(con, stage_dir)
+        stored = _stored(con)
+        assert stored.height == 12
+        assert stored.filter(pl.col("prompt_id").is_in(changed))["request_hash"].to_list() == ["v2"] * 3
+        assert archive_replaced_answers(con, ["cheap"]) == 0  # nothing stale was stored: nothing to ask a third time
+
+        # another endpoint behind the name: staged answers from the old one do not count
+        wh.upsert_llms(con, _catalog(server.base_url, ["math-pro"]))
+        _stage(con, stage_dir, ["math-pro"])
+        wh.upsert_llms(con, _catalog(server.base_url + "/", ["math-pro"]))
+        assert plan_collection(con, ["math-pro"], staging_dir=stage_dir).height == 12
+    assert sum(_ok_counts(server).values()) == 12 + 3 + 12
+
+
+def test_archiving_is_a_step_of_its_own(con, mmlu_like_dir, tmp_path):
+    stage_dir = tmp_path / "staging"
+    with ReplayServer(mmlu_like_dir) as server:
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
+        assert collect(con, ["cheap"], policy=FAST, progress=False).stored == 12
+        wh.upsert_llms(con, _catalog(server.base_url + "/", ["cheap"]))  # the endpoint changed
+        # planning and collecting to staging never archive: the stale answers stay until the archiving step
+        assert plan_collection(con, ["cheap"], staging_dir=stage_dir).height == 0
+        assert wh.pending_counts(con)["pending"].to_list() == [12]
+        assert archive_replaced_answers(con, ["cheap"]) == 12
+        assert archive_replaced_answers(con, ["cheap"]) == 0
+        _, report = _stage(con, stage_dir, ["cheap"])
+        assert report.stored == 12 and wh.read_responses(con).height == 0
+        assert merge_staging(con, stage_dir).answers_stored == 12
+        assert archive_replaced_answers(con, ["cheap"]) == 0
+        # collect() (the CLI's) runs the steps in order: archive, plan, ask
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
+        assert collect(con, ["cheap"], policy=FAST, progress=False).stored == 12
+    with pytest.raises(ValueError, match="model='nope'"):
+        archive_replaced_answers(con, ["nope"])
+    assert con.sql("SELECT count(*) FROM responses_archive").fetchall() == [(24,)]
+
+
+def test_a_duckdb_connection_is_still_a_sink(con, mmlu_like_dir):
+    with ReplayServer(mmlu_like_dir) as server:
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
+        pairs = wh.pending_pairs(con, ["cheap"])
+        report = asyncio.run(collect_pairs(con, pairs, active_llms(con, ["cheap"]), FAST, progress=False))
+    assert report.stored == 12 and wh.read_responses(con).height == 12
+
+
+def test_a_run_id_that_cannot_name_a_file_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"run_id='\.\./x'"):
+        staging.StagingSink(tmp_path, "../x")

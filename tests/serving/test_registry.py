@@ -1,0 +1,162 @@
+"""The registry's side of a version: aliases (champion, previous-champion, challenger), metrics that cannot be
+logged, the model card, and a registry that keeps working after its data home is copied or moved."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from serving import registry
+
+
+@pytest.fixture
+def uri(tmp_path):
+    """A fresh sqlite registry in ``tmp_path/home`` (its artifacts beside it), MLflow pointed at it."""
+    import mlflow
+
+    home = tmp_path / "home"
+    home.mkdir()
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    registry.configure(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def test_champion_moves_and_previous_champion_keeps_the_one_it_left(uri, tmp_path, register_router):
+    import mlflow
+
+    home = tmp_path / "home"
+    v1 = register_router(home, ["cheap", "generalist"])
+    experiment = registry.ensure_experiment("uniroute", home / "artifacts")
+    v2, v3 = (registry.register_router(home / "router-2", "uniroute", experiment, {}, {}, {}, {}, ["hi"]) for _ in "ab")
+    client = mlflow.MlflowClient()
+
+    def aliases():
+        return {a: str(v) for a, v in client.get_registered_model("uniroute").aliases.items()}
+
+    assert registry.promote("uniroute", v1, better=True) == "champion" and aliases() == {"champion": "1"}
+    assert registry.promote("uniroute", v2, better=True) == "champion"
+    assert aliases() == {"champion": "2", "previous-champion": "1"}
+    assert registry.promote("uniroute", v3, better=False) == "challenger"
+    assert aliases() == {"champion": "2", "previous-champion": "1", "challenger": "3"}
+    assert registry.promote("uniroute", v2, better=True) == "champion"  # re-promoting the champion moves nothing
+    assert aliases()["previous-champion"] == "1"
+
+
+def test_an_infinite_metric_is_absent_with_a_tag_saying_why(uri, tmp_path, register_router):
+    import mlflow
+
+    register_router(tmp_path / "home", ["cheap", "generalist"])
+    version = registry.register_router(
+        tmp_path / "home" / "router-2",
+        "uniroute",
+        registry.ensure_experiment("uniroute", tmp_path / "home" / "artifacts"),
+        {},
+        {"test_audc": 0.61, "test_qnc_fraction_of_best_cost": math.inf},
+        {},
+        {},
+        ["hi"],
+        absent_reasons={"test_qnc_fraction_of_best_cost": "no budget reaches the best LLM"},
+    )
+    client = mlflow.MlflowClient()
+    run = client.get_run(client.get_model_version("uniroute", version).run_id)
+    assert run.data.metrics == {"test_audc": 0.61}  # not 1.8e308
+    tag = "metric_absent.test_qnc_fraction_of_best_cost"
+    assert run.data.tags[tag] == "no budget reaches the best LLM"
+    assert client.get_model_version("uniroute", version).tags[tag] == "no budget reaches the best LLM"
+
+
+def test_the_signature_types_per_llm_outputs_as_maps_and_they_route(uri, tmp_path, register_router):
+    import mlflow
+
+    version = register_router(tmp_path / "home", ["cheap", "generalist"])
+    signature = mlflow.models.get_model_info(f"models:/uniroute/{version}").signature
+    assert {c["name"]: c for c in signature.outputs.to_dict()}["cost"] == {
+        "type": "map",
+        "values": {"type": "double"},
+        "name": "cost",
+        "required": True,
+    }
+    out = mlflow.pyfunc.load_model(f"models:/uniroute/{version}").predict(pd.DataFrame({"prompt": ["2 + 2?"]}))
+    assert set(out["cost"].iloc[0]) == {"cheap", "generalist"}
+
+
+def test_a_copied_then_moved_registry_loads_from_its_own_folder(uri, tmp_path, register_router):
+    """Copy the data home (the original still there: the copy must not read or write the original's artifacts),
+    then delete the original: ``models:/uniroute@champion`` loads from the copy."""
+    import mlflow
+
+    home, copy = tmp_path / "home", tmp_path / "elsewhere" / "home"
+    registry.promote("uniroute", register_router(home, ["cheap", "generalist"]), better=True)
+    shutil.copytree(home, copy)
+    registry.configure(f"sqlite:///{copy / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("uniroute")
+    assert experiment.artifact_location == (copy / "artifacts").as_uri()
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_download_uri("uniroute", "1").startswith((copy / "artifacts").as_uri() + "/")
+    assert registry.follow_moved_artifacts(copy / "mlflow.db") == 0  # once re-rooted, nothing more to do
+
+    shutil.rmtree(home)
+    mlflow.set_tracking_uri(None)
+    registry.configure(f"sqlite:///{copy / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/uniroute@champion")
+    out = model.predict(pd.DataFrame({"prompt": ["Compute the integral of 3x from 0 to 5."]}))
+    assert out["llm"].iloc[0] in {"cheap", "generalist"}
+    assert not home.exists()
+
+
+def test_a_registry_that_did_not_move_is_left_alone(uri, tmp_path):
+    import mlflow
+
+    home = tmp_path / "home"
+    registry.ensure_experiment("uniroute", home / "artifacts")
+    (home / "artifacts").mkdir()
+    assert registry.follow_moved_artifacts(home / "mlflow.db") == 0
+    assert mlflow.get_experiment_by_name("uniroute").tags[registry.ARTIFACT_ROOT_TAG] == "artifacts"
+
+
+def test_the_model_card_says_what_the_version_is_and_how_to_call_it():
+    card = registry.ModelCard(
+        pool=[
+            registry.PoolEntry("big", 0.002, 0.8, 1.0, 0.79, 0.25),
+            registry.PoolEntry("small", 0.0001, 0.5, 0.97, 0.52, 0.75),
+        ],
+        test_prompts=3091,
+        audc=0.65126,
+        zero_audc=0.6241,
+        qnc=math.inf,
+        zero_qnc=1.0,
+        best_llm="big",
+        cluster_map_kind="learned",
+        n_clusters=16,
+        cluster_map_version="abc123def456",
+        embedder_id="minilm-onnx-int8",
+        dataset="mmlu_pro (1,032 validation, 3,091 test prompts)",
+        default_cost_weight=0.0,
+        unseen_llms=["big"],
+    ).markdown("uniroute", "7", "sqlite:////data/mlflow/mlflow.db")
+    lines = card.splitlines()
+    assert lines.index("| small | $0.0001 | 0.500 | 97% | 0.520 | 75% |") < lines.index(
+        "| big | $0.002 | 0.800 | 100% | 0.790 | 25% |"
+    )  # cheapest first, in dollars
+    assert "| UniRoute (this version) | 0.6513 | never |" in lines
+    assert "| ZeroRouter (prompt-blind mix of single LLMs) | 0.6241 | 1.000 |" in lines
+    assert "on 3,091 test prompts" in card and "`big`" in card
+    assert "- cluster map: learned, K=16, version `abc123def456`" in lines
+    assert "- embedder: `minilm-onnx-int8`" in lines and "- dataset: mmlu_pro (1,032 validation" in card
+    assert 'router = mlflow.pyfunc.load_model("models:/uniroute/7")  # or "models:/uniroute@champion"' in lines
+    assert '    extra_body={"max_cost_per_query": 0.00045},  # or cost_weight, min_accuracy, candidates' in lines
+
+
+def test_names_and_links():
+    assert registry.run_name("abc123def456", 15, date(2026, 12, 6)) == "router-abc123def456-15llms-2026-12-06"
+    assert registry.version_url("uniroute", "3") == "http://127.0.0.1:5000/#/models/uniroute/versions/3"
+    assert registry.version_url("my router", "1", "https://mlflow.example/") == (
+        "https://mlflow.example/#/models/my%20router/versions/1"
+    )
+    assert registry.sqlite_path("sqlite:////abs/mlflow.db").as_posix() == "/abs/mlflow.db"
+    assert registry.sqlite_path("postgresql://host/db") is None
