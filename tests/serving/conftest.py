@@ -14,13 +14,13 @@ from router_core import Embedder, KMeansClusterMap, UniRouter, save_router
 PRICES = {"cheap": 0.1, "math-pro": 1.0, "generalist": 4.0}
 
 
-def register_fixture_router(root, data_dir, llms: list[str], onnx_cache) -> str:
+def register_fixture_router(root, data_dir, llms: list[str], onnx_cache, embedder: Embedder | None = None) -> str:
     """Fit a K-means (K=3) router over ``llms`` on every fixture question, register it; returns the version."""
     from serving import registry
 
     questions = pl.read_parquet(data_dir / "questions.parquet")
     answers = pl.read_parquet(data_dir / "responses.parquet")
-    embedder = Embedder(cache_dir=onnx_cache)
+    embedder = embedder or Embedder(cache_dir=onnx_cache)
     x = embedder.embed(questions["question"].to_list())
     correct = [
         questions.join(answers.filter(pl.col("model") == m), on="question_id", how="left")["correct"] for m in llms

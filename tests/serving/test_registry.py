@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -160,3 +161,33 @@ def test_names_and_links():
     )
     assert registry.sqlite_path("sqlite:////abs/mlflow.db").as_posix() == "/abs/mlflow.db"
     assert registry.sqlite_path("postgresql://host/db") is None
+
+
+def test_a_static_embedder_ships_with_the_version_and_a_different_one_is_refused(
+    uri, tmp_path, mmlu_like_dir, tiny_model, static_cache
+):
+    import json
+
+    import mlflow
+
+    from router_core import Embedder
+
+    from .conftest import register_fixture_router
+
+    cache = tmp_path / "static-cache"
+    shutil.copytree(static_cache, cache)
+    embedder = Embedder(str(tiny_model), backend="static", cache_dir=cache)
+    version = register_fixture_router(tmp_path / "home", mmlu_like_dir, ["cheap", "math-pro"], None, embedder)
+    shutil.rmtree(cache)  # the version must not need the cache it was registered from
+    local = mlflow.artifacts.download_artifacts(f"models:/uniroute/{version}", dst_path=str(tmp_path / "copy"))
+    model = mlflow.pyfunc.load_model(local)
+    routed = model.predict(pd.DataFrame({"prompt": ["What is the derivative of x^2?"]}))
+    assert routed["llm"][0] in {"cheap", "math-pro"} and not cache.exists()  # nothing distilled again
+
+    meta_path = next(Path(local).rglob("uniroute.json"))
+    meta = json.loads(meta_path.read_text())
+    assert meta["embedder_id"] == embedder.embedder_id and meta["backend"] == "static"
+    meta_path.write_text(json.dumps({**meta, "embedder_id": "another-embedder"}))
+    with pytest.raises(ValueError, match="embedder_id") as refused:  # the model code's own InvalidRoutingInput
+        mlflow.pyfunc.load_model(local)
+    assert type(refused.value).__name__ == "InvalidRoutingInput" and "another-embedder" in str(refused.value)
