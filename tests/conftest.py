@@ -12,6 +12,7 @@ os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
 import json
 import shutil
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,3 +288,14 @@ def static_cache(tiny_model, tmp_path_factory) -> Path:
 
         Embedder(str(tiny_model), backend="static", cache_dir=cache).static_dir()
     return cache
+
+
+@pytest.fixture(autouse=True)
+def _no_dagster_state_from_earlier_tests():
+    """Dagster keeps the entered instance's definitions-state storage in a context variable; a test that leaves an
+    instance entered (e.g. the in-process daemon workspace) would hand the next test in the same worker a storage
+    whose instance is gone ("undefined DagsterInstance weakref"). Each test starts without one."""
+    if "dagster" in sys.modules:
+        from dagster._core.storage.defs_state.base import _current_storage
+
+        _current_storage.set(None)
