@@ -680,33 +680,12 @@ async def collect_pairs(
 
 
 def run_collection(
-    sink: Sink | duckdb.DuckDBPyConnection,
-    pairs: pl.DataFrame,
-    llms: pl.DataFrame,
-    policy: RetryPolicy | None = None,
-    batch_size: int = 512,
-    seed: int | None = None,
-    progress: bool = True,
-    log_progress: Callable[[str], None] | None = None,
-    flush_interval_s: float = 2.0,
-    run_id: str | None = None,
+    sink: Sink | duckdb.DuckDBPyConnection, pairs: pl.DataFrame, llms: pl.DataFrame, **options
 ) -> CollectionReport:
-    """:func:`collect_pairs` on an event loop of its own (uvloop's where installed), for callers without one."""
+    """:func:`collect_pairs` (``options``: its keyword arguments) on an event loop of its own (uvloop's where
+    installed), for callers without one."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(
-            collect_pairs(
-                sink,
-                pairs,
-                llms,
-                policy,
-                batch_size,
-                seed=seed,
-                progress=progress,
-                log_progress=log_progress,
-                flush_interval_s=flush_interval_s,
-                run_id=run_id,
-            )
-        )
+        return runner.run(collect_pairs(sink, pairs, llms, **options))
 
 
 def active_llms(con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None) -> pl.DataFrame:
@@ -770,8 +749,8 @@ def collect(
         WarehouseSink(con),
         pairs,
         llms,
-        policy,
-        batch_size,
+        policy=policy,
+        batch_size=batch_size,
         progress=progress,
         log_progress=log_progress,
         flush_interval_s=flush_interval_s,

@@ -53,7 +53,6 @@ from profiling.collector import (
     ANSWER_SCHEMA,
     FAILURE_SCHEMA,
     CollectionReport,
-    RetryPolicy,
     new_run_id,
     run_collection,
 )
@@ -211,34 +210,15 @@ def plan_collection(
 
 
 def collect_to_staging(
-    pairs: pl.DataFrame,
-    llms: pl.DataFrame,
-    staging_dir: str | os.PathLike[str],
-    run_id: str | None = None,
-    policy: RetryPolicy | None = None,
-    batch_size: int = 512,
-    seed: int | None = None,
-    progress: bool = True,
-    log_progress: Callable[[str], None] | None = None,
-    flush_interval_s: float = 2.0,
+    pairs: pl.DataFrame, llms: pl.DataFrame, staging_dir: str | os.PathLike[str], run_id: str | None = None, **options
 ) -> CollectionReport:
     """Ask ``pairs`` (:func:`plan_collection`) of their LLMs in ``llms`` (catalog rows:
     ``profiling.collector.active_llms``) and stage every batch under ``staging_dir`` as it arrives
-    (:class:`StagingSink`); no warehouse connection. ``run_id`` (default a new one) names the answers and the files.
-    The report's ``stored`` counts the answers staged; :func:`merge_staging` stores them."""
+    (:class:`StagingSink`); no warehouse connection. ``run_id`` (default a new one) names the answers and the files;
+    ``options`` are :func:`profiling.collector.collect_pairs`' (policy, batch_size, seed, progress, log_progress,
+    flush_interval_s). The report's ``stored`` counts the answers staged; :func:`merge_staging` stores them."""
     run_id = run_id or new_run_id()
-    return run_collection(
-        StagingSink(staging_dir, run_id),
-        pairs,
-        llms,
-        policy,
-        batch_size,
-        seed=seed,
-        progress=progress,
-        log_progress=log_progress,
-        flush_interval_s=flush_interval_s,
-        run_id=run_id,
-    )
+    return run_collection(StagingSink(staging_dir, run_id), pairs, llms, run_id=run_id, **options)
 
 
 @dataclass

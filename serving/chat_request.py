@@ -56,14 +56,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _short(value: object) -> str:
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (values from clients can be megabytes)."""
     text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check(ok: bool, param: str, value: object, expected: str) -> None:
     if not ok:
-        raise ChatRequestError(param, f"{param}={_short(value)}: expected {expected}")
+        raise ChatRequestError(param, f"{param}={short_repr(value)}: expected {expected}")
 
 
 #: OpenAI chat fields forwarded as they are, with the check each value must pass.

@@ -162,21 +162,19 @@ def _tracking_uri(args: argparse.Namespace) -> str:
 def _check_registry(uri: str) -> None:
     """Refuse a ``sqlite:///PATH`` registry whose file is missing or holds no MLflow registry: MLflow would create
     an empty registry there, so a typo or a moved file would read as "no model" and leave a stray database."""
-    import contextlib
     import sqlite3
 
-    if not uri.startswith("sqlite:///"):
-        return  # a server, a file store: MLflow's own errors say what is wrong
-    path = Path(uri.removeprefix("sqlite:///").partition("?")[0])
-    if str(path) in ("", ":memory:"):
-        return
+    from serving import registry
+
+    path = registry.sqlite_path(uri)
+    if path is None:
+        return  # a server, a file store, memory: MLflow's own errors say what is wrong
     hint = "pass --tracking-uri or set MLFLOW_TRACKING_URI (the pipeline or `make demo` creates the registry)"
     if not path.is_file():
         problem = "not a file" if path.exists() else "no such file"
         raise CommandError(f"MLflow registry {path}: {problem} (tracking URI {uri}); {hint}")
-    try:  # read-only: looking must not change the file
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as con:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    try:
+        tables = registry.sqlite_tables(path)
     except sqlite3.DatabaseError as exc:
         raise CommandError(f"{path} ({uri}) is not an MLflow registry: {exc}; {hint}") from exc
     if "registered_models" not in tables:
@@ -276,16 +274,17 @@ def _serve(args: argparse.Namespace) -> int:
 
     import warehouse as wh
     from serving import registry
-    from serving.gateway import CONFIG_ENV, Gateway, GatewayConfig, create_app, open_ledger
+    from serving.gateway import CONFIG_ENV, Gateway, GatewayConfig, create_app, open_ledger, split_model_uri
     from serving.keys import KeyStore
     from serving.metrics import MULTIPROC_ENV, clear_multiprocess_dir
     from serving.middleware import check_bind
 
     if args.workers < 1:
         raise CommandError(f"--workers {args.workers}: expected at least 1")
-    name, _, alias = args.model_uri.removeprefix("models:/").partition("@")
-    if not (args.model_uri.startswith("models:/") and name and alias):
-        raise CommandError(f"--model-uri {args.model_uri!r}: expected models:/<name>@<alias>, e.g. {DEFAULT_MODEL_URI}")
+    try:
+        split_model_uri(args.model_uri)
+    except ValueError as exc:
+        raise CommandError(f"--model-uri: {exc}") from exc
     catalog = _catalog_path(args.catalog)
     if not catalog.is_file():
         raise CommandError(f"no catalog at {catalog}; pass --catalog or set UNIROUTE_CATALOG")

@@ -117,8 +117,8 @@ class LoadedRouter:
         return self.model.rank(prompt, vector, params)
 
 
-def _split_uri(model_uri: str) -> tuple[str, str]:
-    """``models:/<name>@<alias>`` -> (name, alias)."""
+def split_model_uri(model_uri: str) -> tuple[str, str]:
+    """``models:/<name>@<alias>`` -> (name, alias); ``ValueError`` naming the value otherwise."""
     name, sep, alias = model_uri.removeprefix("models:/").partition("@")
     if not model_uri.startswith("models:/") or not sep or not name or not alias:
         raise ValueError(f"model_uri={model_uri!r}: expected models:/<name>@<alias>, e.g. models:/uniroute@champion")
@@ -129,7 +129,7 @@ def load_router(model_uri: str, embed_batch: int = 32) -> LoadedRouter:
     """Resolve the alias to a version and load that version (so the version served is the one recorded)."""
     import mlflow
 
-    name, alias = _split_uri(model_uri)
+    name, alias = split_model_uri(model_uri)
     version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
     return LoadedRouter(version=version, model=model, embed_batch=embed_batch)
@@ -154,7 +154,7 @@ class Gateway:
     """State of one gateway process: the router served, the catalog, the upstream policy, metrics and logs."""
 
     def __init__(self, config: GatewayConfig, keys: KeyStore | None = None) -> None:
-        _split_uri(config.model_uri)
+        split_model_uri(config.model_uri)
         self.config = config
         self.limits = Limits(max_tokens=config.max_tokens)
         self.catalog_path = Path(config.catalog_path)
@@ -223,7 +223,7 @@ class Gateway:
         """Load the alias's version if none is loaded or the alias moved; failures are logged (retried later)."""
         import mlflow
 
-        name, alias = _split_uri(self.config.model_uri)
+        name, alias = split_model_uri(self.config.model_uri)
         try:
             current = await run_in_threadpool(lambda: mlflow.MlflowClient().get_model_version_by_alias(name, alias))
             if self.router is None or str(current.version) != self.router.version:

@@ -40,11 +40,11 @@ from pathlib import Path
 
 import yaml
 
+from serving.chat_request import ROUTED_MODEL, short_repr
 from serving.ledger import Ledger, MemoryLedger
 
 log = logging.getLogger(__name__)
 
-ROUTED_MODEL = "uniroute"  # as serving.gateway.ROUTED_MODEL (not imported: the gateway will import this module)
 NO_ROUTING = f"!{ROUTED_MODEL}"  # in a key's models: the key may not use the routed model
 ENV_VAR = "UNIROUTE_GATEWAY_KEYS"
 ANONYMOUS_ID = "anonymous"
@@ -384,12 +384,6 @@ def _parse_number(value: object, name: str, where: str, *, allow_zero: bool) -> 
             f"{where}: field {name}={short_repr(value)}: expected a number {'>=' if allow_zero else '>'} 0"
         )
     return float(number)
-
-
-def short_repr(value: object, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters (values from clients can be megabytes)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # ---- python -m serving.keys hash ----

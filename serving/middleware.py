@@ -32,7 +32,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from serving.keys import ENV_VAR, ClientError, KeyStore, short_repr
+from serving.chat_request import short_repr
+from serving.keys import ENV_VAR, ClientError, KeyStore
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ database file, so a data home moved or copied elsewhere is re-rooted by :func:`c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -118,6 +119,14 @@ def sqlite_path(tracking_uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def sqlite_tables(database: Path, con: sqlite3.Connection | None = None) -> set[str]:
+    """The table names of a sqlite file, read through ``con`` or a read-only connection (looking changes nothing)."""
+    if con is not None:
+        return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as ro:
+        return sqlite_tables(database, ro)
+
+
 def ensure_experiment(name: str, artifact_root: Path) -> str:
     """The experiment's id, created with an absolute artifact location (not ./mlruns of the cwd). In a sqlite
     registry it is tagged with that location relative to the database's folder, so a moved copy can find it."""
@@ -146,7 +155,7 @@ def follow_moved_artifacts(database: Path) -> int:
         return 0
     con = sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
     try:
-        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = sqlite_tables(database, con)
         with con:  # one transaction: all URIs move, or none
             for experiment_id, old, new in moves:
                 _rewrite_prefix(con, tables, experiment_id, old, new)
@@ -160,7 +169,7 @@ def _moved_roots(database: Path) -> list[tuple[str, str, str]]:
     folder = database.resolve().parent
     con = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
     try:
-        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = sqlite_tables(database, con)
         if not {"experiments", "experiment_tags"} <= tables:
             return []  # not (yet) an MLflow database
         rows = con.execute(
