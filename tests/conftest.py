@@ -41,7 +41,7 @@ def instance(tmp_path, monkeypatch):
     home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    with dg.DagsterInstance.get() as instance:
+    with dg.DagsterInstance.get() as instance, _without_defs_state():
         yield instance
 
 
@@ -199,9 +199,10 @@ def materialise_graph(
     from assets.routing import cluster_map, llm_error_features
 
     def run(assets, partition=None, ops=None):
-        result = dg.materialize(
-            assets, partition_key=partition, resources=resources, instance=instance, run_config={"ops": ops or {}}
-        )
+        with _without_defs_state():
+            result = dg.materialize(
+                assets, partition_key=partition, resources=resources, instance=instance, run_config={"ops": ops or {}}
+            )
         assert result.success
         return result
 
@@ -288,6 +289,16 @@ def static_cache(tiny_model, tmp_path_factory) -> Path:
 
         Embedder(str(tiny_model), backend="static", cache_dir=cache).static_dir()
     return cache
+
+
+def _without_defs_state():
+    """No Dagster definitions-state storage while loading definitions (the project has no state-backed
+    definitions). An instance entered and left out of order elsewhere in the same process can leave the storage of
+    an instance that is gone in Dagster's context variable, and loading then fails with "undefined DagsterInstance
+    weakref" (seen twice in fresh-clone runs on xdist workers, never in one process)."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    return set_defs_state_storage(None)
 
 
 @pytest.fixture(autouse=True)
