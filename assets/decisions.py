@@ -3,15 +3,18 @@
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 import os
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import polars as pl
-from matplotlib.figure import Figure
 
 import warehouse as wh
 from assets.metadata import markdown_image
 from assets.resources import WarehouseResource
 from serving import decisions
+
+if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: a Dagster run starts ~0.5 s sooner
+    from matplotlib.figure import Figure
 
 GROUP = "serving"
 PLOT_DAYS = 30  # the plots show the last 30 days of requests
@@ -68,8 +71,10 @@ def _over_budget(frame: pl.DataFrame) -> int:
     return _budgeted(frame).filter(pl.col("realised_cost_usd") > pl.col("budget_value")).height
 
 
-def _cost_vs_budget(frame: pl.DataFrame) -> Figure:
+def _cost_vs_budget(frame: pl.DataFrame) -> "Figure":
     """Realised cost per query against the max_cost_per_query asked; points above the diagonal went over."""
+    from matplotlib.figure import Figure
+
     data = _budgeted(frame)
     figure = Figure(figsize=(5, 4))
     ax = figure.subplots()
@@ -87,7 +92,7 @@ def _cost_vs_budget(frame: pl.DataFrame) -> Figure:
     return figure
 
 
-def _llm_mix_per_day(frame: pl.DataFrame) -> Figure:
+def _llm_mix_per_day(frame: pl.DataFrame) -> "Figure":
     """Requests per day, stacked by the LLM that answered ("none": every attempt failed)."""
     counts = (
         frame.with_columns(pl.col("decided_at").dt.date().alias("day"), pl.col("chosen_llm").fill_null("none"))
@@ -95,6 +100,8 @@ def _llm_mix_per_day(frame: pl.DataFrame) -> Figure:
         .len()
         .sort("day", "chosen_llm")
     )
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(max(5, 0.3 * counts["day"].n_unique()), 4))
     ax = figure.subplots()
     if counts.height:

@@ -3,12 +3,16 @@
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 
 import json
+import threading
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import polars as pl
 
 import warehouse as wh
 from assets.expectations import (
@@ -19,12 +23,14 @@ from assets.expectations import (
     all_blocking_passed,
     check_grades,
     check_responses,
+    import_checks,
 )
 from assets.resources import CollectorResource, WarehouseResource
-from profiling.collector import catalog_completer, collect
+from profiling.collector import CollectionReport, active_llms, archive_replaced_answers, catalog_completer
 from profiling.datasets import detect_adapter, import_dataset
 from profiling.grading import grade_responses_report
 from profiling.importers import import_results
+from profiling.staging import collect_to_staging, merge_staging, plan_collection
 
 GROUP = "profiling"
 #: One partition per catalog LLM; the onboarding sensor adds them.
@@ -245,32 +251,79 @@ def imported_results(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=llm_partitions,
-    deps=[llm_catalog, prompt_set],
-    pool="duckdb",
-    check_specs=check_specs("llm_responses", RESPONSE_PROPERTIES),
-)
-def llm_responses(
-    context: dg.AssetExecutionContext,
-    config: ProfilingConfig,
-    warehouse: WarehouseResource,
-    collector: CollectorResource,
-) -> dg.MaterializeResult:
-    """One LLM's answers to its prompts; only pairs not stored yet are asked."""
+@dataclass(frozen=True)
+class CollectionPlan:
+    """What one LLM's profiling run asks: its catalog row and the pairs no stored or staged answer covers."""
+
+    model: str
+    llms: pl.DataFrame
+    pairs: pl.DataFrame
+    archived: int
+
+
+@dg.op(pool="duckdb", ins={"llm_catalog": dg.In(dg.Nothing), "prompt_set": dg.In(dg.Nothing)})
+def plan_responses(
+    context: dg.OpExecutionContext, config: ProfilingConfig, warehouse: WarehouseResource
+) -> CollectionPlan:
+    """Archive the answers a re-profiling replaces, then list the pairs to ask: pending in the warehouse and not
+    answered in unmerged staging (a killed or concurrent run's answers are never asked again). A short write."""
     model = context.partition_key
+    refresh_before = config.refresh_time()
     with warehouse.connect() as con:
-        report = collect(
-            con,
-            [model],
-            config.splits,
-            collector.policy(),
-            collector.batch_size,
+        llms = active_llms(con, [model])
+        archived = archive_replaced_answers(con, [model], refresh_before, context.log.info)
+        pairs = plan_collection(con, [model], config.splits, warehouse.staging(), refresh_before)
+    context.log.info(f"{model}: {pairs.height} prompts to ask on {config.splits}")
+    return CollectionPlan(model, llms, pairs, archived)
+
+
+@dg.op
+def stage_responses(
+    context: dg.OpExecutionContext, plan: CollectionPlan, warehouse: WarehouseResource, collector: CollectorResource
+) -> CollectionReport:
+    """Ask the planned pairs and stage the answers in durable files as they arrive, outside the warehouse: no
+    ``duckdb`` pool, so the runs of many LLMs wait on their endpoints at once. Request starts are paced per
+    endpoint across runs (``CollectorResource.pacing_path``). The checks' library is imported meanwhile."""
+    checks_library = threading.Thread(target=import_checks, name="uniroute-import-checks", daemon=True)
+    checks_library.start()
+    pacer = collector.pacer()
+    try:
+        report = collect_to_staging(
+            plan.pairs,
+            plan.llms,
+            warehouse.staging(),
+            run_id=f"dagster-{context.run_id}",
+            policy=collector.policy(),
+            batch_size=collector.batch_size,
+            flush_interval_s=collector.flush_interval_s,
             progress=False,
             log_progress=context.log.info,
-            refresh_before=config.refresh_time(),
+            pacer=pacer,
         )
+    finally:
+        pacer.close()
+    checks_library.join()
+    return report
+
+
+RESPONSE_CHECKS = [f"check_llm_responses_{prop}" for prop in RESPONSE_PROPERTIES]
+
+
+@dg.op(
+    pool="duckdb",
+    out={"result": dg.Out(dg.Nothing), **{name: dg.Out(dg.Nothing, is_required=False) for name in RESPONSE_CHECKS}},
+)
+def merge_responses(
+    context: dg.OpExecutionContext,
+    config: ProfilingConfig,
+    report: CollectionReport,
+    warehouse: WarehouseResource,
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
+    """Merge the LLM's staged files (this run's and any a killed run left) into the warehouse idempotently, then
+    check its answers. A short write."""
+    model = context.partition_key
+    with warehouse.connect() as con:
+        merged = merge_staging(con, warehouse.staging(), [model], log_progress=context.log.info)
         n_validation = wh.expected_count(con, model, ["validation"])
         responses = wh.read_responses(con, [model], ["validation"])
         rows = wh.count_answers(con, model)["responses"]
@@ -279,20 +332,45 @@ def llm_responses(
         )
     if report.failed:
         context.log.warning(f"{model}: {report.failed} of {report.requested} prompts failed; see collection_failures")
-    return dg.MaterializeResult(
+    yield dg.Output(
+        None,
+        "result",
         metadata={
             "dagster/row_count": rows,
             "validation_coverage": responses.height / max(n_validation, 1),
             "requested": report.requested,
-            "stored": report.stored,
+            "stored": merged.answers_stored,
             "failed": report.failed,
             "attempts": report.attempts,
             "cost_usd": report.cost_usd,
             "seconds": report.seconds,
             "errors": dict(report.errors),
+            "staged_files_merged": merged.files,
         },
-        check_results=checks,
     )
+    yield from checks
+
+
+@dg.config_mapping
+def _profiling_config(config: ProfilingConfig) -> dict:
+    """``llm_responses.config`` (one :class:`ProfilingConfig`) for the ops that read it."""
+    settings = {"config": config.model_dump()}
+    return {"plan_responses": settings, "merge_responses": settings}
+
+
+@dg.graph_asset(
+    group_name=GROUP,
+    partitions_def=llm_partitions,
+    ins={"llm_catalog": dg.AssetIn(dagster_type=dg.Nothing), "prompt_set": dg.AssetIn(dagster_type=dg.Nothing)},
+    config=_profiling_config,
+    check_specs=check_specs("llm_responses", RESPONSE_PROPERTIES),
+)
+def llm_responses(llm_catalog, prompt_set) -> dict:
+    """One LLM's answers to its prompts; only pairs not stored (nor staged) yet are asked. Three steps: plan and
+    merge are short writes in the ``duckdb`` pool; the asking in between holds no warehouse, so the profiling runs
+    of several LLMs overlap."""
+    merged = merge_responses(stage_responses(plan_responses(llm_catalog=llm_catalog, prompt_set=prompt_set)))
+    return {"result": merged.result, **{f"llm_responses_{name}": getattr(merged, name) for name in RESPONSE_CHECKS}}
 
 
 @dg.asset(

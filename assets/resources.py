@@ -10,6 +10,7 @@ import duckdb
 
 import warehouse as wh
 from profiling.collector import RetryPolicy
+from profiling.pacing import SharedPacer
 from router_core import DEFAULT_BACKEND, DEFAULT_EMBEDDER, DEFAULT_MAX_SEQ_LENGTH, Embedder
 
 
@@ -20,12 +21,18 @@ class WarehouseResource(dg.ConfigurableResource):
 
     path: str = ""
     catalog_path: str = ""
+    #: Where profiling runs stage answers until merged: empty means ``warehouse.default_staging_path(database)``.
+    #: A path every run can reach (shared storage when runs execute on several machines: README, "Past one machine").
+    staging_path: str = ""
 
     def database(self) -> Path:
         return Path(self.path) if self.path else wh.default_path()
 
     def catalog(self) -> Path:
         return Path(self.catalog_path) if self.catalog_path else wh.default_catalog_path()
+
+    def staging(self) -> Path:
+        return Path(self.staging_path) if self.staging_path else wh.default_staging_path(self.database())
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """For writing (migrates the schema; one writing process at a time)."""
@@ -37,14 +44,25 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class CollectorResource(dg.ConfigurableResource):
-    """Retry and batching settings of the response collector."""
+    """Retry, batching and pacing settings of the response collector.
+
+    Staged answers are written once ``batch_size`` wait or the first has waited ``flush_interval_s``: a killed run
+    asks again at most the answers of its last ``flush_interval_s``. Every run paces its requests to an endpoint
+    through one SQLite file (``pacing_path``; empty means ``warehouse.default_pacing_path()``), so a catalog's
+    ``requests_per_minute`` holds across the runs of this machine (``profiling.pacing``).
+    """
 
     max_attempts: int = 5
     timeout_s: float = 60.0
     batch_size: int = 512
+    flush_interval_s: float = 0.5
+    pacing_path: str = ""
 
     def policy(self) -> RetryPolicy:
         return RetryPolicy(max_attempts=self.max_attempts, timeout_s=self.timeout_s)
+
+    def pacer(self) -> SharedPacer:
+        return SharedPacer(self.pacing_path or wh.default_pacing_path())
 
 
 class EmbedderResource(dg.ConfigurableResource):

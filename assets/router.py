@@ -3,9 +3,9 @@
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
@@ -28,7 +28,9 @@ from router_core import (
     single_llm_points,
     value_matrix,
 )
-from serving import registry
+
+if TYPE_CHECKING:  # mlflow and matplotlib load in the run that registers a router, not in every Dagster run
+    from serving import registry
 
 GROUP = "routing"
 #: Tags that say what a version is: equal to the champion's, a new version would be the champion again.
@@ -73,6 +75,8 @@ def router(
     """A new registered router version; alias ``champion`` moves only if its test AUDC is not worse than the
     current champion's on the same test prompts (else ``challenger``). When pool, data snapshot, cluster map,
     embedder and default cost weight equal the champion's, nothing is registered: the result says "unchanged"."""
+    from serving import registry
+
     emb = embedder.embedder()
     with warehouse.connect() as con:
         latest = wh.latest_cluster_map(con)
@@ -262,7 +266,9 @@ def _score(uni, zero, x_test, test_scores, realised, default_cost_weight: float)
     )
 
 
-def _pool_entries(pool: list[str], cost: np.ndarray, val_errors: np.ndarray, s: _Scores) -> list[registry.PoolEntry]:
+def _pool_entries(pool: list[str], cost: np.ndarray, val_errors: np.ndarray, s: _Scores) -> list["registry.PoolEntry"]:
+    from serving import registry
+
     return [
         registry.PoolEntry(
             llm=m,
@@ -321,13 +327,15 @@ def _figures(s: _Scores, uni: UniRouter, pool: list[str], n_test: int) -> dict:
 
 def _plots(figures: dict) -> dict[str, dg.MetadataValue]:
     """The figures as Markdown images (then closed)."""
+    from matplotlib import pyplot as plt
+
     plots = {name.removesuffix(".png"): markdown_image(figure, name) for name, figure in figures.items()}
     for figure in figures.values():
         plt.close(figure)
     return plots
 
 
-def _pool_table(entries: list[registry.PoolEntry], left_out: dict[str, str]) -> dg.MetadataValue:
+def _pool_table(entries: list["registry.PoolEntry"], left_out: dict[str, str]) -> dg.MetadataValue:
     """The pool, one row per LLM with its numbers rounded, then the LLMs left out and why."""
     rows = [
         dg.TableRecord(

@@ -52,6 +52,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 import warehouse as wh
+from profiling.pacing import LocalPacer, Pacer, endpoint_key
 from profiling.rendering import estimate_tokens
 from router_core.embedding import prompt_hash
 
@@ -137,7 +138,7 @@ class _Endpoint:
     usd_out: float | None
     max_concurrency: int
     min_interval_s: float
-    next_start: float = 0.0
+    pacer: Pacer
     semaphore: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -156,11 +157,9 @@ class _Endpoint:
         return {"Authorization": f"Bearer {key}"}
 
     async def pace(self) -> None:
-        """Space request starts to respect requests_per_minute."""
+        """Space request starts to respect requests_per_minute, the endpoint's limit (:mod:`profiling.pacing`)."""
         if self.min_interval_s:
-            now = time.monotonic()
-            start, self.next_start = max(now, self.next_start), max(now, self.next_start) + self.min_interval_s
-            await asyncio.sleep(start - now)
+            await self.pacer.wait_turn(endpoint_key(self.base_url), self.min_interval_s)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -356,7 +355,11 @@ class Completion:
 
 
 def complete_many(
-    llm: dict, requests: Sequence[dict], policy: RetryPolicy | None = None, seed: int | None = None
+    llm: dict,
+    requests: Sequence[dict],
+    policy: RetryPolicy | None = None,
+    seed: int | None = None,
+    pacer: Pacer | None = None,
 ) -> list[Completion | None]:
     """Ask one catalog LLM (a row of :func:`warehouse.read_llms`) each request (``{"messages": [...], "params":
     {...}}``) with the collector's concurrency, pacing and retries; None where a request failed for good. Used by
@@ -367,7 +370,7 @@ def complete_many(
     rng = random.Random(seed)
 
     async def run() -> list[Completion | None]:
-        endpoint = _endpoint(llm)
+        endpoint = _endpoint(llm, pacer or LocalPacer())
         report = CollectionReport(run_id="complete")
         connector = aiohttp.TCPConnector(limit=endpoint.max_concurrency + 8, limit_per_host=0)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -389,21 +392,22 @@ def complete_many(
 
 
 def catalog_completer(
-    con: duckdb.DuckDBPyConnection, policy: RetryPolicy | None = None
+    con: duckdb.DuckDBPyConnection, policy: RetryPolicy | None = None, pacer: Pacer | None = None
 ) -> Callable[[str, list[dict]], list[Completion | None]]:
-    """``complete(llm_name, requests)`` over the warehouse catalog's endpoints (what ``llm_judge`` graders call)."""
+    """``complete(llm_name, requests)`` over the warehouse catalog's endpoints (what ``llm_judge`` graders call),
+    paced by ``pacer`` (default: each call its own)."""
 
     def complete(name: str, requests: list[dict]) -> list[Completion | None]:
         rows = wh.read_llms(con).filter(pl.col("name") == name)
         if rows.height == 0:
             raise ValueError(f"judge={name!r}: not in the catalog")
-        return complete_many(rows.row(0, named=True), requests, policy)
+        return complete_many(rows.row(0, named=True), requests, policy, pacer=pacer)
 
     return complete
 
 
-def _endpoint(row: dict) -> _Endpoint:
-    """A catalog row as an endpoint (its concurrency and pacing are per run)."""
+def _endpoint(row: dict, pacer: Pacer) -> _Endpoint:
+    """A catalog row as an endpoint: its concurrency is per run, its pace ``pacer``'s (per endpoint)."""
     return _Endpoint(
         model=row["name"],
         base_url=row["base_url"],
@@ -413,6 +417,7 @@ def _endpoint(row: dict) -> _Endpoint:
         usd_out=row["usd_per_mtok_out"],
         max_concurrency=row["max_concurrency"],
         min_interval_s=60.0 / row["requests_per_minute"] if row["requests_per_minute"] else 0.0,
+        pacer=pacer,
     )
 
 
@@ -568,6 +573,7 @@ async def collect_pairs(
     log_progress: Callable[[str], None] | None = None,
     flush_interval_s: float = 2.0,
     run_id: str | None = None,
+    pacer: Pacer | None = None,
 ) -> CollectionReport:
     """Ask each pair of ``pairs`` (model, prompt_id, prompt, and optionally the prompt's messages,
     request_params, request_hash, template_version: :func:`warehouse.pending_pairs`) of its LLM in ``llms`` (the
@@ -577,6 +583,8 @@ async def collect_pairs(
     Answers and failures are written once ``batch_size`` of them wait or the first has waited ``flush_interval_s``,
     on one worker thread (never on the event loop). ``run_id`` (default :func:`new_run_id`) names the answers.
     ``progress`` shows a tqdm bar; ``log_progress`` (e.g. a Dagster logger) gets a line after every batch write.
+    ``pacer`` spaces request starts per endpoint (``requests_per_minute``): default this run's own
+    (:class:`profiling.pacing.LocalPacer`); a :class:`profiling.pacing.SharedPacer` shares the pace with other runs.
     """
     _check_batching(batch_size, flush_interval_s)
     if isinstance(sink, duckdb.DuckDBPyConnection):
@@ -585,7 +593,8 @@ async def collect_pairs(
     report = CollectionReport(run_id=run_id or new_run_id(), requested=pairs.height)
     if pairs.height == 0:
         return report
-    endpoints = {row["name"]: _endpoint(row) for row in llms.iter_rows(named=True) if row["base_url"]}
+    pacer = pacer or LocalPacer()
+    endpoints = {row["name"]: _endpoint(row, pacer) for row in llms.iter_rows(named=True) if row["base_url"]}
     unknown = set(pairs["model"].unique()) - set(endpoints)
     if unknown:
         raise ValueError(f"model={sorted(unknown)[0]!r}: not in the catalog, or it has no base_url")

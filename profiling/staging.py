@@ -233,6 +233,19 @@ class MergeReport:
     failures: int = 0
     failures_recorded: int = 0
 
+    def add(self, counts: dict[str, int] | None) -> None:
+        """Count one file's merge (None: it was merged before)."""
+        if counts is None:
+            self.already_merged += 1
+            return
+        self.files += 1
+        for name, value in counts.items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+#: Staged files merged per transaction: one commit for many small files keeps the merge (inside the pool) short.
+MERGE_BATCH = 64
+
 
 def merge_staging(
     con: duckdb.DuckDBPyConnection,
@@ -243,36 +256,32 @@ def merge_staging(
     """Merge every unmerged staged file under ``directory`` (of ``models``, default all) into the warehouse, then
     move it to ``<directory>/merged/``.
 
-    Each file is one transaction (:func:`warehouse.merge_staged`): its answers, its failures and a row naming it in
-    ``staging_merges``. So a merge repeated adds nothing, and a merge that crashed after a commit and before the move
-    finds the file recorded and only moves it: failures' attempts are never counted twice, answers never duplicated.
-    Files are merged newest first, so where runs answered the same pair (a stale answer, then a current one) the
-    newest answer is the one stored; the others stay in their files under ``merged/``.
+    Files are merged :data:`MERGE_BATCH` at a time in one transaction (:func:`warehouse.merge_staged_files`): their
+    answers, their failures and a row naming each file in ``staging_merges``. So a merge repeated adds nothing, and a
+    merge that crashed after a commit and before the moves finds the files recorded and only moves them: failures'
+    attempts are never counted twice, answers never duplicated. Files are merged newest first, so where runs
+    answered the same pair (a stale answer, then a current one) the newest answer is the one stored; the others stay
+    in their files under ``merged/``. A file the warehouse refuses is named in the error; the files before it are
+    merged.
     """
     root = Path(directory)
     report = MergeReport()
-    for path in reversed(staged_files(root, models)):
-        file = path.relative_to(root).as_posix()
-        rows = pl.read_parquet(path, hive_partitioning=False)
-        answers = rows.filter(pl.col("kind") == "answer").select(
-            *ANSWER_SCHEMA, pl.col("staged_at").alias("collected_at")
-        )
-        failures = rows.filter(pl.col("kind") == "failure").select(
-            *FAILURE_SCHEMA, pl.col("staged_at").alias("last_failed_at")
-        )
+    newest_first = list(reversed(staged_files(root, models)))
+    for start in range(0, len(newest_first), MERGE_BATCH):
+        batch = newest_first[start : start + MERGE_BATCH]
         try:
-            counts = wh.merge_staged(con, file, answers, failures)
-        except wh.WarehouseInputError as exc:
-            raise wh.WarehouseInputError("staging", "file", str(path), str(exc)) from exc
-        if counts is None:
-            report.already_merged += 1
-        else:
-            report.files += 1
-            report.answers += counts["answers"]
-            report.answers_stored += counts["answers_stored"]
-            report.failures += counts["failures"]
-            report.failures_recorded += counts["failures_recorded"]
-        _move_aside(root, path)
+            results = wh.merge_staged_files(con, [_read_staged(root, path) for path in batch])
+        except wh.WarehouseInputError:
+            results = []
+            for path in batch:  # one at a time: the files before the bad one merge, the error names it
+                try:
+                    results.append(wh.merge_staged(con, *_read_staged(root, path)))
+                except wh.WarehouseInputError as exc:
+                    _move_aside(root, batch[: len(results)])
+                    raise wh.WarehouseInputError("staging", "file", str(path), str(exc)) from exc
+        for counts in results:
+            report.add(counts)
+        _move_aside(root, batch)
     if report.files or report.already_merged:
         message = (
             f"merged {report.files} staged files ({report.answers_stored} answers stored of {report.answers}, "
@@ -284,13 +293,26 @@ def merge_staging(
     return report
 
 
-def _move_aside(root: Path, path: Path) -> None:
-    """Move a merged file to ``<root>/merged/`` under the same relative path (replacing a copy there)."""
-    target = root / MERGED / path.relative_to(root)
-    created = not target.parent.is_dir()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if created:
-        _fsync_dir(target.parent.parent)
-    os.replace(path, target)
-    _fsync_dir(target.parent)
-    _fsync_dir(path.parent)
+def _read_staged(root: Path, path: Path) -> tuple[str, pl.DataFrame, pl.DataFrame]:
+    """A staged file as :func:`warehouse.merge_staged` takes it: its name under ``root``, answers, failures."""
+    rows = pl.read_parquet(path, hive_partitioning=False)
+    answers = rows.filter(pl.col("kind") == "answer").select(*ANSWER_SCHEMA, pl.col("staged_at").alias("collected_at"))
+    failures = rows.filter(pl.col("kind") == "failure").select(
+        *FAILURE_SCHEMA, pl.col("staged_at").alias("last_failed_at")
+    )
+    return path.relative_to(root).as_posix(), answers, failures
+
+
+def _move_aside(root: Path, paths: Sequence[Path]) -> None:
+    """Move merged files to ``<root>/merged/`` under the same relative paths (replacing copies there); each
+    directory touched is fsynced once."""
+    touched: set[Path] = set()
+    for path in paths:
+        target = root / MERGED / path.relative_to(root)
+        if not target.parent.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            touched.add(target.parent.parent)
+        os.replace(path, target)
+        touched.update((target.parent, path.parent))
+    for directory in touched:
+        _fsync_dir(directory)

@@ -6,14 +6,17 @@ from abc import ABC, abstractmethod
 from typing import Any, Self
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import softmax
-from sklearn.cluster import KMeans
 
 from router_core._errors import NotFittedError, RouterInputError
 from router_core.features import llm_error_features
 
 __all__ = ["ClusterMap", "KMeansClusterMap", "LearnedClusterMap"]
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax (scipy.special.softmax's, without importing scipy)."""
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def check_embeddings(embeddings: np.ndarray, dim: int | None = None) -> np.ndarray:
@@ -85,6 +88,8 @@ class KMeansClusterMap(ClusterMap):
         self._check_k(x.shape[0])
         if self.temperature is not None and not self.temperature > 0:
             raise RouterInputError("temperature", self.temperature, "must be > 0 or None")
+        from sklearn.cluster import KMeans  # here, not at import: a Dagster run that never fits one skips ~1 s
+
         km = KMeans(n_clusters=self.n_clusters, n_init=4, random_state=self.seed).fit(x)
         self.centroids_ = km.cluster_centers_
         return self
@@ -96,7 +101,7 @@ class KMeansClusterMap(ClusterMap):
         sq_dist = (x**2).sum(1)[:, None] - 2 * x @ self.centroids_.T + (self.centroids_**2).sum(1)[None, :]
         if self.temperature is None:
             return np.eye(self.n_clusters)[sq_dist.argmin(axis=1)]
-        return softmax(-sq_dist / self.temperature, axis=1)
+        return _softmax(-sq_dist / self.temperature)
 
     def get_params(self) -> dict[str, Any]:
         return {"n_clusters": self.n_clusters, "seed": self.seed, "temperature": self.temperature}
@@ -176,7 +181,7 @@ class LearnedClusterMap(ClusterMap):
 
         def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
             w, b = theta[: k * d].reshape(k, d), theta[k * d :]
-            phi = softmax(x @ w.T + b, axis=1)
+            phi = _softmax(x @ w.T + b)
             p = np.clip(phi @ psi.T, 1e-6, 1 - 1e-6)
             nll = -(target * np.log(p) + (1 - target) * np.log1p(-p))
             dw_reg = w - w0
@@ -189,6 +194,8 @@ class LearnedClusterMap(ClusterMap):
 
         theta0 = np.concatenate([w0.ravel(), b0])
         self.init_loss_ = loss_and_grad(theta0)[0]
+        from scipy.optimize import minimize
+
         result = minimize(
             loss_and_grad,
             theta0,
@@ -205,7 +212,7 @@ class LearnedClusterMap(ClusterMap):
         if not hasattr(self, "weights_"):
             raise NotFittedError(self)
         x = check_embeddings(embeddings, self.weights_.shape[1])
-        return softmax(x @ self.weights_.T + self.bias_, axis=1)
+        return _softmax(x @ self.weights_.T + self.bias_)
 
     def get_params(self) -> dict[str, Any]:
         return {

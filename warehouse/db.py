@@ -16,7 +16,9 @@ __all__ = [
     "connect_read_only",
     "data_home",
     "default_catalog_path",
+    "default_pacing_path",
     "default_path",
+    "default_staging_path",
     "schema_version",
 ]
 
@@ -42,6 +44,22 @@ def default_path() -> Path:
 def default_catalog_path() -> Path:
     """``$UNIROUTE_CATALOG``, else ``llms.yaml`` in the working directory (the file users edit)."""
     return Path(os.environ.get("UNIROUTE_CATALOG") or "llms.yaml")
+
+
+def default_staging_path(warehouse: str | os.PathLike[str] | None = None) -> Path:
+    """``$UNIROUTE_STAGING``, else ``<warehouse file>.staging`` beside it: where profiling runs stage answers until
+    they are merged. One staging location per warehouse, since the warehouse's ``staging_merges`` says what is merged.
+    """
+    if path := os.environ.get("UNIROUTE_STAGING"):
+        return Path(path)
+    warehouse = Path(warehouse) if warehouse is not None else default_path()
+    return warehouse.with_name(warehouse.name + ".staging")
+
+
+def default_pacing_path() -> Path:
+    """``$UNIROUTE_PACING``, else ``<data home>/endpoint_pacing.sqlite``: the request pace every run on this machine
+    shares per endpoint (a catalog's ``requests_per_minute`` belongs to the endpoint, not to one run)."""
+    return Path(os.environ.get("UNIROUTE_PACING") or data_home() / "endpoint_pacing.sqlite")
 
 
 def connect(path: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:

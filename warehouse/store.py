@@ -673,20 +673,41 @@ def merge_staged(
     failure adds its attempts to the pair's; a failure of a pair that has an answer (stored now or before) is
     dropped. Returns ``{"answers", "answers_stored", "failures", "failures_recorded"}``.
     """
+    return merge_staged_files(con, [(file, answers, failures)])[0]
+
+
+def merge_staged_files(
+    con: duckdb.DuckDBPyConnection, files: Sequence[tuple[str, pl.DataFrame, pl.DataFrame]]
+) -> list[dict[str, int] | None]:
+    """:func:`merge_staged` for each ``(file, answers, failures)`` of ``files`` in order, all in ONE transaction
+    (one commit for many small files); a file recorded already gets None and adds nothing. A file that violates a
+    table constraint rolls the whole transaction back and raises, naming it."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    con.begin()
+    try:
+        results = [_merge_one(con, file, answers, failures, now) for file, answers, failures in files]
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return results
+
+
+def _merge_one(
+    con: duckdb.DuckDBPyConnection, file: str, answers: pl.DataFrame, failures: pl.DataFrame, now: datetime
+) -> dict[str, int] | None:
+    """One staged file inside the caller's transaction (:func:`merge_staged`)."""
+    if con.execute("SELECT count(*) FROM staging_merges WHERE file = ?", [file]).fetchall()[0][0]:
+        return None
     if isinstance(answers, pl.DataFrame) and "source" not in answers.columns:
         answers = answers.with_columns(pl.lit("collected").alias("source"))
-    now = datetime.now(UTC).replace(tzinfo=None)
     staged_answers = _with_time(_prepare("responses", answers), answers, "collected_at", now)
     staged_failures = _with_time(_prepare("collection_failures", failures), failures, "last_failed_at", now)
     answer_columns = ", ".join(staged_answers.columns)
     failure_columns = ", ".join(staged_failures.columns)
     con.register("_staged_answers", staged_answers)
     con.register("_staged_failures", staged_failures)
-    con.begin()
     try:
-        if con.execute("SELECT count(*) FROM staging_merges WHERE file = ?", [file]).fetchall()[0][0]:
-            con.rollback()
-            return None
         stored = con.execute(
             f"INSERT INTO responses ({answer_columns}) SELECT {answer_columns} FROM _staged_answers "
             "ON CONFLICT DO NOTHING"
@@ -714,13 +735,8 @@ def merge_staged(
             "INSERT INTO staging_merges (file, merged_at, answers, answers_stored, failures) VALUES (?, ?, ?, ?, ?)",
             [file, now, counts["answers"], stored, counts["failures"]],
         ).fetchall()
-        con.commit()
     except duckdb.ConstraintException as exc:
-        con.rollback()
         raise WarehouseInputError("staging_merges", "file", file, f"violates a table constraint: {exc}") from exc
-    except BaseException:
-        con.rollback()
-        raise
     finally:
         con.unregister("_staged_answers")
         con.unregister("_staged_failures")

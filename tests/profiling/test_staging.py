@@ -184,7 +184,7 @@ def test_a_merge_repeated_or_crashed_before_the_move_adds_nothing(con, mmlu_like
         assert (replaced.files, replaced.already_merged) == (0, first.files) and staged_files(stage_dir) == []
         assert _stored(con).equals(responses) and wh.read_failures(con).equals(failures)  # attempts not doubled
 
-        # the same crash for real: the move fails after the first commit; the next merge only moves that file
+        # the same crash for real: the moves fail after the batch's commit; the next merge only moves those files
         _stage(con, stage_dir, ["math-pro"], ["validation", "test"], batch_size=10)
         n_files = len(staged_files(stage_dir))
 
@@ -195,9 +195,9 @@ def test_a_merge_repeated_or_crashed_before_the_move_adds_nothing(con, mmlu_like
             patch.setattr(staging, "_move_aside", crash)
             with pytest.raises(OSError, match="killed before the move"):
                 merge_staging(con, stage_dir)
-        assert len(staged_files(stage_dir)) == n_files and wh.read_staging_merges(con).height == first.files + 1
+        assert len(staged_files(stage_dir)) == n_files and wh.read_staging_merges(con).height == first.files + n_files
         resumed = merge_staging(con, stage_dir)
-        assert (resumed.files, resumed.already_merged) == (n_files - 1, 1)
+        assert (resumed.files, resumed.already_merged) == (0, n_files) and staged_files(stage_dir) == []
 
         # a failure asked again in another run adds that run's attempts, once
         _stage(con, stage_dir, ["last"], ["validation", "test"])
@@ -277,3 +277,21 @@ def test_a_duckdb_connection_is_still_a_sink(con, mmlu_like_dir):
 def test_a_run_id_that_cannot_name_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"run_id='\.\./x'"):
         staging.StagingSink(tmp_path, "../x")
+
+
+def test_a_bad_staged_file_is_named_and_the_files_merged_before_it_stay_merged(con, mmlu_like_dir, tmp_path):
+    stage_dir = tmp_path / "staging"
+    with ReplayServer(mmlu_like_dir) as server:
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
+        _stage(con, stage_dir, ["cheap"], ["validation", "test"], batch_size=5)
+    files = staged_files(stage_dir)  # oldest first; merged newest first
+    assert len(files) >= 4
+    bad = files[1]
+    rows = pl.read_parquet(bad, hive_partitioning=False)
+    rows.with_columns(prompt_tokens=pl.lit(-1, dtype=rows["prompt_tokens"].dtype)).write_parquet(bad)
+    with pytest.raises(wh.WarehouseInputError, match=bad.name):
+        merge_staging(con, stage_dir)
+    assert staged_files(stage_dir) == files[:2]  # the bad file and the one older than it wait
+    newer = pl.concat([pl.read_parquet(stage_dir / staging.MERGED / f.relative_to(stage_dir)) for f in files[2:]])
+    assert set(_stored(con)["prompt_id"]) == set(newer["prompt_id"])
+    assert wh.read_staging_merges(con).height == len(files) - 2
