@@ -167,7 +167,13 @@ def _register_partitions(context: dg.AssetExecutionContext, names: list[str]) ->
     return new
 
 
-@dg.asset(group_name=GROUP, pool="duckdb")
+# A profiling run's warehouse steps (catalog sync, plan, merge, grades) are short, and many runs take them at once:
+# they wait on the file's own lock (WarehouseResource.lock_wait_s, retried every <= 100 ms) rather than in the
+# "duckdb" pool, whose claims a blocked run polls 1 s apart and slower the longer it waits (a hand-off would cost
+# more than the step). Long writers (embeddings, cluster map, features, router) stay in the pool.
+
+
+@dg.asset(group_name=GROUP)
 def llm_catalog(
     context: dg.AssetExecutionContext, config: CatalogConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
@@ -255,13 +261,11 @@ def imported_results(
 class CollectionPlan:
     """What one LLM's profiling run asks: its catalog row and the pairs no stored or staged answer covers."""
 
-    model: str
     llms: pl.DataFrame
     pairs: pl.DataFrame
-    archived: int
 
 
-@dg.op(pool="duckdb", ins={"llm_catalog": dg.In(dg.Nothing), "prompt_set": dg.In(dg.Nothing)})
+@dg.op(ins={"llm_catalog": dg.In(dg.Nothing), "prompt_set": dg.In(dg.Nothing)})
 def plan_responses(
     context: dg.OpExecutionContext, config: ProfilingConfig, warehouse: WarehouseResource
 ) -> CollectionPlan:
@@ -271,18 +275,18 @@ def plan_responses(
     refresh_before = config.refresh_time()
     with warehouse.connect() as con:
         llms = active_llms(con, [model])
-        archived = archive_replaced_answers(con, [model], refresh_before, context.log.info)
+        archive_replaced_answers(con, [model], refresh_before, context.log.info)
         pairs = plan_collection(con, [model], config.splits, warehouse.staging(), refresh_before)
     context.log.info(f"{model}: {pairs.height} prompts to ask on {config.splits}")
-    return CollectionPlan(model, llms, pairs, archived)
+    return CollectionPlan(llms, pairs)
 
 
 @dg.op
 def stage_responses(
     context: dg.OpExecutionContext, plan: CollectionPlan, warehouse: WarehouseResource, collector: CollectorResource
 ) -> CollectionReport:
-    """Ask the planned pairs and stage the answers in durable files as they arrive, outside the warehouse: no
-    ``duckdb`` pool, so the runs of many LLMs wait on their endpoints at once. Request starts are paced per
+    """Ask the planned pairs and stage the answers in durable files as they arrive, outside the warehouse (no
+    connection to it), so the runs of many LLMs wait on their endpoints at once. Request starts are paced per
     endpoint across runs (``CollectorResource.pacing_path``). The checks' library is imported meanwhile."""
     checks_library = threading.Thread(target=import_checks, name="uniroute-import-checks", daemon=True)
     checks_library.start()
@@ -310,7 +314,6 @@ RESPONSE_CHECKS = [f"check_llm_responses_{prop}" for prop in RESPONSE_PROPERTIES
 
 
 @dg.op(
-    pool="duckdb",
     out={"result": dg.Out(dg.Nothing), **{name: dg.Out(dg.Nothing, is_required=False) for name in RESPONSE_CHECKS}},
 )
 def merge_responses(
@@ -367,8 +370,8 @@ def _profiling_config(config: ProfilingConfig) -> dict:
 )
 def llm_responses(llm_catalog, prompt_set) -> dict:
     """One LLM's answers to its prompts; only pairs not stored (nor staged) yet are asked. Three steps: plan and
-    merge are short writes in the ``duckdb`` pool; the asking in between holds no warehouse, so the profiling runs
-    of several LLMs overlap."""
+    merge are short writes; the asking in between holds no warehouse, so the profiling runs of several LLMs
+    overlap."""
     merged = merge_responses(stage_responses(plan_responses(llm_catalog=llm_catalog, prompt_set=prompt_set)))
     return {"result": merged.result, **{f"llm_responses_{name}": getattr(merged, name) for name in RESPONSE_CHECKS}}
 
@@ -377,7 +380,6 @@ def llm_responses(llm_catalog, prompt_set) -> dict:
     group_name=GROUP,
     partitions_def=llm_partitions,
     deps=[llm_responses],
-    pool="duckdb",
     check_specs=check_specs("graded_responses", GRADE_PROPERTIES),
 )
 def graded_responses(

@@ -24,6 +24,8 @@ class WarehouseResource(dg.ConfigurableResource):
     #: Where profiling runs stage answers until merged: empty means ``warehouse.default_staging_path(database)``.
     #: A path every run can reach (shared storage when runs execute on several machines: README, "Past one machine").
     staging_path: str = ""
+    #: How long a step waits for the warehouse while another process writes it (DuckDB: one writer at a time).
+    lock_wait_s: float = 1800.0
 
     def database(self) -> Path:
         return Path(self.path) if self.path else wh.default_path()
@@ -35,8 +37,8 @@ class WarehouseResource(dg.ConfigurableResource):
         return Path(self.staging_path) if self.staging_path else wh.default_staging_path(self.database())
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """For writing (migrates the schema; one writing process at a time)."""
-        return wh.connect(self.database())
+        """For writing (migrates the schema; one writing process at a time: waits up to ``lock_wait_s`` for it)."""
+        return wh.connect(self.database(), lock_wait_s=self.lock_wait_s)
 
     def connect_read_only(self) -> duckdb.DuckDBPyConnection:
         """For reading only: no migration, no write lock (``warehouse.connect_read_only``)."""

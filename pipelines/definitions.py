@@ -37,7 +37,7 @@ defs = dg.Definitions(
         "artifacts": ArtifactsResource(),
         "mlflow": MlflowResource(),
     },
-    # Every op writes the warehouse, so every op is in the "duckdb" pool: the multiprocess executor's child
+    # Every op writes the warehouse (the long ones in the "duckdb" pool): the multiprocess executor's child
     # processes would hold the pool's slot while they import this code (README: "Past one machine").
     executor=dg.in_process_executor,
 )

@@ -243,7 +243,7 @@ class MergeReport:
             setattr(self, name, getattr(self, name) + value)
 
 
-#: Staged files merged per transaction: one commit for many small files keeps the merge (inside the pool) short.
+#: Staged files merged per transaction: one commit for many small files keeps the merge (holding the warehouse) short.
 MERGE_BATCH = 64
 
 

@@ -4,6 +4,8 @@ live (the data home, the warehouse file, the catalog), resolved here and nowhere
 from __future__ import annotations
 
 import os
+import random
+import time
 from pathlib import Path
 
 import duckdb
@@ -62,20 +64,36 @@ def default_pacing_path() -> Path:
     return Path(os.environ.get("UNIROUTE_PACING") or data_home() / "endpoint_pacing.sqlite")
 
 
-def connect(path: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(path: str | os.PathLike[str] | None = None, lock_wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) the warehouse at ``path`` for writing and apply pending migrations.
 
-    DuckDB lets one process at a time hold a file open for writing: readers use :func:`connect_read_only`.
+    DuckDB lets one process at a time hold a file open for writing: readers use :func:`connect_read_only`. While
+    another process holds it, this waits up to ``lock_wait_s`` seconds, trying again every few milliseconds (up to
+    100 ms apart), then raises DuckDB's ``IOException`` naming the process that holds it.
     """
     path = Path(path) if path is not None else default_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(path))
+    con = _open_when_free(path, lock_wait_s)
     try:
         _migrate(con)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _open_when_free(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
+    """``duckdb.connect(path)``, trying again while another process holds the file's lock (for ``lock_wait_s``)."""
+    deadline = time.monotonic() + lock_wait_s
+    delay = 0.005
+    while True:
+        try:
+            return duckdb.connect(str(path))
+        except duckdb.IOException as exc:
+            if "Could not set lock" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay * random.uniform(0.5, 1.5))  # jittered: waiters do not retry in step
+        delay = min(2 * delay, 0.1)
 
 
 def connect_read_only(path: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:

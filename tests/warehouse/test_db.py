@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import duckdb
 import pytest
@@ -17,12 +18,15 @@ HOLD_READ_ONLY += "sys.stdin.read()"
 
 
 def test_paths_resolve_from_the_data_home_unless_set(tmp_path, monkeypatch):
-    for name in ("UNIROUTE_DATA_HOME", "UNIROUTE_WAREHOUSE", "UNIROUTE_CATALOG"):
+    for name in ("UNIROUTE_DATA_HOME", "UNIROUTE_WAREHOUSE", "UNIROUTE_CATALOG", "UNIROUTE_STAGING", "UNIROUTE_PACING"):
         monkeypatch.delenv(name, raising=False)
     assert wh.data_home() == wh.db.PROJECT_ROOT / "data"
     assert str(wh.default_catalog_path()) == "llms.yaml"
     monkeypatch.setenv("UNIROUTE_DATA_HOME", str(tmp_path))
     assert wh.default_path() == tmp_path / "warehouse.duckdb"
+    assert wh.default_staging_path() == tmp_path / "warehouse.duckdb.staging"  # one per warehouse, beside it
+    assert wh.default_staging_path(tmp_path / "b.duckdb") == tmp_path / "b.duckdb.staging"
+    assert wh.default_pacing_path() == tmp_path / "endpoint_pacing.sqlite"
     monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "elsewhere.duckdb"))
     monkeypatch.setenv("UNIROUTE_CATALOG", str(tmp_path / "mine.yaml"))
     assert (wh.default_path(), wh.default_catalog_path()) == (tmp_path / "elsewhere.duckdb", tmp_path / "mine.yaml")
@@ -42,6 +46,28 @@ def test_read_only_connections_share_the_file_that_a_writer_would_lock(tmp_path)
                 con.execute("CREATE TABLE scratch (x INTEGER)")
         with pytest.raises(duckdb.IOException):  # whereas connect() wants the write lock
             wh.connect(path)
+    finally:
+        holder.communicate("", timeout=30)
+
+
+HOLD_FOR = "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('open', flush=True); "
+HOLD_FOR += "time.sleep(float(sys.argv[2])); con.close(); print('closed', flush=True); sys.stdin.read()"
+
+
+def test_a_writer_waits_for_the_lock_only_as_long_as_it_is_told(tmp_path):
+    path = tmp_path / "w.duckdb"
+    wh.connect(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_FOR, str(path), "1.5"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"  # another process writes the warehouse for 1.5 s
+        opened = time.monotonic()
+        with pytest.raises(duckdb.IOException, match="lock"):
+            wh.connect(path, lock_wait_s=0.2)  # gives up, naming the lock
+        with wh.connect(path, lock_wait_s=30) as con:  # waits for it, then writes
+            assert time.monotonic() - opened >= 1.0
+            con.execute("CREATE TABLE scratch (x INTEGER)")
     finally:
         holder.communicate("", timeout=30)
 
