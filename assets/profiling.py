@@ -2,6 +2,7 @@
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 
+import contextlib
 import json
 import threading
 import warnings
@@ -290,8 +291,7 @@ def stage_responses(
     endpoint across runs (``CollectorResource.pacing_path``). The checks' library is imported meanwhile."""
     checks_library = threading.Thread(target=import_checks, name="uniroute-import-checks", daemon=True)
     checks_library.start()
-    pacer = collector.pacer()
-    try:
+    with contextlib.closing(collector.pacer()) as pacer:
         report = collect_to_staging(
             plan.pairs,
             plan.llms,
@@ -304,8 +304,6 @@ def stage_responses(
             log_progress=context.log.info,
             pacer=pacer,
         )
-    finally:
-        pacer.close()
     checks_library.join()
     return report
 
@@ -391,8 +389,8 @@ def graded_responses(
     """One LLM's grades, from each prompt's grader (an LLM judge is asked through the catalog; its verdicts are
     cached); its validation accuracy in the metadata. Imported scores are kept as they are."""
     model = context.partition_key
-    with warehouse.connect() as con:
-        grading = grade_responses_report(con, [model], catalog_completer(con, collector.policy()))
+    with warehouse.connect() as con, contextlib.closing(collector.pacer()) as pacer:  # a judge shares the pace
+        grading = grade_responses_report(con, [model], catalog_completer(con, collector.policy(), pacer))
         written = grading.written
         outcomes = wh.read_outcomes(con, [model], ["validation"])
         n_validation = wh.expected_count(con, model, ["validation"])

@@ -9,6 +9,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "true")
 
+import contextlib
 import json
 import shutil
 import socket
@@ -227,8 +228,177 @@ def materialise_graph(
 
 @pytest.fixture(scope="session")
 def build_graph():
-    """:func:`materialise_graph`, for tests that need the whole graph materialised."""
+    """:func:`materialise_graph`, for tests of the build itself (their own storage, data or endpoints); tests that only
+    need a materialised pipeline take a copy of :func:`pipeline_snapshot` instead."""
     return materialise_graph
+
+
+# ---- one materialised pipeline per pytest run, copied per test ----
+
+
+@dataclass(frozen=True)
+class DataHome:
+    """A materialised pipeline's files under ``root``: Dagster home, DuckDB warehouse (with its staging), fitted
+    artifacts, MLflow sqlite registry with its artifacts (``mlflow/``, beside the warehouse as the resources put it)
+    and the catalog. Its ``llms`` were profiled at ``base_url``, whose endpoint may be gone: a catalog that keeps
+    their URL keeps their answers current (a changed URL makes them stale)."""
+
+    root: Path
+    base_url: str
+    llms: tuple[str, ...]
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "llms.yaml"
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.root / 'mlflow' / 'mlflow.db'}"
+
+    def env(self) -> dict[str, str]:
+        """What the assets and the processes started on this home read: its Dagster home and warehouse (MLflow's
+        artifacts go beside the warehouse)."""
+        return {"DAGSTER_HOME": str(self.dagster_home), "UNIROUTE_WAREHOUSE": str(self.warehouse)}
+
+    def resources(self, **overrides) -> dict:
+        from assets.resources import (
+            ArtifactsResource,
+            CollectorResource,
+            EmbedderResource,
+            MlflowResource,
+            WarehouseResource,
+        )
+
+        return {
+            "warehouse": WarehouseResource(path=str(self.warehouse)),
+            "collector": CollectorResource(max_attempts=3, timeout_s=5.0),
+            "embedder": EmbedderResource(),
+            "artifacts": ArtifactsResource(root=str(self.root / "artifacts")),
+            "mlflow": MlflowResource(tracking_uri=self.tracking_uri),
+            **overrides,
+        }
+
+    def write_catalog(self, llms: list[str] | None = None, endpoints: dict[str, str] | None = None) -> Path:
+        """The catalog: ``llms`` (default :attr:`llms`) at :attr:`base_url`, then ``endpoints`` (name: URL); all at
+        1 USD per million tokens."""
+        entries = [f"{{name: {n}}}" for n in (self.llms if llms is None else llms)]
+        entries += [f"{{name: {n}, base_url: '{url}'}}" for n, url in (endpoints or {}).items()]
+        self.catalog.write_text(
+            f"defaults: {{base_url: '{self.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            f"llms: [{', '.join(entries)}]\n"
+        )
+        return self.catalog
+
+    def init_dagster_home(self) -> None:
+        """An empty Dagster home with the project's dagster.yaml."""
+        self.dagster_home.mkdir(parents=True)
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", self.dagster_home)
+
+    @contextlib.contextmanager
+    def instance(self):
+        """The home's Dagster instance (its own dagster.yaml and storage)."""
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(self.dagster_home)) as instance, _without_defs_state():
+            yield instance
+
+    @staticmethod
+    def latest_metadata(instance, asset: str) -> dict:
+        """The metadata values of ``asset``'s latest materialisation in ``instance``."""
+        import dagster as dg
+
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    def copy(self, dest: Path) -> DataHome:
+        """This home copied to ``dest``, reading and writing nothing of the original: the registry's artifact URIs
+        follow the copy (as ``uniroute`` re-roots a moved registry), and the warehouse records its cluster map
+        relative to itself."""
+        from serving import registry
+
+        shutil.copytree(self.root, dest)
+        registry.follow_moved_artifacts(dest / "mlflow" / "mlflow.db")
+        return DataHome(dest, self.base_url, self.llms)
+
+
+def _build_once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` run once per pytest run, shared by its xdist workers (session fixtures run once per worker):
+    the first worker to arrive builds under the run's temporary root, the others wait on the lock and reuse it. A
+    failed build is not retried by the other workers: they fail with its error. Nothing may write to the folder."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common parent
+    folder, done, failed = shared / name, shared / f"{name}.done", shared / f"{name}.failed"
+    with FileLock(shared / f"{name}.lock"):
+        if failed.is_file():
+            raise RuntimeError(f"building {name} failed in another worker: {failed.read_text()}")
+        if not done.is_file():
+            try:
+                folder.mkdir()
+                build(folder)
+            except BaseException as error:
+                failed.write_text(repr(error))
+                raise
+            done.touch()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def build_once_per_run():
+    """:func:`_build_once_per_run`, for the conftests of sub-folders."""
+    return _build_once_per_run
+
+
+#: The snapshot's LLMs: a cheap one, a topic specialist and an expensive generalist (routing has room to help).
+SNAPSHOT_LLMS = ("cheap", "math-pro", "generalist")
+
+
+@pytest.fixture(scope="session")
+def data_home():
+    """:class:`DataHome`, for tests that build a data home of their own (e.g. once per module) to copy per test."""
+    return DataHome
+
+
+@pytest.fixture(scope="session")
+def pipeline_snapshot(tmp_path_factory, mmlu_like_dir) -> DataHome:
+    """The whole graph materialised once per run (:func:`materialise_graph`: the fixture dataset, SNAPSHOT_LLMS
+    profiled on every split against a replay endpoint, a K-means map with K=3, features, router v1 @champion).
+    Read only: take a copy (:meth:`DataHome.copy`, or the ``materialised_pipeline`` fixture)."""
+
+    def build(root: Path) -> None:
+        from profiling.replay_server import ReplayServer
+
+        with ReplayServer(mmlu_like_dir) as server:
+            home = DataHome(root, server.base_url, SNAPSHOT_LLMS)
+            home.init_dagster_home()
+            home.write_catalog()
+            with pytest.MonkeyPatch.context() as patch, home.instance() as instance:
+                for key, value in home.env().items():
+                    patch.setenv(key, value)
+                materialise_graph(instance, home.resources(), mmlu_like_dir, home.catalog, list(home.llms))
+        (root / "snapshot.json").write_text(json.dumps({"base_url": home.base_url}))
+
+    root = _build_once_per_run(tmp_path_factory, "pipeline_snapshot", build)
+    return DataHome(root, json.loads((root / "snapshot.json").read_text())["base_url"], SNAPSHOT_LLMS)
+
+
+@pytest.fixture
+def materialised_pipeline(pipeline_snapshot, tmp_path, monkeypatch) -> DataHome:
+    """This test's own copy of :func:`pipeline_snapshot` under ``tmp_path/data``; ``$DAGSTER_HOME`` and
+    ``$UNIROUTE_WAREHOUSE`` point at it."""
+    home = pipeline_snapshot.copy(tmp_path / "data")
+    for key, value in home.env().items():
+        monkeypatch.setenv(key, value)
+    return home
 
 
 # the tiny model's vocabulary: whole words of the test prompts, then letters and digits as WordPiece pieces
@@ -293,12 +463,22 @@ def static_cache(tiny_model, tmp_path_factory) -> Path:
 
 def _without_defs_state():
     """No Dagster definitions-state storage while loading definitions (the project has no state-backed
-    definitions). An instance entered and left out of order elsewhere in the same process can leave the storage of
-    an instance that is gone in Dagster's context variable, and loading then fails with "undefined DagsterInstance
-    weakref" (seen twice in fresh-clone runs on xdist workers, never in one process)."""
+    definitions). An instance entered and never left (a generator abandoned in a reference cycle) is left when the
+    garbage collector finalises it, which puts the storage of an instance that is gone back into Dagster's context
+    variable; loading then fails with "undefined DagsterInstance weakref" (seen on xdist workers, at random points).
+    So collect first (~0.3 s), then clear it."""
+    import gc
+
     from dagster._core.storage.defs_state.base import set_defs_state_storage
 
+    gc.collect()
     return set_defs_state_storage(None)
+
+
+@pytest.fixture(scope="session")
+def without_defs_state():
+    """:func:`_without_defs_state`, for test modules."""
+    return _without_defs_state
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -904,7 +905,14 @@ def read_prompt_vectors(
 
 
 def register_cluster_map(con: duckdb.DuckDBPyConnection, cluster_map: pl.DataFrame) -> int:
-    """Record a fitted cluster map as the current one (re-registering a version makes it current again)."""
+    """Record a fitted cluster map as the current one (re-registering a version makes it current again). A map
+    file under the warehouse file's directory (the data home) is recorded relative to it, so a data home copied or
+    moved whole reads its own map."""
+    home = _database_dir(con)
+    if home is not None and "path" in cluster_map.columns:
+        cluster_map = cluster_map.with_columns(
+            pl.col("path").map_elements(lambda p: _relative_to(p, home), return_dtype=pl.String)
+        )
     updates = "path = excluded.path, created_at = excluded.created_at"
     return _write(
         con, "cluster_maps", cluster_map, f"ON CONFLICT (version) DO UPDATE SET {updates}", stamp="created_at"
@@ -912,9 +920,27 @@ def register_cluster_map(con: duckdb.DuckDBPyConnection, cluster_map: pl.DataFra
 
 
 def latest_cluster_map(con: duckdb.DuckDBPyConnection) -> dict | None:
-    """The most recently registered cluster map as a dict, or None."""
+    """The most recently registered cluster map as a dict (``path`` absolute), or None."""
     frame = _query(con, "SELECT * FROM cluster_maps ORDER BY created_at DESC, version LIMIT 1")
-    return frame.row(0, named=True) if frame.height else None
+    if frame.height == 0:
+        return None
+    row = frame.row(0, named=True)
+    home = _database_dir(con)
+    if home is not None and not Path(row["path"]).is_absolute():
+        row["path"] = str(home / row["path"])
+    return row
+
+
+def _database_dir(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The directory of ``con``'s database file (None in memory)."""
+    rows = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return Path(rows[0][0]).resolve().parent if rows and rows[0][0] else None
+
+
+def _relative_to(path: str, home: Path) -> str:
+    """``path`` relative to ``home`` where it lies under it, else as given."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(home).as_posix() if resolved.is_relative_to(home) else path
 
 
 def upsert_llm_features(con: duckdb.DuckDBPyConnection, features: pl.DataFrame) -> int:

@@ -1,19 +1,18 @@
 """The whole graph on the fixture: profile, cluster map, features, router registered in a real MLflow sqlite
-registry; a new LLM yields a new version without refitting the map; models:/uniroute@champion routes text."""
+registry; a new LLM yields a new version without refitting the map; models:/uniroute@champion routes text, also from
+a copied data home."""
 
 from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses
-from assets.resources import (
-    ArtifactsResource,
-    CollectorResource,
-    EmbedderResource,
-    MlflowResource,
-    WarehouseResource,
-)
 from assets.router import router
 from assets.routing import llm_error_features
 from profiling.replay_server import ReplayServer
@@ -23,28 +22,14 @@ def _meta(result, node):
     return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
 
 
-def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monkeypatch, build_graph):
+def test_router_versions_in_the_registry(materialised_pipeline, mmlu_like_dir):
     import mlflow
 
-    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {
-        "warehouse": WarehouseResource(),
-        "collector": CollectorResource(max_attempts=3, timeout_s=5.0),
-        "embedder": EmbedderResource(),
-        "artifacts": ArtifactsResource(root=str(tmp_path / "artifacts")),
-        "mlflow": MlflowResource(tracking_uri=uri),
-    }
-    catalog = tmp_path / "llms.yaml"
+    home = materialised_pipeline
+    uri = home.tracking_uri
+    resources = home.resources()
     all_splits = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
-    with ReplayServer(mmlu_like_dir) as server:
-
-        def write_catalog(names):
-            entries = ", ".join(f"{{name: {n}}}" for n in names)
-            catalog.write_text(
-                f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-                f"llms: [{entries}]\n"
-            )
+    with ReplayServer(mmlu_like_dir) as server, home.instance() as instance:
 
         def profile(model):
             instance.add_dynamic_partitions(llm_partitions.name, [model])
@@ -54,20 +39,25 @@ def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monk
                     [asset], partition_key=model, resources=resources, instance=instance, run_config=config
                 ).success
 
-        write_catalog(["cheap", "math-pro", "generalist"])
-        built = build_graph(instance, resources, mmlu_like_dir, catalog, ["cheap", "math-pro", "generalist"])
-        map_version, v1 = built["cluster_map"]["version"], built["router"]
-        assert v1["version"] == "1" and v1["alias"] == "champion"
+        def sync_catalog(llms):
+            # the snapshot's LLMs keep the endpoint that answered them (another URL would make their answers stale);
+            # history-pro is asked at this test's replay endpoint
+            catalog = home.write_catalog(llms, {"history-pro": server.base_url})
+            assert dg.materialize(
+                [llm_catalog],
+                resources=resources,
+                instance=instance,
+                run_config={"ops": {"llm_catalog": {"config": {"path": str(catalog)}}}},
+            ).success
+
+        # the snapshot: the whole graph on cheap, math-pro and generalist
+        map_version = home.latest_metadata(instance, "cluster_map")["version"]
+        v1 = home.latest_metadata(instance, "router")
+        assert v1["pool"] == "cheap, generalist, math-pro" and v1["version"] == "1" and v1["alias"] == "champion"
         assert v1["audc"] >= v1["zero_audc"] - 1e-9  # topic specialists: routing can only help here
 
         # Onboard a new LLM: catalog change, profile, features; no cluster-map refit; router v2.
-        write_catalog(["cheap", "math-pro", "generalist", "history-pro"])
-        assert dg.materialize(
-            [llm_catalog],
-            resources=resources,
-            instance=instance,
-            run_config={"ops": {"llm_catalog": {"config": {"path": str(catalog)}}}},
-        ).success
+        sync_catalog(["cheap", "math-pro", "generalist"])
         profile("history-pro")
         assert dg.materialize(
             [llm_error_features], partition_key="history-pro", resources=resources, instance=instance
@@ -77,13 +67,7 @@ def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monk
             aliases = mlflow.MlflowClient(uri, uri).get_registered_model("uniroute").aliases
             assert str(aliases["previous-champion"]) == "1"
         # Retire an LLM from the catalog: the next version leaves it out, though its features remain.
-        write_catalog(["math-pro", "generalist", "history-pro"])
-        assert dg.materialize(
-            [llm_catalog],
-            resources=resources,
-            instance=instance,
-            run_config={"ops": {"llm_catalog": {"config": {"path": str(catalog)}}}},
-        ).success
+        sync_catalog(["math-pro", "generalist"])
         v3 = _meta(dg.materialize([router], resources=resources, instance=instance), "router")
     assert v3["pool"] == "generalist, history-pro, math-pro"  # shown as text
     assert v2["version"] == "2" and v2["cluster_map_version"] == map_version == v1["cluster_map_version"]
@@ -98,3 +82,32 @@ def test_router_versions_in_the_registry(instance, tmp_path, mmlu_like_dir, monk
     assert routed["llm"].iloc[0] in v2["pool"]
     version = mlflow.MlflowClient().get_model_version("uniroute", v2["version"])
     assert version.tags["cluster_map_version"] == map_version and "history-pro" in version.tags["pool"]
+
+
+def test_a_copied_data_home_routes_from_its_own_files(pipeline_snapshot, tmp_path):
+    """What keeps the tests' copies of the run's pipeline apart: a copy of a copy, the first copy deleted, still
+    routes with models:/uniroute@champion, and every artifact location it stores lies inside it."""
+    import mlflow
+
+    import warehouse as wh
+    from serving import registry
+
+    first = pipeline_snapshot.copy(tmp_path / "first")
+    home = first.copy(tmp_path / "second")
+    shutil.rmtree(first.root)
+    with contextlib.closing(sqlite3.connect(registry.sqlite_path(home.tracking_uri))) as con:
+        stored = con.execute(
+            "SELECT artifact_location FROM experiments WHERE name = 'uniroute' "
+            "UNION ALL SELECT artifact_uri FROM runs UNION ALL SELECT artifact_location FROM logged_models "
+            "UNION ALL SELECT storage_location FROM model_versions"
+        ).fetchall()
+    assert len(stored) == 4 and all(uri.startswith(home.root.as_uri() + "/") for (uri,) in stored), stored
+    with wh.connect_read_only(home.warehouse) as con:
+        assert Path(wh.latest_cluster_map(con)["path"]).is_relative_to(home.root)
+    registry.configure(home.tracking_uri)
+    try:
+        model = mlflow.pyfunc.load_model("models:/uniroute@champion")
+        routed = model.predict(pd.DataFrame({"prompt": ["Compute the integral of 3x from 0 to 5."]}))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert routed["llm"].iloc[0] in home.llms

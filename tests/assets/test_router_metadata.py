@@ -1,60 +1,37 @@
 """The router asset explains itself (a per-LLM table, rounded headline numbers, a link to the MLflow version,
 labelled plots), registers versions with a model card, named metrics and a map-typed signature, and registers
-nothing when the champion already is what it would build. One graph is materialised for the whole module."""
+nothing when the champion already is what it would build. The module works on one copy of the run's
+materialised graph."""
 
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.router import _pool_table, router
-from profiling.replay_server import ReplayServer
 from serving import registry
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-LLMS = ["cheap", "math-pro", "generalist"]
+LLMS = ["cheap", "math-pro", "generalist"]  # the run's pipeline snapshot (conftest.SNAPSHOT_LLMS)
 
 
 @pytest.fixture(scope="module")
-def materialised(tmp_path_factory, mmlu_like_dir, build_graph):
-    """The graph on three fixture LLMs, then the router once more on the same data: both router materialisations'
-    metadata, and the registry's URI."""
+def materialised(tmp_path_factory, pipeline_snapshot):
+    """A copy of the run's materialised graph (three fixture LLMs), then the router once more on the same data: both
+    router materialisations' metadata, and the registry's URI."""
     import mlflow
 
-    root = tmp_path_factory.mktemp("router_metadata")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    resources = {
-        "warehouse": WarehouseResource(path=str(root / "w.duckdb")),
-        "collector": CollectorResource(max_attempts=3, timeout_s=5.0),
-        "embedder": EmbedderResource(),
-        "artifacts": ArtifactsResource(root=str(root / "artifacts")),
-        "mlflow": MlflowResource(tracking_uri=uri),
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAGSTER_HOME", str(home))
-        patch.setenv("UNIROUTE_WAREHOUSE", str(root / "w.duckdb"))
-        with ReplayServer(mmlu_like_dir) as server, dg.DagsterInstance.get() as instance:
-            catalog = root / "llms.yaml"
-            entries = ", ".join(f"{{name: {n}}}" for n in LLMS)
-            catalog.write_text(
-                f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-                f"llms: [{entries}]\n"
-            )
-            build_graph(instance, resources, mmlu_like_dir, catalog, LLMS)
-            again = dg.materialize([router], resources=resources, instance=instance)
-            assert again.success
-            records = instance.fetch_materializations(dg.AssetKey("router"), limit=2, ascending=True).records
-            first, second = (r.event_log_entry.asset_materialization.metadata for r in records)
-        registry.configure(uri)
-        yield {"first": first, "second": second, "uri": uri}
+    home = pipeline_snapshot.copy(tmp_path_factory.mktemp("router_metadata") / "data")
+    with pytest.MonkeyPatch.context() as patch, home.instance() as instance:
+        for key, value in home.env().items():
+            patch.setenv(key, value)
+        again = dg.materialize([router], resources=home.resources(), instance=instance)
+        assert again.success
+        records = instance.fetch_materializations(dg.AssetKey("router"), limit=2, ascending=True).records
+        first, second = (r.event_log_entry.asset_materialization.metadata for r in records)
+    registry.configure(home.tracking_uri)
+    yield {"first": first, "second": second, "uri": home.tracking_uri}
     mlflow.set_tracking_uri(None)
 
 

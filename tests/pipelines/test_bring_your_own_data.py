@@ -13,7 +13,7 @@ import pytest
 
 import warehouse as wh
 from assets.profiling import imported_results, llm_catalog, llm_partitions
-from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
+from assets.resources import CollectorResource
 from assets.router import router
 from assets.routing import llm_error_features
 from profiling.collector import catalog_completer
@@ -67,18 +67,39 @@ def _answer(model: str, row: dict) -> str:
     return f"Topic {i} began long ago. {'It shaped what followed.' if right else 'Bananas.'}"
 
 
-@pytest.fixture
-def byod(tmp_path, monkeypatch, instance):
-    """The prompt file imported through the CLI, a replay endpoint answering for four LLMs and a judge."""
-    warehouse = tmp_path / "w.duckdb"
-    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(warehouse))
-    prompts_file = tmp_path / "prompts.jsonl"
+@pytest.fixture(scope="module")
+def byod_built(tmp_path_factory, data_home, build_graph):
+    """Built once for the module, copied per test (``byod``): the prompt file imported through the CLI, a replay
+    endpoint answering for four LLMs and a judge (up while the module runs), the catalog's partitions registered by
+    ``uniroute sync-catalog``, then the unchanged graph on alpha, beta and gamma: router v1."""
+    root = tmp_path_factory.mktemp("byod")
+    warehouse = root / "data" / "warehouse.duckdb"
+    prompts_file, spec = root / "prompts.jsonl", root / "spec.yaml"
     prompts_file.write_text("\n".join(json.dumps(r) for r in _prompt_rows()) + "\n")
-    spec = tmp_path / "spec.yaml"
     spec.write_text(
         "system_prompt: Answer briefly.\nmax_tokens: 256\nshares: {train: 0.5, validation: 0.25, test: 0.25}\n"
     )
-    assert main(["import-prompts", str(prompts_file), "--dataset", "byod", "--spec", str(spec)]) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("UNIROUTE_WAREHOUSE", str(warehouse))
+        assert main(["import-prompts", str(prompts_file), "--dataset", "byod", "--spec", str(spec)]) == 0
+        with ReplayServer(_recorded_answers(warehouse)) as server:
+            home = data_home(warehouse.parent, server.base_url, ("alpha", "beta", "gamma"))
+            assert home.warehouse == warehouse
+            home.init_dagster_home()
+            for key, value in home.env().items():
+                patch.setenv(key, value)
+            _catalog(home.catalog, server.base_url, ["alpha", "beta", "gamma", "judge"])
+            with home.instance() as instance:
+                assert main(["sync-catalog", str(home.catalog)]) == 0  # registers the partitions: no sensor needed
+                synced = set(instance.get_dynamic_partitions(llm_partitions.name))
+                resources = _resources(home)
+                build_graph(instance, resources, None, home.catalog, list(home.llms), prompts={"dataset": "byod"})
+            yield {"home": home, "server": server, "synced_partitions": synced}
+
+
+def _recorded_answers(warehouse) -> ReplayData:
+    """Every LLM's answer to every imported prompt, and the judge's answers to its own rubric prompts: what a judge
+    LLM would say about each essay."""
     with wh.connect(warehouse) as con:
         prompts = wh.read_prompts(con)
     rows = {f"byod/{r['prompt_id']}": r for r in _prompt_rows()}
@@ -87,7 +108,6 @@ def byod(tmp_path, monkeypatch, instance):
         for m in SKILLS
         for pid in prompts["prompt_id"]
     ]
-    # the judge's answers to its own rubric prompts: what a judge LLM would say about each essay
     grader = get_grader("llm_judge", JUDGE)
     judged = []
     for answer in answers:
@@ -105,8 +125,17 @@ def byod(tmp_path, monkeypatch, instance):
     recorded = pl.concat(
         [pl.DataFrame(answers), pl.DataFrame(judged).select(pl.lit("judge").alias("model"), "prompt_id", "response")]
     )
-    with ReplayServer(ReplayData.from_frames(frames, recorded)) as server:
-        yield {"warehouse": warehouse, "server": server, "tmp": tmp_path}
+    return ReplayData.from_frames(frames, recorded)
+
+
+@pytest.fixture
+def byod(byod_built, tmp_path, monkeypatch):
+    """This test's own copy of the module's data home (its Dagster instance open), and the module's replay endpoint."""
+    home = byod_built["home"].copy(tmp_path / "data")
+    for key, value in home.env().items():
+        monkeypatch.setenv(key, value)
+    with home.instance() as instance:
+        yield {**byod_built, "home": home, "instance": instance}
 
 
 def _catalog(path, base_url: str, names: list[str], imported: list[str] = ()) -> None:
@@ -117,32 +146,20 @@ def _catalog(path, base_url: str, names: list[str], imported: list[str] = ()) ->
     path.write_text("\n".join(lines) + "\n")
 
 
-def _resources(tmp_path) -> dict:
-    return {
-        "warehouse": WarehouseResource(),
-        "collector": CollectorResource(max_attempts=3, timeout_s=10.0),
-        "embedder": EmbedderResource(),
-        "artifacts": ArtifactsResource(root=str(tmp_path / "artifacts")),
-        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
-    }
+def _resources(home) -> dict:
+    return home.resources(collector=CollectorResource(max_attempts=3, timeout_s=10.0))
 
 
-def test_a_prompt_file_with_mixed_graders_runs_the_unchanged_pipeline_to_a_champion(instance, byod, build_graph):
-    tmp, server = byod["tmp"], byod["server"]
-    catalog = tmp / "llms.yaml"
-    _catalog(catalog, server.base_url, ["alpha", "beta", "gamma", "judge"])
-    assert main(["sync-catalog", str(catalog)]) == 0  # registers the partitions: no sensor needed
-    assert set(instance.get_dynamic_partitions(llm_partitions.name)) == {"alpha", "beta", "gamma", "judge"}
-    built = build_graph(
-        instance, _resources(tmp), None, catalog, ["alpha", "beta", "gamma"], prompts={"dataset": "byod"}
-    )
-    v1 = built["router"]
+def test_a_prompt_file_with_mixed_graders_runs_the_unchanged_pipeline_to_a_champion(byod):
+    home, server, instance = byod["home"], byod["server"], byod["instance"]
+    assert byod["synced_partitions"] == {"alpha", "beta", "gamma", "judge"}  # by sync-catalog, before the graph
+    v1 = home.latest_metadata(instance, "router")
     assert (
         v1["version"] == "1" and v1["alias"] == "champion" and sorted(_names(v1["pool"])) == ["alpha", "beta", "gamma"]
     )
     assert v1["audc"] > v1["zero_audc"]  # category specialists: prompt-aware routing wins
 
-    with wh.connect(byod["warehouse"]) as con:
+    with wh.connect(home.warehouse) as con:
         grades = wh.read_grades(con).join(wh.read_prompts(con).select("prompt_id", "category"), on="prompt_id")
         by = {(m, c): s for m, c, s in grades.group_by("model", "category").agg(pl.col("score").mean()).iter_rows()}
         # every grader scored what the fixture made right or wrong, code by running it against its tests
@@ -164,19 +181,17 @@ def test_a_prompt_file_with_mixed_graders_runs_the_unchanged_pipeline_to_a_champ
         validation = wh.read_outcomes(con, ["alpha"], ["validation"]).row(0, named=True)
         changed = {**validation, "score": 1 - validation["score"], "grader": "exact_match", "grader_version": "1"}
         wh.upsert_grades(con, pl.DataFrame([changed]))
-    stale = dg.materialize([router], resources=_resources(tmp), instance=instance, raise_on_error=False)
+    stale = dg.materialize([router], resources=_resources(home), instance=instance, raise_on_error=False)
     assert not stale.success
     assert "stored features of ['alpha'] differ" in str(stale.all_events)
 
 
-def test_an_imported_results_table_onboards_a_held_back_llm_with_the_same_map(instance, byod, build_graph):
-    tmp, server = byod["tmp"], byod["server"]
-    catalog = tmp / "llms.yaml"
-    _catalog(catalog, server.base_url, ["alpha", "beta", "gamma", "judge"])
-    resources = _resources(tmp)
-    v1 = build_graph(instance, resources, None, catalog, ["alpha", "beta", "gamma"], prompts={"dataset": "byod"})
+def test_an_imported_results_table_onboards_a_held_back_llm_with_the_same_map(byod, tmp_path):
+    home, server, instance = byod["home"], byod["server"], byod["instance"]
+    catalog, resources = home.catalog, _resources(home)
+    map_version = home.latest_metadata(instance, "cluster_map")["version"]  # v1's map, built on alpha, beta, gamma
     # delta is held back: its results arrive as a wide table (RouterBench's layout) with per-query USD costs
-    with wh.connect(byod["warehouse"]) as con:
+    with wh.connect(home.warehouse) as con:
         prompts = wh.read_prompts(con)
     ids = [p.split("/", 1)[1] for p in prompts["prompt_id"]]
     wide = pl.DataFrame(
@@ -187,11 +202,11 @@ def test_an_imported_results_table_onboards_a_held_back_llm_with_the_same_map(in
             "delta|total_cost": [0.002 + 0.001 * (i % 3) for i in range(len(ids))],
         }
     )
-    wide.write_parquet(tmp / "routerbench.parquet")
+    wide.write_parquet(tmp_path / "routerbench.parquet")
     run_config = {
         "ops": {
             "imported_results": {
-                "config": {"path": str(tmp / "routerbench.parquet"), "dataset": "byod", "catalog": str(catalog)}
+                "config": {"path": str(tmp_path / "routerbench.parquet"), "dataset": "byod", "catalog": str(catalog)}
             },
             "llm_catalog": {"config": {"path": str(catalog)}},
         }
@@ -216,9 +231,9 @@ def test_an_imported_results_table_onboards_a_held_back_llm_with_the_same_map(in
         .asset_materializations_for_node("router")[0]
         .metadata.items()
     }
-    assert "delta" in _names(v2["pool"]) and v2["cluster_map_version"] == v1["cluster_map"]["version"]
+    assert "delta" in _names(v2["pool"]) and v2["cluster_map_version"] == map_version
     assert _names(v2["unseen_llms"]) == ["delta"]  # the map never saw delta: this is the unseen-LLM result
-    with wh.connect(byod["warehouse"]) as con:
+    with wh.connect(home.warehouse) as con:
         cost = dict(wh.read_costs(con).select("model", "cost").iter_rows())["delta"]
         assert wh.pending_counts(con).filter(pl.col("model") == "delta").height == 0
     val = [0.002 + 0.001 * (i % 3) for i, p in enumerate(prompts["prompt_id"]) if prompts["split"][i] == "validation"]

@@ -31,7 +31,7 @@ CHATTER = re.compile(r"\r|it/s\]|\d+%\|| INFO |registered model|Created version"
 
 
 @pytest.fixture(scope="module")
-def demo_home(tmp_path_factory, mmlu_like_dir):
+def demo_home(tmp_path_factory, mmlu_like_dir, without_defs_state):
     """One in-process demo run in a fresh data home: (its data home, what it printed)."""
     home = tmp_path_factory.mktemp("data_home")
     with pytest.MonkeyPatch.context() as patch:
@@ -39,7 +39,7 @@ def demo_home(tmp_path_factory, mmlu_like_dir):
         for name in DEMO_ENV:  # the demo sets these in os.environ: restored after the module
             patch.setenv(name, demo.QUIET_ENVIRONMENT.get(name, "unset"))
         out = io.StringIO()
-        with contextlib.redirect_stdout(out):
+        with contextlib.redirect_stdout(out), without_defs_state():
             assert demo.main(["--data", str(mmlu_like_dir), *ARGS]) == 0
         yield home, out.getvalue()
 

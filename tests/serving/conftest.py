@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -45,18 +47,37 @@ def prices() -> dict[str, float]:
     return dict(PRICES)
 
 
+@pytest.fixture(scope="session")
+def champion_registry(tmp_path_factory, build_once_per_run, mmlu_like_dir, onnx_cache) -> Path:
+    """A sqlite registry (artifacts beside it) holding uniroute v1 @champion over the three fixture LLMs of PRICES,
+    registered once per run. Read only: ``registry_uri`` copies it."""
+
+    def build(root: Path) -> None:
+        import mlflow
+
+        from serving import registry
+
+        registry.configure(f"sqlite:///{root / 'mlflow.db'}")
+        try:
+            version = register_fixture_router(root, mmlu_like_dir, list(PRICES), onnx_cache)
+            registry.promote("uniroute", version, better=True)
+        finally:
+            mlflow.set_tracking_uri(None)
+
+    return build_once_per_run(tmp_path_factory, "champion_registry", build)
+
+
 @pytest.fixture(scope="module")
-def registry_uri(tmp_path_factory, mmlu_like_dir, onnx_cache):
-    """uniroute v1 @champion: the three fixture LLMs of PRICES."""
+def registry_uri(tmp_path_factory, champion_registry):
+    """The module's own copy of uniroute v1 @champion (the three fixture LLMs of PRICES), MLflow pointed at it."""
     import mlflow
 
     from serving import registry
 
-    root = tmp_path_factory.mktemp("serving")
+    root = tmp_path_factory.mktemp("serving") / "registry"
+    shutil.copytree(champion_registry, root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    registry.configure(uri)
-    version = register_fixture_router(root, mmlu_like_dir, list(PRICES), onnx_cache)
-    registry.promote("uniroute", version, better=True)
+    registry.configure(uri)  # re-roots the copy's artifact URIs
     yield uri
     mlflow.set_tracking_uri(None)
 

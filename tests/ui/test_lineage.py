@@ -11,9 +11,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.profiling import graded_responses, llm_partitions, llm_responses
-from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
-from profiling.replay_server import ReplayServer
+from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses
+from assets.resources import CollectorResource
 from serving.processes import free_port, server_process, venv_env
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
@@ -25,29 +24,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 @pytest.fixture(scope="module")
-def materialised(tmp_path_factory, mmlu_like_dir, build_graph):
-    """A Dagster home, warehouse and MLflow registry holding the whole graph for two fixture LLMs."""
-    root = tmp_path_factory.mktemp("ui")
-    home = root / "dagster_home"
-    home.mkdir()
-    shutil.copy(Path(__file__).resolve().parents[2] / "dagster.yaml", home)
-    env = {"DAGSTER_HOME": str(home), "UNIROUTE_WAREHOUSE": str(root / "w.duckdb")}
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    resources = {
-        "warehouse": WarehouseResource(path=env["UNIROUTE_WAREHOUSE"]),
-        "collector": CollectorResource(max_attempts=2, timeout_s=5.0),
-        "embedder": EmbedderResource(),
-        "artifacts": ArtifactsResource(root=str(root / "artifacts")),
-        "mlflow": MlflowResource(tracking_uri=uri),
-    }
-    with ReplayServer(mmlu_like_dir) as server, dg.DagsterInstance.from_config(str(home)) as instance:
-        catalog = root / "llms.yaml"
-        catalog.write_text(
-            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-            f"llms: [{{name: cheap}}, {{name: math-pro}}, {{name: last, base_url: 'http://127.0.0.1:{free_port()}/v1'}}]\n"
-        )
-        build_graph(instance, resources, mmlu_like_dir, catalog, ["cheap", "math-pro"])
-        # "last" has a dead endpoint: no answers, so its coverage check fails (and blocks its grading)
+def materialised(tmp_path_factory, pipeline_snapshot):
+    """A copy of the run's materialised graph (Dagster home, warehouse, MLflow registry; three fixture LLMs) plus one
+    LLM, "last", whose endpoint is dead: no answers, so its coverage check fails (and blocks its grading)."""
+    home = pipeline_snapshot.copy(tmp_path_factory.mktemp("ui") / "data")
+    resources = home.resources(collector=CollectorResource(max_attempts=2, timeout_s=5.0))
+    catalog = home.write_catalog(endpoints={"last": f"http://127.0.0.1:{free_port()}/v1"})
+    with pytest.MonkeyPatch.context() as patch, home.instance() as instance:
+        for key, value in home.env().items():
+            patch.setenv(key, value)
+        run_config = {"ops": {"llm_catalog": {"config": {"path": str(catalog)}}}}
+        assert dg.materialize([llm_catalog], resources=resources, instance=instance, run_config=run_config).success
         instance.add_dynamic_partitions(llm_partitions.name, ["last"])
         profiled = dg.materialize(
             [llm_responses, graded_responses],
@@ -59,7 +46,7 @@ def materialised(tmp_path_factory, mmlu_like_dir, build_graph):
         )
         coverage = [e for e in profiled.get_asset_check_evaluations() if e.check_name.endswith("coverage")]
         assert [e.passed for e in coverage] == [False]
-    return root, env, uri
+    return home.root, home.env(), home.tracking_uri
 
 
 @pytest.fixture(scope="module")

@@ -316,3 +316,31 @@ def test_judge_verdicts_are_cached_once(con):
     assert wh.read_judge_cache(con, ["k1", "k2"])["score"].to_list() == [0.7]
     with pytest.raises(wh.WarehouseInputError, match=r"judge_cache\.score=2\.0"):
         wh.insert_judge_cache(con, frame.with_columns(key=pl.lit("k3"), score=pl.lit(2.0)))
+
+
+def test_a_cluster_map_under_the_data_home_follows_a_copy_and_one_elsewhere_keeps_its_path(tmp_path):
+    import shutil
+
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere" / "map"
+
+    def row(version: str, path) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "version": [version],
+                "kind": ["kmeans"],
+                "n_clusters": [3],
+                "embedder_id": ["e"],
+                "training_llms": [["a"]],
+                "n_train_prompts": [3],
+                "path": [str(path)],
+            }
+        )
+
+    with wh.connect(home / "w.duckdb") as con:
+        wh.register_cluster_map(con, row("v1", home / "artifacts" / "cluster_maps" / "v1"))
+    shutil.copytree(home, tmp_path / "copy")
+    shutil.rmtree(home)
+    with wh.connect(tmp_path / "copy" / "w.duckdb") as con:
+        assert wh.latest_cluster_map(con)["path"] == str(tmp_path / "copy" / "artifacts" / "cluster_maps" / "v1")
+        wh.register_cluster_map(con, row("v2", elsewhere))
+        assert wh.latest_cluster_map(con)["path"] == str(elsewhere)  # outside the data home: as given
