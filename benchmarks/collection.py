@@ -70,7 +70,8 @@ def _warehouse(directory: Path, data: Path, n_prompts: int, base_url: str, concu
     return path
 
 
-def _server_ok_counts(root: str) -> pl.DataFrame:
+def served_ok_counts(root: str) -> pl.DataFrame:
+    """Answers the replay endpoint at ``root`` served, per model and prompt_id (the warehouse's ids): ``count``."""
     rows = httpx.get(f"{root}/_replay/requests", timeout=30).json()
     frame = pl.DataFrame(
         rows, schema={"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "count": pl.Int64}
@@ -111,7 +112,7 @@ def faults(data: Path, tmp: Path, n: int, rate: float) -> dict:
                 policy=RetryPolicy(max_attempts=12, base_delay_s=0.05, max_delay_s=1.0, timeout_s=2.0),
                 progress=False,
             )
-        served = _server_ok_counts(root)
+        served = served_ok_counts(root)
         totals = httpx.get(f"{root}/_replay/stats", timeout=10).json()
     rows, dup = _duplicates(path)
     missing = n - rows
@@ -141,7 +142,7 @@ def crash(data: Path, tmp: Path, n: int, kill_at: int) -> dict:
         with wh.connect(path) as con:
             before = wh.read_responses(con).select("model", "prompt_id")
             collect(con, progress=False)
-        served = _server_ok_counts(root)
+        served = served_ok_counts(root)
     rows, dup = _duplicates(path)
     reasked = before.join(served, on=["model", "prompt_id"]).filter(pl.col("count") > 1).height
     return {

@@ -37,7 +37,7 @@ import polars as pl
 import yaml
 
 import warehouse as wh
-from benchmarks.collection import replay_server
+from benchmarks.collection import replay_server, served_ok_counts
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DEFAULT_DATA_DIR
 from profiling.importers import import_mmlu_pro
@@ -188,14 +188,8 @@ def _partition(record) -> str:
     return record.dagster_run.tags.get("dagster/partition", "?")
 
 
-def _served_ok(root: str) -> pl.DataFrame:
-    rows = httpx.get(f"{root}/_replay/requests", timeout=30).json()
-    schema = {"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "count": pl.Int64}
-    return pl.DataFrame(rows, schema=schema).filter(pl.col("outcome") == "ok").drop("outcome")
-
-
 def _ok_count(root: str, model: str) -> int:
-    served = _served_ok(root).filter(pl.col("model") == model)
+    served = served_ok_counts(root).filter(pl.col("model") == model)
     return int(served["count"].sum() or 0)
 
 
@@ -247,7 +241,7 @@ def kill(root: Path, pristine: Path, models: pl.DataFrame, server: str, args) ->
         for r in records
         if r.dagster_run.tags.get("dagster/partition") == victim and r.dagster_run.run_id not in killed
     ]
-    served = _served_ok(server)
+    served = served_ok_counts(server)
     with wh.connect_read_only(root / "warehouse.duckdb") as con:
         stored = wh.read_responses(con).select("model", "prompt_id")
     victim_served = served.filter(pl.col("model") == victim)
