@@ -77,6 +77,48 @@ def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_
     assert event is not None and event.dagster_event.partition in {"cheap", "math-pro"}
 
 
+def test_a_profiling_run_merges_what_a_killed_run_staged_and_never_asks_it_again(instance, tmp_path, mmlu_like_dir):
+    """A run killed while asking leaves durable staged files and no warehouse rows; the next run of the partition
+    plans around them (asks only the rest) and merges both runs' answers, each pair once."""
+    from profiling.collector import RetryPolicy, active_llms
+    from profiling.staging import collect_to_staging, plan_collection, staged_files
+
+    catalog = tmp_path / "llms.yaml"
+    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"))
+    resources = {"warehouse": warehouse, "collector": CollectorResource(max_attempts=3, timeout_s=5.0)}
+    with ReplayServer(mmlu_like_dir) as server:
+        catalog.write_text(
+            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            "llms: [{name: cheap}]\n"
+        )
+        config = {
+            "llm_catalog": {"config": {"path": str(catalog)}},
+            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
+        }
+        assert dg.materialize(
+            [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
+        ).success
+        instance.add_dynamic_partitions(llm_partitions.name, ["cheap"])
+        with wh.connect(warehouse.database()) as con:  # the killed run: planned, then staged 20 answers
+            pairs = plan_collection(con, ["cheap"], ["validation", "test"], warehouse.staging())
+            llms = active_llms(con, ["cheap"])
+        killed = pairs.head(20)
+        collect_to_staging(killed, llms, warehouse.staging(), policy=RetryPolicy(timeout_s=5.0), progress=False)
+        assert len(staged_files(warehouse.staging())) >= 1
+        server.request_log.reset()
+
+        result = dg.materialize([llm_responses], partition_key="cheap", resources=resources, instance=instance)
+        assert result.success
+        asked = server.request_log.frame()
+    meta = result.asset_materializations_for_node("llm_responses")[0].metadata
+    assert set(asked["prompt_id"]).isdisjoint(killed["prompt_id"])  # the staged answers were not asked again
+    assert asked["count"].sum() == pairs.height - 20 and meta["requested"].value == pairs.height - 20
+    assert meta["stored"].value == pairs.height == 48 and meta["staged_files_merged"].value >= 2  # both runs'
+    assert staged_files(warehouse.staging()) == []  # merged, moved aside
+    with wh.connect(warehouse.database()) as con:
+        assert wh.count_answers(con, "cheap")["responses"] == 48
+
+
 def test_prompt_embeddings_embed_each_text_once(instance, tmp_path, mmlu_like_dir):
     from assets.embeddings import prompt_embeddings
     from assets.resources import EmbedderResource
