@@ -100,6 +100,24 @@ class Scenario:
             "UNIROUTE_PACING": str(root / "pacing.sqlite"),
         }
         self.daemon: subprocess.Popen | None = None
+        self.cpu_s: dict[str, float] = {}  # run id -> CPU seconds of its process, last seen
+        self._pids: dict[str, int] = {}
+
+    def _sample_cpu(self, instance, records: list) -> None:
+        """Each running run's process CPU so far (user + system, from /proc), kept per run."""
+        for record in records:
+            run_id = record.dagster_run.run_id
+            if record.dagster_run.is_finished or record.start_time is None:
+                continue
+            pid = self._pids.get(run_id) or _worker_pid(instance, run_id)
+            if pid is None:
+                continue
+            self._pids[run_id] = pid
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            self.cpu_s[run_id] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def __enter__(self) -> Scenario:
         with self.instance() as instance:  # its storage created here, not by the daemon's processes at once
@@ -140,9 +158,10 @@ class Scenario:
             finished = [r for r in records if r.dagster_run.is_finished or r.dagster_run.run_id in done]
             if len(finished) >= n:
                 return records
+            self._sample_cpu(instance, records)
             if self.daemon is not None and self.daemon.poll() is not None:
                 raise SystemExit(f"error: dagster-daemon exited; see {self.root / 'daemon.log'}")
-            time.sleep(0.5)
+            time.sleep(0.2)
         raise SystemExit(f"error: {n} runs not finished in {timeout_s:.0f} s; see {self.root / 'daemon.log'}")
 
     def launch(self, model: str) -> None:
@@ -206,6 +225,8 @@ def profile(root: Path, pristine: Path, models: pl.DataFrame, base_url: str, arg
     with Scenario(root, pristine, models, base_url, args) as scenario, scenario.instance() as instance:
         records = scenario.wait(instance, models.height, args.timeout)
         steps = _steps(instance, records)
+        cpu = sorted(scenario.cpu_s.values())
+        steps["CPU per run (>=)"] = cpu[len(cpu) // 2] if cpu else float("nan")
     if _failed(records):
         raise SystemExit(f"error: the runs of {_failed(records)} failed; see {root}")
     with wh.connect_read_only(root / "warehouse.duckdb") as con:
@@ -335,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print("| " + " | ".join(row) + " |")
     names = list(together["steps"])
-    print("\nmedian seconds per step (launch: queued to the run's start)\n")
+    print("\nmedian seconds per step (launch: queued to the run's start; CPU per run: its process's user + system")
+    print("seconds from /proc, last sampled up to 0.2 s before it ended)\n")
     print("| runs | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     for label, result in (
         (f"single ({slowest_model})", singles[slowest_model]),
