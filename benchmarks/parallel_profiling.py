@@ -122,12 +122,12 @@ class Scenario:
     def __enter__(self) -> Scenario:
         with self.instance() as instance:  # its storage created here, not by the daemon's processes at once
             instance.get_run_records(limit=1)
-        log = open(self.root / "daemon.log", "w")
+        self._log = open(self.root / "daemon.log", "w")  # closed with the daemon, in __exit__
         self.daemon = subprocess.Popen(
             [str(Path(sys.executable).with_name("dagster-daemon")), "run"],
             cwd=PROJECT_ROOT,
             env=self.env,
-            stdout=log,
+            stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -137,6 +137,7 @@ class Scenario:
         if self.daemon is not None:
             os.killpg(self.daemon.pid, signal.SIGTERM)
             self.daemon.wait(timeout=60)
+            self._log.close()
 
     def instance(self):
         import dagster as dg

@@ -8,9 +8,9 @@ So a profiling run can be split into steps that hold the warehouse only briefly:
 2. :func:`plan_collection`: the pairs to ask, against the warehouse *and* the unmerged staged files. A short read.
 3. :func:`collect_to_staging`: ask them, each batch written to its own Parquet file as it arrives. No warehouse
    connection at all: any number of these may run at once, for any models.
-4. :func:`merge_staging`: each unmerged file's answers and failures into the warehouse, idempotently (one
-   transaction per file, which also records the file in ``staging_merges``), then the file moves to ``merged/``.
-   The only writer; a short write.
+4. :func:`merge_staging`: each unmerged file's answers and failures into the warehouse, idempotently (up to
+   :data:`MERGE_BATCH` files per transaction, which also records each file in ``staging_merges``), then the files
+   move to ``merged/``. The only writer of staged answers; a short write.
 
 Layout under the staging ``directory``::
 
