@@ -119,6 +119,33 @@ def test_a_profiling_run_merges_what_a_killed_run_staged_and_never_asks_it_again
         assert wh.count_answers(con, "cheap")["responses"] == 48
 
 
+def test_the_staging_location_is_the_warehouse_resources(instance, tmp_path, mmlu_like_dir):
+    """Beside the warehouse by default; where ``staging_path`` says when set (e.g. storage every run mounts)."""
+    elsewhere = tmp_path / "shared" / "staging"
+    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"), staging_path=str(elsewhere))
+    assert WarehouseResource(path=str(tmp_path / "w.duckdb")).staging() == tmp_path / "w.duckdb.staging"
+    resources = {"warehouse": warehouse, "collector": CollectorResource(max_attempts=3, timeout_s=5.0)}
+    with ReplayServer(mmlu_like_dir) as server:
+        catalog = tmp_path / "llms.yaml"
+        catalog.write_text(
+            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+            "llms: [{name: math-pro}]\n"
+        )
+        config = {
+            "llm_catalog": {"config": {"path": str(catalog)}},
+            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
+        }
+        assert dg.materialize(
+            [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
+        ).success
+        instance.add_dynamic_partitions(llm_partitions.name, ["math-pro"])
+        result = dg.materialize([llm_responses], partition_key="math-pro", resources=resources, instance=instance)
+    assert result.success
+    merged = list((elsewhere / "merged" / "model=math-pro").glob("*.parquet"))
+    assert merged and sum(pl.read_parquet(f).height for f in merged) == 48  # every answer went through there
+    assert not (tmp_path / "w.duckdb.staging").exists()
+
+
 def test_prompt_embeddings_embed_each_text_once(instance, tmp_path, mmlu_like_dir):
     from assets.embeddings import prompt_embeddings
     from assets.resources import EmbedderResource
