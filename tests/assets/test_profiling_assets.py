@@ -25,26 +25,30 @@ def test_definitions_load():
     }
 
 
-def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_dir):
+def _catalog_and_prompts(instance, tmp_path, mmlu_like_dir, server, resources, models: list[str]) -> None:
+    """The catalog of ``models`` behind ``server`` and the fixture's prompts, materialised; a partition per LLM."""
     catalog = tmp_path / "llms.yaml"
+    entries = ", ".join(f"{{name: {m}}}" for m in models)
+    catalog.write_text(
+        f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\nllms: [{entries}]\n"
+    )
+    config = {
+        "llm_catalog": {"config": {"path": str(catalog)}},
+        "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
+    }
+    assert dg.materialize(
+        [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
+    ).success
+    instance.add_dynamic_partitions(llm_partitions.name, models)
+
+
+def test_profiling_materialises_per_llm_partition(instance, tmp_path, mmlu_like_dir):
     resources = {
         "warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")),
         "collector": CollectorResource(max_attempts=3, timeout_s=5.0),
     }
     with ReplayServer(mmlu_like_dir) as server:
-        catalog.write_text(
-            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-            "llms: [{name: cheap}, {name: math-pro}]\n"
-        )
-        config = {
-            "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
-        }
-        setup = dg.materialize(
-            [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
-        )
-        assert setup.success
-        instance.add_dynamic_partitions(llm_partitions.name, ["cheap", "math-pro"])
+        _catalog_and_prompts(instance, tmp_path, mmlu_like_dir, server, resources, ["cheap", "math-pro"])
         for model in ("cheap", "math-pro"):
             result = dg.materialize(
                 [llm_responses, graded_responses],
@@ -83,22 +87,10 @@ def test_a_profiling_run_merges_what_a_killed_run_staged_and_never_asks_it_again
     from profiling.collector import RetryPolicy, active_llms
     from profiling.staging import collect_to_staging, plan_collection, staged_files
 
-    catalog = tmp_path / "llms.yaml"
     warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"))
     resources = {"warehouse": warehouse, "collector": CollectorResource(max_attempts=3, timeout_s=5.0)}
     with ReplayServer(mmlu_like_dir) as server:
-        catalog.write_text(
-            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-            "llms: [{name: cheap}]\n"
-        )
-        config = {
-            "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
-        }
-        assert dg.materialize(
-            [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
-        ).success
-        instance.add_dynamic_partitions(llm_partitions.name, ["cheap"])
+        _catalog_and_prompts(instance, tmp_path, mmlu_like_dir, server, resources, ["cheap"])
         with wh.connect(warehouse.database()) as con:  # the killed run: planned, then staged 20 answers
             pairs = plan_collection(con, ["cheap"], ["validation", "test"], warehouse.staging())
             llms = active_llms(con, ["cheap"])
@@ -126,19 +118,7 @@ def test_the_staging_location_is_the_warehouse_resources(instance, tmp_path, mml
     assert WarehouseResource(path=str(tmp_path / "w.duckdb")).staging() == tmp_path / "w.duckdb.staging"
     resources = {"warehouse": warehouse, "collector": CollectorResource(max_attempts=3, timeout_s=5.0)}
     with ReplayServer(mmlu_like_dir) as server:
-        catalog = tmp_path / "llms.yaml"
-        catalog.write_text(
-            f"defaults: {{base_url: '{server.base_url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-            "llms: [{name: math-pro}]\n"
-        )
-        config = {
-            "llm_catalog": {"config": {"path": str(catalog)}},
-            "prompt_set": {"config": {"path": str(mmlu_like_dir)}},
-        }
-        assert dg.materialize(
-            [llm_catalog, prompt_set], resources=resources, instance=instance, run_config={"ops": config}
-        ).success
-        instance.add_dynamic_partitions(llm_partitions.name, ["math-pro"])
+        _catalog_and_prompts(instance, tmp_path, mmlu_like_dir, server, resources, ["math-pro"])
         result = dg.materialize([llm_responses], partition_key="math-pro", resources=resources, instance=instance)
     assert result.success
     merged = list((elsewhere / "merged" / "model=math-pro").glob("*.parquet"))
