@@ -15,7 +15,6 @@ import pytest
 
 import warehouse as wh
 from profiling.collector import RetryPolicy, collect
-from profiling.importers import import_mmlu_pro
 from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
 
 FAST = RetryPolicy(max_attempts=8, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
@@ -36,13 +35,6 @@ def _catalog(base_url: str, api_key_env: str | None = None, models: list[str] = 
         },
         schema_overrides={"api_key_env": pl.String},
     )
-
-
-@pytest.fixture
-def con(tmp_path, mmlu_like_dir):
-    with wh.connect(tmp_path / "w.duckdb") as con:
-        import_mmlu_pro(con, mmlu_like_dir, seed=0)
-        yield con
 
 
 def _served_counts(server: ReplayServer) -> pl.DataFrame:

@@ -13,7 +13,6 @@ import pytest
 import warehouse as wh
 from profiling import collector
 from profiling.collector import RetryPolicy, collect
-from profiling.importers import import_mmlu_pro
 from profiling.rendering import estimate_tokens
 from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
 
@@ -36,13 +35,6 @@ def _catalog(base_url: str, usd_in: float = 1.0, usd_out: float = 2.0, models: l
             "active": True,
         }
     )
-
-
-@pytest.fixture
-def con(tmp_path, mmlu_like_dir):
-    with wh.connect(tmp_path / "w.duckdb") as con:
-        import_mmlu_pro(con, mmlu_like_dir, seed=0)
-        yield con
 
 
 def body(content: object = "4", usage: object = None, finish: object = "stop", **extra: object) -> bytes:

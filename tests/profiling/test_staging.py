@@ -17,7 +17,6 @@ import pytest
 import warehouse as wh
 from profiling import staging
 from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers, collect, collect_pairs
-from profiling.importers import import_mmlu_pro
 from profiling.replay_server import ReplayConfig, ReplayServer
 from profiling.staging import (
     STAGED_SCHEMA,
@@ -46,13 +45,6 @@ def _catalog(base_url: str, models: list[str], concurrency: int = 8, names: list
             "active": True,
         }
     )
-
-
-@pytest.fixture
-def con(tmp_path, mmlu_like_dir):
-    with wh.connect(tmp_path / "w.duckdb") as con:
-        import_mmlu_pro(con, mmlu_like_dir, seed=0)
-        yield con
 
 
 def _ok_counts(server: ReplayServer) -> Counter:
