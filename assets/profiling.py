@@ -5,8 +5,9 @@
 import contextlib
 import json
 import threading
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -282,6 +283,25 @@ def plan_responses(
     return CollectionPlan(llms, pairs)
 
 
+#: Seconds between a profiling run's progress lines (each is an event in the run's log).
+PROGRESS_EVERY_S = 5.0
+
+
+def _at_most_every(
+    seconds: float, log: Callable[[str], None], clock: Callable[[], float] = time.monotonic
+) -> Callable[[str], None]:
+    """``log``, dropping lines that come less than ``seconds`` (of ``clock``) after the last one passed on."""
+    last = -float("inf")
+
+    def maybe_log(message: str) -> None:
+        nonlocal last
+        if (now := clock()) - last >= seconds:
+            last = now
+            log(message)
+
+    return maybe_log
+
+
 @dg.op
 def stage_responses(
     context: dg.OpExecutionContext, plan: CollectionPlan, warehouse: WarehouseResource, collector: CollectorResource
@@ -301,7 +321,7 @@ def stage_responses(
             batch_size=collector.batch_size,
             flush_interval_s=collector.flush_interval_s,
             progress=False,
-            log_progress=context.log.info,
+            log_progress=_at_most_every(PROGRESS_EVERY_S, context.log.info),
             pacer=pacer,
         )
     checks_library.join()

@@ -22,7 +22,8 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str = ""
     catalog_path: str = ""
     #: Where profiling runs stage answers until merged: empty means ``warehouse.default_staging_path(database)``.
-    #: A path every run can reach (shared storage when runs execute on several machines: README, "Past one machine").
+    #: A path every run can reach (shared storage when runs execute on several machines: README, "Past one machine"),
+    #: or an ``s3://bucket/prefix`` URL (``profiling.staging_location``; credentials from the environment only).
     staging_path: str = ""
     #: How long a step waits for the warehouse while another process writes it (DuckDB: one writer at a time).
     lock_wait_s: float = 1800.0
@@ -33,8 +34,9 @@ class WarehouseResource(dg.ConfigurableResource):
     def catalog(self) -> Path:
         return Path(self.catalog_path) if self.catalog_path else wh.default_catalog_path()
 
-    def staging(self) -> Path:
-        return Path(self.staging_path) if self.staging_path else wh.default_staging_path(self.database())
+    def staging(self) -> Path | str:
+        """The staging location: a ``Path``, or an ``s3://`` URL as given (``warehouse.staging_path``)."""
+        return wh.staging_path(self.staging_path) if self.staging_path else wh.default_staging_path(self.database())
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """For writing (migrates the schema; one writing process at a time: waits up to ``lock_wait_s`` for it)."""

@@ -37,7 +37,7 @@ import polars as pl
 import yaml
 
 import warehouse as wh
-from benchmarks.collection import replay_server, served_ok_counts
+from benchmarks.collection import free_port, replay_server, served_ok_counts
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DEFAULT_DATA_DIR
 from profiling.importers import import_mmlu_pro
@@ -100,6 +100,8 @@ class Scenario:
             "UNIROUTE_PACING": str(root / "pacing.sqlite"),
         }
         self.daemon: subprocess.Popen | None = None
+        self.code_server: subprocess.Popen | None = None
+        self.workers = args.code_server_workers
         self.cpu_s: dict[str, float] = {}  # run id -> CPU seconds of its process, last seen
         self._pids: dict[str, int] = {}
 
@@ -123,8 +125,9 @@ class Scenario:
         with self.instance() as instance:  # its storage created here, not by the daemon's processes at once
             instance.get_run_records(limit=1)
         self._log = open(self.root / "daemon.log", "w")  # closed with the daemon, in __exit__
+        workspace = self._start_code_server() if self.workers else []
         self.daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run"],
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", *workspace],
             cwd=PROJECT_ROOT,
             env=self.env,
             stdout=self._log,
@@ -133,10 +136,32 @@ class Scenario:
         )
         return self
 
+    def _start_code_server(self) -> list[str]:
+        """A code server of our own with ``--code-server-workers`` threads (the daemon's own has min(32, cores + 4),
+        and each run launch holds one until the run's process has loaded the code); the daemon's workspace args."""
+        port = free_port()
+        self.code_server = subprocess.Popen(
+            [
+                *(str(Path(sys.executable).with_name("dagster")), "api", "grpc", "-m", "pipelines.definitions"),
+                *("-h", "127.0.0.1", "-p", str(port), "-n", str(self.workers)),
+            ],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        workspace = self.root / "workspace.yaml"
+        server = {"host": "127.0.0.1", "port": port, "location_name": "pipelines.definitions"}
+        workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": server}]}))
+        return ["-w", str(workspace)]
+
     def __exit__(self, *exc) -> None:
+        for process in (self.daemon, self.code_server):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=60)
         if self.daemon is not None:
-            os.killpg(self.daemon.pid, signal.SIGTERM)
-            self.daemon.wait(timeout=60)
             self._log.close()
 
     def instance(self):
@@ -291,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="of the killed LLM and the kill point")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per scenario")
     parser.add_argument("--skip-kill", action="store_true")
+    parser.add_argument(
+        "--code-server-workers", type=int, default=0, help="run the code server apart with this many threads"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="a directory for the instances (kept afterwards)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor fails")
     args = parser.parse_args(argv)

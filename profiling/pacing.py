@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -64,8 +65,16 @@ class SharedPacer:
         if self._con is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("CREATE TABLE IF NOT EXISTS endpoint_pace (endpoint TEXT PRIMARY KEY, next_start REAL)")
+            for attempt in range(100):  # processes opening a new file at once: switching to WAL skips the busy wait
+                try:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.execute("CREATE TABLE IF NOT EXISTS endpoint_pace (endpoint TEXT PRIMARY KEY, next_start REAL)")
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        con.close()
+                        raise
+                    time.sleep(0.01 + random.random() * 0.05)
             self._con = con
         return self._con
 

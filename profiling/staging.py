@@ -12,10 +12,10 @@ So a profiling run can be split into steps that hold the warehouse only briefly:
    :data:`MERGE_BATCH` files per transaction, which also records each file in ``staging_merges``), then the files
    move to ``merged/``. The only writer of staged answers; a short write.
 
-Layout under the staging ``directory``::
+Layout under the staging location (a directory, or an ``s3://bucket/prefix``: :mod:`profiling.staging_location`)::
 
     model=<model, %-quoted>/<UTC stamp>-<run_id>-<n>.parquet          staged, not merged yet
-    model=<model, %-quoted>/.<name>.tmp                                being written (never read)
+    model=<model, %-quoted>/.<name>.tmp                                being written, locally (never read)
     merged/model=<model, %-quoted>/<UTC stamp>-<run_id>-<n>.parquet   merged (kept, never read again)
 
 A file holds one batch of one model: its answers (``kind = 'answer'``, the columns of
@@ -27,11 +27,12 @@ has its name is whole: a run killed at any point loses at most the batch it was 
 
 ``staging_merges``, not the move to ``merged/``, says what is merged: the move only keeps the listing of unmerged
 files short. That is what lets the staging location be shared storage: a path every run's machine mounts (the
-temporary name and rename are atomic on a POSIX filesystem; NFS renames are atomic within a directory too) or, later,
-an S3-compatible bucket through ``pyarrow.fs.S3FileSystem`` or DuckDB's ``httpfs`` (``read_parquet('s3://...')``).
-On S3 an object is written whole by one PUT, so the temporary name becomes unnecessary; the "move" becomes a copy and
-a delete, and a crash between them leaves a copy that ``staging_merges`` recognises. Only local paths are
-implemented here.
+temporary name and rename are atomic on a POSIX filesystem; NFS renames are atomic within a directory too) or an
+S3-compatible bucket through ``pyarrow.fs.S3FileSystem``. On S3 an object appears whole once uploaded, so there is
+no temporary name; the "move" is a copy and a delete, and a crash between them leaves a copy that
+``staging_merges`` recognises. Every function here takes a path, an ``s3://`` URL or a
+:class:`~profiling.staging_location.StagingLocation`, and names files by ``PurePath`` objects under its root
+(``Path`` objects locally).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import PurePath
 
 import duckdb
 import polars as pl
@@ -56,10 +57,12 @@ from profiling.collector import (
     new_run_id,
     run_collection,
 )
+from profiling.staging_location import StagingLocation
 
 __all__ = [
     "STAGED_SCHEMA",
     "MergeReport",
+    "StagingLocation",
     "StagingSink",
     "collect_to_staging",
     "merge_staging",
@@ -81,6 +84,8 @@ STAGED_SCHEMA: dict[str, pl.DataType] = {
 MERGED = "merged"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PAIR_COLUMNS = ["model", "prompt_id", "request_hash", "base_url", "model_id", "staged_at"]
+#: Where a staging location may be given: a path, an ``s3://bucket/prefix`` URL, or resolved already.
+Where = str | os.PathLike[str] | StagingLocation
 
 
 def _model_dir(model: str) -> str:
@@ -90,13 +95,13 @@ def _model_dir(model: str) -> str:
 
 class StagingSink:
     """A collector sink (:class:`profiling.collector.Sink`) that writes each batch durably to its own Parquet file
-    per model under ``directory`` (see the module's docstring), named after ``run_id`` so that runs at once never
-    collide. Needs no warehouse connection."""
+    per model under ``directory`` (a path or ``s3://`` URL; see the module's docstring), named after ``run_id`` so
+    that runs at once never collide. Needs no warehouse connection."""
 
-    def __init__(self, directory: str | os.PathLike[str], run_id: str) -> None:
+    def __init__(self, directory: Where, run_id: str) -> None:
         if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
             raise ValueError(f"run_id={run_id!r}: must be 1-128 letters, digits, '.', '_' or '-', not starting with .")
-        self.directory, self.run_id = Path(directory), run_id
+        self.location, self.run_id = StagingLocation.of(directory), run_id
         self._files = 0
 
     def write(self, answers: pl.DataFrame, failures: pl.DataFrame) -> int:
@@ -119,70 +124,38 @@ class StagingSink:
         for (model,), part in sorted(rows.partition_by("model", as_dict=True, maintain_order=True).items()):
             self._files += 1
             name = f"{stamp}-{self.run_id}-{self._files:06d}.parquet"
-            _write_durably(part, self.directory / _model_dir(model) / name)
+            self.location.write(part, self.location.root / _model_dir(model) / name)
         return answers.height
 
 
-def _write_durably(frame: pl.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` whole or not at all: a temporary name, fsync, rename, fsync of the directory."""
-    created = not path.parent.is_dir()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if created:
-        _fsync_dir(path.parent.parent)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "wb") as out:
-            frame.write_parquet(out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename or a new entry in ``directory`` durable (where the OS can: not on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def staged_files(directory: str | os.PathLike[str], models: Sequence[str] | None = None) -> list[Path]:
+def staged_files(directory: Where, models: Sequence[str] | None = None) -> list[PurePath]:
     """The unmerged staged files under ``directory`` (of ``models``, default all), oldest first; files being
     written (temporary names) are never listed. A missing directory holds none."""
-    root = Path(directory)
-    if not root.is_dir():
-        return []
+    location = StagingLocation.of(directory)
     if models is None:
-        folders = [d for d in root.iterdir() if d.is_dir() and d.name.startswith("model=")]
+        folders = [d for d in location.entries(location.root, directories=True) if d.name.startswith("model=")]
     else:
-        folders = [root / _model_dir(m) for m in models]
-    files = [f for d in folders if d.is_dir() for f in d.glob("*.parquet") if not f.name.startswith(".")]
+        folders = [location.root / _model_dir(m) for m in models]
+    files = [
+        f
+        for d in folders
+        for f in location.entries(d, directories=False)
+        if f.name.endswith(".parquet") and not f.name.startswith(".")
+    ]
     return sorted(files, key=lambda f: (f.name, f.parent.name))
 
 
-def staged_pairs(directory: str | os.PathLike[str], models: Sequence[str] | None = None) -> pl.DataFrame:
+def staged_pairs(directory: Where, models: Sequence[str] | None = None) -> pl.DataFrame:
     """The answered pairs staged under ``directory`` and not merged yet, of ``models`` (default all): model,
     prompt_id, request_hash, base_url, model_id (what the answer answered, and who) and collected_at. Reads only
     those columns of each file. A pair may be listed more than once (answered in several runs)."""
-    root = Path(directory)
+    location = StagingLocation.of(directory)
     frames = []
-    for path in staged_files(root, models):
+    for path in staged_files(location, models):
         try:
-            frame = pl.read_parquet(path, columns=[*_PAIR_COLUMNS, "kind"], hive_partitioning=False)
+            frame = location.read(path, [*_PAIR_COLUMNS, "kind"])
         except FileNotFoundError:  # merged meanwhile: moved aside, with the same content
-            frame = pl.read_parquet(
-                root / MERGED / path.relative_to(root), columns=[*_PAIR_COLUMNS, "kind"], hive_partitioning=False
-            )
+            frame = location.read(location.root / MERGED / location.relative(path), [*_PAIR_COLUMNS, "kind"])
         frames.append(frame.filter(pl.col("kind") == "answer").drop("kind"))
     schema = {n: STAGED_SCHEMA[n] for n in _PAIR_COLUMNS}
     if not frames:
@@ -194,7 +167,7 @@ def plan_collection(
     con: duckdb.DuckDBPyConnection,
     models: Sequence[str],
     splits: Sequence[str] = ("validation",),
-    staging_dir: str | os.PathLike[str] | None = None,
+    staging_dir: Where | None = None,
     refresh_before: datetime | None = None,
 ) -> pl.DataFrame:
     """The pairs a collection of ``models`` on ``splits`` should ask: the warehouse's pending pairs
@@ -210,7 +183,7 @@ def plan_collection(
 
 
 def collect_to_staging(
-    pairs: pl.DataFrame, llms: pl.DataFrame, staging_dir: str | os.PathLike[str], run_id: str | None = None, **options
+    pairs: pl.DataFrame, llms: pl.DataFrame, staging_dir: Where, run_id: str | None = None, **options
 ) -> CollectionReport:
     """Ask ``pairs`` (:func:`plan_collection`) of their LLMs in ``llms`` (catalog rows:
     ``profiling.collector.active_llms``) and stage every batch under ``staging_dir`` as it arrives
@@ -249,12 +222,12 @@ MERGE_BATCH = 64
 
 def merge_staging(
     con: duckdb.DuckDBPyConnection,
-    directory: str | os.PathLike[str],
+    directory: Where,
     models: Sequence[str] | None = None,
     log_progress: Callable[[str], None] | None = None,
 ) -> MergeReport:
-    """Merge every unmerged staged file under ``directory`` (of ``models``, default all) into the warehouse, then
-    move it to ``<directory>/merged/``.
+    """Merge every unmerged staged file under ``directory`` (a path or ``s3://`` URL; of ``models``, default all)
+    into the warehouse, then move it to ``<directory>/merged/``. The only writer of staged answers to the warehouse.
 
     Files are merged :data:`MERGE_BATCH` at a time in one transaction (:func:`warehouse.merge_staged_files`): their
     answers, their failures and a row naming each file in ``staging_merges``. So a merge repeated adds nothing, and a
@@ -264,7 +237,7 @@ def merge_staging(
     in their files under ``merged/``. A file the warehouse refuses is named in the error; the files before it are
     merged.
     """
-    root = Path(directory)
+    root = StagingLocation.of(directory)
     report = MergeReport()
     newest_first = list(reversed(staged_files(root, models)))
     for start in range(0, len(newest_first), MERGE_BATCH):
@@ -293,26 +266,16 @@ def merge_staging(
     return report
 
 
-def _read_staged(root: Path, path: Path) -> tuple[str, pl.DataFrame, pl.DataFrame]:
+def _read_staged(root: StagingLocation, path: PurePath) -> tuple[str, pl.DataFrame, pl.DataFrame]:
     """A staged file as :func:`warehouse.merge_staged` takes it: its name under ``root``, answers, failures."""
-    rows = pl.read_parquet(path, hive_partitioning=False)
+    rows = root.read(path)
     answers = rows.filter(pl.col("kind") == "answer").select(*ANSWER_SCHEMA, pl.col("staged_at").alias("collected_at"))
     failures = rows.filter(pl.col("kind") == "failure").select(
         *FAILURE_SCHEMA, pl.col("staged_at").alias("last_failed_at")
     )
-    return path.relative_to(root).as_posix(), answers, failures
+    return root.relative(path), answers, failures
 
 
-def _move_aside(root: Path, paths: Sequence[Path]) -> None:
-    """Move merged files to ``<root>/merged/`` under the same relative paths (replacing copies there); each
-    directory touched is fsynced once."""
-    touched: set[Path] = set()
-    for path in paths:
-        target = root / MERGED / path.relative_to(root)
-        if not target.parent.is_dir():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            touched.add(target.parent.parent)
-        os.replace(path, target)
-        touched.update((target.parent, path.parent))
-    for directory in touched:
-        _fsync_dir(directory)
+def _move_aside(root: StagingLocation, paths: Sequence[PurePath]) -> None:
+    """Move merged files to ``<root>/merged/`` under the same relative paths (replacing copies there)."""
+    root.move([(path, root.root / MERGED / root.relative(path)) for path in paths])

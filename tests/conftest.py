@@ -490,3 +490,67 @@ def _no_dagster_state_from_earlier_tests():
         from dagster._core.storage.defs_state.base import _current_storage
 
         _current_storage.set(None)
+
+
+@dataclass
+class S3Bucket:
+    """A fresh bucket on a real S3-compatible server (moto's, on 127.0.0.1); credentials only in the environment."""
+
+    endpoint: str  # host:port
+    name: str
+    access_key: str
+    secret: str
+
+    def url(self, prefix: str) -> str:
+        """``s3://<bucket>/<prefix>`` with the options that reach this server (plain HTTP, one region)."""
+        return f"s3://{self.name}/{prefix}?endpoint_override={self.endpoint}&scheme=http&region=us-east-1"
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """The bucket's file keys under ``prefix``, listed by a client of its own (boto3), sorted; not the empty
+        ``.../`` directory markers pyarrow leaves where it deleted a directory's last file."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=f"http://{self.endpoint}", region_name="us-east-1")
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/"))
+
+    def copy(self, source: str, target: str) -> None:
+        """Copy the object ``source`` to ``target`` (as a crash between a move's copy and delete leaves it)."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=f"http://{self.endpoint}", region_name="us-east-1")
+        client.copy_object(Bucket=self.name, Key=target, CopySource={"Bucket": self.name, "Key": source})
+
+
+@pytest.fixture(scope="session")
+def _s3_server():
+    """moto's S3 server on 127.0.0.1 and a free port, for this worker's tests: ``host:port``."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(_s3_server, tmp_path, monkeypatch) -> S3Bucket:
+    """A new bucket on :func:`_s3_server`, its credentials set in the standard AWS variables (and nothing from this
+    machine's own AWS configuration)."""
+    import secrets
+
+    import boto3
+
+    bucket = S3Bucket(_s3_server, f"staging-{secrets.token_hex(6)}", "AKIATESTSTAGING", secrets.token_hex(16))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", bucket.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", bucket.secret)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    boto3.client("s3", endpoint_url=f"http://{bucket.endpoint}", region_name="us-east-1").create_bucket(
+        Bucket=bucket.name
+    )
+    return bucket

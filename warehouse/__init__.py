@@ -11,6 +11,7 @@ from warehouse.db import (
     default_path,
     default_staging_path,
     schema_version,
+    staging_path,
 )
 from warehouse.store import (
     WarehouseInputError,
@@ -110,6 +111,7 @@ __all__ = [
     "record_failures",
     "register_cluster_map",
     "schema_version",
+    "staging_path",
     "sync_catalog",
     "sync_llms",
     "upsert_dataset",

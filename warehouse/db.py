@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -22,9 +23,11 @@ __all__ = [
     "default_path",
     "default_staging_path",
     "schema_version",
+    "staging_path",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class SchemaError(RuntimeError):
@@ -48,14 +51,23 @@ def default_catalog_path() -> Path:
     return Path(os.environ.get("UNIROUTE_CATALOG") or "llms.yaml")
 
 
-def default_staging_path(warehouse: str | os.PathLike[str] | None = None) -> Path:
+def default_staging_path(warehouse: str | os.PathLike[str] | None = None) -> Path | str:
     """``$UNIROUTE_STAGING``, else ``<warehouse file>.staging`` beside it: where profiling runs stage answers until
     they are merged. One staging location per warehouse, since the warehouse's ``staging_merges`` says what is merged.
+    A URL (``s3://bucket/prefix``: ``profiling.staging_location``) is returned as given, a path as a ``Path``.
     """
     if path := os.environ.get("UNIROUTE_STAGING"):
-        return Path(path)
+        return staging_path(path)
     warehouse = Path(warehouse) if warehouse is not None else default_path()
     return warehouse.with_name(warehouse.name + ".staging")
+
+
+def staging_path(where: str | os.PathLike[str]) -> Path | str:
+    """A staging location as given: a URL (``scheme://...``) stays a str (a ``Path`` would fold its ``//``), a local
+    path becomes a ``Path``. The URL is checked where it is used (``profiling.staging_location.StagingLocation``)."""
+    if isinstance(where, str) and _URL.match(where):
+        return where
+    return Path(where)
 
 
 def default_pacing_path() -> Path:

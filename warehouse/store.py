@@ -245,11 +245,12 @@ _KEYS = {
 }
 
 
-def _prepare(table: str, frame: pl.DataFrame) -> pl.DataFrame:
-    """Select, cast and check ``frame`` for ``table``; raise naming the first bad column and value."""
+def _prepare(table: str, frame: pl.DataFrame, carry: Sequence[str] = ()) -> pl.DataFrame:
+    """Select, cast and check ``frame`` for ``table``; raise naming the first bad column and value. The ``carry``
+    columns are kept as they are and join the key: rows may repeat a key with different ``carry`` values."""
     if not isinstance(frame, pl.DataFrame):
         raise WarehouseInputError(table, "frame", type(frame).__name__, "must be a polars.DataFrame")
-    columns = _COLUMNS[table]
+    columns = {**_COLUMNS[table], **{name: (frame.schema.get(name, pl.Int32), True) for name in carry}}
     out = []
     for name, (dtype, required) in columns.items():
         if name not in frame.columns:
@@ -267,10 +268,11 @@ def _prepare(table: str, frame: pl.DataFrame) -> pl.DataFrame:
     for column, rule, problem in _RULES[table]:
         if (bad := prepared.filter(~rule.fill_null(False))).height:
             raise WarehouseInputError(table, column, bad[column][0], problem)
-    keys = _KEYS[table]
+    keys = [*_KEYS[table], *carry]
     dup = prepared.filter(prepared.select(keys).is_duplicated())
     if dup.height:
-        raise WarehouseInputError(table, "/".join(keys), dup.select(keys).row(0), "duplicate key in one write")
+        key = _KEYS[table]
+        raise WarehouseInputError(table, "/".join(key), dup.select(key).row(0), "duplicate key in one write")
     return prepared
 
 
@@ -680,68 +682,127 @@ def merge_staged(
 def merge_staged_files(
     con: duckdb.DuckDBPyConnection, files: Sequence[tuple[str, pl.DataFrame, pl.DataFrame]]
 ) -> list[dict[str, int] | None]:
-    """:func:`merge_staged` for each ``(file, answers, failures)`` of ``files`` in order, all in ONE transaction
-    (one commit for many small files); a file recorded already gets None and adds nothing. A file that violates a
-    table constraint rolls the whole transaction back and raises, naming it."""
+    """:func:`merge_staged` for ``(file, answers, failures)`` of ``files`` given newest first, all in ONE
+    transaction of a few statements, however many files; a file recorded already (or named twice) gets None and
+    adds nothing. Where files answer the same pair the first file's answer is the one stored; failures of a pair
+    left unanswered add up their attempts, and the first file's error is the last one. A bad file or one that
+    violates a table constraint rolls everything back and raises; merge files one at a time to learn which."""
     now = datetime.now(UTC).replace(tzinfo=None)
     con.begin()
     try:
-        results = [_merge_one(con, file, answers, failures, now) for file, answers, failures in files]
+        recorded = {
+            row[0]
+            for row in con.execute(
+                "SELECT file FROM staging_merges WHERE file IN (SELECT unnest(?))", [[f for f, _, _ in files]]
+            ).fetchall()
+        }
+        todo: dict[int, tuple[str, pl.DataFrame, pl.DataFrame]] = {}
+        for order, (file, answers, failures) in enumerate(files):
+            if file not in recorded:
+                recorded.add(file)
+                todo[order] = (file, answers, failures)
+        counts = _merge_batch(con, todo, now) if todo else {}
         con.commit()
     except BaseException:
         con.rollback()
         raise
-    return results
+    return [counts.get(order) for order in range(len(files))]
 
 
-def _merge_one(
-    con: duckdb.DuckDBPyConnection, file: str, answers: pl.DataFrame, failures: pl.DataFrame, now: datetime
-) -> dict[str, int] | None:
-    """One staged file inside the caller's transaction (:func:`merge_staged`)."""
-    if con.execute("SELECT count(*) FROM staging_merges WHERE file = ?", [file]).fetchall()[0][0]:
-        return None
-    if isinstance(answers, pl.DataFrame) and "source" not in answers.columns:
-        answers = answers.with_columns(pl.lit("collected").alias("source"))
-    staged_answers = _with_time(_prepare("responses", answers), answers, "collected_at", now)
-    staged_failures = _with_time(_prepare("collection_failures", failures), failures, "last_failed_at", now)
-    answer_columns = ", ".join(staged_answers.columns)
-    failure_columns = ", ".join(staged_failures.columns)
-    con.register("_staged_answers", staged_answers)
-    con.register("_staged_failures", staged_failures)
+def _merge_batch(
+    con: duckdb.DuckDBPyConnection, todo: dict[int, tuple[str, pl.DataFrame, pl.DataFrame]], now: datetime
+) -> dict[int, dict[str, int]]:
+    """The files of ``todo`` (by their place in the batch, lower first) inside the caller's transaction."""
+    answers = _staged_rows(
+        "responses",
+        [
+            (
+                o,
+                a.with_columns(source=pl.lit("collected"))
+                if isinstance(a, pl.DataFrame) and "source" not in a.columns
+                else a,
+            )
+            for o, (_, a, _) in todo.items()
+        ],
+        "collected_at",
+        now,
+    )
+    failures = _staged_rows("collection_failures", [(o, f) for o, (_, _, f) in todo.items()], "last_failed_at", now)
+    answer_columns = ", ".join(c for c in answers.columns if c != "_order")
+    kept = [c for c in failures.columns if c not in ("_order", "model", "prompt_id", "attempts")]
+    con.register(
+        "_staged_answers", answers.sort("_order").unique(["model", "prompt_id"], keep="first", maintain_order=True)
+    )
+    con.register("_staged_failures", failures)
+    new = "NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = s.model AND r.prompt_id = s.prompt_id)"
     try:
-        stored = con.execute(
+        stored = dict(
+            con.execute(f"SELECT _order, count(*) FROM _staged_answers s WHERE {new} GROUP BY _order").fetchall()
+        )
+        con.execute(
             f"INSERT INTO responses ({answer_columns}) SELECT {answer_columns} FROM _staged_answers "
             "ON CONFLICT DO NOTHING"
-        ).fetchall()[0][0]
+        ).fetchall()
         con.execute(
             "DELETE FROM collection_failures f USING _staged_answers a "
             "WHERE f.model = a.model AND f.prompt_id = a.prompt_id"
         ).fetchall()
-        recorded = con.execute(
-            f"""
-            INSERT INTO collection_failures ({failure_columns}) SELECT {failure_columns} FROM _staged_failures s
-            WHERE NOT EXISTS (SELECT 1 FROM responses r WHERE r.model = s.model AND r.prompt_id = s.prompt_id)
-            ON CONFLICT (model, prompt_id) DO UPDATE SET attempts = collection_failures.attempts + excluded.attempts,
-                last_error_class = excluded.last_error_class, last_failed_at = excluded.last_failed_at,
-                run_id = excluded.run_id
-            """
-        ).fetchall()[0][0]
-        counts = {
-            "answers": staged_answers.height,
-            "answers_stored": stored,
-            "failures": staged_failures.height,
-            "failures_recorded": recorded,
-        }
+        recorded = dict(
+            con.execute(f"SELECT _order, count(*) FROM _staged_failures s WHERE {new} GROUP BY _order").fetchall()
+        )
         con.execute(
-            "INSERT INTO staging_merges (file, merged_at, answers, answers_stored, failures) VALUES (?, ?, ?, ?, ?)",
-            [file, now, counts["answers"], stored, counts["failures"]],
+            f"""
+            INSERT INTO collection_failures (model, prompt_id, attempts, {", ".join(kept)})
+            SELECT model, prompt_id, sum(attempts), {", ".join(f"arg_min({c}, _order)" for c in kept)}
+            FROM _staged_failures s WHERE {new} GROUP BY model, prompt_id
+            ON CONFLICT (model, prompt_id) DO UPDATE SET attempts = collection_failures.attempts + excluded.attempts,
+                {", ".join(f"{c} = excluded.{c}" for c in kept)}
+            """
+        ).fetchall()
+        counts = {
+            order: {
+                "answers": a.height,
+                "answers_stored": stored.get(order, 0),
+                "failures": f.height,
+                "failures_recorded": recorded.get(order, 0),
+            }
+            for order, (_, a, f) in todo.items()
+        }
+        merges = pl.DataFrame(
+            {
+                "file": [todo[o][0] for o in counts],
+                "merged_at": now,
+                "answers": [c["answers"] for c in counts.values()],
+                "answers_stored": [c["answers_stored"] for c in counts.values()],
+                "failures": [c["failures"] for c in counts.values()],
+            }
+        )
+        con.register("_staged_merges", merges)
+        con.execute(
+            "INSERT INTO staging_merges SELECT file, merged_at, answers, answers_stored, failures FROM _staged_merges"
         ).fetchall()
     except duckdb.ConstraintException as exc:
-        raise WarehouseInputError("staging_merges", "file", file, f"violates a table constraint: {exc}") from exc
+        files = ", ".join(file for file, _, _ in todo.values())
+        raise WarehouseInputError("staging_merges", "file", files, f"violates a table constraint: {exc}") from exc
     finally:
-        con.unregister("_staged_answers")
-        con.unregister("_staged_failures")
+        for name in ("_staged_answers", "_staged_failures", "_staged_merges"):
+            con.unregister(name)
     return counts
+
+
+def _staged_rows(table: str, frames: list[tuple[int, pl.DataFrame]], time: str, now: datetime) -> pl.DataFrame:
+    """The staged ``frames`` of ``table`` as one checked frame with each row's file (``_order``) and ``time``
+    (null or missing: ``now``)."""
+    for _, frame in frames:
+        if not isinstance(frame, pl.DataFrame):
+            raise WarehouseInputError(table, "frame", type(frame).__name__, "must be a polars.DataFrame")
+    try:
+        rows = pl.concat(
+            [frame.with_columns(_order=pl.lit(order, pl.Int32)) for order, frame in frames], how="diagonal_relaxed"
+        )
+    except (pl.exceptions.SchemaError, pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+        raise WarehouseInputError(table, "frame", "staged files", f"columns do not combine: {exc}") from exc
+    return _with_time(_prepare(table, rows, carry=["_order"]), rows, time, now)
 
 
 def _with_time(prepared: pl.DataFrame, frame: pl.DataFrame, column: str, default: datetime) -> pl.DataFrame:

@@ -126,6 +126,48 @@ def test_the_staging_location_is_the_warehouse_resources(instance, tmp_path, mml
     assert not (tmp_path / "w.duckdb.staging").exists()
 
 
+def test_profiling_stages_on_an_s3_url_and_no_secret_reaches_dagster_or_duckdb(
+    instance, tmp_path, mmlu_like_dir, s3_bucket
+):
+    """``staging_path`` may be ``s3://bucket/prefix``: the run stages there, merges, and moves the objects aside;
+    credentials only ever come from the environment, and a URL carrying them fails the run without repeating them."""
+    url = s3_bucket.url("uniroute/staging")
+    warehouse = WarehouseResource(path=str(tmp_path / "w.duckdb"), staging_path=url)
+    assert warehouse.staging() == url
+    resources = {"warehouse": warehouse, "collector": CollectorResource(max_attempts=3, timeout_s=5.0, batch_size=8)}
+    with ReplayServer(mmlu_like_dir) as server:
+        _catalog_and_prompts(instance, tmp_path, mmlu_like_dir, server, resources, ["math-pro"])
+        result = dg.materialize([llm_responses], partition_key="math-pro", resources=resources, instance=instance)
+        assert result.success
+        leaked = {
+            **resources,
+            "warehouse": WarehouseResource(
+                path=str(tmp_path / "w.duckdb"),
+                staging_path=url.replace("s3://", f"s3://{s3_bucket.access_key}:{s3_bucket.secret}@"),
+            ),
+        }
+        refused = dg.materialize(
+            [llm_responses], partition_key="math-pro", resources=leaked, instance=instance, raise_on_error=False
+        )
+    meta = result.asset_materializations_for_node("llm_responses")[0].metadata
+    assert meta["stored"].value == 48 and meta["staged_files_merged"].value >= 6
+    keys = s3_bucket.list_keys()
+    assert keys and all(k.startswith("uniroute/staging/merged/model=math-pro/") for k in keys)  # merged, moved aside
+    assert not (tmp_path / "w.duckdb.staging").exists()
+    assert not refused.success
+    failure = next(e for e in refused.all_events if e.is_step_failure).step_failure_data.error
+    assert "user info" in failure.to_string() and s3_bucket.secret not in failure.to_string()
+    events = repr([instance.all_logs(run) for run in (result.run_id, refused.run_id)])
+    assert s3_bucket.name in events  # the refusal is logged, naming the location
+    assert s3_bucket.secret not in events and s3_bucket.access_key not in events
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        assert wh.count_answers(con, "math-pro")["responses"] == 48
+        tables = [t for (t,) in con.sql("SELECT table_name FROM information_schema.tables").fetchall()]
+        stored = repr([con.sql(f'SELECT * FROM "{t}"').fetchall() for t in tables])
+        secrets = con.sql("SELECT count(*) FROM duckdb_secrets()").fetchall()[0][0]
+    assert s3_bucket.secret not in stored and s3_bucket.access_key not in stored and secrets == 0
+
+
 def test_prompt_embeddings_embed_each_text_once(instance, tmp_path, mmlu_like_dir):
     from assets.embeddings import prompt_embeddings
     from assets.resources import EmbedderResource
@@ -285,3 +327,15 @@ def test_each_property_is_a_check_of_its_llm_and_a_failed_coverage_blocks_and_sh
     assert (
         shown["check_llm_responses_coverage"]["blocking"] and not shown["check_llm_responses_token_counts"]["blocking"]
     )
+
+
+def test_a_runs_progress_lines_come_at_most_every_few_seconds():
+    # every staged batch (0.5 s) reports progress; each line is an event in the run's log, so most are dropped
+    from assets.profiling import _at_most_every
+
+    clock = iter([100.0, 101.0, 104.9, 105.0, 105.1, 111.0])
+    lines: list[str] = []
+    log = _at_most_every(5.0, lines.append, clock=lambda: next(clock))
+    for i in range(6):
+        log(f"line {i}")
+    assert lines == ["line 0", "line 3", "line 5"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,6 +42,21 @@ def test_processes_sharing_a_pacing_file_share_each_endpoints_pace(tmp_path):
     assert len(starts) == 45
     assert min(_gaps(starts)) >= INTERVAL - 1e-6  # one pace for the three processes, never two starts at once
     assert max(starts) - min(starts) == pytest.approx(44 * INTERVAL, abs=0.2)  # and no slower than the pace
+
+
+def _claim_together(path: str, barrier) -> float:
+    barrier.wait()
+    return _claim_starts(path, "http://a/v1", 1)[0]
+
+
+def test_processes_opening_a_new_pacing_file_at_once_all_get_their_turn(tmp_path):
+    # runs launched together open the file together: setting it up (WAL) must wait its turn, not fail "locked"
+    with multiprocessing.Manager() as manager, ProcessPoolExecutor(8) as pool:
+        barrier = manager.Barrier(8)
+        for attempt in range(10):
+            path = str(tmp_path / f"pace-{attempt}.sqlite")
+            starts = list(pool.map(_claim_together, [path] * 8, [barrier] * 8))
+            assert min(_gaps(starts)) >= INTERVAL - 1e-6
 
 
 def test_endpoints_keep_paces_of_their_own(tmp_path):

@@ -13,7 +13,14 @@ import warehouse as wh
 
 @pytest.fixture
 def con(tmp_path):
-    con = wh.connect(tmp_path / "w.duckdb")
+    con = _warehouse(tmp_path / "w.duckdb")
+    yield con
+    con.close()
+
+
+def _warehouse(path):
+    """A warehouse with three validation prompts and the LLM m1."""
+    con = wh.connect(path)
     wh.upsert_prompts(
         con,
         pl.DataFrame(
@@ -43,8 +50,7 @@ def con(tmp_path):
             }
         ),
     )
-    yield con
-    con.close()
+    return con
 
 
 def _answers(ids: list[str], collected_at: datetime | None = None, request_hash: str = "req-1") -> pl.DataFrame:
@@ -152,3 +158,45 @@ def test_pending_pairs_leave_out_current_staged_answers_only(con):
     ]
     with pytest.raises(wh.WarehouseInputError, match=r"staged\.request_hash"):
         wh.pending_pairs(con, ["m1"], staged=_staged(["ds/0"]).drop("request_hash"))
+
+
+def test_a_batch_of_files_merges_as_one_at_a_time_newest_first_would(con, tmp_path):
+    newest, older, oldest = "model=m1/3.parquet", "model=m1/2.parquet", "model=m1/1.parquet"
+    files = [
+        (newest, _answers(["ds/0"]).with_columns(run_id=pl.lit("new")), _failures(["ds/1"], attempts=2)),
+        (
+            older,
+            _answers(["ds/0", "ds/2"]).with_columns(run_id=pl.lit("old")),
+            _failures(["ds/1"], attempts=3).with_columns(last_error_class=pl.lit("HTTP 429")),
+        ),
+        (oldest, NO_ANSWERS, _failures(["ds/2"], attempts=1)),
+        (older, NO_ANSWERS, NO_FAILURES),  # named twice: merged once
+    ]
+    counts = wh.merge_staged_files(con, files)
+    assert counts == [
+        {"answers": 1, "answers_stored": 1, "failures": 1, "failures_recorded": 1},
+        {"answers": 2, "answers_stored": 1, "failures": 1, "failures_recorded": 1},
+        {"answers": 0, "answers_stored": 0, "failures": 1, "failures_recorded": 0},
+        None,
+    ]
+    stored = wh.read_responses(con).sort("prompt_id")
+    assert stored.select("prompt_id", "run_id").rows() == [("ds/0", "new"), ("ds/2", "old")]
+    failures = wh.read_failures(con)
+    assert failures.select("prompt_id", "attempts", "last_error_class").rows() == [("ds/1", 5, "HTTP 503")]
+
+    # the same files one at a time leave the same answers and attempts
+    one_by_one = _warehouse(tmp_path / "one.duckdb")
+    for file, answers, failures_ in files[:3]:
+        wh.merge_staged(one_by_one, file, answers, failures_)
+    assert (
+        wh.read_responses(one_by_one)
+        .sort("prompt_id")
+        .select("prompt_id", "run_id")
+        .equals(stored.select("prompt_id", "run_id"))
+    )
+    assert wh.read_failures(one_by_one).select("prompt_id", "attempts").equals(failures.select("prompt_id", "attempts"))
+
+    # merged again: nothing added, no attempt counted twice
+    assert wh.merge_staged_files(con, files) == [None] * 4
+    assert wh.read_responses(con).height == 2 and wh.read_failures(con)["attempts"].to_list() == [5]
+    assert wh.read_staging_merges(con).height == 3
