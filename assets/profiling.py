@@ -409,9 +409,11 @@ def graded_responses(
     """One LLM's grades, from each prompt's grader (an LLM judge is asked through the catalog; its verdicts are
     cached); its validation accuracy in the metadata. Imported scores are kept as they are."""
     model = context.partition_key
-    with warehouse.connect() as con, contextlib.closing(collector.pacer()) as pacer:  # a judge shares the pace
-        grading = grade_responses_report(con, [model], catalog_completer(con, collector.policy(), pacer))
-        written = grading.written
+    with contextlib.closing(collector.pacer()) as pacer:  # a judge shares the pace
+        with warehouse.connect() as con:
+            complete = catalog_completer(con, collector.policy(), pacer)
+        grading = grade_responses_report(warehouse.connect, [model], complete)  # not held while graders work
+    with warehouse.connect() as con:
         outcomes = wh.read_outcomes(con, [model], ["validation"])
         n_validation = wh.expected_count(con, model, ["validation"])
         rows = wh.count_answers(con, model)["grades"]
@@ -425,7 +427,7 @@ def graded_responses(
         metadata={
             "dagster/row_count": rows,
             "validation_coverage": outcomes.height / max(n_validation, 1),
-            "graded_now": written,
+            "graded_now": grading.written,
             "ungraded_will_retry": grading.failed,
             "judge_cost_usd": grading.judge_cost_usd,
             "validation_accuracy": accuracy,

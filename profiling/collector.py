@@ -395,10 +395,11 @@ def catalog_completer(
     con: duckdb.DuckDBPyConnection, policy: RetryPolicy | None = None, pacer: Pacer | None = None
 ) -> Callable[[str, list[dict]], list[Completion | None]]:
     """``complete(llm_name, requests)`` over the warehouse catalog's endpoints (what ``llm_judge`` graders call),
-    paced by ``pacer`` (default: each call its own)."""
+    paced by ``pacer`` (default: each call its own). The catalog is read now: the warehouse is not held later."""
+    llms = wh.read_llms(con)
 
     def complete(name: str, requests: list[dict]) -> list[Completion | None]:
-        rows = wh.read_llms(con).filter(pl.col("name") == name)
+        rows = llms.filter(pl.col("name") == name)
         if rows.height == 0:
             raise ValueError(f"judge={name!r}: not in the catalog")
         return complete_many(rows.row(0, named=True), requests, policy, pacer=pacer)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,10 +16,17 @@ import polars as pl
 import warehouse as wh
 from profiling.graders import CompleteFn, GradeContext, GradeItem, Grader, GradeResult, get_grader
 
-__all__ = ["GradingReport", "WarehouseJudgeCache", "grade_responses", "grade_responses_report"]
+__all__ = ["GradingReport", "Warehouse", "WarehouseJudgeCache", "grade_responses", "grade_responses_report"]
 
-#: Rows graded and written at a time, so a long run (code, judge) keeps what it finished.
+#: Rows graded at a time.
 CHUNK_ROWS = 256
+#: Grades are written once this many seconds of grading wait (and at the end), so a long run (code, judge) keeps
+#: what it finished.
+WRITE_EVERY_S = 5.0
+#: The warehouse as grading takes it: a connection held throughout, or a function that opens one (e.g.
+#: ``WarehouseResource.connect``), called only to read and to write, never while a grader works: judges and code
+#: take seconds, and other processes' writes (profiling runs' merges) wait on the file's lock meanwhile.
+Warehouse = duckdb.DuckDBPyConnection | Callable[[], duckdb.DuckDBPyConnection]
 #: Failure reasons kept as examples in a report.
 MAX_EXAMPLES = 5
 _OPTIONAL_COLUMNS = {"grader_options": pl.String, "tests": pl.String, "prompt": pl.String}
@@ -43,21 +52,34 @@ class GradingReport:
             self.examples.append(f"{model}/{prompt_id}: {reason}")
 
 
-class WarehouseJudgeCache:
-    """The ``JudgeCache`` of the warehouse's ``judge_cache`` table (a key already stored is kept)."""
+@contextlib.contextmanager
+def _opened(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The connection given, or one opened now and closed after."""
+    if isinstance(warehouse, duckdb.DuckDBPyConnection):
+        yield warehouse
+        return
+    with warehouse() as con:
+        yield con
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
+
+class WarehouseJudgeCache:
+    """The ``JudgeCache`` of the warehouse's ``judge_cache`` table (a key already stored is kept); a paid verdict is
+    stored as soon as it comes."""
+
+    def __init__(self, warehouse: Warehouse) -> None:
+        self.warehouse = warehouse
 
     def get(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """Stored verdict rows by key."""
-        return {row["key"]: row for row in wh.read_judge_cache(self.con, keys).iter_rows(named=True)}
+        with _opened(self.warehouse) as con:
+            return {row["key"]: row for row in wh.read_judge_cache(con, keys).iter_rows(named=True)}
 
     def put(self, rows: list[dict[str, Any]]) -> None:
         """Store new verdicts."""
         if rows:
             schema = {"key": pl.String, "judge": pl.String, "score": pl.Float64, "verdict": pl.String}
-            wh.insert_judge_cache(self.con, pl.DataFrame(rows, schema={**schema, "cost_usd": pl.Float64}))
+            with _opened(self.warehouse) as con:
+                wh.insert_judge_cache(con, pl.DataFrame(rows, schema={**schema, "cost_usd": pl.Float64}))
 
 
 def _parse_options(text: str | None) -> dict[str, Any]:
@@ -79,7 +101,7 @@ def _reason(grader: str, error: str | None) -> str:
 
 
 def grade_responses_report(
-    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
     models: Sequence[str] | None = None,
     complete: CompleteFn | None = None,
 ) -> GradingReport:
@@ -89,14 +111,18 @@ def grade_responses_report(
     grade's version differs from the grader's (so a changed grader version, or changed options, regrades).
     ``complete`` calls judges (``llm_judge``), whose verdicts are cached in ``judge_cache``: without it, those
     rows fail. Items a grader could not score, and groups whose grader or options are refused, are not written:
-    they are counted in the report and retried by the next run.
+    they are counted in the report and retried by the next run. ``warehouse``: see :data:`Warehouse`.
     """
-    todo = wh.read_gradable(con, models)
+    with _opened(warehouse) as con:
+        todo = wh.read_gradable(con, models)
+        model_ids = _model_ids(con)
     todo = todo.with_columns(
         pl.lit(None, dtype=dtype).alias(name) for name, dtype in _OPTIONAL_COLUMNS.items() if name not in todo.columns
     )
     report = GradingReport()
     context: GradeContext | None = None
+    pending: list[pl.DataFrame] = []
+    written_at = time.monotonic()
     for (name, options_text), rows in todo.group_by("grader", "grader_options", maintain_order=True):
         try:
             grader = get_grader(name, _parse_options(options_text))
@@ -110,19 +136,28 @@ def grade_responses_report(
             if complete is None:
                 report._fail(_reason(name, "no complete function given to call the judge"), rows)
                 continue
-            context = context or GradeContext(complete, WarehouseJudgeCache(con), _model_ids(con))
+            context = context or GradeContext(complete, WarehouseJudgeCache(warehouse), model_ids)
         for chunk in rows.iter_slices(CHUNK_ROWS):
-            _grade_chunk(con, grader, chunk, context, report)
+            pending.append(_grade_chunk(grader, chunk, context, report))
+            if time.monotonic() - written_at >= WRITE_EVERY_S:
+                _write(warehouse, pending, report)
+                written_at = time.monotonic()
+    _write(warehouse, pending, report)
     return report
 
 
+def _write(warehouse: Warehouse, pending: list[pl.DataFrame], report: GradingReport) -> None:
+    """Write the ``pending`` grades (emptied) in one short write."""
+    if any(frame.height for frame in pending):
+        with _opened(warehouse) as con:
+            report.written += wh.upsert_grades(con, pl.concat(pending))
+    pending.clear()
+
+
 def _grade_chunk(
-    con: duckdb.DuckDBPyConnection,
-    grader: Grader,
-    rows: pl.DataFrame,
-    context: GradeContext | None,
-    report: GradingReport,
-) -> None:
+    grader: Grader, rows: pl.DataFrame, context: GradeContext | None, report: GradingReport
+) -> pl.DataFrame:
+    """The grades of ``rows`` that ``grader`` scored (the rest are counted as failures in ``report``)."""
     items = [
         GradeItem(r["response"], r["reference"], r["prompt"], r["tests"])
         for r in rows.select("response", "reference", "prompt", "tests").iter_rows(named=True)
@@ -135,7 +170,7 @@ def _grade_chunk(
     for (reason,), group in failed.group_by("reason", maintain_order=True):
         report._fail(reason, group)
     kept = [r for r in results if r.score is not None]
-    grades = (
+    return (
         rows.filter(scored)
         .select("model", "prompt_id")
         .with_columns(
@@ -146,13 +181,12 @@ def _grade_chunk(
             pl.Series("judge_cost_usd", [r.judge_cost_usd for r in kept], dtype=pl.Float64),
         )
     )
-    report.written += wh.upsert_grades(con, grades)
 
 
 def grade_responses(
-    con: duckdb.DuckDBPyConnection,
+    warehouse: Warehouse,
     models: Sequence[str] | None = None,
     complete: CompleteFn | None = None,
 ) -> int:
     """``grade_responses_report(...).written``: the grades written. Re-running grades nothing twice."""
-    return grade_responses_report(con, models, complete).written
+    return grade_responses_report(warehouse, models, complete).written

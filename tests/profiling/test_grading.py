@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import polars as pl
@@ -199,3 +201,33 @@ def test_without_complete_or_with_bad_options_those_rows_fail_and_the_rest_is_gr
         assert "numeric: grader_options='{not json'" in reasons
         assert "options.tol: unknown option of grader 'numeric'" in reasons
         assert set(scores(con)) == {"n1", "n2", "c1", "c2"}
+
+
+def _writes_meanwhile(path) -> bool:
+    """Whether another process gets the warehouse for writing within 0.5 s (DuckDB: one writing process)."""
+    probe = "import sys, warehouse as wh; wh.connect(sys.argv[1], lock_wait_s=0.5).close()"
+    return subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True).returncode == 0
+
+
+def test_grading_through_a_connect_function_leaves_the_warehouse_free_while_the_judge_answers(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with wh.connect(path) as con:
+        store(con)
+    judge, free = FakeJudge(), []
+
+    def slow_judge(name: str, requests: list[dict]) -> list[FakeCompletion | None]:
+        free.append(_writes_meanwhile(path))  # a profiling run's merge, say, while this judge thinks
+        return judge(name, requests)
+
+    report = grade_responses_report(lambda: wh.connect(path), complete=slow_judge)
+    assert free == [True] and (report.written, report.failed) == (6, 1)
+    with wh.connect(path) as con:
+        assert scores(con)["j1"] == 0.9 and con.execute("SELECT count(*) FROM judge_cache").fetchall() == [(2,)]
+
+    # given a connection, grading holds it throughout (one process's own tools, e.g. ``uniroute grade``)
+    with wh.connect(path) as con:
+        con.execute("DELETE FROM grades")
+        con.execute("DELETE FROM judge_cache")
+        free.clear()
+        assert grade_responses_report(con, complete=slow_judge).written == 6
+    assert free == [False]
