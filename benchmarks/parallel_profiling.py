@@ -2,6 +2,7 @@
 ``dagster-daemon``, on one instance with ``max_concurrent_runs`` >= the number of LLMs.
 
     python -m benchmarks.parallel_profiling [--llms 8] [--prompts 1200] [--latency-ms 300] [--strict]
+        [--code-server-workers N]   # the code server run apart, with N launch threads
 
 The replay endpoint (its own process) serves ``--data`` (default ../shared/data/mmlu_pro) with ``--latency-ms`` per
 answer; each catalog entry allows ``--concurrency`` requests in flight. Three scenarios, each on a fresh instance

@@ -505,21 +505,21 @@ class S3Bucket:
         """``s3://<bucket>/<prefix>`` with the options that reach this server (plain HTTP, one region)."""
         return f"s3://{self.name}/{prefix}?endpoint_override={self.endpoint}&scheme=http&region=us-east-1"
 
-    def list_keys(self, prefix: str = "") -> list[str]:
-        """The bucket's file keys under ``prefix``, listed by a client of its own (boto3), sorted; not the empty
-        ``.../`` directory markers pyarrow leaves where it deleted a directory's last file."""
+    def client(self):
+        """A client of its own (boto3), not the code under test's."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=f"http://{self.endpoint}", region_name="us-east-1")
-        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
+        return boto3.client("s3", endpoint_url=f"http://{self.endpoint}", region_name="us-east-1")
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """The bucket's file keys under ``prefix``, sorted; not the empty ``.../`` directory markers pyarrow leaves
+        where it deleted a directory's last file."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []) if not o["Key"].endswith("/"))
 
     def copy(self, source: str, target: str) -> None:
         """Copy the object ``source`` to ``target`` (as a crash between a move's copy and delete leaves it)."""
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=f"http://{self.endpoint}", region_name="us-east-1")
-        client.copy_object(Bucket=self.name, Key=target, CopySource={"Bucket": self.name, "Key": source})
+        self.client().copy_object(Bucket=self.name, Key=target, CopySource={"Bucket": self.name, "Key": source})
 
 
 @pytest.fixture(scope="session")
@@ -540,8 +540,6 @@ def s3_bucket(_s3_server, tmp_path, monkeypatch) -> S3Bucket:
     machine's own AWS configuration)."""
     import secrets
 
-    import boto3
-
     bucket = S3Bucket(_s3_server, f"staging-{secrets.token_hex(6)}", "AKIATESTSTAGING", secrets.token_hex(16))
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(name, raising=False)
@@ -550,7 +548,5 @@ def s3_bucket(_s3_server, tmp_path, monkeypatch) -> S3Bucket:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    boto3.client("s3", endpoint_url=f"http://{bucket.endpoint}", region_name="us-east-1").create_bucket(
-        Bucket=bucket.name
-    )
+    bucket.client().create_bucket(Bucket=bucket.name)
     return bucket
