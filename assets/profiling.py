@@ -272,13 +272,14 @@ def plan_responses(
     context: dg.OpExecutionContext, config: ProfilingConfig, warehouse: WarehouseResource
 ) -> CollectionPlan:
     """Archive the answers a re-profiling replaces, then list the pairs to ask: pending in the warehouse and not
-    answered in unmerged staging (a killed or concurrent run's answers are never asked again). A short write."""
+    answered in unmerged staging (a killed or concurrent run's answers are never asked again). Short writes: the
+    staged files are read without the warehouse."""
     model = context.partition_key
     refresh_before = config.refresh_time()
     with warehouse.connect() as con:
         llms = active_llms(con, [model])
         archive_replaced_answers(con, [model], refresh_before, context.log.info)
-        pairs = plan_collection(con, [model], config.splits, warehouse.staging(), refresh_before)
+    pairs = plan_collection(warehouse.connect, [model], config.splits, warehouse.staging(), refresh_before)
     context.log.info(f"{model}: {pairs.height} prompts to ask on {config.splits}")
     return CollectionPlan(llms, pairs)
 
@@ -341,10 +342,10 @@ def merge_responses(
     warehouse: WarehouseResource,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """Merge the LLM's staged files (this run's and any a killed run left) into the warehouse idempotently, then
-    check its answers. A short write."""
+    check its answers. Short writes: the staged files are read, and moved aside, without the warehouse."""
     model = context.partition_key
+    merged = merge_staging(warehouse.connect, warehouse.staging(), [model], log_progress=context.log.info)
     with warehouse.connect() as con:
-        merged = merge_staging(con, warehouse.staging(), [model], log_progress=context.log.info)
         n_validation = wh.expected_count(con, model, ["validation"])
         responses = wh.read_responses(con, [model], ["validation"])
         rows = wh.count_answers(con, model)["responses"]

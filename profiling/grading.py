@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,17 +15,13 @@ import polars as pl
 import warehouse as wh
 from profiling.graders import CompleteFn, GradeContext, GradeItem, Grader, GradeResult, get_grader
 
-__all__ = ["GradingReport", "Warehouse", "WarehouseJudgeCache", "grade_responses", "grade_responses_report"]
+__all__ = ["GradingReport", "WarehouseJudgeCache", "grade_responses", "grade_responses_report"]
 
 #: Rows graded at a time.
 CHUNK_ROWS = 256
 #: Grades are written once this many seconds of grading wait (and at the end), so a long run (code, judge) keeps
 #: what it finished.
 WRITE_EVERY_S = 5.0
-#: The warehouse as grading takes it: a connection held throughout, or a function that opens one (e.g.
-#: ``WarehouseResource.connect``), called only to read and to write, never while a grader works: judges and code
-#: take seconds, and other processes' writes (profiling runs' merges) wait on the file's lock meanwhile.
-Warehouse = duckdb.DuckDBPyConnection | Callable[[], duckdb.DuckDBPyConnection]
 #: Failure reasons kept as examples in a report.
 MAX_EXAMPLES = 5
 _OPTIONAL_COLUMNS = {"grader_options": pl.String, "tests": pl.String, "prompt": pl.String}
@@ -52,33 +47,23 @@ class GradingReport:
             self.examples.append(f"{model}/{prompt_id}: {reason}")
 
 
-@contextlib.contextmanager
-def _opened(warehouse: Warehouse) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The connection given, or one opened now and closed after."""
-    if isinstance(warehouse, duckdb.DuckDBPyConnection):
-        yield warehouse
-        return
-    with warehouse() as con:
-        yield con
-
-
 class WarehouseJudgeCache:
     """The ``JudgeCache`` of the warehouse's ``judge_cache`` table (a key already stored is kept); a paid verdict is
     stored as soon as it comes."""
 
-    def __init__(self, warehouse: Warehouse) -> None:
+    def __init__(self, warehouse: wh.Opener) -> None:
         self.warehouse = warehouse
 
     def get(self, keys: list[str]) -> dict[str, dict[str, Any]]:
         """Stored verdict rows by key."""
-        with _opened(self.warehouse) as con:
+        with wh.opened(self.warehouse) as con:
             return {row["key"]: row for row in wh.read_judge_cache(con, keys).iter_rows(named=True)}
 
     def put(self, rows: list[dict[str, Any]]) -> None:
         """Store new verdicts."""
         if rows:
             schema = {"key": pl.String, "judge": pl.String, "score": pl.Float64, "verdict": pl.String}
-            with _opened(self.warehouse) as con:
+            with wh.opened(self.warehouse) as con:
                 wh.insert_judge_cache(con, pl.DataFrame(rows, schema={**schema, "cost_usd": pl.Float64}))
 
 
@@ -101,7 +86,7 @@ def _reason(grader: str, error: str | None) -> str:
 
 
 def grade_responses_report(
-    warehouse: Warehouse,
+    warehouse: wh.Opener,
     models: Sequence[str] | None = None,
     complete: CompleteFn | None = None,
 ) -> GradingReport:
@@ -111,9 +96,9 @@ def grade_responses_report(
     grade's version differs from the grader's (so a changed grader version, or changed options, regrades).
     ``complete`` calls judges (``llm_judge``), whose verdicts are cached in ``judge_cache``: without it, those
     rows fail. Items a grader could not score, and groups whose grader or options are refused, are not written:
-    they are counted in the report and retried by the next run. ``warehouse``: see :data:`Warehouse`.
+    they are counted in the report and retried by the next run. ``warehouse``: see :data:`warehouse.Opener`.
     """
-    with _opened(warehouse) as con:
+    with wh.opened(warehouse) as con:
         todo = wh.read_gradable(con, models)
         model_ids = _model_ids(con)
     todo = todo.with_columns(
@@ -146,10 +131,10 @@ def grade_responses_report(
     return report
 
 
-def _write(warehouse: Warehouse, pending: list[pl.DataFrame], report: GradingReport) -> None:
+def _write(warehouse: wh.Opener, pending: list[pl.DataFrame], report: GradingReport) -> None:
     """Write the ``pending`` grades (emptied) in one short write."""
     if any(frame.height for frame in pending):
-        with _opened(warehouse) as con:
+        with wh.opened(warehouse) as con:
             report.written += wh.upsert_grades(con, pl.concat(pending))
     pending.clear()
 
@@ -184,7 +169,7 @@ def _grade_chunk(
 
 
 def grade_responses(
-    warehouse: Warehouse,
+    warehouse: wh.Opener,
     models: Sequence[str] | None = None,
     complete: CompleteFn | None = None,
 ) -> int:

@@ -42,11 +42,12 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePath
+from typing import TypeVar
 
-import duckdb
 import polars as pl
 
 import warehouse as wh
@@ -150,13 +151,15 @@ def staged_pairs(directory: Where, models: Sequence[str] | None = None) -> pl.Da
     prompt_id, request_hash, base_url, model_id (what the answer answered, and who) and collected_at. Reads only
     those columns of each file. A pair may be listed more than once (answered in several runs)."""
     location = StagingLocation.of(directory)
-    frames = []
-    for path in staged_files(location, models):
+
+    def answered(path: PurePath) -> pl.DataFrame:
         try:
             frame = location.read(path, [*_PAIR_COLUMNS, "kind"])
         except FileNotFoundError:  # merged meanwhile: moved aside, with the same content
             frame = location.read(location.root / MERGED / location.relative(path), [*_PAIR_COLUMNS, "kind"])
-        frames.append(frame.filter(pl.col("kind") == "answer").drop("kind"))
+        return frame.filter(pl.col("kind") == "answer").drop("kind")
+
+    frames = _read_each(answered, staged_files(location, models))
     schema = {n: STAGED_SCHEMA[n] for n in _PAIR_COLUMNS}
     if not frames:
         return pl.DataFrame(schema=schema).rename({"staged_at": "collected_at"})
@@ -164,7 +167,7 @@ def staged_pairs(directory: Where, models: Sequence[str] | None = None) -> pl.Da
 
 
 def plan_collection(
-    con: duckdb.DuckDBPyConnection,
+    warehouse: wh.Opener,
     models: Sequence[str],
     splits: Sequence[str] = ("validation",),
     staging_dir: Where | None = None,
@@ -174,12 +177,15 @@ def plan_collection(
     (:func:`warehouse.pending_pairs`; run ``archive_replaced_answers`` first) less those with a current staged
     answer in ``staging_dir`` (:func:`staged_pairs`). A staged answer counts as a stored one does: to the prompt's
     current request (``request_hash``), from the LLM's current endpoint and model id, and collected at or after
-    ``refresh_before`` (UTC) when given; any other is stale and its pair is asked again. Only reads ``con``.
+    ``refresh_before`` (UTC) when given; any other is stale and its pair is asked again. Only reads the warehouse
+    (a connection, or a function opening one: :data:`warehouse.Opener`).
 
-    The staged files are read before the warehouse, so a merge between the two reads cannot hide an answer.
+    The staged files are read before the warehouse is opened (an object store may take a while), so a merge
+    between the two reads cannot hide an answer.
     """
     staged = staged_pairs(staging_dir, models) if staging_dir is not None else None
-    return wh.pending_pairs(con, list(models), splits, staged=staged, staged_since=refresh_before)
+    with wh.opened(warehouse) as con:
+        return wh.pending_pairs(con, list(models), splits, staged=staged, staged_since=refresh_before)
 
 
 def collect_to_staging(
@@ -218,10 +224,13 @@ class MergeReport:
 
 #: Staged files merged per transaction: one commit for many small files keeps the merge (holding the warehouse) short.
 MERGE_BATCH = 64
+#: Staged files read at once (before the warehouse is opened).
+READ_THREADS = 8
+T = TypeVar("T")
 
 
 def merge_staging(
-    con: duckdb.DuckDBPyConnection,
+    warehouse: wh.Opener,
     directory: Where,
     models: Sequence[str] | None = None,
     log_progress: Callable[[str], None] | None = None,
@@ -235,26 +244,33 @@ def merge_staging(
     attempts are never counted twice, answers never duplicated. Files are merged newest first, so where runs
     answered the same pair (a stale answer, then a current one) the newest answer is the one stored; the others stay
     in their files under ``merged/``. A file the warehouse refuses is named in the error; the files before it are
-    merged.
+    merged. ``warehouse`` is a connection or a function opening one (:data:`warehouse.Opener`): the files are read
+    before it is opened and moved aside after it is closed.
     """
     root = StagingLocation.of(directory)
     report = MergeReport()
-    newest_first = list(reversed(staged_files(root, models)))
-    for start in range(0, len(newest_first), MERGE_BATCH):
-        batch = newest_first[start : start + MERGE_BATCH]
-        try:
-            results = wh.merge_staged_files(con, [_read_staged(root, path) for path in batch])
-        except wh.WarehouseInputError:
-            results = []
-            for path in batch:  # one at a time: the files before the bad one merge, the error names it
+    paths = list(reversed(staged_files(root, models)))
+    staged = _read_each(lambda path: _read_staged(root, path), paths)
+    done: list[PurePath] = []
+    try:
+        with wh.opened(warehouse) as con:
+            for start in range(0, len(paths), MERGE_BATCH):
+                batch = slice(start, start + MERGE_BATCH)
                 try:
-                    results.append(wh.merge_staged(con, *_read_staged(root, path)))
-                except wh.WarehouseInputError as exc:
-                    _move_aside(root, batch[: len(results)])
-                    raise wh.WarehouseInputError("staging", "file", str(path), str(exc)) from exc
-        for counts in results:
-            report.add(counts)
-        _move_aside(root, batch)
+                    results = wh.merge_staged_files(con, staged[batch])
+                except wh.WarehouseInputError:
+                    results = []
+                    for path, file in zip(paths[batch], staged[batch], strict=True):  # the files before a bad one merge
+                        try:
+                            results.append(wh.merge_staged(con, *file))
+                        except wh.WarehouseInputError as exc:
+                            done.extend(paths[start : start + len(results)])
+                            raise wh.WarehouseInputError("staging", "file", str(path), str(exc)) from exc
+                for counts in results:
+                    report.add(counts)
+                done.extend(paths[batch])
+    finally:
+        _move_aside(root, done)
     if report.files or report.already_merged:
         message = (
             f"merged {report.files} staged files ({report.answers_stored} answers stored of {report.answers}, "
@@ -264,6 +280,14 @@ def merge_staging(
         if log_progress:
             log_progress(message)
     return report
+
+
+def _read_each(read: Callable[[PurePath], T], paths: Sequence[PurePath]) -> list[T]:
+    """``read`` of each path, in order, a few at a time (an object store answers each in tens of milliseconds)."""
+    if len(paths) < 2:
+        return [read(path) for path in paths]
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(paths)), thread_name_prefix="uniroute-staging") as pool:
+        return list(pool.map(read, paths))
 
 
 def _read_staged(root: StagingLocation, path: PurePath) -> tuple[str, pl.DataFrame, pl.DataFrame]:

@@ -2,6 +2,7 @@
 
 from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, load_catalog, sync_catalog
 from warehouse.db import (
+    Opener,
     SchemaError,
     connect,
     connect_read_only,
@@ -10,6 +11,7 @@ from warehouse.db import (
     default_pacing_path,
     default_path,
     default_staging_path,
+    opened,
     schema_version,
     staging_path,
 )
@@ -63,6 +65,7 @@ from warehouse.store import (
 __all__ = [
     "CatalogError",
     "LLMEntry",
+    "Opener",
     "SchemaError",
     "WarehouseInputError",
     "add_to_catalog",
@@ -87,6 +90,7 @@ __all__ = [
     "merge_staged",
     "merge_staged_files",
     "missing_embeddings",
+    "opened",
     "pending_counts",
     "pending_pairs",
     "read_archived_outcomes",

@@ -3,10 +3,12 @@ live (the data home, the warehouse file, the catalog), resolved here and nowhere
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import duckdb
@@ -14,6 +16,7 @@ import duckdb
 from warehouse.schema import MIGRATIONS
 
 __all__ = [
+    "Opener",
     "SchemaError",
     "connect",
     "connect_read_only",
@@ -22,12 +25,29 @@ __all__ = [
     "default_pacing_path",
     "default_path",
     "default_staging_path",
+    "opened",
     "schema_version",
     "staging_path",
 ]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+#: The warehouse as a step that waits on other things takes it: a connection, held throughout, or a function that
+#: opens one (e.g. ``WarehouseResource.connect``), called only to read and to write, so that other processes' writes
+#: (DuckDB: one writing process at a time) go ahead while the step waits on endpoints, graders or object stores.
+Opener = duckdb.DuckDBPyConnection | Callable[[], duckdb.DuckDBPyConnection]
+
+
+@contextlib.contextmanager
+def opened(warehouse: Opener) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The connection given (left open), or one opened now and closed after."""
+    if isinstance(warehouse, duckdb.DuckDBPyConnection):
+        yield warehouse
+        return
+    with warehouse() as con:
+        yield con
 
 
 class SchemaError(RuntimeError):

@@ -18,6 +18,7 @@ import pytest
 import warehouse as wh
 from profiling import staging
 from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers, collect, collect_pairs
+from profiling.importers import import_mmlu_pro
 from profiling.replay_server import ReplayConfig, ReplayServer
 from profiling.staging import (
     STAGED_SCHEMA,
@@ -346,6 +347,36 @@ def test_a_rerun_planned_against_s3_asks_only_what_is_not_staged_there(
     assert merged.answers_stored == 48 and wh.count_answers(con, "cheap")["responses"] == 48
     assert all(k.startswith("staging/merged/model=cheap/") for k in s3_bucket.list_keys())
     _nothing_local(tmp_path)
+
+
+def test_planning_and_merging_read_the_staged_objects_before_they_open_the_warehouse(
+    mmlu_like_dir, s3_bucket, tmp_path
+):
+    # an object store answers each read in tens of milliseconds: other runs' merges must not wait on those reads
+    path, url, events = tmp_path / "w.duckdb", s3_bucket.url("staging"), []
+    with wh.connect(path) as con, ReplayServer(mmlu_like_dir) as server:
+        import_mmlu_pro(con, mmlu_like_dir, seed=0)
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
+        pairs = plan_collection(con, ["cheap"], SPLITS, url)
+        collect_to_staging(pairs, active_llms(con, ["cheap"]), url, policy=FAST, progress=False, batch_size=10)
+
+    class LoggedReads(StagingLocation):
+        def read(self, path, columns=None):
+            events.append("read")
+            return super().read(path, columns)
+
+    def opener():
+        events.append("open")
+        return wh.connect(path)
+
+    plain = StagingLocation.of(url)
+    location = LoggedReads(plain.fs, plain.root, plain.url)
+    n_files = len(staged_files(location))
+    assert plan_collection(opener, ["cheap"], SPLITS, location).height == 0
+    assert events == ["read"] * n_files + ["open"]
+    events.clear()
+    assert merge_staging(opener, location).files == n_files > 2
+    assert events == ["read"] * n_files + ["open"] and staged_files(location) == []
 
 
 def test_a_merge_from_s3_is_idempotent_and_moves_the_objects_to_merged(con, mmlu_like_dir, s3_bucket):
