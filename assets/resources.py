@@ -42,9 +42,10 @@ class WarehouseResource(dg.ConfigurableResource):
         """For writing (migrates the schema; one writing process at a time: waits up to ``lock_wait_s`` for it)."""
         return wh.connect(self.database(), lock_wait_s=self.lock_wait_s)
 
-    def connect_read_only(self) -> duckdb.DuckDBPyConnection:
-        """For reading only: no migration, no write lock (``warehouse.connect_read_only``)."""
-        return wh.connect_read_only(self.database())
+    def connect_read_only(self, lock_wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
+        """For reading only: no migration, no write lock (``warehouse.connect_read_only``); waits up to
+        ``lock_wait_s`` while a writer holds the file."""
+        return wh.connect_read_only(self.database(), lock_wait_s)
 
 
 class CollectorResource(dg.ConfigurableResource):

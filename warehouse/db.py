@@ -114,13 +114,13 @@ def connect(path: str | os.PathLike[str] | None = None, lock_wait_s: float = 0.0
     return con
 
 
-def _open_when_free(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection:
+def _open_when_free(path: Path, lock_wait_s: float, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """``duckdb.connect(path)``, trying again while another process holds the file's lock (for ``lock_wait_s``)."""
     deadline = time.monotonic() + lock_wait_s
     delay = 0.005
     while True:
         try:
-            return duckdb.connect(str(path))
+            return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
             if "Could not set lock" not in str(exc) or time.monotonic() + delay > deadline:
                 raise
@@ -128,9 +128,13 @@ def _open_when_free(path: Path, lock_wait_s: float) -> duckdb.DuckDBPyConnection
         delay = min(2 * delay, 0.1)
 
 
-def connect_read_only(path: str | os.PathLike[str] | None = None) -> duckdb.DuckDBPyConnection:
+def connect_read_only(
+    path: str | os.PathLike[str] | None = None, lock_wait_s: float = 0.0
+) -> duckdb.DuckDBPyConnection:
     """Open the existing warehouse at ``path`` for reading only: no migration, no write lock, so any number of
-    readers may hold it at once (a process writing it still excludes them, and they it, while open).
+    readers may hold it at once (a process writing it still excludes them, and they it, while open). While a writer
+    holds it, this waits up to ``lock_wait_s`` seconds (as :func:`connect` does), then raises DuckDB's
+    ``IOException``.
 
     Raises ``FileNotFoundError`` when there is no warehouse at ``path``, and :class:`SchemaError` when its schema
     is not this code's (an older one is migrated by the next writer, e.g. any ``uniroute`` command that writes).
@@ -138,7 +142,7 @@ def connect_read_only(path: str | os.PathLike[str] | None = None) -> duckdb.Duck
     path = Path(path) if path is not None else default_path()
     if not path.is_file():
         raise FileNotFoundError(f"no warehouse at {path}")
-    con = duckdb.connect(str(path), read_only=True)
+    con = _open_when_free(path, lock_wait_s, read_only=True)
     try:
         current = _applied_version(con)
         if current != len(MIGRATIONS):

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import dagster as dg
 import polars as pl
+import yaml
 
 import warehouse as wh
 from assets.resources import WarehouseResource
@@ -90,3 +92,38 @@ def test_nightly_skips_when_nothing_is_missing_or_nothing_exists_yet(tmp_path, m
     assert isinstance(missing, dg.SkipReason) and "no warehouse at" in missing.skip_message
     assert not (tmp_path / "none.duckdb").exists()  # a reader creates nothing
     assert isinstance(empty, dg.SkipReason) and "every active LLM" in empty.skip_message
+
+
+HOLD_WRITE = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('open', flush=True); sys.stdin.read()"
+
+
+def test_nightly_waits_for_a_writer_and_then_runs_every_active_llm_rather_than_skip_the_night(
+    tmp_path, monkeypatch, mmlu_like_dir
+):
+    from pipelines import schedules
+
+    path, catalog = tmp_path / "w.duckdb", tmp_path / "llms.yaml"
+    _profiled(path, mmlu_like_dir)
+    entries = [{"name": n, "active": n != "retired"} for n in ["done", "behind", "retired", "unpartitioned"]]
+    defaults = {"base_url": "http://127.0.0.1:9/v1", "usd_per_mtok_in": 1.0, "usd_per_mtok_out": 1.0}
+    catalog.write_text(yaml.safe_dump({"defaults": defaults, "llms": entries}))
+    monkeypatch.setattr(schedules, "BUSY_WAIT_S", 0.5)
+    # a long write holds the file (embeddings, a router): the one tick of the night cannot read what is missing
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions("llm", ["done", "behind", "retired"])
+            started = time.monotonic()
+            result = _evaluate(instance, WarehouseResource(path=str(path), catalog_path=str(catalog)))
+            waited = time.monotonic() - started
+    finally:
+        holder.communicate("", timeout=30)
+    assert waited >= 0.5, result  # it waited for the writer first
+    assert not isinstance(result, dg.SkipReason), result.skip_message
+    assert [(r.partition_key, r.tags["uniroute/pending"]) for r in result] == [
+        ("done", "unknown (warehouse busy)"),  # each run plans against the warehouse itself: "done" asks nothing
+        ("behind", "unknown (warehouse busy)"),
+    ]
