@@ -108,26 +108,28 @@ def grade_responses_report(
     context: GradeContext | None = None
     pending: list[pl.DataFrame] = []
     written_at = time.monotonic()
-    for (name, options_text), rows in todo.group_by("grader", "grader_options", maintain_order=True):
-        try:
-            grader = get_grader(name, _parse_options(options_text))
-        except ValueError as exc:  # json.JSONDecodeError is one too
-            report._fail(_reason(name, f"grader_options={options_text!r}: {exc}"), rows)
-            continue
-        rows = rows.filter(pl.col("graded_version").is_null() | (pl.col("graded_version") != grader.version))
-        if rows.height == 0:
-            continue
-        if grader.needs_complete:
-            if complete is None:
-                report._fail(_reason(name, "no complete function given to call the judge"), rows)
+    try:  # what was graded is written even when a later grader fails
+        for (name, options_text), rows in todo.group_by("grader", "grader_options", maintain_order=True):
+            try:
+                grader = get_grader(name, _parse_options(options_text))
+            except ValueError as exc:  # json.JSONDecodeError is one too
+                report._fail(_reason(name, f"grader_options={options_text!r}: {exc}"), rows)
                 continue
-            context = context or GradeContext(complete, WarehouseJudgeCache(warehouse), model_ids)
-        for chunk in rows.iter_slices(CHUNK_ROWS):
-            pending.append(_grade_chunk(grader, chunk, context, report))
-            if time.monotonic() - written_at >= WRITE_EVERY_S:
-                _write(warehouse, pending, report)
-                written_at = time.monotonic()
-    _write(warehouse, pending, report)
+            rows = rows.filter(pl.col("graded_version").is_null() | (pl.col("graded_version") != grader.version))
+            if rows.height == 0:
+                continue
+            if grader.needs_complete:
+                if complete is None:
+                    report._fail(_reason(name, "no complete function given to call the judge"), rows)
+                    continue
+                context = context or GradeContext(complete, WarehouseJudgeCache(warehouse), model_ids)
+            for chunk in rows.iter_slices(CHUNK_ROWS):
+                pending.append(_grade_chunk(grader, chunk, context, report))
+                if time.monotonic() - written_at >= WRITE_EVERY_S:
+                    _write(warehouse, pending, report)
+                    written_at = time.monotonic()
+    finally:
+        _write(warehouse, pending, report)
     return report
 
 
