@@ -292,7 +292,10 @@ def _read_each(read: Callable[[PurePath], T], paths: Sequence[PurePath]) -> list
 
 def _read_staged(root: StagingLocation, path: PurePath) -> tuple[str, pl.DataFrame, pl.DataFrame]:
     """A staged file as :func:`warehouse.merge_staged` takes it: its name under ``root``, answers, failures."""
-    rows = root.read(path)
+    try:
+        rows = root.read(path)
+    except FileNotFoundError:  # another merge moved it aside meanwhile, with the same content (and recorded it)
+        rows = root.read(root.root / MERGED / root.relative(path))
     answers = rows.filter(pl.col("kind") == "answer").select(*ANSWER_SCHEMA, pl.col("staged_at").alias("collected_at"))
     failures = rows.filter(pl.col("kind") == "failure").select(
         *FAILURE_SCHEMA, pl.col("staged_at").alias("last_failed_at")

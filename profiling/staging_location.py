@@ -11,6 +11,7 @@ message here ever repeats a URL's user info or its query's values other than :da
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import urllib.parse
@@ -124,11 +125,17 @@ class StagingLocation:
 
     def move(self, moves: Sequence[tuple[PurePath, PurePath]]) -> None:
         """Move each ``(path, target)`` (replacing a copy at ``target``): locally by renames, each directory touched
-        fsynced once; on S3 by a copy then a delete."""
+        fsynced once; on S3 by a copy then a delete. A path gone already (another merge moved it) is skipped."""
         if not self.local:
             for path, target in moves:
-                self.fs.copy_file(path.as_posix(), target.as_posix())
-                self.fs.delete_file(path.as_posix())
+                try:
+                    self.fs.copy_file(path.as_posix(), target.as_posix())
+                except OSError:  # pyarrow's S3 copy of a missing key raises a plain OSError
+                    if self.fs.get_file_info(path.as_posix()).type == pafs.FileType.NotFound:
+                        continue
+                    raise
+                with contextlib.suppress(FileNotFoundError):  # another merge deleted it meanwhile
+                    self.fs.delete_file(path.as_posix())
             return
         touched: set[Path] = set()
         for path, target in moves:
@@ -136,7 +143,10 @@ class StagingLocation:
             if not target.parent.is_dir():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 touched.add(target.parent.parent)
-            os.replace(path, target)
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:
+                continue
             touched.update((target.parent, Path(path).parent))
         for directory in touched:
             _fsync_dir(directory)

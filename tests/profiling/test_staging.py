@@ -379,6 +379,30 @@ def test_planning_and_merging_read_the_staged_objects_before_they_open_the_wareh
     assert events == ["read"] * n_files + ["open"] and staged_files(location) == []
 
 
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_two_merges_of_the_same_files_at_once_add_them_once_and_neither_fails(mmlu_like_dir, tmp_path, request, store):
+    # the files are read before the warehouse is opened: another merge may take and move them meanwhile
+    path = tmp_path / "w.duckdb"
+    where = request.getfixturevalue("s3_bucket").url("staging") if store == "s3" else tmp_path / "staging"
+    with wh.connect(path) as con, ReplayServer(mmlu_like_dir) as server:
+        import_mmlu_pro(con, mmlu_like_dir, seed=0)
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
+        pairs = plan_collection(con, ["cheap"], SPLITS, where)
+        collect_to_staging(pairs, active_llms(con, ["cheap"]), where, policy=FAST, progress=False, batch_size=10)
+    n_files, others = len(staged_files(where)), []
+
+    def opener_after_another_merge():
+        others.append(merge_staging(lambda: wh.connect(path), where))  # it wins the lock first
+        return wh.connect(path)
+
+    late = merge_staging(opener_after_another_merge, where)
+    assert others[0].files == n_files > 2 and (late.files, late.already_merged) == (0, n_files)
+    assert staged_files(where) == []
+    with wh.connect(path) as con:
+        assert wh.count_answers(con, "cheap")["responses"] == pairs.height
+        assert wh.read_staging_merges(con).height == n_files
+
+
 def test_a_merge_from_s3_is_idempotent_and_moves_the_objects_to_merged(con, mmlu_like_dir, s3_bucket):
     url = s3_bucket.url("staging")
     with ReplayServer(mmlu_like_dir) as server:
