@@ -174,7 +174,7 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     collect.add_argument("--splits", nargs="+", default=["validation"])
     collect.add_argument("--max-attempts", type=int, default=5)
     collect.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
-    collect.add_argument("--batch-size", type=int, default=512, help="responses per warehouse write")
+    collect.add_argument("--batch-size", type=int, default=512, help="answers per staged file")
     collect.add_argument("--quiet", action="store_true", help="no progress bar")
     collect.add_argument(
         "--refresh-before",
@@ -291,24 +291,35 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Seconds a command waits for the warehouse while a pipeline run writes it (each of those writes is short).
+LOCK_WAIT_S = 600.0
+
+
 def _collect(args: argparse.Namespace) -> int:
+    """A profiling run's steps, as Dagster runs them: archive and plan (against the warehouse and unmerged
+    staging), ask and stage without holding the warehouse, merge. So it runs beside pipeline runs."""
     import warehouse as wh
-    from profiling.collector import RetryPolicy, collect
+    from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers
+    from profiling.staging import collect_to_staging, merge_staging, plan_collection
 
     policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout)
-    with wh.connect(args.warehouse) as con:
-        report = collect(
-            con,
-            args.models,
-            args.splits,
-            policy,
-            args.batch_size,
-            progress=not args.quiet,
-            refresh_before=args.refresh_before,
-        )
+    staging = wh.default_staging_path(args.warehouse)
+
+    def connect():
+        return wh.connect(args.warehouse, lock_wait_s=LOCK_WAIT_S)
+
+    with connect() as con:
+        llms = active_llms(con, args.models)
+        names = llms["name"].to_list()
+        archive_replaced_answers(con, names, args.refresh_before)
+    pairs = plan_collection(connect, names, args.splits, staging, args.refresh_before)
+    progress = not args.quiet
+    report = collect_to_staging(pairs, llms, staging, policy=policy, batch_size=args.batch_size, progress=progress)
+    merged = merge_staging(connect, staging, names)
     print(
         f"collection {report.run_id}: {report.stored}/{report.requested} stored, {report.failed} failed "
-        f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s"
+        f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s; "
+        f"{merged.answers_stored} answers merged into the warehouse from {merged.files} staged files"
     )
     return 0 if report.failed == 0 else 3
 
@@ -318,8 +329,12 @@ def _grade(args: argparse.Namespace) -> int:
     from profiling.collector import catalog_completer
     from profiling.grading import grade_responses_report
 
-    with wh.connect(args.warehouse) as con:
-        report = grade_responses_report(con, args.models, catalog_completer(con))
+    def connect():
+        return wh.connect(args.warehouse, lock_wait_s=LOCK_WAIT_S)
+
+    with connect() as con:
+        complete = catalog_completer(con)
+    report = grade_responses_report(connect, args.models, complete)  # not held while judges answer
     print(
         f"grades: {report.written} written, {report.failed} not graded (retried next run), "
         f"judges ${report.judge_cost_usd:.4f}"

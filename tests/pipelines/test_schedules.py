@@ -121,7 +121,7 @@ def test_nightly_waits_for_a_writer_and_then_runs_every_active_llm_rather_than_s
             waited = time.monotonic() - started
     finally:
         holder.communicate("", timeout=30)
-    assert waited >= 0.5, result  # it waited for the writer first
+    assert waited >= 0.4, result  # it waited for the writer first (the last retry may stop short of 0.5 s)
     assert not isinstance(result, dg.SkipReason), result.skip_message
     assert [(r.partition_key, r.tags["uniroute/pending"]) for r in result] == [
         ("done", "unknown (warehouse busy)"),  # each run plans against the warehouse itself: "done" asks nothing

@@ -16,6 +16,7 @@ import pytest
 import warehouse as wh
 from profiling.collector import RetryPolicy, collect
 from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
+from profiling.staging import staged_pairs
 
 FAST = RetryPolicy(max_attempts=8, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
 MODELS = ["cheap", "math-pro", "last"]
@@ -128,10 +129,12 @@ ALL_SPLITS = ["train", "validation", "test"]
 
 
 def _stored_pairs(path) -> set[tuple[str, str]]:
+    """Pairs whose answer is kept: in the warehouse, or staged beside it (``uniroute collect`` merges those next)."""
     with wh.connect(path) as con:
         stored = wh.read_responses(con).select("model", "prompt_id")
     assert not stored.is_duplicated().any()
-    return set(stored.iter_rows())
+    staged = staged_pairs(wh.default_staging_path(path)).select("model", "prompt_id")
+    return set(stored.iter_rows()) | set(staged.iter_rows())
 
 
 def _ok_counts(server: ReplayServer) -> Counter:
@@ -145,8 +148,9 @@ def _ok_counts(server: ReplayServer) -> Counter:
 def test_a_killed_collector_loses_at_most_two_seconds_of_answers_and_a_rerun_asks_only_the_rest(
     con, mmlu_like_dir, tmp_path
 ):
-    """SIGKILL ``uniroute collect`` (defaults: 512 answers or 2 s per write) at seeded points 3-4 s into answering
-    (a batch of 512 would not be full: the old behaviour stored nothing), then re-run to the end."""
+    """SIGKILL ``uniroute collect`` (defaults: 512 answers or 2 s per staged file) at seeded points 3-4 s into
+    answering (a batch of 512 would not be full: the old behaviour stored nothing), then re-run to the end: it merges
+    what the killed runs staged and asks only the rest."""
     path, flush_s = tmp_path / "w.duckdb", 2.0  # the collector's default flush interval
     slack_s = 0.5  # for the write in progress and a timer firing late on 2 busy cores
     latency_s, per_model = 0.2, 2  # 5 models x 2 / 0.2 s: about 50 answers/s, so a kill finds ~100 answers in 2 s
@@ -190,11 +194,17 @@ def test_a_killed_collector_loses_at_most_two_seconds_of_answers_and_a_rerun_ask
         stored_before, paid_before = _stored_pairs(path), _ok_counts(server)
         with wh.connect(path) as again:
             wh.upsert_llms(again, catalog.with_columns(max_concurrency=pl.lit(16)))  # the rest, quickly
-            report = collect(again, COMPLETE, ALL_SPLITS, policy=FAST, progress=False)
+            in_warehouse = wh.read_responses(again).height
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
         paid = _ok_counts(server)
-    stored = _stored_pairs(path)
-    assert report.requested == n_pairs - len(stored_before) and report.stored == report.requested
-    assert len(stored) == n_pairs and not set(paid - paid_before) & stored_before  # asked only what was not stored
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    asked = n_pairs - len(stored_before)
+    assert f": {asked}/{asked} stored" in finished.stdout  # and what the killed runs staged is merged now too
+    assert f"; {n_pairs - in_warehouse} answers merged into the warehouse" in finished.stdout
+    with wh.connect(path) as con:  # the killed runs' staged answers merged too: every pair in the warehouse, once
+        stored = wh.read_responses(con).select("model", "prompt_id")
+    assert stored.height == n_pairs and not stored.is_duplicated().any()
+    assert not set(paid - paid_before) & stored_before  # asked only what was neither stored nor staged
     assert sum(paid.values()) == n_pairs + lost_total  # an answer paid twice only where the first was lost
 
 
