@@ -148,8 +148,8 @@ def _grouped(results: list) -> dict[str, list]:
 
 
 def import_checks() -> None:
-    """Import Great Expectations (~3 s of CPU) ahead of the checks: a profiling run does it while it waits on its
-    endpoint, so its checks, inside the ``duckdb`` pool, hold the pool no longer than they must."""
+    """Import Great Expectations (~2.5 s of CPU) ahead of the checks: a profiling run does it while it waits on its
+    endpoint, so its checks, while it holds the warehouse, take no longer than they must."""
     import great_expectations  # noqa: F401
 
 

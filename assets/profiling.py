@@ -28,11 +28,11 @@ from assets.expectations import (
     import_checks,
 )
 from assets.resources import CollectorResource, WarehouseResource
-from profiling.collector import CollectionReport, active_llms, archive_replaced_answers, catalog_completer
+from profiling.collector import CollectionReport, catalog_completer
 from profiling.datasets import detect_adapter, import_dataset
 from profiling.grading import grade_responses_report
 from profiling.importers import import_results
-from profiling.staging import collect_to_staging, merge_staging, plan_collection
+from profiling.staging import collect_to_staging, merge_staging, plan_run
 
 GROUP = "profiling"
 #: One partition per catalog LLM; the onboarding sensor adds them.
@@ -275,11 +275,9 @@ def plan_responses(
     answered in unmerged staging (a killed or concurrent run's answers are never asked again). Short writes: the
     staged files are read without the warehouse."""
     model = context.partition_key
-    refresh_before = config.refresh_time()
-    with warehouse.connect() as con:
-        llms = active_llms(con, [model])
-        archive_replaced_answers(con, [model], refresh_before, context.log.info)
-    pairs = plan_collection(warehouse.connect, [model], config.splits, warehouse.staging(), refresh_before)
+    llms, pairs = plan_run(
+        warehouse.connect, [model], config.splits, warehouse.staging(), config.refresh_time(), context.log.info
+    )
     context.log.info(f"{model}: {pairs.height} prompts to ask on {config.splits}")
     return CollectionPlan(llms, pairs)
 

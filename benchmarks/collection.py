@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import polars as pl
 
 import warehouse as wh
 from benchmarks.machine import machine_description
-from benchmarks.mmlu_pro_data import DEFAULT_DATA_DIR
+from benchmarks.mmlu_pro_data import add_data_argument, data_missing, distinct_question_ids
 from profiling.collector import RetryPolicy, collect
 from profiling.importers import import_mmlu_pro
 from serving.processes import free_port, server_process
@@ -47,12 +46,8 @@ def replay_server(data: Path, *extra: str):
 
 def _warehouse(directory: Path, data: Path, n_prompts: int, base_url: str, concurrency: int) -> Path:
     path = directory / "bench.duckdb"
-    # Some MMLU-Pro questions share their exact text; keep one of each so the server's per-prompt request log
-    # maps one-to-one onto warehouse pairs.
-    questions = pl.read_parquet(data / "questions.parquet", columns=["question_id", "question", "options"])
-    unique = questions.unique(subset=["question", "options"], keep="first", maintain_order=True)["question_id"]
     with wh.connect(path) as con:
-        import_mmlu_pro(con, data, question_ids=unique.head(n_prompts).to_list(), shares={"validation": 1.0})
+        import_mmlu_pro(con, data, question_ids=distinct_question_ids(data, n_prompts), shares={"validation": 1.0})
         wh.upsert_llms(
             con,
             pl.DataFrame(
@@ -156,7 +151,7 @@ def crash(data: Path, tmp: Path, n: int, kill_at: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("UNIROUTE_MMLU_PRO_DIR", DEFAULT_DATA_DIR)))
+    add_data_argument(parser)
     parser.add_argument("--throughput-requests", type=int, default=6000)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -166,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-at", type=int, default=700, help="answers served before the SIGKILL")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor fails")
     args = parser.parse_args(argv)
-    if not (args.data / "questions.parquet").exists():
-        print(f"error: no dataset at {args.data}; set UNIROUTE_MMLU_PRO_DIR or pass --data", file=sys.stderr)
+    if data_missing(args.data):
         return 2
     print(f"machine: {machine_description()}")
     with tempfile.TemporaryDirectory() as tmp:

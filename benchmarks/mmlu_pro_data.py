@@ -3,7 +3,9 @@ dataset in the generic layout (:func:`load_generic`)."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,27 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
 #: Git-ignored home of caches and results (embeddings, figures).
 DATA_HOME = Path(os.environ.get("UNIROUTE_DATA_HOME", PROJECT_ROOT / "data"))
+
+
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data DIR``: the MMLU-Pro directory (default ``$UNIROUTE_MMLU_PRO_DIR``, else :data:`DEFAULT_DATA_DIR`)."""
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("UNIROUTE_MMLU_PRO_DIR", DEFAULT_DATA_DIR)))
+
+
+def data_missing(data: Path) -> bool:
+    """Whether ``data`` holds no MMLU-Pro questions; if so, says so on stderr in one line."""
+    if (data / "questions.parquet").exists():
+        return False
+    print(f"error: no dataset at {data}; set UNIROUTE_MMLU_PRO_DIR or pass --data", file=sys.stderr)
+    return True
+
+
+def distinct_question_ids(data: Path, n: int) -> list[int]:
+    """The first ``n`` question ids, one per distinct question text and options (some MMLU-Pro questions repeat:
+    a replay endpoint's per-prompt request log then maps one-to-one onto warehouse pairs)."""
+    questions = pl.read_parquet(data / "questions.parquet", columns=["question_id", "question", "options"])
+    distinct = questions.unique(subset=["question", "options"], keep="first", maintain_order=True)["question_id"]
+    return distinct.head(n).to_list()
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import yaml
 import warehouse as wh
 from benchmarks.collection import free_port, replay_server, served_ok_counts
 from benchmarks.machine import machine_description
-from benchmarks.mmlu_pro_data import DEFAULT_DATA_DIR
+from benchmarks.mmlu_pro_data import add_data_argument, data_missing, distinct_question_ids
 from profiling.importers import import_mmlu_pro
 from profiling.staging import staged_pairs
 from serving.processes import venv_env
@@ -308,7 +308,7 @@ def kill(root: Path, pristine: Path, models: pl.DataFrame, server: str, args) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("UNIROUTE_MMLU_PRO_DIR", DEFAULT_DATA_DIR)))
+    add_data_argument(parser)
     parser.add_argument("--llms", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=1200)
     parser.add_argument("--latency-ms", type=float, default=300.0)
@@ -323,13 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="a directory for the instances (kept afterwards)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor fails")
     args = parser.parse_args(argv)
-    if not (args.data / "questions.parquet").exists():
-        print(f"error: no dataset at {args.data}; set UNIROUTE_MMLU_PRO_DIR or pass --data", file=sys.stderr)
+    if data_missing(args.data):
         return 2
     print(f"machine: {machine_description()}")
-    questions = pl.read_parquet(args.data / "questions.parquet", columns=["question_id", "question", "options"])
-    unique = questions.unique(subset=["question", "options"], keep="first", maintain_order=True)["question_id"]
-    prompts = unique.head(args.prompts).to_list()
+    prompts = distinct_question_ids(args.data, args.prompts)
     models = _models(args.data, args.llms, prompts)
     with tempfile.TemporaryDirectory(prefix="uniroute-parallel-") as tmp:
         tmp = args.keep or Path(tmp)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -295,27 +296,26 @@ def _import(args: argparse.Namespace) -> int:
 LOCK_WAIT_S = 600.0
 
 
+def _opener(path: Path | None):
+    """Opens the warehouse at ``path`` for writing, waiting up to :data:`LOCK_WAIT_S` for pipeline runs' writes."""
+    import warehouse as wh
+
+    return functools.partial(wh.connect, path, lock_wait_s=LOCK_WAIT_S)
+
+
 def _collect(args: argparse.Namespace) -> int:
     """A profiling run's steps, as Dagster runs them: archive and plan (against the warehouse and unmerged
     staging), ask and stage without holding the warehouse, merge. So it runs beside pipeline runs."""
     import warehouse as wh
-    from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers
-    from profiling.staging import collect_to_staging, merge_staging, plan_collection
+    from profiling.collector import RetryPolicy
+    from profiling.staging import collect_to_staging, merge_staging, plan_run
 
     policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout)
-    staging = wh.default_staging_path(args.warehouse)
-
-    def connect():
-        return wh.connect(args.warehouse, lock_wait_s=LOCK_WAIT_S)
-
-    with connect() as con:
-        llms = active_llms(con, args.models)
-        names = llms["name"].to_list()
-        archive_replaced_answers(con, names, args.refresh_before)
-    pairs = plan_collection(connect, names, args.splits, staging, args.refresh_before)
+    staging, connect = wh.default_staging_path(args.warehouse), _opener(args.warehouse)
+    llms, pairs = plan_run(connect, args.models, args.splits, staging, args.refresh_before)
     progress = not args.quiet
     report = collect_to_staging(pairs, llms, staging, policy=policy, batch_size=args.batch_size, progress=progress)
-    merged = merge_staging(connect, staging, names)
+    merged = merge_staging(connect, staging, llms["name"].to_list())
     print(
         f"collection {report.run_id}: {report.stored}/{report.requested} stored, {report.failed} failed "
         f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s; "
@@ -325,13 +325,10 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    import warehouse as wh
     from profiling.collector import catalog_completer
     from profiling.grading import grade_responses_report
 
-    def connect():
-        return wh.connect(args.warehouse, lock_wait_s=LOCK_WAIT_S)
-
+    connect = _opener(args.warehouse)
     with connect() as con:
         complete = catalog_completer(con)
     report = grade_responses_report(connect, args.models, complete)  # not held while judges answer

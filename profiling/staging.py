@@ -55,6 +55,8 @@ from profiling.collector import (
     ANSWER_SCHEMA,
     FAILURE_SCHEMA,
     CollectionReport,
+    active_llms,
+    archive_replaced_answers,
     new_run_id,
     run_collection,
 )
@@ -68,6 +70,7 @@ __all__ = [
     "collect_to_staging",
     "merge_staging",
     "plan_collection",
+    "plan_run",
     "staged_files",
     "staged_pairs",
 ]
@@ -186,6 +189,22 @@ def plan_collection(
     staged = staged_pairs(staging_dir, models) if staging_dir is not None else None
     with wh.opened(warehouse) as con:
         return wh.pending_pairs(con, list(models), splits, staged=staged, staged_since=refresh_before)
+
+
+def plan_run(
+    warehouse: wh.Opener,
+    models: Sequence[str] | None,
+    splits: Sequence[str],
+    staging_dir: Where,
+    refresh_before: datetime | None = None,
+    log_progress: Callable[[str], None] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A profiling run's first step: the catalog rows of ``models`` (default every active LLM), the answers a
+    re-profiling replaces archived (``archive_replaced_answers``), and the pairs to ask (:func:`plan_collection`)."""
+    with wh.opened(warehouse) as con:
+        llms = active_llms(con, models)
+        archive_replaced_answers(con, llms["name"].to_list(), refresh_before, log_progress)
+    return llms, plan_collection(warehouse, llms["name"].to_list(), splits, staging_dir, refresh_before)
 
 
 def collect_to_staging(

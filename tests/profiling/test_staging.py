@@ -255,7 +255,7 @@ def test_archiving_is_a_step_of_its_own(con, mmlu_like_dir, tmp_path):
         assert report.stored == 12 and wh.read_responses(con).height == 0
         assert merge_staging(con, stage_dir).answers_stored == 12
         assert archive_replaced_answers(con, ["cheap"]) == 0
-        # collect() (the CLI's) runs the steps in order: archive, plan, ask
+        # collect() (the library's one-process collection) runs the steps in order: archive, plan, ask
         wh.upsert_llms(con, _catalog(server.base_url, ["cheap"]))
         assert collect(con, ["cheap"], policy=FAST, progress=False).stored == 12
     with pytest.raises(ValueError, match="model='nope'"):
