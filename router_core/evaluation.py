@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -145,6 +146,9 @@ def budget_mix(curve: pl.DataFrame, max_cost: float | None = None, min_accuracy:
     """
     if (max_cost is None) == (min_accuracy is None):
         raise RouterInputError("budget", (max_cost, min_accuracy), "give exactly one of max_cost, min_accuracy")
+    for field, value in (("max_cost_per_query", max_cost), ("min_accuracy", min_accuracy)):
+        if value is not None and not _finite(value):
+            raise RouterInputError(field, value, "must be a finite number")
     hull = concave_hull(curve).join(curve, on=["cost", "accuracy"], how="left").unique(["cost"], keep="first")
     hull = hull.sort("cost")
     costs, accuracies, weights = (hull[c].to_numpy() for c in ("cost", "accuracy", "cost_weight"))
@@ -167,6 +171,13 @@ def budget_mix(curve: pl.DataFrame, max_cost: float | None = None, min_accuracy:
         cost=float(costs[i] + share * (costs[j] - costs[i])),
         accuracy=float(accuracies[i] + share * (accuracies[j] - accuracies[i])),
     )
+
+
+def _finite(value: object) -> bool:
+    try:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
 
 
 def concave_hull(curve: pl.DataFrame) -> pl.DataFrame:

@@ -81,6 +81,8 @@ def test_a_budget_resolves_on_the_curve_of_the_llms_actually_routed(champion, mm
         (pd.DataFrame({"prompt": ["fine"]}), {"candidates": ["gpt-99"]}, "gpt-99"),
         (pd.DataFrame({"prompt": ["fine"]}), {"max_cost_per_query": 1.0, "min_accuracy": 0.5}, "exactly one"),
         (pd.DataFrame({"prompt": ["fine"]}), {"max_cost_per_query": 1e-9}, "max_cost_per_query"),
+        (pd.DataFrame({"prompt": ["fine"]}), {"max_cost_per_query": float("nan")}, "max_cost_per_query=nan"),
+        (pd.DataFrame({"prompt": ["fine"]}), {"min_accuracy": float("inf")}, "min_accuracy=inf"),
     ],
 )
 def test_bad_input_is_refused_naming_the_field(champion, frame, params, named):
