@@ -19,9 +19,11 @@ YAML layout (``defaults`` apply to every entry; an entry's own keys win)::
 
 CSV: one row per LLM with the same column names. ``model_id`` defaults to ``name``.
 
-An LLM that exists only as imported results (``uniroute import-results``) needs no endpoint: leave out
+A price is per million tokens (``usd_per_mtok_in`` and ``usd_per_mtok_out``, given together) or per query
+(``usd_per_query``), or both. An answer's cost is its measured USD, else its tokens x the per-token prices, else
+the price per query. An entry with a ``base_url`` needs a price in one form: it prices the answers collected
+from it. An LLM that exists only as imported results (``uniroute import-results``) needs no endpoint: leave out
 ``base_url`` (nothing will ever ask it anything) and, where the results carry per-query USD costs, its prices.
-An entry with a ``base_url`` needs both prices: they price the answers collected from it.
 
 The file decides where keys are sent, so it is held to these rules:
 
@@ -36,10 +38,11 @@ The file decides where keys are sent, so it is held to these rules:
   fragment would swallow).
 - **https for keys.** An entry with ``api_key_env`` needs an ``https`` ``base_url`` unless its host is loopback
   (``localhost``, 127.0.0.0/8, ``::1``).
-- **Bounded, finite numbers.** Prices 0 to 10,000 USD per million tokens; ``max_concurrency`` 1 to 4,096;
-  ``requests_per_minute`` 1 to 1,000,000; the optional timeouts in seconds (null: the gateway's defaults),
-  above 0 and at most 60 (``timeout_connect_s``), 600 (``timeout_first_byte_s``) and 3,600
-  (``timeout_total_s``), and of those given, connect <= first byte <= total. Infinity and NaN are refused.
+- **Bounded, finite numbers.** Prices 0 to 10,000 USD per million tokens or 0 to 1,000 USD per query;
+  ``max_concurrency`` 1 to 4,096; ``requests_per_minute`` 1 to 1,000,000; the optional timeouts in seconds
+  (null: the gateway's defaults), above 0 and at most 60 (``timeout_connect_s``), 600 (``timeout_first_byte_s``)
+  and 3,600 (``timeout_total_s``), and of those given, connect <= first byte <= total. Infinity and NaN are
+  refused.
 
 Every problem names the entry, the field and the value; a value that could be a secret is masked: a URL's
 credentials, query and fragment, the value of an unknown field, an ``api_key_env`` not shaped like a variable
@@ -71,6 +74,7 @@ DEFAULT_KEY_ENV_PREFIX = "UNIROUTE_KEY_"
 KEY_ENV_PREFIX_VARIABLE = "UNIROUTE_ALLOWED_KEY_PREFIX"
 KEY_ENV_ALLOW_VARIABLE = "UNIROUTE_ALLOWED_KEY_VARS"
 MAX_USD_PER_MTOK = 10_000.0
+MAX_USD_PER_QUERY = 1_000.0
 MAX_CONCURRENCY = 4096
 MAX_REQUESTS_PER_MINUTE = 1_000_000
 #: Upper bounds, in seconds, in the order each must not exceed the next (a try's first byte includes its connect).
@@ -134,6 +138,7 @@ class LLMEntry(BaseModel):
     # allow_inf_nan=False: NonNegativeFloat took inf (and 1e400, which is inf)
     usd_per_mtok_in: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)
     usd_per_mtok_out: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)
+    usd_per_query: float | None = Field(default=None, ge=0, le=MAX_USD_PER_QUERY, allow_inf_nan=False)
     max_concurrency: int = Field(default=16, gt=0, le=MAX_CONCURRENCY)
     requests_per_minute: int | None = Field(default=None, gt=0, le=MAX_REQUESTS_PER_MINUTE)
     # the gateway's per-LLM timeouts (serving.upstream.Timeouts.of reads these names); None: its defaults
@@ -145,7 +150,7 @@ class LLMEntry(BaseModel):
 
 _EMPTY_SCHEMA = {
     **dict.fromkeys(("name", "base_url", "model_id", "api_key_env"), pl.String),
-    **dict.fromkeys(("usd_per_mtok_in", "usd_per_mtok_out"), pl.Float64),
+    **dict.fromkeys(("usd_per_mtok_in", "usd_per_mtok_out", "usd_per_query"), pl.Float64),
     **dict.fromkeys(("max_concurrency", "requests_per_minute"), pl.Int64),
     **dict.fromkeys(TIMEOUT_LIMITS_S, pl.Float64),
     "active": pl.Boolean,
@@ -228,9 +233,15 @@ def _entry_problems(entry: LLMEntry, policy: KeyEnvPolicy, environ: Mapping[str,
             problems.append(f"base_url: a query string or fragment is refused (it may hold credentials): {shown}")
         if entry.api_key_env and url.scheme != "https" and not _is_loopback(url.host):
             problems.append(f"base_url: an entry with api_key_env needs https unless its host is loopback: {shown}")
-        for price in ("usd_per_mtok_in", "usd_per_mtok_out"):  # the prices price the answers collected from it
-            if getattr(entry, price) is None:
-                problems.append(f"{price}: Field required with a base_url")
+        if entry.usd_per_mtok_in is None and entry.usd_per_mtok_out is None and entry.usd_per_query is None:
+            problems.append(  # the prices price the answers collected from it
+                "usd_per_mtok_in: Field required with a base_url (give usd_per_mtok_in and usd_per_mtok_out, "
+                "or usd_per_query)"
+            )
+    pair = {"usd_per_mtok_in": entry.usd_per_mtok_in, "usd_per_mtok_out": entry.usd_per_mtok_out}
+    for missing, given in (tuple(pair), tuple(reversed(pair))):
+        if pair[missing] is None and pair[given] is not None:
+            problems.append(f"{missing}: Field required with {given} (prices per million tokens come in pairs)")
     if entry.api_key_env:
         if not policy.allows(entry.api_key_env):
             shown_env = _shown_key_env(entry.api_key_env)

@@ -354,7 +354,9 @@ def test_non_finite_or_out_of_range_costs_and_tokens_are_refused(tmp_path, chang
 def test_non_finite_costs_in_a_wide_table_are_refused(tmp_path, text):
     path = tmp_path / "rb.csv"
     path.write_text(f"sample_id,prompt,m1,m1|total_cost\na,x?,1,0.01\nb,y?,0,{text}\n")
-    with pytest.raises(ResultsError, match=r"column 'm1\|total_cost', row 2 \(model='m1', .*: cost is (not finite|NaN)"):
+    with pytest.raises(
+        ResultsError, match=r"column 'm1\|total_cost', row 2 \(model='m1', .*: cost is (not finite|NaN)"
+    ):
         read_results(path)
 
 

@@ -104,3 +104,27 @@ def test_an_import_only_entry_needs_no_endpoint_or_prices(tmp_path, monkeypatch)
     )
     row = catalog.filter(catalog["name"] == "imported").row(0, named=True)
     assert row["base_url"] is None and row["usd_per_mtok_in"] is None
+
+
+@pytest.mark.parametrize(
+    ("prices", "problem"),
+    [
+        ("usd_per_query: 0.002", None),
+        ("usd_per_query: 0.002, usd_per_mtok_in: 1, usd_per_mtok_out: 2", None),
+        ("usd_per_mtok_in: 1, usd_per_mtok_out: 2", None),
+        ("max_concurrency: 2", "usd_per_mtok_in: Field required with a base_url (give usd_per_mtok_in and "),
+        ("usd_per_query: 0.1, usd_per_mtok_in: 1", "usd_per_mtok_out: Field required with usd_per_mtok_in"),
+    ],
+)
+def test_an_endpoint_is_priced_per_query_or_per_million_tokens(tmp_path, prices, problem):
+    path = _write(tmp_path, f"llms:\n  - {{name: e, base_url: 'http://127.0.0.1:1/v1', {prices}}}\n")
+    if problem is None:
+        row = wh.load_catalog(path).row(0, named=True)
+        assert row["usd_per_query"] == (0.002 if "usd_per_query" in prices else None)
+        with wh.connect(tmp_path / "w.duckdb") as con:
+            wh.sync_catalog(con, path)
+            assert wh.read_llms(con)["usd_per_query"].to_list() == [row["usd_per_query"]]
+        return
+    with pytest.raises(wh.CatalogError) as info:
+        wh.load_catalog(path)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith(f"entry 'e' (#0): {problem}")
