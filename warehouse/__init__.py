@@ -1,6 +1,6 @@
 """warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write)."""
 
-from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, load_catalog, sync_catalog
+from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, edit_catalog, load_catalog, sync_catalog
 from warehouse.db import (
     Opener,
     SchemaError,
@@ -81,6 +81,7 @@ __all__ = [
     "default_pacing_path",
     "default_path",
     "default_staging_path",
+    "edit_catalog",
     "expected_count",
     "failing_llms",
     "insert_judge_cache",
