@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
     add.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.x.com/v1")
     add.add_argument("--model-id", default=None, help="the endpoint's model name (default: NAME)")
-    add.add_argument("--usd-per-mtok-in", type=float, required=True)
-    add.add_argument("--usd-per-mtok-out", type=float, required=True)
+    add.add_argument("--usd-per-mtok-in", type=float, default=None, help="USD per million prompt tokens")
+    add.add_argument("--usd-per-mtok-out", type=float, default=None, help="USD per million completion tokens")
+    add.add_argument(
+        "--usd-per-query", type=float, default=None, help="USD per query (instead of, or besides, the token prices)"
+    )
     add.add_argument("--api-key-env", default=None, help="NAME of the variable holding the key (never the key)")
     add.add_argument("--max-concurrency", type=int, default=None)
     add.add_argument("--requests-per-minute", type=int, default=None)
@@ -259,6 +262,7 @@ def _add_model(args: argparse.Namespace) -> int:
         "api_key_env": args.api_key_env,
         "usd_per_mtok_in": args.usd_per_mtok_in,
         "usd_per_mtok_out": args.usd_per_mtok_out,
+        "usd_per_query": args.usd_per_query,
         "max_concurrency": args.max_concurrency,
         "requests_per_minute": args.requests_per_minute,
     }

@@ -17,6 +17,7 @@ from warehouse.db import (
 )
 from warehouse.store import (
     WarehouseInputError,
+    archive_pairs,
     archive_responses,
     count_answers,
     count_embeddings,
@@ -70,6 +71,7 @@ __all__ = [
     "SchemaError",
     "WarehouseInputError",
     "add_to_catalog",
+    "archive_pairs",
     "archive_responses",
     "connect",
     "connect_read_only",

@@ -17,6 +17,7 @@ import polars as pl
 
 __all__ = [
     "WarehouseInputError",
+    "archive_pairs",
     "archive_responses",
     "count_answers",
     "count_embeddings",
@@ -545,27 +546,44 @@ def archive_responses(
     version of the prompt's request, and, given ``collected_before`` (naive: UTC), every collected answer before
     it (imported answers are never archived: nothing would ask them again). One transaction; returns the
     responses moved. The pairs become pending again; a second call with the same arguments moves nothing."""
-    names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
-    from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
-    archived_at = datetime.now(UTC).replace(tzinfo=None)
     before = None
     if collected_before is not None:  # naive times are UTC, like the stored ones
         aware = collected_before if collected_before.tzinfo else collected_before.replace(tzinfo=UTC)
         before = aware.astimezone(UTC).replace(tzinfo=None)
+    moving = f"""
+        SELECT r.model, r.prompt_id,
+               CASE WHEN {_STALE} THEN 'endpoint changed' WHEN {_STALE_REQUEST} THEN 'template changed'
+                    ELSE 're-profiled' END AS reason
+        FROM responses r JOIN llms l ON l.name = r.model JOIN prompts p USING (prompt_id)
+        WHERE list_contains(?, r.model) AND r.source = 'collected'
+          AND ({_STALE} OR {_STALE_REQUEST} OR r.collected_at < ?)
+    """
+    return _archive(con, moving, [list(models), before])
+
+
+def archive_pairs(con: duckdb.DuckDBPyConnection, pairs: pl.DataFrame, reason: str = "re-imported") -> int:
+    """Move the stored answers of ``pairs`` (``model, prompt_id``), with their grades, into ``responses_archive``
+    and ``grades_archive`` with ``reason``, as :func:`archive_responses` does (one transaction; the pairs become
+    unanswered): an import that replaces them keeps what they were. Returns the responses moved."""
+    if not isinstance(pairs, pl.DataFrame) or not {"model", "prompt_id"} <= set(pairs.columns):
+        raise WarehouseInputError("responses_archive", "pairs", type(pairs).__name__, "needs model and prompt_id")
+    con.register("_pairs", pairs.select(pl.col("model", "prompt_id").cast(pl.String)).unique())
+    try:
+        moving = "SELECT r.model, r.prompt_id, ? AS reason FROM responses r JOIN _pairs USING (model, prompt_id)"
+        return _archive(con, moving, [reason])
+    finally:
+        con.unregister("_pairs")
+
+
+def _archive(con: duckdb.DuckDBPyConnection, moving: str, params: list) -> int:
+    """Move the answers the query ``moving`` lists (model, prompt_id, reason) and their grades into the archives,
+    deleting them and their recorded failures, in one transaction; returns the responses moved."""
+    names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
+    from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
+    archived_at = datetime.now(UTC).replace(tzinfo=None)
     con.begin()
     try:
-        con.execute(
-            f"""
-            CREATE TEMP TABLE _moving AS
-            SELECT r.model, r.prompt_id,
-                   CASE WHEN {_STALE} THEN 'endpoint changed' WHEN {_STALE_REQUEST} THEN 'template changed'
-                        ELSE 're-profiled' END AS reason
-            FROM responses r JOIN llms l ON l.name = r.model JOIN prompts p USING (prompt_id)
-            WHERE list_contains(?, r.model) AND r.source = 'collected'
-              AND ({_STALE} OR {_STALE_REQUEST} OR r.collected_at < ?)
-            """,
-            [list(models), before],
-        ).fetchall()
+        con.execute(f"CREATE TEMP TABLE _moving AS {moving}", params).fetchall()
         moved = con.execute("SELECT count(*) FROM _moving").fetchall()[0][0]
         for sql in (
             f"INSERT INTO responses_archive ({names}, archived_at, reason) "

@@ -68,7 +68,8 @@ def test_import_results_adds_import_only_llms_to_the_catalog(warehouse, tmp_path
     argv = ["import-results", str(tmp_path / "wide.csv"), "--dataset", "rb", "--catalog", str(catalog)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "2 answers and 2 grades of 1 LLMs imported (2 with a per-query cost)" in out and "import-only: m1" in out
+    assert "2 answers stored, 0 already stored, unchanged; 2 grades written; 1 LLMs (2 answers with a per-query" in out
+    assert "import-only: m1" in out
     assert catalog.read_text().startswith("# mine") and "base_url: null" in catalog.read_text()
     table.with_columns(pl.Series("m1", [1.0, 7.0])).write_csv(tmp_path / "wide.csv")
     assert main(argv) == 2

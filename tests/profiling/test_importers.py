@@ -100,7 +100,7 @@ def test_results_for_registered_prompts_keep_their_text_and_split(con, tmp_path,
     catalog = tmp_path / "llms.yaml"
     catalog.write_text(CATALOG)
     ids = [p.split("/")[1] for p in prompts["prompt_id"].head(3)]
-    pl.DataFrame({"model": "c", "prompt_id": ids, "score": [1, 0, 1]}).write_csv(tmp_path / "r.csv")
+    pl.DataFrame({"model": "c", "prompt_id": ids, "score": [1, 0, 1], "cost": 0.1}).write_csv(tmp_path / "r.csv")
     report = import_results(con, tmp_path / "r.csv", "mmlu_pro", catalog=catalog)
     assert report.prompts_added == 0 and report.grades_written == 3
     columns = ["prompt_id", "split", "text", "prompt"]
