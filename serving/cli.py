@@ -365,12 +365,18 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, tuple(cls for cls in loaded if isinstance(cls, type)))
 
 
+#: The most characters an error's message takes on its line (the errors themselves aim shorter).
+MAX_ERROR_CHARS = 280
+
+
 def _one_line(message: str) -> str:
-    """A multi-line message (a catalog's list of problems) joined into one line."""
+    """A multi-line message (a catalog's list of problems) joined into one line of at most
+    :data:`MAX_ERROR_CHARS` characters."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    return "".join(
+    line = "".join(
         line if i == 0 else (" " if lines[i - 1].endswith(":") else "; ") + line for i, line in enumerate(lines)
     )
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -298,3 +298,10 @@ def test_add_model_takes_a_price_per_query_and_needs_one_form(tmp_path, capsys):
     assert "usd_per_mtok_in: Field required with a base_url" in err and "usd_per_query" in err
     assert main([*args[:1], "inf", *args[2:], "--usd-per-query", "inf"]) == 2
     assert "usd_per_query: Input should be a finite number" in capsys.readouterr().err
+
+
+def test_every_error_line_is_short_even_for_a_long_path(tmp_path, capsys):
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 12)
+    assert main(["import-results", str(deep / "results.csv"), "--dataset", "d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("uniroute import-results: ") and "\n" not in err and len(err) <= 310, len(err)
