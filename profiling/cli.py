@@ -143,13 +143,22 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     prompts.add_argument("--dataset", required=True, help="the dataset's name (prompt ids become NAME/<prompt_id>)")
     prompts.add_argument("--adapter", default="prompts", help="the file's layout (default prompts; see `datasets`)")
     prompts.add_argument("--spec", type=Path, default=None, help="YAML/JSON: template, request parameters, ...")
-    prompts.add_argument("--grader", default=None, help="grader of rows without one (see `uniroute graders`)")
+    prompts.add_argument(
+        "--grader",
+        default=None,
+        help="grader of rows without one (see `uniroute graders`; with --results-only the default is `imported`: "
+        "the scores come with the results)",
+    )
     prompts.add_argument("--system-prompt", default=None)
     prompts.add_argument("--template", default=None, help='the user turn, e.g. "Q: {prompt}\nA:"')
     prompts.add_argument("--max-tokens", type=int, default=None)
     prompts.add_argument("--temperature", type=float, default=None)
     prompts.add_argument("--router-text", default=None, help="prompt | rendered | field:<column> | last:<N>")
-    prompts.add_argument("--results-only", action="store_true", help="never ask these prompts of an endpoint")
+    prompts.add_argument(
+        "--results-only",
+        action="store_true",
+        help="never ask these prompts of an endpoint (import-results scores them)",
+    )
     prompts.add_argument("--sample", type=int, default=None, help="a stratified sample of about N prompts")
     prompts.add_argument("--seed", type=int, default=None, help="seed of the assigned splits (default 0)")
     mmlu = command("import-mmlu-pro", "import MMLU-Pro questions as prompts (the mmlu_pro adapter)", _import)
@@ -167,6 +176,20 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     results.add_argument("--model", default=None, help="the model's name (lm-eval samples without results_*.json)")
     results.add_argument("--score-field", default=None, help="lm-eval: the metric to import (default acc, ...)")
     results.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
+    results.add_argument("--models", nargs="+", default=None, metavar="LLM", help="import only these LLMs")
+    results.add_argument("--exclude-models", nargs="+", default=[], metavar="LLM", help="leave these LLMs out")
+    results.add_argument(
+        "--price-file",
+        type=Path,
+        default=None,
+        help="CSV or YAML: model, usd_per_query or usd_per_mtok_in/usd_per_mtok_out; written into the LLMs' catalog "
+        "entries (a different price already there is an error)",
+    )
+    results.add_argument(
+        "--replace",
+        action="store_true",
+        help="stored answers the file changes (cost, tokens, response, score) are archived and replaced",
+    )
     command("datasets", "the registered datasets: prompts, collectable, template version", _datasets)
     graders = commands.add_parser("graders", help="the registered graders, their versions and options")
     graders.set_defaults(run=_graders)
@@ -218,10 +241,11 @@ def _register_partitions(names: list[str]) -> None:
 
 def _import_prompts(args: argparse.Namespace) -> int:
     import warehouse as wh
-    from profiling.datasets import import_dataset
+    from profiling.datasets import IMPORTED_GRADER, import_dataset
 
+    grader = args.grader or (IMPORTED_GRADER if args.results_only else None)  # results-only: scores come imported
     overrides = {
-        "grader": args.grader,
+        "grader": grader,
         "system_prompt": args.system_prompt,
         "template": args.template,
         "max_tokens": args.max_tokens,
@@ -243,14 +267,35 @@ def _import_results(args: argparse.Namespace) -> int:
 
     catalog = args.catalog or wh.default_catalog_path()  # the one place paths resolve
     with wh.connect(args.warehouse) as con:
-        report = import_results(con, args.file, args.dataset, args.format, args.model, args.score_field, catalog)
+        report = import_results(
+            con,
+            args.file,
+            args.dataset,
+            args.format,
+            args.model,
+            args.score_field,
+            catalog,
+            models=args.models,
+            exclude_models=args.exclude_models,
+            price_file=args.price_file,
+            replace=args.replace,
+        )
+    replaced = f" ({report.replaced} replacing answers now archived)" if report.replaced else ""
+    estimated = f", {report.tokens_estimated} with estimated tokens" if report.tokens_estimated else ""
     print(
-        f"dataset {report.dataset}: {report.answers_stored} answers and {report.grades_written} grades of "
-        f"{len(report.models)} LLMs imported ({report.with_cost} with a per-query cost); "
-        f"{report.prompts_added} prompts added"
+        f"dataset {report.dataset}: {report.answers_stored} answers stored{replaced}, {report.already_stored} already "
+        f"stored, unchanged; {report.grades_written} grades written; {len(report.models)} LLMs "
+        f"({report.with_cost} answers with a per-query cost{estimated}); {report.prompts_added} prompts added"
     )
+    if report.differing:
+        print(
+            f"{report.differing} stored answers differ from the file (cost, tokens, response or score) and were "
+            "kept: --replace archives them and stores the file's"
+        )
     if report.models_added_to_catalog:
         print(f"{catalog}: added as import-only: {', '.join(report.models_added_to_catalog)}")
+    if report.models_priced:
+        print(f"{catalog}: prices from {args.price_file} added to: {', '.join(report.models_priced)}")
     _register_partitions(report.models)
     return 0
 

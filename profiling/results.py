@@ -27,9 +27,9 @@ Formats (``format="auto"`` tries them in this order):
   ``<m>`` (score), ``<m>|model_response`` and ``<m>|total_cost`` (USD per query); other columns are ignored. With
   ``format="wide"`` and no ``<m>|...`` columns, every other numeric column is a model's score.
 
-Scores may be booleans or 0/1; split values are train/validation/test (``val``, ``valid``, ``dev`` read as
-validation). Rows repeated identically are dropped; a prompt_id must keep one prompt, category, reference and
-split across models.
+Scores may be booleans or 0/1; costs and token counts are finite and not negative (NaN and infinity are refused);
+split values are train/validation/test (``val``, ``valid``, ``dev`` read as validation). Rows repeated identically
+are dropped; a prompt_id must keep one prompt, category, reference and split across models.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
 }
 RESULT_COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA)
 LM_EVAL_METRICS: tuple[str, ...] = ("acc", "exact_match", "pass@1", "acc_norm", "em", "f1")
+#: The most tokens one answer may count (the warehouse stores them as 32-bit integers).
+MAX_TOKENS = 2**31 - 1
 
 FORMATS = ("auto", "long", "wide", "lm-eval")
 _TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".jsonl", ".ndjson")
@@ -590,11 +592,13 @@ def _coerce(frame: pl.DataFrame, origin: _Origin) -> pl.DataFrame:
     raw = frame["cost_usd"]
     frame = frame.with_columns(_to_float(frame, origin, "cost_usd"))
     _fail_first(frame, frame["cost_usd"].is_nan(), origin, "cost_usd", "cost is NaN", raw)
+    _fail_first(frame, frame["cost_usd"].is_infinite(), origin, "cost_usd", "cost is not finite", raw)
     _fail_first(frame, frame["cost_usd"] < 0, origin, "cost_usd", "negative cost", raw)
     for name in ("input_tokens", "output_tokens"):
         raw = frame[name]
         frame = frame.with_columns(_to_int(frame, origin, name))
         _fail_first(frame, frame[name] < 0, origin, name, "negative token count", raw)
+        _fail_first(frame, frame[name] > MAX_TOKENS, origin, name, f"token count above {MAX_TOKENS:,}", raw)
     return frame.with_columns(_to_split(frame, origin))
 
 
@@ -630,6 +634,8 @@ def _to_int(frame: pl.DataFrame, origin: _Origin, name: str) -> pl.Series:
     as_float = _to_float(frame, origin, name)
     whole = as_float.is_finite() & (as_float == as_float.floor())
     _fail_first(frame, raw.is_not_null() & ~whole.fill_null(False), origin, name, f"{name} is not a whole number", raw)
+    _fail_first(frame, as_float < 0, origin, name, "negative token count", raw)  # before the cast, however large
+    _fail_first(frame, as_float > MAX_TOKENS, origin, name, f"token count above {MAX_TOKENS:,}", raw)
     return as_float.cast(pl.Int64)
 
 

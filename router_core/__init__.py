@@ -16,6 +16,7 @@ from router_core.embedding import (
     DEFAULT_MAX_SEQ_LENGTH,
     Embedder,
     EmbeddingCache,
+    count_tokens,
     prompt_hash,
 )
 from router_core.evaluation import (
@@ -65,6 +66,7 @@ __all__ = [
     "check_prompts",
     "choose",
     "concave_hull",
+    "count_tokens",
     "default_cost_weights",
     "deferral_curve",
     "error_matrix",

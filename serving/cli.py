@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
     add.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint, e.g. https://api.x.com/v1")
     add.add_argument("--model-id", default=None, help="the endpoint's model name (default: NAME)")
-    add.add_argument("--usd-per-mtok-in", type=float, required=True)
-    add.add_argument("--usd-per-mtok-out", type=float, required=True)
+    add.add_argument("--usd-per-mtok-in", type=float, default=None, help="USD per million prompt tokens")
+    add.add_argument("--usd-per-mtok-out", type=float, default=None, help="USD per million completion tokens")
+    add.add_argument(
+        "--usd-per-query", type=float, default=None, help="USD per query (instead of, or besides, the token prices)"
+    )
     add.add_argument("--api-key-env", default=None, help="NAME of the variable holding the key (never the key)")
     add.add_argument("--max-concurrency", type=int, default=None)
     add.add_argument("--requests-per-minute", type=int, default=None)
@@ -259,6 +262,7 @@ def _add_model(args: argparse.Namespace) -> int:
         "api_key_env": args.api_key_env,
         "usd_per_mtok_in": args.usd_per_mtok_in,
         "usd_per_mtok_out": args.usd_per_mtok_out,
+        "usd_per_query": args.usd_per_query,
         "max_concurrency": args.max_concurrency,
         "requests_per_minute": args.requests_per_minute,
     }
@@ -361,12 +365,18 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, tuple(cls for cls in loaded if isinstance(cls, type)))
 
 
+#: The most characters an error's message takes on its line (the errors themselves aim shorter).
+MAX_ERROR_CHARS = 280
+
+
 def _one_line(message: str) -> str:
-    """A multi-line message (a catalog's list of problems) joined into one line."""
+    """A multi-line message (a catalog's list of problems) joined into one line of at most
+    :data:`MAX_ERROR_CHARS` characters."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    return "".join(
+    line = "".join(
         line if i == 0 else (" " if lines[i - 1].endswith(":") else "; ") + line for i, line in enumerate(lines)
     )
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write)."""
 
-from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, load_catalog, sync_catalog
+from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, edit_catalog, load_catalog, sync_catalog
 from warehouse.db import (
     Opener,
     SchemaError,
@@ -17,6 +17,7 @@ from warehouse.db import (
 )
 from warehouse.store import (
     WarehouseInputError,
+    archive_pairs,
     archive_responses,
     count_answers,
     count_embeddings,
@@ -33,6 +34,7 @@ from warehouse.store import (
     pending_counts,
     pending_pairs,
     read_archived_outcomes,
+    read_cost_basis,
     read_costs,
     read_datasets,
     read_embeddings,
@@ -69,6 +71,7 @@ __all__ = [
     "SchemaError",
     "WarehouseInputError",
     "add_to_catalog",
+    "archive_pairs",
     "archive_responses",
     "connect",
     "connect_read_only",
@@ -80,6 +83,7 @@ __all__ = [
     "default_pacing_path",
     "default_path",
     "default_staging_path",
+    "edit_catalog",
     "expected_count",
     "failing_llms",
     "insert_judge_cache",
@@ -94,6 +98,7 @@ __all__ = [
     "pending_counts",
     "pending_pairs",
     "read_archived_outcomes",
+    "read_cost_basis",
     "read_costs",
     "read_datasets",
     "read_embeddings",

@@ -19,9 +19,11 @@ YAML layout (``defaults`` apply to every entry; an entry's own keys win)::
 
 CSV: one row per LLM with the same column names. ``model_id`` defaults to ``name``.
 
-An LLM that exists only as imported results (``uniroute import-results``) needs no endpoint: leave out
+A price is per million tokens (``usd_per_mtok_in`` and ``usd_per_mtok_out``, given together) or per query
+(``usd_per_query``), or both. An answer's cost is its measured USD, else its tokens x the per-token prices, else
+the price per query. An entry with a ``base_url`` needs a price in one form: it prices the answers collected
+from it. An LLM that exists only as imported results (``uniroute import-results``) needs no endpoint: leave out
 ``base_url`` (nothing will ever ask it anything) and, where the results carry per-query USD costs, its prices.
-An entry with a ``base_url`` needs both prices: they price the answers collected from it.
 
 The file decides where keys are sent, so it is held to these rules:
 
@@ -36,10 +38,11 @@ The file decides where keys are sent, so it is held to these rules:
   fragment would swallow).
 - **https for keys.** An entry with ``api_key_env`` needs an ``https`` ``base_url`` unless its host is loopback
   (``localhost``, 127.0.0.0/8, ``::1``).
-- **Bounded, finite numbers.** Prices 0 to 10,000 USD per million tokens; ``max_concurrency`` 1 to 4,096;
-  ``requests_per_minute`` 1 to 1,000,000; the optional timeouts in seconds (null: the gateway's defaults),
-  above 0 and at most 60 (``timeout_connect_s``), 600 (``timeout_first_byte_s``) and 3,600
-  (``timeout_total_s``), and of those given, connect <= first byte <= total. Infinity and NaN are refused.
+- **Bounded, finite numbers.** Prices 0 to 10,000 USD per million tokens or 0 to 1,000 USD per query;
+  ``max_concurrency`` 1 to 4,096; ``requests_per_minute`` 1 to 1,000,000; the optional timeouts in seconds
+  (null: the gateway's defaults), above 0 and at most 60 (``timeout_connect_s``), 600 (``timeout_first_byte_s``)
+  and 3,600 (``timeout_total_s``), and of those given, connect <= first byte <= total. Infinity and NaN are
+  refused.
 
 Every problem names the entry, the field and the value; a value that could be a secret is masked: a URL's
 credentials, query and fragment, the value of an unknown field, an ``api_key_env`` not shaped like a variable
@@ -48,6 +51,7 @@ name (upper case words joined by ``_``).
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import os
 import re
@@ -65,24 +69,52 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from warehouse.store import sync_llms
 
-__all__ = ["CatalogError", "KeyEnvPolicy", "LLMEntry", "add_to_catalog", "load_catalog", "sync_catalog"]
+__all__ = [
+    "CatalogError",
+    "KeyEnvPolicy",
+    "LLMEntry",
+    "add_to_catalog",
+    "edit_catalog",
+    "load_catalog",
+    "sync_catalog",
+]
 
 DEFAULT_KEY_ENV_PREFIX = "UNIROUTE_KEY_"
 KEY_ENV_PREFIX_VARIABLE = "UNIROUTE_ALLOWED_KEY_PREFIX"
 KEY_ENV_ALLOW_VARIABLE = "UNIROUTE_ALLOWED_KEY_VARS"
 MAX_USD_PER_MTOK = 10_000.0
+MAX_USD_PER_QUERY = 1_000.0
 MAX_CONCURRENCY = 4096
 MAX_REQUESTS_PER_MINUTE = 1_000_000
 #: Upper bounds, in seconds, in the order each must not exceed the next (a try's first byte includes its connect).
 TIMEOUT_LIMITS_S = {"timeout_connect_s": 60.0, "timeout_first_byte_s": 600.0, "timeout_total_s": 3600.0}
 
 
+#: Characters a :class:`CatalogError`'s message takes at most, however many problems (all are in ``problems``).
+MESSAGE_CHARS = 270
+
+
 class CatalogError(ValueError):
-    """The catalog is invalid; ``problems`` lists each one as 'entry <name> (#i): <field>: <message>'."""
+    """The catalog is invalid; ``problems`` lists each one as 'entry <name> (#i): <field>: <message>'. The message
+    lists as many as fit in :data:`MESSAGE_CHARS` characters (the first at least, cut short) and how many more."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(f"invalid LLM catalog {source}:\n  " + "\n  ".join(problems))
+        head = f"invalid LLM catalog {source}:"
+        room = MESSAGE_CHARS - len(head) - len(" ... and 9999 more")
+        shown: list[str] = []
+        for problem in problems:
+            if shown and len(problem) + 2 > room:
+                break
+            shown.append(_cut(problem, max(room, 60)))
+            room -= len(shown[-1]) + 2
+        if len(problems) > len(shown):
+            shown.append(f"... and {len(problems) - len(shown)} more")
+        super().__init__(head + "\n  " + "\n  ".join(shown))
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -134,6 +166,7 @@ class LLMEntry(BaseModel):
     # allow_inf_nan=False: NonNegativeFloat took inf (and 1e400, which is inf)
     usd_per_mtok_in: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)
     usd_per_mtok_out: float | None = Field(default=None, ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)
+    usd_per_query: float | None = Field(default=None, ge=0, le=MAX_USD_PER_QUERY, allow_inf_nan=False)
     max_concurrency: int = Field(default=16, gt=0, le=MAX_CONCURRENCY)
     requests_per_minute: int | None = Field(default=None, gt=0, le=MAX_REQUESTS_PER_MINUTE)
     # the gateway's per-LLM timeouts (serving.upstream.Timeouts.of reads these names); None: its defaults
@@ -145,7 +178,7 @@ class LLMEntry(BaseModel):
 
 _EMPTY_SCHEMA = {
     **dict.fromkeys(("name", "base_url", "model_id", "api_key_env"), pl.String),
-    **dict.fromkeys(("usd_per_mtok_in", "usd_per_mtok_out"), pl.Float64),
+    **dict.fromkeys(("usd_per_mtok_in", "usd_per_mtok_out", "usd_per_query"), pl.Float64),
     **dict.fromkeys(("max_concurrency", "requests_per_minute"), pl.Int64),
     **dict.fromkeys(TIMEOUT_LIMITS_S, pl.Float64),
     "active": pl.Boolean,
@@ -195,14 +228,34 @@ def _masked_url(value: object) -> str:
     return repr(masked) if "@" not in masked.replace("***@", "", 1) else _hidden(value)  # "@" left: misparsed
 
 
+#: Field names that announce a secret, and the prefixes of common API keys and tokens.
+_SECRET_FIELD = re.compile(r"key|token|secret|passw|auth|credential|bearer|cookie|session", re.IGNORECASE)
+_SECRET_PREFIX = re.compile(r"^(sk-|sk_|pk_|rk_|ghp_|gho_|ghs_|github_pat_|xox.-|AKIA|ASIA|hf_|AIza|eyJ|Bearer )")
+#: A run of letters and digits this long, with both, looks random: a key or a token, not a name or a number.
+_RANDOM_RUN = re.compile(r"(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{16,}")
+
+
+def _looks_secret(field: str, value: object) -> bool:
+    """Whether ``value`` under an unknown ``field`` could be a secret (a pasted key, a URL's credentials)."""
+    if isinstance(value, bool | int | float) or value is None:
+        return bool(_SECRET_FIELD.search(field)) and not isinstance(value, bool) and value is not None
+    if not isinstance(value, str):
+        return True  # a nested structure: shown by its type only
+    return bool(
+        _SECRET_FIELD.search(field) or _SECRET_PREFIX.match(value.strip()) or _RANDOM_RUN.search(value) or "@" in value
+    )
+
+
 def _shown(field: str, value: object) -> str:
+    """``value`` as a problem shows it: names, numbers and known fields as they are (cut short), a URL masked, and
+    whatever could be a secret hidden."""
     if field == "base_url":
         return _masked_url(value)
     if field == "api_key_env":
         return _shown_key_env(value)
-    if field in LLMEntry.model_fields:
-        return repr(value)
-    return _hidden(value)  # an unknown field, or a whole entry that is not a mapping: it may be "api_key: sk-..."
+    if field not in LLMEntry.model_fields and _looks_secret(field, value):
+        return _hidden(value)  # e.g. "api_key: sk-...", or a key pasted into a column nobody knows
+    return _cut(repr(value), 60)
 
 
 # ---- the rules pydantic's field types do not express --------------------------------------------------------
@@ -228,9 +281,15 @@ def _entry_problems(entry: LLMEntry, policy: KeyEnvPolicy, environ: Mapping[str,
             problems.append(f"base_url: a query string or fragment is refused (it may hold credentials): {shown}")
         if entry.api_key_env and url.scheme != "https" and not _is_loopback(url.host):
             problems.append(f"base_url: an entry with api_key_env needs https unless its host is loopback: {shown}")
-        for price in ("usd_per_mtok_in", "usd_per_mtok_out"):  # the prices price the answers collected from it
-            if getattr(entry, price) is None:
-                problems.append(f"{price}: Field required with a base_url")
+        if entry.usd_per_mtok_in is None and entry.usd_per_mtok_out is None and entry.usd_per_query is None:
+            problems.append(  # the prices price the answers collected from it
+                "usd_per_mtok_in: Field required with a base_url (give usd_per_mtok_in and usd_per_mtok_out, "
+                "or usd_per_query)"
+            )
+    pair = {"usd_per_mtok_in": entry.usd_per_mtok_in, "usd_per_mtok_out": entry.usd_per_mtok_out}
+    for missing, given in (tuple(pair), tuple(reversed(pair))):
+        if pair[missing] is None and pair[given] is not None:
+            problems.append(f"{missing}: Field required with {given} (prices per million tokens come in pairs)")
     if entry.api_key_env:
         if not policy.allows(entry.api_key_env):
             shown_env = _shown_key_env(entry.api_key_env)
@@ -308,32 +367,33 @@ def sync_catalog(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -
 def add_to_catalog(
     path: str | os.PathLike[str], entry: Mapping[str, Any], environ: Mapping[str, str] | None = None
 ) -> pl.DataFrame:
-    """Append ``entry`` to the catalog file at ``path`` (created if absent), validating the whole result first:
-    a bad entry or a duplicate name raises :class:`CatalogError` and leaves the file as it was.
+    """Append ``entry`` to the catalog file at ``path`` (created if absent): :func:`edit_catalog` with one entry.
 
-    ``base_url: None`` makes an import-only entry. A YAML catalog whose ``llms`` list is the last block keeps its
-    text and comments (one line is appended);
-    otherwise the document is rewritten. Returns the validated catalog.
+    ``base_url: None`` makes an import-only entry. Returns the validated catalog.
+    """
+    return edit_catalog(path, add=[entry], environ=environ)
+
+
+def edit_catalog(
+    path: str | os.PathLike[str],
+    add: Iterable[Mapping[str, Any]] = (),
+    update: Mapping[str, Mapping[str, Any]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> pl.DataFrame:
+    """Append the entries ``add`` to the catalog file at ``path`` (created if absent) and set fields of the entries
+    ``update`` names (``{name: {field: value}}``), validating the whole result first: a bad entry, a duplicate name
+    or an entry to update that the file lacks raises :class:`CatalogError` and leaves the file as it was.
+
+    A YAML file keeps its comments, its style (block with or without indented dashes, flow) and its indentation
+    (a round-trip writer); a CSV file gains rows or columns. The file is replaced atomically. A ``None`` value is
+    "not given", except ``base_url: None``: an import-only entry (written as null, so the catalog's defaults do not
+    give it an endpoint). Returns the validated catalog.
     """
     path = Path(path)
-    # None is "not given", except base_url: None is an import-only entry (written as null, so the catalog's
-    # defaults do not give it an endpoint)
-    entry = {k: v for k, v in entry.items() if v is not None or k == "base_url"}
-    text = path.read_text() if path.exists() else "llms:\n"
-    if path.suffix.lower() == ".csv":
-        rows = pl.read_csv(path) if path.exists() else pl.DataFrame()
-        new_text = pl.concat([rows, pl.DataFrame([entry])], how="diagonal_relaxed").write_csv()
-    else:
-        document = yaml.safe_load(text) or {}
-        if not isinstance(document, Mapping) or not isinstance(document.get("llms") or [], list):
-            raise CatalogError(str(path), ["top level: expected a mapping with a list under 'llms'"])
-        block_list_last = list(document)[-1:] == ["llms"] and re.search(r"^llms:[ \t]*$", text, re.MULTILINE)
-        if block_list_last:
-            flow = yaml.safe_dump(dict(entry), default_flow_style=True, sort_keys=False).strip()
-            new_text = text.rstrip("\n") + f"\n  - {flow}\n"
-        else:
-            document = {**document, "llms": [*(document.get("llms") or []), dict(entry)]}
-            new_text = yaml.safe_dump(document, sort_keys=False)
+    add = [{k: v for k, v in entry.items() if v is not None or k == "base_url"} for entry in add]
+    update = {name: {k: v for k, v in fields.items() if v is not None} for name, fields in (update or {}).items()}
+    edit = _edit_csv if path.suffix.lower() == ".csv" else _edit_yaml
+    new_text = edit(path, add, update)
     candidate = path.with_name(f".new-{path.name}")  # same suffix: read as the same format
     candidate.write_text(new_text)
     try:
@@ -343,3 +403,54 @@ def add_to_catalog(
         raise CatalogError(str(path), exc.problems) from None
     candidate.replace(path)  # atomic: readers see the old file or the new one
     return catalog
+
+
+def _missing_entries(path: Path, names: Iterable[str], update: Mapping[str, Any]) -> None:
+    """Raise naming the entries ``update`` names that the file's ``names`` lack."""
+    if missing := sorted(set(update) - set(names)):
+        raise CatalogError(str(path), [f"entry {name!r}: not in the file, so it cannot be updated" for name in missing])
+
+
+def _edit_csv(path: Path, add: list[dict[str, Any]], update: Mapping[str, Mapping[str, Any]]) -> str:
+    rows = pl.read_csv(path).to_dicts() if path.exists() else []
+    _missing_entries(path, (row.get("name") for row in rows), update)
+    rows = [{**row, **update.get(row.get("name"), {})} for row in rows] + add
+    return pl.DataFrame(rows, infer_schema_length=None).write_csv() if rows else "name\n"
+
+
+def _edit_yaml(path: Path, add: list[dict[str, Any]], update: Mapping[str, Mapping[str, Any]]) -> str:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+    from ruamel.yaml.error import YAMLError
+    from ruamel.yaml.util import load_yaml_guess_indent
+
+    text = path.read_text() if path.exists() else ""
+    writer = YAML()  # round trip: comments, flow or block style and quotes kept
+    writer.preserve_quotes = True
+    writer.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    try:
+        _, indent, dash_offset = load_yaml_guess_indent(text) if text.strip() else (None, None, None)
+        document = writer.load(text) if text.strip() else None
+    except YAMLError as exc:
+        raise CatalogError(str(path), [f"not valid YAML: {_cut(str(exc).splitlines()[0], 100)}"]) from None
+    if indent:  # the file's own indentation: mappings, and dashes within their list
+        dash_offset = dash_offset or 0
+        writer.indent(mapping=max(indent - dash_offset, 2), sequence=indent, offset=dash_offset)
+    document = CommentedMap() if document is None else document
+    if not isinstance(document, Mapping) or not isinstance(document.get("llms") or [], list):
+        raise CatalogError(str(path), ["top level: expected a mapping with a list under 'llms'"])
+    if document.get("llms") is None:
+        document["llms"] = CommentedSeq()
+    entries = document["llms"]
+    _missing_entries(path, (e.get("name") for e in entries if isinstance(e, Mapping)), update)
+    for entry in entries:
+        if isinstance(entry, Mapping) and entry.get("name") in update:
+            entry.update(update[entry["name"]])
+    for entry in add:
+        new = CommentedMap(entry)
+        if entries and isinstance(entries[-1], CommentedMap) and entries[-1].fa.flow_style():
+            new.fa.set_flow_style()  # as the entries before it
+        entries.append(new)
+    out = io.StringIO()
+    writer.dump(document, out)
+    return out.getvalue()

@@ -227,4 +227,12 @@ MIGRATIONS: list[str] = [
         failures INTEGER NOT NULL CHECK (failures >= 0)               -- failure rows the file held
     );
     """,
+    # 8: a price per query as well as per million tokens (an LLM priced by the query, or imported results without
+    # costs or tokens), and answers whose token counts were estimated from their text with the embedder's tokenizer
+    # (imported results with per-token prices and no counts). DuckDB adds no column with a CHECK: store.py checks.
+    """
+    ALTER TABLE llms ADD COLUMN usd_per_query DOUBLE;
+    ALTER TABLE responses ADD COLUMN tokens_estimated BOOLEAN DEFAULT false;
+    ALTER TABLE responses_archive ADD COLUMN tokens_estimated BOOLEAN;
+    """,
 ]

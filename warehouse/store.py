@@ -17,6 +17,7 @@ import polars as pl
 
 __all__ = [
     "WarehouseInputError",
+    "archive_pairs",
     "archive_responses",
     "count_answers",
     "count_embeddings",
@@ -32,6 +33,7 @@ __all__ = [
     "pending_counts",
     "pending_pairs",
     "read_archived_outcomes",
+    "read_cost_basis",
     "read_costs",
     "read_datasets",
     "read_embeddings",
@@ -79,6 +81,7 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "api_key_env": (pl.String, False),
         "usd_per_mtok_in": (pl.Float64, False),  # null: costs come from per-query USD in the data
         "usd_per_mtok_out": (pl.Float64, False),
+        "usd_per_query": (pl.Float64, False),  # null: priced per token, or by the data
         "max_concurrency": (pl.Int32, True),
         "requests_per_minute": (pl.Int32, False),
         "active": (pl.Boolean, True),
@@ -117,6 +120,7 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "template_version": (pl.String, False),
         "request_params": (pl.String, False),
         "source": (pl.String, False),  # "collected" (default) or "imported"
+        "tokens_estimated": (pl.Boolean, False),  # true: token counts estimated from the text (null: false)
     },
     "grades": {
         "model": (pl.String, True),
@@ -198,12 +202,13 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     "llms": [
         ("usd_per_mtok_in", pl.col("usd_per_mtok_in").is_null() | (pl.col("usd_per_mtok_in") >= 0), "must be >= 0"),
         ("usd_per_mtok_out", pl.col("usd_per_mtok_out").is_null() | (pl.col("usd_per_mtok_out") >= 0), "must be >= 0"),
+        ("usd_per_query", pl.col("usd_per_query").is_null() | pl.col("usd_per_query").is_between(0, 1e300), ">= 0"),
         ("max_concurrency", pl.col("max_concurrency") > 0, "must be > 0"),
         ("requests_per_minute", pl.col("requests_per_minute").is_null() | (pl.col("requests_per_minute") > 0), "> 0"),
     ],
     "prompts": [("split", pl.col("split").is_in(["train", "validation", "test"]), "must be train/validation/test")],
     "responses": [
-        (c, pl.col(c).is_null() | (pl.col(c) >= 0), "must be >= 0")
+        (c, pl.col(c).is_null() | pl.col(c).is_between(0, 1e300), "must be finite and >= 0")
         for c in ("prompt_tokens", "completion_tokens", "latency_ms", "cost_usd")
     ]
     + [("source", pl.col("source").is_in(["collected", "imported"]), "must be 'collected' or 'imported'")],
@@ -541,27 +546,44 @@ def archive_responses(
     version of the prompt's request, and, given ``collected_before`` (naive: UTC), every collected answer before
     it (imported answers are never archived: nothing would ask them again). One transaction; returns the
     responses moved. The pairs become pending again; a second call with the same arguments moves nothing."""
-    names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
-    from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
-    archived_at = datetime.now(UTC).replace(tzinfo=None)
     before = None
     if collected_before is not None:  # naive times are UTC, like the stored ones
         aware = collected_before if collected_before.tzinfo else collected_before.replace(tzinfo=UTC)
         before = aware.astimezone(UTC).replace(tzinfo=None)
+    moving = f"""
+        SELECT r.model, r.prompt_id,
+               CASE WHEN {_STALE} THEN 'endpoint changed' WHEN {_STALE_REQUEST} THEN 'template changed'
+                    ELSE 're-profiled' END AS reason
+        FROM responses r JOIN llms l ON l.name = r.model JOIN prompts p USING (prompt_id)
+        WHERE list_contains(?, r.model) AND r.source = 'collected'
+          AND ({_STALE} OR {_STALE_REQUEST} OR r.collected_at < ?)
+    """
+    return _archive(con, moving, [list(models), before])
+
+
+def archive_pairs(con: duckdb.DuckDBPyConnection, pairs: pl.DataFrame, reason: str = "re-imported") -> int:
+    """Move the stored answers of ``pairs`` (``model, prompt_id``), with their grades, into ``responses_archive``
+    and ``grades_archive`` with ``reason``, as :func:`archive_responses` does (one transaction; the pairs become
+    unanswered): an import that replaces them keeps what they were. Returns the responses moved."""
+    if not isinstance(pairs, pl.DataFrame) or not {"model", "prompt_id"} <= set(pairs.columns):
+        raise WarehouseInputError("responses_archive", "pairs", type(pairs).__name__, "needs model and prompt_id")
+    con.register("_pairs", pairs.select(pl.col("model", "prompt_id").cast(pl.String)).unique())
+    try:
+        moving = "SELECT r.model, r.prompt_id, ? AS reason FROM responses r JOIN _pairs USING (model, prompt_id)"
+        return _archive(con, moving, [reason])
+    finally:
+        con.unregister("_pairs")
+
+
+def _archive(con: duckdb.DuckDBPyConnection, moving: str, params: list) -> int:
+    """Move the answers the query ``moving`` lists (model, prompt_id, reason) and their grades into the archives,
+    deleting them and their recorded failures, in one transaction; returns the responses moved."""
+    names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
+    from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
+    archived_at = datetime.now(UTC).replace(tzinfo=None)
     con.begin()
     try:
-        con.execute(
-            f"""
-            CREATE TEMP TABLE _moving AS
-            SELECT r.model, r.prompt_id,
-                   CASE WHEN {_STALE} THEN 'endpoint changed' WHEN {_STALE_REQUEST} THEN 'template changed'
-                        ELSE 're-profiled' END AS reason
-            FROM responses r JOIN llms l ON l.name = r.model JOIN prompts p USING (prompt_id)
-            WHERE list_contains(?, r.model) AND r.source = 'collected'
-              AND ({_STALE} OR {_STALE_REQUEST} OR r.collected_at < ?)
-            """,
-            [list(models), before],
-        ).fetchall()
+        con.execute(f"CREATE TEMP TABLE _moving AS {moving}", params).fetchall()
         moved = con.execute("SELECT count(*) FROM _moving").fetchall()[0][0]
         for sql in (
             f"INSERT INTO responses_archive ({names}, archived_at, reason) "
@@ -610,8 +632,9 @@ def read_costs(con: duckdb.DuckDBPyConnection, splits: Sequence[str] = ("validat
     """Mean realised cost per query (USD) of each LLM's answers on ``splits``: ``model, cost, priced``.
 
     An answer's cost is what the data measured (``cost_usd``: collected answers are priced from the catalog and
-    the tokens used; imported ones keep their per-query USD), else catalog price x tokens where both are known;
-    ``priced`` is how many answers had a cost (``cost`` is null when none had).
+    the tokens used; imported ones keep their per-query USD), else catalog price x tokens where both are known
+    (tokens reported, or estimated at import), else the catalog's price per query; ``priced`` is how many answers
+    had a cost (``cost`` is null when none had). :func:`read_cost_basis` says which of these it mostly was.
     """
     return _query(
         con,
@@ -636,12 +659,48 @@ def read_query_costs(
     )
 
 
-#: model, prompt_id, cost of every stored answer: measured USD, else catalog prices x tokens.
-_ANSWER_COST = """
-    SELECT r.model, r.prompt_id, coalesce(r.cost_usd,
-        (r.prompt_tokens * l.usd_per_mtok_in + r.completion_tokens * l.usd_per_mtok_out) / 1e6) AS cost
+#: How an answer's cost is known, in :data:`_ANSWER_COST`'s order of preference.
+COST_BASES = ("measured", "catalog price x tokens", "catalog price x estimated tokens", "price per query")
+_TOKEN_PRICED = (
+    "r.prompt_tokens IS NOT NULL AND r.completion_tokens IS NOT NULL "
+    "AND l.usd_per_mtok_in IS NOT NULL AND l.usd_per_mtok_out IS NOT NULL"
+)
+#: model, prompt_id, cost and cost_basis of every stored answer: measured USD, else catalog prices per million
+#: tokens x its tokens (reported or estimated), else the catalog's price per query; null when none is known.
+_ANSWER_COST = f"""
+    SELECT r.model, r.prompt_id, coalesce(
+            r.cost_usd,
+            (r.prompt_tokens * l.usd_per_mtok_in + r.completion_tokens * l.usd_per_mtok_out) / 1e6,
+            l.usd_per_query
+        ) AS cost,
+        CASE WHEN r.cost_usd IS NOT NULL THEN '{COST_BASES[0]}'
+             WHEN {_TOKEN_PRICED} AND NOT coalesce(r.tokens_estimated, false) THEN '{COST_BASES[1]}'
+             WHEN {_TOKEN_PRICED} THEN '{COST_BASES[2]}'
+             WHEN l.usd_per_query IS NOT NULL THEN '{COST_BASES[3]}' END AS cost_basis
     FROM responses r LEFT JOIN llms l ON l.name = r.model
 """
+
+
+def read_cost_basis(
+    con: duckdb.DuckDBPyConnection, models: Sequence[str], splits: Sequence[str] = ("validation",)
+) -> pl.DataFrame:
+    """How each of ``models``' costs is known (``model, cost_basis``): the basis of most of its answers on
+    ``splits``, one of :data:`COST_BASES` (ties: the first in that order); null when none of them has a cost."""
+    ranked = ", ".join(f"'{basis}'" for basis in COST_BASES)
+    return _query(
+        con,
+        f"""
+        SELECT m.model, b.cost_basis FROM (SELECT unnest(?) AS model) m LEFT JOIN (
+            SELECT c.model, c.cost_basis, row_number() OVER (
+                PARTITION BY c.model ORDER BY count(*) DESC, list_position([{ranked}], c.cost_basis)) AS rank
+            FROM ({_ANSWER_COST}) c JOIN prompts p USING (prompt_id)
+            WHERE list_contains(?, c.model) AND list_contains(?, p.split) AND c.cost_basis IS NOT NULL
+            GROUP BY c.model, c.cost_basis
+        ) b ON b.model = m.model AND b.rank = 1
+        ORDER BY m.model
+        """,
+        [list(models), list(models), list(splits)],
+    )
 
 
 def record_failures(con: duckdb.DuckDBPyConnection, failures: pl.DataFrame) -> int:

@@ -68,7 +68,8 @@ def test_import_results_adds_import_only_llms_to_the_catalog(warehouse, tmp_path
     argv = ["import-results", str(tmp_path / "wide.csv"), "--dataset", "rb", "--catalog", str(catalog)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "2 answers and 2 grades of 1 LLMs imported (2 with a per-query cost)" in out and "import-only: m1" in out
+    assert "2 answers stored, 0 already stored, unchanged; 2 grades written; 1 LLMs (2 answers with a per-query" in out
+    assert "import-only: m1" in out
     assert catalog.read_text().startswith("# mine") and "base_url: null" in catalog.read_text()
     table.with_columns(pl.Series("m1", [1.0, 7.0])).write_csv(tmp_path / "wide.csv")
     assert main(argv) == 2
@@ -118,3 +119,162 @@ def test_a_dataset_adapter_from_an_entry_point(tmp_path, monkeypatch):
     with wh.connect(tmp_path / "w.duckdb") as con:
         prompts = import_dataset(con, tmp_path / "qa.tsv", "qa", adapter="qa_tsv")
     assert prompts["reference"].to_list() == ["Lima", "N'Djamena"] and set(prompts["grader"]) == {"exact_match"}
+
+
+def _results(n: int = 4, models=("m1", "m2"), **columns) -> pl.DataFrame:
+    """A long results table: ``n`` prompts answered by each of ``models``, with per-query costs unless replaced."""
+    rows = pl.DataFrame(
+        {
+            "model": [m for m in models for _ in range(n)],
+            "prompt_id": [f"q{i}" for i in range(n)] * len(models),
+            "prompt": [f"What is {i} + {i}?" for i in range(n)] * len(models),
+            "response": [f"It is {2 * i}." for i in range(n)] * len(models),
+            "score": [1.0, 0.0] * (n * len(models) // 2),
+            "cost_usd": [0.001 * (i + 1) for i in range(n * len(models))],
+            "split": ["validation"] * (n * len(models)),
+        }
+    )
+    return rows.with_columns(**columns) if columns else rows
+
+
+def _import(tmp_path, table: pl.DataFrame, *more: str, name: str = "r.parquet") -> list[str]:
+    table.write_parquet(tmp_path / name)
+    return [
+        "import-results",
+        str(tmp_path / name),
+        "--dataset",
+        "mine",
+        "--catalog",
+        str(tmp_path / "llms.yaml"),
+        *more,
+    ]
+
+
+def test_reimport_says_what_it_stored_and_replace_archives_what_the_file_changes(warehouse, tmp_path, capsys):
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    assert main(_import(tmp_path, _results())) == 0
+    capsys.readouterr()
+    corrected = _results().with_columns(cost_usd=pl.when(pl.col("prompt_id") == "q1").then(0.5).otherwise("cost_usd"))
+    argv = _import(tmp_path, corrected)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 answers stored, 6 already stored, unchanged" in out
+    assert "2 stored answers differ from the file (cost, tokens, response or score) and were kept: --replace" in out
+    with wh.connect(warehouse) as con:
+        assert 0.5 not in wh.read_responses(con)["cost_usd"].to_list()  # insert-only: nothing changed
+    assert main([*argv, "--replace"]) == 0
+    out = capsys.readouterr().out
+    assert "2 answers stored (2 replacing answers now archived), 6 already stored, unchanged; 2 grades written" in out
+    with wh.connect(warehouse) as con:
+        costs = wh.read_responses(con).filter(prompt_id="mine/q1")["cost_usd"].to_list()
+        archived = con.sql("SELECT model, prompt_id, cost_usd, reason FROM responses_archive ORDER BY model").pl()
+        assert costs == [0.5, 0.5] and wh.read_grades(con).height == 8
+        assert archived.rows() == [("m1", "mine/q1", 0.002, "re-imported"), ("m2", "mine/q1", 0.006, "re-imported")]
+        assert con.sql("SELECT count(*) FROM grades_archive").fetchall() == [(2,)]
+    assert main([*argv, "--replace"]) == 0  # idempotent
+    assert "0 answers stored, 8 already stored, unchanged; 0 grades written" in capsys.readouterr().out
+    with wh.connect(warehouse) as con:
+        assert con.sql("SELECT count(*) FROM responses_archive").fetchall() == [(2,)]
+
+
+def test_a_changed_score_differs_too(warehouse, tmp_path, capsys):
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    assert main(_import(tmp_path, _results())) == 0
+    capsys.readouterr()
+    flipped = _results().with_columns(score=pl.when(pl.col("prompt_id") == "q0").then(0.0).otherwise("score"))
+    assert main([*_import(tmp_path, flipped), "--replace"]) == 0
+    assert "2 answers stored (2 replacing" in capsys.readouterr().out
+    with wh.connect(warehouse) as con:
+        assert wh.read_outcomes(con).filter(prompt_id="mine/q0")["score"].to_list() == [0.0, 0.0]
+
+
+def test_an_import_without_any_price_is_refused_in_one_line_and_writes_nothing(warehouse, tmp_path, capsys):
+    catalog = tmp_path / "llms.yaml"
+    catalog.write_text("# mine\nllms:\n")
+    no_costs = _results(cost_usd=pl.lit(None, pl.Float64))
+    assert main(_import(tmp_path, no_costs)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("uniroute import-results: no price for 'm1', 'm2': no cost_usd in the results")
+    assert "--price-file FILE" in err and "\n" not in err and len(err) <= 300
+    assert catalog.read_text() == "# mine\nllms:\n"
+    with wh.connect(warehouse) as con:
+        assert wh.read_prompts(con).height == 0 and wh.read_llms(con).height == 0
+
+
+def test_a_price_file_prices_the_imported_llms_per_query(warehouse, tmp_path, capsys):
+    catalog = tmp_path / "llms.yaml"
+    catalog.write_text("# mine\nllms:\n")
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "- {model: m1, usd_per_query: 0.002}\n- {model: m2, usd_per_query: 0.01}\n- {model: x, usd_per_query: 1}\n"
+    )
+    no_costs = _results(cost_usd=pl.lit(None, pl.Float64), response=pl.lit(None, pl.String))
+    assert main([*_import(tmp_path, no_costs), "--price-file", str(prices)]) == 0
+    capsys.readouterr()
+    entries = {r["name"]: r for r in wh.load_catalog(catalog).iter_rows(named=True)}
+    assert entries["m1"]["usd_per_query"] == 0.002 and "x" not in entries  # only the imported LLMs
+    with wh.connect(warehouse) as con:
+        assert dict(wh.read_costs(con).select("model", "cost").iter_rows()) == {"m1": 0.002, "m2": 0.01}
+        assert wh.read_cost_basis(con, ["m1", "m2"])["cost_basis"].to_list() == ["price per query"] * 2
+    prices.write_text("m1: {usd_per_query: 0.003}\n")  # another price for a priced entry
+    assert main([*_import(tmp_path, no_costs), "--price-file", str(prices)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "model 'm1': usd_per_query=0.003, but the catalog has 0.002" in err and "\n" not in err
+    prices.write_text("m1: {usd_per_query: .inf}\n")
+    assert main([*_import(tmp_path, no_costs), "--price-file", str(prices)]) == 2
+    assert "row 1 (model='m1'): usd_per_query: Input should be a finite number" in capsys.readouterr().err
+
+
+def test_a_price_file_fills_a_price_an_existing_entry_lacks(warehouse, tmp_path, capsys):
+    catalog = tmp_path / "llms.yaml"
+    catalog.write_text("llms:\n  - {name: m1, base_url: null}  # imported earlier\n")
+    (tmp_path / "p.csv").write_text("model,usd_per_query\nm1,0.004\n")
+    argv = _import(tmp_path, _results(models=("m1",), cost_usd=pl.lit(None, pl.Float64)))
+    assert main(["sync-catalog", str(catalog)]) == 0
+    assert main([*argv, "--price-file", str(tmp_path / "p.csv")]) == 0
+    assert "prices from" in capsys.readouterr().out and "# imported earlier" in catalog.read_text()
+    assert wh.load_catalog(catalog)["usd_per_query"].to_list() == [0.004]
+
+
+def test_tokens_are_estimated_with_the_embedders_tokenizer_where_per_token_prices_apply(warehouse, tmp_path, capsys):
+    from router_core import count_tokens
+
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    (tmp_path / "p.csv").write_text("model,usd_per_mtok_in,usd_per_mtok_out\nm1,1,2\nm2,1,2\n")
+    table = _results(cost_usd=pl.lit(None, pl.Float64)).with_columns(
+        response=pl.when(pl.col("model") == "m2").then(None).otherwise("response")  # no text: nothing to count
+    )
+    assert main([*_import(tmp_path, table), "--price-file", str(tmp_path / "p.csv")]) == 2  # m2 cannot be priced
+    assert "no price for 'm2'" in capsys.readouterr().err
+    assert main([*_import(tmp_path, table), "--price-file", str(tmp_path / "p.csv"), "--models", "m1"]) == 0
+    assert "4 with estimated tokens" in capsys.readouterr().out
+    with wh.connect(warehouse) as con:
+        stored = wh.read_responses(con).sort("prompt_id")
+        expected_in = count_tokens(wh.read_prompts(con).sort("prompt_id")["prompt"].to_list())
+        assert stored["prompt_tokens"].to_list() == expected_in
+        assert stored["completion_tokens"].to_list() == count_tokens(stored["response"].to_list())
+        assert stored["tokens_estimated"].to_list() == [True] * 4
+        assert wh.read_cost_basis(con, ["m1"]).row(0) == ("m1", "catalog price x estimated tokens")
+        cost = wh.read_query_costs(con, ["m1"], ["validation"])["cost"][0]
+        assert cost == pytest.approx((stored["prompt_tokens"][0] * 1 + stored["completion_tokens"][0] * 2) / 1e6)
+
+
+def test_models_and_exclude_models_pick_llms_and_unknown_names_are_errors(warehouse, tmp_path, capsys):
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    table = _results(models=("m1", "m2", "m3"))
+    assert main([*_import(tmp_path, table), "--models", "m1", "nope"]) == 2
+    assert "--models: 'nope' not in the results (their LLMs: 'm1', 'm2', 'm3')" in capsys.readouterr().err
+    assert main([*_import(tmp_path, table), "--exclude-models", "m9"]) == 2
+    assert "--exclude-models: 'm9' not in the results" in capsys.readouterr().err
+    assert main([*_import(tmp_path, table), "--exclude-models", "m2"]) == 0
+    with wh.connect(warehouse) as con:
+        assert sorted(set(wh.read_responses(con)["model"])) == ["m1", "m3"]
+        assert wh.read_llms(con)["name"].to_list() == ["m1", "m3"]
+
+
+def test_results_only_prompts_are_graded_imported_by_default(warehouse, tmp_path, capsys):
+    path = _prompts(tmp_path / "p.jsonl", [{"prompt_id": i, "prompt": f"{i}?"} for i in range(3)])
+    assert main(["import-prompts", str(path), "--dataset", "held", "--results-only"]) == 0
+    with wh.connect(warehouse) as con:
+        assert set(wh.read_prompts(con)["grader"]) == {"imported"}
+        assert wh.read_datasets(con)["collectable"].to_list() == [False]

@@ -80,12 +80,16 @@ def test_results_naming_an_llm_outside_the_catalog_need_a_catalog_to_extend(con,
     assert wh.read_prompts(con).height == 0 and wh.read_responses(con).height == 0
 
 
-def test_bad_results_change_nothing(con, tmp_path):
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [("score", 1.5, r"1\.5"), ("cost_usd", float("inf"), "cost is not finite: inf"), ("cost_usd", -1.0, "negative")],
+)
+def test_bad_results_change_nothing(con, tmp_path, column, value, message):
     catalog = tmp_path / "llms.yaml"
     catalog.write_text(CATALOG)
-    path = tmp_path / "results.jsonl"
-    _long().with_columns(score=pl.Series([1.5] + [0.0] * 11)).write_ndjson(path)
-    with pytest.raises(ValueError, match=r"1\.5"):
+    path = tmp_path / "results.parquet"
+    _long().with_columns(pl.Series(column, [*_long()[column][:-1], value])).write_parquet(path)
+    with pytest.raises(ValueError, match=message):
         import_results(con, path, "harness", catalog=catalog)
     assert wh.read_prompts(con).height == 0 and wh.read_llms(con).height == 0
     assert catalog.read_text() == CATALOG
@@ -96,7 +100,7 @@ def test_results_for_registered_prompts_keep_their_text_and_split(con, tmp_path,
     catalog = tmp_path / "llms.yaml"
     catalog.write_text(CATALOG)
     ids = [p.split("/")[1] for p in prompts["prompt_id"].head(3)]
-    pl.DataFrame({"model": "c", "prompt_id": ids, "score": [1, 0, 1]}).write_csv(tmp_path / "r.csv")
+    pl.DataFrame({"model": "c", "prompt_id": ids, "score": [1, 0, 1], "cost": 0.1}).write_csv(tmp_path / "r.csv")
     report = import_results(con, tmp_path / "r.csv", "mmlu_pro", catalog=catalog)
     assert report.prompts_added == 0 and report.grades_written == 3
     columns = ["prompt_id", "split", "text", "prompt"]

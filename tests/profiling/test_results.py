@@ -329,6 +329,37 @@ def test_bad_long_row_names_file_column_row_and_value(tmp_path, changes, column,
     assert err.value.column == column and err.value.row == "row 3"
 
 
+@pytest.mark.parametrize(
+    ("changes", "column", "problem"),
+    [
+        ({"cost_usd": math.inf}, "cost_usd", "cost is not finite: inf"),
+        ({"cost_usd": -math.inf}, "cost_usd", "cost is not finite: -inf"),
+        ({"cost_usd": math.nan}, "cost_usd", "cost is NaN: nan"),
+        ({"input_tokens": 2**31}, "input_tokens", "token count above 2,147,483,647: 2147483648"),
+        ({"input_tokens": 1e20}, "input_tokens", "token count above 2,147,483,647: 1e+20"),
+        ({"input_tokens": -1e20}, "input_tokens", "negative token count: -1e+20"),
+        ({"input_tokens": math.inf}, "input_tokens", "input_tokens is not a whole number: inf"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_non_finite_or_out_of_range_costs_and_tokens_are_refused(tmp_path, changes, column, problem, suffix):
+    path = write(long_rows(**changes), tmp_path / f"bad{suffix}")
+    with pytest.raises(ResultsError) as err:
+        read_results(path)
+    shown = problem if suffix == ".parquet" else problem.rsplit(": ", 1)[0]  # CSV text shows its own spelling
+    assert f"column {column!r}, row 3 (model='b', prompt_id='p1'): {shown}" in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["inf", "-Infinity", "1e400", "NaN"])
+def test_non_finite_costs_in_a_wide_table_are_refused(tmp_path, text):
+    path = tmp_path / "rb.csv"
+    path.write_text(f"sample_id,prompt,m1,m1|total_cost\na,x?,1,0.01\nb,y?,0,{text}\n")
+    with pytest.raises(
+        ResultsError, match=r"column 'm1\|total_cost', row 2 \(model='m1', .*: cost is (not finite|NaN)"
+    ):
+        read_results(path)
+
+
 def test_alias_is_named_in_errors_and_csv_text_scores_are_checked(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("model,id,correct,prompt_tokens\na,1,yes,3\n")

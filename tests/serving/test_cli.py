@@ -283,3 +283,25 @@ def test_add_model_to_a_csv_catalog(tmp_path):
     args = ["add-model", "b", "--catalog", str(path), "--base-url", "http://127.0.0.1:9/v1"]
     assert main([*args, "--usd-per-mtok-in", "1", "--usd-per-mtok-out", "2"]) == 0
     assert wh.load_catalog(path)["name"].to_list() == ["cheap", "b"]
+
+
+def test_add_model_takes_a_price_per_query_and_needs_one_form(tmp_path, capsys):
+    path = tmp_path / "llms.yaml"
+    path.write_text(CATALOG)
+    args = ["add-model", "per-query", "--catalog", str(path), "--base-url", "https://api.example.com/v1"]
+    assert main([*args, "--usd-per-query", "0.004"]) == 0
+    assert wh.load_catalog(path).filter(name="per-query")["usd_per_query"].item() == 0.004
+    assert "# our LLMs" in path.read_text()
+    capsys.readouterr()
+    assert main(["add-model", "free", "--catalog", str(path), "--base-url", "https://api.example.com/v1"]) == 2
+    err = capsys.readouterr().err
+    assert "usd_per_mtok_in: Field required with a base_url" in err and "usd_per_query" in err
+    assert main([*args[:1], "inf", *args[2:], "--usd-per-query", "inf"]) == 2
+    assert "usd_per_query: Input should be a finite number" in capsys.readouterr().err
+
+
+def test_every_error_line_is_short_even_for_a_long_path(tmp_path, capsys):
+    deep = tmp_path.joinpath(*["a-rather-long-directory-name"] * 12)
+    assert main(["import-results", str(deep / "results.csv"), "--dataset", "d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("uniroute import-results: ") and "\n" not in err and len(err) <= 310, len(err)

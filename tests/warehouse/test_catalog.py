@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 import warehouse as wh
 
@@ -104,3 +105,83 @@ def test_an_import_only_entry_needs_no_endpoint_or_prices(tmp_path, monkeypatch)
     )
     row = catalog.filter(catalog["name"] == "imported").row(0, named=True)
     assert row["base_url"] is None and row["usd_per_mtok_in"] is None
+
+
+@pytest.mark.parametrize(
+    ("prices", "problem"),
+    [
+        ("usd_per_query: 0.002", None),
+        ("usd_per_query: 0.002, usd_per_mtok_in: 1, usd_per_mtok_out: 2", None),
+        ("usd_per_mtok_in: 1, usd_per_mtok_out: 2", None),
+        ("max_concurrency: 2", "usd_per_mtok_in: Field required with a base_url (give usd_per_mtok_in and "),
+        ("usd_per_query: 0.1, usd_per_mtok_in: 1", "usd_per_mtok_out: Field required with usd_per_mtok_in"),
+    ],
+)
+def test_an_endpoint_is_priced_per_query_or_per_million_tokens(tmp_path, prices, problem):
+    path = _write(tmp_path, f"llms:\n  - {{name: e, base_url: 'http://127.0.0.1:1/v1', {prices}}}\n")
+    if problem is None:
+        row = wh.load_catalog(path).row(0, named=True)
+        assert row["usd_per_query"] == (0.002 if "usd_per_query" in prices else None)
+        with wh.connect(tmp_path / "w.duckdb") as con:
+            wh.sync_catalog(con, path)
+            assert wh.read_llms(con)["usd_per_query"].to_list() == [row["usd_per_query"]]
+        return
+    with pytest.raises(wh.CatalogError) as info:
+        wh.load_catalog(path)
+    assert len(info.value.problems) == 1 and info.value.problems[0].startswith(f"entry 'e' (#0): {problem}")
+
+
+# ---- appending and pricing keep the user's file: a round-trip writer -------------------------------------------
+PRICED = {"name": "new", "base_url": None, "usd_per_query": 0.01}
+STYLES = {
+    "safe_dump block": yaml.safe_dump(
+        {"llms": [{"name": "a", "base_url": "http://127.0.0.1:9/v1", "usd_per_mtok_in": 1, "usd_per_mtok_out": 2}]},
+        sort_keys=False,
+    ),
+    "indented dashes, comments": (
+        "# my catalog\ndefaults:\n  base_url: http://127.0.0.1:9/v1  # the replay server\nllms:\n"
+        "  # the cheap one\n  - name: a  # first\n    usd_per_mtok_in: 1\n    usd_per_mtok_out: 2\n# the end\n"
+    ),
+    "flow entries, comments": (
+        "defaults: {base_url: 'http://127.0.0.1:9/v1'}  # shared\nllms:\n"
+        "  - {name: a, usd_per_mtok_in: 1, usd_per_mtok_out: 2}  # cheap\n"
+    ),
+    "flow list": "llms: [{name: a, base_url: 'http://127.0.0.1:9/v1', usd_per_mtok_in: 1, usd_per_mtok_out: 2}]\n",
+    "deeper indentation": "other_notes: 1\nllms:\n    - name: a\n      base_url: http://127.0.0.1:9/v1\n"
+    "      usd_per_mtok_in: 1\n      usd_per_mtok_out: 2\n",
+}
+
+
+@pytest.mark.parametrize("style", list(STYLES))
+def test_appending_keeps_any_yaml_style_valid_with_its_comments(tmp_path, style):
+    text = STYLES[style]
+    path = _write(tmp_path, text)
+    catalog = wh.add_to_catalog(path, PRICED)
+    assert catalog["name"].to_list() == ["a", "new"]
+    written = path.read_text()
+    assert yaml.safe_load(written)["llms"][0] == yaml.safe_load(text)["llms"][0]  # the old entry as it was
+    if style != "flow list":  # the lines before the new entry are kept as they were (a flow list may wrap)
+        assert written.startswith(text.split("\n# the end")[0].rstrip("\n"))
+    comments = [line.split("#", 1)[1] for line in text.splitlines() if "#" in line]
+    assert all(comment in written for comment in comments)
+    assert "base_url: null" in written and not list(tmp_path.glob(".new-*"))
+    wh.edit_catalog(path, update={"a": {"usd_per_query": 0.5}})
+    assert wh.load_catalog(path).filter(name="a")["usd_per_query"].item() == 0.5
+    assert all(comment in path.read_text() for comment in comments)
+
+
+def test_edit_refuses_an_entry_the_file_lacks_and_leaves_it(tmp_path):
+    path = _write(tmp_path, STYLES["indented dashes, comments"])
+    before = path.read_text()
+    with pytest.raises(wh.CatalogError, match="entry 'ghost': not in the file"):
+        wh.edit_catalog(path, add=[PRICED], update={"ghost": {"usd_per_query": 1.0}})
+    with pytest.raises(wh.CatalogError, match="usd_per_query: Input should be a finite number"):
+        wh.edit_catalog(path, update={"a": {"usd_per_query": float("inf")}})
+    assert path.read_text() == before
+
+
+def test_a_csv_catalog_gains_rows_and_prices(tmp_path):
+    path = _write(tmp_path, "name,base_url,usd_per_mtok_in,usd_per_mtok_out\na,http://127.0.0.1:1/v1,1,2\n", "l.csv")
+    wh.edit_catalog(path, add=[{"name": "b", "base_url": None}], update={"a": {"usd_per_query": 0.1}})
+    rows = {r["name"]: r for r in wh.load_catalog(path).iter_rows(named=True)}
+    assert rows["a"]["usd_per_query"] == 0.1 and rows["b"]["base_url"] is None

@@ -203,6 +203,10 @@ def test_keys_need_https_elsewhere(tmp_path, url):
         ("usd_per_mtok_out: .nan", "usd_per_mtok_out: Input should be a finite number, got nan"),
         ("usd_per_mtok_out: 10001", "usd_per_mtok_out: Input should be less than or equal to 10000, got 10001"),
         ("usd_per_mtok_in: -1", "usd_per_mtok_in: Input should be greater than or equal to 0, got -1"),
+        ("usd_per_query: .inf", "usd_per_query: Input should be a finite number, got inf"),
+        ("usd_per_query: .nan", "usd_per_query: Input should be a finite number, got nan"),
+        ("usd_per_query: 1001", "usd_per_query: Input should be less than or equal to 1000, got 1001"),
+        ("usd_per_query: -0.5", "usd_per_query: Input should be greater than or equal to 0, got -0.5"),
         ("max_concurrency: 4097", "max_concurrency: Input should be less than or equal to 4096, got 4097"),
         ("max_concurrency: 0", "max_concurrency: Input should be greater than 0, got 0"),
         ("requests_per_minute: 1000001", "requests_per_minute: Input should be less than or equal to 1000000"),
@@ -252,3 +256,44 @@ def test_every_problem_is_collected_in_one_error_with_the_right_index(tmp_path):
         "entry 'ok' (#3)",
     ], problems
     assert problems[-1] == "entry 'ok' (#3): name: duplicate name"  # its own index, not its place among valid ones
+
+
+def test_a_csv_with_50_bad_rows_is_one_short_line_showing_names_and_numbers_not_secrets(tmp_path, monkeypatch, capsys):
+    from serving.cli import main
+
+    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
+    rows = "".join(f"vendor/model-{i:02d}-instruct,{0.15 * i:.2f},{SECRET}\n" for i in range(50))
+    path = tmp_path / "llms.csv"
+    path.write_text("model,usd_per_mtok_input,api_key\n" + rows)  # "model" for "name", a misspelt price, a key
+    assert main(["sync-catalog", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and len(err) <= 300, (len(err), err)
+    assert "'vendor/model-00-instruct'" in err and "... and 198 more" in err
+    assert SECRET not in err
+    with pytest.raises(wh.CatalogError) as info:
+        wh.load_catalog(path)
+    problems = info.value.problems
+    assert len(problems) == 200  # every problem is kept, for code that wants them all
+    assert "entry '?' (#7): model: Extra inputs are not permitted, got 'vendor/model-07-instruct'" in problems
+    assert "entry '?' (#7): usd_per_mtok_input: Extra inputs are not permitted, got 1.05" in problems
+    assert "entry '?' (#7): api_key: Extra inputs are not permitted, got <hidden str of 23 characters>" in problems
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "hidden"),
+    [
+        ("notes", "cheap and cheerful", False),
+        ("family", "meta-llama/Llama-3.1-8B-Instruct", False),
+        ("released", "claude-3-5-sonnet-20241022", False),
+        ("price_in", 0.15, False),
+        ("token", 123456, True),  # a field named for a secret
+        ("notes", "sk-proj-abc", True),  # a key's prefix
+        ("notes", "Zk39vQ0pLw8rT2mN7xY4", True),  # random letters and digits
+        ("notes", "https://u:p@h/v1", True),
+        ("nested", {"a": 1}, True),
+    ],
+)
+def test_an_unknown_field_shows_its_value_unless_it_could_be_a_secret(field, value, hidden):
+    from warehouse.catalog import _shown
+
+    assert _shown(field, value).startswith("<hidden") == hidden

@@ -309,6 +309,51 @@ def test_costs_fall_back_to_catalog_prices_times_tokens(con):
     assert wh.read_query_costs(con, ["m1"], ["validation"])["cost"].to_list() == [pytest.approx(4e-5), 1.0]
 
 
+def test_costs_fall_back_to_a_price_per_query_and_each_llm_says_its_basis(con):
+    wh.upsert_prompts(con, _prompts(4))
+    ids = [f"ds/{i}" for i in range(4)]
+    no_cost = {"cost_usd": pl.lit(None, pl.Float64)}
+    no_tokens = {"prompt_tokens": pl.lit(None, pl.Int32), "completion_tokens": pl.lit(None, pl.Int32)}
+    per_query = _llm("q", "q").with_columns(
+        usd_per_mtok_in=pl.lit(None, pl.Float64), usd_per_mtok_out=pl.lit(None, pl.Float64), usd_per_query=0.25
+    )
+    both = _llm("both", "both").with_columns(usd_per_query=pl.lit(9.0))
+    wh.upsert_llms(con, pl.concat([per_query, both, _llm("est", "est"), _llm("meas", "meas")], how="diagonal_relaxed"))
+    wh.insert_responses(
+        con,
+        pl.concat(
+            [
+                _responses("q", ids).with_columns(**no_cost),  # tokens, but no per-token price: per query
+                _responses("both", ids).with_columns(**no_cost),  # tokens x price wins over the price per query
+                _responses("est", ids).with_columns(**no_cost, tokens_estimated=pl.Series([True, True, True, False])),
+                _responses("meas", ids).with_columns(cost_usd=pl.Series([1.0, None, None, None]), **no_tokens),
+            ],
+            how="diagonal_relaxed",
+        ),
+    )
+    costs = dict(wh.read_costs(con).select("model", "cost").iter_rows())
+    assert costs["q"] == 0.25 and costs["both"] == pytest.approx(15e-6) and costs["meas"] == 1.0
+    basis = wh.read_cost_basis(con, ["both", "est", "meas", "q", "unknown"])
+    assert basis.rows() == [
+        ("both", "catalog price x tokens"),
+        ("est", "catalog price x estimated tokens"),  # 3 of its 4 answers
+        ("meas", "measured"),  # the only priced answer: the others have neither cost nor tokens nor price per query
+        ("q", "price per query"),
+        ("unknown", None),
+    ]
+    assert wh.read_cost_basis(con, ["q"], splits=("test",)).rows() == [("q", None)]
+
+
+def test_a_non_finite_price_or_cost_is_refused_by_the_writers(con):
+    with pytest.raises(wh.WarehouseInputError, match=r"llms\.usd_per_query=-1\.0"):
+        wh.upsert_llms(con, _llm("m1", "m1").with_columns(usd_per_query=pl.lit(-1.0)))
+    wh.upsert_prompts(con, _prompts(1))
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(wh.WarehouseInputError, match=r"responses\.cost_usd=(inf|nan): must be finite"):
+            wh.insert_responses(con, _responses("m1", ["ds/0"]).with_columns(cost_usd=pl.lit(bad)))
+    assert wh.read_responses(con).height == 0 and wh.read_llms(con).height == 0
+
+
 def test_judge_verdicts_are_cached_once(con):
     frame = pl.DataFrame({"key": ["k1"], "judge": ["j@v"], "score": [0.7], "verdict": ["Score: 7"], "cost_usd": [1e-4]})
     assert wh.insert_judge_cache(con, frame) == 1
