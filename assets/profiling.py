@@ -27,7 +27,7 @@ from assets.expectations import (
     check_responses,
     import_checks,
 )
-from assets.resources import CollectorResource, WarehouseResource
+from assets.resources import CollectorResource, EmbedderResource, WarehouseResource
 from profiling.collector import CollectionReport, catalog_completer
 from profiling.datasets import detect_adapter, import_dataset
 from profiling.grading import grade_responses_report
@@ -75,6 +75,10 @@ class ResultsConfig(dg.Config):
     model: str | None = None  # lm-eval samples without a results_*.json beside them
     score_field: str | None = None
     catalog: str = ""  # where new LLMs are appended as import-only entries; default the warehouse resource's
+    models: list[str] | None = None  # only these LLMs of the table (default all)
+    exclude_models: list[str] | None = None
+    price_file: str | None = None  # prices of LLMs the table does not cost (model + usd_per_query or per Mtok)
+    replace: bool = False  # archive stored answers the file changes and store the file's
 
 
 class ProfilingConfig(dg.Config):
@@ -231,7 +235,7 @@ def prompt_set(config: PromptSetConfig, warehouse: WarehouseResource) -> dg.Mate
 
 @dg.asset(group_name=GROUP, deps=[llm_catalog], pool="duckdb")
 def imported_results(
-    context: dg.AssetExecutionContext, config: ResultsConfig, warehouse: WarehouseResource
+    context: dg.AssetExecutionContext, config: ResultsConfig, warehouse: WarehouseResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
     """Evaluation results users already have, as imported answers and grades with their per-query costs; their
     LLMs join the catalog as import-only entries and count as profiled (nothing asks them again)."""
@@ -244,6 +248,11 @@ def imported_results(
             config.model,
             config.score_field,
             config.catalog or warehouse.catalog(),
+            models=config.models,
+            exclude_models=config.exclude_models or (),
+            price_file=config.price_file,
+            replace=config.replace,
+            embedder=embedder.model,  # its tokenizer estimates tokens the table lacks
         )
     _register_partitions(context, report.models)
     return dg.MaterializeResult(
@@ -251,6 +260,10 @@ def imported_results(
             "dataset": report.dataset,
             "models": report.models,
             "answers_stored": report.answers_stored,
+            "already_stored_unchanged": report.already_stored,
+            "stored_differing_from_file": report.differing,
+            "replaced": report.replaced,
+            "tokens_estimated": report.tokens_estimated,
             "grades_written": report.grades_written,
             "with_per_query_cost": report.with_cost,
             "prompts_added": report.prompts_added,

@@ -217,6 +217,11 @@ def test_an_imported_results_table_onboards_a_held_back_llm_with_the_same_map(by
     assert result.success
     meta = {k: v.value for k, v in result.asset_materializations_for_node("imported_results")[0].metadata.items()}
     assert meta["added_to_catalog"] == ["delta"] and meta["with_per_query_cost"] == len(ids)
+    assert meta["answers_stored"] == len(ids) and meta["already_stored_unchanged"] == 0
+    only_import = {"ops": {"imported_results": run_config["ops"]["imported_results"]}}
+    again = dg.materialize([imported_results], resources=resources, instance=instance, run_config=only_import)
+    meta = {k: v.value for k, v in again.asset_materializations_for_node("imported_results")[0].metadata.items()}
+    assert (meta["answers_stored"], meta["already_stored_unchanged"], meta["added_to_catalog"]) == (0, len(ids), [])
     assert "delta" in instance.get_dynamic_partitions(llm_partitions.name)
     assert "base_url: null" in catalog.read_text()
     asked = sum(server.request_log.totals().values())
