@@ -257,20 +257,24 @@ def test_a_stream_passes_the_sse_through_with_usage_from_its_final_chunk(mmlu_li
     assert streamed_text(text) == recorded["math-pro", 8]
     events = sse_data(text)
     assert events[-1] == "[DONE]"
-    assert result.usage == json.loads(events[-2])["usage"]  # include_usage was asked for on the client's behalf
-    assert result.usage["completion_tokens"] > 0
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"  # the client did not ask for usage...
+    assert result.usage["completion_tokens"] > 0  # ...but the gateway did, so it knows what the answer cost
     assert realised_cost(row(server.base_url), result.usage) == pytest.approx(
         (result.usage["prompt_tokens"] + result.usage["completion_tokens"]) / 1e6
     )
     assert summary(result) == [("math-pro", 200, None)]
 
 
-def test_a_clients_own_stream_options_are_kept(mmlu_like_dir, prompts):
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_usage_is_always_asked_and_relayed_only_when_the_client_asked(mmlu_like_dir, prompts, include_usage):
     with ReplayServer(mmlu_like_dir) as server:
-        request = body(prompts[8], stream_options={"include_usage": False})
+        request = body(prompts[8], stream_options={"include_usage": include_usage})
         result = call([("math-pro", row(server.base_url))], request, stream=True)
-    assert result.usage is None
-    assert sse_data(result.payload["sse"])[-1] == "[DONE]"
+    events = sse_data(result.payload["sse"])
+    assert result.usage["completion_tokens"] > 0  # charged what it cost, whatever the client asked
+    relayed = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
+    assert relayed == ([result.usage] if include_usage else [])
+    assert events[-1] == "[DONE]"
 
 
 def test_a_stream_falls_back_before_its_first_byte(mmlu_like_dir, prompts, recorded):
