@@ -294,7 +294,6 @@ class Gateway:
             return error_response(result.status, result.error or "no answer", "model", code, headers)
         headers = {"X-UniRoute-LLM": result.llm, "X-UniRoute-Router-Version": router.version}
         if result.stream is not None:
-            request.state.remaining_usd = call.hold.remaining_usd
             return StreamingResponse(self._relay(call, result), media_type="text/event-stream", headers=headers)
         cost = self._finish(call, result, 200)
         if cost is not None:
@@ -313,10 +312,9 @@ class Gateway:
             (c if c is not None else call.expected_cost.get(m, 0.0)) for m, c in zip(call.order, costs, strict=True)
         )
         hold_s = sum(Timeouts.of(row).total_s for row in rows) + HOLD_MARGIN_S
-        try:
-            return self.keys.reserve(call.policy, usd, hold_s)
-        finally:
-            call.request.state.remaining_usd = self.keys.remaining(call.policy)
+        hold = self.keys.reserve(call.policy, usd, hold_s)
+        call.request.state.remaining_usd = hold.remaining_usd
+        return hold
 
     async def _route(self, call: _Call, router: LoadedRouter, pool: list[str]) -> None:
         """Rank the allowed candidates for the prompt; the first ``1 + fallbacks`` are the order to ask."""

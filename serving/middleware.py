@@ -14,7 +14,8 @@ Wire it inside the Starlette app, outermost first, so that Starlette's own ``Ser
     )
 
 and in a handler: ``body = await read_json(request)``, ``policy = request.state.key``,
-``policy.require_model(body.get("model"))``; after the answer, ``store.record_spend(policy.key_id, usd)``. A
+``policy.require_model(body.get("model"))``; before the upstream call ``hold = store.reserve(policy, worst_usd)``,
+after the answer ``store.settle(hold, usd)`` (or ``store.release(hold)``). A
 ``ClientError`` (``RequestError``, ``AuthError``, ``LimitError``) a handler raises becomes its OpenAI-shaped 4xx;
 any other exception a 500 with a request id, the traceback in the server log only.
 """
@@ -245,18 +246,21 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
+        admin = scope.get("path") in self.admin_paths
         try:
             bearer = _bearer(_header(scope, b"authorization"))
-            if scope.get("path") in self.admin_paths:
+            if admin:
                 self.store.check_admin(bearer, is_loopback((scope.get("client") or ("",))[0] or ""))
-                await self.app(scope, receive, send)
-                return
-            policy = self.store.authenticate(bearer)
-            self.store.check_spend(policy)
-            state["remaining_requests"] = self.store.check_rate(policy)
+            else:
+                policy = self.store.authenticate(bearer)
+                self.store.check_spend(policy)
+                state["remaining_requests"] = self.store.check_rate(policy)
         except ClientError as exc:
             log.info("%s %s refused: %d %s", scope.get("method"), short_repr(scope.get("path")), exc.status, exc.code)
             await client_error_response(exc)(scope, receive, send)
+            return
+        if admin:
+            await self.app(scope, receive, send)
             return
         state["key"] = policy
 
