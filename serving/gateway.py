@@ -369,12 +369,11 @@ class Gateway:
             if cost is not None:
                 self.metrics.observe_cost(result.llm, call.policy.key_id, cost)
             self.keys.settle(call.hold, cost or 0.0)
-            if result.stream is None:
-                call.request.state.remaining_usd = self.keys.remaining(call.policy)
             self.metrics.observe_choice(result.llm, fallback=result.llm != call.order[0])
         else:
             self.keys.release(call.hold)
-            call.request.state.remaining_usd = self.keys.remaining(call.policy)
+        if call.hold.remaining_usd is not None and result.stream is None:  # the hold's figure, settled: no query
+            call.request.state.remaining_usd = call.hold.remaining_usd + call.hold.usd - (cost or 0.0)
         for attempt in result.attempts:
             self.metrics.observe_upstream(attempt.llm, attempt.seconds, attempt.error)
         state = call.request.state
