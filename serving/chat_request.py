@@ -91,9 +91,20 @@ _FORWARDED: dict[str, tuple[Any, str]] = {
 _ROUTING = ("cost_weight", "max_cost_per_query", "min_accuracy", "candidates")
 
 
+def _encodable(text: str, param: str) -> str:
+    """``text``, when it can be sent as UTF-8; a lone surrogate (``"\\ud800"``, which JSON lets through) cannot."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            message = f"{param}: character {exc.start} ({text[exc.start]!r}) is a lone surrogate, not text"
+            raise ChatRequestError(param, message, "invalid_encoding") from None
+    return text
+
+
 def _message_text(content: object, param: str) -> str:
     if isinstance(content, str):
-        return content
+        return _encodable(content, param)
     if isinstance(content, list):
         texts = []
         for i, part in enumerate(content):
@@ -102,7 +113,7 @@ def _message_text(content: object, param: str) -> str:
             )
             if part["type"] == "text":
                 _check(isinstance(part.get("text"), str), f"{param}[{i}].text", part.get("text"), "a string")
-                texts.append(part["text"])
+                texts.append(_encodable(part["text"], f"{param}[{i}].text"))
         return "".join(texts)
     _check(content is None, param, content, "a string or a list of content parts")
     return ""

@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve a non-loopback --host without client keys (anyone who reaches it spends your LLM budget)",
     )
-    serve.add_argument("--reload-interval", type=float, default=30.0, help="seconds between alias checks")
+    serve.add_argument(
+        "--reload-interval", type=float, default=30.0, help="seconds between checks of the alias, catalog and keys file"
+    )
     serve.add_argument(
         "--embed-batch",
         type=int,
@@ -128,7 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="prompts of concurrent requests embedded in one call, at most (1: each request its own call)",
     )
     serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger request bodies get 413")
-    serve.add_argument("--max-tokens", type=int, default=16_384, help="largest max_tokens a request may ask")
+    serve.add_argument(
+        "--max-tokens",
+        type=int,
+        default=16_384,
+        help="largest max_tokens a request may ask; a request without one holds this many on its key's budget",
+    )
+    serve.add_argument(
+        "--max-upstream-bytes",
+        type=int,
+        default=16 * 2**20,
+        help="largest upstream answer (plain or streamed) relayed; larger ones are refused (502)",
+    )
     serve.add_argument("--fallbacks", type=int, default=2, help="next-best LLMs tried when the choice fails")
     serve.add_argument("--retries", type=int, default=2, help="retries per LLM on 429/5xx/timeouts")
     serve.add_argument(
@@ -285,6 +298,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CommandError(f"--workers {args.workers}: expected at least 1")
+    if args.max_upstream_bytes < 1:
+        raise CommandError(f"--max-upstream-bytes {args.max_upstream_bytes}: expected a positive byte count")
     try:
         split_model_uri(args.model_uri)
     except ValueError as exc:
@@ -310,6 +325,7 @@ def _serve(args: argparse.Namespace) -> int:
         retries=args.retries,
         decisions_dir=str(args.decisions_dir.resolve()) if args.decisions_dir else None,
         ledger_path=str(args.ledger.resolve()) if args.ledger else None,
+        max_upstream_bytes=args.max_upstream_bytes,
     )
     try:
         open_ledger(config)  # an unwritable ledger is an error now, not at the first request

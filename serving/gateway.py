@@ -17,6 +17,11 @@ request with the champion router and forwards it to the chosen LLM's endpoint fr
   loaded on a thread and swapped in; requests in flight finish on the router they started with. The catalog file
   is re-read when it changes. ``/ready`` answers 200 once a router is loaded; ``/health`` whenever the process
   runs.
+- **Spend** is reserved, then settled (:meth:`serving.keys.KeyStore.reserve`): once the LLMs to ask are known, the
+  request holds its worst case on the key's budget (each LLM's prices times the body's bytes, an upper bound of its
+  prompt tokens, and its ``max_tokens``, else ``max_tokens`` of the config; the dearest LLM it may be sent to);
+  the answer settles the real cost, a failure releases the hold. The response says what the request cost
+  (``x-uniroute-response-cost``, non-streaming answers) and what the key has left (``x-ratelimit-*``).
 - API keys of the endpoints come from the environment variable each catalog entry names, at request time, and
   are never logged or returned.
 """
@@ -48,7 +53,7 @@ from router_core.embedding import prompt_hash
 from serving.batching import EmbeddingBatcher
 from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request
 from serving.decisions import DecisionLog, default_directory
-from serving.keys import KeyPolicy, KeyStore
+from serving.keys import Hold, KeyPolicy, KeyStore
 from serving.ledger import SqliteLedger
 from serving.metrics import GatewayMetrics, ObservabilityMiddleware
 from serving.middleware import (
@@ -60,7 +65,14 @@ from serving.middleware import (
     http_exception_handler,
     read_json,
 )
-from serving.upstream import UpstreamResult, Upstreams, realised_cost
+from serving.upstream import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    Timeouts,
+    UpstreamResult,
+    Upstreams,
+    realised_cost,
+    retry_after_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,7 @@ class GatewayConfig:
     retries: int = 2  # per LLM, on 429/5xx/timeouts/connection errors
     decisions_dir: str | None = None  # None: <warehouse dir>/decisions
     ledger_path: str | None = None  # keys' spend and rate counters; None: <warehouse dir>/gateway/ledger.sqlite
+    max_upstream_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # an upstream answer past it is a failed try (502)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -148,6 +161,11 @@ class _Call:
     expected_cost: dict[str, float]  # the router's cost per query of each LLM, for answers without token counts
     ranked: dict | None = None
     order: list[str] = field(default_factory=list)
+    hold: Hold | None = None  # the worst case reserved on the key's budget
+
+
+COST_HEADER = "x-uniroute-response-cost"  # USD, as LiteLLM's x-litellm-response-cost
+HOLD_MARGIN_S = 60.0  # a hold outlives its request's deadlines by this much, then expires (a killed worker's)
 
 
 class Gateway:
@@ -160,7 +178,7 @@ class Gateway:
         self.catalog_path = Path(config.catalog_path)
         self.keys = keys if keys is not None else KeyStore.load(config.keys_file, ledger=open_ledger(config))
         self.metrics = GatewayMetrics()
-        self.upstreams = Upstreams(retries=config.retries)
+        self.upstreams = Upstreams(retries=config.retries, max_response_bytes=config.max_upstream_bytes)
         self.router: LoadedRouter | None = None
         self.endpoints: dict[str, dict] = {}
         self.decisions: DecisionLog | None = None
@@ -217,6 +235,7 @@ class Gateway:
             await asyncio.sleep(self.config.reload_interval_s)
             with contextlib.suppress(wh.CatalogError):  # logged; the previous catalog stays
                 self.reload_catalog()
+            self.keys.reload_if_changed()  # a revoked key is refused from here on; a bad file is logged and kept
             await self._check_router()
 
     async def _check_router(self) -> None:
@@ -262,18 +281,40 @@ class Gateway:
         else:
             message = f"model={chat.model!r}: not {ROUTED_MODEL!r} nor an LLM of {pool}"
             raise RequestError(404, message, "model", "model_not_found")
-        result = await self.upstreams.call([(m, call.endpoints[m]) for m in call.order], chat.forward, chat.stream)
+        call.hold = self._reserve(call, len(await request.body()))
+        try:
+            result = await self.upstreams.call([(m, call.endpoints[m]) for m in call.order], chat.forward, chat.stream)
+        except BaseException:  # the client left (cancelled), or a bug: nothing to pay for
+            self.keys.release(call.hold)
+            raise
         if result.llm is None:
             self._finish(call, result, result.status)
-            headers = {"Retry-After": str(max(1, round(result.retry_after_s or 1)))} if result.status == 429 else {}
+            headers = {"Retry-After": retry_after_header(result.retry_after_s)} if result.status in (429, 503) else {}
             code = _upstream_code(result.status)
             return error_response(result.status, result.error or "no answer", "model", code, headers)
         headers = {"X-UniRoute-LLM": result.llm, "X-UniRoute-Router-Version": router.version}
         if result.stream is not None:
             return StreamingResponse(self._relay(call, result), media_type="text/event-stream", headers=headers)
         cost = self._finish(call, result, 200)
+        if cost is not None:
+            headers[COST_HEADER] = f"{cost:.8f}"
         payload = {**result.payload, "uniroute": self._summary(call, result, cost)}
         return JSONResponse(payload, headers=headers)
+
+    def _reserve(self, call: _Call, body_bytes: int) -> Hold:
+        """Hold the request's worst case on its key's budget (``LimitError`` 429 when it is spent or held)."""
+        forward = call.chat.forward
+        output = forward.get("max_completion_tokens") or forward.get("max_tokens") or self.config.max_tokens
+        worst = {"prompt_tokens": body_bytes, "completion_tokens": output}  # a token is at least one byte
+        rows = [call.endpoints[m] for m in call.order]
+        costs = [realised_cost(row, worst) for row in rows]
+        usd = max(
+            (c if c is not None else call.expected_cost.get(m, 0.0)) for m, c in zip(call.order, costs, strict=True)
+        )
+        hold_s = sum(Timeouts.of(row).total_s for row in rows) + HOLD_MARGIN_S
+        hold = self.keys.reserve(call.policy, usd, hold_s)
+        call.request.state.remaining_usd = hold.remaining_usd
+        return hold
 
     async def _route(self, call: _Call, router: LoadedRouter, pool: list[str]) -> None:
         """Rank the allowed candidates for the prompt; the first ``1 + fallbacks`` are the order to ask."""
@@ -326,9 +367,13 @@ class Gateway:
             if cost is None:  # tokens not reported (or malformed): the router's expected cost per query
                 cost = call.expected_cost.get(result.llm)
             if cost is not None:
-                self.keys.record_spend(call.policy.key_id, cost)
                 self.metrics.observe_cost(result.llm, call.policy.key_id, cost)
+            self.keys.settle(call.hold, cost or 0.0)
             self.metrics.observe_choice(result.llm, fallback=result.llm != call.order[0])
+        else:
+            self.keys.release(call.hold)
+        if call.hold.remaining_usd is not None and result.stream is None:  # the hold's figure, settled: no query
+            call.request.state.remaining_usd = call.hold.remaining_usd + call.hold.usd - (cost or 0.0)
         for attempt in result.attempts:
             self.metrics.observe_upstream(attempt.llm, attempt.seconds, attempt.error)
         state = call.request.state

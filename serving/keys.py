@@ -13,10 +13,15 @@ Keys come from a file of *hashed* keys and/or the environment:
 - ``UNIROUTE_GATEWAY_KEYS="alice:SECRET,bob:SECRET2:5.0:60"``: comma-separated ``id:secret`` pairs, optionally
   ``id:secret:usd_per_day:requests_per_minute`` (either may be left empty), for tests and simple deployments.
 
+- ``role: admin`` in a file entry, or a secret in ``$UNIROUTE_ADMIN_KEY``, is an operator's key: it may read
+  ``/metrics`` (:meth:`KeyStore.check_admin`); without any, ``/metrics`` answers loopback peers only.
+
 Secrets are hashed as soon as they are read and compared by hash in constant time (``hmac.compare_digest``); no
-secret is kept, logged, put in an exception or shown by ``repr``. Spend is the realised cost the gateway records
-after each answer, per UTC day: a limit is checked before a request, so requests already in flight can take a key
-past it by their own cost. Rate limits are a token bucket per key (a minute's worth of burst).
+secret is kept, logged, put in an exception or shown by ``repr``. Spend is reserved, then settled, per UTC day
+(:meth:`KeyStore.reserve`): a request is admitted while the key's spend plus the worst cases held by its requests
+in flight is under its limit, so concurrent requests, in every worker, pass a limit by one request's worst case at
+most. Rate limits are a token bucket per key (a minute's worth of burst). The keys file is re-read when it changes
+(:meth:`KeyStore.reload_if_changed`), so a key removed from it is refused from the next check on.
 """
 
 from __future__ import annotations
@@ -47,11 +52,16 @@ log = logging.getLogger(__name__)
 
 NO_ROUTING = f"!{ROUTED_MODEL}"  # in a key's models: the key may not use the routed model
 ENV_VAR = "UNIROUTE_GATEWAY_KEYS"
+ADMIN_ENV = "UNIROUTE_ADMIN_KEY"  # an operator's secret: reads /metrics (not a client key)
+ADMIN_ROLE = "admin"
 ANONYMOUS_ID = "anonymous"
 MIN_SECRET_CHARS = 16
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_FIELDS = ("id", "sha256", "models", "usd_per_day", "requests_per_minute")
+_FIELDS = ("id", "sha256", "models", "usd_per_day", "requests_per_minute", "role")
+#: How long a request in flight holds a key's budget at most when no other bound is given (a killed worker's holds
+#: expire after it).
+DEFAULT_HOLD_S = 3600.0
 
 
 class ClientError(Exception):
@@ -97,6 +107,7 @@ class KeyPolicy:
     models: frozenset[str] | None = None  # allowed LLMs (direct and as routing candidates); None: all
     usd_per_day: float | None = None
     requests_per_minute: float | None = None
+    admin: bool = False  # may read the operator's pages (/metrics)
 
     def allows(self, model: str) -> bool:
         """Whether the key may ask for ``model``: a catalog LLM in its set, or the routed model unless excluded."""
@@ -141,6 +152,19 @@ ANONYMOUS = KeyPolicy(ANONYMOUS_ID)
 
 
 @dataclass(frozen=True)
+class Hold:
+    """A request's worst-case cost reserved on its key's budget of ``day``: settle it with the real cost
+    (:meth:`KeyStore.settle`) or release it (:meth:`KeyStore.release`). ``hold_id`` None: the key has no spend
+    limit, nothing is held. ``remaining_usd``: the key's budget left once this hold is counted (None: no limit)."""
+
+    key_id: str
+    day: str
+    usd: float
+    hold_id: str | None = None
+    remaining_usd: float | None = None
+
+
+@dataclass(frozen=True)
 class _Key:
     policy: KeyPolicy
     digest: bytes = field(repr=False)  # SHA-256 of the secret
@@ -170,20 +194,16 @@ class KeyStore:
         wall_clock: Callable[[], float] = time.time,
         ledger: Ledger | None = None,
     ) -> None:
-        self._keys: tuple[_Key, ...] = ()
-        ids: dict[str, _Key] = {}
-        digests: dict[bytes, _Key] = {}
-        for key in keys:
-            where = f"{key.source or 'key'} (id={key.policy.key_id!r})"
-            if key.policy.key_id in ids:
-                raise ValueError(f"{where}: defined twice (also {ids[key.policy.key_id].source})")
-            if key.digest in digests:
-                raise ValueError(f"{where}: the same secret as id={digests[key.digest].policy.key_id!r}")
-            ids[key.policy.key_id] = digests[key.digest] = key
-            self._keys += (key,)
+        self._keys = _checked(keys)
+        self._anonymous = not self._keys  # decided once: revoking every key later refuses everyone
         self._clock = clock
         self._wall_clock = wall_clock
         self._ledger = ledger if ledger is not None else MemoryLedger()
+        self._admin_digest: bytes | None = None
+        self._path: Path | None = None
+        self._env_keys: tuple[_Key, ...] = ()
+        self._signature: tuple[int, int] | None = None
+        self._content: bytes | None = None
 
     # ---- loading ----
     @classmethod
@@ -196,10 +216,46 @@ class KeyStore:
     ) -> KeyStore:
         """Keys from the file at ``path`` (if given) and from ``environ[UNIROUTE_GATEWAY_KEYS]`` (os.environ)."""
         environ = os.environ if environ is None else environ
-        keys = [*(parse_keys_file(path) if path is not None else []), *parse_env_keys(environ.get(ENV_VAR, ""))]
+        env_keys = parse_env_keys(environ.get(ENV_VAR, ""))
+        content = Path(path).read_bytes() if path is not None and Path(path).is_file() else None
+        keys = [*(parse_keys_file(path, content) if path is not None else []), *env_keys]
         store = cls(keys, ledger=ledger, **clocks)
+        store._env_keys = tuple(env_keys)
+        if path is not None:
+            store._path, store._content, store._signature = Path(path), content, _signature(Path(path))
+        admin = environ.get(ADMIN_ENV, "").strip()
+        if admin:
+            if len(admin) < MIN_SECRET_CHARS:
+                raise ValueError(f"{ADMIN_ENV}: the secret is shorter than {MIN_SECRET_CHARS} characters")
+            store._admin_digest = hashlib.sha256(admin.encode("utf-8")).digest()
         log.info("client keys: %d configured (ids %s)", len(keys), [k.policy.key_id for k in keys])
         return store
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the keys file when its size, modification time and content changed; True when the keys were
+        replaced. A file that no longer parses keeps the keys in use and logs one line (once per bad content)."""
+        if self._path is None:
+            return False
+        signature = _signature(self._path)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        try:
+            content = self._path.read_bytes()
+        except OSError as exc:
+            log.error("keys file %s: cannot be read, keeping the %d keys in use (%s)", self._path, len(self._keys), exc)
+            return False
+        if content == self._content:
+            return False
+        self._content = content
+        try:
+            keys = _checked([*parse_keys_file(self._path, content), *self._env_keys])
+        except ValueError as exc:
+            log.error("keys file %s: invalid, keeping the %d keys in use: %s", self._path, len(self._keys), exc)
+            return False
+        self._keys = keys
+        log.info("client keys reloaded from %s: %d configured (ids %s)", self._path, len(keys), self.key_ids)
+        return True
 
     @property
     def empty(self) -> bool:
@@ -219,7 +275,7 @@ class KeyStore:
 
         Every configured key's hash is compared, in constant time, so timing says nothing about which is close.
         """
-        if self.empty:
+        if self._anonymous:
             return ANONYMOUS
         if not bearer:
             raise AuthError(401, "missing API key: send the header 'Authorization: Bearer <key>'", "invalid_api_key")
@@ -232,15 +288,41 @@ class KeyStore:
             raise AuthError(401, "invalid API key", "invalid_api_key")
         return found.policy
 
-    def check_rate(self, policy: KeyPolicy) -> None:
-        """Take one request from the key's bucket; ``LimitError`` (code ``rate_limit_exceeded``) when empty."""
+    @property
+    def admin_configured(self) -> bool:
+        """An operator's key exists ($UNIROUTE_ADMIN_KEY or a keys-file entry with ``role: admin``)."""
+        return self._admin_digest is not None or any(k.policy.admin for k in self._keys)
+
+    def check_admin(self, bearer: str | None, loopback: bool) -> None:
+        """May this caller read the operator's pages (``/metrics``, which list key ids and their spend)? An admin
+        key always may; a client key never (403); without a key, a loopback peer may when no admin key is
+        configured (401 otherwise, 403 for any other peer)."""
+        if bearer:
+            digest = hashlib.sha256(bearer.encode("utf-8", "surrogateescape")).digest()
+            if self._admin_digest is not None and hmac.compare_digest(digest, self._admin_digest):
+                return
+            if not self._anonymous:
+                policy = self.authenticate(bearer)
+                if policy.admin:
+                    return
+                raise AuthError(403, f"key {policy.key_id!r}: not an admin key", "admin_required")
+        if self.admin_configured:
+            raise AuthError(401, "admin key required: send 'Authorization: Bearer <admin key>'", "invalid_api_key")
+        if not loopback:
+            raise AuthError(
+                403, f"loopback only: configure an admin key (${ADMIN_ENV} or role: {ADMIN_ROLE})", "admin_required"
+            )
+
+    def check_rate(self, policy: KeyPolicy) -> int | None:
+        """Take one request from the key's bucket: the requests left in it (None: no rate limit); ``LimitError``
+        (code ``rate_limit_exceeded``) when empty."""
         rpm = policy.requests_per_minute
         if rpm is None:
-            return
+            return None
         rate = rpm / 60.0  # tokens per second
-        wait = self._ledger.take(policy.key_id, rate, max(1.0, rpm), self._clock())  # a minute's burst at most
+        wait, left = self._ledger.take(policy.key_id, rate, max(1.0, rpm), self._clock())  # a minute's burst at most
         if wait == 0.0:
-            return
+            return math.floor(left)
         raise LimitError(
             f"rate limit of key {policy.key_id!r}: {rpm:g} requests per minute; retry in {wait:.1f} s",
             "rate_limit_exceeded",
@@ -252,22 +334,68 @@ class KeyStore:
         limit = policy.usd_per_day
         if limit is None:
             return
-        now = self._wall_clock()
         spent = self.spent_today(policy.key_id)
         if spent >= limit:
-            today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-            wait = (today + timedelta(days=1)).timestamp() - now
+            raise self._spent(policy, spent)
+
+    def _spent(self, policy: KeyPolicy, spent: float) -> LimitError:
+        now = self._wall_clock()
+        today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return LimitError(
+            f"spend limit of key {policy.key_id!r}: ${spent:.6g} of ${policy.usd_per_day:g} per day (UTC) used; "
+            "it resets at midnight UTC",
+            "insufficient_quota",
+            (today + timedelta(days=1)).timestamp() - now,
+        )
+
+    def reserve(self, policy: KeyPolicy, usd: float, hold_s: float = DEFAULT_HOLD_S) -> Hold:
+        """Hold ``usd`` (the request's worst case) of the key's budget of today, for ``hold_s`` seconds at most.
+
+        Admitted while the key's spend plus its holds is under its limit, checked and held in one transaction of
+        the ledger. ``LimitError`` 429 otherwise: ``insufficient_quota`` when the spend alone is over the limit,
+        else ``rate_limit_exceeded`` (the budget is held by requests in flight; retry in a second).
+        """
+        _check_usd("reserve", usd)
+        day, limit = self._day(), policy.usd_per_day
+        if limit is None:
+            return Hold(policy.key_id, day, float(usd))
+        now = self._wall_clock()
+        hold_id, before = self._ledger.reserve(policy.key_id, day, float(usd), limit, now, now + hold_s)
+        if hold_id is None:
+            spent = self._ledger.spent(policy.key_id, day)
+            if spent >= limit:
+                raise self._spent(policy, spent)
             raise LimitError(
-                f"spend limit of key {policy.key_id!r}: ${spent:.6g} of ${limit:g} per day (UTC) used; "
-                "it resets at midnight UTC",
-                "insufficient_quota",
-                wait,
+                f"spend limit of key {policy.key_id!r}: ${before:.6g} of ${limit:g} per day (UTC) spent or held by "
+                "requests in flight",
+                "rate_limit_exceeded",
+                1.0,
             )
+        return Hold(policy.key_id, day, float(usd), hold_id, limit - before - usd)
+
+    def settle(self, hold: Hold, usd: float) -> None:
+        """The request's real cost replaces its hold (one transaction)."""
+        _check_usd("settle", usd)
+        if hold.hold_id is None:
+            self._ledger.add_spend(hold.key_id, hold.day, float(usd))
+        else:
+            self._ledger.settle(hold.hold_id, hold.key_id, hold.day, float(usd))
+
+    def release(self, hold: Hold) -> None:
+        """The request was not paid for: give its hold back."""
+        if hold.hold_id is not None:
+            self._ledger.release(hold.hold_id)
+
+    def remaining(self, policy: KeyPolicy) -> float | None:
+        """USD the key may still commit today (its limit less its spend and holds); None without a limit."""
+        if policy.usd_per_day is None:
+            return None
+        committed = self._ledger.committed(policy.key_id, self._day(), self._wall_clock())
+        return max(0.0, policy.usd_per_day - committed)
 
     def record_spend(self, key_id: str, usd: float) -> None:
-        """Add a request's realised cost (USD) to the key's spend of today (UTC)."""
-        if isinstance(usd, bool) or not isinstance(usd, int | float) or not math.isfinite(usd) or usd < 0:
-            raise ValueError(f"record_spend usd={usd!r}: expected a finite cost >= 0")
+        """Add a request's realised cost (USD) to the key's spend of today (UTC), with no hold."""
+        _check_usd("record_spend", usd)
         self._ledger.add_spend(key_id, self._day(), float(usd))
 
     def spent_today(self, key_id: str) -> float:
@@ -278,12 +406,41 @@ class KeyStore:
         return datetime.fromtimestamp(self._wall_clock(), UTC).date().isoformat()
 
 
+def _check_usd(what: str, usd: object) -> None:
+    if isinstance(usd, bool) or not isinstance(usd, int | float) or not math.isfinite(usd) or usd < 0:
+        raise ValueError(f"{what} usd={usd!r}: expected a finite cost >= 0")
+
+
+def _checked(keys: Iterable[_Key]) -> tuple[_Key, ...]:
+    """``keys`` as a tuple; ``ValueError`` for an id defined twice or a secret shared by two ids."""
+    ids: dict[str, _Key] = {}
+    digests: dict[bytes, _Key] = {}
+    for key in keys:
+        where = f"{key.source or 'key'} (id={key.policy.key_id!r})"
+        if key.policy.key_id in ids:
+            raise ValueError(f"{where}: defined twice (also {ids[key.policy.key_id].source})")
+        if key.digest in digests:
+            raise ValueError(f"{where}: the same secret as id={digests[key.digest].policy.key_id!r}")
+        ids[key.policy.key_id] = digests[key.digest] = key
+    return tuple(ids.values())
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    """(modification time in ns, size) of ``path``; None when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 # ---- parsing ----
-def parse_keys_file(path: str | os.PathLike[str]) -> list[_Key]:
-    """The keys of a YAML or JSON keys file; ``ValueError`` naming the file, entry, field and value."""
+def parse_keys_file(path: str | os.PathLike[str], content: bytes | None = None) -> list[_Key]:
+    """The keys of a YAML or JSON keys file (``content``: its bytes, already read); ``ValueError`` naming the file,
+    entry, field and value."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (path.read_bytes() if content is None else content).decode("utf-8")
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         raise ValueError(f"keys file {path}: cannot be read ({type(exc).__name__}: {exc})") from None
@@ -315,6 +472,7 @@ def _parse_entry(entry: object, where: str) -> _Key:
             _parse_models(entry.get("models"), where),
             _parse_number(entry.get("usd_per_day"), "usd_per_day", where, allow_zero=True),
             _parse_number(entry.get("requests_per_minute"), "requests_per_minute", where, allow_zero=False),
+            _parse_role(entry.get("role"), where),
         ),
         bytes.fromhex(digest),
         where.partition(" (id=")[0],
@@ -358,6 +516,14 @@ def _parse_id(value: object, where: str) -> str:
     if value == ANONYMOUS_ID:
         raise ValueError(f"{where}: field id={value!r} is reserved for requests without keys")
     return value
+
+
+def _parse_role(value: object, where: str) -> bool:
+    if value is None:
+        return False
+    if value != ADMIN_ROLE:
+        raise ValueError(f"{where}: field role={short_repr(value)}: expected {ADMIN_ROLE!r} or no role")
+    return True
 
 
 def _parse_models(value: object, where: str) -> frozenset[str] | None:

@@ -14,7 +14,8 @@ Wire it inside the Starlette app, outermost first, so that Starlette's own ``Ser
     )
 
 and in a handler: ``body = await read_json(request)``, ``policy = request.state.key``,
-``policy.require_model(body.get("model"))``; after the answer, ``store.record_spend(policy.key_id, usd)``. A
+``policy.require_model(body.get("model"))``; before the upstream call ``hold = store.reserve(policy, worst_usd)``,
+after the answer ``store.settle(hold, usd)`` (or ``store.release(hold)``). A
 ``ClientError`` (``RequestError``, ``AuthError``, ``LimitError``) a handler raises becomes its OpenAI-shaped 4xx;
 any other exception a 500 with a request id, the traceback in the server log only.
 """
@@ -33,14 +34,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serving.chat_request import short_repr
-from serving.keys import ENV_VAR, ClientError, KeyStore
+from serving.keys import ENV_VAR, ClientError, KeyPolicy, KeyStore
 
 log = logging.getLogger(__name__)
 
 Scope = dict
 Receive = Callable
 Send = Callable
-PUBLIC_PATHS = frozenset({"/health", "/ready", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/ready"})
+ADMIN_PATHS = frozenset({"/metrics"})  # key ids and their spend: an operator's page (KeyStore.check_admin)
 DEFAULT_MAX_BYTES = 1_000_000
 
 
@@ -219,27 +221,71 @@ class BodyLimitMiddleware:
 class AuthMiddleware:
     """Every path but ``public_paths`` needs ``Authorization: Bearer <key>`` when ``store`` has keys (401
     otherwise); the key's ``KeyPolicy`` goes to ``request.state.key`` (``ANONYMOUS`` for an empty store) after its
-    spend (429 ``insufficient_quota``) and rate (429 ``rate_limit_exceeded``, ``Retry-After``) are checked."""
+    spend (429 ``insufficient_quota``) and rate (429 ``rate_limit_exceeded``, ``Retry-After``) are checked.
+    ``admin_paths`` need an admin key, or a loopback peer when none is configured (:meth:`KeyStore.check_admin`).
 
-    def __init__(self, app: Callable, store: KeyStore, public_paths: frozenset[str] = PUBLIC_PATHS) -> None:
+    The response carries OpenAI's ``x-ratelimit-limit-requests`` / ``x-ratelimit-remaining-requests`` for a key
+    with a rate limit, and ``x-ratelimit-limit-usd`` / ``x-ratelimit-remaining-usd`` (per UTC day) for one with a
+    spend limit; a handler updates the spend left in ``request.state.remaining_usd`` (after its hold or answer).
+    """
+
+    def __init__(
+        self,
+        app: Callable,
+        store: KeyStore,
+        public_paths: frozenset[str] = PUBLIC_PATHS,
+        admin_paths: frozenset[str] = ADMIN_PATHS,
+    ) -> None:
         self.app = app
         self.store = store
         self.public_paths = frozenset(public_paths)
+        self.admin_paths = frozenset(admin_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("path") in self.public_paths:
             await self.app(scope, receive, send)
             return
+        state = scope.setdefault("state", {})
+        admin = scope.get("path") in self.admin_paths
         try:
-            policy = self.store.authenticate(_bearer(_header(scope, b"authorization")))
-            self.store.check_spend(policy)
-            self.store.check_rate(policy)
+            bearer = _bearer(_header(scope, b"authorization"))
+            if admin:
+                self.store.check_admin(bearer, is_loopback((scope.get("client") or ("",))[0] or ""))
+            else:
+                policy = self.store.authenticate(bearer)
+                self.store.check_spend(policy)
+                state["remaining_requests"] = self.store.check_rate(policy)
         except ClientError as exc:
             log.info("%s %s refused: %d %s", scope.get("method"), short_repr(scope.get("path")), exc.status, exc.code)
             await client_error_response(exc)(scope, receive, send)
             return
-        scope.setdefault("state", {})["key"] = policy
-        await self.app(scope, receive, send)
+        if admin:
+            await self.app(scope, receive, send)
+            return
+        state["key"] = policy
+
+        async def send_with_limits(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *_limit_headers(policy, state)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_limits)
+
+
+def _limit_headers(policy: KeyPolicy, state: dict) -> list[tuple[bytes, bytes]]:
+    """OpenAI-style ``x-ratelimit-*`` headers of the key's limits and what is left of them."""
+    headers = []
+    if policy.requests_per_minute is not None and state.get("remaining_requests") is not None:
+        headers += [
+            (b"x-ratelimit-limit-requests", f"{policy.requests_per_minute:g}".encode()),
+            (b"x-ratelimit-remaining-requests", str(state["remaining_requests"]).encode()),
+        ]
+    if policy.usd_per_day is not None and state.get("remaining_usd") is not None:
+        headers += [
+            (b"x-ratelimit-limit-usd", f"{policy.usd_per_day:g}".encode()),
+            (b"x-ratelimit-remaining-usd", f"{max(0.0, state['remaining_usd']):.8f}".encode()),
+        ]
+    return headers
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -24,6 +24,14 @@ try recorded as an :class:`Attempt` (no bodies, no keys) for the decision log.
 - **Circuit breaker** per LLM: ``breaker_failures`` consecutive failed tries (the retryable kinds) open it for
   ``breaker_cooldown_s``; then one trial request is let through (half-open): success closes it, failure re-opens
   it. A non-retryable 4xx shows the endpoint is up and counts as a success.
+- **Bounds on what comes back**: a ``Retry-After`` is read as a finite number of seconds capped at
+  ``MAX_RETRY_AFTER_S`` (``inf``, ``nan``, ``1e300``, negative or garbage values are capped or ignored); a body
+  larger than ``max_response_bytes`` (its Content-Length, or the bytes as they arrive) is a failed try
+  (``ResponseTooLarge``), never read whole; a stream's event longer than ``max_event_bytes`` without its end ends
+  the stream (``SSELineTooLong``); redirects are not followed (a 3xx is the endpoint's error: the prompt never goes
+  to another origin).
+- **Usage**: a stream always asks the endpoint for its usage (``stream_options.include_usage``), so an answer is
+  charged what it cost; the usage chunk is dropped from what the client gets when it did not ask for it.
 - **Keys**: read at call time from the environment variable the row names (``api_key_env``), sent as
   ``Authorization: Bearer``; errors name exception types and statuses only, so a key never reaches an
   :class:`Attempt`, a log line or an exception.
@@ -36,6 +44,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -46,12 +55,24 @@ import aiohttp
 
 from warehouse.catalog import KeyEnvPolicy
 
-__all__ = ["Attempt", "Timeouts", "UpstreamResult", "Upstreams", "realised_cost"]
+__all__ = [
+    "MAX_RETRY_AFTER_S",
+    "Attempt",
+    "Timeouts",
+    "UpstreamResult",
+    "Upstreams",
+    "realised_cost",
+    "retry_after_header",
+]
 
 log = logging.getLogger(__name__)
 
 #: Statuses worth another try (or another LLM): the upstream's trouble, not the request's.
 RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
+#: The longest ``Retry-After`` taken from an upstream or given to a client, in seconds.
+MAX_RETRY_AFTER_S = 60.0
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20  # an LLM's answer is kilobytes; 16 MB leaves room for long ones
+DEFAULT_MAX_EVENT_BYTES = 2**20  # one server-sent event (a chunk of an answer)
 #: Non-retryable 4xx statuses that describe the client's request and are given back as they are; other 4xx
 #: (404, 401, ...) are the gateway's configuration problem and become 502.
 CLIENT_STATUSES = frozenset({400, 413, 422})
@@ -190,6 +211,8 @@ class Upstreams:
         breaker_cooldown_s: float = 30.0,
         connector_limit: int = 256,
         seed: int | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries: {retries!r} is negative")
@@ -199,6 +222,12 @@ class Upstreams:
             raise ValueError(f"breaker_failures: {breaker_failures!r} is not at least 1")
         if breaker_cooldown_s < 0:
             raise ValueError(f"breaker_cooldown_s: {breaker_cooldown_s!r} is negative")
+        if max_response_bytes < 1 or max_event_bytes < 1:
+            raise ValueError(
+                f"max_response_bytes={max_response_bytes!r}, max_event_bytes={max_event_bytes!r}: each must be >= 1"
+            )
+        self.max_response_bytes = max_response_bytes
+        self.max_event_bytes = max_event_bytes
         self.retries = retries
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
@@ -235,6 +264,13 @@ class Upstreams:
         if breaker is None or breaker.opened_at is None:
             return True
         return not breaker.trial and time.monotonic() - breaker.opened_at >= self.breaker_cooldown_s
+
+    def cooldown_left(self, llm: str) -> float:
+        """Seconds until ``llm``'s open breaker lets a trial through (0.0 when closed)."""
+        breaker = self._breakers.get(llm)
+        if breaker is None or breaker.opened_at is None:
+            return 0.0
+        return max(0.0, self.breaker_cooldown_s - (time.monotonic() - breaker.opened_at))
 
     def _acquire(self, llm: str) -> bool:
         """May a try go to ``llm`` now? Claims the trial of a half-open breaker."""
@@ -282,7 +318,10 @@ class Upstreams:
             if outcome.final:
                 break
         if attempts and all(a.error == "circuit_open" for a in attempts):
-            last = _Failure(503, "every LLM asked is cooling down after repeated failures; try again later")
+            wait = min(self.cooldown_left(llm) for llm, _ in order)
+            last = _Failure(
+                503, "every LLM asked is cooling down after repeated failures; try again later", False, wait
+            )
         return UpstreamResult(
             llm=None, attempts=attempts, status=last.status, error=last.message, retry_after_s=last.retry_after_s
         )
@@ -313,10 +352,12 @@ class Upstreams:
             headers["Authorization"] = f"Bearer {key}"
         url = str(row["base_url"]).rstrip("/") + "/chat/completions"
         sent = {**body, "model": row["model_id"]}
+        client_usage = False
         if stream:
             sent["stream"] = True
-            if "stream_options" not in body:
-                sent["stream_options"] = {"include_usage": True}
+            options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            client_usage = options.get("include_usage") is True
+            sent["stream_options"] = {**options, "include_usage": True}  # charged what it cost, always
         elif "stream" in sent:
             sent["stream"] = False
         loop = asyncio.get_running_loop()
@@ -333,7 +374,9 @@ class Upstreams:
             began = loop.time()
             retry_after_s = None
             try:
-                result = await self._try(llm, url, sent, headers, stream, timeouts, deadline, attempt, attempts)
+                result = await self._try(
+                    llm, url, sent, headers, (stream, client_usage), timeouts, deadline, attempt, attempts
+                )
             except _TryFailed as exc:
                 attempt.status, attempt.error, attempt.retry_after_s = exc.status, exc.error, exc.retry_after_s
                 attempt.seconds = loop.time() - began
@@ -374,13 +417,15 @@ class Upstreams:
         url: str,
         sent: dict,
         headers: dict,
-        stream: bool,
+        streaming: tuple[bool, bool],
         timeouts: Timeouts,
         deadline: float,
         attempt: Attempt,
         attempts: list[Attempt],
     ) -> UpstreamResult:
-        """One try; raises :class:`_TryFailed` for anything but an answer."""
+        """One try (``streaming``: whether to stream, and whether the client asked for the usage chunk); raises
+        :class:`_TryFailed` for anything but an answer."""
+        stream, client_usage = streaming
         loop = asyncio.get_running_loop()
         began = loop.time()
         first_byte_at = min(began + timeouts.first_byte_s, deadline)
@@ -391,26 +436,30 @@ class Upstreams:
         try:
             try:
                 async with asyncio.timeout_at(first_byte_at):
-                    response = await self._session.post(url, json=sent, headers=headers, timeout=client_timeout)
+                    response = await self._session.post(
+                        url, json=sent, headers=headers, timeout=client_timeout, allow_redirects=False
+                    )
                     attempt.status = response.status
+                    self._check_length(response)
                     first = await response.content.readany() if stream and response.status == 200 else b""
                 phase = "total"
                 if response.status != 200:
                     retry_after = _retry_after(response.headers.get("Retry-After"))
                     with contextlib.suppress(Exception):  # drain a small error body to reuse the connection
                         async with asyncio.timeout_at(min(deadline, loop.time() + 1.0)):
-                            await response.read()
+                            await self._read(response, 65_536)
                     raise _TryFailed(f"HTTP {response.status}", response.status, retry_after)
                 if stream:
                     if not first:
                         raise _TryFailed("EmptyStream", None)
                     result = UpstreamResult(llm=llm, attempts=attempts, status=200)
-                    relay = self._relay(llm, response, first, result, attempt, began, deadline)
+                    scanner = _SSEScanner(self.max_event_bytes, drop_usage=not client_usage)
+                    relay = self._relay(llm, response, first, result, attempt, (began, deadline), scanner)
                     result.stream = _Stream(relay, response, attempt)
                     keep = True
                     return result
                 async with asyncio.timeout_at(deadline):
-                    raw = await response.read()
+                    raw = await self._read(response, self.max_response_bytes)
             except aiohttp.ConnectionTimeoutError:
                 raise _TryFailed("Timeout(connect)", attempt.status) from None
             except TimeoutError:
@@ -434,6 +483,22 @@ class Upstreams:
                 else:
                     response.close()
 
+    def _check_length(self, response: aiohttp.ClientResponse) -> None:
+        """``ResponseTooLarge`` when the response says it is larger than ``max_response_bytes``."""
+        length = response.content_length
+        if response.status == 200 and length is not None and length > self.max_response_bytes:
+            raise _TryFailed("ResponseTooLarge", response.status)
+
+    async def _read(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
+        """The body, at most ``limit`` bytes read (``ResponseTooLarge`` past it: the rest is never read)."""
+        parts, size = [], 0
+        while chunk := await response.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise _TryFailed("ResponseTooLarge", None)
+            parts.append(chunk)
+        return b"".join(parts)
+
     async def _relay(
         self,
         llm: str,
@@ -441,19 +506,30 @@ class Upstreams:
         first: bytes,
         result: UpstreamResult,
         attempt: Attempt,
-        began: float,
-        deadline: float,
+        window: tuple[float, float],
+        scanner: _SSEScanner,
     ) -> AsyncIterator[bytes]:
-        """The upstream's bytes as they come; one error event if the stream breaks."""
+        """The upstream's events as they complete (``window``: the try's start and deadline); one error event if
+        the stream breaks, grows past ``max_response_bytes`` or holds an event longer than ``max_event_bytes``."""
         loop = asyncio.get_running_loop()
-        scanner = _SSEScanner()
+        began, deadline = window
         sse = response.content_type == "text/event-stream"
         error: str | None = None
         finished = False
+        received, chunk = 0, first
         try:
-            scanner.feed(first)
-            yield first
             while True:
+                received += len(chunk)
+                if received > self.max_response_bytes:
+                    error = "ResponseTooLarge"
+                    break
+                try:
+                    out = scanner.feed(chunk) if sse else chunk
+                except _EventTooLong:
+                    error = "SSELineTooLong"
+                    break
+                if out:
+                    yield out
                 try:
                     async with asyncio.timeout_at(deadline):
                         chunk = await response.content.readany()
@@ -464,11 +540,12 @@ class Upstreams:
                     error = type(exc).__name__
                     break
                 if not chunk:
+                    tail = scanner.flush() if sse else b""  # a last event without its blank line
+                    if tail:
+                        yield tail
                     if sse and not scanner.done:
                         error = "NoDone"
                     break
-                scanner.feed(chunk)
-                yield chunk
             result.usage = scanner.usage
             if error is not None:
                 attempt.error = f"mid_stream({error})"
@@ -518,43 +595,73 @@ class _Stream:
         self._response.close()  # a no-op once released
 
 
-class _SSEScanner:
-    """Watches SSE bytes go by for the ``usage`` of a chunk and the ``[DONE]`` event (the bytes are not changed)."""
+class _EventTooLong(Exception):
+    """A server-sent event grew past the scanner's limit without its end."""
 
-    def __init__(self) -> None:
+
+class _SSEScanner:
+    """Cuts SSE bytes into whole events as they complete: notes the ``usage`` of a chunk and the ``[DONE]`` event,
+    drops the usage-only chunk when ``drop_usage``, and holds at most ``max_event_bytes`` of an unfinished event
+    (:class:`_EventTooLong` past it)."""
+
+    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, drop_usage: bool = False) -> None:
         self._buffer = b""
+        self.max_event_bytes = max_event_bytes
+        self.drop_usage = drop_usage
         self.usage: dict | None = None
         self.done = False
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """The events ``data`` completes, as bytes to relay (each ending with a blank line)."""
         self._buffer += data.replace(b"\r\n", b"\n")
         *events, self._buffer = self._buffer.split(b"\n\n")
-        for event in events:
-            for line in event.split(b"\n"):
-                if not line.startswith(b"data:"):
-                    continue
-                value = line[5:].strip()
-                if value == b"[DONE]":
-                    self.done = True
-                    continue
-                try:
-                    chunk = json.loads(value)
-                except ValueError:
-                    continue
-                if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                    self.usage = chunk["usage"]
+        if len(self._buffer) > self.max_event_bytes:
+            raise _EventTooLong
+        return b"".join(event + b"\n\n" for event in events if self._keep(event))
+
+    def flush(self) -> bytes:
+        """What is left at the stream's end (an event without its blank line)."""
+        event, self._buffer = self._buffer, b""
+        return event + b"\n\n" if event.strip() and self._keep(event) else b""
+
+    def _keep(self, event: bytes) -> bool:
+        keep = True
+        for line in event.split(b"\n"):
+            if not line.startswith(b"data:"):
+                continue
+            value = line[5:].strip()
+            if value == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                chunk = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+                self.usage = chunk["usage"]
+                keep = not (self.drop_usage and not chunk.get("choices"))
+        return keep
 
 
 def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds: a number, or an HTTP date."""
-    if not value:
+    """``Retry-After`` in seconds (a number, or an HTTP date), at most ``MAX_RETRY_AFTER_S``; None when absent or
+    not a time (``nan``, garbage). Infinite or huge values are capped, negative ones and past dates are 0."""
+    if not value or len(value) > 64:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+    if math.isnan(seconds):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
+
+
+def retry_after_header(seconds: float | None) -> str:
+    """A client's ``Retry-After`` value: whole seconds, at least 1, at most ``MAX_RETRY_AFTER_S``."""
+    if seconds is None or math.isnan(seconds):
+        seconds = 1.0
+    return str(int(min(MAX_RETRY_AFTER_S, max(1.0, math.ceil(min(seconds, MAX_RETRY_AFTER_S))))))

@@ -1,4 +1,5 @@
-"""Concurrent prompts share one embedding call; each gets its own vector, and an error reaches only its batch."""
+"""Concurrent prompts share one embedding call; each gets its own vector, and an error reaches only its own
+request (a failed call is retried one prompt at a time)."""
 
 from __future__ import annotations
 
@@ -54,17 +55,20 @@ def test_parallel_calls_run_at_once_and_never_more():
     assert most == 3 and batches >= 6 and seconds < 0.05 * batches  # overlapping calls, at most three at once
 
 
-def test_an_error_fails_the_requests_of_its_batch_only():
+def test_an_error_fails_its_own_request_only_never_its_batch():
     async def run():
         batcher = EmbeddingBatcher(_slow_embed, parallel=1)
         first = asyncio.ensure_future(batcher.embed("fine"))
         await asyncio.sleep(0)  # the first batch starts with "fine" alone
-        bad = asyncio.gather(batcher.embed("bad"), batcher.embed("also fine"), return_exceptions=True)
-        return await first, await bad, await batcher.embed("later")
+        texts = ["honest"] * 10 + ["bad"] + ["also fine"] * 10  # one batch, with a poisoned prompt in it
+        batch = asyncio.gather(*(batcher.embed(t) for t in texts), return_exceptions=True)
+        return await first, await batch, await batcher.embed("later"), batcher.batches
 
-    first, bad, later = asyncio.run(run())
+    first, batch, later, calls = asyncio.run(run())
     assert first[0] == 4.0 and later[0] == 5.0
-    assert all(isinstance(r, ValueError) for r in bad)
+    assert isinstance(batch[10], ValueError)
+    assert [r[0] for r in batch[:10]] == [6.0] * 10 and [r[0] for r in batch[11:]] == [9.0] * 10
+    assert calls == 3  # the failed call's retries are part of it
     with pytest.raises(ValueError, match="max_batch"):
         EmbeddingBatcher(_slow_embed, max_batch=0)
     with pytest.raises(ValueError, match="parallel"):

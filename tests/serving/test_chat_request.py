@@ -53,6 +53,12 @@ def test_a_routed_request_keeps_openai_fields_and_takes_out_the_routing_ones():
         ({"model": "uniroute", "messages": [{"role": "system", "content": "x"}]}, "messages", "user message"),
         ({"model": "uniroute", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "'wizard'"),
         ({"model": "uniroute", "messages": []}, "messages", "[]"),
+        ({"model": "uniroute", "messages": [{"role": "user", "content": "hi \ud800"}]}, "messages[0].content", "3"),
+        (
+            {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]},
+            "messages[0].content[0].text",
+            "surrogate",
+        ),
     ],
 )
 def test_bad_fields_are_named_with_their_value(body, param, shown):

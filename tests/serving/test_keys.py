@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -282,3 +283,124 @@ def test_hash_command_generates_a_secret_and_refuses_a_short_one(monkeypatch, ca
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert keys.main(["hash", "--id", "bob"]) == 2
     assert "shorter than 16" in capsys.readouterr().err
+
+
+# ---- spend: reserve, then settle ----
+
+
+def test_a_hold_admits_while_spend_and_holds_are_under_the_limit_and_settles_the_real_cost(ledger):
+    wall = Clock(datetime(2030, 5, 1, 12, 0, tzinfo=UTC).timestamp())
+    store = KeyStore(wall_clock=wall, ledger=ledger)
+    policy = KeyPolicy("alice", usd_per_day=0.01)
+    first = store.reserve(policy, 0.006)
+    assert first.remaining_usd == pytest.approx(0.004)
+    second = store.reserve(policy, 0.006)  # 0.006 held < 0.01: admitted, the limit passed by one worst case at most
+    with pytest.raises(LimitError) as info:
+        store.reserve(policy, 0.001)  # 0.012 held: refused while they are in flight
+    assert info.value.code == "rate_limit_exceeded" and info.value.headers["Retry-After"] == "1"
+    store.settle(first, 0.001)  # the real cost replaces the hold
+    store.release(second)  # failed: nothing paid
+    assert store.spent_today("alice") == pytest.approx(0.001)
+    assert store.remaining(policy) == pytest.approx(0.009)
+    store.settle(store.reserve(policy, 0.02), 0.012)
+    with pytest.raises(LimitError) as info:
+        store.reserve(policy, 0.001)
+    assert info.value.code == "insufficient_quota"  # spent, not held: until midnight UTC
+    unlimited = store.reserve(KeyPolicy("bob"), 5.0)
+    assert unlimited.hold_id is None and store.remaining(KeyPolicy("bob")) is None
+    store.settle(unlimited, 0.5)
+    assert store.spent_today("bob") == 0.5
+
+
+def test_a_killed_workers_hold_expires(ledger):
+    wall = Clock(datetime(2030, 5, 1, 12, 0, tzinfo=UTC).timestamp())
+    store = KeyStore(wall_clock=wall, ledger=ledger)
+    policy = KeyPolicy("alice", usd_per_day=0.01)
+    store.reserve(policy, 1.0, hold_s=60)  # never settled: its worker died
+    with pytest.raises(LimitError):
+        store.reserve(policy, 0.001)
+    wall.now += 61
+    store.reserve(policy, 0.001)
+
+
+def test_holds_are_atomic_across_connections(tmp_path):
+    """Each thread has its own SqliteLedger (its own connection, as each worker process has): 40 at once reserve
+    0.004 against 0.01; only those admitted while spend and holds were under the limit get through."""
+    path, wall = tmp_path / "ledger.sqlite", Clock(datetime(2030, 5, 1, 12, 0, tzinfo=UTC).timestamp())
+    SqliteLedger(path)
+    policy, admitted = KeyPolicy("alice", usd_per_day=0.01), []
+    barrier = threading.Barrier(40)
+
+    def worker():
+        store = KeyStore(wall_clock=wall, ledger=SqliteLedger(path))
+        barrier.wait()
+        with contextlib.suppress(LimitError):
+            admitted.append(store.reserve(policy, 0.004))
+
+    threads = [threading.Thread(target=worker) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 3  # 0, 0.004, 0.008 were under 0.01; then 0.012 is not
+
+
+def test_a_hold_refuses_a_bad_cost():
+    with pytest.raises(ValueError, match="reserve usd=inf"):
+        KeyStore().reserve(KeyPolicy("alice", usd_per_day=1.0), float("inf"))
+
+
+# ---- reloading the keys file ----
+
+
+def test_a_changed_keys_file_is_reloaded_and_a_bad_one_keeps_the_keys_with_one_log_line(tmp_path, caplog):
+    path = write_keys(
+        tmp_path, [{"id": "alice", "sha256": hash_secret(ALICE)}, {"id": "bob", "sha256": hash_secret(BOB)}]
+    )
+    store = KeyStore.load(path, environ={keys.ENV_VAR: f"carol:{'c' * 20}"})
+    assert store.authenticate(BOB).key_id == "bob"
+    assert not store.reload_if_changed()  # unchanged
+    write_keys(tmp_path, [{"id": "alice", "sha256": hash_secret(ALICE)}])  # bob revoked
+    assert store.reload_if_changed()
+    with pytest.raises(AuthError):
+        store.authenticate(BOB)
+    assert store.authenticate("c" * 20).key_id == "carol"  # the environment's keys stay
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        path.write_text("- id: [unclosed\n")
+        assert not store.reload_if_changed()
+    assert caplog.text.count("invalid, keeping the 2 keys in use") == 1
+    assert store.authenticate(ALICE).key_id == "alice"
+    write_keys(tmp_path, [])  # every file key revoked: nobody from the file, never anonymous
+    assert store.reload_if_changed()
+    with pytest.raises(AuthError):
+        store.authenticate(ALICE)
+    with pytest.raises(AuthError):
+        store.authenticate(None)
+
+
+def test_admin_keys_read_operator_pages_and_client_keys_never(tmp_path):
+    path = write_keys(
+        tmp_path,
+        [{"id": "ops", "sha256": hash_secret(BOB), "role": "admin"}, {"id": "alice", "sha256": hash_secret(ALICE)}],
+    )
+    store = KeyStore.load(path, environ={})
+    store.check_admin(BOB, loopback=False)
+    with pytest.raises(AuthError) as info:
+        store.check_admin(ALICE, loopback=True)
+    assert info.value.status == 403
+    with pytest.raises(AuthError) as info:
+        store.check_admin(None, loopback=True)  # an admin key exists: it is needed
+    assert info.value.status == 401
+    plain = KeyStore.load(environ={keys.ENV_VAR: f"alice:{ALICE}"})
+    plain.check_admin(None, loopback=True)  # no admin configured: loopback only
+    with pytest.raises(AuthError):
+        plain.check_admin(None, loopback=False)
+    with pytest.raises(AuthError):
+        plain.check_admin(ALICE, loopback=True)
+    by_env = KeyStore.load(environ={keys.ADMIN_ENV: "o" * 20, keys.ENV_VAR: f"alice:{ALICE}"})
+    by_env.check_admin("o" * 20, loopback=False)
+    with pytest.raises(AuthError, match="admin key required"):
+        by_env.check_admin(None, loopback=True)
+    with pytest.raises(ValueError, match="role='root'"):
+        KeyStore.load(write_keys(tmp_path, [{"id": "x", "sha256": hash_secret(ALICE), "role": "root"}]), environ={})

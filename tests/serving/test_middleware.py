@@ -56,6 +56,7 @@ class App:
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/stream", self.stream, methods=["GET"]),
                 Route("/health", self.health, methods=["GET"]),
+                Route("/metrics", self.health, methods=["GET"]),
             ],
             middleware=[
                 Middleware(ErrorShapingMiddleware),
@@ -158,6 +159,24 @@ def test_missing_or_wrong_key_is_401_and_a_right_one_reaches_the_handler(keyed):
         assert_error(client.get("/v1/models"), 401, "authentication_error", "invalid_api_key")  # any other path does
         missing = client.get("/v1/nothing-here", headers={"Authorization": f"Bearer {ALICE}"})
         assert_error(missing, 404, "invalid_request_error", None)  # Starlette's 404 in OpenAI's shape
+
+
+def test_metrics_are_loopback_only_without_an_admin_key_and_never_for_a_client_key(keyed):
+    with serve(keyed) as (_, client):
+        assert client.get("/metrics").status_code == 200  # the operator, on this machine
+        behind_a_proxy = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})  # uvicorn trusts loopback
+        assert_error(behind_a_proxy, 403, "permission_error", "admin_required")
+        as_a_client = client.get("/metrics", headers={"Authorization": f"Bearer {ALICE}"})
+        assert_error(as_a_client, 403, "permission_error", "admin_required")
+
+
+def test_rate_and_spend_limits_are_in_the_response_headers():
+    store = KeyStore.load(environ={keys.ENV_VAR: f"alice:{ALICE}:0.5:30"})
+    with serve(store) as (_, client):
+        response = post(client, CHAT, ALICE)
+    assert response.headers["x-ratelimit-limit-requests"] == "30"
+    assert response.headers["x-ratelimit-remaining-requests"] == "29"
+    assert "x-ratelimit-limit-usd" not in response.headers  # the handler reports the spend left once it knows it
 
 
 def test_without_keys_requests_are_anonymous():

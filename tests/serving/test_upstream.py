@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import time
+import tracemalloc
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,9 @@ from aiohttp import web
 
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
-from serving.upstream import Timeouts, UpstreamResult, Upstreams, realised_cost
+from serving.upstream import Timeouts, UpstreamResult, Upstreams, _retry_after, realised_cost, retry_after_header
+
+from .hostile_upstream import HostileUpstream
 
 SECRET = "sk-test-0123456789abcdef"
 
@@ -257,20 +260,24 @@ def test_a_stream_passes_the_sse_through_with_usage_from_its_final_chunk(mmlu_li
     assert streamed_text(text) == recorded["math-pro", 8]
     events = sse_data(text)
     assert events[-1] == "[DONE]"
-    assert result.usage == json.loads(events[-2])["usage"]  # include_usage was asked for on the client's behalf
-    assert result.usage["completion_tokens"] > 0
+    assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"  # the client did not ask for usage...
+    assert result.usage["completion_tokens"] > 0  # ...but the gateway did, so it knows what the answer cost
     assert realised_cost(row(server.base_url), result.usage) == pytest.approx(
         (result.usage["prompt_tokens"] + result.usage["completion_tokens"]) / 1e6
     )
     assert summary(result) == [("math-pro", 200, None)]
 
 
-def test_a_clients_own_stream_options_are_kept(mmlu_like_dir, prompts):
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_usage_is_always_asked_and_relayed_only_when_the_client_asked(mmlu_like_dir, prompts, include_usage):
     with ReplayServer(mmlu_like_dir) as server:
-        request = body(prompts[8], stream_options={"include_usage": False})
+        request = body(prompts[8], stream_options={"include_usage": include_usage})
         result = call([("math-pro", row(server.base_url))], request, stream=True)
-    assert result.usage is None
-    assert sse_data(result.payload["sse"])[-1] == "[DONE]"
+    events = sse_data(result.payload["sse"])
+    assert result.usage["completion_tokens"] > 0  # charged what it cost, whatever the client asked
+    relayed = [json.loads(e)["usage"] for e in events[:-1] if json.loads(e).get("usage")]
+    assert relayed == ([result.usage] if include_usage else [])
+    assert events[-1] == "[DONE]"
 
 
 def test_a_stream_falls_back_before_its_first_byte(mmlu_like_dir, prompts, recorded):
@@ -409,3 +416,79 @@ def test_a_malformed_usage_gives_no_realised_cost(usage):
     assert realised_cost(
         {"usd_per_mtok_in": 1.0, "usd_per_mtok_out": 2.0}, {"prompt_tokens": 10, "completion_tokens": 5}
     ) == pytest.approx(2e-5)
+
+
+# ---- bounds on what comes back ----
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("7", 7.0), ("inf", 60.0), ("1e300", 60.0), ("-5", 0.0), ("nan", None), ("soon", None), ("9" * 400, None)],
+)
+def test_retry_after_is_finite_and_capped(value, seconds):
+    assert _retry_after(value) == seconds
+    assert retry_after_header(_retry_after(value)) in {str(n) for n in range(1, 61)}
+
+
+def _concurrently(order: list, request: dict, stream: bool = False, n: int = 4, **policy) -> list[UpstreamResult]:
+    """``n`` calls at once through one Upstreams; streams read to their end."""
+
+    async def run() -> list[UpstreamResult]:
+        async with Upstreams(**{"base_delay_s": 0.01, "retries": 0, **policy}) as upstreams:
+
+            async def one() -> UpstreamResult:
+                result = await upstreams.call(order, request, stream)
+                if result.stream is not None:
+                    result.payload = {"sse": b"".join([chunk async for chunk in result.stream]).decode()}
+                return result
+
+            return await asyncio.gather(*(one() for _ in range(n)))
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("value", ["inf", "1e300"])
+def test_an_endless_retry_after_is_capped_and_moves_on(value):
+    with HostileUpstream(f"retry_after:{value}") as hostile, HostileUpstream() as honest:
+        order = [("a", row(hostile.base_url, "a")), ("b", row(honest.base_url, "b"))]
+        answered = _concurrently(order, body("hi"), retries=2)
+        limited = _concurrently(order[:1], body("hi"))
+    assert {r.llm for r in answered} == {"b"}  # no wait of 1e300 s: on to the next LLM at once
+    assert {(r.status, r.retry_after_s) for r in limited} == {(429, 60.0)}
+
+
+@pytest.mark.parametrize("mode", ["huge_body", "huge_length"])
+def test_a_huge_answer_is_refused_without_being_read(mode):
+    with HostileUpstream(mode, huge_bytes=48 * 2**20) as hostile:
+        tracemalloc.start()
+        try:
+            results = _concurrently([("a", row(hostile.base_url, "a"))], body("hi"), max_response_bytes=2**20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert {(r.llm, r.status) for r in results} == {(None, 502)}
+    assert {a.error for r in results for a in r.attempts} == {"ResponseTooLarge"}
+    assert peak < 24 * 2**20  # four answers of 48 MB each were never held
+
+
+def test_an_endless_sse_line_ends_the_stream_with_an_error_event():
+    with HostileUpstream("endless_line", huge_bytes=48 * 2**20) as hostile:
+        tracemalloc.start()
+        try:
+            results = _concurrently([("a", row(hostile.base_url, "a"))], body("hi"), stream=True, max_event_bytes=2**20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    for result in results:
+        assert json.loads(sse_data(result.payload["sse"])[-1])["error"]["code"] == "stream_interrupted"
+        assert summary(result) == [("a", 200, "mid_stream(SSELineTooLong)")]
+    assert peak < 24 * 2**20
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_is_an_upstream_error_and_the_prompt_never_reaches_the_other_origin(status):
+    with HostileUpstream() as other, HostileUpstream(f"redirect:{status}:{other.base_url}") as hostile:
+        results = _concurrently([("a", row(hostile.base_url, "a"))], body("the secret prompt"))
+        assert other.requests == []
+    assert {(r.llm, r.status) for r in results} == {(None, 502)}
+    assert {a.error for r in results for a in r.attempts} == {f"HTTP {status}"}
