@@ -149,12 +149,14 @@ class UpstreamResult:
 
 
 def realised_cost(row: dict, usage: dict | None) -> float | None:
-    """USD of one answer: prices per million tokens times its tokens; None when tokens or prices are unknown."""
-    if not usage:
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    """USD of one answer: prices per million tokens times its tokens, else the catalog's price per query; None
+    when neither is known (per-token prices with unknown tokens, or no price)."""
     price_in, price_out = row.get("usd_per_mtok_in"), row.get("usd_per_mtok_out")
-    if None in (price_in, price_out) or not (_token_count(prompt) and _token_count(completion)):
+    if None in (price_in, price_out):
+        per_query = row.get("usd_per_query")
+        return None if per_query is None else float(per_query)
+    prompt, completion = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
+    if not (_token_count(prompt) and _token_count(completion)):
         return None  # an endpoint's usage may be anything ("n/a", -1, 1e30): then the tokens are unknown
     return (float(price_in) * prompt + float(price_out) * completion) / 1e6
 

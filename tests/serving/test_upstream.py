@@ -315,6 +315,12 @@ def test_realised_cost_is_prices_times_tokens_or_none():
     )
 
 
+def test_an_llm_priced_per_query_costs_its_price_whatever_its_usage():
+    per_query = {"usd_per_mtok_in": None, "usd_per_mtok_out": None, "usd_per_query": 0.004}
+    assert realised_cost(per_query, {"prompt_tokens": 1000, "completion_tokens": 100}) == 0.004
+    assert realised_cost(per_query, None) == 0.004  # no usage needed to price it
+
+
 # ---- keys ----
 
 
