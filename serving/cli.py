@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route.set_defaults(run=_route)
 
-    models = with_registry(commands.add_parser("models", help="the router's pool: cost and Psi per LLM"))
+    models = with_registry(
+        commands.add_parser("models", help="the router's pool: cost, validation error and Psi per LLM")
+    )
     models.set_defaults(run=_models)
 
     add = commands.add_parser("add-model", help="append an LLM to the catalog, validating the whole catalog")
@@ -152,9 +154,9 @@ def _catalog_path(path: Path | None) -> Path:
 def _tracking_uri(args: argparse.Namespace) -> str:
     """``--tracking-uri``, else the default registry; a sqlite registry must already exist (see
     :func:`_check_registry`)."""
-    from serving import registry
+    from serving import registry_files
 
-    uri = args.tracking_uri or registry.default_tracking_uri()
+    uri = args.tracking_uri or registry_files.default_tracking_uri()
     _check_registry(uri)
     return uri
 
@@ -164,9 +166,9 @@ def _check_registry(uri: str) -> None:
     an empty registry there, so a typo or a moved file would read as "no model" and leave a stray database."""
     import sqlite3
 
-    from serving import registry
+    from serving import registry_files
 
-    path = registry.sqlite_path(uri)
+    path = registry_files.sqlite_path(uri)
     if path is None:
         return  # a server, a file store, memory: MLflow's own errors say what is wrong
     hint = "pass --tracking-uri or set MLFLOW_TRACKING_URI (the pipeline or `make demo` creates the registry)"
@@ -174,7 +176,7 @@ def _check_registry(uri: str) -> None:
         problem = "not a file" if path.exists() else "no such file"
         raise CommandError(f"MLflow registry {path}: {problem} (tracking URI {uri}); {hint}")
     try:
-        tables = registry.sqlite_tables(path)
+        tables = registry_files.sqlite_tables(path)
     except sqlite3.DatabaseError as exc:
         raise CommandError(f"{path} ({uri}) is not an MLflow registry: {exc}; {hint}") from exc
     if "registered_models" not in tables:
@@ -182,17 +184,38 @@ def _check_registry(uri: str) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """The registered pyfunc (unwrapped) that ``--model-uri`` names."""
+    """The router version ``--model-uri`` names, ready to route (``router_core.servable.ServableRouter``). From a
+    sqlite registry its files are read directly (re-rooted first if the registry moved): no MLflow import, which
+    alone takes seconds; anything else goes through MLflow's loader."""
+    from serving import registry_files
+
+    uri = _tracking_uri(args)
+    database = registry_files.sqlite_path(uri)
+    if database is not None:
+        registry_files.follow_moved_artifacts(database)
+        try:
+            directory = registry_files.router_dir(database, args.model_uri)
+        except registry_files.RegistryLookupError as exc:
+            raise CommandError(f"{args.model_uri}: {exc} (registry {uri})") from exc
+        if directory is not None:
+            from router_core.servable import ServableRouter
+
+            return ServableRouter().load_dir(directory)
+    return _load_with_mlflow(args.model_uri, uri)
+
+
+def _load_with_mlflow(model_uri: str, tracking_uri: str):
+    """The registered pyfunc (unwrapped: a ``ServableRouter`` too), through MLflow's loader."""
     import mlflow
 
     from serving import registry
 
-    registry.configure(_tracking_uri(args))
+    registry.configure(tracking_uri)
     try:
-        return mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     except mlflow.exceptions.MlflowException as exc:
         message = str(exc).splitlines()[0]
-        raise CommandError(f"{args.model_uri}: {message} (registry {mlflow.get_tracking_uri()})") from exc
+        raise CommandError(f"{model_uri}: {message} (registry {mlflow.get_tracking_uri()})") from exc
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -205,8 +228,6 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _route(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     prompts = _prompts(args)
     model = _load(args)
     params = {
@@ -216,33 +237,34 @@ def _route(args: argparse.Namespace) -> int:
         "candidates": args.candidates,
     }
     try:
-        out = model.predict(None, pd.DataFrame({"prompt": prompts}), {k: v for k, v in params.items() if v is not None})
+        out = model.route(prompts, {k: v for k, v in params.items() if v is not None})
     except ValueError as exc:  # a bad budget, an unknown candidate, an empty prompt: each named with its value
         raise CommandError(str(exc)) from exc
-    for prompt, row in zip(prompts, out.itertuples(), strict=True):
-        print(f"{row.llm}\t(cost_weight {row.cost_weight:.4g})\t{' '.join(prompt.split())[:60]}")
-        ranked = sorted(row.predicted_error, key=row.predicted_error.get)
-        for name in ranked:
-            marker = "*" if name == row.llm else " "
-            print(f"  {marker} {name:<32} predicted error {row.predicted_error[name]:.3f}   cost ${row.cost[name]:.6f}")
+    rows = zip(prompts, out["llm"], out["cost_weight"], out["predicted_error"], out["cost"], strict=True)
+    for prompt, llm, cost_weight, predicted_error, cost in rows:
+        print(f"{llm}\t(cost_weight {cost_weight:.4g})\t{' '.join(prompt.split())[:60]}")
+        for name in sorted(predicted_error, key=predicted_error.get):
+            marker = "*" if name == llm else " "
+            print(f"  {marker} {name:<32} predicted error {predicted_error[name]:.3f}   cost ${cost[name]:.6f}")
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
     model = _load(args)
-    router = model.router
+    router, errors = model.router, model.validation_error()
     print(
-        f"{args.model_uri}: {len(router.llms_)} LLMs, {router.psi_.shape[1]} prompt clusters; Psi is an LLM's error "
-        "rate on a cluster's validation prompts (0: always right, 1: always wrong)"
+        f"{args.model_uri}: {len(router.llms_)} LLMs, {router.psi_.shape[1]} prompt clusters; validation error is "
+        "an LLM's error rate on the validation prompts (Psi per cluster, weighted by the share of prompts in each "
+        "cluster); Psi is its error rate on one cluster's (0: always right, 1: always wrong)"
     )
     print(
-        f"  {'llm':<32}{'USD/query':>12}{'mean error (Psi)':>18}{'best cluster (Psi)':>20}{'worst cluster (Psi)':>21}"
+        f"  {'llm':<32}{'USD/query':>12}{'validation error':>18}{'best cluster (Psi)':>20}{'worst cluster (Psi)':>21}"
     )
     order = sorted(range(len(router.llms_)), key=lambda j: router.costs_[j])
     for j in order:
         psi = router.psi_[j]
         print(
-            f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{psi.mean():>18.3f}"
+            f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{errors[j]:>18.3f}"
             f"{f'{psi.argmin()} ({psi.min():.2f})':>20}{f'{psi.argmax()} ({psi.max():.2f})':>21}"
         )
     return 0
