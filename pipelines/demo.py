@@ -212,11 +212,18 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         previous = pool
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Look at the results:")
     print(
-        f"  DAGSTER_HOME={home / 'dagster'} UNIROUTE_WAREHOUSE={home / 'warehouse.duckdb'} "
-        f"UNIROUTE_CATALOG={home / 'llms.yaml'} .venv/bin/dagster dev"
+        f"  DAGSTER_HOME={_shown(home / 'dagster')} UNIROUTE_WAREHOUSE={_shown(home / 'warehouse.duckdb')} "
+        f"UNIROUTE_CATALOG={_shown(home / 'llms.yaml')} .venv/bin/dagster dev"
     )
-    print(f"  .venv/bin/mlflow ui --backend-store-uri {uri}")
+    # re-roots a copied data home before the UI starts (plain `mlflow ui` on a copy serves the original's files)
+    print(f"  UNIROUTE_WAREHOUSE={_shown(home / 'warehouse.duckdb')} .venv/bin/uniroute mlflow ui")
     return 0
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the project root (where the printed commands run) when under it: a copied project's
+    commands then name its own files."""
+    return path.relative_to(PROJECT_ROOT) if path.is_relative_to(PROJECT_ROOT) else path
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The ``uniroute`` command line: profiling commands (replay-server, sync-catalog, import-mmlu-pro, collect,
-grade) and serving commands (route, models, add-model, serve).
+grade) and serving commands (route, models, add-model, serve, mlflow).
 
 The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
 file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); a sqlite registry that does not exist is an
@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("models", help="the router's pool: cost, validation error and Psi per LLM")
     )
     models.set_defaults(run=_models)
+
+    ml = commands.add_parser(
+        "mlflow",
+        help="MLflow's own command line on the registry (ui, models serve, ...)",
+        description="Run `mlflow ARGS` on the registry (see above), re-rooted first when it was copied or moved, "
+        "with this environment's executables on PATH (`models serve` starts uvicorn) and the registry as "
+        "MLFLOW_TRACKING_URI (and `ui`'s or `server`'s --backend-store-uri unless given), e.g. "
+        "`uniroute mlflow ui --port 5000` or "
+        "`uniroute mlflow models serve -m models:/uniroute@champion --env-manager local --port 5001`.",
+    )
+    ml.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (see above)")
+    ml.add_argument("mlflow_args", nargs=argparse.REMAINDER, metavar="ARGS", help="mlflow's arguments")
+    ml.set_defaults(run=_mlflow)
 
     add = commands.add_parser("add-model", help="append an LLM to the catalog, validating the whole catalog")
     add.add_argument("name")
@@ -268,6 +281,37 @@ def _models(args: argparse.Namespace) -> int:
             f"{f'{psi.argmin()} ({psi.min():.2f})':>20}{f'{psi.argmax()} ({psi.max():.2f})':>21}"
         )
     return 0
+
+
+#: mlflow commands that take the registry as ``--backend-store-uri`` (the others read $MLFLOW_TRACKING_URI).
+BACKEND_STORE_COMMANDS = ("ui", "server")
+
+
+def _mlflow(args: argparse.Namespace) -> int:
+    """``mlflow ARGS`` as its own process on the registry, re-rooted first (:func:`_load` does the same), so that a
+    copied data home serves its own artifacts, never the original's."""
+    import subprocess
+
+    from serving import registry_files
+
+    argv = list(args.mlflow_args)
+    if not argv:
+        raise CommandError("no mlflow arguments: e.g. `uniroute mlflow ui --port 5000`")
+    uri = _tracking_uri(args)
+    database = registry_files.sqlite_path(uri)
+    if database is not None:
+        registry_files.follow_moved_artifacts(database)
+    if argv[0] in BACKEND_STORE_COMMANDS and "--backend-store-uri" not in argv:
+        argv += ["--backend-store-uri", uri]
+    bin_dir = os.path.dirname(sys.executable)  # the venv's: uvicorn, gunicorn (mlflow starts them by name)
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+    }
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return subprocess.run([sys.executable, "-m", "mlflow", *argv], env=env, check=False).returncode
 
 
 def _add_model(args: argparse.Namespace) -> int:
