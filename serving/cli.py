@@ -1,5 +1,5 @@
 """The ``uniroute`` command line: profiling commands (replay-server, sync-catalog, import-mmlu-pro, collect,
-grade) and serving commands (route, models, add-model, serve, mlflow).
+grade), serving commands (route, models, add-model, serve, mlflow) and refresh (the pipeline, now).
 
 The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
 file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); a sqlite registry that does not exist is an
@@ -93,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser("models", help="the router's pool: cost, validation error and Psi per LLM")
     )
     models.set_defaults(run=_models)
+
+    refresh = commands.add_parser(
+        "refresh",
+        help="bring everything up to date now: what the Dagster daemon would do, in this process",
+        description="On $DAGSTER_HOME's instance: the onboarding sensor's tick and the profiling runs it requests, "
+        "a prompt_set run for each dataset imported since, then automation ticks until nothing more is requested "
+        "(embeddings, cluster map, features per LLM, router); a line per run, then what changed. Safe beside a "
+        "running daemon: the same cursors and run keys, so neither launches a run the other did.",
+    )
+    refresh.set_defaults(run=_refresh)
 
     ml = commands.add_parser(
         "mlflow",
@@ -280,6 +290,18 @@ def _models(args: argparse.Namespace) -> int:
             f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{errors[j]:>18.3f}"
             f"{f'{psi.argmin()} ({psi.min():.2f})':>20}{f'{psi.argmax()} ({psi.max():.2f})':>21}"
         )
+    return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    """``pipelines.refresh``: the one command here that runs the pipeline (imported only when run: the command line
+    is every floor's entry point, and nothing else of it needs Dagster)."""
+    from pipelines.refresh import NothingToRefresh, refresh
+
+    try:
+        refresh()
+    except NothingToRefresh as exc:
+        raise CommandError(str(exc)) from exc
     return 0
 
 

@@ -252,7 +252,7 @@ HEAVY = {
 
 COMMANDS = [
     "replay-server", "sync-catalog", "import-prompts", "import-mmlu-pro", "import-results", "datasets", "graders",
-    "collect", "grade", "route", "models", "add-model", "serve",
+    "collect", "grade", "route", "models", "add-model", "serve", "mlflow", "refresh",
 ]  # fmt: skip
 
 HELP_EVERYWHERE = f"""
