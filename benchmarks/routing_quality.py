@@ -1,7 +1,8 @@
 """Routing quality on MMLU-Pro, following the UniRoute paper's protocol (arXiv 2502.08773).
 
 Per seed: prompts split 60/10/30 (train/validation/test, stratified by category); the 29 LLMs split into 14
-training and 15 unseen LLMs. Routers choose among the unseen LLMs only, whose test outcomes are used for
+training and 15 unseen LLMs (by default half the pool, rounded down, learns the map: ``--training-llms``).
+Routers choose among the unseen LLMs only, whose test outcomes are used for
 nothing but scoring (and the Oracle). K (and KNN's k) is chosen per seed by routing the *training* LLMs on
 validation prompts (5-fold cross-fitting: features from 4/5, routed on 1/5) and keeping the best AUDC.
 
@@ -97,8 +98,27 @@ class Result:
     curve: pl.DataFrame = field(default=None, repr=False)
 
 
-def split_prompts_and_llms(data: Data, seed: int, n_training_llms: int, validation_share: float = 0.1) -> Split:
-    """Stratified train/validation/test prompt split and a training/unseen LLM split, both redrawn per seed.
+#: The share of the pool the cluster map may learn from by default (the paper's 14 of 29 LLMs); the rest are unseen.
+TRAINING_SHARE = 0.5
+
+
+def training_llm_count(n_llms: int, requested: int | None = None) -> int:
+    """How many LLMs train the map: ``requested``, else :data:`TRAINING_SHARE` of ``n_llms`` (rounded down); at
+    least one, and at least two left unseen to route among. A count that does not fit is a ``ValueError``."""
+    count = int(n_llms * TRAINING_SHARE) if requested is None else requested
+    if not 1 <= count <= n_llms - 2:
+        raise ValueError(
+            f"--training-llms {count}: the dataset has {n_llms} LLMs; between 1 and {n_llms - 2} may train the map "
+            "(at least 2 are left unseen to route among)"
+        )
+    return count
+
+
+def split_prompts_and_llms(
+    data: Data, seed: int, n_training_llms: int | None = None, validation_share: float = 0.1
+) -> Split:
+    """Stratified train/validation/test prompt split and a training/unseen LLM split, both redrawn per seed
+    (``n_training_llms``: see :func:`training_llm_count`).
 
     The test share is always the last 30% of each category's shuffled order, so ablations with a larger
     validation share (taken from train) are scored on the very same test prompts.
@@ -108,6 +128,7 @@ def split_prompts_and_llms(data: Data, seed: int, n_training_llms: int, validati
     split = assign_splits(data.prompts, shares, seed)["split"]
     rows = {name: np.flatnonzero((split == name).to_numpy()) for name in shares}
     llm_order = np.random.default_rng(seed).permutation(len(data.models))
+    n_training_llms = training_llm_count(len(data.models), n_training_llms)
     return Split(
         **rows,
         training_llms=np.sort(llm_order[:n_training_llms]),
@@ -417,7 +438,12 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, seeds: list[int]) ->
     parser.add_argument("--seeds", type=int, nargs="+", default=seeds)
     parser.add_argument("--k-grid", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="K candidates")
     parser.add_argument("--knn-grid", type=int, nargs="+", default=[5, 10, 25, 50, 100, 200], help="KNN k")
-    parser.add_argument("--training-llms", type=int, default=14, help="LLMs the map may learn from; rest unseen")
+    parser.add_argument(
+        "--training-llms",
+        type=int,
+        default=None,
+        help=f"LLMs the map may learn from, the rest unseen (default {TRAINING_SHARE:.0%} of the pool, rounded down)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings", help="embedding cache")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor fails (floors hold for --full)")
 
@@ -436,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     embedder = Embedder(args.embedder, max_seq_length=args.max_seq_length, backend=args.backend, cache_dir=ONNX_DIR)
     try:
         data = load_data(args, embedder)
-    except FileNotFoundError as exc:
+        args.training_llms = training_llm_count(len(data.models), args.training_llms)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     embed_rate = measure_embedding_rate(embedder, data.prompts["text"].to_list())
@@ -485,7 +512,7 @@ def plot_first_seed(results: list[Result], data: Data, split: Split, mode: str, 
         curves,
         single_llms=pl.DataFrame({"cost": llm_cost, "accuracy": llm_acc}),
         cost_range=(llm_cost.min(), llm_cost.max()),
-        title=f"MMLU-Pro, 15 unseen LLMs, cost={mode}, seed {seed}",
+        title=f"{len(split.unseen_llms)} unseen LLMs, cost={mode}, seed {seed}",
         cost_label="average cost per prompt (USD per Mtok)" if mode == "flat" else "average cost per prompt (USD)",
     )
     fig.savefig(args.out / f"deferral_curves_{mode}.png", dpi=120)

@@ -34,7 +34,10 @@ class AutomationTicks:
     """Evaluates the automation conditions of ``defs`` tick after tick, executing each requested run.
 
     Starts from the automation sensor's cursor in ``instance`` (where the daemon keeps it) unless given one, and
-    stores the new cursor after each evaluation, as the daemon does before it launches the runs.
+    stores the new cursor after each evaluation, as the daemon does before it launches the runs. With
+    ``beside_daemon``, each tick first reloads the cursor from the instance (a running daemon may have evaluated
+    since) and leaves out the asset partitions a run in the instance is already materialising, so that neither
+    launches what the other did.
     """
 
     defs: dg.Definitions
@@ -44,6 +47,7 @@ class AutomationTicks:
     cursor: object = None
     runs: list[tuple[list[str], str | None]] = field(default_factory=list)
     sensor_name: str = AUTOMATION_SENSOR
+    beside_daemon: bool = False
 
     def __post_init__(self) -> None:
         if self.cursor is None:
@@ -58,16 +62,20 @@ class AutomationTicks:
         Like the daemon, requested assets are grouped into one run per partition key; the unpartitioned run
         goes first, since within one tick only an unpartitioned asset (the cluster map) precedes partitioned ones.
         """
+        if self.beside_daemon:
+            self.cursor = load_automation_cursor(self.instance, self.sensor_name)
         with warnings.catch_warnings():  # dagster's evaluator passes a beta parameter to itself
             warnings.simplefilter("ignore", dg.BetaWarning)
             result = dg.evaluate_automation_conditions(defs=self.defs, instance=self.instance, cursor=self.cursor)
         self.cursor = result.cursor
         store_automation_cursor(self.instance, self._sensor(), result.cursor)
         graph = self.defs.resolve_asset_graph()
+        busy = in_progress_partitions(self.instance) if self.beside_daemon else set()
         grouped: dict[str | None, list[dg.AssetKey]] = {}
         for key in graph.get_all_asset_keys():
             for partition in result.get_requested_partitions(key):
-                grouped.setdefault(partition, []).append(key)
+                if (key, partition) not in busy:
+                    grouped.setdefault(partition, []).append(key)
         requested = sorted(grouped.items(), key=lambda item: (item[0] is not None, item[0] or ""))
         for partition, keys in requested:
             started = time.perf_counter()
@@ -122,6 +130,25 @@ def sensor_tick(
     else:
         store_sensor_cursor(instance, sensor, cursor)
     return result
+
+
+def in_progress_partitions(instance: dg.DagsterInstance) -> set[tuple[dg.AssetKey, str | None]]:
+    """(asset, partition key or None) of every asset a queued or running run in ``instance`` materialises."""
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
+    busy = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=NOT_FINISHED_STATUSES)):
+        partition = run.tags.get("dagster/partition")
+        busy |= {(key, partition) for key in run.asset_selection or ()}
+    return busy
+
+
+def already_launched(instance: dg.DagsterInstance, sensor: dg.SensorDefinition, request: dg.RunRequest) -> bool:
+    """Whether a run for ``request``'s run key of ``sensor`` is already in ``instance`` (the daemon skips those)."""
+    if not request.run_key:
+        return False
+    tags = {SENSOR_NAME_TAG: sensor.name, RUN_KEY_TAG: request.run_key}
+    return bool(instance.get_run_ids(filters=dg.RunsFilter(tags=tags), limit=1))
 
 
 def sensor_run_tags(sensor: dg.SensorDefinition, request: dg.RunRequest) -> dict[str, str]:

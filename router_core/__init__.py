@@ -38,6 +38,7 @@ from router_core.features import llm_error_features, psi_drift
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix, value_matrix
 from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
+from router_core.servable import ServableRouter
 
 __all__ = [
     "BACKENDS",
@@ -56,6 +57,7 @@ __all__ = [
     "RandomRouter",
     "Router",
     "RouterInputError",
+    "ServableRouter",
     "UniRouter",
     "ZeroRouter",
     "assign_splits",

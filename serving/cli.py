@@ -1,5 +1,5 @@
 """The ``uniroute`` command line: profiling commands (replay-server, sync-catalog, import-mmlu-pro, collect,
-grade) and serving commands (route, models, add-model, serve).
+grade), serving commands (route, models, add-model, serve, mlflow) and refresh (the pipeline, now).
 
 The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
 file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); a sqlite registry that does not exist is an
@@ -89,8 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     route.set_defaults(run=_route)
 
-    models = with_registry(commands.add_parser("models", help="the router's pool: cost and Psi per LLM"))
+    models = with_registry(
+        commands.add_parser("models", help="the router's pool: cost, validation error and Psi per LLM")
+    )
     models.set_defaults(run=_models)
+
+    refresh = commands.add_parser(
+        "refresh",
+        help="bring everything up to date now: what the Dagster daemon would do, in this process",
+        description="On $DAGSTER_HOME's instance: the onboarding sensor's tick and the profiling runs it requests, "
+        "a prompt_set run for each dataset imported since, then automation ticks until nothing more is requested "
+        "(embeddings, cluster map, features per LLM, router); a line per run, then what changed. Safe beside a "
+        "running daemon: the same cursors and run keys, so neither launches a run the other did.",
+    )
+    refresh.set_defaults(run=_refresh)
+
+    ml = commands.add_parser(
+        "mlflow",
+        help="MLflow's own command line on the registry (ui, models serve, ...)",
+        description="Run `mlflow ARGS` on the registry (see above), re-rooted first when it was copied or moved, "
+        "with this environment's executables on PATH (`models serve` starts uvicorn) and the registry as "
+        "MLFLOW_TRACKING_URI (and `ui`'s or `server`'s --backend-store-uri unless given), e.g. "
+        "`uniroute mlflow ui --port 5000` or "
+        "`uniroute mlflow models serve -m models:/uniroute@champion --env-manager local --port 5001`.",
+    )
+    ml.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI (see above)")
+    ml.add_argument("mlflow_args", nargs=argparse.REMAINDER, metavar="ARGS", help="mlflow's arguments")
+    ml.set_defaults(run=_mlflow)
 
     add = commands.add_parser("add-model", help="append an LLM to the catalog, validating the whole catalog")
     add.add_argument("name")
@@ -168,9 +193,9 @@ def _catalog_path(path: Path | None) -> Path:
 def _tracking_uri(args: argparse.Namespace) -> str:
     """``--tracking-uri``, else the default registry; a sqlite registry must already exist (see
     :func:`_check_registry`)."""
-    from serving import registry
+    from serving import registry_files
 
-    uri = args.tracking_uri or registry.default_tracking_uri()
+    uri = args.tracking_uri or registry_files.default_tracking_uri()
     _check_registry(uri)
     return uri
 
@@ -180,9 +205,9 @@ def _check_registry(uri: str) -> None:
     an empty registry there, so a typo or a moved file would read as "no model" and leave a stray database."""
     import sqlite3
 
-    from serving import registry
+    from serving import registry_files
 
-    path = registry.sqlite_path(uri)
+    path = registry_files.sqlite_path(uri)
     if path is None:
         return  # a server, a file store, memory: MLflow's own errors say what is wrong
     hint = "pass --tracking-uri or set MLFLOW_TRACKING_URI (the pipeline or `make demo` creates the registry)"
@@ -190,7 +215,7 @@ def _check_registry(uri: str) -> None:
         problem = "not a file" if path.exists() else "no such file"
         raise CommandError(f"MLflow registry {path}: {problem} (tracking URI {uri}); {hint}")
     try:
-        tables = registry.sqlite_tables(path)
+        tables = registry_files.sqlite_tables(path)
     except sqlite3.DatabaseError as exc:
         raise CommandError(f"{path} ({uri}) is not an MLflow registry: {exc}; {hint}") from exc
     if "registered_models" not in tables:
@@ -198,17 +223,38 @@ def _check_registry(uri: str) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """The registered pyfunc (unwrapped) that ``--model-uri`` names."""
+    """The router version ``--model-uri`` names, ready to route (``router_core.servable.ServableRouter``). From a
+    sqlite registry its files are read directly (re-rooted first if the registry moved): no MLflow import, which
+    alone takes seconds; anything else goes through MLflow's loader."""
+    from serving import registry_files
+
+    uri = _tracking_uri(args)
+    database = registry_files.sqlite_path(uri)
+    if database is not None:
+        registry_files.follow_moved_artifacts(database)
+        try:
+            directory = registry_files.router_dir(database, args.model_uri)
+        except registry_files.RegistryLookupError as exc:
+            raise CommandError(f"{args.model_uri}: {exc} (registry {uri})") from exc
+        if directory is not None:
+            from router_core.servable import ServableRouter
+
+            return ServableRouter().load_dir(directory)
+    return _load_with_mlflow(args.model_uri, uri)
+
+
+def _load_with_mlflow(model_uri: str, tracking_uri: str):
+    """The registered pyfunc (unwrapped: a ``ServableRouter`` too), through MLflow's loader."""
     import mlflow
 
     from serving import registry
 
-    registry.configure(_tracking_uri(args))
+    registry.configure(tracking_uri)
     try:
-        return mlflow.pyfunc.load_model(args.model_uri).unwrap_python_model()
+        return mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     except mlflow.exceptions.MlflowException as exc:
         message = str(exc).splitlines()[0]
-        raise CommandError(f"{args.model_uri}: {message} (registry {mlflow.get_tracking_uri()})") from exc
+        raise CommandError(f"{model_uri}: {message} (registry {mlflow.get_tracking_uri()})") from exc
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
@@ -221,8 +267,6 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _route(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     prompts = _prompts(args)
     model = _load(args)
     params = {
@@ -232,36 +276,80 @@ def _route(args: argparse.Namespace) -> int:
         "candidates": args.candidates,
     }
     try:
-        out = model.predict(None, pd.DataFrame({"prompt": prompts}), {k: v for k, v in params.items() if v is not None})
+        out = model.route(prompts, {k: v for k, v in params.items() if v is not None})
     except ValueError as exc:  # a bad budget, an unknown candidate, an empty prompt: each named with its value
         raise CommandError(str(exc)) from exc
-    for prompt, row in zip(prompts, out.itertuples(), strict=True):
-        print(f"{row.llm}\t(cost_weight {row.cost_weight:.4g})\t{' '.join(prompt.split())[:60]}")
-        ranked = sorted(row.predicted_error, key=row.predicted_error.get)
-        for name in ranked:
-            marker = "*" if name == row.llm else " "
-            print(f"  {marker} {name:<32} predicted error {row.predicted_error[name]:.3f}   cost ${row.cost[name]:.6f}")
+    rows = zip(prompts, out["llm"], out["cost_weight"], out["predicted_error"], out["cost"], strict=True)
+    for prompt, llm, cost_weight, predicted_error, cost in rows:
+        print(f"{llm}\t(cost_weight {cost_weight:.4g})\t{' '.join(prompt.split())[:60]}")
+        for name in sorted(predicted_error, key=predicted_error.get):
+            marker = "*" if name == llm else " "
+            print(f"  {marker} {name:<32} predicted error {predicted_error[name]:.3f}   cost ${cost[name]:.6f}")
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
     model = _load(args)
-    router = model.router
+    router, errors = model.router, model.validation_error()
     print(
-        f"{args.model_uri}: {len(router.llms_)} LLMs, {router.psi_.shape[1]} prompt clusters; Psi is an LLM's error "
-        "rate on a cluster's validation prompts (0: always right, 1: always wrong)"
+        f"{args.model_uri}: {len(router.llms_)} LLMs, {router.psi_.shape[1]} prompt clusters; validation error is "
+        "an LLM's error rate on the validation prompts (Psi per cluster, weighted by the share of prompts in each "
+        "cluster); Psi is its error rate on one cluster's (0: always right, 1: always wrong)"
     )
     print(
-        f"  {'llm':<32}{'USD/query':>12}{'mean error (Psi)':>18}{'best cluster (Psi)':>20}{'worst cluster (Psi)':>21}"
+        f"  {'llm':<32}{'USD/query':>12}{'validation error':>18}{'best cluster (Psi)':>20}{'worst cluster (Psi)':>21}"
     )
     order = sorted(range(len(router.llms_)), key=lambda j: router.costs_[j])
     for j in order:
         psi = router.psi_[j]
         print(
-            f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{psi.mean():>18.3f}"
+            f"  {router.llms_[j]:<32}{router.costs_[j]:>12.6f}{errors[j]:>18.3f}"
             f"{f'{psi.argmin()} ({psi.min():.2f})':>20}{f'{psi.argmax()} ({psi.max():.2f})':>21}"
         )
     return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    """``pipelines.refresh``: the one command here that runs the pipeline (imported only when run: the command line
+    is every floor's entry point, and nothing else of it needs Dagster)."""
+    from pipelines.refresh import NothingToRefresh, refresh
+
+    try:
+        refresh()
+    except NothingToRefresh as exc:
+        raise CommandError(str(exc)) from exc
+    return 0
+
+
+#: mlflow commands that take the registry as ``--backend-store-uri`` (the others read $MLFLOW_TRACKING_URI).
+BACKEND_STORE_COMMANDS = ("ui", "server")
+
+
+def _mlflow(args: argparse.Namespace) -> int:
+    """``mlflow ARGS`` as its own process on the registry, re-rooted first (:func:`_load` does the same), so that a
+    copied data home serves its own artifacts, never the original's."""
+    import subprocess
+
+    from serving import registry_files
+
+    argv = list(args.mlflow_args)
+    if not argv:
+        raise CommandError("no mlflow arguments: e.g. `uniroute mlflow ui --port 5000`")
+    uri = _tracking_uri(args)
+    database = registry_files.sqlite_path(uri)
+    if database is not None:
+        registry_files.follow_moved_artifacts(database)
+    if argv[0] in BACKEND_STORE_COMMANDS and "--backend-store-uri" not in argv:
+        argv += ["--backend-store-uri", uri]
+    bin_dir = os.path.dirname(sys.executable)  # the venv's: uvicorn, gunicorn (mlflow starts them by name)
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_REGISTRY_URI": uri,
+    }
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return subprocess.run([sys.executable, "-m", "mlflow", *argv], env=env, check=False).returncode
 
 
 def _add_model(args: argparse.Namespace) -> int:

@@ -291,7 +291,8 @@ class Gateway:
             self._finish(call, result, result.status)
             headers = {"Retry-After": retry_after_header(result.retry_after_s)} if result.status in (429, 503) else {}
             code = _upstream_code(result.status)
-            return error_response(result.status, result.error or "no answer", "model", code, headers)
+            retry = False if result.final else None  # an LLM refused the request itself: the same again
+            return error_response(result.status, result.error or "no answer", "model", code, headers, retry)
         headers = {"X-UniRoute-LLM": result.llm, "X-UniRoute-Router-Version": router.version}
         if result.stream is not None:
             return StreamingResponse(self._relay(call, result), media_type="text/event-stream", headers=headers)
@@ -378,6 +379,7 @@ class Gateway:
             self.metrics.observe_upstream(attempt.llm, attempt.seconds, attempt.error)
         state = call.request.state
         state.llm, state.attempts, state.cost_usd = result.llm, len(result.attempts), cost
+        state.tried = result.tried
         chat, usage = call.chat, result.usage or {}
         self.decisions.record(
             {

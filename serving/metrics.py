@@ -189,6 +189,7 @@ ACCESS_FIELDS = (
     "path",
     "status",
     "llm",
+    "tried",
     "attempts",
     "latency_ms",
     "cost_usd",
@@ -198,7 +199,8 @@ _ALIASES = {"time": "at", "chosen_llm": "llm", "realised_cost_usd": "cost_usd", 
 
 def access_log_line(**fields: object) -> str:
     """One logfmt line per request: ``at`` (UTC; default now), ``request_id``, ``key_id``, ``method``, ``path``
-    (its query string cut: it may carry a key), ``status``, ``llm`` (or ``chosen_llm``), ``attempts``,
+    (its query string cut: it may carry a key), ``status``, ``llm`` (or ``chosen_llm``: the one that answered),
+    ``tried`` (the LLMs asked in order, the choice then its fallbacks: a list is joined by commas), ``attempts``,
     ``latency_ms``, ``cost_usd`` (or ``realised_cost_usd``). Missing ones print ``-``; any other field is left
     out, so prompt text and keys never reach the log.
     """
@@ -209,6 +211,8 @@ def access_log_line(**fields: object) -> str:
         given["at"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     if isinstance(given.get("path"), str):
         given["path"] = given["path"].split("?", 1)[0]
+    if isinstance(given.get("tried"), list | tuple):
+        given["tried"] = ",".join(map(str, given["tried"])) or None
     if given.get("latency_ms") is not None:
         given["latency_ms"] = f"{float(given['latency_ms']):.1f}"
     if given.get("cost_usd") is not None:
@@ -257,6 +261,7 @@ class ObservabilityMiddleware:
                     path=scope.get("path"),
                     status=status,
                     llm=state.get("llm"),
+                    tried=state.get("tried"),
                     attempts=state.get("attempts"),
                     latency_ms=seconds * 1e3,
                     cost_usd=state.get("cost_usd"),

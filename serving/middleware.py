@@ -44,6 +44,10 @@ Send = Callable
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
 ADMIN_PATHS = frozenset({"/metrics"})  # key ids and their spend: an operator's page (KeyStore.check_admin)
 DEFAULT_MAX_BYTES = 1_000_000
+#: The header OpenAI's SDKs obey over their own rule (which retries 408, 409, 429 and 5xx): ``false`` stops them.
+SHOULD_RETRY_HEADER = "x-should-retry"
+#: Error codes no retry can change (a spent budget, no LLM the key may reach), whatever their status.
+FINAL_CODES = frozenset({"insufficient_quota", "no_llm_available"})
 
 
 class RequestError(ClientError):
@@ -64,16 +68,26 @@ def error_type(status: int, code: str | None = None) -> str:
     return "server_error" if status >= 500 else "invalid_request_error"
 
 
+def should_retry(status: int, code: str | None = None) -> bool:
+    """May the client send this request again and hope for another answer? Timeouts, conflicts, rate limits and
+    server errors yes (what the SDKs retry on their own), other 4xx and :data:`FINAL_CODES` no."""
+    return code not in FINAL_CODES and (status in (408, 409, 429) or status >= 500)
+
+
 def error_response(
     status: int,
     message: str,
     param: str | None = None,
     code: str | None = None,
     headers: Mapping[str, str] | None = None,
+    retry: bool | None = None,
 ) -> JSONResponse:
-    """``{"error": {"message", "type", "param", "code"}}`` with ``status``: OpenAI's error shape."""
+    """``{"error": {"message", "type", "param", "code"}}`` with ``status``: OpenAI's error shape, with
+    ``x-should-retry`` saying whether a retry can help (``retry``, default :func:`should_retry`), so an SDK never
+    resends a final refusal."""
     body = {"error": {"message": message, "type": error_type(status, code), "param": param, "code": code}}
-    return JSONResponse(body, status, dict(headers) if headers else None)
+    retry = should_retry(status, code) if retry is None else retry
+    return JSONResponse(body, status, {**(headers or {}), SHOULD_RETRY_HEADER: str(retry).lower()})
 
 
 def client_error_response(exc: ClientError) -> JSONResponse:

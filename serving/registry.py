@@ -7,12 +7,10 @@ database file, so a data home moved or copied elsewhere is re-rooted by :func:`c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -27,9 +25,17 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, DataType, Map, ParamSchema, ParamSpec, Schema
 
 from router_core import Embedder
+from router_core.servable import BUDGET_FILE, EMBEDDER_DIR
+from serving.registry_files import (  # the registry's files, read without MLflow; callers may use either module
+    ARTIFACT_ROOT_TAG,
+    default_mlflow_dir,  # noqa: F401
+    default_tracking_uri,  # noqa: F401
+    follow_moved_artifacts,
+    sqlite_path,
+    sqlite_tables,  # noqa: F401
+)
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc.py")
-EMBEDDER_DIR = "embedder"  # inside a router's directory: the ONNX export its embedder runs, if any
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: What a fresh environment needs to load the model; listed so MLflow never infers them over the network.
 PIP_REQUIREMENTS = [
@@ -44,8 +50,6 @@ PIP_REQUIREMENTS = [
     "pandas==2.3.3",
 ]
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
-#: Experiment tag: the artifact root relative to the sqlite file's folder (how :func:`configure` re-roots it).
-ARTIFACT_ROOT_TAG = "uniroute.artifact_root_from_registry"
 #: Tag prefix for a metric that was not logged, e.g. ``metric_absent.test_qnc_fraction_of_best_cost``: why.
 ABSENT_METRIC_TAG = "metric_absent."
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
@@ -88,18 +92,6 @@ SIGNATURE = ModelSignature(
 )
 
 
-def default_mlflow_dir() -> Path:
-    """``<data home>/mlflow``: the sqlite registry and the artifacts, beside the warehouse file."""
-    import warehouse as wh
-
-    return wh.default_path().parent / "mlflow"
-
-
-def default_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI``, else the sqlite file in :func:`default_mlflow_dir`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_mlflow_dir() / 'mlflow.db'}"
-
-
 def configure(tracking_uri: str) -> None:
     """Point MLflow at ``tracking_uri`` (e.g. ``sqlite:///data/mlflow/mlflow.db``); telemetry off. A sqlite
     registry that was moved or copied with its artifacts is re-rooted first (:func:`follow_moved_artifacts`)."""
@@ -109,22 +101,6 @@ def configure(tracking_uri: str) -> None:
         follow_moved_artifacts(database)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-
-
-def sqlite_path(tracking_uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (relative to the working directory unless absolute), else None."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
-
-
-def sqlite_tables(database: Path, con: sqlite3.Connection | None = None) -> set[str]:
-    """The table names of a sqlite file, read through ``con`` or a read-only connection (looking changes nothing)."""
-    if con is not None:
-        return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    with contextlib.closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)) as ro:
-        return sqlite_tables(database, ro)
 
 
 def ensure_experiment(name: str, artifact_root: Path) -> str:
@@ -139,67 +115,6 @@ def ensure_experiment(name: str, artifact_root: Path) -> str:
     if tags and ARTIFACT_ROOT_TAG not in experiment.tags and experiment.artifact_location == root.as_uri():
         MlflowClient().set_experiment_tag(experiment.experiment_id, ARTIFACT_ROOT_TAG, tags[ARTIFACT_ROOT_TAG])
     return experiment.experiment_id
-
-
-def follow_moved_artifacts(database: Path) -> int:
-    """Re-root the artifact URIs a sqlite registry stores when it no longer lies where it was created.
-
-    MLflow stores absolute artifact URIs (experiments, runs, logged models, model versions, traces) and has no
-    relative form for a file store, so a copied registry would read, and write, the original's artifacts. Each
-    experiment tagged with :data:`ARTIFACT_ROOT_TAG` whose root, taken relative to ``database``'s folder, is an
-    existing folder other than the stored one gets every URI under the stored root rewritten to it, in one
-    transaction. A registry that did not move is only read. Returns the number of experiments re-rooted.
-    """
-    moves = _moved_roots(database)
-    if not moves:
-        return 0
-    con = sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True, timeout=30)
-    try:
-        tables = sqlite_tables(database, con)
-        with con:  # one transaction: all URIs move, or none
-            for experiment_id, old, new in moves:
-                _rewrite_prefix(con, tables, experiment_id, old, new)
-    finally:
-        con.close()
-    return len(moves)
-
-
-def _moved_roots(database: Path) -> list[tuple[str, str, str]]:
-    """``(experiment_id, stored root URI, root URI now)`` of each tagged experiment whose artifacts moved."""
-    folder = database.resolve().parent
-    con = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-    try:
-        tables = sqlite_tables(database, con)
-        if not {"experiments", "experiment_tags"} <= tables:
-            return []  # not (yet) an MLflow database
-        rows = con.execute(
-            "SELECT e.experiment_id, e.artifact_location, t.value FROM experiments e "
-            "JOIN experiment_tags t ON t.experiment_id = e.experiment_id AND t.key = ?",
-            [ARTIFACT_ROOT_TAG],
-        ).fetchall()
-    finally:
-        con.close()
-    roots = [(experiment_id, stored, (folder / relative).resolve()) for experiment_id, stored, relative in rows]
-    return [(e, stored, root.as_uri()) for e, stored, root in roots if root.is_dir() and root.as_uri() != stored]
-
-
-def _rewrite_prefix(con: sqlite3.Connection, tables: set[str], experiment_id: str, old: str, new: str) -> None:
-    """Every stored URI equal to ``old`` or under it, rewritten under ``new``."""
-    columns = [  # table, column, and which of its rows belong to the experiment
-        ("experiments", "artifact_location", " AND experiment_id = ?", [experiment_id]),
-        ("runs", "artifact_uri", " AND experiment_id = ?", [experiment_id]),
-        ("logged_models", "artifact_location", " AND experiment_id = ?", [experiment_id]),
-        ("model_versions", "storage_location", "", []),
-        ("model_versions", "source", "", []),
-        ("trace_tags", "value", " AND key = 'mlflow.artifactLocation'", []),
-    ]
-    for table, column, scope, scope_params in columns:
-        if table in tables:
-            con.execute(
-                f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
-                f"WHERE ({column} = ? OR substr({column}, 1, ?) = ?){scope}",
-                [new, len(old) + 1, old, len(old) + 1, old + "/", *scope_params],
-            )
 
 
 @dataclass(frozen=True)
@@ -429,10 +344,6 @@ def promote(model_name: str, version: str, better: bool) -> str:
         client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, current)
     client.set_registered_model_alias(model_name, CHAMPION, version)
     return CHAMPION
-
-
-#: Inside a router's directory: the validation predictions and scores that budgets resolve on, per sub-pool.
-BUDGET_FILE = "budget_validation.npz"
 
 
 def write_router_meta(

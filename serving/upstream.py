@@ -146,6 +146,13 @@ class UpstreamResult:
     error: str | None = None
     #: The ``Retry-After`` (seconds) to give the client with a 429.
     retry_after_s: float | None = None
+    #: An LLM refused the request itself (a non-retryable 4xx): sending it again gets the same refusal.
+    final: bool = False
+
+    @property
+    def tried(self) -> list[str]:
+        """The LLMs asked, in order (the choice, then its fallbacks), each once."""
+        return list(dict.fromkeys(a.llm for a in self.attempts))
 
 
 def realised_cost(row: dict, usage: dict | None) -> float | None:
@@ -325,7 +332,12 @@ class Upstreams:
                 503, "every LLM asked is cooling down after repeated failures; try again later", False, wait
             )
         return UpstreamResult(
-            llm=None, attempts=attempts, status=last.status, error=last.message, retry_after_s=last.retry_after_s
+            llm=None,
+            attempts=attempts,
+            status=last.status,
+            error=last.message,
+            retry_after_s=last.retry_after_s,
+            final=last.final,
         )
 
     def _delay(self, try_number: int, retry_after_s: float | None) -> float | None:

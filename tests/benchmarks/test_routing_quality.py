@@ -67,19 +67,7 @@ def test_missing_dataset_exits_2_naming_the_path_and_the_variable(tmp_path, caps
 
 def test_a_dataset_in_the_generic_layout_gets_the_same_table(mmlu_like_dir, tmp_path, capsys):
     """Results with per-query costs and a prompt file, as a user brings them: no MMLU-Pro code involved."""
-    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
-    answers = pl.read_parquet(mmlu_like_dir / "responses.parquet")
-    data = tmp_path / "mine"
-    data.mkdir()
-    questions.select(
-        pl.format("q{}", "question_id").alias("prompt_id"), pl.col("question").alias("prompt"), "category"
-    ).write_ndjson(data / "prompts.jsonl")
-    answers.select(
-        "model",
-        pl.format("q{}", "question_id").alias("prompt_id"),
-        pl.col("correct").alias("score"),
-        (pl.col("response").str.len_chars() * 1e-6 * (pl.col("model").rank("dense") + 1)).alias("cost_usd"),
-    ).write_parquet(data / "results.parquet")
+    data = _generic_dataset(mmlu_like_dir, tmp_path / "mine")
     argv = ["--data", str(data), "--full", "--seeds", "0", "--training-llms", "3", "--k-grid", "2", "3"]
     argv += ["--knn-grid", "3", "--no-ablations", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o")]
     assert routing_quality.main(argv) == 0
@@ -92,3 +80,40 @@ def test_a_dataset_in_the_generic_layout_gets_the_same_table(mmlu_like_dir, tmp_
     uniroute = results.filter(pl.col("method") == "UniRoute-KMeans", pl.col("cost_mode") == "tokens")["audc"].item()
     zero = results.filter(pl.col("method") == "ZeroRouter", pl.col("cost_mode") == "tokens")["audc"].item()
     assert uniroute > zero  # topic specialists: routing on the prompt's text wins
+
+
+def _generic_dataset(mmlu_like_dir, folder, copies: int = 0):
+    """The fixture's answers as a user's results table (generic layout) with a prompt file; ``copies`` more LLMs,
+    each a renamed copy of one of the six, so the pool has 6 + ``copies``."""
+    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
+    answers = pl.read_parquet(mmlu_like_dir / "responses.parquet")
+    models = answers["model"].unique(maintain_order=True).to_list()
+    extra = [
+        answers.filter(pl.col("model") == models[i % 6]).with_columns(model=pl.lit(f"copy{i}")) for i in range(copies)
+    ]
+    answers = pl.concat([answers, *extra])
+    folder.mkdir()
+    questions.select(
+        pl.format("q{}", "question_id").alias("prompt_id"), pl.col("question").alias("prompt"), "category"
+    ).write_ndjson(folder / "prompts.jsonl")
+    answers.select(
+        "model",
+        pl.format("q{}", "question_id").alias("prompt_id"),
+        pl.col("correct").alias("score"),
+        (pl.col("response").str.len_chars() * 1e-6 * (pl.col("model").rank("dense") + 1)).alias("cost_usd"),
+    ).write_parquet(folder / "results.parquet")
+    return folder
+
+
+def test_the_default_number_of_training_llms_is_a_share_of_a_small_pool(mmlu_like_dir, tmp_path, capsys):
+    """Eleven LLMs: the paper's 14 training LLMs would leave none to route among; the default is half the pool."""
+    data = _generic_dataset(mmlu_like_dir, tmp_path / "eleven", copies=5)
+    argv = ["--data", str(data), "--full", "--seeds", "0", "--k-grid", "2", "--knn-grid", "3", "--no-ablations"]
+    argv += ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "o")]
+    assert routing_quality.main(argv) == 0
+    assert "x 11 LLMs" in capsys.readouterr().out
+    assert routing_quality.training_llm_count(11) == 5 and routing_quality.training_llm_count(29) == 14
+    # a count that leaves fewer than two LLMs to route among is one line, exit code 2
+    assert routing_quality.main([*argv, "--training-llms", "10"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the embedder's loading bar
+    assert last.startswith("error: --training-llms 10: the dataset has 11 LLMs; between 1 and 9 may train")

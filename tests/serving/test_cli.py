@@ -108,10 +108,52 @@ def test_route_user_errors_are_one_line_and_exit_2(registry_uri, capsys, args, n
 def test_models_lists_the_pool_cheapest_first(registry_uri, capsys, prices):
     assert main(["models", "--tracking-uri", registry_uri]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "error rate" in lines[0] and "mean error (Psi)" in lines[1]
+    assert "error rate" in lines[0] and "validation error" in lines[1]
     rows = lines[2:]
     assert [row.split()[0] for row in rows] == sorted(prices, key=prices.get)
     assert all(0 <= float(row.split()[2]) <= 1 for row in rows)
+
+
+def _register_uneven_clusters(root, onnx_cache) -> str:
+    """A router over two LLMs and two clusters holding 90 and 10 of its 100 validation prompts: ``specialist`` is
+    wrong on 10% of the big cluster and 90% of the small one (18% of all prompts, mean Psi 0.5), ``steady`` on
+    30% of each (30%, mean Psi 0.3). Registered in a new sqlite registry under ``root``; returns its URI."""
+    import mlflow
+    import numpy as np
+
+    from router_core import Embedder, KMeansClusterMap, UniRouter, save_router
+    from serving import registry
+
+    rng = np.random.default_rng(0)
+    topic = np.array([0] * 90 + [1] * 10)
+    x = np.eye(8)[topic] + 0.01 * rng.normal(size=(100, 8))
+    wrong = {"specialist": (0.1, 0.9), "steady": (0.3, 0.3)}
+    errors = np.zeros((100, 2))
+    for j, rates in enumerate(wrong.values()):
+        for t, rate in enumerate(rates):
+            rows = np.flatnonzero(topic == t)
+            errors[rows[: round(rate * len(rows))], j] = 1.0
+    router = UniRouter(KMeansClusterMap(n_clusters=2).fit(x)).fit_arrays(x, errors, list(wrong), [1.0, 1.0])
+    router_dir = save_router(router, root / "router")
+    registry.write_router_meta(router_dir, Embedder(cache_dir=onnx_cache), 0.0, router.predict_error(x), 1 - errors)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    registry.configure(uri)
+    try:
+        experiment = registry.ensure_experiment("uniroute", root / "artifacts")
+        version = registry.register_router(router_dir, "uniroute", experiment, {}, {}, {}, {}, ["What is 2 + 2?"])
+        registry.promote("uniroute", version, better=True)
+    finally:
+        mlflow.set_tracking_uri(None)
+    return uri
+
+
+def test_models_shows_validation_error_weighted_by_cluster_size(tmp_path, onnx_cache, capsys):
+    """The unweighted mean of Psi ranks the specialist (18% wrong) below the steady LLM (30% wrong)."""
+    uri = _register_uneven_clusters(tmp_path, onnx_cache)
+    assert main(["models", "--tracking-uri", uri]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert float(rows["specialist"][2]) == pytest.approx(0.18) and float(rows["steady"][2]) == pytest.approx(0.3)
+    assert rows["specialist"][3:] == ["0", "(0.10)", "1", "(0.90)"]  # best and worst cluster: Psi as it is
 
 
 def _registry_commands(uri: str, catalog) -> list[list[str]]:
@@ -210,7 +252,7 @@ HEAVY = {
 
 COMMANDS = [
     "replay-server", "sync-catalog", "import-prompts", "import-mmlu-pro", "import-results", "datasets", "graders",
-    "collect", "grade", "route", "models", "add-model", "serve",
+    "collect", "grade", "route", "models", "add-model", "serve", "mlflow", "refresh",
 ]  # fmt: skip
 
 HELP_EVERYWHERE = f"""
@@ -229,6 +271,43 @@ def test_an_unknown_alias_is_one_line_and_exit_2_in_a_real_process(registry_uri)
     assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("uniroute models: models:/uniroute@nope: ") and registry_uri in line
+
+
+#: What `uniroute route` and `uniroute models` may not import: they read the version's files (no MLflow, seconds)
+#: and embed with its int8 ONNX export (no torch).
+NOT_FOR_ROUTING = {
+    "mlflow", "dagster", "torch", "sentence_transformers", "transformers", "pandas", "scipy", "sklearn",
+    "sqlalchemy", "uvicorn", "starlette", "httpx", "matplotlib",
+}  # fmt: skip
+
+ROUTE_AND_MODELS = """
+import contextlib, io, json, sys
+from serving.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    assert main(sys.argv[1:]) == 0
+print(json.dumps({"out": out.getvalue(), "modules": sorted(sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize("argv", [["models"], ["route", "What is 2 + 2?", "--max-cost", "2"]])
+def test_route_and_models_load_only_what_they_need(registry_uri, tmp_path, monkeypatch, argv):
+    """A fresh process as the user's, on the default registry of a data home (a copy: re-rooted on the way):
+    modules, not seconds, so a busy machine cannot make this flaky (benchmarks/cli_latency.py times them)."""
+    import shutil
+
+    from serving.registry_files import sqlite_path
+
+    home = tmp_path / "home"
+    shutil.copytree(sqlite_path(registry_uri).parent, home / "mlflow")
+    env = venv_env(UNIROUTE_WAREHOUSE=str(home / "warehouse.duckdb"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run(
+        [sys.executable, "-c", ROUTE_AND_MODELS, *argv], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert {name.split(".")[0] for name in result["modules"]} & NOT_FOR_ROUTING == set()
+    assert "math-pro" in result["out"] and "cheap" in result["out"]
 
 
 def test_help_imports_nothing_heavy():

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import openai
 import polars as pl
 import pytest
@@ -120,6 +121,7 @@ def test_a_spent_budget_and_a_rate_limit_get_429_with_retry_after(served, mmlu_l
     with pytest.raises(openai.RateLimitError) as refused:
         bob.chat.completions.create(model="cheap", messages=messages)
     assert refused.value.body["code"] == "insufficient_quota" and int(refused.value.response.headers["Retry-After"]) > 0
+    assert refused.value.response.headers["x-should-retry"] == "false"  # spent until midnight: final
 
     dave = _client(url, "dave")
     for _ in range(2):
@@ -128,7 +130,46 @@ def test_a_spent_budget_and_a_rate_limit_get_429_with_retry_after(served, mmlu_l
     with pytest.raises(openai.RateLimitError) as refused:
         dave.chat.completions.create(model="cheap", messages=messages)
     assert refused.value.body["code"] == "rate_limit_exceeded" and refused.value.response.headers["Retry-After"]
+    assert refused.value.response.headers["x-should-retry"] == "true"  # the next minute's requests may pass
     assert _asked(replay) == asked
+
+
+def _counting_client(url: str, key: str, sent: list[str]) -> openai.OpenAI:
+    """The SDK with its default retry policy (2 retries on 408, 409, 429, 5xx unless told otherwise); every
+    request it sends is appended to ``sent``."""
+    hooks = {"request": [lambda request: sent.append(request.url.path)]}
+    return openai.OpenAI(
+        base_url=f"{url}/v1", api_key=SECRETS[key], timeout=30, http_client=httpx.Client(event_hooks=hooks)
+    )
+
+
+def test_the_sdk_sends_a_final_refusal_once_and_the_access_log_names_the_llm_tried(served, mmlu_like_dir):
+    url, replay, root = served
+    sent: list[str] = []
+    alice = _counting_client(url, "alice", sent)
+    unknown = [{"role": "user", "content": "a prompt no LLM ever answered (the endpoint says 404)"}]
+    asked = _asked(replay)
+    with pytest.raises(openai.APIStatusError) as refused:  # the LLM refused the request itself: 502, final
+        alice.chat.completions.create(model="cheap", messages=unknown)
+    response = refused.value.response
+    assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
+    assert sent == ["/v1/chat/completions"] and _asked(replay) == asked + 1  # once to the gateway, once upstream
+    request_id = response.headers["x-request-id"]
+    line = next(line for line in (root / "gateway.log").read_text().splitlines() if request_id in line)
+    assert "status=502" in line and "llm=- tried=cheap attempts=1" in line
+
+    sent.clear()  # a spent budget (429, which the SDK retries unless told not to): once too
+    with pytest.raises(openai.RateLimitError) as refused:
+        _counting_client(url, "bob", sent).chat.completions.create(model="cheap", messages=unknown)
+    assert refused.value.body["code"] == "insufficient_quota" and sent == ["/v1/chat/completions"]
+
+    sent.clear()  # an answer: the access log names the LLM that answered and the one tried
+    routed = alice.chat.completions.with_raw_response.create(
+        model="uniroute", messages=[{"role": "user", "content": _prompt(mmlu_like_dir)}]
+    )
+    llm, request_id = routed.headers["X-UniRoute-LLM"], routed.headers["x-request-id"]
+    line = next(line for line in (root / "gateway.log").read_text().splitlines() if request_id in line)
+    assert f"llm={llm} tried={llm} attempts=1" in line and sent == ["/v1/chat/completions"]
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,7 @@ def test_access_log_line_has_the_fields_and_never_the_prompt_or_key():
         path="/v1/chat/completions?api_key=sk-secret",
         status=200,
         chosen_llm="cheap",
+        tried=["generalist", "cheap"],  # the choice failed; its fallback answered
         attempts=2,
         latency_ms=212.345,
         realised_cost_usd=0.00042,
@@ -147,7 +148,7 @@ def test_access_log_line_has_the_fields_and_never_the_prompt_or_key():
     )
     assert line == (
         'at=2026-05-01T12:30:00.123Z request_id=req-1 key_id="team a" method=POST path=/v1/chat/completions '
-        "status=200 llm=cheap attempts=2 latency_ms=212.3 cost_usd=0.00042000"
+        "status=200 llm=cheap tried=generalist,cheap attempts=2 latency_ms=212.3 cost_usd=0.00042000"
     )
     assert "\n" not in access_log_line(request_id="a\nb", status=500)
     now = access_log_line(request_id="r", status=401)

@@ -1,0 +1,130 @@
+"""The daemon's work done in-process with a line per run: the demo and ``uniroute refresh`` share it.
+
+:func:`quiet_libraries` keeps only those lines on screen (progress bars off, libraries' INFO logs off, warnings
+still shown); :class:`ProgressLines` prints a run's line and keeps the router versions registered;
+:func:`onboard` is one tick of the onboarding sensor with the profiling runs it requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.ticks import QUIET, already_launched, sensor_run_tags, sensor_tick
+
+#: Progress bars off (tqdm's own setting, and MLflow's artifact bars) and MLflow's logs from WARNING up.
+QUIET_ENVIRONMENT = {
+    "TQDM_DISABLE": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+}
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """:data:`QUIET_ENVIRONMENT` (unless set; read by the libraries on import, so enter this before they are
+    imported), Dagster's logs from WARNING up, and MLflow's registration notes muted: MLflow prints them to its
+    event stream whatever the log level, so its own counted switch mutes that stream (its inner uses of the switch
+    then leave it muted) and a handler of ours shows MLflow's warnings and errors."""
+    for name, value in QUIET_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    from mlflow.utils import logging_utils
+    from mlflow.utils.autologging_utils.logging_and_warnings import MlflowEventsAndWarningsBehaviorGlobally
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(logging_utils.LOGGING_LINE_FORMAT, logging_utils.LOGGING_DATETIME_FORMAT))
+    logger = logging.getLogger("mlflow")
+    logger.addHandler(handler)
+    try:
+        with MlflowEventsAndWarningsBehaviorGlobally(
+            disable_event_logs=True, disable_warnings=False, reroute_warnings=False
+        ):
+            yield
+    finally:
+        logger.removeHandler(handler)
+
+
+class RunFailed(RuntimeError):
+    """A run in-process failed for another reason than a failing data check (its events are in the instance)."""
+
+
+@dataclass
+class ProgressLines:
+    """Prints one line per run executed in-process (what it did, seconds, data checks that failed) and keeps the
+    metadata of each router version a run registered. A run that failed but for a data check is
+    :class:`RunFailed`, naming ``dagster_home`` where its events are."""
+
+    dagster_home: Path
+    versions: list[dict] = field(default_factory=list)
+    runs: int = 0
+
+    def run(self, title: str, result: dg.ExecuteInProcessResult, seconds: float) -> None:
+        errors = [c for c in result.get_asset_check_evaluations() if c.severity == dg.AssetCheckSeverity.ERROR]
+        failed = [c.check_name for c in errors if not c.passed]
+        note = f"  data check failed ({', '.join(failed)}): left out" if failed else ""
+        if not result.success and not failed:
+            raise RunFailed(f"{title}: run {result.run_id} failed; see its events in {self.dagster_home}")
+        self.runs += 1
+        print(f"  {title:<58}{seconds:6.1f} s{note}", flush=True)
+        for event in result.get_asset_materialization_events():
+            if event.asset_key == dg.AssetKey("router"):
+                self.versions.append({k: v.value for k, v in event.materialization.metadata.items()})
+
+    def registered(self) -> list[dict]:
+        """The versions registered, each once (a run that found nothing new records its version as unchanged)."""
+        return list({str(v["version"]): v for v in self.versions if v.get("version")}.values())
+
+    def automation_run(self, names: list[str], partition: str | None, result, seconds: float) -> None:
+        """:meth:`run`, titled as :class:`pipelines.ticks.AutomationTicks` reports a run."""
+        self.run(f"automation: {', '.join(names)}" + (f" [{partition}]" if partition else ""), result, seconds)
+
+
+def current_aliases(tracking_uri: str, model_name: str, versions: list[str]) -> dict[str, str]:
+    """The aliases each version holds now, comma-separated, or ``-`` (one registered as champion may have been
+    overtaken since)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return {v: ",".join(sorted(client.get_model_version(model_name, v).aliases)) or "-" for v in versions}
+
+
+def onboard(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    resources: dict,
+    on_run: Callable[[str, dg.ExecuteInProcessResult, float], None],
+    ops: dict | None = None,
+) -> int:
+    """One tick of the onboarding sensor, then the profiling run it requests for each new or changed LLM, executed
+    here with the tags the daemon gives it (``ops`` overrides their op config); a run key already in the instance
+    (the daemon launched it) is skipped, as the daemon skips it. Returns the runs executed."""
+    from pipelines.sensors import llm_onboarding_sensor
+
+    tick = sensor_tick(llm_onboarding_sensor, instance, resources=resources)
+    job = defs.resolve_job_def("profile_llm")
+    executed = 0
+    for request in tick.run_requests if isinstance(tick, dg.SensorResult) else []:
+        if already_launched(instance, llm_onboarding_sensor, request):
+            continue
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=request.partition_key,
+            instance=instance,
+            resources=resources,
+            run_config={**QUIET, "ops": {**request.run_config["ops"], **(ops or {})}},
+            tags=sensor_run_tags(llm_onboarding_sensor, request),
+            raise_on_error=False,
+        )
+        on_run(f"sensor run: profile {request.partition_key}", result, time.perf_counter() - started)
+        executed += 1
+    return executed

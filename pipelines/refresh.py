@@ -1,0 +1,125 @@
+"""``uniroute refresh``: what the daemon would do, now, in this process, on ``$DAGSTER_HOME``'s instance.
+
+1. the onboarding sensor's tick: a partition and a profiling run for each new or changed catalog LLM;
+2. a ``prompt_set`` run for each dataset the warehouse holds (``uniroute import-prompts``, ``import-results``)
+   that no ``prompt_set`` materialisation has recorded at its size: the daemon cannot see a CLI import;
+3. automation ticks until one requests nothing: embeddings, cluster map, features per LLM partition, router.
+
+The project's ``Definitions`` and their resources, as the daemon's runs get them; the runs are tagged as the
+daemon tags them and the cursors are the daemon's (``pipelines.ticks``), so it is safe beside a running daemon:
+a sensor run key already in the instance is skipped, and each automation tick reloads the cursor from the
+instance and leaves out asset partitions a run is materialising. Prints a line per run, then what changed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.progress import ProgressLines, current_aliases, onboard, quiet_libraries
+from pipelines.ticks import QUIET, AutomationTicks
+
+
+class NothingToRefresh(ValueError):
+    """No instance to work on, or nothing in the warehouse to build from: a user error, one line."""
+
+
+def refresh() -> int:
+    """Bring ``$DAGSTER_HOME``'s instance, the warehouse and the registry up to date; returns the runs executed."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise NothingToRefresh(
+            "DAGSTER_HOME is not set: refresh works on the Dagster instance the daemon uses; set it to a folder "
+            "holding the project's dagster.yaml (README 'The pipeline')"
+        )
+    with quiet_libraries():
+        return _refresh(Path(home))
+
+
+def _refresh(home: Path) -> int:
+    from pipelines.definitions import defs
+
+    resources = defs.resources
+    _check_something_to_build(resources["warehouse"])
+    started = time.perf_counter()
+    progress = ProgressLines(home)
+    with dg.DagsterInstance.get() as instance:
+        print(f"refresh: Dagster instance {home}, warehouse {resources['warehouse'].database()}", flush=True)
+        ticks = AutomationTicks(defs, instance, resources, on_run=progress.automation_run, beside_daemon=True)
+        if ticks.cursor is None:  # automation's first evaluation requests nothing: the daemon was on before this
+            ticks.tick()
+        onboard(defs, instance, resources, progress.run)
+        _prompt_sets(defs, instance, resources, progress)
+        ticks.until_idle()
+    _summary(progress, resources["mlflow"], time.perf_counter() - started)
+    return progress.runs
+
+
+def _check_something_to_build(warehouse) -> None:
+    """Refuse a warehouse without prompts: nothing to profile, map or route."""
+    import warehouse as wh
+
+    path = warehouse.database()
+    if not path.is_file():
+        raise NothingToRefresh(f"nothing to refresh: no warehouse at {path}; import prompts or results first")
+    with warehouse.connect_read_only() as con:
+        datasets = wh.read_datasets(con)
+    if datasets.height == 0:
+        raise NothingToRefresh(
+            f"nothing to refresh: the warehouse {path} holds no prompts; import some first "
+            "(uniroute import-prompts or import-results)"
+        )
+
+
+def _prompt_sets(defs: dg.Definitions, instance: dg.DagsterInstance, resources: dict, progress) -> None:
+    """A ``prompt_set`` run (reading the dataset, as after ``uniroute import-prompts``) for each dataset whose size
+    differs from the one its last ``prompt_set`` materialisation recorded: it is what automation follows."""
+    import warehouse as wh
+
+    with resources["warehouse"].connect_read_only() as con:
+        sizes = dict(wh.read_datasets(con).select("name", "prompts").iter_rows())
+    recorded: dict[str, int] = {}
+    for record in instance.fetch_materializations(dg.AssetKey("prompt_set"), limit=1000).records:  # newest first
+        meta = record.asset_materialization.metadata
+        if "dataset" in meta and "dagster/row_count" in meta:
+            recorded.setdefault(meta["dataset"].value, meta["dagster/row_count"].value)
+    from assets.profiling import prompt_set
+
+    for name, size in sorted(sizes.items()):
+        if recorded.get(name) == size:
+            continue
+        started = time.perf_counter()
+        result = dg.materialize(
+            [prompt_set],
+            instance=instance,
+            resources=resources,
+            run_config={**QUIET, "ops": {"prompt_set": {"config": {"dataset": name}}}},
+            raise_on_error=False,
+        )
+        progress.run(f"prompts of dataset {name} ({size})", result, time.perf_counter() - started)
+
+
+def _summary(progress: ProgressLines, mlflow_resource, seconds: float) -> None:
+    """What changed: the runs, and each router version registered with the aliases it holds now."""
+    if progress.runs == 0:
+        print("refresh: up to date; nothing launched")
+        return
+    print(f"refresh: {progress.runs} runs in {seconds:.0f} s")
+    registered = progress.registered()
+    if not registered:
+        print("  router: no new version (nothing reached it yet, or no LLM passed its checks)")
+        return
+    from serving import registry
+
+    uri = mlflow_resource.tracking_uri or registry.default_tracking_uri()
+    aliases = current_aliases(uri, mlflow_resource.model_name, [str(v["version"]) for v in registered])
+    for v in registered:
+        status = "unchanged" if v.get("status") == "unchanged" else "registered"
+        audc = f", AUDC {v['audc']:.4f}" if isinstance(v.get("audc"), float) else ""
+        print(
+            f"  router {mlflow_resource.model_name} v{v['version']} {status}, alias "
+            f"{aliases[str(v['version'])]}: pool {v.get('pool')}{audc}"
+        )

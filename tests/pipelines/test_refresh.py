@@ -1,0 +1,127 @@
+"""`uniroute refresh` end to end on a user's results table: imported with the CLI, refreshed to a champion with
+nothing else run by hand; refreshed again, nothing launched; beside the daemon's own iterations, neither launches
+a run the other did."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from serving.cli import main
+
+from .test_demo import _daemon_iterations
+
+pytestmark = pytest.mark.e2e  # a whole pipeline, end to end
+
+#: The fixture's LLMs imported first, and the one imported afterwards.
+FIRST, LATER = ["math-pro", "history-pro", "bio-pro", "cheap"], "generalist"
+
+
+def _results(mmlu_like_dir, models: list[str]) -> pl.DataFrame:
+    """The fixture's answers of ``models`` as a long results table with prompts, categories and per-query costs."""
+    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
+    answers = pl.read_parquet(mmlu_like_dir / "responses.parquet").filter(pl.col("model").is_in(models))
+    return answers.join(questions, on="question_id").select(
+        "model",
+        pl.format("q{}", "question_id").alias("prompt_id"),
+        pl.col("correct").cast(pl.Float64).alias("score"),
+        pl.col("question").alias("prompt"),
+        "category",
+        (pl.col("response").str.len_chars() * 1e-6).alias("cost_usd"),
+    )
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, without_defs_state):
+    """An empty data home: a Dagster home with the project's dagster.yaml, warehouse and catalog paths set."""
+    from tests.conftest import PROJECT_ROOT
+
+    (tmp_path / "dagster").mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "warehouse.duckdb"))
+    monkeypatch.setenv("UNIROUTE_CATALOG", str(tmp_path / "llms.yaml"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    with without_defs_state():
+        yield tmp_path
+
+
+def _import(home, mmlu_like_dir, models: list[str], name: str) -> None:
+    """``models``' results imported with the CLI, each first added to the catalog as import-only and synced."""
+    catalog = home / "llms.yaml"
+    catalog.write_text(catalog.read_text() + "".join(f"  - {{name: {m}, base_url: null}}\n" for m in models))
+    assert main(["sync-catalog", str(catalog)]) == 0
+    path = home / f"{name}.parquet"
+    _results(mmlu_like_dir, models).write_parquet(path)
+    assert main(["import-results", str(path), "--dataset", "mine"]) == 0
+
+
+def _runs(home) -> list[dg.DagsterRun]:
+    with dg.DagsterInstance.get() as instance:
+        return instance.get_runs()
+
+
+def test_import_then_refresh_reaches_a_champion_and_again_launches_nothing(home, mmlu_like_dir, capsys):
+    _import(home, mmlu_like_dir, FIRST, "first")
+    capsys.readouterr()
+    assert main(["refresh"]) == 0
+    out = capsys.readouterr().out
+    assert "sensor run: profile cheap" in out and "automation: router" in out
+    assert "router uniroute v1 registered, alias champion" in out, out
+    assert main(["models"]) == 0  # the champion routes among the imported LLMs
+    assert sorted(line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]) == sorted(FIRST)
+
+    runs = len(_runs(home))
+    assert main(["refresh"]) == 0
+    assert "up to date; nothing launched" in capsys.readouterr().out
+    assert len(_runs(home)) == runs
+
+    # one more LLM's results: its profiling run, its features with the same map, router v2 (nothing else)
+    _import(home, mmlu_like_dir, [LATER], "later")
+    assert main(["refresh"]) == 0
+    out = capsys.readouterr().out
+    assert f"sensor run: profile {LATER}" in out and "automation: cluster_map" not in out
+    assert "router uniroute v2 registered" in out and "sensor run: profile cheap" not in out
+
+
+def test_refresh_and_the_daemon_never_launch_what_the_other_did(home, mmlu_like_dir, capsys):
+    from pipelines.sensors import llm_onboarding_sensor
+    from pipelines.ticks import RUN_KEY_TAG, daemon_workspace, load_sensor_cursor, store_sensor_cursor
+
+    _import(home, mmlu_like_dir, FIRST, "first")
+    assert main(["refresh"]) == 0
+    _import(home, mmlu_like_dir, [LATER], "later")
+    with dg.DagsterInstance.get() as instance, daemon_workspace(instance) as workspace:
+        before = load_sensor_cursor(instance, llm_onboarding_sensor.name)
+        # the daemon ticks first: it launches the new LLM's profiling run (queued: no run queue runs here)
+        _daemon_iterations(workspace, datetime.now(UTC), ticks=1)
+        launched = [r for r in instance.get_runs() if r.tags.get("dagster/partition") == LATER]
+        assert len(launched) == 1 and launched[0].status == dg.DagsterRunStatus.QUEUED
+        # refresh read the sensor's cursor before the daemon stored its own: its tick requests the same run key
+        store_sensor_cursor(instance, llm_onboarding_sensor, before)
+    capsys.readouterr()
+    assert main(["refresh"]) == 0
+    out = capsys.readouterr().out
+    assert f"profile {LATER}" not in out and "up to date; nothing launched" in out  # the daemon's run is pending
+    key = launched[0].tags[RUN_KEY_TAG]
+    assert [r.run_id for r in _runs(home) if r.tags.get(RUN_KEY_TAG) == key] == [launched[0].run_id]
+
+    with dg.DagsterInstance.get() as instance, daemon_workspace(instance) as workspace:
+        runs = instance.get_runs_count()
+        _daemon_iterations(workspace, datetime.now(UTC), ticks=2)  # and the daemon launches nothing refresh did
+        assert instance.get_runs_count() == runs
+
+
+def test_refresh_without_an_instance_or_data_is_one_line_and_exit_2(home, monkeypatch, capsys):
+    assert main(["refresh"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniroute refresh: nothing to refresh: no warehouse at") and len(err.splitlines()) == 1
+    monkeypatch.delenv("DAGSTER_HOME")
+    assert main(["refresh"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uniroute refresh: DAGSTER_HOME is not set") and len(err.splitlines()) == 1
