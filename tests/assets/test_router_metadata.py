@@ -5,7 +5,10 @@ materialised graph."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -84,6 +87,15 @@ def test_the_asset_page_explains_the_version(materialised):
     assert meta["test_prompts"].value > 0 and meta["cluster_map"].value.startswith("kmeans, K=3, version ")
     assert meta["dataset"].value.endswith(f"{meta['test_prompts'].value} test prompts)")
     assert "![deferral_curve.png](data:image/png;base64," in meta["deferral_curve"].value
+    for plot in ("deferral_curve", "psi_heatmap"):  # sharp on a high-density screen
+        encoded = meta[plot].value.split("base64,", 1)[1].rstrip(")")
+        assert min(_dpi(base64.b64decode(encoded))) >= 149.9, plot
+
+
+def _dpi(png: bytes) -> tuple[float, float]:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).info["dpi"]
 
 
 def test_left_out_llms_are_rows_that_say_why():
@@ -105,7 +117,7 @@ def test_left_out_llms_are_rows_that_say_why():
     assert rows[1]["USD per 1k queries"] is None
 
 
-def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(materialised):
+def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(materialised, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -126,6 +138,8 @@ def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(material
     ):
         assert text in card, text
     assert "@champion" in client.get_registered_model("uniroute").description
+    assert "| LLM | $ per 1,000 queries |" in card and "MLFLOW_TRACKING_URI=sqlite:///mlflow/mlflow.db" in card
+    assert registry.sqlite_path(materialised["uri"]).parent.parent.as_posix() not in card  # no absolute path
     run = client.get_run(version.run_id)
     assert run.info.run_name == registry.run_name(version.tags["cluster_map_version"], 3)
     metrics = run.data.metrics
@@ -139,6 +153,8 @@ def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(material
     assert all(math.isfinite(v) and abs(v) < 1e300 for v in metrics.values())  # inf is never logged as 1.8e308
     qnc = "test_qnc_fraction_of_best_cost"
     assert (qnc in metrics) != (f"metric_absent.{qnc}" in run.data.tags)
+    figure = client.download_artifacts(version.run_id, "deferral_curve.png", str(tmp_path))
+    assert min(_dpi(Path(figure).read_bytes())) >= 149.9
     outputs = mlflow.models.get_model_info("models:/uniroute/1").signature.outputs.to_dict()
     assert {c["name"]: c["type"] for c in outputs} == {
         "llm": "string",
