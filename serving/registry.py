@@ -332,7 +332,7 @@ class ModelCard:
         if not self.left_out:
             return []
         return [
-            f"Left out of the pool: {len(self.left_out)} LLMs",
+            "Left out of the pool, and why:",
             *(f"- `{llm}`: {why}" for llm, why in sorted(self.left_out.items())),
             "",
         ]
