@@ -2,7 +2,7 @@
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -21,6 +21,7 @@ from router_core import (
     error_matrix,
     evaluate_router,
     load_cluster_map,
+    operating_point,
     out_of_fold_errors,
     plot_deferral_curves,
     plot_psi_heatmap,
@@ -28,12 +29,13 @@ from router_core import (
     single_llm_points,
     value_matrix,
 )
+from serving import gate
 
 if TYPE_CHECKING:  # mlflow and matplotlib load in the run that registers a router, not in every Dagster run
     from serving import registry
 
 GROUP = "routing"
-#: Tags that say what a version is: equal to the champion's, a new version would be the champion again.
+#: Tags that say what a version is: equal to a registered version's, a new version would be that one again.
 IDENTITY_TAGS = ("pool", "data_snapshot", "cluster_map_version", "embedder_id", "default_cost_weight")
 #: Metrics with no value when no budget reaches the best LLM's accuracy (logged as absent, with the reason).
 QNC_METRICS = ("test_qnc_fraction_of_best_cost", "test_zero_router_qnc_fraction_of_best_cost")
@@ -42,22 +44,26 @@ POOL_TABLE_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("LLM", "string"),
         dg.TableColumn("in pool", "bool", description="false: left out (see data checks)"),
-        dg.TableColumn("USD per query", "float", description="mean cost of its validation answers"),
+        dg.TableColumn("USD per 1k queries", "float", description="mean cost of its validation answers, x 1,000"),
         dg.TableColumn("validation accuracy", "float", description="share of answered validation prompts right"),
         dg.TableColumn("validation coverage (%)", "float", description="validation prompts it answered"),
         dg.TableColumn("test accuracy", "float", description="answering every test prompt alone"),
         dg.TableColumn("test prompts routed (%)", "float", description="at the default cost weight"),
-        dg.TableColumn("data checks", "string"),
+        dg.TableColumn("data checks", "string", description="left out: the failing check and its message"),
     ]
 )
 
 
 class RouterConfig(dg.Config):
-    """The pool (default: every active catalog LLM with features for the current map), the serving default, and
-    the MLflow UI the asset links to (empty: the tracking server when MLflow talks to one, else 127.0.0.1:5000)."""
+    """The pool (default: every active catalog LLM with features for the current map); the serving default
+    ``default_cost_weight`` (unset: automatic, the cheapest point of the pool's cross-fitted validation deferral
+    curve within 0.005 of its best accuracy); the champion gate's ``gate_tolerance`` (AUDC a new version may lose
+    against the champion over the cost range both reach and still replace it); and the MLflow UI the asset
+    links to (empty: the tracking server when MLflow talks to one, else 127.0.0.1:5000)."""
 
     pool: list[str] | None = None
-    default_cost_weight: float = 0.0
+    default_cost_weight: float | None = None
+    gate_tolerance: float = gate.DEFAULT_TOLERANCE
     mlflow_ui_url: str = ""
 
 
@@ -72,9 +78,10 @@ def router(
     artifacts: ArtifactsResource,
     mlflow: MlflowResource,
 ) -> dg.MaterializeResult:
-    """A new registered router version; alias ``champion`` moves only if its test AUDC is not worse than the
-    current champion's on the same test prompts (else ``challenger``). When pool, data snapshot, cluster map,
-    embedder and default cost weight equal the champion's, nothing is registered: the result says "unchanged"."""
+    """A new registered router version; alias ``champion`` moves only if the gate (:mod:`serving.gate`) finds it
+    not worse than the champion on the same test prompts over the cost range both reach (else ``challenger``).
+    When pool, data snapshot, cluster map, embedder and default cost weight equal a registered version's (the
+    champion's, or the latest such), nothing is registered: the result says "unchanged" and names it."""
     from serving import registry
 
     emb = embedder.embedder()
@@ -87,7 +94,8 @@ def router(
                 f"cluster map {latest['version']} was fitted on vectors of {latest['embedder_id']}, but the embedder "
                 f"resource is {emb.embedder_id}: refit the map (cluster_map) or configure that embedder"
             )
-        failing = set(wh.failing_llms(con))
+        checks = wh.read_failing_checks(con)
+        failing = set(checks["model"])
         features = wh.read_llm_features(con, latest["version"])
         stored_psi = {m: np.asarray(p) for m, p in features.select("model", "psi").iter_rows()}
         active = set(wh.read_llms(con, active_only=True)["name"])
@@ -117,13 +125,20 @@ def router(
     uni = UniRouter(load_cluster_map(latest["path"])).fit_arrays(x_val, val_errors, pool, cost, val_ids)
     _check_one_psi(uni, stored_psi)
     zero = ZeroRouter().fit_arrays(x_val, val_errors, pool, cost, val_ids)
-    scores = _score(uni, zero, x_test, test_scores, realised, config.default_cost_weight)
+    # the default operating point and budgets resolve on the pool's validation curve, cross-fitted so that it
+    # describes prompts the router has not seen
+    answered = ~np.isnan(val_errors).any(axis=1)
+    predicted, val_scores = out_of_fold_errors(uni, x_val, val_errors)[answered], 1 - val_errors[answered]
+    point = operating_point(predicted, uni.costs_, val_scores, config.default_cost_weight)
+    scores = _score(uni, zero, x_test, test_scores, realised, point.cost_weight)
+    left_out = _left_out(checks, unpriced)
     seen = [m for m in pool if m in set(latest["training_llms"])]
     tags = {
         "pool": ",".join(pool),
         "embedder_id": emb.embedder_id,
         "cluster_map_version": latest["version"],
-        "default_cost_weight": repr(float(config.default_cost_weight)),
+        "default_cost_weight": repr(point.cost_weight),
+        "default_operating_point": registry.describe_operating_point(point),
         "audc": f"{scores.audc:.6f}",
         "test_prompts": str(len(scored_ids)),
         # a gain over LLMs the map was trained on is not an unseen-LLM result
@@ -146,31 +161,41 @@ def router(
         cluster_map_version=latest["version"],
         embedder_id=emb.embedder_id,
         dataset=_datasets(prompts, val_ids, scored_ids),
-        default_cost_weight=config.default_cost_weight,
+        default_cost_weight=point.cost_weight,
         data_snapshot=tags["data_snapshot"],
         unseen_llms=[m for m in pool if m not in seen],
         test_costs=tags["test_costs"],
+        default_operating_point=tags["default_operating_point"],
+        left_out=left_out,
     )
     figures = _figures(scores, uni, pool, len(scored_ids))
     experiment_id = mlflow.setup()
-    current = registry.champion(mlflow.model_name)
-    if current is not None and all(current.tags.get(k) == tags[k] for k in IDENTITY_TAGS):
-        version, alias, champion_audc = str(current.version), registry.CHAMPION, scores.audc
-        status = f"unchanged: pool, data snapshot, cluster map and embedder equal champion v{version}'s; no new version"
+    same = registry.identical_version(mlflow.model_name, tags, IDENTITY_TAGS)
+    if same is not None:
+        version, alias = str(same.version), ",".join(sorted(same.aliases)) or "no alias"
+        status = (
+            "unchanged: pool, data snapshot, cluster map, embedder and default cost weight equal "
+            f"v{version}'s ({alias}); no new version"
+        )
+        verdict = {"gate": f"not run: {status}"}
         context.log.info(status)
     else:
+        decision = gate.judge(
+            scores.curve,
+            scores.cost_range,
+            registry.champion_router(mlflow.model_name),
+            registry.champion_version(mlflow.model_name),
+            pool,
+            x_test,
+            test_scores,
+            realised,
+            config.gate_tolerance,
+        )
+        context.log.info(f"champion gate: {decision.reason}")
         run_dir = artifacts.path("routers", context.run.run_id)
         save_router(uni, run_dir)
-        # budgets (max cost per query, min accuracy) resolve on the pool's validation curve, cross-fitted so that
-        # it describes prompts the router has not seen
-        answered = ~np.isnan(val_errors).any(axis=1)
-        predicted = out_of_fold_errors(uni, x_val, val_errors)[answered]
-        registry.write_router_meta(run_dir, emb, config.default_cost_weight, predicted, 1 - val_errors[answered])
-        champion = registry.champion_router(mlflow.model_name)
-        champion_audc = None
-        if champion is not None and set(champion.llms_) <= set(pool):
-            idx = [pool.index(m) for m in champion.llms_]
-            champion_audc = evaluate_router(champion, x_test, test_scores[:, idx], realised[:, idx])[0]
+        registry.write_router_meta(run_dir, emb, point.cost_weight, predicted, val_scores, point)
+        card = replace(card, gate=decision.reason)
         version = registry.register_router(
             run_dir,
             mlflow.model_name,
@@ -179,11 +204,12 @@ def router(
                 "cluster_map_kind": latest["kind"],
                 "n_clusters": latest["n_clusters"],
                 "pool_size": len(pool),
-                "default_cost_weight": config.default_cost_weight,
+                "default_cost_weight": point.cost_weight,
+                "gate_tolerance": config.gate_tolerance,
                 "test_prompts": len(scored_ids),
             },
             metrics=_metrics(scores, cost),
-            tags=tags,
+            tags={**tags, "gate": decision.reason},
             figures=figures,
             input_example=["What is the derivative of x^2?"],
             run_name=registry.run_name(latest["version"], len(pool)),
@@ -191,10 +217,9 @@ def router(
             absent_reasons={k: _no_qnc(pool, scores) for k in QNC_METRICS},
             json_artifacts={"pool.json": [vars(entry) for entry in card.pool]},
         )
-        better = champion_audc is None or scores.audc >= champion_audc
-        alias = registry.promote(mlflow.model_name, version, better=better)
+        alias = registry.promote(mlflow.model_name, version, better=decision.promote)
         status = f"registered v{version} ({alias})"
-    left_out = {m: "failed" for m in failing} | {m: "passed (no cost on validation)" for m in unpriced}
+        verdict = {"gate": decision.reason, **decision.numbers()}
     return dg.MaterializeResult(
         metadata={
             "status": status,
@@ -207,15 +232,19 @@ def router(
             "pool_size": len(pool),
             "llms": _pool_table(card.pool, left_out),
             **_headline(scores, pool),
+            "default_cost_weight": _weight(point.cost_weight),
+            "default_rule": tags["default_operating_point"],
+            **verdict,
             "test_prompts": len(scored_ids),
-            "champion_audc_same_test_set": None if champion_audc is None else round(champion_audc, 4),
             "cluster_map": f"{latest['kind']}, K={latest['n_clusters']}, version {latest['version']}",
             "cluster_map_version": latest["version"],
             "embedder_id": emb.embedder_id,
             "dataset": card.dataset,
-            "cluster_map_training_llms": ", ".join(seen) or "none",
+            "map_trained_on": ", ".join(seen) or "none",
             "unseen_llms": ", ".join(card.unseen_llms) or "none",
-            "excluded_failing_checks": ", ".join(sorted(failing)) or "none",
+            "left_out": dg.MetadataValue.text(
+                "; ".join(f"{m}: {why}" for m, why in sorted(left_out.items())) or "none"
+            ),
             **_plots(figures),
         }
     )
@@ -243,6 +272,11 @@ class _Scores:
     def best(self) -> int:
         """The most accurate LLM's index: QNC's reference."""
         return int(self.llm_acc.argmax())
+
+    @property
+    def cost_range(self) -> tuple[float, float]:
+        """[cheapest, priciest] LLM of the pool on the test prompts: the range AUDC is measured over."""
+        return float(self.llm_cost.min()), float(self.llm_cost.max())
 
 
 def _score(uni, zero, x_test, test_scores, realised, default_cost_weight: float) -> _Scores:
@@ -300,14 +334,30 @@ def _metrics(s: _Scores, cost: np.ndarray) -> dict[str, float]:
 
 
 def _headline(s: _Scores, pool: list[str]) -> dict:
-    """The asset's headline numbers, rounded, their units in their names."""
+    """The asset's headline numbers, rounded, their units in short names (the UI draws a long key over its
+    value): ``default_*`` are the test prompts routed at the default cost weight."""
     return {
         "audc": round(s.audc, 4),
         "zero_audc": round(s.zero_audc, 4),
         "audc_gain_vs_zero": round(s.audc - s.zero_audc, 4),
-        "qnc_fraction_of_best_cost": round(s.qnc, 3) if math.isfinite(s.qnc) else f"never: {_no_qnc(pool, s)}",
-        "test_accuracy_at_default_cost_weight": round(s.accuracy_at_default, 4),
-        "test_mean_cost_usd_per_query_at_default_cost_weight": _significant(s.cost_at_default),
+        "qnc_of_best_cost": round(s.qnc, 3) if math.isfinite(s.qnc) else f"never: {_no_qnc(pool, s)}",
+        "default_test_accuracy": round(s.accuracy_at_default, 4),
+        "default_test_usd_per_1k": _significant(1000 * s.cost_at_default),
+    }
+
+
+def _weight(value: float) -> float | str:
+    """A cost weight for the metadata (``inf``, all to the cheapest LLM, as text)."""
+    return value if math.isfinite(value) else "inf"
+
+
+def _left_out(checks: pl.DataFrame, unpriced: list[str]) -> dict[str, str]:
+    """Each LLM left out of the pool and why: its failing checks with their messages, or no cost."""
+    reasons: dict[str, list[str]] = {}
+    for model, check, message in checks.iter_rows():
+        reasons.setdefault(model, []).append(f"{check} failed" + (f": {message}" if message else ""))
+    return {m: "; ".join(why) for m, why in reasons.items()} | {
+        m: "checks passed, but no cost on validation (prices or per-query USD)" for m in unpriced
     }
 
 
@@ -342,7 +392,7 @@ def _pool_table(entries: list["registry.PoolEntry"], left_out: dict[str, str]) -
             {
                 "LLM": e.llm,
                 "in pool": True,
-                "USD per query": _significant(e.usd_per_query),
+                "USD per 1k queries": _significant(1000 * e.usd_per_query),
                 "validation accuracy": round(e.validation_accuracy, 3),
                 "validation coverage (%)": round(100 * e.validation_coverage, 1),
                 "test accuracy": round(e.test_accuracy, 3),

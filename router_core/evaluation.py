@@ -21,13 +21,19 @@ from router_core._errors import RouterInputError
 from router_core.routers import choose
 
 __all__ = [
+    "DEFAULT_ACCURACY_TOLERANCE",
     "BudgetMix",
+    "CurveComparison",
+    "OperatingPoint",
     "audc",
     "budget_mix",
+    "compare_curves",
     "concave_hull",
     "default_cost_weights",
+    "default_operating_point",
     "deferral_curve",
     "evaluate_router",
+    "operating_point",
     "out_of_fold_errors",
     "plot_deferral_curves",
     "plot_psi_heatmap",
@@ -261,6 +267,139 @@ def evaluate_router(
     return (*summarize_curve(curve, scores, router.costs_, realized_costs), curve)
 
 
+def _hull_at(curve: pl.DataFrame, costs: np.ndarray) -> np.ndarray:
+    """The hulled accuracy of ``curve`` at budgets ``costs`` (flat left of its first point, right of its peak)."""
+    return np.interp(costs, *_hull_arrays(curve))
+
+
+def _cost_span(curve: pl.DataFrame) -> tuple[float, float]:
+    costs = curve["cost"].to_numpy()
+    return float(costs.min()), float(costs.max())
+
+
+@dataclass(frozen=True)
+class CurveComparison:
+    """Two deferral curves measured on the same prompts, over the budgets both reach (``low`` to ``high``, cost
+    per query): each one's AUDC over that one range, and the worst gap, the candidate's hulled accuracy minus
+    the reference's at the budget ``worst_gap_cost`` where it is lowest. When the common range is one budget
+    (``low == high``), each "AUDC" is the hulled accuracy there."""
+
+    low: float
+    high: float
+    candidate_audc: float
+    reference_audc: float
+    worst_gap: float
+    worst_gap_cost: float
+
+    @property
+    def audc_gap(self) -> float:
+        """Candidate AUDC minus reference AUDC over the common range."""
+        return self.candidate_audc - self.reference_audc
+
+
+def compare_curves(
+    candidate: pl.DataFrame,
+    reference: pl.DataFrame,
+    candidate_range: tuple[float, float] | None = None,
+    reference_range: tuple[float, float] | None = None,
+) -> CurveComparison:
+    """Compare two deferral curves like with like: over the intersection of their cost ranges.
+
+    AUDC over a pool's own [cheapest, priciest] range is no ranking across pools: a pool that adds a cheaper
+    LLM widens its range to the left, where every router is less accurate, and loses AUDC while routing better
+    at every budget. Over the common range, and curve against curve at every budget in it, it does not.
+
+    Parameters
+    ----------
+    candidate, reference : polars.DataFrame
+        Deferral curves (``cost, accuracy``) measured on the same prompts.
+    candidate_range, reference_range : (low, high) or None
+        Each curve's cost range, e.g. its pool's single-LLM costs (:func:`single_llm_points`); default: the
+        costs its points reach.
+
+    Examples
+    --------
+    >>> old = pl.DataFrame({"cost": [1.0, 2.0], "accuracy": [0.5, 0.7]})
+    >>> new = pl.DataFrame({"cost": [0.1, 1.0, 2.0], "accuracy": [0.2, 0.6, 0.7]})
+    >>> c = compare_curves(new, old)
+    >>> (c.low, c.high, round(c.candidate_audc, 3), round(c.reference_audc, 3), round(c.worst_gap, 3))
+    (1.0, 2.0, 0.65, 0.6, 0.0)
+    """
+    ranges = [
+        r if r is not None else _cost_span(c) for r, c in ((candidate_range, candidate), (reference_range, reference))
+    ]
+    low, high = max(float(r[0]) for r in ranges), min(float(r[1]) for r in ranges)
+    if high < low - 1e-12 * max(abs(low), 1.0):
+        raise RouterInputError("cost_range", tuple(ranges), "the two curves share no budget to compare at")
+    if high <= low:  # one common budget: compare the accuracy there
+        low = high = max(low, high)
+        accuracies = [float(_hull_at(c, np.array([low]))[0]) for c in (candidate, reference)]
+        return CurveComparison(low, high, *accuracies, accuracies[0] - accuracies[1], low)
+    knots = np.concatenate([[low, high], *(xs for xs, _ in map(_hull_arrays, (candidate, reference)))])
+    grid = np.unique(knots[(knots >= low) & (knots <= high)])  # the gap is linear between the hulls' knots
+    gaps = _hull_at(candidate, grid) - _hull_at(reference, grid)
+    worst = int(gaps.argmin())
+    return CurveComparison(
+        low, high, audc(candidate, (low, high)), audc(reference, (low, high)), float(gaps[worst]), float(grid[worst])
+    )
+
+
+#: How far below a curve's best accuracy the default operating point may be (0.5 accuracy points).
+DEFAULT_ACCURACY_TOLERANCE = 0.005
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One point of a deferral curve chosen as a router's default: its ``cost_weight`` and the ``cost`` and
+    ``accuracy`` it has on the curve, the curve's ``best_accuracy``, and ``tolerance``, the accuracy given up
+    for a cheaper point (None: the cost weight was given, not chosen)."""
+
+    cost_weight: float
+    cost: float
+    accuracy: float
+    best_accuracy: float
+    tolerance: float | None = None
+
+
+def default_operating_point(curve: pl.DataFrame, tolerance: float = DEFAULT_ACCURACY_TOLERANCE) -> OperatingPoint:
+    """The cheapest point of ``curve`` (from :func:`deferral_curve`, e.g. on cross-fitted validation
+    predictions) whose accuracy is within ``tolerance`` of the curve's best; among equally cheap points the
+    more accurate, then the smaller cost weight.
+
+    Cost weight 0 sends every prompt to the LLM predicted most accurate however expensive; a few tenths of an
+    accuracy point usually buy most of the way down to a far cheaper mix.
+
+    Examples
+    --------
+    >>> curve = pl.DataFrame({"cost_weight": [0.0, 1.0, 10.0], "cost": [3.0, 1.0, 0.5], "accuracy": [0.80, 0.797, 0.7]})
+    >>> default_operating_point(curve)
+    OperatingPoint(cost_weight=1.0, cost=1.0, accuracy=0.797, best_accuracy=0.8, tolerance=0.005)
+    """
+    if not tolerance >= 0:
+        raise RouterInputError("tolerance", tolerance, "must be a number >= 0")
+    valid = curve.filter(pl.col("accuracy").is_not_nan() & pl.col("cost").is_not_nan())
+    if valid.height == 0:
+        raise RouterInputError("curve", "no point with a cost and an accuracy", "need at least one operating point")
+    best = float(valid["accuracy"].max())
+    near = valid.filter(pl.col("accuracy") >= best - tolerance - 1e-12)
+    chosen = near.sort(["cost", "accuracy", "cost_weight"], descending=[False, True, False]).row(0, named=True)
+    return OperatingPoint(
+        float(chosen["cost_weight"]), float(chosen["cost"]), float(chosen["accuracy"]), best, tolerance
+    )
+
+
+def operating_point(
+    predicted_error: np.ndarray, costs: np.ndarray, scores: np.ndarray, cost_weight: float | None = None
+) -> OperatingPoint:
+    """The default operating point of a pool on evaluation prompts (arguments as :func:`deferral_curve`):
+    :func:`default_operating_point` of its curve when ``cost_weight`` is None, else that cost weight's point."""
+    curve = deferral_curve(predicted_error, costs, scores)
+    if cost_weight is None:
+        return default_operating_point(curve)
+    point = deferral_curve(predicted_error, costs, scores, cost_weights=[cost_weight]).row(0, named=True)
+    return OperatingPoint(float(cost_weight), point["cost"], point["accuracy"], float(curve["accuracy"].max()))
+
+
 def plot_deferral_curves(
     curves: Mapping[str, pl.DataFrame],
     single_llms: pl.DataFrame | None = None,
@@ -297,13 +436,78 @@ def plot_deferral_curves(
         ax.scatter(single_llms["cost"], single_llms["accuracy"], s=14, c="black", zorder=3, label="single LLMs")
         if "model" in single_llms.columns:
             _label_points(ax, single_llms)
+    _dollar_ticks(ax)
     ax.set_xlabel(cost_label)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    _spread_labels(ax)
     return fig
+
+
+def _dollar_ticks(ax, most: int = 6) -> None:
+    """Cost ticks as plain dollars (``$0.002``, never ``10^-3`` or an offset), at most ``most`` labelled and no
+    minor tick labels: on a log axis 1-2-5 steps, thinned to whole decades (then every other one) when crowded."""
+    from matplotlib import ticker
+
+    low, high = ax.get_xlim()
+    if ax.get_xscale() == "log":
+        decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        ticks = [m * 10.0**d for d in decades for m in (1, 2, 5)]
+        ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) > most:
+            ticks = [t for t in ticks if np.isclose(np.log10(t), round(np.log10(t)))]
+        while len(ticks) > most:
+            ticks = ticks[::2]
+        ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=most - 1))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _dollars(v)))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _dollars(value: float) -> str:
+    """``$`` and the value in plain decimals, 3 significant digits at most."""
+    text = np.format_float_positional(abs(value), precision=3, unique=True, fractional=False, trim="-")
+    return f"{'-' if value < 0 else ''}${text}"
+
+
+def _spread_labels(ax, gap: float = 1.0) -> None:
+    """Nudge the point labels of ``ax`` apart vertically so that no two overlap: bottom to top, each label that
+    overlaps one below it moves up just above it; then, if the highest left the axes, top to bottom back inside
+    (``gap``: points between labels)."""
+    texts = [t for t in ax.texts if t.get_text() and hasattr(t, "xyann")]  # the annotations of points
+    if len(texts) < 2:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    to_points = 72 / ax.figure.dpi
+    boxes = {id(t): t.get_window_extent(renderer) for t in texts}
+
+    def shift(text, pixels: float) -> None:
+        dx, dy = text.xyann
+        text.xyann = (dx, dy + pixels * to_points)
+        boxes[id(text)] = boxes[id(text)].translated(0, pixels)
+
+    def overlap_x(a, b) -> bool:
+        return a.x0 < b.x1 and b.x0 < a.x1
+
+    pad = gap / to_points
+    placed: list = []
+    for text in sorted(texts, key=lambda t: boxes[id(t)].y0):
+        below = [boxes[id(p)].y1 for p in placed if overlap_x(boxes[id(p)], boxes[id(text)])]
+        if below and boxes[id(text)].y0 < max(below) + pad:
+            shift(text, max(below) + pad - boxes[id(text)].y0)
+        placed.append(text)
+    top = ax.get_window_extent(renderer).y1
+    placed.clear()
+    for text in sorted(texts, key=lambda t: -boxes[id(t)].y1):
+        above = [boxes[id(p)].y0 for p in placed if overlap_x(boxes[id(p)], boxes[id(text)])]
+        ceiling = min([top, *(y - pad for y in above)])
+        if boxes[id(text)].y1 > ceiling:
+            shift(text, ceiling - boxes[id(text)].y1)
+        placed.append(text)
 
 
 def _label_points(ax, points: pl.DataFrame) -> None:

@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from urllib.parse import quote
@@ -24,8 +24,9 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, DataType, Map, ParamSchema, ParamSpec, Schema
 
-from router_core import Embedder
+from router_core import Embedder, OperatingPoint
 from router_core.servable import BUDGET_FILE, EMBEDDER_DIR
+from serving.gate import usd_per_1k
 from serving.registry_files import (  # the registry's files, read without MLflow; callers may use either module
     ARTIFACT_ROOT_TAG,
     default_mlflow_dir,  # noqa: F401
@@ -53,6 +54,8 @@ CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-ch
 #: Tag prefix for a metric that was not logged, e.g. ``metric_absent.test_qnc_fraction_of_best_cost``: why.
 ABSENT_METRIC_TAG = "metric_absent."
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
+#: Resolution of the figures logged with a version (sharp on a high-density screen).
+FIGURE_DPI = 150
 
 MODEL_DESCRIPTION = """\
 **UniRoute**: a cost-aware LLM router. Each version routes raw prompt text to one LLM of its pool, the one with \
@@ -60,8 +63,9 @@ the lowest *predicted error + cost_weight x cost (USD per query)*; an LLM's pred
 error rate on validation prompts of the clusters the prompt belongs to, so a new LLM joins by answering the \
 validation prompts, without retraining.
 
-- `@champion`: the version to serve (it moves only when a new version's test AUDC is not worse on the same test \
-prompts); `@previous-champion`: the one it replaced; `@challenger`: the latest version that did not win.
+- `@champion`: the version to serve (it moves only when a new version's test AUDC, over the cost range both \
+versions reach on the same test prompts, is not worse beyond a tolerance; each card says why); \
+`@previous-champion`: the one it replaced; `@challenger`: the latest version that did not win.
 - Each version's description is its model card: pool and costs, AUDC and QNC against the prompt-blind baseline, \
 cluster map, embedder, dataset, and how to call it.
 - Input: a `prompt` column. Output per prompt: `llm`, `cost_weight`, `predicted_error` {llm: error rate} and \
@@ -120,8 +124,9 @@ def ensure_experiment(name: str, artifact_root: Path) -> str:
 @dataclass(frozen=True)
 class PoolEntry:
     """One LLM of a version's pool: its cost (USD per query), validation accuracy and coverage (share of the
-    validation prompts it answered), test accuracy, and share of test prompts routed to it at the default cost
-    weight."""
+    validation prompts it answered), test accuracy, share of test prompts routed to it at the default cost
+    weight, and how its cost was obtained (``cost_basis``, e.g. "measured", "catalog price x tokens"; empty:
+    not said)."""
 
     llm: str
     usd_per_query: float
@@ -129,6 +134,7 @@ class PoolEntry:
     validation_coverage: float
     test_accuracy: float
     test_share_routed: float
+    cost_basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -152,27 +158,26 @@ class ModelCard:
     data_snapshot: str = ""
     unseen_llms: Sequence[str] = ()
     test_costs: str = "per query"
+    default_operating_point: str = ""
+    left_out: Mapping[str, str] = field(default_factory=dict)
+    gate: str = ""
 
     def markdown(self, model_name: str, version: str, tracking_uri: str) -> str:
         """The model card in Markdown (MLflow's UI renders a version's description as Markdown)."""
         uri = f"models:/{model_name}/{version}"
-        rows = [
-            f"| {p.llm} | {_usd(p.usd_per_query)} | {p.validation_accuracy:.3f} | {p.validation_coverage:.0%} "
-            f"| {p.test_accuracy:.3f} | {p.test_share_routed:.0%} |"
-            for p in sorted(self.pool, key=lambda p: p.usd_per_query)
-        ]
-        budget = _round_up(math.sqrt(min(p.usd_per_query for p in self.pool) * max(p.usd_per_query for p in self.pool)))
+        costs = [p.usd_per_query for p in self.pool]
+        budget = _plain(_round_up(math.sqrt(min(costs) * max(costs))))
         unseen = ", ".join(self.unseen_llms) or "none"
         return "\n".join(
             [
                 f"**{model_name} v{version}** routes each prompt to the LLM of its pool with the lowest predicted "
                 "error + cost_weight x cost (USD per query).",
                 "",
-                f"### Pool: {len(self.pool)} LLMs, cheapest first",
-                "| LLM | USD per query | validation accuracy | validation coverage | test accuracy "
-                f"| test prompts routed to it at cost_weight={self.default_cost_weight:g} (default) |",
-                "|---|---|---|---|---|---|",
-                *rows,
+                *([f"**Champion gate**: {self.gate}", ""] if self.gate else []),
+                *self._pool_table(),
+                *self._left_out(),
+                f"Default operating point: cost_weight={self.default_cost_weight:g}"
+                + (f" ({self.default_operating_point})." if self.default_operating_point else "."),
                 "",
                 f"### Against the prompt-blind baseline on {self.test_prompts:,} test prompts",
                 "| router | AUDC | QNC |",
@@ -192,11 +197,11 @@ class ModelCard:
                 *([f"- data snapshot: `{self.data_snapshot}`"] if self.data_snapshot else []),
                 "",
                 "### How to call it",
+                f"Point MLflow at the registry it was registered in: {_tracking_hint(tracking_uri)}.",
                 "```python",
-                "import mlflow",
+                "import mlflow  # reads the registry from $MLFLOW_TRACKING_URI",
                 "import pandas as pd",
                 "",
-                f'mlflow.set_tracking_uri("{tracking_uri}")  # the registry it was registered in',
                 f'router = mlflow.pyfunc.load_model("{uri}")  # or "models:/{model_name}@champion"',
                 'router.predict(pd.DataFrame({"prompt": ["What is 2 + 2?"]}), '
                 f'params={{"max_cost_per_query": {budget}}})',
@@ -218,9 +223,66 @@ class ModelCard:
             ]
         )
 
+    def _pool_table(self) -> list[str]:
+        """The pool cheapest first, costs in $ per 1,000 queries; a cost-basis column when any LLM says one."""
+        basis = any(p.cost_basis for p in self.pool)
+        header = (
+            "| LLM | $ per 1,000 queries | validation accuracy | validation coverage | test accuracy "
+            f"| test prompts routed to it at cost_weight={self.default_cost_weight:g} (default) |"
+        )
+        rows = [
+            f"| {p.llm} | {usd_per_1k(p.usd_per_query)} | {p.validation_accuracy:.3f} | {p.validation_coverage:.0%} "
+            f"| {p.test_accuracy:.3f} | {p.test_share_routed:.0%} |" + (f" {p.cost_basis or '-'} |" if basis else "")
+            for p in sorted(self.pool, key=lambda p: p.usd_per_query)
+        ]
+        return [
+            f"### Pool: {len(self.pool)} LLMs, cheapest first",
+            header + (" cost basis |" if basis else ""),
+            "|---|---|---|---|---|---|" + ("---|" if basis else ""),
+            *rows,
+            "",
+        ]
 
-def _usd(value: float) -> str:
-    return f"${value:.3g}"
+    def _left_out(self) -> list[str]:
+        if not self.left_out:
+            return []
+        return [
+            "Left out of the pool, and why:",
+            *(f"- `{llm}`: {why}" for llm, why in sorted(self.left_out.items())),
+            "",
+        ]
+
+
+def describe_operating_point(point: OperatingPoint) -> str:
+    """How a version's default cost weight was chosen and what it is expected to do, in one clause."""
+    expected = f"validation accuracy {point.accuracy:.4f} at {usd_per_1k(point.cost)} per 1,000 queries"
+    if point.tolerance is None:
+        return f"set in the router's config; {expected}"
+    return (
+        f"auto: the cheapest point of the pool's cross-fitted validation deferral curve within {point.tolerance:g} "
+        f"of its best accuracy ({point.best_accuracy:.4f}); {expected}"
+    )
+
+
+def _tracking_hint(tracking_uri: str) -> str:
+    """How to set ``MLFLOW_TRACKING_URI`` for the registry at ``tracking_uri``, with no absolute path (a data home
+    is copied and moved) and no credentials: a sqlite file relative to its data home, a server's URL as is."""
+    database = sqlite_path(tracking_uri)
+    if database is not None and database.parent.name == "mlflow":  # <data home>/mlflow/mlflow.db
+        return (
+            "from the data home (the folder holding `warehouse.duckdb`), "
+            f"`export MLFLOW_TRACKING_URI=sqlite:///mlflow/{database.name}`"
+        )
+    if database is not None:
+        return f"from the folder holding `{database.name}`, `export MLFLOW_TRACKING_URI=sqlite:///{database.name}`"
+    if tracking_uri.startswith(("http://", "https://")) and "@" not in tracking_uri:
+        return f"`export MLFLOW_TRACKING_URI={tracking_uri}`"
+    return "`export MLFLOW_TRACKING_URI=<your tracking server's URI>`"
+
+
+def _plain(value: float) -> str:
+    """A number in plain decimals (never ``4.5e-06``)."""
+    return np.format_float_positional(value, trim="-")
 
 
 def _qnc(value: float) -> str:
@@ -285,7 +347,7 @@ def register_router(
         mlflow.log_metrics(finite)
         mlflow.set_tags(tags)
         for name, figure in figures.items():
-            mlflow.log_figure(figure, name, save_kwargs={"bbox_inches": "tight"})
+            mlflow.log_figure(figure, name, save_kwargs={"bbox_inches": "tight", "dpi": FIGURE_DPI})
         for name, content in (json_artifacts or {}).items():
             mlflow.log_dict(content, name)
         example = pd.DataFrame({"prompt": input_example})
@@ -317,6 +379,24 @@ def champion(model_name: str):
         return MlflowClient().get_model_version_by_alias(model_name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def identical_version(model_name: str, tags: Mapping[str, str], keys: Sequence[str]):
+    """The registered version whose tags ``keys`` equal ``tags``' (what it was built from): the champion when it
+    is one, else the latest such version; None when every version differs."""
+    current = champion(model_name)
+    if current is not None and _same(current, tags, keys):
+        return current
+    client = MlflowClient()
+    same = [v for v in client.search_model_versions(f"name = '{model_name}'") if _same(v, tags, keys)]
+    if not same:
+        return None
+    # searched versions come without their aliases: read the one found again
+    return client.get_model_version(model_name, max(same, key=lambda v: int(v.version)).version)
+
+
+def _same(version, tags: Mapping[str, str], keys: Sequence[str]) -> bool:
+    return all(version.tags.get(k) == tags[k] for k in keys)
 
 
 def champion_version(model_name: str) -> str | None:
@@ -352,9 +432,11 @@ def write_router_meta(
     default_cost_weight: float,
     validation_predicted: np.ndarray,
     validation_scores: np.ndarray,
+    default_operating_point: OperatingPoint | None = None,
 ) -> None:
     """What the pyfunc needs besides the router: which embedder to load (an ONNX export is copied into
-    ``router_dir/embedder``, so the model version ships it), the default cost weight, and the pool's
+    ``router_dir/embedder``, so the model version ships it), the default cost weight (and, when given, how it
+    was chosen: :func:`describe_operating_point` and its expected validation accuracy and cost), and the pool's
     cross-fitted validation predictions and true scores (n, M), from which a budget's deferral curve is drawn
     for whichever candidates a request routes among."""
     if embedder.backend == "onnx-int8":
@@ -376,4 +458,10 @@ def write_router_meta(
         "embedder_id": embedder.embedder_id,  # the pyfunc refuses to route with vectors that mean something else
         "default_cost_weight": default_cost_weight,
     }
+    if default_operating_point is not None:
+        meta["default_operating_point"] = {
+            "rule": describe_operating_point(default_operating_point),
+            "validation_accuracy": default_operating_point.accuracy,
+            "validation_cost_usd_per_query": default_operating_point.cost,
+        }
     (router_dir / "uniroute.json").write_text(json.dumps(meta, indent=2))

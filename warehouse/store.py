@@ -7,6 +7,7 @@ stored is never overwritten, so re-running a collection never re-pays for it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = [
     "read_costs",
     "read_datasets",
     "read_embeddings",
+    "read_failing_checks",
     "read_failures",
     "read_gradable",
     "read_grades",
@@ -1090,6 +1092,29 @@ def record_check(con: duckdb.DuckDBPyConnection, model: str, check_name: str, pa
 def failing_llms(con: duckdb.DuckDBPyConnection) -> list[str]:
     """LLMs whose latest outcome of any data check is a failure."""
     return _query(con, "SELECT DISTINCT model FROM llm_checks WHERE NOT passed ORDER BY model")["model"].to_list()
+
+
+def read_failing_checks(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Why each LLM of :func:`failing_llms` fails: ``model, check_name, message``, one row per failing check its
+    record's details name (``{check: {"message": ...}}``), else one with the record's own name and no message."""
+    records = _query(
+        con, "SELECT model, check_name, details FROM llm_checks WHERE NOT passed ORDER BY model, check_name"
+    )
+    rows = []
+    for model, record, details in records.iter_rows():
+        failed = _json_object(details)
+        named = [(name, f.get("message", "") if isinstance(f, dict) else "") for name, f in failed.items()]
+        rows += [(model, name, str(message)) for name, message in named or [(record, "")]]
+    return pl.DataFrame(rows, schema={"model": pl.String, "check_name": pl.String, "message": pl.String}, orient="row")
+
+
+def _json_object(text: str) -> dict:
+    """``text`` parsed as a JSON object, else an empty one."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 # ---- the gateway's decision log ---------------------------------------------------------------------------

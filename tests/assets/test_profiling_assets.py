@@ -314,6 +314,9 @@ def test_each_property_is_a_check_of_its_llm_and_a_failed_coverage_blocks_and_sh
     }
     with wh.connect(tmp_path / "w.duckdb") as con:
         assert wh.failing_llms(con) == ["last"]
+        [(model, check, message)] = wh.read_failing_checks(con).rows()  # what the router says it left out for
+        assert (model, check) == ("last", "check_llm_responses_coverage")
+        assert message == coverage.description.removeprefix("last: ")
         assert wh.read_grades(con).filter(pl.col("model") == "last").height == 0
 
     # what the asset's checks tab shows: the coverage check failed for "last", passed for "cheap"

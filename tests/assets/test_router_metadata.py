@@ -5,12 +5,15 @@ materialised graph."""
 
 from __future__ import annotations
 
+import base64
+import io
 import math
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
-from assets.router import _pool_table, router
+from assets.router import _left_out, _pool_table, router
 from serving import registry
 
 LLMS = ["cheap", "math-pro", "generalist"]  # the run's pipeline snapshot (conftest.SNAPSHOT_LLMS)
@@ -56,7 +59,7 @@ def test_the_asset_page_explains_the_version(materialised):
     assert [c.name for c in table.schema.columns] == [
         "LLM",
         "in pool",
-        "USD per query",
+        "USD per 1k queries",
         "validation accuracy",
         "validation coverage (%)",
         "test accuracy",
@@ -65,29 +68,56 @@ def test_the_asset_page_explains_the_version(materialised):
     ]
     rows = {r.data["LLM"]: r.data for r in table.records}
     assert set(rows) == set(LLMS) and all(r["data checks"] == "passed" for r in rows.values())
-    assert all(float(f"{r['USD per query']:.3g}") == r["USD per query"] > 0 for r in rows.values())
+    assert all(float(f"{r['USD per 1k queries']:.3g}") == r["USD per 1k queries"] > 0 for r in rows.values())
     assert rows["generalist"]["validation accuracy"] == 1.0 and rows["math-pro"]["validation coverage (%)"] == 100.0
     assert sum(r["test prompts routed (%)"] for r in rows.values()) == pytest.approx(100, abs=0.2)
-    for key in ("audc", "zero_audc", "audc_gain_vs_zero", "test_accuracy_at_default_cost_weight"):
+    for key in ("audc", "zero_audc", "audc_gain_vs_zero", "default_test_accuracy"):
         value = meta[key].value
         assert isinstance(value, float) and round(value, 4) == value, (key, value)  # no 0.6512535080723294
-    usd = meta["test_mean_cost_usd_per_query_at_default_cost_weight"].value
+    usd = meta["default_test_usd_per_1k"].value
     assert float(f"{usd:.3g}") == usd
+    # keys short enough for the UI to draw beside their values; the gate's numbers under honest names
+    assert max(len(k) for k in meta) <= 24, max(meta, key=len)
+    assert "champion_audc_same_test_set" not in meta
+    assert (
+        meta["gate"].value == "promoted: the first version (no champion yet)" and meta["gate_champion"].value == "none"
+    )
+    assert meta["default_rule"].value.startswith("auto: the cheapest point of the pool's cross-fitted validation")
+    assert meta["left_out"].value == "none"
     assert meta["test_prompts"].value > 0 and meta["cluster_map"].value.startswith("kmeans, K=3, version ")
     assert meta["dataset"].value.endswith(f"{meta['test_prompts'].value} test prompts)")
     assert "![deferral_curve.png](data:image/png;base64," in meta["deferral_curve"].value
+    for plot in ("deferral_curve", "psi_heatmap"):  # sharp on a high-density screen
+        encoded = meta[plot].value.split("base64,", 1)[1].rstrip(")")
+        assert min(_dpi(base64.b64decode(encoded))) >= 149.9, plot
+
+
+def _dpi(png: bytes) -> tuple[float, float]:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).info["dpi"]
 
 
 def test_left_out_llms_are_rows_that_say_why():
+    import polars as pl
+
     entry = registry.PoolEntry("a", 0.00012345, 0.5, 0.99, 0.6, 1.0)
-    table = _pool_table([entry], {"b": "failed"})
+    checks = pl.DataFrame(
+        {"model": ["b"], "check_name": ["check_llm_responses_coverage"], "message": ["coverage 90% < 98% (9 of 10)"]}
+    )
+    left_out = _left_out(checks, ["c"])
+    assert left_out == {
+        "b": "check_llm_responses_coverage failed: coverage 90% < 98% (9 of 10)",
+        "c": "checks passed, but no cost on validation (prices or per-query USD)",
+    }
+    table = _pool_table([entry], left_out)
     rows = [r.data for r in table.records]
-    assert rows[0]["USD per query"] == 0.000123 and rows[0]["validation coverage (%)"] == 99.0
-    assert rows[1]["LLM"] == "b" and rows[1]["in pool"] is False and rows[1]["data checks"] == "failed"
-    assert rows[1]["USD per query"] is None
+    assert rows[0]["USD per 1k queries"] == 0.123 and rows[0]["validation coverage (%)"] == 99.0
+    assert rows[1]["LLM"] == "b" and rows[1]["in pool"] is False and rows[1]["data checks"] == left_out["b"]
+    assert rows[1]["USD per 1k queries"] is None
 
 
-def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(materialised):
+def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(materialised, tmp_path):
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -108,6 +138,8 @@ def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(material
     ):
         assert text in card, text
     assert "@champion" in client.get_registered_model("uniroute").description
+    assert "| LLM | $ per 1,000 queries |" in card and "MLFLOW_TRACKING_URI=sqlite:///mlflow/mlflow.db" in card
+    assert registry.sqlite_path(materialised["uri"]).parent.parent.as_posix() not in card  # no absolute path
     run = client.get_run(version.run_id)
     assert run.info.run_name == registry.run_name(version.tags["cluster_map_version"], 3)
     metrics = run.data.metrics
@@ -121,6 +153,8 @@ def test_the_version_has_a_model_card_named_metrics_and_a_map_signature(material
     assert all(math.isfinite(v) and abs(v) < 1e300 for v in metrics.values())  # inf is never logged as 1.8e308
     qnc = "test_qnc_fraction_of_best_cost"
     assert (qnc in metrics) != (f"metric_absent.{qnc}" in run.data.tags)
+    figure = client.download_artifacts(version.run_id, "deferral_curve.png", str(tmp_path))
+    assert min(_dpi(Path(figure).read_bytes())) >= 149.9
     outputs = mlflow.models.get_model_info("models:/uniroute/1").signature.outputs.to_dict()
     assert {c["name"]: c["type"] for c in outputs} == {
         "llm": "string",

@@ -128,3 +128,73 @@ def test_out_of_fold_errors_predict_each_prompt_without_it(two_topics):
     assert router.llms_ == data.llms and np.allclose(router.predict_error(data.validation), in_sample)  # untouched
     with pytest.raises(RouterInputError, match="folds"):
         out_of_fold_errors(router, data.validation, errors, folds=1)
+
+
+def _topics(n: int = 90) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three topics of n/3 prompts; LLMs: ``tiny`` (0.1, right on a third of each topic), ``pro`` (4.0, right on
+    topic 0 only), ``big`` (5.0, right everywhere). Scores (n, 3), costs (3,), and what a cluster router
+    predicts: each LLM's error rate on the prompt's topic."""
+    topic = np.arange(n) % 3
+    tiny = (np.arange(n) // 3) % 3 == 0
+    scores = np.column_stack([tiny, topic == 0, np.ones(n, bool)]).astype(float)
+    predicted = np.vstack([1 - scores[topic == t].mean(axis=0) for t in range(3)])[topic]
+    return scores, np.array([0.1, 4.0, 5.0]), predicted
+
+
+def test_a_pool_that_adds_a_cheaper_llm_is_compared_over_the_budgets_both_reach():
+    from router_core import compare_curves
+
+    scores, costs, predicted = _topics()
+    old = deferral_curve(predicted[:, 1:], costs[1:], scores[:, 1:])  # pro and big
+    new = deferral_curve(predicted, costs, scores)  # tiny joins
+    old_range, new_range = (4.0, 5.0), (0.1, 5.0)
+    # the precondition: over their own ranges the new pool's AUDC is lower (its range reaches down to tiny's 0.1)
+    assert audc(new, new_range) < audc(old, old_range) - 0.05
+    comparison = compare_curves(new, old, new_range, old_range)
+    assert (comparison.low, comparison.high) == (4.0, 5.0)
+    assert comparison.candidate_audc == pytest.approx(audc(new, (4.0, 5.0)))
+    assert comparison.reference_audc == pytest.approx(audc(old, old_range))
+    assert comparison.audc_gap > 0.05 and comparison.worst_gap >= 0  # better at every budget both reach
+    # and the other way round: the old pool is worse, by as much, somewhere
+    backwards = compare_curves(old, new, old_range, new_range)
+    assert backwards.audc_gap == pytest.approx(-comparison.audc_gap) and backwards.worst_gap < -0.05
+    assert 4.0 <= backwards.worst_gap_cost <= 5.0
+
+
+def test_curves_that_share_one_budget_compare_there_and_none_is_refused():
+    from router_core import RouterInputError, compare_curves
+
+    a = pl.DataFrame({"cost": [1.0, 2.0], "accuracy": [0.4, 0.6]})
+    b = pl.DataFrame({"cost": [2.0, 3.0], "accuracy": [0.5, 0.9]})
+    point = compare_curves(a, b)  # ranges (1, 2) and (2, 3): only 2 is common
+    assert (point.low, point.high, point.candidate_audc, point.reference_audc) == (2.0, 2.0, 0.6, 0.5)
+    assert point.worst_gap == pytest.approx(0.1) and point.worst_gap_cost == 2.0
+    with pytest.raises(RouterInputError, match=r"cost_range=.*share no budget"):
+        compare_curves(a, b, (1.0, 1.5), (2.0, 3.0))
+
+
+def test_the_default_operating_point_is_the_cheapest_within_half_a_point_of_the_best():
+    from router_core import default_operating_point, operating_point
+
+    curve = pl.DataFrame(
+        {
+            "cost_weight": [0.0, 0.5, 1.0, 2.0, 5.0, np.inf],
+            "cost": [3.0, 2.0, 1.2, 1.0, 0.5, 0.1],
+            "accuracy": [0.800, 0.801, 0.797, 0.7965, 0.790, 0.5],
+        }
+    )
+    point = default_operating_point(curve)
+    # best 0.801; 0.797 and 0.7965 are within 0.005 of it, 0.790 is not: the cheapest of those is cost 1.0
+    assert (point.cost_weight, point.cost, point.accuracy, point.best_accuracy) == (2.0, 1.0, 0.7965, 0.801)
+    assert point.tolerance == 0.005
+    assert default_operating_point(curve, tolerance=0.0).cost_weight == 0.5
+    assert default_operating_point(curve, tolerance=0.5).cost_weight == np.inf  # everything to the cheapest
+
+    # from arrays: "small" (1.0) is wrong on 3 of 1,000 prompts, "large" (10.0) on none
+    scores = np.ones((1000, 2))
+    scores[:3, 0] = 0
+    predicted = np.broadcast_to([0.003, 0.0], scores.shape)
+    auto = operating_point(predicted, np.array([1.0, 10.0]), scores)
+    assert (auto.cost, auto.accuracy, auto.best_accuracy) == (1.0, 0.997, 1.0) and 0 < auto.cost_weight < np.inf
+    given = operating_point(predicted, np.array([1.0, 10.0]), scores, cost_weight=0.0)
+    assert (given.cost_weight, given.cost, given.accuracy, given.tolerance) == (0.0, 10.0, 1.0, None)

@@ -120,30 +120,35 @@ def test_a_registry_that_did_not_move_is_left_alone(uri, tmp_path):
     assert mlflow.get_experiment_by_name("uniroute").tags[registry.ARTIFACT_ROOT_TAG] == "artifacts"
 
 
-def test_the_model_card_says_what_the_version_is_and_how_to_call_it():
-    card = registry.ModelCard(
-        pool=[
+def _card(**changes) -> registry.ModelCard:
+    fields = {
+        "pool": [
             registry.PoolEntry("big", 0.002, 0.8, 1.0, 0.79, 0.25),
             registry.PoolEntry("small", 0.0001, 0.5, 0.97, 0.52, 0.75),
         ],
-        test_prompts=3091,
-        audc=0.65126,
-        zero_audc=0.6241,
-        qnc=math.inf,
-        zero_qnc=1.0,
-        best_llm="big",
-        cluster_map_kind="learned",
-        n_clusters=16,
-        cluster_map_version="abc123def456",
-        embedder_id="minilm-onnx-int8",
-        dataset="mmlu_pro (1,032 validation, 3,091 test prompts)",
-        default_cost_weight=0.0,
-        unseen_llms=["big"],
-    ).markdown("uniroute", "7", "sqlite:////data/mlflow/mlflow.db")
+        "test_prompts": 3091,
+        "audc": 0.65126,
+        "zero_audc": 0.6241,
+        "qnc": math.inf,
+        "zero_qnc": 1.0,
+        "best_llm": "big",
+        "cluster_map_kind": "learned",
+        "n_clusters": 16,
+        "cluster_map_version": "abc123def456",
+        "embedder_id": "minilm-onnx-int8",
+        "dataset": "mmlu_pro (1,032 validation, 3,091 test prompts)",
+        "default_cost_weight": 0.0,
+        "unseen_llms": ["big"],
+    }
+    return registry.ModelCard(**{**fields, **changes})
+
+
+def test_the_model_card_says_what_the_version_is_and_how_to_call_it():
+    card = _card().markdown("uniroute", "7", "sqlite:////data/mlflow/mlflow.db")
     lines = card.splitlines()
-    assert lines.index("| small | $0.0001 | 0.500 | 97% | 0.520 | 75% |") < lines.index(
-        "| big | $0.002 | 0.800 | 100% | 0.790 | 25% |"
-    )  # cheapest first, in dollars
+    assert lines.index("| small | $0.1 | 0.500 | 97% | 0.520 | 75% |") < lines.index(
+        "| big | $2.00 | 0.800 | 100% | 0.790 | 25% |"
+    )  # cheapest first, in dollars per 1,000 queries
     assert "| UniRoute (this version) | 0.6513 | never |" in lines
     assert "| ZeroRouter (prompt-blind mix of single LLMs) | 0.6241 | 1.000 |" in lines
     assert "on 3,091 test prompts" in card and "`big`" in card
@@ -151,6 +156,46 @@ def test_the_model_card_says_what_the_version_is_and_how_to_call_it():
     assert "- embedder: `minilm-onnx-int8`" in lines and "- dataset: mmlu_pro (1,032 validation" in card
     assert 'router = mlflow.pyfunc.load_model("models:/uniroute/7")  # or "models:/uniroute@champion"' in lines
     assert '    extra_body={"max_cost_per_query": 0.00045},  # or cost_weight, min_accuracy, candidates' in lines
+
+
+def test_the_model_card_prices_per_1000_queries_says_what_was_left_out_and_why_and_no_absolute_path():
+    tiny = [registry.PoolEntry("tiny", 1.2e-7, 0.4, 1.0, 0.41, 0.5, "catalog price x estimated tokens")]
+    card = _card(
+        pool=[*_card().pool, *tiny],
+        left_out={"last": "check_llm_responses_coverage failed: coverage 90% < 98% (54 of 60 validation prompts)"},
+        gate="promoted: AUDC 0.6132 vs champion v1's 0.6050 over $0.10-$2.00 per 1,000 queries, tolerance 0.002",
+        default_operating_point="auto: the cheapest point ... within 0.005 of its best accuracy (0.8000)",
+        default_cost_weight=12.5,
+    ).markdown("uniroute", "7", "sqlite:////home/someone/data/mlflow/mlflow.db")
+    lines = card.splitlines()
+    assert "| tiny | $0.00012 | 0.400 | 100% | 0.410 | 50% | catalog price x estimated tokens |" in lines
+    assert "| big | $2.00 | 0.800 | 100% | 0.790 | 25% | - |" in lines  # the cost basis column, when any says one
+    assert "e-0" not in card  # no scientific notation anywhere (1.2e-07 USD per query is $0.00012 per 1,000)
+    assert "- `last`: check_llm_responses_coverage failed: coverage 90% < 98% (54 of 60 validation prompts)" in lines
+    assert "**Champion gate**: promoted: AUDC 0.6132 vs champion v1's 0.6050 over $0.10-$2.00" in card
+    assert "Default operating point: cost_weight=12.5 (auto: the cheapest point" in card
+    assert "/home/someone" not in card
+    assert "`export MLFLOW_TRACKING_URI=sqlite:///mlflow/mlflow.db`" in card and "from the data home" in card
+    served = _card().markdown("uniroute", "7", "https://user:secret@mlflow.example")
+    assert "secret" not in served and "MLFLOW_TRACKING_URI=<your tracking server's URI>" in served
+
+
+def test_an_identical_version_is_found_among_all_versions_the_champion_first(uri, tmp_path, register_router):
+    import mlflow
+
+    home = tmp_path / "home"
+    v1 = register_router(home, ["cheap", "generalist"])
+    experiment = registry.ensure_experiment("uniroute", home / "artifacts")
+    v2, v3 = (registry.register_router(home / "router-2", "uniroute", experiment, {}, {}, {}, {}, ["hi"]) for _ in "ab")
+    client = mlflow.MlflowClient()
+    for version, pool in ((v1, "a"), (v2, "b"), (v3, "b")):
+        client.set_model_version_tag("uniroute", version, "pool", pool)
+    registry.promote("uniroute", v1, better=True)
+    registry.promote("uniroute", v3, better=False)
+    assert str(registry.identical_version("uniroute", {"pool": "a"}, ["pool"]).version) == v1
+    same = registry.identical_version("uniroute", {"pool": "b"}, ["pool"])  # the latest of v2 and v3
+    assert str(same.version) == v3 and same.aliases == ["challenger"]
+    assert registry.identical_version("uniroute", {"pool": "c"}, ["pool"]) is None
 
 
 def test_names_and_links():

@@ -13,6 +13,7 @@ import pytest
 
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses
 from assets.resources import CollectorResource
+from assets.router import router
 from serving.processes import free_port, server_process, venv_env
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
@@ -26,7 +27,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 @pytest.fixture(scope="module")
 def materialised(tmp_path_factory, pipeline_snapshot):
     """A copy of the run's materialised graph (Dagster home, warehouse, MLflow registry; three fixture LLMs) plus one
-    LLM, "last", whose endpoint is dead: no answers, so its coverage check fails (and blocks its grading)."""
+    LLM, "last", whose endpoint is dead: no answers, so its coverage check fails (and blocks its grading). Then
+    router v2 with a default cost weight set by its config: it leaves "last" out, saying why."""
     home = pipeline_snapshot.copy(tmp_path_factory.mktemp("ui") / "data")
     resources = home.resources(collector=CollectorResource(max_attempts=2, timeout_s=5.0))
     catalog = home.write_catalog(endpoints={"last": f"http://127.0.0.1:{free_port()}/v1"})
@@ -46,6 +48,8 @@ def materialised(tmp_path_factory, pipeline_snapshot):
         )
         coverage = [e for e in profiled.get_asset_check_evaluations() if e.check_name.endswith("coverage")]
         assert [e.passed for e in coverage] == [False]
+        weight = {"ops": {"router": {"config": {"default_cost_weight": 0.01}}}}
+        assert dg.materialize([router], resources=resources, instance=instance, run_config=weight).success
     return home.root, home.env(), home.tracking_uri
 
 
@@ -91,12 +95,36 @@ def test_the_dagster_ui_shows_the_lineage_and_its_checks(materialised, browser, 
         page.get_by_text("Failed").first.wait_for(timeout=60_000)
         page.get_by_text("last").first.wait_for(timeout=60_000)
         assert _shot(page, "dagster_failing_check.png").stat().st_size > 10_000
-        # the router's page: the per-LLM table, rounded headline numbers, the link to its MLflow version
+        # the router's page: the per-LLM table, rounded headline numbers under short keys, the gate's numbers, the
+        # LLM left out with its failing check and message, the link to its MLflow version
         page.goto(f"{url}/assets/router", wait_until="networkidle")
-        for text in ("audc", "mlflow_version", "math-pro"):
-            page.get_by_text(text).first.wait_for(timeout=60_000)
+        for text in ("audc", "mlflow_version", "math-pro", "default_test_usd_per_1k", "gate_champion_audc"):
+            page.get_by_text(text, exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text("last: check_llm_responses_coverage failed: coverage 0% < 98%").first.wait_for(timeout=60_000)
+        assert not page.get_by_text("champion_audc_same_test_set").count()
         assert _shot(page, "dagster_router.png").stat().st_size > 10_000
+        # the page scrolls inside its own pane: one view of the headline keys, one of what was left out
+        for key, name in (
+            ("default_test_usd_per_1k", "dagster_router_numbers.png"),
+            ("left_out", "dagster_router_left_out.png"),
+        ):
+            cell = page.get_by_text(key, exact=True).first
+            cell.scroll_into_view_if_needed()
+            assert _fits_its_cell(cell), key  # drawn beside its value, not over it
+            page.screenshot(path=str(SCREENSHOTS / name))
         page.close()
+
+
+def _fits_its_cell(text) -> bool:
+    """Whether a metadata key's text ends inside its table cell (a long key is drawn over the value beside it)."""
+    return text.evaluate(
+        """node => {
+            const cell = node.closest("td") || node.parentElement;
+            const range = document.createRange();
+            range.selectNodeContents(node);
+            return range.getBoundingClientRect().right <= cell.getBoundingClientRect().right + 0.5;
+        }"""
+    )
 
 
 def _dismiss_welcome(page) -> None:
@@ -107,7 +135,7 @@ def _dismiss_welcome(page) -> None:
 
 
 def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
-    _, _, uri = materialised
+    root, _, uri = materialised
     port = free_port()
     command = [
         sys.executable,
@@ -128,9 +156,13 @@ def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
         page.goto(f"{url}/#/models/uniroute", wait_until="domcontentloaded")
         page.get_by_text("champion").first.wait_for(timeout=60_000)
         assert _shot(page, "mlflow_champion.png").stat().st_size > 10_000
-        # the version's model card: pool with costs, AUDC against the prompt-blind baseline, how to call it
-        page.goto(f"{url}/#/models/uniroute/versions/1", wait_until="domcontentloaded")
-        for text in ("ZeroRouter", "models:/uniroute@champion"):
+        # the version's model card: pool with costs per 1,000 queries, the LLM left out and why, the gate's reason,
+        # AUDC against the prompt-blind baseline, how to call it (no absolute path)
+        page.goto(f"{url}/#/models/uniroute/versions/2", wait_until="domcontentloaded")
+        for text in ("ZeroRouter", "models:/uniroute@champion", "$ per 1,000 queries", "Champion gate"):
             page.get_by_text(text).first.wait_for(timeout=60_000)
+        page.get_by_text("check_llm_responses_coverage failed: coverage 0% < 98%").first.wait_for(timeout=60_000)
+        page.get_by_text("export MLFLOW_TRACKING_URI=sqlite:///mlflow/mlflow.db").first.wait_for(timeout=60_000)
+        assert not page.get_by_text(str(root)).count()
         assert _shot(page, "mlflow_model_card.png").stat().st_size > 10_000
         page.close()

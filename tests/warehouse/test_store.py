@@ -389,3 +389,15 @@ def test_a_cluster_map_under_the_data_home_follows_a_copy_and_one_elsewhere_keep
         assert wh.latest_cluster_map(con)["path"] == str(tmp_path / "copy" / "artifacts" / "cluster_maps" / "v1")
         wh.register_cluster_map(con, row("v2", elsewhere))
         assert wh.latest_cluster_map(con)["path"] == str(elsewhere)  # outside the data home: as given
+
+
+def test_failing_checks_say_which_check_failed_and_its_message(con):
+    failed = '{"check_graded_responses_score_range": {"message": "2 scores outside [0, 1]", "failures": []}}'
+    wh.record_check(con, "a", "check_graded_responses_valid", False, failed)
+    wh.record_check(con, "b", "check_llm_responses_valid", False, "not json")
+    wh.record_check(con, "c", "check_llm_responses_valid", True, "{}")
+    assert wh.read_failing_checks(con).rows() == [
+        ("a", "check_graded_responses_score_range", "2 scores outside [0, 1]"),
+        ("b", "check_llm_responses_valid", ""),  # an older record's details: its own name, no message
+    ]
+    assert wh.failing_llms(con) == ["a", "b"]
