@@ -115,6 +115,7 @@ def router(
         test_scores = 1 - error_matrix(wh.read_outcomes(con, pool, ["test"]), test_ids, pool)
         test_costs = value_matrix(wh.read_query_costs(con, pool, ["test"]), test_ids, pool, "cost")
         prompts = wh.read_prompts(con, splits=["validation", "test"]).select("prompt_id", "dataset", "split")
+        cost_basis = {m: b or "" for m, b in wh.read_cost_basis(con, pool).iter_rows()}  # the card says which
     complete = ~np.isnan(test_scores).any(axis=1)
     if not complete.any():
         raise dg.Failure(f"no test prompt answered by the whole pool {pool}: profile the pool on the test split")
@@ -149,7 +150,7 @@ def router(
         "data_snapshot": fingerprint(pool, val_ids, val_errors, test_ids, test_scores, cost, realised),
     }
     card = registry.ModelCard(
-        pool=_pool_entries(pool, cost, val_errors, scores),
+        pool=_pool_entries(pool, cost, val_errors, scores, cost_basis),
         test_prompts=len(scored_ids),
         audc=scores.audc,
         zero_audc=scores.zero_audc,
@@ -300,7 +301,9 @@ def _score(uni, zero, x_test, test_scores, realised, default_cost_weight: float)
     )
 
 
-def _pool_entries(pool: list[str], cost: np.ndarray, val_errors: np.ndarray, s: _Scores) -> list["registry.PoolEntry"]:
+def _pool_entries(
+    pool: list[str], cost: np.ndarray, val_errors: np.ndarray, s: _Scores, cost_basis: dict[str, str]
+) -> list["registry.PoolEntry"]:
     from serving import registry
 
     return [
@@ -311,6 +314,7 @@ def _pool_entries(pool: list[str], cost: np.ndarray, val_errors: np.ndarray, s: 
             validation_coverage=float(1 - np.isnan(val_errors[:, j]).mean()),
             test_accuracy=float(s.llm_acc[j]),
             test_share_routed=float((s.chosen == j).mean()),
+            cost_basis=cost_basis.get(m, ""),
         )
         for j, m in enumerate(pool)
     ]

@@ -223,6 +223,16 @@ def test_a_table_without_costs_is_refused_naming_its_llms_then_reaches_a_champio
     assert main(["import-results", str(path), "--dataset", "no_costs", "--price-file", str(prices)]) == 0
     assert main(["refresh"]) == 0
     assert "router uniroute v1 registered, alias champion" in capsys.readouterr().out
+    card = _client().get_model_version_by_alias("uniroute", "champion").description
+    assert "| cost basis |" in card and card.count("| price per query |") == len(rows)  # the card says how
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    from serving.registry import default_tracking_uri
+
+    return MlflowClient(default_tracking_uri(), default_tracking_uri())
 
 
 def _pool(meta: dict) -> list[str]:
