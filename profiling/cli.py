@@ -232,6 +232,11 @@ def _register_partitions(names: list[str]) -> None:
         return
     import dagster as dg
 
+    import warehouse as wh
+
+    for name in names:  # a partition is a directory of Dagster's storage: only ever from a checked name
+        wh.check_llm_name(name)
+
     with dg.DagsterInstance.get() as instance:
         new = sorted(set(names) - set(instance.get_dynamic_partitions(LLM_PARTITIONS)))
         if new:

@@ -254,6 +254,7 @@ def _models(args: argparse.Namespace) -> int:
 def _add_model(args: argparse.Namespace) -> int:
     import warehouse as wh
 
+    wh.check_llm_name(args.name)  # before the catalog is read: the one-line error is about the name alone
     path = _catalog_path(args.catalog)
     entry = {
         "name": args.name,
@@ -350,6 +351,7 @@ USER_ERRORS = (
     ("profiling.datasets", "PromptSetError"),
     ("profiling.results", "ResultsError"),
     ("warehouse.catalog", "CatalogError"),
+    ("warehouse.names", "LLMNameError"),
     ("warehouse.store", "WarehouseInputError"),
     ("warehouse.db", "SchemaError"),  # a warehouse written by a newer uniroute
     ("router_core._errors", "RouterInputError"),

@@ -33,6 +33,15 @@ def onnx_cache() -> Path:
     return Path(os.environ["UNIROUTE_ONNX_CACHE"])
 
 
+def alias_bomb(tail: str) -> str:
+    """The classic YAML "billion laughs" (9 levels of 9 aliases: 9**9 strings once expanded, under 1 KB), then
+    ``tail``, which may refer to its top level as ``*i``."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, level in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{level}: &{level} [{', '.join([f'*{prev}'] * 9)}]")
+    return "\n".join(lines) + "\n" + tail
+
+
 @pytest.fixture
 def instance(tmp_path, monkeypatch):
     """A real Dagster instance in a temporary DAGSTER_HOME with the project's dagster.yaml."""

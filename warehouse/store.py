@@ -15,6 +15,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from warehouse.names import llm_name_problem
+
 __all__ = [
     "WarehouseInputError",
     "archive_pairs",
@@ -334,6 +336,10 @@ def sync_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame) -> int:
 
 
 def _write_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame, after: str | None = None) -> int:
+    if isinstance(llms, pl.DataFrame) and llms.schema.get("name") == pl.String:  # else _prepare names the problem
+        for name in llms["name"].drop_nulls():
+            if (problem := llm_name_problem(name)) is not None:
+                raise WarehouseInputError("llms", "name", name, f"not a valid LLM name: {problem}")
     updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["llms"] if c != "name")
     return _write(con, "llms", llms, f"ON CONFLICT (name) DO UPDATE SET {updates}", stamp="added_at", after=after)
 
