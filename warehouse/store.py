@@ -202,9 +202,11 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
 _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     "llms": [
-        ("usd_per_mtok_in", pl.col("usd_per_mtok_in").is_null() | (pl.col("usd_per_mtok_in") >= 0), "must be >= 0"),
-        ("usd_per_mtok_out", pl.col("usd_per_mtok_out").is_null() | (pl.col("usd_per_mtok_out") >= 0), "must be >= 0"),
-        ("usd_per_query", pl.col("usd_per_query").is_null() | pl.col("usd_per_query").is_between(0, 1e300), ">= 0"),
+        # is_between: NaN and infinity fall outside (NaN >= 0 holds in polars' order)
+        (c, pl.col(c).is_null() | pl.col(c).is_between(0, 1e300), "must be finite and >= 0")
+        for c in ("usd_per_mtok_in", "usd_per_mtok_out", "usd_per_query")
+    ]
+    + [
         ("max_concurrency", pl.col("max_concurrency") > 0, "must be > 0"),
         ("requests_per_minute", pl.col("requests_per_minute").is_null() | (pl.col("requests_per_minute") > 0), "> 0"),
     ],
