@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -347,10 +346,18 @@ LOCK_WAIT_S = 600.0
 
 
 def _opener(path: Path | None):
-    """Opens the warehouse at ``path`` for writing, waiting up to :data:`LOCK_WAIT_S` for pipeline runs' writes."""
+    """Opens the warehouse at ``path`` for writing, waiting up to :data:`LOCK_WAIT_S` for pipeline runs' writes;
+    the first open reads every block (``warehouse.connect``'s ``verify``), later ones only the catalog."""
     import warehouse as wh
 
-    return functools.partial(wh.connect, path, lock_wait_s=LOCK_WAIT_S)
+    opened = []
+
+    def connect():
+        con = wh.connect(path, lock_wait_s=LOCK_WAIT_S, verify=not opened)
+        opened.append(path)
+        return con
+
+    return connect
 
 
 def _collect(args: argparse.Namespace) -> int:

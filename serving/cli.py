@@ -354,6 +354,7 @@ USER_ERRORS = (
     ("warehouse.names", "LLMNameError"),
     ("warehouse.store", "WarehouseInputError"),
     ("warehouse.db", "SchemaError"),  # a warehouse written by a newer uniroute
+    ("warehouse.db", "WarehouseCorruptError"),  # names the file: restore it from a backup
     ("router_core._errors", "RouterInputError"),
     ("mlflow.exceptions", "MlflowException"),  # e.g. an unknown alias or model
     ("duckdb", "IOException"),  # the warehouse cannot be opened: locked by another process, not a DuckDB file

@@ -4,6 +4,7 @@ from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, edit_catal
 from warehouse.db import (
     Opener,
     SchemaError,
+    WarehouseCorruptError,
     connect,
     connect_read_only,
     data_home,
@@ -80,6 +81,7 @@ __all__ = [
     "LLMNameError",
     "Opener",
     "SchemaError",
+    "WarehouseCorruptError",
     "WarehouseInputError",
     "add_to_catalog",
     "archive_pairs",

@@ -13,7 +13,7 @@ import pytest
 import warehouse as wh
 from profiling.datasets import adapter_names, import_dataset
 from serving.cli import main
-from tests.conftest import alias_bomb
+from tests.conftest import alias_bomb, corrupt_warehouse
 
 
 @pytest.fixture
@@ -369,3 +369,20 @@ def test_price_and_spec_files_are_read_within_bounds(warehouse, tmp_path, capsys
     assert "prices.csv: file of 1,048,5" in capsys.readouterr().err
     with wh.connect(warehouse) as con:
         assert wh.read_prompts(con).height == 0 and wh.read_llms(con).height == 0
+
+
+def test_a_corrupt_warehouse_is_named_by_every_command_and_none_writes_to_it(warehouse, tmp_path, capsys):
+    damaged = corrupt_warehouse(warehouse)
+    catalog = tmp_path / "llms.yaml"
+    catalog.write_text("llms:\n  - {name: m1, base_url: null, usd_per_query: 0.1}\n")
+    for argv in (
+        ["sync-catalog", str(catalog)],
+        ["datasets"],
+        _import(tmp_path, _results(models=("m1",))),
+        ["import-prompts", str(_prompts(tmp_path / "p.jsonl", [{"prompt_id": 0, "prompt": "y?"}])), "--dataset", "d"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"uniroute {argv[0]}: warehouse {warehouse} is corrupt (Corrupt database file")
+        assert err.endswith("restore it from a backup or move it aside") and "\n" not in err
+        assert warehouse.read_bytes() == damaged
