@@ -168,6 +168,8 @@ def _check_results(
 def _register_partitions(context: dg.AssetExecutionContext, names: list[str]) -> list[str]:
     """Give each LLM its partition, so ``dagster asset materialize --partition NAME`` works without the sensor."""
     new = sorted(set(names) - set(context.instance.get_dynamic_partitions(llm_partitions.name)))
+    for name in new:  # a partition is a directory of Dagster's storage: only ever from a checked name
+        wh.check_llm_name(name)
     if new:
         context.instance.add_dynamic_partitions(llm_partitions.name, new)
     return new

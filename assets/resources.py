@@ -39,13 +39,15 @@ class WarehouseResource(dg.ConfigurableResource):
         return wh.staging_path(self.staging_path) if self.staging_path else wh.default_staging_path(self.database())
 
     def connect(self) -> duckdb.DuckDBPyConnection:
-        """For writing (migrates the schema; one writing process at a time: waits up to ``lock_wait_s`` for it)."""
-        return wh.connect(self.database(), lock_wait_s=self.lock_wait_s)
+        """For writing (migrates the schema; one writing process at a time: waits up to ``lock_wait_s`` for it).
+        A step opens the warehouse several times: each open checks the file's header and catalog, not every block
+        (``warehouse.connect(verify=False)``; a damaged block is named when a query reads it)."""
+        return wh.connect(self.database(), lock_wait_s=self.lock_wait_s, verify=False)
 
     def connect_read_only(self, lock_wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
         """For reading only: no migration, no write lock (``warehouse.connect_read_only``); waits up to
-        ``lock_wait_s`` while a writer holds the file."""
-        return wh.connect_read_only(self.database(), lock_wait_s)
+        ``lock_wait_s`` while a writer holds the file. Checked as :meth:`connect` checks it."""
+        return wh.connect_read_only(self.database(), lock_wait_s, verify=False)
 
 
 class CollectorResource(dg.ConfigurableResource):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -232,6 +231,11 @@ def _register_partitions(names: list[str]) -> None:
         return
     import dagster as dg
 
+    import warehouse as wh
+
+    for name in names:  # a partition is a directory of Dagster's storage: only ever from a checked name
+        wh.check_llm_name(name)
+
     with dg.DagsterInstance.get() as instance:
         new = sorted(set(names) - set(instance.get_dynamic_partitions(LLM_PARTITIONS)))
         if new:
@@ -342,10 +346,18 @@ LOCK_WAIT_S = 600.0
 
 
 def _opener(path: Path | None):
-    """Opens the warehouse at ``path`` for writing, waiting up to :data:`LOCK_WAIT_S` for pipeline runs' writes."""
+    """Opens the warehouse at ``path`` for writing, waiting up to :data:`LOCK_WAIT_S` for pipeline runs' writes;
+    the first open reads every block (``warehouse.connect``'s ``verify``), later ones only the catalog."""
     import warehouse as wh
 
-    return functools.partial(wh.connect, path, lock_wait_s=LOCK_WAIT_S)
+    opened = []
+
+    def connect():
+        con = wh.connect(path, lock_wait_s=LOCK_WAIT_S, verify=not opened)
+        opened.append(path)
+        return con
+
+    return connect
 
 
 def _collect(args: argparse.Namespace) -> int:

@@ -38,13 +38,13 @@ from typing import Any, Protocol
 
 import duckdb
 import polars as pl
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 import warehouse as wh
 from profiling import graders
 from profiling.rendering import render_mmlu_pro, router_input
 from router_core import prompt_hash
+from warehouse.userfiles import UserFileError, load_user_yaml
 
 __all__ = [
     "ADAPTER_GROUP",
@@ -162,7 +162,10 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any] | None, **overr
         path = Path(source)
         if not path.is_file():
             raise PromptSetError(f"spec={str(path)!r}: file not found")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = load_user_yaml(path) or {}
+        except UserFileError as exc:
+            raise PromptSetError(f"spec={str(path)!r}: {exc.problem}") from None
         if not isinstance(raw, dict):
             raise PromptSetError(f"spec={str(path)!r}: expected a mapping of settings")
     raw |= {k: v for k, v in overrides.items() if v is not None}

@@ -17,7 +17,6 @@ from typing import Any
 
 import duckdb
 import polars as pl
-import yaml
 from pydantic import ValidationError
 
 import warehouse as wh
@@ -35,6 +34,7 @@ from profiling.datasets import import_dataset as _import_dataset
 from profiling.results import read_results
 from router_core import DEFAULT_EMBEDDER, count_tokens, prompt_hash
 from warehouse import LLMEntry
+from warehouse.userfiles import UserFileError, check_size, load_user_yaml
 
 __all__ = [
     "IMPORTED_GRADER",
@@ -130,7 +130,10 @@ def import_results(
     ``replace=True`` archives those (as re-profiling does) and stores the file's. A pair answered by an endpoint
     keeps that answer and its grade. Everything is checked before anything is written.
     """
+    if model is not None:
+        wh.check_llm_name(model, "--model")
     results = _select_models(read_results(path, format, model=model, score_field=score_field), models, exclude_models)
+    _check_names(path, results)
     results = results.with_columns((pl.lit(f"{dataset}/") + pl.col("prompt_id")).alias("stored_id"))
     names = sorted(set(results["model"]))
     stored = wh.read_prompts(con).filter(pl.col("prompt_id").is_in(results["stored_id"].unique().to_list()))
@@ -198,17 +201,10 @@ def read_price_file(path: str | os.PathLike[str]) -> pl.DataFrame:
     file, the model, the field and the value: prices are finite and bounded as in the catalog.
     """
     path = Path(path)
-    if path.suffix.lower() == ".csv":
-        entries = pl.read_csv(path, infer_schema_length=None).to_dicts()
-    elif path.suffix.lower() in (".yaml", ".yml"):
-        document = yaml.safe_load(path.read_text())
-        if isinstance(document, Mapping):
-            document = [{"model": name, **(v if isinstance(v, Mapping) else {})} for name, v in document.items()]
-        entries = document if isinstance(document, list) else None
-        if entries is None or not all(isinstance(entry, Mapping) for entry in entries):
-            raise PromptSetError(f"{path}: expected a list of {{model, prices}} or a mapping of model to prices")
-    else:
-        raise PromptSetError(f"{path}: unsupported price file suffix {path.suffix!r}; use .csv, .yaml or .yml")
+    try:
+        entries = _price_entries(path)
+    except UserFileError as exc:
+        raise PromptSetError(str(exc)) from None
     rows = [_price_row(path, i, entry) for i, entry in enumerate(entries)]
     frame = pl.DataFrame(rows, schema={"model": pl.String, **dict.fromkeys(PRICE_FIELDS, pl.Float64)})
     if (dup := frame.filter(pl.col("model").is_duplicated())).height:
@@ -216,12 +212,27 @@ def read_price_file(path: str | os.PathLike[str]) -> pl.DataFrame:
     return frame
 
 
+def _price_entries(path: Path) -> list[Mapping[str, Any]]:
+    """The rows of a price file, read within the bounds of a user's file (``warehouse.userfiles``)."""
+    if path.suffix.lower() == ".csv":
+        return pl.read_csv(check_size(path), infer_schema_length=None).to_dicts()
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise PromptSetError(f"{path}: unsupported price file suffix {path.suffix!r}; use .csv, .yaml or .yml")
+    document = load_user_yaml(path)
+    if isinstance(document, Mapping):
+        document = [{"model": name, **(v if isinstance(v, Mapping) else {})} for name, v in document.items()]
+    if not isinstance(document, list) or not all(isinstance(entry, Mapping) for entry in document):
+        raise PromptSetError(f"{path}: expected a list of {{model, prices}} or a mapping of model to prices")
+    return document
+
+
 def _price_row(path: Path, i: int, entry: Mapping[str, Any]) -> dict[str, Any]:
     """One checked price-file row (the catalog's bounds, a price per query or a pair per million tokens)."""
     name = entry.get("model")
-    where = f"{path}: row {i + 1} (model={name!r})"
-    if not isinstance(name, str) or not name.strip():
-        raise PromptSetError(f"{where}: model: expected an LLM's name")
+    name = name.strip() if isinstance(name, str) else name
+    where = f"{path}: row {i + 1} (model={wh.shown_name(name)})"
+    if (problem := wh.llm_name_problem(name)) is not None:
+        raise PromptSetError(f"{where}: model: not a valid LLM name: {problem}")
     if unknown := sorted(set(entry) - {"model", *PRICE_FIELDS}):
         raise PromptSetError(f"{where}: unknown column {unknown[0]!r}; a price file has model and {list(PRICE_FIELDS)}")
     prices = {k: v for k, v in entry.items() if k in PRICE_FIELDS and v is not None}
@@ -232,7 +243,17 @@ def _price_row(path: Path, i: int, entry: Mapping[str, Any]) -> dict[str, Any]:
         raise PromptSetError(f"{where}: {err['loc'][0]}: {err['msg']}, got {err['input']!r}") from None
     if "usd_per_query" not in prices and len(prices) < 2:
         raise PromptSetError(f"{where}: needs usd_per_query, or usd_per_mtok_in and usd_per_mtok_out")
-    return {"model": name.strip(), **{k: float(prices[k]) if k in prices else None for k in PRICE_FIELDS}}
+    return {"model": name, **{k: float(prices[k]) if k in prices else None for k in PRICE_FIELDS}}
+
+
+def _check_names(path: str | os.PathLike[str], results: pl.DataFrame) -> None:
+    """Raise naming the first of the results' LLMs whose name breaks the rule (``warehouse.check_llm_name``)."""
+    for name in results["model"].unique(maintain_order=True):
+        if (problem := wh.llm_name_problem(name)) is not None:
+            raise PromptSetError(
+                f"{path}: model: {wh.shown_name(name)} is not a valid LLM name: {problem}; rename it, pass --model, "
+                "or leave it out (--exclude-models)"
+            )
 
 
 def _select_models(results: pl.DataFrame, models: Sequence[str] | None, exclude: Sequence[str]) -> pl.DataFrame:

@@ -355,6 +355,7 @@ def _mlflow(args: argparse.Namespace) -> int:
 def _add_model(args: argparse.Namespace) -> int:
     import warehouse as wh
 
+    wh.check_llm_name(args.name)  # before the catalog is read: the one-line error is about the name alone
     path = _catalog_path(args.catalog)
     entry = {
         "name": args.name,
@@ -454,8 +455,10 @@ USER_ERRORS = (
     ("profiling.datasets", "PromptSetError"),
     ("profiling.results", "ResultsError"),
     ("warehouse.catalog", "CatalogError"),
+    ("warehouse.names", "LLMNameError"),
     ("warehouse.store", "WarehouseInputError"),
     ("warehouse.db", "SchemaError"),  # a warehouse written by a newer uniroute
+    ("warehouse.db", "WarehouseCorruptError"),  # names the file: restore it from a backup
     ("router_core._errors", "RouterInputError"),
     ("mlflow.exceptions", "MlflowException"),  # e.g. an unknown alias or model
     ("duckdb", "IOException"),  # the warehouse cannot be opened: locked by another process, not a DuckDB file

@@ -33,6 +33,43 @@ def onnx_cache() -> Path:
     return Path(os.environ["UNIROUTE_ONNX_CACHE"])
 
 
+def alias_bomb(tail: str) -> str:
+    """The classic YAML "billion laughs" (9 levels of 9 aliases: 9**9 strings once expanded, under 1 KB), then
+    ``tail``, which may refer to its top level as ``*i``."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, level in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{level}: &{level} [{', '.join([f'*{prev}'] * 9)}]")
+    return "\n".join(lines) + "\n" + tail
+
+
+def corrupt_warehouse(path: Path) -> bytes:
+    """Make a real warehouse at ``path`` holding a few MB of embeddings, then overwrite bytes in the middle of a
+    stored block of them, as a bad disk sector would; returns the damaged file's bytes."""
+    import warehouse as wh
+
+    with wh.connect(path) as con:
+        con.execute(
+            "INSERT INTO embeddings SELECT 'e', md5(range::VARCHAR), [random()::FLOAT FOR x IN range(64)] "
+            "FROM range(20000)"
+        )
+        con.execute("CHECKPOINT")
+        blocks = [
+            row[0]
+            for row in con.execute(
+                "SELECT DISTINCT block_id FROM pragma_storage_info('embeddings') WHERE persistent AND block_id >= 0 "
+                "ORDER BY block_id"
+            ).fetchall()
+        ]
+        block_size = con.execute("PRAGMA database_size").fetchall()[0][2]
+    header = 3 * 4096  # DuckDB's file header and its two database headers come first
+    data = bytearray(path.read_bytes())
+    at = header + blocks[len(blocks) // 2] * block_size + 4096
+    assert len(blocks) > 4 and at < len(data) - 4096
+    data[at : at + 64] = bytes(range(64))
+    path.write_bytes(data)
+    return bytes(data)
+
+
 @pytest.fixture
 def instance(tmp_path, monkeypatch):
     """A real Dagster instance in a temporary DAGSTER_HOME with the project's dagster.yaml."""

@@ -4,6 +4,7 @@ from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, edit_catal
 from warehouse.db import (
     Opener,
     SchemaError,
+    WarehouseCorruptError,
     connect,
     connect_read_only,
     data_home,
@@ -14,6 +15,14 @@ from warehouse.db import (
     opened,
     schema_version,
     staging_path,
+)
+from warehouse.names import (
+    MAX_LLM_NAME_CHARS,
+    RESERVED_LLM_NAMES,
+    LLMNameError,
+    check_llm_name,
+    llm_name_problem,
+    shown_name,
 )
 from warehouse.store import (
     WarehouseInputError,
@@ -66,14 +75,19 @@ from warehouse.store import (
 )
 
 __all__ = [
+    "MAX_LLM_NAME_CHARS",
+    "RESERVED_LLM_NAMES",
     "CatalogError",
     "LLMEntry",
+    "LLMNameError",
     "Opener",
     "SchemaError",
+    "WarehouseCorruptError",
     "WarehouseInputError",
     "add_to_catalog",
     "archive_pairs",
     "archive_responses",
+    "check_llm_name",
     "connect",
     "connect_read_only",
     "count_answers",
@@ -91,6 +105,7 @@ __all__ = [
     "insert_responses",
     "insert_routing_decisions",
     "latest_cluster_map",
+    "llm_name_problem",
     "load_catalog",
     "merge_staged",
     "merge_staged_files",
@@ -122,6 +137,7 @@ __all__ = [
     "record_failures",
     "register_cluster_map",
     "schema_version",
+    "shown_name",
     "staging_path",
     "sync_catalog",
     "sync_llms",

@@ -27,6 +27,10 @@ from it. An LLM that exists only as imported results (``uniroute import-results`
 
 The file decides where keys are sent, so it is held to these rules:
 
+- **Safe names.** ``name`` follows the one rule for LLM names (:mod:`warehouse.names`: letters, digits and
+  ``. _ - : @ +``, no path separator, ``..``, whitespace or control character, not ``uniroute``): a name becomes
+  a Dagster partition, a staging directory and a word in logs. ``model_id`` (the endpoint's name) is free.
+
 - **Keys only from allowed variables.** ``api_key_env`` must start with ``UNIROUTE_KEY_`` or be listed in the
   environment variable ``UNIROUTE_ALLOWED_KEY_VARS`` (comma-separated names). ``UNIROUTE_ALLOWED_KEY_PREFIX``
   replaces the prefix (set but empty: no prefix is accepted, only the listed names); ``load_catalog``'s
@@ -59,15 +63,17 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 import polars as pl
-import yaml
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
+from warehouse.names import llm_name_problem
 from warehouse.store import sync_llms
+from warehouse.userfiles import UserFileError, check_size, load_user_yaml, read_user_text
 
 __all__ = [
     "CatalogError",
@@ -150,6 +156,13 @@ class KeyEnvPolicy:
         return f"it must start with {self.prefix} or {listed}"
 
 
+def _llm_name(name: str) -> str:
+    """The LLM-name rule (``warehouse.names``) as a field validator: its reason is the problem's message."""
+    if (problem := llm_name_problem(name)) is not None:
+        raise PydanticCustomError("llm_name", "not a valid LLM name: {problem}", {"problem": problem})
+    return name
+
+
 def _seconds(field: str) -> Any:
     return Field(default=None, gt=0, le=TIMEOUT_LIMITS_S[field], allow_inf_nan=False)
 
@@ -159,7 +172,7 @@ class LLMEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    name: str = Field(min_length=1)
+    name: Annotated[str, AfterValidator(_llm_name)]
     base_url: AnyHttpUrl | None = None  # None: import-only (results, no endpoint)
     model_id: str | None = Field(default=None, min_length=1)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -186,9 +199,13 @@ _EMPTY_SCHEMA = {
 
 
 def _read_entries(path: Path) -> list[Mapping[str, Any]]:
-    if path.suffix.lower() == ".csv":
-        return [{k: v for k, v in row.items() if v is not None} for row in pl.read_csv(path).iter_rows(named=True)]
-    document = yaml.safe_load(path.read_text()) or {}
+    try:
+        if path.suffix.lower() == ".csv":
+            rows = pl.read_csv(check_size(path)).iter_rows(named=True)
+            return [{k: v for k, v in row.items() if v is not None} for row in rows]
+        document = load_user_yaml(path) or {}
+    except UserFileError as exc:
+        raise CatalogError(str(path), [exc.problem]) from None
     if not isinstance(document, Mapping) or "llms" not in document or not isinstance(document["llms"] or [], list):
         raise CatalogError(str(path), ["top level: expected a mapping with a list under 'llms'"])
     defaults = document.get("defaults") or {}
@@ -405,6 +422,22 @@ def edit_catalog(
     return catalog
 
 
+def _checked_size(path: Path) -> Path:
+    try:
+        return check_size(path)
+    except UserFileError as exc:
+        raise CatalogError(str(path), [exc.problem]) from None
+
+
+def _checked_text(path: Path) -> str:
+    """The text of a YAML catalog to edit, refused as :func:`load_catalog` refuses it (size, aliases)."""
+    try:
+        load_user_yaml(path)
+        return read_user_text(path)
+    except UserFileError as exc:
+        raise CatalogError(str(path), [exc.problem]) from None
+
+
 def _missing_entries(path: Path, names: Iterable[str], update: Mapping[str, Any]) -> None:
     """Raise naming the entries ``update`` names that the file's ``names`` lack."""
     if missing := sorted(set(update) - set(names)):
@@ -412,7 +445,7 @@ def _missing_entries(path: Path, names: Iterable[str], update: Mapping[str, Any]
 
 
 def _edit_csv(path: Path, add: list[dict[str, Any]], update: Mapping[str, Mapping[str, Any]]) -> str:
-    rows = pl.read_csv(path).to_dicts() if path.exists() else []
+    rows = pl.read_csv(_checked_size(path)).to_dicts() if path.exists() else []
     _missing_entries(path, (row.get("name") for row in rows), update)
     rows = [{**row, **update.get(row.get("name"), {})} for row in rows] + add
     return pl.DataFrame(rows, infer_schema_length=None).write_csv() if rows else "name\n"
@@ -424,7 +457,7 @@ def _edit_yaml(path: Path, add: list[dict[str, Any]], update: Mapping[str, Mappi
     from ruamel.yaml.error import YAMLError
     from ruamel.yaml.util import load_yaml_guess_indent
 
-    text = path.read_text() if path.exists() else ""
+    text = _checked_text(path) if path.exists() else ""
     writer = YAML()  # round trip: comments, flow or block style and quotes kept
     writer.preserve_quotes = True
     writer.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))

@@ -18,6 +18,7 @@ from warehouse.schema import MIGRATIONS
 __all__ = [
     "Opener",
     "SchemaError",
+    "WarehouseCorruptError",
     "connect",
     "connect_read_only",
     "data_home",
@@ -52,6 +53,29 @@ def opened(warehouse: Opener) -> Iterator[duckdb.DuckDBPyConnection]:
 
 class SchemaError(RuntimeError):
     """The database was written by a newer version of this project, or (read-only) needs migrating first."""
+
+
+class WarehouseCorruptError(RuntimeError):
+    """The warehouse file is damaged (DuckDB found a block whose checksum does not match, or no DuckDB header); the
+    one-line message names the file and what to do. Raised on opening, before anything is written to it."""
+
+    def __init__(self, path: str | os.PathLike[str], cause: BaseException) -> None:
+        self.path = str(path)
+        detail = " ".join(str(cause).split())
+        detail = detail if len(detail) <= 80 else detail[:77] + "..."
+        super().__init__(
+            f"warehouse {path} is corrupt ({detail}); nothing was written to it: restore it from a backup "
+            "or move it aside"
+        )
+
+
+#: What DuckDB says of a damaged file: a block's checksum, the file header, or metadata it cannot decode.
+_CORRUPTION = re.compile(r"Corrupt database file|not a valid DuckDB database file|checksum", re.IGNORECASE)
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    damaged = (duckdb.SerializationException, duckdb.InternalException, duckdb.FatalException)
+    return isinstance(exc, damaged) or bool(_CORRUPTION.search(str(exc)))
 
 
 def data_home() -> Path:
@@ -96,22 +120,71 @@ def default_pacing_path() -> Path:
     return Path(os.environ.get("UNIROUTE_PACING") or data_home() / "endpoint_pacing.sqlite")
 
 
-def connect(path: str | os.PathLike[str] | None = None, lock_wait_s: float = 0.0) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | os.PathLike[str] | None = None, lock_wait_s: float = 0.0, verify: bool = True
+) -> duckdb.DuckDBPyConnection:
     """Open (creating if needed) the warehouse at ``path`` for writing and apply pending migrations.
 
     DuckDB lets one process at a time hold a file open for writing: readers use :func:`connect_read_only`. While
     another process holds it, this waits up to ``lock_wait_s`` seconds, trying again every few milliseconds (up to
     100 ms apart), then raises DuckDB's ``IOException`` naming the process that holds it.
+
+    A damaged file raises :class:`WarehouseCorruptError` before anything is written: its header and catalog are
+    always read, and with ``verify`` (the default) every stored block of every table too, so that a bad block in the
+    middle is found now rather than by whichever later query reads it (DuckDB checks a block's checksum when it
+    reads it). That costs about a full scan (a few ms per MB); code that opens the warehouse many times per run
+    (Dagster steps, a command's later opens) passes ``verify=False`` and keeps the cheap check (~10 ms).
     """
     path = Path(path) if path is not None else default_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = _open_when_free(path, lock_wait_s)
+    con = _open_checked(path, lock_wait_s, False, verify)
     try:
         _migrate(con)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _open_checked(path: Path, lock_wait_s: float, read_only: bool, verify: bool) -> duckdb.DuckDBPyConnection:
+    """:func:`_open_when_free`, then :func:`_probe`; DuckDB's word that the file is damaged becomes
+    :class:`WarehouseCorruptError` naming ``path``."""
+    try:
+        con = _open_when_free(path, lock_wait_s, read_only)
+    except duckdb.Error as exc:
+        if _is_corruption(exc):
+            raise WarehouseCorruptError(path, exc) from None
+        raise
+    try:
+        _probe(con, verify)
+    except duckdb.Error as exc:
+        con.close()
+        if _is_corruption(exc):
+            raise WarehouseCorruptError(path, exc) from None
+        raise
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _probe(con: duckdb.DuckDBPyConnection, full: bool) -> None:
+    """Read the catalog of tables (and the migrations table); with ``full``, every column of every table, so that
+    DuckDB checks each stored block's checksum. Indexes are not read (DuckDB reads them when they are used)."""
+    tables = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() AND NOT internal"
+    ).fetchall()
+    _applied_version(con)
+    if full and tables:
+        # identifiers cannot be bound: the catalog's own names, quoted
+        scans = [
+            f"SELECT bit_xor(hash(*COLUMNS(*))) FROM {_quoted(schema)}.{_quoted(table)}" for schema, table in tables
+        ]
+        con.execute(" UNION ALL ".join(scans)).fetchall()
+
+
+def _quoted(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 def _open_when_free(path: Path, lock_wait_s: float, read_only: bool = False) -> duckdb.DuckDBPyConnection:
@@ -129,20 +202,21 @@ def _open_when_free(path: Path, lock_wait_s: float, read_only: bool = False) -> 
 
 
 def connect_read_only(
-    path: str | os.PathLike[str] | None = None, lock_wait_s: float = 0.0
+    path: str | os.PathLike[str] | None = None, lock_wait_s: float = 0.0, verify: bool = True
 ) -> duckdb.DuckDBPyConnection:
     """Open the existing warehouse at ``path`` for reading only: no migration, no write lock, so any number of
     readers may hold it at once (a process writing it still excludes them, and they it, while open). While a writer
     holds it, this waits up to ``lock_wait_s`` seconds (as :func:`connect` does), then raises DuckDB's
     ``IOException``.
 
-    Raises ``FileNotFoundError`` when there is no warehouse at ``path``, and :class:`SchemaError` when its schema
-    is not this code's (an older one is migrated by the next writer, e.g. any ``uniroute`` command that writes).
+    Raises ``FileNotFoundError`` when there is no warehouse at ``path``, :class:`SchemaError` when its schema
+    is not this code's (an older one is migrated by the next writer, e.g. any ``uniroute`` command that writes), and
+    :class:`WarehouseCorruptError` when the file is damaged (``verify``: as :func:`connect` checks it).
     """
     path = Path(path) if path is not None else default_path()
     if not path.is_file():
         raise FileNotFoundError(f"no warehouse at {path}")
-    con = _open_when_free(path, lock_wait_s, read_only=True)
+    con = _open_checked(path, lock_wait_s, True, verify)
     try:
         current = _applied_version(con)
         if current != len(MIGRATIONS):

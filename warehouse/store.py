@@ -16,6 +16,8 @@ import duckdb
 import numpy as np
 import polars as pl
 
+from warehouse.names import llm_name_problem
+
 __all__ = [
     "WarehouseInputError",
     "archive_pairs",
@@ -202,9 +204,11 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
 _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     "llms": [
-        ("usd_per_mtok_in", pl.col("usd_per_mtok_in").is_null() | (pl.col("usd_per_mtok_in") >= 0), "must be >= 0"),
-        ("usd_per_mtok_out", pl.col("usd_per_mtok_out").is_null() | (pl.col("usd_per_mtok_out") >= 0), "must be >= 0"),
-        ("usd_per_query", pl.col("usd_per_query").is_null() | pl.col("usd_per_query").is_between(0, 1e300), ">= 0"),
+        # is_between: NaN and infinity fall outside (NaN >= 0 holds in polars' order)
+        (c, pl.col(c).is_null() | pl.col(c).is_between(0, 1e300), "must be finite and >= 0")
+        for c in ("usd_per_mtok_in", "usd_per_mtok_out", "usd_per_query")
+    ]
+    + [
         ("max_concurrency", pl.col("max_concurrency") > 0, "must be > 0"),
         ("requests_per_minute", pl.col("requests_per_minute").is_null() | (pl.col("requests_per_minute") > 0), "> 0"),
     ],
@@ -336,6 +340,10 @@ def sync_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame) -> int:
 
 
 def _write_llms(con: duckdb.DuckDBPyConnection, llms: pl.DataFrame, after: str | None = None) -> int:
+    if isinstance(llms, pl.DataFrame) and llms.schema.get("name") == pl.String:  # else _prepare names the problem
+        for name in llms["name"].drop_nulls():
+            if (problem := llm_name_problem(name)) is not None:
+                raise WarehouseInputError("llms", "name", name, f"not a valid LLM name: {problem}")
     updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS["llms"] if c != "name")
     return _write(con, "llms", llms, f"ON CONFLICT (name) DO UPDATE SET {updates}", stamp="added_at", after=after)
 

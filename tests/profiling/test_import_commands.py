@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 
 import polars as pl
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import warehouse as wh
 from profiling.datasets import adapter_names, import_dataset
 from serving.cli import main
+from tests.conftest import alias_bomb, corrupt_warehouse
 
 
 @pytest.fixture
@@ -278,3 +280,109 @@ def test_results_only_prompts_are_graded_imported_by_default(warehouse, tmp_path
     with wh.connect(warehouse) as con:
         assert set(wh.read_prompts(con)["grader"]) == {"imported"}
         assert wh.read_datasets(con)["collectable"].to_list() == [False]
+
+
+@pytest.mark.parametrize("bad", ["../../x", "m\x1b[2J", "uniroute", "x" * 500])
+def test_an_llm_name_that_breaks_the_rule_is_refused_in_one_line_and_nothing_is_written(
+    warehouse, tmp_path, capsys, bad
+):
+    catalog = tmp_path / "llms.yaml"
+    catalog.write_text("llms:\n")
+    assert main(_import(tmp_path, _results(models=("m1", bad)))) == 2
+    err = capsys.readouterr().err.strip()
+    shown = wh.shown_name(bad)
+    assert err.startswith(f"uniroute import-results: {tmp_path / 'r.parquet'}: model: {shown} is not a valid LLM name")
+    assert "\n" not in err and "\x1b" not in err and len(err) <= 300
+    assert catalog.read_text() == "llms:\n"
+    with wh.connect(warehouse) as con:
+        assert wh.read_llms(con).height == 0 and wh.read_prompts(con).height == 0
+
+
+def test_names_from_every_results_format_and_the_model_flag_are_checked(warehouse, tmp_path, capsys):
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    wide = pl.DataFrame(
+        {"sample_id": ["a"], "prompt": ["Q?"], "m1": [1.0], "m1|total_cost": [0.1], "meta/llama-2-70b": [0.0]}
+    ).with_columns(pl.lit(0.2).alias("meta/llama-2-70b|total_cost"))
+    argv = _import(tmp_path, wide, name="wide.csv")
+    wide.write_csv(tmp_path / "wide.csv")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model: 'meta/llama-2-70b' is not a valid LLM name: has a path separator '/'" in err
+    assert "--exclude-models" in err
+    assert main([*argv, "--exclude-models", "meta/llama-2-70b"]) == 0  # the way round it: leave it out
+    capsys.readouterr()
+    samples = tmp_path / "samples_arith_2024-01-01T00-00-00.000001.jsonl"
+    samples.write_text(json.dumps({"doc_id": 0, "arguments": [["1+1?", ""]], "resps": [["2"]], "acc": 1.0}) + "\n")
+    (tmp_path / "results_2024-01-01T00-00-00.000001.json").write_text(
+        json.dumps({"config": {"model_args": "pretrained=EleutherAI/pythia-160m"}})
+    )
+    argv = ["import-results", str(samples), "--dataset", "ev", "--catalog", str(tmp_path / "llms.yaml")]
+    assert main(argv) == 2
+    assert "'EleutherAI/pythia-160m' is not a valid LLM name" in capsys.readouterr().err
+    assert main([*argv, "--model", "../pythia"]) == 2
+    assert "import-results: --model: '../pythia' is not a valid LLM name" in capsys.readouterr().err
+    with wh.connect(warehouse) as con:
+        assert wh.read_llms(con)["name"].to_list() == ["m1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("- {model: ../m1, usd_per_query: 1}\n", "'../m1'"), ('"m\\e": {usd_per_query: 1}\n', "'m\\x1b'")],
+)
+def test_a_price_file_with_a_bad_name_is_refused(warehouse, tmp_path, capsys, text, shown):
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    (tmp_path / "prices.yaml").write_text(text)
+    no_costs = _results(cost_usd=pl.lit(None, pl.Float64))
+    assert main([*_import(tmp_path, no_costs), "--price-file", str(tmp_path / "prices.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"prices.yaml: row 1 (model={shown}): model: not a valid LLM name" in err and "\x1b" not in err
+
+
+def test_dagster_partitions_are_only_made_from_checked_names(instance):
+    from profiling.cli import _register_partitions
+
+    with pytest.raises(wh.LLMNameError, match=r"name: '\.\./x' is not a valid LLM name"):
+        _register_partitions(["ok", "../x"])
+    assert instance.get_dynamic_partitions("llm") == []
+
+
+def test_price_and_spec_files_are_read_within_bounds(warehouse, tmp_path, capsys):
+    from warehouse.userfiles import MAX_USER_FILE_BYTES
+
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    prices, spec = tmp_path / "prices.yaml", tmp_path / "spec.yaml"
+    prices.write_text(alias_bomb("m1: {usd_per_query: *i}\n"))
+    spec.write_text(alias_bomb("template: *i\n"))
+    prompts = _prompts(tmp_path / "p.jsonl", [{"prompt_id": 0, "prompt": "y?", "reference": "1", "grader": "numeric"}])
+    no_costs = _results(cost_usd=pl.lit(None, pl.Float64))
+    for argv, where in [
+        ([*_import(tmp_path, no_costs), "--price-file", str(prices)], f"{prices}: "),
+        (["import-prompts", str(prompts), "--dataset", "d", "--spec", str(spec)], f"spec={str(spec)!r}: "),
+    ]:
+        started = time.perf_counter()
+        assert main(argv) == 2
+        assert time.perf_counter() - started < 1.0
+        err = capsys.readouterr().err.strip()
+        assert f"{where}YAML aliases expand the document by more than 100,000 nodes" in err and len(err) <= 300
+    (tmp_path / "prices.csv").write_text("model,usd_per_query\n" + "m1,0.1\n" * (MAX_USER_FILE_BYTES // 7 + 1))
+    assert main([*_import(tmp_path, no_costs), "--price-file", str(tmp_path / "prices.csv")]) == 2
+    assert "prices.csv: file of 1,048,5" in capsys.readouterr().err
+    with wh.connect(warehouse) as con:
+        assert wh.read_prompts(con).height == 0 and wh.read_llms(con).height == 0
+
+
+def test_a_corrupt_warehouse_is_named_by_every_command_and_none_writes_to_it(warehouse, tmp_path, capsys):
+    damaged = corrupt_warehouse(warehouse)
+    catalog = tmp_path / "llms.yaml"
+    catalog.write_text("llms:\n  - {name: m1, base_url: null, usd_per_query: 0.1}\n")
+    for argv in (
+        ["sync-catalog", str(catalog)],
+        ["datasets"],
+        _import(tmp_path, _results(models=("m1",))),
+        ["import-prompts", str(_prompts(tmp_path / "p.jsonl", [{"prompt_id": 0, "prompt": "y?"}])), "--dataset", "d"],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"uniroute {argv[0]}: warehouse {warehouse} is corrupt (Corrupt database file")
+        assert err.endswith("restore it from a backup or move it aside") and "\n" not in err
+        assert warehouse.read_bytes() == damaged

@@ -74,10 +74,10 @@ def _stage(con, stage_dir, models: list[str], splits=("validation",), **kwargs):
 def test_staging_writes_each_batch_durably_as_answers_arrive(con, mmlu_like_dir, tmp_path):
     stage_dir, seen = tmp_path / "staging", []
     with ReplayServer(mmlu_like_dir, ReplayConfig(latency_ms=20)) as server:
-        # a catalog name with a slash (a provider's "org/model") gets a directory of its own, quoted
-        wh.upsert_llms(con, _catalog(server.base_url, ["cheap", "math-pro"], 2, names=["org/cheap", "math-pro"]))
-        pairs = plan_collection(con, ["org/cheap", "math-pro"], ALL_SPLITS, stage_dir)
-        llms = active_llms(con, ["org/cheap", "math-pro"])
+        # a catalog name with ":" and "@" ("org:model@version"; never "/") gets a directory of its own, quoted
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap", "math-pro"], 2, names=["org:cheap@v1", "math-pro"]))
+        pairs = plan_collection(con, ["org:cheap@v1", "math-pro"], ALL_SPLITS, stage_dir)
+        llms = active_llms(con, ["org:cheap@v1", "math-pro"])
 
         def written(_line: str) -> None:  # after every batch written, on the event loop
             seen.append((staged_pairs(stage_dir).height, sum(_ok_counts(server).values())))
@@ -89,7 +89,7 @@ def test_staging_writes_each_batch_durably_as_answers_arrive(con, mmlu_like_dir,
     rows_staged, paid = seen[0]
     assert 0 < rows_staged < pairs.height and paid < pairs.height  # staged while the rest was still being asked
     assert len(seen) >= 5 and [s[0] for s in seen] == sorted(s[0] for s in seen)
-    assert {f.parent.name for f in staged_files(stage_dir)} == {"model=org%2Fcheap", "model=math-pro"}
+    assert {f.parent.name for f in staged_files(stage_dir)} == {"model=org%3Acheap%40v1", "model=math-pro"}
     assert not [f for f in stage_dir.rglob("*") if f.name.startswith(".")]  # no temporary file left
     one = pl.read_parquet(staged_files(stage_dir)[0])
     assert one.schema == pl.Schema(STAGED_SCHEMA) and one["model"].n_unique() == 1 and (one["run_id"] == "r1").all()
@@ -98,7 +98,7 @@ def test_staging_writes_each_batch_durably_as_answers_arrive(con, mmlu_like_dir,
     assert set(staged.columns) >= {"model", "prompt_id", "request_hash", "collected_at"}
     assert staged["collected_at"].is_not_null().all() and staged["request_hash"].is_not_null().all()
     assert wh.read_responses(con).height == 0  # nothing reached the warehouse: only the merge writes it
-    assert plan_collection(con, ["org/cheap", "math-pro"], ALL_SPLITS, stage_dir).height == 0
+    assert plan_collection(con, ["org:cheap@v1", "math-pro"], ALL_SPLITS, stage_dir).height == 0
 
 
 #: A staging run in a process of its own, the way a run outside the warehouse's pool does it: no warehouse at all.
@@ -306,14 +306,14 @@ def test_collecting_stages_each_batch_as_an_object_and_planning_skips_those_pair
     monkeypatch.chdir(tmp_path)
     url = s3_bucket.url("runs/staging")
     with ReplayServer(mmlu_like_dir) as server:
-        wh.upsert_llms(con, _catalog(server.base_url, ["cheap", "math-pro"], names=["org/cheap", "math-pro"]))
-        pairs = plan_collection(con, ["org/cheap", "math-pro"], SPLITS, url)
-        llms = active_llms(con, ["org/cheap", "math-pro"])
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap", "math-pro"], names=["org:cheap@v1", "math-pro"]))
+        pairs = plan_collection(con, ["org:cheap@v1", "math-pro"], SPLITS, url)
+        llms = active_llms(con, ["org:cheap@v1", "math-pro"])
         report = collect_to_staging(pairs, llms, url, run_id="r1", policy=FAST, progress=False, batch_size=16)
     assert report.stored == pairs.height == 96 and report.failed == 0
     keys = s3_bucket.list_keys()
     assert len(keys) >= 6 and all(k.startswith("runs/staging/model=") and k.endswith(".parquet") for k in keys)
-    assert {k.split("/")[2] for k in keys} == {"model=org%2Fcheap", "model=math-pro"}  # no temporary objects
+    assert {k.split("/")[2] for k in keys} == {"model=org%3Acheap%40v1", "model=math-pro"}  # no temporary objects
     files = staged_files(url)
     assert [f"{f.parent.parent}/{f.parent.name}/{f.name}" for f in files] == sorted(
         (f"{s3_bucket.name}/{k}" for k in keys), key=lambda k: (k.rsplit("/", 1)[1], k.split("/")[3])
@@ -322,7 +322,7 @@ def test_collecting_stages_each_batch_as_an_object_and_planning_skips_those_pair
     assert one.schema == pl.Schema(STAGED_SCHEMA) and (one["run_id"] == "r1").all()
     staged = staged_pairs(url)
     assert staged.height == 96 and not staged.select("model", "prompt_id").is_duplicated().any()
-    assert plan_collection(con, ["org/cheap", "math-pro"], SPLITS, url).height == 0  # staged on S3: not asked again
+    assert plan_collection(con, ["org:cheap@v1", "math-pro"], SPLITS, url).height == 0  # staged on S3: not asked again
     assert wh.read_responses(con).height == 0  # only the merge writes the warehouse
     _nothing_local(tmp_path)
 

@@ -356,6 +356,27 @@ def test_add_model_appends_validates_and_keeps_the_file_on_error(tmp_path, capsy
     assert not list(tmp_path.glob(".new-*"))
 
 
+@pytest.mark.parametrize(
+    ("name", "price", "problem"),
+    [
+        ("../../x", "1", "name: '../../x' is not a valid LLM name: has a path separator '/'"),
+        ("x\x1b]0;owned\x07", "1", "name: 'x\\x1b]0;owned\\x07' is not a valid LLM name: has a control character"),
+        ("uniroute", "1", "name: 'uniroute' is not a valid LLM name: reserved"),
+        ("ok", "nan", "usd_per_mtok_in: Input should be a finite number"),
+        ("ok", "inf", "usd_per_mtok_in: Input should be a finite number"),
+        ("ok", "1e400", "usd_per_mtok_in: Input should be a finite number"),
+    ],
+)
+def test_add_model_refuses_a_bad_name_or_number_in_one_line(tmp_path, capsys, name, price, problem):
+    path = tmp_path / "llms.yaml"
+    path.write_text(CATALOG)
+    argv = ["add-model", name, "--catalog", str(path), "--base-url", "https://a.b/v1", "--usd-per-mtok-in", price]
+    assert main([*argv, "--usd-per-mtok-out", "1"]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and len(err.strip().splitlines()) == 1 and "\x1b" not in err and "\x07" not in err
+    assert path.read_text() == CATALOG and not list(tmp_path.glob(".new-*"))
+
+
 def test_add_model_to_a_csv_catalog(tmp_path):
     path = tmp_path / "llms.csv"
     path.write_text("name,base_url,usd_per_mtok_in,usd_per_mtok_out\ncheap,http://127.0.0.1:9/v1,0.1,0.1\n")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+import polars as pl
 import pytest
 import yaml
 
 import warehouse as wh
+from tests.conftest import alias_bomb
 
 GOOD = """
 defaults:
@@ -185,3 +189,138 @@ def test_a_csv_catalog_gains_rows_and_prices(tmp_path):
     wh.edit_catalog(path, add=[{"name": "b", "base_url": None}], update={"a": {"usd_per_query": 0.1}})
     rows = {r["name"]: r for r in wh.load_catalog(path).iter_rows(named=True)}
     assert rows["a"]["usd_per_query"] == 0.1 and rows["b"]["base_url"] is None
+
+
+# ---- one rule for LLM names ------------------------------------------------------------------------------------
+#: Names this project's fixtures, docs and data use: each must stay valid.
+NAMES_IN_USE = [
+    "Meta-Llama-3_1-70B", "gpt-4o-mini", "gemini-1.5-flash-002", "Qwen1.5-7B-Chat", "c4ai-command-r-v01", "cheap",
+    "pricey", "my-gpt", "gpt-x", "m1", "a", "bio-pro", "last", "claude-3.5-sonnet@20240620", "llama3:8b",
+    "ft:gpt-4o-mini:org:abc123", "model+v2", "7b",
+]  # fmt: skip
+
+
+def test_every_name_in_use_stays_valid():
+    from profiling.cli import default_data_dir
+    from tests.conftest import SKILLS
+
+    mmlu_pro = default_data_dir() / "models.csv"
+    if not mmlu_pro.is_file():
+        pytest.skip(f"no MMLU-Pro data at {mmlu_pro}")
+    names = [*NAMES_IN_USE, *SKILLS, *pl.read_csv(mmlu_pro)["model"]]
+    assert len(names) > 40
+    assert {name: wh.llm_name_problem(name) for name in names} == dict.fromkeys(names)
+
+
+BAD_NAMES = {
+    "../../x": "path separator '/'",
+    "meta/llama-2-70b": "path separator '/'",
+    "a\\b": "path separator '\\\\'",
+    "red\x1b[31m": "control character '\\x1b'",
+    "two\nlines": "control character '\\n'",
+    "rtl\u202eexe": "control character '\\u202e'",
+    "gpt 4": "whitespace ' '",
+    "uniroute": "reserved",
+    "UniRoute": "reserved",
+    "a..b": "'..'",
+    ".hidden": "start with a letter or a digit",
+    "-flag": "start with a letter or a digit",
+    "café": "the character 'é'",
+    "x" * 129: "longer than 128 characters",
+}
+
+
+@pytest.mark.parametrize(("name", "reason"), list(BAD_NAMES.items()), ids=range(len(BAD_NAMES)))
+def test_a_bad_llm_name_is_one_line_naming_the_field_and_value(name, reason):
+    with pytest.raises(wh.LLMNameError) as info:
+        wh.check_llm_name(name, "model")
+    message = str(info.value)
+    assert message.startswith(f"model: {wh.shown_name(name)} is not a valid LLM name: ") and reason in message
+    assert "\n" not in message and "\x1b" not in message and "\u202e" not in message and len(message) < 180
+
+
+@pytest.mark.parametrize("name", list(BAD_NAMES), ids=range(len(BAD_NAMES)))
+def test_a_catalog_with_a_bad_name_is_refused_and_syncs_nothing(tmp_path, name):
+    path = tmp_path / "llms.yaml"
+    path.write_text(yaml.safe_dump({"llms": [{"name": "good", "base_url": None}, {"name": name, "base_url": None}]}))
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        with pytest.raises(wh.CatalogError) as info:
+            wh.sync_catalog(con, path)
+        assert wh.read_llms(con).height == 0
+    assert info.value.problems == [
+        f"entry {name!r} (#1): name: not a valid LLM name: {wh.llm_name_problem(name)}, got {_cut(repr(name))}"
+    ]
+    assert "\x1b" not in str(info.value) and len(str(info.value)) <= 300
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def test_the_gateways_routed_model_is_a_reserved_name():
+    from serving.chat_request import ROUTED_MODEL
+
+    assert ROUTED_MODEL in wh.RESERVED_LLM_NAMES and wh.llm_name_problem(ROUTED_MODEL) is not None
+
+
+def test_the_warehouse_refuses_a_bad_name_whoever_writes_it(tmp_path):
+    row = {"base_url": None, "model_id": "m", "max_concurrency": 1, "active": True}
+    with wh.connect(tmp_path / "w.duckdb") as con:
+        with pytest.raises(wh.WarehouseInputError, match=r"llms\.name='\.\./x': not a valid LLM name: has a path"):
+            wh.upsert_llms(con, pl.DataFrame([{"name": "ok", **row}, {"name": "../x", **row}]))
+        assert wh.read_llms(con).height == 0
+
+
+# ---- catalog files within bounds -------------------------------------------------------------------------------
+def test_a_yaml_alias_bomb_in_a_catalog_fails_fast_in_one_short_line(tmp_path, capsys):
+    from serving.cli import main
+
+    path = tmp_path / "llms.yaml"
+    path.write_text(alias_bomb("llms:\n  - name: *i\n    base_url: null\n"))
+    assert path.stat().st_size < 1024
+    started = time.perf_counter()
+    assert main(["sync-catalog", str(path), "--warehouse", str(tmp_path / "w.duckdb")]) == 2
+    assert time.perf_counter() - started < 0.5
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"uniroute sync-catalog: invalid LLM catalog {path}: YAML aliases expand the document by more than "
+        "100,000 nodes (an alias bomb?)"
+    )
+    with pytest.raises(wh.CatalogError, match="alias bomb"):  # an edit reads it within the same bounds
+        wh.add_to_catalog(path, {"name": "new", "base_url": None})
+    assert path.read_text().startswith("a: &a")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("llms: &l [*l]\n", "a YAML alias refers to the node that holds it"),
+        ("llms: [" * 2000 + "]" * 2000 + "\n", "YAML nested too deeply"),
+        ("llms: [\n", "not valid YAML: while parsing a flow node"),
+    ],
+    ids=["recursive", "deep", "invalid"],
+)
+def test_a_malformed_yaml_catalog_is_named_in_one_line(tmp_path, text, problem):
+    path = _write(tmp_path, text)
+    with pytest.raises(wh.CatalogError) as info:
+        wh.load_catalog(path)
+    assert info.value.problems[0].startswith(problem) and len(str(info.value)) <= 300
+
+
+@pytest.mark.parametrize("name", ["llms.yaml", "llms.csv"])
+def test_a_catalog_above_the_size_limit_is_refused_before_it_is_parsed(tmp_path, name):
+    from warehouse.userfiles import MAX_USER_FILE_BYTES
+
+    header = "name,base_url\n" if name.endswith(".csv") else "llms:\n"
+    path = _write(tmp_path, header + "#" * MAX_USER_FILE_BYTES, name)
+    with pytest.raises(wh.CatalogError, match=r"file of 1,048,5\d\d bytes is above the limit of 1,048,576 bytes"):
+        wh.load_catalog(path)
+
+
+def test_anchors_and_merge_keys_a_catalog_uses_still_load(tmp_path):
+    text = (
+        "base: &base {base_url: 'http://127.0.0.1:9/v1', usd_per_query: 0.1}\n"
+        "llms:\n  - {<<: *base, name: a}\n  - {<<: *base, name: b, usd_per_query: 0.2}\n"
+    )
+    catalog = wh.load_catalog(_write(tmp_path, "defaults: {max_concurrency: 2}\n" + text))
+    assert catalog.select("name", "usd_per_query", "max_concurrency").rows() == [("a", 0.1, 2), ("b", 0.2, 2)]

@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 import warehouse as wh
+from tests.conftest import corrupt_warehouse
 from warehouse.schema import MIGRATIONS
 
 HOLD_READ_ONLY = "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); "
@@ -92,3 +93,31 @@ def test_read_only_never_creates_or_migrates(tmp_path):
         assert wh.schema_version(con) == len(MIGRATIONS)
     with wh.connect_read_only(behind) as con:
         assert wh.schema_version(con) == len(MIGRATIONS)
+
+
+def test_a_corrupt_block_is_named_with_the_path_by_every_opener_and_nothing_is_written(tmp_path):
+    path = tmp_path / "w.duckdb"
+    damaged = corrupt_warehouse(path)
+    for opener in (wh.connect, wh.connect_read_only):
+        with pytest.raises(wh.WarehouseCorruptError) as info:
+            opener(path)
+        message = str(info.value)
+        assert message.startswith(f"warehouse {path} is corrupt (Corrupt database file: computed checksum ")
+        assert message.endswith("; nothing was written to it: restore it from a backup or move it aside")
+        assert "\n" not in message and len(message) <= 280
+    assert path.read_bytes() == damaged
+    # the cheap check lets it open; DuckDB still refuses the damaged block when a query reads it
+    with wh.connect(path, verify=False) as con, pytest.raises(duckdb.Error, match="Corrupt database file"):
+        con.execute("SELECT sum(len(vector)) FROM embeddings").fetchall()
+
+
+def test_a_damaged_header_is_named_with_the_path_even_without_verify(tmp_path):
+    path = tmp_path / "w.duckdb"
+    wh.connect(path).close()
+    data = bytearray(path.read_bytes())
+    data[100:164] = bytes(64)
+    path.write_bytes(data)
+    for opener in (wh.connect, wh.connect_read_only):
+        with pytest.raises(wh.WarehouseCorruptError, match=f"warehouse {path} is corrupt .*restore it from a backup"):
+            opener(path, verify=False)
+    assert path.read_bytes() == bytes(data)

@@ -347,6 +347,10 @@ def test_costs_fall_back_to_a_price_per_query_and_each_llm_says_its_basis(con):
 def test_a_non_finite_price_or_cost_is_refused_by_the_writers(con):
     with pytest.raises(wh.WarehouseInputError, match=r"llms\.usd_per_query=-1\.0"):
         wh.upsert_llms(con, _llm("m1", "m1").with_columns(usd_per_query=pl.lit(-1.0)))
+    for column in ("usd_per_mtok_in", "usd_per_mtok_out"):
+        for bad in (float("inf"), float("nan")):
+            with pytest.raises(wh.WarehouseInputError, match=rf"llms\.{column}=(inf|nan): must be finite"):
+                wh.upsert_llms(con, _llm("m1", "m1").with_columns(pl.lit(bad).alias(column)))
     wh.upsert_prompts(con, _prompts(1))
     for bad in (float("inf"), float("nan")):
         with pytest.raises(wh.WarehouseInputError, match=r"responses\.cost_usd=(inf|nan): must be finite"):
