@@ -47,6 +47,7 @@ import yaml
 
 from serving.chat_request import ROUTED_MODEL, short_repr
 from serving.ledger import Ledger, MemoryLedger
+from warehouse.userfiles import MAX_USER_FILE_BYTES, UserFileError, check_size, parse_user_yaml
 
 log = logging.getLogger(__name__)
 
@@ -440,9 +441,14 @@ def parse_keys_file(path: str | os.PathLike[str], content: bytes | None = None) 
     entry, field and value."""
     path = Path(path)
     try:
-        text = (path.read_bytes() if content is None else content).decode("utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        content = check_size(path).read_bytes() if content is None else content
+        if len(content) > MAX_USER_FILE_BYTES:
+            raise UserFileError(path, f"file of {len(content):,} bytes is above the limit of {MAX_USER_FILE_BYTES:,}")
+        text = content.decode("utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else parse_user_yaml(text, path)
+    except UserFileError as exc:
+        raise ValueError(f"keys file {exc}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"keys file {path}: cannot be read ({type(exc).__name__}: {exc})") from None
     if isinstance(data, dict) and set(data) == {"keys"}:
         data = data["keys"]

@@ -55,7 +55,12 @@ def load_user_yaml(path: str | os.PathLike[str], limit: int = MAX_USER_FILE_BYTE
     Refused with :class:`UserFileError`: a file above ``limit`` bytes, invalid YAML, nesting too deep, aliases that
     refer to themselves or would add more than :data:`MAX_ALIAS_EXPANSION` nodes.
     """
-    text = read_user_text(path, limit)
+    return parse_user_yaml(read_user_text(path, limit), path)
+
+
+def parse_user_yaml(text: str, path: str | os.PathLike[str]) -> Any:
+    """:func:`load_user_yaml` of ``text`` already read from ``path`` (named in errors), with the same limits on
+    aliases and nesting."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -86,6 +86,22 @@ def test_an_unreadable_file_is_one_value_error(tmp_path):
         KeyStore.load(path, environ={})
 
 
+def test_a_keys_file_alias_bomb_or_oversized_file_is_refused_at_once(tmp_path):
+    import time
+
+    from tests.conftest import alias_bomb
+
+    path = tmp_path / "keys.yaml"
+    path.write_text(alias_bomb("keys: *i\n"))
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="keys file .*alias") as info:
+        KeyStore.load(path, environ={})
+    assert time.perf_counter() - started < 1.0 and len(str(info.value)) < 300
+    path.write_text("# padding\n" * 200_000)
+    with pytest.raises(ValueError, match="keys file .*above the limit"):
+        KeyStore.load(path, environ={})
+
+
 def test_environment_keys_with_optional_limits():
     store = KeyStore.load(environ={keys.ENV_VAR: f"alice:{ALICE}, bob:{BOB}:1.5:30"})
     assert store.authenticate(ALICE) == KeyPolicy("alice")
