@@ -94,11 +94,11 @@ def test_a_keys_file_alias_bomb_or_oversized_file_is_refused_at_once(tmp_path):
     path = tmp_path / "keys.yaml"
     path.write_text(alias_bomb("keys: *i\n"))
     started = time.perf_counter()
-    with pytest.raises(ValueError, match="keys file .*alias") as info:
+    with pytest.raises(ValueError, match=r"keys file .*alias") as info:
         KeyStore.load(path, environ={})
     assert time.perf_counter() - started < 1.0 and len(str(info.value)) < 300
     path.write_text("# padding\n" * 200_000)
-    with pytest.raises(ValueError, match="keys file .*above the limit"):
+    with pytest.raises(ValueError, match=r"keys file .*above the limit"):
         KeyStore.load(path, environ={})
 
 
