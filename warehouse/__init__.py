@@ -24,7 +24,7 @@ from warehouse.names import (
     llm_name_problem,
     shown_name,
 )
-from warehouse.store import (
+from warehouse.responses import (
     WarehouseInputError,
     archive_pairs,
     archive_responses,

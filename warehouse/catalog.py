@@ -72,7 +72,7 @@ from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, V
 from pydantic_core import PydanticCustomError
 
 from warehouse.names import llm_name_problem
-from warehouse.store import sync_llms
+from warehouse.responses import sync_llms
 from warehouse.userfiles import UserFileError, check_size, load_user_yaml, read_user_text
 
 __all__ = [
