@@ -71,8 +71,8 @@ import polars as pl
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from warehouse.llms_and_prompts import sync_llms
 from warehouse.names import llm_name_problem
-from warehouse.responses import sync_llms
 from warehouse.userfiles import UserFileError, check_size, load_user_yaml, read_user_text
 
 __all__ = [
