@@ -273,3 +273,11 @@ def _write(
 
 def _query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence | None = None) -> pl.DataFrame:
     return con.sql(sql, params=list(params) if params else None).pl()
+
+
+def _where(conditions: dict[str, object]) -> tuple[str, list]:
+    """The SQL conditions (each with one ``?``) whose value is not None, ANDed (``TRUE`` when none), and their
+    values; a sequence other than a string is bound as a list."""
+    given = {sql: value for sql, value in conditions.items() if value is not None}
+    values = [value if isinstance(value, str) else list(value) for value in given.values()]
+    return " AND ".join(["TRUE", *given]), values

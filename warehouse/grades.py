@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import duckdb
 import polars as pl
 
-from warehouse._tables import _query, _write
+from warehouse._tables import _query, _where, _write
 
 
 def upsert_grades(con: duckdb.DuckDBPyConnection, grades: pl.DataFrame) -> int:
@@ -51,17 +51,11 @@ def read_outcomes(
     con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None, splits: Sequence[str] | None = None
 ) -> pl.DataFrame:
     """router_core's outcomes frame (model, prompt_id, score), optionally of some models and splits."""
-    clauses, params = ["TRUE"], []
-    if models is not None:
-        clauses.append("list_contains(?, g.model)")
-        params.append(list(models))
-    if splits is not None:
-        clauses.append("list_contains(?, p.split)")
-        params.append(list(splits))
+    where, params = _where({"list_contains(?, g.model)": models, "list_contains(?, p.split)": splits})
     return _query(
         con,
         f"SELECT g.model, g.prompt_id, g.score FROM grades g JOIN prompts p USING (prompt_id) "
-        f"WHERE {' AND '.join(clauses)} ORDER BY g.model, g.prompt_id",
+        f"WHERE {where} ORDER BY g.model, g.prompt_id",
         params,
     )
 

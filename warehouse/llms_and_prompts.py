@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import duckdb
 import polars as pl
 
-from warehouse._tables import _COLUMNS, WarehouseInputError, _query, _write
+from warehouse._tables import _COLUMNS, WarehouseInputError, _query, _where, _write
 from warehouse.names import llm_name_problem
 
 
@@ -63,14 +63,8 @@ def read_prompts(
     con: duckdb.DuckDBPyConnection, dataset: str | None = None, splits: Sequence[str] | None = None
 ) -> pl.DataFrame:
     """Prompts, optionally of one ``dataset`` and some ``splits``, sorted by prompt_id."""
-    clauses, params = ["TRUE"], []
-    if dataset is not None:
-        clauses.append("dataset = ?")
-        params.append(dataset)
-    if splits is not None:
-        clauses.append("list_contains(?, split)")
-        params.append(list(splits))
-    return _query(con, f"SELECT * FROM prompts WHERE {' AND '.join(clauses)} ORDER BY prompt_id", params)
+    where, params = _where({"dataset = ?": dataset, "list_contains(?, split)": splits})
+    return _query(con, f"SELECT * FROM prompts WHERE {where} ORDER BY prompt_id", params)
 
 
 def read_splits(con: duckdb.DuckDBPyConnection, prompt_ids: Sequence[str]) -> dict[str, str]:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
-from warehouse._tables import _COLUMNS, WarehouseInputError, _query, _write
+from warehouse._tables import _COLUMNS, WarehouseInputError, _query, _where, _write
 
 #: An answer from an endpoint or model id other than the catalog's (``r``: responses, ``l``: llms).
 _STALE = "(r.base_url IS NOT NULL AND (r.base_url <> l.base_url OR r.model_id <> l.model_id))"
@@ -49,14 +49,13 @@ def read_responses(
     con: duckdb.DuckDBPyConnection, models: Sequence[str] | None = None, splits: Sequence[str] | None = None
 ) -> pl.DataFrame:
     """Stored responses, optionally of some models and prompt splits."""
-    clauses, params = ["TRUE"], []
-    if models is not None:
-        clauses.append("list_contains(?, r.model)")
-        params.append(list(models))
-    if splits is not None:
-        clauses.append("r.prompt_id IN (SELECT prompt_id FROM prompts WHERE list_contains(?, split))")
-        params.append(list(splits))
-    return _query(con, f"SELECT r.* FROM responses r WHERE {' AND '.join(clauses)} ORDER BY model, prompt_id", params)
+    where, params = _where(
+        {
+            "list_contains(?, r.model)": models,
+            "r.prompt_id IN (SELECT prompt_id FROM prompts WHERE list_contains(?, split))": splits,
+        }
+    )
+    return _query(con, f"SELECT r.* FROM responses r WHERE {where} ORDER BY model, prompt_id", params)
 
 
 #: Answers held outside the warehouse (staged, not merged yet) that :func:`pending_pairs` can take into account.
