@@ -10,8 +10,10 @@ import sys
 import pytest
 
 import profiling.cli
+import serving.cli
 import warehouse as wh
 from profiling.replay_server import FaultKind
+from profiling.results import ResultsError
 from serving.cli import main
 from serving.processes import venv_env
 
@@ -53,6 +55,12 @@ def test_a_bad_catalog_is_one_short_line_naming_the_first_problems(warehouse, tm
         main(["--debug", "sync-catalog", str(path)])
     problems = " ".join(info.value.problems)
     assert all(field in problems for field in ("usd_per_mtok_in", "usd_per_mtok_out", "1e8"))
+
+
+@pytest.mark.parametrize("error", [wh.WarehouseInputError("llms", "name", "x", "bad"), ResultsError("f.csv: bad")])
+def test_errors_of_moved_modules_are_still_the_users(error):
+    """Issue 24 moved the modules defining them: the CLI must still find them (one line, exit code 2, not 1)."""
+    assert serving.cli._is_user_error(error)
 
 
 @pytest.mark.parametrize("catalog", [BAD_CATALOG, "llms: [\n", None], ids=["invalid", "not-yaml", "missing"])
