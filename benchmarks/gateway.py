@@ -55,7 +55,7 @@ from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_ll
 from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import FaultKind
+from replay import FaultKind
 from router_core import BACKENDS, DEFAULT_BACKEND, Embedder
 from serving.decisions import read_decisions
 from serving.keys import KeyPolicy, KeyStore

@@ -412,7 +412,7 @@ def pipeline_snapshot(tmp_path_factory, mmlu_like_dir) -> DataHome:
     Read only: take a copy (:meth:`DataHome.copy`, or the ``materialised_pipeline`` fixture)."""
 
     def build(root: Path) -> None:
-        from profiling.replay_server import ReplayServer
+        from replay import ReplayServer
 
         with ReplayServer(mmlu_like_dir) as server:
             home = DataHome(root, server.base_url, SNAPSHOT_LLMS)

@@ -19,7 +19,6 @@ import warehouse as wh
 from profiling import staging
 from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers, collect, collect_pairs
 from profiling.importers import import_mmlu_pro
-from profiling.replay_server import ReplayConfig, ReplayServer
 from profiling.staging import (
     STAGED_SCHEMA,
     StagingSink,
@@ -30,6 +29,7 @@ from profiling.staging import (
     staged_pairs,
 )
 from profiling.staging_location import StagingLocation
+from replay import ReplayConfig, ReplayServer
 
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
 ALL_SPLITS = ["train", "validation", "test"]
