@@ -14,7 +14,7 @@ import warehouse as wh
 from profiling import collector
 from profiling.collector import RetryPolicy, collect
 from profiling.rendering import estimate_tokens
-from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
+from replay import FaultRates, ReplayConfig, ReplayServer
 
 FAST = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
 MODELS = ["cheap", "math-pro", "generalist"]  # they answer every prompt of the fixture
