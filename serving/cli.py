@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import profiling.cli
+import replay.cli
 from profiling.cli import CommandError
 
 # Only the standard library here and in profiling.cli: `uniroute --help` must not wait for mlflow, polars or
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="uniroute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    replay.cli.add_command(commands)
     profiling.cli.add_commands(commands)
 
     def with_registry(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
