@@ -51,6 +51,14 @@ def _key_value(text: str, flag: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"{flag}: expected KEY=NUMBER, got {text!r}") from None
 
 
+def _rename(text: str) -> tuple[str, str]:
+    """Parse ``OLD=NEW`` (``--rename``); the last ``=`` splits, so OLD may hold one."""
+    old, sep, new = text.rpartition("=")
+    if not (sep and old and new):
+        raise argparse.ArgumentTypeError(f"--rename: expected OLD=NEW, got {text!r}")
+    return old, new
+
+
 def _model_latency(text: str) -> tuple[str, float]:
     return _key_value(text, "--model-latency")
 
@@ -178,6 +186,15 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     results.add_argument("--models", nargs="+", default=None, metavar="LLM", help="import only these LLMs")
     results.add_argument("--exclude-models", nargs="+", default=[], metavar="LLM", help="leave these LLMs out")
     results.add_argument(
+        "--rename",
+        type=_rename,
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="store the table's LLM OLD as NEW (e.g. meta/llama-2-70b-chat=llama-2-70b-chat: names hold no '/'); "
+        "repeatable",
+    )
+    results.add_argument(
         "--price-file",
         type=Path,
         default=None,
@@ -281,6 +298,7 @@ def _import_results(args: argparse.Namespace) -> int:
             catalog,
             models=args.models,
             exclude_models=args.exclude_models,
+            rename=dict(args.rename),
             price_file=args.price_file,
             replace=args.replace,
         )
