@@ -442,7 +442,8 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, seeds: list[int]) ->
         "--training-llms",
         type=int,
         default=None,
-        help=f"LLMs the map may learn from, the rest unseen (default {TRAINING_SHARE:.0%} of the pool, rounded down)",
+        # "50%" doubled to "50%%": argparse %-formats help texts
+        help=f"LLMs the map may learn from, the rest unseen (default {TRAINING_SHARE:.0%}% of the pool, rounded down)",
     )
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings", help="embedding cache")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor fails (floors hold for --full)")
