@@ -431,7 +431,7 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, seeds: list[int]) ->
         "--data",
         default=None,
         help="MMLU-Pro directory (default ../shared/data/mmlu_pro), or a dataset in the generic layout "
-        "(results table + optional prompts file, spec.yaml, models.csv; README 'Bring your own data')",
+        "(results table + optional prompts file, spec.yaml, models.csv; docs/data.md)",
     )
     parser.add_argument("--full", action="store_true", help="use every prompt instead of a stratified sample")
     parser.add_argument("--sample", type=int, default=3000, help="prompts in the stratified sample")
