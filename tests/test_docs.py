@@ -1,10 +1,11 @@
 """The docs: the site builds in strict mode (a broken link, a missing anchor or a page left out of the navigation
-fails it), and README.md stays a front door: under 200 lines, linking only to files that exist, naming only
-``uniroute`` commands that exist."""
+fails it), README.md stays a front door (under 200 lines, linking only to files that exist), and the commands
+README.md and the pages print exist: each ``uniroute X``, ``python -m MODULE`` and ``benchmarks.NAME``."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -19,8 +20,12 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 #: a Markdown link or image target: ](target) with an optional title
 LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
-#: a `uniroute SUBCOMMAND` in a shell line of the README (options and the program path aside)
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+#: a `uniroute SUBCOMMAND` (options and the program's path aside)
 COMMAND = re.compile(r"(?:^|[\s/`])uniroute ([a-z][a-z-]+)")
+#: `python -m MODULE`, and a benchmark named as `benchmarks.NAME` (not the page benchmarks.md)
+MODULE = re.compile(r"python -m ([a-z_][a-z0-9_.]*[a-z0-9_])")
+BENCHMARK = re.compile(r"\bbenchmarks\.(?!md\b)([a-z_]+)")
 
 
 def build_site(project: Path, site: Path) -> subprocess.CompletedProcess[str]:
@@ -76,13 +81,25 @@ def test_the_readme_links_only_to_files_that_exist():
     assert not missing, f"README.md links to files that do not exist: {missing}"
 
 
-def test_every_uniroute_command_the_readme_prints_exists(capsys):
+def printed(pattern: re.Pattern[str]) -> set[str]:
+    """What ``pattern`` finds in README.md and the docs pages."""
+    return {found for page in PAGES for found in pattern.findall(page.read_text())}
+
+
+def test_every_uniroute_command_the_docs_print_exists(capsys):
     """Each ``uniroute X`` answers ``X --help`` through the installed entry point (pyproject's [project.scripts])."""
     module, function = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["uniroute"].split(":")
     main = getattr(importlib.import_module(module), function)
-    commands = set(COMMAND.findall(README.read_text()))
-    assert {"route", "serve", "refresh"} <= commands
+    commands = printed(COMMAND)
+    assert {"route", "serve", "refresh", "import-results"} <= commands
     for command in sorted(commands):
         with pytest.raises(SystemExit) as exit_:
             main([command, "--help"])
         assert exit_.value.code == 0, f"uniroute {command} --help: {capsys.readouterr().err}"
+
+
+def test_every_module_and_benchmark_the_docs_run_exists():
+    modules = printed(MODULE) | {f"benchmarks.{name}" for name in printed(BENCHMARK)}
+    assert "benchmarks.routing_quality" in modules
+    missing = sorted(m for m in modules if importlib.util.find_spec(m) is None)
+    assert not missing, f"the docs run modules that do not exist: {missing}"
