@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
+from replay import FaultRates, ReplayConfig, ReplayServer
 from serving.upstream import Timeouts, UpstreamResult, Upstreams, _retry_after, realised_cost, retry_after_header
 
 from .hostile_upstream import HostileUpstream
