@@ -58,7 +58,7 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     catalog.add_argument("catalog", type=Path)
     prompts = command(
         "import-prompts",
-        "validate a prompt file (JSONL, CSV or Parquet; README 'Bring your own data') and store it as a dataset; "
+        "validate a prompt file (JSONL, CSV or Parquet; docs/data.md) and store it as a dataset; "
         "a bad row is named and nothing is written",
         _import_prompts,
     )
