@@ -88,6 +88,7 @@ def test_registering_prints_no_notes_with_nothing_muted(uri, tmp_path, register_
     assert client.get_run(version.run_id).info.status == "FINISHED"
     assert version.source.startswith("models:/m-") and version.tags["run_id"] == version.run_id
 
+
 def test_the_signature_types_per_llm_outputs_as_maps_and_they_route(uri, tmp_path, register_router):
     import mlflow
 
