@@ -1,5 +1,5 @@
-"""The profiling commands of ``uniroute`` (:mod:`serving.cli`): the replay endpoint and the warehouse steps
-(catalog, prompts, collect, grade)."""
+"""The profiling commands of ``uniroute`` (:mod:`pipelines.cli` assembles the command line): the replay endpoint
+and the warehouse steps (catalog, prompts, collect, grade)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ import numpy as np
 import polars as pl
 
 from router_core.evaluation import _hull_arrays
+from router_core.scoring import PoolFit
 
-__all__ = ["plot_deferral_curves", "plot_psi_heatmap"]
+__all__ = ["plot_deferral_curves", "plot_psi_heatmap", "version_figures"]
 
 
 def plot_deferral_curves(
@@ -158,3 +159,20 @@ def plot_psi_heatmap(psi: np.ndarray, llms: Sequence[str]):
     fig.colorbar(image, ax=ax, label="error")
     fig.tight_layout()
     return fig
+
+
+def version_figures(fit: PoolFit) -> dict:
+    """A fitted pool's figures by file name: its test deferral curves (UniRoute, ZeroRouter, each LLM alone) and
+    its Psi heatmap."""
+    s, pool = fit.scores, fit.pool
+    spread = s.llm_cost.max() > s.llm_cost.min()
+    return {
+        "deferral_curve.png": plot_deferral_curves(
+            {"UniRoute": s.curve, "ZeroRouter (prompt-blind)": s.zero_curve},
+            single_llms=pl.DataFrame({"model": pool, "cost": s.llm_cost, "accuracy": s.llm_acc}),
+            cost_range=(s.llm_cost.min(), s.llm_cost.max()) if spread else None,
+            title=f"Deferral curves on {len(fit.test_ids):,} test prompts",
+            cost_label="average cost per prompt (USD)",
+        ),
+        "psi_heatmap.png": plot_psi_heatmap(fit.router.psi_, fit.router.llms_),
+    }

@@ -24,6 +24,7 @@ from warehouse.names import (
     llm_name_problem,
     shown_name,
 )
+from warehouse.router_inputs import RouterInputs, RouterInputsError, read_router_inputs
 from warehouse.store import (
     WarehouseInputError,
     archive_pairs,
@@ -81,6 +82,8 @@ __all__ = [
     "LLMEntry",
     "LLMNameError",
     "Opener",
+    "RouterInputs",
+    "RouterInputsError",
     "SchemaError",
     "WarehouseCorruptError",
     "WarehouseInputError",
@@ -130,6 +133,7 @@ __all__ = [
     "read_prompts",
     "read_query_costs",
     "read_responses",
+    "read_router_inputs",
     "read_routing_decisions",
     "read_splits",
     "read_staging_merges",

@@ -11,8 +11,8 @@ import pytest
 
 import profiling.cli
 import warehouse as wh
+from pipelines.cli import main
 from profiling.replay_server import FaultKind
-from serving.cli import main
 from serving.processes import venv_env
 
 BAD_CATALOG = """llms:
@@ -104,7 +104,7 @@ def test_a_bug_is_one_line_with_exit_1_unless_debug(monkeypatch, capsys):
 
 
 def test_user_errors_exit_2_in_a_real_process(tmp_path):
-    command = [sys.executable, "-m", "serving.cli", "sync-catalog", str(tmp_path / "absent.yaml")]
+    command = [sys.executable, "-m", "pipelines.cli", "sync-catalog", str(tmp_path / "absent.yaml")]
     command += ["--warehouse", str(tmp_path / "w.duckdb")]
     done = subprocess.run(command, capture_output=True, text=True, env=venv_env(), timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
