@@ -5,7 +5,7 @@ MLflow's pyfunc loader (what both commands did before they read the version's fi
 
     python -m benchmarks.cli_latency [--runs 5] [--strict]
 
-``python -X importtime -m serving.cli route ...`` shows where a command's imports go.
+``python -X importtime -m pipelines.cli route ...`` shows where a command's imports go.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     model_uri = register(data, split_prompts_and_llms(data, 0), root, embedder)
     tracking = f"sqlite:///{root / 'mlflow.db'}"
     registry = ["--model-uri", model_uri, "--tracking-uri", tracking]
-    cli = [sys.executable, "-m", "serving.cli"]
+    cli = [sys.executable, "-m", "pipelines.cli"]
     commands = {
         "uniroute models": ([*cli, "models", *registry], FLOOR_S),
         "uniroute route PROMPT": ([*cli, "route", PROMPT, *registry], FLOOR_S),

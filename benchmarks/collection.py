@@ -38,7 +38,7 @@ MODEL = "Meta-Llama-3_1-70B-Instruct"
 def replay_server(data: Path, *extra: str):
     """The replay endpoint as a separate process (its own interpreter and cores), stopped on exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "serving.cli", "replay-server", "--data", str(data), "--port", str(port), *extra]
+    cmd = [sys.executable, "-m", "pipelines.cli", "replay-server", "--data", str(data), "--port", str(port), *extra]
     root = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as logs, server_process(cmd, f"{root}/v1/models", Path(logs) / "replay.log"):
         yield root
@@ -128,7 +128,7 @@ def crash(data: Path, tmp: Path, n: int, kill_at: int) -> dict:
     """SIGKILL the collector (its own process) once the server has answered ``kill_at`` requests."""
     with replay_server(data, "--latency-ms", "50") as root:
         path = _warehouse(tmp / "crash", data, n, f"{root}/v1", 16)
-        cmd = [sys.executable, "-m", "serving.cli", "collect", "--warehouse", str(path), "--quiet"]
+        cmd = [sys.executable, "-m", "pipelines.cli", "collect", "--warehouse", str(path), "--quiet"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while httpx.get(f"{root}/_replay/stats", timeout=10).json().get("ok", 0) < kill_at and proc.poll() is None:
             time.sleep(0.05)

@@ -136,7 +136,7 @@ def cpu_seconds(pid: int) -> float:
 def replay_process(root: Path, data_dir: Path, name: str, *args: str) -> Iterator[str]:
     """``uniroute replay-server`` as its own process; yields its base URL (``.../v1``)."""
     port = free_port()
-    command = [sys.executable, "-m", "serving.cli", "replay-server", "--data", str(data_dir), "--port", str(port)]
+    command = [sys.executable, "-m", "pipelines.cli", "replay-server", "--data", str(data_dir), "--port", str(port)]
     with server_process([*command, *args], f"http://127.0.0.1:{port}/v1/models", root / f"{name}.log"):
         yield f"http://127.0.0.1:{port}/v1"
 
@@ -152,7 +152,7 @@ def gateway_process(root: Path, catalog: Path, tracking: str, name: str, *args: 
     port, home = free_port(), root / name
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
     command += ["--tracking-uri", tracking, "--model-uri", "models:/bench@champion", "--keys-file", str(keys)]
     command += ["--decisions-dir", str(home / "decisions"), "--ledger", str(home / "ledger.sqlite"), *args]
     with server_process(command, f"http://127.0.0.1:{port}/ready", home / "gateway.log") as process:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,27 +30,12 @@ QUIET_ENVIRONMENT = {
 @contextmanager
 def quiet_libraries() -> Iterator[None]:
     """:data:`QUIET_ENVIRONMENT` (unless set; read by the libraries on import, so enter this before they are
-    imported), Dagster's logs from WARNING up, and MLflow's registration notes muted: MLflow prints them to its
-    event stream whatever the log level, so its own counted switch mutes that stream (its inner uses of the switch
-    then leave it muted) and a handler of ours shows MLflow's warnings and errors."""
+    imported) and Dagster's logs from WARNING up; warnings still shown. MLflow needs nothing more: versions are
+    registered through its client (:func:`serving.registry.register_router`), which prints no notes."""
     for name, value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     logging.getLogger("dagster").setLevel(logging.WARNING)
-    from mlflow.utils import logging_utils
-    from mlflow.utils.autologging_utils.logging_and_warnings import MlflowEventsAndWarningsBehaviorGlobally
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setLevel(logging.WARNING)
-    handler.setFormatter(logging.Formatter(logging_utils.LOGGING_LINE_FORMAT, logging_utils.LOGGING_DATETIME_FORMAT))
-    logger = logging.getLogger("mlflow")
-    logger.addHandler(handler)
-    try:
-        with MlflowEventsAndWarningsBehaviorGlobally(
-            disable_event_logs=True, disable_warnings=False, reroute_warnings=False
-        ):
-            yield
-    finally:
-        logger.removeHandler(handler)
+    yield
 
 
 class RunFailed(RuntimeError):

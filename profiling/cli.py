@@ -1,5 +1,5 @@
-"""The profiling commands of ``uniroute`` (:mod:`serving.cli`): the warehouse steps (catalog, prompts, results,
-collect, grade). The replay endpoint's command is :mod:`replay.cli`."""
+"""The profiling commands of ``uniroute`` (:mod:`pipelines.cli` assembles the command line): the warehouse steps
+(catalog, prompts, results, collect, grade). The replay endpoint's command is :mod:`replay.cli`."""
 
 from __future__ import annotations
 

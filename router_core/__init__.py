@@ -3,7 +3,8 @@
 Prompts are embedded (:class:`Embedder`), a cluster map assigns them to K clusters
 (:class:`KMeansClusterMap`, :class:`LearnedClusterMap`), each LLM becomes its per-cluster validation error
 (:func:`llm_error_features`), and :class:`UniRouter` picks argmin_h [Phi(x) . Psi(h) + cost_weight * cost(h)].
-Baselines share the API; :mod:`router_core.evaluation` measures deferral curves.
+Baselines share the API; :mod:`router_core.evaluation` measures deferral curves and
+:mod:`router_core.plots` draws them.
 No Dagster, no MLflow: those layers call this one.
 """
 
@@ -34,8 +35,6 @@ from router_core.evaluation import (
     evaluate_router,
     operating_point,
     out_of_fold_errors,
-    plot_deferral_curves,
-    plot_psi_heatmap,
     qnc,
     single_llm_points,
     summarize_curve,
@@ -43,7 +42,9 @@ from router_core.evaluation import (
 from router_core.features import llm_error_features, psi_drift
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix, value_matrix
 from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
+from router_core.plots import plot_deferral_curves, plot_psi_heatmap, version_figures
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
+from router_core.scoring import PoolFit, RouterScores, fit_pool, score_router
 from router_core.servable import ServableRouter
 
 __all__ = [
@@ -63,9 +64,11 @@ __all__ = [
     "NotFittedError",
     "OperatingPoint",
     "OracleRouter",
+    "PoolFit",
     "RandomRouter",
     "Router",
     "RouterInputError",
+    "RouterScores",
     "ServableRouter",
     "UniRouter",
     "ZeroRouter",
@@ -84,6 +87,7 @@ __all__ = [
     "deferral_curve",
     "error_matrix",
     "evaluate_router",
+    "fit_pool",
     "llm_error_features",
     "load_cluster_map",
     "load_router",
@@ -96,7 +100,9 @@ __all__ = [
     "qnc",
     "save_cluster_map",
     "save_router",
+    "score_router",
     "single_llm_points",
     "summarize_curve",
     "value_matrix",
+    "version_figures",
 ]

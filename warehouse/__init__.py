@@ -79,6 +79,7 @@ from warehouse.responses import (
     read_responses,
     record_failures,
 )
+from warehouse.router_inputs import RouterInputs, RouterInputsError, read_router_inputs
 from warehouse.staging_merges import (
     merge_staged,
     merge_staged_files,
@@ -92,6 +93,8 @@ __all__ = [
     "LLMEntry",
     "LLMNameError",
     "Opener",
+    "RouterInputs",
+    "RouterInputsError",
     "SchemaError",
     "WarehouseCorruptError",
     "WarehouseInputError",
@@ -141,6 +144,7 @@ __all__ = [
     "read_prompts",
     "read_query_costs",
     "read_responses",
+    "read_router_inputs",
     "read_routing_decisions",
     "read_splits",
     "read_staging_merges",

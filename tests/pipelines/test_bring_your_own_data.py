@@ -16,11 +16,11 @@ from assets.profiling import imported_results, llm_catalog, llm_partitions
 from assets.resources import CollectorResource
 from assets.router import router
 from assets.routing import llm_error_features
+from pipelines.cli import main
 from profiling.collector import catalog_completer
 from profiling.graders import GradeItem, get_grader
 from profiling.grading import grade_responses_report
 from replay import ReplayData, ReplayServer
-from serving.cli import main
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 

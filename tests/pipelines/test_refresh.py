@@ -12,7 +12,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from serving.cli import main
+from pipelines.cli import main
 
 from .test_demo import _daemon_iterations
 

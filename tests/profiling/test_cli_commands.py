@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
+import pipelines.cli
 import profiling.cli
 import replay.cli
-import serving.cli
 import warehouse as wh
+from pipelines.cli import main
 from profiling.results import ResultsError
 from replay import FaultKind
-from serving.cli import main
 from serving.processes import venv_env
 
 BAD_CATALOG = """llms:
@@ -61,7 +61,7 @@ def test_a_bad_catalog_is_one_short_line_naming_the_first_problems(warehouse, tm
 @pytest.mark.parametrize("error", [wh.WarehouseInputError("llms", "name", "x", "bad"), ResultsError("f.csv: bad")])
 def test_errors_of_moved_modules_are_still_the_users(error):
     """Issue 24 moved the modules defining them: the CLI must still find them (one line, exit code 2, not 1)."""
-    assert serving.cli._is_user_error(error)
+    assert pipelines.cli._is_user_error(error)
 
 
 @pytest.mark.parametrize("catalog", [BAD_CATALOG, "llms: [\n", None], ids=["invalid", "not-yaml", "missing"])
@@ -126,7 +126,7 @@ def test_a_bug_is_one_line_with_exit_1_unless_debug(monkeypatch, capsys):
 
 
 def test_user_errors_exit_2_in_a_real_process(tmp_path):
-    command = [sys.executable, "-m", "serving.cli", "sync-catalog", str(tmp_path / "absent.yaml")]
+    command = [sys.executable, "-m", "pipelines.cli", "sync-catalog", str(tmp_path / "absent.yaml")]
     command += ["--warehouse", str(tmp_path / "w.duckdb")]
     done = subprocess.run(command, capture_output=True, text=True, env=venv_env(), timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr

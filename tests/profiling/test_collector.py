@@ -157,7 +157,7 @@ def test_a_killed_collector_loses_at_most_two_seconds_of_answers_and_a_rerun_ask
     in_flight = len(COMPLETE) * per_model  # logged as paid when they arrived; never received by the killed run
     rng = random.Random(14)
     kill_after_s = [rng.uniform(3.0, 4.0) for _ in range(2)]
-    command = [sys.executable, "-m", "serving.cli", "collect", "--warehouse", str(path), "--quiet"]
+    command = [sys.executable, "-m", "pipelines.cli", "collect", "--warehouse", str(path), "--quiet"]
     command += ["--models", *COMPLETE, "--splits", *ALL_SPLITS]
     with ReplayServer(mmlu_like_dir, ReplayConfig(latency_ms=latency_s * 1000)) as server:
         catalog = _catalog(server.base_url, models=COMPLETE)

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 
 import warehouse as wh
+from pipelines.cli import main
 from profiling.datasets import adapter_names, import_dataset
-from serving.cli import main
 from tests.conftest import alias_bomb, corrupt_warehouse
 
 

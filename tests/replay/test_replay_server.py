@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 import warehouse as wh
+from pipelines.cli import main as uniroute
 from profiling import cli
 from profiling.datasets import DatasetSpec, get_adapter, prepare_prompts, read_prompt_file, write_prompt_set
 from profiling.rendering import estimate_tokens, render_mmlu_pro
@@ -31,7 +32,6 @@ from replay import (
     create_app,
 )
 from router_core.embedding import prompt_hash
-from serving.cli import main as uniroute
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["math-pro", "history-pro", "bio-pro", "generalist", "cheap", "last"]
@@ -530,7 +530,7 @@ def free_port() -> int:
 
 def test_cli_serves_answers_and_stops_on_sigterm(mmlu_like_dir, prompts, recorded):
     port = free_port()
-    command = [sys.executable, "-m", "serving.cli", "replay-server", "--data", str(mmlu_like_dir)]
+    command = [sys.executable, "-m", "pipelines.cli", "replay-server", "--data", str(mmlu_like_dir)]
     command += ["--port", str(port), "--latency-ms", "1", "--model-latency", "cheap=2", "--seed", "1"]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

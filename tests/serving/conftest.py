@@ -99,7 +99,7 @@ def gateway_process(root, catalog, registry_uri: str, *args: str, env: dict[str,
     from serving.processes import free_port, server_process, venv_env
 
     port = free_port()
-    command = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
     command += ["--tracking-uri", registry_uri, "--decisions-dir", str(root / "decisions")]
     command += ["--ledger", str(root / "ledger.sqlite"), *args]
     url = f"http://127.0.0.1:{port}"

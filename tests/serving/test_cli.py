@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import warehouse as wh
-from serving.cli import main
+from pipelines.cli import main
 from serving.processes import venv_env
 
 CATALOG = """# our LLMs (this comment must survive add-model)
@@ -222,7 +222,7 @@ def test_serve_refuses_a_bad_catalog_or_model_uri_in_one_line(registry_uri, tmp_
 
 def _uniroute(*argv: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """``uniroute ARGV`` as its own process, as a user runs it."""
-    command = [sys.executable, "-m", "serving.cli", *argv]
+    command = [sys.executable, "-m", "pipelines.cli", *argv]
     return subprocess.run(command, input=stdin, capture_output=True, text=True, env=venv_env(), timeout=300)
 
 
@@ -257,7 +257,7 @@ COMMANDS = [
 
 HELP_EVERYWHERE = f"""
 import contextlib, io, json, sys
-from serving.cli import build_parser
+from pipelines.cli import build_parser
 for argv in [["--help"]] + [[name, "--help"] for name in {COMMANDS!r}]:
     with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:
         build_parser().parse_args(argv)
@@ -282,7 +282,7 @@ NOT_FOR_ROUTING = {
 
 ROUTE_AND_MODELS = """
 import contextlib, io, json, sys
-from serving.cli import main
+from pipelines.cli import main
 with contextlib.redirect_stdout(io.StringIO()) as out:
     assert main(sys.argv[1:]) == 0
 print(json.dumps({"out": out.getvalue(), "modules": sorted(sys.modules)}))

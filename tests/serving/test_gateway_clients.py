@@ -237,7 +237,7 @@ def test_the_decision_log_records_every_chat_request(served):
 def test_serve_refuses_an_open_address_without_keys(tmp_path, args, code, says):
     catalog = tmp_path / "llms.yaml"
     write_gateway_catalog(catalog, "http://127.0.0.1:9/v1", {"cheap": 0.1})
-    command = [sys.executable, "-m", "serving.cli", "serve", "--catalog", str(catalog), "--port", "9", *args]
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--catalog", str(catalog), "--port", "9", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == code and says in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

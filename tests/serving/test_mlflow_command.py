@@ -36,7 +36,7 @@ def test_the_ui_on_a_copied_data_home_serves_the_copys_artifacts(registry_uri, t
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # the demo's printed command: the registry beside the copy's warehouse, nothing re-rooted it before
-    command = [sys.executable, "-m", "serving.cli", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "pipelines.cli", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
     env = {**_without_venv_on_path(), "UNIROUTE_WAREHOUSE": str(copy.parent / "warehouse.duckdb")}
     with server_process(command, f"{url}/health", tmp_path / "ui.log", env, timeout_s=120):
         mlmodel = requests.get(
@@ -51,7 +51,7 @@ def test_the_ui_on_a_copied_data_home_serves_the_copys_artifacts(registry_uri, t
 def test_mlflow_models_serve_as_the_readme_prints_it(registry_uri, tmp_path, prices):
     """`uniroute mlflow models serve ...`: mlflow starts uvicorn by name, found without an activated venv."""
     port = free_port()
-    command = [sys.executable, "-m", "serving.cli", "mlflow", "--tracking-uri", registry_uri, "models", "serve"]
+    command = [sys.executable, "-m", "pipelines.cli", "mlflow", "--tracking-uri", registry_uri, "models", "serve"]
     command += ["-m", "models:/uniroute@champion", "--env-manager", "local", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", "1"]
     with server_process(command, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", _without_venv_on_path()):
@@ -66,7 +66,7 @@ def test_mlflow_models_serve_as_the_readme_prints_it(registry_uri, tmp_path, pri
 
 
 def test_mlflow_without_arguments_is_one_line_and_exit_2(registry_uri, capsys):
-    from serving.cli import main
+    from pipelines.cli import main
 
     assert main(["mlflow", "--tracking-uri", registry_uri]) == 2
     err = capsys.readouterr().err

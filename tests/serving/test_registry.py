@@ -4,6 +4,7 @@ logged, the model card, and a registry that keeps working after its data home is
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from datetime import date
 from pathlib import Path
@@ -69,6 +70,23 @@ def test_an_infinite_metric_is_absent_with_a_tag_saying_why(uri, tmp_path, regis
     tag = "metric_absent.test_qnc_fraction_of_best_cost"
     assert run.data.tags[tag] == "no budget reaches the best LLM"
     assert client.get_model_version("uniroute", version).tags[tag] == "no budget reaches the best LLM"
+
+
+def test_registering_prints_no_notes_with_nothing_muted(uri, tmp_path, register_router, capfd):
+    """Registration goes through MlflowClient: no "Successfully registered model" or "Created version" note on
+    the terminal (MLflow's fluent register_model prints them whatever the log level), the first version and the
+    next alike; the run is finished and the version names its logged model."""
+    import mlflow
+
+    capfd.readouterr()
+    versions = [register_router(tmp_path / "home", ["cheap", "generalist"]) for _ in "ab"]
+    out, err = capfd.readouterr()
+    assert not re.search(r"registered model|created version", out + err, re.IGNORECASE), out + err
+    client = mlflow.MlflowClient()
+    assert versions == ["1", "2"] and client.get_registered_model("uniroute").description == registry.MODEL_DESCRIPTION
+    version = client.get_model_version("uniroute", "2")
+    assert client.get_run(version.run_id).info.status == "FINISHED"
+    assert version.source.startswith("models:/m-") and version.tags["run_id"] == version.run_id
 
 
 def test_the_signature_types_per_llm_outputs_as_maps_and_they_route(uri, tmp_path, register_router):

@@ -273,7 +273,7 @@ def test_the_warehouse_refuses_a_bad_name_whoever_writes_it(tmp_path):
 
 # ---- catalog files within bounds -------------------------------------------------------------------------------
 def test_a_yaml_alias_bomb_in_a_catalog_fails_fast_in_one_short_line(tmp_path, capsys):
-    from serving.cli import main
+    from pipelines.cli import main
 
     path = tmp_path / "llms.yaml"
     path.write_text(alias_bomb("llms:\n  - name: *i\n    base_url: null\n"))

@@ -259,7 +259,7 @@ def test_every_problem_is_collected_in_one_error_with_the_right_index(tmp_path):
 
 
 def test_a_csv_with_50_bad_rows_is_one_short_line_showing_names_and_numbers_not_secrets(tmp_path, monkeypatch, capsys):
-    from serving.cli import main
+    from pipelines.cli import main
 
     monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
     rows = "".join(f"vendor/model-{i:02d}-instruct,{0.15 * i:.2f},{SECRET}\n" for i in range(50))

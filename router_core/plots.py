@@ -1,0 +1,178 @@
+"""Figures of a router's evaluation: deferral curves with single LLMs as labelled points, and the Psi heatmap.
+
+Matplotlib is imported on first use (Agg backend), never with router_core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import polars as pl
+
+from router_core.evaluation import _hull_arrays
+from router_core.scoring import PoolFit
+
+__all__ = ["plot_deferral_curves", "plot_psi_heatmap", "version_figures"]
+
+
+def plot_deferral_curves(
+    curves: Mapping[str, pl.DataFrame],
+    single_llms: pl.DataFrame | None = None,
+    cost_range: tuple[float, float] | None = None,
+    title: str = "Deferral curves",
+    cost_label: str = "average cost per prompt",
+):
+    """Figure of each router's hulled deferral curve, with single LLMs as points (``cost, accuracy``, and
+    ``model`` to label each point with its name). The axes leave a margin around ``cost_range`` so that the
+    points at its ends are drawn whole."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    right = cost_range[1] if cost_range else None
+    for name, curve in curves.items():
+        xs, ys = _hull_arrays(curve)
+        if right is not None and xs[-1] < right:
+            xs, ys = np.append(xs, right), np.append(ys, ys[-1])
+        ax.plot(xs, ys, label=name, linewidth=1.6)
+    log_scale = bool(cost_range and cost_range[0] > 0 and cost_range[1] / cost_range[0] > 10)
+    if log_scale:
+        ax.set_xscale("log")  # list prices span orders of magnitude
+    if cost_range:
+        low, high = map(float, cost_range)
+        if log_scale:
+            ax.set_xlim(low / 1.25, high * 1.25)
+        else:
+            pad = 0.05 * ((high - low) or abs(high) or 1.0)
+            ax.set_xlim(low - pad, high + pad)
+    if single_llms is not None:
+        ax.scatter(single_llms["cost"], single_llms["accuracy"], s=14, c="black", zorder=3, label="single LLMs")
+        if "model" in single_llms.columns:
+            _label_points(ax, single_llms)
+    _dollar_ticks(ax)
+    ax.set_xlabel(cost_label)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    _spread_labels(ax)
+    return fig
+
+
+def _dollar_ticks(ax, most: int = 6) -> None:
+    """Cost ticks as plain dollars (``$0.002``, never ``10^-3`` or an offset), at most ``most`` labelled and no
+    minor tick labels: on a log axis 1-2-5 steps, thinned to whole decades (then every other one) when crowded."""
+    from matplotlib import ticker
+
+    low, high = ax.get_xlim()
+    if ax.get_xscale() == "log":
+        decades = range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1)
+        ticks = [m * 10.0**d for d in decades for m in (1, 2, 5)]
+        ticks = [t for t in ticks if low <= t <= high]
+        if len(ticks) > most:
+            ticks = [t for t in ticks if np.isclose(np.log10(t), round(np.log10(t)))]
+        while len(ticks) > most:
+            ticks = ticks[::2]
+        ax.xaxis.set_major_locator(ticker.FixedLocator(ticks))
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=most - 1))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _dollars(v)))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _dollars(value: float) -> str:
+    """``$`` and the value in plain decimals, 3 significant digits at most."""
+    text = np.format_float_positional(abs(value), precision=3, unique=True, fractional=False, trim="-")
+    return f"{'-' if value < 0 else ''}${text}"
+
+
+def _spread_labels(ax, gap: float = 1.0) -> None:
+    """Nudge the point labels of ``ax`` apart vertically so that no two overlap: bottom to top, each label that
+    overlaps one below it moves up just above it; then, if the highest left the axes, top to bottom back inside
+    (``gap``: points between labels)."""
+    texts = [t for t in ax.texts if t.get_text() and hasattr(t, "xyann")]  # the annotations of points
+    if len(texts) < 2:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+    to_points = 72 / ax.figure.dpi
+    boxes = {id(t): t.get_window_extent(renderer) for t in texts}
+
+    def shift(text, pixels: float) -> None:
+        dx, dy = text.xyann
+        text.xyann = (dx, dy + pixels * to_points)
+        boxes[id(text)] = boxes[id(text)].translated(0, pixels)
+
+    def overlap_x(a, b) -> bool:
+        return a.x0 < b.x1 and b.x0 < a.x1
+
+    pad = gap / to_points
+    placed: list = []
+    for text in sorted(texts, key=lambda t: boxes[id(t)].y0):
+        below = [boxes[id(p)].y1 for p in placed if overlap_x(boxes[id(p)], boxes[id(text)])]
+        if below and boxes[id(text)].y0 < max(below) + pad:
+            shift(text, max(below) + pad - boxes[id(text)].y0)
+        placed.append(text)
+    top = ax.get_window_extent(renderer).y1
+    placed.clear()
+    for text in sorted(texts, key=lambda t: -boxes[id(t)].y1):
+        above = [boxes[id(p)].y0 for p in placed if overlap_x(boxes[id(p)], boxes[id(text)])]
+        ceiling = min([top, *(y - pad for y in above)])
+        if boxes[id(text)].y1 > ceiling:
+            shift(text, ceiling - boxes[id(text)].y1)
+        placed.append(text)
+
+
+def _label_points(ax, points: pl.DataFrame) -> None:
+    """Each point's ``model`` beside it, on the side facing the middle of the axes so that no name leaves them."""
+    left, right = ax.get_xlim()
+    scale = np.log10 if ax.get_xscale() == "log" else (lambda v: v)
+    middle = (scale(left) + scale(right)) / 2
+    for model, cost, accuracy in points.select("model", "cost", "accuracy").iter_rows():
+        towards_left = scale(cost) > middle
+        ax.annotate(
+            str(model),
+            (cost, accuracy),
+            xytext=(-5 if towards_left else 5, 3),
+            textcoords="offset points",
+            ha="right" if towards_left else "left",
+            fontsize=7,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.75},
+        )
+
+
+def plot_psi_heatmap(psi: np.ndarray, llms: Sequence[str]):
+    """Figure of the LLM feature table Psi: one row per LLM, one column per cluster, colour = error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(llms) + 1.5))
+    image = ax.imshow(psi, aspect="auto", cmap="magma_r", vmin=0, vmax=1)
+    ax.set_yticks(range(len(llms)), list(llms), fontsize=7)
+    ax.set_xlabel("cluster")
+    ax.set_title("Psi: validation error per cluster")
+    fig.colorbar(image, ax=ax, label="error")
+    fig.tight_layout()
+    return fig
+
+
+def version_figures(fit: PoolFit) -> dict:
+    """A fitted pool's figures by file name: its test deferral curves (UniRoute, ZeroRouter, each LLM alone) and
+    its Psi heatmap."""
+    s, pool = fit.scores, fit.pool
+    spread = s.llm_cost.max() > s.llm_cost.min()
+    return {
+        "deferral_curve.png": plot_deferral_curves(
+            {"UniRoute": s.curve, "ZeroRouter (prompt-blind)": s.zero_curve},
+            single_llms=pl.DataFrame({"model": pool, "cost": s.llm_cost, "accuracy": s.llm_acc}),
+            cost_range=(s.llm_cost.min(), s.llm_cost.max()) if spread else None,
+            title=f"Deferral curves on {len(fit.test_ids):,} test prompts",
+            cost_label="average cost per prompt (USD)",
+        ),
+        "psi_heatmap.png": plot_psi_heatmap(fit.router.psi_, fit.router.llms_),
+    }

@@ -1,0 +1,195 @@
+"""Version building: a fitted pool (:func:`router_core.fit_pool`) becomes a registered router version, or is found
+to be one already.
+
+:func:`publish` registers nothing when what a version is built from (:data:`IDENTITY_TAGS`) equals a registered
+version's; otherwise it runs the champion gate (:mod:`serving.gate`), saves the router with what the pyfunc needs,
+registers it with its model card (:mod:`serving.model_card`), metrics and figures, and moves an alias
+(:func:`serving.registry.promote`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from router_core import Embedder, PoolFit, save_router
+from serving import gate, registry
+from serving.model_card import ModelCard, PoolEntry, describe_operating_point
+
+#: Tags that say what a version is: equal to a registered version's, a new version would be that one again.
+IDENTITY_TAGS = ("pool", "data_snapshot", "cluster_map_version", "embedder_id", "default_cost_weight")
+#: Metrics with no value when no budget reaches the best LLM's accuracy (logged as absent, with the reason).
+QNC_METRICS = ("test_qnc_fraction_of_best_cost", "test_zero_router_qnc_fraction_of_best_cost")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A version to publish: the fitted pool, its tags (what it is and was built from), its model card and
+    figures, and the cluster map's warehouse row."""
+
+    fit: PoolFit
+    tags: dict[str, str]
+    card: ModelCard
+    figures: dict[str, object]
+    cluster_map: Mapping
+
+
+@dataclass(frozen=True)
+class Published:
+    """What :func:`publish` did: ``status`` (one line), the ``version`` and its ``alias`` (or the aliases of the
+    identical version found), the gate's verdict (``gate`` and its numbers) and the card as registered."""
+
+    status: str
+    version: str
+    alias: str
+    verdict: dict[str, object]
+    card: ModelCard
+
+
+def candidate(
+    fit: PoolFit,
+    cluster_map: Mapping,
+    embedder_id: str,
+    data_snapshot: str,
+    prompts: pl.DataFrame,
+    val_ids: Sequence[str],
+    cost_basis: Mapping[str, str],
+    left_out: Mapping[str, str],
+    figures: dict[str, object],
+) -> Candidate:
+    """The version ``fit`` would be: its tags and model card (``prompts``: ``prompt_id, dataset, split`` of the
+    validation and test prompts; ``left_out``: each LLM left out of the pool and why)."""
+    pool, s = fit.pool, fit.scores
+    seen = [m for m in pool if m in set(cluster_map["training_llms"])]
+    unseen = [m for m in pool if m not in seen]
+    tags = {
+        "pool": ",".join(pool),
+        "embedder_id": embedder_id,
+        "cluster_map_version": cluster_map["version"],
+        "default_cost_weight": repr(fit.point.cost_weight),
+        "default_operating_point": describe_operating_point(fit.point),
+        "audc": f"{s.audc:.6f}",
+        "test_prompts": str(len(fit.test_ids)),
+        # a gain over LLMs the map was trained on is not an unseen-LLM result
+        "cluster_map_training_llms": ",".join(seen),
+        "unseen_llms": ",".join(unseen),
+        "test_costs": "per query" if fit.per_query_test_costs else "mean validation cost",
+        # what this version was built and scored on: validation and test ids, outcomes and costs of the pool
+        "data_snapshot": data_snapshot,
+    }
+    card = ModelCard(
+        pool=pool_entries(fit, cost_basis),
+        test_prompts=len(fit.test_ids),
+        audc=s.audc,
+        zero_audc=s.zero_audc,
+        qnc=s.qnc,
+        zero_qnc=s.zero_qnc,
+        best_llm=pool[s.best],
+        cluster_map_kind=cluster_map["kind"],
+        n_clusters=int(cluster_map["n_clusters"]),
+        cluster_map_version=cluster_map["version"],
+        embedder_id=embedder_id,
+        dataset=datasets(prompts, val_ids, fit.test_ids),
+        default_cost_weight=fit.point.cost_weight,
+        data_snapshot=data_snapshot,
+        unseen_llms=unseen,
+        test_costs=tags["test_costs"],
+        default_operating_point=tags["default_operating_point"],
+        left_out=dict(left_out),
+    )
+    return Candidate(fit, tags, card, figures, cluster_map)
+
+
+def publish(
+    new: Candidate,
+    model_name: str,
+    experiment_id: str,
+    run_dir: Path,
+    embedder: Embedder,
+    gate_tolerance: float = gate.DEFAULT_TOLERANCE,
+) -> Published:
+    """Register ``new`` unless a registered version is identical (:func:`serving.registry.identical_version`),
+    after the champion gate; ``run_dir`` receives the router's files."""
+    same = registry.identical_version(model_name, new.tags, IDENTITY_TAGS)
+    if same is not None:
+        version, alias = str(same.version), ",".join(sorted(same.aliases)) or "no alias"
+        status = (
+            "unchanged: pool, data snapshot, cluster map, embedder and default cost weight equal "
+            f"v{version}'s ({alias}); no new version"
+        )
+        return Published(status, version, alias, {"gate": f"not run: {status}"}, new.card)
+    fit, s = new.fit, new.fit.scores
+    decision = gate.judge(
+        s.curve,
+        s.cost_range,
+        registry.champion_router(model_name),
+        registry.champion_version(model_name),
+        fit.pool,
+        fit.x_test,
+        fit.test_scores,
+        fit.realised,
+        gate_tolerance,
+    )
+    save_router(fit.router, run_dir)
+    registry.write_router_meta(run_dir, embedder, fit.point.cost_weight, fit.predicted, fit.val_scores, fit.point)
+    card = replace(new.card, gate=decision.reason)
+    version = registry.register_router(
+        run_dir,
+        model_name,
+        experiment_id,
+        params={
+            "cluster_map_kind": new.cluster_map["kind"],
+            "n_clusters": new.cluster_map["n_clusters"],
+            "pool_size": len(fit.pool),
+            "default_cost_weight": fit.point.cost_weight,
+            "gate_tolerance": gate_tolerance,
+            "test_prompts": len(fit.test_ids),
+        },
+        metrics=s.metrics(fit.cost),
+        tags={**new.tags, "gate": decision.reason},
+        figures=new.figures,
+        input_example=["What is the derivative of x^2?"],
+        run_name=registry.run_name(new.cluster_map["version"], len(fit.pool)),
+        card=card,
+        absent_reasons={k: s.no_qnc(fit.pool) for k in QNC_METRICS},
+        json_artifacts={"pool.json": [vars(entry) for entry in card.pool]},
+    )
+    alias = registry.promote(model_name, version, better=decision.promote)
+    return Published(
+        f"registered v{version} ({alias})", version, alias, {"gate": decision.reason, **decision.numbers()}, card
+    )
+
+
+def pool_entries(fit: PoolFit, cost_basis: Mapping[str, str]) -> list[PoolEntry]:
+    """Each pool LLM's line of the model card."""
+    s = fit.scores
+    return [
+        PoolEntry(
+            llm=m,
+            usd_per_query=float(fit.cost[j]),
+            validation_accuracy=float(1 - np.nanmean(fit.val_errors[:, j])),
+            validation_coverage=float(1 - np.isnan(fit.val_errors[:, j]).mean()),
+            test_accuracy=float(s.llm_acc[j]),
+            test_share_routed=float((s.chosen == j).mean()),
+            cost_basis=cost_basis.get(m, ""),
+        )
+        for j, m in enumerate(fit.pool)
+    ]
+
+
+def datasets(prompts: pl.DataFrame, validation_ids: Sequence[str], test_ids: np.ndarray) -> str:
+    """``name (n validation, m test prompts)`` of each dataset the router was fitted and scored on."""
+    used = prompts.filter(
+        ((pl.col("split") == "validation") & pl.col("prompt_id").is_in(list(validation_ids)))
+        | ((pl.col("split") == "test") & pl.col("prompt_id").is_in(test_ids.tolist()))
+    )
+    counts = used.group_by("dataset", "split").len().sort("dataset")
+    parts = []
+    for (name,), group in counts.group_by(["dataset"], maintain_order=True):
+        n = dict(group.select("split", "len").iter_rows())
+        parts.append(f"{name} ({n.get('validation', 0):,} validation, {n.get('test', 0):,} test prompts)")
+    return "; ".join(parts)
