@@ -214,6 +214,6 @@ def _check_psi(uni: UniRouter, stored: Mapping[str, np.ndarray]) -> None:
         raise RouterInputError(
             "llm_error_features",
             stale,
-            "stored features differ from their current grades: re-materialise llm_error_features for them "
-            "(automation does once their grades' checks pass), then the router",
+            f"stored features of {stale} differ from their current grades: re-materialise llm_error_features for "
+            "them (automation does once their grades' checks pass), then the router",
         )

@@ -154,8 +154,7 @@ def test_the_sdk_sends_a_final_refusal_once_and_the_access_log_names_the_llm_tri
     response = refused.value.response
     assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
     assert sent == ["/v1/chat/completions"] and _asked(replay) == asked + 1  # once to the gateway, once upstream
-    request_id = response.headers["x-request-id"]
-    line = next(line for line in (root / "gateway.log").read_text().splitlines() if request_id in line)
+    line = _access_line(root, response.headers["x-request-id"])
     assert "status=502" in line and "llm=- tried=cheap attempts=1" in line
 
     sent.clear()  # a spent budget (429, which the SDK retries unless told not to): once too
@@ -167,9 +166,19 @@ def test_the_sdk_sends_a_final_refusal_once_and_the_access_log_names_the_llm_tri
     routed = alice.chat.completions.with_raw_response.create(
         model="uniroute", messages=[{"role": "user", "content": _prompt(mmlu_like_dir)}]
     )
-    llm, request_id = routed.headers["X-UniRoute-LLM"], routed.headers["x-request-id"]
-    line = next(line for line in (root / "gateway.log").read_text().splitlines() if request_id in line)
+    llm, line = routed.headers["X-UniRoute-LLM"], _access_line(root, routed.headers["x-request-id"])
     assert f"llm={llm} tried={llm} attempts=1" in line and sent == ["/v1/chat/completions"]
+
+
+def _access_line(root, request_id: str, timeout_s: float = 10.0) -> str:
+    """The gateway's access log line of a request: written just after its response, so waited for a little."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [line for line in (root / "gateway.log").read_text().splitlines() if request_id in line]
+        if lines or time.monotonic() > deadline:
+            assert lines, f"no access log line for {request_id}"
+            return lines[0]
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
