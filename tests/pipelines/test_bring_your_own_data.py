@@ -16,7 +16,7 @@ from assets.profiling import imported_results, llm_catalog, llm_partitions
 from assets.resources import CollectorResource
 from assets.router import router
 from assets.routing import llm_error_features
-from profiling.collector import catalog_completer
+from profiling.completion import catalog_completer
 from profiling.graders import GradeItem, get_grader
 from profiling.grading import grade_responses_report
 from profiling.replay_server import ReplayData, ReplayServer

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 import warehouse as wh
-from profiling.collector import RetryPolicy, collect
+from profiling.collector import RetryPolicy
 from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
-from profiling.staging import staged_pairs
+from profiling.staging import collect, staged_pairs
 
 FAST = RetryPolicy(max_attempts=8, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
 MODELS = ["cheap", "math-pro", "last"]
