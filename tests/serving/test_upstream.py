@@ -459,3 +459,39 @@ def test_a_redirect_is_an_upstream_error_and_the_prompt_never_reaches_the_other_
         assert other.requests == []
     assert {(r.llm, r.status) for r in results} == {(None, 502)}
     assert {a.error for r in results for a in r.attempts} == {f"HTTP {status}"}
+
+
+def test_a_huge_content_length_falls_back_to_the_next_llm():
+    """A Content-Length over the bound is the endpoint's fault, like a huge body without one: the next LLM answers
+    (it used to end the request as if the LLM had refused it, "HTTP 200", with no fallback)."""
+    with HostileUpstream("huge_length", huge_bytes=48 * 2**20) as hostile, HostileUpstream() as honest:
+        order = [("a", row(hostile.base_url, "a")), ("b", row(honest.base_url, "b"))]
+        results = _concurrently(order, body("hi"), n=1, max_response_bytes=2**20)
+    assert [summary(r) for r in results] == [[("a", None, "ResponseTooLarge"), ("b", 200, None)]]
+
+
+def test_a_200_nested_past_the_json_parsers_recursion_falls_back_to_the_next_llm():
+    """It used to raise RecursionError out of the call (a 500 from the gateway) instead of an InvalidJSON try."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=deep, content_type="application/json")
+
+    async def run() -> UpstreamResult:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        deep_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
+        try:
+            with HostileUpstream() as honest:
+                order = [("a", row(deep_url, "a")), ("b", row(honest.base_url, "b"))]
+                async with Upstreams(retries=0) as upstreams:
+                    return await upstreams.call(order, body("hi"), stream=False)
+        finally:
+            await runner.cleanup()
+
+    result = asyncio.run(run())
+    assert summary(result) == [("a", None, "InvalidJSON"), ("b", 200, None)]
