@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from openai_compat import RequestFailed, Timeouts, bearer_headers, chat_url, post_chat
+from tests.openai_compat.servers import serving
 from tests.serving.hostile_upstream import HostileUpstream
 
 DEFAULT = Timeouts()
@@ -30,21 +29,6 @@ def failure(base_url: str, **options: object) -> RequestFailed:
     with pytest.raises(RequestFailed) as caught:
         post(base_url, **options)
     return caught.value
-
-
-@contextlib.asynccontextmanager
-async def serving(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
-    """``handler`` on 127.0.0.1 in this event loop; yields its base URL."""
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handler)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-    finally:
-        await runner.cleanup()
 
 
 def test_an_answer_is_its_body():

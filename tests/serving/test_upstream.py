@@ -19,6 +19,7 @@ from openai_compat import realised_cost
 from profiling.rendering import render_mmlu_pro
 from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
 from serving.upstream import Timeouts, UpstreamResult, Upstreams
+from tests.openai_compat.servers import serving
 
 from .hostile_upstream import HostileUpstream
 
@@ -317,17 +318,8 @@ async def _with_recording_server(status: int, handler_body: dict, action):
         seen.append((dict(request.headers), await request.json()))
         return web.json_response(handler_body, status=status)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        return await action(f"http://127.0.0.1:{port}/v1"), seen
-    finally:
-        await runner.cleanup()
+    async with serving(handle) as base_url:
+        return await action(base_url), seen
 
 
 def test_the_key_is_sent_from_its_variable_and_never_appears_in_errors_or_logs(monkeypatch, caplog):
@@ -478,20 +470,11 @@ def test_a_200_nested_past_the_json_parsers_recursion_falls_back_to_the_next_llm
         return web.Response(body=deep, content_type="application/json")
 
     async def run() -> UpstreamResult:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        deep_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"
-        try:
+        async with serving(handle) as deep_url:
             with HostileUpstream() as honest:
                 order = [("a", row(deep_url, "a")), ("b", row(honest.base_url, "b"))]
                 async with Upstreams(retries=0) as upstreams:
                     return await upstreams.call(order, body("hi"), stream=False)
-        finally:
-            await runner.cleanup()
 
     result = asyncio.run(run())
     assert summary(result) == [("a", None, "InvalidJSON"), ("b", 200, None)]
