@@ -78,6 +78,7 @@ class ResultsConfig(dg.Config):
     catalog: str = ""  # where new LLMs are appended as import-only entries; default the warehouse resource's
     models: list[str] | None = None  # only these LLMs of the table (default all)
     exclude_models: list[str] | None = None
+    rename: dict[str, str] | None = None  # the table's LLM name -> the name to store it under
     price_file: str | None = None  # prices of LLMs the table does not cost (model + usd_per_query or per Mtok)
     replace: bool = False  # archive stored answers the file changes and store the file's
 
@@ -253,6 +254,7 @@ def imported_results(
             config.catalog or warehouse.catalog(),
             models=config.models,
             exclude_models=config.exclude_models or (),
+            rename=config.rename,
             price_file=config.price_file,
             replace=config.replace,
             embedder=embedder.model,  # its tokenizer estimates tokens the table lacks

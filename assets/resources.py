@@ -72,30 +72,40 @@ class CollectorResource(dg.ConfigurableResource):
         return SharedPacer(self.pacing_path or wh.default_pacing_path())
 
 
+#: The embedder's files (ONNX exports, distilled static models) under the data home, and where they were before.
+EMBEDDER_CACHE_DIR, OLD_EMBEDDER_CACHE_DIR = "embedders", "onnx"
+#: The variable moving them elsewhere, and its old name (still read).
+EMBEDDER_CACHE_ENV, OLD_EMBEDDER_CACHE_ENV = "UNIROUTE_EMBEDDER_CACHE", "UNIROUTE_ONNX_CACHE"
+
+
 class EmbedderResource(dg.ConfigurableResource):
     """The prompt embedder: the bundled model by default, or a local sentence-transformers directory or name.
 
     Defaults to int8 ONNX at 192 tokens (``benchmarks.embedders``: ~3x torch's prompts/s, same routing AUDC);
-    ``backend="torch"``, ``max_seq_length=None`` gives sentence-transformers' own vectors. ONNX exports are kept in
-    ``onnx_cache_dir``; empty means ``$UNIROUTE_ONNX_CACHE``, else ``<data home>/onnx``.
+    ``backend="torch"``, ``max_seq_length=None`` gives sentence-transformers' own vectors. ONNX exports and distilled
+    static models are kept in ``cache_dir``; empty means ``$UNIROUTE_EMBEDDER_CACHE`` (or its old name,
+    ``$UNIROUTE_ONNX_CACHE``), else ``<data home>/embedders``. Those made before under ``<data home>/onnx`` are
+    still read there.
     """
 
     model: str = DEFAULT_EMBEDDER
     backend: str = DEFAULT_BACKEND
     max_seq_length: int | None = DEFAULT_MAX_SEQ_LENGTH
     batch_size: int = 64
-    onnx_cache_dir: str = ""
+    cache_dir: str = ""
     show_progress: bool = False  # a tqdm bar on stderr (the demo); runs log a line per chunk anyway
 
     def embedder(self) -> Embedder:
-        cache = self.onnx_cache_dir or os.environ.get("UNIROUTE_ONNX_CACHE") or wh.default_path().parent / "onnx"
+        home = wh.default_path().parent
+        cache = self.cache_dir or os.environ.get(EMBEDDER_CACHE_ENV) or os.environ.get(OLD_EMBEDDER_CACHE_ENV)
         return Embedder(
             self.model,
             batch_size=self.batch_size,
             max_seq_length=self.max_seq_length,
             backend=self.backend,
-            cache_dir=cache,
+            cache_dir=cache or home / EMBEDDER_CACHE_DIR,
             show_progress=self.show_progress,
+            old_cache_dirs=[home / OLD_EMBEDDER_CACHE_DIR],
         )
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_overhead import register
-from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_llms
-from router_core import DEFAULT_BACKEND, Embedder
+from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
+from router_core import DEFAULT_BACKEND, DEFAULT_EMBEDDER
 from serving.processes import venv_env
 
 FLOOR_S = 2.0
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="exit 1 when a command's median is over the floor")
     args = parser.parse_args(argv)
     args.full = False
-    embedder = Embedder(cache_dir=ONNX_DIR, backend=DEFAULT_BACKEND)  # the pipeline's
+    embedder = cached_embedder(DEFAULT_EMBEDDER, backend=DEFAULT_BACKEND)  # the pipeline's
     try:
         data = load_data(args, embedder)
     except FileNotFoundError as exc:

@@ -32,7 +32,7 @@ import polars as pl
 
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
-from benchmarks.routing_quality import ONNX_DIR, Data, add_protocol_arguments, load_data, run_seed, summarize
+from benchmarks.routing_quality import Data, add_protocol_arguments, cached_embedder, load_data, run_seed, summarize
 from router_core import BACKENDS, DEFAULT_BACKEND, DEFAULT_EMBEDDER, DEFAULT_MAX_SEQ_LENGTH, Embedder, EmbeddingCache
 
 QUALITY_METHODS = ["UniRoute-KMeans", "UniRoute-LearnedMap", "KNN"]
@@ -50,7 +50,7 @@ class Config:
         return f"{self.backend} @{self.max_seq_length or 'model'}"
 
     def embedder(self, model: str) -> Embedder:
-        return Embedder(model, max_seq_length=self.max_seq_length, backend=self.backend, cache_dir=ONNX_DIR)
+        return cached_embedder(model, max_seq_length=self.max_seq_length, backend=self.backend)
 
 
 BASELINE = Config("torch", None)

@@ -51,11 +51,11 @@ import polars as pl
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_overhead import register
-from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_llms
+from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
 from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import FaultKind
+from replay import FaultKind
 from router_core import BACKENDS, DEFAULT_BACKEND, Embedder
 from serving.decisions import read_decisions
 from serving.keys import KeyPolicy, KeyStore
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.full = False
     data_dir = Path(args.data or default_data_dir())
-    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR, backend=args.backend)  # default: the pipeline's
+    embedder = cached_embedder(args.embedder, backend=args.backend)  # default: the pipeline's
     try:
         data = load_data(args, embedder)
     except FileNotFoundError as exc:

@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     """The smoke comparison: replay endpoint directly vs through LiteLLM, plain and streamed."""
     from benchmarks.machine import machine_description
     from benchmarks.mmlu_pro_data import DATA_HOME
-    from profiling.replay_server import ReplayConfig, ReplayServer
+    from replay import ReplayConfig, ReplayServer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data/mmlu_pro"))

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.definitions import defs
     from pipelines.sensors import llm_onboarding_sensor
     from pipelines.ticks import QUIET, AutomationTicks, sensor_tick
-    from profiling.replay_server import ReplayServer
+    from replay import ReplayServer
 
     models = pl.read_csv(data_dir / "models.csv").select("model", "usd_per_mtok")
     initial = (

@@ -23,7 +23,7 @@ import pandas as pd
 
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
-from benchmarks.routing_quality import ONNX_DIR, load_data, split_prompts_and_llms
+from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
 from router_core import BACKENDS, DEFAULT_BACKEND, Embedder, KMeansClusterMap, UniRouter, save_router
 
 FLOORS = {"batch": 1.05, "single p50": 1.10}
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true")
     args = parser.parse_args(argv)
     args.full = False
-    embedder = Embedder(args.embedder, cache_dir=ONNX_DIR, backend=args.backend)  # default: the pipeline's
+    embedder = cached_embedder(args.embedder, backend=args.backend)  # default: the pipeline's
     try:
         data = load_data(args, embedder)
     except FileNotFoundError as exc:

@@ -52,7 +52,8 @@ from router_core import (
 from router_core.frames import value_matrix
 
 SPLITS = {"train": 0.6, "validation": 0.1, "test": 0.3}
-ONNX_DIR = DATA_HOME / "onnx"  # ONNX exports of the embedder, made once per machine
+EMBEDDER_DIR = DATA_HOME / "embedders"  # the embedder's ONNX exports and distilled static models, made once per machine
+OLD_EMBEDDER_DIRS = (DATA_HOME / "onnx",)  # where they were made before: still read there
 COST_MODES = ("flat", "tokens")
 
 
@@ -292,6 +293,11 @@ ABLATIONS = [
 ]
 
 
+def cached_embedder(model: str, **options) -> Embedder:
+    """``Embedder(model, **options)`` keeping its export or distilled model under :data:`EMBEDDER_DIR`."""
+    return Embedder(model, cache_dir=EMBEDDER_DIR, old_cache_dirs=OLD_EMBEDDER_DIRS, **options)
+
+
 def load_data(args: argparse.Namespace, embedder: Embedder) -> Data:
     """Load the dataset, sample it, embed the prompts with ``embedder`` (cached)."""
     ds = load_routing_data(args.data)
@@ -459,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    embedder = Embedder(args.embedder, max_seq_length=args.max_seq_length, backend=args.backend, cache_dir=ONNX_DIR)
+    embedder = cached_embedder(args.embedder, max_seq_length=args.max_seq_length, backend=args.backend)
     try:
         data = load_data(args, embedder)
         args.training_llms = training_llm_count(len(data.models), args.training_llms)

@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     from assets.resources import MlflowResource
     from pipelines.definitions import defs
     from pipelines.ticks import QUIET, AutomationTicks
-    from profiling.replay_server import ReplayServer
+    from replay import ReplayServer
 
     started = time.perf_counter()
     models = pl.read_csv(args.data / "models.csv").sample(fraction=1.0, shuffle=True, seed=0)

@@ -1,33 +1,19 @@
-"""The profiling commands of ``uniroute`` (:mod:`serving.cli`): the replay endpoint and the warehouse steps
-(catalog, prompts, collect, grade)."""
+"""The profiling commands of ``uniroute`` (:mod:`serving.cli`): the warehouse steps (catalog, prompts, results,
+collect, grade). The replay endpoint's command is :mod:`replay.cli`."""
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
-# Only the standard library at module level: `uniroute --help` builds every parser, and the replay server, the
-# warehouse and the graders pull in polars, scikit-learn and the rest (seconds). Commands import what they run.
+# Only the standard library at module level: `uniroute --help` builds every parser, and the warehouse and the
+# graders pull in polars, scikit-learn and the rest (seconds). Commands import what they run.
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR_ENV = "UNIROUTE_MMLU_PRO_DIR"
 DEFAULT_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mmlu_pro"
-#: The values of ``profiling.replay_server.FaultKind``, spelled out for --help without importing the server
-#: (a test keeps the two equal); ``--fault`` itself is checked against the enum.
-FAULT_KINDS = (
-    "rate_limited",
-    "server_error",
-    "unavailable",
-    "hang",
-    "truncated",
-    "mid_stream_drop",
-    "malformed_usage",
-    "malformed_body",
-)
 
 
 class CommandError(Exception):
@@ -40,79 +26,17 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
-def _key_value(text: str, flag: str) -> tuple[str, float]:
-    """Parse ``KEY=NUMBER`` (e.g. ``--model-latency gpt-4o=120``)."""
-    key, sep, value = text.rpartition("=")
-    try:
-        if not (sep and key):
-            raise ValueError
-        return key, float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{flag}: expected KEY=NUMBER, got {text!r}") from None
-
-
-def _model_latency(text: str) -> tuple[str, float]:
-    return _key_value(text, "--model-latency")
-
-
-def _fault(text: str) -> tuple[str, float]:
-    from profiling.replay_server import FaultKind
-
-    kind, rate = _key_value(text, "--fault")
-    if kind not in set(FaultKind):
-        raise argparse.ArgumentTypeError(f"--fault: unknown kind {kind!r}; one of {[k.value for k in FaultKind]}")
-    return kind, rate
+def _rename(text: str) -> tuple[str, str]:
+    """Parse ``OLD=NEW`` (``--rename``); the last ``=`` splits, so OLD may hold one."""
+    old, sep, new = text.rpartition("=")
+    if not (sep and old and new):
+        raise argparse.ArgumentTypeError(f"--rename: expected OLD=NEW, got {text!r}")
+    return old, new
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add replay-server, sync-catalog, import-mmlu-pro, collect and grade to ``commands``."""
-    replay = commands.add_parser(
-        "replay-server",
-        help="serve recorded answers as an OpenAI-compatible endpoint",
-        description="Serve a dataset's recorded answers at /v1/chat/completions and /v1/models, with latency and "
-        "seeded faults; request counts at /_replay/stats and /_replay/requests. Prompts are rendered by the "
-        "dataset's adapter, so a request is answered when its last user message is one of them.",
-    )
-    replay.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help=f"a prompt file, or a dataset directory (e.g. the mmlu_pro layout); default ${DATA_DIR_ENV} or "
-        f"{DEFAULT_DATA_DIR}",
-    )
-    replay.add_argument("--adapter", default=None, help="the data's layout (default: detected)")
-    replay.add_argument("--dataset", default=None, help="its dataset name (default: the adapter's or file's)")
-    replay.add_argument(
-        "--responses", type=Path, default=None, help="recorded answers (model, prompt_id, response) if not in --data"
-    )
-    replay.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: loopback only)")
-    replay.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    replay.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer (default 0)")
-    replay.add_argument(
-        "--model-latency",
-        type=_model_latency,
-        action="append",
-        default=[],
-        metavar="MODEL=MS",
-        help="per-model latency override; repeatable",
-    )
-    replay.add_argument(
-        "--fault-rate", type=float, default=0.0, help="probability of a fault, spread evenly over the kinds"
-    )
-    replay.add_argument(
-        "--fault",
-        type=_fault,
-        action="append",
-        default=[],
-        metavar="KIND=RATE",
-        help=f"rate of one fault kind, overriding its share of --fault-rate; kinds: {', '.join(FAULT_KINDS)}",
-    )
-    replay.add_argument("--seed", type=int, default=0, help="seed of the fault draws (default 0)")
-    replay.add_argument(
-        "--hang-seconds", type=float, default=30.0, help="how long a hang lasts; above the client timeout"
-    )
-    replay.add_argument("--retry-after", type=int, default=1, help="Retry-After of a 429, in seconds")
-    replay.set_defaults(run=run_replay_server)
+    """Add sync-catalog, import-prompts, import-mmlu-pro, import-results, datasets, graders, collect and grade to
+    ``commands``."""
     _add_warehouse_commands(commands)
 
 
@@ -177,6 +101,15 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     results.add_argument("--catalog", type=Path, default=None, help="default $UNIROUTE_CATALOG or llms.yaml")
     results.add_argument("--models", nargs="+", default=None, metavar="LLM", help="import only these LLMs")
     results.add_argument("--exclude-models", nargs="+", default=[], metavar="LLM", help="leave these LLMs out")
+    results.add_argument(
+        "--rename",
+        type=_rename,
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="store the table's LLM OLD as NEW (e.g. meta/llama-2-70b-chat=llama-2-70b-chat: names hold no '/'); "
+        "repeatable",
+    )
     results.add_argument(
         "--price-file",
         type=Path,
@@ -281,6 +214,7 @@ def _import_results(args: argparse.Namespace) -> int:
             catalog,
             models=args.models,
             exclude_models=args.exclude_models,
+            rename=dict(args.rename),
             price_file=args.price_file,
             replace=args.replace,
         )
@@ -394,45 +328,4 @@ def _grade(args: argparse.Namespace) -> int:
     )
     for example in report.examples:
         print(f"  {example}")
-    return 0
-
-
-def run_replay_server(args: argparse.Namespace) -> int:
-    """Load the dataset, then serve until interrupted (SIGINT/SIGTERM)."""
-    import uvicorn
-
-    from profiling.replay_server import UVICORN_SETTINGS, FaultRates, ReplayConfig, ReplayData, create_app
-
-    data_dir: Path = args.data or default_data_dir()
-    if not data_dir.exists():
-        raise CommandError(f"no data at {data_dir}; pass --data PATH or set {DATA_DIR_ENV}")
-    try:
-        faults = FaultRates(**{**vars(FaultRates.spread(args.fault_rate)), **dict(args.fault)})
-        config = ReplayConfig(
-            latency_ms=args.latency_ms,
-            model_latency_ms=dict(args.model_latency),
-            faults=faults,
-            seed=args.seed,
-            hang_seconds=args.hang_seconds,
-            retry_after_seconds=args.retry_after,
-        )
-        started = time.perf_counter()
-        data = ReplayData.from_dataset(data_dir, args.adapter, args.dataset, args.responses)
-        app = create_app(data, config)
-    except (ValueError, FileNotFoundError) as exc:
-        raise CommandError(str(exc)) from exc
-    print(
-        f"replay-server: {data.n_responses} responses of {len(data.models)} models to {data.n_prompts} prompts "
-        f"from {data_dir} loaded in {time.perf_counter() - started:.1f} s",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        **UVICORN_SETTINGS,
-        log_level="info",
-        timeout_graceful_shutdown=3,  # then cancel requests still hanging
-    )
     return 0

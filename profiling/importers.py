@@ -109,6 +109,7 @@ def import_results(
     *,
     models: Sequence[str] | None = None,
     exclude_models: Sequence[str] = (),
+    rename: Mapping[str, str] | None = None,
     price_file: str | os.PathLike[str] | None = None,
     replace: bool = False,
     embedder: str = DEFAULT_EMBEDDER,
@@ -118,7 +119,8 @@ def import_results(
     Prompts the warehouse lacks are added from the table's ``prompt`` column (a dataset created here is
     results-only: never asked of an endpoint); a stored prompt keeps its text and split. LLMs missing from the
     warehouse catalog are appended to ``catalog`` (a ``llms.yaml``) as import-only entries and synced; without
-    ``catalog`` they are an error. ``models`` / ``exclude_models`` keep or leave out some of the table's LLMs.
+    ``catalog`` they are an error. ``rename`` maps the table's LLM names to stored ones (before anything else);
+    ``models`` / ``exclude_models`` keep or leave out some of the table's LLMs.
 
     Every LLM must be priced: by the table's ``cost_usd``, by its tokens x the catalog's per-million-token prices,
     or by the catalog's ``usd_per_query``; ``price_file`` (:func:`read_price_file`) gives prices, written into the
@@ -132,7 +134,8 @@ def import_results(
     """
     if model is not None:
         wh.check_llm_name(model, "--model")
-    results = _select_models(read_results(path, format, model=model, score_field=score_field), models, exclude_models)
+    results = read_results(path, format, model=model, score_field=score_field)
+    results = _select_models(_renamed(results, rename or {}), models, exclude_models)
     _check_names(path, results)
     results = results.with_columns((pl.lit(f"{dataset}/") + pl.col("prompt_id")).alias("stored_id"))
     names = sorted(set(results["model"]))
@@ -251,9 +254,21 @@ def _check_names(path: str | os.PathLike[str], results: pl.DataFrame) -> None:
     for name in results["model"].unique(maintain_order=True):
         if (problem := wh.llm_name_problem(name)) is not None:
             raise PromptSetError(
-                f"{path}: model: {wh.shown_name(name)} is not a valid LLM name: {problem}; rename it, pass --model, "
-                "or leave it out (--exclude-models)"
+                f"{path}: model: {wh.shown_name(name)} is not a valid LLM name: {problem}; rename it (--rename "
+                "OLD=NEW), pass --model, or leave it out (--exclude-models)"
             )
+
+
+def _renamed(results: pl.DataFrame, rename: Mapping[str, str]) -> pl.DataFrame:
+    """``results`` with each LLM ``old`` of ``rename`` called ``new``; an ``old`` the file lacks, or two LLMs given
+    one name, is an error."""
+    have = set(results["model"])
+    if unknown := sorted(set(rename) - have):
+        raise PromptSetError(f"--rename: {_listed(unknown)} not in the results (their LLMs: {_listed(sorted(have))})")
+    names = [rename.get(m, m) for m in sorted(have)]
+    if clash := sorted({n for n in names if names.count(n) > 1}):
+        raise PromptSetError(f"--rename: {_listed(clash)} would name two of the results' LLMs")
+    return results.with_columns(pl.col("model").replace(dict(rename))) if rename else results
 
 
 def _select_models(results: pl.DataFrame, models: Sequence[str] | None, exclude: Sequence[str]) -> pl.DataFrame:

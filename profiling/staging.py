@@ -25,8 +25,9 @@ A file holds one batch of one model: its answers (``kind = 'answer'``, the colum
 :data:`profiling.collector.ANSWER_SCHEMA`) and its failures (``kind = 'failure'``, with ``attempts`` and
 ``last_error_class``), and ``staged_at`` (naive UTC), the time the batch was written: the answers' ``collected_at``.
 It is written under a temporary name, fsynced, then renamed into place (and its directory fsynced), so a file that
-has its name is whole: a run killed at any point loses at most the batch it was writing, and a re-run planned with
-:func:`plan_collection` never asks (never pays for) a staged answer again.
+has its name is whole: a run killed at any point loses at most the batch it was writing (its temporary file, which
+the next merge of that model deletes once it is an hour old), and a re-run planned with :func:`plan_collection`
+never asks (never pays for) a staged answer again.
 
 ``staging_merges``, not the move to ``merged/``, says what is merged: the move only keeps the listing of unmerged
 files short. That is what lets the staging location be shared storage: a path every run's machine mounts (the
@@ -142,17 +143,20 @@ def staged_files(directory: Where, models: Sequence[str] | None = None) -> list[
     """The unmerged staged files under ``directory`` (of ``models``, default all), oldest first; files being
     written (temporary names) are never listed. A missing directory holds none."""
     location = StagingLocation.of(directory)
-    if models is None:
-        folders = [d for d in location.entries(location.root, directories=True) if d.name.startswith("model=")]
-    else:
-        folders = [location.root / _model_dir(m) for m in models]
     files = [
         f
-        for d in folders
+        for d in _model_folders(location, models)
         for f in location.entries(d, directories=False)
         if f.name.endswith(".parquet") and not f.name.startswith(".")
     ]
     return sorted(files, key=lambda f: (f.name, f.parent.name))
+
+
+def _model_folders(location: StagingLocation, models: Sequence[str] | None) -> list[PurePath]:
+    """The folders of ``models``' files (default: every model's there is)."""
+    if models is None:
+        return [d for d in location.entries(location.root, directories=True) if d.name.startswith("model=")]
+    return [location.root / _model_dir(m) for m in models]
 
 
 def staged_pairs(directory: Where, models: Sequence[str] | None = None) -> pl.DataFrame:
@@ -236,6 +240,8 @@ class MergeReport:
     answers_stored: int = 0
     failures: int = 0
     failures_recorded: int = 0
+    #: Temporary files of writes killed midway, deleted (:meth:`StagingLocation.remove_stale_temporaries`).
+    temporaries_removed: int = 0
 
     def add(self, counts: dict[str, int] | None) -> None:
         """Count one file's merge (None: it was merged before)."""
@@ -270,10 +276,13 @@ def merge_staging(
     answered the same pair (a stale answer, then a current one) the newest answer is the one stored; the others stay
     in their files under ``merged/``. A file the warehouse refuses is named in the error; the files before it are
     merged. ``warehouse`` is a connection or a function opening one (:data:`warehouse.Opener`): the files are read
-    before it is opened and moved aside after it is closed.
+    before it is opened and moved aside after it is closed. Temporary files that writes killed midway left in these
+    models' folders are deleted first (:meth:`StagingLocation.remove_stale_temporaries`).
     """
     root = StagingLocation.of(directory)
-    report = MergeReport()
+    report = MergeReport(temporaries_removed=root.remove_stale_temporaries(_model_folders(root, models)))
+    if report.temporaries_removed:
+        log.info("removed %d temporary files of staging writes killed midway", report.temporaries_removed)
     paths = list(reversed(staged_files(root, models)))
     staged = _read_each(lambda path: _read_staged(root, path), paths)
     done: list[PurePath] = []

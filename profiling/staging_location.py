@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,10 +25,15 @@ import pyarrow.fs as pafs
 
 import warehouse as wh
 
-__all__ = ["SHOWN_OPTIONS", "StagingLocation", "public_url"]
+__all__ = ["SHOWN_OPTIONS", "STALE_TEMPORARY_S", "StagingLocation", "public_url"]
 
 #: ``s3://`` query options whose values messages may show (the rest show as ``***``).
 SHOWN_OPTIONS = ("endpoint_override", "region", "scheme")
+#: Seconds after which a temporary file is a write killed midway, not one in progress (a batch's write takes
+#: seconds), so a merge may delete it while other runs stage beside it.
+STALE_TEMPORARY_S = 3600.0
+#: How a file being written locally ends: ``.<name>.tmp`` beside its final name, hidden from listings.
+TEMPORARY_SUFFIX = ".tmp"
 
 
 def public_url(url: str) -> str:
@@ -123,6 +129,23 @@ class StagingLocation:
         with self.fs.open_output_stream(path.as_posix()) as out:
             out.write(buffer.getbuffer())
 
+    def remove_stale_temporaries(self, folders: Sequence[PurePath], older_than_s: float = STALE_TEMPORARY_S) -> int:
+        """Delete the temporary files in ``folders`` left by writes killed midway: those older than ``older_than_s``
+        (a write in progress is seconds old, so runs staging meanwhile keep theirs); returns how many. Only locally:
+        an object store has no temporary names."""
+        if not self.local:
+            return 0
+        cutoff = time.time() - older_than_s
+        stale = [
+            Path(path)
+            for folder in folders
+            for path in self.entries(folder, directories=False)
+            if _is_temporary(path) and _modified_before(Path(path), cutoff)
+        ]
+        for path in stale:
+            path.unlink(missing_ok=True)  # another merge may have removed it meanwhile
+        return len(stale)
+
     def move(self, moves: Sequence[tuple[PurePath, PurePath]]) -> None:
         """Move each ``(path, target)`` (replacing a copy at ``target``): locally by renames, each directory touched
         fsynced once; on S3 by a copy then a delete. A path gone already (another merge moved it) is skipped."""
@@ -158,7 +181,7 @@ def _write_durably(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if created:
         _fsync_dir(path.parent.parent)
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}{TEMPORARY_SUFFIX}")
     try:
         with open(temporary, "wb") as out:
             frame.write_parquet(out)
@@ -169,6 +192,18 @@ def _write_durably(frame: pl.DataFrame, path: Path) -> None:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _is_temporary(path: PurePath) -> bool:
+    """Whether ``path`` is a file being written (or whose write was killed): ``.<name>.tmp``."""
+    return path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX)
+
+
+def _modified_before(path: Path, cutoff: float) -> bool:
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:  # renamed into place or removed meanwhile
+        return False
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -117,6 +117,10 @@ class Embedder:
         Where ONNX exports (``<name>-onnx-int8-<config hash>.onnx``) and distilled static models (directories
         ``<name>-static-<config and recipe hash>``) are kept and looked up; ``None`` makes them in a temporary
         directory that lives as long as this object.
+    old_cache_dirs : sequence of paths
+        Where an earlier layout kept these files (e.g. ``<data home>/onnx``): one made there and not in ``cache_dir``
+        is used where it is (never moved, so nothing distilled or exported before is lost); new ones go to
+        ``cache_dir``.
     show_progress : bool
         Show a tqdm bar while embedding.
 
@@ -137,6 +141,7 @@ class Embedder:
         backend: str = DEFAULT_BACKEND,
         cache_dir: str | os.PathLike[str] | None = None,
         show_progress: bool = False,
+        old_cache_dirs: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if batch_size < 1:
             raise RouterInputError("batch_size", batch_size, "must be >= 1")
@@ -149,6 +154,7 @@ class Embedder:
         self.max_seq_length = max_seq_length
         self.backend = backend
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.old_cache_dirs = tuple(Path(d) for d in old_cache_dirs)
         self.show_progress = show_progress
         self._st = None
         self._onnx = None
@@ -234,13 +240,22 @@ class Embedder:
 
     @property
     def onnx_path(self) -> Path:
-        """Where this embedder's ONNX export lives (``cache_dir``, else a temporary directory)."""
-        return self._artifact_dir / f"{self._name}-{self.backend}-{self._config_digest}.onnx"
+        """Where this embedder's ONNX export lives (``cache_dir``, else a temporary directory; or where an old cache
+        directory holds it)."""
+        return self._cached(f"{self._name}-{self.backend}-{self._config_digest}.onnx", Path.is_file)
 
     @property
     def static_path(self) -> Path:
-        """Where this embedder's distilled static model lives (``cache_dir``, else a temporary directory)."""
-        return self._artifact_dir / f"{self._name}-static-{self._static_digest}"
+        """Where this embedder's distilled static model lives (``cache_dir``, else a temporary directory; or where an
+        old cache directory holds it)."""
+        return self._cached(f"{self._name}-static-{self._static_digest}", StaticEncoder.is_model_dir)
+
+    def _cached(self, name: str, made: Callable[[Path], bool]) -> Path:
+        """``name`` in the cache directory, unless only one of ``old_cache_dirs`` holds it made already."""
+        path = self._artifact_dir / name
+        if made(path):
+            return path
+        return next((old / name for old in self.old_cache_dirs if made(old / name)), path)
 
     @property
     def seq_length(self) -> int:

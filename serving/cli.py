@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import profiling.cli
+import replay.cli
 from profiling.cli import CommandError
 
 # Only the standard library here and in profiling.cli: `uniroute --help` must not wait for mlflow, polars or
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="uniroute", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    replay.cli.add_command(commands)
     profiling.cli.add_commands(commands)
 
     def with_registry(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -473,14 +475,15 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 #: The most characters an error's message takes on its line (the errors themselves aim shorter).
-MAX_ERROR_CHARS = 280
+#: An error line's length at most, ``uniroute <command>: `` included.
+MAX_ERROR_CHARS = 300
 
 
-def _one_line(message: str) -> str:
-    """A multi-line message (a catalog's list of problems) joined into one line of at most
+def _one_line(message: object, prefix: str) -> str:
+    """``prefix`` and a message (a catalog's list of problems: several lines) in one line of at most
     :data:`MAX_ERROR_CHARS` characters."""
     lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    line = "".join(
+    line = prefix + "".join(
         line if i == 0 else (" " if lines[i - 1].endswith(":") else "; ") + line for i, line in enumerate(lines)
     )
     return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
@@ -509,11 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         if _is_user_error(exc):
-            print(f"uniroute {args.command}: {_one_line(exc)}", file=sys.stderr)
+            print(_one_line(exc, f"uniroute {args.command}: "), file=sys.stderr)
             return 2
+        hint = " (run again with --debug for the traceback)"
         print(
-            f"uniroute {args.command}: unexpected {type(exc).__name__}: {_one_line(exc)} "
-            "(run again with --debug for the traceback)",
+            _one_line(exc, f"uniroute {args.command}: unexpected {type(exc).__name__}: ")[: MAX_ERROR_CHARS - len(hint)]
+            + hint,
             file=sys.stderr,
         )
         return 1

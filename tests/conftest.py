@@ -24,13 +24,13 @@ import pytest
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The embedder's int8 ONNX export, made once and kept (a cache under the git-ignored data directory); the pipeline's
 # EmbedderResource and the processes the tests start read it from here too.
-os.environ.setdefault("UNIROUTE_ONNX_CACHE", str(PROJECT_ROOT / "data" / "onnx"))
+os.environ.setdefault("UNIROUTE_EMBEDDER_CACHE", str(PROJECT_ROOT / "data" / "embedders"))
 
 
 @pytest.fixture(scope="session")
 def onnx_cache() -> Path:
-    """Where the default embedder's ONNX export is kept across tests (``$UNIROUTE_ONNX_CACHE``)."""
-    return Path(os.environ["UNIROUTE_ONNX_CACHE"])
+    """Where the default embedder's ONNX export is kept across tests (``$UNIROUTE_EMBEDDER_CACHE``)."""
+    return Path(os.environ["UNIROUTE_EMBEDDER_CACHE"])
 
 
 def alias_bomb(tail: str) -> str:
@@ -412,7 +412,7 @@ def pipeline_snapshot(tmp_path_factory, mmlu_like_dir) -> DataHome:
     Read only: take a copy (:meth:`DataHome.copy`, or the ``materialised_pipeline`` fixture)."""
 
     def build(root: Path) -> None:
-        from profiling.replay_server import ReplayServer
+        from replay import ReplayServer
 
         with ReplayServer(mmlu_like_dir) as server:
             home = DataHome(root, server.base_url, SNAPSHOT_LLMS)

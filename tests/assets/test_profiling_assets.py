@@ -11,7 +11,7 @@ import warehouse as wh
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses, prompt_set
 from assets.resources import CollectorResource, WarehouseResource
 from pipelines.definitions import defs
-from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
+from replay import FaultRates, ReplayConfig, ReplayServer
 
 
 def test_definitions_load():

@@ -15,7 +15,7 @@ import pandas as pd
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses
 from assets.router import router
 from assets.routing import llm_error_features
-from profiling.replay_server import ReplayServer
+from replay import ReplayServer
 
 
 def _meta(result, node):

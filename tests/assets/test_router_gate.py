@@ -12,7 +12,7 @@ import pytest
 from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_responses
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
-from profiling.replay_server import ReplayServer
+from replay import ReplayServer
 
 #: USD per million tokens: "cheap" (right on a third of everything) costs a fiftieth of the two it joins.
 PRICES = {"math-pro": 4.0, "generalist": 5.0, "cheap": 0.1}

@@ -13,7 +13,7 @@ from assets.routing import cluster_map
 from pipelines.definitions import defs
 from pipelines.sensors import llm_onboarding_sensor
 from pipelines.ticks import AutomationTicks, sensor_tick
-from profiling.replay_server import ReplayServer
+from replay import ReplayServer
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 

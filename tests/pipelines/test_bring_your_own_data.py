@@ -19,7 +19,7 @@ from assets.routing import llm_error_features
 from profiling.completion import catalog_completer
 from profiling.graders import GradeItem, get_grader
 from profiling.grading import grade_responses_report
-from profiling.replay_server import ReplayData, ReplayServer
+from replay import ReplayData, ReplayServer
 from serving.cli import main
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end

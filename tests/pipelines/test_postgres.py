@@ -28,7 +28,7 @@ import warehouse as wh
 from assets.profiling import llm_catalog, llm_partitions, prompt_set
 from assets.resources import ArtifactsResource
 from pipelines.definitions import defs
-from profiling.replay_server import ReplayConfig, ReplayServer
+from replay import ReplayConfig, ReplayServer
 from serving.processes import free_port, venv_env
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end

@@ -89,7 +89,7 @@ def test_the_sensors_run_request_profiles_the_new_llm(catalog, tmp_path, monkeyp
     import warehouse as wh
     from assets.profiling import prompt_set
     from pipelines.definitions import defs
-    from profiling.replay_server import ReplayServer
+    from replay import ReplayServer
 
     monkeypatch.setenv("UNIROUTE_WAREHOUSE", str(tmp_path / "w.duckdb"))
     with dg.DagsterInstance.ephemeral() as instance, ReplayServer(mmlu_like_dir) as server:

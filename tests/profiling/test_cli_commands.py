@@ -10,8 +10,9 @@ import sys
 import pytest
 
 import profiling.cli
+import replay.cli
 import warehouse as wh
-from profiling.replay_server import FaultKind
+from replay import FaultKind
 from serving.cli import main
 from serving.processes import venv_env
 
@@ -37,7 +38,7 @@ def one_line_error(capsys, command: str) -> str:
 
 def test_the_fault_kinds_in_help_are_the_replay_servers():
     """--help lists them without importing the server; --fault itself is checked against the enum."""
-    assert tuple(kind.value for kind in FaultKind) == profiling.cli.FAULT_KINDS
+    assert tuple(kind.value for kind in FaultKind) == replay.cli.FAULT_KINDS
 
 
 def test_a_bad_catalog_is_one_short_line_naming_the_first_problems(warehouse, tmp_path, capsys):

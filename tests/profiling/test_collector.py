@@ -16,8 +16,8 @@ import pytest
 import warehouse as wh
 from profiling.collector import RetryPolicy
 from profiling.completion import complete_many
-from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
 from profiling.staging import collect, staged_pairs
+from replay import FaultRates, ReplayConfig, ReplayServer
 from tests.serving.hostile_upstream import HostileUpstream
 
 FAST = RetryPolicy(max_attempts=8, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)

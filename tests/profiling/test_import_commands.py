@@ -298,6 +298,26 @@ def test_an_llm_name_that_breaks_the_rule_is_refused_in_one_line_and_nothing_is_
         assert wh.read_llms(con).height == 0 and wh.read_prompts(con).height == 0
 
 
+def test_rename_stores_a_tables_llm_under_a_valid_name(warehouse, tmp_path, capsys):
+    (tmp_path / "llms.yaml").write_text("llms:\n")
+    wide = pl.DataFrame(
+        {"sample_id": ["a", "b"], "prompt": ["Q?", "R?"], "m1": [1.0, 0.0], "meta/llama-2-70b": [0.0, 1.0]}
+    ).with_columns(pl.lit(0.2).alias("m1|total_cost"), pl.lit(0.3).alias("meta/llama-2-70b|total_cost"))
+    argv = _import(tmp_path, wide, name="wide.csv")
+    wide.write_csv(tmp_path / "wide.csv")
+    assert main(argv) == 2
+    assert "--rename OLD=NEW" in capsys.readouterr().err  # the error says how
+    assert main([*argv, "--rename", "meta/llama-2-70b=m1"]) == 2  # two LLMs under one name
+    assert "--rename: 'm1' would name two of the results' LLMs" in capsys.readouterr().err
+    assert main([*argv, "--rename", "meta/llama-3=llama-3"]) == 2
+    assert "--rename: 'meta/llama-3' not in the results" in capsys.readouterr().err
+    assert main([*argv, "--rename", "meta/llama-2-70b=llama-2-70b"]) == 0
+    with wh.connect(warehouse) as con:
+        stored = wh.read_responses(con, ["llama-2-70b"])
+        assert stored.height == 2 and set(wh.read_llms(con)["name"]) == {"m1", "llama-2-70b"}
+    assert "llama-2-70b" in (tmp_path / "llms.yaml").read_text()
+
+
 def test_names_from_every_results_format_and_the_model_flag_are_checked(warehouse, tmp_path, capsys):
     (tmp_path / "llms.yaml").write_text("llms:\n")
     wide = pl.DataFrame(

@@ -15,8 +15,8 @@ import warehouse as wh
 from profiling.collector import RetryPolicy, run_collection
 from profiling.importers import import_mmlu_pro
 from profiling.pacing import LocalPacer, SharedPacer, endpoint_key
-from profiling.replay_server import ReplayServer
 from profiling.staging import StagingSink
+from replay import ReplayServer
 
 INTERVAL = 0.05
 

@@ -4,6 +4,7 @@ DuckDB files, a staging run SIGKILLed in its own process, and an S3-compatible l
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,9 @@ import polars as pl
 import pytest
 
 import warehouse as wh
-from profiling import staging
+from profiling import staging, staging_location
 from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers, collect_pairs
 from profiling.importers import import_mmlu_pro
-from profiling.replay_server import ReplayConfig, ReplayServer
 from profiling.staging import (
     STAGED_SCHEMA,
     StagingSink,
@@ -31,6 +31,7 @@ from profiling.staging import (
     staged_pairs,
 )
 from profiling.staging_location import StagingLocation
+from replay import ReplayConfig, ReplayServer
 
 FAST = RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
 ALL_SPLITS = ["train", "validation", "test"]
@@ -472,3 +473,27 @@ def test_the_staging_location_is_shown_without_its_options(s3_bucket):
     assert str(location) == f"s3://{s3_bucket.name}/a/b" and not location.local
     assert StagingLocation.of(location) is location
     assert wh.staging_path(s3_bucket.url("a")) == s3_bucket.url("a") and wh.staging_path("a/b") == Path("a/b")
+
+
+def test_a_merge_deletes_the_temporary_files_of_writes_killed_midway_and_keeps_those_being_written(
+    con, mmlu_like_dir, tmp_path
+):
+    stage_dir = tmp_path / "staging"
+    with ReplayServer(mmlu_like_dir) as server:
+        wh.upsert_llms(con, _catalog(server.base_url, ["cheap", "math-pro"]))
+        _stage(con, stage_dir, ["cheap", "math-pro"])
+    staged = staged_files(stage_dir, ["cheap"])
+    folder, other = staged[0].parent, staged_files(stage_dir, ["math-pro"])[0].parent
+    killed, writing = folder / ".killed.parquet.tmp", folder / ".now.parquet.tmp"
+    killed_other = other / ".x.parquet.tmp"
+    for path in (killed, writing, killed_other):
+        path.write_bytes(b"PAR1")  # half a Parquet file
+    long_ago = time.time() - staging_location.STALE_TEMPORARY_S - 60
+    for path in (killed, killed_other):
+        os.utime(path, (long_ago, long_ago))
+
+    report = merge_staging(con, stage_dir, ["cheap"])
+    assert report.files == len(staged) and report.temporaries_removed == 1
+    assert not killed.exists() and writing.exists()  # a write of a run staging right now keeps its file
+    assert killed_other.exists()  # a model not merged keeps its folder as it is
+    assert merge_staging(con, stage_dir).temporaries_removed == 1 and not killed_other.exists()

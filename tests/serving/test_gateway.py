@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import ReplayServer
+from replay import ReplayServer
 
 from .conftest import gateway_process, write_gateway_catalog
 

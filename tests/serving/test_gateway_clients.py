@@ -16,7 +16,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import ReplayServer
+from replay import ReplayServer
 from serving.decisions import read_decisions
 
 from .conftest import gateway_process, write_gateway_catalog

@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
+from replay import FaultRates, ReplayConfig, ReplayServer
 from serving.decisions import read_decisions
 from serving.processes import free_port
 

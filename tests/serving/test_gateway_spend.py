@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import ReplayServer
+from replay import ReplayServer
 from serving.ledger import SqliteLedger
 
 from .conftest import gateway_process, write_gateway_catalog

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from openai_compat import realised_cost
 from profiling.rendering import render_mmlu_pro
-from profiling.replay_server import FaultRates, ReplayConfig, ReplayServer
+from replay import FaultRates, ReplayConfig, ReplayServer
 from serving.upstream import Timeouts, UpstreamResult, Upstreams
 from tests.openai_compat.servers import serving
 

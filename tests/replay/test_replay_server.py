@@ -21,7 +21,7 @@ import warehouse as wh
 from profiling import cli
 from profiling.datasets import DatasetSpec, get_adapter, prepare_prompts, read_prompt_file, write_prompt_set
 from profiling.rendering import estimate_tokens, render_mmlu_pro
-from profiling.replay_server import (
+from replay import (
     SPREAD_KINDS,
     FaultKind,
     FaultRates,
@@ -678,3 +678,13 @@ def test_mid_stream_drop_closes_the_connection(replay_data, prompts):
         with pytest.raises(httpx.RemoteProtocolError):  # a plain answer: half its body, then the close
             chat(http, "cheap", prompts[1])
         assert replay.request_log.totals() == {"mid_stream_drop": 2}
+
+
+def test_the_package_exports_each_public_name_from_its_module():
+    """``replay`` loads its names on first use (``uniroute --help`` imports ``replay.cli`` only)."""
+    import replay
+
+    assert replay.ReplayServer is ReplayServer and replay.create_app is create_app
+    assert all(getattr(replay, name) is not None for name in replay.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'ReplayServr'"):
+        _ = replay.ReplayServr
