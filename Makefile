@@ -1,4 +1,5 @@
 # The two commands of the README: `make test` and `make demo`. Both set up .venv first (pip only).
+# `make docs` builds the documentation site (docs/, mkdocs.yml) into data/site.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -22,7 +23,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # starts its own throwaway server on 127.0.0.1 (tests/pipelines/test_postgres.py).
 POSTGRES_INITDB := $(or $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb)),/usr/lib/postgresql/15/bin/initdb)
 
-.PHONY: setup test demo benchmark lint clean
+.PHONY: setup test demo benchmark docs lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,11 @@ demo: setup
 # The routing-quality benchmark (issue 3's protocol) on a stratified sample; BENCHMARK_ARGS=--full for all.
 benchmark: setup
 	$(BIN)/python -m benchmarks.routing_quality $(BENCHMARK_ARGS)
+
+# The docs site, offline (Material theme, no plugin that fetches); --strict fails on a broken link or anchor and on a
+# page left out of mkdocs.yml's nav (tests/test_docs.py builds it the same way).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict  # into data/site (mkdocs.yml site_dir)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .ruff_cache

@@ -22,7 +22,7 @@ class WarehouseResource(dg.ConfigurableResource):
     path: str = ""
     catalog_path: str = ""
     #: Where profiling runs stage answers until merged: empty means ``warehouse.default_staging_path(database)``.
-    #: A path every run can reach (shared storage when runs execute on several machines: README, "Past one machine"),
+    #: A path every run can reach (shared storage when runs execute on several machines: docs/scale-out.md),
     #: or an ``s3://bucket/prefix`` URL (``profiling.staging_location``; credentials from the environment only).
     staging_path: str = ""
     #: How long a step waits for the warehouse while another process writes it (DuckDB: one writer at a time).

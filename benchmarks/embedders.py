@@ -144,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         nargs="+",
         default=[None],
-        help="datasets to measure, each an MMLU-Pro directory or one in the generic layout (README 'Bring your own "
-        "data'); default ../shared/data/mmlu_pro",
+        help="datasets to measure, each an MMLU-Pro directory or one in the generic layout (docs/data.md); "
+        "default ../shared/data/mmlu_pro",
     )
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", DEFAULT_EMBEDDER))
     parser.add_argument(

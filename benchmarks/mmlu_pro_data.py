@@ -115,7 +115,7 @@ def _one_file(directory: Path, stem: str) -> Path | None:
 
 
 def load_generic(data_dir: str | os.PathLike[str]) -> RoutingDataset:
-    """A dataset in the layout users bring (README "Bring your own data"), keeping prompts every LLM answered.
+    """A dataset in the layout users bring (docs/data.md), keeping prompts every LLM answered.
 
     ``DIR/results.{parquet,csv,jsonl}`` (or ``DIR/results/``, lm-evaluation-harness samples): scores and, where
     known, per-query USD costs, in any format ``uniroute import-results`` reads; ``DIR/prompts.{jsonl,csv,parquet}``
@@ -129,9 +129,7 @@ def load_generic(data_dir: str | os.PathLike[str]) -> RoutingDataset:
     directory = Path(data_dir)
     source = _one_file(directory, "results") or (directory / "results" if (directory / "results").is_dir() else None)
     if source is None:
-        raise FileNotFoundError(
-            f"{directory}: no results.parquet/.csv/.jsonl or results/ (README 'Bring your own data')"
-        )
+        raise FileNotFoundError(f"{directory}: no results.parquet/.csv/.jsonl or results/ (docs/data.md)")
     results = read_results(source)
     spec = load_spec(directory / "spec.yaml") if (directory / "spec.yaml").exists() else DatasetSpec()
     prompt_file = _one_file(directory, "prompts")

@@ -437,7 +437,7 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, seeds: list[int]) ->
         "--data",
         default=None,
         help="MMLU-Pro directory (default ../shared/data/mmlu_pro), or a dataset in the generic layout "
-        "(results table + optional prompts file, spec.yaml, models.csv; README 'Bring your own data')",
+        "(results table + optional prompts file, spec.yaml, models.csv; docs/data.md)",
     )
     parser.add_argument("--full", action="store_true", help="use every prompt instead of a stratified sample")
     parser.add_argument("--sample", type=int, default=3000, help="prompts in the stratified sample")
@@ -448,7 +448,8 @@ def add_protocol_arguments(parser: argparse.ArgumentParser, seeds: list[int]) ->
         "--training-llms",
         type=int,
         default=None,
-        help=f"LLMs the map may learn from, the rest unseen (default {TRAINING_SHARE:.0%} of the pool, rounded down)",
+        # "50%" doubled to "50%%": argparse %-formats help texts
+        help=f"LLMs the map may learn from, the rest unseen (default {TRAINING_SHARE:.0%}% of the pool, rounded down)",
     )
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings", help="embedding cache")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor fails (floors hold for --full)")

@@ -38,6 +38,6 @@ defs = dg.Definitions(
         "mlflow": MlflowResource(),
     },
     # Every op writes the warehouse (the long ones in the "duckdb" pool): the multiprocess executor's child
-    # processes would hold the pool's slot while they import this code (README: "Past one machine").
+    # processes would hold the pool's slot while they import this code (docs/scale-out.md).
     executor=dg.in_process_executor,
 )

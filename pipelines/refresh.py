@@ -33,7 +33,7 @@ def refresh() -> int:
     if not home:
         raise NothingToRefresh(
             "DAGSTER_HOME is not set: refresh works on the Dagster instance the daemon uses; set it to a folder "
-            "holding the project's dagster.yaml (README 'The pipeline')"
+            "holding the project's dagster.yaml (docs/pipeline.md)"
         )
     with quiet_libraries():
         return _refresh(Path(home))

@@ -58,7 +58,7 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
     catalog.add_argument("catalog", type=Path)
     prompts = command(
         "import-prompts",
-        "validate a prompt file (JSONL, CSV or Parquet; README 'Bring your own data') and store it as a dataset; "
+        "validate a prompt file (JSONL, CSV or Parquet; docs/data.md) and store it as a dataset; "
         "a bad row is named and nothing is written",
         _import_prompts,
     )
@@ -146,8 +146,7 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
 def _sync(args: argparse.Namespace) -> int:
     import warehouse as wh
 
-    with wh.connect(args.warehouse) as con:
-        catalog = wh.sync_catalog(con, args.catalog)
+    catalog = wh.sync_catalog(lambda: wh.connect(args.warehouse), args.catalog)  # opened once the catalog is valid
     print(f"catalog: {catalog.height} LLMs synced ({catalog['active'].sum()} active)")
     _register_partitions(catalog.filter("active")["name"].to_list())
     return 0

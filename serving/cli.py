@@ -458,7 +458,7 @@ USER_ERRORS = (
     ("profiling.results", "ResultsError"),
     ("warehouse.catalog", "CatalogError"),
     ("warehouse.names", "LLMNameError"),
-    ("warehouse.store", "WarehouseInputError"),
+    ("warehouse", "WarehouseInputError"),
     ("warehouse.db", "SchemaError"),  # a warehouse written by a newer uniroute
     ("warehouse.db", "WarehouseCorruptError"),  # names the file: restore it from a backup
     ("router_core._errors", "RouterInputError"),

@@ -1,6 +1,16 @@
-"""warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write)."""
+"""warehouse: the DuckDB file behind UniRoute (schema, migrations, and every read and write). The only SQL in the
+project. Import from here (``import warehouse as wh``); the modules behind it are one per family of tables."""
 
+from warehouse._tables import WarehouseInputError
 from warehouse.catalog import CatalogError, LLMEntry, add_to_catalog, edit_catalog, load_catalog, sync_catalog
+from warehouse.checks_and_decisions import (
+    count_routing_decisions,
+    failing_llms,
+    insert_routing_decisions,
+    read_failing_checks,
+    read_routing_decisions,
+    record_check,
+)
 from warehouse.db import (
     Opener,
     SchemaError,
@@ -17,6 +27,35 @@ from warehouse.db import (
     schema_version,
     staging_path,
 )
+from warehouse.features import (
+    count_embeddings,
+    latest_cluster_map,
+    missing_embeddings,
+    read_embeddings,
+    read_llm_features,
+    read_prompt_vectors,
+    register_cluster_map,
+    upsert_embeddings,
+    upsert_llm_features,
+)
+from warehouse.grades import (
+    insert_judge_cache,
+    read_gradable,
+    read_grades,
+    read_judge_cache,
+    read_outcomes,
+    upsert_grades,
+)
+from warehouse.llms_and_prompts import (
+    read_datasets,
+    read_llms,
+    read_prompts,
+    read_splits,
+    sync_llms,
+    upsert_dataset,
+    upsert_llms,
+    upsert_prompts,
+)
 from warehouse.names import (
     MAX_LLM_NAME_CHARS,
     RESERVED_LLM_NAMES,
@@ -25,54 +64,26 @@ from warehouse.names import (
     llm_name_problem,
     shown_name,
 )
-from warehouse.store import (
-    WarehouseInputError,
+from warehouse.responses import (
     archive_pairs,
     archive_responses,
     count_answers,
-    count_embeddings,
-    count_routing_decisions,
     expected_count,
-    failing_llms,
-    insert_judge_cache,
     insert_responses,
-    insert_routing_decisions,
-    latest_cluster_map,
-    merge_staged,
-    merge_staged_files,
-    missing_embeddings,
     pending_counts,
     pending_pairs,
     read_archived_outcomes,
     read_cost_basis,
     read_costs,
-    read_datasets,
-    read_embeddings,
-    read_failing_checks,
     read_failures,
-    read_gradable,
-    read_grades,
-    read_judge_cache,
-    read_llm_features,
-    read_llms,
-    read_outcomes,
-    read_prompt_vectors,
-    read_prompts,
     read_query_costs,
     read_responses,
-    read_routing_decisions,
-    read_splits,
-    read_staging_merges,
-    record_check,
     record_failures,
-    register_cluster_map,
-    sync_llms,
-    upsert_dataset,
-    upsert_embeddings,
-    upsert_grades,
-    upsert_llm_features,
-    upsert_llms,
-    upsert_prompts,
+)
+from warehouse.staging_merges import (
+    merge_staged,
+    merge_staged_files,
+    read_staging_merges,
 )
 
 __all__ = [

@@ -66,13 +66,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import duckdb
 import polars as pl
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from warehouse.db import Opener, opened
+from warehouse.llms_and_prompts import sync_llms
 from warehouse.names import llm_name_problem
-from warehouse.store import sync_llms
 from warehouse.userfiles import UserFileError, check_size, load_user_yaml, read_user_text
 
 __all__ = [
@@ -371,13 +371,16 @@ def load_catalog(
     return pl.DataFrame(rows, schema=_EMPTY_SCHEMA)
 
 
-def sync_catalog(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -> pl.DataFrame:
+def sync_catalog(warehouse: Opener, path: str | os.PathLike[str]) -> pl.DataFrame:
     """Validate the catalog, then upsert it and deactivate LLMs no longer listed, in one transaction.
 
-    A bad catalog raises before anything is written. Returns the validated catalog.
+    ``warehouse`` is a connection or a function that opens one (e.g. ``lambda: connect(path)``), called only once
+    the catalog is valid: a bad catalog raises before the warehouse is opened (or created), so it leaves no empty
+    warehouse file behind. Returns the validated catalog.
     """
     catalog = load_catalog(path)
-    sync_llms(con, catalog)
+    with opened(warehouse) as con:
+        sync_llms(con, catalog)
     return catalog
 
 

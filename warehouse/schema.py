@@ -171,7 +171,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE responses_archive ADD COLUMN request_params VARCHAR;
     ALTER TABLE responses_archive ADD COLUMN source VARCHAR;
     ALTER TABLE grades ADD COLUMN judge VARCHAR;              -- the judge LLM and its model id (llm_judge)
-    ALTER TABLE grades ADD COLUMN judge_cost_usd DOUBLE;                -- checked on write (store.py)
+    ALTER TABLE grades ADD COLUMN judge_cost_usd DOUBLE;                -- checked on write (warehouse._tables)
     ALTER TABLE grades_archive ADD COLUMN judge VARCHAR;
     ALTER TABLE grades_archive ADD COLUMN judge_cost_usd DOUBLE;
     CREATE TABLE judge_cache (
@@ -229,7 +229,7 @@ MIGRATIONS: list[str] = [
     """,
     # 8: a price per query as well as per million tokens (an LLM priced by the query, or imported results without
     # costs or tokens), and answers whose token counts were estimated from their text with the embedder's tokenizer
-    # (imported results with per-token prices and no counts). DuckDB adds no column with a CHECK: store.py checks.
+    # (imported results with per-token prices and no counts). DuckDB adds no column with a CHECK: _tables.py checks.
     """
     ALTER TABLE llms ADD COLUMN usd_per_query DOUBLE;
     ALTER TABLE responses ADD COLUMN tokens_estimated BOOLEAN DEFAULT false;

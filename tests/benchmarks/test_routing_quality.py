@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
-from benchmarks import routing_quality
+from benchmarks import embedders, routing_quality
 
 
 def test_benchmark_runs_the_protocol_and_writes_results(mmlu_like_dir, tmp_path, capsys):
@@ -117,3 +118,12 @@ def test_the_default_number_of_training_llms_is_a_share_of_a_small_pool(mmlu_lik
     assert routing_quality.main([*argv, "--training-llms", "10"]) == 2
     last = capsys.readouterr().err.splitlines()[-1]  # after the embedder's loading bar
     assert last.startswith("error: --training-llms 10: the dataset has 11 LLMs; between 1 and 9 may train")
+
+
+@pytest.mark.parametrize("module", [routing_quality, embedders])
+def test_help_prints_every_option(module, capsys):
+    """``--help`` of the benchmarks the docs print (a ``%`` in a help text once crashed argparse's formatting)."""
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    assert exit_.value.code == 0
+    assert "--training-llms" in capsys.readouterr().out

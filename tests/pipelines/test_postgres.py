@@ -35,7 +35,7 @@ pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LLMS = ["cheap", "math-pro"]
-# Instance storage with its credentials from the environment, as in the README: no secrets in the file.
+# Instance storage with its credentials from the environment, as in docs/scale-out.md: no secrets in the file.
 STORAGE_YAML = """
 storage:
   postgres:

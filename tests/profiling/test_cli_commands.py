@@ -11,7 +11,9 @@ import pytest
 
 import profiling.cli
 import replay.cli
+import serving.cli
 import warehouse as wh
+from profiling.results import ResultsError
 from replay import FaultKind
 from serving.cli import main
 from serving.processes import venv_env
@@ -54,6 +56,25 @@ def test_a_bad_catalog_is_one_short_line_naming_the_first_problems(warehouse, tm
         main(["--debug", "sync-catalog", str(path)])
     problems = " ".join(info.value.problems)
     assert all(field in problems for field in ("usd_per_mtok_in", "usd_per_mtok_out", "1e8"))
+
+
+@pytest.mark.parametrize("error", [wh.WarehouseInputError("llms", "name", "x", "bad"), ResultsError("f.csv: bad")])
+def test_errors_of_moved_modules_are_still_the_users(error):
+    """Issue 24 moved the modules defining them: the CLI must still find them (one line, exit code 2, not 1)."""
+    assert serving.cli._is_user_error(error)
+
+
+@pytest.mark.parametrize("catalog", [BAD_CATALOG, "llms: [\n", None], ids=["invalid", "not-yaml", "missing"])
+def test_a_catalog_that_fails_leaves_no_warehouse_behind(warehouse, tmp_path, capsys, catalog):
+    """Issue 24: the catalog is checked before the warehouse is opened, so a first sync that fails creates neither
+    an empty warehouse file nor its directory."""
+    path = tmp_path / "llms.yaml"
+    if catalog is not None:
+        path.write_text(catalog)
+    home = tmp_path / "home"
+    assert main(["sync-catalog", str(path), "--warehouse", str(home / "w.duckdb")]) == 2
+    assert str(path) in one_line_error(capsys, "sync-catalog")
+    assert not home.exists() and not warehouse.exists()
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """`uniroute mlflow ...`: MLflow's UI on a copied data home serves the copy's artifacts (never the original's), and
-`mlflow models serve` works as the README prints it, without the venv on PATH."""
+`mlflow models serve` works as docs/serving.md prints it, without the venv on PATH."""
 
 from __future__ import annotations
 
