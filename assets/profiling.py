@@ -28,7 +28,8 @@ from assets.expectations import (
     import_checks,
 )
 from assets.resources import CollectorResource, EmbedderResource, WarehouseResource
-from profiling.collector import CollectionReport, catalog_completer
+from profiling.collector import CollectionReport
+from profiling.completion import catalog_completer
 from profiling.datasets import detect_adapter, import_dataset
 from profiling.grading import grade_responses_report
 from profiling.importers import import_results

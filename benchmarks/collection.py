@@ -27,8 +27,9 @@ import polars as pl
 import warehouse as wh
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import add_data_argument, data_missing, distinct_question_ids
-from profiling.collector import RetryPolicy, collect
+from profiling.collector import RetryPolicy
 from profiling.importers import import_mmlu_pro
+from profiling.staging import collect
 from serving.processes import free_port, server_process
 
 MODEL = "Meta-Llama-3_1-70B-Instruct"

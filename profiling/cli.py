@@ -298,14 +298,13 @@ def _collect(args: argparse.Namespace) -> int:
     staging), ask and stage without holding the warehouse, merge. So it runs beside pipeline runs."""
     import warehouse as wh
     from profiling.collector import RetryPolicy
-    from profiling.staging import collect_to_staging, merge_staging, plan_run
+    from profiling.staging import collect
 
     policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout)
     staging, connect = wh.default_staging_path(args.warehouse), _opener(args.warehouse)
-    llms, pairs = plan_run(connect, args.models, args.splits, staging, args.refresh_before)
-    progress = not args.quiet
-    report = collect_to_staging(pairs, llms, staging, policy=policy, batch_size=args.batch_size, progress=progress)
-    merged = merge_staging(connect, staging, llms["name"].to_list())
+    options = {"batch_size": args.batch_size, "progress": not args.quiet, "refresh_before": args.refresh_before}
+    report = collect(connect, args.models, args.splits, policy, staging_dir=staging, **options)
+    merged = report.merged
     print(
         f"collection {report.run_id}: {report.stored}/{report.requested} stored, {report.failed} failed "
         f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s; "
@@ -315,7 +314,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from profiling.collector import catalog_completer
+    from profiling.completion import catalog_completer
     from profiling.grading import grade_responses_report
 
     connect = _opener(args.warehouse)

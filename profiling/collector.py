@@ -1,17 +1,14 @@
 """Collect LLM responses from OpenAI-compatible endpoints into a sink: the warehouse, or staging files.
 
 Resumable and idempotent: only (model, prompt) pairs with no stored response are requested, so stored answers are
-never asked again and never duplicated. Answers go to the :class:`Sink` the collector is handed in batches, written
-once ``batch_size`` (512) of them wait or the first of them has waited ``flush_interval_s`` (2 s), whichever comes
-first, by one worker thread while the requests in flight go on: a killed run loses at most the answers it received
-in its last ``flush_interval_s`` (and those of a write in progress), and a re-run asks exactly the pairs not stored.
-:class:`WarehouseSink` writes each batch to the warehouse in one transaction (what :func:`collect` and the CLI do);
-``profiling.staging.StagingSink`` writes it to a durable file outside the warehouse, merged later in a short step.
+never asked again and never duplicated. Answers go to the :class:`~profiling.batches.Sink` the collector is handed in
+batches (:class:`profiling.batches.Batches`: ``batch_size`` answers, or ``flush_interval_s`` after the first),
+written by one worker thread while the requests in flight go on.
 
 A profiling run is three steps, each a function of its own: :func:`archive_replaced_answers` (answers from a changed
 endpoint or request, or before ``refresh_before``, move to the archive and become pending), planning
-(:func:`warehouse.pending_pairs`, or ``profiling.staging.plan_collection`` with staging) and asking
-(:func:`collect_pairs` / :func:`run_collection`). :func:`collect` runs them in that order.
+(``profiling.staging.plan_collection``) and asking (:func:`collect_pairs` / :func:`run_collection`), then a merge of
+what was staged; ``profiling.staging.collect`` runs them in that order.
 
 Paid work is never lost to one bad answer: a body with no text answer (not JSON, ``choices`` missing or empty,
 ``content`` not a string) is retried and, after ``max_attempts``, recorded in ``collection_failures``; a malformed
@@ -20,8 +17,8 @@ that is not an object, a cost that is not finite, a non-string ``finish_reason``
 stored) is estimated, left null or replaced, counted in :attr:`CollectionReport.repaired`, and the answer stored.
 Every answer is checked against the warehouse's rules before it joins a batch, so one row can never make a
 batch's write fail; an unforeseen exception while asking costs that pair (a failure named by the exception's
-class), never the run. Retries use exponential backoff with jitter on 429, 5xx, timeouts, transport errors and
-malformed bodies, honouring ``Retry-After``.
+class), never the run. The request, its timeouts and size bound, which failures are retried and ``Retry-After`` are
+:mod:`openai_compat`'s (shared with the gateway); retries use exponential backoff with jitter.
 API keys are read from the environment variable the catalog names, at request time, and appear nowhere else:
 errors are recorded by class (``HTTP 503``, ``Timeout``), never by message or body.
 """
@@ -29,22 +26,18 @@ errors are recorded by class (``HTTP 503``, ``Timeout``), never by message or bo
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import json
 import logging
 import math
-import os
 import random
 import re
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import aiohttp
 import duckdb
@@ -52,32 +45,48 @@ import polars as pl
 from tqdm.auto import tqdm
 
 import warehouse as wh
+from openai_compat import (
+    MAX_TOKENS,
+    RequestFailed,
+    Timeouts,
+    answer_text,
+    backoff_delay,
+    bearer_headers,
+    chat_url,
+    cost_usd,
+    first_choice,
+    parse_body,
+    post_chat,
+    token_count,
+)
+from profiling.batches import ANSWER_SCHEMA, FAILURE_SCHEMA, Batches, Sink, WarehouseSink, check_batching
 from profiling.pacing import LocalPacer, Pacer, endpoint_key
 from profiling.rendering import estimate_tokens
 from router_core.embedding import prompt_hash
+
+if TYPE_CHECKING:
+    from profiling.staging import MergeReport
 
 __all__ = [
     "ANSWER_SCHEMA",
     "DEFAULT_REQUEST_PARAMS",
     "FAILURE_SCHEMA",
     "CollectionReport",
-    "Completion",
     "RetryPolicy",
     "Sink",
     "WarehouseSink",
     "active_llms",
     "archive_replaced_answers",
-    "catalog_completer",
-    "collect",
+    "ask_with_retries",
     "collect_pairs",
-    "complete_many",
+    "endpoint_of",
+    "loop_factory",
     "new_run_id",
     "request_of",
     "run_collection",
 ]
 
 log = logging.getLogger(__name__)
-_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -89,10 +98,18 @@ class RetryPolicy:
     max_delay_s: float = 20.0
     timeout_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        if not self.timeout_s > 0:
+            raise ValueError(f"timeout_s={self.timeout_s!r}: must be a positive number of seconds")
+
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
-        """Backoff before attempt ``attempt + 1``: exponential with full jitter, at least ``Retry-After``."""
-        backoff = min(self.max_delay_s, self.base_delay_s * 2 ** (attempt - 1)) * rng.uniform(0.5, 1.5)
-        return max(backoff, min(retry_after or 0.0, self.max_delay_s))
+        """Backoff before attempt ``attempt + 1``: exponential with jitter, at least ``Retry-After`` (both at most
+        ``max_delay_s``: :func:`openai_compat.backoff_delay`)."""
+        return backoff_delay(attempt, retry_after, self.base_delay_s, self.max_delay_s, rng)
+
+    def timeouts(self) -> Timeouts:
+        """Each request's limit: ``timeout_s`` for everything (connect, first byte, the whole body)."""
+        return Timeouts.overall(self.timeout_s)
 
 
 @dataclass
@@ -112,20 +129,12 @@ class CollectionReport:
     #: ``cost_usd``, ...): token counts estimated from the text, a non-finite cost or a non-string finish reason
     #: left null, characters that cannot be stored replaced.
     repaired: Counter = field(default_factory=Counter)
+    #: What the run's merge stored (:func:`profiling.staging.collect`); None for a run that merges nothing.
+    merged: MergeReport | None = None
 
     @property
     def complete(self) -> bool:
         return self.failed == 0 and self.stored == self.requested
-
-
-class _PermanentError(Exception):
-    """Not worth retrying (e.g. 404 unknown model)."""
-
-
-class _RetryableError(Exception):
-    def __init__(self, kind: str, retry_after: float | None = None) -> None:
-        super().__init__(kind)
-        self.kind, self.retry_after = kind, retry_after
 
 
 @dataclass
@@ -146,44 +155,12 @@ class _Endpoint:
 
     @property
     def url(self) -> str:
-        return self.base_url.rstrip("/") + "/chat/completions"
-
-    def headers(self) -> dict[str, str]:
-        if not self.api_key_env:
-            return {}
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise _PermanentError(f"api_key_env {self.api_key_env} not set")
-        return {"Authorization": f"Bearer {key}"}
+        return chat_url(self.base_url)
 
     async def pace(self) -> None:
         """Space request starts to respect requests_per_minute, the endpoint's limit (:mod:`profiling.pacing`)."""
         if self.min_interval_s:
             await self.pacer.wait_turn(endpoint_key(self.base_url), self.min_interval_s)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds, if it is a number (an HTTP date or garbage: none)."""
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
-
-
-#: A token count the warehouse stores (INTEGER): 0 <= n < 2**31.
-_MAX_TOKENS = 2**31
-
-
-def _count(usage: object, name: str) -> int | None:
-    """``usage[name]`` if it is a whole number the warehouse can store, else None (``-1``, ``"n/a"``, ``1.5``,
-    NaN, ``true``, missing, ``usage`` not an object)."""
-    value = usage.get(name) if isinstance(usage, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not (0 <= value < _MAX_TOKENS and value == int(value)):  # NaN and infinities fail the range
-        return None
-    return int(value)
 
 
 #: What UTF-8 cannot hold in a str: lone surrogates (valid JSON escapes, e.g. half an emoji cut by a tokenizer).
@@ -206,14 +183,11 @@ def _read_answer(raw: bytes, messages: Sequence[dict], usd_in: float | None, usd
     raised: the answer is paid for already. A count is estimated from the text, a non-finite cost (from a price
     that is not finite) and a non-string finish reason become null, characters UTF-8 cannot hold are replaced.
     """
-    try:
-        payload = json.loads(raw)
-        choice = payload["choices"][0]
-        text = choice["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # RecursionError: absurdly nested JSON
-        raise _RetryableError("MalformedBody") from None
-    if not isinstance(text, str):  # None (a refusal, tool calls), a number, a list of parts
-        raise _RetryableError("MalformedBody")
+    payload = parse_body(raw)
+    text = answer_text(payload)
+    if text is None:  # not JSON, no choice, None (a refusal, tool calls), a number, a list of parts
+        raise RequestFailed("MalformedBody")
+    choice = first_choice(payload)
     repaired = []
     text, changed = _storable_text(text)
     if changed:
@@ -227,19 +201,18 @@ def _read_answer(raw: bytes, messages: Sequence[dict], usd_in: float | None, usd
         if changed:
             repaired.append("finish_reason")
     usage = payload.get("usage")
-    prompt_tokens = _count(usage, "prompt_tokens")
+    prompt_tokens = token_count(usage, "prompt_tokens")
     if prompt_tokens is None:
         prompt_tokens = estimate_tokens("\n".join(str(m.get("content") or "") for m in messages))
         repaired.append("usage.prompt_tokens")
-    completion_tokens = _count(usage, "completion_tokens")
+    completion_tokens = token_count(usage, "completion_tokens")
     if completion_tokens is None:
         completion_tokens = estimate_tokens(text)
         repaired.append("usage.completion_tokens")
     cost = None
     if usd_in is not None and usd_out is not None:
-        cost = (prompt_tokens * usd_in + completion_tokens * usd_out) / 1e6
-        if not (math.isfinite(cost) and cost >= 0):
-            cost = None
+        cost = cost_usd(prompt_tokens, completion_tokens, usd_in, usd_out)
+        if cost is None:
             repaired.append("cost_usd")
     return {
         "response": text,
@@ -255,7 +228,7 @@ def _unstorable(row: dict) -> str | None:
     """The first field of an answer row the warehouse would refuse (its rules for ``responses``), else None."""
     for name in ("prompt_tokens", "completion_tokens"):
         value = row[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _MAX_TOKENS:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKENS:
             return name
     for name, required in (("latency_ms", True), ("cost_usd", False)):
         value = row[name]
@@ -273,25 +246,14 @@ def _unstorable(row: dict) -> str | None:
 
 
 async def _ask(
-    session: aiohttp.ClientSession, endpoint: _Endpoint, messages: list[dict], params: dict, timeout_s: float
+    session: aiohttp.ClientSession, endpoint: _Endpoint, messages: list[dict], params: dict, timeouts: Timeouts
 ) -> dict:
+    """One request (:func:`openai_compat.post_chat`) and its answer, with its latency; else ``RequestFailed``."""
     body = {**params, "model": endpoint.model_id, "messages": messages}
     await endpoint.pace()
     started = time.perf_counter()
-    try:
-        async with session.post(
-            endpoint.url, json=body, headers=endpoint.headers(), timeout=aiohttp.ClientTimeout(total=timeout_s)
-        ) as response:
-            status, retry_after, raw = response.status, response.headers.get("Retry-After"), await response.read()
-    except TimeoutError:
-        raise _RetryableError("Timeout") from None
-    except aiohttp.ClientError as exc:
-        raise _RetryableError(type(exc).__name__) from None
+    raw = await post_chat(session, endpoint.url, body, bearer_headers(endpoint.api_key_env), timeouts)
     latency_ms = (time.perf_counter() - started) * 1000
-    if status in _RETRYABLE_STATUS:
-        raise _RetryableError(f"HTTP {status}", _retry_after(retry_after))
-    if status != 200:
-        raise _PermanentError(f"HTTP {status}")
     return _read_answer(raw, messages, endpoint.usd_in, endpoint.usd_out) | {"latency_ms": latency_ms}
 
 
@@ -308,7 +270,7 @@ def request_of(prompt: str, messages: str | None, params: str | None) -> tuple[l
     )
 
 
-async def _ask_with_retries(
+async def ask_with_retries(
     session: aiohttp.ClientSession,
     endpoint: _Endpoint,
     messages: list[dict],
@@ -317,23 +279,22 @@ async def _ask_with_retries(
     rng: random.Random,
     report: CollectionReport,
 ) -> tuple[dict | None, str, int]:
-    """One request, retried per ``policy``: (answer or None, the last error class, attempts made)."""
+    """One request, retried per ``policy``: (answer or None, the last error class, attempts made). Also what
+    ``profiling.completion`` asks with."""
     result, kind, attempt = None, "unknown", 0
     while result is None and attempt < policy.max_attempts:
         attempt += 1
         report.attempts += 1
         try:
             async with endpoint.semaphore:
-                result = await _ask(session, endpoint, messages, params, policy.timeout_s)
-        except _RetryableError as exc:
+                result = await _ask(session, endpoint, messages, params, policy.timeouts())
+        except RequestFailed as exc:
             kind = exc.kind
             report.errors[kind] += 1
+            if not exc.retryable:  # e.g. 404 unknown model: not worth another try
+                break
             if attempt < policy.max_attempts:
-                await asyncio.sleep(policy.delay(attempt, exc.retry_after, rng))
-        except _PermanentError as exc:
-            kind = str(exc)
-            report.errors[kind] += 1
-            break
+                await asyncio.sleep(policy.delay(attempt, exc.retry_after_s, rng))
         except Exception as exc:  # unforeseen: it costs this pair, not the run; by class only (never a message)
             kind = type(exc).__name__
             report.errors[kind] += 1
@@ -342,72 +303,7 @@ async def _ask_with_retries(
     return result, kind, attempt
 
 
-@dataclass(frozen=True)
-class Completion:
-    """One answer of :func:`complete_many`."""
-
-    response: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
-    latency_ms: float
-    model_id: str
-
-
-def complete_many(
-    llm: dict,
-    requests: Sequence[dict],
-    policy: RetryPolicy | None = None,
-    seed: int | None = None,
-    pacer: Pacer | None = None,
-) -> list[Completion | None]:
-    """Ask one catalog LLM (a row of :func:`warehouse.read_llms`) each request (``{"messages": [...], "params":
-    {...}}``) with the collector's concurrency, pacing and retries; None where a request failed for good. Used by
-    graders that ask an LLM (LLM-as-judge); nothing is stored here."""
-    if not llm.get("base_url"):
-        raise ValueError(f"llm={llm.get('name')!r}: has no base_url, so it cannot be asked")
-    policy = policy or RetryPolicy()
-    rng = random.Random(seed)
-
-    async def run() -> list[Completion | None]:
-        endpoint = _endpoint(llm, pacer or LocalPacer())
-        report = CollectionReport(run_id="complete")
-        connector = aiohttp.TCPConnector(limit=endpoint.max_concurrency + 8, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-
-            async def one(request: dict) -> Completion | None:
-                params = request.get("params") or dict(DEFAULT_REQUEST_PARAMS)
-                result, _, _ = await _ask_with_retries(
-                    session, endpoint, request["messages"], params, policy, rng, report
-                )
-                if result is None:
-                    return None
-                fields = ("response", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms")
-                return Completion(**{f: result[f] for f in fields}, model_id=endpoint.model_id)
-
-            return list(await asyncio.gather(*(one(r) for r in requests)))
-
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(run())
-
-
-def catalog_completer(
-    con: duckdb.DuckDBPyConnection, policy: RetryPolicy | None = None, pacer: Pacer | None = None
-) -> Callable[[str, list[dict]], list[Completion | None]]:
-    """``complete(llm_name, requests)`` over the warehouse catalog's endpoints (what ``llm_judge`` graders call),
-    paced by ``pacer`` (default: each call its own). The catalog is read now: the warehouse is not held later."""
-    llms = wh.read_llms(con)
-
-    def complete(name: str, requests: list[dict]) -> list[Completion | None]:
-        rows = llms.filter(pl.col("name") == name)
-        if rows.height == 0:
-            raise ValueError(f"judge={name!r}: not in the catalog")
-        return complete_many(rows.row(0, named=True), requests, policy, pacer=pacer)
-
-    return complete
-
-
-def _endpoint(row: dict, pacer: Pacer) -> _Endpoint:
+def endpoint_of(row: dict, pacer: Pacer) -> _Endpoint:
     """A catalog row as an endpoint: its concurrency is per run, its pace ``pacer``'s (per endpoint)."""
     return _Endpoint(
         model=row["name"],
@@ -420,142 +316,6 @@ def _endpoint(row: dict, pacer: Pacer) -> _Endpoint:
         min_interval_s=60.0 / row["requests_per_minute"] if row["requests_per_minute"] else 0.0,
         pacer=pacer,
     )
-
-
-#: The columns (and types) of the answers a :class:`Sink` is handed: a stored response, as it came.
-ANSWER_SCHEMA: dict[str, pl.DataType] = {
-    "model": pl.String,
-    "prompt_id": pl.String,
-    "run_id": pl.String,
-    "base_url": pl.String,
-    "model_id": pl.String,
-    "prompt_hash": pl.String,
-    "request_hash": pl.String,
-    "template_version": pl.String,
-    "request_params": pl.String,
-    "response": pl.String,
-    "finish_reason": pl.String,
-    "prompt_tokens": pl.Int32,
-    "completion_tokens": pl.Int32,
-    "cost_usd": pl.Float64,
-    "latency_ms": pl.Float64,
-}
-#: The columns of the failures a :class:`Sink` is handed: pairs given up on in this run, with the attempts made.
-FAILURE_SCHEMA: dict[str, pl.DataType] = {
-    "model": pl.String,
-    "prompt_id": pl.String,
-    "run_id": pl.String,
-    "attempts": pl.Int32,
-    "last_error_class": pl.String,
-}
-
-
-class Sink(Protocol):
-    """Where the collector's batches go. ``write`` is called on one worker thread while requests are in flight (the
-    last batches once none is left), never twice at once, so it may block (a transaction, an fsync)."""
-
-    def write(self, answers: pl.DataFrame, failures: pl.DataFrame) -> int:
-        """Keep one batch durably: ``answers`` (:data:`ANSWER_SCHEMA`, checked storable already) and ``failures``
-        (:data:`FAILURE_SCHEMA`), either possibly empty. Returns how many answers it took (new ones)."""
-        ...
-
-
-class WarehouseSink:
-    """Each batch into the warehouse, one transaction for its answers and one for its failures (pairs stored
-    already are skipped; a failure adds its attempts to the pair's). The file's write lock is held throughout."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
-
-    def write(self, answers: pl.DataFrame, failures: pl.DataFrame) -> int:
-        stored = wh.insert_responses(self.con, answers) if answers.height else 0
-        if failures.height:
-            wh.record_failures(self.con, failures)
-        return stored
-
-
-class _Batches:
-    """Answers and failures on their way to the sink: the collector's one place that writes.
-
-    A batch is written once ``size`` rows wait or its first row has waited ``interval_s``, whichever comes first,
-    by a single worker thread: the requests in flight go on meanwhile. So a killed run loses at most the rows of its
-    last ``interval_s`` and of the write in progress. ``written`` is called (on the event loop) after every write.
-    """
-
-    def __init__(
-        self,
-        sink: Sink,
-        report: CollectionReport,
-        size: int,
-        interval_s: float,
-        written: Callable[[], None],
-    ) -> None:
-        self._sink, self._report, self._written = sink, report, written
-        self._size, self._interval_s = size, interval_s
-        self._answers: list[dict] = []
-        self._failures: list[dict] = []
-        self._first_at: float | None = None  # when the first row of the batch being filled came (monotonic)
-        self._full: collections.deque[tuple[list[dict], list[dict]]] = collections.deque()
-        self._due = asyncio.Event()
-        # One thread: writes never overlap, and close() can wait for the one in progress.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uniroute-collector-writer")
-
-    def add(self, answer: dict | None = None, failure: dict | None = None) -> None:
-        """Queue an answer (checked already: see ``_unstorable``) or a failure; never blocks."""
-        if self._first_at is None:
-            self._first_at = time.monotonic()
-        if answer is not None:
-            self._answers.append(answer)
-        if failure is not None:
-            self._failures.append(failure)
-        if len(self._answers) + len(self._failures) >= self._size:
-            self._full.append(self._take())
-            self._due.set()
-
-    async def write_when_due(self) -> None:
-        """Write every full batch, and the one being filled once its first row has waited ``interval_s``; runs
-        until cancelled."""
-        while True:
-            wait = self._interval_s if self._first_at is None else self._first_at + self._interval_s - time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._due.wait(), max(0.0, wait))
-            self._due.clear()
-            if self._first_at is not None and time.monotonic() - self._first_at >= self._interval_s:
-                self._full.append(self._take())
-            while self._full:
-                # shielded: cancelling this task must not cancel a write not started yet (its rows would be lost)
-                await asyncio.shield(asyncio.wrap_future(self._worker.submit(self._write, *self._full.popleft())))
-                self._written()
-
-    def close(self) -> None:
-        """Wait for the write in progress, then write every row left (the event loop has nothing else to do)."""
-        self._worker.shutdown(wait=True)
-        if self._answers or self._failures:
-            self._full.append(self._take())
-        if not self._full:
-            self._written()  # a last report of the totals
-        while self._full:
-            self._write(*self._full.popleft())
-            self._written()
-
-    def _take(self) -> tuple[list[dict], list[dict]]:
-        taken = self._answers, self._failures
-        self._answers, self._failures, self._first_at = [], [], None
-        return taken
-
-    def _write(self, answers: list[dict], failures: list[dict]) -> None:
-        """One batch, answers and failures, to the sink."""
-        frames = pl.DataFrame(answers, schema=ANSWER_SCHEMA), pl.DataFrame(failures, schema=FAILURE_SCHEMA)
-        self._report.stored += self._sink.write(*frames)
-
-
-def _check_batching(batch_size: int, flush_interval_s: float) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: must be a whole number >= 1")
-    if isinstance(flush_interval_s, bool) or not isinstance(flush_interval_s, int | float):
-        raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be a number of seconds")
-    if not (math.isfinite(flush_interval_s) and flush_interval_s > 0):
-        raise ValueError(f"flush_interval_s={flush_interval_s!r}: must be a positive number of seconds")
 
 
 def new_run_id() -> str:
@@ -587,7 +347,7 @@ async def collect_pairs(
     ``pacer`` spaces request starts per endpoint (``requests_per_minute``): default this run's own
     (:class:`profiling.pacing.LocalPacer`); a :class:`profiling.pacing.SharedPacer` shares the pace with other runs.
     """
-    _check_batching(batch_size, flush_interval_s)
+    check_batching(batch_size, flush_interval_s)
     if isinstance(sink, duckdb.DuckDBPyConnection):
         sink = WarehouseSink(sink)
     policy = policy or RetryPolicy()
@@ -595,7 +355,7 @@ async def collect_pairs(
     if pairs.height == 0:
         return report
     pacer = pacer or LocalPacer()
-    endpoints = {row["name"]: _endpoint(row, pacer) for row in llms.iter_rows(named=True) if row["base_url"]}
+    endpoints = {row["name"]: endpoint_of(row, pacer) for row in llms.iter_rows(named=True) if row["base_url"]}
     unknown = set(pairs["model"].unique()) - set(endpoints)
     if unknown:
         raise ValueError(f"model={sorted(unknown)[0]!r}: not in the catalog, or it has no base_url")
@@ -616,7 +376,7 @@ async def collect_pairs(
                 f"{sum(report.errors.values())} retried errors, ${report.cost_usd:.4f}"
             )
 
-    batches = _Batches(sink, report, batch_size, flush_interval_s, written)
+    batches = Batches(sink, report, batch_size, flush_interval_s, written)
 
     async def one(
         session: aiohttp.ClientSession,
@@ -630,7 +390,7 @@ async def collect_pairs(
     ) -> None:
         endpoint = endpoints[model]
         messages, params = request_of(prompt, messages_json, params_json)
-        result, kind, attempt = await _ask_with_retries(session, endpoint, messages, params, policy, rng, report)
+        result, kind, attempt = await ask_with_retries(session, endpoint, messages, params, policy, rng, report)
         identity = {"model": model, "prompt_id": prompt_id, "run_id": report.run_id}
         if result is not None:
             repaired = result.pop("repaired")
@@ -694,7 +454,7 @@ def run_collection(
 ) -> CollectionReport:
     """:func:`collect_pairs` (``options``: its keyword arguments) on an event loop of its own (uvloop's where
     installed), for callers without one."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(collect_pairs(sink, pairs, llms, **options))
 
 
@@ -728,46 +488,7 @@ def archive_replaced_answers(
     return archived
 
 
-def collect(
-    con: duckdb.DuckDBPyConnection,
-    models: Sequence[str] | None = None,
-    splits: Sequence[str] = ("validation",),
-    policy: RetryPolicy | None = None,
-    batch_size: int = 512,
-    progress: bool = True,
-    log_progress: Callable[[str], None] | None = None,
-    refresh_before: datetime | None = None,
-    flush_interval_s: float = 2.0,
-) -> CollectionReport:
-    """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits`` into the
-    warehouse, holding ``con`` throughout: the three steps of a profiling run in order.
-
-    1. :func:`archive_replaced_answers`: answers from an endpoint or model id the catalog no longer lists for an
-       LLM, or to an older request, are archived and asked again; ``refresh_before`` (UTC) re-profiles: answers
-       collected before it are archived and asked again too.
-    2. :func:`warehouse.pending_pairs`: what to ask.
-    3. :func:`run_collection` into :class:`WarehouseSink`: answers are stored once ``batch_size`` of them wait or
-       the first has waited ``flush_interval_s``.
-
-    To wait on endpoints without holding the warehouse, use ``profiling.staging`` (plan, collect to staging, merge).
-    """
-    _check_batching(batch_size, flush_interval_s)
-    llms = active_llms(con, models)
-    archive_replaced_answers(con, llms["name"].to_list(), refresh_before, log_progress)
-    pairs = wh.pending_pairs(con, llms["name"].to_list(), splits)
-    return run_collection(
-        WarehouseSink(con),
-        pairs,
-        llms,
-        policy=policy,
-        batch_size=batch_size,
-        progress=progress,
-        log_progress=log_progress,
-        flush_interval_s=flush_interval_s,
-    )
-
-
-def _loop_factory():
+def loop_factory():
     """uvloop's event loop where installed (about a third less CPU per request), else asyncio's."""
     try:
         import uvloop

@@ -12,6 +12,9 @@ So a profiling run can be split into steps that hold the warehouse only briefly:
    :data:`MERGE_BATCH` files per transaction, which also records each file in ``staging_merges``), then the files
    move to ``merged/``. The only writer of staged answers; a short write.
 
+:func:`collect` runs the four in order: the one way to collect, for ``uniroute collect`` and library callers alike
+(the profiling asset runs the same steps as Dagster ops).
+
 Layout under the staging location (a directory, or an ``s3://bucket/prefix``: :mod:`profiling.staging_location`)::
 
     model=<model, %-quoted>/<UTC stamp>-<run_id>-<n>.parquet          staged, not merged yet
@@ -52,10 +55,12 @@ from typing import TypeVar
 import polars as pl
 
 import warehouse as wh
+from profiling.batches import check_batching
 from profiling.collector import (
     ANSWER_SCHEMA,
     FAILURE_SCHEMA,
     CollectionReport,
+    RetryPolicy,
     active_llms,
     archive_replaced_answers,
     new_run_id,
@@ -68,6 +73,7 @@ __all__ = [
     "MergeReport",
     "StagingLocation",
     "StagingSink",
+    "collect",
     "collect_to_staging",
     "merge_staging",
     "plan_collection",
@@ -334,3 +340,47 @@ def _read_staged(root: StagingLocation, path: PurePath) -> tuple[str, pl.DataFra
 def _move_aside(root: StagingLocation, paths: Sequence[PurePath]) -> None:
     """Move merged files to ``<root>/merged/`` under the same relative paths (replacing copies there)."""
     root.move([(path, root.root / MERGED / root.relative(path)) for path in paths])
+
+
+def collect(
+    warehouse: wh.Opener,
+    models: Sequence[str] | None = None,
+    splits: Sequence[str] = ("validation",),
+    policy: RetryPolicy | None = None,
+    batch_size: int = 512,
+    progress: bool = True,
+    log_progress: Callable[[str], None] | None = None,
+    refresh_before: datetime | None = None,
+    flush_interval_s: float = 2.0,
+    staging_dir: Where | None = None,
+) -> CollectionReport:
+    """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``: a profiling
+    run's steps in order, as ``uniroute collect`` and the profiling asset run them.
+
+    1. :func:`plan_run`: stale answers archived (``refresh_before``, UTC, re-profiles: answers collected before it
+       too), then the pairs to ask, against the warehouse and the unmerged staged answers (a killed run's answers
+       are never asked again).
+    2. :func:`collect_to_staging`: ask them, staging every ``batch_size`` answers (or ``flush_interval_s`` after the
+       first) under ``staging_dir``, without the warehouse.
+    3. :func:`merge_staging`: every unmerged staged file of ``models`` into the warehouse (the report's ``merged``).
+
+    ``warehouse`` is a connection or a function opening one (:data:`warehouse.Opener`), each step opening it for a
+    short while. ``staging_dir`` defaults to :func:`warehouse.default_staging_path` of the warehouse's file.
+    """
+    check_batching(batch_size, flush_interval_s)
+    if staging_dir is None:
+        staging_dir = _default_staging(warehouse)
+    llms, pairs = plan_run(warehouse, models, splits, staging_dir, refresh_before, log_progress)
+    options = {"batch_size": batch_size, "flush_interval_s": flush_interval_s, "progress": progress}
+    report = collect_to_staging(pairs, llms, staging_dir, policy=policy, log_progress=log_progress, **options)
+    report.merged = merge_staging(warehouse, staging_dir, llms["name"].to_list())
+    return report
+
+
+def _default_staging(warehouse: wh.Opener) -> PurePath | str:
+    """:func:`warehouse.default_staging_path` of the warehouse's file; an in-memory warehouse has none."""
+    with wh.opened(warehouse) as con:
+        path = wh.database_path(con)
+    if path is None:
+        raise ValueError("staging_dir=None: an in-memory warehouse has no default staging location; pass one")
+    return wh.default_staging_path(path)

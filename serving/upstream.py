@@ -2,7 +2,9 @@
 
 One :class:`Upstreams` object (one aiohttp session) holds the whole policy, as LiteLLM's router does:
 :meth:`Upstreams.call` takes the fallback order the router chose and returns an :class:`UpstreamResult` with every
-try recorded as an :class:`Attempt` (no bodies, no keys) for the decision log.
+try recorded as an :class:`Attempt` (no bodies, no keys) for the decision log. One request, its timeouts and bounds,
+which failures are retryable, ``Retry-After``, reading an answer and its cost are :mod:`openai_compat`'s, shared with
+the collector; the fallbacks, the breakers and the relay of a stream are the gateway's own.
 
 - **Per LLM**, in order: skipped while its breaker is open (an ``circuit_open`` attempt); else up to
   ``1 + retries`` tries on 429, 408, 5xx, timeouts, connection errors and 200 bodies that are not JSON or hold no
@@ -40,12 +42,8 @@ try recorded as an :class:`Attempt` (no bodies, no keys) for the decision log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
 import json
 import logging
-import math
-import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -53,9 +51,28 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from openai_compat import (
+    DEFAULT_MAX_EVENT_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MAX_RETRY_AFTER_S,
+    EventTooLong,
+    RequestFailed,
+    SSEScanner,
+    Timeouts,
+    backoff_delay,
+    bearer_headers,
+    chat_url,
+    has_answer,
+    open_chat,
+    parse_body,
+    post_chat,
+    realised_cost,
+    retry_after_header,
+)
 from warehouse.catalog import KeyEnvPolicy
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "MAX_RETRY_AFTER_S",
     "Attempt",
     "Timeouts",
@@ -67,45 +84,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Statuses worth another try (or another LLM): the upstream's trouble, not the request's.
-RETRYABLE_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
-#: The longest ``Retry-After`` taken from an upstream or given to a client, in seconds.
-MAX_RETRY_AFTER_S = 60.0
-DEFAULT_MAX_RESPONSE_BYTES = 16 * 2**20  # an LLM's answer is kilobytes; 16 MB leaves room for long ones
-DEFAULT_MAX_EVENT_BYTES = 2**20  # one server-sent event (a chunk of an answer)
 #: Non-retryable 4xx statuses that describe the client's request and are given back as they are; other 4xx
 #: (404, 401, ...) are the gateway's configuration problem and become 502.
 CLIENT_STATUSES = frozenset({400, 413, 422})
-
-
-@dataclass(frozen=True)
-class Timeouts:
-    """One LLM's timeouts, in seconds (catalog fields ``timeout_connect_s``, ``timeout_first_byte_s``,
-    ``timeout_total_s``)."""
-
-    connect_s: float = 5.0
-    first_byte_s: float = 60.0
-    total_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        for name in ("connect_s", "first_byte_s", "total_s"):
-            value = getattr(self, name)
-            if not value > 0:
-                raise ValueError(f"timeout {name}: {value!r} is not a positive number of seconds")
-
-    @classmethod
-    def of(cls, row: dict) -> Timeouts:
-        """The row's timeouts; a missing or null field takes the default."""
-        defaults = cls()
-        return cls(
-            connect_s=_number(row.get("timeout_connect_s"), defaults.connect_s),
-            first_byte_s=_number(row.get("timeout_first_byte_s"), defaults.first_byte_s),
-            total_s=_number(row.get("timeout_total_s"), defaults.total_s),
-        )
-
-
-def _number(value: object, default: float) -> float:
-    return default if value is None else float(value)
 
 
 @dataclass
@@ -155,34 +136,6 @@ class UpstreamResult:
         return list(dict.fromkeys(a.llm for a in self.attempts))
 
 
-def realised_cost(row: dict, usage: dict | None) -> float | None:
-    """USD of one answer: prices per million tokens times its tokens, else the catalog's price per query; None
-    when neither is known (per-token prices with unknown tokens, or no price)."""
-    price_in, price_out = row.get("usd_per_mtok_in"), row.get("usd_per_mtok_out")
-    if None in (price_in, price_out):
-        per_query = row.get("usd_per_query")
-        return None if per_query is None else float(per_query)
-    prompt, completion = (usage or {}).get("prompt_tokens"), (usage or {}).get("completion_tokens")
-    if not (_token_count(prompt) and _token_count(completion)):
-        return None  # an endpoint's usage may be anything ("n/a", -1, 1e30): then the tokens are unknown
-    return (float(price_in) * prompt + float(price_out) * completion) / 1e6
-
-
-def _token_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9
-
-
-def _has_answer(payload: object) -> bool:
-    """A chat completion with at least one choice holding a message (text, a refusal or tool calls)."""
-    choices = payload.get("choices") if isinstance(payload, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return False
-    message = choices[0].get("message")
-    return isinstance(message, dict) and (
-        isinstance(message.get("content"), str) or bool(message.get("tool_calls")) or bool(message.get("refusal"))
-    )
-
-
 @dataclass
 class _Breaker:
     failures: int = 0  # consecutive failed tries
@@ -198,14 +151,6 @@ class _Failure:
     message: str
     final: bool = False
     retry_after_s: float | None = None
-
-
-class _TryFailed(Exception):
-    """One try gave no answer (internal: never raised out of this module)."""
-
-    def __init__(self, error: str, status: int | None = None, retry_after_s: float | None = None) -> None:
-        super().__init__(error)
-        self.error, self.status, self.retry_after_s = error, status, retry_after_s
 
 
 class Upstreams:
@@ -341,30 +286,28 @@ class Upstreams:
         )
 
     def _delay(self, try_number: int, retry_after_s: float | None) -> float | None:
-        """Backoff before the next try: exponential with jitter, at least ``Retry-After``; None: do not wait."""
+        """Backoff before the next try: exponential with jitter, at least ``Retry-After``; None: do not wait (a
+        ``Retry-After`` above ``max_delay_s``: the next LLM instead)."""
         if retry_after_s is not None and retry_after_s > self.max_delay_s:
             return None
-        backoff = min(self.max_delay_s, self.base_delay_s * 2 ** (try_number - 1) * self._rng.uniform(0.5, 1.5))
-        return max(backoff, retry_after_s or 0.0)
+        return backoff_delay(try_number, retry_after_s, self.base_delay_s, self.max_delay_s, self._rng)
 
     async def _call_llm(
         self, llm: str, row: dict, body: dict, stream: bool, attempts: list[Attempt]
     ) -> UpstreamResult | _Failure:
         timeouts = Timeouts.of(row)
-        headers = {}
         key_env = row.get("api_key_env")
         if key_env and not KeyEnvPolicy.from_environ().allows(key_env):  # a row that bypassed the catalog's check
             attempts.append(Attempt(llm, 1, None, f"api_key_env {key_env} not allowed", time.time(), 0.0))
             log.error("llm %s: api_key_env %s is not an allowed key variable", llm, key_env)
             return _Failure(502, f"llm {llm!r}: not configured")
-        if key_env:
-            key = os.environ.get(key_env)
-            if not key:
-                attempts.append(Attempt(llm, 1, None, f"api_key_env {key_env} not set", time.time(), 0.0))
-                log.error("llm %s: api_key_env %s is not set", llm, key_env)
-                return _Failure(502, f"llm {llm!r}: not configured")
-            headers["Authorization"] = f"Bearer {key}"
-        url = str(row["base_url"]).rstrip("/") + "/chat/completions"
+        try:
+            headers = bearer_headers(key_env)
+        except RequestFailed as exc:
+            attempts.append(Attempt(llm, 1, None, exc.kind, time.time(), 0.0))
+            log.error("llm %s: api_key_env %s is not set", llm, key_env)
+            return _Failure(502, f"llm {llm!r}: not configured")
+        url = chat_url(row["base_url"])
         sent = {**body, "model": row["model_id"]}
         client_usage = False
         if stream:
@@ -391,20 +334,20 @@ class Upstreams:
                 result = await self._try(
                     llm, url, sent, headers, (stream, client_usage), timeouts, deadline, attempt, attempts
                 )
-            except _TryFailed as exc:
-                attempt.status, attempt.error, attempt.retry_after_s = exc.status, exc.error, exc.retry_after_s
+            except RequestFailed as exc:
+                attempt.status, attempt.error, attempt.retry_after_s = exc.status, exc.label, exc.retry_after_s
                 attempt.seconds = loop.time() - began
-                if exc.status is not None and exc.status not in RETRYABLE_STATUSES:  # the request is bad
+                if not exc.retryable:  # the request is bad
                     self._succeeded(llm)  # the endpoint is up
-                    log.warning("llm %s try %d: %s (not retried)", llm, try_number, exc.error)
+                    log.warning("llm %s try %d: %s (not retried)", llm, try_number, exc.label)
                     status = exc.status if exc.status in CLIENT_STATUSES else 502
                     return _Failure(status, f"llm {llm!r} refused the request (HTTP {exc.status})", final=True)
                 self._failed(llm)
                 retry_after_s = exc.retry_after_s
-                log.warning("llm %s try %d: %s", llm, try_number, exc.error)
+                log.warning("llm %s try %d: %s", llm, try_number, exc.label)
                 failure = _Failure(
-                    429 if exc.status == 429 else 504 if exc.error.startswith("Timeout") else 502,
-                    f"llm {llm!r}: " + ("rate limited" if exc.status == 429 else f"no answer ({exc.error})"),
+                    429 if exc.status == 429 else 504 if exc.kind == "Timeout" else 502,
+                    f"llm {llm!r}: " + ("rate limited" if exc.status == 429 else f"no answer ({exc.label})"),
                     retry_after_s=exc.retry_after_s,
                 )
             except BaseException:  # cancelled (the client left): the endpoint is not to blame
@@ -438,80 +381,27 @@ class Upstreams:
         attempts: list[Attempt],
     ) -> UpstreamResult:
         """One try (``streaming``: whether to stream, and whether the client asked for the usage chunk); raises
-        :class:`_TryFailed` for anything but an answer."""
+        :class:`openai_compat.RequestFailed` for anything but an answer."""
         stream, client_usage = streaming
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        first_byte_at = min(began + timeouts.first_byte_s, deadline)
-        phase = "first_byte" if first_byte_at < deadline else "total"
-        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
-        response: aiohttp.ClientResponse | None = None
-        keep = False
-        try:
-            try:
-                async with asyncio.timeout_at(first_byte_at):
-                    response = await self._session.post(
-                        url, json=sent, headers=headers, timeout=client_timeout, allow_redirects=False
-                    )
-                    attempt.status = response.status
-                    self._check_length(response)
-                    first = await response.content.readany() if stream and response.status == 200 else b""
-                phase = "total"
-                if response.status != 200:
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
-                    with contextlib.suppress(Exception):  # drain a small error body to reuse the connection
-                        async with asyncio.timeout_at(min(deadline, loop.time() + 1.0)):
-                            await self._read(response, 65_536)
-                    raise _TryFailed(f"HTTP {response.status}", response.status, retry_after)
-                if stream:
-                    if not first:
-                        raise _TryFailed("EmptyStream", None)
-                    result = UpstreamResult(llm=llm, attempts=attempts, status=200)
-                    scanner = _SSEScanner(self.max_event_bytes, drop_usage=not client_usage)
-                    relay = self._relay(llm, response, first, result, attempt, (began, deadline), scanner)
-                    result.stream = _Stream(relay, response, attempt)
-                    keep = True
-                    return result
-                async with asyncio.timeout_at(deadline):
-                    raw = await self._read(response, self.max_response_bytes)
-            except aiohttp.ConnectionTimeoutError:
-                raise _TryFailed("Timeout(connect)", attempt.status) from None
-            except TimeoutError:
-                raise _TryFailed(f"Timeout({phase})", None) from None
-            except aiohttp.ClientError as exc:
-                raise _TryFailed(type(exc).__name__, None) from None
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = None
+        limit = self.max_response_bytes
+        if not stream:
+            raw = await post_chat(self._session, url, sent, headers, timeouts, deadline, limit)
+            attempt.status = 200
+            payload = parse_body(raw)
             if not isinstance(payload, dict):
-                raise _TryFailed("InvalidJSON", None)
-            if not _has_answer(payload):  # a 200 with no answer in it is the endpoint's fault: try again
-                raise _TryFailed("MalformedBody", None)
+                raise RequestFailed("InvalidJSON")
+            if not has_answer(payload):  # a 200 with no answer in it is the endpoint's fault: try again
+                raise RequestFailed("MalformedBody")
             usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
             return UpstreamResult(llm=llm, attempts=attempts, status=200, payload=payload, usage=usage)
-        finally:
-            if response is not None and not keep:
-                if response.content.at_eof():
-                    response.release()  # read to the end: the connection can serve another request
-                else:
-                    response.close()
-
-    def _check_length(self, response: aiohttp.ClientResponse) -> None:
-        """``ResponseTooLarge`` when the response says it is larger than ``max_response_bytes``."""
-        length = response.content_length
-        if response.status == 200 and length is not None and length > self.max_response_bytes:
-            raise _TryFailed("ResponseTooLarge", response.status)
-
-    async def _read(self, response: aiohttp.ClientResponse, limit: int) -> bytes:
-        """The body, at most ``limit`` bytes read (``ResponseTooLarge`` past it: the rest is never read)."""
-        parts, size = [], 0
-        while chunk := await response.content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise _TryFailed("ResponseTooLarge", None)
-            parts.append(chunk)
-        return b"".join(parts)
+        began = asyncio.get_running_loop().time()
+        response, first = await open_chat(self._session, url, sent, headers, timeouts, deadline, limit, stream=True)
+        attempt.status = 200
+        result = UpstreamResult(llm=llm, attempts=attempts, status=200)
+        scanner = SSEScanner(self.max_event_bytes, drop_usage=not client_usage)
+        relay = self._relay(llm, response, first, result, attempt, (began, deadline), scanner)
+        result.stream = _Stream(relay, response, attempt)
+        return result
 
     async def _relay(
         self,
@@ -521,7 +411,7 @@ class Upstreams:
         result: UpstreamResult,
         attempt: Attempt,
         window: tuple[float, float],
-        scanner: _SSEScanner,
+        scanner: SSEScanner,
     ) -> AsyncIterator[bytes]:
         """The upstream's events as they complete (``window``: the try's start and deadline); one error event if
         the stream breaks, grows past ``max_response_bytes`` or holds an event longer than ``max_event_bytes``."""
@@ -539,7 +429,7 @@ class Upstreams:
                     break
                 try:
                     out = scanner.feed(chunk) if sse else chunk
-                except _EventTooLong:
+                except EventTooLong:
                     error = "SSELineTooLong"
                     break
                 if out:
@@ -607,75 +497,3 @@ class _Stream:
         if not self._started:
             self._attempt.error = self._attempt.error or "client_disconnected"
         self._response.close()  # a no-op once released
-
-
-class _EventTooLong(Exception):
-    """A server-sent event grew past the scanner's limit without its end."""
-
-
-class _SSEScanner:
-    """Cuts SSE bytes into whole events as they complete: notes the ``usage`` of a chunk and the ``[DONE]`` event,
-    drops the usage-only chunk when ``drop_usage``, and holds at most ``max_event_bytes`` of an unfinished event
-    (:class:`_EventTooLong` past it)."""
-
-    def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, drop_usage: bool = False) -> None:
-        self._buffer = b""
-        self.max_event_bytes = max_event_bytes
-        self.drop_usage = drop_usage
-        self.usage: dict | None = None
-        self.done = False
-
-    def feed(self, data: bytes) -> bytes:
-        """The events ``data`` completes, as bytes to relay (each ending with a blank line)."""
-        self._buffer += data.replace(b"\r\n", b"\n")
-        *events, self._buffer = self._buffer.split(b"\n\n")
-        if len(self._buffer) > self.max_event_bytes:
-            raise _EventTooLong
-        return b"".join(event + b"\n\n" for event in events if self._keep(event))
-
-    def flush(self) -> bytes:
-        """What is left at the stream's end (an event without its blank line)."""
-        event, self._buffer = self._buffer, b""
-        return event + b"\n\n" if event.strip() and self._keep(event) else b""
-
-    def _keep(self, event: bytes) -> bool:
-        keep = True
-        for line in event.split(b"\n"):
-            if not line.startswith(b"data:"):
-                continue
-            value = line[5:].strip()
-            if value == b"[DONE]":
-                self.done = True
-                continue
-            try:
-                chunk = json.loads(value)
-            except ValueError:
-                continue
-            if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                self.usage = chunk["usage"]
-                keep = not (self.drop_usage and not chunk.get("choices"))
-        return keep
-
-
-def _retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds (a number, or an HTTP date), at most ``MAX_RETRY_AFTER_S``; None when absent or
-    not a time (``nan``, garbage). Infinite or huge values are capped, negative ones and past dates are 0."""
-    if not value or len(value) > 64:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, OverflowError, IndexError):
-            return None
-    if math.isnan(seconds):
-        return None
-    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
-
-
-def retry_after_header(seconds: float | None) -> str:
-    """A client's ``Retry-After`` value: whole seconds, at least 1, at most ``MAX_RETRY_AFTER_S``."""
-    if seconds is None or math.isnan(seconds):
-        seconds = 1.0
-    return str(int(min(MAX_RETRY_AFTER_S, max(1.0, math.ceil(min(seconds, MAX_RETRY_AFTER_S))))))

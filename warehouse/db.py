@@ -106,6 +106,12 @@ def default_staging_path(warehouse: str | os.PathLike[str] | None = None) -> Pat
     return warehouse.with_name(warehouse.name + ".staging")
 
 
+def database_path(con: duckdb.DuckDBPyConnection) -> Path | None:
+    """The file of ``con``'s database (None in memory)."""
+    rows = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
+    return Path(rows[0][0]) if rows and rows[0][0] else None
+
+
 def staging_path(where: str | os.PathLike[str]) -> Path | str:
     """A staging location as given: a URL (``scheme://...``) stays a str (a ``Path`` would fold its ``//``), a local
     path becomes a ``Path``. The URL is checked where it is used (``profiling.staging_location.StagingLocation``)."""

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 
 from warehouse._tables import WarehouseInputError, _query, _write
+from warehouse.db import database_path
 
 
 def upsert_embeddings(
@@ -112,8 +113,8 @@ def latest_cluster_map(con: duckdb.DuckDBPyConnection) -> dict | None:
 
 def _database_dir(con: duckdb.DuckDBPyConnection) -> Path | None:
     """The directory of ``con``'s database file (None in memory)."""
-    rows = con.execute("SELECT path FROM duckdb_databases() WHERE database_name = current_database()").fetchall()
-    return Path(rows[0][0]).resolve().parent if rows and rows[0][0] else None
+    path = database_path(con)
+    return path.resolve().parent if path is not None else None
 
 
 def _relative_to(path: str, home: Path) -> str:

@@ -17,7 +17,7 @@ from assets.resources import CollectorResource
 from assets.router import router
 from assets.routing import llm_error_features
 from pipelines.cli import main
-from profiling.collector import catalog_completer
+from profiling.completion import catalog_completer
 from profiling.graders import GradeItem, get_grader
 from profiling.grading import grade_responses_report
 from replay import ReplayData, ReplayServer

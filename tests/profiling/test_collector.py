@@ -14,9 +14,11 @@ import polars as pl
 import pytest
 
 import warehouse as wh
-from profiling.collector import RetryPolicy, collect
-from profiling.staging import staged_pairs
+from profiling.collector import RetryPolicy
+from profiling.completion import complete_many
+from profiling.staging import collect, staged_pairs
 from replay import FaultRates, ReplayConfig, ReplayServer
+from tests.serving.hostile_upstream import HostileUpstream
 
 FAST = RetryPolicy(max_attempts=8, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
 MODELS = ["cheap", "math-pro", "last"]
@@ -220,3 +222,15 @@ def test_requests_per_minute_spaces_request_starts(con, mmlu_like_dir):
         wh.upsert_llms(con, paced)
         report = collect(con, models=["cheap"], policy=FAST, progress=False)
     assert report.stored == 12 and report.seconds >= 11 * 0.1  # a lower bound: pacing can only slow it down
+
+
+def test_a_redirect_is_a_failure_not_retried_and_the_prompt_never_reaches_the_other_origin():
+    """The collector used to follow a redirect, sending the prompt (and its answer's bill) to another origin."""
+    llm = {"name": "x", "base_url": "", "model_id": "x", "api_key_env": None, "usd_per_mtok_in": 1.0}
+    llm |= {"usd_per_mtok_out": 1.0, "max_concurrency": 2, "requests_per_minute": None}
+    with HostileUpstream() as other, HostileUpstream(f"redirect:307:{other.base_url}") as hostile:
+        answers = complete_many(
+            llm | {"base_url": hostile.base_url}, [{"messages": [{"role": "user", "content": "hi"}]}]
+        )
+        assert other.requests == [] and len(hostile.requests) == 1
+    assert answers == [None]

@@ -11,9 +11,11 @@ import polars as pl
 import pytest
 
 import warehouse as wh
+from openai_compat import RequestFailed
 from profiling import collector
-from profiling.collector import RetryPolicy, collect
+from profiling.collector import RetryPolicy
 from profiling.rendering import estimate_tokens
+from profiling.staging import collect
 from replay import FaultRates, ReplayConfig, ReplayServer
 
 FAST = RetryPolicy(max_attempts=2, base_delay_s=0.001, max_delay_s=0.01, timeout_s=2.0)
@@ -72,7 +74,7 @@ def body(content: object = "4", usage: object = None, finish: object = "stop", *
     ids=lambda raw: raw[:40].decode("utf-8", "replace"),
 )
 def test_a_body_without_a_text_answer_is_a_retryable_malformed_body(raw):
-    with pytest.raises(collector._RetryableError, match="MalformedBody"):
+    with pytest.raises(RequestFailed, match="MalformedBody"):
         collector._read_answer(raw, MESSAGES, 1.0, 2.0)
 
 

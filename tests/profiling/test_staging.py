@@ -18,11 +18,12 @@ import pytest
 
 import warehouse as wh
 from profiling import staging, staging_location
-from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers, collect, collect_pairs
+from profiling.collector import RetryPolicy, active_llms, archive_replaced_answers, collect_pairs
 from profiling.importers import import_mmlu_pro
 from profiling.staging import (
     STAGED_SCHEMA,
     StagingSink,
+    collect,
     collect_to_staging,
     merge_staging,
     plan_collection,

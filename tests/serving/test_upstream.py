@@ -15,9 +15,11 @@ import polars as pl
 import pytest
 from aiohttp import web
 
+from openai_compat import realised_cost
 from profiling.rendering import render_mmlu_pro
 from replay import FaultRates, ReplayConfig, ReplayServer
-from serving.upstream import Timeouts, UpstreamResult, Upstreams, _retry_after, realised_cost, retry_after_header
+from serving.upstream import Timeouts, UpstreamResult, Upstreams
+from tests.openai_compat.servers import serving
 
 from .hostile_upstream import HostileUpstream
 
@@ -305,22 +307,6 @@ def test_a_stream_broken_after_its_first_byte_ends_with_an_error_event(mmlu_like
     assert summary(result) == [("math-pro", 200, error)]
 
 
-def test_realised_cost_is_prices_times_tokens_or_none():
-    priced = {"usd_per_mtok_in": 2.0, "usd_per_mtok_out": 10.0}
-    assert realised_cost(priced, {"prompt_tokens": 1000, "completion_tokens": 100}) == pytest.approx(0.003)
-    assert realised_cost(priced, None) is None
-    assert (
-        realised_cost({"usd_per_mtok_in": None, "usd_per_mtok_out": 1.0}, {"prompt_tokens": 1, "completion_tokens": 1})
-        is None
-    )
-
-
-def test_an_llm_priced_per_query_costs_its_price_whatever_its_usage():
-    per_query = {"usd_per_mtok_in": None, "usd_per_mtok_out": None, "usd_per_query": 0.004}
-    assert realised_cost(per_query, {"prompt_tokens": 1000, "completion_tokens": 100}) == 0.004
-    assert realised_cost(per_query, None) == 0.004  # no usage needed to price it
-
-
 # ---- keys ----
 
 
@@ -332,17 +318,8 @@ async def _with_recording_server(status: int, handler_body: dict, action):
         seen.append((dict(request.headers), await request.json()))
         return web.json_response(handler_body, status=status)
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        return await action(f"http://127.0.0.1:{port}/v1"), seen
-    finally:
-        await runner.cleanup()
+    async with serving(handle) as base_url:
+        return await action(base_url), seen
 
 
 def test_the_key_is_sent_from_its_variable_and_never_appears_in_errors_or_logs(monkeypatch, caplog):
@@ -409,31 +386,7 @@ def test_a_200_without_an_answer_is_retried_on_the_next_llm(payload, mmlu_like_d
     assert result.llm is None and [a.error for a in result.attempts] == ["MalformedBody"] and len(seen) == 1
 
 
-@pytest.mark.parametrize(
-    "usage",
-    [
-        {"prompt_tokens": "n/a", "completion_tokens": 3},
-        {"prompt_tokens": -1, "completion_tokens": 3},
-        {"prompt_tokens": True, "completion_tokens": 3},
-    ],
-)
-def test_a_malformed_usage_gives_no_realised_cost(usage):
-    assert realised_cost({"usd_per_mtok_in": 1.0, "usd_per_mtok_out": 1.0}, usage) is None
-    assert realised_cost(
-        {"usd_per_mtok_in": 1.0, "usd_per_mtok_out": 2.0}, {"prompt_tokens": 10, "completion_tokens": 5}
-    ) == pytest.approx(2e-5)
-
-
 # ---- bounds on what comes back ----
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("7", 7.0), ("inf", 60.0), ("1e300", 60.0), ("-5", 0.0), ("nan", None), ("soon", None), ("9" * 400, None)],
-)
-def test_retry_after_is_finite_and_capped(value, seconds):
-    assert _retry_after(value) == seconds
-    assert retry_after_header(_retry_after(value)) in {str(n) for n in range(1, 61)}
 
 
 def _concurrently(order: list, request: dict, stream: bool = False, n: int = 4, **policy) -> list[UpstreamResult]:
@@ -498,3 +451,30 @@ def test_a_redirect_is_an_upstream_error_and_the_prompt_never_reaches_the_other_
         assert other.requests == []
     assert {(r.llm, r.status) for r in results} == {(None, 502)}
     assert {a.error for r in results for a in r.attempts} == {f"HTTP {status}"}
+
+
+def test_a_huge_content_length_falls_back_to_the_next_llm():
+    """A Content-Length over the bound is the endpoint's fault, like a huge body without one: the next LLM answers
+    (it used to end the request as if the LLM had refused it, "HTTP 200", with no fallback)."""
+    with HostileUpstream("huge_length", huge_bytes=48 * 2**20) as hostile, HostileUpstream() as honest:
+        order = [("a", row(hostile.base_url, "a")), ("b", row(honest.base_url, "b"))]
+        results = _concurrently(order, body("hi"), n=1, max_response_bytes=2**20)
+    assert [summary(r) for r in results] == [[("a", None, "ResponseTooLarge"), ("b", 200, None)]]
+
+
+def test_a_200_nested_past_the_json_parsers_recursion_falls_back_to_the_next_llm():
+    """It used to raise RecursionError out of the call (a 500 from the gateway) instead of an InvalidJSON try."""
+    deep = b"[" * 100_000 + b"]" * 100_000
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=deep, content_type="application/json")
+
+    async def run() -> UpstreamResult:
+        async with serving(handle) as deep_url:
+            with HostileUpstream() as honest:
+                order = [("a", row(deep_url, "a")), ("b", row(honest.base_url, "b"))]
+                async with Upstreams(retries=0) as upstreams:
+                    return await upstreams.call(order, body("hi"), stream=False)
+
+    result = asyncio.run(run())
+    assert summary(result) == [("a", None, "InvalidJSON"), ("b", 200, None)]
