@@ -71,6 +71,7 @@ def _refresh(args: argparse.Namespace) -> int:
 #: to report an error.
 USER_ERRORS = (
     ("profiling.cli", "CommandError"),
+    ("serving.cli", "CommandError"),
     ("profiling.prompt_files", "PromptSetError"),
     ("profiling.results", "ResultsError"),
     ("warehouse.catalog", "CatalogError"),

@@ -15,12 +15,15 @@ import os
 import sys
 from pathlib import Path
 
-from profiling.cli import CommandError
-
 # Only the standard library here (as in profiling.cli and pipelines.cli): `uniroute --help` must not wait for
 # mlflow, polars or torch (seconds); each command imports what it runs.
 
 DEFAULT_MODEL_URI = "models:/uniroute@champion"
+
+
+class CommandError(Exception):
+    """A user error of a serving command (a bad option value, a missing registry): ``uniroute`` prints it as one
+    line and exits with code 2 (serving imports nothing of profiling's, so it has its own)."""
 
 
 def _finite(text: str) -> float:

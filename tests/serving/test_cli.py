@@ -235,7 +235,7 @@ def test_a_user_error_is_one_line_and_exit_2_in_a_real_process_and_debug_shows_t
     for debug in (["--debug", "models"], ["models", "--debug"]):
         done = _uniroute(*debug, "--tracking-uri", f"sqlite:///{missing}")
         assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr
-        assert done.stderr.rstrip().splitlines()[-1].startswith("profiling.cli.CommandError: MLflow registry")
+        assert done.stderr.rstrip().splitlines()[-1].startswith("serving.cli.CommandError: MLflow registry")
     assert not missing.parent.exists()
 
     done = _uniroute("route", "x", "--max-cost", "cheap")  # argparse's own errors: one line too, exit 2
