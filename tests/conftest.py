@@ -216,6 +216,22 @@ def mmlu_like_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def prompts(mmlu_like_dir: Path) -> dict[int, str]:
+    """question_id -> the rendered prompt a client sends (of :func:`mmlu_like_dir`'s questions)."""
+    from profiling.rendering import render_mmlu_pro
+
+    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
+    return {q["question_id"]: render_mmlu_pro(q["question"], q["options"], q["category"]) for q in questions.to_dicts()}
+
+
+@pytest.fixture(scope="module")
+def recorded(mmlu_like_dir: Path) -> dict[tuple[str, int], str]:
+    """(model, question_id) -> its recorded answer in :func:`mmlu_like_dir`."""
+    responses = pl.read_parquet(mmlu_like_dir / "responses.parquet")
+    return {(r["model"], r["question_id"]): r["response"] for r in responses.to_dicts()}
+
+
 def materialise_graph(
     instance,
     resources: dict,

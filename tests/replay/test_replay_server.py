@@ -43,19 +43,6 @@ def replay_data(mmlu_like_dir: Path) -> ReplayData:
 
 
 @pytest.fixture(scope="module")
-def prompts(mmlu_like_dir: Path) -> dict[int, str]:
-    """question_id -> the rendered prompt a client sends."""
-    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
-    return {q["question_id"]: render_mmlu_pro(q["question"], q["options"], q["category"]) for q in questions.to_dicts()}
-
-
-@pytest.fixture(scope="module")
-def recorded(mmlu_like_dir: Path) -> dict[tuple[str, int], str]:
-    responses = pl.read_parquet(mmlu_like_dir / "responses.parquet")
-    return {(r["model"], r["question_id"]): r["response"] for r in responses.to_dicts()}
-
-
-@pytest.fixture(scope="module")
 def server(replay_data: ReplayData) -> Iterator[ReplayServer]:
     with ReplayServer(replay_data) as replay:
         yield replay

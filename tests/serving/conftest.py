@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import sys
@@ -105,3 +106,20 @@ def gateway_process(root, catalog, registry_uri: str, *args: str, env: dict[str,
     url = f"http://127.0.0.1:{port}"
     with server_process(command, f"{url}/ready", root / "gateway.log", venv_env(**(env or {}))):
         yield url
+
+
+def post_at_once(url: str, secret: str, bodies: list[dict]) -> list[tuple[int, dict, str]]:
+    """(status, headers, text) of every chat-completions body, all in flight at once with client key ``secret``."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {secret}"}
+
+    async def one(session: aiohttp.ClientSession, body: dict) -> tuple[int, dict, str]:
+        async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
+            return response.status, dict(response.headers), await response.text()
+
+    async def every() -> list[tuple[int, dict, str]]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            return await asyncio.gather(*(one(session, body) for body in bodies))
+
+    return asyncio.run(every())

@@ -4,12 +4,10 @@ and /metrics is for operators only."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import time
 
-import aiohttp
 import polars as pl
 import pytest
 import requests
@@ -17,7 +15,7 @@ import requests
 from profiling.rendering import render_mmlu_pro
 from replay import ReplayServer
 
-from .conftest import gateway_process, write_gateway_catalog
+from .conftest import gateway_process, post_at_once, write_gateway_catalog
 from .hostile_upstream import HostileUpstream
 
 SECRETS = {name: f"{name}-secret-0123456789abcdef" for name in ("alice", "bob", "ops")}
@@ -57,16 +55,9 @@ def _prompts(data_dir, n: int) -> list[str]:
     return [render_mmlu_pro(q, o, c) for q, o, c in questions.select("question", "options", "category").iter_rows()]
 
 
-async def _post(url: str, bodies: list[dict], key: str = "alice") -> list[tuple[int, dict, str]]:
+def _post(url: str, bodies: list[dict], key: str = "alice") -> list[tuple[int, dict, str]]:
     """(status, headers, text) per body, all in flight at once."""
-    headers = {"Authorization": f"Bearer {SECRETS.get(key, key)}"}
-
-    async def one(session: aiohttp.ClientSession, body: dict) -> tuple[int, dict, str]:
-        async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
-            return response.status, dict(response.headers), await response.text()
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        return await asyncio.gather(*(one(session, body) for body in bodies))
+    return post_at_once(url, SECRETS.get(key, key), bodies)
 
 
 def _chat(url: str, key: str, prompt: str) -> requests.Response:
@@ -84,7 +75,7 @@ def test_poisoned_prompts_fail_alone_and_no_honest_request_fails(hostile, mmlu_l
         for i, p in enumerate(prompts)
     ]
     for _ in range(2):  # two rounds: the embedding batches form differently each time
-        answers = asyncio.run(_post(url, bodies))
+        answers = _post(url, bodies)
         honest = [status for i, (status, _, _) in enumerate(answers) if i not in poisoned]
         assert honest == [200] * 35, [text for status, _, text in answers if status != 200][:2]
         for i in poisoned:
@@ -97,12 +88,12 @@ def test_an_upstreams_endless_retry_after_and_its_open_breaker_give_bounded_retr
     url, _, _, generalist, _, _ = hostile
     generalist.mode = "retry_after:inf"
     body = {"model": "generalist", "messages": [{"role": "user", "content": "hi"}]}
-    answers = asyncio.run(_post(url, [body] * 8))
+    answers = _post(url, [body] * 8)
     assert {status for status, _, _ in answers} <= {429, 503}, answers[0]
     assert any(status == 429 and h["Retry-After"] == "60" for status, h, _ in answers)  # inf: capped, not a 500
     generalist.mode = "retry_after:1e300"
     time.sleep(0.1)
-    status, headers, _ = asyncio.run(_post(url, [body]))[0]
+    status, headers, _ = _post(url, [body])[0]
     assert status == 503 and 1 <= int(headers["Retry-After"]) <= 30  # the breaker opened: its cooldown's rest
     generalist.mode = "ok"
 
@@ -111,7 +102,7 @@ def test_an_upstream_redirect_is_a_502_and_the_prompt_never_reaches_the_other_or
     url, _, _, _, math_pro, other = hostile
     math_pro.mode = f"redirect:307:{other.base_url}"
     body = {"model": "math-pro", "messages": [{"role": "user", "content": "a confidential prompt"}]}
-    answers = asyncio.run(_post(url, [body] * 8))
+    answers = _post(url, [body] * 8)
     math_pro.mode = "ok"
     assert {status for status, _, _ in answers} == {502}
     assert other.requests == [] and len(math_pro.requests) >= 8
@@ -130,7 +121,7 @@ def test_a_revoked_key_is_refused_within_the_reload_interval_and_a_bad_file_keep
     keys.write_text("- {id: [unclosed\n")
     time.sleep(4 * RELOAD_S)
     body = {"model": "cheap", "messages": [{"role": "user", "content": prompt}]}
-    statuses = [status for status, _, _ in asyncio.run(_post(url, [body] * 8))]
+    statuses = [status for status, _, _ in _post(url, [body] * 8)]
     assert statuses == [200] * 8  # the keys in use stay
     log = (root / "gateway.log").read_text()
     assert log.count("invalid, keeping the 2 keys in use") == 1

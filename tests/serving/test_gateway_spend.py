@@ -4,11 +4,9 @@ what it cost (a stream's usage is asked of the endpoint even when the client did
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from datetime import UTC, datetime
 
-import aiohttp
 import polars as pl
 import pytest
 
@@ -16,7 +14,7 @@ from profiling.rendering import render_mmlu_pro
 from replay import ReplayServer
 from serving.ledger import SqliteLedger
 
-from .conftest import gateway_process, write_gateway_catalog
+from .conftest import gateway_process, post_at_once, write_gateway_catalog
 
 EVE, FRANK = "eve-secret-0123456789abcdef", "frank-secret-0123456789abcdef"
 LIMIT_USD = 0.003
@@ -50,18 +48,6 @@ def _bodies(data_dir, n: int, **extra) -> list[dict]:
     return [{"model": "generalist", "messages": [{"role": "user", "content": p}], **extra} for p in prompts]
 
 
-async def _post_all(url: str, secret: str, bodies: list[dict]) -> list[tuple[int, dict, str]]:
-    """(status, headers, text) of every body, all in flight at once."""
-    headers = {"Authorization": f"Bearer {secret}"}
-
-    async def one(session: aiohttp.ClientSession, body: dict) -> tuple[int, dict, str]:
-        async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as response:
-            return response.status, dict(response.headers), await response.text()
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
-        return await asyncio.gather(*(one(session, body) for body in bodies))
-
-
 def _spent(root, key_id: str) -> float:
     return SqliteLedger(root / "ledger.sqlite").spent(key_id, datetime.now(UTC).date().isoformat())
 
@@ -69,7 +55,7 @@ def _spent(root, key_id: str) -> float:
 def test_forty_concurrent_requests_pass_a_tiny_budget_by_one_worst_case_at_most(two_workers, mmlu_like_dir, prices):
     url, root = two_workers
     bodies = _bodies(mmlu_like_dir, 40, max_tokens=MAX_TOKENS)
-    answers = asyncio.run(_post_all(url, EVE, bodies))
+    answers = post_at_once(url, EVE, bodies)
     statuses = [status for status, _, _ in answers]
     worst = max((len(str(b).encode()) + 200 + MAX_TOKENS) * prices["generalist"] / 1e6 for b in bodies)
     spent = _spent(root, "eve")
@@ -89,7 +75,7 @@ def test_a_stream_is_charged_its_tokens_even_when_the_client_did_not_ask_for_usa
     url, root = two_workers
     extra = {"stream": True, **({"stream_options": stream_options} if stream_options else {})}
     before = _spent(root, "frank")
-    answers = asyncio.run(_post_all(url, FRANK, _bodies(mmlu_like_dir, 8, **extra)))
+    answers = post_at_once(url, FRANK, _bodies(mmlu_like_dir, 8, **extra))
     assert {status for status, _, _ in answers} == {200}
     assert all('"usage": {' not in text and '"usage":{' not in text for _, _, text in answers)  # not asked: dropped
     charged = _spent(root, "frank") - before

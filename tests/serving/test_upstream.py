@@ -9,14 +9,11 @@ import logging
 import random
 import time
 import tracemalloc
-from pathlib import Path
 
-import polars as pl
 import pytest
 from aiohttp import web
 
 from openai_compat import realised_cost
-from profiling.rendering import render_mmlu_pro
 from replay import FaultRates, ReplayConfig, ReplayServer
 from serving.upstream import Timeouts, UpstreamResult, Upstreams
 from tests.openai_compat.servers import serving
@@ -24,18 +21,6 @@ from tests.openai_compat.servers import serving
 from .hostile_upstream import HostileUpstream
 
 SECRET = "sk-test-0123456789abcdef"
-
-
-@pytest.fixture(scope="module")
-def prompts(mmlu_like_dir: Path) -> dict[int, str]:
-    questions = pl.read_parquet(mmlu_like_dir / "questions.parquet")
-    return {q["question_id"]: render_mmlu_pro(q["question"], q["options"], q["category"]) for q in questions.to_dicts()}
-
-
-@pytest.fixture(scope="module")
-def recorded(mmlu_like_dir: Path) -> dict[tuple[str, int], str]:
-    responses = pl.read_parquet(mmlu_like_dir / "responses.parquet")
-    return {(r["model"], r["question_id"]): r["response"] for r in responses.to_dicts()}
 
 
 def row(base_url: str, model_id: str = "math-pro", **extra: object) -> dict:
