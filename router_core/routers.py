@@ -152,6 +152,13 @@ class Router(ABC):
         x = check_embeddings(embeddings, self.embedding_dim_)
         return self._predict_error(x)[:, self._index(candidates)]
 
+    def cluster_weights(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """(n, K) soft cluster assignment Phi(x) of each prompt (rows sum to 1); None for a router without
+        clusters."""
+        self._check_fitted()
+        check_embeddings(embeddings, self.embedding_dim_)
+        return None
+
     def route(self, embeddings: np.ndarray, cost_weight: float, candidates: Sequence[str] | None = None) -> np.ndarray:
         """Name of the chosen LLM per prompt: argmin_h [predicted error + cost_weight * cost(h)]."""
         idx = self._index(candidates)
@@ -231,6 +238,11 @@ class UniRouter(Router):
 
     def _predict_error(self, x: np.ndarray) -> np.ndarray:
         return self.cluster_map.transform(x) @ self.psi_.T
+
+    def cluster_weights(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, K) soft cluster assignment Phi(x) of each prompt under the router's cluster map (rows sum to 1)."""
+        self._check_fitted()
+        return self.cluster_map.transform(check_embeddings(embeddings, self.embedding_dim_))
 
     def get_params(self) -> dict[str, Any]:
         return {"shrinkage": self.shrinkage}

@@ -122,15 +122,19 @@ class ServableRouter:
 
     def rank(self, prompt: str, vector: np.ndarray, params: dict) -> dict:
         """One prompt already embedded (``vector``): the candidates best first by predicted error + cost weight x
-        cost (the gateway's fallback order; ties to the cheaper), the cost weight, and each candidate's predicted
-        error and cost."""
+        cost (the gateway's fallback order; ties to the cheaper), the cost weight, each candidate's predicted
+        error and cost, the prompt's cluster weights Phi(x) (None for a router without clusters) and the
+        embedder's id."""
         names, weights, errors, costs = self.score([prompt], vector.reshape(1, -1), params)
         weight = float(weights[0])
         score = errors[0] + (0.0 if math.isinf(weight) else weight) * costs
         order = sorted(range(len(names)), key=lambda j: (costs[j] if math.isinf(weight) else score[j], costs[j]))
+        phi = self.router.cluster_weights(vector.reshape(1, -1))
         return {
             "order": [names[j] for j in order],
             "cost_weight": weight,
             "predicted_error": {n: round(float(e), 6) for n, e in zip(names, errors[0], strict=True)},
             "cost": {n: float(c) for n, c in zip(names, costs, strict=True)},
+            "cluster_weights": None if phi is None else phi[0].tolist(),
+            "embedder_id": self.embedder.embedder_id,
         }

@@ -7,7 +7,9 @@ log's directory, each written under a temporary name and renamed into place, so 
 thread: under uvicorn call it from the app's lifespan shutdown (uvicorn runs that on SIGTERM, in every worker);
 elsewhere :func:`flush_on_sigterm` installs a SIGTERM handler that closes the log, then dies as SIGTERM would have.
 
-A record holds ids, hashes and numbers, never prompt text or keys: fields not in :data:`SCHEMA` are left out.
+A record holds ids, hashes and numbers, never prompt text or keys: fields not in :data:`SCHEMA` are left out. A
+routed request's record also keeps what learning from traffic needs later (:func:`learning_fields`): the embedder
+id, the prompt's cluster weights and the predicted error and cost of the router's first three LLMs.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ import warehouse as wh
 
 __all__ = [
     "BUDGET_KINDS",
+    "RANKED_KEPT",
     "SCHEMA",
     "DecisionLog",
     "decision_files",
     "default_directory",
     "flush_on_sigterm",
+    "learning_fields",
     "read_decision_files",
     "read_decisions",
 ]
@@ -68,10 +72,36 @@ SCHEMA: dict[str, pl.DataType] = {
     "realised_cost_usd": pl.Float64(),
     "latency_ms": pl.Float64(),
     "stream": pl.Boolean(),
+    # what learning from traffic needs later, without the prompt text (null for named-model requests; absent from
+    # files written before they existed, read as null):
+    "embedder_id": pl.String(),  # what the router's vectors mean
+    "cluster_weights": pl.List(pl.Float64()),  # Phi(x): the prompt's K cluster weights (null: no clusters)
+    "ranked_llms": pl.List(pl.String()),  # the router's choice and the next best, in ranked order
+    "ranked_predicted_error": pl.List(pl.Float64()),  # of each of ranked_llms
+    "ranked_predicted_cost": pl.List(pl.Float64()),  # of each of ranked_llms, USD per query
 }
+#: How many of the ranking a record keeps: the router's choice and the next best two.
+RANKED_KEPT = 3
 _JSON_FIELDS = ("predicted_error", "predicted_cost", "attempts")
+_RANKED_NUMBERS = ("ranked_predicted_error", "ranked_predicted_cost")
 _PREFIX = "decisions-"
 _POLL_S = 0.02  # how often the writer looks for records while waiting
+
+
+def learning_fields(ranked: Mapping | None) -> dict:
+    """The decision fields a routed request's ranking (``ServableRouter.rank``) gives for learning later: the
+    embedder id, the cluster weights, and the first :data:`RANKED_KEPT` LLMs with their predicted error and cost;
+    all None without a ranking (a named-model request)."""
+    if ranked is None:
+        return dict.fromkeys(("embedder_id", "cluster_weights", "ranked_llms", *_RANKED_NUMBERS))
+    top = ranked["order"][:RANKED_KEPT]
+    return {
+        "embedder_id": ranked.get("embedder_id"),
+        "cluster_weights": ranked.get("cluster_weights"),
+        "ranked_llms": top,
+        "ranked_predicted_error": [ranked["predicted_error"][m] for m in top],
+        "ranked_predicted_cost": [ranked["cost"][m] for m in top],
+    }
 
 
 def default_directory() -> Path:
@@ -290,8 +320,15 @@ def read_decision_files(files: list[Path]) -> pl.DataFrame:
     """Decision files as one frame of :data:`SCHEMA`, one row per request id (the first file's, if repeated)."""
     if not files:
         return pl.DataFrame(schema=SCHEMA)
-    frame = pl.concat([pl.read_parquet(f).select(list(SCHEMA)).cast(SCHEMA) for f in files], how="vertical")
+    frame = pl.concat([_read_decision_file(f) for f in files], how="vertical")
     return frame.unique(subset="request_id", keep="first", maintain_order=True)
+
+
+def _read_decision_file(file: Path) -> pl.DataFrame:
+    """One file as a frame of :data:`SCHEMA`; columns it predates (an older gateway's file) read as null."""
+    frame = pl.read_parquet(file)
+    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in SCHEMA.items() if name not in frame.columns]
+    return frame.with_columns(missing).select(list(SCHEMA)).cast(SCHEMA)
 
 
 def flush_on_sigterm(decision_log: DecisionLog) -> None:

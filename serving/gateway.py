@@ -52,7 +52,7 @@ import warehouse as wh
 from router_core.embedding import prompt_hash
 from serving.batching import EmbeddingBatcher
 from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request
-from serving.decisions import DecisionLog, default_directory
+from serving.decisions import DecisionLog, default_directory, learning_fields
 from serving.keys import Hold, KeyPolicy, KeyStore
 from serving.ledger import SqliteLedger
 from serving.metrics import GatewayMetrics, ObservabilityMiddleware
@@ -406,6 +406,7 @@ class Gateway:
                 "realised_cost_usd": cost,
                 "latency_ms": (time.perf_counter() - call.started) * 1e3,
                 "stream": chat.stream,
+                **learning_fields(call.ranked),
             }
         )
         return cost

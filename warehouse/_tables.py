@@ -146,6 +146,11 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "realised_cost_usd": (pl.Float64, False),
         "latency_ms": (pl.Float64, False),
         "stream": (pl.Boolean, False),
+        "embedder_id": (pl.String, False),
+        "cluster_weights": (pl.List(pl.Float64), False),  # Phi(x), K numbers
+        "ranked_llms": (pl.List(pl.String), False),  # the router's first three, best first
+        "ranked_predicted_error": (pl.List(pl.Float64), False),
+        "ranked_predicted_cost": (pl.List(pl.Float64), False),
     },
 }
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).

@@ -235,4 +235,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE responses ADD COLUMN tokens_estimated BOOLEAN DEFAULT false;
     ALTER TABLE responses_archive ADD COLUMN tokens_estimated BOOLEAN;
     """,
+    # 9: what a routed request's decision keeps for learning from traffic later, without its text (null for
+    # named-model requests and for decisions logged before): the embedder, the prompt's cluster weights Phi(x), and
+    # the router's first three LLMs in ranked order with their predicted error and cost.
+    """
+    ALTER TABLE routing_decisions ADD COLUMN embedder_id VARCHAR;
+    ALTER TABLE routing_decisions ADD COLUMN cluster_weights DOUBLE[];
+    ALTER TABLE routing_decisions ADD COLUMN ranked_llms VARCHAR[];
+    ALTER TABLE routing_decisions ADD COLUMN ranked_predicted_error DOUBLE[];
+    ALTER TABLE routing_decisions ADD COLUMN ranked_predicted_cost DOUBLE[];   -- USD per query
+    """,
 ]

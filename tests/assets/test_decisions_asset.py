@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import duckdb
 import polars as pl
 import pytest
 
@@ -12,6 +13,7 @@ import warehouse as wh
 from assets.decisions import routing_decisions
 from assets.resources import WarehouseResource
 from serving.decisions import DecisionLog, read_decisions
+from warehouse.schema import MIGRATIONS
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -137,3 +139,49 @@ def test_loaded_files_move_to_loaded_and_are_kept(instance, tmp_path):
     second = materialise()
     assert (second["rows_loaded"], second["rows_total"], second["files"]) == (5, 45, 1)
     assert len(list((directory / "loaded").iterdir())) == 4
+
+
+LEARNED = ("embedder_id", "cluster_weights", "ranked_llms", "ranked_predicted_error", "ranked_predicted_cost")
+
+
+def test_the_new_columns_load_beside_an_older_gateways_file_and_an_older_warehouse(instance, tmp_path):
+    directory, path = tmp_path / "decisions", tmp_path / "w.duckdb"
+    write_decisions(directory, 4)
+    older = read_decisions(directory).drop(*LEARNED).with_columns(pl.format("old-{}", "request_id").alias("request_id"))
+    older.write_parquet(directory / "decisions-older-gateway-000000.parquet")  # a file from before the columns
+    with DecisionLog(directory, flush_interval_s=0.01) as log:
+        log.record(
+            {
+                "request_id": "learned",
+                "status": 200,
+                "model_requested": "uniroute",
+                "embedder_id": "mini-d384",
+                "cluster_weights": [0.5, 0.3, 0.2],
+                "ranked_llms": ["math-pro", "cheap"],
+                "ranked_predicted_error": [0.2, 0.4],
+                "ranked_predicted_cost": [0.003, 0.001],
+            }
+        )
+    with duckdb.connect(str(path)) as raw:  # a warehouse from before the columns, one decision in it already
+        raw.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
+        for version, sql in enumerate(MIGRATIONS[:-1], start=1):
+            raw.execute(sql)
+            raw.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
+        raw.execute(
+            "INSERT INTO routing_decisions VALUES ('before', now(), NULL, NULL, NULL, NULL, NULL, NULL, "
+            "'none', NULL, NULL, NULL, NULL, NULL, 200, NULL, NULL, NULL, NULL, NULL, now())"
+        )
+    result = dg.materialize(
+        [routing_decisions],
+        resources={"warehouse": WarehouseResource(path=str(path))},
+        instance=instance,
+        run_config={"ops": {"routing_decisions": {"config": {"directory": str(directory)}}}},
+    )
+    assert result.success
+    with wh.connect(path) as con:
+        stored = {row["request_id"]: row for row in wh.read_routing_decisions(con).iter_rows(named=True)}
+    assert len(stored) == 10 and all(stored[r][c] is None for r in ("before", "old-req-0", "req-0") for c in LEARNED)
+    learned = stored["learned"]
+    assert learned["cluster_weights"] == [0.5, 0.3, 0.2] and learned["ranked_llms"] == ["math-pro", "cheap"]
+    assert learned["ranked_predicted_error"] == [0.2, 0.4] and learned["ranked_predicted_cost"] == [0.003, 0.001]
+    assert learned["embedder_id"] == "mini-d384"

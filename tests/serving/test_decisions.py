@@ -17,7 +17,14 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.decisions import SCHEMA, DecisionLog, decision_files, flush_on_sigterm, read_decisions
+from serving.decisions import (
+    SCHEMA,
+    DecisionLog,
+    decision_files,
+    flush_on_sigterm,
+    learning_fields,
+    read_decisions,
+)
 from serving.metrics import GatewayMetrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +113,41 @@ def test_rows_keep_the_schema_and_nothing_but_it(tmp_path):
     assert b["at"] == datetime(2026, 3, 1, 10, tzinfo=UTC) and b["chosen_llm"] is None and b["status"] == 502
     raw = b"".join(f.read_bytes() for f in decision_files(tmp_path))
     assert b"sk-live-123" not in raw and b"secret" not in raw
+
+
+def test_a_file_of_an_older_gateway_reads_with_the_new_columns_null(tmp_path):
+    new = ("embedder_id", "cluster_weights", "ranked_llms", "ranked_predicted_error", "ranked_predicted_cost")
+    with DecisionLog(tmp_path, flush_interval_s=0.01) as log:
+        log.record(decision("new", **learning_fields(RANKED)))
+    old = pl.DataFrame([decision("old")]).with_columns(
+        pl.col(c).map_elements(json.dumps, return_dtype=pl.String) for c in ("predicted_error", "predicted_cost")
+    )
+    old.drop("attempts").write_parquet(tmp_path / "decisions-older-gateway-000000.parquet")  # before the new columns
+    frame = read_decisions(tmp_path).sort("request_id")
+    assert frame.schema == pl.Schema(SCHEMA) and frame["request_id"].to_list() == ["new", "old"]
+    fresh, older = frame.row(0, named=True), frame.row(1, named=True)
+    assert all(older[c] is None for c in (*new, "attempts")) and older["chosen_llm"] == "cheap"
+    assert fresh["cluster_weights"] == [0.7, 0.2, 0.1] and fresh["embedder_id"] == "mini-d384"
+    assert fresh["ranked_llms"] == ["math-pro", "generalist", "cheap"]
+    assert fresh["ranked_predicted_error"] == [0.1, 0.2, 0.3] and fresh["ranked_predicted_cost"] == [0.01, 0.005, 0.001]
+
+
+#: A ranking as ``ServableRouter.rank`` gives it (four candidates: the record keeps the first three).
+RANKED = {
+    "order": ["math-pro", "generalist", "cheap", "tiny"],
+    "cost_weight": 0.0,
+    "predicted_error": {"cheap": 0.3, "math-pro": 0.1, "generalist": 0.2, "tiny": 0.6},
+    "cost": {"cheap": 0.001, "math-pro": 0.01, "generalist": 0.005, "tiny": 0.0001},
+    "cluster_weights": [0.7, 0.2, 0.1],
+    "embedder_id": "mini-d384",
+}
+
+
+def test_learning_fields_keep_the_first_three_of_the_ranking_and_nothing_without_one():
+    fields = learning_fields(RANKED)
+    assert fields["ranked_llms"] == ["math-pro", "generalist", "cheap"]
+    assert fields["ranked_predicted_error"] == [0.1, 0.2, 0.3]
+    assert set(learning_fields(None)) == set(fields) and all(v is None for v in learning_fields(None).values())
 
 
 def test_invalid_records_are_dropped_alone(tmp_path):

@@ -17,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from profiling.rendering import render_mmlu_pro
 from replay import ReplayServer
-from serving.decisions import read_decisions
+from router_core.servable import ServableRouter
+from serving import registry_files
+from serving.decisions import decision_files, read_decisions
 
 from .conftest import gateway_process, write_gateway_catalog
 
@@ -234,6 +236,49 @@ def test_the_decision_log_records_every_chat_request(served):
     assert routed.height >= 3 and routed["predicted_error"].null_count() == 0
     assert routed["prompt_hash"].null_count() == 0 and routed["realised_cost_usd"].min() > 0
     assert set(frame["key_id"]) <= {"alice", "bob", "carol", "dave"}
+
+
+def _decision(root, request_id: str) -> dict:
+    """The decision record of ``request_id``, once written (off the request path, within its flush interval)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = read_decisions(root / "decisions").filter(pl.col("request_id") == request_id)
+        if found.height:
+            return found.row(0, named=True)
+        time.sleep(0.2)
+    raise AssertionError(f"no decision recorded for request {request_id}")
+
+
+def test_a_routed_decision_keeps_what_learning_needs_and_no_text(served, mmlu_like_dir, registry_uri):
+    url, _, root = served
+    client, prompt = _client(url), _prompt(mmlu_like_dir, "history")
+    raw = client.chat.completions.with_raw_response.create(
+        model="uniroute", messages=[{"role": "user", "content": prompt}], extra_body={"cost_weight": 0.0}
+    )
+    record = _decision(root, raw.headers["x-request-id"])
+    # what `uniroute route` loads: the champion's files, straight from the sqlite registry
+    router = ServableRouter().load_dir(
+        registry_files.router_dir(registry_files.sqlite_path(registry_uri), "models:/uniroute@champion")
+    )
+    params = {"candidates": [row["llm"] for row in router.pool()], "cost_weight": 0.0}
+    expected = router.rank(prompt, router.embedder.embed([prompt])[0], params)
+    assert record["ranked_llms"] == expected["order"] and record["chosen_llm"] == expected["order"][0]
+    assert record["ranked_predicted_error"] == pytest.approx(
+        [expected["predicted_error"][m] for m in expected["order"]], abs=1e-5
+    )
+    assert record["ranked_predicted_cost"] == [expected["cost"][m] for m in expected["order"]]
+    weights = record["cluster_weights"]
+    assert len(weights) == router.router.cluster_map.n_clusters == 3 and sum(weights) == pytest.approx(1.0)
+    assert weights == pytest.approx(expected["cluster_weights"], abs=1e-5)
+    assert record["embedder_id"] == router.embedder.embedder_id and record["router_version"] == "1"
+    named = client.chat.completions.with_raw_response.create(
+        model="cheap", messages=[{"role": "user", "content": prompt}]
+    )
+    passed = _decision(root, named.headers["x-request-id"])
+    learned = ("embedder_id", "cluster_weights", "ranked_llms", "ranked_predicted_error", "ranked_predicted_cost")
+    assert all(passed[c] is None for c in learned) and passed["chosen_llm"] == "cheap"
+    stored = b"".join(f.read_bytes() for f in decision_files(root / "decisions"))
+    assert prompt[:40].encode() not in stored and not any(s.encode() in stored for s in SECRETS.values())
 
 
 @pytest.mark.parametrize(
