@@ -159,6 +159,12 @@ class Router(ABC):
         check_embeddings(embeddings, self.embedding_dim_)
         return None
 
+    def predict_error_with_weights(
+        self, embeddings: np.ndarray, candidates: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`predict_error` and :meth:`cluster_weights` of the same prompts (Phi(x) computed once)."""
+        return self.predict_error(embeddings, candidates), self.cluster_weights(embeddings)
+
     def route(self, embeddings: np.ndarray, cost_weight: float, candidates: Sequence[str] | None = None) -> np.ndarray:
         """Name of the chosen LLM per prompt: argmin_h [predicted error + cost_weight * cost(h)]."""
         idx = self._index(candidates)
@@ -243,6 +249,12 @@ class UniRouter(Router):
         """(n, K) soft cluster assignment Phi(x) of each prompt under the router's cluster map (rows sum to 1)."""
         self._check_fitted()
         return self.cluster_map.transform(check_embeddings(embeddings, self.embedding_dim_))
+
+    def predict_error_with_weights(
+        self, embeddings: np.ndarray, candidates: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        phi = self.cluster_weights(embeddings)
+        return (phi @ self.psi_.T)[:, self._index(candidates)], phi
 
     def get_params(self) -> dict[str, Any]:
         return {"shrinkage": self.shrinkage}

@@ -115,21 +115,26 @@ class ServableRouter:
         self, prompts: list[str], vectors: np.ndarray, params: dict
     ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
         """Candidates, cost weight per prompt, predicted errors (n, M) and costs (M,) of routing ``prompts``."""
+        return self._score(prompts, vectors, params)[:4]
+
+    def _score(
+        self, prompts: list[str], vectors: np.ndarray, params: dict
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """:meth:`score` and the prompts' cluster weights (n, K), None for a router without clusters."""
         names = list(params.get("candidates") or self.router.llms_)
         weights = self.cost_weights(prompts, params, names)
-        errors = self.router.predict_error(vectors, names)
-        return names, weights, errors, self.router.costs_[[self.router.llms_.index(name) for name in names]]
+        errors, phi = self.router.predict_error_with_weights(vectors, names)
+        return names, weights, errors, self.router.costs_[[self.router.llms_.index(name) for name in names]], phi
 
     def rank(self, prompt: str, vector: np.ndarray, params: dict) -> dict:
         """One prompt already embedded (``vector``): the candidates best first by predicted error + cost weight x
         cost (the gateway's fallback order; ties to the cheaper), the cost weight, each candidate's predicted
         error and cost, the prompt's cluster weights Phi(x) (None for a router without clusters) and the
         embedder's id."""
-        names, weights, errors, costs = self.score([prompt], vector.reshape(1, -1), params)
+        names, weights, errors, costs, phi = self._score([prompt], vector.reshape(1, -1), params)
         weight = float(weights[0])
         score = errors[0] + (0.0 if math.isinf(weight) else weight) * costs
         order = sorted(range(len(names)), key=lambda j: (costs[j] if math.isinf(weight) else score[j], costs[j]))
-        phi = self.router.cluster_weights(vector.reshape(1, -1))
         return {
             "order": [names[j] for j in order],
             "cost_weight": weight,

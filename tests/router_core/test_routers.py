@@ -128,3 +128,16 @@ def test_learned_map_is_deterministic_given_a_seed(two_topics):
 def test_learned_map_improves_its_training_loss_over_the_kmeans_start(two_topics):
     fitted = LearnedClusterMap(2, seed=0, init_sharpness=1.0).fit(two_topics.train, two_topics.error_matrix("train"))
     assert fitted.train_loss_ < fitted.init_loss_ - 0.01
+
+
+def test_cluster_weights_are_phi_and_come_with_the_errors_they_make(router, two_topics):
+    x, some = two_topics.test[:5], two_topics.llms[::-1]
+    errors, phi = router.predict_error_with_weights(x, some)
+    assert np.array_equal(errors, router.predict_error(x, some))
+    if isinstance(router, KNNRouter):  # no clusters: no weights
+        assert phi is None and router.cluster_weights(x) is None
+        return
+    assert phi.shape == (5, 2) and np.allclose(phi.sum(axis=1), 1.0)
+    assert np.array_equal(phi, router.cluster_weights(x)) and np.array_equal(phi, router.cluster_map.transform(x))
+    with pytest.raises(ValueError, match="embeddings"):
+        router.cluster_weights(x[:, :3])
