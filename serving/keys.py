@@ -62,6 +62,7 @@ from serving.key_policy import (  # noqa: F401 (this module's public names befor
     unique_keys,
 )
 from serving.ledger import Ledger, MemoryLedger
+from warehouse.userfiles import UserFileError, check_size
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,8 @@ class KeyStore:
             return False
         self._signature = signature
         try:
-            content = self._path.read_bytes()
-        except OSError as exc:
+            content = check_size(self._path).read_bytes()  # a file over the limit is refused before it is read
+        except (OSError, UserFileError) as exc:
             log.error("keys file %s: cannot be read, keeping the %d keys in use (%s)", self._path, len(self._keys), exc)
             return False
         if content == self._content:

@@ -369,6 +369,22 @@ def test_a_hold_refuses_a_bad_cost():
 # ---- reloading the keys file ----
 
 
+def test_a_keys_file_grown_past_the_limit_is_refused_before_it_is_read(tmp_path, caplog):
+    import tracemalloc
+
+    path = write_keys(tmp_path, [{"id": "alice", "sha256": hash_secret(ALICE)}])
+    store = KeyStore.load(path, environ={})
+    with path.open("a") as f:  # 40 MB of comments: a keys file gone wrong
+        f.writelines(["# " + "x" * 998 + "\n"] * 40_000)
+    caplog.set_level(logging.INFO)
+    tracemalloc.start()
+    assert not store.reload_if_changed()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5_000_000 and "above the limit" in caplog.text  # never read whole
+    assert store.authenticate(ALICE).key_id == "alice"
+
+
 def test_a_changed_keys_file_is_reloaded_and_a_bad_one_keeps_the_keys_with_one_log_line(tmp_path, caplog):
     path = write_keys(
         tmp_path, [{"id": "alice", "sha256": hash_secret(ALICE)}, {"id": "bob", "sha256": hash_secret(BOB)}]
