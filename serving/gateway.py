@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -249,6 +250,7 @@ class Gateway:
                 started = time.perf_counter()
                 router = await run_in_threadpool(load_router, self.config.model_uri, self.config.embed_batch)
                 self.router = router  # requests already routing keep the version they took
+                freeze_heap()
                 seconds = time.perf_counter() - started
                 log.info("serving %s version %s (loaded in %.1f s)", self.config.model_uri, router.version, seconds)
         except Exception:  # the registry may be briefly unreachable: keep serving, try again
@@ -431,6 +433,17 @@ class Gateway:
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
+
+
+def freeze_heap() -> None:
+    """Collect, then move every object alive (libraries, the router, the catalog) out of the garbage collector's
+    sight (``gc.freeze``): its full collections, which otherwise scan the ~300k objects the gateway loads at start
+    (~170 ms each, every few thousand requests, stalling every request in flight), scan what requests allocate.
+    After a router swap the heap is unfrozen first, so the version replaced can be collected (one full collection
+    per promotion)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def open_ledger(config: GatewayConfig) -> SqliteLedger:
