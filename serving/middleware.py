@@ -235,7 +235,9 @@ class BodyLimitMiddleware:
 class AuthMiddleware:
     """Every path but ``public_paths`` needs ``Authorization: Bearer <key>`` when ``store`` has keys (401
     otherwise); the key's ``KeyPolicy`` goes to ``request.state.key`` (``ANONYMOUS`` for an empty store) after its
-    spend (429 ``insufficient_quota``) and rate (429 ``rate_limit_exceeded``, ``Retry-After``) are checked.
+    spend (429 ``insufficient_quota``, as this process last read it: ``KeyStore.check_spend`` with
+    ``SPEND_RECHECK_S``; the handler's hold is what holds the limit) and rate (429 ``rate_limit_exceeded``,
+    ``Retry-After``) are checked.
     ``admin_paths`` need an admin key, or a loopback peer when none is configured (:meth:`KeyStore.check_admin`).
 
     The response carries OpenAI's ``x-ratelimit-limit-requests`` / ``x-ratelimit-remaining-requests`` for a key
