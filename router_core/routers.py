@@ -235,12 +235,12 @@ class UniRouter(Router):
 
     def _fit_prompts(self, x: np.ndarray) -> None:
         self.validation_assignments_ = self.cluster_map.transform(x)
-        self.traffic_ = None
 
     def use_traffic(self, stats: TrafficErrorStats | None) -> Self:
         """Blend each LLM's Psi with its traffic outcomes (:func:`router_core.blend_traffic_features`); None
-        returns to validation-only Psi. Kept through ``add_llm``/``remove_llm`` (an added LLM has no traffic) and
-        through ``save_router``/``load_router``; nothing learned is refit."""
+        returns to validation-only Psi. Nothing learned is refit. The outcomes depend on the cluster map only, so
+        they are kept through a refit on other validation prompts (e.g. cross-fitting), ``add_llm``/``remove_llm``
+        (an added LLM has no traffic) and ``save_router``/``load_router``."""
         self._check_fitted()
         k = self.validation_assignments_.shape[1]
         if stats is not None and stats.mass.shape[1] != k:

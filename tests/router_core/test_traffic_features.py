@@ -185,3 +185,34 @@ def test_bad_traffic_outcomes_are_named():
     stats = TrafficErrorStats(("a",), np.ones((1, 3)), np.ones((1, 3)), np.ones((1, 3)))
     with pytest.raises(RouterInputError, match=r"^psi=\(1, 2\)"):
         blend_traffic_features(np.zeros((1, 2)), np.ones((1, 2)), stats)
+
+
+def test_fit_pool_with_traffic_blends_after_the_stale_features_check_and_cross_fits_with_it(two_topics):
+    from router_core import fit_pool
+
+    cmap = KMeansClusterMap(2, seed=0).fit(two_topics.train)
+    validation_only = _champion(two_topics)
+    k = _a_cluster(validation_only, two_topics)
+    n = 3000
+    degraded = _outcomes(np.repeat(np.eye(2)[[k]], n, 0), ["A"] * n, (np.arange(n) % 5 < 3).astype(float))
+    ids = {
+        split: [f"{split}-{i}" for i in range(len(getattr(two_topics, f"{split}_topic")))]
+        for split in ("validation", "test")
+    }
+    fit = fit_pool(
+        cmap,
+        two_topics.llms,
+        dict(zip(two_topics.llms, two_topics.costs, strict=True)),
+        ids["validation"],
+        two_topics.validation,
+        two_topics.outcomes("validation"),
+        ids["test"],
+        two_topics.test,
+        two_topics.outcomes("test"),
+        stored_psi=dict(zip(validation_only.llms_, validation_only.psi_, strict=True)),  # validation-only features
+        traffic=traffic_error_stats(degraded, two_topics.llms, 2),
+    )
+    a = fit.pool.index("A")
+    assert 0.58 < fit.router.psi_[a, k] < 0.6  # 0.6 observed on 3000 outcomes, 0 on the validation prompts
+    on_topic = two_topics.validation_topic[~np.isnan(fit.val_errors).any(axis=1)] == 0
+    assert (fit.predicted[on_topic, a] > 0.55).all()  # every cross-fitted copy kept the traffic
