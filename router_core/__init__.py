@@ -15,6 +15,7 @@ from router_core.cluster_maps import ClusterMap, KMeansClusterMap, LearnedCluste
 from router_core.coverage import (
     CoverageReference,
     CoverageReport,
+    cluster_weight_matrix,
     coverage_report,
     stratified_traffic_sample,
 )
@@ -103,6 +104,7 @@ __all__ = [
     "check_outcomes",
     "check_prompts",
     "choose",
+    "cluster_weight_matrix",
     "compare_curves",
     "compare_on_traffic",
     "concave_hull",

@@ -33,6 +33,7 @@ __all__ = [
     "DEFAULT_QUANTILE",
     "CoverageReference",
     "CoverageReport",
+    "cluster_weight_matrix",
     "coverage_report",
     "stratified_traffic_sample",
 ]
@@ -58,6 +59,21 @@ def check_cluster_weights(name: str, weights: np.ndarray, n_clusters: int | None
     return w
 
 
+def cluster_weight_matrix(weights: pl.Series, n_clusters: int, ids: pl.Series | None = None) -> np.ndarray:
+    """A ``List(Float64)`` column of K cluster weights per row (decision records' ``cluster_weights``) as a checked
+    (n, K) array; a null or wrong-length row is an error naming its id (filter null rows, i.e. requests routed
+    without clusters, and other router versions' decisions first)."""
+    lengths = weights.list.len().fill_null(-1).to_numpy()
+    if len(weights) and (lengths != n_clusters).any():
+        i = int(np.flatnonzero(lengths != n_clusters)[0])
+        where = f"request_id={ids[i]!r}" if ids is not None else f"row {i}"
+        raise RouterInputError(
+            "cluster_weights", int(lengths[i]), f"needs {n_clusters} weights ({where}; -1: null; another cluster map?)"
+        )
+    matrix = np.array(weights.to_list(), dtype=np.float64).reshape(len(weights), n_clusters)
+    return check_cluster_weights("cluster_weights", matrix, n_clusters) if len(weights) else matrix
+
+
 @dataclass(frozen=True)
 class CoverageReport:
     """Traffic against the validation set (:meth:`CoverageReference.report`); numbers, then a decision."""
@@ -76,6 +92,15 @@ class CoverageReport:
     def total_variation(self) -> float:
         """Half the L1 distance between the traffic's and the validation set's cluster shares, in [0, 1]."""
         return float(0.5 * np.abs(self.traffic_share - self.validation_share).sum())
+
+    @property
+    def null_total_variation(self) -> float:
+        r"""About the total variation that sampling alone gives when traffic is drawn like the validation set:
+        :math:`\sqrt{2/\pi}\,\tfrac12 \sum_k \sqrt{v_k(1-v_k)(1/n_t + 1/n_v)}` (hard clusters; soft weights vary
+        less, so it is an upper estimate). A ``bound`` well above it (2-3x) does not fire on noise."""
+        v = self.validation_share
+        spread = np.sqrt(v * (1 - v) * (1 / max(self.n_traffic, 1) + 1 / max(self.n_validation, 1)))
+        return float(np.sqrt(2 / np.pi) * 0.5 * spread.sum())
 
     @property
     def share_ratio(self) -> np.ndarray:
@@ -142,6 +167,7 @@ class CoverageReport:
         """The scalar measures as plain Python numbers (e.g. for run metadata)."""
         return {
             "total_variation": self.total_variation,
+            "null_total_variation": self.null_total_variation,
             "far_share": self.far_share,
             "far_threshold": self.far_threshold,
             "n_traffic": self.n_traffic,

@@ -36,7 +36,7 @@ import polars as pl
 
 from router_core._errors import RouterInputError
 from router_core._hashing import unit_hash
-from router_core.coverage import check_cluster_weights
+from router_core.coverage import cluster_weight_matrix
 
 if TYPE_CHECKING:
     from router_core.routers import UniRouter
@@ -74,16 +74,7 @@ def _outcome_arrays(outcomes: pl.DataFrame, n_clusters: int) -> tuple[np.ndarray
         raise RouterInputError(
             "score", outcomes["score"][i], f"must be in [0, 1] (request_id={outcomes['request_id'][i]!r})"
         )
-    lengths = outcomes["cluster_weights"].list.len().fill_null(-1).to_numpy()
-    if (lengths != n_clusters).any():
-        i = int(np.flatnonzero(lengths != n_clusters)[0])
-        raise RouterInputError(
-            "cluster_weights",
-            int(lengths[i]),
-            f"needs {n_clusters} weights (request_id={outcomes['request_id'][i]!r}; a different cluster map?)",
-        )
-    weights = np.array(outcomes["cluster_weights"].to_list(), dtype=np.float64)
-    check_cluster_weights("cluster_weights", weights, n_clusters)
+    weights = cluster_weight_matrix(outcomes["cluster_weights"], n_clusters, outcomes["request_id"])
     return outcomes["chosen_llm"].to_numpy().astype(object), weights, 1.0 - score
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import pytest
 
 from router_core import (
@@ -13,6 +14,7 @@ from router_core import (
     KMeansClusterMap,
     LearnedClusterMap,
     RouterInputError,
+    cluster_weight_matrix,
     coverage_report,
     stratified_traffic_sample,
 )
@@ -62,6 +64,7 @@ def test_traffic_drawn_like_the_validation_set_has_not_drifted(world):
     x, w, _ = world.traffic([0.25] * 4, 3000)
     report = world.reference.report(w, x[:300])  # 10% of the traffic sampled (and embedded)
     assert report.total_variation < 0.05
+    assert report.total_variation < 2 * report.null_total_variation < 0.1
     assert report.far_share < 0.04  # about 1% by construction of the threshold
     assert not report.drifted(bound=0.1)
     assert report.reason(bound=0.1).startswith("coverage holds: total variation")
@@ -177,3 +180,14 @@ def test_sample_rejects_duplicate_ids(world):
     ids, w, _, report = _stored(world, n=9, unseen=1)
     with pytest.raises(RouterInputError, match=r"^request_id='req-0': duplicate request id"):
         stratified_traffic_sample(["req-0", *ids[1:9], "req-0"], w, 3, report)
+
+
+def test_decision_weights_become_a_checked_matrix():
+    column = pl.Series([[0.25, 0.75], [1.0, 0.0]], dtype=pl.List(pl.Float64))
+    assert cluster_weight_matrix(column, 2).tolist() == [[0.25, 0.75], [1.0, 0.0]]
+    assert cluster_weight_matrix(column.clear(), 2).shape == (0, 2)
+    ids = pl.Series(["r1", "r2"])
+    with pytest.raises(RouterInputError, match=r"^cluster_weights=-1: needs 2 weights \(request_id='r2'; -1: null"):
+        cluster_weight_matrix(pl.Series([[1.0, 0.0], None], dtype=pl.List(pl.Float64)), 2, ids)
+    with pytest.raises(RouterInputError, match=r"^cluster_weights=2: needs 3 weights \(row 0"):
+        cluster_weight_matrix(column, 3)
