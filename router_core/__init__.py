@@ -4,7 +4,8 @@ Prompts are embedded (:class:`Embedder`), a cluster map assigns them to K cluste
 (:class:`KMeansClusterMap`, :class:`LearnedClusterMap`), each LLM becomes its per-cluster validation error
 (:func:`llm_error_features`), and :class:`UniRouter` picks argmin_h [Phi(x) . Psi(h) + cost_weight * cost(h)].
 Baselines share the API; :mod:`router_core.evaluation` measures deferral curves and
-:mod:`router_core.plots` draws them.
+:mod:`router_core.plots` draws them; :mod:`router_core.online` compares what the router predicted with what traffic
+shows.
 No Dagster, no MLflow: those layers call this one.
 """
 
@@ -41,8 +42,27 @@ from router_core.evaluation import (
 )
 from router_core.features import llm_error_features, psi_drift
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix, value_matrix
+from router_core.online import (
+    DEFAULT_MIN_COUNT,
+    DEFAULT_SELECTION_MARGIN,
+    DEFAULT_VALIDATION_COUNT,
+    OnlineEvaluation,
+    calibration,
+    drift_alarms,
+    join_outcomes,
+    online_evaluation,
+    quality_vs_cost,
+    validation_counts,
+)
 from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
-from router_core.plots import plot_deferral_curves, plot_psi_heatmap, version_figures
+from router_core.plots import (
+    plot_deferral_curves,
+    plot_drift_heatmap,
+    plot_psi_heatmap,
+    plot_quality_vs_cost,
+    plot_reliability,
+    version_figures,
+)
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 from router_core.scoring import PoolFit, RouterScores, fit_pool, score_router
 from router_core.servable import ServableRouter
@@ -53,6 +73,9 @@ __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_EMBEDDER",
     "DEFAULT_MAX_SEQ_LENGTH",
+    "DEFAULT_MIN_COUNT",
+    "DEFAULT_SELECTION_MARGIN",
+    "DEFAULT_VALIDATION_COUNT",
     "BudgetMix",
     "ClusterMap",
     "CurveComparison",
@@ -62,6 +85,7 @@ __all__ = [
     "KNNRouter",
     "LearnedClusterMap",
     "NotFittedError",
+    "OnlineEvaluation",
     "OperatingPoint",
     "OracleRouter",
     "PoolFit",
@@ -75,6 +99,7 @@ __all__ = [
     "assign_splits",
     "audc",
     "budget_mix",
+    "calibration",
     "check_llms",
     "check_outcomes",
     "check_prompts",
@@ -85,24 +110,32 @@ __all__ = [
     "default_cost_weights",
     "default_operating_point",
     "deferral_curve",
+    "drift_alarms",
     "error_matrix",
     "evaluate_router",
     "fit_pool",
+    "join_outcomes",
     "llm_error_features",
     "load_cluster_map",
     "load_router",
+    "online_evaluation",
     "operating_point",
     "out_of_fold_errors",
     "plot_deferral_curves",
+    "plot_drift_heatmap",
     "plot_psi_heatmap",
+    "plot_quality_vs_cost",
+    "plot_reliability",
     "prompt_hash",
     "psi_drift",
     "qnc",
+    "quality_vs_cost",
     "save_cluster_map",
     "save_router",
     "score_router",
     "single_llm_points",
     "summarize_curve",
+    "validation_counts",
     "value_matrix",
     "version_figures",
 ]
