@@ -8,10 +8,11 @@ observed error with the mean predicted error and tests the difference; figures a
 Why the test is not a plain binomial test: the prediction :math:`\Psi_k(h)` is itself a mean over a finite
 validation sample, and the router sends traffic to the LLM whose estimate is *lowest*, so on traffic an
 undegraded LLM's error tends to exceed its estimate (the winner's curse). The standard error therefore adds the
-prediction's own sampling variance to the traffic's, and that prediction variance is inflated by
-``(1 + selection_margin)^2``: the estimate that won a comparison is typically about one of its standard errors
-too optimistic. The variance of a score in [0, 1] with mean :math:`p` is at most :math:`p(1-p)`, so the
-Bernoulli variance is used for graded scores too (conservative).
+prediction's own sampling variance to the traffic's, and the difference must pass an allowance of
+``selection_margin`` prediction standard errors first: the estimate that won the router's comparison is
+typically about one of its standard errors too optimistic (1.4 with ten equally good LLMs). The variance of a
+score in [0, 1] with mean :math:`p` is at most :math:`p(1-p)`, so the Bernoulli variance is used for graded
+scores too (conservative).
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ class OnlineEvaluation:
     """:func:`online_evaluation`'s tables: ``by_cluster`` (one row per LLM and cluster with rated traffic) and
     ``by_llm`` (one row per LLM). Columns: ``llm``, (``cluster``,) ``count``, ``observed_error``,
     ``observed_low``/``observed_high`` (its confidence interval), ``predicted_error``, ``difference``
-    (observed - predicted), ``validation_count`` (effective validation prompts behind the prediction), ``se``
-    (of the difference) and ``z`` (difference / se)."""
+    (observed - predicted), ``allowance`` (the winner's-curse margin), ``se`` (of the difference), ``z``
+    ((difference - allowance) / se) and ``validation_count`` (effective validation prompts behind the
+    prediction)."""
 
     by_cluster: pl.DataFrame
     by_llm: pl.DataFrame
@@ -74,10 +76,20 @@ def join_outcomes(decisions: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFra
     ``predicted_error`` JSON (a fallback answered). Decisions must come from one router version (clusters of two
     versions are different things); ``outcomes`` holds one ``score`` in [0, 1] per ``request_id``.
     """
-    routed = _routed(decisions)
-    rated = _check_outcomes(outcomes)
-    joined = routed.join(rated, on="request_id", how="inner")
-    return joined.with_columns(error=1.0 - pl.col("score")).drop("score")
+    rated = _routed(decisions).join(_check_outcomes(outcomes), on="request_id", how="inner")
+    predicted = [_predicted(row) for row in rated.iter_rows(named=True)]
+    no_cost = pl.Series([None] * rated.height, dtype=pl.Float64)
+    return pl.DataFrame(
+        {
+            "request_id": rated["request_id"],
+            "llm": rated["chosen_llm"],
+            "cluster": rated["cluster_weights"].list.arg_max().cast(pl.Int64),
+            "cluster_weights": rated["cluster_weights"],
+            "predicted_error": pl.Series(predicted, dtype=pl.Float64),
+            "error": 1.0 - rated["score"],
+            "realised_cost_usd": rated.get_column("realised_cost_usd", default=no_cost),
+        }
+    )
 
 
 def _routed(decisions: pl.DataFrame) -> pl.DataFrame:
@@ -91,18 +103,7 @@ def _routed(decisions: pl.DataFrame) -> pl.DataFrame:
     sizes = routed["cluster_weights"].list.len().unique().to_list()
     if len(sizes) > 1:
         raise RouterInputError("cluster_weights", sorted(sizes), "decisions disagree on the number of clusters")
-    predicted = [_predicted(row) for row in routed.iter_rows(named=True)]
-    cost = routed["realised_cost_usd"] if "realised_cost_usd" in routed.columns else None
-    return pl.DataFrame(
-        {
-            "request_id": routed["request_id"],
-            "llm": routed["chosen_llm"],
-            "cluster": routed["cluster_weights"].list.arg_max().cast(pl.Int64),
-            "cluster_weights": routed["cluster_weights"],
-            "predicted_error": pl.Series(predicted, dtype=pl.Float64),
-            "realised_cost_usd": cost if cost is not None else pl.Series([None] * routed.height, dtype=pl.Float64),
-        }
-    )
+    return routed
 
 
 def _predicted(row: dict) -> float:
@@ -173,11 +174,11 @@ def online_evaluation(
 
     .. math::
 
-        SE^2 = p_0 (1 - p_0) \left(\frac{1}{n} + \frac{(1 + \mathrm{margin})^2}{m}\right), \qquad
-        z = (\bar o - \bar p) / SE,
+        SE^2 = p_0 (1 - p_0) \left(\frac{1}{n} + \frac{1}{m}\right), \qquad
+        z = \left(\bar o - \bar p - \mathrm{margin} \sqrt{p_0 (1 - p_0) / m}\right) / SE,
 
-    the margin (``selection_margin``) covering the winner's curse (module docstring). ``observed_low`` and
-    ``observed_high`` are the Wilson interval of the observed error at ``confidence``.
+    the allowance (``selection_margin`` prediction SEs) covering the winner's curse (module docstring).
+    ``observed_low`` and ``observed_high`` are the Wilson interval of the observed error at ``confidence``.
     """
     if not 0 < confidence < 1:
         raise RouterInputError("confidence", confidence, "must be in (0, 1)")
@@ -229,14 +230,18 @@ def _cells(keys: list[str], joined: pl.DataFrame, counts: dict, k: int, zq: floa
     prediction_se = np.sqrt(p0 * (1 - p0) / m)
     se = np.sqrt(p0 * (1 - p0) / n + prediction_se**2)
     low, high = _wilson(observed, n, zq)
-    return cells.drop(f"w{j}" for j in range(k)).with_columns(
+    return cells.select(
+        *keys,
+        pl.col("count").cast(pl.Int64),
+        "observed_error",
         observed_low=low,
         observed_high=high,
+        predicted_error="predicted_error",
         difference=pl.col("observed_error") - pl.col("predicted_error"),
-        validation_count=m,
         allowance=margin * prediction_se,
         se=se,
         z=(observed - predicted - margin * prediction_se) / se,
+        validation_count=m,
     )
 
 
@@ -261,18 +266,15 @@ def drift_alarms(table: pl.DataFrame, z: float = 3.0, min_count: int = DEFAULT_M
     """
     _require_columns(table, "table", ["llm", "count", "observed_error", "predicted_error", "difference", "z"])
     alarms = table.filter((pl.col("z") > z) & (pl.col("count") >= min_count)).sort("z", descending=True)
-    where = pl.format(", cluster {}", pl.col("cluster")) if "cluster" in table.columns else pl.lit("")
-    message = pl.format(
-        "{}{}: observed error {} over {} requests vs predicted {} (+{}, {} SE)",
-        "llm",
-        where,
-        pl.col("observed_error").round(2),
-        "count",
-        pl.col("predicted_error").round(2),
-        pl.col("difference").round(2),
-        pl.col("z").round(1),
+    return alarms.with_columns(message=pl.Series([_message(r) for r in alarms.iter_rows(named=True)], dtype=pl.String))
+
+
+def _message(row: dict) -> str:
+    where = "" if row.get("cluster") is None else f", cluster {row['cluster']}"
+    return (
+        f"{row['llm']}{where}: observed error {row['observed_error']:.2f} over {row['count']} requests vs predicted "
+        f"{row['predicted_error']:.2f} ({row['difference']:+.2f}, {row['z']:.1f} SE)"
     )
-    return alarms.with_columns(message=message)
 
 
 def calibration(

@@ -237,20 +237,30 @@ def plot_drift_heatmap(table: pl.DataFrame, min_count: int = 30, z: float = 3.0)
     llms = sorted(table["llm"].unique().to_list())
     k = int(table["cluster"].max()) + 1 if table.height else 1
     scores = np.full((len(llms), k), np.nan)
-    fig, ax = _pyplot().subplots(figsize=(min(1.5 + 0.5 * k, 16), 0.4 * len(llms) + 1.6))
+    fig, ax = _pyplot().subplots(figsize=(min(max(2.5 + 0.5 * k, 6), 16), 0.4 * len(llms) + 1.6))
     for llm, cluster, count, value in table.select("llm", "cluster", "count", "z").iter_rows():
         row = llms.index(llm)
         if count >= min_count:
             scores[row, cluster] = value
             if value > z:
                 ax.add_patch(_pyplot().Rectangle((cluster - 0.5, row - 0.5), 1, 1, fill=False, linewidth=2))
-        ax.text(cluster, row, str(count), ha="center", va="center", fontsize=6)
     limit = max(z + 1, float(np.nanmax(np.abs(scores))) if np.isfinite(scores).any() else 0.0)
+    for llm, cluster, count, value in table.select("llm", "cluster", "count", "z").iter_rows():
+        dark = count >= min_count and abs(value) > 0.6 * limit  # white text on the darkest colours
+        ax.text(
+            cluster,
+            llms.index(llm),
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if dark else "black",
+        )
     image = ax.imshow(scores, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
     ax.set_yticks(range(len(llms)), llms, fontsize=7)
     ax.set_xticks(range(k))
     ax.set_xlabel("cluster (cell text: rated requests)")
-    ax.set_title(f"Observed vs predicted error (z; outlined: > {z:g} SE)")
+    ax.set_title(f"Observed minus predicted error, in SEs (outlined: > {z:g})", fontsize=10)
     fig.colorbar(image, ax=ax, label="z")
     fig.tight_layout()
     return fig

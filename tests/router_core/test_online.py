@@ -167,6 +167,8 @@ def test_a_chosen_llm_without_a_prediction_is_named():
     decisions = _decisions(["ghost"], [[1, 0]], [0.1], ranked=[["A"]], predicted_json=[json.dumps({"A": 0.1})])
     with pytest.raises(RouterInputError, match=r"predicted_error='ghost'.*request_id='r0'"):
         online_evaluation(decisions, _outcomes([0]))
+    unrated = online_evaluation(decisions, _outcomes([0]).with_columns(request_id=pl.lit("elsewhere")))
+    assert unrated.by_llm.height == 0  # only the rated requests need a prediction
 
 
 @pytest.mark.parametrize(
