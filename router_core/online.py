@@ -77,7 +77,7 @@ def join_outcomes(decisions: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFra
     versions are different things); ``outcomes`` holds one ``score`` in [0, 1] per ``request_id``.
     """
     rated = _routed(decisions).join(_check_outcomes(outcomes), on="request_id", how="inner")
-    predicted = [_predicted(row) for row in rated.iter_rows(named=True)]
+    predicted = _chosen_predictions(rated)
     no_cost = pl.Series([None] * rated.height, dtype=pl.Float64)
     return pl.DataFrame(
         {
@@ -106,17 +106,23 @@ def _routed(decisions: pl.DataFrame) -> pl.DataFrame:
     return routed
 
 
-def _predicted(row: dict) -> float:
-    """The chosen LLM's predicted error in one decision row."""
-    llm, ranked = row["chosen_llm"], row["ranked_llms"] or []
-    if ranked and ranked[0] == llm and row["ranked_predicted_error"]:
-        return float(row["ranked_predicted_error"][0])
-    errors = json.loads(row["predicted_error"]) if row["predicted_error"] else {}
-    if errors.get(llm) is None:
-        raise RouterInputError(
-            "predicted_error", llm, f"no predicted error for chosen LLM {llm!r} (request_id={row['request_id']!r})"
-        )
-    return float(errors[llm])
+def _chosen_predictions(rated: pl.DataFrame) -> np.ndarray:
+    """The chosen LLM's predicted error in each decision row: the ranking's first when it is the chosen LLM,
+    else the ``predicted_error`` JSON's entry."""
+    first = pl.col("ranked_llms").list.first() == pl.col("chosen_llm")
+    ranked = rated.select(pl.when(first).then(pl.col("ranked_predicted_error").list.first())).to_series()
+    predicted = ranked.cast(pl.Float64).to_numpy().copy()
+    missing = np.flatnonzero(ranked.is_null().to_numpy())
+    for i, row in zip(missing, rated[missing].iter_rows(named=True), strict=True):
+        errors = json.loads(row["predicted_error"]) if row["predicted_error"] else {}
+        if errors.get(row["chosen_llm"]) is None:
+            raise RouterInputError(
+                "predicted_error",
+                row["chosen_llm"],
+                f"no predicted error for chosen LLM {row['chosen_llm']!r} (request_id={row['request_id']!r})",
+            )
+        predicted[i] = float(errors[row["chosen_llm"]])
+    return predicted
 
 
 def _check_outcomes(outcomes: pl.DataFrame) -> pl.DataFrame:
