@@ -252,7 +252,8 @@ def _cells(keys: list[str], joined: pl.DataFrame, counts: dict, k: int, zq: floa
 
 
 def _wilson(rate: np.ndarray, n: np.ndarray, zq: float) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval of a rate observed over ``n`` trials."""
+    """Wilson score interval of a rate observed over ``n`` trials (NaN where ``n`` is 0)."""
+    n = np.where(n > 0, n, np.nan)
     centre = (rate + zq**2 / (2 * n)) / (1 + zq**2 / n)
     half = zq / (1 + zq**2 / n) * np.sqrt(rate * (1 - rate) / n + zq**2 / (4 * n**2))
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)

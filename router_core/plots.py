@@ -196,7 +196,7 @@ def plot_reliability(table: pl.DataFrame):
     below, above = y - table["observed_low"].to_numpy(), table["observed_high"].to_numpy() - y
     ax.errorbar(x, y, yerr=[below, above], fmt="none", ecolor="black", elinewidth=1, capsize=2)
     counts = table["count"].to_numpy()
-    ax.scatter(x, y, s=20 + 180 * counts / max(counts.max(), 1), zorder=3, label="traffic (area ~ requests)")
+    ax.scatter(x, y, s=20 + 180 * counts / max(counts.max(initial=0), 1), zorder=3, label="traffic (area ~ requests)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted error")
@@ -234,7 +234,7 @@ def plot_drift_heatmap(table: pl.DataFrame, min_count: int = 30, z: float = 3.0)
     """Per LLM (rows) and cluster (columns) of :func:`router_core.online.online_evaluation`'s ``by_cluster``:
     colour = z (observed error above predicted, in standard errors), each cell labelled with its request count;
     cells under ``min_count`` requests left blank, cells past ``z`` outlined."""
-    llms = sorted(table["llm"].unique().to_list())
+    llms = sorted(table["llm"].unique().to_list()) or ["(no rated traffic)"]
     k = int(table["cluster"].max()) + 1 if table.height else 1
     scores = np.full((len(llms), k), np.nan)
     fig, ax = _pyplot().subplots(figsize=(min(max(2.5 + 0.5 * k, 6), 16), 0.4 * len(llms) + 1.6))

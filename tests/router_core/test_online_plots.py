@@ -82,3 +82,20 @@ def test_drift_heatmap_outlines_the_alarm_and_blanks_thin_cells(traffic):
     assert outlined == [(2, 1)]  # cluster 2, llm-b
     assert {t.get_text() for t in ax.texts} == {"300", "100", "5"}
     plt.close(fig)
+
+
+def test_no_rated_traffic_still_draws(traffic):
+    import matplotlib.pyplot as plt
+
+    decisions, outcomes = traffic
+    nobody = outcomes.head(0)
+    figures = [
+        plot_reliability(calibration(decisions, nobody)),
+        plot_quality_vs_cost(quality_vs_cost(decisions, nobody)),
+        plot_drift_heatmap(online_evaluation(decisions, nobody).by_cluster),
+    ]
+    assert [len(f.axes) >= 1 for f in figures] == [True] * 3
+    table = quality_vs_cost(decisions, nobody)
+    assert table["requests"].to_list() == [600, 400, 5] and table["rated"].to_list() == [0, 0, 0]
+    for figure in figures:
+        plt.close(figure)
