@@ -219,3 +219,17 @@ def test_quality_vs_cost_counts_every_answer_and_rates_the_rated():
         ("B", 1, 10.0, 1, 0.0),
         ("C", 1, 5.0, 1, 1.0),  # a named-model request (no cluster weights) still has a quality and a cost
     ]
+
+
+def test_validation_counts_of_a_fitted_uniroute_add_up_to_its_validation_prompts(two_topics):
+    from router_core import KMeansClusterMap, UniRouter
+
+    cmap = KMeansClusterMap(2, seed=0).fit(two_topics.train)
+    ids = [f"validation-{i}" for i in range(len(two_topics.validation))]
+    router = UniRouter(cmap).fit(two_topics.validation, ids, two_topics.outcomes("validation"), two_topics.llm_frame())
+    table = validation_counts(router.validation_assignments_, router.validation_errors_, router.llms_)
+    assert table.height == 3 * 2
+    by_llm = table.group_by("llm").agg(pl.col("validation_count").sum()).sort("llm")
+    assert by_llm.rows() == [("A", 60.0), ("B", 60.0), ("C", 60.0)]  # a hard map: each prompt in one cluster
+    sizes = np.bincount(router.validation_assignments_.argmax(axis=1), minlength=2).astype(float).tolist()
+    assert table.filter(pl.col("llm") == "A")["validation_count"].to_list() == sizes
