@@ -10,7 +10,8 @@ validation sample, and the router sends traffic to the LLM whose estimate is *lo
 undegraded LLM's error tends to exceed its estimate (the winner's curse). The standard error therefore adds the
 prediction's own sampling variance to the traffic's, and the difference must pass an allowance of
 ``selection_margin`` prediction standard errors first: the estimate that won the router's comparison is
-typically about one of its standard errors too optimistic (1.4 with ten equally good LLMs). The variance of a
+typically about one of its standard errors too optimistic (with ten equally good LLMs and no allowance, z
+averages 1.4 on unchanged traffic; tests/router_core/test_online.py simulates it). The variance of a
 score in [0, 1] with mean :math:`p` is at most :math:`p(1-p)`, so the Bernoulli variance is used for graded
 scores too (conservative).
 """
@@ -49,8 +50,6 @@ DEFAULT_MIN_COUNT = 30
 DEFAULT_VALIDATION_COUNT = 20
 #: How many of its own standard errors the chosen LLM's estimate is taken to be optimistic by (winner's curse).
 DEFAULT_SELECTION_MARGIN = 1.0
-
-_JOINED = ("request_id", "llm", "cluster", "predicted_error", "error")
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,8 @@ def validation_counts(assignments: np.ndarray, errors: np.ndarray, llms: Sequenc
     r"""Effective validation prompts behind each LLM's per-cluster prediction: ``llm, cluster, validation_count``.
 
     For cluster weights :math:`w_{ik}` of the validation prompts the LLM answered (``errors`` not NaN) that is
-    :math:`(\sum_i w_{ik})^2 / \sum_i w_{ik}^2` (the count itself for a hard map). A fitted UniRouter's are
+    :math:`(\sum_i w_{ik})^2 / \sum_i w_{ik}^2` (the count itself for a hard map; a router's shrinkage is not
+    counted, which only overstates the prediction's noise). A fitted UniRouter's are
     ``validation_counts(r.validation_assignments_, r.validation_errors_, r.llms_)``.
 
     Examples
