@@ -6,7 +6,8 @@ Prompts are embedded (:class:`Embedder`), a cluster map assigns them to K cluste
 After deployment, :mod:`router_core.coverage` tells whether traffic still looks like the validation set and
 :mod:`router_core.traffic_features` blends Psi with observed traffic outcomes.
 Baselines share the API; :mod:`router_core.evaluation` measures deferral curves and
-:mod:`router_core.plots` draws them.
+:mod:`router_core.plots` draws them; :mod:`router_core.online` compares what the router predicted with what traffic
+shows.
 No Dagster, no MLflow: those layers call this one.
 """
 
@@ -50,8 +51,27 @@ from router_core.evaluation import (
 )
 from router_core.features import effective_counts, llm_error_features, psi_drift, validation_counts
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix, value_matrix
+from router_core.online import (
+    DEFAULT_MIN_COUNT,
+    DEFAULT_SELECTION_MARGIN,
+    DEFAULT_VALIDATION_COUNT,
+    OnlineEvaluation,
+    calibration,
+    drift_alarms,
+    join_outcomes,
+    online_evaluation,
+    quality_vs_cost,
+    validation_count_table,
+)
 from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
-from router_core.plots import plot_deferral_curves, plot_psi_heatmap, version_figures
+from router_core.plots import (
+    plot_deferral_curves,
+    plot_drift_heatmap,
+    plot_psi_heatmap,
+    plot_quality_vs_cost,
+    plot_reliability,
+    version_figures,
+)
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 from router_core.scoring import PoolFit, RouterScores, fit_pool, score_router
 from router_core.servable import ServableRouter
@@ -72,6 +92,9 @@ __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_EMBEDDER",
     "DEFAULT_MAX_SEQ_LENGTH",
+    "DEFAULT_MIN_COUNT",
+    "DEFAULT_SELECTION_MARGIN",
+    "DEFAULT_VALIDATION_COUNT",
     "TRAFFIC_OUTCOME_COLUMNS",
     "BudgetMix",
     "ClusterMap",
@@ -84,6 +107,7 @@ __all__ = [
     "KNNRouter",
     "LearnedClusterMap",
     "NotFittedError",
+    "OnlineEvaluation",
     "OperatingPoint",
     "OracleRouter",
     "PoolFit",
@@ -100,6 +124,7 @@ __all__ = [
     "audc",
     "blend_traffic_features",
     "budget_mix",
+    "calibration",
     "check_llms",
     "check_outcomes",
     "check_prompts",
@@ -113,20 +138,27 @@ __all__ = [
     "default_cost_weights",
     "default_operating_point",
     "deferral_curve",
+    "drift_alarms",
     "effective_counts",
     "error_matrix",
     "evaluate_router",
     "fit_pool",
+    "join_outcomes",
     "llm_error_features",
     "load_cluster_map",
     "load_router",
+    "online_evaluation",
     "operating_point",
     "out_of_fold_errors",
     "plot_deferral_curves",
+    "plot_drift_heatmap",
     "plot_psi_heatmap",
+    "plot_quality_vs_cost",
+    "plot_reliability",
     "prompt_hash",
     "psi_drift",
     "qnc",
+    "quality_vs_cost",
     "save_cluster_map",
     "save_router",
     "score_router",
@@ -136,6 +168,7 @@ __all__ = [
     "summarize_curve",
     "traffic_error_stats",
     "traffic_prediction_loss",
+    "validation_count_table",
     "validation_counts",
     "value_matrix",
     "version_figures",
