@@ -74,7 +74,7 @@ def test_history_is_kept_and_the_latest_rating_stands(con):
     assert latest.columns == ["request_id", "key_id", "score", "rated_at", "source"]
     assert latest.select("request_id", "score").rows() == [("a", 1.0), ("b", 0.75)]
 
-    wh.insert_traffic_feedback(con, _ratings([("f0", "a", 0.0, NOW - timedelta(days=1))]))  # late, older rating
+    wh.insert_traffic_feedback(con, _ratings([("f9", "a", 0.0, NOW - timedelta(days=1))]))  # late: older, greater id
     assert wh.read_latest_feedback(con).select("request_id", "score").rows() == [("a", 1.0), ("b", 0.75)]
     assert wh.read_traffic_feedback(con, "a").height == 3
 
