@@ -133,7 +133,8 @@ def _scores(table: pl.DataFrame, path: Path) -> list[float]:
     if "score" in table.columns:
         if table.schema["score"] == pl.Boolean:
             raise FeedbackFileError(f"{path}: column score: booleans are not scores (use thumbs: up/down)")
-        score = pl.col("score").cast(pl.Float64, strict=False)
+        given = pl.col("score").str.strip_chars() if table.schema["score"] == pl.String else pl.col("score")
+        score = given.cast(pl.Float64, strict=False)
         if found := _first(table, pl.col("score").is_not_null() & score.is_null(), "score"):
             raise _bad(path, found[0], "score", found[1], "is not a number")
         out_of_range = ~(score.is_between(0, 1) & score.is_not_nan())

@@ -60,6 +60,14 @@ def test_both_assets_are_in_the_definitions():
     assert {"traffic_feedback", "traffic_samples"} <= keys
 
 
+def test_no_files_yet_is_a_run_that_loads_nothing(instance, tmp_path):
+    path = tmp_path / "w.duckdb"
+    feedback = _materialise(instance, traffic_feedback, path, directory=str(tmp_path / "none"))
+    assert (feedback["rows_loaded"], feedback["ratings_total"], feedback["files"]) == (0, 0, 0)
+    samples = _materialise(instance, traffic_samples, path, directory=str(tmp_path / "none"))
+    assert (samples["rows_loaded"], samples["rows_total"], samples["retention_days"]) == (0, 0, 30)
+
+
 def test_feedback_history_is_kept_the_latest_stands_and_files_load_once(instance, tmp_path):
     directory, path = tmp_path / "feedback", tmp_path / "w.duckdb"
     with wh.connect(path) as con:  # the gateway's decision of r1; r2's is not loaded yet

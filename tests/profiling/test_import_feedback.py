@@ -42,7 +42,7 @@ def _out(capsys) -> str:
 
 def test_a_csv_is_stored_once_and_unknown_ids_are_counted(warehouse, tmp_path, capsys):
     csv = tmp_path / "ratings.csv"
-    csv.write_text("request_id,score,rated_at\n007,0.25,2026-12-01T10:00:00+01:00\nr2,1,\nghost,0,2026-12-01\n")
+    csv.write_text("request_id,score,rated_at\n007, 0.25,2026-12-01T10:00:00+01:00\nr2,1,\nghost,0,2026-12-01\n")
     assert main(["import-feedback", str(csv)]) == 0
     assert _out(capsys).startswith("feedback import:ratings.csv: 3 ratings stored, 0 already stored; 1 request ids")
     stored = _stored(warehouse).sort("request_id")
