@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import duckdb
 import polars as pl
 
-from warehouse._tables import WarehouseInputError, _at_as, _query, _write
+from warehouse._tables import WarehouseInputError, _at_as, _query, _where, _write
 from warehouse.responses import _naive_utc
 
 __all__ = [
@@ -47,7 +47,7 @@ def insert_traffic_feedback(con: duckdb.DuckDBPyConnection, feedback: pl.DataFra
 
 def read_traffic_feedback(con: duckdb.DuckDBPyConnection, request_id: str | None = None) -> pl.DataFrame:
     """Every stored rating (of ``request_id`` only, when given), oldest first: the history."""
-    where, params = ("request_id = ?", [request_id]) if request_id is not None else ("TRUE", [])
+    where, params = _where({"request_id = ?": request_id})
     sql = f"SELECT * FROM traffic_feedback WHERE {where} ORDER BY rated_at, feedback_id"
     return _query(con, sql, params)
 
