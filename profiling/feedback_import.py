@@ -25,7 +25,14 @@ import warehouse as wh
 from profiling.results.reader import read_table
 from warehouse.userfiles import UserFileError, check_size
 
-__all__ = ["MAX_FEEDBACK_FILE_BYTES", "THUMBS", "FeedbackFileError", "FeedbackImport", "import_feedback"]
+__all__ = [
+    "MAX_FEEDBACK_FILE_BYTES",
+    "THUMBS",
+    "FeedbackFileError",
+    "FeedbackImport",
+    "import_feedback",
+    "read_feedback_file",
+]
 
 #: The largest feedback file read (about five million ratings of a CSV).
 MAX_FEEDBACK_FILE_BYTES = 256 * 1024 * 1024
@@ -73,8 +80,8 @@ def import_feedback(
 
 
 def read_feedback_file(path: Path, now: datetime | None = None) -> pl.DataFrame:
-    """The file's ratings as ``traffic_feedback`` rows (``feedback_id, request_id, key_id, score, at, source``);
-    :class:`FeedbackFileError` on the first bad row."""
+    """The file's ratings as ``traffic_feedback`` rows (``feedback_id, request_id, key_id, score, rated_at,
+    source``), one per row of the file; :class:`FeedbackFileError` on the first bad row."""
     try:
         check_size(path, MAX_FEEDBACK_FILE_BYTES)
     except UserFileError as exc:
