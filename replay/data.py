@@ -70,7 +70,7 @@ class ReplayData:
         for prompt_id, chat, text in zip(prompts["prompt_id"].cast(pl.String).to_list(), messages, texts, strict=True):
             if prompt_id is None:
                 raise ValueError("prompts: a prompt_id is null")
-            by_hash.setdefault(prompt_hash(_last_user_text(prompt_id, chat, text)), []).append(prompt_id)
+            by_hash.setdefault(prompt_hash(last_user_text(prompt_id, chat, text)), []).append(prompt_id)
         prompt_ids_by_hash = {key: tuple(sorted(ids)) for key, ids in by_hash.items()}
 
         known = {prompt_id for ids in prompt_ids_by_hash.values() for prompt_id in ids}
@@ -182,8 +182,9 @@ def require_columns(frame: pl.DataFrame, name: str, columns: Sequence[str]) -> N
         raise ValueError(f"{name}: missing column(s) {missing} (have {frame.columns})")
 
 
-def _last_user_text(prompt_id: str, messages: str | None, prompt: str | None) -> str:
-    """What identifies a prompt: its last user message (``messages``, JSON), else ``prompt``."""
+def last_user_text(prompt_id: str, messages: str | None, prompt: str | None) -> str:
+    """What identifies a prompt: its last user message (``messages``, JSON), else ``prompt``; ``ValueError`` naming
+    ``prompt_id`` and the problem."""
     where = f"prompts: prompt_id={prompt_id!r}"
     if messages is None:
         if prompt is None:

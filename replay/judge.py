@@ -2,10 +2,11 @@
 
 The ``llm_judge`` grader (:mod:`profiling.graders._judge`) sends its rubric with ``{prompt}``, ``{reference}``,
 ``{response}`` and ``{scale}`` filled in. The replay judge reads them back out of the request's last user message
-(the rubric turned into a pattern), finds the prompt among the data's (by the hash of its text, as chat requests
-are found), grades the answer with that prompt's grader, options, reference and tests, and answers
-``Score: <score x scale>``: so judged scores equal the project's grades. With ``noise`` > 0, that share of verdicts is
-flipped (score -> 1 - score), drawn from a hash of the seed and the request (the same request, the same verdict).
+(the rubric turned into a pattern), finds the prompt among the data's by the hash of its text, as chat requests are
+found (``{prompt}`` is the last user message asked, or the request's ``messages`` as JSON), grades the answer with
+that prompt's grader, options, reference and tests, and answers ``Score: <score x scale>``: so judged scores equal
+the project's grades. With ``noise`` > 0, that share of verdicts is flipped (score -> 1 - score), drawn from a hash
+of the seed and the request (the same request, the same verdict).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from dataclasses import dataclass
 
 from profiling.graders import DEFAULT_RUBRIC, GradeItem, Grader, get_grader
-from replay.data import ReplayData
+from replay.data import ReplayData, last_user_text
 from router_core.embedding import prompt_hash
 
 __all__ = ["DEFAULT_JUDGE_MODEL", "JudgeConfig", "JudgeRefusal", "ReplayJudge"]
@@ -99,7 +100,7 @@ class ReplayJudge:
                 400,
                 "not_a_judge_request",
             )
-        prompt = match["prompt"]
+        prompt = self._asked(match["prompt"])
         ids = self.data.prompt_ids_by_hash.get(prompt_hash(prompt), ())
         prompt_id = next((pid for pid in ids if self._gradable(pid)), None)
         if prompt_id is None:
@@ -115,6 +116,16 @@ class ReplayJudge:
         scale = _number(match.groupdict().get("scale"), self.config.scale)
         graded = f"Replay judge: graded by {grading.grader} against the prompt's reference."
         return prompt_id, f"{graded}\nScore: {score * scale:g}"
+
+    def _asked(self, prompt: str) -> str:
+        """The judged prompt's last user message: ``prompt`` itself, or where it is a JSON list of chat messages
+        (a request's ``messages``) that matches no prompt as text, their last user message."""
+        if prompt in ("", "(none)") or prompt_hash(prompt) in self.data.prompt_ids_by_hash:
+            return prompt
+        try:
+            return last_user_text("(judged)", prompt, None) if prompt.lstrip().startswith("[") else prompt
+        except ValueError:
+            return prompt
 
     def _gradable(self, prompt_id: str) -> bool:
         grading = self.data.gradings.get(prompt_id)

@@ -4,6 +4,7 @@ a model silently degraded on one category (substitution rules), and a judge whos
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,6 +214,12 @@ def test_judge_with_the_openai_sdk_and_a_custom_rubric(replay_data, prompts):
             reply = sdk.chat.completions.create(model=JUDGE, messages=[{"role": "user", "content": request}])
             assert reply.model == JUDGE
             assert grader.parse(reply.choices[0].message.content) == (score, None)
+
+
+def test_judge_finds_a_prompt_given_as_the_requests_messages(server, prompts, recorded):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompts[46]}]
+    items = [GradeItem(recorded[m, 46], None, json.dumps(messages)) for m in ("history-pro", "cheap")]
+    assert [r.score for r in judged(server, items)] == [1.0, 0.0]
 
 
 def test_judge_noise_flips_a_seeded_share_of_verdicts(replay_data, prompts, recorded):
