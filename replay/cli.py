@@ -60,8 +60,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "replay-server",
         help="serve recorded answers as an OpenAI-compatible endpoint",
         description="Serve a dataset's recorded answers at /v1/chat/completions and /v1/models, with latency and "
-        "seeded faults; request counts at /_replay/stats and /_replay/requests. Prompts are rendered by the "
-        "dataset's adapter, so a request is answered when its last user message is one of them.",
+        "seeded faults; request counts at /_replay/stats and /_replay/requests; substitution rules (a model "
+        "silently serving another's answers for one category) at /_replay/substitutions; optionally a judge for "
+        "the llm_judge grader. Prompts are rendered by the dataset's adapter, so a request is answered when its "
+        "last user message is one of them.",
     )
     replay.add_argument(
         "--data",
