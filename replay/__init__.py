@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from replay.faults import MALFORMED_BODIES, MALFORMED_USAGES, SPREAD_KINDS, FaultKind, FaultRates, ReplayConfig
     from replay.judge import DEFAULT_JUDGE_MODEL, JudgeConfig, ReplayJudge
     from replay.server import UVICORN_SETTINGS, ReplayServer
-    from replay.substitution import Substitution
+    from replay.substitution import Substitution, substituted
 
 #: Each public name and the module defining it.
 _MODULES = {
@@ -49,6 +49,7 @@ _MODULES = {
     "JudgeConfig": "replay.judge",
     "ReplayJudge": "replay.judge",
     "Substitution": "replay.substitution",
+    "substituted": "replay.substitution",
     "UVICORN_SETTINGS": "replay.server",
     "ReplayServer": "replay.server",
 }
@@ -72,6 +73,7 @@ __all__ = [
     "RequestLog",
     "Substitution",
     "create_app",
+    "substituted",
 ]
 
 

@@ -169,11 +169,7 @@ class _Replayer:
             self.log.record(model, prompt_ids[0], RejectReason.RESPONSE_NOT_RECORDED)
             message = f"model {model!r} has no recorded response to prompt {prompt_ids[0]!r} (hash {key})"
             return error_response(404, message, "invalid_request_error", RejectReason.RESPONSE_NOT_RECORDED, "messages")
-        served_by = self.substitutions.served_by(model, prompt_id)
-        substitute = self.data.responses[served_by].get(prompt_id) if served_by is not None else None
-        if substitute is None:  # no rule, or the substitute never answered this prompt: the model's own answer
-            return prompt_id, answers[prompt_id], model
-        return prompt_id, substitute, served_by
+        return prompt_id, *self.substitutions.answer(model, prompt_id)
 
     async def chat_completion(self, request: Request) -> Response | SSEResponse | DroppedResponse:
         try:

@@ -10,7 +10,9 @@ answer each request got.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +21,7 @@ from replay.protocol import BadRequest
 if TYPE_CHECKING:
     from replay.data import ReplayData
 
-__all__ = ["Substitution", "Substitutions", "parse_substitution"]
+__all__ = ["Substitution", "Substitutions", "parse_substitution", "substituted"]
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,24 @@ class Substitutions:
         with self._lock:
             return self._rules.get((model, category)) if category is not None else None
 
+    def answer(self, model: str, prompt_id: str) -> tuple[str, str]:
+        """(the answer ``model`` gives to ``prompt_id``, whose recorded answer it is): the substitute's where a rule
+        applies and the substitute answered that prompt, else ``model``'s own (which must be recorded)."""
+        served_by = self.served_by(model, prompt_id)
+        substitute = self._data.responses[served_by].get(prompt_id) if served_by is not None else None
+        if substitute is None:
+            return self._data.responses[model][prompt_id], model
+        return substitute, served_by
+
     def rows(self) -> list[dict[str, str]]:
         """The rules in force, as ``{model, category, served_by}``, sorted."""
         with self._lock:
             items = sorted(self._rules.items())
         return [asdict(Substitution(model, category, served)) for (model, category), served in items]
+
+
+def substituted(data: ReplayData, rules: Sequence[Substitution]) -> ReplayData:
+    """``data`` with the answers a server under ``rules`` serves (e.g. to grade the true answers after a change)."""
+    table = Substitutions(data, tuple(rules))
+    responses = {model: {pid: table.answer(model, pid)[0] for pid in own} for model, own in data.responses.items()}
+    return dataclasses.replace(data, responses=responses)

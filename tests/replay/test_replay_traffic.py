@@ -4,6 +4,7 @@ a model silently degraded on one category (substitution rules), and a judge whos
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from pipelines.cli import build_parser
 from pipelines.cli import main as uniroute
 from profiling.completion import complete_many
 from profiling.graders import GradeContext, GradeItem, InMemoryJudgeCache, get_grader
-from replay import JudgeConfig, ReplayConfig, ReplayData, ReplayServer, Substitution, create_app
+from replay import JudgeConfig, ReplayConfig, ReplayData, ReplayServer, Substitution, create_app, substituted
 from replay.cli import replay_config
 
 JUDGE = "replay-judge"
@@ -84,15 +85,25 @@ def test_the_data_knows_each_prompts_category_and_grading(replay_data):
 
 
 def test_a_substitution_at_start_changes_only_that_model_and_category(replay_data, prompts, recorded):
-    config = ReplayConfig(substitutions=(Substitution("generalist", "math", "cheap"),))
+    rules = (Substitution("generalist", "math", "cheap"), Substitution("cheap", "biology", "last"))
+    config = ReplayConfig(substitutions=rules)
     with ReplayServer(replay_data, config) as replay, httpx.Client(base_url=replay.url, timeout=10) as http:
         assert answers(http, prompts) == expected(recorded, set(MATH))
         assert recorded["generalist", 1] != recorded["cheap", 1]  # the fixture tells the two apart
+        # "last" never answered question 80: cheap keeps its own answer there
+        own_then_last = [recorded["cheap", 80], recorded["last", 81]]
+        assert [answer(http, "cheap", prompts[q]) for q in (80, 81)] == own_then_last
         served = {(r["model"], r["prompt_id"]): r["served_by"] for r in http.get("/_replay/requests").json()}
         assert served["generalist", "mmlu_pro/1"] == "cheap" and served["generalist", "mmlu_pro/41"] == "generalist"
-        assert served["cheap", "mmlu_pro/1"] == "cheap"
-        rule = {"model": "generalist", "category": "math", "served_by": "cheap"}
-        assert http.get("/_replay/substitutions").json() == {"substitutions": [rule]}
+        assert served["cheap", "mmlu_pro/1"] == "cheap" and served["cheap", "mmlu_pro/81"] == "last"
+        assert served["cheap", "mmlu_pro/80"] == "cheap"
+        listed = http.get("/_replay/substitutions").json()["substitutions"]
+        assert listed == [dataclasses.asdict(rule) for rule in rules[::-1]]  # sorted
+    # the true answers after the change, as data (e.g. to grade them)
+    true = substituted(replay_data, rules).responses
+    assert {k: true[k[0]][f"mmlu_pro/{k[1]}"] for k in expected(recorded, set())} == expected(recorded, set(MATH))
+    assert (true["cheap"]["mmlu_pro/80"], true["cheap"]["mmlu_pro/81"]) == (recorded["cheap", 80], recorded["last", 81])
+    assert true["bio-pro"] == replay_data.responses["bio-pro"]
 
 
 def test_substitutions_are_set_and_cleared_while_serving(client, server, prompts, recorded):
