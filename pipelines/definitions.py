@@ -6,7 +6,14 @@ import dagster as dg
 
 from assets.decisions import routing_decisions
 from assets.embeddings import prompt_embeddings
-from assets.profiling import graded_responses, imported_results, llm_catalog, llm_responses, prompt_set
+from assets.profiling import (
+    graded_responses,
+    imported_results,
+    llm_catalog,
+    llm_endpoint,
+    llm_responses,
+    prompt_set,
+)
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
@@ -18,6 +25,7 @@ from pipelines.sensors import automation_sensor, llm_onboarding_sensor
 defs = dg.Definitions(
     assets=[
         llm_catalog,
+        llm_endpoint,
         prompt_set,
         imported_results,
         llm_responses,
