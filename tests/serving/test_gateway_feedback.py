@@ -180,22 +180,28 @@ def test_ratings_count_against_the_keys_rate_limit(sampling, mmlu_like_dir):
 
 
 async def _chat_then_rate(url: str, prompts: list[str]) -> tuple[list[str], list[int]]:
-    """Every prompt asked at once, then every answer rated at once (one rating each, and one batch of all)."""
+    """Every prompt asked at once, each answer rated as soon as it comes (before its decision is written, on either
+    worker), then all of them again in one batch: (request ids, rating statuses)."""
     headers = {"Authorization": f"Bearer {SECRETS['alice']}"}
-    async with aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=120)) as session:
+    connector = aiohttp.TCPConnector(force_close=True)  # a connection per request: either worker may take each
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout, connector=connector) as session:
 
         async def post(path: str, body: dict) -> aiohttp.ClientResponse:
             async with session.post(f"{url}{path}", json=body) as response:
                 await response.read()
                 return response
 
-        chats = [{"model": "uniroute", "messages": [{"role": "user", "content": p}]} for p in prompts]
-        answers = await asyncio.gather(*(post("/v1/chat/completions", body) for body in chats))
-        ids = [a.headers["x-request-id"] for a in answers]
-        ratings = [post("/v1/feedback", {"request_id": i, "score": n / len(ids)}) for n, i in enumerate(ids)]
-        ratings.append(post("/v1/feedback", {"feedback": [{"request_id": i, "thumbs": "up"} for i in ids]}))
-        rated = await asyncio.gather(*ratings)
-    return ids, [r.status for r in rated]
+        async def chat_then_rate(n: int, prompt: str) -> tuple[str, int]:
+            chat = {"model": "uniroute", "messages": [{"role": "user", "content": prompt}]}
+            request_id = (await post("/v1/chat/completions", chat)).headers["x-request-id"]
+            rated = await post("/v1/feedback", {"request_id": request_id, "score": n / len(prompts)})
+            return request_id, rated.status
+
+        done = await asyncio.gather(*(chat_then_rate(n, p) for n, p in enumerate(prompts)))
+        ids = [request_id for request_id, _ in done]
+        batch = await post("/v1/feedback", {"feedback": [{"request_id": i, "thumbs": "up"} for i in ids]})
+    return ids, [status for _, status in done] + [batch.status]
 
 
 def test_sigterm_to_two_workers_loses_no_rating(registry_uri, tmp_path, mmlu_like_dir, prices):
