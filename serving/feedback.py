@@ -220,30 +220,37 @@ class RequestIds:
 
 class OwnerIndex:
     """Who made each request, from the decision files in ``directory`` and its ``loaded/`` folder, read
-    incrementally (a file once read is never read again: they are written whole and never change)."""
+    incrementally (a file once read is never read again: they are written whole and never change). Held as one
+    two-column frame (some 40 bytes a request, not a dict's 200), searched whole: a few ms per million requests,
+    on a path a client reaches only with an id no MAC explains, under its key's rate limit."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._seen: set[str] = set()
-        self._owners: dict[str, str | None] = {}
+        self._owners = pl.DataFrame(schema={"request_id": pl.String(), "key_id": pl.Categorical()})
         self._lock = threading.Lock()
 
     def ownership(self, request_id: str, key_id: str) -> Ownership:
         """``key_id``'s own request, another key's, or none recorded (call it off the event loop: it reads files)."""
         with self._lock:
-            if request_id not in self._owners:
-                self._refresh()
-            if request_id not in self._owners:
-                return Ownership.UNKNOWN
-            return Ownership.OWN if self._owners[request_id] == key_id else Ownership.OTHER
+            owners = self._find(self._owners, request_id)
+            if not owners:
+                owners = self._find(self._refresh(), request_id)
+        if not owners:
+            return Ownership.UNKNOWN
+        return Ownership.OWN if owners[0] == key_id else Ownership.OTHER
 
-    def _refresh(self) -> None:
-        new = {f.name: f for f in decision_files(self.directory, loaded=True) if f.name not in self._seen}
-        if not new:
-            return
-        frame = read_record_files(new.values(), DECISION_SCHEMA, ["request_id", "key_id"])
-        self._owners.update(zip(frame["request_id"].to_list(), frame["key_id"].to_list(), strict=True))
-        self._seen.update(new)
+    @staticmethod
+    def _find(frame: pl.DataFrame, request_id: str) -> list[str | None]:
+        return frame.filter(pl.col("request_id") == request_id)["key_id"].cast(pl.String).to_list()
+
+    def _refresh(self) -> pl.DataFrame:
+        """Read the files not read yet; their rows (now in the index too)."""
+        new = [f for f in decision_files(self.directory, loaded=True) if f.name not in self._seen]
+        frame = read_record_files(new, DECISION_SCHEMA, ["request_id", "key_id"]).cast({"key_id": pl.Categorical()})
+        self._owners = pl.concat([self._owners, frame], rechunk=False)
+        self._seen.update(f.name for f in new)
+        return frame
 
 
 # ---- the files ---------------------------------------------------------------------------------------------------
