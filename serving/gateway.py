@@ -13,6 +13,11 @@ request with the champion router and forwards it to the chosen LLM's endpoint fr
   and shapes every error in OpenAI's form; :class:`serving.upstream.Upstreams` holds timeouts, retries, fallbacks
   (the router's next-best LLMs, under the same cost weight) and circuit breakers; :mod:`serving.metrics` counts and
   logs every request; :mod:`serving.decisions` records every chat request off the request path.
+- **Learning from traffic**: ``POST /v1/feedback`` rates a request of the asking key by the id the answer's
+  ``x-request-id`` gave (an id that names its key: :class:`serving.feedback.RequestIds`); with
+  ``traffic_sample_rate`` above 0 a sample of routed requests' prompts and answers is STORED
+  (:mod:`serving.traffic`; a key with ``store: false`` never). Both are written off the request path like
+  decisions (:mod:`serving.recordlog`).
 - **Reloads**: a background task polls the registry; when the alias (``champion``) moves, the new version is
   loaded on a thread and swapped in; requests in flight finish on the router they started with. The catalog file
   is re-read when it changes. ``/ready`` answers 200 once a router is loaded; ``/health`` whenever the process
@@ -463,7 +468,7 @@ class Gateway:
         )
         return cost
 
-    async def rate(self, request: Request) -> Response:
+    async def post_feedback(self, request: Request) -> Response:
         """``POST /v1/feedback``: one rating or a batch, each of a request of the asking key (403 for another key's,
         404 for an id the gateway never made), queued for the feedback log (all or none; 503 when it is full)."""
         policy: KeyPolicy = request.state.key
@@ -516,16 +521,20 @@ class Gateway:
         return Response(body, media_type=content_type)
 
 
+def ledger_path(config: GatewayConfig) -> Path:
+    """The key ledger's file: ``ledger_path``, else ``<warehouse dir>/gateway/ledger.sqlite``."""
+    return Path(config.ledger_path) if config.ledger_path else wh.default_path().parent / "gateway" / "ledger.sqlite"
+
+
 def request_id_secret_path(config: GatewayConfig) -> Path:
     """The secret every worker of this gateway signs request ids with (:class:`serving.feedback.RequestIds`):
-    beside the key ledger."""
-    ledger = Path(config.ledger_path) if config.ledger_path else wh.default_path().parent / "gateway" / "ledger.sqlite"
-    return ledger.parent / "request-ids.secret"
+    ``request-ids.secret`` beside the key ledger."""
+    return ledger_path(config).parent / "request-ids.secret"
 
 
 def open_ledger(config: GatewayConfig) -> SqliteLedger:
     """The key counters every worker of this gateway shares (and a restart keeps)."""
-    return SqliteLedger(config.ledger_path or wh.default_path().parent / "gateway" / "ledger.sqlite")
+    return SqliteLedger(ledger_path(config))
 
 
 def _upstream_code(status: int) -> str:
@@ -552,7 +561,7 @@ def create_app(gateway: Gateway) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
-            Route("/v1/feedback", gateway.rate, methods=["POST"]),
+            Route("/v1/feedback", gateway.post_feedback, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),
             Route("/ready", gateway.ready, methods=["GET"]),
