@@ -18,7 +18,7 @@ import pytest
 
 from profiling.rendering import render_mmlu_pro
 from replay import ReplayServer
-from serving.decisions import read_decisions
+from serving.decisions import DecisionLog, read_decisions
 from serving.feedback import read_feedback
 from serving.traffic import read_traffic
 
@@ -131,6 +131,15 @@ def test_a_key_rates_its_own_requests_only(sampling, mmlu_like_dir):
     frame = _wait_for(read_feedback, root / "feedback", 2).filter(pl.col("request_id") == mine).sort("at")
     assert frame["score"].to_list() == [0.8, 0.0] and set(frame["key_id"]) == {"alice"}
     assert set(frame["source"]) == {"api"} and frame["feedback_id"].n_unique() == 2
+
+
+def test_an_id_no_mac_explains_is_answered_from_the_decision_files(sampling):
+    url, root = sampling
+    with DecisionLog(root / "decisions", process_tag="before-the-secret-changed", flush_interval_s=0.01) as log:
+        log.record({"request_id": "0badc0de0badc0de", "key_id": "alice", "status": 200})  # an older gateway's id
+    assert _rate(url, "alice", {"request_id": "0badc0de0badc0de", "thumbs": "up"}).status_code == 200
+    refused = _rate(url, "bob", {"request_id": "0badc0de0badc0de", "thumbs": "up"})
+    assert refused.status_code == 403 and refused.json()["error"]["param"] == "request_id"
 
 
 @pytest.mark.parametrize(
