@@ -26,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-__all__ = ["LOADED_DIR", "RecordLog", "flush_on_sigterm", "read_record_files", "record_files"]
+__all__ = ["LOADED_DIR", "RecordLog", "flush_on_sigterm", "move_to_loaded", "read_record_files", "record_files"]
 
 log = logging.getLogger("uniroute.records")
 
@@ -241,6 +241,16 @@ def read_record_files(files: Iterable[Path], schema: Schema, columns: Sequence[s
     wanted = {name: schema[name] for name in names}
     frames = [_read_file(file, wanted) for file in files]
     return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=wanted)
+
+
+def move_to_loaded(files: Sequence[Path]) -> int:
+    """Move ``files`` to their directory's :data:`LOADED_DIR` folder; how many were moved. Call it once their rows
+    are committed: a crash before reloads them, which stores nothing new."""
+    for file in files:
+        done = file.parent / LOADED_DIR
+        done.mkdir(exist_ok=True)
+        os.replace(file, done / file.name)
+    return len(files)
 
 
 def _read_file(file: Path, schema: Schema) -> pl.DataFrame:

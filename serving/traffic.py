@@ -28,6 +28,7 @@ __all__ = [
     "answer_text",
     "check_rate",
     "default_directory",
+    "expire_traffic_files",
     "read_traffic",
     "read_traffic_files",
     "sampled",
@@ -135,3 +136,32 @@ def read_traffic_files(files: Iterable[Path]) -> pl.DataFrame:
 def read_traffic(directory: str | os.PathLike[str] | None = None) -> pl.DataFrame:
     """Every finished traffic file in ``directory`` (default :func:`default_directory`) as one frame."""
     return read_traffic_files(traffic_files(directory))
+
+
+def expire_traffic_files(directory: str | os.PathLike[str], cutoff: datetime) -> tuple[int, int]:
+    """Remove the sampled requests before ``cutoff`` (naive UTC) from the traffic files in ``directory`` and its
+    ``loaded/``: a file all before it is deleted, one partly before it rewritten without them (under a temporary
+    name, then renamed). Returns (files deleted, files rewritten)."""
+    deleted = rewritten = 0
+    directory = Path(directory)
+    for file in traffic_files(directory, loaded=True):
+        frame = pl.read_parquet(file)
+        kept = frame.filter(_naive_utc(frame["at"]) >= cutoff)
+        if kept.height == frame.height:
+            continue
+        if kept.height == 0:
+            file.unlink()
+            deleted += 1
+            continue
+        temporary = file.with_name(f".{file.name}.tmp")
+        kept.write_parquet(temporary)
+        os.replace(temporary, file)
+        rewritten += 1
+    return deleted, rewritten
+
+
+def _naive_utc(times: pl.Series) -> pl.Series:
+    """``times`` as naive UTC (aware ones converted; naive ones are UTC already)."""
+    if isinstance(times.dtype, pl.Datetime) and times.dtype.time_zone is not None:
+        return times.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+    return times
