@@ -1,7 +1,6 @@
 """The gateway's decision log in the warehouse: every routed request, loaded from the files the gateway writes."""
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
-import os
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ import warehouse as wh
 from assets.metadata import markdown_image
 from assets.resources import WarehouseResource
 from serving import decisions
+from serving.recordlog import move_to_loaded
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: a Dagster run starts ~0.5 s sooner
     from matplotlib.figure import Figure
@@ -39,11 +39,8 @@ def routing_decisions(config: DecisionsConfig, warehouse: WarehouseResource) -> 
         loaded = wh.insert_routing_decisions(con, frame)
         total = wh.count_routing_decisions(con)
         recent = wh.read_routing_decisions(con, since=datetime.now(UTC) - timedelta(days=PLOT_DAYS))
-    if config.move_loaded and files:  # only once their rows are committed: a crash before this reloads them (no-op)
-        done = files[0].parent / "loaded"
-        done.mkdir(exist_ok=True)
-        for file in files:
-            os.replace(file, done / file.name)
+    if config.move_loaded:  # only once their rows are committed: a crash before this reloads them (no-op)
+        move_to_loaded(files)
     figures = {"cost_vs_budget": _cost_vs_budget(recent), "llm_mix_per_day": _llm_mix_per_day(recent)}
     return dg.MaterializeResult(
         metadata={

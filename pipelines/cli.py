@@ -1,7 +1,7 @@
 """The ``uniroute`` command line: every floor's commands in one parser. The replay endpoint's (replay-server:
-:mod:`replay.cli`), profiling's (sync-catalog, import-prompts, import-mmlu-pro, import-results, datasets, graders,
-collect, grade: :mod:`profiling.cli`), serving's (route, models, add-model, serve, mlflow: :mod:`serving.cli`) and
-the pipeline's own, refresh (the pipeline, now).
+:mod:`replay.cli`), profiling's (sync-catalog, import-prompts, import-mmlu-pro, import-results, import-feedback,
+datasets, graders, collect, grade: :mod:`profiling.cli`), serving's (route, models, add-model, serve, mlflow:
+:mod:`serving.cli`) and the pipeline's own, refresh (the pipeline, now).
 
 The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
 file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); a sqlite registry that does not exist is an
@@ -74,6 +74,7 @@ USER_ERRORS = (
     ("serving.cli", "CommandError"),
     ("profiling.prompt_files", "PromptSetError"),
     ("profiling.results", "ResultsError"),
+    ("profiling.feedback_import", "FeedbackFileError"),
     ("warehouse.catalog", "CatalogError"),
     ("warehouse.names", "LLMNameError"),
     ("warehouse", "WarehouseInputError"),

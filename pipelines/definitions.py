@@ -6,10 +6,18 @@ import dagster as dg
 
 from assets.decisions import routing_decisions
 from assets.embeddings import prompt_embeddings
-from assets.profiling import graded_responses, imported_results, llm_catalog, llm_responses, prompt_set
+from assets.profiling import (
+    graded_responses,
+    imported_results,
+    llm_catalog,
+    llm_endpoint,
+    llm_responses,
+    prompt_set,
+)
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
+from assets.traffic import traffic_feedback, traffic_samples
 from pipelines.jobs import profile_llm_job
 from pipelines.schedules import nightly_profiling_schedule, retrain_cluster_map_job, weekly_cluster_map_schedule
 from pipelines.sensors import automation_sensor, llm_onboarding_sensor
@@ -17,6 +25,7 @@ from pipelines.sensors import automation_sensor, llm_onboarding_sensor
 defs = dg.Definitions(
     assets=[
         llm_catalog,
+        llm_endpoint,
         prompt_set,
         imported_results,
         llm_responses,
@@ -26,6 +35,8 @@ defs = dg.Definitions(
         llm_error_features,
         router,
         routing_decisions,
+        traffic_feedback,
+        traffic_samples,
     ],
     jobs=[profile_llm_job, retrain_cluster_map_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],

@@ -1,5 +1,5 @@
 """The profiling commands of ``uniroute`` (:mod:`pipelines.cli` assembles the command line): the warehouse steps
-(catalog, prompts, results, collect, grade). The replay endpoint's command is :mod:`replay.cli`."""
+(catalog, prompts, results, feedback, collect, grade). The replay endpoint's command is :mod:`replay.cli`."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def _rename(text: str) -> tuple[str, str]:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add sync-catalog, import-prompts, import-mmlu-pro, import-results, datasets, graders, collect and grade to
-    ``commands``."""
+    """Add sync-catalog, import-prompts, import-mmlu-pro, import-results, import-feedback, datasets, graders,
+    collect and grade to ``commands``."""
     _add_warehouse_commands(commands)
 
 
@@ -122,6 +122,14 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="stored answers the file changes (cost, tokens, response, score) are archived and replaced",
     )
+    feedback = command(
+        "import-feedback",
+        "import ratings of routed requests kept elsewhere (CSV, Parquet or JSONL: request_id and score in [0, 1] "
+        "or thumbs up/down, optional rated_at) beside the gateway's; a bad row is named and nothing is written; "
+        "importing again stores only new ratings",
+        _import_feedback,
+    )
+    feedback.add_argument("file", type=Path)
     command("datasets", "the registered datasets: prompts, collectable, template version", _datasets)
     graders = commands.add_parser("graders", help="the registered graders, their versions and options")
     graders.set_defaults(run=_graders)
@@ -234,6 +242,21 @@ def _import_results(args: argparse.Namespace) -> int:
     if report.models_priced:
         print(f"{catalog}: prices from {args.price_file} added to: {', '.join(report.models_priced)}")
     _register_partitions(report.models)
+    return 0
+
+
+def _import_feedback(args: argparse.Namespace) -> int:
+    import warehouse as wh
+    from profiling.feedback_import import import_feedback
+
+    with wh.connect(args.warehouse) as con:
+        report = import_feedback(con, args.file)
+    repeated = f", {report.repeated} repeated rows of the file stored once" if report.repeated else ""
+    print(
+        f"feedback {report.source}: {report.stored} ratings stored, {report.already_stored} already stored"
+        f"{repeated}; {report.unknown_requests} request ids without a stored decision (stored: their ratings join "
+        "once the decision is loaded)"
+    )
     return 0
 
 

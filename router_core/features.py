@@ -9,7 +9,7 @@ import polars as pl
 
 from router_core._errors import RouterInputError
 
-__all__ = ["llm_error_features", "psi_drift"]
+__all__ = ["effective_counts", "llm_error_features", "psi_drift", "validation_counts"]
 
 
 def _as_2d(name: str, array: np.ndarray) -> np.ndarray:
@@ -19,6 +19,37 @@ def _as_2d(name: str, array: np.ndarray) -> np.ndarray:
     if array.ndim != 2:
         raise RouterInputError(name, array.shape, "must be a 1-D or 2-D array")
     return array
+
+
+def effective_counts(weights: np.ndarray) -> np.ndarray:
+    r"""(K,) effective number of prompts per cluster, :math:`(\sum_i w_{ik})^2 / \sum_i w_{ik}^2`.
+
+    A weighted mean of :math:`n_k` such prompts' 0/1 errors has variance :math:`p(1-p)/n_k`: the plain count for
+    one-hot weights, fewer for soft ones. 0 for an empty cluster.
+
+    >>> effective_counts(np.array([[1.0, 0.0], [1.0, 0.0], [0.5, 0.5]]))
+    array([2.77777778, 1.        ])
+    """
+    weights = _as_2d("weights", weights)
+    mass, square = weights.sum(axis=0), (weights**2).sum(axis=0)
+    return np.divide(mass**2, square, out=np.zeros_like(mass), where=square > 0)
+
+
+def validation_counts(assignments: np.ndarray, errors: np.ndarray, shrinkage: float = 0.0) -> np.ndarray:
+    """(M, K) precision of each LLM's validation Psi per cluster, in prompts: the effective count of its observed
+    validation prompts in the cluster (:func:`effective_counts`) plus ``shrinkage``, the prior's weight in
+    :func:`llm_error_features`.
+
+    >>> validation_counts(np.eye(2)[[0, 0, 1]], np.array([[0.0, 1.0], [np.nan, 1.0], [1.0, 0.0]]))
+    array([[1., 1.],
+           [2., 1.]])
+    """
+    weights = _as_2d("assignments", assignments)
+    errors = _as_2d("errors", errors)
+    if weights.shape[0] != errors.shape[0]:
+        raise RouterInputError("errors", errors.shape, f"needs one row per validation prompt ({weights.shape[0]} rows)")
+    observed = ~np.isnan(errors)
+    return np.stack([effective_counts(weights[observed[:, j]]) for j in range(errors.shape[1])]) + shrinkage
 
 
 def llm_error_features(
@@ -128,9 +159,7 @@ def psi_drift(
         if not observed.any():
             raise RouterInputError(name, "all NaN", "the profile has no validation outcomes")
         w = weights[observed]
-        mass, total = w.sum(axis=0), w.T @ errors[observed]
-        n_eff = np.divide(mass**2, (w**2).sum(axis=0), out=np.zeros_like(mass), where=mass > 0)
-        stats[name] = (mass, total, n_eff)
+        stats[name] = (w.sum(axis=0), w.T @ errors[observed], effective_counts(w))
     (m_b, t_b, n_b), (m_a, t_a, n_a) = stats.values()
     psi_b = np.divide(t_b, m_b, out=np.full_like(m_b, np.nan), where=m_b > 0)
     psi_a = np.divide(t_a, m_a, out=np.full_like(m_a, np.nan), where=m_a > 0)

@@ -1,4 +1,5 @@
-"""Figures of a router's evaluation: deferral curves with single LLMs as labelled points, and the Psi heatmap.
+"""Figures of a router's evaluation: deferral curves with single LLMs as labelled points, and the Psi heatmap; and
+of its online evaluation on traffic (:mod:`router_core.online`): reliability, quality vs cost, drift per cluster.
 
 Matplotlib is imported on first use (Agg backend), never with router_core.
 """
@@ -13,7 +14,14 @@ import polars as pl
 from router_core.evaluation import _hull_arrays
 from router_core.scoring import PoolFit
 
-__all__ = ["plot_deferral_curves", "plot_psi_heatmap", "version_figures"]
+__all__ = [
+    "plot_deferral_curves",
+    "plot_drift_heatmap",
+    "plot_psi_heatmap",
+    "plot_quality_vs_cost",
+    "plot_reliability",
+    "version_figures",
+]
 
 
 def plot_deferral_curves(
@@ -26,11 +34,7 @@ def plot_deferral_curves(
     """Figure of each router's hulled deferral curve, with single LLMs as points (``cost, accuracy``, and
     ``model`` to label each point with its name). The axes leave a margin around ``cost_range`` so that the
     points at its ends are drawn whole."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     right = cost_range[1] if cost_range else None
     for name, curve in curves.items():
@@ -61,6 +65,16 @@ def plot_deferral_curves(
     fig.tight_layout()
     _spread_labels(ax)
     return fig
+
+
+def _pyplot():
+    """matplotlib.pyplot with the Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _dollar_ticks(ax, most: int = 6) -> None:
@@ -146,12 +160,7 @@ def _label_points(ax, points: pl.DataFrame) -> None:
 
 def plot_psi_heatmap(psi: np.ndarray, llms: Sequence[str]):
     """Figure of the LLM feature table Psi: one row per LLM, one column per cluster, colour = error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(llms) + 1.5))
+    fig, ax = _pyplot().subplots(figsize=(8, 0.35 * len(llms) + 1.5))
     image = ax.imshow(psi, aspect="auto", cmap="magma_r", vmin=0, vmax=1)
     ax.set_yticks(range(len(llms)), list(llms), fontsize=7)
     ax.set_xlabel("cluster")
@@ -176,3 +185,82 @@ def version_figures(fit: PoolFit) -> dict:
         ),
         "psi_heatmap.png": plot_psi_heatmap(fit.router.psi_, fit.router.llms_),
     }
+
+
+def plot_reliability(table: pl.DataFrame):
+    """Reliability figure of :func:`router_core.online.calibration`'s table: mean predicted error vs observed
+    error per bin with its interval (marker area ~ count); a calibrated router sits on the diagonal."""
+    fig, ax = _pyplot().subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    x, y = table["predicted_error"].to_numpy(), table["observed_error"].to_numpy()
+    below, above = y - table["observed_low"].to_numpy(), table["observed_high"].to_numpy() - y
+    ax.errorbar(x, y, yerr=[below, above], fmt="none", ecolor="black", elinewidth=1, capsize=2)
+    counts = table["count"].to_numpy()
+    ax.scatter(x, y, s=20 + 180 * counts / max(counts.max(initial=0), 1), zorder=3, label="traffic (area ~ requests)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted error")
+    ax.set_ylabel("observed error on traffic")
+    ax.set_title(f"Calibration on {int(counts.sum()):,} rated requests")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_quality_vs_cost(table: pl.DataFrame):
+    """Each LLM's observed score on traffic (with its interval) vs its mean realised cost, from
+    :func:`router_core.online.quality_vs_cost`; LLMs without rated requests are left out."""
+    rated = table.filter(pl.col("rated") > 0)
+    fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    cost, score = rated["mean_cost_usd"].to_numpy(), rated["observed_score"].to_numpy()
+    below, above = score - rated["score_low"].to_numpy(), rated["score_high"].to_numpy() - score
+    ax.errorbar(cost, score, yerr=[below, above], fmt="o", color="black", markersize=4, capsize=2)
+    positive = cost[cost > 0]
+    if positive.size > 1 and positive.max() / positive.min() > 10:
+        ax.set_xscale("log")
+    _label_points(ax, rated.select(model="llm", cost="mean_cost_usd", accuracy="observed_score"))
+    _dollar_ticks(ax)
+    ax.set_xlabel("mean realised cost per request (USD)")
+    ax.set_ylabel("observed score on traffic")
+    ax.set_title(f"Quality vs cost on {int(rated['rated'].sum()):,} rated requests")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _spread_labels(ax)
+    return fig
+
+
+def plot_drift_heatmap(table: pl.DataFrame, min_count: int = 30, z: float = 3.0):
+    """Per LLM (rows) and cluster (columns) of :func:`router_core.online.online_evaluation`'s ``by_cluster``:
+    colour = z (observed error above predicted, in standard errors), each cell labelled with its request count;
+    cells under ``min_count`` requests left blank, cells past ``z`` outlined."""
+    llms = sorted(table["llm"].unique().to_list()) or ["(no rated traffic)"]
+    k = int(table["cluster"].max()) + 1 if table.height else 1
+    scores = np.full((len(llms), k), np.nan)
+    fig, ax = _pyplot().subplots(figsize=(min(max(2.5 + 0.5 * k, 6), 16), 0.4 * len(llms) + 1.6))
+    for llm, cluster, count, value in table.select("llm", "cluster", "count", "z").iter_rows():
+        row = llms.index(llm)
+        if count >= min_count:
+            scores[row, cluster] = value
+            if value > z:
+                ax.add_patch(_pyplot().Rectangle((cluster - 0.5, row - 0.5), 1, 1, fill=False, linewidth=2))
+    limit = max(z + 1, float(np.nanmax(np.abs(scores))) if np.isfinite(scores).any() else 0.0)
+    for llm, cluster, count, value in table.select("llm", "cluster", "count", "z").iter_rows():
+        dark = count >= min_count and abs(value) > 0.6 * limit  # white text on the darkest colours
+        ax.text(
+            cluster,
+            llms.index(llm),
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if dark else "black",
+        )
+    image = ax.imshow(scores, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit)
+    ax.set_yticks(range(len(llms)), llms, fontsize=7)
+    ax.set_xticks(range(k))
+    ax.set_xlabel("cluster (cell text: rated requests)")
+    ax.set_title(f"Observed minus predicted error, in SEs (outlined: > {z:g})", fontsize=10)
+    fig.colorbar(image, ax=ax, label="z")
+    fig.tight_layout()
+    return fig

@@ -16,8 +16,9 @@ import polars as pl
 
 from router_core._errors import NotFittedError, RouterInputError
 from router_core.cluster_maps import ClusterMap, check_embeddings
-from router_core.features import llm_error_features
+from router_core.features import llm_error_features, validation_counts
 from router_core.frames import check_cost, check_llms, error_matrix
+from router_core.traffic_features import TrafficErrorStats, blend_traffic_features
 
 __all__ = ["KNNRouter", "OracleRouter", "RandomRouter", "Router", "UniRouter", "ZeroRouter", "choose"]
 
@@ -235,12 +236,28 @@ class UniRouter(Router):
     def _fit_prompts(self, x: np.ndarray) -> None:
         self.validation_assignments_ = self.cluster_map.transform(x)
 
+    def use_traffic(self, stats: TrafficErrorStats | None) -> Self:
+        """Blend each LLM's Psi with its traffic outcomes (:func:`router_core.blend_traffic_features`); None
+        returns to validation-only Psi. Nothing learned is refit. The outcomes depend on the cluster map only, so
+        they are kept through a refit on other validation prompts (e.g. cross-fitting), ``add_llm``/``remove_llm``
+        (an added LLM has no traffic) and ``save_router``/``load_router``."""
+        self._check_fitted()
+        k = self.validation_assignments_.shape[1]
+        if stats is not None and stats.mass.shape[1] != k:
+            raise RouterInputError("traffic", stats.mass.shape, f"needs {k} clusters, as the router's cluster map")
+        self.traffic_ = stats
+        self._pool_changed()
+        return self
+
     def _pool_changed(self) -> None:
-        self.psi_ = (
-            llm_error_features(self.validation_assignments_, self.validation_errors_, self.shrinkage, self.llms_)
-            if self.llms_
-            else np.zeros((0, self.validation_assignments_.shape[1]))
-        )
+        if not self.llms_:
+            self.psi_ = np.zeros((0, self.validation_assignments_.shape[1]))
+            return
+        args = (self.validation_assignments_, self.validation_errors_, self.shrinkage)
+        psi = llm_error_features(*args, self.llms_)
+        if getattr(self, "traffic_", None) is not None:
+            psi = blend_traffic_features(psi, validation_counts(*args), self.traffic_.for_llms(self.llms_))
+        self.psi_ = psi
 
     def _predict_error(self, x: np.ndarray) -> np.ndarray:
         return self.cluster_map.transform(x) @ self.psi_.T
@@ -260,10 +277,12 @@ class UniRouter(Router):
         return {"shrinkage": self.shrinkage}
 
     def get_arrays(self) -> dict[str, np.ndarray]:
-        return {"validation_assignments": self.validation_assignments_}
+        traffic = {} if getattr(self, "traffic_", None) is None else self.traffic_.to_arrays()
+        return {"validation_assignments": self.validation_assignments_, **traffic}
 
     def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.validation_assignments_ = arrays["validation_assignments"]
+        self.traffic_ = TrafficErrorStats.from_arrays(arrays) if "traffic_llms" in arrays else None
 
 
 class ZeroRouter(Router):

@@ -34,6 +34,7 @@ from router_core.evaluation import (
 )
 from router_core.frames import error_matrix, value_matrix
 from router_core.routers import UniRouter, ZeroRouter, choose
+from router_core.traffic_features import TrafficErrorStats
 
 __all__ = ["PoolFit", "RouterScores", "fit_pool", "score_router"]
 
@@ -155,6 +156,7 @@ def fit_pool(
     test_query_costs: pl.DataFrame | None = None,
     default_cost_weight: float | None = None,
     stored_psi: Mapping[str, np.ndarray] | None = None,
+    traffic: TrafficErrorStats | None = None,
 ) -> PoolFit:
     """UniRoute over ``pool`` with ``cluster_map``, fitted on the validation outcomes (``prompt_id, model,
     score``) and scored on the test prompts every LLM answered, each answer at its own cost where
@@ -163,6 +165,8 @@ def fit_pool(
     The default operating point is ``default_cost_weight``, else the cheapest point of the cross-fitted validation
     curve near its best accuracy. ``stored_psi`` (the features stored for each LLM) must equal the router's Psi:
     features stale against their grades are a :class:`RouterInputError` rather than a router nobody can inspect.
+    ``traffic`` (outcomes on traffic routed with ``cluster_map``) blends each LLM's Psi with them
+    (:meth:`UniRouter.use_traffic`) after that check, so the operating point and the scores are the blended router's.
     """
     pool = list(pool)
     val_errors = error_matrix(val_outcomes, val_ids, pool)
@@ -178,6 +182,8 @@ def fit_pool(
     uni = UniRouter(cluster_map).fit_arrays(x_val, val_errors, pool, cost, val_ids)
     if stored_psi is not None:
         _check_psi(uni, stored_psi)
+    if traffic is not None:
+        uni.use_traffic(traffic)
     zero = ZeroRouter().fit_arrays(x_val, val_errors, pool, cost, val_ids)
     # the default operating point resolves on the pool's validation curve, cross-fitted so that it describes
     # prompts the router has not seen

@@ -367,6 +367,8 @@ def _entry(args: argparse.Namespace, secret: str) -> str:
         entry["usd_per_day"] = args.usd_per_day
     if args.rpm is not None:
         entry["requests_per_minute"] = args.rpm
+    if args.no_store:
+        entry["store"] = False
     parse_entry(entry, "the new entry")  # the printed line is one the store accepts
     return yaml.safe_dump([entry], sort_keys=False)
 
@@ -379,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--models", help="comma-separated LLMs the key may use (default: all); !uniroute: no routing")
     cmd.add_argument("--usd-per-day", type=float, help="spend limit per UTC day, USD")
     cmd.add_argument("--rpm", type=float, help="requests per minute")
+    cmd.add_argument("--no-store", action="store_true", help="never sample this key's traffic (store: false)")
     cmd.add_argument("--generate", action="store_true", help="make a new secret (printed on stderr) instead")
     args = parser.parse_args(argv)
     if args.generate:

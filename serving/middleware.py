@@ -123,8 +123,9 @@ class ErrorShapingMiddleware:
     """Exceptions out of the app become OpenAI-shaped errors: a ``ClientError`` its 4xx, anything else a 500.
 
     Every request gets an id (``request.state.request_id``, header ``X-Request-ID``) that a 500 quotes and the
-    log line carries. When the response has already started (a stream), the exception is re-raised: the server
-    logs it and closes the connection, so the client sees a cut-off response rather than a clean end.
+    log line carries; a handler may replace it before its response starts (the header sends the one it left).
+    When the response has already started (a stream), the exception is re-raised: the server logs it and closes
+    the connection, so the client sees a cut-off response rather than a clean end.
     """
 
     def __init__(self, app: Callable) -> None:
@@ -135,11 +136,12 @@ class ErrorShapingMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex[:16]  # ours, not the client's: nothing from outside gets into the log line
-        scope.setdefault("state", {})["request_id"] = request_id
-        raw_id = request_id.encode()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
 
         async def send_with_id(message: dict) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start":  # the id as the handler left it (a chat request's: signed)
+                raw_id = state["request_id"].encode()
                 message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", raw_id)]}
             await send(message)
 
@@ -153,6 +155,7 @@ class ErrorShapingMiddleware:
         except Exception:
             if tracking.started:
                 raise
+            request_id = state["request_id"]
             log.exception("internal error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
             response = error_response(
                 500, f"internal error (request id {request_id}); the server log has the details", None, "internal_error"

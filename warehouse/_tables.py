@@ -152,6 +152,26 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "ranked_predicted_error": (pl.List(pl.Float64), False),
         "ranked_predicted_cost": (pl.List(pl.Float64), False),
     },
+    "traffic_feedback": {
+        "feedback_id": (pl.String, True),
+        "request_id": (pl.String, True),
+        "key_id": (pl.String, False),
+        "score": (pl.Float64, True),
+        "rated_at": (pl.Datetime("us"), True),  # UTC; the feedback file's ``at``
+        "source": (pl.String, True),  # "api" or "import:<file name>"
+    },
+    "traffic_samples": {
+        "request_id": (pl.String, True),
+        "sampled_at": (pl.Datetime("us"), True),  # UTC; the traffic file's ``at``
+        "key_id": (pl.String, False),
+        "router_version": (pl.String, False),
+        "chosen_llm": (pl.String, False),
+        "prompt": (pl.String, False),
+        "messages": (pl.String, False),  # JSON
+        "answer": (pl.String, False),
+        "embedder_id": (pl.String, False),
+        "cluster_weights": (pl.List(pl.Float64), False),
+    },
 }
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
 _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
@@ -192,6 +212,11 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
         (c, pl.col(c).is_null() | (pl.col(c) >= 0), "must be >= 0")
         for c in ("prompt_tokens", "completion_tokens", "realised_cost_usd", "latency_ms")
     ],
+    "traffic_feedback": [
+        ("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be finite and in [0, 1]"),
+        ("source", pl.col("source").str.len_chars() > 0, "must not be empty"),
+    ],
+    "traffic_samples": [],
 }
 _KEYS = {
     "llms": ["name"],
@@ -205,6 +230,8 @@ _KEYS = {
     "datasets": ["name"],
     "judge_cache": ["key"],
     "routing_decisions": ["request_id"],
+    "traffic_feedback": ["feedback_id"],
+    "traffic_samples": ["request_id"],
 }
 
 
@@ -274,6 +301,19 @@ def _write(
     finally:
         con.unregister("_incoming")
     return count
+
+
+def _at_as(frame: pl.DataFrame, column: str) -> pl.DataFrame:
+    """``frame`` with a record file's ``at`` renamed ``column`` (unless it has ``column`` already) and that column
+    as naive UTC (an aware time converted; a naive one taken as UTC). Anything else is left for :func:`_prepare`."""
+    if not isinstance(frame, pl.DataFrame):
+        return frame
+    if "at" in frame.columns and column not in frame.columns:
+        frame = frame.rename({"at": column})
+    kind = frame.schema.get(column)
+    if isinstance(kind, pl.Datetime) and kind.time_zone is not None:
+        frame = frame.with_columns(pl.col(column).dt.convert_time_zone("UTC").dt.replace_time_zone(None))
+    return frame
 
 
 def _query(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence | None = None) -> pl.DataFrame:

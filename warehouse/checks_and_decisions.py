@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
-from warehouse._tables import _query, _write
+from warehouse._tables import _at_as, _query, _write
 
 
 def record_check(con: duckdb.DuckDBPyConnection, model: str, check_name: str, passed: bool, details: str) -> None:
@@ -50,14 +50,7 @@ def insert_routing_decisions(con: duckdb.DuckDBPyConnection, decisions: pl.DataF
     """Store routed requests by ``request_id`` (the columns of ``serving.decisions.SCHEMA``; its ``at``, naive UTC
     or aware, is stored as ``decided_at``); those already stored are kept, so loading the same files again stores
     nothing. Returns the rows newly stored."""
-    if isinstance(decisions, pl.DataFrame) and "at" in decisions.columns and "decided_at" not in decisions.columns:
-        decisions = decisions.rename({"at": "decided_at"})
-    if isinstance(decisions, pl.DataFrame) and "decided_at" in decisions.columns:
-        kind = decisions.schema["decided_at"]
-        if isinstance(kind, pl.Datetime) and kind.time_zone is not None:
-            decisions = decisions.with_columns(
-                pl.col("decided_at").dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-            )
+    decisions = _at_as(decisions, "decided_at")
     return _write(con, "routing_decisions", decisions, "ON CONFLICT DO NOTHING", stamp="loaded_at")
 
 

@@ -245,4 +245,32 @@ MIGRATIONS: list[str] = [
     ALTER TABLE routing_decisions ADD COLUMN ranked_predicted_error DOUBLE[];
     ALTER TABLE routing_decisions ADD COLUMN ranked_predicted_cost DOUBLE[];   -- USD per query
     """,
+    # 10: what comes back from traffic. Every rating of a routed request (the gateway's POST /v1/feedback, or
+    # `uniroute import-feedback`), kept as history: the latest of a request stands (warehouse.traffic). And the
+    # opt-in sample of traffic: STORED USER TEXT (prompt, messages, answer), one row per request, deleted once older
+    # than the retention (traffic.retention_days). Times are UTC.
+    """
+    CREATE TABLE traffic_feedback (
+        feedback_id VARCHAR PRIMARY KEY,           -- one per rating: the gateway's uuid, or a hash of an imported row
+        request_id VARCHAR NOT NULL,               -- the decision's (routing_decisions may not hold it: counted)
+        key_id VARCHAR,                            -- the client key that rated (null: no keys, or imported)
+        score DOUBLE NOT NULL CHECK (score >= 0 AND score <= 1),  -- thumbs up 1, down 0
+        rated_at TIMESTAMP NOT NULL,               -- the file's "at"
+        source VARCHAR NOT NULL,                   -- 'api' or 'import:<file name>'
+        loaded_at TIMESTAMP NOT NULL
+    );
+    CREATE TABLE traffic_samples (
+        request_id VARCHAR PRIMARY KEY,
+        sampled_at TIMESTAMP NOT NULL,             -- the file's "at": retention counts from it
+        key_id VARCHAR,
+        router_version VARCHAR,
+        chosen_llm VARCHAR,
+        prompt VARCHAR,                            -- the text the router embedded
+        messages VARCHAR,                          -- JSON: the request's messages
+        answer VARCHAR,                            -- the answer's text (a stream's pieces joined)
+        embedder_id VARCHAR,
+        cluster_weights DOUBLE[],                  -- Phi(x)
+        loaded_at TIMESTAMP NOT NULL
+    );
+    """,
 ]

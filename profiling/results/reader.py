@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import polars as pl
@@ -58,7 +59,7 @@ def read_results(
     if fmt == "lm-eval":
         chunks = _read_lm_eval(path, model, score_field)
     else:
-        table = _read_table(path)
+        table = read_table(path)
         if fmt == "auto":
             fmt = "wide" if _looks_wide(table) else "long"
         read = _wide_frames if fmt == "wide" else _long_frames
@@ -66,8 +67,9 @@ def read_results(
     return _finish(chunks)
 
 
-def _read_table(path: Path) -> pl.DataFrame:
-    """A Parquet, CSV or JSONL file as read by polars (CSV text columns kept as text: ids keep leading zeros)."""
+def read_table(path: Path, text_columns: Iterable[str] | None = None) -> pl.DataFrame:
+    """A Parquet, CSV or JSONL file as read by polars; a CSV's ``text_columns`` (default: the results' ids and text)
+    are kept as text, so ids keep leading zeros. :class:`ResultsError` names the file when it cannot be read."""
     suffix = path.suffix.lower()
     if path.is_dir() or suffix not in _TABLE_SUFFIXES:
         hint = " (a pickle: convert it with pandas.read_pickle(path).to_parquet(...))" if suffix == ".pkl" else ""
@@ -82,7 +84,8 @@ def _read_table(path: Path) -> pl.DataFrame:
         if suffix in (".parquet", ".pq"):
             table = pl.read_parquet(path)
         elif suffix == ".csv":
-            text = {name: pl.String() for name in (*_TEXT_COLUMNS, *_ALIASES["prompt_id"], "eval_name")}
+            names = (*_TEXT_COLUMNS, *_ALIASES["prompt_id"], "eval_name") if text_columns is None else text_columns
+            text = dict.fromkeys(names, pl.String())
             table = pl.read_csv(path, schema_overrides=text, infer_schema_length=None)
         else:
             table = pl.read_ndjson(path, infer_schema_length=None)

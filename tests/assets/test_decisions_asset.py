@@ -164,7 +164,7 @@ def test_the_new_columns_load_beside_an_older_gateways_file_and_an_older_warehou
         )
     with duckdb.connect(str(path)) as raw:  # a warehouse from before the columns, one decision in it already
         raw.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMP NOT NULL)")
-        for version, sql in enumerate(MIGRATIONS[:-1], start=1):
+        for version, sql in enumerate(MIGRATIONS[:8], start=1):  # before migration 9 added the columns
             raw.execute(sql)
             raw.execute("INSERT INTO schema_migrations VALUES (?, now())", [version])
         raw.execute(

@@ -278,14 +278,14 @@ def test_policy_models_and_the_routed_model():
 
 def test_hash_command_prints_an_entry_the_store_accepts(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("sys.stdin", io.StringIO(ALICE + "\n"))
-    args = ["hash", "--id", "alice", "--models", "cheap,generalist", "--usd-per-day", "5", "--rpm", "60"]
+    args = ["hash", "--id", "alice", "--models", "cheap,generalist", "--usd-per-day", "5", "--rpm", "60", "--no-store"]
     assert keys.main(args) == 0
     out = capsys.readouterr().out
     assert ALICE not in out
     path = tmp_path / "keys.yaml"
     path.write_text(out)
     assert KeyStore.load(path, environ={}).authenticate(ALICE) == KeyPolicy(
-        "alice", frozenset({"cheap", "generalist"}), 5.0, 60.0
+        "alice", frozenset({"cheap", "generalist"}), 5.0, 60.0, store=False
     )
 
 
