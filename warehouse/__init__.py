@@ -76,6 +76,7 @@ from warehouse.outcomes import (
     replace_online_evaluation,
     reserve_judge_spend,
     settle_judge_spend,
+    utc_day,
 )
 from warehouse.responses import (
     archive_pairs,
@@ -210,4 +211,5 @@ __all__ = [
     "upsert_llm_features",
     "upsert_llms",
     "upsert_prompts",
+    "utc_day",
 ]

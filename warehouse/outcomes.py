@@ -29,6 +29,7 @@ __all__ = [
     "replace_online_evaluation",
     "reserve_judge_spend",
     "settle_judge_spend",
+    "utc_day",
 ]
 
 _OUTCOMES = """
@@ -88,7 +89,8 @@ def read_traffic_judgements(con: duckdb.DuckDBPyConnection, request_id: str | No
     return _query(con, f"SELECT * FROM traffic_judgements WHERE {where} ORDER BY judged_at, request_id", params)
 
 
-def _utc_day(now: datetime | None) -> date:
+def utc_day(now: datetime | None = None) -> date:
+    """The UTC date of ``now`` (aware, or naive UTC; default the current time): the judge cap's day."""
     return _naive_utc(now or datetime.now(UTC)).date()
 
 
@@ -96,7 +98,7 @@ def judge_spend_on(con: duckdb.DuckDBPyConnection, day: date | None = None) -> f
     """USD the judges spent on the UTC ``day`` (default today): settled calls at their cost, calls in flight and
     failed ones at their reserved worst case."""
     sql = "SELECT coalesce(sum(coalesce(cost_usd, reserved_usd)), 0) AS usd FROM judge_spend WHERE day = ?"
-    return float(_query(con, sql, [day or _utc_day(None)])["usd"].item())
+    return float(_query(con, sql, [day or utc_day()])["usd"].item())
 
 
 def read_judge_spend(con: duckdb.DuckDBPyConnection, day: date | None = None) -> pl.DataFrame:
