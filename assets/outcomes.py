@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 
 import warehouse as wh
+from assets import automation
 from assets.decisions import GROUP, routing_decisions
 from assets.metadata import markdown_image, markdown_table
 from assets.profiling import llm_partitions
@@ -30,8 +31,8 @@ from router_core.online import (
     online_evaluation as evaluate,
 )
 
-#: The per-LLM check on traffic (of ``llm_error_features``: the LLM's predicted error per cluster).
-TRAFFIC_CHECK = "check_llm_error_features_traffic"
+#: The per-LLM check on traffic (of ``llm_traffic_evaluation``, one partition per LLM).
+TRAFFIC_CHECK = "check_llm_traffic_evaluation_drift"
 #: Where the online evaluation's figures go in the router version's MLflow run.
 MLFLOW_FOLDER = "online_evaluation"
 
@@ -141,7 +142,7 @@ def online_evaluation(
 ) -> dg.MaterializeResult:
     """Observed vs predicted error of each LLM on the router version's rated traffic (``router_core.online``), per
     LLM and per cluster with counts and confidence intervals; calibration, quality vs cost and drift figures. Its
-    cells are stored for the per-LLM check (``check_llm_error_features_traffic``)."""
+    cells are stored for each LLM's check (``llm_traffic_evaluation``)."""
     from serving import registry
 
     mlflow.setup()
@@ -218,39 +219,44 @@ def _images(figures: dict) -> dict[str, dg.MetadataValue]:
 
 with warnings.catch_warnings():  # partitioned checks (a preview): the UI shows each LLM's own status
     warnings.simplefilter("ignore", dg.PreviewWarning)
-
-    @dg.asset_check(
-        asset="llm_error_features",
-        name=TRAFFIC_CHECK,
+    TRAFFIC_SPEC = dg.AssetCheckSpec(
+        TRAFFIC_CHECK,
+        asset="llm_traffic_evaluation",
         partitions_def=llm_partitions,
-        additional_deps=[online_evaluation],
         description="On the champion's rated traffic (online_evaluation): clusters where the LLM's observed error "
-        "exceeds its predicted error by more than 3 standard errors. Warns, naming the LLM, the cluster, the counts.",
+        "exceeds its predicted error by more than z (default 3) standard errors. Warns, naming the LLM, the cluster "
+        "and the counts.",
     )
-    def check_llm_error_features_traffic(
-        context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource
-    ) -> dg.AssetCheckResult:
-        """WARN when the latest online evaluation alarms on this LLM in some cluster."""
-        llm = context.partition_key
-        with warehouse.connect() as con:
-            cells = wh.read_online_evaluation(con, [llm])
-        alarms = cells.filter("alarm")
-        rated = int(cells["count"].sum()) if cells.height else 0
-        summary = "; ".join(alarms["message"]) or (
-            f"{llm}: observed error on traffic within its prediction in every cluster ({rated} rated requests)"
-            if rated
-            else f"{llm}: no rated traffic in the latest online evaluation"
-        )
-        return dg.AssetCheckResult(
-            passed=alarms.height == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=summary,
-            metadata={
-                "llm": llm,
-                "router_version": cells["router_version"][0] if cells.height else "none",
-                "rated_requests": rated,
-                "alarming_clusters": alarms["cluster"].to_list(),
-                "summary": summary,
-                "clusters": markdown_table(cells.drop("router_version", "evaluated_at", "message")),
-            },
-        )
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=llm_partitions,
+    deps=[online_evaluation],
+    automation_condition=automation.TRAFFIC,
+    check_specs=[TRAFFIC_SPEC],
+)
+def llm_traffic_evaluation(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """One LLM's cells of the latest online evaluation (per cluster: rated requests, observed vs predicted error,
+    z); its check warns when one of them alarms."""
+    llm = context.partition_key
+    with warehouse.connect() as con:
+        cells = wh.read_online_evaluation(con, [llm])
+    alarms = cells.filter("alarm")
+    rated = int(cells["count"].sum()) if cells.height else 0
+    summary = "; ".join(alarms["message"]) or (
+        f"{llm}: observed error on traffic within its prediction in every cluster ({rated} rated requests)"
+        if rated
+        else f"{llm}: no rated traffic in the latest online evaluation"
+    )
+    version = cells["router_version"][0] if cells.height else "none"
+    table = markdown_table(cells.drop("router_version", "evaluated_at", "message"))
+    check = dg.AssetCheckResult(
+        check_name=TRAFFIC_CHECK,
+        passed=alarms.height == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=summary,
+        metadata={"llm": llm, "router_version": version, "alarming_clusters": alarms["cluster"].to_list()},
+    )
+    metadata = {"router_version": version, "rated_requests": rated, "summary": summary, "clusters": table}
+    return dg.MaterializeResult(metadata=metadata, check_results=[check])

@@ -6,7 +6,7 @@ import dagster as dg
 
 from assets.decisions import routing_decisions
 from assets.embeddings import prompt_embeddings
-from assets.outcomes import check_llm_error_features_traffic, online_evaluation, traffic_outcomes
+from assets.outcomes import llm_traffic_evaluation, online_evaluation, traffic_outcomes
 from assets.profiling import graded_responses, imported_results, llm_catalog, llm_responses, prompt_set
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.router import router
@@ -32,8 +32,8 @@ defs = dg.Definitions(
         traffic_samples,
         traffic_outcomes,
         online_evaluation,
+        llm_traffic_evaluation,
     ],
-    asset_checks=[check_llm_error_features_traffic],
     jobs=[profile_llm_job, retrain_cluster_map_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
     sensors=[llm_onboarding_sensor, automation_sensor],

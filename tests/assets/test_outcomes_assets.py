@@ -59,9 +59,10 @@ def home(tmp_path, judge_server):
     """A warehouse holding a catalog with the judge (1 USD per million tokens), the decisions of the traffic and its
     stored sample; the judge's request log cleared."""
     catalog = tmp_path / "llms.yaml"
+    url = judge_server.base_url
     catalog.write_text(
-        f"defaults: {{usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
-        f"llms: [{{name: {JUDGE}, base_url: '{judge_server.base_url}'}}, {{name: cheap, base_url: '{judge_server.base_url}'}}]\n"
+        f"defaults: {{base_url: '{url}', usd_per_mtok_in: 1, usd_per_mtok_out: 1}}\n"
+        f"llms: [{{name: {JUDGE}}}, {{name: cheap}}]\n"
     )
     path = tmp_path / "w.duckdb"
     wh.sync_catalog(lambda: wh.connect(path), catalog)
