@@ -103,7 +103,7 @@ def judge_spend_on(con: duckdb.DuckDBPyConnection, day: date | None = None) -> f
 
 def read_judge_spend(con: duckdb.DuckDBPyConnection, day: date | None = None) -> pl.DataFrame:
     """The judges' calls (of the UTC ``day`` only, when given), oldest first."""
-    where, params = _where({"day = ?": day})
+    where, params = ("day = ?", [day]) if day is not None else ("TRUE", [])
     return _query(con, f"SELECT * FROM judge_spend WHERE {where} ORDER BY reserved_at, spend_id", params)
 
 

@@ -51,9 +51,7 @@ def _traffic(llms: list[str], k: int, per_cell: int = 40, bad_requests: int = 10
 
 
 def _check(instance, resources, llm: str) -> dg.AssetCheckEvaluation:
-    result = dg.materialize(
-        [llm_traffic_evaluation], partition_key=llm, resources=resources, instance=instance
-    )
+    result = dg.materialize([llm_traffic_evaluation], partition_key=llm, resources=resources, instance=instance)
     assert result.success
     (evaluation,) = result.get_asset_check_evaluations()
     assert evaluation.check_name == TRAFFIC_CHECK

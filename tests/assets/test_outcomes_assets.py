@@ -227,3 +227,28 @@ def test_a_judge_not_in_the_catalog_fails_the_run_naming_it(instance, home, tmp_
     assert not result.success
     message = result.get_step_failure_events()[0].step_failure_data.error.message
     assert "traffic_outcomes.config: judge='nobody': not in the catalog" in message
+
+
+def test_a_failed_judge_call_counts_at_its_worst_case_and_is_tried_again(instance, home, tmp_path, judge_server):
+    with wh.connect(home) as con:  # its verdict is not recorded: the judge endpoint answers 404
+        _add_traffic(con, ["unknown"], same_as="r0")
+        con.execute("UPDATE traffic_samples SET answer = 'Something else.' WHERE request_id = 'unknown'")
+    meta = _materialise(instance, home, tmp_path, judge=JUDGE, judge_max_per_run=7)
+    assert (meta["judge_calls"], meta["judge_verdicts_stored"], meta["judge_failed"]) == (7, 6, 1)
+    with wh.connect(home) as con:
+        failed = wh.read_judge_spend(con).filter(pl.col("request_id") == "unknown").row(0, named=True)
+        assert (failed["status"], failed["cost_usd"]) == ("failed", failed["reserved_usd"])
+        assert wh.read_traffic_judgements(con, "unknown").height == 0
+    again = _materialise(instance, home, tmp_path, judge=JUDGE)
+    assert (again["judge_candidates"], again["judge_calls"], again["judge_failed"]) == (1, 1, 1)
+
+
+def test_the_sample_rate_and_the_maximum_per_run_bound_the_calls(instance, home, tmp_path, judge_server):
+    none = _materialise(instance, home, tmp_path, judge=JUDGE, judge_sample_rate=0.0)
+    assert (none["judge_candidates"], none["judge_selected"], _judge_calls(judge_server)) == (6, 0, 0)
+    two = _materialise(instance, home, tmp_path, judge=JUDGE, judge_max_per_run=2)
+    assert (two["judge_selected"], two["judge_calls"], _judge_calls(judge_server)) == (2, 2, 2)
+    half = _materialise(instance, home, tmp_path, judge=JUDGE, judge_sample_rate=0.5)
+    assert 0 < half["judge_selected"] < 4 and half["judge_calls"] == half["judge_selected"]  # a hash picks them
+    again = _materialise(instance, home, tmp_path, judge=JUDGE, judge_sample_rate=0.5)
+    assert again["judge_selected"] == 0  # the same ones: judged already
