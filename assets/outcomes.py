@@ -20,6 +20,7 @@ from assets.traffic import traffic_feedback, traffic_samples
 from profiling.collector import RetryPolicy
 from profiling.completion import catalog_completer
 from profiling.traffic_judging import TRAFFIC_RUBRIC, JudgingReport, judge_traffic
+from router_core import RouterInputError
 from router_core.online import (
     DEFAULT_MIN_COUNT,
     calibration,
@@ -156,7 +157,10 @@ def online_evaluation(
     with warehouse.connect() as con:
         decisions = wh.read_version_decisions(con, version)
         outcomes = wh.read_traffic_outcomes(con, version)
-        evaluation = evaluate(decisions, outcomes, validation)
+        try:
+            evaluation = evaluate(decisions, outcomes, validation)
+        except RouterInputError as exc:  # e.g. decisions of one version disagreeing on the number of clusters
+            raise dg.Failure(f"online_evaluation: router version {version}: {exc}") from exc
         cells = _cells(evaluation.by_cluster, config)
         wh.replace_online_evaluation(con, version, cells)
     figures = _figures(decisions, outcomes, evaluation.by_cluster, config)
@@ -194,7 +198,9 @@ def _cells(by_cluster: pl.DataFrame, config: OnlineEvaluationConfig) -> pl.DataF
     )
 
 
-def _figures(decisions: pl.DataFrame, outcomes: pl.DataFrame, by_cluster: pl.DataFrame, config) -> dict:
+def _figures(
+    decisions: pl.DataFrame, outcomes: pl.DataFrame, by_cluster: pl.DataFrame, config: OnlineEvaluationConfig
+) -> dict:
     """The reliability, quality-vs-cost and drift figures (none without rated traffic)."""
     if outcomes.height == 0:
         return {}
