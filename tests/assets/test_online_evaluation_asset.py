@@ -102,3 +102,22 @@ def test_an_llm_worse_on_traffic_than_predicted_warns_naming_the_cluster(materia
     logged = {a.path for a in MlflowClient().list_artifacts(run_id, "online_evaluation")}
     assert logged == {f"online_evaluation/{n}.png" for n in ("reliability", "quality_vs_cost", "drift_heatmap")}
     assert meta["mlflow_run_id"] == run_id
+
+
+def test_without_a_champion_nothing_is_evaluated_and_every_llm_passes(instance, tmp_path):
+    from assets.resources import MlflowResource, WarehouseResource
+
+    path = tmp_path / "w.duckdb"
+    with wh.connect(path) as con:  # an evaluation left from before: replaced by an empty one
+        cells = {"llm": ["cheap"], "cluster": [0], "count": [50], "alarm": [True], "message": ["cheap, cluster 0"]}
+        wh.replace_online_evaluation(con, "7", pl.DataFrame(cells))
+    resources = {
+        "warehouse": WarehouseResource(path=str(path)),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    }
+    result = dg.materialize([online_evaluation], resources=resources, instance=instance)
+    meta = result.asset_materializations_for_node("online_evaluation")[0].metadata
+    assert meta["router_version"].value == "none: no champion yet"
+    instance.add_dynamic_partitions("llm", ["cheap"])
+    check = _check(instance, resources, "cheap")
+    assert check.passed and check.description == "cheap: no rated traffic in the latest online evaluation"
