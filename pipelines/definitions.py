@@ -6,6 +6,7 @@ import dagster as dg
 
 from assets.decisions import routing_decisions
 from assets.embeddings import prompt_embeddings
+from assets.outcomes import llm_traffic_evaluation, online_evaluation, traffic_outcomes
 from assets.profiling import (
     graded_responses,
     imported_results,
@@ -37,6 +38,9 @@ defs = dg.Definitions(
         routing_decisions,
         traffic_feedback,
         traffic_samples,
+        traffic_outcomes,
+        online_evaluation,
+        llm_traffic_evaluation,
     ],
     jobs=[profile_llm_job, retrain_cluster_map_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
