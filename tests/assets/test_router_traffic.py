@@ -33,7 +33,8 @@ SCHEMA = {
 
 def _outcomes(prefix: str, n: int, embedder_id: str, heldout_score: float) -> pl.DataFrame:
     """``n`` requests routed by v1 to DEGRADED on CLUSTER: all wrong on the features side, ``heldout_score`` on the
-    held-out side; plus requests of a router version with another map (K=2), which must be left out."""
+    held-out side; plus requests of a router version with another map (K=2) and requests whose prompts another
+    embedder embedded, which must be left out."""
     ids = [f"{prefix}-{i}" for i in range(n)]
     _, heldout = split_traffic_outcomes(pl.DataFrame({"request_id": ids}))
     held = set(heldout["request_id"])
@@ -42,6 +43,7 @@ def _outcomes(prefix: str, n: int, embedder_id: str, heldout_score: float) -> pl
         (i, None, "1", embedder_id, DEGRADED, weights, heldout_score if i in held else 0.0, "feedback") for i in ids
     ]
     rows += [(f"{i}-other", None, "99", embedder_id, DEGRADED, [0.5, 0.5], 0.0, "judge") for i in ids[:5]]
+    rows += [(f"{i}-embedder", None, "1", "another-embedder", DEGRADED, weights, 1.0, "judge") for i in ids[:3]]
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")
 
 
@@ -125,9 +127,9 @@ def test_a_degraded_llm_yields_a_challenger_whose_psi_moved_there_only(runs, cli
     contradicted = runs["contradicted"]
     assert contradicted["status"].startswith("unchanged: ")  # the validation-only version is still v1
     assert (contradicted["traffic_version"], contradicted["traffic_status"]) == ("2", "registered v2 (challenger)")
-    # the features side of 80 outcomes, by request id; v99's (another cluster map, K=2) left out
+    # the features side of 80 outcomes, by request id; v99's (another cluster map, K=2) and another embedder's left out
     assert contradicted["traffic_outcomes_used"] + contradicted["traffic_outcomes_heldout"] == 80
-    assert contradicted["traffic_outcomes_other_map"] == 5
+    assert contradicted["traffic_outcomes_other_map"] == 5 + 3
     version = client.get_model_version("uniroute", "2")
     assert (
         version.tags["features"] == "validation+traffic"
