@@ -2,6 +2,7 @@
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -13,6 +14,7 @@ from assets.metadata import fingerprint, markdown_image
 from assets.resources import ArtifactsResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.routing import cluster_map, llm_error_features
 from router_core import (
+    Embedder,
     PoolFit,
     RouterInputError,
     RouterScores,
@@ -105,11 +107,7 @@ def router(
     context.log.info(f"{published.status}; champion gate: {published.verdict['gate']}")
     metadata = _metadata(new, published, left_out, mlflow.model_name, config.mlflow_ui_url)
     if traffic is not None:
-        features, traffic_fit = traffic
-        with_traffic = traffic_fit and versions.with_traffic(
-            _candidate(traffic_fit, data, emb.embedder_id, left_out), features
-        )
-        metadata |= _traffic_version(context, with_traffic, features, emb, run_dir / "traffic", mlflow, config)
+        metadata |= _traffic_version(context, *traffic, data, left_out, emb, run_dir / "traffic", mlflow, config)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -178,15 +176,17 @@ def _learn_from_traffic(
 
 def _traffic_version(
     context: dg.AssetExecutionContext,
-    new: "versions.Candidate | None",
     traffic: "versions.TrafficFeatures",
-    embedder,
-    run_dir,
+    fit: PoolFit | None,
+    data: wh.RouterInputs,
+    left_out: dict[str, str],
+    embedder: Embedder,
+    run_dir: Path,
     mlflow: MlflowResource,
     config: RouterConfig,
 ) -> dict:
-    """Publish the version that learned from traffic (``new``; None: no outcomes to learn from) after its gate;
-    its part of the asset page, under ``traffic_*`` keys."""
+    """Publish the version that learned from ``traffic`` (``fit``; None: no outcomes to learn from) after its
+    gate; its part of the asset page, under ``traffic_*`` keys."""
     from serving import registry, versions
 
     counts = {
@@ -194,10 +194,11 @@ def _traffic_version(
         "traffic_outcomes_heldout": traffic.heldout.height,
         "traffic_outcomes_other_map": traffic.other_map,
     }
-    if new is None:
+    if fit is None:
         status = "not built: no traffic outcomes of the pool decided with this cluster map and embedder"
         context.log.info(f"traffic features: {status}")
         return {"traffic_status": status, **counts}
+    new = versions.with_traffic(_candidate(fit, data, embedder.embedder_id, left_out), traffic)
     name = mlflow.model_name
     published = versions.publish(
         new, name, mlflow.setup(), run_dir, embedder, config.gate_tolerance, config.traffic_gate_tolerance
