@@ -147,22 +147,28 @@ def with_traffic(
     candidate,
     heldout: pl.DataFrame,
     tolerance: float = DEFAULT_TRAFFIC_TOLERANCE,
+    same_clusters: bool = True,
 ) -> GateDecision:
     """``decision`` (on test prompts, :func:`judge`) for a candidate whose Psi learned from traffic, checked on
     ``heldout`` traffic outcomes too (:func:`router_core.compare_on_traffic`, ``candidate`` and ``champion``:
     fitted router_core routers): promoted only when neither the test prompts nor held-out traffic say it is worse
     (mean Brier loss within ``tolerance`` of the champion's); without held-out outcomes it is not promoted (nothing
-    shows it is not worse). Without a champion the test decision stands."""
+    shows it is not worse), nor when the champion does not share the candidate's cluster map and embedder
+    (``same_clusters`` False: the outcomes' cluster weights mean other clusters to it). Without a champion the test
+    decision stands."""
     if champion is None or decision.champion_version is None:
         return decision
-    traffic = compare_on_traffic(champion, candidate, heldout)
-    on_traffic = traffic.not_worse(tolerance)
+    traffic = compare_on_traffic(champion, candidate, heldout) if same_clusters else None
+    on_traffic = traffic is not None and traffic.not_worse(tolerance)
     on_test = decision.promote
     verdict = "promoted" if on_test and on_traffic else "kept as challenger"
     test_reason = decision.reason.split(": ", 1)[1]
-    traffic_verdict = "not worse" if on_traffic else "worse" if traffic.n else "not checked"
+    if traffic is None:
+        why = f"not checked (champion v{decision.champion_version} routes with another cluster map or embedder)"
+    else:
+        checked = "not worse" if on_traffic else "worse" if traffic.n else "not checked"
+        why = f"{checked} ({traffic.reason(tolerance)}, tolerance {tolerance:g})"
     reason = (
-        f"{verdict}: on test prompts {'not worse' if on_test else 'worse'} ({test_reason}); on held-out traffic "
-        f"{traffic_verdict} ({traffic.reason(tolerance)}, tolerance {tolerance:g})"
+        f"{verdict}: on test prompts {'not worse' if on_test else 'worse'} ({test_reason}); on held-out traffic {why}"
     )
     return replace(decision, promote=on_test and on_traffic, reason=reason, traffic=traffic)

@@ -134,3 +134,8 @@ def test_a_traffic_features_candidate_needs_both_test_prompts_and_heldout_traffi
     nothing = gate.with_traffic(on_test, champion, candidate, agrees.clear())
     assert not nothing.promote and "on held-out traffic not checked (no held-out traffic outcomes" in nothing.reason
     assert gate.with_traffic(gate.no_champion(), None, candidate, agrees) == gate.no_champion()
+    other_map = gate.with_traffic(on_test, champion, candidate, agrees, same_clusters=False)
+    assert not other_map.promote and other_map.traffic is None
+    assert other_map.reason.endswith(
+        "; on held-out traffic not checked (champion v1 routes with another cluster map or embedder)"
+    )
