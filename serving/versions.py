@@ -186,7 +186,9 @@ def publish(
         gate_tolerance,
     )
     if new.heldout is not None:
-        decision = gate.with_traffic(decision, champion, fit.router, new.heldout, traffic_tolerance)
+        decision = gate.with_traffic(
+            decision, champion, fit.router, new.heldout, traffic_tolerance, _same_clusters(model_name, new.tags)
+        )
     save_router(fit.router, run_dir)
     registry.write_router_meta(run_dir, embedder, fit.point.cost_weight, fit.predicted, fit.val_scores, fit.point)
     card = replace(new.card, gate=decision.reason)
@@ -215,6 +217,12 @@ def publish(
     return Published(
         f"registered v{version} ({alias})", version, alias, {"gate": decision.reason, **decision.numbers()}, card
     )
+
+
+def _same_clusters(model_name: str, tags: Mapping[str, str]) -> bool:
+    """Whether the champion routes with the cluster map and embedder of a version tagged ``tags``."""
+    same = registry.versions_tagged(model_name, {k: tags[k] for k in ("cluster_map_version", "embedder_id")})
+    return registry.champion_version(model_name) in same
 
 
 def pool_entries(fit: PoolFit, cost_basis: Mapping[str, str]) -> list[PoolEntry]:
