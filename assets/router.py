@@ -2,6 +2,7 @@
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -12,7 +13,16 @@ from assets import automation
 from assets.metadata import fingerprint, markdown_image
 from assets.resources import ArtifactsResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.routing import cluster_map, llm_error_features
-from router_core import RouterInputError, RouterScores, fit_pool, load_cluster_map, version_figures
+from router_core import (
+    Embedder,
+    PoolFit,
+    RouterInputError,
+    RouterScores,
+    TrafficErrorStats,
+    fit_pool,
+    load_cluster_map,
+    version_figures,
+)
 from serving import gate
 
 if TYPE_CHECKING:  # mlflow and matplotlib load in the run that registers a router, not in every Dagster run
@@ -40,12 +50,23 @@ class RouterConfig(dg.Config):
     ``default_cost_weight`` (unset: automatic, the cheapest point of the pool's cross-fitted validation deferral
     curve within 0.005 of its best accuracy); the champion gate's ``gate_tolerance`` (AUDC a new version may lose
     against the champion over the cost range both reach and still replace it); and the MLflow UI the asset
-    links to (empty: the tracking server when MLflow talks to one, else 127.0.0.1:5000)."""
+    links to (empty: the tracking server when MLflow talks to one, else 127.0.0.1:5000).
+
+    ``traffic_features`` (off by default): also build a version whose Psi blends validation errors with observed
+    traffic outcomes (those of requests routed with the same cluster map and embedder), tagged ``features:
+    validation+traffic``; ``traffic_heldout_fraction`` of the outcomes (by request id) are never used for features
+    but by its gate, which promotes it only when neither the test prompts nor the held-out outcomes (mean Brier
+    loss, within ``traffic_gate_tolerance``) say it is worse than the champion; ``traffic_weight``: how many
+    validation prompts one traffic outcome is worth (lower it for a noisy judge)."""
 
     pool: list[str] | None = None
     default_cost_weight: float | None = None
     gate_tolerance: float = gate.DEFAULT_TOLERANCE
     mlflow_ui_url: str = ""
+    traffic_features: bool = False
+    traffic_heldout_fraction: float = 0.2
+    traffic_weight: float = 1.0
+    traffic_gate_tolerance: float = gate.DEFAULT_TRAFFIC_TOLERANCE
 
 
 @dg.asset(
@@ -62,44 +83,137 @@ def router(
     """A new registered router version; alias ``champion`` moves only if the gate (:mod:`serving.gate`) finds it
     not worse than the champion on the same test prompts over the cost range both reach (else ``challenger``).
     When pool, data snapshot, cluster map, embedder and default cost weight equal a registered version's (the
-    champion's, or the latest such), nothing is registered: the result says "unchanged" and names it."""
+    champion's, or the latest such), nothing is registered: the result says "unchanged" and names it. With
+    ``traffic_features`` a second version learns from traffic too (:class:`RouterConfig`; ``traffic_*`` keys)."""
     from serving import versions
 
     emb = embedder.embedder()
     try:
         with warehouse.connect() as con:
             data = wh.read_router_inputs(con, emb.embedder_id, config.pool)
+            outcomes = _traffic_outcomes(con) if config.traffic_features else None
         for note in data.notes():
             context.log.warning(note)
-        fit = fit_pool(
-            load_cluster_map(data.cluster_map["path"]),
-            data.pool,
-            data.costs,
-            data.val_ids,
-            data.x_val,
-            data.val_outcomes,
-            data.test_ids,
-            data.x_test,
-            data.test_outcomes,
-            data.test_query_costs,
-            config.default_cost_weight,
-            data.stored_psi,
+        fit = _fit(data, config)
+        traffic = (
+            None if outcomes is None else _learn_from_traffic(outcomes, data, fit, emb.embedder_id, config, mlflow)
         )
     except (wh.RouterInputsError, RouterInputError) as exc:  # no map or pool, features stale against their grades
         raise dg.Failure(str(exc)) from exc
-    # what this version was built and scored on: validation and test ids, outcomes and costs of the pool
-    snapshot = fingerprint(
-        fit.pool, data.val_ids, fit.val_errors, data.test_ids, fit.test_scores, fit.cost, fit.realised
-    )
     left_out = _left_out(data.checks, data.unpriced)
-    new = versions.candidate(
-        fit, data.cluster_map, emb.embedder_id, snapshot, data.prompts, data.val_ids, data.cost_basis, left_out,
-        version_figures(fit),
-    )  # fmt: skip
+    new = _candidate(fit, data, emb.embedder_id, left_out)
     run_dir = artifacts.path("routers", context.run.run_id)
     published = versions.publish(new, mlflow.model_name, mlflow.setup(), run_dir, emb, config.gate_tolerance)
     context.log.info(f"{published.status}; champion gate: {published.verdict['gate']}")
-    return dg.MaterializeResult(metadata=_metadata(new, published, left_out, mlflow.model_name, config.mlflow_ui_url))
+    metadata = _metadata(new, published, left_out, mlflow.model_name, config.mlflow_ui_url)
+    if traffic is not None:
+        metadata |= _traffic_version(context, *traffic, data, left_out, emb, run_dir / "traffic", mlflow, config)
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def _traffic_outcomes(con) -> pl.DataFrame:
+    """Rated traffic outcomes, one row per request (contract25: ``request_id, decided_at, router_version,
+    embedder_id, chosen_llm, cluster_weights, score, source``)."""
+    # ON MERGE of outcomes25 (issue 25): replace these lines with `return wh.read_traffic_outcomes(con)`
+    read = getattr(wh, "read_traffic_outcomes", None)
+    if read is None:
+        raise dg.Failure("traffic_features: this build has no traffic outcomes (wh.read_traffic_outcomes is missing)")
+    return read(con)
+
+
+def _fit(data: wh.RouterInputs, config: RouterConfig, traffic: TrafficErrorStats | None = None) -> PoolFit:
+    """The pool fitted on ``data`` (Psi blended with ``traffic`` when given) and scored on its test prompts."""
+    return fit_pool(
+        load_cluster_map(data.cluster_map["path"]),
+        data.pool,
+        data.costs,
+        data.val_ids,
+        data.x_val,
+        data.val_outcomes,
+        data.test_ids,
+        data.x_test,
+        data.test_outcomes,
+        data.test_query_costs,
+        config.default_cost_weight,
+        data.stored_psi,
+        traffic,
+    )
+
+
+def _candidate(fit: PoolFit, data: wh.RouterInputs, embedder_id: str, left_out: dict[str, str]) -> "versions.Candidate":
+    """The version ``fit`` would be, with what it was built and scored on (validation and test ids, outcomes and
+    costs of the pool) as its data snapshot."""
+    from serving import versions
+
+    snapshot = fingerprint(
+        fit.pool, data.val_ids, fit.val_errors, data.test_ids, fit.test_scores, fit.cost, fit.realised
+    )
+    return versions.candidate(
+        fit, data.cluster_map, embedder_id, snapshot, data.prompts, data.val_ids, data.cost_basis, left_out,
+        version_figures(fit),
+    )  # fmt: skip
+
+
+def _learn_from_traffic(
+    outcomes: pl.DataFrame,
+    data: wh.RouterInputs,
+    fit: PoolFit,
+    embedder_id: str,
+    config: RouterConfig,
+    mlflow: MlflowResource,
+) -> tuple["versions.TrafficFeatures", PoolFit | None]:
+    """The traffic outcomes of ``fit``'s pool, cluster map and embedder (:func:`serving.versions.traffic_features`)
+    and the pool fitted with Psi blended with them (None: no such outcome to learn from)."""
+    from serving import versions
+
+    mlflow.setup()  # the registry says which versions decided with this cluster map
+    features = versions.traffic_features(
+        outcomes, mlflow.model_name, data.cluster_map, embedder_id, fit.pool, config.traffic_heldout_fraction,
+        config.traffic_weight,
+    )  # fmt: skip
+    return features, _fit(data, config, features.stats) if features.used else None
+
+
+def _traffic_version(
+    context: dg.AssetExecutionContext,
+    traffic: "versions.TrafficFeatures",
+    fit: PoolFit | None,
+    data: wh.RouterInputs,
+    left_out: dict[str, str],
+    embedder: Embedder,
+    run_dir: Path,
+    mlflow: MlflowResource,
+    config: RouterConfig,
+) -> dict:
+    """Publish the version that learned from ``traffic`` (``fit``; None: no outcomes to learn from) after its
+    gate; its part of the asset page, under ``traffic_*`` keys."""
+    from serving import registry, versions
+
+    counts = {
+        "traffic_outcomes_used": traffic.used,
+        "traffic_outcomes_heldout": traffic.heldout.height,
+        "traffic_outcomes_other_map": traffic.other_map,
+    }
+    if fit is None:
+        status = "not built: no traffic outcomes of the pool decided with this cluster map and embedder"
+        context.log.info(f"traffic features: {status}")
+        return {"traffic_status": status, **counts}
+    new = versions.with_traffic(_candidate(fit, data, embedder.embedder_id, left_out), traffic)
+    name = mlflow.model_name
+    published = versions.publish(
+        new, name, mlflow.setup(), run_dir, embedder, config.gate_tolerance, config.traffic_gate_tolerance
+    )
+    _close(new.figures)
+    context.log.info(f"traffic features: {published.status}; champion gate: {published.verdict['gate']}")
+    url = registry.version_url(name, published.version, registry.ui_url(config.mlflow_ui_url))
+    return {
+        "traffic_status": published.status,
+        "traffic_version": published.version,
+        "traffic_alias": published.alias,
+        "traffic_mlflow_version": dg.MetadataValue.url(url),
+        **counts,
+        **{f"traffic_{k}": v for k, v in published.verdict.items()},
+    }
 
 
 def _metadata(
@@ -166,12 +280,17 @@ def _left_out(checks: pl.DataFrame, unpriced: list[str]) -> dict[str, str]:
 
 def _plots(figures: dict) -> dict[str, dg.MetadataValue]:
     """The figures as Markdown images (then closed)."""
+    plots = {name.removesuffix(".png"): markdown_image(figure, name) for name, figure in figures.items()}
+    _close(figures)
+    return plots
+
+
+def _close(figures: dict) -> None:
+    """Close ``figures`` (matplotlib keeps every open figure)."""
     from matplotlib import pyplot as plt
 
-    plots = {name.removesuffix(".png"): markdown_image(figure, name) for name, figure in figures.items()}
     for figure in figures.values():
         plt.close(figure)
-    return plots
 
 
 def _pool_table(entries: list["PoolEntry"], left_out: dict[str, str]) -> dg.MetadataValue:

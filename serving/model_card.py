@@ -56,6 +56,7 @@ class ModelCard:
     default_operating_point: str = ""
     left_out: Mapping[str, str] = field(default_factory=dict)
     gate: str = ""
+    features: str = ""  #: how Psi was learned when not from validation alone (e.g. validation+traffic: ...)
 
     def markdown(self, model_name: str, version: str, tracking_uri: str) -> str:
         """The model card in Markdown (MLflow's UI renders a version's description as Markdown)."""
@@ -90,6 +91,7 @@ class ModelCard:
                 f"- embedder: `{self.embedder_id}`",
                 f"- dataset: {self.dataset}",
                 *([f"- data snapshot: `{self.data_snapshot}`"] if self.data_snapshot else []),
+                *([f"- features: {self.features}"] if self.features else []),
                 "",
                 "### How to call it",
                 f"Point MLflow at the registry it was registered in: {_tracking_hint(tracking_uri)}.",

@@ -253,7 +253,18 @@ def identical_version(model_name: str, tags: Mapping[str, str], keys: Sequence[s
 
 
 def _same(version, tags: Mapping[str, str], keys: Sequence[str]) -> bool:
-    return all(version.tags.get(k) == tags[k] for k in keys)
+    """Each of ``keys`` equal, a tag absent on both sides counting as equal (a key only some versions have, e.g.
+    ``features``, tells them apart from the versions without it)."""
+    return all(version.tags.get(k) == tags.get(k) for k in keys)
+
+
+def versions_tagged(model_name: str, tags: Mapping[str, str]) -> set[str]:
+    """The versions of ``model_name`` whose tags include ``tags`` (none when the model is not registered yet)."""
+    return {
+        str(v.version)
+        for v in MlflowClient().search_model_versions(f"name = '{model_name}'")
+        if _same(v, tags, list(tags))
+    }
 
 
 def champion_version(model_name: str) -> str | None:

@@ -5,23 +5,46 @@ to be one already.
 version's; otherwise it runs the champion gate (:mod:`serving.gate`), saves the router with what the pyfunc needs,
 registers it with its model card (:mod:`serving.model_card`), metrics and figures, and moves an alias
 (:func:`serving.registry.promote`).
+
+A version may also learn from traffic (:func:`traffic_features`, :func:`with_traffic`): its Psi blends validation
+errors with the outcomes of requests routed with the same cluster map and embedder; it carries the tag
+``features: validation+traffic`` and a fingerprint of those outcomes, and its gate also checks held-out outcomes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from router_core import Embedder, PoolFit, save_router
+from router_core import (
+    Embedder,
+    PoolFit,
+    TrafficErrorStats,
+    save_router,
+    split_traffic_outcomes,
+    traffic_error_stats,
+)
 from serving import gate, registry
 from serving.model_card import ModelCard, PoolEntry, describe_operating_point
 
 #: Tags that say what a version is: equal to a registered version's, a new version would be that one again.
-IDENTITY_TAGS = ("pool", "data_snapshot", "cluster_map_version", "embedder_id", "default_cost_weight")
+#: ``features`` and ``traffic_snapshot`` exist only on versions that learned from traffic.
+IDENTITY_TAGS = (
+    "pool",
+    "data_snapshot",
+    "cluster_map_version",
+    "embedder_id",
+    "default_cost_weight",
+    "features",
+    "traffic_snapshot",
+)
+#: The ``features`` tag of a version whose Psi blends validation errors with traffic outcomes.
+TRAFFIC_FEATURES = "validation+traffic"
 #: Metrics with no value when no budget reaches the best LLM's accuracy (logged as absent, with the reason).
 QNC_METRICS = ("test_qnc_fraction_of_best_cost", "test_zero_router_qnc_fraction_of_best_cost")
 
@@ -36,6 +59,29 @@ class Candidate:
     card: ModelCard
     figures: dict[str, object]
     cluster_map: Mapping
+    #: held-out traffic outcomes the gate checks too (a version that learned from traffic); None: test prompts only
+    heldout: pl.DataFrame | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class TrafficFeatures:
+    """Traffic outcomes for a version's features: ``stats`` (of ``used`` outcomes, the features side of
+    :func:`router_core.split_traffic_outcomes`, served by the pool), the ``heldout`` side (never used for
+    features: the gate's), and how many outcomes were left out as decided under another cluster map or
+    embedder (``other_map``)."""
+
+    stats: TrafficErrorStats
+    heldout: pl.DataFrame
+    used: int
+    other_map: int
+
+    def describe(self) -> str:
+        """One line for the model card."""
+        return (
+            f"{TRAFFIC_FEATURES}: each LLM's Psi blends its validation errors with {self.used:,} traffic outcomes "
+            f"per cluster (precision-weighted, one outcome worth {self.stats.weight:g} validation prompts); "
+            f"{self.heldout.height:,} held out for the champion gate"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,22 +157,27 @@ def publish(
     run_dir: Path,
     embedder: Embedder,
     gate_tolerance: float = gate.DEFAULT_TOLERANCE,
+    traffic_tolerance: float = gate.DEFAULT_TRAFFIC_TOLERANCE,
 ) -> Published:
     """Register ``new`` unless a registered version is identical (:func:`serving.registry.identical_version`),
-    after the champion gate; ``run_dir`` receives the router's files."""
+    after the champion gate (with ``new.heldout``: on held-out traffic too, :func:`serving.gate.with_traffic`);
+    ``run_dir`` receives the router's files."""
     same = registry.identical_version(model_name, new.tags, IDENTITY_TAGS)
     if same is not None:
         version, alias = str(same.version), ",".join(sorted(same.aliases)) or "no alias"
-        status = (
-            "unchanged: pool, data snapshot, cluster map, embedder and default cost weight equal "
-            f"v{version}'s ({alias}); no new version"
+        what = (
+            "embedder, default cost weight and traffic outcomes"
+            if new.heldout is not None
+            else ("embedder and default cost weight")
         )
+        status = f"unchanged: pool, data snapshot, cluster map, {what} equal v{version}'s ({alias}); no new version"
         return Published(status, version, alias, {"gate": f"not run: {status}"}, new.card)
     fit, s = new.fit, new.fit.scores
+    champion = registry.champion_router(model_name)
     decision = gate.judge(
         s.curve,
         s.cost_range,
-        registry.champion_router(model_name),
+        champion,
         registry.champion_version(model_name),
         fit.pool,
         fit.x_test,
@@ -134,6 +185,10 @@ def publish(
         fit.realised,
         gate_tolerance,
     )
+    if new.heldout is not None:
+        decision = gate.with_traffic(
+            decision, champion, fit.router, new.heldout, traffic_tolerance, _same_clusters(model_name, new.tags)
+        )
     save_router(fit.router, run_dir)
     registry.write_router_meta(run_dir, embedder, fit.point.cost_weight, fit.predicted, fit.val_scores, fit.point)
     card = replace(new.card, gate=decision.reason)
@@ -162,6 +217,12 @@ def publish(
     return Published(
         f"registered v{version} ({alias})", version, alias, {"gate": decision.reason, **decision.numbers()}, card
     )
+
+
+def _same_clusters(model_name: str, tags: Mapping[str, str]) -> bool:
+    """Whether the champion routes with the cluster map and embedder of a version tagged ``tags``."""
+    same = registry.versions_tagged(model_name, {k: tags[k] for k in ("cluster_map_version", "embedder_id")})
+    return registry.champion_version(model_name) in same
 
 
 def pool_entries(fit: PoolFit, cost_basis: Mapping[str, str]) -> list[PoolEntry]:
@@ -193,3 +254,56 @@ def datasets(prompts: pl.DataFrame, validation_ids: Sequence[str], test_ids: np.
         n = dict(group.select("split", "len").iter_rows())
         parts.append(f"{name} ({n.get('validation', 0):,} validation, {n.get('test', 0):,} test prompts)")
     return "; ".join(parts)
+
+
+def traffic_features(
+    outcomes: pl.DataFrame,
+    model_name: str,
+    cluster_map: Mapping,
+    embedder_id: str,
+    pool: Sequence[str],
+    heldout_fraction: float,
+    weight: float = 1.0,
+) -> TrafficFeatures:
+    """Traffic outcomes (``wh.read_traffic_outcomes``' columns) as features for a version of ``pool`` on
+    ``cluster_map`` (its warehouse row) and ``embedder_id``: only outcomes of requests decided by a registered
+    version of ``model_name`` with that cluster map and embedder count (their cluster weights mean the same
+    clusters); they are split by request id (:func:`router_core.split_traffic_outcomes`) into features and held
+    out, and the features side is summed per LLM and cluster (``weight``: see
+    :func:`router_core.traffic_error_stats`)."""
+    same = registry.versions_tagged(
+        model_name, {"cluster_map_version": str(cluster_map["version"]), "embedder_id": embedder_id}
+    )
+    kept = pl.col("router_version").cast(pl.String).is_in(sorted(same))
+    if "embedder_id" in outcomes.columns:
+        kept &= pl.col("embedder_id") == embedder_id
+    mine = outcomes.filter(kept)
+    features, heldout = split_traffic_outcomes(mine, heldout_fraction)
+    stats = traffic_error_stats(features, pool, int(cluster_map["n_clusters"]), weight)
+    used = features.filter(pl.col("chosen_llm").is_in(list(pool))).height
+    return TrafficFeatures(stats, heldout, used, outcomes.height - mine.height)
+
+
+def with_traffic(new: Candidate, traffic: TrafficFeatures) -> Candidate:
+    """``new`` (a candidate fitted with ``traffic.stats``) as a version that learned from traffic: tagged
+    ``features: validation+traffic`` with a fingerprint of the outcomes' statistics (so the same outcomes make the
+    same version, found "unchanged"), its card saying so, its gate checking ``traffic.heldout`` too."""
+    tags = {
+        **new.tags,
+        "features": TRAFFIC_FEATURES,
+        "traffic_snapshot": traffic_snapshot(traffic.stats),
+        "traffic_outcomes": str(traffic.used),
+        "traffic_heldout_outcomes": str(traffic.heldout.height),
+    }
+    return replace(new, tags=tags, card=replace(new.card, features=traffic.describe()), heldout=traffic.heldout)
+
+
+def traffic_snapshot(stats: TrafficErrorStats) -> str:
+    """A short content hash of traffic statistics: equal outcomes per LLM and cluster, equal snapshot."""
+    digest = hashlib.sha256()
+    for name, array in sorted(stats.to_arrays().items()):
+        if array.dtype.kind == "f":  # sums in another row order may differ in the last bits
+            array = np.round(array, 9)
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:12]

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from router_core import KMeansClusterMap, UniRouter, deferral_curve
+from router_core import KMeansClusterMap, UniRouter, deferral_curve, traffic_error_stats
 from serving import gate
 
 
@@ -84,3 +84,58 @@ def test_costs_read_as_plain_dollars_per_1000_queries(usd_per_query, shown):
 def test_without_a_comparison_only_the_champion_is_named():
     assert gate.no_champion().numbers() == {"gate_champion": "none"}
     assert gate.champion_gone("2", ["x"]).numbers() == {"gate_champion": "v2"}
+
+
+def _traffic(llm: str, cluster_weights: list[float], errors: list[float]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in range(len(errors))],
+            "chosen_llm": llm,
+            "cluster_weights": [cluster_weights] * len(errors),
+            "score": [1 - e for e in errors],
+        }
+    )
+
+
+def test_a_traffic_features_candidate_needs_both_test_prompts_and_heldout_traffic_not_worse(two_topics):
+    data = two_topics
+    cmap = KMeansClusterMap(n_clusters=2).fit(data.train)
+    champion = UniRouter(cmap).fit_arrays(
+        data.validation, data.error_matrix("validation", data.llms), data.llms, data.costs
+    )
+    # the candidate learned from traffic that C fails everything in cluster 0
+    candidate = UniRouter(cmap).fit_arrays(
+        data.validation, data.error_matrix("validation", data.llms), data.llms, data.costs
+    )
+    candidate.use_traffic(traffic_error_stats(_traffic("C", [1.0, 0.0], [1.0] * 40), data.llms, 2))
+    on_test = gate.decide(CHAMPION, (0.001, 0.003), CHAMPION, (0.001, 0.003), "1")
+    assert on_test.promote
+    agrees, contradicts = _traffic("C", [1.0, 0.0], [1.0] * 10), _traffic("C", [1.0, 0.0], [0.0] * 10)
+
+    promoted = gate.with_traffic(on_test, champion, candidate, agrees)
+    assert promoted.promote and promoted.traffic.n == 10
+    assert promoted.reason.startswith("promoted: on test prompts not worse (AUDC 0.6000 vs champion v1's 0.6000")
+    assert "; on held-out traffic not worse (challenger is not worse on 10 held-out traffic outcomes: brier" in (
+        promoted.reason
+    )
+    numbers = promoted.numbers()
+    assert (
+        numbers["gate_traffic_outcomes"] == 10 and numbers["gate_traffic_loss"] < numbers["gate_champion_traffic_loss"]
+    )
+
+    kept = gate.with_traffic(on_test, champion, candidate, contradicts)
+    assert not kept.promote and kept.reason.startswith("kept as challenger: on test prompts not worse (")
+    assert "on held-out traffic worse (challenger is worse on 10 " in kept.reason and "tolerance 0)" in kept.reason
+    assert gate.with_traffic(on_test, champion, candidate, contradicts, tolerance=1.0).promote
+
+    worse_on_test = gate.decide(_curve([(0.001, 0.45), (0.003, 0.7)]), (0.001, 0.003), CHAMPION, (0.001, 0.003), "1")
+    both = gate.with_traffic(worse_on_test, champion, candidate, agrees)
+    assert not both.promote and both.reason.startswith("kept as challenger: on test prompts worse (AUDC 0.5750")
+    nothing = gate.with_traffic(on_test, champion, candidate, agrees.clear())
+    assert not nothing.promote and "on held-out traffic not checked (no held-out traffic outcomes" in nothing.reason
+    assert gate.with_traffic(gate.no_champion(), None, candidate, agrees) == gate.no_champion()
+    other_map = gate.with_traffic(on_test, champion, candidate, agrees, same_clusters=False)
+    assert not other_map.promote and other_map.traffic is None
+    assert other_map.reason.endswith(
+        "; on held-out traffic not checked (champion v1 routes with another cluster map or embedder)"
+    )

@@ -1,0 +1,175 @@
+"""Features from traffic through the real ``router`` asset and a real MLflow sqlite registry: with the flag off the
+asset does what it always did; with it on and outcomes saying one LLM got worse on one cluster, a second version is
+registered as ``features: validation+traffic`` with Psi moved there only; its gate also checks held-out outcomes
+(kept as challenger when they say worse, promoted when neither they nor the test prompts do); the same outcomes
+again register nothing."""
+
+from __future__ import annotations
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+
+import warehouse as wh
+from assets.router import router
+from router_core import split_traffic_outcomes
+
+DEGRADED, CLUSTER, K = "cheap", 0, 3  # the snapshot's map has K=3 clusters
+TRAFFIC_ON = {"router": {"config": {"traffic_features": True}}}
+
+
+SCHEMA = {
+    "request_id": pl.String,
+    "decided_at": pl.Datetime("us"),
+    "router_version": pl.String,
+    "embedder_id": pl.String,
+    "chosen_llm": pl.String,
+    "cluster_weights": pl.List(pl.Float64),
+    "score": pl.Float64,
+    "source": pl.String,
+}
+
+
+def _outcomes(prefix: str, n: int, embedder_id: str, heldout_score: float) -> pl.DataFrame:
+    """``n`` requests routed by v1 to DEGRADED on CLUSTER: all wrong on the features side, ``heldout_score`` on the
+    held-out side; plus requests of a router version with another map (K=2) and requests whose prompts another
+    embedder embedded, which must be left out."""
+    ids = [f"{prefix}-{i}" for i in range(n)]
+    _, heldout = split_traffic_outcomes(pl.DataFrame({"request_id": ids}))
+    held = set(heldout["request_id"])
+    weights = [1.0 if k == CLUSTER else 0.0 for k in range(K)]
+    rows = [
+        (i, None, "1", embedder_id, DEGRADED, weights, heldout_score if i in held else 0.0, "feedback") for i in ids
+    ]
+    rows += [(f"{i}-other", None, "99", embedder_id, DEGRADED, [0.5, 0.5], 0.0, "judge") for i in ids[:5]]
+    rows += [(f"{i}-embedder", None, "1", "another-embedder", DEGRADED, weights, 1.0, "judge") for i in ids[:3]]
+    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+
+
+@pytest.fixture(scope="module")
+def runs(pipeline_snapshot, tmp_path_factory):
+    """The snapshot (v1 @champion) copied; the router with the flag off; on with a bad held-out fraction; on without
+    outcomes; on with outcomes whose held-out side contradicts the features side; the same outcomes again; new
+    outcomes that agree. Each run's metadata (or failure message), the snapshot's router metadata, the registry."""
+    import mlflow
+
+    home = pipeline_snapshot.copy(tmp_path_factory.mktemp("traffic") / "data")
+    version = mlflow.MlflowClient(home.tracking_uri, home.tracking_uri).get_model_version("uniroute", "1")
+    embedder_id = version.tags["embedder_id"]
+    contradicted = _outcomes("a", 80, embedder_id, heldout_score=1.0)
+    results = {}
+    with pytest.MonkeyPatch.context() as patch, home.instance() as instance:
+        for key, value in home.env().items():
+            patch.setenv(key, value)
+        results["snapshot"] = home.latest_metadata(instance, "router")
+
+        def run(name, outcomes, **config):
+            # what outcomes25's wh.read_traffic_outcomes reads from the warehouse (contract25's columns)
+            patch.setattr(wh, "read_traffic_outcomes", lambda con: outcomes, raising=False)
+            result = dg.materialize(
+                [router],
+                resources=home.resources(),
+                instance=instance,
+                run_config={"ops": {"router": {"config": config}}},
+                raise_on_error=False,
+            )
+            if not result.success:
+                results[name] = result.get_step_failure_events()[0].step_failure_data.error.message
+                return
+            metadata = result.asset_materializations_for_node("router")[0].metadata
+            results[name] = {k: v.value for k, v in metadata.items()}
+
+        run("off", contradicted)
+        run("bad", contradicted, traffic_features=True, traffic_heldout_fraction=1.5)
+        run("empty", contradicted.clear(), traffic_features=True)
+        run("contradicted", contradicted, traffic_features=True)
+        run("again", contradicted, traffic_features=True)
+        run("confirmed", _outcomes("b", 80, embedder_id, heldout_score=0.0), traffic_features=True)
+    return results | {"uri": home.tracking_uri}
+
+
+@pytest.fixture
+def client(runs):
+    import mlflow
+
+    from serving import registry
+
+    registry.configure(runs["uri"])
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+def _psi(version: str) -> tuple[list[str], np.ndarray]:
+    import mlflow
+
+    served = mlflow.pyfunc.load_model(f"models:/uniroute/{version}").unwrap_python_model().router
+    return list(served.llms_), served.psi_
+
+
+def test_with_the_flag_off_the_router_asset_does_what_it_did(runs):
+    off, snapshot = runs["off"], runs["snapshot"]
+    # the snapshot's run registered v1 (its gate names no champion); this one finds v1 again and runs no gate
+    assert set(off) == set(snapshot) - {"gate_champion"} and not [k for k in off if k.startswith("traffic")]
+    assert off["status"].startswith("unchanged: ") and "equal v1's (champion)" in off["status"]
+
+
+def test_a_bad_traffic_setting_fails_in_one_line_naming_it(runs):
+    assert "heldout_fraction" in runs["bad"] and "1.5" in runs["bad"] and "\n" not in runs["bad"].strip()
+
+
+def test_without_outcomes_of_this_cluster_map_nothing_learns_from_traffic(runs):
+    empty = runs["empty"]
+    assert empty["traffic_status"].startswith("not built: no traffic outcomes") and "traffic_version" not in empty
+
+
+def test_a_degraded_llm_yields_a_challenger_whose_psi_moved_there_only(runs, client):
+    contradicted = runs["contradicted"]
+    assert contradicted["status"].startswith("unchanged: ")  # the validation-only version is still v1
+    assert (contradicted["traffic_version"], contradicted["traffic_status"]) == ("2", "registered v2 (challenger)")
+    # the features side of 80 outcomes, by request id; v99's (another cluster map, K=2) and another embedder's left out
+    assert contradicted["traffic_outcomes_used"] + contradicted["traffic_outcomes_heldout"] == 80
+    assert contradicted["traffic_outcomes_other_map"] == 5 + 3
+    version = client.get_model_version("uniroute", "2")
+    assert (
+        version.tags["features"] == "validation+traffic"
+        and "features" not in client.get_model_version("uniroute", "1").tags
+    )
+    assert "- features: validation+traffic: each LLM's Psi blends its validation errors with" in version.description
+    llms, psi = _psi("2")
+    _, before = _psi("1")
+    moved = ~np.isclose(psi, before)
+    assert moved.sum() == 1 and moved[llms.index(DEGRADED), CLUSTER]
+    assert psi[llms.index(DEGRADED), CLUSTER] > before[llms.index(DEGRADED), CLUSTER] + 0.1
+
+
+def test_the_gate_keeps_it_as_challenger_when_heldout_traffic_says_worse(runs, client):
+    contradicted = runs["contradicted"]
+    gate = contradicted["traffic_gate"]
+    assert contradicted["traffic_alias"] == "challenger" and "\n" not in gate
+    assert gate.startswith("kept as challenger: on test prompts not worse (AUDC ")
+    assert (
+        f"on held-out traffic worse (challenger is worse on {contradicted['traffic_outcomes_heldout']} held-out" in gate
+    )
+    assert contradicted["traffic_gate_traffic_loss"] > contradicted["traffic_gate_champion_traffic_loss"]
+    version = client.get_model_version("uniroute", "2")
+    assert version.tags["gate"] == gate and f"**Champion gate**: {gate}" in version.description
+
+
+def test_it_is_promoted_when_neither_test_prompts_nor_heldout_traffic_say_worse(runs, client):
+    confirmed = runs["confirmed"]
+    assert (confirmed["traffic_version"], confirmed["traffic_alias"]) == ("3", "champion")
+    assert confirmed["traffic_gate"].startswith("promoted: on test prompts not worse (AUDC ")
+    assert "; on held-out traffic not worse (challenger is not worse on " in confirmed["traffic_gate"]
+    assert str(client.get_model_version_by_alias("uniroute", "champion").version) == "3"
+    assert str(client.get_model_version_by_alias("uniroute", "previous-champion").version) == "1"
+
+
+def test_the_same_outcomes_again_register_nothing(runs, client):
+    again = runs["again"]
+    assert (
+        again["traffic_status"].startswith("unchanged: ")
+        and "traffic outcomes equal v2's (challenger)" in (again["traffic_status"])
+    )
+    assert again["traffic_gate"].startswith("not run: unchanged")
+    assert sorted(str(v.version) for v in client.search_model_versions("name='uniroute'")) == ["1", "2", "3"]
