@@ -91,7 +91,7 @@ def router(
     try:
         with warehouse.connect() as con:
             data = wh.read_router_inputs(con, emb.embedder_id, config.pool)
-            outcomes = _traffic_outcomes(con) if config.traffic_features else None
+            outcomes = wh.read_traffic_outcomes(con) if config.traffic_features else None
         for note in data.notes():
             context.log.warning(note)
         fit = _fit(data, config)
@@ -109,16 +109,6 @@ def router(
     if traffic is not None:
         metadata |= _traffic_version(context, *traffic, data, left_out, emb, run_dir / "traffic", mlflow, config)
     return dg.MaterializeResult(metadata=metadata)
-
-
-def _traffic_outcomes(con) -> pl.DataFrame:
-    """Rated traffic outcomes, one row per request (contract25: ``request_id, decided_at, router_version,
-    embedder_id, chosen_llm, cluster_weights, score, source``)."""
-    # ON MERGE of outcomes25 (issue 25): replace these lines with `return wh.read_traffic_outcomes(con)`
-    read = getattr(wh, "read_traffic_outcomes", None)
-    if read is None:
-        raise dg.Failure("traffic_features: this build has no traffic outcomes (wh.read_traffic_outcomes is missing)")
-    return read(con)
 
 
 def _fit(data: wh.RouterInputs, config: RouterConfig, traffic: TrafficErrorStats | None = None) -> PoolFit:
