@@ -60,9 +60,10 @@ def coverage_drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
     """When a new ``traffic_coverage`` report drifted past its bounds, launches the run adding the stored traffic
     prompts it proposes to the validation set, graded by its judge (one run per report: its run key). Nothing is
     added without sampled traffic or a judge. The cursor keeps the last report seen (its event's storage id)."""
-    event = context.instance.get_latest_materialization_event(traffic_coverage.key)
-    if event is None:
+    records = context.instance.fetch_materializations(traffic_coverage.key, limit=1).records
+    if not records:
         return dg.SkipReason("traffic_coverage has no report yet")
+    event = records[0]
     if context.cursor and event.storage_id <= int(context.cursor):
         return dg.SkipReason(f"no coverage report since the one seen (event {context.cursor})")
     report = {k: v.value for k, v in event.asset_materialization.metadata.items()}
