@@ -61,6 +61,7 @@ def traffic_coverage(
     cached) farther from every cluster than 99% of validation prompts. When that drifted past the bounds, a
     stratified sample of stored traffic prompts not yet added is proposed (``to_add``): the coverage sensor adds
     them to the validation set. Without sampled traffic (``traffic.sample_rate``) nothing is proposed."""
+    _check(config)
     version, tags = _router_version(mlflow, config.router_version)
     model = embedder.embedder()
     if model.embedder_id != tags["embedder_id"]:
@@ -90,6 +91,18 @@ def traffic_coverage(
     except RouterInputError as exc:
         raise dg.Failure(str(exc)) from None
     return dg.MaterializeResult(metadata={**head, **metadata})
+
+
+def _check(config: CoverageConfig) -> None:
+    """Refuse a bad setting before anything is read, naming it."""
+    for name, value, ok, rule in (
+        ("bound", config.bound, 0 <= config.bound <= 1, "in [0, 1]"),
+        ("far_bound", config.far_bound, 0 <= config.far_bound <= 1, "in [0, 1]"),
+        ("min_prompts", config.min_prompts, config.min_prompts >= 1, ">= 1"),
+        ("sample_size", config.sample_size, config.sample_size >= 0, ">= 0"),
+    ):
+        if not ok:
+            raise dg.Failure(f"traffic_coverage.config.{name}={value!r}: must be {rule}")
 
 
 def _measure(

@@ -182,3 +182,24 @@ def test_without_a_judge_nothing_is_added(home):
     assert meta["drifted"] is True and meta["to_add_count"] == CONFIG["sample_size"]
     assert added is None and "traffic_coverage.config.judge is empty" in _skip_message(result)
     assert _traffic_prompts(home).height == 0
+
+
+@pytest.mark.parametrize(("field", "value"), [("bound", 1.5), ("sample_size", -1), ("min_prompts", 0)])
+def test_a_bad_setting_is_refused_naming_it(instance, tmp_path, field, value):
+    from assets.resources import MlflowResource, WarehouseResource
+
+    resources = {
+        "warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb")),
+        "embedder": EmbedderResource(),
+        "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"),
+    }
+    result = dg.materialize(
+        [traffic_coverage],
+        resources=resources,
+        instance=instance,
+        run_config={"ops": {"traffic_coverage": {"config": {field: value}}}},
+        raise_on_error=False,
+    )
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert f"traffic_coverage.config.{field}={value!r}: must be" in message
