@@ -16,6 +16,9 @@ EMBEDDINGS = AC.eager()
 #: cluster_map follows new prompt vectors only; grades reach it through the weekly schedule.
 CLUSTER_MAP = AC.eager().ignore(dg.AssetSelection.assets("graded_responses"))
 
+#: llm_traffic_evaluation (per LLM, with its drift check) follows every new online evaluation.
+TRAFFIC = AC.eager()
+
 #: llm_error_features (per LLM) follows that LLM's checked grades and every new cluster map.
 FEATURES = AC.eager() & AC.all_deps_blocking_checks_passed()
 

@@ -9,9 +9,9 @@ import polars as pl
 
 import warehouse as wh
 from assets.metadata import markdown_image
-from assets.record_files import move_to_loaded
 from assets.resources import WarehouseResource
 from serving import decisions
+from serving.recordlog import move_to_loaded
 
 if TYPE_CHECKING:  # matplotlib is imported where a figure is drawn: a Dagster run starts ~0.5 s sooner
     from matplotlib.figure import Figure

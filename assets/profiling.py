@@ -3,11 +3,12 @@
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 
 import contextlib
+import hashlib
 import json
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -183,19 +184,48 @@ def _register_partitions(context: dg.AssetExecutionContext, names: list[str]) ->
 # more than the step). Long writers (embeddings, cluster map, features, router) stay in the pool.
 
 
-@dg.asset(group_name=GROUP)
+def endpoint_fingerprint(entry: Mapping) -> str:
+    """What makes an LLM's answers comparable: its catalog entry's endpoint and model id (prices and concurrency
+    do not)."""
+    return hashlib.sha256(json.dumps([entry["base_url"], entry["model_id"]]).encode()).hexdigest()[:12]
+
+
+#: Each LLM's endpoint and model id, as the catalog names them: an external asset (the user edits the file) that
+#: ``llm_catalog`` observes, one data version per LLM partition (:func:`endpoint_fingerprint`). An LLM's responses
+#: depend on its own entry here, so a re-pointed LLM shows "Unsynced" and the others stay in sync.
+llm_endpoint = dg.AssetSpec(
+    "llm_endpoint",
+    group_name=GROUP,
+    partitions_def=llm_partitions,
+    description="Each LLM's endpoint and model id in the catalog (observed by llm_catalog; prices do not count).",
+)
+
+#: The tag that carries an event's data version (Dagster's ``DATA_VERSION_TAG``, kept stable for its event logs).
+DATA_VERSION_TAG = "dagster/data_version"
+
+#: ``llm_catalog``'s code version: its own data version follows it, not the file's content, which reaches each
+#: LLM's responses through its ``llm_endpoint`` partition. Otherwise every sync, e.g. a new LLM's profiling run,
+#: would leave every other LLM's responses "Unsynced". Bump it when a change of the sync concerns every LLM.
+CATALOG_CODE_VERSION = "1"
+
+
+@dg.asset(group_name=GROUP, code_version=CATALOG_CODE_VERSION)
 def llm_catalog(
     context: dg.AssetExecutionContext, config: CatalogConfig, warehouse: WarehouseResource
 ) -> dg.MaterializeResult:
     """The catalog of LLMs (endpoint, prices, concurrency), validated from ``llms.yaml``; each active LLM has a
-    partition of the per-LLM assets."""
+    partition of the per-LLM assets, and an observation of its ``llm_endpoint``."""
     with warehouse.connect() as con:
         catalog = wh.sync_catalog(con, config.path or warehouse.catalog())
-    new = _register_partitions(context, catalog.filter("active")["name"].to_list())
+    active = catalog.filter("active")
+    new = _register_partitions(context, active["name"].to_list())
+    for entry in active.iter_rows(named=True):
+        version = {DATA_VERSION_TAG: endpoint_fingerprint(entry)}
+        context.log_event(dg.AssetObservation(llm_endpoint.key, partition=entry["name"], tags=version))
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": catalog.height,
-            "active": int(catalog["active"].sum()),
+            "active": active.height,
             "import_only": int(catalog["base_url"].is_null().sum()),
             "names": catalog["name"].to_list(),
             "partitions_added": new,
@@ -285,7 +315,7 @@ class CollectionPlan:
     pairs: pl.DataFrame
 
 
-@dg.op(ins={"llm_catalog": dg.In(dg.Nothing), "prompt_set": dg.In(dg.Nothing)})
+@dg.op(ins={name: dg.In(dg.Nothing) for name in ("llm_catalog", "llm_endpoint", "prompt_set")})
 def plan_responses(
     context: dg.OpExecutionContext, config: ProfilingConfig, warehouse: WarehouseResource
 ) -> CollectionPlan:
@@ -399,15 +429,16 @@ def _profiling_config(config: ProfilingConfig) -> dict:
 @dg.graph_asset(
     group_name=GROUP,
     partitions_def=llm_partitions,
-    ins={"llm_catalog": dg.AssetIn(dagster_type=dg.Nothing), "prompt_set": dg.AssetIn(dagster_type=dg.Nothing)},
+    ins={name: dg.AssetIn(dagster_type=dg.Nothing) for name in ("llm_catalog", "llm_endpoint", "prompt_set")},
     config=_profiling_config,
     check_specs=check_specs("llm_responses", RESPONSE_PROPERTIES),
 )
-def llm_responses(llm_catalog, prompt_set) -> dict:
+def llm_responses(llm_catalog, llm_endpoint, prompt_set) -> dict:
     """One LLM's answers to its prompts; only pairs not stored (nor staged) yet are asked. Three steps: plan and
     merge are short writes; the asking in between holds no warehouse, so the profiling runs of several LLMs
-    overlap."""
-    merged = merge_responses(stage_responses(plan_responses(llm_catalog=llm_catalog, prompt_set=prompt_set)))
+    overlap. "Unsynced" after new prompts or a change of its own catalog entry (``llm_endpoint``)."""
+    plan = plan_responses(llm_catalog=llm_catalog, llm_endpoint=llm_endpoint, prompt_set=prompt_set)
+    merged = merge_responses(stage_responses(plan))
     return {"result": merged.result, **{f"llm_responses_{name}": getattr(merged, name) for name in RESPONSE_CHECKS}}
 
 

@@ -8,18 +8,9 @@ import dagster as dg
 
 import warehouse as wh
 from assets.decisions import GROUP
-from assets.record_files import (
-    FEEDBACK_PREFIX,
-    FEEDBACK_SCHEMA,
-    TRAFFIC_PREFIX,
-    TRAFFIC_SCHEMA,
-    default_directory,
-    expire_traffic_files,
-    move_to_loaded,
-    read_record_files,
-    record_files,
-)
 from assets.resources import WarehouseResource
+from serving import feedback, traffic
+from serving.recordlog import move_to_loaded
 
 #: How long sampled traffic (user text) is kept unless configured otherwise.
 DEFAULT_RETENTION_DAYS = 30.0
@@ -48,9 +39,9 @@ def traffic_feedback(config: FeedbackConfig, warehouse: WarehouseResource) -> dg
     """Every rating of a routed request (the gateway's ``POST /v1/feedback``; ``uniroute import-feedback`` adds
     more), kept as history in ``traffic_feedback``: the latest rating of a request stands. Loading again stores
     nothing new."""
-    directory = config.directory or str(default_directory("feedback"))
-    files = record_files(directory, FEEDBACK_PREFIX)
-    frame = read_record_files(files, FEEDBACK_SCHEMA, key="feedback_id")
+    directory = config.directory or str(feedback.default_directory())
+    files = feedback.feedback_files(directory)
+    frame = feedback.read_feedback_files(files)
     with warehouse.connect() as con:
         loaded = wh.insert_traffic_feedback(con, frame)
         total = wh.count_traffic_feedback(con)
@@ -76,9 +67,9 @@ def traffic_samples(config: TrafficConfig, warehouse: WarehouseResource) -> dg.M
     """The opt-in sample of traffic (``traffic.sample_rate``): STORED USER TEXT (prompt, messages, answer) of
     sampled requests in ``traffic_samples``, one row per request; sampled requests older than ``retention_days``
     are deleted from the warehouse and from the gateway's files, so their text really goes away."""
-    directory = config.directory or str(default_directory("traffic"))
-    files = record_files(directory, TRAFFIC_PREFIX)
-    frame = read_record_files(files, TRAFFIC_SCHEMA, key="request_id")
+    directory = config.directory or str(traffic.default_directory())
+    files = traffic.traffic_files(directory)
+    frame = traffic.read_traffic_files(files)
     now = datetime.now(UTC)
     cutoff = wh.retention_cutoff(config.retention_days, now)  # a bad retention is refused before anything is loaded
     with warehouse.connect() as con:
@@ -86,7 +77,7 @@ def traffic_samples(config: TrafficConfig, warehouse: WarehouseResource) -> dg.M
         expired = wh.delete_traffic_older_than(con, config.retention_days, now)
         total = wh.count_traffic_samples(con)
     moved = move_to_loaded(files) if config.move_loaded else 0
-    files_deleted, files_rewritten = expire_traffic_files(directory, cutoff)
+    files_deleted, files_rewritten = traffic.expire_traffic_files(directory, cutoff)
     return dg.MaterializeResult(
         metadata={
             "stored_user_text": f"prompts, messages and answers of sampled requests, kept {config.retention_days:g} "

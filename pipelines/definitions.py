@@ -7,7 +7,15 @@ import dagster as dg
 from assets.coverage import traffic_coverage, traffic_validation_prompts
 from assets.decisions import routing_decisions
 from assets.embeddings import prompt_embeddings
-from assets.profiling import graded_responses, imported_results, llm_catalog, llm_responses, prompt_set
+from assets.outcomes import llm_traffic_evaluation, online_evaluation, traffic_outcomes
+from assets.profiling import (
+    graded_responses,
+    imported_results,
+    llm_catalog,
+    llm_endpoint,
+    llm_responses,
+    prompt_set,
+)
 from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
@@ -19,6 +27,7 @@ from pipelines.sensors import automation_sensor, coverage_drift_sensor, llm_onbo
 defs = dg.Definitions(
     assets=[
         llm_catalog,
+        llm_endpoint,
         prompt_set,
         imported_results,
         llm_responses,
@@ -30,6 +39,9 @@ defs = dg.Definitions(
         routing_decisions,
         traffic_feedback,
         traffic_samples,
+        traffic_outcomes,
+        online_evaluation,
+        llm_traffic_evaluation,
         traffic_coverage,
         traffic_validation_prompts,
     ],

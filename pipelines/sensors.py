@@ -4,21 +4,15 @@ assets' automation conditions (features and router follow new data)."""
 
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
-import hashlib
 import json
 
 import dagster as dg
 
 import warehouse as wh
 from assets.coverage import traffic_coverage, traffic_validation_prompts
-from assets.profiling import llm_partitions
+from assets.profiling import endpoint_fingerprint, llm_partitions
 from assets.resources import WarehouseResource
 from pipelines.jobs import add_traffic_prompts_job, profile_llm_job
-
-
-def _fingerprint(entry: dict) -> str:
-    """What makes answers comparable: the endpoint and model id (prices and concurrency do not)."""
-    return hashlib.sha256(json.dumps([entry["base_url"], entry["model_id"]]).encode()).hexdigest()[:12]
 
 
 @dg.sensor(job=profile_llm_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -34,7 +28,7 @@ def llm_onboarding_sensor(
     except wh.CatalogError as exc:
         return dg.SkipReason(str(exc))
     seen = json.loads(context.cursor) if context.cursor else {}
-    current = {row["name"]: _fingerprint(row) for row in catalog.iter_rows(named=True) if row["active"]}
+    current = {row["name"]: endpoint_fingerprint(row) for row in catalog.iter_rows(named=True) if row["active"]}
     changed = sorted(name for name, fp in current.items() if seen.get(name) != fp)
     existing = set(context.instance.get_dynamic_partitions(llm_partitions.name))
     unpartitioned = [name for name in changed if name not in existing]  # a synced catalog may have added some

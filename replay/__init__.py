@@ -3,6 +3,9 @@ tests and the benchmarks.
 
 - :mod:`replay.data`: the recorded answers, indexed by prompt text (:class:`ReplayData`), and how they load;
 - :mod:`replay.faults`: fault injection (:class:`FaultKind`, :class:`FaultRates`, :class:`ReplayConfig`);
+- :mod:`replay.substitution`: silent degradation (:class:`Substitution`: a model serves another's answers for a
+  category);
+- :mod:`replay.judge`: a judge for the ``llm_judge`` grader that gives the project's own grades (:class:`JudgeConfig`);
 - :mod:`replay.app`: the HTTP app (:func:`create_app`) and its :class:`RequestLog`;
 - :mod:`replay.server`: :class:`ReplayServer`, the app on a background thread;
 - :mod:`replay.cli`: the ``uniroute replay-server`` command.
@@ -22,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from replay.app import OK, RejectReason, RequestLog, create_app
-    from replay.data import ReplayData
+    from replay.data import PromptGrading, ReplayData
     from replay.faults import MALFORMED_BODIES, MALFORMED_USAGES, SPREAD_KINDS, FaultKind, FaultRates, ReplayConfig
+    from replay.judge import DEFAULT_JUDGE_MODEL, JudgeConfig, ReplayJudge
     from replay.server import UVICORN_SETTINGS, ReplayServer
+    from replay.substitution import Substitution, substituted
 
 #: Each public name and the module defining it.
 _MODULES = {
@@ -32,6 +37,7 @@ _MODULES = {
     "RejectReason": "replay.app",
     "RequestLog": "replay.app",
     "create_app": "replay.app",
+    "PromptGrading": "replay.data",
     "ReplayData": "replay.data",
     "MALFORMED_BODIES": "replay.faults",
     "MALFORMED_USAGES": "replay.faults",
@@ -39,11 +45,17 @@ _MODULES = {
     "FaultKind": "replay.faults",
     "FaultRates": "replay.faults",
     "ReplayConfig": "replay.faults",
+    "DEFAULT_JUDGE_MODEL": "replay.judge",
+    "JudgeConfig": "replay.judge",
+    "ReplayJudge": "replay.judge",
+    "Substitution": "replay.substitution",
+    "substituted": "replay.substitution",
     "UVICORN_SETTINGS": "replay.server",
     "ReplayServer": "replay.server",
 }
 
 __all__ = [
+    "DEFAULT_JUDGE_MODEL",
     "MALFORMED_BODIES",
     "MALFORMED_USAGES",
     "OK",
@@ -51,12 +63,17 @@ __all__ = [
     "UVICORN_SETTINGS",
     "FaultKind",
     "FaultRates",
+    "JudgeConfig",
+    "PromptGrading",
     "RejectReason",
     "ReplayConfig",
     "ReplayData",
+    "ReplayJudge",
     "ReplayServer",
     "RequestLog",
+    "Substitution",
     "create_app",
+    "substituted",
 ]
 
 

@@ -3,7 +3,9 @@
 A chat request is answered with the recorded ``response`` of (model, the prompt of its last user message; see
 :class:`~replay.data.ReplayData`), after a configurable latency, unless a seeded fault (:mod:`replay.faults`: 429,
 500, 503, a hang, a truncated body, a dropped connection) is drawn instead. Every request is counted per (model,
-prompt_id, outcome) in the :class:`RequestLog`, served at ``GET /_replay/stats`` and ``GET /_replay/requests``.
+prompt_id, outcome, served_by) in the :class:`RequestLog`, served at ``GET /_replay/stats`` and
+``GET /_replay/requests``. Substitution rules (:mod:`replay.substitution`) make a model silently serve another's
+recorded answers for one category; the replay judge (:mod:`replay.judge`) answers ``llm_judge``'s requests.
 
 ``stream=true`` is answered as OpenAI streams: server-sent events of ``chat.completion.chunk`` objects (the role,
 the recorded answer in about eight pieces, ``stream_chunk_delay_ms`` apart, then the ``finish_reason``), a last
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import threading
@@ -36,8 +39,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from profiling.rendering import estimate_tokens
 from replay.data import ReplayData
 from replay.faults import FaultDraws, FaultKind, ReplayConfig, malformed_body, malformed_usage
+from replay.judge import JudgeRefusal, ReplayJudge
 from replay.protocol import (
     BadRequest,
+    ChatRequest,
     DroppedResponse,
     SSEResponse,
     error_response,
@@ -46,6 +51,7 @@ from replay.protocol import (
     stream_events,
     wait_for_disconnect,
 )
+from replay.substitution import Substitutions, parse_substitution
 from router_core.embedding import prompt_hash
 
 __all__ = ["OK", "RejectReason", "RequestLog", "create_app"]
@@ -64,28 +70,33 @@ class RejectReason(StrEnum):
 
 
 class RequestLog:
-    """Thread-safe counts of requests per (model, prompt_id, outcome); readable while the server runs."""
+    """Thread-safe counts of requests per (model, prompt_id, outcome, served_by); readable while the server runs.
+
+    ``served_by`` is the model whose recorded answer the request got (or would have got, had no fault struck):
+    ``model`` itself, another model under a substitution rule, None when the request was refused.
+    """
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str | None, str | None, str]] = Counter()
+        self._counts: Counter[tuple[str | None, str | None, str, str | None]] = Counter()
         self._lock = threading.Lock()
 
-    def record(self, model: str | None, prompt_id: str | None, outcome: str) -> None:
+    def record(self, model: str | None, prompt_id: str | None, outcome: str, served_by: str | None = None) -> None:
         outcome = str(outcome)  # a plain str, also for FaultKind / RejectReason members
         with self._lock:
-            self._counts[model, prompt_id, outcome] += 1
+            self._counts[model, prompt_id, outcome, served_by] += 1
 
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per (model, prompt_id, outcome) with its ``count``; model/prompt_id are None when unknown."""
+        """One row per (model, prompt_id, outcome, served_by) with its ``count``; model/prompt_id/served_by are
+        None when unknown."""
         with self._lock:
             items = list(self._counts.items())
         return [
-            {"model": model, "prompt_id": prompt_id, "outcome": outcome, "count": count}
-            for (model, prompt_id, outcome), count in items
+            {"model": model, "prompt_id": prompt_id, "outcome": outcome, "served_by": served_by, "count": count}
+            for (model, prompt_id, outcome, served_by), count in items
         ]
 
     def totals(self) -> dict[str, int]:
@@ -96,37 +107,51 @@ class RequestLog:
         return dict(totals)
 
     def frame(self) -> pl.DataFrame:
-        """:meth:`rows` as a frame: model, prompt_id (the stored id), outcome, count."""
-        schema = {"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "count": pl.Int64}
+        """:meth:`rows` as a frame: model, prompt_id (the stored id), outcome, served_by, count."""
+        schema = {"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "served_by": pl.String}
+        schema["count"] = pl.Int64
         return pl.DataFrame(self.rows(), schema=schema)
 
 
 class _Replayer:
-    """The state behind one app: data, config, the seeded fault draws and the request log."""
+    """The state behind one app: data, config, the seeded fault draws, substitutions, the judge, the request log."""
 
     def __init__(self, data: ReplayData, config: ReplayConfig) -> None:
-        unknown = sorted(set(config.model_latency_ms) - set(data.models))
+        self.judge = ReplayJudge(data, config.judge) if config.judge is not None else None
+        models = (*data.models, config.judge.model) if config.judge is not None else data.models
+        unknown = sorted(set(config.model_latency_ms) - set(models))
         if unknown:
-            raise ValueError(f"model_latency_ms: unknown model(s) {unknown}; known: {list(data.models)}")
+            raise ValueError(f"model_latency_ms: unknown model(s) {unknown}; known: {list(models)}")
         self.data = data
         self.config = config
         self.log = RequestLog()
+        try:
+            self.substitutions = Substitutions(data, config.substitutions)
+        except BadRequest as exc:
+            raise ValueError(f"substitutions: {exc}") from None
         self._known_models = frozenset(data.models)
         self.draws = FaultDraws(config.faults, config.seed)
         created = int(time.time())
-        self.models_body = [{"id": m, "object": "model", "created": created, "owned_by": "replay"} for m in data.models]
+        self.models_body = [{"id": m, "object": "model", "created": created, "owned_by": "replay"} for m in models]
 
     def reset(self) -> None:
-        """Clear the request log and restart the fault draws from the seed."""
+        """Clear the request log, restart the fault draws from the seed and restore the substitutions of the start."""
         self.log.reset()
         self.draws.reset()
+        self.substitutions.reset()
 
-    async def chat_completion(self, request: Request) -> Response | SSEResponse | DroppedResponse:
+    async def _judged(self, chat: ChatRequest) -> Response | tuple[str, str, str]:
+        """(prompt id, verdict, judge) for a request to the judge, or its refusal (recorded)."""
+        assert self.judge is not None
         try:
-            chat = parse_chat_request(await request.body())
-        except BadRequest as exc:
-            self.log.record(None, None, RejectReason.INVALID_REQUEST)
-            return error_response(400, str(exc), "invalid_request_error", RejectReason.INVALID_REQUEST, exc.param)
+            prompt_id, verdict = await asyncio.to_thread(self.judge.verdict, chat.prompt)
+        except JudgeRefusal as exc:
+            self.log.record(chat.model, None, exc.code)
+            return error_response(exc.status, str(exc), "invalid_request_error", exc.code, "messages")
+        return prompt_id, verdict, chat.model
+
+    def _recorded(self, chat: ChatRequest) -> Response | tuple[str, str, str]:
+        """(prompt id, answer, whose answer it is) for a request to a data model, or its refusal (recorded)."""
         model = chat.model
         if model not in self._known_models:
             self.log.record(model, None, RejectReason.MODEL_NOT_FOUND)
@@ -144,9 +169,23 @@ class _Replayer:
             self.log.record(model, prompt_ids[0], RejectReason.RESPONSE_NOT_RECORDED)
             message = f"model {model!r} has no recorded response to prompt {prompt_ids[0]!r} (hash {key})"
             return error_response(404, message, "invalid_request_error", RejectReason.RESPONSE_NOT_RECORDED, "messages")
+        return prompt_id, *self.substitutions.answer(model, prompt_id)
+
+    async def chat_completion(self, request: Request) -> Response | SSEResponse | DroppedResponse:
+        try:
+            chat = parse_chat_request(await request.body())
+        except BadRequest as exc:
+            self.log.record(None, None, RejectReason.INVALID_REQUEST)
+            return error_response(400, str(exc), "invalid_request_error", RejectReason.INVALID_REQUEST, exc.param)
+        model = chat.model
+        judged = self.judge is not None and model == self.judge.config.model
+        found = await self._judged(chat) if judged else self._recorded(chat)
+        if not isinstance(found, tuple):
+            return found
+        prompt_id, answer, served_by = found
 
         fault = self.draws.fault()
-        self.log.record(model, prompt_id, fault or OK)
+        self.log.record(model, prompt_id, fault or OK, served_by)
         if fault is FaultKind.RATE_LIMITED:
             headers = {"Retry-After": str(self.config.retry_after_seconds)}
             message = f"injected fault: rate limit reached for {model}; retry after {self.config.retry_after_seconds} s"
@@ -166,7 +205,6 @@ class _Replayer:
                 503, "injected fault: the engine is currently overloaded", "server_error", "unavailable"
             )
 
-        answer = answers[prompt_id]
         completion_tokens = estimate_tokens(answer)
         usage = {
             "prompt_tokens": chat.prompt_tokens,
@@ -218,7 +256,8 @@ def create_app(data: str | os.PathLike[str] | ReplayData, config: ReplayConfig |
 
     Routes: ``POST /v1/chat/completions``, ``GET /v1/models[/{model}]``; the request log at
     ``GET /_replay/stats`` (``{outcome: count}``), ``GET /_replay/requests`` (a list of
-    ``{model, prompt_id, outcome, count}``), ``POST /_replay/reset``, and in process at ``app.state.request_log``.
+    ``{model, prompt_id, outcome, served_by, count}``), ``POST /_replay/reset``, and in process at
+    ``app.state.request_log``; the substitution rules at ``/_replay/substitutions`` (:func:`_substitution_routes`).
     """
     replay_data = data if isinstance(data, ReplayData) else ReplayData.from_dataset(data)
     replayer = _Replayer(replay_data, config or ReplayConfig())
@@ -267,4 +306,54 @@ def create_app(data: str | os.PathLike[str] | ReplayData, config: ReplayConfig |
     app.add_route("/_replay/stats", stats, methods=["GET"])
     app.add_route("/_replay/requests", requests, methods=["GET"])
     app.add_route("/_replay/reset", reset, methods=["POST"])
+    _substitution_routes(app, replayer.substitutions)
     return app
+
+
+def _substitution_routes(app: FastAPI, substitutions: Substitutions) -> None:
+    """``GET /_replay/substitutions``: the rules in force; ``POST`` ``{model, category, served_by}``: put one in
+    force (replacing that model and category's); ``DELETE``: lift them all, or with ``?model=&category=`` one (404
+    when there is none). Each answers ``{"substitutions": [...]}``; bad input is a 400 naming the field; only
+    loopback clients may change rules (403)."""
+
+    def listing() -> Response:
+        return json_response({"substitutions": substitutions.rows()})
+
+    def refused(exc: BadRequest) -> Response:
+        return error_response(400, str(exc), "invalid_request_error", "invalid_substitution", exc.param)
+
+    async def routes(request: Request) -> Response:
+        if request.method == "GET":
+            return listing()
+        host = request.client.host if request.client else ""
+        if not _is_loopback(host):
+            message = f"{request.method} {request.url.path}: only loopback clients may change substitutions"
+            return error_response(403, message, "invalid_request_error", "forbidden")
+        try:
+            if request.method == "POST":
+                try:
+                    body = json.loads(await request.body())
+                except ValueError as exc:
+                    raise BadRequest(f"request body is not valid JSON: {exc}", None) from None
+                substitutions.add(parse_substitution(body))
+                return listing()
+            query = dict(request.query_params)
+            if not query:
+                substitutions.clear()
+                return listing()
+            rule = parse_substitution(query, require_served_by=False)
+        except BadRequest as exc:
+            return refused(exc)
+        if not substitutions.remove(rule.model, rule.category):
+            message = f"no substitution for model={rule.model!r}, category={rule.category!r}"
+            return error_response(404, message, "invalid_request_error", "not_found", "category")
+        return listing()
+
+    app.add_route("/_replay/substitutions", routes, methods=["GET", "POST", "DELETE"])
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

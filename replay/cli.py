@@ -6,8 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from profiling.cli import DATA_DIR_ENV, DEFAULT_DATA_DIR, CommandError, default_data_dir
+
+if TYPE_CHECKING:
+    from replay.faults import ReplayConfig
 
 # Only the standard library at module level (profiling.cli is the same): `uniroute --help` builds every parser,
 # and the server pulls in FastAPI, uvicorn and Polars (seconds). The command imports what it runs.
@@ -56,8 +60,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "replay-server",
         help="serve recorded answers as an OpenAI-compatible endpoint",
         description="Serve a dataset's recorded answers at /v1/chat/completions and /v1/models, with latency and "
-        "seeded faults; request counts at /_replay/stats and /_replay/requests. Prompts are rendered by the "
-        "dataset's adapter, so a request is answered when its last user message is one of them.",
+        "seeded faults; request counts at /_replay/stats and /_replay/requests; substitution rules (a model "
+        "silently serving another's answers for one category) at /_replay/substitutions; optionally a judge for "
+        "the llm_judge grader. Prompts are rendered by the dataset's adapter, so a request is answered when its "
+        "last user message is one of them.",
     )
     replay.add_argument(
         "--data",
@@ -98,7 +104,56 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "--hang-seconds", type=float, default=30.0, help="how long a hang lasts; above the client timeout"
     )
     replay.add_argument("--retry-after", type=int, default=1, help="Retry-After of a 429, in seconds")
+    replay.add_argument(
+        "--substitute",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("MODEL", "CATEGORY", "SERVED_BY"),
+        help="MODEL answers prompts of CATEGORY with SERVED_BY's recorded answers (silently: the response still "
+        "names MODEL); repeatable; changed while serving at /_replay/substitutions",
+    )
+    replay.add_argument(
+        "--judge-model",
+        default=None,
+        metavar="NAME",
+        help="also serve a judge under NAME (e.g. replay-judge) that answers the llm_judge grader's requests with "
+        "the verdict of each prompt's own grader against its reference",
+    )
+    replay.add_argument(
+        "--judge-rubric", type=Path, default=None, help="a file holding the llm_judge rubric (default: its default)"
+    )
+    replay.add_argument("--judge-noise", type=float, default=0.0, help="share of judge verdicts flipped (default 0)")
+    replay.add_argument("--judge-seed", type=int, default=0, help="seed of the judge's noise (default 0)")
     replay.set_defaults(run=run_replay_server)
+
+
+def replay_config(args: argparse.Namespace) -> ReplayConfig:
+    """The :class:`~replay.faults.ReplayConfig` of parsed ``replay-server`` arguments; ``ValueError`` naming the
+    first bad one."""
+    from replay.faults import FaultRates, ReplayConfig
+    from replay.judge import JudgeConfig
+    from replay.substitution import Substitution
+
+    judge = None
+    if args.judge_model is not None:
+        rubric = {}
+        if args.judge_rubric is not None:
+            if not args.judge_rubric.is_file():
+                raise ValueError(f"--judge-rubric: {args.judge_rubric} not found")
+            rubric = {"rubric": args.judge_rubric.read_text(encoding="utf-8")}
+        judge = JudgeConfig(model=args.judge_model, noise=args.judge_noise, seed=args.judge_seed, **rubric)
+    faults = FaultRates(**{**vars(FaultRates.spread(args.fault_rate)), **dict(args.fault)})
+    return ReplayConfig(
+        latency_ms=args.latency_ms,
+        model_latency_ms=dict(args.model_latency),
+        faults=faults,
+        seed=args.seed,
+        hang_seconds=args.hang_seconds,
+        retry_after_seconds=args.retry_after,
+        substitutions=tuple(Substitution(*rule) for rule in args.substitute),
+        judge=judge,
+    )
 
 
 def run_replay_server(args: argparse.Namespace) -> int:
@@ -107,22 +162,13 @@ def run_replay_server(args: argparse.Namespace) -> int:
 
     from replay.app import create_app
     from replay.data import ReplayData
-    from replay.faults import FaultRates, ReplayConfig
     from replay.server import UVICORN_SETTINGS
 
     data_dir: Path = args.data or default_data_dir()
     if not data_dir.exists():
         raise CommandError(f"no data at {data_dir}; pass --data PATH or set {DATA_DIR_ENV}")
     try:
-        faults = FaultRates(**{**vars(FaultRates.spread(args.fault_rate)), **dict(args.fault)})
-        config = ReplayConfig(
-            latency_ms=args.latency_ms,
-            model_latency_ms=dict(args.model_latency),
-            faults=faults,
-            seed=args.seed,
-            hang_seconds=args.hang_seconds,
-            retry_after_seconds=args.retry_after,
-        )
+        config = replay_config(args)
         started = time.perf_counter()
         data = ReplayData.from_dataset(data_dir, args.adapter, args.dataset, args.responses)
         app = create_app(data, config)

@@ -1,7 +1,9 @@
 """The replay endpoint's data: recorded answers indexed by prompt text (:class:`ReplayData`), and how they load.
 
 A prompt is identified by its text: the hash of its last user message maps to its stored id
-(``<dataset>/<file id>``). Data comes from a dataset read by its adapter and rendered as the warehouse stores it
+(``<dataset>/<file id>``). Each id also keeps its category (what a substitution rule names,
+:mod:`replay.substitution`) and how the project grades answers to it (what :mod:`replay.judge` applies). Data comes
+from a dataset read by its adapter and rendered as the warehouse stores it
 (:func:`~profiling.datasets.prepare_prompts`), or from prompts and responses already in frames or in the warehouse.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -21,7 +23,17 @@ from profiling.datasets import get_adapter, prepare_prompts
 from replay.protocol import BadRequest, message_text
 from router_core.embedding import prompt_hash
 
-__all__ = ["ReplayData"]
+__all__ = ["PromptGrading", "ReplayData"]
+
+
+@dataclass(frozen=True)
+class PromptGrading:
+    """How the project grades an answer to one prompt: its grader, the grader's options (JSON), reference, tests."""
+
+    grader: str
+    options: str | None = None
+    reference: str | None = None
+    tests: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,19 +42,23 @@ class ReplayData:
 
     ``prompt_ids_by_hash`` maps ``prompt_hash(last user message)`` to the stored ids of the prompts whose last user
     message it is (several prompts may share a text, e.g. MMLU-Pro's duplicate questions); ``responses`` maps
-    model -> prompt id -> response; ``models`` is the order ``GET /v1/models`` lists them in.
+    model -> prompt id -> response; ``models`` is the order ``GET /v1/models`` lists them in; ``categories`` maps
+    prompt id -> category and ``gradings`` prompt id -> :class:`PromptGrading` (for the prompts that have one).
     """
 
     prompt_ids_by_hash: dict[str, tuple[str, ...]]
     responses: dict[str, dict[str, str]]
     models: tuple[str, ...]
+    categories: dict[str, str] = field(default_factory=dict)
+    gradings: dict[str, PromptGrading] = field(default_factory=dict)
 
     @classmethod
     def from_frames(
         cls, prompts: pl.DataFrame, responses: pl.DataFrame, models: Sequence[str] | None = None
     ) -> ReplayData:
         """Index ``prompts`` (``prompt_id`` and ``messages``, JSON chat messages, or ``prompt``, the user turn; a
-        null ``messages`` falls back to ``prompt``) and ``responses`` (``model, prompt_id, response``; null
+        null ``messages`` falls back to ``prompt``; optional: ``category``, and ``grader``, ``grader_options``,
+        ``reference``, ``tests`` as the warehouse stores them) and ``responses`` (``model, prompt_id, response``; null
         responses skipped, responses to other prompts ignored). ``models``: default the sorted models answering."""
         require_columns(prompts, "prompts", ("prompt_id",))
         if "messages" not in prompts.columns and "prompt" not in prompts.columns:
@@ -54,7 +70,7 @@ class ReplayData:
         for prompt_id, chat, text in zip(prompts["prompt_id"].cast(pl.String).to_list(), messages, texts, strict=True):
             if prompt_id is None:
                 raise ValueError("prompts: a prompt_id is null")
-            by_hash.setdefault(prompt_hash(_last_user_text(prompt_id, chat, text)), []).append(prompt_id)
+            by_hash.setdefault(prompt_hash(last_user_text(prompt_id, chat, text)), []).append(prompt_id)
         prompt_ids_by_hash = {key: tuple(sorted(ids)) for key, ids in by_hash.items()}
 
         known = {prompt_id for ids in prompt_ids_by_hash.values() for prompt_id in ids}
@@ -73,7 +89,7 @@ class ReplayData:
             for (model,), part in served.partition_by("model", as_dict=True, maintain_order=True).items()
         }
         order = tuple(dict.fromkeys(models)) if models is not None else tuple(sorted(answers))
-        return cls(prompt_ids_by_hash=prompt_ids_by_hash, responses=answers, models=order)
+        return cls(prompt_ids_by_hash, answers, order, _categories(prompts), _gradings(prompts))
 
     @classmethod
     def from_dataset(
@@ -132,6 +148,33 @@ class ReplayData:
     def n_responses(self) -> int:
         return sum(len(answers) for answers in self.responses.values())
 
+    def known_categories(self) -> list[str]:
+        """The prompts' categories, sorted."""
+        return sorted(set(self.categories.values()))
+
+
+def _categories(prompts: pl.DataFrame) -> dict[str, str]:
+    """prompt id -> category, for the prompts that have one."""
+    if "category" not in prompts.columns:
+        return {}
+    rows = prompts.select(pl.col("prompt_id").cast(pl.String), pl.col("category").cast(pl.String))
+    return dict(rows.drop_nulls().iter_rows())
+
+
+def _gradings(prompts: pl.DataFrame) -> dict[str, PromptGrading]:
+    """prompt id -> how its answers are graded, for the prompts that name a grader."""
+    if "grader" not in prompts.columns:
+        return {}
+    columns = [
+        pl.col(c).cast(pl.String) if c in prompts.columns else pl.lit(None, pl.String).alias(c)
+        for c in ("grader_options", "reference", "tests")
+    ]
+    rows = prompts.select(pl.col("prompt_id").cast(pl.String), pl.col("grader"), *columns)
+    return {
+        prompt_id: PromptGrading(grader, options, reference, tests)
+        for prompt_id, grader, options, reference, tests in rows.filter(pl.col("grader").is_not_null()).iter_rows()
+    }
+
 
 def require_columns(frame: pl.DataFrame, name: str, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in frame.columns]
@@ -139,8 +182,9 @@ def require_columns(frame: pl.DataFrame, name: str, columns: Sequence[str]) -> N
         raise ValueError(f"{name}: missing column(s) {missing} (have {frame.columns})")
 
 
-def _last_user_text(prompt_id: str, messages: str | None, prompt: str | None) -> str:
-    """What identifies a prompt: its last user message (``messages``, JSON), else ``prompt``."""
+def last_user_text(prompt_id: str, messages: str | None, prompt: str | None) -> str:
+    """What identifies a prompt: its last user message (``messages``, JSON), else ``prompt``; ``ValueError`` naming
+    ``prompt_id`` and the problem."""
     where = f"prompts: prompt_id={prompt_id!r}"
     if messages is None:
         if prompt is None:

@@ -3,7 +3,7 @@
 A request draws at most one :class:`FaultKind` (429, 500, 503, a hang, a truncated body, a dropped connection, a
 200 with malformed usage or no text answer) from :class:`FaultRates`, in the order requests arrive, with a seeded
 generator (:class:`FaultDraws`), so a seeded run fails the same requests every time. :class:`ReplayConfig` is
-everything that shapes the server's behaviour: latency, faults and their seed.
+everything that shapes the server's behaviour: latency, faults and their seed, substitutions and the judge.
 """
 
 from __future__ import annotations
@@ -11,7 +11,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replay.judge import JudgeConfig
+    from replay.substitution import Substitution
 
 __all__ = [
     "MALFORMED_BODIES",
@@ -94,7 +98,7 @@ class FaultRates:
 
 @dataclass(frozen=True)
 class ReplayConfig:
-    """How the replay server behaves: latency, faults and their seeded draws."""
+    """How the replay server behaves: latency, faults and their seeded draws, substitutions, the judge."""
 
     #: Delay before every answer (and before 500, 503 and truncated bodies), in milliseconds.
     latency_ms: float = 0.0
@@ -109,6 +113,10 @@ class ReplayConfig:
     retry_after_seconds: int = 1
     #: Delay before each content piece of a stream, in milliseconds (the first byte comes after ``latency_ms``).
     stream_chunk_delay_ms: float = 0.0
+    #: Substitution rules in force at start (and after ``/_replay/reset``): see :mod:`replay.substitution`.
+    substitutions: tuple[Substitution, ...] = ()
+    #: The replay judge (:mod:`replay.judge`), served as one more model; None: no judge.
+    judge: JudgeConfig | None = None
 
     def __post_init__(self) -> None:
         if self.latency_ms < 0:

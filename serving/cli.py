@@ -153,7 +153,24 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--decisions-dir", type=Path, default=None, help="decision log files (default <warehouse dir>/decisions)"
     )
     serve.add_argument(
-        "--ledger", type=Path, default=None, help="keys' spend and rate counters (default <warehouse dir>/gateway/)"
+        "--ledger",
+        type=Path,
+        default=None,
+        help="keys' spend and rate counters, and the request-id secret beside them (default <warehouse dir>/gateway/)",
+    )
+    serve.add_argument(
+        "--traffic-sample-rate",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="share of routed requests whose prompt, messages and answer are STORED (user text) in --traffic-dir, "
+        "chosen by a hash of the request id; 0 (the default) stores none; a key with store: false never",
+    )
+    serve.add_argument(
+        "--traffic-dir", type=Path, default=None, help="sampled traffic files (default <warehouse dir>/traffic)"
+    )
+    serve.add_argument(
+        "--feedback-dir", type=Path, default=None, help="POST /v1/feedback ratings (default <warehouse dir>/feedback)"
     )
     serve.set_defaults(run=_serve)
 
@@ -353,6 +370,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--workers {args.workers}: expected at least 1")
     if args.max_upstream_bytes < 1:
         raise CommandError(f"--max-upstream-bytes {args.max_upstream_bytes}: expected a positive byte count")
+    if not 0 <= args.traffic_sample_rate <= 1:  # nan too
+        raise CommandError(f"--traffic-sample-rate {args.traffic_sample_rate}: expected a number in [0, 1]")
     try:
         split_model_uri(args.model_uri)
     except ValueError as exc:
@@ -379,6 +398,9 @@ def _serve(args: argparse.Namespace) -> int:
         decisions_dir=str(args.decisions_dir.resolve()) if args.decisions_dir else None,
         ledger_path=str(args.ledger.resolve()) if args.ledger else None,
         max_upstream_bytes=args.max_upstream_bytes,
+        traffic_sample_rate=args.traffic_sample_rate,
+        traffic_dir=str(args.traffic_dir.resolve()) if args.traffic_dir else None,
+        feedback_dir=str(args.feedback_dir.resolve()) if args.feedback_dir else None,
     )
     try:
         open_ledger(config)  # an unwritable ledger is an error now, not at the first request

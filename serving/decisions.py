@@ -1,5 +1,6 @@
 """The gateway's decision log: one record per routed request, written off the request path to Parquet files.
 
+:class:`DecisionLog` is a :class:`serving.recordlog.RecordLog` (the machinery the feedback and traffic logs share):
 :meth:`DecisionLog.record` only puts the record on a bounded queue (when it is full the record is dropped and
 counted: a slow disk never slows a request); a background thread writes batches to files of this process in the
 log's directory, each written under a temporary name and renamed into place, so a reader (the
@@ -14,16 +15,8 @@ id, the prompt's cluster weights and the predicted error and cost of the router'
 
 from __future__ import annotations
 
-import collections
-import itertools
 import json
-import logging
 import os
-import signal
-import socket
-import threading
-import time
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 import warehouse as wh
+from serving.recordlog import RecordLog, flush_on_sigterm, read_record_files, record_files
 
 __all__ = [
     "BUDGET_KINDS",
@@ -44,8 +38,6 @@ __all__ = [
     "read_decision_files",
     "read_decisions",
 ]
-
-log = logging.getLogger("uniroute.decisions")
 
 #: What bounded the choice: a budget asked for, an explicit cost weight, or nothing (the router's default weight).
 BUDGET_KINDS = ("max_cost_per_query", "min_accuracy", "cost_weight", "none")
@@ -85,7 +77,6 @@ RANKED_KEPT = 3
 _JSON_FIELDS = ("predicted_error", "predicted_cost", "attempts")
 _RANKED_NUMBERS = ("ranked_predicted_error", "ranked_predicted_cost")
 _PREFIX = "decisions-"
-_POLL_S = 0.02  # how often the writer looks for records while waiting
 
 
 def learning_fields(ranked: Mapping | None) -> dict:
@@ -132,26 +123,9 @@ def _normalise(record: Mapping) -> dict:
     return row
 
 
-class DecisionLog:
-    """A bounded queue of decision records and the thread that writes them to ``directory`` in batches.
-
-    Parameters
-    ----------
-    directory
-        Where the Parquet files go (created); files are named ``decisions-<tag>-<random>-<n>.parquet``, unique per
-        process (a random part even if two share a tag) and batch.
-    process_tag
-        Names this process in the file names; default ``<host>-<pid>``.
-    batch_size
-        Records per file at most.
-    flush_interval_s
-        A partial batch is written once its oldest record has waited this long.
-    max_queue
-        Records waiting at most; past that, :meth:`record` drops and counts (:attr:`dropped`).
-    metrics
-        Optional: anything with ``set_queue(depth, dropped)`` (``serving.metrics.GatewayMetrics``), told by the
-        writer thread after every batch and at least every second, never on the request path.
-    """
+class DecisionLog(RecordLog):
+    """The decision log: a :class:`serving.recordlog.RecordLog` of :data:`SCHEMA` whose files are named
+    ``decisions-<tag>-<random>-<n>.parquet`` (parameters as there; ``metrics`` hears its queue and drops)."""
 
     def __init__(
         self,
@@ -163,152 +137,24 @@ class DecisionLog:
         *,
         metrics: object | None = None,
     ) -> None:
-        if batch_size < 1 or max_queue < 1 or flush_interval_s <= 0:
-            raise ValueError("batch_size and max_queue must be >= 1 and flush_interval_s > 0")
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.batch_size, self.flush_interval_s = batch_size, flush_interval_s
-        # A deque, not a queue.Queue: its append and popleft take no Python-level lock, so close() in a SIGTERM
-        # handler that interrupted record() halfway cannot wait forever on a lock the interrupted code holds. The
-        # bound is kept by record() under a re-entrant lock (the handler may re-enter it; the writer never takes it).
-        self._pending: collections.deque[Mapping] = collections.deque()
-        self._max_queue = max_queue
-        self._lock = threading.RLock()
-        self._closed = False
-        self._dropped = 0  # by record(), under the lock
-        self._unwritten = 0  # by the writer (one thread at a time: the writer, then close() once it has ended)
-        self._written = 0
-        self._stop = threading.Event()
-        tag = process_tag or f"{socket.gethostname()}-{os.getpid()}"
-        self._stem = f"{_PREFIX}{''.join(c if c.isalnum() or c in '-_.' else '_' for c in tag)}-{uuid.uuid4().hex[:8]}"
-        self._metrics = metrics
-        self._told = 0.0  # monotonic time metrics were last told
-        self._batches = itertools.count()
-        self._thread = threading.Thread(target=self._run, name="uniroute-decision-log", daemon=True)
-        self._thread.start()
-
-    # ---- the request path ---------------------------------------------------------------------------------
-    def record(self, decision: Mapping) -> bool:
-        """Queue one decision without blocking; False (and counted in :attr:`dropped`) if full or closed."""
-        with self._lock:
-            if not self._closed and len(self._pending) < self._max_queue:
-                self._pending.append(decision)
-                return True
-            self._dropped += 1
-            return False
-
-    @property
-    def depth(self) -> int:
-        """Records waiting to be written."""
-        return len(self._pending)
-
-    @property
-    def dropped(self) -> int:
-        """Records dropped so far: queue full, log closed, invalid, or their file could not be written."""
-        return self._dropped + self._unwritten
-
-    @property
-    def written(self) -> int:
-        """Records written to files so far."""
-        return self._written
-
-    def close(self, timeout_s: float | None = 30.0) -> None:
-        """Write every queued record and stop the writer thread; later records are dropped. Idempotent."""
-        with self._lock:
-            self._closed = True
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
-        if not self._thread.is_alive():
-            self._drain()  # anything the thread left (none unless it died)
-
-    def __enter__(self) -> DecisionLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ---- the writer thread --------------------------------------------------------------------------------
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            batch = self._collect()
-            if batch:
-                self._write(batch)
-            if batch or time.monotonic() - self._told >= 1.0:
-                self._tell()
-        self._drain()
-        self._tell()
-
-    def _tell(self) -> None:
-        self._told = time.monotonic()
-        if self._metrics is not None:
-            try:
-                self._metrics.set_queue(self.depth, self.dropped)
-            except Exception:
-                log.exception("could not update the decision log's metrics")
-
-    def _collect(self) -> list[Mapping]:
-        """Up to a batch: the first record, then the rest until the flush interval has passed since it came (or
-        nothing, after a tenth of a second without one, so that metrics are told now and then)."""
-        batch: list[Mapping] = []
-        started, deadline = time.monotonic(), None
-        while len(batch) < self.batch_size:
-            try:
-                batch.append(self._pending.popleft())
-                deadline = deadline or time.monotonic() + self.flush_interval_s
-                continue
-            except IndexError:
-                pass
-            now = time.monotonic()
-            if self._stop.is_set() or (deadline is not None and now >= deadline):
-                break
-            if deadline is None and now - started >= 0.1:
-                break
-            time.sleep(_POLL_S if deadline is None else min(_POLL_S, deadline - now))
-        return batch
-
-    def _drain(self) -> None:
-        while True:
-            batch = []
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._pending.popleft())
-                except IndexError:
-                    break
-            if not batch:
-                return
-            self._write(batch)
-
-    def _write(self, batch: list[Mapping]) -> None:
-        rows = []
-        for record in batch:
-            try:
-                rows.append(_normalise(record))
-            except (ValueError, TypeError, AttributeError) as exc:
-                log.warning("decision record dropped: %s", exc)
-                self._unwritten += 1
-        if not rows:
-            return
-        name = f"{self._stem}-{next(self._batches):06d}.parquet"
-        final, temp = self.directory / name, self.directory / f".{name}.tmp"
-        try:
-            frame = pl.DataFrame(rows, schema=SCHEMA, strict=False)
-            with open(temp, "wb") as handle:
-                frame.write_parquet(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp, final)
-        except Exception:
-            log.exception("could not write %d decision records to %s", len(rows), final)
-            temp.unlink(missing_ok=True)
-            self._unwritten += len(rows)
-            return
-        self._written += len(rows)
+        super().__init__(
+            directory,
+            SCHEMA,
+            _PREFIX,
+            _normalise,
+            process_tag,
+            batch_size,
+            flush_interval_s,
+            max_queue,
+            metrics=metrics,
+            kind="decision",
+        )
 
 
-def decision_files(directory: str | os.PathLike[str]) -> list[Path]:
-    """The finished decision files in ``directory`` (temporary ones left out), sorted by name."""
-    return sorted(Path(directory).glob(f"{_PREFIX}*.parquet"))
+def decision_files(directory: str | os.PathLike[str], *, loaded: bool = False) -> list[Path]:
+    """The finished decision files in ``directory`` (temporary ones left out), sorted by name; ``loaded``: those
+    the ``routing_decisions`` asset has moved to ``loaded/`` too."""
+    return record_files(directory, _PREFIX, loaded=loaded)
 
 
 def read_decisions(directory: str | os.PathLike[str]) -> pl.DataFrame:
@@ -317,39 +163,7 @@ def read_decisions(directory: str | os.PathLike[str]) -> pl.DataFrame:
 
 
 def read_decision_files(files: list[Path]) -> pl.DataFrame:
-    """Decision files as one frame of :data:`SCHEMA`, one row per request id (the first file's, if repeated)."""
-    if not files:
-        return pl.DataFrame(schema=SCHEMA)
-    frame = pl.concat([_read_decision_file(f) for f in files], how="vertical")
+    """Decision files as one frame of :data:`SCHEMA`, one row per request id (the first file's, if repeated);
+    columns a file predates (an older gateway's file) read as null."""
+    frame = read_record_files(files, SCHEMA)
     return frame.unique(subset="request_id", keep="first", maintain_order=True)
-
-
-def _read_decision_file(file: Path) -> pl.DataFrame:
-    """One file as a frame of :data:`SCHEMA`; columns it predates (an older gateway's file) read as null."""
-    frame = pl.read_parquet(file)
-    missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in SCHEMA.items() if name not in frame.columns]
-    return frame.with_columns(missing).select(list(SCHEMA)).cast(SCHEMA)
-
-
-def flush_on_sigterm(decision_log: DecisionLog) -> None:
-    """On SIGTERM, close ``decision_log`` (every queued record written), then do what SIGTERM did before: call
-    the handler installed before this one, or die of SIGTERM (the default). Call it from the main thread.
-
-    Not inside a uvicorn worker: uvicorn installs its own handlers while it serves (replacing this one, and
-    putting it back only when it stops) and shuts down gracefully on SIGTERM; there, close the log in the app's
-    lifespan shutdown instead. Installed before ``uvicorn.run`` in a single process, it still runs after
-    uvicorn's shutdown, which re-raises the signal it caught.
-    """
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous == signal.SIG_IGN:
-        return  # SIGTERM is ignored here: it ends nothing, so there is nothing to flush for
-
-    def handler(signum: int, frame: object) -> None:
-        decision_log.close()
-        if callable(previous):
-            previous(signum, frame)
-            return
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
-
-    signal.signal(signal.SIGTERM, handler)

@@ -13,6 +13,11 @@ request with the champion router and forwards it to the chosen LLM's endpoint fr
   and shapes every error in OpenAI's form; :class:`serving.upstream.Upstreams` holds timeouts, retries, fallbacks
   (the router's next-best LLMs, under the same cost weight) and circuit breakers; :mod:`serving.metrics` counts and
   logs every request; :mod:`serving.decisions` records every chat request off the request path.
+- **Learning from traffic**: ``POST /v1/feedback`` rates a request of the asking key by the id the answer's
+  ``x-request-id`` gave (an id that names its key: :class:`serving.feedback.RequestIds`); with
+  ``traffic_sample_rate`` above 0 a sample of routed requests' prompts and answers is STORED
+  (:mod:`serving.traffic`; a key with ``store: false`` never). Both are written off the request path like
+  decisions (:mod:`serving.recordlog`).
 - **Reloads**: a background task polls the registry; when the alias (``champion``) moves, the new version is
   loaded on a thread and swapped in; requests in flight finish on the router they started with. The catalog file
   is re-read when it changes. ``/ready`` answers 200 once a router is loaded; ``/health`` whenever the process
@@ -31,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -50,9 +56,12 @@ from starlette.routing import Route
 
 import warehouse as wh
 from router_core.embedding import prompt_hash
+from serving import feedback, traffic
 from serving.batching import EmbeddingBatcher
-from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request
+from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request, short_repr
 from serving.decisions import DecisionLog, default_directory, learning_fields
+from serving.feedback import FeedbackError, FeedbackLog, OwnerIndex, Ownership, RequestIds
+from serving.key_policy import ANONYMOUS_ID
 from serving.keys import Hold, KeyPolicy, KeyStore
 from serving.ledger import SqliteLedger
 from serving.metrics import GatewayMetrics, ObservabilityMiddleware
@@ -96,6 +105,9 @@ class GatewayConfig:
     decisions_dir: str | None = None  # None: <warehouse dir>/decisions
     ledger_path: str | None = None  # keys' spend and rate counters; None: <warehouse dir>/gateway/ledger.sqlite
     max_upstream_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # an upstream answer past it is a failed try (502)
+    traffic_sample_rate: float = 0.0  # share of routed requests whose prompt and answer are STORED (0: none)
+    traffic_dir: str | None = None  # None: <warehouse dir>/traffic
+    feedback_dir: str | None = None  # None: <warehouse dir>/feedback
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -182,6 +194,10 @@ class Gateway:
         self.router: LoadedRouter | None = None
         self.endpoints: dict[str, dict] = {}
         self.decisions: DecisionLog | None = None
+        self.feedback: FeedbackLog | None = None
+        self.traffic: traffic.TrafficLog | None = None  # None: no traffic is sampled
+        self.request_ids: RequestIds | None = None
+        self.owners: OwnerIndex | None = None
         self._catalog_mtime = 0.0
         self._tasks: list[asyncio.Task] = []
 
@@ -198,18 +214,25 @@ class Gateway:
         await self.upstreams.start()
         directory = self.config.decisions_dir or default_directory()
         self.decisions = DecisionLog(directory, metrics=self.metrics)
+        self.owners = OwnerIndex(directory)
+        self.request_ids = RequestIds.load(request_id_secret_path(self.config))
+        self.feedback = FeedbackLog(self.config.feedback_dir or feedback.default_directory())
+        if traffic.check_rate(self.config.traffic_sample_rate) > 0:
+            self.traffic = traffic.TrafficLog(self.config.traffic_dir or traffic.default_directory())
         await self._check_router()
         self._tasks = [asyncio.create_task(self._watch())]
 
     async def stop(self) -> None:
-        """Stop watching, close the upstream session, write every queued decision (SIGTERM under uvicorn)."""
+        """Stop watching, close the upstream session, write every queued decision, rating and traffic sample
+        (SIGTERM under uvicorn)."""
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.upstreams.stop()
-        if self.decisions is not None:
-            await run_in_threadpool(self.decisions.close)
+        for record_log in (self.decisions, self.feedback, self.traffic):
+            if record_log is not None:
+                await run_in_threadpool(record_log.close)
         self.metrics.close()
 
     def reload_catalog(self) -> bool:
@@ -249,6 +272,7 @@ class Gateway:
                 started = time.perf_counter()
                 router = await run_in_threadpool(load_router, self.config.model_uri, self.config.embed_batch)
                 self.router = router  # requests already routing keep the version they took
+                freeze_heap()
                 seconds = time.perf_counter() - started
                 log.info("serving %s version %s (loaded in %.1f s)", self.config.model_uri, router.version, seconds)
         except Exception:  # the registry may be briefly unreachable: keep serving, try again
@@ -282,6 +306,7 @@ class Gateway:
             message = f"model={chat.model!r}: not {ROUTED_MODEL!r} nor an LLM of {pool}"
             raise RequestError(404, message, "model", "model_not_found")
         call.hold = self._reserve(call, len(await request.body()))
+        request.state.request_id = self.request_ids.sign(request.state.request_id, policy.key_id)  # its key's
         try:
             result = await self.upstreams.call([(m, call.endpoints[m]) for m in call.order], chat.forward, chat.stream)
         except BaseException:  # the client left (cancelled), or a bug: nothing to pay for
@@ -299,8 +324,37 @@ class Gateway:
         cost = self._finish(call, result, 200)
         if cost is not None:
             headers[COST_HEADER] = f"{cost:.8f}"
+        self._keep_traffic(call, result, result.payload)
         payload = {**result.payload, "uniroute": self._summary(call, result, cost)}
         return JSONResponse(payload, headers=headers)
+
+    def _sampled(self, call: _Call) -> bool:
+        """Is this request's text to be stored? Only with sampling on, for a routed request of a key that allows it,
+        when its id falls in the sample."""
+        if self.traffic is None or not call.chat.routed or not call.policy.store:
+            return False
+        return traffic.sampled(call.request.state.request_id, self.config.traffic_sample_rate)
+
+    def _keep_traffic(self, call: _Call, result: UpstreamResult, answer: object) -> None:
+        """Queue the traffic record of a sampled request (its answer's JSON, or a stream's bytes: the log's thread
+        takes the text out)."""
+        if not self._sampled(call) or result.llm is None:
+            return
+        ranked = call.ranked or {}
+        self.traffic.record(
+            {
+                "request_id": call.request.state.request_id,
+                "at": datetime.now(UTC),
+                "key_id": call.policy.key_id,
+                "router_version": call.router_version,
+                "chosen_llm": result.llm,
+                "prompt": call.chat.prompt,
+                "messages": call.chat.forward["messages"],
+                "answer": answer,
+                "embedder_id": ranked.get("embedder_id"),
+                "cluster_weights": ranked.get("cluster_weights"),
+            }
+        )
 
     def _reserve(self, call: _Call, body_bytes: int) -> Hold:
         """Hold the request's worst case on its key's budget (``LimitError`` 429 when it is spent or held)."""
@@ -343,13 +397,18 @@ class Gateway:
         """The upstream's SSE bytes; the first chunk is prefixed with a comment naming the choice (clients skip
         SSE comments). The decision is recorded when the stream ends, however it ends."""
         head = f": uniroute {json.dumps(self._summary(call, result, None))}\n\n".encode()
+        kept = bytearray() if self._sampled(call) else None  # a sampled stream's bytes, for the traffic log
         try:
             async for chunk in result.stream:
                 yield head + chunk if head else chunk
                 head = b""
+                if kept is not None:
+                    kept += chunk
         finally:
             await result.stream.aclose()
             self._finish(call, result, 200)
+            if kept is not None:
+                self._keep_traffic(call, result, bytes(kept))
 
     def _summary(self, call: _Call, result: UpstreamResult, cost: float | None) -> dict:
         return {
@@ -411,6 +470,37 @@ class Gateway:
         )
         return cost
 
+    async def post_feedback(self, request: Request) -> Response:
+        """``POST /v1/feedback``: one rating or a batch, each of a request of the asking key (403 for another key's,
+        404 for an id the gateway never made), queued for the feedback log (all or none; 503 when it is full)."""
+        policy: KeyPolicy = request.state.key
+        body = await read_json(request)
+        try:
+            ratings = feedback.parse_feedback(body)
+        except FeedbackError as exc:
+            raise RequestError(400, str(exc), exc.param, "invalid_value") from None
+        others = [k for k in self.keys.key_ids if k != policy.key_id]
+        for rating in ratings:
+            owner = self.request_ids.ownership(rating.request_id, policy.key_id, others)
+            if owner is None:  # no MAC explains it: the decision files say (an id from before the secret changed)
+                owner = await run_in_threadpool(self.owners.ownership, rating.request_id, policy.key_id)
+            param, shown = f"{rating.where}request_id", short_repr(rating.request_id)
+            if owner is Ownership.OTHER:
+                message = f"{param}={shown}: not a request of key {policy.key_id!r}; a key rates only its own requests"
+                raise RequestError(403, message, param, "permission_denied")
+            if owner is Ownership.UNKNOWN:
+                raise RequestError(404, f"{param}={shown}: no such request", param, "request_not_found")
+        key_id = None if policy.key_id == ANONYMOUS_ID else policy.key_id
+        records = [feedback.feedback_record(rating, key_id) for rating in ratings]
+        if not self.feedback.record_all(records):
+            message = "feedback: the gateway's feedback queue is full; retry shortly"
+            return error_response(503, message, None, "feedback_unavailable", {"Retry-After": "1"})
+        data = [
+            {"id": r["feedback_id"], "object": "feedback", "request_id": r["request_id"], "score": r["score"]}
+            for r in records
+        ]
+        return JSONResponse({"object": "list", "data": data} if "feedback" in body else data[0])
+
     async def models(self, request: Request) -> Response:
         router, policy = self.router, request.state.key
         names = self._pool(router, self.endpoints, policy) if router else []
@@ -433,9 +523,31 @@ class Gateway:
         return Response(body, media_type=content_type)
 
 
+def freeze_heap() -> None:
+    """Collect, then move every object alive (libraries, the router, the catalog) out of the garbage collector's
+    sight (``gc.freeze``): its full collections, which otherwise scan the ~300k objects the gateway loads at start
+    (~170 ms each, every few thousand requests, stalling every request in flight), scan what requests allocate.
+    After a router swap the heap is unfrozen first, so the version replaced can be collected (one full collection
+    per promotion)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+def ledger_path(config: GatewayConfig) -> Path:
+    """The key ledger's file: ``ledger_path``, else ``<warehouse dir>/gateway/ledger.sqlite``."""
+    return Path(config.ledger_path) if config.ledger_path else wh.default_path().parent / "gateway" / "ledger.sqlite"
+
+
+def request_id_secret_path(config: GatewayConfig) -> Path:
+    """The secret every worker of this gateway signs request ids with (:class:`serving.feedback.RequestIds`):
+    ``request-ids.secret`` beside the key ledger."""
+    return ledger_path(config).parent / "request-ids.secret"
+
+
 def open_ledger(config: GatewayConfig) -> SqliteLedger:
     """The key counters every worker of this gateway shares (and a restart keeps)."""
-    return SqliteLedger(config.ledger_path or wh.default_path().parent / "gateway" / "ledger.sqlite")
+    return SqliteLedger(ledger_path(config))
 
 
 def _upstream_code(status: int) -> str:
@@ -462,6 +574,7 @@ def create_app(gateway: Gateway) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/v1/feedback", gateway.post_feedback, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),
             Route("/ready", gateway.ready, methods=["GET"]),

@@ -23,7 +23,7 @@ ANONYMOUS_ID = "anonymous"
 MIN_SECRET_CHARS = 16
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_FIELDS = ("id", "sha256", "models", "usd_per_day", "requests_per_minute", "role")
+_FIELDS = ("id", "sha256", "models", "usd_per_day", "requests_per_minute", "role", "store")
 
 
 class ClientError(Exception):
@@ -70,6 +70,7 @@ class KeyPolicy:
     usd_per_day: float | None = None
     requests_per_minute: float | None = None
     admin: bool = False  # may read the operator's pages (/metrics)
+    store: bool = True  # False: none of the key's traffic is ever sampled (wins over the gateway's sample rate)
 
     def allows(self, model: str) -> bool:
         """Whether the key may ask for ``model``: a catalog LLM in its set, or the routed model unless excluded."""
@@ -186,6 +187,7 @@ def parse_entry(entry: object, where: str) -> ClientKey:
             _parse_number(entry.get("usd_per_day"), "usd_per_day", where, allow_zero=True),
             _parse_number(entry.get("requests_per_minute"), "requests_per_minute", where, allow_zero=False),
             _parse_role(entry.get("role"), where),
+            _parse_store(entry.get("store", True), where),
         ),
         bytes.fromhex(digest),
         where.partition(" (id=")[0],
@@ -237,6 +239,12 @@ def _parse_role(value: object, where: str) -> bool:
     if value != ADMIN_ROLE:
         raise ValueError(f"{where}: field role={short_repr(value)}: expected {ADMIN_ROLE!r} or no role")
     return True
+
+
+def _parse_store(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where}: field store={short_repr(value)}: expected true or false")
+    return value
 
 
 def _parse_models(value: object, where: str) -> frozenset[str] | None:

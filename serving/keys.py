@@ -70,6 +70,9 @@ ADMIN_ENV = "UNIROUTE_ADMIN_KEY"  # an operator's secret: reads /metrics (not a 
 #: How long a request in flight holds a key's budget at most when no other bound is given (a killed worker's holds
 #: expire after it).
 DEFAULT_HOLD_S = 3600.0
+#: The middleware's early spend refusal reads a key's spend from the ledger at most this often (seconds) per
+#: process; between reads it uses what this process read and added since (spend only grows within a day).
+SPEND_RECHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class KeyStore:
         self._env_keys: tuple[ClientKey, ...] = ()
         self._signature: tuple[int, int] | None = None
         self._content: bytes | None = None
+        self._spend_seen: dict[str, tuple[str, float, float]] = {}  # key_id -> (day, spend at least, read at)
 
     # ---- loading ----
     @classmethod
@@ -238,14 +242,35 @@ class KeyStore:
             wait,
         )
 
-    def check_spend(self, policy: KeyPolicy) -> None:
-        """``LimitError`` (code ``insufficient_quota``, retry at the next UTC midnight) once today's spend is over."""
+    def check_spend(self, policy: KeyPolicy, max_age_s: float = 0.0) -> None:
+        """``LimitError`` (code ``insufficient_quota``, retry at the next UTC midnight) once today's spend is over.
+
+        ``max_age_s`` > 0: the spend as this process read it from the ledger within the last ``max_age_s``
+        seconds, plus what it settled since (one read per key per interval, not one per request: the middleware's
+        early refusal). A spend only grows within a day, so this never refuses a key the ledger would admit; a key
+        spent by another worker meanwhile is refused by :meth:`reserve`, the check that holds the limit.
+        """
         limit = policy.usd_per_day
         if limit is None:
             return
-        spent = self.spent_today(policy.key_id)
+        spent = self._known_spend(policy.key_id, max_age_s)
         if spent >= limit:
             raise self._spent(policy, spent)
+
+    def _known_spend(self, key_id: str, max_age_s: float) -> float:
+        day, now = self._day(), self._clock()
+        seen = self._spend_seen.get(key_id)
+        if seen is not None and seen[0] == day and 0.0 <= now - seen[2] < max_age_s:
+            return seen[1]
+        spent = self._ledger.spent(key_id, day)
+        self._spend_seen[key_id] = (day, spent, now)
+        return spent
+
+    def _add_seen(self, key_id: str, day: str, usd: float) -> None:
+        """This process added ``usd`` to the key's spend of ``day``: what it knows of the spend grows with it."""
+        seen = self._spend_seen.get(key_id)
+        if seen is not None and seen[0] == day:
+            self._spend_seen[key_id] = (day, seen[1] + usd, seen[2])
 
     def _spent(self, policy: KeyPolicy, spent: float) -> LimitError:
         now = self._wall_clock()
@@ -272,6 +297,7 @@ class KeyStore:
         hold_id, before = self._ledger.reserve(policy.key_id, day, float(usd), limit, now, now + hold_s)
         if hold_id is None:
             spent = self._ledger.spent(policy.key_id, day)
+            self._spend_seen[policy.key_id] = (day, spent, self._clock())
             if spent >= limit:
                 raise self._spent(policy, spent)
             raise LimitError(
@@ -289,6 +315,7 @@ class KeyStore:
             self._ledger.add_spend(hold.key_id, hold.day, float(usd))
         else:
             self._ledger.settle(hold.hold_id, hold.key_id, hold.day, float(usd))
+        self._add_seen(hold.key_id, hold.day, float(usd))
 
     def release(self, hold: Hold) -> None:
         """The request was not paid for: give its hold back."""
@@ -305,7 +332,9 @@ class KeyStore:
     def record_spend(self, key_id: str, usd: float) -> None:
         """Add a request's realised cost (USD) to the key's spend of today (UTC), with no hold."""
         _check_usd("record_spend", usd)
-        self._ledger.add_spend(key_id, self._day(), float(usd))
+        day = self._day()
+        self._ledger.add_spend(key_id, day, float(usd))
+        self._add_seen(key_id, day, float(usd))
 
     def spent_today(self, key_id: str) -> float:
         """USD the key has spent today (UTC)."""
@@ -338,6 +367,8 @@ def _entry(args: argparse.Namespace, secret: str) -> str:
         entry["usd_per_day"] = args.usd_per_day
     if args.rpm is not None:
         entry["requests_per_minute"] = args.rpm
+    if args.no_store:
+        entry["store"] = False
     parse_entry(entry, "the new entry")  # the printed line is one the store accepts
     return yaml.safe_dump([entry], sort_keys=False)
 
@@ -350,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--models", help="comma-separated LLMs the key may use (default: all); !uniroute: no routing")
     cmd.add_argument("--usd-per-day", type=float, help="spend limit per UTC day, USD")
     cmd.add_argument("--rpm", type=float, help="requests per minute")
+    cmd.add_argument("--no-store", action="store_true", help="never sample this key's traffic (store: false)")
     cmd.add_argument("--generate", action="store_true", help="make a new secret (printed on stderr) instead")
     args = parser.parse_args(argv)
     if args.generate:

@@ -15,6 +15,7 @@ of a worker killed mid-request expires at its ``expires`` time.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import threading
@@ -22,7 +23,11 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Ledger", "MemoryLedger", "SqliteLedger"]
+__all__ = ["HOLD_SWEEP_S", "Ledger", "MemoryLedger", "SqliteLedger"]
+
+#: How often (seconds of the callers' clock) a ledger deletes the expired holds of killed workers: they count for
+#: nothing once expired (every read filters on ``expires``), so the sweep is housekeeping, not once per request.
+HOLD_SWEEP_S = 60.0
 
 
 class Ledger(Protocol):
@@ -138,6 +143,7 @@ class SqliteLedger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._swept_at = -math.inf  # the last sweep of expired holds (HOLD_SWEEP_S)
         self._connection().executescript(_SCHEMA)
 
     def _connection(self) -> sqlite3.Connection:
@@ -187,7 +193,9 @@ class SqliteLedger:
         self, key_id: str, day: str, usd: float, limit: float, now: float, expires: float
     ) -> tuple[str | None, float]:
         def steps(con: sqlite3.Connection) -> tuple[str | None, float]:
-            con.execute("DELETE FROM holds WHERE expires <= ?", (now,))  # a killed worker's holds
+            if not now - HOLD_SWEEP_S < self._swept_at <= now:
+                con.execute("DELETE FROM holds WHERE expires <= ?", (now,))  # a killed worker's holds
+                self._swept_at = now
             before = con.execute(_COMMITTED, (key_id, day, now)).fetchone()[0]
             if before >= limit:
                 return None, before

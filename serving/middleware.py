@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from serving.chat_request import short_repr
-from serving.keys import ENV_VAR, ClientError, KeyPolicy, KeyStore
+from serving.keys import ENV_VAR, SPEND_RECHECK_S, ClientError, KeyPolicy, KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,9 @@ class ErrorShapingMiddleware:
     """Exceptions out of the app become OpenAI-shaped errors: a ``ClientError`` its 4xx, anything else a 500.
 
     Every request gets an id (``request.state.request_id``, header ``X-Request-ID``) that a 500 quotes and the
-    log line carries. When the response has already started (a stream), the exception is re-raised: the server
-    logs it and closes the connection, so the client sees a cut-off response rather than a clean end.
+    log line carries; a handler may replace it before its response starts (the header sends the one it left).
+    When the response has already started (a stream), the exception is re-raised: the server logs it and closes
+    the connection, so the client sees a cut-off response rather than a clean end.
     """
 
     def __init__(self, app: Callable) -> None:
@@ -135,11 +136,12 @@ class ErrorShapingMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = uuid.uuid4().hex[:16]  # ours, not the client's: nothing from outside gets into the log line
-        scope.setdefault("state", {})["request_id"] = request_id
-        raw_id = request_id.encode()
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
 
         async def send_with_id(message: dict) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start":  # the id as the handler left it (a chat request's: signed)
+                raw_id = state["request_id"].encode()
                 message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", raw_id)]}
             await send(message)
 
@@ -153,6 +155,7 @@ class ErrorShapingMiddleware:
         except Exception:
             if tracking.started:
                 raise
+            request_id = state["request_id"]
             log.exception("internal error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
             response = error_response(
                 500, f"internal error (request id {request_id}); the server log has the details", None, "internal_error"
@@ -235,7 +238,9 @@ class BodyLimitMiddleware:
 class AuthMiddleware:
     """Every path but ``public_paths`` needs ``Authorization: Bearer <key>`` when ``store`` has keys (401
     otherwise); the key's ``KeyPolicy`` goes to ``request.state.key`` (``ANONYMOUS`` for an empty store) after its
-    spend (429 ``insufficient_quota``) and rate (429 ``rate_limit_exceeded``, ``Retry-After``) are checked.
+    spend (429 ``insufficient_quota``, as this process last read it: ``KeyStore.check_spend`` with
+    ``SPEND_RECHECK_S``; the handler's hold is what holds the limit) and rate (429 ``rate_limit_exceeded``,
+    ``Retry-After``) are checked.
     ``admin_paths`` need an admin key, or a loopback peer when none is configured (:meth:`KeyStore.check_admin`).
 
     The response carries OpenAI's ``x-ratelimit-limit-requests`` / ``x-ratelimit-remaining-requests`` for a key
@@ -267,7 +272,7 @@ class AuthMiddleware:
                 self.store.check_admin(bearer, is_loopback((scope.get("client") or ("",))[0] or ""))
             else:
                 policy = self.store.authenticate(bearer)
-                self.store.check_spend(policy)
+                self.store.check_spend(policy, SPEND_RECHECK_S)  # early; reserve holds the limit
                 state["remaining_requests"] = self.store.check_rate(policy)
         except ClientError as exc:
             log.info("%s %s refused: %d %s", scope.get("method"), short_repr(scope.get("path")), exc.status, exc.code)
@@ -345,7 +350,8 @@ async def read_json(request: Request, max_depth: int = 32) -> dict:
     top, at most ``max_depth`` levels deep. ``RequestError`` 400 names what is wrong.
 
     The body's size is ``BodyLimitMiddleware``'s to bound; the depth is checked before parsing, so a deeply
-    nested body never reaches the recursive parser.
+    nested body never reaches the recursive parser (measured with :func:`json_depth` only when the body holds more
+    opening brackets than ``max_depth``).
     """
     data = await request.body()
     if not data.strip():
@@ -354,7 +360,8 @@ async def read_json(request: Request, max_depth: int = 32) -> dict:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RequestError(400, f"request body: invalid UTF-8 at byte {exc.start}", "body", "invalid_utf8") from None
-    depth = json_depth(data)
+    brackets = data.count(b"[") + data.count(b"{")  # a bound on the depth, in C: most bodies need no more
+    depth = json_depth(data) if brackets > max_depth else brackets
     if depth > max_depth:
         raise RequestError(
             400, f"request body: JSON nested {depth} levels deep, more than {max_depth}", "body", "invalid_json"

@@ -269,6 +269,21 @@ def champion_router(model_name: str):
     return mlflow.pyfunc.load_model(f"models:/{model_name}@{CHAMPION}").unwrap_python_model().router
 
 
+def version_router(model_name: str, version: str):
+    """The router (router_core) of one registered version, loaded from the registry."""
+    return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}").unwrap_python_model().router
+
+
+def log_version_figures(model_name: str, version: str, figures: Mapping[str, object], folder: str) -> str:
+    """Log ``figures`` (file name -> matplotlib figure) under ``folder/`` of the run that registered ``version``
+    (a later call replaces them); returns that run's id."""
+    client = MlflowClient()
+    run_id = client.get_model_version(model_name, version).run_id
+    for name, figure in figures.items():
+        client.log_figure(run_id, figure, f"{folder}/{name}", save_kwargs={"bbox_inches": "tight", "dpi": FIGURE_DPI})
+    return run_id
+
+
 def promote(model_name: str, version: str, better: bool) -> str:
     """Point ``champion`` at ``version`` when it is ``better`` (or there is no champion), else ``challenger``.
     When ``champion`` moves, ``previous-champion`` keeps the version it left (a one-alias rollback)."""

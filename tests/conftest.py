@@ -42,6 +42,24 @@ def alias_bomb(tail: str) -> str:
     return "\n".join(lines) + "\n" + tail
 
 
+STALE_BY_PARTITION_QUERY = """
+query ($key: AssetKeyInput!, $partitions: [String!]!) {
+  assetNodeOrError(assetKey: $key) { ... on AssetNode { staleStatusByPartition(partitions: $partitions) } }
+}
+"""
+
+
+def ui_stale_statuses(workspace, asset: str, partitions: list[str]) -> dict[str, str]:
+    """What the Dagster UI shows for each of ``asset``'s ``partitions`` (FRESH, STALE: "Unsynced", MISSING), from
+    its GraphQL API on ``workspace`` (``pipelines.ticks.daemon_workspace``), as the webserver serves a request."""
+    from dagster_graphql.test.utils import execute_dagster_graphql
+
+    variables = {"key": {"path": [asset]}, "partitions": partitions}
+    with workspace.create_request_context() as context:
+        node = execute_dagster_graphql(context, STALE_BY_PARTITION_QUERY, variables).data["assetNodeOrError"]
+    return dict(zip(partitions, node["staleStatusByPartition"], strict=True))
+
+
 def corrupt_warehouse(path: Path) -> bytes:
     """Make a real warehouse at ``path`` holding a few MB of embeddings, then overwrite bytes in the middle of a
     stored block of them, as a bad disk sector would; returns the damaged file's bytes."""

@@ -172,6 +172,28 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "embedder_id": (pl.String, False),
         "cluster_weights": (pl.List(pl.Float64), False),
     },
+    "traffic_judgements": {
+        "request_id": (pl.String, True),
+        "judge": (pl.String, True),
+        "grader_version": (pl.String, True),
+        "score": (pl.Float64, True),
+        "judged_by": (pl.String, False),
+        "cost_usd": (pl.Float64, False),
+        "cached": (pl.Boolean, True),
+    },
+    "online_evaluation_cells": {
+        "router_version": (pl.String, True),
+        "llm": (pl.String, True),
+        "cluster": (pl.Int32, True),
+        "count": (pl.Int32, True),
+        "observed_error": (pl.Float64, False),
+        "predicted_error": (pl.Float64, False),
+        "difference": (pl.Float64, False),
+        "se": (pl.Float64, False),
+        "z": (pl.Float64, False),
+        "alarm": (pl.Boolean, True),
+        "message": (pl.String, True),
+    },
 }
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
 _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
@@ -217,6 +239,11 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
         ("source", pl.col("source").str.len_chars() > 0, "must not be empty"),
     ],
     "traffic_samples": [],
+    "traffic_judgements": [
+        ("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be finite and in [0, 1]"),
+        ("cost_usd", pl.col("cost_usd").is_null() | pl.col("cost_usd").is_between(0, 1e300), "must be finite, >= 0"),
+    ],
+    "online_evaluation_cells": [("count", pl.col("count") >= 0, "must be >= 0")],
 }
 _KEYS = {
     "llms": ["name"],
@@ -232,6 +259,8 @@ _KEYS = {
     "routing_decisions": ["request_id"],
     "traffic_feedback": ["feedback_id"],
     "traffic_samples": ["request_id"],
+    "traffic_judgements": ["request_id", "judge", "grader_version"],
+    "online_evaluation_cells": ["router_version", "llm", "cluster"],
 }
 
 

@@ -273,4 +273,48 @@ MIGRATIONS: list[str] = [
         loaded_at TIMESTAMP NOT NULL
     );
     """,
+    # 11: what the pipeline learns from traffic. The judge's verdict on a sampled request (traffic_outcomes: an LLM
+    # judge with a reference-free rubric; feedback wins over it, both kept), and the judge's spend apart from the
+    # routed LLMs': one row per call, its worst case reserved before the call and what it cost settled after, so a
+    # USD/day cap over the UTC day's rows is never passed. The online evaluation's cells of a router version (per
+    # LLM and cluster), which the per-LLM traffic check reads.
+    """
+    CREATE TABLE traffic_judgements (
+        request_id VARCHAR NOT NULL,
+        judge VARCHAR NOT NULL,                    -- the judge's catalog name
+        grader_version VARCHAR NOT NULL,           -- llm_judge's version (rubric, scale, ...)
+        score DOUBLE NOT NULL CHECK (score >= 0 AND score <= 1),
+        judged_by VARCHAR,                         -- "<judge>@<model id that answered>"
+        cost_usd DOUBLE CHECK (cost_usd >= 0),     -- paid for this verdict now (0: from the judge cache)
+        cached BOOLEAN NOT NULL,
+        judged_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (request_id, judge, grader_version)
+    );
+    CREATE TABLE judge_spend (
+        spend_id VARCHAR PRIMARY KEY,              -- one per judge call
+        judge VARCHAR NOT NULL,
+        request_id VARCHAR NOT NULL,
+        day DATE NOT NULL,                         -- the UTC day it was reserved on: the cap is per day
+        reserved_usd DOUBLE NOT NULL CHECK (reserved_usd >= 0),  -- the call's worst case, before it
+        cost_usd DOUBLE CHECK (cost_usd >= 0),     -- settled: what it cost (null: in flight, counts as reserved)
+        status VARCHAR NOT NULL CHECK (status IN ('reserved', 'paid', 'failed')),  -- failed: counted at worst case
+        reserved_at TIMESTAMP NOT NULL,
+        settled_at TIMESTAMP
+    );
+    CREATE TABLE online_evaluation_cells (
+        router_version VARCHAR NOT NULL,
+        llm VARCHAR NOT NULL,
+        cluster INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        observed_error DOUBLE,
+        predicted_error DOUBLE,
+        difference DOUBLE,
+        se DOUBLE,
+        z DOUBLE,
+        alarm BOOLEAN NOT NULL,                    -- observed error past predicted by more than z SEs
+        message VARCHAR NOT NULL,
+        evaluated_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (router_version, llm, cluster)
+    );
+    """,
 ]

@@ -10,10 +10,11 @@ import dagster as dg
 import polars as pl
 
 import warehouse as wh
-from assets.record_files import FEEDBACK_SCHEMA, TRAFFIC_SCHEMA
 from assets.resources import WarehouseResource
 from assets.traffic import traffic_feedback, traffic_samples
 from pipelines.definitions import defs
+from serving.feedback import SCHEMA as FEEDBACK_SCHEMA
+from serving.traffic import SCHEMA as TRAFFIC_SCHEMA
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

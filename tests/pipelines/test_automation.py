@@ -12,8 +12,9 @@ from assets.resources import ArtifactsResource, MlflowResource
 from assets.routing import cluster_map
 from pipelines.definitions import defs
 from pipelines.sensors import llm_onboarding_sensor
-from pipelines.ticks import AutomationTicks, sensor_tick
+from pipelines.ticks import AutomationTicks, daemon_workspace, sensor_tick
 from replay import ReplayServer
+from tests.conftest import ui_stale_statuses
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
@@ -178,3 +179,23 @@ def _names(value) -> list[str]:
     """LLM names from the router's metadata: a list, or text joined by commas ("none" when empty)."""
     names = value if isinstance(value, list) else str(value).split(",")
     return [n.strip() for n in names if n.strip() and n.strip() != "none"]
+
+
+def test_profiling_another_llm_leaves_the_others_in_sync_and_a_repointed_one_unsynced(pipeline):
+    def statuses() -> dict[str, str]:  # what the UI shows for each LLM's responses
+        with daemon_workspace(pipeline.instance) as workspace:
+            return ui_stale_statuses(workspace, "llm_responses", ["cheap", "math-pro", "generalist"])
+
+    pipeline.write_catalog({"cheap": "cheap", "math-pro": "math-pro"})
+    pipeline.onboard()
+    pipeline.write_catalog({"cheap": "cheap", "math-pro": "math-pro", "generalist": "generalist"})
+    assert [r.partition_key for r in pipeline.onboard()] == ["generalist"]  # its run syncs the catalog again
+    fresh = dict.fromkeys(["cheap", "math-pro", "generalist"], "FRESH")
+    assert statuses() == fresh
+
+    # new prices change no answer; another model behind math-pro makes its answers Unsynced until it is profiled
+    pipeline.write_catalog({"cheap": "cheap", "math-pro": "generalist", "generalist": "generalist"}, {"cheap": 2})
+    assert dg.materialize([profiling.llm_catalog], instance=pipeline.instance, resources=pipeline.resources).success
+    assert statuses() == {**fresh, "math-pro": "STALE"}
+    assert [r.partition_key for r in pipeline.onboard()] == ["math-pro"]
+    assert statuses() == fresh

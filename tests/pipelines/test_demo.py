@@ -1,7 +1,8 @@
 """The demo's whole story on the fixture dataset: v1 on the initial pool, v2 after the sensor onboards more;
 run again (as `make demo` twice: a new process), it reuses the warehouse, tells the same story and prints only its
 own lines. Then the hand-off: the daemon's own sensor and automation iterations, started on the demo's results as
-`dagster dev` would start them, launch nothing until the catalog changes, and the UI shows the cluster map in sync.
+`dagster dev` would start them, launch nothing until the catalog changes, and the UI shows the cluster map and every
+LLM's responses in sync.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import dagster as dg
 import pytest
 
 from pipelines import demo
+from tests.conftest import ui_stale_statuses
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
@@ -120,6 +122,9 @@ def test_dagster_dev_on_the_demos_results_launches_nothing_until_the_catalog_cha
         with workspace.create_request_context() as context:  # as the webserver serves a request
             node = execute_dagster_graphql(context, HANDOFF_QUERY, {"key": {"path": ["cluster_map"]}}).data
         assert node["assetNodeOrError"]["staleStatus"] == "FRESH", node
+        # and every LLM's responses, the initial pool's too: profiling the added LLMs synced the catalog again
+        llms = instance.get_dynamic_partitions("llm")
+        assert ui_stale_statuses(workspace, "llm_responses", llms) == dict.fromkeys(seen, "FRESH")
 
         # and the daemon is live on the same catalog: a new entry gets exactly its profiling run
         catalog = Path(os.environ["UNIROUTE_CATALOG"])

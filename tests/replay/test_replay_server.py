@@ -499,7 +499,10 @@ def test_request_log_counts_per_model_prompt_and_outcome(client, server, prompts
         (None, None, "invalid_request"): 1,
     }
     frame = server.request_log.frame()
-    assert frame.schema == {"model": pl.String, "prompt_id": pl.String, "outcome": pl.String, "count": pl.Int64}
+    columns = ("model", "prompt_id", "outcome", "served_by")
+    assert frame.schema == {**dict.fromkeys(columns, pl.String), "count": pl.Int64}
+    served = {(row["model"], row["outcome"]): row["served_by"] for row in rows}
+    assert served[("math-pro", "ok")] == "math-pro" and served[("gpt-17", "model_not_found")] is None
     assert frame["count"].sum() == 8
 
     assert client.post("/_replay/reset").status_code == 200

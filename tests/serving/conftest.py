@@ -95,14 +95,15 @@ def write_gateway_catalog(path, base_url: str, prices: dict[str, float], extra: 
 
 @contextlib.contextmanager
 def gateway_process(root, catalog, registry_uri: str, *args: str, env: dict[str, str] | None = None):
-    """``uniroute serve`` as its own process on 127.0.0.1 (decisions and key ledger under ``root``); yields its URL once
-    ``/ready``; stopped with SIGTERM (a graceful shutdown) on exit."""
+    """``uniroute serve`` as its own process on 127.0.0.1 (decisions, feedback, traffic and key ledger under ``root``);
+    yields its URL once ``/ready``; stopped with SIGTERM (a graceful shutdown) on exit."""
     from serving.processes import free_port, server_process, venv_env
 
     port = free_port()
     command = [sys.executable, "-m", "pipelines.cli", "serve", "--port", str(port), "--catalog", str(catalog)]
     command += ["--tracking-uri", registry_uri, "--decisions-dir", str(root / "decisions")]
-    command += ["--ledger", str(root / "ledger.sqlite"), *args]
+    command += ["--ledger", str(root / "ledger.sqlite"), "--traffic-dir", str(root / "traffic")]
+    command += ["--feedback-dir", str(root / "feedback"), *args]
     url = f"http://127.0.0.1:{port}"
     with server_process(command, f"{url}/ready", root / "gateway.log", venv_env(**(env or {}))):
         yield url

@@ -25,6 +25,7 @@ from serving.decisions import (
     learning_fields,
     read_decisions,
 )
+from serving.feedback import read_feedback
 from serving.metrics import GatewayMetrics
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -201,16 +202,20 @@ def test_metrics_hear_the_queue_and_the_drops_from_the_writer(tmp_path):
     assert got["uniroute_decision_log_queue_depth"] == 0
 
 
-# A process that records, then is sent SIGTERM: flush_on_sigterm writes everything, then it dies of SIGTERM.
+# A process that records decisions and ratings, then is sent SIGTERM: flush_on_sigterm writes everything, then it
+# dies of SIGTERM.
 SCRIPT = """
 import sys, time
 from serving.decisions import DecisionLog, flush_on_sigterm
+from serving.feedback import FeedbackLog, feedback_record, parse_feedback
 
 log = DecisionLog(sys.argv[1], batch_size=10_000, flush_interval_s=3600)  # nothing written before close()
-flush_on_sigterm(log)
+ratings = FeedbackLog(sys.argv[1] + "-feedback", batch_size=10_000, flush_interval_s=3600)
+flush_on_sigterm(log, ratings)
 for i in range(500):
     log.record({"request_id": f"s{i}", "status": 200, "chosen_llm": "cheap"})
-print("recorded", log.written, flush=True)
+    ratings.record(feedback_record(parse_feedback({"request_id": f"s{i}", "score": 1})[0], "k"))
+print("recorded", log.written + ratings.written, flush=True)
 while True:
     time.sleep(0.05)
 """
@@ -221,18 +226,22 @@ import contextlib, sys
 import uvicorn
 from starlette.applications import Starlette
 from serving.decisions import DecisionLog
+from serving.feedback import FeedbackLog, feedback_record, parse_feedback
 
 log = DecisionLog(sys.argv[1], batch_size=10_000, flush_interval_s=3600)
+ratings = FeedbackLog(sys.argv[1] + "-feedback", batch_size=10_000, flush_interval_s=3600)
 
 @contextlib.asynccontextmanager
 async def lifespan(app):
     for i in range(500):
         log.record({"request_id": f"s{i}", "status": 200, "chosen_llm": "cheap"})
-    print("recorded", log.written, flush=True)
+        ratings.record(feedback_record(parse_feedback({"request_id": f"s{i}", "score": 1})[0], "k"))
+    print("recorded", log.written + ratings.written, flush=True)
     try:
         yield
     finally:
         log.close()
+        ratings.close()
 
 uvicorn.run(Starlette(lifespan=lifespan), host="127.0.0.1", port=0, log_level="warning")
 """
@@ -241,7 +250,7 @@ uvicorn.run(Starlette(lifespan=lifespan), host="127.0.0.1", port=0, log_level="w
 @pytest.mark.parametrize(
     ("source", "returncode"), [(SCRIPT, -signal.SIGTERM), (UVICORN_SCRIPT, -signal.SIGTERM)], ids=["handler", "uvicorn"]
 )
-def test_sigterm_leaves_every_decision_on_disk(tmp_path, source, returncode):
+def test_sigterm_leaves_every_decision_and_rating_on_disk(tmp_path, source, returncode):
     script = tmp_path / "gateway_like.py"
     script.write_text(textwrap.dedent(source))
     out = tmp_path / "decisions"
@@ -258,6 +267,8 @@ def test_sigterm_leaves_every_decision_on_disk(tmp_path, source, returncode):
     frame = read_decisions(out)
     assert frame.height == 500 and set(frame["request_id"]) == {f"s{i}" for i in range(500)}
     assert raw_rows(out).height == 500
+    rated = read_feedback(tmp_path / "decisions-feedback")
+    assert rated.height == 500 and set(rated["request_id"]) == set(frame["request_id"])
 
 
 def test_flush_on_sigterm_hands_on_to_the_handler_before_it(tmp_path):

@@ -126,3 +126,29 @@ def test_bad_requests_are_refused_before_anything_is_paid(gateway, body, param):
         answer = requests.post(f"{url}/v1/chat/completions", data=raw, timeout=30)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "body"
     assert sum(replay.request_log.totals().values()) == asked  # no upstream was asked anything
+
+
+def test_the_heap_loaded_at_start_is_frozen_and_a_replaced_router_can_still_be_collected():
+    """Full collections skip what the gateway loaded (freeze_heap after each router load); the next load unfreezes
+    first, so a replaced router held in a reference cycle is freed."""
+    import gc
+    import weakref
+
+    from serving.gateway import freeze_heap
+
+    class Router:
+        pass
+
+    old = Router()
+    old.cycle = old  # only the collector frees it
+    gone = weakref.ref(old)
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        del old
+        gc.collect()
+        assert gone() is not None  # frozen: a full collection does not look at it
+        freeze_heap()  # the next router loaded
+        assert gone() is None
+    finally:
+        gc.unfreeze()

@@ -286,6 +286,8 @@ def test_a_routed_decision_keeps_what_learning_needs_and_no_text(served, mmlu_li
     [
         (["--host", "0.0.0.0"], 2, "no client keys"),
         (["--host", "127.0.0.1", "--keys-file", "missing.yaml"], 2, "missing.yaml"),
+        (["--traffic-sample-rate", "1.5"], 2, "--traffic-sample-rate 1.5: expected a number in [0, 1]"),
+        (["--traffic-sample-rate", "nan"], 2, "--traffic-sample-rate nan: expected a number in [0, 1]"),
     ],
 )
 def test_serve_refuses_an_open_address_without_keys(tmp_path, args, code, says):

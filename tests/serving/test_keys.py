@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from serving import keys
+from serving import ledger as ledger_module
 from serving.keys import ANONYMOUS, AuthError, KeyPolicy, KeyStore, LimitError, hash_secret
 from serving.ledger import MemoryLedger, SqliteLedger
 
@@ -277,14 +278,14 @@ def test_policy_models_and_the_routed_model():
 
 def test_hash_command_prints_an_entry_the_store_accepts(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("sys.stdin", io.StringIO(ALICE + "\n"))
-    args = ["hash", "--id", "alice", "--models", "cheap,generalist", "--usd-per-day", "5", "--rpm", "60"]
+    args = ["hash", "--id", "alice", "--models", "cheap,generalist", "--usd-per-day", "5", "--rpm", "60", "--no-store"]
     assert keys.main(args) == 0
     out = capsys.readouterr().out
     assert ALICE not in out
     path = tmp_path / "keys.yaml"
     path.write_text(out)
     assert KeyStore.load(path, environ={}).authenticate(ALICE) == KeyPolicy(
-        "alice", frozenset({"cheap", "generalist"}), 5.0, 60.0
+        "alice", frozenset({"cheap", "generalist"}), 5.0, 60.0, store=False
     )
 
 
@@ -436,3 +437,64 @@ def test_admin_keys_read_operator_pages_and_client_keys_never(tmp_path):
         by_env.check_admin(None, loopback=True)
     with pytest.raises(ValueError, match="role='root'"):
         KeyStore.load(write_keys(tmp_path, [{"id": "x", "sha256": hash_secret(ALICE), "role": "root"}]), environ={})
+
+
+# ---- the ledger's work per request ----
+
+
+def traced(store: KeyStore) -> list[str]:
+    """The SQL statements ``store``'s SqliteLedger runs from now on, in this thread."""
+    statements: list[str] = []
+    store._ledger._connection().set_trace_callback(lambda sql: statements.append(sql.split()[0].upper()))
+    return statements
+
+
+def test_a_spend_limited_request_costs_the_ledger_a_reserve_and_a_settle_only(tmp_path):
+    """Two IMMEDIATE transactions per request (check and hold; settle), not a spend read and a sweep of expired
+    holds besides; the sweep still runs once per HOLD_SWEEP_S, and an expired hold never counts meanwhile."""
+    wall = Clock(datetime(2030, 5, 1, 12, 0, tzinfo=UTC).timestamp())
+    store = KeyStore(clock=wall, wall_clock=wall, ledger=SqliteLedger(tmp_path / "ledger.sqlite"))
+    policy = KeyPolicy("alice", usd_per_day=0.01)
+    store.settle(store.reserve(policy, 0.001), 0.001)  # the first sweeps
+    statements = traced(store)
+    for _ in range(3):
+        store.check_spend(policy, keys.SPEND_RECHECK_S)  # the middleware's early check: read once per interval
+        store.settle(store.reserve(policy, 0.001), 0.0001)
+    request = ["BEGIN", "SELECT", "INSERT", "COMMIT", "BEGIN", "DELETE", "INSERT", "COMMIT"]
+    assert statements == ["SELECT", *request * 3]
+    store.reserve(policy, 1.0, hold_s=5)  # a killed worker's hold, expired before the next sweep
+    wall.now += 10
+    assert store.reserve(policy, 0.001).remaining_usd == pytest.approx(0.01 - 0.0013 - 0.001)
+    wall.now += ledger_module.HOLD_SWEEP_S
+    statements.clear()
+    store.reserve(policy, 0.001)
+    assert statements[:2] == ["BEGIN", "DELETE"]
+    con = store._ledger._connection()
+    assert con.execute("SELECT COUNT(*) FROM holds WHERE usd = 1.0").fetchone()[0] == 0
+
+
+def test_the_early_spend_check_reads_once_per_interval_and_never_refuses_what_the_ledger_admits(tmp_path):
+    """What it costs: a key spent by another worker passes this worker's early check for up to SPEND_RECHECK_S,
+    and reserve (the limit's one authority) refuses it; what this worker spends or learns counts at once."""
+    path, wall = tmp_path / "ledger.sqlite", Clock(datetime(2030, 5, 1, 12, 0, tzinfo=UTC).timestamp())
+    this, other = (KeyStore(clock=wall, wall_clock=wall, ledger=SqliteLedger(path)) for _ in range(2))
+    policy = KeyPolicy("alice", usd_per_day=0.01)
+    this.check_spend(policy, 1.0)
+    other.record_spend("alice", 0.02)
+    this.check_spend(policy, 1.0)  # read 0.0 under a second ago: admitted here...
+    with pytest.raises(LimitError) as info:
+        this.reserve(policy, 0.001)  # ...and refused before anything is paid for
+    assert info.value.code == "insufficient_quota"
+    statements = traced(this)
+    with pytest.raises(LimitError, match="spend limit"):
+        this.check_spend(policy, 1.0)  # what reserve read: no second read
+    assert statements == []
+    fresh = KeyStore(clock=wall, wall_clock=wall, ledger=SqliteLedger(path))
+    fresh.check_spend(KeyPolicy("alice", usd_per_day=1.0), 1.0)
+    fresh.record_spend("alice", 0.99)  # its own spend counts at once
+    with pytest.raises(LimitError):
+        fresh.check_spend(KeyPolicy("alice", usd_per_day=1.0), 1.0)
+    wall.now += 1.0
+    statements.clear()
+    this.check_spend(KeyPolicy("alice", usd_per_day=2.0), 1.0)  # a raised limit; the interval over: read again
+    assert statements == ["SELECT"]

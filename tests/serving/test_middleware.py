@@ -19,7 +19,7 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from serving import keys
+from serving import keys, middleware
 from serving.keys import KeyStore, hash_secret
 from serving.middleware import (
     AuthMiddleware,
@@ -272,6 +272,24 @@ def test_json_depth_ignores_brackets_in_strings_and_is_fast():
     started = time.process_time()
     assert json_depth(prompt) == 3
     assert time.process_time() - started < 0.5  # ~1 MB; a few ms when the machine is idle
+
+
+def test_a_body_with_few_brackets_skips_the_depth_scan_and_a_deep_one_is_still_refused(keyed, monkeypatch):
+    """Opening brackets bound the depth (counted in C): a usual chat body, with fewer than ``max_depth`` of them,
+    costs no vectorised scan; one with more is scanned, and refused only when really nested too deep."""
+    scanned = []
+    monkeypatch.setattr(middleware, "json_depth", lambda data: scanned.append(len(data)) or json_depth(data))
+    with serve(keyed) as (_, client):
+        assert post(client, CHAT, ALICE).status_code == 200
+        assert scanned == []
+        shallow = {**CHAT, "messages": [{"role": "user", "content": "[{" * 40}]}
+        assert post(client, shallow, ALICE).status_code == 200
+        deep = b'{"a": ' + b"[" * 40 + b"]" * 40 + b"}"
+        response = post(client, key=ALICE, content=deep, headers={"Content-Type": "application/json"})
+        assert (
+            "nested 41 levels deep" in assert_error(response, 400, "invalid_request_error", "invalid_json")["message"]
+        )
+    assert len(scanned) == 2
 
 
 def test_an_exception_in_the_handler_is_a_500_without_traceback(keyed, caplog):
