@@ -11,9 +11,9 @@ import polars as pl
 import warehouse as wh
 from profiling.datasets import DatasetSpec, write_prompt_set
 from profiling.prompt_files import normalise_rows
+from profiling.traffic_judging import TRAFFIC_RUBRIC
 
 __all__ = [
-    "REFERENCE_FREE_RUBRIC",
     "TRAFFIC_DATASET",
     "add_traffic_prompts",
     "added_request_ids",
@@ -22,30 +22,16 @@ __all__ = [
 ]
 
 TRAFFIC_DATASET = "traffic"
-#: The ``llm_judge`` rubric of traffic prompts: no ``{reference}``, the request alone says what a good answer is.
-REFERENCE_FREE_RUBRIC = """\
-You are grading an answer to a user's request. There is no reference answer: judge from the request alone whether \
-the answer is correct, complete and does what was asked.
-
-Request:
-{prompt}
-
-Answer to grade:
-{response}
-
-Explain your judgement in a few sentences, then end with a final line of exactly this form, with a number from 0 \
-(wrong or unhelpful) to {scale} (fully correct and helpful):
-Score: <number>"""
 
 
 def traffic_spec(judge: str) -> DatasetSpec:
     """The ``traffic`` dataset's spec: every prompt a validation prompt (its split assigned once, as any prompt's),
-    the router text the one the gateway embedded, graded by ``judge`` (a catalog LLM) with the reference-free
-    rubric."""
+    the router text the one the gateway embedded, graded by ``judge`` (a catalog LLM) with the reference-free rubric
+    that judges sampled traffic (:data:`profiling.traffic_judging.TRAFFIC_RUBRIC`)."""
     return DatasetSpec(
         router_text="field:router_prompt",
         grader="llm_judge",
-        grader_options={"judge": judge, "rubric": REFERENCE_FREE_RUBRIC},
+        grader_options={"judge": judge, "rubric": TRAFFIC_RUBRIC},
         shares={"validation": 1.0},
     )
 
