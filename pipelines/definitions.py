@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.coverage import traffic_coverage, traffic_validation_prompts
 from assets.decisions import routing_decisions
 from assets.embeddings import prompt_embeddings
 from assets.outcomes import llm_traffic_evaluation, online_evaluation, traffic_outcomes
@@ -19,9 +20,9 @@ from assets.resources import ArtifactsResource, CollectorResource, EmbedderResou
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from assets.traffic import traffic_feedback, traffic_samples
-from pipelines.jobs import profile_llm_job
+from pipelines.jobs import add_traffic_prompts_job, profile_llm_job
 from pipelines.schedules import nightly_profiling_schedule, retrain_cluster_map_job, weekly_cluster_map_schedule
-from pipelines.sensors import automation_sensor, llm_onboarding_sensor
+from pipelines.sensors import automation_sensor, coverage_drift_sensor, llm_onboarding_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -41,10 +42,12 @@ defs = dg.Definitions(
         traffic_outcomes,
         online_evaluation,
         llm_traffic_evaluation,
+        traffic_coverage,
+        traffic_validation_prompts,
     ],
-    jobs=[profile_llm_job, retrain_cluster_map_job],
+    jobs=[profile_llm_job, retrain_cluster_map_job, add_traffic_prompts_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
-    sensors=[llm_onboarding_sensor, automation_sensor],
+    sensors=[llm_onboarding_sensor, automation_sensor, coverage_drift_sensor],
     resources={
         "warehouse": WarehouseResource(),
         "collector": CollectorResource(),

@@ -1,5 +1,6 @@
-"""Sensors: onboarding (a new or re-pointed LLM in the catalog gets a partition and a profiling run) and the
-automation sensor that evaluates the assets' automation conditions (features and router follow new data)."""
+"""Sensors: onboarding (a new or re-pointed LLM in the catalog gets a partition and a profiling run), coverage drift
+(a drifted coverage report's traffic prompts join the validation set) and the automation sensor that evaluates the
+assets' automation conditions (features and router follow new data)."""
 
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
@@ -8,9 +9,10 @@ import json
 import dagster as dg
 
 import warehouse as wh
+from assets.coverage import traffic_coverage, traffic_validation_prompts
 from assets.profiling import endpoint_fingerprint, llm_partitions
 from assets.resources import WarehouseResource
-from pipelines.jobs import profile_llm_job
+from pipelines.jobs import add_traffic_prompts_job, profile_llm_job
 
 
 @dg.sensor(job=profile_llm_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -45,6 +47,36 @@ def llm_onboarding_sensor(
         dynamic_partitions_requests=[llm_partitions.build_add_request(unpartitioned)] if unpartitioned else [],
         cursor=json.dumps({**seen, **current}),
     )
+
+
+@dg.sensor(job=add_traffic_prompts_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
+def coverage_drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """When a new ``traffic_coverage`` report drifted past its bounds, launches the run adding the stored traffic
+    prompts it proposes to the validation set, graded by its judge (one run per report: its run key). Nothing is
+    added without sampled traffic or a judge. The cursor keeps the last report seen (its event's storage id)."""
+    records = context.instance.fetch_materializations(traffic_coverage.key, limit=1).records
+    if not records:
+        return dg.SkipReason("traffic_coverage has no report yet")
+    event = records[0]
+    if context.cursor and event.storage_id <= int(context.cursor):
+        return dg.SkipReason(f"no coverage report since the one seen (event {context.cursor})")
+    report = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    cursor = str(event.storage_id)
+    if not report.get("drifted"):
+        return dg.SensorResult(skip_reason=str(report.get("reason", "coverage holds")), cursor=cursor)
+    if not report.get("to_add"):
+        why = "no sampled traffic prompt left to add (sampled traffic is opt-in: traffic.sample_rate)"
+        return dg.SensorResult(skip_reason=f"{report['reason']}; {why}", cursor=cursor)
+    if not report.get("judge"):
+        why = "traffic_coverage.config.judge is empty: no judge to grade the traffic prompts, nothing added"
+        return dg.SensorResult(skip_reason=f"{report['reason']}; {why}", cursor=cursor)
+    config = {"request_ids": report["to_add"], "judge": report["judge"]}
+    request = dg.RunRequest(
+        run_key=f"traffic_coverage:{event.storage_id}",
+        run_config={"ops": {traffic_validation_prompts.key.path[-1]: {"config": config}}},
+        tags={"uniroute/coverage": f"router {report['router_version']}: {len(config['request_ids'])} prompts"},
+    )
+    return dg.SensorResult(run_requests=[request], cursor=cursor)
 
 
 #: Evaluates ``assets/automation.py``'s conditions; on by default, unlike Dagster's own default sensor.

@@ -65,6 +65,7 @@ from router_core.online import (
 )
 from router_core.persistence import load_cluster_map, load_router, save_cluster_map, save_router
 from router_core.plots import (
+    plot_coverage,
     plot_deferral_curves,
     plot_drift_heatmap,
     plot_psi_heatmap,
@@ -150,6 +151,7 @@ __all__ = [
     "online_evaluation",
     "operating_point",
     "out_of_fold_errors",
+    "plot_coverage",
     "plot_deferral_curves",
     "plot_drift_heatmap",
     "plot_psi_heatmap",

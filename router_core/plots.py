@@ -1,5 +1,6 @@
 """Figures of a router's evaluation: deferral curves with single LLMs as labelled points, and the Psi heatmap; and
-of its online evaluation on traffic (:mod:`router_core.online`): reliability, quality vs cost, drift per cluster.
+of its online evaluation on traffic (:mod:`router_core.online`): reliability, quality vs cost, drift per cluster;
+and cluster shares of traffic against the validation set (:mod:`router_core.coverage`).
 
 Matplotlib is imported on first use (Agg backend), never with router_core.
 """
@@ -15,6 +16,7 @@ from router_core.evaluation import _hull_arrays
 from router_core.scoring import PoolFit
 
 __all__ = [
+    "plot_coverage",
     "plot_deferral_curves",
     "plot_drift_heatmap",
     "plot_psi_heatmap",
@@ -262,5 +264,26 @@ def plot_drift_heatmap(table: pl.DataFrame, min_count: int = 30, z: float = 3.0)
     ax.set_xlabel("cluster (cell text: rated requests)")
     ax.set_title(f"Observed minus predicted error, in SEs (outlined: > {z:g})", fontsize=10)
     fig.colorbar(image, ax=ax, label="z")
+    fig.tight_layout()
+    return fig
+
+
+def plot_coverage(table: pl.DataFrame, title: str = "Cluster shares: traffic vs validation"):
+    """Each cluster's share of the validation set and of traffic, side by side, from
+    :meth:`router_core.coverage.CoverageReport.to_frame`; far traffic prompts counted above the traffic bars."""
+    fig, ax = _pyplot().subplots(figsize=(min(max(4 + 0.5 * table.height, 6), 16), 4))
+    k = table["cluster"].to_numpy()
+    ax.bar(k - 0.2, table["validation_share"].to_numpy(), width=0.4, label="validation set", color="grey")
+    traffic = table["traffic_share"].to_numpy()
+    ax.bar(k + 0.2, traffic, width=0.4, label="traffic", color="tab:blue")
+    for cluster, share, far in zip(k, traffic, table["far_prompts"].to_list(), strict=True):
+        if far:
+            ax.text(cluster + 0.2, share, f"{far} far", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(k)
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("share")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig

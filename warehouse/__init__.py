@@ -11,6 +11,7 @@ from warehouse.checks_and_decisions import (
     read_routing_decisions,
     record_check,
 )
+from warehouse.coverage import cluster_map_by_version, read_decision_weights, read_sampled_traffic
 from warehouse.db import (
     Opener,
     SchemaError,
@@ -129,6 +130,7 @@ __all__ = [
     "archive_pairs",
     "archive_responses",
     "check_llm_name",
+    "cluster_map_by_version",
     "connect",
     "connect_read_only",
     "count_answers",
@@ -166,6 +168,7 @@ __all__ = [
     "read_cost_basis",
     "read_costs",
     "read_datasets",
+    "read_decision_weights",
     "read_embeddings",
     "read_failing_checks",
     "read_failures",
@@ -184,6 +187,7 @@ __all__ = [
     "read_responses",
     "read_router_inputs",
     "read_routing_decisions",
+    "read_sampled_traffic",
     "read_splits",
     "read_staging_merges",
     "read_traffic_feedback",

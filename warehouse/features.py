@@ -102,6 +102,11 @@ def register_cluster_map(con: duckdb.DuckDBPyConnection, cluster_map: pl.DataFra
 def latest_cluster_map(con: duckdb.DuckDBPyConnection) -> dict | None:
     """The most recently registered cluster map as a dict (``path`` absolute), or None."""
     frame = _query(con, "SELECT * FROM cluster_maps ORDER BY created_at DESC, version LIMIT 1")
+    return _map_row(con, frame)
+
+
+def _map_row(con: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> dict | None:
+    """The first row of a ``cluster_maps`` frame as a dict, its ``path`` absolute (None for no row)."""
     if frame.height == 0:
         return None
     row = frame.row(0, named=True)

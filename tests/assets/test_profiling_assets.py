@@ -18,10 +18,12 @@ def test_definitions_load():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"llm_catalog", "prompt_set", "llm_responses", "graded_responses"} <= keys
     sensors = {s.name: s.default_status for s in defs.get_repository_def().sensor_defs}
-    # onboarding and automation run as soon as a daemon does; nothing else evaluates automation conditions
+    # onboarding, automation and coverage drift (which adds nothing without sampled traffic and a judge) run as soon
+    # as a daemon does; nothing else evaluates automation conditions
     assert sensors == {
         "llm_onboarding_sensor": dg.DefaultSensorStatus.RUNNING,
         "uniroute_automation_sensor": dg.DefaultSensorStatus.RUNNING,
+        "coverage_drift_sensor": dg.DefaultSensorStatus.RUNNING,
     }
 
 
