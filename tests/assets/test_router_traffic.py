@@ -18,7 +18,6 @@ from router_core import split_traffic_outcomes
 from tests.conftest import store_rated_traffic
 
 DEGRADED, CLUSTER, K = "cheap", 0, 3  # the snapshot's map has K=3 clusters
-TRAFFIC_ON = {"router": {"config": {"traffic_features": True}}}
 FIRST = datetime.now(UTC).replace(microsecond=0)  # when the first traffic was routed and rated
 LATER = FIRST + timedelta(hours=1)  # when it was rated again
 
