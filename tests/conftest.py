@@ -60,6 +60,40 @@ def ui_stale_statuses(workspace, asset: str, partitions: list[str]) -> dict[str,
     return dict(zip(partitions, node["staleStatusByPartition"], strict=True))
 
 
+def store_rated_traffic(
+    path: Path,
+    decisions: list[dict] | None = None,
+    ratings: dict[str, float] | None = None,
+    verdicts: dict[str, float] | None = None,
+    at=None,
+) -> None:
+    """Write routed requests and their outcomes into the warehouse at ``path``, as the gateway's logs and the judge
+    would: ``decisions`` (``serving.decisions.SCHEMA`` columns; ``at`` defaults to ``at``, ``status`` 200,
+    ``budget_kind`` "none"; one already stored is kept), ``ratings`` (request id: score, as feedback rated at
+    ``at``: a newer rating of a request stands) and ``verdicts`` (request id: the judge's score). ``at``: aware UTC,
+    default now."""
+    from datetime import UTC, datetime
+    from uuid import uuid4
+
+    import warehouse as wh
+    from serving.decisions import SCHEMA
+
+    at = at or datetime.now(UTC)
+    rows = [{"at": at, "status": 200, "budget_kind": "none", **row} for row in decisions or []]
+    ratings, verdicts = ratings or {}, verdicts or {}
+    feedback = {"feedback_id": [uuid4().hex for _ in ratings], "request_id": list(ratings)}
+    judged = {"request_id": list(verdicts), "score": list(verdicts.values())}
+    with wh.connect(path) as con:
+        if rows:
+            wh.insert_routing_decisions(con, pl.DataFrame(rows, schema=SCHEMA))
+        if ratings:
+            feedback |= {"score": list(ratings.values()), "at": at, "source": "api"}
+            wh.insert_traffic_feedback(con, pl.DataFrame(feedback))
+        if verdicts:
+            judged |= {"judge": "judge", "grader_version": "1", "judged_by": "judge@judge", "cost_usd": 0.0}
+            wh.insert_traffic_judgements(con, pl.DataFrame(judged).with_columns(cached=False))
+
+
 def corrupt_warehouse(path: Path) -> bytes:
     """Make a real warehouse at ``path`` holding a few MB of embeddings, then overwrite bytes in the middle of a
     stored block of them, as a bad disk sector would; returns the damaged file's bytes."""

@@ -12,16 +12,17 @@ import polars as pl
 
 import warehouse as wh
 from assets.outcomes import TRAFFIC_CHECK, llm_traffic_evaluation, online_evaluation
+from tests.conftest import store_rated_traffic
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 PREDICTED = 0.25  # every decision's predicted error of its chosen LLM
 DEGRADED, CLUSTER = "cheap", 1  # observed error 1.0 there, over BAD_REQUESTS requests
 
 
-def _traffic(llms: list[str], k: int, per_cell: int = 40, bad_requests: int = 100) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Decisions of router version 1 and their feedback: each LLM in each cluster observed at its prediction (a
+def _traffic(llms: list[str], k: int, per_cell: int = 40, bad_requests: int = 100) -> tuple[list[dict], dict]:
+    """Decisions of router version 1 and their ratings: each LLM in each cluster observed at its prediction (a
     quarter wrong), except DEGRADED in CLUSTER, always wrong."""
-    decisions, feedback = [], []
+    decisions, ratings = [], {}
     for llm in llms:
         for cluster in range(k):
             degraded = (llm, cluster) == (DEGRADED, CLUSTER)
@@ -31,11 +32,8 @@ def _traffic(llms: list[str], k: int, per_cell: int = 40, bad_requests: int = 10
                 decisions.append(
                     {
                         "request_id": request_id,
-                        "at": NOW,
                         "router_version": "1",
                         "chosen_llm": llm,
-                        "status": 200,
-                        "budget_kind": "none",
                         "realised_cost_usd": 0.001,
                         "embedder_id": "e",
                         "cluster_weights": weights,
@@ -44,10 +42,8 @@ def _traffic(llms: list[str], k: int, per_cell: int = 40, bad_requests: int = 10
                         "predicted_error": f'{{"{llm}": {PREDICTED}}}',
                     }
                 )
-                score = 0.0 if degraded or i % 4 == 0 else 1.0
-                feedback.append({"feedback_id": uuid.uuid4().hex, "request_id": request_id, "score": score, "at": NOW})
-    frame = pl.DataFrame(decisions).with_columns(pl.col("status").cast(pl.Int32))
-    return frame, pl.DataFrame(feedback).with_columns(source=pl.lit("api"))
+                ratings[request_id] = 0.0 if degraded or i % 4 == 0 else 1.0
+    return decisions, ratings
 
 
 def _check(instance, resources, llm: str) -> dg.AssetCheckEvaluation:
@@ -73,10 +69,8 @@ def test_an_llm_worse_on_traffic_than_predicted_warns_naming_the_cluster(materia
     router = registry.champion_router("uniroute")
     llms, k = list(router.llms_), router.psi_.shape[1]
     assert DEGRADED in llms and k > CLUSTER
-    decisions, feedback = _traffic(llms, k)
-    with wh.connect(home.warehouse) as con:
-        wh.insert_routing_decisions(con, decisions)
-        wh.insert_traffic_feedback(con, feedback)
+    decisions, ratings = _traffic(llms, k)
+    store_rated_traffic(home.warehouse, decisions, ratings, at=NOW)
 
     with home.instance() as instance:
         result = dg.materialize([online_evaluation], resources=resources, instance=instance)
@@ -84,7 +78,7 @@ def test_an_llm_worse_on_traffic_than_predicted_warns_naming_the_cluster(materia
         meta = {k: v.value for k, v in result.asset_materializations_for_node("online_evaluation")[0].metadata.items()}
         checks = {llm: _check(instance, resources, llm) for llm in llms}
 
-    assert (meta["router_version"], meta["rated_requests"]) == ("1", decisions.height)
+    assert (meta["router_version"], meta["rated_requests"]) == ("1", len(decisions))
     assert meta["alarms"].startswith(f"{DEGRADED}, cluster {CLUSTER}: observed error 1.00 over 100 requests")
     assert f"| {DEGRADED} | {CLUSTER} | 100 |" in meta["by_cluster"] and "| llm | count |" in meta["by_llm"]
     for name in ("reliability", "quality_vs_cost", "drift_heatmap"):

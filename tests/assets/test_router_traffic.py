@@ -6,67 +6,64 @@ again register nothing."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
-import warehouse as wh
 from assets.router import router
 from router_core import split_traffic_outcomes
+from tests.conftest import store_rated_traffic
 
 DEGRADED, CLUSTER, K = "cheap", 0, 3  # the snapshot's map has K=3 clusters
-TRAFFIC_ON = {"router": {"config": {"traffic_features": True}}}
+FIRST = datetime.now(UTC).replace(microsecond=0)  # when the first traffic was routed and rated
+LATER = FIRST + timedelta(hours=1)  # when it was rated again
 
 
-SCHEMA = {
-    "request_id": pl.String,
-    "decided_at": pl.Datetime("us"),
-    "router_version": pl.String,
-    "embedder_id": pl.String,
-    "chosen_llm": pl.String,
-    "cluster_weights": pl.List(pl.Float64),
-    "score": pl.Float64,
-    "source": pl.String,
-}
-
-
-def _outcomes(prefix: str, n: int, embedder_id: str, heldout_score: float) -> pl.DataFrame:
-    """``n`` requests routed by v1 to DEGRADED on CLUSTER: all wrong on the features side, ``heldout_score`` on the
-    held-out side; plus requests of a router version with another map (K=2) and requests whose prompts another
-    embedder embedded, which must be left out."""
+def _heldout(prefix: str, n: int) -> tuple[list[str], set[str]]:
+    """The ids of ``n`` requests, and those of them the router asset holds out (by request id)."""
     ids = [f"{prefix}-{i}" for i in range(n)]
     _, heldout = split_traffic_outcomes(pl.DataFrame({"request_id": ids}))
-    held = set(heldout["request_id"])
+    return ids, set(heldout["request_id"])
+
+
+def _store(home, prefix: str, n: int, embedder_id: str, heldout_score: float) -> None:
+    """``n`` requests routed by v1 to DEGRADED on CLUSTER, rated (feedback) all wrong on the features side and
+    ``heldout_score`` on the held-out side; plus requests of a router version with another map (K=2) and requests
+    whose prompts another embedder embedded, judged (no feedback): those must be left out."""
+    ids, held = _heldout(prefix, n)
     weights = [1.0 if k == CLUSTER else 0.0 for k in range(K)]
-    rows = [
-        (i, None, "1", embedder_id, DEGRADED, weights, heldout_score if i in held else 0.0, "feedback") for i in ids
-    ]
-    rows += [(f"{i}-other", None, "99", embedder_id, DEGRADED, [0.5, 0.5], 0.0, "judge") for i in ids[:5]]
-    rows += [(f"{i}-embedder", None, "1", "another-embedder", DEGRADED, weights, 1.0, "judge") for i in ids[:3]]
-    return pl.DataFrame(rows, schema=SCHEMA, orient="row")
+    route = {"chosen_llm": DEGRADED, "embedder_id": embedder_id, "router_version": "1", "cluster_weights": weights}
+    decisions = [{**route, "request_id": i} for i in ids]
+    other_map = {"router_version": "99", "cluster_weights": [0.5, 0.5]}
+    others = [{**route, **other_map, "request_id": f"{i}-other"} for i in ids[:5]]
+    embedders = [{**route, "embedder_id": "another-embedder", "request_id": f"{i}-embedder"} for i in ids[:3]]
+    ratings = {i: heldout_score if i in held else 0.0 for i in ids}
+    verdicts = {r["request_id"]: 0.0 for r in others} | {r["request_id"]: 1.0 for r in embedders}
+    store_rated_traffic(home.warehouse, decisions + others + embedders, ratings, verdicts, at=FIRST)
 
 
 @pytest.fixture(scope="module")
 def runs(pipeline_snapshot, tmp_path_factory):
-    """The snapshot (v1 @champion) copied; the router with the flag off; on with a bad held-out fraction; on without
-    outcomes; on with outcomes whose held-out side contradicts the features side; the same outcomes again; new
-    outcomes that agree. Each run's metadata (or failure message), the snapshot's router metadata, the registry."""
+    """The snapshot (v1 @champion) copied; the router on, then on with a bad held-out fraction, before any traffic;
+    then traffic whose held-out side contradicts the features side, the router off, on, and on again (the same
+    outcomes); then its held-out requests rated again (the newer rating, agreeing, stands) and new traffic that
+    agrees, the router on. Outcomes are read from the copy's warehouse as the asset reads them.
+    Each run's metadata (or failure message), the snapshot's router metadata, the registry."""
     import mlflow
 
     home = pipeline_snapshot.copy(tmp_path_factory.mktemp("traffic") / "data")
     version = mlflow.MlflowClient(home.tracking_uri, home.tracking_uri).get_model_version("uniroute", "1")
     embedder_id = version.tags["embedder_id"]
-    contradicted = _outcomes("a", 80, embedder_id, heldout_score=1.0)
     results = {}
     with pytest.MonkeyPatch.context() as patch, home.instance() as instance:
         for key, value in home.env().items():
             patch.setenv(key, value)
         results["snapshot"] = home.latest_metadata(instance, "router")
 
-        def run(name, outcomes, **config):
-            # what outcomes25's wh.read_traffic_outcomes reads from the warehouse (contract25's columns)
-            patch.setattr(wh, "read_traffic_outcomes", lambda con: outcomes, raising=False)
+        def run(name, **config):
             result = dg.materialize(
                 [router],
                 resources=home.resources(),
@@ -80,12 +77,16 @@ def runs(pipeline_snapshot, tmp_path_factory):
             metadata = result.asset_materializations_for_node("router")[0].metadata
             results[name] = {k: v.value for k, v in metadata.items()}
 
-        run("off", contradicted)
-        run("bad", contradicted, traffic_features=True, traffic_heldout_fraction=1.5)
-        run("empty", contradicted.clear(), traffic_features=True)
-        run("contradicted", contradicted, traffic_features=True)
-        run("again", contradicted, traffic_features=True)
-        run("confirmed", _outcomes("b", 80, embedder_id, heldout_score=0.0), traffic_features=True)
+        run("empty", traffic_features=True)
+        run("bad", traffic_features=True, traffic_heldout_fraction=1.5)
+        _store(home, "a", 80, embedder_id, heldout_score=1.0)
+        run("off")
+        run("contradicted", traffic_features=True)
+        run("again", traffic_features=True)
+        _, held = _heldout("a", 80)
+        store_rated_traffic(home.warehouse, ratings=dict.fromkeys(held, 0.0), at=LATER)
+        _store(home, "b", 80, embedder_id, heldout_score=0.0)
+        run("confirmed", traffic_features=True)
     return results | {"uri": home.tracking_uri}
 
 
@@ -159,6 +160,9 @@ def test_the_gate_keeps_it_as_challenger_when_heldout_traffic_says_worse(runs, c
 def test_it_is_promoted_when_neither_test_prompts_nor_heldout_traffic_say_worse(runs, client):
     confirmed = runs["confirmed"]
     assert (confirmed["traffic_version"], confirmed["traffic_alias"]) == ("3", "champion")
+    # the outcomes add up: the first 80 requests (their held-out ones by their newer rating) and 80 new ones
+    assert confirmed["traffic_outcomes_used"] + confirmed["traffic_outcomes_heldout"] == 80 + 80
+    assert confirmed["traffic_outcomes_other_map"] == 2 * (5 + 3)
     assert confirmed["traffic_gate"].startswith("promoted: on test prompts not worse (AUDC ")
     assert "; on held-out traffic not worse (challenger is not worse on " in confirmed["traffic_gate"]
     assert str(client.get_model_version_by_alias("uniroute", "champion").version) == "3"
