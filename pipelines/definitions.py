@@ -19,8 +19,13 @@ from assets.resources import ArtifactsResource, CollectorResource, EmbedderResou
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from assets.traffic import traffic_feedback, traffic_samples
-from pipelines.jobs import profile_llm_job
-from pipelines.schedules import nightly_profiling_schedule, retrain_cluster_map_job, weekly_cluster_map_schedule
+from pipelines.jobs import profile_llm_job, traffic_loop_job
+from pipelines.schedules import (
+    daily_traffic_schedule,
+    nightly_profiling_schedule,
+    retrain_cluster_map_job,
+    weekly_cluster_map_schedule,
+)
 from pipelines.sensors import automation_sensor, llm_onboarding_sensor
 
 defs = dg.Definitions(
@@ -42,8 +47,8 @@ defs = dg.Definitions(
         online_evaluation,
         llm_traffic_evaluation,
     ],
-    jobs=[profile_llm_job, retrain_cluster_map_job],
-    schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
+    jobs=[profile_llm_job, retrain_cluster_map_job, traffic_loop_job],
+    schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule, daily_traffic_schedule],
     sensors=[llm_onboarding_sensor, automation_sensor],
     resources={
         "warehouse": WarehouseResource(),

@@ -1,4 +1,4 @@
-"""Schedules: nightly profiling of what is missing, weekly retraining of the cluster map."""
+"""Schedules: nightly profiling of what is missing, weekly retraining of the cluster map, the daily traffic loop."""
 
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
@@ -10,11 +10,14 @@ import duckdb
 import warehouse as wh
 from assets.resources import WarehouseResource
 from assets.routing import cluster_map
-from pipelines.jobs import profile_llm_job
+from pipelines.jobs import profile_llm_job, traffic_loop_job
 
 #: Cron strings, overridable per deployment.
 NIGHTLY_CRON = os.environ.get("UNIROUTE_NIGHTLY_CRON", "0 2 * * *")
 WEEKLY_CRON = os.environ.get("UNIROUTE_WEEKLY_CRON", "0 3 * * 0")
+TRAFFIC_CRON = os.environ.get("UNIROUTE_TRAFFIC_CRON", "0 1 * * *")
+#: Days sampled traffic (stored user text) is kept by the scheduled runs; read at each tick (unset: the asset's 30).
+RETENTION_ENV = "UNIROUTE_TRAFFIC_RETENTION_DAYS"
 #: Seconds the nightly tick waits for a writer to let go of the warehouse (within Dagster's 60 s per evaluation).
 BUSY_WAIT_S = 20.0
 
@@ -64,3 +67,30 @@ def _every_active_llm(
 weekly_cluster_map_schedule = dg.ScheduleDefinition(
     name="weekly_cluster_map_schedule", job=retrain_cluster_map_job, cron_schedule=WEEKLY_CRON, execution_timezone="UTC"
 )
+
+
+# On by default, unlike the others: it is what deletes sampled user text past its retention, so it must not wait for
+# someone to turn it on; with no traffic and no champion its run loads nothing and evaluates nothing.
+@dg.schedule(
+    job=traffic_loop_job,
+    cron_schedule=TRAFFIC_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def daily_traffic_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """The traffic loop once a day: decisions, feedback and sampled traffic loaded (sampled text past
+    ``$UNIROUTE_TRAFFIC_RETENTION_DAYS``, default 30, deleted), outcomes, the online evaluation; each LLM's
+    ``llm_traffic_evaluation`` and its check follow by automation."""
+    return dg.RunRequest(run_config=traffic_run_config(os.environ.get(RETENTION_ENV, "")))
+
+
+def traffic_run_config(retention_days: str) -> dict:
+    """The traffic loop's run config for a retention given as text (empty: the asset's default); a value that is not
+    a number fails the tick naming it (a number the asset refuses, e.g. negative, fails the run, naming it)."""
+    if not retention_days.strip():
+        return {}
+    try:
+        days = float(retention_days)
+    except ValueError:
+        raise ValueError(f"{RETENTION_ENV}={retention_days!r}: expected a number of days >= 0") from None
+    return {"ops": {"traffic_samples": {"config": {"retention_days": days}}}}
