@@ -3,6 +3,7 @@
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
 import os
+from collections.abc import Mapping
 
 import dagster as dg
 import duckdb
@@ -16,8 +17,13 @@ from pipelines.jobs import profile_llm_job, traffic_loop_job
 NIGHTLY_CRON = os.environ.get("UNIROUTE_NIGHTLY_CRON", "0 2 * * *")
 WEEKLY_CRON = os.environ.get("UNIROUTE_WEEKLY_CRON", "0 3 * * 0")
 TRAFFIC_CRON = os.environ.get("UNIROUTE_TRAFFIC_CRON", "0 1 * * *")
-#: Days sampled traffic (stored user text) is kept by the scheduled runs; read at each tick (unset: the asset's 30).
-RETENTION_ENV = "UNIROUTE_TRAFFIC_RETENTION_DAYS"
+#: What the traffic loop's scheduled runs take from the environment, read at each tick (unset: the asset's default):
+#: variable -> (op, config field, type). Sampled user text is kept RETENTION days (30); the judge is off (no judging).
+TRAFFIC_ENV = {
+    "UNIROUTE_TRAFFIC_RETENTION_DAYS": ("traffic_samples", "retention_days", float),
+    "UNIROUTE_TRAFFIC_JUDGE": ("traffic_outcomes", "judge", str),
+    "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": ("traffic_outcomes", "judge_usd_per_day", float),
+}
 #: Seconds the nightly tick waits for a writer to let go of the warehouse (within Dagster's 60 s per evaluation).
 BUSY_WAIT_S = 20.0
 
@@ -78,19 +84,24 @@ weekly_cluster_map_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def daily_traffic_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """The traffic loop once a day: decisions, feedback and sampled traffic loaded (sampled text past
-    ``$UNIROUTE_TRAFFIC_RETENTION_DAYS``, default 30, deleted), outcomes, the online evaluation; each LLM's
-    ``llm_traffic_evaluation`` and its check follow by automation."""
-    return dg.RunRequest(run_config=traffic_run_config(os.environ.get(RETENTION_ENV, "")))
+    """The traffic loop once a day: decisions, feedback and sampled traffic loaded (sampled text past its retention
+    deleted), outcomes, the online evaluation; each LLM's ``llm_traffic_evaluation`` and its check follow by
+    automation. Its config comes from the environment (:data:`TRAFFIC_ENV`)."""
+    return dg.RunRequest(run_config=traffic_run_config(os.environ))
 
 
-def traffic_run_config(retention_days: str) -> dict:
-    """The traffic loop's run config for a retention given as text (empty: the asset's default); a value that is not
-    a number fails the tick naming it (a number the asset refuses, e.g. negative, fails the run, naming it)."""
-    if not retention_days.strip():
-        return {}
-    try:
-        days = float(retention_days)
-    except ValueError:
-        raise ValueError(f"{RETENTION_ENV}={retention_days!r}: expected a number of days >= 0") from None
-    return {"ops": {"traffic_samples": {"config": {"retention_days": days}}}}
+def traffic_run_config(environ: Mapping[str, str]) -> dict:
+    """The traffic loop's run config from the :data:`TRAFFIC_ENV` variables set in ``environ``. A number that is not
+    one fails the tick naming its variable (one the asset refuses, e.g. a negative retention, fails the run, naming
+    its field)."""
+    ops: dict[str, dict] = {}
+    for name, (op, field, kind) in TRAFFIC_ENV.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r}: expected a number") from None
+        ops.setdefault(op, {"config": {}})["config"][field] = value
+    return {"ops": ops} if ops else {}

@@ -18,7 +18,7 @@ import yaml
 
 import warehouse as wh
 from assets.resources import WarehouseResource
-from pipelines.schedules import RETENTION_ENV, nightly_profiling_schedule, traffic_run_config
+from pipelines.schedules import nightly_profiling_schedule, traffic_run_config
 from profiling.importers import import_mmlu_pro
 from tests.online_traffic import CLUSTER, DEGRADED, champion_shape, degraded_traffic, write_gateway_files
 
@@ -161,7 +161,7 @@ def test_the_daily_traffic_tick_runs_the_loop_its_checks_follow_and_old_user_tex
     write_gateway_files(home.warehouse, *degraded_traffic(llms, k))
     with traffic.TrafficLog(traffic.default_directory()) as log:  # nobody runs anything by hand
         assert log.record_all([_sampled("old", days_ago=8), _sampled("recent", days_ago=1)])
-    monkeypatch.setenv(RETENTION_ENV, "7")
+    monkeypatch.setenv("UNIROUTE_TRAFFIC_RETENTION_DAYS", "7")
     checks: dict[str, dg.AssetCheckEvaluation] = {}
 
     def record(names, partition, outcome, seconds):
@@ -202,11 +202,21 @@ def test_the_daily_traffic_tick_runs_the_loop_its_checks_follow_and_old_user_tex
 def test_a_retention_that_is_not_a_number_fails_the_tick_naming_it(monkeypatch):
     from pipelines.definitions import defs
 
-    monkeypatch.setenv(RETENTION_ENV, "a week")
+    monkeypatch.setenv("UNIROUTE_TRAFFIC_RETENTION_DAYS", "a week")
     with dg.instance_for_test() as instance, pytest.raises(dg.DagsterError) as raised:
         defs.resolve_schedule_def("daily_traffic_schedule").evaluate_tick(dg.build_schedule_context(instance=instance))
-    assert str(raised.value.__cause__) == f"{RETENTION_ENV}='a week': expected a number of days >= 0"
-    assert traffic_run_config(" ") == {}  # unset: the asset's own default
+    assert str(raised.value.__cause__) == "UNIROUTE_TRAFFIC_RETENTION_DAYS='a week': expected a number"
+
+
+def test_the_traffic_loops_judge_and_its_cap_come_from_the_environment_as_valid_run_config():
+    from pipelines.definitions import defs
+
+    environ = {"UNIROUTE_TRAFFIC_JUDGE": "cheap", "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": "0.5", "OTHER": "x"}
+    config = traffic_run_config(environ)
+    assert config == {"ops": {"traffic_outcomes": {"config": {"judge": "cheap", "judge_usd_per_day": 0.5}}}}
+    both = traffic_run_config({**environ, "UNIROUTE_TRAFFIC_RETENTION_DAYS": "7"})
+    assert dg.validate_run_config(defs.resolve_job_def("traffic_loop"), both)  # the job's own config schema
+    assert traffic_run_config({"UNIROUTE_TRAFFIC_JUDGE": " "}) == {}  # unset or blank: the assets' defaults
 
 
 def test_the_traffic_schedules_cron_is_set_by_the_environment():
