@@ -20,8 +20,13 @@ from assets.resources import ArtifactsResource, CollectorResource, EmbedderResou
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from assets.traffic import traffic_feedback, traffic_samples
-from pipelines.jobs import add_traffic_prompts_job, profile_llm_job
-from pipelines.schedules import nightly_profiling_schedule, retrain_cluster_map_job, weekly_cluster_map_schedule
+from pipelines.jobs import add_traffic_prompts_job, profile_llm_job, traffic_loop_job
+from pipelines.schedules import (
+    daily_traffic_schedule,
+    nightly_profiling_schedule,
+    retrain_cluster_map_job,
+    weekly_cluster_map_schedule,
+)
 from pipelines.sensors import automation_sensor, coverage_drift_sensor, llm_onboarding_sensor
 
 defs = dg.Definitions(
@@ -45,8 +50,8 @@ defs = dg.Definitions(
         traffic_coverage,
         traffic_validation_prompts,
     ],
-    jobs=[profile_llm_job, retrain_cluster_map_job, add_traffic_prompts_job],
-    schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule],
+    jobs=[profile_llm_job, retrain_cluster_map_job, add_traffic_prompts_job, traffic_loop_job],
+    schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule, daily_traffic_schedule],
     sensors=[llm_onboarding_sensor, automation_sensor, coverage_drift_sensor],
     resources={
         "warehouse": WarehouseResource(),

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.coverage import traffic_validation_prompts
+from assets.coverage import traffic_coverage, traffic_validation_prompts
+from assets.decisions import routing_decisions
+from assets.outcomes import online_evaluation, traffic_outcomes
 from assets.profiling import graded_responses, llm_catalog, llm_responses
+from assets.traffic import traffic_feedback, traffic_samples
 
 #: Profile one LLM (one partition): sync the catalog, collect its missing answers, grade them.
 profile_llm_job = dg.define_asset_job(
@@ -19,4 +22,16 @@ add_traffic_prompts_job = dg.define_asset_job(
     "add_traffic_prompts",
     selection=dg.AssetSelection.assets(traffic_validation_prompts),
     description="Add sampled traffic prompts to the validation set as prompts of the traffic dataset.",
+)
+
+#: The traffic loop: load the gateway's decisions, ratings and sampled traffic (expiring sampled text past its
+#: retention), then outcomes, the online evaluation and coverage (whose drifted reports the coverage sensor acts on);
+#: each LLM's ``llm_traffic_evaluation`` follows by automation.
+traffic_loop_job = dg.define_asset_job(
+    "traffic_loop",
+    selection=dg.AssetSelection.assets(
+        routing_decisions, traffic_feedback, traffic_samples, traffic_outcomes, online_evaluation, traffic_coverage
+    ),
+    description="Load decisions, feedback and sampled traffic (retention applied), then outcomes, the online "
+    "evaluation and the coverage of the champion's traffic.",
 )

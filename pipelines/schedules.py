@@ -1,8 +1,9 @@
-"""Schedules: nightly profiling of what is missing, weekly retraining of the cluster map."""
+"""Schedules: nightly profiling of what is missing, weekly retraining of the cluster map, the daily traffic loop."""
 
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
 import os
+from collections.abc import Mapping
 
 import dagster as dg
 import duckdb
@@ -10,11 +11,19 @@ import duckdb
 import warehouse as wh
 from assets.resources import WarehouseResource
 from assets.routing import cluster_map
-from pipelines.jobs import profile_llm_job
+from pipelines.jobs import profile_llm_job, traffic_loop_job
 
 #: Cron strings, overridable per deployment.
 NIGHTLY_CRON = os.environ.get("UNIROUTE_NIGHTLY_CRON", "0 2 * * *")
 WEEKLY_CRON = os.environ.get("UNIROUTE_WEEKLY_CRON", "0 3 * * 0")
+TRAFFIC_CRON = os.environ.get("UNIROUTE_TRAFFIC_CRON", "0 1 * * *")
+#: What the traffic loop's scheduled runs take from the environment, read at each tick (unset: the asset's default):
+#: variable -> (op, config field, type). Sampled user text is kept RETENTION days (30); the judge is off (no judging).
+TRAFFIC_ENV = {
+    "UNIROUTE_TRAFFIC_RETENTION_DAYS": ("traffic_samples", "retention_days", float),
+    "UNIROUTE_TRAFFIC_JUDGE": ("traffic_outcomes", "judge", str),
+    "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": ("traffic_outcomes", "judge_usd_per_day", float),
+}
 #: Seconds the nightly tick waits for a writer to let go of the warehouse (within Dagster's 60 s per evaluation).
 BUSY_WAIT_S = 20.0
 
@@ -64,3 +73,35 @@ def _every_active_llm(
 weekly_cluster_map_schedule = dg.ScheduleDefinition(
     name="weekly_cluster_map_schedule", job=retrain_cluster_map_job, cron_schedule=WEEKLY_CRON, execution_timezone="UTC"
 )
+
+
+# On by default, unlike the others: it is what deletes sampled user text past its retention, so it must not wait for
+# someone to turn it on; with no traffic and no champion its run loads nothing and evaluates nothing.
+@dg.schedule(
+    job=traffic_loop_job,
+    cron_schedule=TRAFFIC_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def daily_traffic_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """The traffic loop once a day: decisions, feedback and sampled traffic loaded (sampled text past its retention
+    deleted), outcomes, the online evaluation; each LLM's ``llm_traffic_evaluation`` and its check follow by
+    automation. Its config comes from the environment (:data:`TRAFFIC_ENV`)."""
+    return dg.RunRequest(run_config=traffic_run_config(os.environ))
+
+
+def traffic_run_config(environ: Mapping[str, str]) -> dict:
+    """The traffic loop's run config from the :data:`TRAFFIC_ENV` variables set in ``environ``. A number that is not
+    one fails the tick naming its variable (one the asset refuses, e.g. a negative retention, fails the run, naming
+    its field)."""
+    ops: dict[str, dict] = {}
+    for name, (op, field, kind) in TRAFFIC_ENV.items():
+        text = environ.get(name, "").strip()
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r}: expected a number") from None
+        ops.setdefault(op, {"config": {}})["config"][field] = value
+    return {"ops": ops} if ops else {}

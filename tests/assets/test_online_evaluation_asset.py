@@ -4,46 +4,12 @@ naming it, the cluster and the counts; the others pass; the figures are in the m
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import dagster as dg
 import polars as pl
 
 import warehouse as wh
 from assets.outcomes import TRAFFIC_CHECK, llm_traffic_evaluation, online_evaluation
-from tests.conftest import store_rated_traffic
-
-NOW = datetime.now(UTC).replace(microsecond=0)
-PREDICTED = 0.25  # every decision's predicted error of its chosen LLM
-DEGRADED, CLUSTER = "cheap", 1  # observed error 1.0 there, over BAD_REQUESTS requests
-
-
-def _traffic(llms: list[str], k: int, per_cell: int = 40, bad_requests: int = 100) -> tuple[list[dict], dict]:
-    """Decisions of router version 1 and their ratings: each LLM in each cluster observed at its prediction (a
-    quarter wrong), except DEGRADED in CLUSTER, always wrong."""
-    decisions, ratings = [], {}
-    for llm in llms:
-        for cluster in range(k):
-            degraded = (llm, cluster) == (DEGRADED, CLUSTER)
-            for i in range(bad_requests if degraded else per_cell):
-                request_id = uuid.uuid4().hex
-                weights = [1.0 if j == cluster else 0.0 for j in range(k)]
-                decisions.append(
-                    {
-                        "request_id": request_id,
-                        "router_version": "1",
-                        "chosen_llm": llm,
-                        "realised_cost_usd": 0.001,
-                        "embedder_id": "e",
-                        "cluster_weights": weights,
-                        "ranked_llms": [llm],
-                        "ranked_predicted_error": [PREDICTED],
-                        "predicted_error": f'{{"{llm}": {PREDICTED}}}',
-                    }
-                )
-                ratings[request_id] = 0.0 if degraded or i % 4 == 0 else 1.0
-    return decisions, ratings
+from tests.online_traffic import CLUSTER, DEGRADED, champion_shape, degraded_traffic
 
 
 def _check(instance, resources, llm: str) -> dg.AssetCheckEvaluation:
@@ -56,21 +22,15 @@ def _check(instance, resources, llm: str) -> dg.AssetCheckEvaluation:
 
 def test_an_llm_worse_on_traffic_than_predicted_warns_naming_the_cluster(materialised_pipeline):
     from mlflow import MlflowClient
-    from mlflow.tracking._tracking_service import utils as mlflow_utils
-
-    from serving import registry
 
     home = materialised_pipeline
     resources = home.resources()
-    # MLflow caches each run's artifact store by run id: the snapshot's, when this process built it; its copy's runs
-    # have the same ids but their own artifacts
-    mlflow_utils._artifact_repos_cache.clear()
-    registry.configure(home.tracking_uri)
-    router = registry.champion_router("uniroute")
-    llms, k = list(router.llms_), router.psi_.shape[1]
+    llms, k = champion_shape(home.tracking_uri)
     assert DEGRADED in llms and k > CLUSTER
-    decisions, ratings = _traffic(llms, k)
-    store_rated_traffic(home.warehouse, decisions, ratings, at=NOW)
+    decisions, feedback = degraded_traffic(llms, k)
+    with wh.connect(home.warehouse) as con:
+        wh.insert_routing_decisions(con, decisions)
+        wh.insert_traffic_feedback(con, feedback)
 
     with home.instance() as instance:
         result = dg.materialize([online_evaluation], resources=resources, instance=instance)

@@ -1,20 +1,26 @@
 """The nightly schedule requests exactly the partitions that have something to collect, reading the warehouse of
-the resource the assets use, read-only."""
+the resource the assets use, read-only; the daily traffic schedule's tick runs the traffic loop (its checks follow by
+automation) and deletes sampled user text past the retention the environment sets."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 import yaml
 
 import warehouse as wh
 from assets.resources import WarehouseResource
-from pipelines.schedules import nightly_profiling_schedule
+from pipelines.schedules import nightly_profiling_schedule, traffic_run_config
 from profiling.importers import import_mmlu_pro
+from tests.online_traffic import CLUSTER, DEGRADED, champion_shape, degraded_traffic, write_gateway_files
 
 HOLD_READ_ONLY = "import duckdb, sys; con = duckdb.connect(sys.argv[1], read_only=True); print('open', flush=True); "
 HOLD_READ_ONLY += "sys.stdin.read()"
@@ -127,3 +133,95 @@ def test_nightly_waits_for_a_writer_and_then_runs_every_active_llm_rather_than_s
         ("done", "unknown (warehouse busy)"),  # each run plans against the warehouse itself: "done" asks nothing
         ("behind", "unknown (warehouse busy)"),
     ]
+
+
+def _sampled(request_id: str, days_ago: float) -> dict:
+    """A sampled request as the gateway's traffic log records it: stored user text."""
+    return {
+        "request_id": request_id,
+        "at": datetime.now(UTC) - timedelta(days=days_ago),
+        "router_version": "1",
+        "chosen_llm": DEGRADED,
+        "prompt": f"the secret of {request_id}",
+        "messages": [{"role": "user", "content": f"the secret of {request_id}"}],
+        "answer": "42",
+    }
+
+
+@pytest.mark.e2e
+def test_the_daily_traffic_tick_runs_the_loop_its_checks_follow_and_old_user_text_goes(
+    materialised_pipeline, monkeypatch
+):
+    from pipelines.definitions import defs
+    from pipelines.ticks import AutomationTicks
+    from serving import traffic
+
+    home = materialised_pipeline
+    llms, k = champion_shape(home.tracking_uri)
+    write_gateway_files(home.warehouse, *degraded_traffic(llms, k))
+    with traffic.TrafficLog(traffic.default_directory()) as log:  # nobody runs anything by hand
+        assert log.record_all([_sampled("old", days_ago=8), _sampled("recent", days_ago=1)])
+    monkeypatch.setenv("UNIROUTE_TRAFFIC_RETENTION_DAYS", "7")
+    checks: dict[str, dg.AssetCheckEvaluation] = {}
+
+    def record(names, partition, outcome, seconds):
+        (check,) = outcome.get_asset_check_evaluations()
+        checks[partition] = check
+
+    with home.instance() as instance:
+        automation = AutomationTicks(defs, instance, defs.resources, on_run=record)
+        assert automation.tick() == []  # the daemon is on: nothing to do before the loop runs
+        schedule = defs.resolve_schedule_def("daily_traffic_schedule")
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING  # on without anyone turning it on
+        tick = schedule.evaluate_tick(dg.build_schedule_context(instance=instance))
+        (request,) = tick.run_requests
+        run = defs.resolve_job_def(schedule.job_name).execute_in_process(
+            run_config=request.run_config, tags=request.tags, instance=instance
+        )
+        assert run.success
+        followed = automation.until_idle()
+        samples = home.latest_metadata(instance, "traffic_samples")
+        evaluation = home.latest_metadata(instance, "online_evaluation")
+
+    materialised = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
+    assert materialised == {"routing_decisions", "traffic_feedback", "traffic_samples", "traffic_outcomes"} | {
+        "online_evaluation"
+    }
+    assert evaluation["alarms"].startswith(f"{DEGRADED}, cluster {CLUSTER}: observed error 1.00 over 100 requests")
+    # each LLM's evaluation and check followed by automation; the degraded LLM's warns
+    assert sorted(followed) == sorted((["llm_traffic_evaluation"], llm) for llm in llms)
+    assert not checks.pop(DEGRADED).passed and all(check.passed for check in checks.values())
+    # the retention the environment set: the old request's text is gone from the warehouse and from every file
+    assert (samples["retention_days"], samples["rows_deleted_past_retention"], samples["rows_total"]) == (7, 1, 1)
+    kept = traffic.read_traffic_files(traffic.traffic_files(loaded=True))
+    assert kept["request_id"].to_list() == ["recent"]
+    with wh.connect(home.warehouse) as con:
+        assert con.execute("SELECT request_id FROM traffic_samples").fetchall() == [("recent",)]
+
+
+def test_a_retention_that_is_not_a_number_fails_the_tick_naming_it(monkeypatch):
+    from pipelines.definitions import defs
+
+    monkeypatch.setenv("UNIROUTE_TRAFFIC_RETENTION_DAYS", "a week")
+    with dg.instance_for_test() as instance, pytest.raises(dg.DagsterError) as raised:
+        defs.resolve_schedule_def("daily_traffic_schedule").evaluate_tick(dg.build_schedule_context(instance=instance))
+    assert str(raised.value.__cause__) == "UNIROUTE_TRAFFIC_RETENTION_DAYS='a week': expected a number"
+
+
+def test_the_traffic_loops_judge_and_its_cap_come_from_the_environment_as_valid_run_config():
+    from pipelines.definitions import defs
+
+    environ = {"UNIROUTE_TRAFFIC_JUDGE": "cheap", "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": "0.5", "OTHER": "x"}
+    config = traffic_run_config(environ)
+    assert config == {"ops": {"traffic_outcomes": {"config": {"judge": "cheap", "judge_usd_per_day": 0.5}}}}
+    both = traffic_run_config({**environ, "UNIROUTE_TRAFFIC_RETENTION_DAYS": "7"})
+    assert dg.validate_run_config(defs.resolve_job_def("traffic_loop"), both)  # the job's own config schema
+    assert traffic_run_config({"UNIROUTE_TRAFFIC_JUDGE": " "}) == {}  # unset or blank: the assets' defaults
+
+
+def test_the_traffic_schedules_cron_is_set_by_the_environment():
+    code = "from pipelines.schedules import daily_traffic_schedule as s; print(s.cron_schedule)"
+    env = {**os.environ, "UNIROUTE_TRAFFIC_CRON": "30 4 * * *"}
+    root = Path(__file__).resolve().parents[2]  # this checkout's modules
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "30 4 * * *"

@@ -4,9 +4,7 @@ screenshots are kept under ``data/screenshots/`` (git-ignored) for people to loo
 
 from __future__ import annotations
 
-import shutil
 import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -15,13 +13,9 @@ from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_
 from assets.resources import CollectorResource
 from assets.router import router
 from serving.processes import free_port, server_process, venv_env
+from tests.ui.conftest import SCREENSHOTS, dagster_webserver, dismiss_welcome, shot
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's package; `make test` installs it
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "data" / "screenshots"
-# As root, in a closed network: no sandbox, no background traffic (see the machine notes).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 
 
 @pytest.fixture(scope="module")
@@ -53,48 +47,27 @@ def materialised(tmp_path_factory, pipeline_snapshot):
     return home.root, home.env(), home.tracking_uri
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def _shot(page, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / name
-    page.screenshot(path=str(path), full_page=True)
-    return path
-
-
 def test_the_dagster_ui_shows_the_lineage_and_its_checks(materialised, browser, tmp_path):
     _, env, _ = materialised
-    port = free_port()
-    webserver = str(Path(sys.executable).with_name("dagster-webserver"))
-    command = [webserver, "-h", "127.0.0.1", "-p", str(port), "-m", "pipelines.definitions"]
-    url = f"http://127.0.0.1:{port}"
-    with server_process(command, f"{url}/server_info", tmp_path / "webserver.log", venv_env(**env), timeout_s=180):
+    with dagster_webserver(env, tmp_path / "webserver.log") as url:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         # the router's upstream lineage: every asset of both groups, expanded
         page.goto(f"{url}/assets/router?view=lineage&lineageScope=upstream&lineageDepth=6", wait_until="networkidle")
-        _dismiss_welcome(page)
+        dismiss_welcome(page)
         for asset in ("llm_catalog", "prompt_set", "llm_responses", "graded_responses", "prompt_embeddings"):
             page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
         for asset in ("cluster_map", "llm_error_features", "router"):
             page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
-        assert _shot(page, "dagster_lineage.png").stat().st_size > 10_000
+        assert shot(page, "dagster_lineage.png").stat().st_size > 10_000
         page.goto(f"{url}/assets/llm_responses?view=checks", wait_until="networkidle")
-        _dismiss_welcome(page)
+        dismiss_welcome(page)
         page.get_by_text("check_llm_responses_coverage").first.wait_for(timeout=60_000)
-        _shot(page, "dagster_checks.png")
+        shot(page, "dagster_checks.png")
         # the failing check of one LLM, named with its LLM and the numbers in the user's terms
         page.get_by_text("check_llm_responses_coverage").first.click()
         page.get_by_text("Failed").first.wait_for(timeout=60_000)
         page.get_by_text("last").first.wait_for(timeout=60_000)
-        assert _shot(page, "dagster_failing_check.png").stat().st_size > 10_000
+        assert shot(page, "dagster_failing_check.png").stat().st_size > 10_000
         # the router's page: the per-LLM table, rounded headline numbers under short keys, the gate's numbers, the
         # LLM left out with its failing check and message, the link to its MLflow version
         page.goto(f"{url}/assets/router", wait_until="networkidle")
@@ -102,7 +75,7 @@ def test_the_dagster_ui_shows_the_lineage_and_its_checks(materialised, browser, 
             page.get_by_text(text, exact=True).first.wait_for(timeout=60_000)
         page.get_by_text("last: check_llm_responses_coverage failed: coverage 0% < 98%").first.wait_for(timeout=60_000)
         assert not page.get_by_text("champion_audc_same_test_set").count()
-        assert _shot(page, "dagster_router.png").stat().st_size > 10_000
+        assert shot(page, "dagster_router.png").stat().st_size > 10_000
         # the page scrolls inside its own pane: one view of the headline keys, one of what was left out
         for key, name in (
             ("default_test_usd_per_1k", "dagster_router_numbers.png"),
@@ -127,13 +100,6 @@ def _fits_its_cell(text) -> bool:
     )
 
 
-def _dismiss_welcome(page) -> None:
-    """Dagster's first-visit community dialog covers the graph; skip it when it shows."""
-    skip = page.get_by_role("button", name="Skip")
-    if skip.count():
-        skip.first.click()
-
-
 def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
     root, _, uri = materialised
     port = free_port()
@@ -155,7 +121,7 @@ def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
         # not "networkidle": the UI keeps polling, so the network may never be idle for long enough
         page.goto(f"{url}/#/models/uniroute", wait_until="domcontentloaded")
         page.get_by_text("champion").first.wait_for(timeout=60_000)
-        assert _shot(page, "mlflow_champion.png").stat().st_size > 10_000
+        assert shot(page, "mlflow_champion.png").stat().st_size > 10_000
         # the version's model card: pool with costs per 1,000 queries, the LLM left out and why, the gate's reason,
         # AUDC against the prompt-blind baseline, how to call it (no absolute path)
         page.goto(f"{url}/#/models/uniroute/versions/2", wait_until="domcontentloaded")
@@ -164,5 +130,5 @@ def test_the_mlflow_ui_shows_the_champion(materialised, browser, tmp_path):
         page.get_by_text("check_llm_responses_coverage failed: coverage 0% < 98%").first.wait_for(timeout=60_000)
         page.get_by_text("export MLFLOW_TRACKING_URI=sqlite:///mlflow/mlflow.db").first.wait_for(timeout=60_000)
         assert not page.get_by_text(str(root)).count()
-        assert _shot(page, "mlflow_model_card.png").stat().st_size > 10_000
+        assert shot(page, "mlflow_model_card.png").stat().st_size > 10_000
         page.close()
