@@ -184,9 +184,8 @@ def test_the_daily_traffic_tick_runs_the_loop_its_checks_follow_and_old_user_tex
         evaluation = home.latest_metadata(instance, "online_evaluation")
 
     materialised = {e.asset_key.to_user_string() for e in run.get_asset_materialization_events()}
-    assert materialised == {"routing_decisions", "traffic_feedback", "traffic_samples", "traffic_outcomes"} | {
-        "online_evaluation"
-    }
+    loaded = {"routing_decisions", "traffic_feedback", "traffic_samples"}
+    assert materialised == loaded | {"traffic_outcomes", "online_evaluation", "traffic_coverage"}
     assert evaluation["alarms"].startswith(f"{DEGRADED}, cluster {CLUSTER}: observed error 1.00 over 100 requests")
     # each LLM's evaluation and check followed by automation; the degraded LLM's warns
     assert sorted(followed) == sorted((["llm_traffic_evaluation"], llm) for llm in llms)
