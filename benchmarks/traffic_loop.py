@@ -169,14 +169,22 @@ def outcome_frame(decisions: pl.DataFrame, feedback: pl.DataFrame, judged: pl.Da
 def drift_checks(
     decisions: pl.DataFrame, outcomes: pl.DataFrame, validation: pl.DataFrame, args: argparse.Namespace, total: int
 ) -> list[tuple[int, pl.DataFrame]]:
-    """(requests so far, alarms) at every ``args.check_every`` requests, on the outcomes of the last ``args.window``."""
+    """(requests so far, online evaluation by cluster) at every ``args.check_every`` requests, on the outcomes of the
+    last ``args.window``."""
     checks = []
     for upto in range(args.check_every, total + 1, args.check_every):
         rated = outcomes.filter(pl.col("index").is_between(upto - args.window, upto, closed="left"))
         routed = decisions.filter(pl.col("request_id").is_in(rated["request_id"].to_list()))
-        table = online_evaluation(routed, rated.select("request_id", "score"), validation).by_cluster
-        checks.append((upto, drift_alarms(table, args.z, args.min_count)))
+        checks.append((upto, online_evaluation(routed, rated.select("request_id", "score"), validation).by_cluster))
     return checks
+
+
+def cell_line(row: dict) -> str:
+    """One cell of an online evaluation, short."""
+    return (
+        f"cluster {row['cluster']}: {row['count']} rated, observed {row['observed_error']:.2f} vs predicted "
+        f"{row['predicted_error']:.2f}, z {row['z']:.1f}"
+    )
 
 
 def affected_clusters(
@@ -211,6 +219,8 @@ class SeedResult:
     rated_degraded_cell: int  # rated post-change requests the degraded LLM answered in the degraded category
     false_alarms_before: int  # checks before the change with any alarm
     first_false_alarm: str
+    max_z_before: float  # the highest z of a cell with >= min_count rated requests before the change
+    degraded_cells: list[str]  # the degraded LLM's affected cells at the last check
     detected_after: int | None  # requests after the change until an alarm named the LLM and an affected cluster
     alarm: str
     wrong_alarms_after: int  # alarms after the change naming another LLM or an unaffected cluster
@@ -296,9 +306,12 @@ def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) 
     change, champion = ctx.degradation, ctx.champion
     n = args.before + args.after
     validation = validation_count_table(champion.validation_assignments_, champion.validation_errors_, champion.llms_)
-    checks = drift_checks(decisions, outcomes, validation, args, n)
+    tables = drift_checks(decisions, outcomes, validation, args, n)
+    checks = [(upto, drift_alarms(table, args.z, args.min_count)) for upto, table in tables]
     affected = affected_clusters(decisions, rows, args.before, ctx.data, change)
     before = [(upto, a) for upto, a in checks if upto <= args.before and a.height]
+    calm = [t.filter(pl.col("count") >= args.min_count) for upto, t in tables if upto <= args.before]
+    last = tables[-1][1].filter((pl.col("llm") == change.llm) & pl.col("cluster").is_in(list(affected)))
     detected, alarm, wrong = None, "", 0
     for upto, alarms in checks:
         if upto <= args.before:
@@ -318,7 +331,7 @@ def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) 
     def audc(router: UniRouter, scores: np.ndarray) -> float:
         return evaluate_router(router, ctx.x_test, scores)[0]
 
-    calm, _ = traffic_router(champion, outcomes.filter(pl.col("index") < args.before))
+    unchanged, _ = traffic_router(champion, outcomes.filter(pl.col("index") < args.before))
     adapted, heldout = traffic_router(champion, post)
     gate = compare_on_traffic(champion, adapted, heldout).reason()
     return SeedResult(
@@ -330,12 +343,14 @@ def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) 
         rated_degraded_cell=int(sum(in_cell)),
         false_alarms_before=len(before),
         first_false_alarm=f"at {before[0][0]}: {before[0][1]['message'][0]}" if before else "",
+        max_z_before=max((float(t["z"].max()) for t in calm if t.height), default=float("nan")),
+        degraded_cells=[cell_line(row) for row in last.iter_rows(named=True)],
         detected_after=detected,
         alarm=alarm,
         wrong_alarms_after=wrong,
         affected=sorted(affected),
         audc_champion_before=audc(champion, scores_before),
-        audc_traffic_before=audc(calm, scores_before),
+        audc_traffic_before=audc(unchanged, scores_before),
         audc_champion_after=audc(champion, scores_after),
         audc_truth_after=audc(ctx.truth_router(change), scores_after),
         audc_traffic_after=audc(adapted, scores_after),
@@ -449,9 +464,12 @@ def print_tables(results: list[SeedResult], rows: list, change: Degradation, arg
             f"{r.audc_truth_after:.4f} / {r.audc_traffic_after:.4f} | {r.recovered:.2f} |"
         )
     for r in results:
+        print(f"seed {r.seed}: {r.alarm or 'no alarm'}; {r.first_false_alarm or 'no false alarm'}")
+        print(f"  highest z before the change (cells >= {args.min_count} rated): {r.max_z_before:.1f}")
         print(
-            f"seed {r.seed}: {r.alarm or 'no alarm'}; {r.first_false_alarm or 'no false alarm'}; gate: {r.heldout_gate}"
+            f"  {change.llm} in the affected clusters at the end: {'; '.join(r.degraded_cells) or 'no rated traffic'}"
         )
+        print(f"  gate on held-out traffic: {r.heldout_gate}")
     print("\n| floor | measured | required | met |\n|---|---|---|---|")
     for what, measured, required, met in rows:
         print(f"| {what} | {measured} | {required} | {'yes' if met else 'NO'} |")
