@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 
-from benchmarks import traffic_loop
+import numpy as np
+import polars as pl
+
+from benchmarks import routing_quality, traffic_loop
+from router_core import error_matrix
 
 
 def test_benchmark_degrades_an_llm_judges_rates_and_keeps_every_record(mmlu_like_dir, tmp_path, capsys):
@@ -31,3 +36,42 @@ def test_benchmark_degrades_an_llm_judges_rates_and_keeps_every_record(mmlu_like
     assert seed["false_alarms_before"] == 0 and seed["detected_after"] is not None
     assert seed["alarm"].startswith(f"{change['llm']}, cluster ")
     assert seed["recovered"] >= 0.8 and seed["audc_traffic_before"] >= seed["audc_champion_before"] - 0.001
+
+
+def test_outcomes_take_feedback_over_the_judge_and_keep_the_traffic_order():
+    decisions = pl.DataFrame(
+        {"request_id": ["a", "b", "c", "d"], "chosen_llm": ["x", "y", "x", "y"], "index": [3, 0, 2, 1]}
+    ).with_columns(cluster_weights=pl.lit([1.0, 0.0]))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    feedback = pl.DataFrame(
+        {"request_id": ["a", "a", "b"], "score": [0.0, 1.0, 0.0], "at": [at, at + timedelta(seconds=1), at]}
+    )
+    judged = pl.DataFrame({"request_id": ["a", "c"], "judge_score": [0.0, 1.0]})
+    outcomes = traffic_loop.outcome_frame(decisions, feedback, judged)
+    assert outcomes.select("request_id", "score", "source", "index").rows() == [
+        ("b", 0.0, "feedback", 0),
+        ("c", 1.0, "judge", 2),
+        ("a", 1.0, "feedback", 3),  # the latest rating stands, and wins over the judge's 0
+    ]
+
+
+def test_a_degradation_scores_the_substitute_answers_in_its_category_only(mmlu_like_dir):
+    from benchmarks.mmlu_pro_data import load_mmlu_pro
+
+    ds = load_mmlu_pro(mmlu_like_dir)
+    models = ds.llms["model"].to_list()
+    ids = ds.prompts["prompt_id"].to_list()
+    scores = 1 - error_matrix(ds.outcomes, ids, models)
+    data = routing_quality.Data(ds.prompts, models, None, scores, None, None)
+    change = traffic_loop.Degradation("math-pro", "math", "history-pro")
+    rows = np.arange(len(ids))
+    after = change.scores(data, rows)
+    math = (ds.prompts["category"] == "math").to_numpy()
+    column = models.index("math-pro")
+    assert scores[math, column].all() and not after[math, column].any()  # history-pro gets math wrong
+    assert (np.delete(after, column, axis=1) == np.delete(scores, column, axis=1)).all()
+    assert (after[~math, column] == scores[~math, column]).all()
+    sent = traffic_loop.sent_prompts(mmlu_like_dir, ids[::-1][:5])
+    assert sent["prompt_id"].to_list() == [str(i) for i in ids[::-1][:5]]
+    assert sent["category"].to_list() == ds.prompts["category"].reverse().head(5).to_list()
+    assert all(json.loads(m)[-1]["content"] == p for m, p in sent.select("messages", "prompt").iter_rows())
