@@ -507,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    categories = sorted(set(data.prompts["category"].to_list()))
+    if args.category is not None and args.category not in categories:
+        print(f"error: --category {args.category!r}: not a category of the data ({categories})", file=sys.stderr)
+        return 2
     split = split_prompts_and_llms(data, 0)
     root = args.work_dir
     shutil.rmtree(root, ignore_errors=True)
