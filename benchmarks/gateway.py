@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -77,6 +77,7 @@ class Load:
     chosen: list[str]
     first_event: list[float]
     wall: float
+    request_ids: list[str] = field(default_factory=list)  # each answer's x-request-id ("" where none came)
 
     @property
     def errors(self) -> int:
@@ -93,7 +94,7 @@ async def _load(url: str, bodies: list[dict | bytes], concurrency: int, headers:
     """POST every body with ``concurrency`` in flight; a stream's body is read to its end."""
     semaphore = asyncio.Semaphore(concurrency)
     n = len(bodies)
-    load = Load([0.0] * n, [0] * n, [""] * n, [float("nan")] * n, 0.0)
+    load = Load([0.0] * n, [0] * n, [""] * n, [float("nan")] * n, 0.0, [""] * n)
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
         body = bodies[i]
@@ -110,6 +111,7 @@ async def _load(url: str, bodies: list[dict | bytes], concurrency: int, headers:
                     if load.statuses[i] == 0:
                         load.statuses[i] = response.status
                     load.chosen[i] = response.headers.get("X-UniRoute-LLM", "")
+                    load.request_ids[i] = response.headers.get("x-request-id", "")
             except aiohttp.ClientError:
                 load.statuses[i] = -1
             load.latencies[i] = time.perf_counter() - started

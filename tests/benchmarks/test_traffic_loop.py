@@ -1,0 +1,77 @@
+"""The traffic loop benchmark end to end on the fixture dataset: real replay endpoint and gateway, a short run."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+
+from benchmarks import routing_quality, traffic_loop
+from router_core import error_matrix
+
+
+def test_benchmark_degrades_an_llm_judges_rates_and_keeps_every_record(mmlu_like_dir, tmp_path, capsys):
+    out = tmp_path / "figures.json"
+    argv = ["--data", str(mmlu_like_dir), "--full", "--clusters", "3", "--seeds", "0", "--before", "300"]
+    argv += ["--after", "300", "--check-every", "150", "--window", "300", "--sample-rate", "0.2"]
+    argv += ["--feedback-rate", "0.2", "--concurrency", "8", "--cache-dir", str(tmp_path / "cache")]
+    argv += ["--work-dir", str(tmp_path / "work"), "--out", str(out)]
+    assert traffic_loop.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "machine:" in printed and "| floor | measured | required | met |" in printed
+    figures = json.loads(out.read_text())
+    seed = figures["seeds"][0]
+    change = figures["degradation"]
+    assert change["llm"] != change["served_by"]
+    assert seed["errors"] == 0 and seed["requests"] == 600
+    assert seed["rated_feedback"] > 0 and seed["rated_judge"] > 0  # both sources reach the outcomes
+    assert seed["decisions_on_disk"] == seed["decisions_expected"] == 600
+    assert seed["feedback_on_disk"] == seed["feedback_posted"] > 0
+    assert seed["samples_on_disk"] == seed["samples_expected"] > 0
+    # the change is real (the champion loses AUDC on the degraded answers), seen and learned from: on the fixture an
+    # LLM that was always right turns always wrong, which the loop must notice and route around
+    assert seed["audc_truth_after"] > seed["audc_champion_after"]
+    assert seed["false_alarms_before"] == 0 and seed["detected_after"] is not None
+    assert seed["alarm"].startswith(f"{change['llm']}, cluster ")
+    assert seed["recovered"] >= 0.8 and seed["audc_traffic_before"] >= seed["audc_champion_before"] - 0.001
+
+
+def test_outcomes_take_feedback_over_the_judge_and_keep_the_traffic_order():
+    decisions = pl.DataFrame(
+        {"request_id": ["a", "b", "c", "d"], "chosen_llm": ["x", "y", "x", "y"], "index": [3, 0, 2, 1]}
+    ).with_columns(cluster_weights=pl.lit([1.0, 0.0]))
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    feedback = pl.DataFrame(
+        {"request_id": ["a", "a", "b"], "score": [0.0, 1.0, 0.0], "at": [at, at + timedelta(seconds=1), at]}
+    )
+    judged = pl.DataFrame({"request_id": ["a", "c"], "judge_score": [0.0, 1.0]})
+    outcomes = traffic_loop.outcome_frame(decisions, feedback, judged)
+    assert outcomes.select("request_id", "score", "source", "index").rows() == [
+        ("b", 0.0, "feedback", 0),
+        ("c", 1.0, "judge", 2),
+        ("a", 1.0, "feedback", 3),  # the latest rating stands, and wins over the judge's 0
+    ]
+
+
+def test_a_degradation_scores_the_substitute_answers_in_its_category_only(mmlu_like_dir):
+    from benchmarks.mmlu_pro_data import load_mmlu_pro
+
+    ds = load_mmlu_pro(mmlu_like_dir)
+    models = ds.llms["model"].to_list()
+    ids = ds.prompts["prompt_id"].to_list()
+    scores = 1 - error_matrix(ds.outcomes, ids, models)
+    data = routing_quality.Data(ds.prompts, models, None, scores, None, None)
+    change = traffic_loop.Degradation("math-pro", "math", "history-pro")
+    rows = np.arange(len(ids))
+    after = change.scores(data, rows)
+    math = (ds.prompts["category"] == "math").to_numpy()
+    column = models.index("math-pro")
+    assert scores[math, column].all() and not after[math, column].any()  # history-pro gets math wrong
+    assert (np.delete(after, column, axis=1) == np.delete(scores, column, axis=1)).all()
+    assert (after[~math, column] == scores[~math, column]).all()
+    sent = traffic_loop.sent_prompts(mmlu_like_dir, ids[::-1][:5])
+    assert sent["prompt_id"].to_list() == [str(i) for i in ids[::-1][:5]]
+    assert sent["category"].to_list() == ds.prompts["category"].reverse().head(5).to_list()
+    assert all(json.loads(m)[-1]["content"] == p for m, p in sent.select("messages", "prompt").iter_rows())
