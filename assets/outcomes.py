@@ -5,7 +5,6 @@ holds on traffic."""
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 import contextlib
 import math
-import warnings
 
 import dagster as dg
 import polars as pl
@@ -14,7 +13,7 @@ import warehouse as wh
 from assets import automation
 from assets.decisions import GROUP, routing_decisions
 from assets.metadata import markdown_image, markdown_table
-from assets.profiling import llm_partitions
+from assets.profiling import llm_check_spec, llm_partitions
 from assets.resources import CollectorResource, MlflowResource, WarehouseResource
 from assets.traffic import traffic_feedback, traffic_samples
 from profiling.collector import RetryPolicy
@@ -223,16 +222,13 @@ def _images(figures: dict) -> dict[str, dg.MetadataValue]:
     return images
 
 
-with warnings.catch_warnings():  # partitioned checks (a preview): the UI shows each LLM's own status
-    warnings.simplefilter("ignore", dg.PreviewWarning)
-    TRAFFIC_SPEC = dg.AssetCheckSpec(
-        TRAFFIC_CHECK,
-        asset="llm_traffic_evaluation",
-        partitions_def=llm_partitions,
-        description="On the champion's rated traffic (online_evaluation): clusters where the LLM's observed error "
-        "exceeds its predicted error by more than z (default 3) standard errors. Warns, naming the LLM, the cluster "
-        "and the counts.",
-    )
+TRAFFIC_SPEC = llm_check_spec(
+    TRAFFIC_CHECK,
+    "llm_traffic_evaluation",
+    "On the champion's rated traffic (online_evaluation): clusters where the LLM's observed error "
+    "exceeds its predicted error by more than z (default 3) standard errors. Warns, naming the LLM, the cluster "
+    "and the counts.",
+)
 
 
 @dg.asset(

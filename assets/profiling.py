@@ -123,21 +123,28 @@ CHECK_DESCRIPTIONS = {
 }
 
 
+def llm_check_spec(name: str, asset: str, description: str, blocking: bool = False) -> dg.AssetCheckSpec:
+    """A check of ``asset`` per LLM partition (a Dagster preview, its warning silenced: the UI shows each LLM's own
+    status)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(
+            name, asset=asset, blocking=blocking, partitions_def=llm_partitions, description=description
+        )
+
+
 def check_specs(asset: str, properties: dict[str, bool]) -> list[dg.AssetCheckSpec]:
     """One check per property of ``asset``, per LLM partition; blocking ones (ERROR) stop grading, features and
     routers for that LLM, the others warn."""
-    with warnings.catch_warnings():  # partitioned checks (a preview): the UI shows each LLM's own status
-        warnings.simplefilter("ignore", dg.PreviewWarning)
-        return [
-            dg.AssetCheckSpec(
-                f"check_{asset}_{prop}",
-                asset=asset,
-                blocking=blocking,
-                partitions_def=llm_partitions,
-                description=CHECK_DESCRIPTIONS[prop] + (" Blocks (ERROR)." if blocking else " Warns."),
-            )
-            for prop, blocking in properties.items()
-        ]
+    return [
+        llm_check_spec(
+            f"check_{asset}_{prop}",
+            asset,
+            CHECK_DESCRIPTIONS[prop] + (" Blocks (ERROR)." if blocking else " Warns."),
+            blocking,
+        )
+        for prop, blocking in properties.items()
+    ]
 
 
 def _check_results(

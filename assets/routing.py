@@ -1,7 +1,6 @@
 """Routing assets: the cluster map (trained on training prompts and training LLMs) and each LLM's features Psi."""
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -12,7 +11,7 @@ import warehouse as wh
 from assets import automation
 from assets.embeddings import prompt_embeddings
 from assets.metadata import fingerprint, markdown_table
-from assets.profiling import graded_responses, llm_partitions
+from assets.profiling import graded_responses, llm_check_spec, llm_partitions
 from assets.resources import ArtifactsResource, EmbedderResource, WarehouseResource
 from router_core import (
     KMeansClusterMap,
@@ -113,15 +112,12 @@ def _materialized_version(context: dg.AssetExecutionContext) -> str | None:
 
 DRIFT_CHECK = "check_llm_error_features_drift"
 
-with warnings.catch_warnings():  # partitioned checks (a preview): the UI shows each LLM's own status
-    warnings.simplefilter("ignore", dg.PreviewWarning)
-    DRIFT_SPEC = dg.AssetCheckSpec(
-        DRIFT_CHECK,
-        asset="llm_error_features",
-        partitions_def=llm_partitions,
-        description="After a re-profiling: clusters whose error moved beyond 3 standard errors of sampling noise "
-        "since the previous profile. Warns.",
-    )
+DRIFT_SPEC = llm_check_spec(
+    DRIFT_CHECK,
+    "llm_error_features",
+    "After a re-profiling: clusters whose error moved beyond 3 standard errors of sampling noise "
+    "since the previous profile. Warns.",
+)
 
 
 @dg.asset(
