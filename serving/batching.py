@@ -2,10 +2,12 @@
 
 Each request awaits its vector. Pending prompts are handed to a thread in one call, and up to ``parallel`` calls
 run at once (ONNX Runtime runs concurrent calls in parallel, so one call per core keeps every core busy without
-the thread hop and oversubscription of one call per request). A call starts as soon as a slot is free with
-whatever is waiting (up to ``max_batch``), so a lone request is never held back for company. The int8 backend
-still embeds each prompt on its own inside a call, so a vector never depends on its batch. A call that fails is
-retried one prompt at a time, so a prompt the embedder refuses fails its own request only, never its batch's.
+the thread hop and oversubscription of one call per request). A call starts as soon as a slot is free with its
+share of what is waiting, so a lone request is never held back for company: the prompts waiting or being embedded
+split evenly over the slots (up to ``max_batch``). Taking all that waits would leave the other slot, when it frees,
+nothing to embed until a request comes back: a core idle, calls of ~30 and of 1 by turns. The int8 backend still
+embeds each prompt on its own inside a call, so a vector never depends on its batch. A call that fails is retried
+one prompt at a time, so a prompt the embedder refuses fails its own request only, never its batch's.
 ``benchmarks.gateway`` measures this against one call per request (``--embed-batch 1``).
 """
 
@@ -37,6 +39,7 @@ class EmbeddingBatcher:
         self._embed, self.max_batch, self.parallel = embed, max_batch, parallel
         self._pending: list[tuple[str, asyncio.Future]] = []
         self._running = 0
+        self._embedding = 0  # prompts in the calls running
         self.batches = 0  # calls made, for tests and metrics
 
     async def embed(self, text: str) -> np.ndarray:
@@ -50,8 +53,10 @@ class EmbeddingBatcher:
 
     def _start_calls(self) -> None:
         while self._pending and self._running < self.parallel:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            share = min(self.max_batch, -(-(len(self._pending) + self._embedding) // self.parallel))
+            batch, self._pending = self._pending[:share], self._pending[share:]
             self._running += 1
+            self._embedding += len(batch)
             self.batches += 1
             asyncio.get_running_loop().create_task(self._call(batch))
 
@@ -60,6 +65,7 @@ class EmbeddingBatcher:
             await self._settle(batch)
         finally:
             self._running -= 1
+            self._embedding -= len(batch)
             self._start_calls()  # what arrived meanwhile
 
     async def _settle(self, batch: list[tuple[str, asyncio.Future]]) -> None:

@@ -73,3 +73,21 @@ def test_an_error_fails_its_own_request_only_never_its_batch():
         EmbeddingBatcher(_slow_embed, max_batch=0)
     with pytest.raises(ValueError, match="parallel"):
         EmbeddingBatcher(_slow_embed, parallel=-1)
+
+
+def test_a_freed_slot_takes_its_share_of_what_waits_not_all():
+    sizes = []
+
+    def embed(texts):
+        sizes.append(len(texts))
+        time.sleep(0.02)
+        return np.zeros((len(texts), 1))
+
+    async def run():
+        batcher = EmbeddingBatcher(embed, max_batch=32, parallel=2)
+        await asyncio.gather(*(batcher.embed(str(i)) for i in range(31)))  # two alone (a slot each), 29 waiting
+
+    asyncio.run(run())
+    # the first slot to free takes 15 of the 31 prompts waiting or embedded, not all 29 (which would leave the
+    # other slot nothing to embed when it frees: a core idle under load)
+    assert sizes[:2] == [1, 1] and sorted(sizes[2:]) == [14, 15]
