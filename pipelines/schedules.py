@@ -20,9 +20,10 @@ TRAFFIC_CRON = os.environ.get("UNIROUTE_TRAFFIC_CRON", "0 1 * * *")
 #: What the traffic loop's scheduled runs take from the environment, read at each tick (unset: the asset's default):
 #: variable -> (op, config field, type). Sampled user text is kept RETENTION days (30); the judge is off (no judging).
 TRAFFIC_ENV = {
-    "UNIROUTE_TRAFFIC_RETENTION_DAYS": ("traffic_samples", "retention_days", float),
-    "UNIROUTE_TRAFFIC_JUDGE": ("traffic_outcomes", "judge", str),
-    "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": ("traffic_outcomes", "judge_usd_per_day", float),
+    "UNIROUTE_TRAFFIC_RETENTION_DAYS": ((("traffic_samples", "retention_days"),), float),
+    # one judge for sampled traffic and for the traffic prompts coverage drift adds to the validation set
+    "UNIROUTE_TRAFFIC_JUDGE": ((("traffic_outcomes", "judge"), ("traffic_coverage", "judge")), str),
+    "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": ((("traffic_outcomes", "judge_usd_per_day"),), float),
 }
 #: Seconds the nightly tick waits for a writer to let go of the warehouse (within Dagster's 60 s per evaluation).
 BUSY_WAIT_S = 20.0
@@ -95,7 +96,7 @@ def traffic_run_config(environ: Mapping[str, str]) -> dict:
     one fails the tick naming its variable (one the asset refuses, e.g. a negative retention, fails the run, naming
     its field)."""
     ops: dict[str, dict] = {}
-    for name, (op, field, kind) in TRAFFIC_ENV.items():
+    for name, (targets, kind) in TRAFFIC_ENV.items():
         text = environ.get(name, "").strip()
         if not text:
             continue
@@ -103,5 +104,6 @@ def traffic_run_config(environ: Mapping[str, str]) -> dict:
             value = kind(text)
         except ValueError:
             raise ValueError(f"{name}={text!r}: expected a number") from None
-        ops.setdefault(op, {"config": {}})["config"][field] = value
+        for op, field in targets:
+            ops.setdefault(op, {"config": {}})["config"][field] = value
     return {"ops": ops} if ops else {}

@@ -212,7 +212,12 @@ def test_the_traffic_loops_judge_and_its_cap_come_from_the_environment_as_valid_
 
     environ = {"UNIROUTE_TRAFFIC_JUDGE": "cheap", "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": "0.5", "OTHER": "x"}
     config = traffic_run_config(environ)
-    assert config == {"ops": {"traffic_outcomes": {"config": {"judge": "cheap", "judge_usd_per_day": 0.5}}}}
+    assert config == {
+        "ops": {
+            "traffic_outcomes": {"config": {"judge": "cheap", "judge_usd_per_day": 0.5}},
+            "traffic_coverage": {"config": {"judge": "cheap"}},  # the judge of the prompts coverage drift adds
+        }
+    }
     both = traffic_run_config({**environ, "UNIROUTE_TRAFFIC_RETENTION_DAYS": "7"})
     assert dg.validate_run_config(defs.resolve_job_def("traffic_loop"), both)  # the job's own config schema
     assert traffic_run_config({"UNIROUTE_TRAFFIC_JUDGE": " "}) == {}  # unset or blank: the assets' defaults
