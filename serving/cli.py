@@ -361,8 +361,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     import warehouse as wh
     from serving import registry
-    from serving.gateway import CONFIG_ENV, Gateway, GatewayConfig, create_app, open_ledger, split_model_uri
+    from serving.gateway import Gateway, create_app
+    from serving.gateway_config import CONFIG_ENV, GatewayConfig, open_ledger
     from serving.keys import KeyStore
+    from serving.loaded_router import split_model_uri
     from serving.metrics import MULTIPROC_ENV, clear_multiprocess_dir
     from serving.middleware import check_bind
 

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import gc
 import json
 import logging
 import os
@@ -57,13 +55,13 @@ from starlette.routing import Route
 import warehouse as wh
 from router_core.embedding import prompt_hash
 from serving import feedback, traffic
-from serving.batching import EmbeddingBatcher
 from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request, short_repr
 from serving.decisions import DecisionLog, default_directory, learning_fields
 from serving.feedback import FeedbackError, FeedbackLog, OwnerIndex, Ownership, RequestIds
+from serving.gateway_config import CONFIG_ENV, GatewayConfig, open_ledger, request_id_secret_path
 from serving.key_policy import ANONYMOUS_ID
 from serving.keys import Hold, KeyPolicy, KeyStore
-from serving.ledger import SqliteLedger
+from serving.loaded_router import LoadedRouter, freeze_heap, load_router, split_model_uri
 from serving.metrics import GatewayMetrics, ObservabilityMiddleware
 from serving.middleware import (
     AuthMiddleware,
@@ -75,7 +73,6 @@ from serving.middleware import (
     read_json,
 )
 from serving.upstream import (
-    DEFAULT_MAX_RESPONSE_BYTES,
     Timeouts,
     UpstreamResult,
     Upstreams,
@@ -84,80 +81,6 @@ from serving.upstream import (
 )
 
 log = logging.getLogger(__name__)
-
-CONFIG_ENV = "UNIROUTE_GATEWAY_CONFIG"  # the settings, as JSON, of each worker process of ``--workers N``
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    """Everything one gateway process needs; plain values, so that ``--workers N`` can hand it to each worker."""
-
-    catalog_path: str
-    model_uri: str = "models:/uniroute@champion"
-    tracking_uri: str | None = None  # None: MLflow's current URI
-    keys_file: str | None = None  # hashed client keys (serving.keys); $UNIROUTE_GATEWAY_KEYS adds more
-    reload_interval_s: float = 30.0
-    embed_batch: int = 32
-    max_body_bytes: int = 1_000_000
-    max_tokens: int = 16_384
-    fallbacks: int = 2  # LLMs tried after the router's choice fails before its first byte
-    retries: int = 2  # per LLM, on 429/5xx/timeouts/connection errors
-    decisions_dir: str | None = None  # None: <warehouse dir>/decisions
-    ledger_path: str | None = None  # keys' spend and rate counters; None: <warehouse dir>/gateway/ledger.sqlite
-    max_upstream_bytes: int = DEFAULT_MAX_RESPONSE_BYTES  # an upstream answer past it is a failed try (502)
-    traffic_sample_rate: float = 0.0  # share of routed requests whose prompt and answer are STORED (0: none)
-    traffic_dir: str | None = None  # None: <warehouse dir>/traffic
-    feedback_dir: str | None = None  # None: <warehouse dir>/feedback
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> GatewayConfig:
-        return cls(**json.loads(text))
-
-
-@dataclass
-class LoadedRouter:
-    """One registry version's pyfunc (router_core router + embedder), ready to route; concurrent requests'
-    prompts are embedded together (:class:`serving.batching.EmbeddingBatcher`)."""
-
-    version: str
-    model: object  # serving.pyfunc.UniRoutePyfunc
-    embed_batch: int = 32
-    batcher: EmbeddingBatcher = field(init=False)
-    costs: dict[str, float] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.batcher = EmbeddingBatcher(self.model.embedder.embed, self.embed_batch)
-        self.costs = {row["llm"]: row["cost"] for row in self.model.pool()}
-
-    def pool(self) -> list[str]:
-        """The LLMs this version routes among."""
-        return list(self.costs)
-
-    async def rank(self, prompt: str, params: dict) -> dict:
-        """The candidates best first, the cost weight, each candidate's predicted error and cost."""
-        vector = await self.batcher.embed(prompt)
-        return self.model.rank(prompt, vector, params)
-
-
-def split_model_uri(model_uri: str) -> tuple[str, str]:
-    """``models:/<name>@<alias>`` -> (name, alias); ``ValueError`` naming the value otherwise."""
-    name, sep, alias = model_uri.removeprefix("models:/").partition("@")
-    if not model_uri.startswith("models:/") or not sep or not name or not alias:
-        raise ValueError(f"model_uri={model_uri!r}: expected models:/<name>@<alias>, e.g. models:/uniroute@champion")
-    return name, alias
-
-
-def load_router(model_uri: str, embed_batch: int = 32) -> LoadedRouter:
-    """Resolve the alias to a version and load that version (so the version served is the one recorded)."""
-    import mlflow
-
-    name, alias = split_model_uri(model_uri)
-    version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    return LoadedRouter(version=version, model=model, embed_batch=embed_batch)
 
 
 @dataclass
@@ -521,33 +444,6 @@ class Gateway:
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
-
-
-def freeze_heap() -> None:
-    """Collect, then move every object alive (libraries, the router, the catalog) out of the garbage collector's
-    sight (``gc.freeze``): its full collections, which otherwise scan the ~300k objects the gateway loads at start
-    (~170 ms each, every few thousand requests, stalling every request in flight), scan what requests allocate.
-    After a router swap the heap is unfrozen first, so the version replaced can be collected (one full collection
-    per promotion)."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-
-
-def ledger_path(config: GatewayConfig) -> Path:
-    """The key ledger's file: ``ledger_path``, else ``<warehouse dir>/gateway/ledger.sqlite``."""
-    return Path(config.ledger_path) if config.ledger_path else wh.default_path().parent / "gateway" / "ledger.sqlite"
-
-
-def request_id_secret_path(config: GatewayConfig) -> Path:
-    """The secret every worker of this gateway signs request ids with (:class:`serving.feedback.RequestIds`):
-    ``request-ids.secret`` beside the key ledger."""
-    return ledger_path(config).parent / "request-ids.secret"
-
-
-def open_ledger(config: GatewayConfig) -> SqliteLedger:
-    """The key counters every worker of this gateway shares (and a restart keeps)."""
-    return SqliteLedger(ledger_path(config))
 
 
 def _upstream_code(status: int) -> str:

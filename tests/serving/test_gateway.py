@@ -134,7 +134,7 @@ def test_the_heap_loaded_at_start_is_frozen_and_a_replaced_router_can_still_be_c
     import gc
     import weakref
 
-    from serving.gateway import freeze_heap
+    from serving.loaded_router import freeze_heap
 
     class Router:
         pass
