@@ -78,13 +78,13 @@ def traffic_coverage(
         except wh.WarehouseInputError as exc:
             raise dg.Failure(f"{exc} (materialise prompt_embeddings first)") from None
         decisions = wh.read_decision_weights(con, version)
+        head = {"router_version": version, "cluster_map_version": map_row["version"], "embedder_id": model.embedder_id}
+        if decisions.height == 0:  # nothing to measure: no sampled prompt is embedded for it
+            reason = f"no decision of router version {version} with cluster weights yet"
+            return dg.MaterializeResult(metadata={**head, "drifted": False, "reason": reason, "to_add": []})
         samples = wh.read_sampled_traffic(con, version)
         x_samples = _vectors(con, model, samples["prompt"].to_list())
         added = added_request_ids(con)
-    head = {"router_version": version, "cluster_map_version": map_row["version"], "embedder_id": model.embedder_id}
-    if decisions.height == 0:
-        reason = f"no decision of router version {version} with cluster weights yet"
-        return dg.MaterializeResult(metadata={**head, "drifted": False, "reason": reason, "to_add": []})
     reference = CoverageReference.from_validation(load_cluster_map(map_row["path"]).transform(x_val), x_val)
     try:
         metadata = _measure(reference, decisions, samples, x_samples, added, config)
