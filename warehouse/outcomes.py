@@ -7,6 +7,7 @@ evaluation's cells per router version (``online_evaluation_cells``).
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -107,6 +108,11 @@ def read_judge_spend(con: duckdb.DuckDBPyConnection, day: date | None = None) ->
     return _query(con, f"SELECT * FROM judge_spend WHERE {where} ORDER BY reserved_at, spend_id", params)
 
 
+#: DuckDB runs the transactions of one process's connections side by side (appends never conflict), so two
+#: reservations racing there would each see the other's day total without it: they take turns. Across processes
+#: the file's lock already lets one writer in at a time.
+_RESERVING = threading.Lock()
+
 _RESERVE = """
     INSERT INTO judge_spend (spend_id, judge, request_id, day, reserved_usd, status, reserved_at)
     SELECT spend_id, judge, request_id, ?, reserved_usd, 'reserved', ? FROM (
@@ -150,7 +156,8 @@ def reserve_judge_spend(
     )
     con.register("_reserve", frame)
     try:
-        rows = con.execute(_RESERVE, [at.date(), at, at.date(), float(usd_per_day)]).fetchall()
+        with _RESERVING:
+            rows = con.execute(_RESERVE, [at.date(), at, at.date(), float(usd_per_day)]).fetchall()
         reserved = pl.DataFrame(rows, schema={"spend_id": pl.String, "request_id": pl.String}, orient="row")
     finally:
         con.unregister("_reserve")

@@ -56,3 +56,31 @@ def test_bad_input_is_refused_naming_the_field(tmp_path, call, message):
         with pytest.raises(wh.WarehouseInputError, match=message.replace("(", r"\(").replace(".", r"\.")):
             call(con)
         assert wh.read_judge_spend(con).height == 0
+
+
+def test_reservations_racing_on_one_warehouse_never_pass_the_cap_together(tmp_path):
+    """Eight threads, each with its own connection to one file, reserve at once under one cap: together they hold
+    at most the cap (a conflicting reservation fails or reserves nothing; none slips past the other)."""
+    import threading
+
+    path = tmp_path / "w.duckdb"
+    with wh.connect(path):
+        pass  # migrated once, before the race
+    start, held, errors = threading.Barrier(8), [], []
+
+    def reserve(n: int) -> None:
+        with wh.connect(path) as con:
+            start.wait()
+            try:
+                held.append(wh.reserve_judge_spend(con, "j", _calls(0.3, 0.3), 1.0, NOW).height * 0.3)
+            except Exception as exc:  # a write conflict refuses a reservation; it never overspends
+                errors.append(exc)
+
+    threads = [threading.Thread(target=reserve, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with wh.connect(path) as con:
+        assert wh.judge_spend_on(con, NOW.date()) <= 1.0 + 1e-9
+    assert sum(held) <= 1.0 + 1e-9
