@@ -83,7 +83,7 @@ def test_the_explanation_ranks_every_candidate_and_its_terms_add_up(servable):
     assert body["served_alias"] == "champion" and body["shadow"] is None and body["cost_weight"] == 0.05
     assert body["bounded_by"] == {"kind": "cost_weight", "value": 0.05, "source": "request"}
     rows = body["ranked"]
-    assert [r["llm"] for r in rows][0] == body["chosen_llm"] and sorted(r["llm"] for r in rows) == sorted(POOL)
+    assert rows[0]["llm"] == body["chosen_llm"] and sorted(r["llm"] for r in rows) == sorted(POOL)
     assert [r["rank"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert row["cost_term"] == pytest.approx(0.05 * row["predicted_cost_usd"])
@@ -142,8 +142,20 @@ def test_route_explain_prints_one_table_agreeing_with_route(registry_uri, capsys
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split("\t")[0] == chosen
     assert "router version 1 (champion)" in lines[1] and "bounded by cost_weight=0.05 (request)" in lines[1]
-    assert lines[2].split() == ["rank", "llm", "pred.", "error", "cost", "USD", "error", "term", "cost", "term", "score"]
-    assert [line.split()[1] for line in lines[3:]][0] == chosen and len(lines) == 3 + len(POOL)
+    assert lines[2].split() == [
+        "rank",
+        "llm",
+        "pred.",
+        "error",
+        "cost",
+        "USD",
+        "error",
+        "term",
+        "cost",
+        "term",
+        "score",
+    ]
+    assert lines[3].split()[1] == chosen and len(lines) == 3 + len(POOL)
     for line in lines[3:]:
         error, cost_term, score = (float(v) for v in (line.split()[4], line.split()[5], line.split()[6]))
         assert score == pytest.approx(error + cost_term, abs=2e-6)
