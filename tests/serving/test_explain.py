@@ -3,6 +3,8 @@ router's), the explanation's terms, client keys' routing policy in the keys file
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import yaml
 
@@ -162,3 +164,19 @@ def test_route_explain_prints_one_table_agreeing_with_route(registry_uri, capsys
     assert main(["route", prompt, "--max-cost", "0.01", "--explain", *uri]) == 2  # an impossible budget: named
     err = capsys.readouterr().err
     assert "max_cost_per_query=0.01" in err and len(err.splitlines()) == 1
+
+
+def test_the_hash_command_writes_a_tenants_policy_and_refuses_two_budgets(monkeypatch, capsys, tmp_path):
+    from serving import keys
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(SECRET + "\n"))
+    args = ["hash", "--id", "tenant", "--models", "cheap,math-pro", "--max-cost", "0.5", "--candidates", "cheap"]
+    assert keys.main(args) == 0
+    path = tmp_path / "keys.yaml"
+    path.write_text(capsys.readouterr().out)
+    policy = KeyStore.load(path, environ={}).authenticate(SECRET)
+    assert policy.budget == ("max_cost_per_query", 0.5) and policy.candidates == ("cheap",)
+    monkeypatch.setattr("sys.stdin", io.StringIO(SECRET + "\n"))
+    assert keys.main(["hash", "--id", "tenant", "--cost-weight", "0.1", "--min-accuracy", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "fields cost_weight and min_accuracy" in err and len(err.splitlines()) == 1
