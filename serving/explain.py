@@ -17,10 +17,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from router_core import budget_mix
 from serving.chat_request import ROUTED_MODEL, ChatRequest, short_repr
 from serving.key_policy import ClientError, KeyPolicy
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from router_core.servable import ServableRouter
+    from serving.loaded_router import LoadedRouter
 
 __all__ = [
     "TOP_CLUSTERS",
@@ -59,8 +66,10 @@ class Bound:
         return self.kind if self.value is None else f"{self.kind}={self.value:g} ({self.source})"
 
 
-def resolve_bound(model, policy: KeyPolicy | None, asked: tuple[str, float] | None, candidates: list[str]) -> Bound:
-    """The budget to route on among ``candidates`` (``model``: a ``router_core.servable.ServableRouter``): the
+def resolve_bound(
+    model: ServableRouter, policy: KeyPolicy | None, asked: tuple[str, float] | None, candidates: list[str]
+) -> Bound:
+    """The budget to route on among ``candidates`` (on ``model``'s validation curve): the
     request's ``asked`` or ``policy``'s budget, whichever is cheaper (the request's on a tie); neither: the
     router's default cost weight. ``ClientError`` 400 naming the field when the key's budget cannot be met on these
     candidates or refuses the request's ``min_accuracy``."""
@@ -82,7 +91,9 @@ def resolve_bound(model, policy: KeyPolicy | None, asked: tuple[str, float] | No
     return Bound(asked[0], asked[1], "request", {**params, asked[0]: asked[1]})
 
 
-def _cheaper(model, candidates: list[str], own: tuple[str, float], asked: tuple[str, float], key_id: str) -> bool:
+def _cheaper(
+    model: ServableRouter, candidates: list[str], own: tuple[str, float], asked: tuple[str, float], key_id: str
+) -> bool:
     """Is the key's budget ``own`` strictly cheaper than the request's ``asked``?"""
     if own[0] == asked[0]:  # one kind: by value (a larger cost weight, a smaller budget or accuracy is cheaper)
         return own[1] > asked[1] if own[0] == "cost_weight" else own[1] < asked[1]
@@ -90,7 +101,7 @@ def _cheaper(model, candidates: list[str], own: tuple[str, float], asked: tuple[
     return _expected_cost(curve, own, f"key {key_id!r}: ") < _expected_cost(curve, asked, "")
 
 
-def _expected_cost(curve, budget: tuple[str, float], whose: str) -> float:
+def _expected_cost(curve: pl.DataFrame, budget: tuple[str, float], whose: str) -> float:
     """A budget's expected cost per query on a validation deferral curve (``cost_weight, cost, accuracy``)."""
     kind, value = budget
     if kind == "cost_weight":  # the curve's point at the largest weight not above it
@@ -118,10 +129,10 @@ def _candidates(policy: KeyPolicy, chat: ChatRequest, pool: list[str]) -> tuple[
     return kept, "key" if policy.candidates is not None else "router"
 
 
-async def rank(router, policy: KeyPolicy, chat: ChatRequest, pool: list[str]) -> tuple[dict, Bound]:
-    """Rank ``pool`` (the LLMs the key can reach) for a routed chat request on ``router`` (a
-    ``serving.loaded_router.LoadedRouter``): the ranking (``ServableRouter.rank``) and its :class:`Bound`.
-    ``ClientError`` naming the field for a request that cannot be routed (an impossible budget, say)."""
+async def rank(router: LoadedRouter, policy: KeyPolicy, chat: ChatRequest, pool: list[str]) -> tuple[dict, Bound]:
+    """Rank ``pool`` (the LLMs the key can reach) for a routed chat request on ``router``: the ranking
+    (``ServableRouter.rank``) and its :class:`Bound`. ``ClientError`` naming the field for a request that cannot be
+    routed (an impossible budget, say)."""
     candidates, chosen_by = _candidates(policy, chat, pool)
     bound = resolve_bound(router.model, policy, chat.budget, candidates)
     try:
@@ -140,7 +151,7 @@ def require_routed(chat: ChatRequest) -> None:
         raise ClientError(400, message, "not_routed", "model")
 
 
-def served(router) -> dict:
+def served(router: LoadedRouter | None) -> dict:
     """Which alias served and what the shadow chose: ``{"served_alias", "shadow"}`` (the one place the rollout
     fills in; until it does, the champion and no shadow)."""
     return {"served_alias": "champion", "shadow": None}

@@ -6,16 +6,20 @@ its requests ask."""
 from __future__ import annotations
 
 import hashlib
+import json
+import time
 from collections import Counter
 
 import httpx
 import openai
+import polars as pl
 import pytest
 
 from replay import ReplayServer
 from router_core import budget_mix
 from router_core.servable import ServableRouter
 from serving import registry_files
+from serving.decisions import read_decisions
 from serving.keys import KeyPolicy, KeyStore
 from serving.ledger import SqliteLedger
 
@@ -207,3 +211,32 @@ def test_a_keys_budget_and_candidates_bound_its_requests(served, prompts, regist
         _chat(tenant, prompts[0], min_accuracy=best)
     assert refused.value.body["param"] == "min_accuracy" and "key 'tenant'" in refused.value.body["message"]
     assert _asked(replay) == before  # refused before anything was asked
+
+
+def test_a_key_bounded_chat_request_is_recorded_and_streamed_with_its_bound(served, prompts):
+    url, _, root = served
+    tenant = _client(url, "tenant")
+    raw = _chat(tenant, prompts[1], max_cost_per_query=3.0)  # bounded by the key's
+    record = _decision(root, raw.headers["x-request-id"])
+    assert (record["budget_kind"], record["budget_value"]) == ("max_cost_per_query", TENANT_MAX_COST)
+    assert raw.headers["X-UniRoute-Bounded-By"] == f"max_cost_per_query={TENANT_MAX_COST:g} (key)"
+
+    body = _body(prompts[1])
+    with tenant.chat.completions.with_streaming_response.create(**body, stream=True) as response:
+        assert response.headers["X-UniRoute-Bounded-By"] == f"max_cost_per_query={TENANT_MAX_COST:g} (key)"
+        first = next(response.iter_lines())  # the comment naming the choice, before the first event
+    summary = json.loads(first.removeprefix(": uniroute "))
+    explained = _route(url, "tenant", body).json()
+    assert summary["llm"] == explained["chosen_llm"] and summary["runner_up"] == explained["ranked"][1]["llm"]
+    assert summary["bounded_by"] == {"kind": "max_cost_per_query", "value": TENANT_MAX_COST, "source": "key"}
+
+
+def _decision(root, request_id: str) -> dict:
+    """The decision record of ``request_id``, once written (off the request path, within its flush interval)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = read_decisions(root / "decisions").filter(pl.col("request_id") == request_id)
+        if found.height:
+            return found.row(0, named=True)
+        time.sleep(0.2)
+    raise AssertionError(f"no decision recorded for request {request_id}")
