@@ -1,0 +1,130 @@
+"""Champion vs challenger on the same traffic (router_core.rollout): the comparison's numbers and intervals, and
+each rule of rollout_decision (promote, roll back, hold on too few requests) on simulated decision records."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from router_core import RouterInputError
+from router_core.rollout import RolloutRules, rollout_comparison, rollout_decision
+
+RULES = RolloutRules(min_requests=200, min_rated=30)
+
+
+def traffic(
+    n: int,
+    version: str = "1",
+    shadow: str | None = "2",
+    agree: float = 0.8,
+    error: float = 0.30,
+    shadow_error: float = 0.28,
+    cost: float = 1e-3,
+    shadow_cost: float = 1e-3,
+    failed: float = 0.0,
+    seed: int = 0,
+    start: int = 0,
+) -> pl.DataFrame:
+    """``n`` decision records served by ``version`` with ``shadow``'s choice beside (None: no shadow)."""
+    rng = np.random.default_rng(seed)
+    same = rng.random(n) < agree
+    return pl.DataFrame(
+        {
+            "request_id": [f"r{start + i}" for i in range(n)],
+            "router_version": [version] * n,
+            "chosen_llm": ["a"] * n,
+            "status": np.where(np.arange(n) < failed * n, 502, 200).astype(np.int32),
+            "realised_cost_usd": rng.normal(cost, cost / 10, n),
+            "ranked_llms": [["a", "b"]] * n,
+            "ranked_predicted_error": [[e, 0.5] for e in rng.normal(error, 0.05, n)],
+            "ranked_predicted_cost": [[c, 0.1] for c in rng.normal(cost, cost / 10, n)],
+            "shadow_version": [shadow] * n,
+            "shadow_llm": [None if shadow is None else ("a" if s else "b") for s in same],
+            "shadow_predicted_error": rng.normal(shadow_error, 0.05, n) if shadow else [None] * n,
+            "shadow_predicted_cost": rng.normal(shadow_cost, shadow_cost / 10, n) if shadow else [None] * n,
+        },
+        schema_overrides={"shadow_version": pl.String, "shadow_llm": pl.String},
+    )
+
+
+def outcomes(decisions: pl.DataFrame, error: float, seed: int = 1) -> pl.DataFrame:
+    """A 0/1 score for every request, wrong with probability ``error``."""
+    rng = np.random.default_rng(seed)
+    return decisions.select("request_id", score=pl.Series((rng.random(decisions.height) >= error).astype(float)))
+
+
+NO_OUTCOMES = pl.DataFrame(schema={"request_id": pl.String, "score": pl.Float64})
+
+
+def test_the_comparison_measures_each_side_with_intervals():
+    decisions = traffic(1000, agree=0.8, failed=0.1)
+    table = rollout_comparison(decisions, outcomes(decisions, 0.3), "1", "2")
+    row = {(m, s): r for m, s, *_, r in zip(table["metric"], table["side"], table.iter_rows(named=True), strict=True)}
+    agreement = row[("agreement", "both")]
+    assert agreement["count"] == 1000 and agreement["low"] < 0.8 < agreement["high"] and agreement["high"] < 0.9
+    difference = row[("predicted_error", "difference")]
+    assert difference["low"] < -0.02 < difference["high"] < 0  # the challenger predicts ~0.02 less error
+    assert row[("observed_error", "champion")]["low"] < 0.3 < row[("observed_error", "champion")]["high"]
+    assert row[("observed_error", "challenger")]["count"] == 0  # the challenger served nothing (shadow only)
+    upstream = row[("upstream_error_rate", "champion")]
+    assert upstream["low"] < 0.1 < upstream["high"]
+    assert abs(row[("cost_per_request", "champion")]["mean"] - 1e-3) < 1e-4
+
+
+def test_promote_when_not_worse_with_confidence():
+    decisions = traffic(400, error=0.30, shadow_error=0.25)
+    made = rollout_decision(decisions, NO_OUTCOMES, "1", "2", None, RULES)
+    assert made.action == "promote" and "400 shadowed requests" in made.reason and "predicted error" in made.reason
+    worse = rollout_decision(traffic(400, error=0.30, shadow_error=0.40), NO_OUTCOMES, "1", "2", None, RULES)
+    assert worse.action == "hold" and worse.reason.startswith("not shown not worse")
+    dearer = rollout_decision(traffic(400, shadow_error=0.2, shadow_cost=2e-3), NO_OUTCOMES, "1", "2", None, RULES)
+    assert dearer.action == "hold" and "predicted cost" in dearer.reason
+
+
+def test_no_move_on_too_few_requests():
+    better = traffic(150, error=0.30, shadow_error=0.10)  # clearly better, but under min_requests
+    made = rollout_decision(better, NO_OUTCOMES, "1", "2", None, RULES)
+    assert made.action == "hold" and made.reason.startswith("too few requests: 150 shadowed")
+    failing = traffic(150, failed=0.5)  # a breach, but under min_requests
+    assert rollout_decision(failing, NO_OUTCOMES, "1", None, "0", RULES).action == "hold"
+
+
+def test_observed_outcomes_override_predictions_once_both_versions_have_enough():
+    shadowed = traffic(400, error=0.30, shadow_error=0.20)  # the challenger predicts itself better
+    canary = traffic(100, version="2", shadow=None, start=400, seed=3)
+    decisions = pl.concat([shadowed, canary])
+    rated = pl.concat([outcomes(shadowed, 0.2), outcomes(canary, 0.6, seed=4)])  # but it does worse when serving
+    made = rollout_decision(decisions, rated, "1", "2", None, RULES)
+    assert made.action == "hold" and "observed error" in made.reason and made.numbers["error_source"] == "observed"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "rules", "says"),
+    [
+        ({"failed": 0.2}, RULES, "upstream error rate"),
+        ({"cost": 0.01}, RolloutRules(max_cost_per_request_usd=0.005), "cost per request"),
+    ],
+)
+def test_rollback_on_a_guardrail_breach(kwargs, rules, says):
+    decisions = traffic(300, shadow=None, **kwargs)
+    made = rollout_decision(decisions, NO_OUTCOMES, "1", None, "0", rules)
+    assert made.action == "rollback" and says in made.reason and made.reason.endswith("roll back to v0")
+    assert rollout_decision(decisions, NO_OUTCOMES, "1", None, None, rules).action == "hold"  # nowhere to roll back to
+    assert rollout_decision(traffic(300, shadow=None), NO_OUTCOMES, "1", None, "0", rules).action == "hold"  # healthy
+
+
+def test_rollback_on_observed_error():
+    decisions = traffic(300, shadow=None)
+    made = rollout_decision(decisions, outcomes(decisions, 0.8), "1", None, "0", RULES)
+    assert made.action == "rollback" and "observed error" in made.reason
+    assert rollout_decision(decisions, outcomes(decisions, 0.3), "1", None, "0", RULES).action == "hold"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("min_requests", 0), ("confidence", 1.0), ("error_tolerance", -0.1), ("max_cost_per_request_usd", float("nan"))],
+)
+def test_bad_rules_name_the_field(field, value):
+    with pytest.raises(RouterInputError, match=field):
+        RolloutRules(**{field: value})
