@@ -71,6 +71,7 @@ from router_core.plots import (
     plot_psi_heatmap,
     plot_quality_vs_cost,
     plot_reliability,
+    plot_rollout,
     version_figures,
 )
 from router_core.rollout import RolloutDecision, RolloutRules, rollout_comparison, rollout_decision, shadowed_requests
@@ -160,6 +161,7 @@ __all__ = [
     "plot_psi_heatmap",
     "plot_quality_vs_cost",
     "plot_reliability",
+    "plot_rollout",
     "prompt_hash",
     "psi_drift",
     "qnc",

@@ -5,7 +5,8 @@ shadow on, also logs the challenger's choice for the same prompt from the same e
 ``shadow_llm``, ``shadow_predicted_error``, ``shadow_predicted_cost``). From those decision records and the traffic
 outcomes (a score in [0, 1] per rated request), :func:`rollout_comparison` measures, each with a confidence interval:
 
-- ``agreement``: the share of shadowed requests where both versions pick the same LLM;
+- ``agreement``: the share of shadowed requests (either version serving, the other shadowing) where both versions
+  pick the same LLM;
 - ``predicted_error`` / ``predicted_cost``: each version's prediction for its own choice on the shadowed requests,
   and their paired ``difference`` (challenger - champion);
 - ``observed_error``, ``upstream_error_rate`` (status >= 500) and ``cost_per_request`` (realised USD) of the
@@ -108,25 +109,38 @@ class RolloutDecision:
 
 
 def shadowed_requests(decisions: pl.DataFrame, champion: str, challenger: str) -> pl.DataFrame:
-    """Requests the champion served with the challenger's choice logged beside: ``request_id, champion_llm,
-    challenger_llm, champion_error, challenger_error, champion_cost, challenger_cost`` (each version's prediction
-    for its own first choice)."""
+    """Requests one version served with the other's choice logged beside (the champion's with the challenger's
+    shadow, and canary requests the other way round): ``request_id, champion_llm, challenger_llm, champion_error,
+    challenger_error, champion_cost, challenger_cost`` (each version's prediction for its own first choice)."""
     _require_columns(decisions, "decisions", DECISION_COLUMNS)
-    both = decisions.filter(
-        (pl.col("router_version") == champion)
-        & (pl.col("shadow_version") == challenger)
-        & pl.col("shadow_llm").is_not_null()
-        & pl.col("ranked_llms").list.len().gt(0)
-    )
-    return both.select(
-        "request_id",
-        champion_llm=pl.col("ranked_llms").list.first(),
-        challenger_llm="shadow_llm",
-        champion_error=pl.col("ranked_predicted_error").list.first(),
-        challenger_error="shadow_predicted_error",
-        champion_cost=pl.col("ranked_predicted_cost").list.first(),
-        challenger_cost="shadow_predicted_cost",
-    )
+    served = {
+        "llm": pl.col("ranked_llms").list.first(),
+        "error": pl.col("ranked_predicted_error").list.first(),
+        "cost": pl.col("ranked_predicted_cost").list.first(),
+    }
+    shadow = {
+        "llm": pl.col("shadow_llm"),
+        "error": pl.col("shadow_predicted_error"),
+        "cost": pl.col("shadow_predicted_cost"),
+    }
+    parts = []
+    for serving, shadowing, mine, theirs in (
+        (champion, challenger, served, shadow),
+        (challenger, champion, shadow, served),
+    ):
+        both = decisions.filter(
+            (pl.col("router_version") == serving)
+            & (pl.col("shadow_version") == shadowing)
+            & pl.col("shadow_llm").is_not_null()
+            & pl.col("ranked_llms").list.len().gt(0)
+        )
+        columns = {
+            f"{side}_{k}": v.cast(pl.Float64 if k != "llm" else pl.String)
+            for side, exprs in (("champion", mine), ("challenger", theirs))
+            for k, v in exprs.items()
+        }
+        parts.append(both.select("request_id", **columns))
+    return pl.concat(parts)
 
 
 def _mean_row(metric: str, side: str, version: str | None, values: np.ndarray, zq: float) -> dict:

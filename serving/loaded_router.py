@@ -5,8 +5,6 @@ gateway loads at start out of the garbage collector."""
 from __future__ import annotations
 
 import gc
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from serving.batching import EmbeddingBatcher
@@ -50,26 +48,24 @@ def split_model_uri(model_uri: str) -> tuple[str, str]:
 #: loading for seconds (``benchmarks/rollout_rollback.py``: every worker follows a rollback within the reload
 #: interval under load). Each costs its embedder's and router's memory.
 KEEP_LOADED = 3
-_loaded: OrderedDict[tuple[str, str, str, int], LoadedRouter] = OrderedDict()
-_loading = threading.Lock()
+_loaded: dict[tuple[str, str, str, int], LoadedRouter] = {}  # insertion order: the least recently loaded first
 
 
 def load_router(model_uri: str, embed_batch: int = 32) -> LoadedRouter:
     """Resolve the alias to a version and load that version (so the version served is the one recorded), or take
-    it from the :data:`KEEP_LOADED` versions this process loaded last."""
+    it from the :data:`KEEP_LOADED` versions this process loaded last (the gateway loads from one task at a time)."""
     import mlflow
 
     name, alias = split_model_uri(model_uri)
     version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
     key = (mlflow.get_tracking_uri(), name, version, embed_batch)
-    with _loading:
-        router = _loaded.pop(key, None)
-        if router is None:
-            model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-            router = LoadedRouter(version=version, model=model, embed_batch=embed_batch)
-        _loaded[key] = router
-        while len(_loaded) > KEEP_LOADED:
-            _loaded.popitem(last=False)
+    router = _loaded.pop(key, None)
+    if router is None:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+        router = LoadedRouter(version=version, model=model, embed_batch=embed_batch)
+    _loaded[key] = router
+    while len(_loaded) > KEEP_LOADED:
+        del _loaded[next(iter(_loaded))]
     return router
 
 

@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from router_core import RouterInputError
-from router_core.rollout import RolloutRules, rollout_comparison, rollout_decision
+from router_core.rollout import RolloutRules, rollout_comparison, rollout_decision, shadowed_requests
 
 RULES = RolloutRules(min_requests=200, min_rated=30)
 
@@ -128,3 +128,13 @@ def test_rollback_on_observed_error():
 def test_bad_rules_name_the_field(field, value):
     with pytest.raises(RouterInputError, match=field):
         RolloutRules(**{field: value})
+
+
+def test_canary_requests_count_as_shadowed_the_other_way_round():
+    champion_served = traffic(100, error=0.30, shadow_error=0.20)
+    canary = traffic(50, version="2", shadow="1", error=0.20, shadow_error=0.30, start=100, seed=5)
+    pairs = shadowed_requests(pl.concat([champion_served, canary]), "1", "2")
+    assert pairs.height == 150
+    tail = pairs.tail(50)  # the canary's: the challenger served (ranked), the champion shadowed
+    assert tail["challenger_error"].mean() < 0.25 < tail["champion_error"].mean()
+    assert tail["challenger_llm"].to_list() == ["a"] * 50
