@@ -3,57 +3,14 @@ each rule of rollout_decision (promote, roll back, hold on too few requests) on 
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import pytest
 
 from router_core import RouterInputError
 from router_core.rollout import RolloutRules, rollout_comparison, rollout_decision, shadowed_requests
+from tests.rollout_traffic import outcomes, traffic
 
 RULES = RolloutRules(min_requests=200, min_rated=30)
-
-
-def traffic(
-    n: int,
-    version: str = "1",
-    shadow: str | None = "2",
-    agree: float = 0.8,
-    error: float = 0.30,
-    shadow_error: float = 0.28,
-    cost: float = 1e-3,
-    shadow_cost: float = 1e-3,
-    failed: float = 0.0,
-    seed: int = 0,
-    start: int = 0,
-) -> pl.DataFrame:
-    """``n`` decision records served by ``version`` with ``shadow``'s choice beside (None: no shadow)."""
-    rng = np.random.default_rng(seed)
-    same = rng.random(n) < agree
-    return pl.DataFrame(
-        {
-            "request_id": [f"r{start + i}" for i in range(n)],
-            "router_version": [version] * n,
-            "chosen_llm": ["a"] * n,
-            "status": np.where(np.arange(n) < failed * n, 502, 200).astype(np.int32),
-            "realised_cost_usd": rng.normal(cost, cost / 10, n),
-            "ranked_llms": [["a", "b"]] * n,
-            "ranked_predicted_error": [[e, 0.5] for e in rng.normal(error, 0.05, n)],
-            "ranked_predicted_cost": [[c, 0.1] for c in rng.normal(cost, cost / 10, n)],
-            "shadow_version": [shadow] * n,
-            "shadow_llm": [None if shadow is None else ("a" if s else "b") for s in same],
-            "shadow_predicted_error": rng.normal(shadow_error, 0.05, n) if shadow else [None] * n,
-            "shadow_predicted_cost": rng.normal(shadow_cost, shadow_cost / 10, n) if shadow else [None] * n,
-        },
-        schema_overrides={"shadow_version": pl.String, "shadow_llm": pl.String},
-    )
-
-
-def outcomes(decisions: pl.DataFrame, error: float, seed: int = 1) -> pl.DataFrame:
-    """A 0/1 score for every request, wrong with probability ``error``."""
-    rng = np.random.default_rng(seed)
-    return decisions.select("request_id", score=pl.Series((rng.random(decisions.height) >= error).astype(float)))
-
-
 NO_OUTCOMES = pl.DataFrame(schema={"request_id": pl.String, "score": pl.Float64})
 
 
