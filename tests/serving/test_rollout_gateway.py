@@ -30,7 +30,8 @@ def test_a_rollback_under_load_fails_nothing_and_every_worker_follows_in_time(
         catalog = tmp_path / "llms.yaml"
         write_gateway_catalog(catalog, replay.base_url, prices)
         args = ["--workers", "2", "--reload-interval", str(RELOAD_S)]
-        with gateway_process(tmp_path, catalog, registry_uri, *args) as url:
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prometheus")}  # the workers' metrics: not in data/
+        with gateway_process(tmp_path, catalog, registry_uri, *args, env=env) as url:
             chat = f"{url}/v1/chat/completions"
             second = register_router(tmp_path, list(prices))
             registry.promote("uniroute", second, better=True, reason="test: the version to roll back from")
@@ -43,7 +44,7 @@ def test_a_rollback_under_load_fails_nothing_and_every_worker_follows_in_time(
     before = [a for a in run.answers if a.answered < run.moved_at]
     assert before and {a.version for a in before} == {second}  # the load saw the version rolled back from
     after = run.after_deadline()
-    assert len(after) > 50 and {a.version for a in after} == {"1"}, run.summary()
+    assert len(after) >= 16 and {a.version for a in after} == {"1"}, run.summary()  # a round in flight, at least
     assert run.followed_s() <= RELOAD_S + FOLLOW_SLACK_S and run.met()
     [move, *_] = alias_moves.read_moves("uniroute", "champion")
     assert (move.from_version, move.to_version, move.reason) == (second, "1", "test: observed error up")
