@@ -1,5 +1,5 @@
 """The serving commands of ``uniroute`` (:mod:`pipelines.cli` assembles the command line): route, models,
-add-model, serve and mlflow.
+add-model, serve and mlflow (promote and rollback: :mod:`serving.alias_commands`).
 
 The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
 file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); a sqlite registry that does not exist is an
@@ -46,7 +46,7 @@ def _candidates(text: str) -> list[str]:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add route, models, mlflow, add-model and serve to ``commands``."""
+    """Add route, models, mlflow, add-model, serve, promote and rollback to ``commands``."""
 
     def with_registry(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help=f"default {DEFAULT_MODEL_URI}")
@@ -178,6 +178,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--feedback-dir", type=Path, default=None, help="POST /v1/feedback ratings (default <warehouse dir>/feedback)"
     )
     serve.set_defaults(run=_serve)
+    from serving import alias_commands  # promote and rollback (late: that module imports this one)
+
+    alias_commands.add_commands(commands)
 
 
 def _catalog_path(path: Path | None) -> Path:
