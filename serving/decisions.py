@@ -71,6 +71,13 @@ SCHEMA: dict[str, pl.DataType] = {
     "ranked_llms": pl.List(pl.String()),  # the router's choice and the next best, in ranked order
     "ranked_predicted_error": pl.List(pl.Float64()),  # of each of ranked_llms
     "ranked_predicted_cost": pl.List(pl.Float64()),  # of each of ranked_llms, USD per query
+    # rollout (serving.rollout): the alias whose version served (router_version), and the other version's choice
+    # from the same vector (null: no shadow), its predicted error and cost per query:
+    "served_alias": pl.String(),  # "champion", or "challenger" for a canary request
+    "shadow_version": pl.String(),
+    "shadow_llm": pl.String(),
+    "shadow_predicted_error": pl.Float64(),
+    "shadow_predicted_cost": pl.Float64(),
 }
 #: How many of the ranking a record keeps: the router's choice and the next best two.
 RANKED_KEPT = 3

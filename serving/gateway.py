@@ -18,10 +18,10 @@ request with the champion router and forwards it to the chosen LLM's endpoint fr
   ``traffic_sample_rate`` above 0 a sample of routed requests' prompts and answers is STORED
   (:mod:`serving.traffic`; a key with ``store: false`` never). Both are written off the request path like
   decisions (:mod:`serving.recordlog`).
-- **Reloads**: a background task polls the registry; when the alias (``champion``) moves, the new version is
-  loaded on a thread and swapped in; requests in flight finish on the router they started with. The catalog file
-  is re-read when it changes. ``/ready`` answers 200 once a router is loaded; ``/health`` whenever the process
-  runs.
+- **Reloads**: a background task polls the registry; when the alias (``champion``) moves (or ``challenger``: shadow
+  and canary, :mod:`serving.rollout`), the new version is loaded on a thread and swapped in; requests in flight
+  finish on the router they started with. The catalog file is re-read when it changes. ``/ready`` answers 200 once
+  a router is loaded; ``/health`` whenever the process runs.
 - **Spend** is reserved, then settled (:meth:`serving.keys.KeyStore.reserve`): once the LLMs to ask are known, the
   request holds its worst case on the key's budget (each LLM's prices times the body's bytes, an upper bound of its
   prompt tokens, and its ``max_tokens``, else ``max_tokens`` of the config; the dearest LLM it may be sent to);
@@ -72,6 +72,7 @@ from serving.middleware import (
     http_exception_handler,
     read_json,
 )
+from serving.rollout import Choice, Rollout
 from serving.upstream import (
     Timeouts,
     UpstreamResult,
@@ -97,6 +98,7 @@ class _Call:
     ranked: dict | None = None
     order: list[str] = field(default_factory=list)
     hold: Hold | None = None  # the worst case reserved on the key's budget
+    choice: Choice | None = None  # the versions it meets: the one serving it, the one shadowing it
 
 
 COST_HEADER = "x-uniroute-response-cost"  # USD, as LiteLLM's x-litellm-response-cost
@@ -113,6 +115,7 @@ class Gateway:
         self.catalog_path = Path(config.catalog_path)
         self.keys = keys if keys is not None else KeyStore.load(config.keys_file, ledger=open_ledger(config))
         self.metrics = GatewayMetrics()
+        self.rollout = Rollout(config, self.metrics)
         self.upstreams = Upstreams(retries=config.retries, max_response_bytes=config.max_upstream_bytes)
         self.router: LoadedRouter | None = None
         self.endpoints: dict[str, dict] = {}
@@ -200,11 +203,12 @@ class Gateway:
                 log.info("serving %s version %s (loaded in %.1f s)", self.config.model_uri, router.version, seconds)
         except Exception:  # the registry may be briefly unreachable: keep serving, try again
             log.exception("router check failed; serving version %s", self.router and self.router.version)
+        await self.rollout.follow(self.router)  # the challenger: appeared, moved or gone
 
     # ---- requests ----
     def _pool(self, router: LoadedRouter, endpoints: dict[str, dict], policy: KeyPolicy) -> list[str]:
         """What a key can reach: the router's LLMs active in the catalog and allowed for the key."""
-        return [m for m in router.pool() if m in endpoints and policy.allows(m)]
+        return router.reachable(endpoints, policy)
 
     async def chat_completions(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -216,10 +220,11 @@ class Gateway:
             raise RequestError(400, str(exc), exc.param, exc.code) from None
         request.state.model = chat.model
         policy.require_model(chat.model)
-        router = self.router  # this request finishes on this version even if a reload swaps it meanwhile
-        if router is None:
+        choice = self.rollout.choose(self.router, policy.key_id, chat)  # its versions, even if a reload swaps them
+        if choice is None:
             return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
-        call = _Call(request, chat, policy, router.version, started, self.endpoints, router.costs)
+        router = choice.router
+        call = _Call(request, chat, policy, router.version, started, self.endpoints, router.costs, choice=choice)
         pool = self._pool(router, call.endpoints, policy)
         if chat.routed:
             await self._route(call, router, pool)
@@ -310,7 +315,7 @@ class Gateway:
             params[chat.budget[0]] = chat.budget[1]
         began = time.perf_counter()
         try:
-            call.ranked = await router.rank(chat.prompt, params)
+            call.ranked = await self.rollout.rank(call.choice, chat, params, call.endpoints, call.policy)
         except ValueError as exc:  # names the field and value (e.g. an impossible budget)
             raise RequestError(400, str(exc), chat.budget[0] if chat.budget else "messages", "invalid_value") from None
         self.metrics.observe_routing(time.perf_counter() - began)
@@ -389,6 +394,7 @@ class Gateway:
                 "latency_ms": (time.perf_counter() - call.started) * 1e3,
                 "stream": chat.stream,
                 **learning_fields(call.ranked),
+                **call.choice.decision_fields(),
             }
         )
         return cost
