@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -256,3 +258,13 @@ def test_the_canary_share_is_served_by_the_challenger_one_user_one_version(canar
     metrics = _samples(requests.get(f"{url}/metrics", timeout=10).text)
     served = metrics[("uniroute_routed_total", (("alias", "challenger"), ("version", versions["two"])))]
     assert served >= len(canary_users) * len(prompts)
+
+
+@pytest.mark.parametrize("fraction", ["1.5", "nan", "-0.1"])
+def test_serve_refuses_a_canary_fraction_outside_0_1_in_one_line(tmp_path, fraction):
+    catalog = tmp_path / "llms.yaml"
+    write_gateway_catalog(catalog, "http://127.0.0.1:9/v1", {"cheap": 0.1})
+    command = [sys.executable, "-m", "pipelines.cli", "serve", "--catalog", str(catalog), "--port", "9"]
+    done = subprocess.run([*command, "--canary-fraction", fraction], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == f"uniroute serve: --canary-fraction {fraction}: expected a number in [0, 1]"
