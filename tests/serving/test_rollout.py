@@ -268,3 +268,15 @@ def test_serve_refuses_a_canary_fraction_outside_0_1_in_one_line(tmp_path, fract
     done = subprocess.run([*command, "--canary-fraction", fraction], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == f"uniroute serve: --canary-fraction {fraction}: expected a number in [0, 1]"
+
+
+def test_the_canary_position_spreads_users_and_depends_on_the_key_and_the_user_alone():
+    positions = [canary_position("k1", f"u{i}", "a prompt") for i in range(20_000)]
+    assert abs(sum(p < 0.1 for p in positions) / len(positions) - 0.1) < 0.01
+    assert all(0 <= p < 1 for p in positions)
+    assert canary_position("k1", "u1", "a") == canary_position("k1", "u1", "b")  # the user decides, not the prompt
+    assert canary_position("k1", None, "a") == canary_position("k1", "", "a") != canary_position("k1", None, "b")
+    moved = sum(
+        (canary_position("k1", f"u{i}", "") < 0.5) != (canary_position("k2", f"u{i}", "") < 0.5) for i in range(100)
+    )
+    assert 20 < moved < 80  # another key, another draw: a user id is not shared across tenants
