@@ -177,6 +177,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--feedback-dir", type=Path, default=None, help="POST /v1/feedback ratings (default <warehouse dir>/feedback)"
     )
+    serve.add_argument(
+        "--shadow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when <name>@challenger exists, rank every routed request with it too, from the same embedding, and "
+        "log its choice in the decision record (default on)",
+    )
+    serve.add_argument(
+        "--canary-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of routed requests served by <name>@challenger, by a hash of the client key and the request's "
+        "`user` (else its prompt): one user meets one version (default 0)",
+    )
     serve.set_defaults(run=_serve)
     from serving import alias_commands  # promote and rollback (late: that module imports this one)
 
@@ -404,6 +419,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--max-upstream-bytes {args.max_upstream_bytes}: expected a positive byte count")
     if not 0 <= args.traffic_sample_rate <= 1:  # nan too
         raise CommandError(f"--traffic-sample-rate {args.traffic_sample_rate}: expected a number in [0, 1]")
+    if not 0 <= args.canary_fraction <= 1:
+        raise CommandError(f"--canary-fraction {args.canary_fraction}: expected a number in [0, 1]")
     try:
         split_model_uri(args.model_uri)
     except ValueError as exc:
@@ -433,6 +450,8 @@ def _serve(args: argparse.Namespace) -> int:
         traffic_sample_rate=args.traffic_sample_rate,
         traffic_dir=str(args.traffic_dir.resolve()) if args.traffic_dir else None,
         feedback_dir=str(args.feedback_dir.resolve()) if args.feedback_dir else None,
+        shadow=args.shadow,
+        canary_fraction=args.canary_fraction,
     )
     try:
         open_ledger(config)  # an unwritable ledger is an error now, not at the first request

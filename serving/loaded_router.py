@@ -5,9 +5,14 @@ gateway loads at start out of the garbage collector."""
 from __future__ import annotations
 
 import gc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from serving.batching import EmbeddingBatcher
+
+if TYPE_CHECKING:
+    from serving.key_policy import KeyPolicy
 
 
 @dataclass
@@ -28,6 +33,10 @@ class LoadedRouter:
     def pool(self) -> list[str]:
         """The LLMs this version routes among."""
         return list(self.costs)
+
+    def reachable(self, endpoints: Mapping[str, object], policy: KeyPolicy) -> list[str]:
+        """What a key can reach: this version's LLMs active in the catalog (``endpoints``) and allowed for it."""
+        return [m for m in self.pool() if m in endpoints and policy.allows(m)]
 
     async def rank(self, prompt: str, params: dict) -> dict:
         """The candidates best first, the cost weight, each candidate's predicted error and cost."""
