@@ -119,7 +119,8 @@ class Gateway:
         self.catalog_path = Path(config.catalog_path)
         self.keys = keys if keys is not None else KeyStore.load(config.keys_file, ledger=open_ledger(config))
         self.metrics = GatewayMetrics()
-        self.rollout = Rollout(config, self.metrics)
+        self.kept: dict = {}  # the versions this gateway loaded last, kept loaded (serving.loaded_router.load_router)
+        self.rollout = Rollout(config, self.metrics, self.kept)
         self.upstreams = Upstreams(retries=config.retries, max_response_bytes=config.max_upstream_bytes)
         self.router: LoadedRouter | None = None
         self.endpoints: dict[str, dict] = {}
@@ -200,7 +201,7 @@ class Gateway:
             current = await run_in_threadpool(lambda: mlflow.MlflowClient().get_model_version_by_alias(name, alias))
             if self.router is None or str(current.version) != self.router.version:
                 started = time.perf_counter()
-                router = await run_in_threadpool(load_router, self.config.model_uri, self.config.embed_batch)
+                router = await run_in_threadpool(load_router, self.config.model_uri, self.config.embed_batch, self.kept)
                 self.router = router  # requests already routing keep the version they took
                 freeze_heap()
                 seconds = time.perf_counter() - started

@@ -52,29 +52,30 @@ def split_model_uri(model_uri: str) -> tuple[str, str]:
     return name, alias
 
 
-#: Versions kept loaded in this process after it moves off them (least recently loaded dropped first), so a rollback
+#: Versions a gateway keeps loaded after it moves off them (least recently loaded dropped first), so a rollback
 #: to the version served before, or a promotion of a challenger already loaded, swaps in at once instead of
 #: loading for seconds (``benchmarks/rollout_rollback.py``: every worker follows a rollback within the reload
 #: interval under load). Each costs its embedder's and router's memory.
 KEEP_LOADED = 3
-_loaded: dict[tuple[str, str, str, int], LoadedRouter] = {}  # insertion order: the least recently loaded first
 
 
-def load_router(model_uri: str, embed_batch: int = 32) -> LoadedRouter:
+def load_router(model_uri: str, embed_batch: int = 32, kept: dict | None = None) -> LoadedRouter:
     """Resolve the alias to a version and load that version (so the version served is the one recorded), or take
-    it from the :data:`KEEP_LOADED` versions this process loaded last (the gateway loads from one task at a time)."""
+    it from ``kept``, the caller's :data:`KEEP_LOADED` versions loaded last (a gateway's own dict; it loads from one
+    task at a time)."""
     import mlflow
 
     name, alias = split_model_uri(model_uri)
     version = str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
     key = (mlflow.get_tracking_uri(), name, version, embed_batch)
-    router = _loaded.pop(key, None)
+    kept = {} if kept is None else kept
+    router = kept.pop(key, None)  # insertion order: the least recently loaded first
     if router is None:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
         router = LoadedRouter(version=version, model=model, embed_batch=embed_batch)
-    _loaded[key] = router
-    while len(_loaded) > KEEP_LOADED:
-        del _loaded[next(iter(_loaded))]
+    kept[key] = router
+    while len(kept) > KEEP_LOADED:
+        del kept[next(iter(kept))]
     return router
 
 

@@ -88,11 +88,12 @@ class Rollout:
     """The challenger a gateway process holds beside its champion, which version serves each request (canary), and
     the shadow ranking. :meth:`follow` runs at start and at every reload check."""
 
-    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics) -> None:
+    def __init__(self, config: GatewayConfig, metrics: GatewayMetrics, kept: dict | None = None) -> None:
         self.name, self.alias = split_model_uri(config.model_uri)
         self.embed_batch, self.shadow = config.embed_batch, config.shadow
         self.canary_fraction = check_canary_fraction(config.canary_fraction)
         self.metrics = metrics
+        self.kept = {} if kept is None else kept  # versions loaded last (shared with the gateway's champion)
         self.challenger: LoadedRouter | None = None
         self._warned: set[tuple[str, str]] = set()  # (served, shadow) versions whose embedders differ, logged once
 
@@ -122,7 +123,7 @@ class Rollout:
             return
         if self.challenger is not None and self.challenger.version == str(version):
             return
-        router = load_router(f"models:/{self.name}@{CHALLENGER}", self.embed_batch)
+        router = load_router(f"models:/{self.name}@{CHALLENGER}", self.embed_batch, self.kept)
         self.challenger = router  # requests already routing keep the pair they took
         freeze_heap()
         log.info("shadowing with %s@%s version %s", self.name, CHALLENGER, router.version)

@@ -143,6 +143,9 @@ def test_the_challenger_ranks_every_routed_request_from_the_same_embedding(
             assert sum(embedded) - embedded_before == 6  # one embedding per routed request: none for the shadow
             assert sum(replay.request_log.totals().values()) - asked_before == 7  # one upstream call per request
             metrics = _samples(requests.get(f"{url}/metrics", timeout=10).text)
+            body = {"model": "uniroute", "messages": [{"role": "user", "content": prompts[0]}], "cost_weight": 0.0}
+            explained = client.post("/route", cast_to=object, body=body)  # /v1/route names the shadow's choice too
+    assert explained["served_alias"] == "champion" and explained["router_version"] == "1"
     assert metrics[("uniroute_routed_total", (("alias", "champion"), ("version", "1")))] == 6
     shadowed = sum(v for (name, _), v in metrics.items() if name == "uniroute_shadow_total")
     assert shadowed == (6 if shadow else 0)
@@ -154,6 +157,7 @@ def test_the_challenger_ranks_every_routed_request_from_the_same_embedding(
     routed = records.filter(pl.col("model_requested") == "uniroute", ~pl.col("stream"))
     if not shadow:
         assert routed["shadow_version"].is_null().all() and routed["shadow_llm"].is_null().all()
+        assert explained["shadow"] is None
         return
     challenger = mlflow.pyfunc.load_model(f"models:/uniroute/{versions['two']}").unwrap_python_model()
     expected = challenger.route(prompts, {"cost_weight": 0.0})  # the challenger's own choice, embedding anew
@@ -163,6 +167,7 @@ def test_the_challenger_ranks_every_routed_request_from_the_same_embedding(
         assert record["shadow_version"] == versions["two"] and record["shadow_llm"] == llm
         assert record["shadow_predicted_error"] == pytest.approx(expected["predicted_error"][i][llm], abs=1e-6)
         assert record["shadow_predicted_cost"] == pytest.approx(expected["cost"][i][llm])
+    assert explained["shadow"]["version"] == versions["two"] and explained["shadow"]["llm"] == expected["llm"][0]
 
 
 def test_a_challenger_with_another_embedder_is_not_shadowed(
