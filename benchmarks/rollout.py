@@ -15,11 +15,13 @@ endpoint (its own process) answers for every LLM; each gateway is ``uniroute ser
    (different prompts): the share served by the challenger (floor: within 10% +/- 1 point) and the users who met
    both versions (floor 0); the decision records' ``served_alias`` agree with the responses' version header.
 
-The lead adds two sections to :data:`SECTIONS`: rollback under load (``benchmarks.rollout_rollback``) and the
-LiteLLM plug-in (``benchmarks.rollout_litellm``); a section is a function of :class:`Bench` returning its
-:data:`Row` s.
+3. ``rollback``: ``uniroute serve --workers 2`` serving the champion; the challenger promoted (the workers follow),
+   then ``uniroute rollback`` under load at ``--concurrency`` in flight (:mod:`benchmarks.rollout_rollback`): 0
+   failed requests, every request sent after the reload interval + 1 s served by the previous version.
 
-    python -m benchmarks.rollout [--sections shadow,canary] [--requests 1000] [--rounds 5] [--strict]
+A section is a function of :class:`Bench` returning its :data:`Row` s.
+
+    python -m benchmarks.rollout [--sections shadow,canary,rollback] [--requests 1000] [--rounds 5] [--strict]
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.gateway import Load, gateway_process, load, replay_process
 from benchmarks.machine import machine_description
+from benchmarks.rollout_rollback import rollback_section
 from benchmarks.routing_overhead import fit_router, register
 from benchmarks.scratch_registry import Scratch, add_scratch_arguments, scratch_registry
 from pipelines.demo import write_catalog
@@ -194,9 +197,12 @@ def canary_section(bench: Bench) -> list[Row]:
     ]
 
 
-#: The sections in the order they run. The lead adds "rollback" (benchmarks.rollout_rollback, promote27) and
-#: "litellm" (benchmarks.rollout_litellm, litellm27) here: each a function of Bench returning its rows.
-SECTIONS: dict[str, Callable[[Bench], list[Row]]] = {"shadow": shadow_section, "canary": canary_section}
+#: The sections in the order they run, each a function of Bench returning its rows; rollback last (it moves aliases).
+SECTIONS: dict[str, Callable[[Bench], list[Row]]] = {
+    "shadow": shadow_section,
+    "canary": canary_section,
+    "rollback": rollback_section,
+}
 
 
 def register_challenger(scratch: Scratch) -> str:
@@ -216,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"some of {','.join(SECTIONS)}")
     parser.add_argument("--requests", type=int, default=1000, help="routed requests per shadow round and gateway")
     parser.add_argument("--rounds", type=int, default=5, help="shadow on/off rounds, interleaved")
+    parser.add_argument("--rollback-workers", type=int, default=2, help="gateway processes in the rollback section")
+    parser.add_argument("--rollback-reload-interval", type=float, default=1.0, help="their reload interval, s")
     parser.add_argument("--single", type=int, default=100, help="one-at-a-time on/off pairs per shadow round")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--canary-requests", type=int, default=10_000)

