@@ -45,6 +45,7 @@ from benchmarks.routing_quality import (
 )
 from router_core import (
     BACKENDS,
+    DEFAULT_BACKEND,
     DEFAULT_EMBEDDER,
     DEFAULT_ESTIMATOR,
     DEFAULT_ORDER,
@@ -66,9 +67,9 @@ BASELINE = "random + plain"
 METHODS = {
     BASELINE: ("random", "plain"),
     "random + lowrank": ("random", "lowrank"),
-    "stratified + plain": ("stratified", "plain"),
-    "stratified + difficulty": ("stratified", "difficulty"),
     "stratified + lowrank": ("stratified", "lowrank"),
+    "discriminative + plain": ("discriminative", "plain"),
+    "discriminative + difficulty": ("discriminative", "difficulty"),
     "discriminative + lowrank": ("discriminative", "lowrank"),
     "adaptive + lowrank": ("adaptive", "lowrank"),
 }
@@ -224,11 +225,11 @@ def print_table(table: pl.DataFrame, k_per_seed: list[int], n_seeds: int) -> Non
     print(f"\n=== unseen-LLM AUDC vs share of the validation set asked ({n_seeds} seeds, mean; K {k_per_seed})")
     print("    gain = AUDC - ZeroRouter's (full profiles); % = share of the full profile's gain kept")
     head = "".join(f"{f:>7.0%} ({asked[f]:.0f}, {asked[f] / k:.1f}/cl)" for f in fractions)
-    print(f"{'order + estimator':<26}{head}")
+    print(f"{'order + estimator':<29}{head}")
     for method in METHODS:
         rows = table.filter(pl.col("method") == method).sort("fraction")
         cells = "".join(f"{r['audc_mean']:>9.4f} {r['share_of_full_gain']:>+7.0%}  " for r in rows.rows(named=True))
-        print(f"{method:<26}{cells}")
+        print(f"{method:<29}{cells}")
     print(f"(prompts asked of {n_val:.0f} validation prompts; /cl = per cluster on average)")
 
 
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--map", choices=("learned", "kmeans"), default="learned", help="the cluster map's kind")
     parser.add_argument("--cost-mode", choices=("flat", "tokens"), default="flat")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", DEFAULT_EMBEDDER))
-    parser.add_argument("--backend", choices=BACKENDS, default="torch", help="how vectors are computed")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="how vectors are computed")
     parser.add_argument("--out", type=Path, default=DATA_HOME / "bench" / "onboarding_cost")
     args = parser.parse_args(argv)
 

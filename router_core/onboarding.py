@@ -48,7 +48,7 @@ ORDERS = ("random", "stratified", "discriminative", "adaptive")
 #: known LLMs' main directions of disagreement and a per-cluster correction).
 ESTIMATORS = ("plain", "difficulty", "lowrank")
 #: The order the pipeline uses (benchmarks/onboarding_cost.py).
-DEFAULT_ORDER = "stratified"
+DEFAULT_ORDER = "discriminative"
 #: The estimator the pipeline uses.
 DEFAULT_ESTIMATOR = "lowrank"
 #: The share of the validation prompts a new LLM is asked before its first router version.
@@ -94,16 +94,27 @@ class PartialProfileEstimator:
     shrinkage : the prior weight in prompts of :func:`router_core.features.llm_error_features` (the pipeline's).
     method : one of :data:`ESTIMATORS`.
     rank : principal directions of the known LLMs' errors used by ``lowrank``.
+    cluster_weight : the per-cluster correction's prior weight in prompts (``lowrank``); None: estimated from the
+        known LLMs' spread around the low-rank fit.
     """
 
-    def __init__(self, shrinkage: float = 0.0, method: str = DEFAULT_ESTIMATOR, rank: int = 2) -> None:
+    def __init__(
+        self,
+        shrinkage: float = 0.0,
+        method: str = DEFAULT_ESTIMATOR,
+        rank: int = 1,
+        cluster_weight: float | None = None,
+    ) -> None:
         if method not in ESTIMATORS:
             raise RouterInputError("method", method, f"must be one of {list(ESTIMATORS)}")
         if not isinstance(rank, int | np.integer) or rank < 0:
             raise RouterInputError("rank", rank, "must be an integer >= 0")
+        if cluster_weight is not None and not cluster_weight > 0:
+            raise RouterInputError("cluster_weight", cluster_weight, "must be > 0 (or None: estimated)")
         self.shrinkage = shrinkage
         self.method = method
         self.rank = rank
+        self.cluster_weight = cluster_weight
 
     def fit(self, assignments: np.ndarray, errors: np.ndarray) -> Self:
         """Learn the prior from the known LLMs' errors ``errors`` (n, M) on the validation prompts (NaN = not
@@ -123,7 +134,10 @@ class PartialProfileEstimator:
         self.prior_var_ = np.r_[max(offsets.var(), 1e-4), np.maximum(loadings.var(axis=0), 1e-4)]
         rest = residual - self.factors_ @ loadings.T
         self.noise_var_ = max(float(rest.var()), 0.05)
-        self.cluster_prior_var_ = self._cluster_variance(rest) if self.method == "lowrank" else 0.0
+        self.cluster_prior_var_ = 0.0
+        if self.method == "lowrank":
+            weight = self.cluster_weight
+            self.cluster_prior_var_ = self._cluster_variance(rest) if weight is None else self.noise_var_ / weight
         return self
 
     def _cluster_variance(self, rest: np.ndarray) -> float:
