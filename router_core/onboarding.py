@@ -291,18 +291,14 @@ class OnboardingPlanner:
         open_ = np.isnan(errors)
         mass = weights.sum(axis=0)
         p = imputation.p
-        noise = (weights[open_] ** 2).T @ (p[open_] * (1 - p[open_]))
-        unasked_mass = weights[open_].sum(axis=0)
         info = p * (1 - p) * (1 + np.clip(self.discrimination_, 0, None) / (self.discrimination_.max() + 1e-12))
         picks: list[int] = []
         for _ in range(n):
-            variance = (noise + unasked_mass**2 * imputation.cluster_var) / mass**2
+            variance = np.clip(estimator._imputation_variance(imputation, ~open_), 0, None)
             priority = np.where(open_, (weights @ (mass * np.sqrt(variance))) * info, -np.inf)
             i = int(np.argmax(priority))
             picks.append(i)
             open_[i] = False
-            noise -= weights[i] ** 2 * p[i] * (1 - p[i])
-            unasked_mass -= weights[i]
         return np.asarray(picks, dtype=np.int64)
 
 
