@@ -96,25 +96,31 @@ class PartialProfileEstimator:
     rank : principal directions of the known LLMs' errors used by ``lowrank``.
     cluster_weight : the per-cluster correction's prior weight in prompts (``lowrank``); None: estimated from the
         known LLMs' spread around the low-rank fit.
+    answers_per_factor : a new LLM's factor scores are fitted only with this many answers each (``lowrank``: with
+        fewer answers, fewer of the ``rank`` directions are used).
     """
 
     def __init__(
         self,
         shrinkage: float = 0.0,
         method: str = DEFAULT_ESTIMATOR,
-        rank: int = 1,
+        rank: int = 2,
         cluster_weight: float | None = None,
+        answers_per_factor: int = 30,
     ) -> None:
         if method not in ESTIMATORS:
             raise RouterInputError("method", method, f"must be one of {list(ESTIMATORS)}")
         if not isinstance(rank, int | np.integer) or rank < 0:
             raise RouterInputError("rank", rank, "must be an integer >= 0")
+        if not isinstance(answers_per_factor, int | np.integer) or answers_per_factor < 1:
+            raise RouterInputError("answers_per_factor", answers_per_factor, "must be an integer >= 1")
         if cluster_weight is not None and not cluster_weight > 0:
             raise RouterInputError("cluster_weight", cluster_weight, "must be > 0 (or None: estimated)")
         self.shrinkage = shrinkage
         self.method = method
         self.rank = rank
         self.cluster_weight = cluster_weight
+        self.answers_per_factor = answers_per_factor
 
     def fit(self, assignments: np.ndarray, errors: np.ndarray) -> Self:
         """Learn the prior from the known LLMs' errors ``errors`` (n, M) on the validation prompts (NaN = not
@@ -155,11 +161,12 @@ class PartialProfileEstimator:
         """Fill the NaN of one LLM's errors (n,) from the fitted model and its observed answers."""
         weights, asked = self.assignments_, ~np.isnan(errors)
         k = weights.shape[1]
-        design = self._design()
         if self.method == "plain":
             return _Imputation(errors, np.full(len(errors), np.nan), np.zeros(k), np.zeros((0, 0)))
+        used = 1 + min(self.factors_.shape[1], int(asked.sum()) // self.answers_per_factor)
+        design = self._design()[:, :used]
         x, y = design[asked], errors[asked] - self.difficulty_[asked]
-        precision = x.T @ x / self.noise_var_ + np.diag(1.0 / self.prior_var_)
+        precision = x.T @ x / self.noise_var_ + np.diag(1.0 / self.prior_var_[:used])
         beta = np.linalg.solve(precision, x.T @ y / self.noise_var_)
         p = self.difficulty_ + design @ beta
         cluster_var = np.zeros(k)
@@ -170,7 +177,9 @@ class PartialProfileEstimator:
             p = p + weights @ correction
             cluster_var = 1.0 / (1.0 / self.cluster_prior_var_ + effective_counts(w_asked) / self.noise_var_)
         p = np.clip(p, _CLIP, 1 - _CLIP)
-        return _Imputation(np.where(asked, errors, p), p, cluster_var, np.linalg.inv(precision))
+        beta_cov = np.diag(self.prior_var_)  # the directions not fitted keep their prior's variance
+        beta_cov[:used, :used] = np.linalg.inv(precision)
+        return _Imputation(np.where(asked, errors, p), p, cluster_var, beta_cov)
 
     def estimate(self, errors: np.ndarray, complete: np.ndarray | None = None) -> PartialProfile:
         """Psi of L LLMs from ``errors`` (n,) or (n, L), NaN where not asked. LLMs marked ``complete`` (default:

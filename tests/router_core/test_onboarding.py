@@ -151,6 +151,7 @@ def test_adaptive_picks_from_the_answers_and_never_repeats_a_prompt():
         (lambda w, e: PartialProfileEstimator(method="median"), "method"),
         (lambda w, e: PartialProfileEstimator(rank=-1), "rank"),
         (lambda w, e: PartialProfileEstimator(cluster_weight=0.0), "cluster_weight"),
+        (lambda w, e: PartialProfileEstimator(answers_per_factor=0), "answers_per_factor"),
         (lambda w, e: OnboardingPlanner().fit(w, e[:-1]), "errors"),
         (lambda w, e: PartialProfileEstimator().fit(w, e).estimate(e[:-1]), "errors"),
         (lambda w, e: PartialProfileEstimator().fit(w, e).estimate(e, complete=[True]), "complete"),
