@@ -16,9 +16,10 @@ def test_benchmark_runs_every_method_at_every_fraction_and_checks_the_floors(mml
     assert "the pool without it" in printed and onboarding_cost.CHOSEN in printed
     results = pl.read_csv(tmp_path / "out" / "per_seed.csv")
     fractions = len(onboarding_cost.FRACTIONS)
-    assert results.height == 2 * fractions * (len(onboarding_cost.METHODS) + 1)
+    assert results.height == 2 * fractions * len(onboarding_cost.METHODS)
+    assert pl.read_csv(tmp_path / "out" / "provisional.csv").height == 2 * fractions
     # with every prompt asked, every order and estimator gives today's Psi: one AUDC per seed
-    full = results.filter(pl.col("fraction") == 1.0, pl.col("method") != "provisional vs without")
+    full = results.filter(pl.col("fraction") == 1.0)
     assert full.group_by("seed").agg(pl.col("audc").n_unique())["audc"].to_list() == [1, 1]
     # the number of prompts asked grows with the fraction, from one prompt to the whole validation set
     asked = results.filter(pl.col("method") == onboarding_cost.BASELINE, pl.col("seed") == 0).sort("fraction")
