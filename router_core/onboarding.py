@@ -97,7 +97,8 @@ class PartialProfileEstimator:
     method : one of :data:`ESTIMATORS`.
     rank : principal directions of the known LLMs' errors used by ``lowrank``.
     cluster_weight : the per-cluster correction's prior weight in prompts (``lowrank``); None: estimated from the
-        known LLMs' spread around the low-rank fit.
+        known LLMs' spread around their own low-rank fit, which over-shrinks (that fit absorbs their cluster
+        effects), so that a half-asked cluster kept only part of its specialisation on the benchmark.
     answers_per_factor : a new LLM's factor scores are fitted only with this many answers each (``lowrank``: with
         fewer answers, fewer of the ``rank`` directions are used).
     """
@@ -107,7 +108,7 @@ class PartialProfileEstimator:
         shrinkage: float = 0.0,
         method: str = DEFAULT_ESTIMATOR,
         rank: int = 2,
-        cluster_weight: float | None = None,
+        cluster_weight: float | None = 15.0,
         answers_per_factor: int = 30,
     ) -> None:
         if method not in ESTIMATORS:
