@@ -131,6 +131,13 @@ class PartialProfileEstimator:
         weights, errors = _check_pair(assignments, errors)
         self.assignments_ = weights
         self.known_psi_ = llm_error_features(weights, errors, self.shrinkage)
+        self.imputes_ = self.method != "plain" and errors.shape[1] > 0  # no known LLM: nothing to impute from
+        if self.imputes_:
+            self._fit_prior(errors)
+        return self
+
+    def _fit_prior(self, errors: np.ndarray) -> None:
+        """Difficulty, factors, prior and noise variances from the known LLMs' errors."""
         filled = np.where(np.isnan(errors), np.nanmean(errors, axis=0), errors)
         self.difficulty_ = filled.mean(axis=1)
         residual = filled - self.difficulty_[:, None]
@@ -147,7 +154,6 @@ class PartialProfileEstimator:
         if self.method == "lowrank":
             weight = self.cluster_weight
             self.cluster_prior_var_ = self._cluster_variance(rest) if weight is None else self.noise_var_ / weight
-        return self
 
     def _cluster_variance(self, rest: np.ndarray) -> float:
         """Between-LLM variance of the per-cluster mean residual, less its sampling noise (at least 1e-4)."""
@@ -164,8 +170,6 @@ class PartialProfileEstimator:
         """Fill the NaN of one LLM's errors (n,) from the fitted model and its observed answers."""
         weights, asked = self.assignments_, ~np.isnan(errors)
         k = weights.shape[1]
-        if self.method == "plain":
-            return _Imputation(errors, np.full(len(errors), np.nan), np.zeros(k), np.zeros((0, 0)))
         used = 1 + min(self.factors_.shape[1], int(asked.sum()) // self.answers_per_factor)
         design = self._design()[:, :used]
         x, y = design[asked], errors[asked] - self.difficulty_[asked]
@@ -199,7 +203,7 @@ class PartialProfileEstimator:
             raise RouterInputError("complete", complete.shape, f"needs one flag per LLM ({errors.shape[1]})")
         psi = llm_error_features(self.assignments_, errors, self.shrinkage)  # all at once: bit-for-bit today's
         se = self._sampling_se(psi, effective_counts_per_llm(self.assignments_, observed))
-        partial = np.zeros_like(complete) if self.method == "plain" else ~complete
+        partial = ~complete if self.imputes_ else np.zeros_like(complete)
         for j in np.flatnonzero(partial):
             psi[j], se[j] = self._imputed(self._impute(errors[:, j]), observed[:, j])
         return PartialProfile(psi=psi, standard_error=se, asked=observed.sum(axis=0))
@@ -286,7 +290,7 @@ class OnboardingPlanner:
         if asked.size and (asked.min() < 0 or asked.max() >= total):
             raise RouterInputError("asked", int(asked[(asked < 0) | (asked >= total)][0]), f"must be in [0, {total})")
         n = int(min(max(n, 0), total - len(set(asked.tolist()))))
-        if self.method == "adaptive" and asked.size:
+        if self.method == "adaptive" and asked.size and self.estimator_.imputes_:
             return self._adaptive(asked, answers, n)
         done = np.zeros(total, dtype=bool)
         done[asked] = True

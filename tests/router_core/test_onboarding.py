@@ -174,3 +174,19 @@ def test_bad_input_names_the_field(call, field):
 def test_not_fitted_is_its_own_error():
     with pytest.raises(NotFittedError):
         OnboardingPlanner().next_prompts([], [], 1)
+
+
+@pytest.mark.parametrize("method", ORDERS)
+def test_with_no_known_llm_the_estimate_is_the_plain_mean_and_every_order_still_orders(method):
+    """The pool's first LLMs have no one to learn a prior from: nothing is imputed, nothing fails."""
+    weights, _, new = population(n=60)
+    none = np.zeros((60, 0))
+    partial = ask(new[:, :2], np.arange(0, 60, 3))
+    with np.errstate(all="raise"):
+        profile = PartialProfileEstimator().fit(weights, none).estimate(partial)
+        planner = OnboardingPlanner(method).fit(weights, none)
+        picks = planner.next_prompts(np.arange(5), new[:5, 0], 10)
+    assert np.array_equal(profile.psi, llm_error_features(weights, partial))
+    asked_in = (weights.T @ ~np.isnan(partial)).T > 0  # (L, K): a cluster with no asked prompt has an infinite SE
+    assert np.array_equal(np.isfinite(profile.standard_error), asked_in) and not asked_in.all()
+    assert len(set(picks.tolist()) - set(range(5))) == 10
