@@ -51,6 +51,16 @@ from router_core.evaluation import (
 )
 from router_core.features import effective_counts, llm_error_features, psi_drift, validation_counts
 from router_core.frames import assign_splits, check_llms, check_outcomes, check_prompts, error_matrix, value_matrix
+from router_core.onboarding import (
+    DEFAULT_ESTIMATOR,
+    DEFAULT_ONBOARDING_FRACTION,
+    DEFAULT_ORDER,
+    ESTIMATORS,
+    ORDERS,
+    OnboardingPlanner,
+    PartialProfile,
+    PartialProfileEstimator,
+)
 from router_core.online import (
     DEFAULT_MIN_COUNT,
     DEFAULT_SELECTION_MARGIN,
@@ -94,10 +104,15 @@ __all__ = [
     "DEFAULT_ACCURACY_TOLERANCE",
     "DEFAULT_BACKEND",
     "DEFAULT_EMBEDDER",
+    "DEFAULT_ESTIMATOR",
     "DEFAULT_MAX_SEQ_LENGTH",
     "DEFAULT_MIN_COUNT",
+    "DEFAULT_ONBOARDING_FRACTION",
+    "DEFAULT_ORDER",
     "DEFAULT_SELECTION_MARGIN",
     "DEFAULT_VALIDATION_COUNT",
+    "ESTIMATORS",
+    "ORDERS",
     "TRAFFIC_OUTCOME_COLUMNS",
     "BudgetMix",
     "ClusterMap",
@@ -110,9 +125,12 @@ __all__ = [
     "KNNRouter",
     "LearnedClusterMap",
     "NotFittedError",
+    "OnboardingPlanner",
     "OnlineEvaluation",
     "OperatingPoint",
     "OracleRouter",
+    "PartialProfile",
+    "PartialProfileEstimator",
     "PoolFit",
     "RandomRouter",
     "RolloutDecision",
