@@ -9,15 +9,30 @@ and must come from decisions made with the same cluster map as the router they f
 
 Per LLM :math:`h` and cluster :math:`k`, traffic gives the weighted mean error
 :math:`\tau_k(h) = \sum_i w_{ik} e_i / \sum_i w_{ik}` over the outcomes :math:`i` it served, with effective count
-:math:`m_k(h) = (\sum_i w_{ik})^2 / \sum_i w_{ik}^2`; the validation Psi has precision :math:`n_k(h)`
-(:func:`router_core.validation_counts`). The blend is their precision-weighted mean
+:math:`m_k(h) = (\sum_i w_{ik})^2 / \sum_i w_{ik}^2` (times :math:`\lambda`, ``weight``, discounting traffic evidence,
+e.g. a noisy judge); the validation Psi has precision :math:`n_k(h)` (:func:`router_core.validation_counts`).
+
+Traffic moves Psi only where it shows that the LLM *changed* (:func:`traffic_change_share`). The difference
+:math:`d = \tau - \Psi` of a cell has noise variance :math:`v = s_v^2 + s_t^2` (:math:`s_v^2 = p(1-p)/n`,
+:math:`s_t^2 = p(1-p)/m`, :math:`p` the pooled rate) and, since traffic only rates the LLMs the router *chose*, an
+expected offset of one validation SE from the winner's curse (:data:`router_core.online.DEFAULT_SELECTION_MARGIN`,
+as in :func:`router_core.online_evaluation`). A cell changed when its traffic error count is in the tail of what an
+unchanged LLM would give, below :math:`\alpha / 2N` over the :math:`N` cells with traffic (Bonferroni, both ways:
+an LLM may get better too), so an unchanged pool moves no cell with probability :math:`\ge 1 - \alpha`
+(``DEFAULT_CHANGE_ALPHA``). The tail is exact at small counts: the count's beta-binomial distribution given the
+validation answers (a Jeffreys prior on the rate, shifted up by the winner's-curse offset for "worse"), so one wrong
+answer against a clean validation record is no change. A changed cell gets
 
 .. math::
 
-    \tilde\Psi_k(h) = \Psi_k(h) + \frac{\lambda m_k(h)}{n_k(h) + \lambda m_k(h)}\,(\tau_k(h) - \Psi_k(h)),
+    \tilde\Psi_k(h) = \Psi_k(h) + \frac{\sigma^2 + s_v^2}{\sigma^2 + v}\,(\tau_k(h) - \Psi_k(h)),
+    \qquad \sigma^2 = \max(d^2 - v, 0),
 
-with :math:`\lambda` (``weight``) discounting traffic evidence (e.g. a noisy judge): a cluster with few outcomes
-barely moves, and with none :math:`\tilde\Psi = \Psi` exactly.
+the posterior mean of an LLM that moved by a change of variance :math:`\sigma^2` (its own method-of-moments
+estimate): validation is stale there, so nearly all the weight goes to traffic. An unchanged cell keeps the
+validation Psi: its traffic rates only the chosen LLM, whose estimate won by being low, so folding it in would raise
+the winners' estimates and not the others' and re-rank LLMs on noise. A cluster with few outcomes does not move
+(it cannot pass the test) and with none :math:`\tilde\Psi = \Psi` exactly.
 
 The held-out check (:func:`compare_on_traffic`) scores routers' predictions on *logged* outcomes: for each held-out
 request, the predicted error :math:`\Phi(x)^\top \Psi(h_{served})` of the LLM that actually served it against its
@@ -37,21 +52,27 @@ import polars as pl
 from router_core._errors import RouterInputError
 from router_core._hashing import unit_hash
 from router_core.coverage import cluster_weight_matrix
+from router_core.online import DEFAULT_SELECTION_MARGIN
 
 if TYPE_CHECKING:
     from router_core.routers import UniRouter
 
 __all__ = [
+    "DEFAULT_CHANGE_ALPHA",
     "TRAFFIC_OUTCOME_COLUMNS",
     "TrafficComparison",
     "TrafficErrorStats",
     "blend_traffic_features",
     "compare_on_traffic",
     "split_traffic_outcomes",
+    "traffic_change_share",
     "traffic_error_stats",
     "traffic_prediction_loss",
 ]
 
+#: Familywise level of the change test over a pool's (LLM, cluster) cells: the chance that traffic moves any Psi cell of
+#: an unchanged pool (:func:`traffic_change_share`).
+DEFAULT_CHANGE_ALPHA = 0.05
 TRAFFIC_OUTCOME_COLUMNS = ("request_id", "chosen_llm", "cluster_weights", "score")
 Metric = Literal["brier", "log_loss"]
 
@@ -158,28 +179,76 @@ def traffic_error_stats(
 
 
 def blend_traffic_features(psi: np.ndarray, validation_counts: np.ndarray, stats: TrafficErrorStats) -> np.ndarray:
-    r"""(M, K) Psi blended with traffic, :math:`\Psi + \frac{\lambda m}{n + \lambda m}(\tau - \Psi)` (module doc).
+    r"""(M, K) Psi with traffic, :math:`\Psi + \mathrm{share}\,(\tau - \Psi)` (:func:`traffic_change_share`).
 
     ``psi`` and ``validation_counts`` are (M, K) with rows in ``stats.llms``' order (use
     :meth:`TrafficErrorStats.for_llms`); where an LLM served nothing in a cluster the result is ``psi`` bit for bit.
 
-    >>> stats = TrafficErrorStats(("a",), np.array([[4.0, 0.0]]), np.array([[4.0, 0.0]]), np.array([[4.0, 0.0]]))
-    >>> blend_traffic_features(np.array([[0.2, 0.3]]), np.array([[12.0, 12.0]]), stats).tolist()
-    [[0.4, 0.3]]
+    >>> stats = TrafficErrorStats(("a",), np.array([[40.0, 40.0]]), np.array([[12.0, 40.0]]), np.array([[40.0, 40.0]]))
+    >>> blend_traffic_features(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(3).tolist()
+    [[0.2, 0.992]]
     """
     psi = np.asarray(psi, dtype=np.float64)
-    counts = np.asarray(validation_counts, dtype=np.float64)
+    share = traffic_change_share(psi, validation_counts, stats)
+    return psi + share * (np.where(stats.counts > 0, stats.observed_error, psi) - psi)
+
+
+def _check_blend_inputs(psi: np.ndarray, counts: np.ndarray, stats: TrafficErrorStats) -> None:
     if psi.shape != stats.mass.shape:
         raise RouterInputError(
             "psi", psi.shape, f"must match the traffic statistics' (LLM, cluster) shape {stats.mass.shape}"
         )
     if counts.shape != psi.shape or (counts < 0).any() or not np.isfinite(counts).all():
         raise RouterInputError("validation_counts", counts.shape, f"must be finite, >= 0 and of shape {psi.shape}")
-    traffic = stats.counts
-    seen = traffic > 0
-    share = np.divide(traffic, counts + traffic, out=np.zeros_like(psi), where=seen)
-    observed = np.where(seen, stats.observed_error, psi)
-    return psi + share * (observed - psi)
+
+
+def traffic_change_share(
+    psi: np.ndarray,
+    validation_counts: np.ndarray,
+    stats: TrafficErrorStats,
+    alpha: float = DEFAULT_CHANGE_ALPHA,
+    selection_margin: float = DEFAULT_SELECTION_MARGIN,
+) -> np.ndarray:
+    r"""(M, K) share of the way from Psi to the traffic error: :math:`(\sigma^2 + s_v^2) / (\sigma^2 + v)` in the
+    cells whose traffic shows a change at familywise level ``alpha`` (module doc), 0 elsewhere and where the LLM
+    served nothing in the cluster.
+
+    >>> stats = TrafficErrorStats(("a",), np.array([[40.0, 40.0]]), np.array([[8.0, 40.0]]), np.array([[40.0, 40.0]]))
+    >>> traffic_change_share(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(2).tolist()
+    [[0.0, 0.99]]
+    """
+    if not 0 < alpha < 1:
+        raise RouterInputError("alpha", alpha, "must be in (0, 1)")
+    psi = np.asarray(psi, dtype=np.float64)
+    n = np.asarray(validation_counts, dtype=np.float64)
+    _check_blend_inputs(psi, n, stats)
+    m, seen = stats.counts, stats.counts > 0
+    share = np.zeros_like(psi)
+    if not seen.any():
+        return share
+    tau, psi_s, n_s, m_s = stats.observed_error[seen], psi[seen], n[seen], m[seen]
+    p = (m_s * tau + n_s * psi_s + 1.0) / (m_s + n_s + 2.0)  # pooled rate under "unchanged"
+    s_v2 = p * (1 - p) / np.maximum(n_s, 1.0)
+    v = s_v2 + p * (1 - p) / m_s
+    d = tau - psi_s
+    worse = _unchanged_tail(tau, m_s, np.minimum(psi_s + selection_margin * np.sqrt(s_v2), 1.0), n_s, upper=True)
+    better = _unchanged_tail(tau, m_s, psi_s, n_s, upper=False)
+    changed = np.minimum(worse, better) < alpha / (2 * seen.sum())
+    sigma2 = np.maximum(d**2 - v, 0.0)
+    share[seen] = np.where(changed, (sigma2 + s_v2) / (sigma2 + v), 0.0)
+    return share
+
+
+def _unchanged_tail(tau: np.ndarray, m: np.ndarray, psi: np.ndarray, n: np.ndarray, upper: bool) -> np.ndarray:
+    """P(traffic errors >= (``upper``) or <= the observed ``m * tau``) among ``m`` outcomes (rounded) when the error
+    rate is the validation's: beta-binomial with the rate's posterior from ``n`` validation prompts of mean ``psi``
+    (Jeffreys prior), exact at small counts where a normal approximation would call one wrong answer a change."""
+    from scipy.stats import betabinom  # scikit-learn's dependency; imported only when traffic is blended
+
+    trials = np.maximum(np.rint(m), 1).astype(np.int64)
+    errors = np.clip(np.rint(tau * trials), 0, trials).astype(np.int64)
+    a, b = n * psi + 0.5, n * (1 - psi) + 0.5
+    return betabinom.sf(errors - 1, trials, a, b) if upper else betabinom.cdf(errors, trials, a, b)
 
 
 def split_traffic_outcomes(
