@@ -12,16 +12,19 @@ Per LLM :math:`h` and cluster :math:`k`, traffic gives the weighted mean error
 :math:`m_k(h) = (\sum_i w_{ik})^2 / \sum_i w_{ik}^2` (times :math:`\lambda`, ``weight``, discounting traffic evidence,
 e.g. a noisy judge); the validation Psi has precision :math:`n_k(h)` (:func:`router_core.validation_counts`).
 
-Traffic moves Psi only where it shows that the LLM *changed* (:func:`traffic_change_share`). The difference
-:math:`d = \tau - \Psi` of a cell has noise variance :math:`v = s_v^2 + s_t^2` (:math:`s_v^2 = p(1-p)/n`,
-:math:`s_t^2 = p(1-p)/m`, :math:`p` the pooled rate) and, since traffic only rates the LLMs the router *chose*, an
-expected offset of one validation SE from the winner's curse (:data:`router_core.online.DEFAULT_SELECTION_MARGIN`,
-as in :func:`router_core.online_evaluation`). A cell changed when its traffic error count is in the tail of what an
-unchanged LLM would give, below :math:`\alpha / 2N` over the :math:`N` cells with traffic (Bonferroni, both ways:
-an LLM may get better too), so an unchanged pool moves no cell with probability :math:`\ge 1 - \alpha`
-(``DEFAULT_CHANGE_ALPHA``). The tail is exact at small counts: the count's beta-binomial distribution given the
-validation answers (a Jeffreys prior on the rate, shifted up by the winner's-curse offset for "worse"), so one wrong
-answer against a clean validation record is no change. A changed cell gets
+Where traffic and validation describe the same LLM, Psi is their precision-weighted mean,
+:math:`\Psi + \frac{m}{n + m}(\tau - \Psi)`: a cluster with few outcomes barely moves, and with none
+:math:`\tilde\Psi = \Psi` exactly. Where traffic shows that the LLM *changed* (:func:`traffic_change_share`), the
+validation answers are stale and traffic takes over. The difference :math:`d = \tau - \Psi` of a cell has noise
+variance :math:`v = s_v^2 + s_t^2` (:math:`s_v^2 = p(1-p)/n`, :math:`s_t^2 = p(1-p)/m`, :math:`p` the pooled rate)
+and, since traffic only rates the LLMs the router *chose*, an expected offset of one validation SE from the winner's
+curse (:data:`router_core.online.DEFAULT_SELECTION_MARGIN`, as in :func:`router_core.online_evaluation`). A cell
+changed when its traffic error count is in the tail of what an unchanged LLM would give, below
+:math:`\alpha / 2N` over the :math:`N` cells with traffic (Bonferroni, both ways: an LLM may get better too), so in an
+unchanged pool no cell is treated as changed with probability :math:`\ge 1 - \alpha` (``DEFAULT_CHANGE_ALPHA``). The
+tail is exact at small counts: the count's beta-binomial distribution given the validation answers (a Jeffreys prior
+on the rate, shifted up by the winner's-curse offset for "worse"), so one wrong answer against a clean validation
+record is no change. A changed cell gets
 
 .. math::
 
@@ -29,10 +32,8 @@ answer against a clean validation record is no change. A changed cell gets
     \qquad \sigma^2 = \max(d^2 - v, 0),
 
 the posterior mean of an LLM that moved by a change of variance :math:`\sigma^2` (its own method-of-moments
-estimate): validation is stale there, so nearly all the weight goes to traffic. An unchanged cell keeps the
-validation Psi: its traffic rates only the chosen LLM, whose estimate won by being low, so folding it in would raise
-the winners' estimates and not the others' and re-rank LLMs on noise. A cluster with few outcomes does not move
-(it cannot pass the test) and with none :math:`\tilde\Psi = \Psi` exactly.
+estimate; with :math:`\sigma^2 = 0` it is the precision-weighted mean): nearly all the weight goes to traffic, where
+the precision blend would keep trusting many stale validation prompts over a few fresh outcomes.
 
 The held-out check (:func:`compare_on_traffic`) scores routers' predictions on *logged* outcomes: for each held-out
 request, the predicted error :math:`\Phi(x)^\top \Psi(h_{served})` of the LLM that actually served it against its
@@ -186,7 +187,7 @@ def blend_traffic_features(psi: np.ndarray, validation_counts: np.ndarray, stats
 
     >>> stats = TrafficErrorStats(("a",), np.array([[40.0, 40.0]]), np.array([[12.0, 40.0]]), np.array([[40.0, 40.0]]))
     >>> blend_traffic_features(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(3).tolist()
-    [[0.2, 0.992]]
+    [[0.25, 0.992]]
     """
     psi = np.asarray(psi, dtype=np.float64)
     share = traffic_change_share(psi, validation_counts, stats)
@@ -210,12 +211,12 @@ def traffic_change_share(
     selection_margin: float = DEFAULT_SELECTION_MARGIN,
 ) -> np.ndarray:
     r"""(M, K) share of the way from Psi to the traffic error: :math:`(\sigma^2 + s_v^2) / (\sigma^2 + v)` in the
-    cells whose traffic shows a change at familywise level ``alpha`` (module doc), 0 elsewhere and where the LLM
-    served nothing in the cluster.
+    cells whose traffic shows a change at familywise level ``alpha`` (module doc), the precision weight
+    :math:`m / (n + m)` elsewhere, 0 where the LLM served nothing in the cluster.
 
     >>> stats = TrafficErrorStats(("a",), np.array([[40.0, 40.0]]), np.array([[8.0, 40.0]]), np.array([[40.0, 40.0]]))
     >>> traffic_change_share(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(2).tolist()
-    [[0.0, 0.99]]
+    [[0.5, 0.99]]
     """
     if not 0 < alpha < 1:
         raise RouterInputError("alpha", alpha, "must be in (0, 1)")
@@ -235,7 +236,7 @@ def traffic_change_share(
     better = _unchanged_tail(tau, m_s, psi_s, n_s, upper=False)
     changed = np.minimum(worse, better) < alpha / (2 * seen.sum())
     sigma2 = np.maximum(d**2 - v, 0.0)
-    share[seen] = np.where(changed, (sigma2 + s_v2) / (sigma2 + v), 0.0)
+    share[seen] = np.where(changed, (sigma2 + s_v2) / (sigma2 + v), m_s / (n_s + m_s))  # else: precision-weighted
     return share
 
 

@@ -79,8 +79,8 @@ class TrafficFeatures:
         """One line for the model card."""
         return (
             f"{TRAFFIC_FEATURES}: each LLM's Psi blends its validation errors with {self.used:,} traffic outcomes "
-            f"per cluster where they show a change beyond noise (router_core.traffic_change_share; one outcome worth "
-            f"{self.stats.weight:g} validation prompts); "
+            f"per cluster (precision-weighted, one outcome worth {self.stats.weight:g} validation prompts; mostly "
+            f"traffic where it shows a change beyond noise); "
             f"{self.heldout.height:,} held out for the champion gate"
         )
 
