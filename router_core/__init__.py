@@ -85,6 +85,7 @@ from router_core.traffic_features import (
     compare_on_traffic,
     split_traffic_outcomes,
     traffic_change_share,
+    traffic_changed_cells,
     traffic_error_stats,
     traffic_prediction_loss,
 )
@@ -172,6 +173,7 @@ __all__ = [
     "stratified_traffic_sample",
     "summarize_curve",
     "traffic_change_share",
+    "traffic_changed_cells",
     "traffic_error_stats",
     "traffic_prediction_loss",
     "validation_count_table",

@@ -12,28 +12,31 @@ Per LLM :math:`h` and cluster :math:`k`, traffic gives the weighted mean error
 :math:`m_k(h) = (\sum_i w_{ik})^2 / \sum_i w_{ik}^2` (times :math:`\lambda`, ``weight``, discounting traffic evidence,
 e.g. a noisy judge); the validation Psi has precision :math:`n_k(h)` (:func:`router_core.validation_counts`).
 
-Where traffic and validation describe the same LLM, Psi is their precision-weighted mean,
-:math:`\Psi + \frac{m}{n + m}(\tau - \Psi)`: a cluster with few outcomes barely moves, and with none
-:math:`\tilde\Psi = \Psi` exactly. Where traffic shows that the LLM *changed* (:func:`traffic_change_share`), the
-validation answers are stale and traffic takes over. The difference :math:`d = \tau - \Psi` of a cell has noise
-variance :math:`v = s_v^2 + s_t^2` (:math:`s_v^2 = p(1-p)/n`, :math:`s_t^2 = p(1-p)/m`, :math:`p` the pooled rate)
-and, since traffic only rates the LLMs the router *chose*, an expected offset of one validation SE from the winner's
-curse (:data:`router_core.online.DEFAULT_SELECTION_MARGIN`, as in :func:`router_core.online_evaluation`). A cell
-changed when its traffic error count is in the tail of what an unchanged LLM would give, below
-:math:`\alpha / 2N` over the :math:`N` cells with traffic (Bonferroni, both ways: an LLM may get better too), so in an
-unchanged pool no cell is treated as changed with probability :math:`\ge 1 - \alpha` (``DEFAULT_CHANGE_ALPHA``). The
-tail is exact at small counts: the count's beta-binomial distribution given the validation answers (a Jeffreys prior
-on the rate, shifted up by the winner's-curse offset for "worse"), so one wrong answer against a clean validation
-record is no change. A changed cell gets
+Each cell moves part of the way from :math:`\Psi` to :math:`\tau`: the posterior mean of the LLM's error now when
+validation's estimate is off from it by its own noise plus a drift of variance :math:`\sigma^2`,
 
 .. math::
 
     \tilde\Psi_k(h) = \Psi_k(h) + \frac{\sigma^2 + s_v^2}{\sigma^2 + v}\,(\tau_k(h) - \Psi_k(h)),
-    \qquad \sigma^2 = \max(d^2 - v, 0),
 
-the posterior mean of an LLM that moved by a change of variance :math:`\sigma^2` (its own method-of-moments
-estimate; with :math:`\sigma^2 = 0` it is the precision-weighted mean): nearly all the weight goes to traffic, where
-the precision blend would keep trusting many stale validation prompts over a few fresh outcomes.
+with :math:`d = \tau - \Psi`, :math:`v = s_v^2 + s_t^2` its noise variance (:math:`s_v^2 = p(1-p)/n`,
+:math:`s_t^2 = p(1-p)/m`, :math:`p` the pooled rate). With :math:`\sigma^2 = 0` this is the precision-weighted mean
+:math:`\Psi + \frac{m}{n + m}(\tau - \Psi)`: a cluster with few outcomes barely moves, and with none
+:math:`\tilde\Psi = \Psi` exactly.
+
+- :math:`\sigma^2` is the *pool's* drift variance (empirical Bayes, method of moments over the cells with traffic):
+  :math:`\max(0, \overline{(d - o)^2 - v})`, where :math:`o` is the winner's-curse offset of one validation SE
+  (traffic only rates the LLMs the router *chose*, whose estimates won by being low;
+  :data:`router_core.online.DEFAULT_SELECTION_MARGIN`, as in :func:`router_core.online_evaluation`). It is 0 when
+  traffic agrees with validation within noise, and with fewer than :data:`MIN_DRIFT_CELLS` cells.
+- A cell whose own traffic shows that the LLM *changed* (:func:`traffic_changed_cells`) uses its own
+  :math:`\sigma^2 = \max(d^2 - v, 0)`: validation is stale there and traffic takes nearly all the weight. A cell
+  changed when its traffic error count is in the tail of what an unchanged LLM would give, below
+  :math:`\alpha / 2N` over the :math:`N` cells with traffic (Bonferroni, both ways), so in an unchanged pool no cell
+  is treated as changed with probability :math:`\ge 1 - \alpha` (``DEFAULT_CHANGE_ALPHA``). The tail is exact at
+  small counts: the count's beta-binomial distribution given the validation answers (a Jeffreys prior on the rate,
+  shifted up by the winner's-curse offset for "worse"), so one wrong answer against a clean validation record is
+  no change.
 
 The held-out check (:func:`compare_on_traffic`) scores routers' predictions on *logged* outcomes: for each held-out
 request, the predicted error :math:`\Phi(x)^\top \Psi(h_{served})` of the LLM that actually served it against its
@@ -67,6 +70,7 @@ __all__ = [
     "compare_on_traffic",
     "split_traffic_outcomes",
     "traffic_change_share",
+    "traffic_changed_cells",
     "traffic_error_stats",
     "traffic_prediction_loss",
 ]
@@ -203,6 +207,53 @@ def _check_blend_inputs(psi: np.ndarray, counts: np.ndarray, stats: TrafficError
         raise RouterInputError("validation_counts", counts.shape, f"must be finite, >= 0 and of shape {psi.shape}")
 
 
+@dataclass(frozen=True)
+class _CellNoise:
+    """The cells with traffic (``seen``) and, over them, traffic and validation errors, counts, the validation
+    variance ``s_v2`` and the difference's variance ``v`` at the pooled rate."""
+
+    seen: np.ndarray
+    tau: np.ndarray
+    psi: np.ndarray
+    n: np.ndarray
+    m: np.ndarray
+    s_v2: np.ndarray
+    v: np.ndarray
+
+
+def _cell_noise(psi: np.ndarray, validation_counts: np.ndarray, stats: TrafficErrorStats) -> _CellNoise:
+    psi = np.asarray(psi, dtype=np.float64)
+    counts = np.asarray(validation_counts, dtype=np.float64)
+    _check_blend_inputs(psi, counts, stats)
+    seen = stats.counts > 0
+    tau, psi_s, n, m = stats.observed_error[seen], psi[seen], counts[seen], stats.counts[seen]
+    p = (m * tau + n * psi_s + 1.0) / (m + n + 2.0)  # pooled rate under "unchanged"
+    s_v2 = p * (1 - p) / np.maximum(n, 1.0)
+    return _CellNoise(seen, tau, psi_s, n, m, s_v2, s_v2 + p * (1 - p) / m)
+
+
+def traffic_changed_cells(
+    psi: np.ndarray,
+    validation_counts: np.ndarray,
+    stats: TrafficErrorStats,
+    alpha: float = DEFAULT_CHANGE_ALPHA,
+    selection_margin: float = DEFAULT_SELECTION_MARGIN,
+) -> np.ndarray:
+    """(M, K) True where an LLM's traffic in a cluster shows it changed (module doc): its error count's exact tail
+    under "unchanged" (worse beyond the winner's-curse offset, or better) is below ``alpha`` / (2 x cells with
+    traffic), so in an unchanged pool no cell is True with probability >= 1 - ``alpha``."""
+    if not 0 < alpha < 1:
+        raise RouterInputError("alpha", alpha, "must be in (0, 1)")
+    c = _cell_noise(psi, validation_counts, stats)
+    changed = np.zeros(c.seen.shape, dtype=bool)
+    if c.seen.any():
+        shifted = np.minimum(c.psi + selection_margin * np.sqrt(c.s_v2), 1.0)
+        worse = _unchanged_tail(c.tau, c.m, shifted, c.n, upper=True)
+        better = _unchanged_tail(c.tau, c.m, c.psi, c.n, upper=False)
+        changed[c.seen] = np.minimum(worse, better) < alpha / (2 * c.seen.sum())
+    return changed
+
+
 def traffic_change_share(
     psi: np.ndarray,
     validation_counts: np.ndarray,
@@ -210,34 +261,39 @@ def traffic_change_share(
     alpha: float = DEFAULT_CHANGE_ALPHA,
     selection_margin: float = DEFAULT_SELECTION_MARGIN,
 ) -> np.ndarray:
-    r"""(M, K) share of the way from Psi to the traffic error: :math:`(\sigma^2 + s_v^2) / (\sigma^2 + v)` in the
-    cells whose traffic shows a change at familywise level ``alpha`` (module doc), the precision weight
-    :math:`m / (n + m)` elsewhere, 0 where the LLM served nothing in the cluster.
+    r"""(M, K) share of the way from Psi to the traffic error, :math:`(\sigma^2 + s_v^2) / (\sigma^2 + v)` (module
+    doc): with the cell's own :math:`\sigma^2` where :func:`traffic_changed_cells` says it changed, the pool's drift
+    variance elsewhere (0 when traffic agrees with validation: the precision weight :math:`m / (n + m)`); 0 where
+    the LLM served nothing in the cluster.
 
     >>> stats = TrafficErrorStats(("a",), np.array([[40.0, 40.0]]), np.array([[8.0, 40.0]]), np.array([[40.0, 40.0]]))
     >>> traffic_change_share(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(2).tolist()
     [[0.5, 0.99]]
     """
-    if not 0 < alpha < 1:
-        raise RouterInputError("alpha", alpha, "must be in (0, 1)")
-    psi = np.asarray(psi, dtype=np.float64)
-    n = np.asarray(validation_counts, dtype=np.float64)
-    _check_blend_inputs(psi, n, stats)
-    m, seen = stats.counts, stats.counts > 0
-    share = np.zeros_like(psi)
-    if not seen.any():
+    changed = traffic_changed_cells(psi, validation_counts, stats, alpha, selection_margin)
+    c = _cell_noise(psi, validation_counts, stats)
+    share = np.zeros(c.seen.shape)
+    if not c.seen.any():
         return share
-    tau, psi_s, n_s, m_s = stats.observed_error[seen], psi[seen], n[seen], m[seen]
-    p = (m_s * tau + n_s * psi_s + 1.0) / (m_s + n_s + 2.0)  # pooled rate under "unchanged"
-    s_v2 = p * (1 - p) / np.maximum(n_s, 1.0)
-    v = s_v2 + p * (1 - p) / m_s
-    d = tau - psi_s
-    worse = _unchanged_tail(tau, m_s, np.minimum(psi_s + selection_margin * np.sqrt(s_v2), 1.0), n_s, upper=True)
-    better = _unchanged_tail(tau, m_s, psi_s, n_s, upper=False)
-    changed = np.minimum(worse, better) < alpha / (2 * seen.sum())
-    sigma2 = np.maximum(d**2 - v, 0.0)
-    share[seen] = np.where(changed, (sigma2 + s_v2) / (sigma2 + v), m_s / (n_s + m_s))  # else: precision-weighted
+    d = c.tau - c.psi
+    own = np.maximum(d**2 - c.v, 0.0)
+    spread = _drift_variance(d - selection_margin * np.sqrt(c.s_v2), c.v)
+    sigma2 = np.where(changed[c.seen], own, spread)
+    share[c.seen] = (sigma2 + c.s_v2) / (sigma2 + c.v)
     return share
+
+
+#: Fewest cells with traffic to estimate the pool's drift variance from (James-Stein's condition for shrinking
+#: several means toward a prior: with fewer, one cell's own noise would pass for drift).
+MIN_DRIFT_CELLS = 3
+
+
+def _drift_variance(excess: np.ndarray, v: np.ndarray) -> float:
+    """Method-of-moments variance of the cells' true traffic-minus-validation differences beyond the winner's-curse
+    offset, ``mean(excess^2 - v)`` floored at 0 (0 with fewer than :data:`MIN_DRIFT_CELLS` cells)."""
+    if excess.size < MIN_DRIFT_CELLS:
+        return 0.0
+    return max(float(np.mean(excess**2 - v)), 0.0)
 
 
 def _unchanged_tail(tau: np.ndarray, m: np.ndarray, psi: np.ndarray, n: np.ndarray, upper: bool) -> np.ndarray:

@@ -18,6 +18,7 @@ from router_core import (
     save_router,
     split_traffic_outcomes,
     traffic_change_share,
+    traffic_changed_cells,
     traffic_error_stats,
     traffic_prediction_loss,
     validation_counts,
@@ -119,10 +120,26 @@ def test_an_unchanged_pool_sets_validation_aside_in_no_cell_in_all_but_alpha_of_
         m = rng.integers(5, 80, size=truth.shape).astype(float)
         psi = rng.binomial(n.astype(int), truth) / n
         stats = TrafficErrorStats(tuple(f"llm{i}" for i in range(10)), m, rng.binomial(m.astype(int), truth), m)
-        changed += not np.allclose(traffic_change_share(psi, n, stats), m / (n + m), rtol=1e-12)
+        changed += traffic_changed_cells(psi, n, stats).any()
     assert changed / runs <= DEFAULT_CHANGE_ALPHA  # Bonferroni over the 80 cells (and exact tails): at most alpha
     with pytest.raises(RouterInputError, match=r"^alpha=0: must be in \(0, 1\)"):
         traffic_change_share(psi, n, stats, alpha=0)
+
+
+def test_a_pool_drifting_beyond_noise_trusts_validation_less_in_every_cell():
+    n = np.full((1, 6), 50.0)
+    m = np.full((1, 6), 30.0)
+    psi = np.full((1, 6), 0.3)
+    agreeing = TrafficErrorStats(("m",), m, m * np.array([[0.33, 0.28, 0.36, 0.30, 0.27, 0.34]]), m)
+    assert np.allclose(traffic_change_share(psi, n, agreeing), 30 / 80, rtol=1e-12)  # no drift: precision weights
+    # every cell off by ~0.12 either way (3 of 6 up, beyond one SE each, none a change on its own): validation is
+    # off by more than its noise, so traffic counts for more everywhere than its precision alone says
+    drifting = TrafficErrorStats(("m",), m, m * np.array([[0.45, 0.18, 0.45, 0.18, 0.45, 0.30]]), m)
+    assert not traffic_changed_cells(psi, n, drifting).any()
+    share = traffic_change_share(psi, n, drifting)
+    assert (share > 30 / 80 + 0.1).all() and np.allclose(share, share[0, 0], rtol=0.2)
+    few = TrafficErrorStats(("m",), m[:, :2], m[:, :2] * np.array([[0.45, 0.18]]), m[:, :2])
+    assert np.allclose(traffic_change_share(psi[:, :2], n[:, :2], few), 30 / 80)  # 2 cells: no drift estimate
 
 
 def test_soft_weights_accumulate_weighted_sums_with_effective_counts():
