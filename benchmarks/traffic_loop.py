@@ -53,6 +53,7 @@ from profiling.cli import default_data_dir
 from profiling.completion import complete_many
 from profiling.datasets import get_adapter, prepare_prompts
 from profiling.graders import GradeContext, GradeItem, InMemoryJudgeCache, get_grader
+from profiling.prompt_files import read_prompt_file
 from router_core import (
     BACKENDS,
     DEFAULT_BACKEND,
@@ -75,6 +76,7 @@ JUDGE = "replay-judge"
 #: A cluster counts as degraded for the LLM when the LLM's true error on its post-change traffic there rose this much.
 AFFECTED_RISE = 0.05
 FEEDBACK_BATCH = 100  # the gateway's largest batch of ratings
+RIGHT, WRONG = "(right answer)", "(wrong answer)"  # a results-only dataset's answers (and reference): score 1, 0
 
 
 @dataclass(frozen=True)
@@ -99,13 +101,49 @@ def sent_prompts(data_dir: Path, prompt_ids: list) -> pl.DataFrame:
     """The prompts ``prompt_ids`` (the routing data's ids) as a client sends them, in that order: ``messages`` (JSON),
     ``prompt`` (the last user message: what the gateway embeds and the replay endpoint looks up) and ``category``
     (what a substitution rule names), rendered by the dataset's adapter as the warehouse and the replay endpoint do."""
-    reader = get_adapter("mmlu_pro" if (data_dir / "questions.parquet").is_file() else "prompts")
+    reader = get_adapter("mmlu_pro" if (data_dir / "questions.parquet").is_file() else "prompts")  # a prompt file
     rows, spec = reader.load(data_dir)
     wanted = [str(i) for i in prompt_ids]
     prepared = prepare_prompts(reader.name, rows.filter(pl.col("prompt_id").is_in(wanted)), spec)
     prepared = prepared.with_columns(pl.col("prompt_id").str.strip_prefix(f"{reader.name}/"))  # the file's ids
     order = pl.DataFrame({"prompt_id": wanted})
     return order.join(prepared.select("prompt_id", "messages", "prompt", "category"), on="prompt_id", how="left")
+
+
+def replay_inputs(data_dir: Path, data: Data, root: Path) -> tuple[Path, list[str]]:
+    """What the replay endpoint and the client read: (the prompts, extra replay-server arguments).
+
+    A dataset with recorded answers (MMLU-Pro's layout) is served as it is. A results-only dataset in the generic
+    layout (``DIR/prompts.*``, ``DIR/results.*``: 0/1 scores, no answers) is adapted: each LLM's answer is made from
+    its score (:data:`RIGHT` or :data:`WRONG`) and graded by ``exact_match`` against :data:`RIGHT`, so
+    the replay judge's verdicts, feedback and a substitution's answers all carry the recorded scores. Its prompts are
+    sent as the file holds them (the default template)."""
+    if (data_dir / "questions.parquet").is_file():
+        return data_dir, []
+    found = [data_dir / f"prompts{suffix}" for suffix in (".jsonl", ".csv", ".parquet")]
+    found = [f for f in found if f.is_file()]
+    if not found:
+        raise ValueError(f"--data {data_dir}: no prompts file (prompts.jsonl/.csv/.parquet) to send")
+    rows = read_prompt_file(found[0]).filter(pl.col("prompt_id").is_in(data.prompts["prompt_id"].to_list()))
+    if not np.isin(data.scores, (0.0, 1.0)).all():
+        raise ValueError(f"--data {data_dir}: scores must be 0 or 1 to be replayed as answers")
+    prompts = root / "replay" / "prompts.jsonl"
+    prompts.parent.mkdir(parents=True, exist_ok=True)
+    rows.select("prompt_id", "prompt", "category", reference=pl.lit(RIGHT), grader=pl.lit("exact_match")).write_ndjson(
+        prompts
+    )
+    ids = data.prompts["prompt_id"].to_list()
+    right = data.scores.T == 1  # (LLMs, prompts)
+    answers = pl.DataFrame(
+        {
+            "model": np.repeat(data.models, len(ids)),
+            "prompt_id": ids * len(data.models),
+            "response": np.where(right, RIGHT, WRONG).ravel(),
+        }
+    )
+    responses = root / "replay" / "responses.parquet"
+    answers.write_parquet(responses)
+    return prompts, ["--responses", str(responses)]
 
 
 def pick_degradation(data: Data, rows: list[int], chosen: list[str], category: str | None) -> Degradation:
@@ -295,9 +333,18 @@ def run_seed(seed: int, ctx: Context, args: argparse.Namespace) -> SeedResult:
     index = pl.col("request_id").replace_strict(order, return_dtype=pl.Int64)
     decisions = decisions.filter(pl.col("request_id").is_in(list(order))).with_columns(index.alias("index"))
     outcomes = outcome_frame(decisions, feedback, judge_samples(samples, ctx.judge))
+    keep_run(home, decisions, outcomes, rows, ctx.degradation)
     return assess(
         seed, ctx, args, rows, decisions.sort("index"), outcomes, (first, second), (feedback, samples, posted)
     )
+
+
+def keep_run(home: Path, decisions: pl.DataFrame, outcomes: pl.DataFrame, rows: list[int], change: Degradation) -> None:
+    """Keep a seed's traffic in its work folder (``decisions.parquet``, ``outcomes.parquet``, ``run.json``: each
+    request's row in the data and the degradation), so its checks can be studied again without the gateway."""
+    decisions.write_parquet(home / "decisions.parquet")
+    outcomes.write_parquet(home / "outcomes.parquet")
+    (home / "run.json").write_text(json.dumps({"rows": rows, "degradation": asdict(change)}))
 
 
 def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) -> SeedResult:
@@ -520,12 +567,17 @@ def main(argv: list[str] | None = None) -> int:
     from serving import registry
 
     registry.promote("bench", uri.rsplit("/", 1)[1], better=True)
-    sent = sent_prompts(data_dir, data.prompts["prompt_id"].gather(split.test).to_list())
+    try:
+        replayed, replay_args = replay_inputs(data_dir, data, root)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sent = sent_prompts(replayed, data.prompts["prompt_id"].gather(split.test).to_list())
     x_test = EmbeddingCache(args.cache_dir).embed(embedder, sent["prompt"].to_list())
     unseen = pl.DataFrame(
         {"model": [data.models[j] for j in split.unseen_llms], "usd_per_mtok": data.price[split.unseen_llms]}
     )
-    with replay_process(root, data_dir, "replay", "--judge-model", JUDGE) as base_url:
+    with replay_process(root, replayed, "replay", "--judge-model", JUDGE, *replay_args) as base_url:
         catalog = root / "llms.yaml"
         write_catalog(catalog, unseen, base_url)
         ctx = Context(

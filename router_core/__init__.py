@@ -89,12 +89,15 @@ from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, U
 from router_core.scoring import PoolFit, RouterScores, fit_pool, score_router
 from router_core.servable import ServableRouter
 from router_core.traffic_features import (
+    DEFAULT_CHANGE_ALPHA,
     TRAFFIC_OUTCOME_COLUMNS,
     TrafficComparison,
     TrafficErrorStats,
     blend_traffic_features,
     compare_on_traffic,
     split_traffic_outcomes,
+    traffic_change_share,
+    traffic_changed_cells,
     traffic_error_stats,
     traffic_prediction_loss,
 )
@@ -103,6 +106,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_ACCURACY_TOLERANCE",
     "DEFAULT_BACKEND",
+    "DEFAULT_CHANGE_ALPHA",
     "DEFAULT_EMBEDDER",
     "DEFAULT_ESTIMATOR",
     "DEFAULT_MAX_SEQ_LENGTH",
@@ -194,6 +198,8 @@ __all__ = [
     "split_traffic_outcomes",
     "stratified_traffic_sample",
     "summarize_curve",
+    "traffic_change_share",
+    "traffic_changed_cells",
     "traffic_error_stats",
     "traffic_prediction_loss",
     "validation_count_table",

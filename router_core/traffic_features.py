@@ -9,15 +9,34 @@ and must come from decisions made with the same cluster map as the router they f
 
 Per LLM :math:`h` and cluster :math:`k`, traffic gives the weighted mean error
 :math:`\tau_k(h) = \sum_i w_{ik} e_i / \sum_i w_{ik}` over the outcomes :math:`i` it served, with effective count
-:math:`m_k(h) = (\sum_i w_{ik})^2 / \sum_i w_{ik}^2`; the validation Psi has precision :math:`n_k(h)`
-(:func:`router_core.validation_counts`). The blend is their precision-weighted mean
+:math:`m_k(h) = (\sum_i w_{ik})^2 / \sum_i w_{ik}^2` (times :math:`\lambda`, ``weight``, discounting traffic evidence,
+e.g. a noisy judge); the validation Psi has precision :math:`n_k(h)` (:func:`router_core.validation_counts`).
+
+Each cell moves part of the way from :math:`\Psi` to :math:`\tau`: the posterior mean of the LLM's error now when
+validation's estimate is off from it by its own noise plus a drift of variance :math:`\sigma^2`,
 
 .. math::
 
-    \tilde\Psi_k(h) = \Psi_k(h) + \frac{\lambda m_k(h)}{n_k(h) + \lambda m_k(h)}\,(\tau_k(h) - \Psi_k(h)),
+    \tilde\Psi_k(h) = \Psi_k(h) + \frac{\sigma^2 + s_v^2}{\sigma^2 + v}\,(\tau_k(h) - \Psi_k(h)),
 
-with :math:`\lambda` (``weight``) discounting traffic evidence (e.g. a noisy judge): a cluster with few outcomes
-barely moves, and with none :math:`\tilde\Psi = \Psi` exactly.
+with :math:`d = \tau - \Psi`, :math:`v = s_v^2 + s_t^2` its noise variance (:math:`s_v^2 = p(1-p)/n`,
+:math:`s_t^2 = p(1-p)/m`, :math:`p` the pooled rate). With :math:`\sigma^2 = 0` this is the precision-weighted mean
+:math:`\Psi + \frac{m}{n + m}(\tau - \Psi)`: a cluster with few outcomes barely moves, and with none
+:math:`\tilde\Psi = \Psi` exactly.
+
+- :math:`\sigma^2` is the *pool's* drift variance (empirical Bayes, method of moments over the cells with traffic):
+  :math:`\max(0, \overline{(d - o)^2 - v})`, where :math:`o` is the winner's-curse offset of one validation SE
+  (traffic only rates the LLMs the router *chose*, whose estimates won by being low;
+  :data:`router_core.online.DEFAULT_SELECTION_MARGIN`, as in :func:`router_core.online_evaluation`). It is 0 when
+  traffic agrees with validation within noise, and with fewer than :data:`MIN_DRIFT_CELLS` cells.
+- A cell whose own traffic shows that the LLM *changed* (:func:`traffic_changed_cells`) uses its own
+  :math:`\sigma^2 = \max(d^2 - v, 0)`: validation is stale there and traffic takes nearly all the weight. A cell
+  changed when its traffic error count is in the tail of what an unchanged LLM would give, below
+  :math:`\alpha / 2N` over the :math:`N` cells with traffic (Bonferroni, both ways), so in an unchanged pool no cell
+  is treated as changed with probability :math:`\ge 1 - \alpha` (``DEFAULT_CHANGE_ALPHA``). The tail is exact at
+  small counts: the count's beta-binomial distribution given the validation answers (a Jeffreys prior on the rate,
+  shifted up by the winner's-curse offset for "worse"), so one wrong answer against a clean validation record is
+  no change.
 
 The held-out check (:func:`compare_on_traffic`) scores routers' predictions on *logged* outcomes: for each held-out
 request, the predicted error :math:`\Phi(x)^\top \Psi(h_{served})` of the LLM that actually served it against its
@@ -37,21 +56,28 @@ import polars as pl
 from router_core._errors import RouterInputError
 from router_core._hashing import unit_hash
 from router_core.coverage import cluster_weight_matrix
+from router_core.online import DEFAULT_SELECTION_MARGIN
 
 if TYPE_CHECKING:
     from router_core.routers import UniRouter
 
 __all__ = [
+    "DEFAULT_CHANGE_ALPHA",
     "TRAFFIC_OUTCOME_COLUMNS",
     "TrafficComparison",
     "TrafficErrorStats",
     "blend_traffic_features",
     "compare_on_traffic",
     "split_traffic_outcomes",
+    "traffic_change_share",
+    "traffic_changed_cells",
     "traffic_error_stats",
     "traffic_prediction_loss",
 ]
 
+#: Familywise level of the change test over a pool's (LLM, cluster) cells: the chance that traffic moves any Psi cell of
+#: an unchanged pool (:func:`traffic_change_share`).
+DEFAULT_CHANGE_ALPHA = 0.05
 TRAFFIC_OUTCOME_COLUMNS = ("request_id", "chosen_llm", "cluster_weights", "score")
 Metric = Literal["brier", "log_loss"]
 
@@ -158,28 +184,128 @@ def traffic_error_stats(
 
 
 def blend_traffic_features(psi: np.ndarray, validation_counts: np.ndarray, stats: TrafficErrorStats) -> np.ndarray:
-    r"""(M, K) Psi blended with traffic, :math:`\Psi + \frac{\lambda m}{n + \lambda m}(\tau - \Psi)` (module doc).
+    r"""(M, K) Psi with traffic, :math:`\Psi + \mathrm{share}\,(\tau - \Psi)` (:func:`traffic_change_share`).
 
     ``psi`` and ``validation_counts`` are (M, K) with rows in ``stats.llms``' order (use
     :meth:`TrafficErrorStats.for_llms`); where an LLM served nothing in a cluster the result is ``psi`` bit for bit.
 
-    >>> stats = TrafficErrorStats(("a",), np.array([[4.0, 0.0]]), np.array([[4.0, 0.0]]), np.array([[4.0, 0.0]]))
-    >>> blend_traffic_features(np.array([[0.2, 0.3]]), np.array([[12.0, 12.0]]), stats).tolist()
-    [[0.4, 0.3]]
+    >>> stats = TrafficErrorStats(("a",), np.array([[40.0, 40.0]]), np.array([[12.0, 40.0]]), np.array([[40.0, 40.0]]))
+    >>> blend_traffic_features(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(3).tolist()
+    [[0.25, 0.992]]
     """
     psi = np.asarray(psi, dtype=np.float64)
-    counts = np.asarray(validation_counts, dtype=np.float64)
+    share = traffic_change_share(psi, validation_counts, stats)
+    return psi + share * (np.where(stats.counts > 0, stats.observed_error, psi) - psi)
+
+
+def _check_blend_inputs(psi: np.ndarray, counts: np.ndarray, stats: TrafficErrorStats) -> None:
     if psi.shape != stats.mass.shape:
         raise RouterInputError(
             "psi", psi.shape, f"must match the traffic statistics' (LLM, cluster) shape {stats.mass.shape}"
         )
     if counts.shape != psi.shape or (counts < 0).any() or not np.isfinite(counts).all():
         raise RouterInputError("validation_counts", counts.shape, f"must be finite, >= 0 and of shape {psi.shape}")
-    traffic = stats.counts
-    seen = traffic > 0
-    share = np.divide(traffic, counts + traffic, out=np.zeros_like(psi), where=seen)
-    observed = np.where(seen, stats.observed_error, psi)
-    return psi + share * (observed - psi)
+
+
+@dataclass(frozen=True)
+class _CellNoise:
+    """The cells with traffic (``seen``) and, over them, traffic and validation errors, counts, the validation
+    variance ``s_v2`` and the difference's variance ``v`` at the pooled rate."""
+
+    seen: np.ndarray
+    tau: np.ndarray
+    psi: np.ndarray
+    n: np.ndarray
+    m: np.ndarray
+    s_v2: np.ndarray
+    v: np.ndarray
+
+
+def _cell_noise(psi: np.ndarray, validation_counts: np.ndarray, stats: TrafficErrorStats) -> _CellNoise:
+    psi = np.asarray(psi, dtype=np.float64)
+    counts = np.asarray(validation_counts, dtype=np.float64)
+    _check_blend_inputs(psi, counts, stats)
+    seen = stats.counts > 0
+    tau, psi_s, n, m = stats.observed_error[seen], psi[seen], counts[seen], stats.counts[seen]
+    p = (m * tau + n * psi_s + 1.0) / (m + n + 2.0)  # pooled rate under "unchanged"
+    s_v2 = p * (1 - p) / np.maximum(n, 1.0)
+    return _CellNoise(seen, tau, psi_s, n, m, s_v2, s_v2 + p * (1 - p) / m)
+
+
+def traffic_changed_cells(
+    psi: np.ndarray,
+    validation_counts: np.ndarray,
+    stats: TrafficErrorStats,
+    alpha: float = DEFAULT_CHANGE_ALPHA,
+    selection_margin: float = DEFAULT_SELECTION_MARGIN,
+) -> np.ndarray:
+    """(M, K) True where an LLM's traffic in a cluster shows it changed (module doc): its error count's exact tail
+    under "unchanged" (worse beyond the winner's-curse offset, or better) is below ``alpha`` / (2 x cells with
+    traffic), so in an unchanged pool no cell is True with probability >= 1 - ``alpha``."""
+    if not 0 < alpha < 1:
+        raise RouterInputError("alpha", alpha, "must be in (0, 1)")
+    c = _cell_noise(psi, validation_counts, stats)
+    changed = np.zeros(c.seen.shape, dtype=bool)
+    if c.seen.any():
+        shifted = np.minimum(c.psi + selection_margin * np.sqrt(c.s_v2), 1.0)
+        worse = _unchanged_tail(c.tau, c.m, shifted, c.n, upper=True)
+        better = _unchanged_tail(c.tau, c.m, c.psi, c.n, upper=False)
+        changed[c.seen] = np.minimum(worse, better) < alpha / (2 * c.seen.sum())
+    return changed
+
+
+def traffic_change_share(
+    psi: np.ndarray,
+    validation_counts: np.ndarray,
+    stats: TrafficErrorStats,
+    alpha: float = DEFAULT_CHANGE_ALPHA,
+    selection_margin: float = DEFAULT_SELECTION_MARGIN,
+) -> np.ndarray:
+    r"""(M, K) share of the way from Psi to the traffic error, :math:`(\sigma^2 + s_v^2) / (\sigma^2 + v)` (module
+    doc): with the cell's own :math:`\sigma^2` where :func:`traffic_changed_cells` says it changed, the pool's drift
+    variance elsewhere (0 when traffic agrees with validation: the precision weight :math:`m / (n + m)`); 0 where
+    the LLM served nothing in the cluster.
+
+    >>> stats = TrafficErrorStats(("a",), np.array([[40.0, 40.0]]), np.array([[8.0, 40.0]]), np.array([[40.0, 40.0]]))
+    >>> traffic_change_share(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(2).tolist()
+    [[0.5, 0.99]]
+    """
+    changed = traffic_changed_cells(psi, validation_counts, stats, alpha, selection_margin)
+    c = _cell_noise(psi, validation_counts, stats)
+    share = np.zeros(c.seen.shape)
+    if not c.seen.any():
+        return share
+    d = c.tau - c.psi
+    own = np.maximum(d**2 - c.v, 0.0)
+    spread = _drift_variance(d - selection_margin * np.sqrt(c.s_v2), c.v)
+    sigma2 = np.where(changed[c.seen], own, spread)
+    share[c.seen] = (sigma2 + c.s_v2) / (sigma2 + c.v)
+    return share
+
+
+#: Fewest cells with traffic to estimate the pool's drift variance from (James-Stein's condition for shrinking
+#: several means toward a prior: with fewer, one cell's own noise would pass for drift).
+MIN_DRIFT_CELLS = 3
+
+
+def _drift_variance(excess: np.ndarray, v: np.ndarray) -> float:
+    """Method-of-moments variance of the cells' true traffic-minus-validation differences beyond the winner's-curse
+    offset, ``mean(excess^2 - v)`` floored at 0 (0 with fewer than :data:`MIN_DRIFT_CELLS` cells)."""
+    if excess.size < MIN_DRIFT_CELLS:
+        return 0.0
+    return max(float(np.mean(excess**2 - v)), 0.0)
+
+
+def _unchanged_tail(tau: np.ndarray, m: np.ndarray, psi: np.ndarray, n: np.ndarray, upper: bool) -> np.ndarray:
+    """P(traffic errors >= (``upper``) or <= the observed ``m * tau``) among ``m`` outcomes (rounded) when the error
+    rate is the validation's: beta-binomial with the rate's posterior from ``n`` validation prompts of mean ``psi``
+    (Jeffreys prior), exact at small counts where a normal approximation would call one wrong answer a change."""
+    from scipy.stats import betabinom  # scikit-learn's dependency; imported only when traffic is blended
+
+    trials = np.maximum(np.rint(m), 1).astype(np.int64)
+    errors = np.clip(np.rint(tau * trials), 0, trials).astype(np.int64)
+    a, b = n * psi + 0.5, n * (1 - psi) + 0.5
+    return betabinom.sf(errors - 1, trials, a, b) if upper else betabinom.cdf(errors, trials, a, b)
 
 
 def split_traffic_outcomes(

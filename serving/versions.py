@@ -79,7 +79,8 @@ class TrafficFeatures:
         """One line for the model card."""
         return (
             f"{TRAFFIC_FEATURES}: each LLM's Psi blends its validation errors with {self.used:,} traffic outcomes "
-            f"per cluster (precision-weighted, one outcome worth {self.stats.weight:g} validation prompts); "
+            f"per cluster (precision-weighted, one outcome worth {self.stats.weight:g} validation prompts; validation "
+            f"trusted less as traffic drifts from it beyond noise, set aside where it shows a change); "
             f"{self.heldout.height:,} held out for the champion gate"
         )
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
+import pytest
 
 from benchmarks import routing_quality, traffic_loop
 from router_core import error_matrix
@@ -75,3 +76,30 @@ def test_a_degradation_scores_the_substitute_answers_in_its_category_only(mmlu_l
     assert sent["prompt_id"].to_list() == [str(i) for i in ids[::-1][:5]]
     assert sent["category"].to_list() == ds.prompts["category"].reverse().head(5).to_list()
     assert all(json.loads(m)[-1]["content"] == p for m, p in sent.select("messages", "prompt").iter_rows())
+
+
+def test_a_results_only_dataset_is_replayed_with_answers_that_carry_its_scores(tmp_path):
+    from profiling.graders import GradeItem, get_grader
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    rows = [{"prompt_id": f"p{i}", "prompt": f"question {i}", "category": "c"} for i in range(3)]  # no reference
+    (data_dir / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    prompts = pl.DataFrame({"prompt_id": ["p0", "p2"], "category": ["c", "c"]})  # p1: not in the routing data
+    data = routing_quality.Data(prompts, ["a", "b"], None, np.array([[1.0, 0.0], [0.0, 1.0]]), None, None)
+    replayed, extra = traffic_loop.replay_inputs(data_dir, data, tmp_path / "work")
+    assert extra[0] == "--responses" and replayed.name == "prompts.jsonl"
+    answers = pl.read_parquet(extra[1])
+    sent = traffic_loop.sent_prompts(replayed, ["p2", "p0"])
+    assert sent["prompt"].to_list() == ["question 2", "question 0"]
+    grader = get_grader("exact_match")
+    graded = {
+        (m, p): grader.grade_items([GradeItem(r, traffic_loop.RIGHT, None)])[0].score
+        for m, p, r in answers.select("model", "prompt_id", "response").iter_rows()
+    }
+    assert graded == {("a", "p0"): 1.0, ("a", "p2"): 0.0, ("b", "p0"): 0.0, ("b", "p2"): 1.0}
+    graded_data = routing_quality.Data(prompts, ["a"], None, np.array([[0.5], [1.0]]), None, None)
+    with pytest.raises(ValueError, match="scores must be 0 or 1"):
+        traffic_loop.replay_inputs(data_dir, graded_data, tmp_path / "work")
+    with pytest.raises(ValueError, match="no prompts file"):
+        traffic_loop.replay_inputs(tmp_path / "work" / "replay" / "none", data, tmp_path / "work")

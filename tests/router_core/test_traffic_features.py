@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from router_core import (
+    DEFAULT_CHANGE_ALPHA,
     KMeansClusterMap,
     RouterInputError,
     TrafficErrorStats,
@@ -16,6 +17,8 @@ from router_core import (
     load_router,
     save_router,
     split_traffic_outcomes,
+    traffic_change_share,
+    traffic_changed_cells,
     traffic_error_stats,
     traffic_prediction_loss,
     validation_counts,
@@ -63,32 +66,93 @@ def test_no_outcomes_reproduce_the_validation_psi_exactly(two_topics, temperatur
     assert np.array_equal(router.psi_, validation_psi)
 
 
-def test_many_outcomes_move_a_cluster_to_the_observed_rate_and_few_barely(two_topics):
+def test_many_outcomes_of_a_change_set_validation_aside_and_few_barely_move(two_topics):
     router = _champion(two_topics)
     k = _a_cluster(router, two_topics)
     a = router.llms_.index("A")
     n_val = int((router.validation_assignments_[:, k] == 1).sum())
     assert router.psi_[a, k] == 0.0 and n_val > 20
+    validation_psi = router.psi_.copy()
     onehot = np.eye(2)[[k]]
-    for n, expected in ((2, 2 / (n_val + 2)), (3000, 3000 / (n_val + 3000))):
-        stats = traffic_error_stats(_outcomes(np.repeat(onehot, n, 0), ["A"] * n, np.ones(n)), router.llms_, 2)
-        psi = router.use_traffic(stats).psi_
-        assert psi[a, k] == pytest.approx(expected, rel=1e-12)
-        assert psi[a, 1 - k] == 1.0 and np.array_equal(np.delete(psi, a, 0), np.delete(router.psi_, a, 0))
-    assert router.psi_[a, k] > 0.98  # 3000 outcomes: about the observed rate
+    one = traffic_error_stats(_outcomes(onehot, ["A"], np.ones(1)), router.llms_, 2)
+    assert router.use_traffic(one).psi_[a, k] == pytest.approx(1 / (n_val + 1), rel=1e-12)  # within noise: blended
+    stats = traffic_error_stats(_outcomes(np.repeat(onehot, 3000, 0), ["A"] * 3000, np.ones(3000)), router.llms_, 2)
+    psi = router.use_traffic(stats).psi_
+    assert psi[a, k] > 0.9999  # a change: validation is stale there (a precision blend stopped at 3000 / (n + 3000))
+    assert psi[a, 1 - k] == 1.0 and np.array_equal(np.delete(psi, a, 0), np.delete(validation_psi, a, 0))
+
+
+def _stats(errors: np.ndarray, counts: np.ndarray) -> TrafficErrorStats:
+    """One-hot traffic statistics of one LLM: ``counts[k]`` outcomes in cluster k with mean error ``errors[k]``."""
+    counts = np.asarray(counts, dtype=np.float64)[None, :]
+    return TrafficErrorStats(("m",), counts, counts * np.asarray(errors)[None, :], counts)
+
+
+def test_traffic_within_noise_and_the_winners_curse_is_blended_by_precision():
+    psi, counts = np.array([[0.30, 0.20]]), np.array([[30.0, 30.0]])
+    # 0.40 over 40 outcomes against 0.30 over 30 prompts (one SE of winner's curse and ~0.6 SE of noise): no change,
+    # so both estimate the same error and the cell is their precision-weighted mean
+    blended = blend_traffic_features(psi, counts, _stats([0.40, 0.15], [40, 40]))
+    assert np.allclose(blended, psi + 40 / 70 * (np.array([[0.40, 0.15]]) - psi), rtol=1e-12)
+
+
+def test_a_change_beyond_noise_sets_validation_aside_with_its_own_variance():
+    psi, counts = np.array([[0.30, 0.20]]), np.array([[60.0, 60.0]])
+    stats = _stats([0.90, 0.20], [40, 40])
+    share = traffic_change_share(psi, counts, stats)
+    p = (40 * 0.9 + 60 * 0.3 + 1) / 102
+    s_v2, s_t2 = p * (1 - p) / 60, p * (1 - p) / 40
+    sigma2 = 0.6**2 - s_v2 - s_t2
+    assert share[0, 0] == pytest.approx((sigma2 + s_v2) / (sigma2 + s_v2 + s_t2), rel=1e-12)
+    assert share[0, 1] == 40 / 100  # unchanged: precision-weighted
+    blended = blend_traffic_features(psi, counts, stats)
+    assert blended[0, 0] > 0.88 and blended[0, 1] == 0.2  # the precision blend alone: 0.3 + 0.6 * 40 / 100 = 0.54
+    better = blend_traffic_features(psi, counts, _stats([0.0, 0.2], [200, 40]))  # an LLM may also get better
+    assert better[0, 0] < 0.01 and better[0, 1] == 0.2
+
+
+def test_an_unchanged_pool_sets_validation_aside_in_no_cell_in_all_but_alpha_of_runs():
+    rng = np.random.default_rng(7)
+    runs, changed = 300, 0
+    truth = rng.uniform(0.05, 0.6, size=(10, 8))  # 10 LLMs x 8 clusters, all served
+    for _ in range(runs):
+        n = rng.integers(10, 60, size=truth.shape).astype(float)
+        m = rng.integers(5, 80, size=truth.shape).astype(float)
+        psi = rng.binomial(n.astype(int), truth) / n
+        stats = TrafficErrorStats(tuple(f"llm{i}" for i in range(10)), m, rng.binomial(m.astype(int), truth), m)
+        changed += traffic_changed_cells(psi, n, stats).any()
+    assert changed / runs <= DEFAULT_CHANGE_ALPHA  # Bonferroni over the 80 cells (and exact tails): at most alpha
+    with pytest.raises(RouterInputError, match=r"^alpha=0: must be in \(0, 1\)"):
+        traffic_change_share(psi, n, stats, alpha=0)
+
+
+def test_a_pool_drifting_beyond_noise_trusts_validation_less_in_every_cell():
+    n = np.full((1, 6), 50.0)
+    m = np.full((1, 6), 30.0)
+    psi = np.full((1, 6), 0.3)
+    agreeing = TrafficErrorStats(("m",), m, m * np.array([[0.33, 0.28, 0.36, 0.30, 0.27, 0.34]]), m)
+    assert np.allclose(traffic_change_share(psi, n, agreeing), 30 / 80, rtol=1e-12)  # no drift: precision weights
+    # every cell off by ~0.12 either way (3 of 6 up, beyond one SE each, none a change on its own): validation is
+    # off by more than its noise, so traffic counts for more everywhere than its precision alone says
+    drifting = TrafficErrorStats(("m",), m, m * np.array([[0.45, 0.18, 0.45, 0.18, 0.45, 0.30]]), m)
+    assert not traffic_changed_cells(psi, n, drifting).any()
+    share = traffic_change_share(psi, n, drifting)
+    assert (share > 30 / 80 + 0.1).all() and np.allclose(share, share[0, 0], rtol=0.2)
+    few = TrafficErrorStats(("m",), m[:, :2], m[:, :2] * np.array([[0.45, 0.18]]), m[:, :2])
+    assert np.allclose(traffic_change_share(psi[:, :2], n[:, :2], few), 30 / 80)  # 2 cells: no drift estimate
 
 
 def test_soft_weights_accumulate_weighted_sums_with_effective_counts():
     psi = np.array([[0.2, 0.4]])
     counts = np.array([[10.0, 5.0]])
-    weights = np.array([[0.8, 0.2], [0.6, 0.4], [0.5, 0.5]])
-    errors = np.array([1.0, 0.0, 1.0])
-    stats = traffic_error_stats(_outcomes(weights, ["m"] * 3, errors), ["m"], 2, weight=0.5)
+    weights = np.tile(np.array([[0.8, 0.2], [0.6, 0.4], [0.5, 0.5]]), (100, 1))
+    errors = np.tile(np.array([1.0, 1.0, 1.0]), 100)
+    stats = traffic_error_stats(_outcomes(weights, ["m"] * 300, errors), ["m"], 2, weight=0.5)
     mass, total, square = weights.sum(0), weights.T @ errors, (weights**2).sum(0)
-    m = 0.5 * mass**2 / square
-    expected = psi[0] + m / (counts[0] + m) * (total / mass - psi[0])
-    assert np.allclose(blend_traffic_features(psi, counts, stats)[0], expected, rtol=1e-12)
-    assert np.allclose(stats.counts[0], [0.5 * 1.9**2 / 1.25, 0.5 * 1.1**2 / 0.45])
+    assert np.allclose(stats.counts[0], 0.5 * mass**2 / square) and np.allclose(stats.observed_error, total / mass)
+    share = traffic_change_share(psi, counts, stats)
+    assert (share > 0.9).all()  # every answer wrong: both clusters changed
+    assert np.allclose(blend_traffic_features(psi, counts, stats), psi + share * (1.0 - psi), rtol=1e-12)
 
 
 def test_validation_counts_follow_shrinkage_and_missing_outcomes():
