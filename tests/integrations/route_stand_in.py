@@ -71,7 +71,7 @@ class RouteStandIn:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:  # http.server calls it by this name
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path != "/v1/route":
                     return self._send(404, _error("no such route", "not_found"))
