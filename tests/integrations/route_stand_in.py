@@ -70,6 +70,7 @@ class RouteStandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out as two writes
 
             def do_POST(self) -> None:  # http.server calls it by this name
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
