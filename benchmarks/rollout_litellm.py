@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import json
 import subprocess
 import sys
 import time
@@ -107,7 +108,8 @@ def litellm_rollout(
     the two proxies). The proxies' configs and logs go to ``root``; LiteLLM's venv is ``litellm_root/venv``.
     Returns p50s (ms, one request at a time, alternating), requests/s at ``concurrency``, and the agreement:
     ``agreement`` (share of the sample where LiteLLM called ``/v1/route``'s ``chosen_llm``), ``errors`` (requests
-    that did not answer 200), ``log_agrees`` (the replay endpoint's per-LLM counts equal the choices).
+    that did not answer 200), ``log_agrees`` (the replay endpoint's per-LLM counts equal the choices), ``unrouted``
+    (requests the plug-in left to LiteLLM's strategy, from the proxy's log).
     """
     venv = ensure_litellm_venv(litellm_root).parent.parent
     ensure_uniroute_plugin(venv)
@@ -125,9 +127,12 @@ def litellm_rollout(
                 env=plugin_env(route_base_url, key),
             )
         )
-        return asyncio.run(
+        result = asyncio.run(
             _compare(shuffle, routed, route_base_url, key, replay_url, bodies, latency_requests, concurrency)
         )
+    # requests the plug-in left to LiteLLM's strategy (/v1/route failed or ranked no healthy deployment)
+    result["unrouted"] = (root / "litellm-uniroute.log").read_text().count("UniRoute did not route")
+    return result
 
 
 async def _compare(
@@ -153,18 +158,22 @@ async def _compare(
                 await _send(http, f"{url}/v1/chat/completions", proxy_headers, [body], 1)
                 p50[name].append((time.perf_counter() - started) * 1e3)
         replay_root = replay_url.rstrip("/").removesuffix("/v1")
-        rps, answers = {}, []  # the last pass, the plug-in's, is the agreement sample (the log reset before it)
-        for name, url in (("shuffle", shuffle), ("uniroute", routed)):
-            (await http.post(f"{replay_root}/_replay/reset")).raise_for_status()
-            started = time.perf_counter()
-            answers = await _send(http, f"{url}/v1/chat/completions", proxy_headers, bodies, concurrency)
-            rps[name] = len(bodies) / (time.perf_counter() - started)
-        log = (await http.get(f"{replay_root}/_replay/requests")).json()
+        route_url = f"{route_base_url.rstrip('/').removesuffix('/v1')}/v1/route"
         route_headers = {"Authorization": f"Bearer {key}"} if key else {}
-        routes = await _send(
-            http, f"{route_base_url.rstrip('/').removesuffix('/v1')}/v1/route", route_headers, bodies, concurrency
-        )
-    return _summary(p50, rps, answers, routes, log)
+        rps, concurrent = {}, []
+        for name, url in (("shuffle", shuffle), ("uniroute", routed)):
+            started = time.perf_counter()
+            concurrent = await _send(http, f"{url}/v1/chat/completions", proxy_headers, bodies, concurrency)
+            rps[name] = len(bodies) / (time.perf_counter() - started)
+        concurrent_routes = await _send(http, route_url, route_headers, bodies, concurrency)
+        # the agreement sample: one request at a time, the replay log reset before it
+        (await http.post(f"{replay_root}/_replay/reset")).raise_for_status()
+        answers = await _send(http, f"{routed}/v1/chat/completions", proxy_headers, bodies, 1)
+        log = (await http.get(f"{replay_root}/_replay/requests")).json()
+        routes = await _send(http, route_url, route_headers, bodies, 1)
+    summary = _summary(p50, rps, answers, routes, log)
+    summary["agreement_concurrent"], summary["concurrency"] = _agreement(concurrent, concurrent_routes)[0], concurrency
+    return summary
 
 
 async def _send(
@@ -185,9 +194,7 @@ async def _send(
 
 def _summary(p50: dict, rps: dict, answers: list, routes: list, log: list[dict]) -> dict:
     """Latency, throughput and agreement figures of :func:`litellm_rollout`."""
-    called = [_deployment_llm(a) for a in answers]
-    chosen = [r.json()["chosen_llm"] if r is not None and r.status_code == 200 else None for r in routes]
-    agree = sum(c is not None and c == w for c, w in zip(called, chosen, strict=True))
+    agreement, called, mismatches = _agreement(answers, routes)
     served = Counter()
     for row in log:
         if row["outcome"] == "ok":
@@ -199,12 +206,25 @@ def _summary(p50: dict, rps: dict, answers: list, routes: list, log: list[dict])
         "shuffle_rps": rps["shuffle"],
         "uniroute_rps": rps["uniroute"],
         "sample": len(answers),
-        "agreement": agree / len(answers),
+        "agreement": agreement,
+        "mismatches": mismatches,
         "errors": sum(a is None or a.status_code != 200 for a in answers),
-        "route_errors": chosen.count(None),
         "log_agrees": served == Counter(c for c in called if c is not None),
-        "chosen_llms": len(set(chosen) - {None}),
+        "chosen_llms": len({c for c in called if c is not None}),
     }
+
+
+def _agreement(answers: list, routes: list) -> tuple[float, list[str | None], list[dict]]:
+    """The share of ``answers`` whose deployment's LLM is the ``chosen_llm`` of the /v1/route answer at the same
+    index; the LLMs called; what each mismatch was (index, called, /v1/route's ranking with scores)."""
+    called = [_deployment_llm(a) for a in answers]
+    ranked = [r.json() if r is not None and r.status_code == 200 else {} for r in routes]
+    mismatches = [
+        {"index": i, "called": c, "ranked": [(row["llm"], row["score"]) for row in route.get("ranked", [])[:3]]}
+        for i, (c, route) in enumerate(zip(called, ranked, strict=True))
+        if c is None or c != route.get("chosen_llm")
+    ]
+    return 1 - len(mismatches) / len(answers), called, mismatches
 
 
 def _deployment_llm(answer: httpx.Response | None) -> str | None:
@@ -247,8 +267,10 @@ def report(result: dict) -> list[str]:
         "",
         f"added p50 per request: {result['added_p50_ms']:.1f} ms (the plug-in's /v1/route call)",
         f"plug-in's choice = /v1/route's on {result['agreement']:.1%} of {result['sample']} prompts "
-        f"({result['chosen_llms']} LLMs chosen), errors {result['errors']}, replay log agrees: "
-        f"{result['log_agrees']} -> floor {'met' if met else 'MISSED'}",
+        f"({result['chosen_llms']} LLMs chosen), errors {result['errors']}, left to LiteLLM {result['unrouted']}, "
+        f"replay log agrees: {result['log_agrees']} -> floor {'met' if met else 'MISSED'}",
+        f"(at {result['concurrency']} in flight: {result['agreement_concurrent']:.1%}; every mismatch is in "
+        "result.json)",
     ]
 
 
@@ -304,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                 latency_requests=args.latency_requests,
                 concurrency=args.concurrency,
             )
+    (root / "result.json").write_text(json.dumps(result, indent=1))
     print(f"machine: {machine_description()}\n")
     print("\n".join(report(result)))
     return 0 if result["agreement"] == 1.0 and result["errors"] == 0 and result["log_agrees"] else 1

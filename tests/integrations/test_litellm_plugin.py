@@ -52,17 +52,21 @@ def stand_in() -> Iterator[RouteStandIn]:
 
 
 @pytest.fixture(scope="module")
-def proxy(replay, stand_in, tmp_path_factory) -> Iterator[str]:
+def proxy_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("litellm") / "proxy.log"
+
+
+@pytest.fixture(scope="module")
+def proxy(replay, stand_in, proxy_log) -> Iterator[str]:
     """A LiteLLM proxy routing the group with the plug-in (installed into the scratch venv if missing)."""
     ensure_uniroute_plugin(VENV)
     models = {llm: replay.base_url for llm in UNIROUTE_NAMES.values()}
     models["dead"] = f"http://127.0.0.1:{free_port()}/v1"
     config = routed_config(models, model_info={"bio-pro": {"uniroute_llm": "biology-llm"}})
     config["router_settings"]["allowed_fails"] = 0  # one failure cools a deployment down: the next try moves on
-    log = tmp_path_factory.mktemp("litellm") / "proxy.log"
-    with litellm_proxy(models, VENV, log, config=config, env=plugin_env(stand_in.url, KEY)) as url:
+    with litellm_proxy(models, VENV, proxy_log, config=config, env=plugin_env(stand_in.url, KEY)) as url:
         yield url
-    assert KEY not in log.read_text()
+    assert KEY not in proxy_log.read_text()
 
 
 @pytest.fixture
@@ -104,9 +108,20 @@ def test_each_prompt_reaches_the_llm_route_chose_and_a_dead_choice_falls_back_al
     assert stand_in.refused == 0
     assert {b["messages"][0]["content"] for b in stand_in.bodies} == {prompts[q] for q in QUESTIONS}
     assert all(b["model"] == "uniroute" and b["user"].startswith("user-") for b in stand_in.bodies)
+    # a streamed request is routed alike
+    replay.request_log.reset()
+    qid = QUESTIONS[0]
+    stream = client.chat.completions.create(
+        model=GROUP, messages=[{"role": "user", "content": prompts[qid]}], stream=True
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert (asked(replay), text) == ({qid: [chosen[qid]]}, recorded[chosen[qid], qid])
 
 
-def test_when_route_refuses_litellm_still_serves_every_request(client, replay, stand_in, prompts, monkeypatch):
+def test_when_route_refuses_litellm_still_serves_every_request(
+    client, replay, stand_in, prompts, proxy_log, monkeypatch
+):
+    warned = proxy_log.read_text().count("UniRoute did not route this request")
     monkeypatch.setattr(stand_in, "key", "another-key")  # the gateway no longer knows the plug-in's key
     for qid in QUESTIONS[:6]:
         response = client.chat.completions.with_raw_response.create(
@@ -115,6 +130,9 @@ def test_when_route_refuses_litellm_still_serves_every_request(client, replay, s
         assert response.parse().choices[0].message.content
     assert stand_in.refused >= 6 and not stand_in.bodies
     assert sum(len(llms) for llms in asked(replay).values()) == 6  # served by LiteLLM's own choice
+    # each said why in the proxy's log, naming the status and not the key
+    warnings = proxy_log.read_text().split("UniRoute did not route this request")[warned + 1 :]
+    assert len(warnings) >= 6 and all("HTTP 401" in w.split("\n")[0] for w in warnings)
 
 
 def test_a_python_router_routes_with_the_plugin_and_bad_settings_are_refused(replay, stand_in, prompts, recorded):
