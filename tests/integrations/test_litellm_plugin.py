@@ -20,23 +20,19 @@ import openai
 import pytest
 
 from benchmarks.litellm_peer import MASTER_KEY, PROXY_ENV, litellm_proxy
-from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.rollout_litellm import GROUP, ensure_uniroute_plugin, plugin_env, routed_config
 from replay import ReplayServer
 from serving.processes import free_port
+from tests.integrations.litellm_support import VENV, asked, needs_litellm_venv
 from tests.integrations.route_stand_in import RouteStandIn, hashed_ranking
 
-VENV = DATA_HOME / "bench" / "litellm" / "venv"
 KEY = "uniroute-client-key-0123456789"
 #: LLMs with a deployment on the replay endpoint, by UniRoute's name: bio-pro's deployment names it in
 #: ``model_info.uniroute_llm``; "dead" is deployed on a port where nothing listens.
 UNIROUTE_NAMES = {"math-pro": "math-pro", "history-pro": "history-pro", "biology-llm": "bio-pro", "dead": "dead"}
 QUESTIONS = range(1, 60, 2)  # prompts of the fixture dataset (none of them missing an answer)
 
-pytestmark = pytest.mark.skipif(
-    not (VENV / "bin" / "litellm").exists(),
-    reason=f"LiteLLM's scratch venv is not built ({VENV}): `python -m benchmarks.litellm_peer` builds it (~1 min)",
-)
+pytestmark = needs_litellm_venv
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +71,6 @@ def client(proxy, replay, stand_in) -> openai.OpenAI:
     stand_in.bodies.clear()
     stand_in.refused = 0
     return openai.OpenAI(base_url=f"{proxy}/v1", api_key=MASTER_KEY, max_retries=0)
-
-
-def asked(replay: ReplayServer) -> dict[int, list[str]]:
-    """question_id -> the LLMs the replay endpoint answered for it (in no order)."""
-    found: dict[int, list[str]] = {}
-    for row in replay.request_log.rows():
-        assert row["outcome"] == "ok", row
-        found.setdefault(int(row["prompt_id"].rsplit("/", 1)[1]), []).extend([row["model"]] * row["count"])
-    return found
 
 
 def test_each_prompt_reaches_the_llm_route_chose_and_a_dead_choice_falls_back_along_ranked(
