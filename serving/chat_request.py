@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ROUTED_MODEL", "ChatRequest", "ChatRequestError", "Limits", "parse_chat_request"]
+__all__ = ["BUDGETS", "ROUTED_MODEL", "ChatRequest", "ChatRequestError", "Limits", "parse_chat_request"]
 
 ROUTED_MODEL = "uniroute"
 
@@ -88,7 +88,13 @@ _FORWARDED: dict[str, tuple[Any, str]] = {
     "stream_options": (lambda v: isinstance(v, dict), "an object"),
     "metadata": (lambda v: isinstance(v, dict), "an object"),
 }
-_ROUTING = ("cost_weight", "max_cost_per_query", "min_accuracy", "candidates")
+#: UniRoute's budget fields (a request, or a client key's policy, gives one at most) and each value's check.
+BUDGETS: dict[str, tuple[Any, str]] = {
+    "cost_weight": (lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    "max_cost_per_query": (lambda v: _is_number(v) and v > 0, "a finite number > 0 (USD)"),
+    "min_accuracy": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+}
+_ROUTING = (*BUDGETS, "candidates")
 
 
 def _encodable(text: str, param: str) -> str:
@@ -177,18 +183,11 @@ def _routing_fields(body: dict, request: ChatRequest, limits: Limits) -> None:
     if not request.routed:
         return
     _check(request.prompt is not None, "messages", "no user text", "a user message with text to route on")
-    if "cost_weight" in asked:
-        value = asked["cost_weight"]
-        _check(_is_number(value) and value >= 0, "cost_weight", value, "a finite number >= 0")
-        request.cost_weight, request.budget = float(value), ("cost_weight", float(value))
-    if "max_cost_per_query" in asked:
-        value = asked["max_cost_per_query"]
-        _check(_is_number(value) and value > 0, "max_cost_per_query", value, "a finite number > 0 (USD)")
-        request.max_cost_per_query, request.budget = float(value), ("max_cost_per_query", float(value))
-    if "min_accuracy" in asked:
-        value = asked["min_accuracy"]
-        _check(_is_number(value) and 0 < value <= 1, "min_accuracy", value, "a number in (0, 1]")
-        request.min_accuracy, request.budget = float(value), ("min_accuracy", float(value))
+    for name, (ok, expected) in BUDGETS.items():
+        if name in asked:
+            _check(ok(asked[name]), name, asked[name], expected)
+            setattr(request, name, float(asked[name]))
+            request.budget = (name, float(asked[name]))
     if len([k for k in asked if k != "candidates"]) > 1:
         raise ChatRequestError(
             "cost_weight", "give one of cost_weight, max_cost_per_query, min_accuracy", "conflicting_budgets"

@@ -77,6 +77,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         metavar="A,B",
         help="route among these LLMs only (comma-separated; repeatable)",
     )
+    route.add_argument(
+        "--explain",
+        action="store_true",
+        help="why: the bound, the prompt's top clusters and every candidate's score terms (as POST /v1/route says)",
+    )
     route.set_defaults(run=_route)
 
     models = with_registry(
@@ -268,8 +273,11 @@ def _route(args: argparse.Namespace) -> int:
         "min_accuracy": args.min_accuracy,
         "candidates": args.candidates,
     }
+    params = {k: v for k, v in params.items() if v is not None}
     try:
-        out = model.route(prompts, {k: v for k, v in params.items() if v is not None})
+        if args.explain:
+            return _explain(args, model, prompts, params)
+        out = model.route(prompts, params)
     except ValueError as exc:  # a bad budget, an unknown candidate, an empty prompt: each named with its value
         raise CommandError(str(exc)) from exc
     rows = zip(prompts, out["llm"], out["cost_weight"], out["predicted_error"], out["cost"], strict=True)
@@ -278,6 +286,25 @@ def _route(args: argparse.Namespace) -> int:
         for name in sorted(predicted_error, key=predicted_error.get):
             marker = "*" if name == llm else " "
             print(f"  {marker} {name:<32} predicted error {predicted_error[name]:.3f}   cost ${cost[name]:.6f}")
+    return 0
+
+
+def _explain(args: argparse.Namespace, model, prompts: list[str], params: dict) -> int:
+    """``route --explain``: per prompt, :func:`serving.explain.format_table` of what ``POST /v1/route`` would say."""
+    from serving import explain, registry_files
+    from serving.loaded_router import split_model_uri
+
+    for i, prompt in enumerate(prompts):
+        if not prompt.strip():
+            raise CommandError(f"prompt[{i}]={prompt!r}: must be non-empty text")
+    database = registry_files.sqlite_path(_tracking_uri(args))
+    version = (registry_files.model_version(database, args.model_uri) if database else None) or args.model_uri
+    alias = split_model_uri(args.model_uri)[1] if "@" in args.model_uri else None
+    asked = next(((k, v) for k, v in params.items() if k != "candidates"), None)
+    bound = explain.resolve_bound(model, None, asked, params.get("candidates") or list(model.router.llms_))
+    for prompt, vector in zip(prompts, model.embedder.embed(prompts), strict=True):
+        ranked = model.rank(prompt, vector, bound.params)
+        print(explain.format_table(explain.explanation(ranked, bound, version, {"served_alias": alias}), prompt))
     return 0
 
 

@@ -13,6 +13,7 @@ request with the champion router and forwards it to the chosen LLM's endpoint fr
   and shapes every error in OpenAI's form; :class:`serving.upstream.Upstreams` holds timeouts, retries, fallbacks
   (the router's next-best LLMs, under the same cost weight) and circuit breakers; :mod:`serving.metrics` counts and
   logs every request; :mod:`serving.decisions` records every chat request off the request path.
+- **Explanations**: ``POST /v1/route`` ranks a chat body as chat would, forwarding nothing (:mod:`serving.explain`).
 - **Learning from traffic**: ``POST /v1/feedback`` rates a request of the asking key by the id the answer's
   ``x-request-id`` gave (an id that names its key: :class:`serving.feedback.RequestIds`); with
   ``traffic_sample_rate`` above 0 a sample of routed requests' prompts and answers is STORED
@@ -54,7 +55,7 @@ from starlette.routing import Route
 
 import warehouse as wh
 from router_core.embedding import prompt_hash
-from serving import feedback, traffic
+from serving import explain, feedback, traffic
 from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request, short_repr
 from serving.decisions import DecisionLog, default_directory, learning_fields
 from serving.feedback import FeedbackError, FeedbackLog, OwnerIndex, Ownership, RequestIds
@@ -97,6 +98,7 @@ class _Call:
     ranked: dict | None = None
     order: list[str] = field(default_factory=list)
     hold: Hold | None = None  # the worst case reserved on the key's budget
+    bound: explain.Bound | None = None  # what bounded the choice (a routed request)
 
 
 COST_HEADER = "x-uniroute-response-cost"  # USD, as LiteLLM's x-litellm-response-cost
@@ -206,16 +208,20 @@ class Gateway:
         """What a key can reach: the router's LLMs active in the catalog and allowed for the key."""
         return [m for m in router.pool() if m in endpoints and policy.allows(m)]
 
-    async def chat_completions(self, request: Request) -> Response:
-        started = time.perf_counter()
-        policy: KeyPolicy = request.state.key
-        body = await read_json(request)
+    async def _chat_request(self, request: Request) -> ChatRequest:
+        """The checked chat body of ``request`` (400 naming the field), its model allowed for the key (403)."""
         try:
-            chat = parse_chat_request(body, self.limits)
+            chat = parse_chat_request(await read_json(request), self.limits)
         except ChatRequestError as exc:
             raise RequestError(400, str(exc), exc.param, exc.code) from None
         request.state.model = chat.model
-        policy.require_model(chat.model)
+        request.state.key.require_model(chat.model)
+        return chat
+
+    async def chat_completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        policy: KeyPolicy = request.state.key
+        chat = await self._chat_request(request)
         router = self.router  # this request finishes on this version even if a reload swaps it meanwhile
         if router is None:
             return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
@@ -242,6 +248,7 @@ class Gateway:
             retry = False if result.final else None  # an LLM refused the request itself: the same again
             return error_response(result.status, result.error or "no answer", "model", code, headers, retry)
         headers = {"X-UniRoute-LLM": result.llm, "X-UniRoute-Router-Version": router.version}
+        headers |= explain.headers(call.ranked, call.bound)
         if result.stream is not None:
             return StreamingResponse(self._relay(call, result), media_type="text/event-stream", headers=headers)
         cost = self._finish(call, result, 200)
@@ -295,26 +302,23 @@ class Gateway:
         return hold
 
     async def _route(self, call: _Call, router: LoadedRouter, pool: list[str]) -> None:
-        """Rank the allowed candidates for the prompt; the first ``1 + fallbacks`` are the order to ask."""
-        chat = call.chat
-        if not pool:
-            message = f"no LLM of router version {router.version} is active and allowed"
-            raise RequestError(503, message, "model", "no_llm_available")
-        candidates = call.policy.route_pool(pool, chat.candidates)
-        unknown = [c for c in candidates if c not in pool]
-        if unknown:
-            message = f"candidates: {unknown[0]!r} is not an active LLM of the router's pool {pool}"
-            raise RequestError(400, message, "candidates", "invalid_value")
-        params = {"candidates": candidates}  # a budget resolves on the curve of exactly these LLMs
-        if chat.budget:
-            params[chat.budget[0]] = chat.budget[1]
+        """Rank what the key and request allow (:func:`serving.explain.rank`); the first 1 + fallbacks are asked."""
         began = time.perf_counter()
-        try:
-            call.ranked = await router.rank(chat.prompt, params)
-        except ValueError as exc:  # names the field and value (e.g. an impossible budget)
-            raise RequestError(400, str(exc), chat.budget[0] if chat.budget else "messages", "invalid_value") from None
+        call.ranked, call.bound = await explain.rank(router, call.policy, call.chat, pool)
         self.metrics.observe_routing(time.perf_counter() - began)
         call.order = call.ranked["order"][: 1 + self.config.fallbacks]
+
+    async def route(self, request: Request) -> Response:
+        """``POST /v1/route``: a chat body's ranking and why (:func:`serving.explain.explanation`), as the same chat
+        request would be routed; nothing is forwarded, held or charged."""
+        chat = await self._chat_request(request)
+        router = self.router
+        if router is None:
+            return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
+        explain.require_routed(chat)
+        call = _Call(request, chat, request.state.key, router.version, time.perf_counter(), self.endpoints, {})
+        await self._route(call, router, self._pool(router, call.endpoints, call.policy))
+        return JSONResponse(explain.explanation(call.ranked, call.bound, router.version, explain.served(router)))
 
     async def _relay(self, call: _Call, result: UpstreamResult):
         """The upstream's SSE bytes; the first chunk is prefixed with a comment naming the choice (clients skip
@@ -340,6 +344,7 @@ class Gateway:
             "cost_weight": call.ranked["cost_weight"] if call.ranked else None,
             "attempts": len(result.attempts),
             "cost_usd": cost,
+            **explain.short_form(call.ranked, call.bound),
         }
 
     def _finish(self, call: _Call, result: UpstreamResult, status: int) -> float | None:
@@ -373,8 +378,8 @@ class Gateway:
                 "model_requested": chat.model,
                 "chosen_llm": result.llm,
                 "cost_weight": call.ranked["cost_weight"] if call.ranked else None,
-                "budget_kind": chat.budget[0] if chat.budget else "none",
-                "budget_value": chat.budget[1] if chat.budget else None,
+                "budget_kind": call.bound.kind if call.bound else "none",  # what bounded it: the request's or key's
+                "budget_value": call.bound.value if call.bound else None,
                 "candidates": call.order,
                 "predicted_error": call.ranked["predicted_error"] if call.ranked else None,
                 "predicted_cost": call.ranked["cost"] if call.ranked else None,
@@ -470,6 +475,7 @@ def create_app(gateway: Gateway) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/v1/route", gateway.route, methods=["POST"]),
             Route("/v1/feedback", gateway.post_feedback, methods=["POST"]),
             Route("/v1/models", gateway.models, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.chat_request import ROUTED_MODEL, short_repr
+from serving.chat_request import BUDGETS, ROUTED_MODEL, short_repr
 from warehouse.userfiles import MAX_USER_FILE_BYTES, UserFileError, check_size, parse_user_yaml
 
 NO_ROUTING = f"!{ROUTED_MODEL}"  # in a key's models: the key may not use the routed model
@@ -23,7 +23,7 @@ ANONYMOUS_ID = "anonymous"
 MIN_SECRET_CHARS = 16
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_FIELDS = ("id", "sha256", "models", "usd_per_day", "requests_per_minute", "role", "store")
+_FIELDS = ("id", "sha256", "models", "usd_per_day", "requests_per_minute", "role", "store", *BUDGETS, "candidates")
 
 
 class ClientError(Exception):
@@ -71,6 +71,10 @@ class KeyPolicy:
     requests_per_minute: float | None = None
     admin: bool = False  # may read the operator's pages (/metrics)
     store: bool = True  # False: none of the key's traffic is ever sampled (wins over the gateway's sample rate)
+    # the tenant's routing policy: its default budget (kind, value), which also bounds what its requests ask, and
+    # the LLMs it routes among (a request may narrow them, never widen them)
+    budget: tuple[str, float] | None = None
+    candidates: tuple[str, ...] | None = None
 
     def allows(self, model: str) -> bool:
         """Whether the key may ask for ``model``: a catalog LLM in its set, or the routed model unless excluded."""
@@ -109,6 +113,18 @@ class KeyPolicy:
                 403, f"key {self.key_id!r}: none of the router's LLMs {list(pool)} is allowed", "model_not_allowed"
             )
         return allowed
+
+    def own_candidates(self, candidates: Sequence[str], requested: bool) -> list[str]:
+        """``candidates`` within the key's own candidate set (all of them for a key without one); ``ClientError``
+        400 naming ``candidates`` when none is left (``requested``: the request named them)."""
+        if self.candidates is None:
+            return list(candidates)
+        kept = [c for c in candidates if c in self.candidates]
+        if not kept:
+            what = f"candidates={short_repr(list(candidates))}" if requested else "the router's active LLMs"
+            message = f"{what}: none is among key {self.key_id!r}'s candidates {list(self.candidates)}"
+            raise ClientError(400, message, "invalid_value", "candidates")
+        return kept
 
 
 ANONYMOUS = KeyPolicy(ANONYMOUS_ID)
@@ -188,6 +204,8 @@ def parse_entry(entry: object, where: str) -> ClientKey:
             _parse_number(entry.get("requests_per_minute"), "requests_per_minute", where, allow_zero=False),
             _parse_role(entry.get("role"), where),
             _parse_store(entry.get("store", True), where),
+            _parse_budget(entry, where),
+            _parse_candidates(entry.get("candidates"), entry.get("models"), where),
         ),
         bytes.fromhex(digest),
         where.partition(" (id=")[0],
@@ -247,11 +265,38 @@ def _parse_store(value: object, where: str) -> bool:
     return value
 
 
-def _parse_models(value: object, where: str) -> frozenset[str] | None:
+def _parse_budget(entry: dict, where: str) -> tuple[str, float] | None:
+    """The key's default budget: one of :data:`serving.chat_request.BUDGETS`, checked as a request's would be."""
+    given = [name for name in BUDGETS if entry.get(name) is not None]
+    if len(given) > 1:
+        raise ValueError(f"{where}: fields {given[0]} and {given[1]}: give one of {', '.join(BUDGETS)}")
+    if not given:
+        return None
+    name, value = given[0], entry[given[0]]
+    ok, expected = BUDGETS[name]
+    if not ok(value):
+        raise ValueError(f"{where}: field {name}={short_repr(value)}: expected {expected}")
+    return name, float(value)
+
+
+def _parse_candidates(value: object, models: object, where: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    names = _parse_models(value, where, "candidates")
+    if not names or len(names) != len(value):
+        raise ValueError(f"{where}: field candidates={short_repr(value)}: expected LLM names, none twice")
+    allowed = _parse_models(models, where)
+    outside = sorted(names - allowed) if allowed is not None else []
+    if outside:
+        raise ValueError(f"{where}: field candidates: {outside[0]!r} is not in the key's models {sorted(allowed)}")
+    return tuple(m.strip() for m in value)
+
+
+def _parse_models(value: object, where: str, name: str = "models") -> frozenset[str] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not all(isinstance(m, str) and m.strip() for m in value):
-        raise ValueError(f"{where}: field models={short_repr(value)}: expected a list of model names")
+        raise ValueError(f"{where}: field {name}={short_repr(value)}: expected a list of model names")
     return frozenset(m.strip() for m in value)
 
 

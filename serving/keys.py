@@ -369,6 +369,11 @@ def _entry(args: argparse.Namespace, secret: str) -> str:
         entry["requests_per_minute"] = args.rpm
     if args.no_store:
         entry["store"] = False
+    for name in ("cost_weight", "max_cost_per_query", "min_accuracy"):  # the tenant's routing policy
+        if getattr(args, name) is not None:
+            entry[name] = getattr(args, name)
+    if args.candidates:
+        entry["candidates"] = [m.strip() for m in args.candidates.split(",") if m.strip()]
     parse_entry(entry, "the new entry")  # the printed line is one the store accepts
     return yaml.safe_dump([entry], sort_keys=False)
 
@@ -381,6 +386,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--models", help="comma-separated LLMs the key may use (default: all); !uniroute: no routing")
     cmd.add_argument("--usd-per-day", type=float, help="spend limit per UTC day, USD")
     cmd.add_argument("--rpm", type=float, help="requests per minute")
+    cmd.add_argument("--cost-weight", dest="cost_weight", type=float, help="the key's default cost weight (a floor)")
+    cmd.add_argument("--max-cost", dest="max_cost_per_query", type=float, help="the key's budget, USD per query")
+    cmd.add_argument("--min-accuracy", dest="min_accuracy", type=float, help="the key's budget as an accuracy")
+    cmd.add_argument("--candidates", help="comma-separated LLMs the key routes among (requests may narrow them)")
     cmd.add_argument("--no-store", action="store_true", help="never sample this key's traffic (store: false)")
     cmd.add_argument("--generate", action="store_true", help="make a new secret (printed on stderr) instead")
     args = parser.parse_args(argv)

@@ -130,6 +130,13 @@ def router_dir(database: Path, model_uri: str) -> Path | None:
     return _artifact(model_dir, "router")
 
 
+def model_version(database: Path, model_uri: str) -> str | None:
+    """The version ``model_uri`` names in the sqlite registry ``database`` (None for other URI forms);
+    :class:`RegistryLookupError` when the name or alias is unknown."""
+    version = _version_of(database, model_uri)[1]
+    return None if version is None else str(version)
+
+
 def _version_of(database: Path, model_uri: str) -> tuple[str | None, int | None]:
     """(name, version) of ``models:/<name>@<alias>`` or ``models:/<name>/<version>``; (None, None) for other URIs."""
     if not model_uri.startswith("models:/"):

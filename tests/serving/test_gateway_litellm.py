@@ -18,7 +18,6 @@ from tests.integrations.litellm_support import VENV, asked, needs_litellm_venv
 
 from .conftest import gateway_process, write_gateway_catalog
 
-pytest.importorskip("serving.explain", reason="POST /v1/route lands with serving.explain (issue 27, explain27)")
 pytestmark = needs_litellm_venv
 SECRET = "litellm-secret-0123456789abcdef"
 
