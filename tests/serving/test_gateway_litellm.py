@@ -9,7 +9,6 @@ import hashlib
 
 import httpx
 import openai
-import pytest
 
 from benchmarks.litellm_peer import MASTER_KEY, litellm_proxy
 from benchmarks.rollout_litellm import GROUP, ensure_uniroute_plugin, plugin_env, routed_config
