@@ -150,16 +150,20 @@ async def _compare(
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
         for url in (shuffle, routed):
             await _send(http, f"{url}/v1/chat/completions", proxy_headers, bodies[:16], 4)  # warm-up
-        timed = bodies[:latency_requests]
-        p50 = {"shuffle": [], "uniroute": []}
-        for body in timed:  # one at a time, alternating, so both see the machine alike
-            for name, url in (("shuffle", shuffle), ("uniroute", routed)):
-                started = time.perf_counter()
-                await _send(http, f"{url}/v1/chat/completions", proxy_headers, [body], 1)
-                p50[name].append((time.perf_counter() - started) * 1e3)
         replay_root = replay_url.rstrip("/").removesuffix("/v1")
         route_url = f"{route_base_url.rstrip('/').removesuffix('/v1')}/v1/route"
         route_headers = {"Authorization": f"Bearer {key}"} if key else {}
+        targets = {
+            "shuffle": (f"{shuffle}/v1/chat/completions", proxy_headers),
+            "uniroute": (f"{routed}/v1/chat/completions", proxy_headers),
+            "route": (route_url, route_headers),  # the call the plug-in adds, alone
+        }
+        p50 = {name: [] for name in targets}
+        for body in bodies[:latency_requests]:  # one at a time, alternating, so all see the machine alike
+            for name, (url, headers) in targets.items():
+                started = time.perf_counter()
+                await _send(http, url, headers, [body], 1)
+                p50[name].append((time.perf_counter() - started) * 1e3)
         rps, concurrent = {}, []
         for name, url in (("shuffle", shuffle), ("uniroute", routed)):
             started = time.perf_counter()
@@ -203,6 +207,7 @@ def _summary(p50: dict, rps: dict, answers: list, routes: list, log: list[dict])
         "shuffle_p50_ms": float(np.median(p50["shuffle"])),
         "uniroute_p50_ms": float(np.median(p50["uniroute"])),
         "added_p50_ms": float(np.median(p50["uniroute"]) - np.median(p50["shuffle"])),
+        "route_p50_ms": float(np.median(p50["route"])),
         "shuffle_rps": rps["shuffle"],
         "uniroute_rps": rps["uniroute"],
         "sample": len(answers),
@@ -265,7 +270,8 @@ def report(result: dict) -> list[str]:
         f"| simple-shuffle | {result['shuffle_p50_ms']:.1f} | {result['shuffle_rps']:.0f} |",
         f"| UniRoute plug-in | {result['uniroute_p50_ms']:.1f} | {result['uniroute_rps']:.0f} |",
         "",
-        f"added p50 per request: {result['added_p50_ms']:.1f} ms (the plug-in's /v1/route call)",
+        f"added p50 per request: {result['added_p50_ms']:.1f} ms (the plug-in's /v1/route call; /v1/route alone, "
+        f"p50: {result['route_p50_ms']:.1f} ms)",
         f"plug-in's choice = /v1/route's on {result['agreement']:.1%} of {result['sample']} prompts "
         f"({result['chosen_llms']} LLMs chosen), errors {result['errors']}, left to LiteLLM {result['unrouted']}, "
         f"replay log agrees: {result['log_agrees']} -> floor {'met' if met else 'MISSED'}",
