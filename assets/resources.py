@@ -135,3 +135,32 @@ class MlflowResource(dg.ConfigurableResource):
         root.mkdir(parents=True, exist_ok=True)
         registry.configure(self.tracking_uri or registry.default_tracking_uri())
         return registry.ensure_experiment(self.experiment, root / "artifacts")
+
+
+class RolloutResource(dg.ConfigurableResource):
+    """The rules of the rollout sensor (``router_core.RolloutRules``; docs/serving.md, "Rollout: promote and roll
+    back"). Promote the challenger when, over at least ``min_requests`` shadowed requests, its error (observed once
+    both versions have ``min_rated`` rated requests, else predicted) is at most ``error_tolerance`` above the
+    champion's and its predicted cost at most ``cost_tolerance`` (a fraction) above, both at ``confidence``. Roll
+    the champion back to ``previous-champion`` when, over at least ``min_requests`` requests it served since it
+    became champion, its observed error, upstream error rate (HTTP >= 500) or cost per request is confidently past
+    ``max_observed_error``, ``max_upstream_error_rate`` or ``max_cost_per_request_usd`` (0: no cost guardrail).
+    ``enabled: false`` makes the sensor report what it would do, and move nothing."""
+
+    enabled: bool = True
+    min_requests: int = 200
+    confidence: float = 0.95
+    error_tolerance: float = 0.01
+    cost_tolerance: float = 0.05
+    min_rated: int = 30
+    max_observed_error: float = 0.5
+    max_upstream_error_rate: float = 0.05
+    max_cost_per_request_usd: float = 0.0
+
+    def rules(self):
+        """The rules as ``router_core.RolloutRules`` (checked: a bad value names its field)."""
+        from dataclasses import fields
+
+        from router_core import RolloutRules
+
+        return RolloutRules(**{f.name: getattr(self, f.name) for f in fields(RolloutRules)})

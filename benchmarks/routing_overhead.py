@@ -39,13 +39,16 @@ def fit_router(data, split, n_clusters: int = 16) -> UniRouter:
     )
 
 
-def register(data, split, root: Path, embedder: Embedder, router: UniRouter | None = None) -> str:
-    """Save and register ``router`` (default :func:`fit_router`'s); returns its models:/ URI."""
+def register(
+    data, split, root: Path, embedder: Embedder, router: UniRouter | None = None, directory: str = "router"
+) -> str:
+    """Save ``router`` (default :func:`fit_router`'s) to ``root/directory`` and register it in ``root``'s registry;
+    returns its models:/ URI."""
     from serving import registry
 
     router = router or fit_router(data, split)
     errors = 1 - data.scores[np.ix_(split.validation, split.unseen_llms)]
-    router_dir = save_router(router, root / "router")
+    router_dir = save_router(router, root / directory)
     predicted = router.predict_error(data.embeddings[split.validation])
     registry.write_router_meta(router_dir, embedder, 0.0, predicted, 1 - errors)
     registry.configure(f"sqlite:///{root / 'mlflow.db'}")

@@ -16,7 +16,15 @@ from assets.profiling import (
     llm_responses,
     prompt_set,
 )
-from assets.resources import ArtifactsResource, CollectorResource, EmbedderResource, MlflowResource, WarehouseResource
+from assets.resources import (
+    ArtifactsResource,
+    CollectorResource,
+    EmbedderResource,
+    MlflowResource,
+    RolloutResource,
+    WarehouseResource,
+)
+from assets.rollout import rollout_report
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from assets.traffic import traffic_feedback, traffic_samples
@@ -27,7 +35,7 @@ from pipelines.schedules import (
     retrain_cluster_map_job,
     weekly_cluster_map_schedule,
 )
-from pipelines.sensors import automation_sensor, coverage_drift_sensor, llm_onboarding_sensor
+from pipelines.sensors import automation_sensor, coverage_drift_sensor, llm_onboarding_sensor, rollout_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -49,16 +57,18 @@ defs = dg.Definitions(
         llm_traffic_evaluation,
         traffic_coverage,
         traffic_validation_prompts,
+        rollout_report,
     ],
     jobs=[profile_llm_job, retrain_cluster_map_job, add_traffic_prompts_job, traffic_loop_job],
     schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule, daily_traffic_schedule],
-    sensors=[llm_onboarding_sensor, automation_sensor, coverage_drift_sensor],
+    sensors=[llm_onboarding_sensor, automation_sensor, coverage_drift_sensor, rollout_sensor],
     resources={
         "warehouse": WarehouseResource(),
         "collector": CollectorResource(),
         "embedder": EmbedderResource(),
         "artifacts": ArtifactsResource(),
         "mlflow": MlflowResource(),
+        "rollout": RolloutResource(),
     },
     # Every op writes the warehouse (the long ones in the "duckdb" pool): the multiprocess executor's child
     # processes would hold the pool's slot while they import this code (docs/scale-out.md).

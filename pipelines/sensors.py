@@ -1,6 +1,7 @@
 """Sensors: onboarding (a new or re-pointed LLM in the catalog gets a partition and a profiling run), coverage drift
-(a drifted coverage report's traffic prompts join the validation set) and the automation sensor that evaluates the
-assets' automation conditions (features and router follow new data)."""
+(a drifted coverage report's traffic prompts join the validation set), rollout (the challenger promoted, or the
+champion rolled back, by configured rules) and the automation sensor that evaluates the assets' automation
+conditions (features and router follow new data)."""
 
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
@@ -11,7 +12,8 @@ import dagster as dg
 import warehouse as wh
 from assets.coverage import traffic_coverage, traffic_validation_prompts
 from assets.profiling import endpoint_fingerprint, llm_partitions
-from assets.resources import WarehouseResource
+from assets.resources import MlflowResource, RolloutResource, WarehouseResource
+from assets.rollout import RolloutUnavailable, rollout_evidence, rollout_report
 from pipelines.jobs import add_traffic_prompts_job, profile_llm_job
 
 
@@ -87,3 +89,46 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
     minimum_interval_seconds=30,
     description="Features follow checked grades and new cluster maps; the router follows new features.",
 )
+
+
+#: The rollout sensor's name; its moves are recorded as moved by ``sensor:<name>``.
+ROLLOUT_SENSOR = "uniroute_rollout_sensor"
+
+
+@dg.sensor(name=ROLLOUT_SENSOR, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def rollout_sensor(
+    context: dg.SensorEvaluationContext,
+    warehouse: WarehouseResource,
+    mlflow: MlflowResource,
+    rollout: RolloutResource,
+) -> dg.SensorResult | dg.SkipReason:
+    """Applies the rollout rules (the ``rollout`` resource) to the champion's and challenger's traffic: promotes the
+    challenger when it is not worse with confidence, rolls ``champion`` back to ``previous-champion`` on a guardrail
+    breach, else skips saying why (too few requests among the reasons). Each move is recorded in MLflow with the
+    reason (``serving.alias_moves``) and reported as an observation of ``rollout_report`` with it."""
+    from serving import alias_moves
+
+    try:
+        evidence = rollout_evidence(warehouse, mlflow, rollout)
+    except RolloutUnavailable as exc:
+        return dg.SkipReason(str(exc))
+    decided = evidence.decision
+    if decided.action == "hold" or not rollout.enabled:
+        return dg.SkipReason(f"{decided.action}{'' if rollout.enabled else ' (disabled)'}: {decided.reason}")
+    who, name = f"sensor:{ROLLOUT_SENSOR}", mlflow.model_name
+    try:
+        if decided.action == "promote":
+            moves = alias_moves.promote_version(name, evidence.challenger, who, decided.reason)
+        else:
+            moves = alias_moves.rollback(name, who, decided.reason)
+    except alias_moves.AliasMoveError as exc:  # an alias moved by hand since the evidence was read
+        return dg.SkipReason(f"{decided.action} not made: {exc}")
+    context.log.info(f"{decided.action}: {decided.reason}")
+    said = "; ".join(f"{m.alias}: {m.from_version or 'none'} -> {m.to_version or 'none'}" for m in moves)
+    numbers = {k: v for k, v in decided.numbers.items() if v is not None}
+    observation = dg.AssetObservation(
+        asset_key=rollout_report.key,
+        description=f"{decided.action}: {decided.reason}",
+        metadata={"action": decided.action, "reason": decided.reason, "moves": said, **numbers},
+    )
+    return dg.SensorResult(asset_events=[observation])

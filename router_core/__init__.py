@@ -71,8 +71,10 @@ from router_core.plots import (
     plot_psi_heatmap,
     plot_quality_vs_cost,
     plot_reliability,
+    plot_rollout,
     version_figures,
 )
+from router_core.rollout import RolloutDecision, RolloutRules, rollout_comparison, rollout_decision, shadowed_requests
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 from router_core.scoring import PoolFit, RouterScores, fit_pool, score_router
 from router_core.servable import ServableRouter
@@ -113,6 +115,8 @@ __all__ = [
     "OracleRouter",
     "PoolFit",
     "RandomRouter",
+    "RolloutDecision",
+    "RolloutRules",
     "Router",
     "RouterInputError",
     "RouterScores",
@@ -157,13 +161,17 @@ __all__ = [
     "plot_psi_heatmap",
     "plot_quality_vs_cost",
     "plot_reliability",
+    "plot_rollout",
     "prompt_hash",
     "psi_drift",
     "qnc",
     "quality_vs_cost",
+    "rollout_comparison",
+    "rollout_decision",
     "save_cluster_map",
     "save_router",
     "score_router",
+    "shadowed_requests",
     "single_llm_points",
     "split_traffic_outcomes",
     "stratified_traffic_sample",

@@ -1,6 +1,7 @@
 """Figures of a router's evaluation: deferral curves with single LLMs as labelled points, and the Psi heatmap; and
 of its online evaluation on traffic (:mod:`router_core.online`): reliability, quality vs cost, drift per cluster;
-and cluster shares of traffic against the validation set (:mod:`router_core.coverage`).
+of a rollout (:mod:`router_core.rollout`): champion vs challenger; and cluster shares of traffic against the
+validation set (:mod:`router_core.coverage`).
 
 Matplotlib is imported on first use (Agg backend), never with router_core.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "plot_psi_heatmap",
     "plot_quality_vs_cost",
     "plot_reliability",
+    "plot_rollout",
     "version_figures",
 ]
 
@@ -285,5 +287,43 @@ def plot_coverage(table: pl.DataFrame, title: str = "Cluster shares: traffic vs 
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+#: The panels of :func:`plot_rollout`: (metric of :func:`router_core.rollout.rollout_comparison`, axis label).
+ROLLOUT_PANELS = (
+    ("predicted_error", "predicted error (shadowed requests)"),
+    ("predicted_cost", "predicted USD per request (shadowed)"),
+    ("observed_error", "observed error (requests served)"),
+    ("upstream_error_rate", "upstream error rate (served)"),
+)
+
+
+def plot_rollout(table: pl.DataFrame):
+    """Champion vs challenger per metric of :func:`router_core.rollout.rollout_comparison`'s table, each mean with
+    its interval (a side without values is left out); the agreement rate in the title."""
+    fig, axes = _pyplot().subplots(1, len(ROLLOUT_PANELS), figsize=(3.2 * len(ROLLOUT_PANELS), 3.2))
+    for ax, (metric, label) in zip(axes, ROLLOUT_PANELS, strict=True):
+        rows = table.filter((pl.col("metric") == metric) & pl.col("side").is_in(["champion", "challenger"]))
+        rows = rows.filter(pl.col("mean").is_not_null())
+        for i, row in enumerate(rows.iter_rows(named=True)):
+            low, high = (row["mean"] if row[k] is None else row[k] for k in ("low", "high"))
+            ax.errorbar([i], [row["mean"]], yerr=[[row["mean"] - low], [high - row["mean"]]], fmt="o", capsize=4)
+        ax.set_xticks(
+            range(rows.height),
+            [f"{r['side']}\nv{r['router_version']} (n={r['count']})" for r in rows.iter_rows(named=True)],
+            fontsize=7,
+        )
+        ax.set_xlim(-0.5, 1.5)
+        ax.set_title(label, fontsize=8)
+        ax.grid(alpha=0.3)
+    agreement = table.filter(pl.col("metric") == "agreement")
+    said = (
+        ""
+        if agreement.is_empty() or agreement["mean"][0] is None
+        else (f": they agree on {agreement['mean'][0]:.0%} of {agreement['count'][0]:,} shadowed requests")
+    )
+    fig.suptitle(f"Champion vs challenger on the same traffic{said}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -1,5 +1,5 @@
 """The serving commands of ``uniroute`` (:mod:`pipelines.cli` assembles the command line): route, models,
-add-model, serve and mlflow.
+add-model, serve and mlflow (promote and rollback: :mod:`serving.alias_commands`).
 
 The registry is ``$MLFLOW_TRACKING_URI``, else the sqlite file under ``<data home>/mlflow`` (beside the warehouse
 file; ``UNIROUTE_WAREHOUSE`` / ``UNIROUTE_DATA_HOME`` move it); a sqlite registry that does not exist is an
@@ -46,7 +46,7 @@ def _candidates(text: str) -> list[str]:
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Add route, models, mlflow, add-model and serve to ``commands``."""
+    """Add route, models, mlflow, add-model, serve, promote and rollback to ``commands``."""
 
     def with_registry(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
         sub.add_argument("--model-uri", default=DEFAULT_MODEL_URI, help=f"default {DEFAULT_MODEL_URI}")
@@ -177,7 +177,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--feedback-dir", type=Path, default=None, help="POST /v1/feedback ratings (default <warehouse dir>/feedback)"
     )
+    serve.add_argument(
+        "--shadow",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="when <name>@challenger exists, rank every routed request with it too, from the same embedding, and "
+        "log its choice in the decision record (default on)",
+    )
+    serve.add_argument(
+        "--canary-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of routed requests served by <name>@challenger, by a hash of the client key and the request's "
+        "`user` (else its prompt): one user meets one version (default 0)",
+    )
     serve.set_defaults(run=_serve)
+    from serving import alias_commands  # promote and rollback (late: that module imports this one)
+
+    alias_commands.add_commands(commands)
 
 
 def _catalog_path(path: Path | None) -> Path:
@@ -401,6 +419,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--max-upstream-bytes {args.max_upstream_bytes}: expected a positive byte count")
     if not 0 <= args.traffic_sample_rate <= 1:  # nan too
         raise CommandError(f"--traffic-sample-rate {args.traffic_sample_rate}: expected a number in [0, 1]")
+    if not 0 <= args.canary_fraction <= 1:
+        raise CommandError(f"--canary-fraction {args.canary_fraction}: expected a number in [0, 1]")
     try:
         split_model_uri(args.model_uri)
     except ValueError as exc:
@@ -430,6 +450,8 @@ def _serve(args: argparse.Namespace) -> int:
         traffic_sample_rate=args.traffic_sample_rate,
         traffic_dir=str(args.traffic_dir.resolve()) if args.traffic_dir else None,
         feedback_dir=str(args.feedback_dir.resolve()) if args.feedback_dir else None,
+        shadow=args.shadow,
+        canary_fraction=args.canary_fraction,
     )
     try:
         open_ledger(config)  # an unwritable ledger is an error now, not at the first request

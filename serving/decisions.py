@@ -37,6 +37,7 @@ __all__ = [
     "learning_fields",
     "read_decision_files",
     "read_decisions",
+    "token_count",
 ]
 
 #: What bounded the choice: a budget asked for, an explicit cost weight, or nothing (the router's default weight).
@@ -71,6 +72,13 @@ SCHEMA: dict[str, pl.DataType] = {
     "ranked_llms": pl.List(pl.String()),  # the router's choice and the next best, in ranked order
     "ranked_predicted_error": pl.List(pl.Float64()),  # of each of ranked_llms
     "ranked_predicted_cost": pl.List(pl.Float64()),  # of each of ranked_llms, USD per query
+    # rollout (serving.rollout): the alias whose version served (router_version), and the other version's choice
+    # from the same vector (null: no shadow), its predicted error and cost per query:
+    "served_alias": pl.String(),  # "champion", or "challenger" for a canary request
+    "shadow_version": pl.String(),
+    "shadow_llm": pl.String(),
+    "shadow_predicted_error": pl.Float64(),
+    "shadow_predicted_cost": pl.Float64(),
 }
 #: How many of the ranking a record keeps: the router's choice and the next best two.
 RANKED_KEPT = 3
@@ -167,3 +175,8 @@ def read_decision_files(files: list[Path]) -> pl.DataFrame:
     columns a file predates (an older gateway's file) read as null."""
     frame = read_record_files(files, SCHEMA)
     return frame.unique(subset="request_id", keep="first", maintain_order=True)
+
+
+def token_count(value: object) -> int | None:
+    """A usage count as the decision record keeps it: a non-negative int32, else None (an upstream's odd value)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None

@@ -15,8 +15,9 @@ default), the ranking of every candidate with its score terms, and the forms the
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from router_core import budget_mix
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from router_core.servable import ServableRouter
     from serving.loaded_router import LoadedRouter
+    from serving.rollout import Choice
 
 __all__ = [
     "TOP_CLUSTERS",
@@ -129,14 +131,20 @@ def _candidates(policy: KeyPolicy, chat: ChatRequest, pool: list[str]) -> tuple[
     return kept, "key" if policy.candidates is not None else "router"
 
 
-async def rank(router: LoadedRouter, policy: KeyPolicy, chat: ChatRequest, pool: list[str]) -> tuple[dict, Bound]:
+async def rank(
+    router: LoadedRouter,
+    policy: KeyPolicy,
+    chat: ChatRequest,
+    pool: list[str],
+    rank_with: Callable[[dict], Awaitable[dict]] | None = None,
+) -> tuple[dict, Bound]:
     """Rank ``pool`` (the LLMs the key can reach) for a routed chat request on ``router``: the ranking
-    (``ServableRouter.rank``) and its :class:`Bound`. ``ClientError`` naming the field for a request that cannot be
-    routed (an impossible budget, say)."""
+    (``ServableRouter.rank``, or ``rank_with(params)``: the gateway's rollout, which also shadows it) and its
+    :class:`Bound`. ``ClientError`` naming the field for a request that cannot be routed (an impossible budget, say)."""
     candidates, chosen_by = _candidates(policy, chat, pool)
     bound = resolve_bound(router.model, policy, chat.budget, candidates)
     try:
-        ranked = await router.rank(chat.prompt, bound.params)
+        ranked = await (rank_with or partial(router.rank, chat.prompt))(bound.params)
     except ValueError as exc:  # names the field and value (e.g. an impossible budget)
         where = "" if bound.source != "key" else f"key {policy.key_id!r}: "
         param = bound.kind if bound.kind != "none" else "messages"
@@ -151,10 +159,14 @@ def require_routed(chat: ChatRequest) -> None:
         raise ClientError(400, message, "not_routed", "model")
 
 
-def served(router: LoadedRouter | None) -> dict:
-    """Which alias served and what the shadow chose: ``{"served_alias", "shadow"}`` (the one place the rollout
-    fills in; until it does, the champion and no shadow)."""
-    return {"served_alias": "champion", "shadow": None}
+def served(choice: Choice | None) -> dict:
+    """Which alias served and what the shadow chose (:class:`serving.rollout.Choice`; None: the champion alone):
+    ``{"served_alias", "shadow"}``, the shadow ``{"version", "llm", "predicted_error", "predicted_cost_usd"}``."""
+    shadow = choice and choice.shadowed
+    if shadow is None:
+        return {"served_alias": choice.alias if choice else "champion", "shadow": None}
+    numbers = {"predicted_error": shadow.predicted_error, "predicted_cost_usd": shadow.predicted_cost}
+    return {"served_alias": choice.alias, "shadow": {"version": shadow.version, "llm": shadow.llm, **numbers}}
 
 
 def _number(value: float) -> float | None:

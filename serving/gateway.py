@@ -19,10 +19,10 @@ request with the champion router and forwards it to the chosen LLM's endpoint fr
   ``traffic_sample_rate`` above 0 a sample of routed requests' prompts and answers is STORED
   (:mod:`serving.traffic`; a key with ``store: false`` never). Both are written off the request path like
   decisions (:mod:`serving.recordlog`).
-- **Reloads**: a background task polls the registry; when the alias (``champion``) moves, the new version is
-  loaded on a thread and swapped in; requests in flight finish on the router they started with. The catalog file
-  is re-read when it changes. ``/ready`` answers 200 once a router is loaded; ``/health`` whenever the process
-  runs.
+- **Reloads**: a background task polls the registry; when the alias (``champion``) moves (or ``challenger``: shadow
+  and canary, :mod:`serving.rollout`), the new version is loaded on a thread and swapped in; requests in flight
+  finish on the router they started with. The catalog file is re-read when it changes. ``/ready`` answers 200 once
+  a router is loaded; ``/health`` whenever the process runs.
 - **Spend** is reserved, then settled (:meth:`serving.keys.KeyStore.reserve`): once the LLMs to ask are known, the
   request holds its worst case on the key's budget (each LLM's prices times the body's bytes, an upper bound of its
   prompt tokens, and its ``max_tokens``, else ``max_tokens`` of the config; the dearest LLM it may be sent to);
@@ -42,6 +42,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -57,7 +58,7 @@ import warehouse as wh
 from router_core.embedding import prompt_hash
 from serving import explain, feedback, traffic
 from serving.chat_request import ROUTED_MODEL, ChatRequest, ChatRequestError, Limits, parse_chat_request, short_repr
-from serving.decisions import DecisionLog, default_directory, learning_fields
+from serving.decisions import DecisionLog, default_directory, learning_fields, token_count
 from serving.feedback import FeedbackError, FeedbackLog, OwnerIndex, Ownership, RequestIds
 from serving.gateway_config import CONFIG_ENV, GatewayConfig, open_ledger, request_id_secret_path
 from serving.key_policy import ANONYMOUS_ID
@@ -72,7 +73,9 @@ from serving.middleware import (
     error_response,
     http_exception_handler,
     read_json,
+    upstream_error_code,
 )
+from serving.rollout import Choice, Rollout
 from serving.upstream import (
     Timeouts,
     UpstreamResult,
@@ -99,6 +102,7 @@ class _Call:
     order: list[str] = field(default_factory=list)
     hold: Hold | None = None  # the worst case reserved on the key's budget
     bound: explain.Bound | None = None  # what bounded the choice (a routed request)
+    choice: Choice | None = None  # the versions it meets: the one serving it, the one shadowing it
 
 
 COST_HEADER = "x-uniroute-response-cost"  # USD, as LiteLLM's x-litellm-response-cost
@@ -115,6 +119,7 @@ class Gateway:
         self.catalog_path = Path(config.catalog_path)
         self.keys = keys if keys is not None else KeyStore.load(config.keys_file, ledger=open_ledger(config))
         self.metrics = GatewayMetrics()
+        self.rollout = Rollout(config, self.metrics)
         self.upstreams = Upstreams(retries=config.retries, max_response_bytes=config.max_upstream_bytes)
         self.router: LoadedRouter | None = None
         self.endpoints: dict[str, dict] = {}
@@ -202,11 +207,12 @@ class Gateway:
                 log.info("serving %s version %s (loaded in %.1f s)", self.config.model_uri, router.version, seconds)
         except Exception:  # the registry may be briefly unreachable: keep serving, try again
             log.exception("router check failed; serving version %s", self.router and self.router.version)
+        await self.rollout.follow(self.router)  # the challenger: appeared, moved or gone
 
     # ---- requests ----
     def _pool(self, router: LoadedRouter, endpoints: dict[str, dict], policy: KeyPolicy) -> list[str]:
         """What a key can reach: the router's LLMs active in the catalog and allowed for the key."""
-        return [m for m in router.pool() if m in endpoints and policy.allows(m)]
+        return router.reachable(endpoints, policy)
 
     async def _chat_request(self, request: Request) -> ChatRequest:
         """The checked chat body of ``request`` (400 naming the field), its model allowed for the key (403)."""
@@ -222,10 +228,11 @@ class Gateway:
         started = time.perf_counter()
         policy: KeyPolicy = request.state.key
         chat = await self._chat_request(request)
-        router = self.router  # this request finishes on this version even if a reload swaps it meanwhile
-        if router is None:
+        choice = self.rollout.choose(self.router, policy.key_id, chat)  # its versions, even if a reload swaps them
+        if choice is None:
             return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
-        call = _Call(request, chat, policy, router.version, started, self.endpoints, router.costs)
+        router = choice.router
+        call = _Call(request, chat, policy, router.version, started, self.endpoints, router.costs, choice=choice)
         pool = self._pool(router, call.endpoints, policy)
         if chat.routed:
             await self._route(call, router, pool)
@@ -244,7 +251,7 @@ class Gateway:
         if result.llm is None:
             self._finish(call, result, result.status)
             headers = {"Retry-After": retry_after_header(result.retry_after_s)} if result.status in (429, 503) else {}
-            code = _upstream_code(result.status)
+            code = upstream_error_code(result.status)
             retry = False if result.final else None  # an LLM refused the request itself: the same again
             return error_response(result.status, result.error or "no answer", "model", code, headers, retry)
         headers = {"X-UniRoute-LLM": result.llm, "X-UniRoute-Router-Version": router.version}
@@ -304,7 +311,8 @@ class Gateway:
     async def _route(self, call: _Call, router: LoadedRouter, pool: list[str]) -> None:
         """Rank what the key and request allow (:func:`serving.explain.rank`); the first 1 + fallbacks are asked."""
         began = time.perf_counter()
-        call.ranked, call.bound = await explain.rank(router, call.policy, call.chat, pool)
+        by_rollout = partial(self.rollout.rank, call.choice, call.chat, endpoints=call.endpoints, policy=call.policy)
+        call.ranked, call.bound = await explain.rank(router, call.policy, call.chat, pool, by_rollout)
         self.metrics.observe_routing(time.perf_counter() - began)
         call.order = call.ranked["order"][: 1 + self.config.fallbacks]
 
@@ -312,13 +320,14 @@ class Gateway:
         """``POST /v1/route``: a chat body's ranking and why (:func:`serving.explain.explanation`), as the same chat
         request would be routed; nothing is forwarded, held or charged."""
         chat = await self._chat_request(request)
-        router = self.router
-        if router is None:
+        choice = self.rollout.choose(self.router, request.state.key.key_id, chat)
+        if choice is None:
             return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
         explain.require_routed(chat)
-        call = _Call(request, chat, request.state.key, router.version, time.perf_counter(), self.endpoints, {})
+        router = choice.router
+        call = _Call(request, chat, request.state.key, router.version, 0.0, self.endpoints, {}, choice=choice)
         await self._route(call, router, self._pool(router, call.endpoints, call.policy))
-        return JSONResponse(explain.explanation(call.ranked, call.bound, router.version, explain.served(router)))
+        return JSONResponse(explain.explanation(call.ranked, call.bound, router.version, explain.served(choice)))
 
     async def _relay(self, call: _Call, result: UpstreamResult):
         """The upstream's SSE bytes; the first chunk is prefixed with a comment naming the choice (clients skip
@@ -388,12 +397,13 @@ class Gateway:
                     for a in result.attempts
                 ],
                 "status": status,
-                "prompt_tokens": _int_or_none(usage.get("prompt_tokens")),
-                "completion_tokens": _int_or_none(usage.get("completion_tokens")),
+                "prompt_tokens": token_count(usage.get("prompt_tokens")),
+                "completion_tokens": token_count(usage.get("completion_tokens")),
                 "realised_cost_usd": cost,
                 "latency_ms": (time.perf_counter() - call.started) * 1e3,
                 "stream": chat.stream,
                 **learning_fields(call.ranked),
+                **call.choice.decision_fields(),
             }
         )
         return cost
@@ -449,16 +459,6 @@ class Gateway:
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
-
-
-def _upstream_code(status: int) -> str:
-    return {429: "rate_limit_exceeded", 503: "upstream_unavailable", 504: "upstream_timeout"}.get(
-        status, "upstream_error" if status >= 500 else "invalid_request"
-    )
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
 
 
 def create_app(gateway: Gateway) -> Starlette:

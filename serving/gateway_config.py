@@ -35,6 +35,8 @@ class GatewayConfig:
     traffic_sample_rate: float = 0.0  # share of routed requests whose prompt and answer are STORED (0: none)
     traffic_dir: str | None = None  # None: <warehouse dir>/traffic
     feedback_dir: str | None = None  # None: <warehouse dir>/feedback
+    shadow: bool = True  # rank every routed request with <name>@challenger too, when it exists (serving.rollout)
+    canary_fraction: float = 0.0  # share of routed requests the challenger serves (by key id and user)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

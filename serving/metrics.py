@@ -110,6 +110,19 @@ class GatewayMetrics:
         self.fallbacks = Counter(
             "uniroute_fallbacks", "Requests sent on to each LLM after an earlier one failed.", ["llm"], registry=r
         )
+        self.routed = Counter(
+            "uniroute_routed",
+            "Routed requests by the router version that served them and its alias (champion, or challenger: canary).",
+            ["version", "alias"],
+            registry=r,
+        )
+        self.shadow = Counter(
+            "uniroute_shadow",
+            "Shadow rankings of routed requests: agreed or disagreed with the served choice, failed, or "
+            "skipped_embedder (the two versions' embedders differ).",
+            ["outcome"],
+            registry=r,
+        )
         self.cost = Counter(
             "uniroute_cost_usd", "Realised cost in USD, by LLM and key id.", ["llm", "key_id"], registry=r
         )
@@ -139,6 +152,12 @@ class GatewayMetrics:
 
     def observe_choice(self, llm: str, fallback: bool) -> None:
         (self.fallbacks if fallback else self.choices).labels(_label(llm)).inc()
+
+    def observe_version(self, version: str, alias: str) -> None:
+        self.routed.labels(_label(version), _label(alias)).inc()
+
+    def observe_shadow(self, outcome: str) -> None:
+        self.shadow.labels(_label(outcome)).inc()
 
     def observe_cost(self, llm: str, key_id: str, usd: float) -> None:
         if usd is not None and float(usd) > 0:

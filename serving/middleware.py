@@ -74,6 +74,13 @@ def should_retry(status: int, code: str | None = None) -> bool:
     return code not in FINAL_CODES and (status in (408, 409, 429) or status >= 500)
 
 
+def upstream_error_code(status: int) -> str:
+    """The OpenAI-style ``code`` of an error status that came from upstream."""
+    return {429: "rate_limit_exceeded", 503: "upstream_unavailable", 504: "upstream_timeout"}.get(
+        status, "upstream_error" if status >= 500 else "invalid_request"
+    )
+
+
 def error_response(
     status: int,
     message: str,

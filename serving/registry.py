@@ -27,6 +27,8 @@ from mlflow.utils.time import get_current_time_millis
 
 from router_core import Embedder, OperatingPoint
 from router_core.servable import BUDGET_FILE, EMBEDDER_DIR
+from serving import alias_moves
+from serving.alias_moves import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION  # noqa: F401 (callers read them here)
 from serving.model_card import ModelCard, PoolEntry, describe_operating_point  # noqa: F401 (the card's home)
 from serving.registry_files import (  # the registry's files, read without MLflow; callers may use either module
     ARTIFACT_ROOT_TAG,
@@ -51,7 +53,8 @@ PIP_REQUIREMENTS = [
     "polars==2.1.0",
     "pandas==2.3.3",
 ]
-CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous-champion"
+#: ``moved_by`` of the moves the pipeline's gate makes (:func:`promote`).
+PIPELINE = "pipeline:router gate"
 #: Tag prefix for a metric that was not logged, e.g. ``metric_absent.test_qnc_fraction_of_best_cost``: why.
 ABSENT_METRIC_TAG = "metric_absent."
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
@@ -295,17 +298,16 @@ def log_version_figures(model_name: str, version: str, figures: Mapping[str, obj
     return run_id
 
 
-def promote(model_name: str, version: str, better: bool) -> str:
+def promote(model_name: str, version: str, better: bool, reason: str = "", moved_by: str = PIPELINE) -> str:
     """Point ``champion`` at ``version`` when it is ``better`` (or there is no champion), else ``challenger``.
-    When ``champion`` moves, ``previous-champion`` keeps the version it left (a one-alias rollback)."""
-    current = champion_version(model_name)
-    client = MlflowClient()
-    if not better and current is not None:
-        client.set_registered_model_alias(model_name, CHALLENGER, version)
+    When ``champion`` moves, ``previous-champion`` keeps the version it left (a one-alias rollback). Every move is
+    recorded with ``moved_by`` and ``reason`` (the gate's) by :mod:`serving.alias_moves`."""
+    if not better and champion_version(model_name) is not None:
+        why = reason or "the pipeline's gate: not better than the champion"
+        alias_moves.move_alias(model_name, CHALLENGER, version, moved_by, why)
         return CHALLENGER
-    if current is not None and current != str(version):
-        client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, current)
-    client.set_registered_model_alias(model_name, CHAMPION, version)
+    why = reason or "the pipeline's gate: better than the champion, or no champion yet"
+    alias_moves.promote_version(model_name, version, moved_by, why)
     return CHAMPION
 
 

@@ -213,7 +213,9 @@ def publish(
         absent_reasons={k: s.no_qnc(fit.pool) for k in QNC_METRICS},
         json_artifacts={"pool.json": [vars(entry) for entry in card.pool]},
     )
-    alias = registry.promote(model_name, version, better=decision.promote)
+    alias = registry.promote(
+        model_name, version, better=decision.promote, reason=f"the pipeline's gate: {decision.reason}"
+    )
     return Published(
         f"registered v{version} ({alias})", version, alias, {"gate": decision.reason, **decision.numbers()}, card
     )

@@ -95,6 +95,7 @@ from warehouse.responses import (
     read_responses,
     record_failures,
 )
+from warehouse.rollout import read_rollout_decisions
 from warehouse.router_inputs import RouterInputs, RouterInputsError, read_router_inputs
 from warehouse.staging_merges import (
     merge_staged,
@@ -185,6 +186,7 @@ __all__ = [
     "read_prompts",
     "read_query_costs",
     "read_responses",
+    "read_rollout_decisions",
     "read_router_inputs",
     "read_routing_decisions",
     "read_sampled_traffic",

@@ -151,6 +151,11 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "ranked_llms": (pl.List(pl.String), False),  # the router's first three, best first
         "ranked_predicted_error": (pl.List(pl.Float64), False),
         "ranked_predicted_cost": (pl.List(pl.Float64), False),
+        "served_alias": (pl.String, False),  # champion, or challenger (a canary request)
+        "shadow_version": (pl.String, False),  # the other version's choice from the same embedding (null: none)
+        "shadow_llm": (pl.String, False),
+        "shadow_predicted_error": (pl.Float64, False),
+        "shadow_predicted_cost": (pl.Float64, False),
     },
     "traffic_feedback": {
         "feedback_id": (pl.String, True),
@@ -232,7 +237,7 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
     ]
     + [
         (c, pl.col(c).is_null() | (pl.col(c) >= 0), "must be >= 0")
-        for c in ("prompt_tokens", "completion_tokens", "realised_cost_usd", "latency_ms")
+        for c in ("prompt_tokens", "completion_tokens", "realised_cost_usd", "latency_ms", "shadow_predicted_cost")
     ],
     "traffic_feedback": [
         ("score", pl.col("score").is_between(0, 1) & pl.col("score").is_not_nan(), "must be finite and in [0, 1]"),

@@ -317,4 +317,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (router_version, llm, cluster)
     );
     """,
+    # 12: rolling out a new router (serving/rollout.py): the alias whose version served a decision (router_version;
+    # 'challenger' for a canary request) and the other version's choice from the same embedding (the shadow: null
+    # when none was loaded, or its embedder differed), with its predicted error and cost per query (USD).
+    """
+    ALTER TABLE routing_decisions ADD COLUMN served_alias VARCHAR;
+    ALTER TABLE routing_decisions ADD COLUMN shadow_version VARCHAR;
+    ALTER TABLE routing_decisions ADD COLUMN shadow_llm VARCHAR;
+    ALTER TABLE routing_decisions ADD COLUMN shadow_predicted_error DOUBLE;
+    ALTER TABLE routing_decisions ADD COLUMN shadow_predicted_cost DOUBLE;
+    """,
 ]

@@ -142,12 +142,17 @@ def test_loaded_files_move_to_loaded_and_are_kept(instance, tmp_path):
 
 
 LEARNED = ("embedder_id", "cluster_weights", "ranked_llms", "ranked_predicted_error", "ranked_predicted_cost")
+ROLLOUT = ("served_alias", "shadow_version", "shadow_llm", "shadow_predicted_error", "shadow_predicted_cost")
 
 
 def test_the_new_columns_load_beside_an_older_gateways_file_and_an_older_warehouse(instance, tmp_path):
     directory, path = tmp_path / "decisions", tmp_path / "w.duckdb"
     write_decisions(directory, 4)
-    older = read_decisions(directory).drop(*LEARNED).with_columns(pl.format("old-{}", "request_id").alias("request_id"))
+    older = (
+        read_decisions(directory)
+        .drop(*LEARNED, *ROLLOUT)
+        .with_columns(pl.format("old-{}", "request_id").alias("request_id"))
+    )
     older.write_parquet(directory / "decisions-older-gateway-000000.parquet")  # a file from before the columns
     with DecisionLog(directory, flush_interval_s=0.01) as log:
         log.record(
@@ -160,6 +165,7 @@ def test_the_new_columns_load_beside_an_older_gateways_file_and_an_older_warehou
                 "ranked_llms": ["math-pro", "cheap"],
                 "ranked_predicted_error": [0.2, 0.4],
                 "ranked_predicted_cost": [0.003, 0.001],
+                **dict(zip(ROLLOUT, ("challenger", "1", "cheap", 0.4, 0.001), strict=True)),  # a canary's
             }
         )
     with duckdb.connect(str(path)) as raw:  # a warehouse from before the columns, one decision in it already
@@ -180,8 +186,10 @@ def test_the_new_columns_load_beside_an_older_gateways_file_and_an_older_warehou
     assert result.success
     with wh.connect(path) as con:
         stored = {row["request_id"]: row for row in wh.read_routing_decisions(con).iter_rows(named=True)}
-    assert len(stored) == 10 and all(stored[r][c] is None for r in ("before", "old-req-0", "req-0") for c in LEARNED)
+    olds = ("before", "old-req-0", "req-0")
+    assert len(stored) == 10 and all(stored[r][c] is None for r in olds for c in (*LEARNED, *ROLLOUT))
     learned = stored["learned"]
     assert learned["cluster_weights"] == [0.5, 0.3, 0.2] and learned["ranked_llms"] == ["math-pro", "cheap"]
     assert learned["ranked_predicted_error"] == [0.2, 0.4] and learned["ranked_predicted_cost"] == [0.003, 0.001]
     assert learned["embedder_id"] == "mini-d384"
+    assert tuple(learned[c] for c in ROLLOUT) == ("challenger", "1", "cheap", 0.4, 0.001)  # migration 12's columns
