@@ -181,23 +181,29 @@ def litellm_proxy(
     *,
     retries: int = 2,
     startup_timeout_s: float = 180.0,
+    config: Mapping | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[str]:
     """Serve ``models`` (name -> OpenAI base URL, e.g. ``http://127.0.0.1:8765/v1``) with LiteLLM's proxy.
 
     ``venv``: what :func:`ensure_litellm_venv` returned (or the venv directory). The config is written beside
-    ``log_path`` (``<log stem>.config.yaml``); the proxy's output goes to ``log_path``. Yields the base URL
-    ``http://127.0.0.1:<port>`` once ``/health/liveliness`` answers (send ``Authorization: Bearer`` :data:`MASTER_KEY`
-    to ``/v1/chat/completions``); on exit the whole process group is stopped (SIGTERM, then SIGKILL).
+    ``log_path`` (``<log stem>.config.yaml``): ``config`` when given (``models`` and ``retries`` then unused), else
+    :func:`proxy_config`; ``env`` is added to the proxy's environment. The proxy's output goes to ``log_path``.
+    Yields the base URL ``http://127.0.0.1:<port>`` once ``/health/liveliness`` answers (send ``Authorization:
+    Bearer`` :data:`MASTER_KEY` to ``/v1/chat/completions``); on exit the whole process group is stopped
+    (SIGTERM, then SIGKILL).
     """
     venv = Path(venv)
     executable = venv / "bin" / "litellm" if venv.is_dir() else venv.parent / "litellm"
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     config_path = log_path.with_name(f"{log_path.stem}.config.yaml")
-    config_path.write_text(yaml.safe_dump(proxy_config(models, retries), sort_keys=False))
+    config_path.write_text(yaml.safe_dump(dict(config or proxy_config(models, retries)), sort_keys=False))
     port = port or free_port()
+    extra_env = dict(env or {})
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
     env |= {**PROXY_ENV, "LITELLM_MASTER_KEY": MASTER_KEY, "PATH": f"{executable.parent}:{os.environ.get('PATH', '')}"}
+    env |= extra_env
     command = [str(executable), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--num_workers", "1"]
     base_url = f"http://127.0.0.1:{port}"
