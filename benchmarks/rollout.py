@@ -15,13 +15,16 @@ endpoint (its own process) answers for every LLM; each gateway is ``uniroute ser
    (different prompts): the share served by the challenger (floor: within 10% +/- 1 point) and the users who met
    both versions (floor 0); the decision records' ``served_alias`` agree with the responses' version header.
 
-3. ``rollback``: ``uniroute serve --workers 2`` serving the champion; the challenger promoted (the workers follow),
+3. ``litellm``: LiteLLM's proxy with the plug-in (``integrations/litellm_uniroute``) against its own
+   ``simple-shuffle`` on the same deployments (:mod:`benchmarks.rollout_litellm`): the p50 added per request, and
+   the plug-in's choice equal to ``/v1/route``'s on 100% of 1,000 prompts.
+4. ``rollback``: ``uniroute serve --workers 2`` serving the champion; the challenger promoted (the workers follow),
    then ``uniroute rollback`` under load at ``--concurrency`` in flight (:mod:`benchmarks.rollout_rollback`): 0
    failed requests, every request sent after the reload interval + 1 s served by the previous version.
 
 A section is a function of :class:`Bench` returning its :data:`Row` s.
 
-    python -m benchmarks.rollout [--sections shadow,canary,rollback] [--requests 1000] [--rounds 5] [--strict]
+    python -m benchmarks.rollout [--sections shadow,canary,litellm,rollback] [--requests 1000] [--rounds 5] [--strict]
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.gateway import Load, gateway_process, load, replay_process
 from benchmarks.machine import machine_description
+from benchmarks.rollout_litellm import litellm_section
 from benchmarks.rollout_rollback import rollback_section
 from benchmarks.routing_overhead import fit_router, register
 from benchmarks.scratch_registry import Scratch, add_scratch_arguments, scratch_registry
@@ -201,6 +205,7 @@ def canary_section(bench: Bench) -> list[Row]:
 SECTIONS: dict[str, Callable[[Bench], list[Row]]] = {
     "shadow": shadow_section,
     "canary": canary_section,
+    "litellm": litellm_section,
     "rollback": rollback_section,
 }
 
