@@ -45,9 +45,16 @@ $(CHROMIUM):
 $(POSTGRES_INITDB):
 	$(SUDO) apt-get install -y -q postgresql || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql)
 
+# LiteLLM's proxy in a scratch venv of its own (benchmarks/litellm_peer.py; ~1 min from the package index), for the
+# tests of the LiteLLM plug-in (integrations/litellm_uniroute) against a real LiteLLM proxy.
+LITELLM := data/bench/litellm/venv/bin/litellm
+
+$(LITELLM): | setup
+	$(BIN)/python -c 'from benchmarks.rollout_litellm import LITELLM_ROOT as r; from benchmarks.litellm_peer import ensure_litellm_venv as e; e(r)'
+
 # Files run on 3 workers (--dist loadfile keeps a file's module fixtures on one): most tests wait on servers and
 # subprocesses, so 3 workers on 2 cores took the suite from 11 to 7 minutes here.
-test: setup lint $(CHROMIUM) $(POSTGRES_INITDB)
+test: setup lint $(CHROMIUM) $(POSTGRES_INITDB) $(LITELLM)
 	$(BIN)/pytest -n 3 --dist loadfile
 
 # The main job: the pipeline's whole story (profile, cluster map, router v1; onboard 4 LLMs; router v2).

@@ -11,7 +11,7 @@ from replay import ReplayServer
 VENV = LITELLM_ROOT / "venv"
 needs_litellm_venv = pytest.mark.skipif(
     not (VENV / "bin" / "litellm").exists(),
-    reason=f"LiteLLM's scratch venv is not built ({VENV}): `python -m benchmarks.litellm_peer` builds it (~1 min)",
+    reason=f"LiteLLM's scratch venv is not built ({VENV}): `make test` builds it (~1 min from the package index)",
 )
 
 
