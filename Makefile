@@ -50,7 +50,7 @@ $(POSTGRES_INITDB):
 LITELLM := data/bench/litellm/venv/bin/litellm
 
 $(LITELLM): | setup
-	$(BIN)/python -c 'from benchmarks.rollout_litellm import LITELLM_ROOT as r; from benchmarks.litellm_peer import ensure_litellm_venv as e; e(r)'
+	$(BIN)/python -c 'import benchmarks.rollout_litellm as b; b.ensure_litellm_venv(b.LITELLM_ROOT)'
 
 # Files run on 3 workers (--dist loadfile keeps a file's module fixtures on one): most tests wait on servers and
 # subprocesses, so 3 workers on 2 cores took the suite from 11 to 7 minutes here.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import fcntl
 import json
 import os
 import subprocess
@@ -54,11 +55,13 @@ def ensure_uniroute_plugin(venv_dir: Path) -> None:
     """
     python = Path(venv_dir) / "bin" / "python"
     probe = "import importlib.util as u; s = u.find_spec('litellm_uniroute'); print(s.origin if s else '')"
-    found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
-    if found and Path(found).resolve().is_relative_to(PLUGIN_DIR.resolve()):
-        return
-    pip = [str(python), "-m", "pip", "install", "--quiet", "--no-input", "--no-deps", "-e", str(PLUGIN_DIR)]
-    subprocess.run(pip, check=True, env={**PROXY_ENV, "PATH": "/usr/bin:/bin"})
+    with open(Path(venv_dir) / ".uniroute-plugin.lock", "w") as lock:  # test files on other workers install too
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+        if found and Path(found).resolve().is_relative_to(PLUGIN_DIR.resolve()):
+            return
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--no-input", "--no-deps", "-e", str(PLUGIN_DIR)]
+        subprocess.run(pip, check=True, env={**PROXY_ENV, "PATH": "/usr/bin:/bin"})
 
 
 def routed_config(
