@@ -127,16 +127,11 @@ def _fit(data: wh.RouterInputs, config: RouterConfig, traffic: TrafficErrorStats
         data.test_outcomes,
         data.test_query_costs,
         config.default_cost_weight,
-        _checked_psi(data),
+        data.stored_psi,
         traffic,
+        # a partial profile's features come from PartialProfileEstimator, which may learn from the other LLMs too
+        estimated=list(data.partial_profiles()),
     )
-
-
-def _checked_psi(data: wh.RouterInputs) -> dict:
-    """The stored features the router's Psi must equal: those of full profiles. A partial profile's come from
-    ``PartialProfileEstimator``, which may learn from the other LLMs where the router averages its answers."""
-    partial = data.partial_profiles()
-    return {m: psi for m, psi in data.stored_psi.items() if m not in partial}
 
 
 def _candidate(fit: PoolFit, data: wh.RouterInputs, embedder_id: str, left_out: dict[str, str]) -> "versions.Candidate":
@@ -300,7 +295,7 @@ def _close(figures: dict) -> None:
 
 
 def _pool_table(
-    entries: list["PoolEntry"], left_out: dict[str, str], profiles: pl.DataFrame | None
+    entries: list["PoolEntry"], left_out: dict[str, str], profiles: pl.DataFrame | None = None
 ) -> dg.MetadataValue:
     """The pool, one row per LLM with its numbers rounded, then the LLMs left out and why; each with its profile's
     completeness and onboarding cost."""
