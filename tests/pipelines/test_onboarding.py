@@ -40,14 +40,17 @@ def _run(home, instance, assets, partition=None, ops=None) -> dg.ExecuteInProces
     return result
 
 
-def _onboard(home, instance, server: ReplayServer, fraction: float | None) -> dict:
-    """Sync a catalog with NEW at ``server``, then profile it (``fraction``: its onboarding; None: the defaults)
-    and grade it; the responses' metadata."""
+def _onboard(home, instance, server: ReplayServer, fraction: float) -> dict:
+    """Sync a catalog with NEW at ``server``, then profile it (``fraction``: its onboarding) and grade it; the
+    responses' metadata."""
     home.write_catalog(endpoints={NEW: server.base_url})
     _run(home, instance, [llm_catalog], ops={"llm_catalog": {"config": {"path": str(home.catalog)}}})
-    config = {} if fraction is None else {"onboarding": {"fraction": fraction}}
-    result = _run(home, instance, [llm_responses, graded_responses], NEW, {"llm_responses": {"config": config}})
+    result = _run(home, instance, [llm_responses, graded_responses], NEW, _onboarding(fraction))
     return _meta(result, "llm_responses")
+
+
+def _onboarding(fraction: float) -> dict:
+    return {"llm_responses": {"config": {"onboarding": {"fraction": fraction}}}}
 
 
 def _asked_validation(server: ReplayServer, validation: set[str]) -> set[str]:
@@ -59,7 +62,10 @@ def _version_tags(home, version) -> dict[str, str]:
     return MlflowClient(tracking_uri=home.tracking_uri).get_model_version("uniroute", str(version)).tags
 
 
-def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(home, mmlu_like_dir):
+def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(home, mmlu_like_dir, monkeypatch):
+    from pipelines.schedules import nightly_profiling_schedule
+
+    monkeypatch.setenv("UNIROUTE_ONBOARDING_FRACTION", "0.5")
     with wh.connect(home.warehouse) as con:
         validation = set(wh.read_prompts(con, splits=["validation"])["prompt_id"])
     n = len(validation)
@@ -80,8 +86,14 @@ def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(
         assert rows[NEW]["profile"] == f"{n // 2} of {n} (partial)" and rows[NEW]["onboarding USD"] > 0
         assert rows["cheap"]["profile"] == f"{n} of {n}"
 
-        # refinement, as the nightly schedule's run (no onboarding config): the rest of the validation prompts
-        refined = _run(home, instance, [llm_responses, graded_responses], NEW)
+        # refinement: the nightly tick finds NEW's other validation prompts pending, and its run asks them
+        nightly = nightly_profiling_schedule(
+            dg.build_schedule_context(instance=instance, resources={"warehouse": home.resources()["warehouse"]})
+        )
+        [request] = [r for r in nightly if r.partition_key == NEW]
+        assert request.tags["uniroute/pending"] == str(n - n // 2)
+        assert request.run_config == {"ops": _onboarding(0.5)}  # UNIROUTE_ONBOARDING_FRACTION, kept for refinement
+        refined = _run(home, instance, [llm_responses, graded_responses], NEW, request.run_config["ops"])
         assert _meta(refined, "llm_responses")["profile"] == f"{n} of {n} validation prompts"
         assert _asked_validation(server, validation) == validation  # the other half, each asked once
         assert server.request_log.frame().filter(pl.col("model") == NEW)["count"].max() == 1
