@@ -150,3 +150,32 @@ def test_the_onboarding_sensors_runs_carry_the_estimate(home, mmlu_like_dir, mon
     assert (request.tags["uniroute/onboarding_fraction"], request.tags["uniroute/budget_usd"]) == ("0.5", "0.25")
     onboarding = request.run_config["ops"]["llm_responses"]["config"]["onboarding"]
     assert onboarding == {"fraction": 0.5, "budget_usd": 0.25}
+
+
+def test_a_budget_stops_the_profiling_run_and_the_llm_keeps_a_partial_profile(home, mmlu_like_dir):
+    from profiling.onboarding import estimate_onboarding
+
+    with ReplayServer(mmlu_like_dir) as server, home.instance() as instance:
+        home.write_catalog(endpoints={NEW: server.base_url})
+        _run(home, instance, [llm_catalog], ops={"llm_catalog": {"config": {"path": str(home.catalog)}}})
+        with wh.connect_read_only(home.warehouse) as con:
+            entry = wh.read_llms(con).filter(pl.col("name") == NEW).row(0, named=True)
+            full = estimate_onboarding(con, entry, ["validation"], 1.0)
+        # one request's worst case and a half: the answers (far below their worst case) take it a few at a time
+        budget = 1.5 * full.usd / full.prompts
+        onboarding = {"fraction": 1.0, "budget_usd": budget}
+        config = {"llm_responses": {"config": {"splits": ["validation"], "onboarding": onboarding}}}
+        result = _run(home, instance, [llm_responses], NEW, config)
+        served = server.request_log.frame().filter((pl.col("model") == NEW) & (pl.col("outcome") == "ok"))
+    meta = _meta(result, "llm_responses")
+    with wh.connect_read_only(home.warehouse) as con:
+        costs = wh.read_responses(con, [NEW]).select("prompt_id", "cost_usd")
+        profile = wh.read_profiles(con, [NEW]).row(0, named=True)
+    spent = served.join(costs, on="prompt_id")
+    assert spent.height == served.height and float((spent["cost_usd"] * spent["count"]).sum()) <= budget
+    assert 0 < served["count"].sum() < full.prompts and meta["not_asked_budget"] == full.prompts - served.height
+    assert meta["budget"].startswith(f"llm={NEW!r}: onboarding budget reached")
+    # what it answered is its profile, partial, and its coverage is checked against that
+    assert profile["partial"] and profile["target"] == profile["answered"] < profile["total"]
+    coverage = {e.check_name: e for e in result.get_asset_check_evaluations()}["check_llm_responses_coverage"]
+    assert coverage.passed
