@@ -291,7 +291,10 @@ def with_profiles(new: Candidate, partial: Mapping[str, tuple[int, int]]) -> Can
     if not partial:
         return new
     counts = ", ".join(f"{answered} of {total}" for answered, total in partial.values())
-    return replace(new, tags={**new.tags, "profile": f"partial ({counts})", "profile_partial_llms": ",".join(partial)})
+    tags = {**new.tags, "profile": f"partial ({counts})", "profile_partial_llms": ",".join(partial)}
+    said = "; ".join(f"{llm} {answered} of {total} validation prompts" for llm, (answered, total) in partial.items())
+    card = replace(new.card, profiles=f"{said} (Psi from PartialProfileEstimator; the rest is being collected)")
+    return replace(new, tags=tags, card=card)
 
 
 def with_traffic(new: Candidate, traffic: TrafficFeatures) -> Candidate:

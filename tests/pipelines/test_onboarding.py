@@ -82,6 +82,8 @@ def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(
         tags = _version_tags(home, partial["version"])
         assert tags["profile"] == f"partial ({n // 2} of {n})" and tags["profile_partial_llms"] == NEW
         assert "gate" in tags  # through the champion gate as any version
+        card = MlflowClient(tracking_uri=home.tracking_uri).get_model_version("uniroute", str(partial["version"]))
+        assert f"- partial profiles: {NEW} {n // 2} of {n} validation prompts (" in card.description
         rows = {r.data["LLM"]: r.data for r in partial["llms"].records}
         assert rows[NEW]["profile"] == f"{n // 2} of {n} (partial)" and rows[NEW]["onboarding USD"] > 0
         assert rows["cheap"]["profile"] == f"{n} of {n}"
