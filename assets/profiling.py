@@ -10,8 +10,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -19,7 +17,6 @@ import polars as pl
 
 import warehouse as wh
 from assets.expectations import (
-    COVERAGE_FLOOR,
     GRADE_PROPERTIES,
     RESPONSE_PROPERTIES,
     PropertyOutcome,
@@ -28,85 +25,26 @@ from assets.expectations import (
     check_responses,
     import_checks,
 )
+from assets.profiling_config import (
+    CatalogConfig,
+    GradingConfig,
+    ProfilingConfig,
+    PromptSetConfig,
+    ResultsConfig,
+)
 from assets.resources import CollectorResource, EmbedderResource, WarehouseResource
+from profiling.budget import SpendLimit
 from profiling.collector import CollectionReport
 from profiling.completion import catalog_completer
 from profiling.datasets import detect_adapter, import_dataset
 from profiling.grading import grade_responses_report
 from profiling.importers import import_results
-from profiling.staging import collect_to_staging, merge_staging, plan_run
+from profiling.onboarding import CostEstimate, plan_onboarding
+from profiling.staging import collect_to_staging, merge_staging, plan_run, settle_budget_stops
 
 GROUP = "profiling"
 #: One partition per catalog LLM; the onboarding sensor adds them.
 llm_partitions = dg.DynamicPartitionsDefinition(name="llm")
-
-
-class CatalogConfig(dg.Config):
-    """Where the user-edited catalog lives (default: the warehouse resource's ``catalog_path``)."""
-
-    path: str = ""
-
-
-class PromptSetConfig(dg.Config):
-    """The dataset: imported from ``path`` (any adapter's layout) when given, else one already registered by
-    ``uniroute import-prompts``, which is then only summarised."""
-
-    path: str = ""
-    dataset: str = ""  # default: the adapter's name for a directory (e.g. mmlu_pro), the file's stem for a file
-    adapter: str = ""  # default: mmlu_pro for a directory holding questions.parquet, else prompts (a prompt file)
-    spec: dict | None = None  # DatasetSpec settings over the adapter's (template, max_tokens, router_text, ...)
-    seed: int | None = None  # of the assigned splits (stratified by category); stored splits never move
-    sample: int | None = None  # a stratified sample of about N prompts; None: all
-    shares: dict[str, float] | None = None  # e.g. {"train": 0.6, "validation": 0.1, "test": 0.3} (the default)
-
-    def dataset_name(self) -> str:
-        if self.dataset:
-            return self.dataset
-        if not self.path:
-            raise dg.Failure("prompt_set.config: give a path to import, or the dataset of an earlier import")
-        path = Path(self.path)
-        return detect_adapter(path) if path.is_dir() else path.stem
-
-
-class ResultsConfig(dg.Config):
-    """An evaluation table to import (``uniroute import-results``): long, wide (RouterBench) or lm-eval samples."""
-
-    path: str
-    dataset: str
-    format: str = "auto"
-    model: str | None = None  # lm-eval samples without a results_*.json beside them
-    score_field: str | None = None
-    catalog: str = ""  # where new LLMs are appended as import-only entries; default the warehouse resource's
-    models: list[str] | None = None  # only these LLMs of the table (default all)
-    exclude_models: list[str] | None = None
-    rename: dict[str, str] | None = None  # the table's LLM name -> the name to store it under
-    price_file: str | None = None  # prices of LLMs the table does not cost (model + usd_per_query or per Mtok)
-    replace: bool = False  # archive stored answers the file changes and store the file's
-
-
-class ProfilingConfig(dg.Config):
-    """Which prompt splits an LLM answers, and the coverage floor of its data checks."""
-
-    # validation: every LLM; test: the evaluation pool (routers are scored there); add "train" for training LLMs
-    splits: list[str] = ["validation", "test"]  # noqa: RUF012 - pydantic copies field defaults
-    coverage_floor: float = COVERAGE_FLOOR
-    # Re-profile: answers collected before this UTC time (ISO 8601) are archived and asked again, and the
-    # features' drift check compares the two profiles. A re-run with the same value asks nothing twice.
-    refresh_before: str | None = None
-
-    def refresh_time(self) -> datetime | None:
-        if self.refresh_before is None:
-            return None
-        try:
-            return datetime.fromisoformat(self.refresh_before)  # naive: UTC
-        except ValueError:
-            raise dg.Failure(f"llm_responses.config.refresh_before={self.refresh_before!r}: not ISO 8601") from None
-
-
-class GradingConfig(dg.Config):
-    """The coverage floor of the grades' data check."""
-
-    coverage_floor: float = COVERAGE_FLOOR
 
 
 #: The warehouse's record of each LLM's blocking checks, one row per LLM and asset, which features and routers
@@ -316,10 +254,13 @@ def imported_results(
 
 @dataclass(frozen=True)
 class CollectionPlan:
-    """What one LLM's profiling run asks: its catalog row and the pairs no stored or staged answer covers."""
+    """What one LLM's profiling run asks: its catalog row, the pairs no stored or staged answer covers (a new LLM:
+    the first ``onboarding.fraction`` of its validation prompts), its cost estimate and its budget."""
 
     llms: pl.DataFrame
     pairs: pl.DataFrame
+    estimate: CostEstimate
+    budget: SpendLimit | None
 
 
 @dg.op(ins={name: dg.In(dg.Nothing) for name in ("llm_catalog", "llm_endpoint", "prompt_set")})
@@ -327,14 +268,23 @@ def plan_responses(
     context: dg.OpExecutionContext, config: ProfilingConfig, warehouse: WarehouseResource
 ) -> CollectionPlan:
     """Archive the answers a re-profiling replaces, then list the pairs to ask: pending in the warehouse and not
-    answered in unmerged staging (a killed or concurrent run's answers are never asked again). Short writes: the
-    staged files are read without the warehouse."""
+    answered in unmerged staging (a killed or concurrent run's answers are never asked again); a new LLM only the
+    first ``onboarding.fraction`` of its validation prompts. Short writes: the staged files are read without the
+    warehouse."""
     model = context.partition_key
     llms, pairs = plan_run(
         warehouse.connect, [model], config.splits, warehouse.staging(), config.refresh_time(), context.log.info
     )
-    context.log.info(f"{model}: {pairs.height} prompts to ask on {config.splits}")
-    return CollectionPlan(llms, pairs)
+    onboarding = config.onboarding
+    try:
+        plan = plan_onboarding(
+            warehouse.connect, llms, pairs, onboarding.fraction, onboarding.budget_usd, context.log.info
+        )
+    except ValueError as exc:
+        raise dg.Failure(f"llm_responses.config.{exc}") from None
+    estimate = plan.estimates[model]
+    context.log.info(f"{model}: {plan.pairs.height} prompts to ask on {config.splits}; estimate {estimate.line()}")
+    return CollectionPlan(llms, plan.pairs, estimate, plan.budget)
 
 
 #: Seconds between a profiling run's progress lines (each is an event in the run's log).
@@ -377,6 +327,7 @@ def stage_responses(
             progress=False,
             log_progress=_at_most_every(PROGRESS_EVERY_S, context.log.info),
             pacer=pacer,
+            budget=plan.budget,
         )
     checks_library.join()
     return report
@@ -398,8 +349,12 @@ def merge_responses(
     check its answers. Short writes: the staged files are read, and moved aside, without the warehouse."""
     model = context.partition_key
     merged = merge_staging(warehouse.connect, warehouse.staging(), [model], log_progress=context.log.info)
+    settle_budget_stops(warehouse.connect, report)
+    for message in report.budget_messages:
+        context.log.warning(message)
     with warehouse.connect() as con:
-        n_validation = wh.expected_count(con, model, ["validation"])
+        n_validation = wh.profile_target(con, model)
+        profile = wh.read_profiles(con, [model]).row(0, named=True)
         responses = wh.read_responses(con, [model], ["validation"])
         rows = wh.count_answers(con, model)["responses"]
         checks = _check_results(
@@ -421,6 +376,11 @@ def merge_responses(
             "seconds": report.seconds,
             "errors": dict(report.errors),
             "staged_files_merged": merged.files,
+            "profile": f"{profile['answered']} of {profile['total']} validation prompts"
+            + (" (partial)" if profile["partial"] else ""),
+            "onboarding_usd": round(profile["onboarding_usd"], 6),
+            "not_asked_budget": sum(report.not_asked.values()),
+            **({"budget": dg.MetadataValue.text(" ".join(report.budget_messages))} if report.budget_messages else {}),
         },
     )
     yield from checks
@@ -470,7 +430,7 @@ def graded_responses(
         grading = grade_responses_report(warehouse.connect, [model], complete)  # not held while graders work
     with warehouse.connect() as con:
         outcomes = wh.read_outcomes(con, [model], ["validation"])
-        n_validation = wh.expected_count(con, model, ["validation"])
+        n_validation = wh.profile_target(con, model)
         rows = wh.count_answers(con, model)["grades"]
         checks = _check_results(
             con, model, "graded_responses", check_grades(outcomes, n_validation, config.coverage_floor)

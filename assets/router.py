@@ -41,6 +41,8 @@ POOL_TABLE_SCHEMA = dg.TableSchema(
         dg.TableColumn("test accuracy", "float", description="answering every test prompt alone"),
         dg.TableColumn("test prompts routed (%)", "float", description="at the default cost weight"),
         dg.TableColumn("data checks", "string", description="left out: the failing check and its message"),
+        dg.TableColumn("profile", "string", description="validation prompts answered of those expected"),
+        dg.TableColumn("onboarding USD", "float", description="what its stored answers (every split) cost"),
     ]
 )
 
@@ -105,7 +107,7 @@ def router(
     run_dir = artifacts.path("routers", context.run.run_id)
     published = versions.publish(new, mlflow.model_name, mlflow.setup(), run_dir, emb, config.gate_tolerance)
     context.log.info(f"{published.status}; champion gate: {published.verdict['gate']}")
-    metadata = _metadata(new, published, left_out, mlflow.model_name, config.mlflow_ui_url)
+    metadata = _metadata(new, published, left_out, data.profiles, mlflow.model_name, config.mlflow_ui_url)
     if traffic is not None:
         metadata |= _traffic_version(context, *traffic, data, left_out, emb, run_dir / "traffic", mlflow, config)
     return dg.MaterializeResult(metadata=metadata)
@@ -127,6 +129,8 @@ def _fit(data: wh.RouterInputs, config: RouterConfig, traffic: TrafficErrorStats
         config.default_cost_weight,
         data.stored_psi,
         traffic,
+        # a partial profile's features come from PartialProfileEstimator, which may learn from the other LLMs too
+        estimated=list(data.partial_profiles()),
     )
 
 
@@ -138,10 +142,11 @@ def _candidate(fit: PoolFit, data: wh.RouterInputs, embedder_id: str, left_out: 
     snapshot = fingerprint(
         fit.pool, data.val_ids, fit.val_errors, data.test_ids, fit.test_scores, fit.cost, fit.realised
     )
-    return versions.candidate(
+    new = versions.candidate(
         fit, data.cluster_map, embedder_id, snapshot, data.prompts, data.val_ids, data.cost_basis, left_out,
         version_figures(fit),
     )  # fmt: skip
+    return versions.with_profiles(new, data.partial_profiles())
 
 
 def _learn_from_traffic(
@@ -207,7 +212,12 @@ def _traffic_version(
 
 
 def _metadata(
-    new: "versions.Candidate", published: "versions.Published", left_out: dict[str, str], model_name: str, ui: str
+    new: "versions.Candidate",
+    published: "versions.Published",
+    left_out: dict[str, str],
+    profiles: pl.DataFrame | None,
+    model_name: str,
+    ui: str,
 ) -> dict:
     """The asset page: what was published, the pool table, headline numbers, the gate, what it was built from
     and the figures (then closed)."""
@@ -223,7 +233,8 @@ def _metadata(
         ),
         "pool": dg.MetadataValue.text(", ".join(fit.pool)),
         "pool_size": len(fit.pool),
-        "llms": _pool_table(card.pool, left_out),
+        "llms": _pool_table(card.pool, left_out, profiles),
+        "profile": new.tags.get("profile", "full"),
         **_headline(fit.scores, fit.pool),
         "default_cost_weight": _weight(fit.point.cost_weight),
         "default_rule": card.default_operating_point,
@@ -283,8 +294,20 @@ def _close(figures: dict) -> None:
         plt.close(figure)
 
 
-def _pool_table(entries: list["PoolEntry"], left_out: dict[str, str]) -> dg.MetadataValue:
-    """The pool, one row per LLM with its numbers rounded, then the LLMs left out and why."""
+def _pool_table(
+    entries: list["PoolEntry"], left_out: dict[str, str], profiles: pl.DataFrame | None = None
+) -> dg.MetadataValue:
+    """The pool, one row per LLM with its numbers rounded, then the LLMs left out and why; each with its profile's
+    completeness and onboarding cost."""
+    rows_of = {} if profiles is None else {r["model"]: r for r in profiles.iter_rows(named=True)}
+
+    def profile(llm: str) -> dict:
+        row = rows_of.get(llm)
+        if row is None:
+            return {"profile": None, "onboarding USD": None}
+        done = f"{row['answered']} of {row['total']}" + (" (partial)" if row["partial"] else "")
+        return {"profile": done, "onboarding USD": _significant(row["onboarding_usd"])}
+
     rows = [
         dg.TableRecord(
             {
@@ -296,13 +319,15 @@ def _pool_table(entries: list["PoolEntry"], left_out: dict[str, str]) -> dg.Meta
                 "test accuracy": round(e.test_accuracy, 3),
                 "test prompts routed (%)": round(100 * e.test_share_routed, 1),
                 "data checks": "passed",
+                **profile(e.llm),
             }
         )
         for e in sorted(entries, key=lambda e: e.usd_per_query)
     ]
     blank = dict.fromkeys(c.name for c in POOL_TABLE_SCHEMA.columns)
     rows += [
-        dg.TableRecord({**blank, "LLM": m, "in pool": False, "data checks": why}) for m, why in sorted(left_out.items())
+        dg.TableRecord({**blank, "LLM": m, "in pool": False, "data checks": why, **profile(m)})
+        for m, why in sorted(left_out.items())
     ]
     return dg.MetadataValue.table(rows, schema=POOL_TABLE_SCHEMA)
 

@@ -13,6 +13,7 @@ from assets.embeddings import prompt_embeddings
 from assets.metadata import fingerprint, markdown_table
 from assets.profiling import graded_responses, llm_check_spec, llm_partitions
 from assets.resources import ArtifactsResource, EmbedderResource, WarehouseResource
+from profiling.onboarding import known_validation_errors
 from router_core import (
     KMeansClusterMap,
     LearnedClusterMap,
@@ -22,6 +23,7 @@ from router_core import (
     save_cluster_map,
 )
 from router_core import llm_error_features as compute_psi
+from router_core.onboarding import PartialProfileEstimator
 
 GROUP = "routing"
 
@@ -131,8 +133,11 @@ DRIFT_SPEC = llm_check_spec(
 def llm_error_features(
     context: dg.AssetExecutionContext, warehouse: WarehouseResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
-    """One LLM's Psi: its validation error per cluster of the current cluster map. After a re-profiling (same
-    name, new answers) its check compares Psi with the previous profile's, through the same map."""
+    """One LLM's Psi: its validation error per cluster of the current cluster map; a partial profile's (a new LLM
+    asked part of the validation prompts: ``llm_responses.config.onboarding``) from
+    :class:`router_core.onboarding.PartialProfileEstimator`, which also learns from the fully profiled LLMs. After
+    a re-profiling (same name, new answers) its check compares Psi with the previous profile's, through the same
+    map."""
     model = context.partition_key
     with warehouse.connect() as con:
         latest = wh.latest_cluster_map(con)
@@ -144,7 +149,12 @@ def llm_error_features(
         errors = error_matrix(wh.read_outcomes(con, [model], ["validation"]), ids, [model])[:, 0]
         previous = wh.read_archived_outcomes(con, model, ["validation"])
         weights = load_cluster_map(latest["path"]).transform(x)
-        psi = compute_psi(weights, errors, llms=[model])[0]
+        profile = wh.read_profiles(con, [model]).row(0, named=True)
+        if profile["partial"]:  # learned from the fully profiled LLMs too
+            known = known_validation_errors(con, ids, latest["version"], model)
+            psi = PartialProfileEstimator().fit(weights, known).estimate(errors, complete=[False]).psi[0]
+        else:
+            psi = compute_psi(weights, errors, llms=[model])[0]
         observed = ~np.isnan(errors)
         wh.upsert_llm_features(
             con,
@@ -165,6 +175,7 @@ def llm_error_features(
             "validation_prompts": int(observed.sum()),
             "overall_error": float(errors[observed].mean()),
             "psi": [round(v, 4) for v in psi.tolist()],
+            "profile": f"{'partial' if profile['partial'] else 'full'} ({profile['answered']} of {profile['total']})",
         },
         check_results=[drift],
     )

@@ -8,6 +8,9 @@ run it requests (validation and test prompts, zero-latency replay endpoint); aut
 has registered the next version. The new LLM's earlier answers are archived first, so every run asks afresh.
 
     python -m benchmarks.onboarding [--sample N] [--strict]
+
+It also prints the new LLM's profile and what its onboarding cost: ``UNIROUTE_ONBOARDING_FRACTION=0.2`` onboards it
+from that share of the validation prompts (issue 26), to compare with 1.0.
 """
 
 from __future__ import annotations
@@ -133,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         champion = mlflow.MlflowClient().get_model_version_by_alias("uniroute", "champion")
         with wh.connect() as con:
             map_after = wh.latest_cluster_map(con)["version"]
+            profile = wh.read_profiles(con, [NEW_LLM]).row(0, named=True)
+    estimate = {k.removeprefix("uniroute/"): v for r in tick.run_requests for k, v in r.tags.items() if "estimate" in k}
     included = NEW_LLM in champion.tags.get("pool", "").split(",")
     print(f"machine: {machine_description()}")
     prompts_line = f"{n_validation} validation and {n_test} test prompts"
@@ -143,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| **catalog entry -> champion v{champion.version} with {NEW_LLM}** | **{onboarding_s:.1f}** |")
     verdict = "unchanged" if map_before == map_after else "RETRAINED"
     print(f"\ncluster map before {map_before}, after {map_after}: {verdict}")
+    print(
+        f"{NEW_LLM}: profile {profile['answered']} of {profile['total']} validation prompts"
+        f"{' (partial)' if profile['partial'] else ''}, onboarding ${profile['onboarding_usd']:.4f} "
+        f"(UNIROUTE_ONBOARDING_FRACTION={os.environ.get('UNIROUTE_ONBOARDING_FRACTION', 'default')}); "
+        f"the sensor's estimate {estimate}"
+    )
     checks = [
         (
             f"onboarding <= {FLOOR_S:.0f} s ({onboarding_s:.1f} s, {onboarding_s / FLOOR_S:.2f} of the floor)",

@@ -12,6 +12,7 @@ import warehouse as wh
 from assets.resources import WarehouseResource
 from assets.routing import cluster_map
 from pipelines.jobs import profile_llm_job, traffic_loop_job
+from pipelines.onboarding import onboarding_settings, profiling_ops_config
 
 #: Cron strings, overridable per deployment.
 NIGHTLY_CRON = os.environ.get("UNIROUTE_NIGHTLY_CRON", "0 2 * * *")
@@ -50,8 +51,9 @@ def nightly_profiling_schedule(
         return _every_active_llm(context, warehouse, known)
     except (FileNotFoundError, wh.SchemaError) as exc:  # nothing profiled yet, or the next run migrates it
         return dg.SkipReason(str(exc))
+    config = _profiling_run_config()
     requests = [
-        dg.RunRequest(partition_key=row["model"], tags={"uniroute/pending": str(row["pending"])})
+        dg.RunRequest(partition_key=row["model"], run_config=config, tags={"uniroute/pending": str(row["pending"])})
         for row in pending.iter_rows(named=True)
         if row["model"] in known
     ]
@@ -68,7 +70,16 @@ def _every_active_llm(
         return dg.SkipReason(f"warehouse busy for {BUSY_WAIT_S:g} s, and the catalog is not valid: {exc}")
     names = [name for name in catalog.filter("active")["name"].to_list() if name in known]
     context.log.info(f"warehouse busy for {BUSY_WAIT_S:g} s: a run for each of {len(names)} active LLMs")
-    return [dg.RunRequest(partition_key=name, tags={"uniroute/pending": "unknown (warehouse busy)"}) for name in names]
+    config = _profiling_run_config()
+    tags = {"uniroute/pending": "unknown (warehouse busy)"}
+    return [dg.RunRequest(partition_key=name, run_config=config, tags=tags) for name in names]
+
+
+def _profiling_run_config() -> dict:
+    """A profiling run's config: the onboarding settings of the environment (``pipelines.onboarding``), so that a
+    partial profile's refinement keeps to the same budget. A variable that is not a number fails the tick."""
+    ops = profiling_ops_config(onboarding_settings(os.environ))
+    return {"ops": ops} if ops else {}
 
 
 weekly_cluster_map_schedule = dg.ScheduleDefinition(

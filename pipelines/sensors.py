@@ -6,6 +6,7 @@ conditions (features and router follow new data)."""
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
 import json
+import os
 
 import dagster as dg
 
@@ -15,6 +16,7 @@ from assets.profiling import endpoint_fingerprint, llm_partitions
 from assets.resources import MlflowResource, RolloutResource, WarehouseResource
 from assets.rollout import RolloutUnavailable, rollout_evidence, rollout_report
 from pipelines.jobs import add_traffic_prompts_job, profile_llm_job
+from pipelines.onboarding import estimate_tags, onboarding_settings, profiling_ops_config
 
 
 @dg.sensor(job=profile_llm_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
@@ -23,26 +25,34 @@ def llm_onboarding_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     """Adds a partition for each new active catalog LLM and launches its profiling; a changed endpoint or model
     id launches a new profiling run too. The catalog is the warehouse resource's, as the assets read it; the
-    cursor keeps each LLM's fingerprint. An invalid catalog is skipped with its errors (nothing is launched)."""
+    cursor keeps each LLM's fingerprint. An invalid catalog is skipped with its errors (nothing is launched). Each
+    run takes its onboarding settings from the environment (``pipelines.onboarding``) and carries in its tags what
+    it is estimated to ask and cost."""
     path = str(warehouse.catalog())
     try:
         catalog = wh.load_catalog(path)
-    except wh.CatalogError as exc:
+        settings = onboarding_settings(os.environ)
+    except (wh.CatalogError, ValueError) as exc:
         return dg.SkipReason(str(exc))
     seen = json.loads(context.cursor) if context.cursor else {}
-    current = {row["name"]: endpoint_fingerprint(row) for row in catalog.iter_rows(named=True) if row["active"]}
+    entries = {row["name"]: row for row in catalog.iter_rows(named=True) if row["active"]}
+    current = {name: endpoint_fingerprint(row) for name, row in entries.items()}
     changed = sorted(name for name, fp in current.items() if seen.get(name) != fp)
     existing = set(context.instance.get_dynamic_partitions(llm_partitions.name))
     unpartitioned = [name for name in changed if name not in existing]  # a synced catalog may have added some
     if not changed:
         return dg.SkipReason(f"no new or changed LLMs in {path}")
+    ops = {"llm_catalog": {"config": {"path": path}}, **profiling_ops_config(settings)}
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
                 run_key=f"{name}:{current[name]}",
                 partition_key=name,
-                run_config={"ops": {"llm_catalog": {"config": {"path": path}}}},
-                tags={"uniroute/onboarding": "changed" if name in seen else "new"},
+                run_config={"ops": ops},
+                tags={
+                    "uniroute/onboarding": "changed" if name in seen else "new",
+                    **estimate_tags(warehouse, entries[name], settings),
+                },
             )
             for name in changed
         ],

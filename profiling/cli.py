@@ -147,6 +147,24 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
         metavar="ISO_TIME",
         help="re-profile: archive answers collected before this UTC time and ask again",
     )
+    collect.add_argument(
+        "--fraction",
+        type=float,
+        default=None,
+        help="a new LLM (no validation answer yet) is asked only this share of the validation prompts first, in the "
+        "onboarding planner's order; later runs ask the rest (default router_core.onboarding's, 1.0: all)",
+    )
+    collect.add_argument(
+        "--budget-usd",
+        type=float,
+        default=None,
+        help="USD each LLM's profile may cost at most (its stored answers count): collection stops before passing it",
+    )
+    collect.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be asked and its estimate (prompts, tokens, USD) per LLM, and ask nothing",
+    )
     grade = command("grade", "grade stored responses not yet graded by the current grader version", _grade)
     grade.add_argument("--models", nargs="+", default=None)
 
@@ -318,22 +336,61 @@ def _opener(path: Path | None):
 
 def _collect(args: argparse.Namespace) -> int:
     """A profiling run's steps, as Dagster runs them: archive and plan (against the warehouse and unmerged
-    staging), ask and stage without holding the warehouse, merge. So it runs beside pipeline runs."""
+    staging), a new LLM's onboarding share, ask and stage without holding the warehouse, merge. So it runs beside
+    pipeline runs. ``--dry-run`` prints the estimate and asks nothing."""
     import warehouse as wh
     from profiling.collector import RetryPolicy
+    from profiling.onboarding import DEFAULT_ONBOARDING_FRACTION, check_fraction
     from profiling.staging import collect
 
+    fraction = DEFAULT_ONBOARDING_FRACTION if args.fraction is None else args.fraction
+    try:
+        check_fraction(fraction)
+    except ValueError as exc:
+        raise CommandError(f"--fraction={fraction!r}: must be in (0, 1] (1.0: every validation prompt)") from exc
+    if args.budget_usd is not None and not 0 <= args.budget_usd < float("inf"):
+        raise CommandError(f"--budget-usd={args.budget_usd!r}: must be a finite number of USD >= 0")
+    staging = wh.default_staging_path(args.warehouse)
+    if args.dry_run:
+        return _dry_run(args, fraction, staging)
     policy = RetryPolicy(max_attempts=args.max_attempts, timeout_s=args.timeout)
-    staging, connect = wh.default_staging_path(args.warehouse), _opener(args.warehouse)
     options = {"batch_size": args.batch_size, "progress": not args.quiet, "refresh_before": args.refresh_before}
-    report = collect(connect, args.models, args.splits, policy, staging_dir=staging, **options)
+    onboarding = {"fraction": fraction, "budget_usd": args.budget_usd}
+    report = collect(
+        _opener(args.warehouse), args.models, args.splits, policy, staging_dir=staging, **options, **onboarding
+    )
     merged = report.merged
     print(
         f"collection {report.run_id}: {report.stored}/{report.requested} stored, {report.failed} failed "
         f"(see collection_failures), {report.attempts} attempts, ${report.cost_usd:.4f}, {report.seconds:.1f} s; "
         f"{merged.answers_stored} answers merged into the warehouse from {merged.files} staged files"
     )
+    for message in report.budget_messages:
+        print(message)
     return 0 if report.failed == 0 else 3
+
+
+def _dry_run(args: argparse.Namespace, fraction: float, staging) -> int:
+    """Print each LLM's estimate (:class:`profiling.onboarding.CostEstimate`) of what ``uniroute collect`` would
+    ask now; reads the warehouse and the staged files only (answers a re-profiling would archive still count)."""
+    import warehouse as wh
+    from profiling.collector import active_llms
+    from profiling.onboarding import plan_onboarding
+    from profiling.staging import plan_collection
+
+    def read() -> object:
+        return wh.connect_read_only(args.warehouse, lock_wait_s=LOCK_WAIT_S)
+
+    with read() as con:
+        llms = active_llms(con, args.models)
+    pairs = plan_collection(read, llms["name"].to_list(), args.splits, staging, args.refresh_before)
+    plan = plan_onboarding(read, llms, pairs, fraction, args.budget_usd, record=False)
+    for estimate in plan.estimates.values():
+        print(f"estimate {estimate.line()}")
+    budget = "no budget" if args.budget_usd is None else f"budget ${args.budget_usd:.4f} per LLM"
+    priced = [e.usd for e in plan.estimates.values() if e.usd is not None]
+    print(f"dry run: {plan.pairs.height} prompts, at most ${sum(priced):.4f} in all ({budget}); nothing asked")
+    return 0
 
 
 def _grade(args: argparse.Namespace) -> int:

@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import random
-import re
 import time
 import uuid
 from collections import Counter
@@ -46,7 +44,6 @@ from tqdm.auto import tqdm
 
 import warehouse as wh
 from openai_compat import (
-    MAX_TOKENS,
     RequestFailed,
     Timeouts,
     answer_text,
@@ -59,7 +56,9 @@ from openai_compat import (
     post_chat,
     token_count,
 )
+from profiling.answer_rows import storable_text, unstorable_field
 from profiling.batches import ANSWER_SCHEMA, FAILURE_SCHEMA, Batches, Sink, WarehouseSink, check_batching
+from profiling.budget import SpendLimit, worst_case_usd
 from profiling.pacing import LocalPacer, Pacer, endpoint_key
 from profiling.rendering import estimate_tokens
 from router_core.embedding import prompt_hash
@@ -131,6 +130,9 @@ class CollectionReport:
     repaired: Counter = field(default_factory=Counter)
     #: What the run's merge stored (:func:`profiling.staging.collect`); None for a run that merges nothing.
     merged: MergeReport | None = None
+    #: Pairs left unasked per LLM because its budget was reached, and one line per such LLM saying so.
+    not_asked: Counter = field(default_factory=Counter)
+    budget_messages: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -145,6 +147,7 @@ class _Endpoint:
     api_key_env: str | None
     usd_in: float | None
     usd_out: float | None
+    usd_per_query: float | None
     max_concurrency: int
     min_interval_s: float
     pacer: Pacer
@@ -163,19 +166,6 @@ class _Endpoint:
             await self.pacer.wait_turn(endpoint_key(self.base_url), self.min_interval_s)
 
 
-#: What UTF-8 cannot hold in a str: lone surrogates (valid JSON escapes, e.g. half an emoji cut by a tokenizer).
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _storable_text(text: str) -> tuple[str, bool]:
-    """``text`` as UTF-8 can hold it (each lone surrogate becomes U+FFFD), and whether it changed."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub("\ufffd", text), True
-    return text, False
-
-
 def _read_answer(raw: bytes, messages: Sequence[dict], usd_in: float | None, usd_out: float | None) -> dict:
     """The answer in a 200 body: its text, finish reason, token counts, cost and the fields ``repaired``.
 
@@ -189,7 +179,7 @@ def _read_answer(raw: bytes, messages: Sequence[dict], usd_in: float | None, usd
         raise RequestFailed("MalformedBody")
     choice = first_choice(payload)
     repaired = []
-    text, changed = _storable_text(text)
+    text, changed = storable_text(text)
     if changed:
         repaired.append("content")
     finish = choice.get("finish_reason")
@@ -197,7 +187,7 @@ def _read_answer(raw: bytes, messages: Sequence[dict], usd_in: float | None, usd
         finish = None
         repaired.append("finish_reason")
     elif finish is not None:
-        finish, changed = _storable_text(finish)
+        finish, changed = storable_text(finish)
         if changed:
             repaired.append("finish_reason")
     usage = payload.get("usage")
@@ -222,27 +212,6 @@ def _read_answer(raw: bytes, messages: Sequence[dict], usd_in: float | None, usd
         "cost_usd": cost,
         "repaired": repaired,
     }
-
-
-def _unstorable(row: dict) -> str | None:
-    """The first field of an answer row the warehouse would refuse (its rules for ``responses``), else None."""
-    for name in ("prompt_tokens", "completion_tokens"):
-        value = row[name]
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_TOKENS:
-            return name
-    for name, required in (("latency_ms", True), ("cost_usd", False)):
-        value = row[name]
-        if value is None and not required:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
-            return name
-    for name, required in (("response", True), ("finish_reason", False), ("prompt_hash", True)):
-        value = row[name]
-        if value is None and not required:
-            continue
-        if not isinstance(value, str) or _storable_text(value)[1]:
-            return name
-    return None
 
 
 async def _ask(
@@ -312,6 +281,7 @@ def endpoint_of(row: dict, pacer: Pacer) -> _Endpoint:
         api_key_env=row["api_key_env"],
         usd_in=row["usd_per_mtok_in"],
         usd_out=row["usd_per_mtok_out"],
+        usd_per_query=row.get("usd_per_query"),
         max_concurrency=row["max_concurrency"],
         min_interval_s=60.0 / row["requests_per_minute"] if row["requests_per_minute"] else 0.0,
         pacer=pacer,
@@ -335,6 +305,7 @@ async def collect_pairs(
     flush_interval_s: float = 2.0,
     run_id: str | None = None,
     pacer: Pacer | None = None,
+    budget: SpendLimit | None = None,
 ) -> CollectionReport:
     """Ask each pair of ``pairs`` (model, prompt_id, prompt, and optionally the prompt's messages,
     request_params, request_hash, template_version: :func:`warehouse.pending_pairs`) of its LLM in ``llms`` (the
@@ -346,6 +317,8 @@ async def collect_pairs(
     ``progress`` shows a tqdm bar; ``log_progress`` (e.g. a Dagster logger) gets a line after every batch write.
     ``pacer`` spaces request starts per endpoint (``requests_per_minute``): default this run's own
     (:class:`profiling.pacing.LocalPacer`); a :class:`profiling.pacing.SharedPacer` shares the pace with other runs.
+    ``budget`` (:class:`profiling.budget.SpendLimit`) reserves each pair's estimated worst case before asking it and
+    stops an LLM's collection at its limit; the pairs left are counted in the report's ``not_asked``.
     """
     check_batching(batch_size, flush_interval_s)
     if isinstance(sink, duckdb.DuckDBPyConnection):
@@ -390,7 +363,13 @@ async def collect_pairs(
     ) -> None:
         endpoint = endpoints[model]
         messages, params = request_of(prompt, messages_json, params_json)
+        worst = worst_case_usd(messages, params, endpoint.usd_in, endpoint.usd_out, endpoint.usd_per_query) or 0.0
+        if budget is not None and not await budget.reserve(model, worst):
+            bar.update(1)
+            return
         result, kind, attempt = await ask_with_retries(session, endpoint, messages, params, policy, rng, report)
+        if budget is not None:
+            await budget.settle(model, worst, None if result is None else result["cost_usd"])
         identity = {"model": model, "prompt_id": prompt_id, "run_id": report.run_id}
         if result is not None:
             repaired = result.pop("repaired")
@@ -402,7 +381,7 @@ async def collect_pairs(
                 "request_params": json.dumps(params, sort_keys=True),
             }
             answer = identity | answered_by | request | result
-            if (bad := _unstorable(answer)) is None:
+            if (bad := unstorable_field(answer)) is None:
                 batches.add(answer=answer)
                 report.cost_usd += result["cost_usd"] or 0.0
                 report.repaired.update(repaired)
@@ -434,6 +413,11 @@ async def collect_pairs(
             finally:
                 bar.close()
     report.seconds = time.perf_counter() - started
+    if budget is not None:
+        report.not_asked.update(budget.not_asked)
+        report.budget_messages = budget.messages()
+        for message in report.budget_messages:
+            log.warning(message)
     log.info(
         "collection %s: %d requested, %d stored, %d failed, %d attempts, $%.4f, %.1f s, errors %s, repaired %s",
         report.run_id,

@@ -66,6 +66,7 @@ from profiling.collector import (
     new_run_id,
     run_collection,
 )
+from profiling.onboarding import plan_onboarding
 from profiling.staging_location import StagingLocation
 
 __all__ = [
@@ -353,6 +354,8 @@ def collect(
     refresh_before: datetime | None = None,
     flush_interval_s: float = 2.0,
     staging_dir: Where | None = None,
+    fraction: float = 1.0,
+    budget_usd: float | None = None,
 ) -> CollectionReport:
     """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``: a profiling
     run's steps in order, as ``uniroute collect`` and the profiling asset run them.
@@ -366,15 +369,30 @@ def collect(
 
     ``warehouse`` is a connection or a function opening one (:data:`warehouse.Opener`), each step opening it for a
     short while. ``staging_dir`` defaults to :func:`warehouse.default_staging_path` of the warehouse's file.
+    ``fraction`` and ``budget_usd`` (USD per LLM) plan a new LLM's onboarding
+    (:func:`profiling.onboarding.plan_onboarding`; 1.0 and None: every pending pair is asked).
     """
     check_batching(batch_size, flush_interval_s)
     if staging_dir is None:
         staging_dir = _default_staging(warehouse)
     llms, pairs = plan_run(warehouse, models, splits, staging_dir, refresh_before, log_progress)
+    plan = plan_onboarding(warehouse, llms, pairs, fraction, budget_usd, log_progress)
     options = {"batch_size": batch_size, "flush_interval_s": flush_interval_s, "progress": progress}
-    report = collect_to_staging(pairs, llms, staging_dir, policy=policy, log_progress=log_progress, **options)
+    report = collect_to_staging(
+        plan.pairs, llms, staging_dir, policy=policy, log_progress=log_progress, budget=plan.budget, **options
+    )
     report.merged = merge_staging(warehouse, staging_dir, llms["name"].to_list())
+    settle_budget_stops(warehouse, report)
     return report
+
+
+def settle_budget_stops(warehouse: wh.Opener, report: CollectionReport) -> None:
+    """Once merged: each LLM whose collection stopped at its budget keeps the partial profile it has
+    (``warehouse.settle_onboarding_target``)."""
+    if report.not_asked:
+        with wh.opened(warehouse) as con:
+            for model in report.not_asked:
+                wh.settle_onboarding_target(con, model)
 
 
 def _default_staging(warehouse: wh.Opener) -> PurePath | str:

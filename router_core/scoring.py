@@ -17,7 +17,7 @@ scored on the test prompts every LLM of the pool answered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,6 +157,7 @@ def fit_pool(
     default_cost_weight: float | None = None,
     stored_psi: Mapping[str, np.ndarray] | None = None,
     traffic: TrafficErrorStats | None = None,
+    estimated: Collection[str] = (),
 ) -> PoolFit:
     """UniRoute over ``pool`` with ``cluster_map``, fitted on the validation outcomes (``prompt_id, model,
     score``) and scored on the test prompts every LLM answered, each answer at its own cost where
@@ -164,7 +165,9 @@ def fit_pool(
 
     The default operating point is ``default_cost_weight``, else the cheapest point of the cross-fitted validation
     curve near its best accuracy. ``stored_psi`` (the features stored for each LLM) must equal the router's Psi:
-    features stale against their grades are a :class:`RouterInputError` rather than a router nobody can inspect.
+    features stale against their grades are a :class:`RouterInputError` rather than a router nobody can inspect;
+    ``estimated`` LLMs (partial profiles, whose features an estimator learned from other LLMs too) need features
+    stored, whatever their values.
     ``traffic`` (outcomes on traffic routed with ``cluster_map``) blends each LLM's Psi with them
     (:meth:`UniRouter.use_traffic`) after that check, so the operating point and the scores are the blended router's.
     """
@@ -181,7 +184,7 @@ def fit_pool(
     realised = np.where(np.isnan(test_costs[complete]), cost, test_costs[complete])
     uni = UniRouter(cluster_map).fit_arrays(x_val, val_errors, pool, cost, val_ids)
     if stored_psi is not None:
-        _check_psi(uni, stored_psi)
+        _check_psi(uni, stored_psi, set(estimated))
     if traffic is not None:
         uni.use_traffic(traffic)
     zero = ZeroRouter().fit_arrays(x_val, val_errors, pool, cost, val_ids)
@@ -208,13 +211,14 @@ def fit_pool(
     )
 
 
-def _check_psi(uni: UniRouter, stored: Mapping[str, np.ndarray]) -> None:
+def _check_psi(uni: UniRouter, stored: Mapping[str, np.ndarray], estimated: set[str]) -> None:
     """The router's Psi must be the features stored for its LLMs: grades that changed since make them stale (or
     none stored), and the router waits for the features to follow."""
     stale = [
         m
         for j, m in enumerate(uni.llms_)
-        if m not in stored or not np.allclose(uni.psi_[j], stored[m], atol=1e-9, equal_nan=True)
+        if m not in stored
+        or (m not in estimated and not np.allclose(uni.psi_[j], stored[m], atol=1e-9, equal_nan=True))
     ]
     if stale:
         raise RouterInputError(

@@ -57,6 +57,7 @@ class ModelCard:
     left_out: Mapping[str, str] = field(default_factory=dict)
     gate: str = ""
     features: str = ""  #: how Psi was learned when not from validation alone (e.g. validation+traffic: ...)
+    profiles: str = ""  #: LLMs onboarded on part of the validation prompts so far (empty: every profile is full)
 
     def markdown(self, model_name: str, version: str, tracking_uri: str) -> str:
         """The model card in Markdown (MLflow's UI renders a version's description as Markdown)."""
@@ -92,6 +93,7 @@ class ModelCard:
                 f"- dataset: {self.dataset}",
                 *([f"- data snapshot: `{self.data_snapshot}`"] if self.data_snapshot else []),
                 *([f"- features: {self.features}"] if self.features else []),
+                *([f"- partial profiles: {self.profiles}"] if self.profiles else []),
                 "",
                 "### How to call it",
                 f"Point MLflow at the registry it was registered in: {_tracking_hint(tracking_uri)}.",

@@ -287,6 +287,19 @@ def traffic_features(
     return TrafficFeatures(stats, heldout, used, outcomes.height - mine.height)
 
 
+def with_profiles(new: Candidate, partial: Mapping[str, tuple[int, int]]) -> Candidate:
+    """``new`` tagged ``profile: partial (n of N)`` when LLMs of its pool have a partial profile (``partial``: each
+    such LLM's validation prompts answered and expected; several: ``partial (n1 of N, n2 of N)`` in pool order),
+    their names in ``profile_partial_llms``; ``new`` itself when none has."""
+    if not partial:
+        return new
+    counts = ", ".join(f"{answered} of {total}" for answered, total in partial.values())
+    tags = {**new.tags, "profile": f"partial ({counts})", "profile_partial_llms": ",".join(partial)}
+    said = "; ".join(f"{llm} {answered} of {total} validation prompts" for llm, (answered, total) in partial.items())
+    card = replace(new.card, profiles=f"{said} (Psi from PartialProfileEstimator; the rest is being collected)")
+    return replace(new, tags=tags, card=card)
+
+
 def with_traffic(new: Candidate, traffic: TrafficFeatures) -> Candidate:
     """``new`` (a candidate fitted with ``traffic.stats``) as a version that learned from traffic: tagged
     ``features: validation+traffic`` with a fingerprint of the outcomes' statistics (so the same outcomes make the

@@ -125,6 +125,14 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "last_error_class": (pl.String, True),
         "run_id": (pl.String, True),
     },
+    "onboarding_plans": {
+        "model": (pl.String, True),
+        "target": (pl.Int32, True),
+        "total": (pl.Int32, True),
+        "fraction": (pl.Float64, True),
+        "budget_usd": (pl.Float64, False),
+        "estimate_usd": (pl.Float64, False),
+    },
     "routing_decisions": {
         "request_id": (pl.String, True),
         "decided_at": (pl.Datetime("us"), True),  # UTC; the decision log's ``at``
@@ -249,6 +257,14 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
         ("cost_usd", pl.col("cost_usd").is_null() | pl.col("cost_usd").is_between(0, 1e300), "must be finite, >= 0"),
     ],
     "online_evaluation_cells": [("count", pl.col("count") >= 0, "must be >= 0")],
+    "onboarding_plans": [
+        ("fraction", pl.col("fraction").is_between(0, 1, closed="right"), "must be in (0, 1]"),
+        ("target", pl.col("target").is_between(0, pl.col("total")), "must be in [0, total]"),
+        *(
+            (c, pl.col(c).is_null() | pl.col(c).is_between(0, 1e300), "must be finite and >= 0")
+            for c in ("budget_usd", "estimate_usd")
+        ),
+    ],
 }
 _KEYS = {
     "llms": ["name"],
@@ -266,6 +282,7 @@ _KEYS = {
     "traffic_samples": ["request_id"],
     "traffic_judgements": ["request_id", "judge", "grader_version"],
     "online_evaluation_cells": ["router_version", "llm", "cluster"],
+    "onboarding_plans": ["model"],
 }
 
 

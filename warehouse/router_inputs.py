@@ -24,7 +24,7 @@ class RouterInputs:
     (``checks``: failing data checks, ``model, check_name, message``; ``unpriced``: no cost on validation), each
     LLM's stored features (``stored_psi``) and mean validation cost (``costs``, USD per query), the prompts
     (``validation``/``test`` ids and vectors, outcomes ``prompt_id, model, score``, per-answer test costs), the
-    validation and test prompts' datasets (``prompts``) and each pool LLM's cost basis."""
+    validation and test prompts' datasets (``prompts``), each pool LLM's cost basis and each LLM's profile."""
 
     cluster_map: dict
     pool: list[str]
@@ -41,6 +41,15 @@ class RouterInputs:
     test_query_costs: pl.DataFrame
     prompts: pl.DataFrame
     cost_basis: dict[str, str]
+    #: Each catalog LLM's profile (``warehouse.read_profiles``: answered of total, partial, onboarding USD).
+    profiles: pl.DataFrame | None = None
+
+    def partial_profiles(self) -> dict[str, tuple[int, int]]:
+        """The pool's LLMs with a partial profile: (validation prompts answered, expected), in pool order."""
+        if self.profiles is None:
+            return {}
+        rows = {r["model"]: r for r in self.profiles.filter("partial").iter_rows(named=True)}
+        return {m: (rows[m]["answered"], rows[m]["total"]) for m in self.pool if m in rows}
 
     def notes(self) -> list[str]:
         """Warnings about LLMs left out of the pool, one line each."""
@@ -95,4 +104,5 @@ def read_router_inputs(con: duckdb.DuckDBPyConnection, embedder_id: str, pool: l
         test_query_costs=wh.read_query_costs(con, priced, ["test"]),
         prompts=wh.read_prompts(con, splits=["validation", "test"]).select("prompt_id", "dataset", "split"),
         cost_basis={m: b or "" for m, b in wh.read_cost_basis(con, priced).iter_rows()},
+        profiles=wh.read_profiles(con),
     )

@@ -327,4 +327,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE routing_decisions ADD COLUMN shadow_predicted_error DOUBLE;
     ALTER TABLE routing_decisions ADD COLUMN shadow_predicted_cost DOUBLE;
     """,
+    # 13: each LLM's onboarding plan, one row per LLM, rewritten by every
+    # profiling run: how many validation prompts it is meant to have answered after the run (``target``: all of
+    # them, or the first ``onboarding.fraction`` of the planner's order for a new LLM) of the ``total`` then, the
+    # fraction and budget it ran with, and the run's cost estimate. ``target < total``: a partial profile.
+    """
+    CREATE TABLE onboarding_plans (
+        model VARCHAR PRIMARY KEY,
+        target INTEGER NOT NULL CHECK (target >= 0),
+        total INTEGER NOT NULL CHECK (total >= 0),
+        fraction DOUBLE NOT NULL CHECK (fraction > 0 AND fraction <= 1),
+        budget_usd DOUBLE CHECK (budget_usd >= 0),            -- null: no budget
+        estimate_usd DOUBLE CHECK (estimate_usd >= 0),        -- the run's estimate, before it asked anything
+        planned_at TIMESTAMP NOT NULL
+    );
+    """,
 ]

@@ -65,9 +65,14 @@ def test_the_asset_page_explains_the_version(materialised):
         "test accuracy",
         "test prompts routed (%)",
         "data checks",
+        "profile",
+        "onboarding USD",
     ]
     rows = {r.data["LLM"]: r.data for r in table.records}
     assert set(rows) == set(LLMS) and all(r["data checks"] == "passed" for r in rows.values())
+    # issue 26: each LLM's profile completeness and what its answers (every split profiled) cost
+    assert {r["profile"] for r in rows.values()} == {"12 of 12"} and meta["profile"].value == "full"
+    assert all(r["onboarding USD"] > 0 for r in rows.values())
     assert all(float(f"{r['USD per 1k queries']:.3g}") == r["USD per 1k queries"] > 0 for r in rows.values())
     assert rows["generalist"]["validation accuracy"] == 1.0 and rows["math-pro"]["validation coverage (%)"] == 100.0
     assert sum(r["test prompts routed (%)"] for r in rows.values()) == pytest.approx(100, abs=0.2)
