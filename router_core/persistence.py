@@ -17,9 +17,20 @@ from router_core._errors import RouterInputError
 from router_core.cluster_maps import ClusterMap, KMeansClusterMap, LearnedClusterMap
 from router_core.routers import KNNRouter, RandomRouter, Router, UniRouter, ZeroRouter
 
-__all__ = ["FORMAT_VERSION", "load_cluster_map", "load_router", "save_cluster_map", "save_router"]
+__all__ = [
+    "FORMAT_VERSION",
+    "READABLE_FORMAT_VERSIONS",
+    "load_cluster_map",
+    "load_router",
+    "save_cluster_map",
+    "save_router",
+]
 
-FORMAT_VERSION = 1
+#: 2: a UniRouter may carry features given for named LLMs (``UniRouter.use_features``); version 1 files load as
+#: routers without them.
+FORMAT_VERSION = 2
+#: The versions :func:`load_router` reads.
+READABLE_FORMAT_VERSIONS = (1, 2)
 _ROUTERS: dict[str, type[Router]] = {c.__name__: c for c in (UniRouter, ZeroRouter, KNNRouter, RandomRouter)}
 _MAPS: dict[str, type[ClusterMap]] = {c.__name__: c for c in (KMeansClusterMap, LearnedClusterMap)}
 
@@ -92,8 +103,9 @@ def load_cluster_map(directory: str | os.PathLike[str]) -> ClusterMap:
 def load_router(directory: str | os.PathLike[str]) -> Router:
     """Load a router written by :func:`save_router`."""
     meta, arrays = _read(directory, "router", "arrays.npz")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise RouterInputError("format_version", meta.get("format_version"), f"expected {FORMAT_VERSION}")
+    if meta.get("format_version") not in READABLE_FORMAT_VERSIONS:
+        version = meta.get("format_version")
+        raise RouterInputError("format_version", version, f"expected one of {READABLE_FORMAT_VERSIONS}")
     if meta.get("router") not in _ROUTERS:
         raise RouterInputError("router", meta.get("router"), f"unknown router class; known: {sorted(_ROUTERS)}")
     cls = _ROUTERS[meta["router"]]

@@ -8,7 +8,7 @@ data (the cluster map of ``UniRouter``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
 import numpy as np
@@ -218,7 +218,8 @@ class Router(ABC):
 
 
 class UniRouter(Router):
-    """UniRoute: error(x, h) = Phi(x) . Psi(h), with Psi from h's validation errors per cluster.
+    """UniRoute: error(x, h) = Phi(x) . Psi(h), with Psi from h's validation errors per cluster (or features given
+    for named LLMs, :meth:`use_features`).
 
     Parameters
     ----------
@@ -249,12 +250,36 @@ class UniRouter(Router):
         self._pool_changed()
         return self
 
+    def use_features(self, features: Mapping[str, np.ndarray] | None) -> Self:
+        """Serve ``features`` (LLM name -> its (K,) Psi, e.g. :class:`router_core.PartialProfileEstimator`'s for a
+        partially profiled LLM) instead of the per-cluster mean of those LLMs' validation errors; None returns every
+        LLM to validation Psi. Traffic (:meth:`use_traffic`) blends on top of them. Kept, as traffic is, through a
+        refit on other validation prompts (cross-fitting: an estimated Psi was learned from all the LLM's answers),
+        ``add_llm`` and ``save_router``/``load_router``; an LLM's features leave the pool with it (``remove_llm``)."""
+        self._check_fitted()
+        k = self.validation_assignments_.shape[1]
+        rows = {}
+        for name, psi in (features or {}).items():
+            if name not in self.llms_:
+                raise RouterInputError("features", name, f"unknown LLM; the pool is {self.llms_}")
+            psi = np.array(psi, dtype=np.float64)
+            if psi.shape != (k,) or not np.isfinite(psi).all() or (psi < 0).any() or (psi > 1).any():
+                raise RouterInputError(f"features[{name!r}]", psi.tolist(), f"must be {k} errors in [0, 1]")
+            rows[name] = psi
+        self.features_ = rows
+        self._pool_changed()
+        return self
+
     def _pool_changed(self) -> None:
         if not self.llms_:
             self.psi_ = np.zeros((0, self.validation_assignments_.shape[1]))
             return
         args = (self.validation_assignments_, self.validation_errors_, self.shrinkage)
         psi = llm_error_features(*args, self.llms_)
+        self.features_ = {m: f for m, f in getattr(self, "features_", {}).items() if m in self.llms_}
+        for j, name in enumerate(self.llms_):
+            if name in self.features_:
+                psi[j] = self.features_[name]
         if getattr(self, "traffic_", None) is not None:
             psi = blend_traffic_features(psi, validation_counts(*args), self.traffic_.for_llms(self.llms_))
         self.psi_ = psi
@@ -277,12 +302,19 @@ class UniRouter(Router):
         return {"shrinkage": self.shrinkage}
 
     def get_arrays(self) -> dict[str, np.ndarray]:
-        traffic = {} if getattr(self, "traffic_", None) is None else self.traffic_.to_arrays()
-        return {"validation_assignments": self.validation_assignments_, **traffic}
+        arrays = {"validation_assignments": self.validation_assignments_}
+        if getattr(self, "traffic_", None) is not None:
+            arrays |= self.traffic_.to_arrays()
+        if getattr(self, "features_", None):
+            arrays |= {"features_llms": np.array(list(self.features_), dtype=str)}
+            arrays |= {"features": np.stack(list(self.features_.values()))}
+        return arrays
 
     def set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.validation_assignments_ = arrays["validation_assignments"]
         self.traffic_ = TrafficErrorStats.from_arrays(arrays) if "traffic_llms" in arrays else None
+        names = arrays.get("features_llms", np.array([], dtype=str))
+        self.features_ = {str(name): row for name, row in zip(names, arrays.get("features", []), strict=True)}
 
 
 class ZeroRouter(Router):

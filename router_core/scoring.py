@@ -167,7 +167,7 @@ def fit_pool(
     curve near its best accuracy. ``stored_psi`` (the features stored for each LLM) must equal the router's Psi:
     features stale against their grades are a :class:`RouterInputError` rather than a router nobody can inspect;
     ``estimated`` LLMs (partial profiles, whose features an estimator learned from other LLMs too) need features
-    stored, whatever their values.
+    stored, and the router serves those (:meth:`UniRouter.use_features`), not the mean of their answers.
     ``traffic`` (outcomes on traffic routed with ``cluster_map``) blends each LLM's Psi with them
     (:meth:`UniRouter.use_traffic`) after that check, so the operating point and the scores are the blended router's.
     """
@@ -183,8 +183,11 @@ def fit_pool(
     # each test answer's own cost where the data has it, else the LLM's mean validation cost
     realised = np.where(np.isnan(test_costs[complete]), cost, test_costs[complete])
     uni = UniRouter(cluster_map).fit_arrays(x_val, val_errors, pool, cost, val_ids)
+    if estimated and stored_psi is None:
+        raise RouterInputError("estimated", list(estimated), "needs stored_psi: the features the router serves")
     if stored_psi is not None:
         _check_psi(uni, stored_psi, set(estimated))
+        uni.use_features({m: stored_psi[m] for m in estimated})
     if traffic is not None:
         uni.use_traffic(traffic)
     zero = ZeroRouter().fit_arrays(x_val, val_errors, pool, cost, val_ids)

@@ -62,6 +62,31 @@ def _version_tags(home, version) -> dict[str, str]:
     return MlflowClient(tracking_uri=home.tracking_uri).get_model_version("uniroute", str(version)).tags
 
 
+def _served_psi(home, version) -> dict[str, np.ndarray]:
+    """Each LLM's Psi in the registered pyfunc of ``version``: what the gateway serves."""
+    import mlflow
+
+    from serving import registry
+
+    registry.configure(home.tracking_uri)
+    try:
+        served = mlflow.pyfunc.load_model(f"models:/uniroute/{version}").unwrap_python_model().router
+    finally:
+        mlflow.set_tracking_uri(None)
+    return dict(zip(served.llms_, served.psi_, strict=True))
+
+
+def _stored_and_mean_psi(home, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """``model``'s stored features under the current cluster map, and the plain per-cluster mean of its validation
+    errors (today's Psi of what it answered)."""
+    with wh.connect(home.warehouse) as con:
+        latest = wh.latest_cluster_map(con)
+        ids, x = wh.read_prompt_vectors(con, latest["embedder_id"], ["validation"])
+        errors = error_matrix(wh.read_outcomes(con, [model], ["validation"]), ids, [model])
+        stored = wh.read_llm_features(con, latest["version"]).filter(pl.col("model") == model)["psi"][0].to_list()
+    return np.asarray(stored), compute_psi(load_cluster_map(latest["path"]).transform(x), errors)[0]
+
+
 def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(home, mmlu_like_dir, monkeypatch):
     from pipelines.schedules import nightly_profiling_schedule
 
@@ -87,6 +112,10 @@ def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(
         rows = {r.data["LLM"]: r.data for r in partial["llms"].records}
         assert rows[NEW]["profile"] == f"{n // 2} of {n} (partial)" and rows[NEW]["onboarding USD"] > 0
         assert rows["cheap"]["profile"] == f"{n} of {n}"
+        estimated, mean = _stored_and_mean_psi(home, NEW)
+        served = _served_psi(home, partial["version"])
+        assert not np.allclose(estimated, mean)  # the estimator learned from the other LLMs too
+        assert np.array_equal(served[NEW], estimated)  # the router serves the estimator's Psi, not the mean
 
         # refinement: the nightly tick finds NEW's other validation prompts pending, and its run asks them
         nightly = nightly_profiling_schedule(
@@ -116,13 +145,9 @@ def test_a_fraction_of_one_asks_everything_and_gives_todays_psi_exactly(home, mm
         assert responses["profile"] == f"{len(validation)} of {len(validation)} validation prompts"
         _run(home, instance, [llm_error_features], NEW)
         version = _meta(_run(home, instance, [router]), "router")
-    with wh.connect(home.warehouse) as con:
-        latest = wh.latest_cluster_map(con)
-        ids, x = wh.read_prompt_vectors(con, latest["embedder_id"], ["validation"])
-        errors = error_matrix(wh.read_outcomes(con, [NEW], ["validation"]), ids, [NEW])
-        stored = wh.read_llm_features(con, latest["version"]).filter(pl.col("model") == NEW)["psi"][0].to_list()
-    today = compute_psi(load_cluster_map(latest["path"]).transform(x), errors)[0]
-    assert np.array_equal(np.asarray(stored), today)  # exactly, not approximately
+    stored, today = _stored_and_mean_psi(home, NEW)
+    assert np.array_equal(stored, today)  # exactly, not approximately
+    assert np.array_equal(_served_psi(home, version["version"])[NEW], today)  # and served as it is
     assert version["profile"] == "full" and "profile" not in _version_tags(home, version["version"])
 
 

@@ -59,3 +59,19 @@ def test_oracle_is_not_savable(two_topics, tmp_path):
     )
     with pytest.raises(RouterInputError, match="OracleRouter"):
         save_router(oracle, tmp_path)
+
+
+def test_features_given_for_an_llm_are_saved_and_old_files_still_load(two_topics, tmp_path):
+    router = next(_routers(two_topics))
+    save_router(router, tmp_path / "old")  # no features: what version 1 wrote, but for the version number
+    meta = json.loads((tmp_path / "old" / "router.json").read_text())
+    (tmp_path / "old" / "router.json").write_text(json.dumps(meta | {"format_version": 1}))
+    old = load_router(tmp_path / "old")
+    assert np.array_equal(old.psi_, router.psi_) and old.features_ == {}
+    router.use_features({"B": np.array([0.3, 0.4])})
+    loaded = load_router(save_router(router, tmp_path / "new"))
+    assert np.array_equal(loaded.psi_, router.psi_) and np.array_equal(loaded.psi_[1], [0.3, 0.4])
+    assert np.array_equal(loaded.predict_error(two_topics.test), router.predict_error(two_topics.test))
+    (tmp_path / "new" / "router.json").write_text(json.dumps(meta | {"format_version": 3}))
+    with pytest.raises(RouterInputError, match=r"format_version=3: expected one of \(1, 2\)"):
+        load_router(tmp_path / "new")

@@ -11,9 +11,11 @@ from router_core import (
     LearnedClusterMap,
     OracleRouter,
     RandomRouter,
+    RouterInputError,
     UniRouter,
     ZeroRouter,
     choose,
+    out_of_fold_errors,
 )
 
 
@@ -141,3 +143,36 @@ def test_cluster_weights_are_phi_and_come_with_the_errors_they_make(router, two_
     assert np.array_equal(phi, router.cluster_weights(x)) and np.array_equal(phi, router.cluster_map.transform(x))
     with pytest.raises(ValueError, match="embeddings"):
         router.cluster_weights(x[:, :3])
+
+
+def test_features_given_for_an_llm_are_its_psi_through_cross_fitting_and_pool_changes(two_topics):
+    router, errors = _uniroute(two_topics, "kmeans"), two_topics.error_matrix("validation")
+    validation_psi, c, given = router.psi_.copy(), router.llms_.index("C"), np.array([0.9, 0.05])
+    assert not np.allclose(validation_psi[c], given)
+    router.use_features({"C": given})
+    assert np.array_equal(router.psi_[c], given)
+    assert np.array_equal(np.delete(router.psi_, c, 0), np.delete(validation_psi, c, 0))  # the others: validation's
+    phi = router.cluster_map.transform(two_topics.validation)
+    assert np.allclose(out_of_fold_errors(router, two_topics.validation, errors)[:, c], phi @ given)  # every fold's
+    router.add_llm("D", two_topics.errors(two_topics.validation_topic, "D"), cost=0.5)
+    assert np.array_equal(router.psi_[c], given)
+    router.remove_llm("C").add_llm("C", errors[:, c], cost=0.1)  # its features left the pool with it
+    assert np.array_equal(router.psi_[-1], validation_psi[c])
+    assert np.array_equal(router.use_features({"C": given}).use_features(None).psi_[-1], validation_psi[c])
+
+
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        ({"Z": [0.1, 0.2]}, "features='Z': unknown LLM"),
+        ({"C": [0.1]}, r"features\['C'\]=\[0.1\]: must be 2 errors in \[0, 1\]"),
+        ({"C": [0.1, 1.5]}, r"features\['C'\]=\[0.1, 1.5\]"),
+        ({"C": [np.nan, 0.1]}, r"features\['C'\]=\[nan, 0.1\]"),
+    ],
+)
+def test_bad_features_are_refused_naming_the_llm_and_value(two_topics, features, message):
+    router = _uniroute(two_topics, "kmeans")
+    before = router.psi_.copy()
+    with pytest.raises(RouterInputError, match=message):
+        router.use_features(features)
+    assert np.array_equal(router.psi_, before)
