@@ -139,9 +139,11 @@ def _candidate(fit: PoolFit, data: wh.RouterInputs, embedder_id: str, left_out: 
     costs of the pool) as its data snapshot."""
     from serving import versions
 
+    estimated = fit.router.features_  # partial profiles' Psi: served, and not a function of the data above alone
     snapshot = fingerprint(
-        fit.pool, data.val_ids, fit.val_errors, data.test_ids, fit.test_scores, fit.cost, fit.realised
-    )
+        fit.pool, data.val_ids, fit.val_errors, data.test_ids, fit.test_scores, fit.cost, fit.realised,
+        *([estimated] if estimated else []),
+    )  # fmt: skip
     new = versions.candidate(
         fit, data.cluster_map, embedder_id, snapshot, data.prompts, data.val_ids, data.cost_basis, left_out,
         version_figures(fit),

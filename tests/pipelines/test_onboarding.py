@@ -116,6 +116,13 @@ def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(
         served = _served_psi(home, partial["version"])
         assert not np.allclose(estimated, mean)  # the estimator learned from the other LLMs too
         assert np.array_equal(served[NEW], estimated)  # the router serves the estimator's Psi, not the mean
+        with wh.connect(home.warehouse) as con:  # features that change with the same answers: a new version
+            latest = wh.latest_cluster_map(con)["version"]
+            row = wh.read_llm_features(con, latest).filter(pl.col("model") == NEW)
+            wh.upsert_llm_features(con, row.with_columns(pl.col("psi").list.eval(pl.element() / 2)))
+        moved = _meta(_run(home, instance, [router]), "router")
+        assert moved["status"].startswith("registered") and moved["version"] != partial["version"]
+        assert np.array_equal(_served_psi(home, moved["version"])[NEW], estimated / 2)
 
         # refinement: the nightly tick finds NEW's other validation prompts pending, and its run asks them
         nightly = nightly_profiling_schedule(
