@@ -253,7 +253,8 @@ class UniRouter(Router):
     def use_features(self, features: Mapping[str, np.ndarray] | None) -> Self:
         """Serve ``features`` (LLM name -> its (K,) Psi, e.g. :class:`router_core.PartialProfileEstimator`'s for a
         partially profiled LLM) instead of the per-cluster mean of those LLMs' validation errors; None returns every
-        LLM to validation Psi. Traffic (:meth:`use_traffic`) blends on top of them. Kept, as traffic is, through a
+        LLM to validation Psi. Traffic (:meth:`use_traffic`) blends on top of them, weighing them as the LLM's answered
+        validation prompts in each cluster (:func:`router_core.validation_counts`). Kept, as traffic is, through a
         refit on other validation prompts (cross-fitting: an estimated Psi was learned from all the LLM's answers),
         ``add_llm`` and ``save_router``/``load_router``; an LLM's features leave the pool with it (``remove_llm``)."""
         self._check_fitted()
@@ -271,12 +272,12 @@ class UniRouter(Router):
         return self
 
     def _pool_changed(self) -> None:
+        self.features_ = {m: f for m, f in getattr(self, "features_", {}).items() if m in self.llms_}
         if not self.llms_:
             self.psi_ = np.zeros((0, self.validation_assignments_.shape[1]))
             return
         args = (self.validation_assignments_, self.validation_errors_, self.shrinkage)
         psi = llm_error_features(*args, self.llms_)
-        self.features_ = {m: f for m, f in getattr(self, "features_", {}).items() if m in self.llms_}
         for j, name in enumerate(self.llms_):
             if name in self.features_:
                 psi[j] = self.features_[name]
