@@ -230,11 +230,12 @@ def print_table(table: pl.DataFrame, k_per_seed: list[int], n_seeds: int) -> Non
     print(f"\n=== unseen-LLM AUDC vs share of the validation set asked ({n_seeds} seeds, mean; K {k_per_seed})")
     print("    gain = AUDC - ZeroRouter's (full profiles); % = share of the full profile's gain kept")
     head = "".join(f"{f:>7.0%} ({asked[f]:.0f}, {asked[f] / k:.1f}/cl)" for f in fractions)
-    print(f"{'order + estimator':<29}{head}")
+    width = max(map(len, METHODS)) + 2
+    print(f"{'order + estimator':<{width}}{head}")
     for method in METHODS:
         rows = table.filter(pl.col("method") == method).sort("fraction")
         cells = "".join(f"{r['audc_mean']:>9.4f} {r['share_of_full_gain']:>+7.0%}  " for r in rows.rows(named=True))
-        print(f"{method:<29}{cells}")
+        print(f"{method:<{width}}{cells}")
     print(f"(prompts asked of {n_val:.0f} validation prompts; /cl = per cluster on average)")
 
 

@@ -16,6 +16,14 @@ with :math:`d_i` the prompt's mean error among the known LLMs (its difficulty), 
 For a new LLM, :math:`c, z` (ridge, with the known LLMs' spread as the prior) and :math:`r` (shrunk toward 0) come
 from the answers asked; each cluster's Psi is then the weighted mean of the asked answers and the imputed ones, so
 the prior's weight in a cluster is exactly the share of its prompts not asked yet.
+
+How much to trust the model (the correction's prior weight, the number of directions, or no imputation at all:
+the asked answers' plain mean) is chosen for each set of asked prompts by leave-one-known-LLM-out, an empirical
+Bayes choice that adapts to the fraction and the data: each known LLM in turn is "onboarded" on the same prompts
+with a prior from the other known LLMs, and the setting whose Psi come closest to their full Psi wins. "Closest"
+is judged for the pool the Psi will route in (``pool``): one new LLM among fully profiled ones (the squared error)
+or a pool asked alike (the error left after a per-cluster shift and one overall scale common to every LLM, which
+change no routing choice along the cost sweep).
 """
 
 from __future__ import annotations
