@@ -57,12 +57,13 @@ ORDERS = ("random", "stratified", "discriminative", "adaptive")
 #: known LLMs' main directions of disagreement and a per-cluster correction).
 ESTIMATORS = ("plain", "difficulty", "lowrank")
 #: The order the pipeline uses: on benchmarks/onboarding_cost.py it beat random order with the plain estimator at
-#: every fraction on the multi-task dataset (on MMLU-Pro, where routing gains < 0.01 AUDC, not at 10% and 20%).
+#: every fraction on the multi-task dataset and on full MMLU-Pro (on its 3,000-prompt sample not at 10% and 20%).
 DEFAULT_ORDER = "discriminative"
 #: The estimator the pipeline uses.
 DEFAULT_ESTIMATOR = "lowrank"
 #: The share of the validation prompts a new LLM is asked before its first router version: the lowest share at
-#: which the benchmark kept >= 90% of the full profile's routing gain on both datasets (at 20% it kept about half).
+#: which the benchmark kept >= 90% of the full profile's routing gain on all three runs (MMLU-Pro sample and full,
+#: the multi-task set); 20% kept >= 60% only on full MMLU-Pro.
 DEFAULT_ONBOARDING_FRACTION = 0.5
 
 _CLIP = 0.02  # imputed error probabilities stay in [_CLIP, 1 - _CLIP]
