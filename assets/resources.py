@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import dagster as dg
@@ -11,7 +12,7 @@ import duckdb
 import warehouse as wh
 from profiling.collector import RetryPolicy
 from profiling.pacing import SharedPacer
-from router_core import DEFAULT_BACKEND, DEFAULT_EMBEDDER, DEFAULT_MAX_SEQ_LENGTH, Embedder
+from router_core import DEFAULT_BACKEND, DEFAULT_EMBEDDER, DEFAULT_MAX_SEQ_LENGTH, Embedder, RolloutRules
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -148,19 +149,15 @@ class RolloutResource(dg.ConfigurableResource):
     ``enabled: false`` makes the sensor report what it would do, and move nothing."""
 
     enabled: bool = True
-    min_requests: int = 200
-    confidence: float = 0.95
-    error_tolerance: float = 0.01
-    cost_tolerance: float = 0.05
-    min_rated: int = 30
-    max_observed_error: float = 0.5
-    max_upstream_error_rate: float = 0.05
-    max_cost_per_request_usd: float = 0.0
+    min_requests: int = RolloutRules.min_requests  # the defaults are RolloutRules' own
+    confidence: float = RolloutRules.confidence
+    error_tolerance: float = RolloutRules.error_tolerance
+    cost_tolerance: float = RolloutRules.cost_tolerance
+    min_rated: int = RolloutRules.min_rated
+    max_observed_error: float = RolloutRules.max_observed_error
+    max_upstream_error_rate: float = RolloutRules.max_upstream_error_rate
+    max_cost_per_request_usd: float = RolloutRules.max_cost_per_request_usd
 
-    def rules(self):
+    def rules(self) -> RolloutRules:
         """The rules as ``router_core.RolloutRules`` (checked: a bad value names its field)."""
-        from dataclasses import fields
-
-        from router_core import RolloutRules
-
         return RolloutRules(**{f.name: getattr(self, f.name) for f in fields(RolloutRules)})

@@ -9,9 +9,13 @@ training LLMs' validation errors: the known LLMs), and its Psi comes from :class
 (its prior from the same known LLMs). The router routes the unseen LLMs with those Psi; AUDC on the test prompts.
 ``adaptive`` asks in batches of 2.5% of the validation prompts, each batch chosen from the answers so far.
 
+Every unseen LLM is asked the same share, so the estimators choose their shrinkage (``cluster_weight="cv"``) for
+a pool asked alike (``pool="partial"``); the row ``(mixed)`` chooses it as the pipeline does (``pool="mixed"``).
+
 Provisional pool: each unseen LLM in turn is the provisional (newest) one, profiled at ``fraction`` with the
-chosen method, the other unseen LLMs fully profiled; "the pool without it" is the other unseen LLMs alone. Both
-AUDCs are taken over the whole unseen pool's cost range (the hull is flat beyond a pool's costliest LLM).
+chosen order and estimator as the pipeline runs them (``pool="mixed"``), the other unseen LLMs fully profiled;
+"the pool without it" is the other unseen LLMs alone. Both AUDCs are taken over the whole unseen pool's cost
+range (the hull is flat beyond a pool's costliest LLM).
 
     python -m benchmarks.onboarding_cost                 # stratified sample of 3,000 prompts, 5 seeds
     python -m benchmarks.onboarding_cost --data DIR      # any dataset the routing benchmark loads
@@ -63,15 +67,18 @@ from router_core import (
 FRACTIONS = (0.05, 0.1, 0.2, 0.5, 1.0)
 CHOSEN = f"{DEFAULT_ORDER} + {DEFAULT_ESTIMATOR}"
 BASELINE = "random + plain"
-#: (order, estimator) compared; the chosen one (router_core's defaults) and the baseline always among them.
+#: (order, estimator, pool) compared; the chosen one (router_core's defaults) and the baseline always among them.
+#: Every unseen LLM is asked the same share, so the estimators judge Psi as for a pool asked alike ("partial");
+#: the "mixed" row judges it as the pipeline does (one new LLM among fully profiled ones), as the provisional rows.
 METHODS = {
-    BASELINE: ("random", "plain"),
-    "random + lowrank": ("random", "lowrank"),
-    "stratified + lowrank": ("stratified", "lowrank"),
-    "discriminative + plain": ("discriminative", "plain"),
-    "discriminative + difficulty": ("discriminative", "difficulty"),
-    "discriminative + lowrank": ("discriminative", "lowrank"),
-    "adaptive + lowrank": ("adaptive", "lowrank"),
+    BASELINE: ("random", "plain", "partial"),
+    "random + lowrank": ("random", "lowrank", "partial"),
+    "stratified + lowrank": ("stratified", "lowrank", "partial"),
+    "discriminative + plain": ("discriminative", "plain", "partial"),
+    "discriminative + difficulty": ("discriminative", "difficulty", "partial"),
+    "discriminative + lowrank": ("discriminative", "lowrank", "partial"),
+    "discriminative + lowrank (mixed)": ("discriminative", "lowrank", "mixed"),
+    "adaptive + lowrank": ("adaptive", "lowrank", "partial"),
 }
 ADAPTIVE_BATCH = 0.025  # share of the validation prompts asked per adaptive step
 FLOORS = {0.5: 0.9, 0.2: 0.6}  # fraction -> share of the full profile's gain over ZeroRouter it keeps
@@ -175,17 +182,17 @@ def run_seed(s: Seed, seed: int) -> tuple[list[dict], list[dict]]:
     """Every method at every fraction; and the chosen one's provisional pool against the pool without it."""
     rows = []
     n_val = s.new.shape[0]
-    chosen_psi = {}
-    for method, (order, estimator_name) in METHODS.items():
+    alone = {}  # the chosen order's partial profiles judged as the pipeline does: for the provisional rows
+    for method, (order, estimator_name, pool) in METHODS.items():
         masks = asked_masks(s, order, seed)
-        estimator = PartialProfileEstimator(method=estimator_name).fit(s.weights, s.known)
+        estimator = PartialProfileEstimator(method=estimator_name, pool=pool).fit(s.weights, s.known)
         for f, (fraction, count) in enumerate(zip(FRACTIONS, asked_counts(n_val), strict=True)):
             psi = estimator.estimate(np.where(masks[f], s.new, np.nan)).psi
-            if method == CHOSEN:
-                chosen_psi[fraction] = psi
+            if (order, estimator_name, pool) == (DEFAULT_ORDER, DEFAULT_ESTIMATOR, "mixed"):
+                alone[fraction] = psi
             row = {"seed": seed, "method": method, "fraction": fraction, "asked": count, "n_validation": n_val}
             rows.append(row | {"audc": route_audc(s, psi), "zero_audc": s.zero_audc})
-    return rows, [provisional_row(s, seed, fraction, psi, chosen_psi[1.0]) for fraction, psi in chosen_psi.items()]
+    return rows, [provisional_row(s, seed, fraction, psi, alone[1.0]) for fraction, psi in alone.items()]
 
 
 def provisional_row(s: Seed, seed: int, fraction: float, psi: np.ndarray, full: np.ndarray) -> dict:
@@ -223,11 +230,12 @@ def print_table(table: pl.DataFrame, k_per_seed: list[int], n_seeds: int) -> Non
     print(f"\n=== unseen-LLM AUDC vs share of the validation set asked ({n_seeds} seeds, mean; K {k_per_seed})")
     print("    gain = AUDC - ZeroRouter's (full profiles); % = share of the full profile's gain kept")
     head = "".join(f"{f:>7.0%} ({asked[f]:.0f}, {asked[f] / k:.1f}/cl)" for f in fractions)
-    print(f"{'order + estimator':<29}{head}")
+    width = max(map(len, METHODS)) + 2
+    print(f"{'order + estimator':<{width}}{head}")
     for method in METHODS:
         rows = table.filter(pl.col("method") == method).sort("fraction")
         cells = "".join(f"{r['audc_mean']:>9.4f} {r['share_of_full_gain']:>+7.0%}  " for r in rows.rows(named=True))
-        print(f"{method:<29}{cells}")
+        print(f"{method:<{width}}{cells}")
     print(f"(prompts asked of {n_val:.0f} validation prompts; /cl = per cluster on average)")
 
 

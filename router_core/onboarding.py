@@ -16,6 +16,14 @@ with :math:`d_i` the prompt's mean error among the known LLMs (its difficulty), 
 For a new LLM, :math:`c, z` (ridge, with the known LLMs' spread as the prior) and :math:`r` (shrunk toward 0) come
 from the answers asked; each cluster's Psi is then the weighted mean of the asked answers and the imputed ones, so
 the prior's weight in a cluster is exactly the share of its prompts not asked yet.
+
+How much to trust the model (the correction's prior weight, the number of directions, or no imputation at all:
+the asked answers' plain mean) is chosen for each set of asked prompts by leave-one-known-LLM-out, an empirical
+Bayes choice that adapts to the fraction and the data: each known LLM in turn is "onboarded" on the same prompts
+with a prior from the other known LLMs, and the setting whose Psi come closest to their full Psi wins. "Closest"
+is judged for the pool the Psi will route in (``pool``): one new LLM among fully profiled ones (the squared error)
+or a pool asked alike (the error left after a per-cluster shift and one overall scale common to every LLM, which
+change no routing choice along the cost sweep).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ __all__ = [
     "DEFAULT_ORDER",
     "ESTIMATORS",
     "ORDERS",
+    "POOLS",
     "OnboardingPlanner",
     "PartialProfile",
     "PartialProfileEstimator",
@@ -48,14 +57,15 @@ ORDERS = ("random", "stratified", "discriminative", "adaptive")
 #: known LLMs' main directions of disagreement and a per-cluster correction).
 ESTIMATORS = ("plain", "difficulty", "lowrank")
 #: The order the pipeline uses: on benchmarks/onboarding_cost.py it beat random order with the plain estimator at
-#: every fraction on the multi-task dataset (on MMLU-Pro, where routing gains < 0.01 AUDC, not at 10% and 20%).
+#: every fraction on the multi-task dataset and on full MMLU-Pro (on its 3,000-prompt sample not at 10% and 20%).
 DEFAULT_ORDER = "discriminative"
 #: The estimator the pipeline uses.
 DEFAULT_ESTIMATOR = "lowrank"
 #: The share of the validation prompts a new LLM is asked before its first router version (the pipeline's default of
-#: ``onboarding.fraction``): all of them until ``benchmarks/onboarding_cost.py`` supports less on every dataset it
-#: runs (at 50% it kept >= 90% of the full profile's routing gain on both 3,000-prompt samples, 82% on all of
-#: MMLU-Pro; at 20% at most about half). Users opt in to a partial first profile with a lower fraction.
+#: ``onboarding.fraction``). ``benchmarks/onboarding_cost.py`` supports 0.5 on all three runs (>= 90% of the full
+#: profile's routing gain kept: MMLU-Pro sample and full, the multi-task set; 20% kept >= 60% only on full
+#: MMLU-Pro), but the default stays 1.0, today's behaviour, until the demo's onboarding has been measured at 0.5;
+#: users opt in with ``onboarding.fraction`` / ``UNIROUTE_ONBOARDING_FRACTION``.
 DEFAULT_ONBOARDING_FRACTION = 1.0
 
 _CLIP = 0.02  # imputed error probabilities stay in [_CLIP, 1 - _CLIP]
@@ -90,6 +100,54 @@ class _Imputation:
     beta_cov: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Prior:
+    """What the known LLMs say about a new one: each prompt's ``difficulty`` (n,), the prompts' scores on the
+    known LLMs' main directions of disagreement ``factors`` (n, r), the prior variance of a new LLM's offset and
+    scores ``prior_var`` (1 + r,) and the answers' noise variance around the model ``noise_var``."""
+
+    difficulty: np.ndarray
+    factors: np.ndarray
+    prior_var: np.ndarray
+    noise_var: float
+
+    @classmethod
+    def fit(cls, errors: np.ndarray, rank: int) -> _Prior:
+        """From the known LLMs' errors (n, M), NaN = not collected (filled with the LLM's mean)."""
+        filled = np.where(np.isnan(errors), np.nanmean(errors, axis=0), errors)
+        difficulty = filled.mean(axis=1)
+        residual = filled - difficulty[:, None]
+        offsets = residual.mean(axis=0)
+        residual -= offsets
+        rank = min(rank, max(errors.shape[1] - 1, 0))
+        u, s, vt = np.linalg.svd(residual, full_matrices=False)
+        loadings = vt[:rank].T  # (M, r), unit norm: the known LLMs' scores
+        factors = u[:, :rank] * s[:rank]
+        prior_var = np.r_[max(offsets.var(), 1e-4), np.maximum(loadings.var(axis=0), 1e-4)]
+        noise_var = max(float((residual - factors @ loadings.T).var()), 0.05)
+        return cls(difficulty, factors, prior_var, noise_var)
+
+    def design(self) -> np.ndarray:
+        """(n, 1 + r): the LLM offset's column and the prompts' factor scores."""
+        return np.column_stack([np.ones(len(self.difficulty)), self.factors])
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """How one partial profile is imputed: factor directions used and the per-cluster correction's prior weight
+    in prompts (``inf``: no correction)."""
+
+    rank: int
+    cluster_weight: float
+    impute: bool = True
+
+
+#: The pools ``cluster_weight="cv"`` can judge Psi for (see :class:`PartialProfileEstimator`'s ``pool``).
+POOLS = ("mixed", "partial")
+#: The per-cluster correction's prior weights (in prompts) that ``cluster_weight="cv"`` chooses among.
+CV_CLUSTER_WEIGHTS = (0.5, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, np.inf)
+
+
 class PartialProfileEstimator:
     """Psi of new LLMs from the validation prompts they were asked, shrunk toward what the known LLMs imply.
 
@@ -97,12 +155,18 @@ class PartialProfileEstimator:
     ----------
     shrinkage : the prior weight in prompts of :func:`router_core.features.llm_error_features` (the pipeline's).
     method : one of :data:`ESTIMATORS`.
-    rank : principal directions of the known LLMs' errors used by ``lowrank``.
-    cluster_weight : the per-cluster correction's prior weight in prompts (``lowrank``); None: estimated from the
-        known LLMs' spread around their own low-rank fit, which over-shrinks (that fit absorbs their cluster
-        effects), so that a half-asked cluster kept only part of its specialisation on the benchmark.
+    rank : principal directions of the known LLMs' errors used by ``lowrank`` (with ``"cv"``: at most).
+    cluster_weight : the per-cluster correction's prior weight in prompts (``lowrank``); ``"cv"`` (the default):
+        chosen, with the number of directions, for each set of asked prompts by leave-one-known-LLM-out: each known
+        LLM in turn is profiled on the same prompts with a prior from the other known LLMs, and the setting whose
+        Psi is closest to that LLM's full Psi (squared error weighted by cluster mass, summed over the known LLMs)
+        is used; None: estimated from the known LLMs' spread around their own low-rank fit (over-shrinks).
     answers_per_factor : a new LLM's factor scores are fitted only with this many answers each (``lowrank``: with
         fewer answers, fewer of the ``rank`` directions are used).
+    pool : what ``"cv"`` judges Psi by (:data:`POOLS`): ``"mixed"`` (the pipeline's case: the new LLM is routed
+        among fully profiled ones, so its Psi's squared error counts as it is); ``"partial"`` (every LLM routed is
+        asked the same prompts, as when several are onboarded together: the error left after a per-cluster shift
+        and one overall scale, which change no routing choice when all LLMs share them).
     """
 
     def __init__(
@@ -110,8 +174,9 @@ class PartialProfileEstimator:
         shrinkage: float = 0.0,
         method: str = DEFAULT_ESTIMATOR,
         rank: int = 2,
-        cluster_weight: float | None = 15.0,
+        cluster_weight: float | str | None = "cv",
         answers_per_factor: int = 30,
+        pool: str = "mixed",
     ) -> None:
         if method not in ESTIMATORS:
             raise RouterInputError("method", method, f"must be one of {list(ESTIMATORS)}")
@@ -119,9 +184,12 @@ class PartialProfileEstimator:
             raise RouterInputError("rank", rank, "must be an integer >= 0")
         if not isinstance(answers_per_factor, int | np.integer) or answers_per_factor < 1:
             raise RouterInputError("answers_per_factor", answers_per_factor, "must be an integer >= 1")
-        if cluster_weight is not None and not cluster_weight > 0:
-            raise RouterInputError("cluster_weight", cluster_weight, "must be > 0 (or None: estimated)")
+        if not (cluster_weight is None or cluster_weight == "cv" or _positive(cluster_weight)):
+            raise RouterInputError("cluster_weight", cluster_weight, "must be > 0, 'cv' or None (estimated)")
+        if pool not in POOLS:
+            raise RouterInputError("pool", pool, f"must be one of {list(POOLS)}")
         self.shrinkage = shrinkage
+        self.pool = pool
         self.method = method
         self.rank = rank
         self.cluster_weight = cluster_weight
@@ -134,60 +202,96 @@ class PartialProfileEstimator:
         self.assignments_ = weights
         self.known_psi_ = llm_error_features(weights, errors, self.shrinkage)
         self.imputes_ = self.method != "plain" and errors.shape[1] > 0  # no known LLM: nothing to impute from
+        self._settings: dict[bytes, _Setting] = {}
         if self.imputes_:
             self._fit_prior(errors)
         return self
 
     def _fit_prior(self, errors: np.ndarray) -> None:
-        """Difficulty, factors, prior and noise variances from the known LLMs' errors."""
-        filled = np.where(np.isnan(errors), np.nanmean(errors, axis=0), errors)
-        self.difficulty_ = filled.mean(axis=1)
-        residual = filled - self.difficulty_[:, None]
-        offsets = residual.mean(axis=0)
-        residual -= offsets
-        rank = 0 if self.method != "lowrank" else min(self.rank, max(errors.shape[1] - 1, 0))
-        u, s, vt = np.linalg.svd(residual, full_matrices=False)
-        self.factors_ = u[:, :rank] * s[:rank]  # (n, r); the known LLMs' loadings are vt[:rank] (unit norm)
-        loadings = vt[:rank].T  # (M, r)
-        self.prior_var_ = np.r_[max(offsets.var(), 1e-4), np.maximum(loadings.var(axis=0), 1e-4)]
-        rest = residual - self.factors_ @ loadings.T
-        self.noise_var_ = max(float(rest.var()), 0.05)
-        self.cluster_prior_var_ = 0.0
-        if self.method == "lowrank":
-            weight = self.cluster_weight
-            self.cluster_prior_var_ = self._cluster_variance(rest) if weight is None else self.noise_var_ / weight
+        """The prior from every known LLM; with ``cv``, also each known LLM's leave-one-out prior."""
+        lowrank = self.method == "lowrank"
+        self.prior_ = _Prior.fit(errors, self.rank if lowrank else 0)
+        self.difficulty_, self.factors_ = self.prior_.difficulty, self.prior_.factors
+        self.prior_var_, self.noise_var_ = self.prior_.prior_var, self.prior_.noise_var
+        complete = np.flatnonzero(~np.isnan(errors).any(axis=0))
+        self.cv_ = lowrank and self.cluster_weight == "cv" and len(complete) >= 3
+        if self.cv_:  # (prior without LLM m, m's errors, m's full Psi) for each completely known LLM m
+            self.held_out_ = [
+                (_Prior.fit(np.delete(errors, m, axis=1), self.rank), errors[:, m], self.known_psi_[m])
+                for m in complete
+            ]
+        weight = self.cluster_weight
+        if not lowrank:
+            weight = np.inf
+        elif weight is None:
+            weight = self.noise_var_ / self._cluster_variance(errors)
+        elif weight == "cv":
+            weight = 15.0  # too few complete known LLMs to choose by: the weight the benchmark chose before
+        self.default_setting_ = _Setting(self.factors_.shape[1], float(weight))
 
-    def _cluster_variance(self, rest: np.ndarray) -> float:
-        """Between-LLM variance of the per-cluster mean residual, less its sampling noise (at least 1e-4)."""
+    def _cluster_variance(self, errors: np.ndarray) -> float:
+        """Between-LLM variance of the per-cluster mean residual around the known LLMs' low-rank fit, less its
+        sampling noise (at least 1e-4)."""
+        filled = np.where(np.isnan(errors), np.nanmean(errors, axis=0), errors)
+        residual = filled - self.difficulty_[:, None]
+        residual -= residual.mean(axis=0)
+        loadings = np.linalg.lstsq(self.factors_, residual, rcond=None)[0] if self.factors_.size else None
+        rest = residual if loadings is None else residual - self.factors_ @ loadings
         mass = self.assignments_.sum(axis=0)
         means = (self.assignments_.T @ rest) / np.maximum(mass, 1e-12)[:, None]  # (K, M)
         noise = self.noise_var_ / np.maximum(effective_counts(self.assignments_), 1.0)
         return float(max(np.mean(means**2 - noise[:, None]), 1e-4))
 
+    def _setting(self, asked: np.ndarray) -> _Setting:
+        """The imputation setting for LLMs asked the prompts ``asked`` (n,) bool: leave-one-known-LLM-out's
+        choice with ``cv`` (cached per set of asked prompts), else the fixed one."""
+        if not self.cv_:
+            return self.default_setting_
+        key = np.packbits(asked).tobytes()
+        if key not in self._settings:
+            candidates = [_Setting(r, w) for r in range(self.rank + 1) for w in CV_CLUSTER_WEIGHTS]
+            candidates.append(_Setting(0, np.inf, impute=False))
+            loss = [self._held_out_loss(c, asked) for c in candidates]
+            self._settings[key] = candidates[int(np.argmin(loss))]
+        return self._settings[key]
+
+    def _held_out_loss(self, setting: _Setting, asked: np.ndarray) -> float:
+        """Mass-weighted squared error of the known LLMs' Psi, each profiled on ``asked`` with a prior from the
+        others, against their full Psi."""
+        estimates, full = [], []
+        for prior, errors, psi in self.held_out_:
+            partial = np.where(asked, errors, np.nan)
+            if setting.impute:
+                partial = self._impute(partial, prior, setting).filled
+            estimates.append(llm_error_features(self.assignments_, partial, self.shrinkage)[0])
+            full.append(psi)
+        return _routing_loss(np.array(estimates), np.array(full), self.assignments_.sum(axis=0), self.pool)
+
     def _design(self) -> np.ndarray:
         """(n, 1 + rank): the LLM offset's column and the prompts' factor scores."""
-        return np.column_stack([np.ones(self.assignments_.shape[0]), self.factors_])
+        return self.prior_.design()
 
-    def _impute(self, errors: np.ndarray) -> _Imputation:
-        """Fill the NaN of one LLM's errors (n,) from the fitted model and its observed answers."""
+    def _impute(self, errors: np.ndarray, prior: _Prior | None = None, setting: _Setting | None = None) -> _Imputation:
+        """Fill the NaN of one LLM's errors (n,) from the fitted model (or ``prior``) and its observed answers."""
         weights, asked = self.assignments_, ~np.isnan(errors)
-        k = weights.shape[1]
-        used = 1 + min(self.factors_.shape[1], int(asked.sum()) // self.answers_per_factor)
-        design = self._design()[:, :used]
-        x, y = design[asked], errors[asked] - self.difficulty_[asked]
-        precision = x.T @ x / self.noise_var_ + np.diag(1.0 / self.prior_var_[:used])
-        beta = np.linalg.solve(precision, x.T @ y / self.noise_var_)
-        p = self.difficulty_ + design @ beta
-        cluster_var = np.zeros(k)
-        if self.cluster_prior_var_ > 0:
+        prior = self.prior_ if prior is None else prior
+        setting = self._setting(asked) if setting is None else setting
+        rank = min(setting.rank, prior.factors.shape[1], int(asked.sum()) // self.answers_per_factor)
+        design = prior.design()[:, : 1 + rank]
+        x, y = design[asked], errors[asked] - prior.difficulty[asked]
+        precision = x.T @ x / prior.noise_var + np.diag(1.0 / prior.prior_var[: 1 + rank])
+        beta = np.linalg.solve(precision, x.T @ y / prior.noise_var)
+        p = prior.difficulty + design @ beta
+        cluster_var = np.zeros(weights.shape[1])
+        if np.isfinite(setting.cluster_weight):
             w_asked = weights[asked]
-            alpha = self.noise_var_ / self.cluster_prior_var_  # the correction's prior weight, in prompts
-            correction = w_asked.T @ (errors[asked] - p[asked]) / (w_asked.sum(axis=0) + alpha)
+            correction = w_asked.T @ (errors[asked] - p[asked]) / (w_asked.sum(axis=0) + setting.cluster_weight)
             p = p + weights @ correction
-            cluster_var = 1.0 / (1.0 / self.cluster_prior_var_ + effective_counts(w_asked) / self.noise_var_)
+            cluster_prior_var = prior.noise_var / setting.cluster_weight
+            cluster_var = 1.0 / (1.0 / cluster_prior_var + effective_counts(w_asked) / prior.noise_var)
         p = np.clip(p, _CLIP, 1 - _CLIP)
-        beta_cov = np.diag(self.prior_var_)  # the directions not fitted keep their prior's variance
-        beta_cov[:used, :used] = np.linalg.inv(precision)
+        beta_cov = np.diag(prior.prior_var)  # the directions not fitted keep their prior's variance
+        beta_cov[: 1 + rank, : 1 + rank] = np.linalg.inv(precision)
         return _Imputation(np.where(asked, errors, p), p, cluster_var, beta_cov)
 
     def estimate(self, errors: np.ndarray, complete: np.ndarray | None = None) -> PartialProfile:
@@ -207,7 +311,9 @@ class PartialProfileEstimator:
         se = self._sampling_se(psi, effective_counts_per_llm(self.assignments_, observed))
         partial = ~complete if self.imputes_ else np.zeros_like(complete)
         for j in np.flatnonzero(partial):
-            psi[j], se[j] = self._imputed(self._impute(errors[:, j]), observed[:, j])
+            setting = self._setting(observed[:, j])
+            if setting.impute:
+                psi[j], se[j] = self._imputed(self._impute(errors[:, j], setting=setting), observed[:, j])
         return PartialProfile(psi=psi, standard_error=se, asked=observed.sum(axis=0))
 
     def _sampling_se(self, psi: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -348,3 +454,19 @@ def _proportional(home: np.ndarray, within: np.ndarray, rng: np.random.Generator
         members = within[home[within] == k]
         keys[members] = (np.arange(len(members)) + offsets[k]) / len(members)
     return within[np.argsort(keys[within], kind="stable")]
+
+
+def _positive(value: object) -> bool:
+    """A number > 0 (not a bool, not NaN)."""
+    return isinstance(value, int | float | np.number) and not isinstance(value, bool) and value > 0
+
+
+def _routing_loss(estimates: np.ndarray, full: np.ndarray, mass: np.ndarray, pool: str) -> float:
+    """How far estimated Psi (M, K) are from the full ones for routing: the mass-weighted squared error, for
+    ``pool="partial"`` after removing what leaves the router's choices unchanged when every LLM's Psi has it (a
+    per-cluster shift and one overall scale, which the cost sweep absorbs)."""
+    if pool == "mixed":
+        return float(mass @ ((estimates - full) ** 2).sum(axis=0))
+    x, y = estimates - estimates.mean(axis=0), full - full.mean(axis=0)
+    scale = float(mass @ (x * y).sum(axis=0)) / max(float(mass @ (x * x).sum(axis=0)), 1e-12)
+    return float(mass @ ((y - scale * x) ** 2).sum(axis=0))

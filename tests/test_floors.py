@@ -70,3 +70,16 @@ def test_dagster_and_mlflow_stay_out_of_the_rooms_loaded_without_them(room):
 def test_every_room_is_listed():
     rooms = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
     assert rooms == set(MAY_IMPORT)
+
+
+def test_the_litellm_plug_in_imports_only_litellm_httpx_and_the_standard_library():
+    """integrations/litellm_uniroute installs into LiteLLM's environment: nothing of ours, no third party but the
+    two its pyproject.toml names (it asks the gateway over HTTP)."""
+    import sys
+
+    package = ROOT / "integrations" / "litellm_uniroute" / "litellm_uniroute"
+    allowed = {"litellm", "httpx", "litellm_uniroute", "__future__"} | set(sys.stdlib_module_names)
+    wrong = {
+        f"{p.relative_to(ROOT)} imports {sorted(bad)}" for p in package.rglob("*.py") if (bad := _imports(p) - allowed)
+    }
+    assert package.is_dir() and not wrong

@@ -99,11 +99,12 @@ def test_a_copied_data_home_routes_from_its_own_files(pipeline_snapshot, tmp_pat
     shutil.rmtree(first.root)
     with contextlib.closing(sqlite3.connect(registry.sqlite_path(home.tracking_uri))) as con:
         stored = con.execute(
-            "SELECT artifact_location FROM experiments WHERE name = 'uniroute' "
+            "SELECT artifact_location FROM experiments WHERE name IN ('uniroute', 'uniroute-alias-moves') "
             "UNION ALL SELECT artifact_uri FROM runs UNION ALL SELECT artifact_location FROM logged_models "
             "UNION ALL SELECT storage_location FROM model_versions"
         ).fetchall()
-    assert len(stored) == 4 and all(uri.startswith(home.root.as_uri() + "/") for (uri,) in stored), stored
+    # two experiments, the router's run and the run recording champion's move, its logged model and model version
+    assert len(stored) == 6 and all(uri.startswith(home.root.as_uri() + "/") for (uri,) in stored), stored
     with wh.connect_read_only(home.warehouse) as con:
         assert Path(wh.latest_cluster_map(con)["path"]).is_relative_to(home.root)
     registry.configure(home.tracking_uri)

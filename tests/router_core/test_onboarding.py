@@ -14,11 +14,13 @@ from router_core import (
     RouterInputError,
     llm_error_features,
 )
+from router_core.onboarding import _routing_loss
 
 
-def population(seed: int = 0, n: int = 480, k: int = 8, known: int = 16, new: int = 12):
+def population(seed: int = 0, n: int = 480, k: int = 8, known: int = 16, new: int = 12, quirk: float = 0.0):
     """Hard cluster weights (n, K) and 0/1 errors of a low-rank population: each LLM is an overall skill plus a
-    mix of two specialisms (clusters 0-3 vs 4-7), each prompt a difficulty."""
+    mix of two specialisms (clusters 0-3 vs 4-7), each prompt a difficulty; ``quirk`` > 0 adds each LLM its own
+    offset per cluster (sd ``quirk`` on the logit scale), which no known LLM predicts."""
     rng = np.random.default_rng(seed)
     home = rng.integers(0, k, size=n)
     weights = np.eye(k)[home]
@@ -27,6 +29,7 @@ def population(seed: int = 0, n: int = 480, k: int = 8, known: int = 16, new: in
     tilt = rng.normal(0, 1.0, size=known + new)
     difficulty = rng.normal(0, 1.2, size=n)
     logits = difficulty[:, None] - skill[None, :] + specialism[home][:, None] * tilt[None, :]
+    logits += rng.normal(0, quirk, size=(k, known + new))[home]
     errors = (rng.uniform(size=logits.shape) < 1 / (1 + np.exp(-logits))).astype(float)
     return weights, errors[:, :known], errors[:, known:]
 
@@ -69,6 +72,38 @@ def test_on_a_low_rank_population_the_prior_beats_the_plain_mean():
         rmse[method] = float(np.sqrt(np.mean((psi - full) ** 2)))
     assert rmse["lowrank"] < 0.75 * rmse["plain"], rmse
     assert rmse["lowrank"] < rmse["difficulty"] < rmse["plain"], rmse
+
+
+@pytest.mark.parametrize("share", [0.2, 0.5])
+def test_cross_validated_shrinkage_adapts_to_how_much_the_known_llms_leave_unexplained(share):
+    """The per-cluster correction's weight is chosen by leave-one-known-LLM-out: light where LLMs have quirks of
+    their own per cluster (a fixed weight of 15 over-shrinks them), heavy where the known LLMs' structure explains
+    everything; either way Psi is closer to the full profile's than with the fixed weight."""
+    order = np.random.default_rng(1).permutation(480)
+    for quirk, light in ((1.5, True), (0.0, False)):
+        weights, known, new = population(quirk=quirk)
+        full, partial = llm_error_features(weights, new), ask(new, order[: int(share * 480)])
+        cv = PartialProfileEstimator().fit(weights, known)
+        fixed = PartialProfileEstimator(cluster_weight=15.0).fit(weights, known)
+        rmse = {
+            name: float(np.sqrt(np.mean((estimator.estimate(partial).psi - full) ** 2)))
+            for name, estimator in (("cv", cv), ("fixed", fixed))
+        }
+        assert rmse["cv"] < rmse["fixed"], (quirk, rmse)
+        weight = cv._setting(~np.isnan(partial[:, 0])).cluster_weight
+        assert (weight < 15) if light else (weight > 15), (quirk, weight)
+
+
+def test_a_partial_pool_is_judged_up_to_what_leaves_routing_unchanged():
+    """Asked the same prompts, every LLM's Psi shifted per cluster and scaled alike routes the same: ``partial``
+    does not count it, ``mixed`` (one new LLM among full profiles, where it does matter) does."""
+    rng = np.random.default_rng(0)
+    full, mass = rng.uniform(size=(6, 4)), rng.uniform(1, 5, size=4)
+    alike = 0.5 * full + rng.normal(size=4)
+    assert _routing_loss(alike, full, mass, "partial") == pytest.approx(0, abs=1e-12)
+    assert _routing_loss(alike, full, mass, "mixed") > 0.1
+    noisy = full + rng.normal(0, 0.1, size=full.shape)
+    assert _routing_loss(noisy, full, mass, "partial") > 1e-3
 
 
 def test_the_standard_error_shrinks_as_more_is_asked_and_covers_the_full_profile():
@@ -151,6 +186,8 @@ def test_adaptive_picks_from_the_answers_and_never_repeats_a_prompt():
         (lambda w, e: PartialProfileEstimator(method="median"), "method"),
         (lambda w, e: PartialProfileEstimator(rank=-1), "rank"),
         (lambda w, e: PartialProfileEstimator(cluster_weight=0.0), "cluster_weight"),
+        (lambda w, e: PartialProfileEstimator(cluster_weight="auto"), "cluster_weight"),
+        (lambda w, e: PartialProfileEstimator(pool="all"), "pool"),
         (lambda w, e: PartialProfileEstimator(answers_per_factor=0), "answers_per_factor"),
         (lambda w, e: OnboardingPlanner().fit(w, e[:-1]), "errors"),
         (lambda w, e: PartialProfileEstimator().fit(w, e).estimate(e[:-1]), "errors"),
