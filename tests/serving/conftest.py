@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,20 @@ import pytest
 from router_core import Embedder, KMeansClusterMap, UniRouter, save_router
 
 PRICES = {"cheap": 0.1, "math-pro": 1.0, "generalist": 4.0}
+
+
+def decision_of(root, request_id: str) -> dict:
+    """The decision record of ``request_id`` under ``root/decisions``, once written (off the request path, within
+    its flush interval)."""
+    from serving.decisions import read_decisions
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = read_decisions(root / "decisions").filter(pl.col("request_id") == request_id)
+        if found.height:
+            return found.row(0, named=True)
+        time.sleep(0.2)
+    raise AssertionError(f"no decision recorded for request {request_id}")
 
 
 def register_fixture_router(root, data_dir, llms: list[str], onnx_cache, embedder: Embedder | None = None) -> str:

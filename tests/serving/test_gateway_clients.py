@@ -20,6 +20,7 @@ from replay import ReplayServer
 from router_core.servable import ServableRouter
 from serving import registry_files
 from serving.decisions import decision_files, read_decisions
+from tests.serving.conftest import decision_of
 
 from .conftest import gateway_process, write_gateway_catalog
 
@@ -238,24 +239,13 @@ def test_the_decision_log_records_every_chat_request(served):
     assert set(frame["key_id"]) <= {"alice", "bob", "carol", "dave"}
 
 
-def _decision(root, request_id: str) -> dict:
-    """The decision record of ``request_id``, once written (off the request path, within its flush interval)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = read_decisions(root / "decisions").filter(pl.col("request_id") == request_id)
-        if found.height:
-            return found.row(0, named=True)
-        time.sleep(0.2)
-    raise AssertionError(f"no decision recorded for request {request_id}")
-
-
 def test_a_routed_decision_keeps_what_learning_needs_and_no_text(served, mmlu_like_dir, registry_uri):
     url, _, root = served
     client, prompt = _client(url), _prompt(mmlu_like_dir, "history")
     raw = client.chat.completions.with_raw_response.create(
         model="uniroute", messages=[{"role": "user", "content": prompt}], extra_body={"cost_weight": 0.0}
     )
-    record = _decision(root, raw.headers["x-request-id"])
+    record = decision_of(root, raw.headers["x-request-id"])
     # what `uniroute route` loads: the champion's files, straight from the sqlite registry
     router = ServableRouter().load_dir(
         registry_files.router_dir(registry_files.sqlite_path(registry_uri), "models:/uniroute@champion")
@@ -274,7 +264,7 @@ def test_a_routed_decision_keeps_what_learning_needs_and_no_text(served, mmlu_li
     named = client.chat.completions.with_raw_response.create(
         model="cheap", messages=[{"role": "user", "content": prompt}]
     )
-    passed = _decision(root, named.headers["x-request-id"])
+    passed = decision_of(root, named.headers["x-request-id"])
     learned = ("embedder_id", "cluster_weights", "ranked_llms", "ranked_predicted_error", "ranked_predicted_cost")
     assert all(passed[c] is None for c in learned) and passed["chosen_llm"] == "cheap"
     stored = b"".join(f.read_bytes() for f in decision_files(root / "decisions"))

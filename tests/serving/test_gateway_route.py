@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import Counter
 
 import httpx
 import openai
-import polars as pl
 import pytest
 
 from replay import ReplayServer
 from router_core import budget_mix
 from router_core.servable import ServableRouter
 from serving import registry_files
-from serving.decisions import read_decisions
 from serving.keys import KeyPolicy, KeyStore
 from serving.ledger import SqliteLedger
+from tests.serving.conftest import decision_of
 
 from .conftest import gateway_process, write_gateway_catalog
 
@@ -217,7 +215,7 @@ def test_a_key_bounded_chat_request_is_recorded_and_streamed_with_its_bound(serv
     url, _, root = served
     tenant = _client(url, "tenant")
     raw = _chat(tenant, prompts[1], max_cost_per_query=3.0)  # bounded by the key's
-    record = _decision(root, raw.headers["x-request-id"])
+    record = decision_of(root, raw.headers["x-request-id"])
     assert (record["budget_kind"], record["budget_value"]) == ("max_cost_per_query", TENANT_MAX_COST)
     assert raw.headers["X-UniRoute-Bounded-By"] == f"max_cost_per_query={TENANT_MAX_COST:g} (key)"
 
@@ -229,14 +227,3 @@ def test_a_key_bounded_chat_request_is_recorded_and_streamed_with_its_bound(serv
     explained = _route(url, "tenant", body).json()
     assert summary["llm"] == explained["chosen_llm"] and summary["runner_up"] == explained["ranked"][1]["llm"]
     assert summary["bounded_by"] == {"kind": "max_cost_per_query", "value": TENANT_MAX_COST, "source": "key"}
-
-
-def _decision(root, request_id: str) -> dict:
-    """The decision record of ``request_id``, once written (off the request path, within its flush interval)."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = read_decisions(root / "decisions").filter(pl.col("request_id") == request_id)
-        if found.height:
-            return found.row(0, named=True)
-        time.sleep(0.2)
-    raise AssertionError(f"no decision recorded for request {request_id}")
