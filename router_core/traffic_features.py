@@ -242,9 +242,13 @@ def traffic_changed_cells(
     """(M, K) True where an LLM's traffic in a cluster shows it changed (module doc): its error count's exact tail
     under "unchanged" (worse beyond the winner's-curse offset, or better) is below ``alpha`` / (2 x cells with
     traffic), so in an unchanged pool no cell is True with probability >= 1 - ``alpha``."""
+    return _changed(_cell_noise(psi, validation_counts, stats), alpha, selection_margin)
+
+
+def _changed(c: _CellNoise, alpha: float, selection_margin: float) -> np.ndarray:
+    """:func:`traffic_changed_cells` on cells whose noise is already worked out."""
     if not 0 < alpha < 1:
         raise RouterInputError("alpha", alpha, "must be in (0, 1)")
-    c = _cell_noise(psi, validation_counts, stats)
     changed = np.zeros(c.seen.shape, dtype=bool)
     if c.seen.any():
         shifted = np.minimum(c.psi + selection_margin * np.sqrt(c.s_v2), 1.0)
@@ -270,8 +274,8 @@ def traffic_change_share(
     >>> traffic_change_share(np.array([[0.2, 0.2]]), np.array([[40.0, 40.0]]), stats).round(2).tolist()
     [[0.5, 0.99]]
     """
-    changed = traffic_changed_cells(psi, validation_counts, stats, alpha, selection_margin)
     c = _cell_noise(psi, validation_counts, stats)
+    changed = _changed(c, alpha, selection_margin)
     share = np.zeros(c.seen.shape)
     if not c.seen.any():
         return share
