@@ -7,7 +7,7 @@ After deployment, :mod:`router_core.coverage` tells whether traffic still looks 
 :mod:`router_core.traffic_features` blends Psi with observed traffic outcomes.
 Baselines share the API; :mod:`router_core.evaluation` measures deferral curves and
 :mod:`router_core.plots` draws them; :mod:`router_core.online` compares what the router predicted with what traffic
-shows.
+shows, and :mod:`router_core.recheck` confirms a suspected drift by asking stored prompts again.
 No Dagster, no MLflow: those layers call this one.
 """
 
@@ -85,6 +85,15 @@ from router_core.plots import (
     plot_rollout,
     version_figures,
 )
+from router_core.recheck import (
+    DEFAULT_CONFIRM_Z,
+    DEFAULT_RECHECK_PROMPTS,
+    DEFAULT_SUSPECT_MIN_COUNT,
+    DEFAULT_SUSPECT_Z,
+    paired_change,
+    recheck_plan,
+    suspect_cells,
+)
 from router_core.rollout import RolloutDecision, RolloutRules, rollout_comparison, rollout_decision, shadowed_requests
 from router_core.routers import KNNRouter, OracleRouter, RandomRouter, Router, UniRouter, ZeroRouter, choose
 from router_core.scoring import PoolFit, RouterScores, fit_pool, score_router
@@ -108,13 +117,17 @@ __all__ = [
     "DEFAULT_ACCURACY_TOLERANCE",
     "DEFAULT_BACKEND",
     "DEFAULT_CHANGE_ALPHA",
+    "DEFAULT_CONFIRM_Z",
     "DEFAULT_EMBEDDER",
     "DEFAULT_ESTIMATOR",
     "DEFAULT_MAX_SEQ_LENGTH",
     "DEFAULT_MIN_COUNT",
     "DEFAULT_ONBOARDING_FRACTION",
     "DEFAULT_ORDER",
+    "DEFAULT_RECHECK_PROMPTS",
     "DEFAULT_SELECTION_MARGIN",
+    "DEFAULT_SUSPECT_MIN_COUNT",
+    "DEFAULT_SUSPECT_Z",
     "DEFAULT_VALIDATION_COUNT",
     "ESTIMATORS",
     "ORDERS",
@@ -179,6 +192,7 @@ __all__ = [
     "online_evaluation",
     "operating_point",
     "out_of_fold_errors",
+    "paired_change",
     "plot_coverage",
     "plot_deferral_curves",
     "plot_drift_heatmap",
@@ -190,6 +204,7 @@ __all__ = [
     "psi_drift",
     "qnc",
     "quality_vs_cost",
+    "recheck_plan",
     "rollout_comparison",
     "rollout_decision",
     "save_cluster_map",
@@ -200,6 +215,7 @@ __all__ = [
     "split_traffic_outcomes",
     "stratified_traffic_sample",
     "summarize_curve",
+    "suspect_cells",
     "traffic_change_share",
     "traffic_changed_cells",
     "traffic_error_stats",
