@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -363,8 +365,16 @@ class EmbeddingCache:
         return np.stack([stored[k] for k in keys]).astype(np.float32, copy=False)
 
     def _write(self, embedder_id: str, stored: dict[str, np.ndarray]) -> None:
+        """Add ``stored`` to the file: under an exclusive lock, merged with what other processes wrote since this
+        one read it (so concurrent runs keep each other's vectors), through a temporary file of this writer's own
+        and an atomic rename (a killed run never leaves a half-written cache)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(embedder_id)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, hashes=np.array(list(stored)), vectors=np.stack(list(stored.values())))
-        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = self._read(embedder_id)
+            merged.update(stored)
+            stored.update(merged)
+            tmp = path.with_name(f"{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp.npz")
+            np.savez(tmp, hashes=np.array(list(merged)), vectors=np.stack(list(merged.values())))
+            tmp.replace(path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -54,6 +57,30 @@ def test_cache_embeds_each_prompt_once(tmp_path, onnx_cache):
     assert np.array_equal(first[1], second[0]) and np.array_equal(first[0], first[2])
     fresh = EmbeddingCache(tmp_path).embed(CountingEmbedder(cache_dir=onnx_cache), ["a new one"])
     assert np.array_equal(fresh[0], second[1])
+
+
+class BarrierEmbedder(Embedder):
+    """The real embedder, waiting until every writer has read the cache file before it embeds."""
+
+    barrier: threading.Barrier
+
+    def embed(self, texts):
+        self.barrier.wait(timeout=30)
+        return super().embed(texts)
+
+
+def test_concurrent_runs_keep_each_others_vectors(tmp_path, onnx_cache):
+    """Two runs read the cache, embed different prompts and write: the file must hold both runs' vectors."""
+    embedder = BarrierEmbedder(cache_dir=onnx_cache)
+    embedder.barrier = threading.Barrier(2)
+    prompts = [["first run's prompt", "shared prompt"], ["second run's prompt"]]
+    with ThreadPoolExecutor(2) as pool:
+        vectors = list(pool.map(lambda texts: EmbeddingCache(tmp_path).embed(embedder, texts), prompts))
+    counting = CountingEmbedder(cache_dir=onnx_cache)
+    again = EmbeddingCache(tmp_path).embed(counting, [*prompts[0], *prompts[1]])
+    assert getattr(counting, "calls", []) == []  # every vector was on disk
+    assert np.array_equal(again, np.concatenate(vectors))
+    assert sorted(p.name for p in tmp_path.iterdir() if "tmp" in p.name) == []
 
 
 @pytest.fixture(scope="module")
