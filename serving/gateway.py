@@ -321,7 +321,7 @@ class Gateway:
         """``POST /v1/route``: a chat body's ranking and why (:func:`serving.explain.explanation`), as the same chat
         request would be routed; nothing is forwarded, held or charged."""
         chat = await self._chat_request(request)
-        choice = self.rollout.choose(self.router, request.state.key.key_id, chat)
+        choice = self.rollout.choose(self.router, request.state.key.key_id, chat, explained=True)
         if choice is None:
             return error_response(503, "not ready: no router loaded yet", None, "not_ready", {"Retry-After": "5"})
         explain.require_routed(chat)

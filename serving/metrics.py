@@ -116,6 +116,12 @@ class GatewayMetrics:
             ["version", "alias"],
             registry=r,
         )
+        self.route_queries = Counter(
+            "uniroute_route_queries",
+            "POST /v1/route explanations by the router version that ranked them and its alias (nothing served).",
+            ["version", "alias"],
+            registry=r,
+        )
         self.shadow = Counter(
             "uniroute_shadow",
             "Shadow rankings of routed requests: agreed or disagreed with the served choice, failed, or "
@@ -155,6 +161,9 @@ class GatewayMetrics:
 
     def observe_version(self, version: str, alias: str) -> None:
         self.routed.labels(_label(version), _label(alias)).inc()
+
+    def observe_route_query(self, version: str, alias: str) -> None:
+        self.route_queries.labels(_label(version), _label(alias)).inc()
 
     def observe_shadow(self, outcome: str) -> None:
         self.shadow.labels(_label(outcome)).inc()

@@ -72,6 +72,7 @@ class Choice:
     shadow: LoadedRouter | None = None
     embeds: LoadedRouter | None = None
     shadowed: Shadow | None = None
+    explained: bool = False  #: a ``POST /v1/route`` query: ranked like chat, counted apart, nothing served
 
     def decision_fields(self) -> dict:
         """The decision record's ``served_alias`` and ``shadow_*`` fields (null without a shadow)."""
@@ -128,16 +129,20 @@ class Rollout:
         freeze_heap()
         log.info("shadowing with %s@%s version %s", self.name, CHALLENGER, router.version)
 
-    def choose(self, champion: LoadedRouter | None, key_id: str, chat: ChatRequest) -> Choice | None:
+    def choose(
+        self, champion: LoadedRouter | None, key_id: str, chat: ChatRequest, explained: bool = False
+    ) -> Choice | None:
         """The versions this request meets (None: no router loaded yet). A named-model request, or any request
-        while no challenger is loaded, meets the champion alone."""
+        while no challenger is loaded, meets the champion alone. ``explained``: a ``POST /v1/route`` query, counted
+        in ``uniroute_route_queries_total`` instead of the served requests' metrics."""
         challenger = self.challenger
         if champion is None or challenger is None or not chat.routed:
-            return None if champion is None else Choice(champion, self.alias)
+            return None if champion is None else Choice(champion, self.alias, explained=explained)
         canary = canary_position(key_id, chat.forward.get("user"), chat.prompt) < self.canary_fraction
         served, other = (challenger, champion) if canary else (champion, challenger)
         embeds = champion if _shares_vectors(served, champion) else served
-        return Choice(served, CHALLENGER if canary else self.alias, other if self.shadow else None, embeds)
+        alias = CHALLENGER if canary else self.alias
+        return Choice(served, alias, other if self.shadow else None, embeds, explained=explained)
 
     async def rank(self, choice: Choice, chat: ChatRequest, params: dict, endpoints: dict, policy: KeyPolicy) -> dict:
         """Rank the prompt with the serving version (``LoadedRouter.rank``'s answer) and, from the same vector, with
@@ -149,9 +154,23 @@ class Rollout:
             shadow = None
         vector = await (choice.embeds or served).batcher.embed(chat.prompt)
         ranked = served.model.rank(chat.prompt, vector, params)
-        self.metrics.observe_version(served.version, choice.alias)
-        if shadow is None:
+        outcome = (
+            None
+            if shadow is None
+            else self._rank_shadow(choice, shadow, chat, vector, ranked, params, endpoints, policy)
+        )
+        if choice.explained:  # an explanation served nothing: counted apart
+            self.metrics.observe_route_query(served.version, choice.alias)
             return ranked
+        self.metrics.observe_version(served.version, choice.alias)
+        if outcome is not None:
+            self.metrics.observe_shadow(outcome)
+        return ranked
+
+    @staticmethod
+    def _rank_shadow(choice: Choice, shadow: LoadedRouter, chat: ChatRequest, vector, ranked: dict, *context) -> str:
+        """Rank with the shadow into ``choice.shadowed``; the outcome to count: agreed, disagreed or failed."""
+        params, endpoints, policy = context
         pool = shadow.reachable(endpoints, policy)
         wanted = chat.candidates or policy.candidates  # the request's, else the key's own set, else all
         candidates = [c for c in wanted if c in pool] if wanted else pool
@@ -160,12 +179,10 @@ class Rollout:
                 raise ValueError("candidates: none of the shadow's LLMs is reachable")
             theirs = shadow.model.rank(chat.prompt, vector, {**params, "candidates": candidates})
         except ValueError:  # an impossible budget for its pool, or no LLM of it reachable: no shadow choice
-            self.metrics.observe_shadow("failed")
-            return ranked
+            return "failed"
         llm = theirs["order"][0]
         choice.shadowed = Shadow(shadow.version, llm, theirs["predicted_error"][llm], theirs["cost"][llm])
-        self.metrics.observe_shadow("agreed" if llm == ranked["order"][0] else "disagreed")
-        return ranked
+        return "agreed" if llm == ranked["order"][0] else "disagreed"
 
     def _skip(self, served: LoadedRouter, shadow: LoadedRouter) -> None:
         """Count a shadow skipped because the two versions' vectors differ; say so once per pair of versions."""

@@ -142,11 +142,12 @@ def test_the_challenger_ranks_every_routed_request_from_the_same_embedding(
             client.chat.completions.create(model="cheap", messages=[{"role": "user", "content": prompts[1]}])
             assert sum(embedded) - embedded_before == 6  # one embedding per routed request: none for the shadow
             assert sum(replay.request_log.totals().values()) - asked_before == 7  # one upstream call per request
-            metrics = _samples(requests.get(f"{url}/metrics", timeout=10).text)
             body = {"model": "uniroute", "messages": [{"role": "user", "content": prompts[0]}], "cost_weight": 0.0}
             explained = client.post("/route", cast_to=object, body=body)  # /v1/route names the shadow's choice too
+            metrics = _samples(requests.get(f"{url}/metrics", timeout=10).text)
     assert explained["served_alias"] == "champion" and explained["router_version"] == "1"
-    assert metrics[("uniroute_routed_total", (("alias", "champion"), ("version", "1")))] == 6
+    assert metrics[("uniroute_routed_total", (("alias", "champion"), ("version", "1")))] == 6  # not the explanation
+    assert metrics[("uniroute_route_queries_total", (("alias", "champion"), ("version", "1")))] == 1
     shadowed = sum(v for (name, _), v in metrics.items() if name == "uniroute_shadow_total")
     assert shadowed == (6 if shadow else 0)
 
