@@ -3,7 +3,8 @@
 - new prompts are embedded; new embeddings may retrain the cluster map (it skips when its training data is
   unchanged), and new grades never do: a new LLM must not move the map;
 - an LLM's features follow its grades (once their blocking checks pass) and every new cluster map;
-- the router follows new features, once none are still being computed.
+- the router follows new features, once none are still being computed;
+- each LLM's traffic evaluation follows the online evaluation and the drift re-checks.
 """
 
 import dagster as dg
@@ -16,8 +17,15 @@ EMBEDDINGS = AC.eager()
 #: cluster_map follows new prompt vectors only; grades reach it through the weekly schedule.
 CLUSTER_MAP = AC.eager().ignore(dg.AssetSelection.assets("graded_responses"))
 
-#: llm_traffic_evaluation (per LLM, with its drift check) follows every new online evaluation.
-TRAFFIC = AC.eager()
+#: llm_traffic_evaluation (per LLM, with its drift check) follows every new online evaluation and every re-check of
+#: a suspected drift: eager(), except that drift_rechecks (opt-in, it pays for answers) may never have run.
+TRAFFIC = (
+    AC.in_latest_time_window()
+    & (AC.newly_missing() | AC.any_deps_updated()).since_last_handled()
+    & ~AC.any_deps_missing().ignore(dg.AssetSelection.assets("drift_rechecks"))
+    & ~AC.any_deps_in_progress()
+    & ~AC.in_progress()
+).with_label("eager (drift_rechecks optional)")
 
 #: llm_error_features (per LLM) follows that LLM's checked grades and every new cluster map.
 FEATURES = AC.eager() & AC.all_deps_blocking_checks_passed()

@@ -33,6 +33,8 @@ from router_core.online import (
 
 #: The per-LLM check on traffic (of ``llm_traffic_evaluation``, one partition per LLM).
 TRAFFIC_CHECK = "check_llm_traffic_evaluation_drift"
+#: The asset that confirms a suspected drift by asking again (``assets.rechecks``, which imports this module).
+RECHECKS = "drift_rechecks"
 #: Where the online evaluation's figures go in the router version's MLflow run.
 MLFLOW_FOLDER = "online_evaluation"
 
@@ -226,39 +228,55 @@ TRAFFIC_SPEC = llm_check_spec(
     TRAFFIC_CHECK,
     "llm_traffic_evaluation",
     "On the champion's rated traffic (online_evaluation): clusters where the LLM's observed error "
-    "exceeds its predicted error by more than z (default 3) standard errors. Warns, naming the LLM, the cluster "
-    "and the counts.",
+    "exceeds its predicted error by more than z (default 3) standard errors warn; a cluster where asking the LLM "
+    "again confirmed it got worse (drift_rechecks) fails (ERROR). Names the LLM, the cluster and the counts.",
 )
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=llm_partitions,
-    deps=[online_evaluation],
+    deps=[online_evaluation, dg.AssetKey(RECHECKS)],
     automation_condition=automation.TRAFFIC,
     check_specs=[TRAFFIC_SPEC],
 )
 def llm_traffic_evaluation(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """One LLM's cells of the latest online evaluation (per cluster: rated requests, observed vs predicted error,
-    z); its check warns when one of them alarms."""
+    z); its check warns when one of them alarms, and fails when asking again confirmed a change in one."""
     llm = context.partition_key
     with warehouse.connect() as con:
         cells = wh.read_online_evaluation(con, [llm])
+        version = cells["router_version"][0] if cells.height else "none"
+        confirmed = wh.latest_rechecks(con, version, [llm]).filter("changed")
     alarms = cells.filter("alarm")
     rated = int(cells["count"].sum()) if cells.height else 0
-    summary = "; ".join(alarms["message"]) or (
+    unconfirmed = alarms.filter(~pl.col("cluster").is_in(confirmed["cluster"].to_list()))["message"].to_list()
+    summary = "; ".join(_confirmed_messages(confirmed, cells) + unconfirmed) or (
         f"{llm}: observed error on traffic within its prediction in every cluster ({rated} rated requests)"
         if rated
         else f"{llm}: no rated traffic in the latest online evaluation"
     )
-    version = cells["router_version"][0] if cells.height else "none"
     table = markdown_table(cells.drop("router_version", "evaluated_at", "message"))
     check = dg.AssetCheckResult(
         check_name=TRAFFIC_CHECK,
-        passed=alarms.height == 0,
-        severity=dg.AssetCheckSeverity.WARN,
+        passed=alarms.height == 0 and confirmed.height == 0,
+        severity=dg.AssetCheckSeverity.ERROR if confirmed.height else dg.AssetCheckSeverity.WARN,
         description=summary,
-        metadata={"llm": llm, "router_version": version, "alarming_clusters": alarms["cluster"].to_list()},
+        metadata={
+            "llm": llm,
+            "router_version": version,
+            "alarming_clusters": alarms["cluster"].to_list(),
+            "confirmed_clusters": confirmed["cluster"].to_list(),
+        },
     )
     metadata = {"router_version": version, "rated_requests": rated, "summary": summary, "clusters": table}
     return dg.MaterializeResult(metadata=metadata, check_results=[check])
+
+
+def _confirmed_messages(confirmed: pl.DataFrame, cells: pl.DataFrame) -> list[str]:
+    """One line per confirmed cell: the re-check's counts, then what traffic showed there."""
+    traffic = dict(zip(cells["cluster"], cells["message"], strict=True))
+    return [
+        f"confirmed by asking again: {row['message']}; traffic: {traffic.get(row['cluster'], 'no rated requests now')}"
+        for row in confirmed.iter_rows(named=True)
+    ]

@@ -16,6 +16,7 @@ from assets.profiling import (
     llm_responses,
     prompt_set,
 )
+from assets.rechecks import drift_rechecks
 from assets.resources import (
     ArtifactsResource,
     CollectorResource,
@@ -28,14 +29,27 @@ from assets.rollout import rollout_report
 from assets.router import router
 from assets.routing import cluster_map, llm_error_features
 from assets.traffic import traffic_feedback, traffic_samples
-from pipelines.jobs import add_traffic_prompts_job, profile_llm_job, traffic_loop_job
+from pipelines.jobs import (
+    add_traffic_prompts_job,
+    drift_recheck_job,
+    profile_llm_job,
+    refresh_grades_job,
+    traffic_loop_job,
+)
 from pipelines.schedules import (
+    daily_drift_recheck_schedule,
     daily_traffic_schedule,
     nightly_profiling_schedule,
     retrain_cluster_map_job,
     weekly_cluster_map_schedule,
 )
-from pipelines.sensors import automation_sensor, coverage_drift_sensor, llm_onboarding_sensor, rollout_sensor
+from pipelines.sensors import (
+    automation_sensor,
+    coverage_drift_sensor,
+    drift_confirmed_sensor,
+    llm_onboarding_sensor,
+    rollout_sensor,
+)
 
 defs = dg.Definitions(
     assets=[
@@ -55,13 +69,32 @@ defs = dg.Definitions(
         traffic_outcomes,
         online_evaluation,
         llm_traffic_evaluation,
+        drift_rechecks,
         traffic_coverage,
         traffic_validation_prompts,
         rollout_report,
     ],
-    jobs=[profile_llm_job, retrain_cluster_map_job, add_traffic_prompts_job, traffic_loop_job],
-    schedules=[nightly_profiling_schedule, weekly_cluster_map_schedule, daily_traffic_schedule],
-    sensors=[llm_onboarding_sensor, automation_sensor, coverage_drift_sensor, rollout_sensor],
+    jobs=[
+        profile_llm_job,
+        retrain_cluster_map_job,
+        add_traffic_prompts_job,
+        traffic_loop_job,
+        drift_recheck_job,
+        refresh_grades_job,
+    ],
+    schedules=[
+        nightly_profiling_schedule,
+        weekly_cluster_map_schedule,
+        daily_traffic_schedule,
+        daily_drift_recheck_schedule,
+    ],
+    sensors=[
+        llm_onboarding_sensor,
+        automation_sensor,
+        coverage_drift_sensor,
+        rollout_sensor,
+        drift_confirmed_sensor,
+    ],
     resources={
         "warehouse": WarehouseResource(),
         "collector": CollectorResource(),

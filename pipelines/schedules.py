@@ -1,4 +1,5 @@
-"""Schedules: nightly profiling of what is missing, weekly retraining of the cluster map, the daily traffic loop."""
+"""Schedules: nightly profiling of what is missing, weekly retraining of the cluster map, the daily traffic loop and
+the daily re-check of suspected drifts (off until turned on: it pays for answers)."""
 
 # Dagster resolves resource types from annotations at import: no `from __future__ import annotations`.
 
@@ -11,13 +12,14 @@ import duckdb
 import warehouse as wh
 from assets.resources import WarehouseResource
 from assets.routing import cluster_map
-from pipelines.jobs import profile_llm_job, traffic_loop_job
+from pipelines.jobs import drift_recheck_job, profile_llm_job, traffic_loop_job
 from pipelines.onboarding import onboarding_settings, profiling_ops_config
 
 #: Cron strings, overridable per deployment.
 NIGHTLY_CRON = os.environ.get("UNIROUTE_NIGHTLY_CRON", "0 2 * * *")
 WEEKLY_CRON = os.environ.get("UNIROUTE_WEEKLY_CRON", "0 3 * * 0")
 TRAFFIC_CRON = os.environ.get("UNIROUTE_TRAFFIC_CRON", "0 1 * * *")
+DRIFT_RECHECK_CRON = os.environ.get("UNIROUTE_DRIFT_RECHECK_CRON", "30 1 * * *")
 #: What the traffic loop's scheduled runs take from the environment, read at each tick (unset: the asset's default):
 #: variable -> (op, config field, type). Sampled user text is kept RETENTION days (30); the judge is off (no judging).
 TRAFFIC_ENV = {
@@ -26,6 +28,8 @@ TRAFFIC_ENV = {
     "UNIROUTE_TRAFFIC_JUDGE": ((("traffic_outcomes", "judge"), ("traffic_coverage", "judge")), str),
     "UNIROUTE_TRAFFIC_JUDGE_USD_PER_DAY": ((("traffic_outcomes", "judge_usd_per_day"),), float),
 }
+#: What the drift re-check's scheduled runs take from the environment (as :data:`TRAFFIC_ENV`): its USD cap per run.
+DRIFT_RECHECK_ENV = {"UNIROUTE_DRIFT_RECHECK_BUDGET_USD": ((("drift_rechecks", "budget_usd"),), float)}
 #: Seconds the nightly tick waits for a writer to let go of the warehouse (within Dagster's 60 s per evaluation).
 BUSY_WAIT_S = 20.0
 
@@ -102,12 +106,12 @@ def daily_traffic_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReque
     return dg.RunRequest(run_config=traffic_run_config(os.environ))
 
 
-def traffic_run_config(environ: Mapping[str, str]) -> dict:
-    """The traffic loop's run config from the :data:`TRAFFIC_ENV` variables set in ``environ``. A number that is not
-    one fails the tick naming its variable (one the asset refuses, e.g. a negative retention, fails the run, naming
-    its field)."""
+def traffic_run_config(environ: Mapping[str, str], variables: Mapping = TRAFFIC_ENV) -> dict:
+    """The traffic loop's run config from the :data:`TRAFFIC_ENV` variables (or ``variables``) set in ``environ``. A
+    number that is not one fails the tick naming its variable (one the asset refuses, e.g. a negative retention,
+    fails the run, naming its field)."""
     ops: dict[str, dict] = {}
-    for name, (targets, kind) in TRAFFIC_ENV.items():
+    for name, (targets, kind) in variables.items():
         text = environ.get(name, "").strip()
         if not text:
             continue
@@ -118,3 +122,11 @@ def traffic_run_config(environ: Mapping[str, str]) -> dict:
         for op, field in targets:
             ops.setdefault(op, {"config": {}})["config"][field] = value
     return {"ops": ops} if ops else {}
+
+
+# Off by default: a suspected drift is confirmed by paying for answers again (at most UNIROUTE_DRIFT_RECHECK_BUDGET_USD,
+# else drift_rechecks.config.budget_usd, a run); after the traffic loop, whose online evaluation it reads.
+@dg.schedule(job=drift_recheck_job, cron_schedule=DRIFT_RECHECK_CRON, execution_timezone="UTC")
+def daily_drift_recheck_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Re-check the suspected drifts of the latest online evaluation once a day (:data:`DRIFT_RECHECK_ENV`)."""
+    return dg.RunRequest(run_config=traffic_run_config(os.environ, DRIFT_RECHECK_ENV))

@@ -13,9 +13,10 @@ import dagster as dg
 import warehouse as wh
 from assets.coverage import traffic_coverage, traffic_validation_prompts
 from assets.profiling import endpoint_fingerprint, llm_partitions
+from assets.rechecks import drift_rechecks
 from assets.resources import MlflowResource, RolloutResource, WarehouseResource
 from assets.rollout import RolloutUnavailable, rollout_evidence, rollout_report
-from pipelines.jobs import add_traffic_prompts_job, profile_llm_job
+from pipelines.jobs import add_traffic_prompts_job, profile_llm_job, refresh_grades_job
 from pipelines.onboarding import estimate_tags, onboarding_settings, profiling_ops_config
 
 
@@ -89,6 +90,31 @@ def coverage_drift_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
         tags={"uniroute/coverage": f"router {report['router_version']}: {len(config['request_ids'])} prompts"},
     )
     return dg.SensorResult(run_requests=[request], cursor=cursor)
+
+
+@dg.sensor(job=refresh_grades_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def drift_confirmed_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    """When a ``drift_rechecks`` report since the last tick confirmed that an LLM changed, launches a run of that
+    LLM's ``graded_responses`` (its new answers are graded already: it grades what is left and checks them again),
+    so that its features and then the router follow by automation and learn from the new answers. One run per LLM
+    and report (its run key); the cursor keeps the last report seen (its event's storage id)."""
+    seen = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=drift_rechecks.key, after_storage_id=seen), limit=100, ascending=True
+    ).records
+    if not records:
+        return dg.SkipReason(f"no drift re-check since the one seen (event {seen})" if seen else "no re-check yet")
+    requests = {}
+    for event in records:
+        report = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        tags = {"uniroute/drift": f"router {report.get('router_version')}: confirmed by asking again"}
+        for llm in report.get("confirmed_llms") or []:
+            key = f"drift_rechecks:{event.storage_id}:{llm}"
+            requests[llm] = dg.RunRequest(run_key=key, partition_key=llm, tags=tags)  # the latest report's, per LLM
+    cursor = str(records[-1].storage_id)
+    if not requests:
+        return dg.SensorResult(skip_reason="no drift confirmed by the re-checks since the last tick", cursor=cursor)
+    return dg.SensorResult(run_requests=list(requests.values()), cursor=cursor)
 
 
 #: Evaluates ``assets/automation.py``'s conditions; on by default, unlike Dagster's own default sensor.

@@ -44,13 +44,15 @@ def worst_case_usd(
 
 
 class SpendLimit:
-    """USD each LLM may still spend in this collection (``remaining``; an LLM not named has no limit)."""
+    """USD each LLM may still spend in this collection (``remaining``; an LLM not named has no limit); ``label``
+    names the budget in :meth:`messages`."""
 
-    def __init__(self, remaining: Mapping[str, float]) -> None:
+    def __init__(self, remaining: Mapping[str, float], label: str = "onboarding budget") -> None:
         for model, usd in remaining.items():
             if not usd >= 0:
                 raise ValueError(f"budget_usd[{model!r}]={usd!r}: must be a number >= 0")
         self.remaining = dict(remaining)
+        self.label = label
         self.spent: dict[str, float] = defaultdict(float)
         self.reserved: dict[str, float] = defaultdict(float)
         self.in_flight: Counter = Counter()
@@ -95,7 +97,7 @@ class SpendLimit:
     def messages(self) -> list[str]:
         """One line per LLM whose collection stopped at its budget."""
         return [
-            f"llm={model!r}: onboarding budget reached ({self.spent[model]:.6f} of {self.remaining[model]:.6f} USD "
+            f"llm={model!r}: {self.label} reached ({self.spent[model]:.6f} of {self.remaining[model]:.6f} USD "
             f"left for this run spent); {self.not_asked[model]} prompts not asked (raise the budget to ask them)"
             for model in sorted(self.stopped)
         ]

@@ -191,13 +191,19 @@ def version_figures(fit: PoolFit) -> dict:
     }
 
 
+def _error_bars(y: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lengths below and above ``y`` of its interval [low, high], never negative: a Wilson interval of a rate of
+    0 or 1 ends at it, up to rounding (``matplotlib`` refuses a negative error bar)."""
+    return np.maximum(y - low, 0.0), np.maximum(high - y, 0.0)
+
+
 def plot_reliability(table: pl.DataFrame):
     """Reliability figure of :func:`router_core.online.calibration`'s table: mean predicted error vs observed
     error per bin with its interval (marker area ~ count); a calibrated router sits on the diagonal."""
     fig, ax = _pyplot().subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
     x, y = table["predicted_error"].to_numpy(), table["observed_error"].to_numpy()
-    below, above = y - table["observed_low"].to_numpy(), table["observed_high"].to_numpy() - y
+    below, above = _error_bars(y, table["observed_low"].to_numpy(), table["observed_high"].to_numpy())
     ax.errorbar(x, y, yerr=[below, above], fmt="none", ecolor="black", elinewidth=1, capsize=2)
     counts = table["count"].to_numpy()
     ax.scatter(x, y, s=20 + 180 * counts / max(counts.max(initial=0), 1), zorder=3, label="traffic (area ~ requests)")
@@ -218,7 +224,7 @@ def plot_quality_vs_cost(table: pl.DataFrame):
     rated = table.filter(pl.col("rated") > 0)
     fig, ax = _pyplot().subplots(figsize=(7, 4.5))
     cost, score = rated["mean_cost_usd"].to_numpy(), rated["observed_score"].to_numpy()
-    below, above = score - rated["score_low"].to_numpy(), rated["score_high"].to_numpy() - score
+    below, above = _error_bars(score, rated["score_low"].to_numpy(), rated["score_high"].to_numpy())
     ax.errorbar(cost, score, yerr=[below, above], fmt="o", color="black", markersize=4, capsize=2)
     positive = cost[cost > 0]
     if positive.size > 1 and positive.max() / positive.min() > 10:

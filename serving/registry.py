@@ -288,6 +288,11 @@ def version_router(model_name: str, version: str):
     return mlflow.pyfunc.load_model(f"models:/{model_name}/{version}").unwrap_python_model().router
 
 
+def version_tags(model_name: str, version: str) -> dict[str, str]:
+    """The tags of one registered version (what it was built from: ``embedder_id``, ``cluster_map_version``, ...)."""
+    return dict(MlflowClient().get_model_version(model_name, version).tags)
+
+
 def log_version_figures(model_name: str, version: str, figures: Mapping[str, object], folder: str) -> str:
     """Log ``figures`` (file name -> matplotlib figure) under ``folder/`` of the run that registered ``version``
     (a later call replaces them); returns that run's id."""

@@ -86,6 +86,14 @@ from warehouse.outcomes import (
     settle_judge_spend,
     utc_day,
 )
+from warehouse.rechecks import (
+    RECHECK_REASON,
+    last_recheck_at,
+    latest_rechecks,
+    read_recheck_answers,
+    read_rechecks,
+    record_rechecks,
+)
 from warehouse.responses import (
     archive_pairs,
     archive_responses,
@@ -98,9 +106,11 @@ from warehouse.responses import (
     read_cost_basis,
     read_costs,
     read_failures,
+    read_pair_requests,
     read_query_costs,
     read_responses,
     record_failures,
+    replace_answers,
 )
 from warehouse.rollout import read_rollout_decisions
 from warehouse.router_inputs import RouterInputs, RouterInputsError, read_router_inputs
@@ -124,6 +134,7 @@ from warehouse.traffic import (
 
 __all__ = [
     "MAX_LLM_NAME_CHARS",
+    "RECHECK_REASON",
     "RESERVED_LLM_NAMES",
     "CatalogError",
     "LLMEntry",
@@ -164,7 +175,9 @@ __all__ = [
     "insert_traffic_judgements",
     "insert_traffic_samples",
     "judge_spend_on",
+    "last_recheck_at",
     "latest_cluster_map",
+    "latest_rechecks",
     "llm_name_problem",
     "load_catalog",
     "merge_staged",
@@ -191,10 +204,13 @@ __all__ = [
     "read_llms",
     "read_online_evaluation",
     "read_outcomes",
+    "read_pair_requests",
     "read_profiles",
     "read_prompt_vectors",
     "read_prompts",
     "read_query_costs",
+    "read_recheck_answers",
+    "read_rechecks",
     "read_responses",
     "read_rollout_decisions",
     "read_router_inputs",
@@ -211,7 +227,9 @@ __all__ = [
     "record_check",
     "record_failures",
     "record_onboarding_plan",
+    "record_rechecks",
     "register_cluster_map",
+    "replace_answers",
     "replace_online_evaluation",
     "reserve_judge_spend",
     "retention_cutoff",

@@ -207,6 +207,24 @@ _COLUMNS: dict[str, dict[str, tuple[pl.DataType, bool]]] = {
         "alarm": (pl.Boolean, True),
         "message": (pl.String, True),
     },
+    "drift_rechecks": {
+        "llm": (pl.String, True),
+        "cluster": (pl.Int32, True),
+        "router_version": (pl.String, True),
+        "checked_at": (pl.Datetime("us"), True),  # naive UTC; also the archived_at of the answers it replaced
+        "rated": (pl.Int32, True),
+        "traffic_z": (pl.Float64, False),
+        "asked": (pl.Int32, True),
+        "worse": (pl.Int32, True),
+        "better": (pl.Int32, True),
+        "stored_error": (pl.Float64, False),
+        "new_error": (pl.Float64, False),
+        "p_value": (pl.Float64, True),
+        "z": (pl.Float64, True),
+        "changed": (pl.Boolean, True),
+        "cost_usd": (pl.Float64, False),
+        "message": (pl.String, True),
+    },
 }
 # Domain rules checked before writing, so an error names the column and the value (the tables' CHECKs stay).
 _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
@@ -257,6 +275,11 @@ _RULES: dict[str, list[tuple[str, pl.Expr, str]]] = {
         ("cost_usd", pl.col("cost_usd").is_null() | pl.col("cost_usd").is_between(0, 1e300), "must be finite, >= 0"),
     ],
     "online_evaluation_cells": [("count", pl.col("count") >= 0, "must be >= 0")],
+    "drift_rechecks": [
+        *((c, pl.col(c) >= 0, "must be >= 0") for c in ("rated", "asked", "worse", "better")),
+        ("p_value", pl.col("p_value").is_between(0, 1), "must be in [0, 1]"),
+        ("cost_usd", pl.col("cost_usd").is_null() | pl.col("cost_usd").is_between(0, 1e300), "must be finite, >= 0"),
+    ],
     "onboarding_plans": [
         ("fraction", pl.col("fraction").is_between(0, 1, closed="right"), "must be in (0, 1]"),
         ("target", pl.col("target").is_between(0, pl.col("total")), "must be in [0, total]"),
@@ -283,6 +306,7 @@ _KEYS = {
     "traffic_judgements": ["request_id", "judge", "grader_version"],
     "online_evaluation_cells": ["router_version", "llm", "cluster"],
     "onboarding_plans": ["model"],
+    "drift_rechecks": ["llm", "cluster", "router_version", "checked_at"],
 }
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import duckdb
 import polars as pl
 
-from warehouse._tables import _COLUMNS, WarehouseInputError, _query, _where, _write
+from warehouse._tables import _COLUMNS, WarehouseInputError, _prepare, _query, _where, _write
 
 #: An answer from an endpoint or model id other than the catalog's (``r``: responses, ``l``: llms).
 _STALE = "(r.base_url IS NOT NULL AND (r.base_url <> l.base_url OR r.model_id <> l.model_id))"
@@ -201,30 +201,75 @@ def archive_pairs(con: duckdb.DuckDBPyConnection, pairs: pl.DataFrame, reason: s
 def _archive(con: duckdb.DuckDBPyConnection, moving: str, params: list) -> int:
     """Move the answers the query ``moving`` lists (model, prompt_id, reason) and their grades into the archives,
     deleting them and their recorded failures, in one transaction; returns the responses moved."""
-    names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
-    from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
     archived_at = datetime.now(UTC).replace(tzinfo=None)
     con.begin()
     try:
-        con.execute(f"CREATE TEMP TABLE _moving AS {moving}", params).fetchall()
-        moved = con.execute("SELECT count(*) FROM _moving").fetchall()[0][0]
-        for sql in (
-            f"INSERT INTO responses_archive ({names}, archived_at, reason) "
-            f"SELECT {from_r}, ?, m.reason FROM responses r JOIN _moving m USING (model, prompt_id)",
-            f"INSERT INTO grades_archive ({grades}, archived_at) "
-            f"SELECT {from_g}, ? FROM grades g JOIN _moving m USING (model, prompt_id)",
-        ):
-            con.execute(sql, [archived_at]).fetchall()
-        for table in ("grades", "responses", "collection_failures"):
-            con.execute(
-                f"DELETE FROM {table} t USING _moving m WHERE t.model = m.model AND t.prompt_id = m.prompt_id"
-            ).fetchall()
-        con.execute("DROP TABLE _moving").fetchall()
+        moved = _move(con, moving, params, archived_at)
         con.commit()
     except BaseException:
         con.rollback()
         raise
     return moved
+
+
+def _move(con: duckdb.DuckDBPyConnection, moving: str, params: list, archived_at: datetime) -> int:
+    """:func:`_archive`'s statements, in the caller's transaction, stamped ``archived_at`` (naive UTC)."""
+    names, grades = ", ".join(_RESPONSE_COLUMNS), ", ".join(_GRADE_COLUMNS)
+    from_r, from_g = ", ".join(f"r.{c}" for c in _RESPONSE_COLUMNS), ", ".join(f"g.{c}" for c in _GRADE_COLUMNS)
+    con.execute(f"CREATE TEMP TABLE _moving AS {moving}", params).fetchall()
+    moved = con.execute("SELECT count(*) FROM _moving").fetchall()[0][0]
+    for sql in (
+        f"INSERT INTO responses_archive ({names}, archived_at, reason) "
+        f"SELECT {from_r}, ?, m.reason FROM responses r JOIN _moving m USING (model, prompt_id)",
+        f"INSERT INTO grades_archive ({grades}, archived_at) "
+        f"SELECT {from_g}, ? FROM grades g JOIN _moving m USING (model, prompt_id)",
+    ):
+        con.execute(sql, [archived_at]).fetchall()
+    for table in ("grades", "responses", "collection_failures"):
+        con.execute(
+            f"DELETE FROM {table} t USING _moving m WHERE t.model = m.model AND t.prompt_id = m.prompt_id"
+        ).fetchall()
+    con.execute("DROP TABLE _moving").fetchall()
+    return moved
+
+
+def replace_answers(con: duckdb.DuckDBPyConnection, answers: pl.DataFrame, reason: str, archived_at: datetime) -> int:
+    """Store ``answers`` (collected: the columns of ``responses``) in place of the stored answers to their pairs,
+    which move with their grades into the archives with ``reason`` at ``archived_at`` (naive: UTC), in one
+    transaction: an answer asked again never loses the paid one it replaces. Returns the answers stored."""
+    prepared = _prepare("responses", answers.with_columns(pl.lit("collected").alias("source")))
+    if prepared.height == 0:
+        return 0
+    stamp = _naive_utc(archived_at)
+    prepared = prepared.with_columns(pl.lit(datetime.now(UTC).replace(tzinfo=None)).alias("collected_at"))
+    names = ", ".join(prepared.columns)
+    moving = "SELECT r.model, r.prompt_id, ? AS reason FROM responses r JOIN _incoming USING (model, prompt_id)"
+    con.register("_incoming", prepared)
+    con.begin()
+    try:
+        _move(con, moving, [reason], stamp)
+        con.execute(f"INSERT INTO responses ({names}) SELECT {names} FROM _incoming").fetchall()
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    finally:
+        con.unregister("_incoming")
+    return prepared.height
+
+
+def read_pair_requests(con: duckdb.DuckDBPyConnection, model: str, prompt_ids: Sequence[str]) -> pl.DataFrame:
+    """What asking ``model`` the prompts ``prompt_ids`` again sends, as :func:`pending_pairs` lists a pending pair
+    (model, prompt_id, prompt, messages, request_params, request_hash, template_version), answered or not."""
+    return _query(
+        con,
+        """
+        SELECT ? AS model, p.prompt_id, p.prompt, p.messages, p.request_params, p.request_hash,
+               (SELECT d.template_version FROM datasets d WHERE d.name = p.dataset) AS template_version
+        FROM prompts p WHERE list_contains(?, p.prompt_id) ORDER BY p.prompt_id
+        """,
+        [model, list(prompt_ids)],
+    )
 
 
 def read_archived_outcomes(con: duckdb.DuckDBPyConnection, model: str, splits: Sequence[str]) -> pl.DataFrame:

@@ -342,4 +342,30 @@ MIGRATIONS: list[str] = [
         planned_at TIMESTAMP NOT NULL
     );
     """,
+    # 14: drift confirmed by asking again (profiling/recheck.py): per (LLM, cluster) of a router version, each time
+    # its stored answers were asked again, how many prompts, how many got worse or better than stored, the errors
+    # before and now, the sign test's p-value and z, whether it changed, what the new answers cost, and the cell's
+    # rated requests then (a cell is asked again only after enough new ones). ``checked_at`` is also the
+    # ``archived_at`` of the answers it replaced (reason 'drift re-check').
+    """
+    CREATE TABLE drift_rechecks (
+        llm VARCHAR NOT NULL,
+        cluster INTEGER NOT NULL,
+        router_version VARCHAR NOT NULL,
+        checked_at TIMESTAMP NOT NULL,
+        rated INTEGER NOT NULL CHECK (rated >= 0),            -- the cell's rated requests on traffic then
+        traffic_z DOUBLE,                                     -- the online evaluation's z that raised the suspicion
+        asked INTEGER NOT NULL CHECK (asked >= 0),
+        worse INTEGER NOT NULL CHECK (worse >= 0),
+        better INTEGER NOT NULL CHECK (better >= 0),
+        stored_error DOUBLE,
+        new_error DOUBLE,
+        p_value DOUBLE NOT NULL CHECK (p_value >= 0 AND p_value <= 1),
+        z DOUBLE NOT NULL,
+        changed BOOLEAN NOT NULL,
+        cost_usd DOUBLE CHECK (cost_usd >= 0),                -- what the new answers cost
+        message VARCHAR NOT NULL,
+        PRIMARY KEY (llm, cluster, router_version, checked_at)
+    );
+    """,
 ]

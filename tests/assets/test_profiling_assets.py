@@ -18,15 +18,19 @@ def test_definitions_load():
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
     assert {"llm_catalog", "prompt_set", "llm_responses", "graded_responses"} <= keys
     sensors = {s.name: s.default_status for s in defs.get_repository_def().sensor_defs}
-    # onboarding, automation, coverage drift (which adds nothing without sampled traffic and a judge) and rollout
-    # (which moves nothing on fewer than its minimum of requests) run as soon as a daemon does; nothing else
-    # evaluates automation conditions
+    # onboarding, automation, coverage drift (which adds nothing without sampled traffic and a judge), rollout
+    # (which moves nothing on fewer than its minimum of requests) and drift confirmed (which regrades what a paid
+    # re-check replaced, paying nothing) run as soon as a daemon does; nothing else evaluates automation conditions
     assert sensors == {
         "llm_onboarding_sensor": dg.DefaultSensorStatus.RUNNING,
         "uniroute_automation_sensor": dg.DefaultSensorStatus.RUNNING,
         "coverage_drift_sensor": dg.DefaultSensorStatus.RUNNING,
         "uniroute_rollout_sensor": dg.DefaultSensorStatus.RUNNING,
+        "drift_confirmed_sensor": dg.DefaultSensorStatus.RUNNING,
     }
+    # re-checking a suspected drift pays for answers: its schedule waits for someone to turn it on
+    schedule = defs.resolve_schedule_def("daily_drift_recheck_schedule")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED and schedule.job_name == "drift_recheck"
 
 
 def _catalog_and_prompts(instance, tmp_path, mmlu_like_dir, server, resources, models: list[str]) -> None:

@@ -18,7 +18,7 @@ import yaml
 
 import warehouse as wh
 from assets.resources import WarehouseResource
-from pipelines.schedules import nightly_profiling_schedule, traffic_run_config
+from pipelines.schedules import DRIFT_RECHECK_ENV, nightly_profiling_schedule, traffic_run_config
 from profiling.importers import import_mmlu_pro
 from tests.online_traffic import CLUSTER, DEGRADED, champion_shape, degraded_traffic, write_gateway_files
 
@@ -221,6 +221,19 @@ def test_the_traffic_loops_judge_and_its_cap_come_from_the_environment_as_valid_
     both = traffic_run_config({**environ, "UNIROUTE_TRAFFIC_RETENTION_DAYS": "7"})
     assert dg.validate_run_config(defs.resolve_job_def("traffic_loop"), both)  # the job's own config schema
     assert traffic_run_config({"UNIROUTE_TRAFFIC_JUDGE": " "}) == {}  # unset or blank: the assets' defaults
+
+
+def test_the_drift_rechecks_budget_comes_from_the_environment_as_valid_run_config(monkeypatch):
+    from pipelines.definitions import defs
+
+    monkeypatch.setenv("UNIROUTE_DRIFT_RECHECK_BUDGET_USD", "0.25")
+    schedule = defs.resolve_schedule_def("daily_drift_recheck_schedule")
+    with dg.instance_for_test() as instance:
+        (request,) = schedule.evaluate_tick(dg.build_schedule_context(instance=instance)).run_requests
+    assert request.run_config == {"ops": {"drift_rechecks": {"config": {"budget_usd": 0.25}}}}
+    assert dg.validate_run_config(defs.resolve_job_def("drift_recheck"), request.run_config)
+    with pytest.raises(ValueError, match="UNIROUTE_DRIFT_RECHECK_BUDGET_USD='lots': expected a number"):
+        traffic_run_config({"UNIROUTE_DRIFT_RECHECK_BUDGET_USD": "lots"}, DRIFT_RECHECK_ENV)
 
 
 def test_the_traffic_schedules_cron_is_set_by_the_environment():

@@ -99,3 +99,18 @@ def test_no_rated_traffic_still_draws(traffic):
     assert table["requests"].to_list() == [600, 400, 5] and table["rated"].to_list() == [0, 0, 0]
     for figure in figures:
         plt.close(figure)
+
+
+def test_traffic_all_wrong_or_all_right_draws_its_interval(traffic):
+    """A bin or an LLM whose every rated request was wrong (or right) has an interval ending at its point, which
+    floating point can put a hair on the wrong side of it: still drawn (matplotlib refuses a negative error bar)."""
+    import matplotlib.pyplot as plt
+
+    decisions, outcomes = traffic
+    for score in (0.0, 1.0):
+        same = outcomes.with_columns(score=pl.lit(score))
+        for figure in (
+            plot_reliability(calibration(decisions, same)),
+            plot_quality_vs_cost(quality_vs_cost(decisions, same)),
+        ):
+            plt.close(figure)
