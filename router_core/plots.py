@@ -220,9 +220,14 @@ def plot_reliability(table: pl.DataFrame):
 
 def plot_quality_vs_cost(table: pl.DataFrame):
     """Each LLM's observed score on traffic (with its interval) vs its mean realised cost, from
-    :func:`router_core.online.quality_vs_cost`; LLMs without rated requests are left out."""
+    :func:`router_core.online.quality_vs_cost`; LLMs without rated requests are left out, and those without a
+    realised cost (no prices in the catalog) are named under the plot instead of placed on it."""
     rated = table.filter(pl.col("rated") > 0)
+    known = pl.col("mean_cost_usd").is_not_null() & pl.col("mean_cost_usd").is_finite()
+    unpriced, rated = rated.filter(~known)["llm"].to_list(), rated.filter(known)
     fig, ax = _pyplot().subplots(figsize=(7, 4.5))
+    if unpriced:
+        fig.text(0.01, 0.01, "no realised cost: " + ", ".join(map(str, unpriced)), fontsize=7)
     cost, score = rated["mean_cost_usd"].to_numpy(), rated["observed_score"].to_numpy()
     below, above = _error_bars(score, rated["score_low"].to_numpy(), rated["score_high"].to_numpy())
     ax.errorbar(cost, score, yerr=[below, above], fmt="o", color="black", markersize=4, capsize=2)

@@ -62,6 +62,18 @@ def test_quality_vs_cost_names_each_llm(traffic):
     plt.close(fig)
 
 
+def test_an_llm_without_prices_is_named_not_placed(traffic):
+    """A catalog without prices leaves an LLM's realised cost null: the plot names it under the axes."""
+    import matplotlib.pyplot as plt
+
+    decisions, outcomes = traffic
+    unpriced = pl.when(pl.col("chosen_llm") == "llm-b").then(None).otherwise(pl.col("realised_cost_usd"))
+    fig = plot_quality_vs_cost(quality_vs_cost(decisions.with_columns(realised_cost_usd=unpriced), outcomes))
+    assert {t.get_text() for t in fig.axes[0].texts} == {"llm-a", "llm-c"}
+    assert [t.get_text() for t in fig.texts] == ["no realised cost: llm-b"]
+    plt.close(fig)
+
+
 def test_drift_heatmap_outlines_the_alarm_and_blanks_thin_cells(traffic):
     import matplotlib.pyplot as plt
 
