@@ -34,9 +34,16 @@ def test_benchmark_degrades_an_llm_judges_rates_and_keeps_every_record(mmlu_like
     # the change is real (the champion loses AUDC on the degraded answers), seen and learned from: on the fixture an
     # LLM that was always right turns always wrong, which the loop must notice and route around
     assert seed["audc_truth_after"] > seed["audc_champion_after"]
+    # the two-stage check: a suspect cell is asked again through the replay endpoint; an unchanged deterministic
+    # endpoint never confirms, the changed one is confirmed naming the LLM and the cluster
     assert seed["false_alarms_before"] == 0 and seed["detected_after"] is not None
-    assert seed["alarm"].startswith(f"{change['llm']}, cluster ")
-    assert seed["recovered"] >= 0.8 and seed["audc_traffic_before"] >= seed["audc_champion_before"] - 0.001
+    assert seed["alarm"].startswith(f"{change['llm']} cluster ") and " worse " in seed["alarm"]
+    assert seed["asked_after"] > 0 and seed["ungraded"] == 0
+    assert seed["traffic_only_false_alarms_before"] == 0  # the old figures are kept for comparison
+    for variant in ("recovered", "recovered_b"):
+        assert seed[variant] >= 0.8
+    for before in ("audc_traffic_before", "audc_selective_before"):
+        assert seed[before] >= seed["audc_champion_before"] - 0.001
 
 
 def test_outcomes_take_feedback_over_the_judge_and_keep_the_traffic_order():
