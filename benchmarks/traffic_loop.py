@@ -11,15 +11,18 @@ one category (``POST /_replay/substitutions``: the weakest LLM's recorded answer
 the one the champion sent most of that category to), and ``--after`` more requests follow. Per seed (the traffic's
 draw and the feedback's):
 
-1. drift: :func:`router_core.drift_alarms` on :func:`router_core.online_evaluation` of the outcomes of the last
-   ``--window`` requests, checked every ``--check-every`` requests. Floors: no alarm before the change; after it,
-   an alarm naming the degraded LLM in a cluster whose true error rose (by >= ``AFFECTED_RISE`` on its traffic)
-   within 2,000 requests;
-2. recovery: the champion with traffic features (:meth:`UniRouter.use_traffic` on the features split of the
-   post-change outcomes, :func:`split_traffic_outcomes`) against the champion and a router fitted on the true
-   post-change validation answers (the same map), AUDC on the test prompts' post-change answers (as the gateway
-   embeds them). Floors: recovers >= 80% of the AUDC the champion lost; built from pre-change outcomes, not worse
-   than the champion on the unchanged answers by more than 0.001;
+1. drift, two-stage (:mod:`benchmarks.traffic_recheck`): every ``--check-every`` requests,
+   :func:`router_core.suspect_cells` of :func:`router_core.online_evaluation` on the outcomes of the last
+   ``--window`` requests; each suspect cell's stored prompts asked again through the replay endpoint and compared
+   prompt by prompt (:func:`router_core.paired_change`); a changed cell is an alarm (``drift_alarms`` alone, z >
+   ``--z``, is kept as "traffic-only"). Floors: no alarm before the change; after it, an alarm naming the degraded
+   LLM in a cluster whose true error rose (by >= ``AFFECTED_RISE`` on its traffic) within 2,000 requests;
+2. recovery: the champion, its confirmed cells re-profiled on the new answers, with traffic features
+   (:meth:`UniRouter.use_traffic` on the features split of the post-change outcomes, :func:`split_traffic_outcomes`;
+   (a) on every cell, (b) on the re-profiled and :func:`traffic_changed_cells` cells only, ``--blend`` picks the
+   floors') against the champion and a router fitted on the true post-change validation answers (the same map),
+   AUDC on the test prompts' post-change answers (as the gateway embeds them). Floors: recovers >= 80% of the AUDC
+   the champion lost; built from pre-change outcomes, not worse than the champion by more than 0.001;
 3. records: decisions, feedback and sampled traffic on disk after SIGTERM against what was sent and posted.
 
 It calls the functions the pipeline's assets call (``traffic_outcomes``: feedback wins over the judge;
@@ -48,7 +51,19 @@ from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_overhead import fit_router, register
 from benchmarks.routing_quality import Data, Split, cached_embedder, load_data, split_prompts_and_llms
-from benchmarks.traffic_recheck import AnswerGrader, Confirmation, Rechecker, confirm_drift, stored_answers
+from benchmarks.traffic_recheck import (
+    AnswerGrader,
+    Confirmation,
+    Rechecker,
+    affected_clusters,
+    cell_line,
+    confirm_drift,
+    drift_checks,
+    first_alarm,
+    post_json,
+    replay_state,
+    stored_answers,
+)
 from benchmarks.traffic_report import floors, print_tables
 from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
@@ -68,7 +83,6 @@ from router_core import (
     compare_on_traffic,
     drift_alarms,
     evaluate_router,
-    online_evaluation,
     split_traffic_outcomes,
     traffic_changed_cells,
     traffic_error_stats,
@@ -81,8 +95,6 @@ from serving.traffic import read_traffic, sampled
 from warehouse.catalog import load_catalog
 
 JUDGE = "replay-judge"
-#: A cluster counts as degraded for the LLM when the LLM's true error on its post-change traffic there rose this much.
-AFFECTED_RISE = 0.05
 FEEDBACK_BATCH = 100  # the gateway's largest batch of ratings
 RIGHT, WRONG = "(right answer)", "(wrong answer)"  # a results-only dataset's answers (and reference): score 1, 0
 
@@ -212,47 +224,6 @@ def outcome_frame(decisions: pl.DataFrame, feedback: pl.DataFrame, judged: pl.Da
     ).sort("index")
 
 
-def drift_checks(
-    decisions: pl.DataFrame, outcomes: pl.DataFrame, validation: pl.DataFrame, args: argparse.Namespace, total: int
-) -> list[tuple[int, pl.DataFrame]]:
-    """(requests so far, online evaluation by cluster) at every ``args.check_every`` requests, on the outcomes of the
-    last ``args.window``."""
-    checks = []
-    for upto in range(args.check_every, total + 1, args.check_every):
-        rated = outcomes.filter(pl.col("index").is_between(upto - args.window, upto, closed="left"))
-        routed = decisions.filter(pl.col("request_id").is_in(rated["request_id"].to_list()))
-        checks.append((upto, online_evaluation(routed, rated.select("request_id", "score"), validation).by_cluster))
-    return checks
-
-
-def cell_line(row: dict) -> str:
-    """One cell of an online evaluation, short."""
-    return (
-        f"cluster {row['cluster']}: {row['count']} rated, observed {row['observed_error']:.2f} vs predicted "
-        f"{row['predicted_error']:.2f}, z {row['z']:.1f}"
-    )
-
-
-def affected_clusters(
-    decisions: pl.DataFrame, rows: list[int], before: int, data: Data, change: Degradation
-) -> set[int]:
-    """Clusters in which the degraded LLM's true error on its post-change traffic rose by >= :data:`AFFECTED_RISE`
-    (``rows``: each request's row in ``data``; ``index``: the decision's request)."""
-    column, served = data.models.index(change.llm), data.models.index(change.served_by)
-    rise = data.scores[:, column] - data.scores[:, served]
-    hit = (data.prompts["category"] == change.category).to_numpy()
-    after = decisions.filter(
-        (pl.col("index") >= before) & (pl.col("chosen_llm") == change.llm) & pl.col("cluster_weights").is_not_null()
-    )
-    index = after["index"].to_numpy()
-    rows_after = np.asarray(rows)[index]
-    frame = pl.DataFrame(
-        {"cluster": after["cluster_weights"].list.arg_max(), "rise": np.where(hit[rows_after], rise[rows_after], 0.0)}
-    )
-    cells = frame.group_by("cluster").agg(pl.col("rise").mean())
-    return set(cells.filter(pl.col("rise") >= AFFECTED_RISE)["cluster"].to_list())
-
-
 @dataclass
 class SeedResult:
     """One seed's figures."""
@@ -346,13 +317,13 @@ def run_seed(seed: int, ctx: Context, args: argparse.Namespace) -> SeedResult:
     dirs = {name: home / name for name in ("decisions", "feedback", "traffic")}
     extra = ["--traffic-sample-rate", str(args.sample_rate), "--feedback-dir", str(dirs["feedback"])]
     extra += ["--traffic-dir", str(dirs["traffic"]), "--embed-batch", "32"]
-    _post(f"{ctx.admin}/_replay/reset", {})
+    post_json(f"{ctx.admin}/_replay/reset", {})
     with gateway_process(ctx.root, ctx.catalog, ctx.tracking, f"seed{seed}", *extra) as (url, _):
         first = load(url, bodies[: args.before], args.concurrency)
         change = ctx.degradation or pick_degradation(ctx.data, rows[: args.before], first.chosen, args.category)
         ctx.degradation = change
         rule = {"model": change.llm, "category": change.category, "served_by": change.served_by}
-        _post(f"{ctx.admin}/_replay/substitutions", rule)
+        post_json(f"{ctx.admin}/_replay/substitutions", rule)
         second = load(url, bodies[args.before :], args.concurrency)
         ids = first.request_ids + second.request_ids
         chosen = first.chosen + second.chosen
@@ -386,34 +357,10 @@ def keep_run(home: Path, decisions: pl.DataFrame, outcomes: pl.DataFrame, rows: 
     (home / "run.json").write_text(json.dumps({"rows": rows, "degradation": asdict(change)}))
 
 
-def first_alarm(checks: list[tuple[int, pl.DataFrame]], before: int, llm: str, affected: set[int]) -> tuple:
-    """(checks up to ``before`` with an alarm, the first such as a line, requests after ``before`` until an alarm
-    named ``llm`` in an ``affected`` cluster, its message, alarms after naming anything else) of (requests so far,
-    alarms: ``llm, cluster, message``) checks."""
-    early = [(upto, a) for upto, a in checks if upto <= before and a.height]
-    detected, alarm, wrong = None, "", 0
-    for upto, alarms in checks:
-        if upto <= before:
-            continue
-        right = alarms.filter((pl.col("llm") == llm) & pl.col("cluster").is_in(list(affected)))
-        wrong += alarms.height - right.height
-        if right.height and detected is None:
-            detected, alarm = upto - before, right["message"][0]
-    return len(early), f"at {early[0][0]}: {early[0][1]['message'][0]}" if early else "", detected, alarm, wrong
-
-
 def confirm(ctx: Context, args, home: Path, tables: list, outcomes: pl.DataFrame) -> Confirmation:
     """The two-stage check (:func:`benchmarks.traffic_recheck.confirm_drift`) on one seed's checks, the replay
-    endpoint put back in the state of each check (the substitution lifted up to the change: the endpoint is
-    deterministic, so it answers as it did then)."""
-    change, url = ctx.degradation, f"{ctx.admin}/_replay/substitutions"
-    state = {"on": True}
-
-    def at_check(upto: int) -> None:
-        if (on := upto > args.before) != state["on"]:
-            _post(url, asdict(change) if on else {}, "POST" if on else "DELETE")
-            state["on"] = on
-
+    endpoint put back in the state of each check (:func:`replay_state`), left as it was after the run."""
+    at_check = replay_state(f"{ctx.admin}/_replay/substitutions", asdict(ctx.degradation), args.before)
     rechecker = Rechecker(home / "recheck.duckdb", load_catalog(ctx.catalog), ctx.sent_all, ctx.grader)
     out = confirm_drift(tables, outcomes, ctx.stored, rechecker, args, at_check)
     at_check(args.before + args.after)
@@ -530,15 +477,6 @@ class Context:
         for llm, row, score in answers.select("llm", "row", "score").rows():
             errors[place[row], self.champion.llms_.index(llm)] = 1 - score
         return self._fit(errors)
-
-
-def _post(url: str, body: dict, method: str = "POST") -> dict:
-    from urllib.request import Request, urlopen
-
-    body = {k: v for k, v in body.items() if v is not None}
-    request = Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method=method)
-    with urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"{}")
 
 
 def main(argv: list[str] | None = None) -> int:

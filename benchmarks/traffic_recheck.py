@@ -13,9 +13,12 @@ scores prompt by prompt. A changed cell is an alarm naming the LLM and the clust
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.request import Request, urlopen
 
 import numpy as np
 import polars as pl
@@ -23,7 +26,13 @@ import polars as pl
 import warehouse as wh
 from benchmarks.routing_quality import Data, Split
 from profiling.collector import run_collection
-from router_core import UniRouter, paired_change, recheck_plan, suspect_cells
+from router_core import UniRouter, online_evaluation, paired_change, recheck_plan, suspect_cells
+
+if TYPE_CHECKING:
+    from benchmarks.traffic_loop import Degradation
+
+#: A cluster counts as degraded for the LLM when the LLM's true error on its post-change traffic there rose this much.
+AFFECTED_RISE = 0.05
 
 Cell = tuple[str, int]
 
@@ -180,3 +189,82 @@ def confirm_drift(
         if upto <= args.before:
             out.latest_before = dict(out.latest)
     return out
+
+
+def replay_state(url: str, rule: dict, before: int) -> Callable[[int], None]:
+    """``at_check(upto)`` for :func:`confirm_drift`: the replay endpoint's substitution ``rule`` (at ``url``, its
+    ``/_replay/substitutions``) lifted at checks up to request ``before`` and in force after it. The endpoint is
+    deterministic, so asked after the run it answers as it did at that check; the rule is in force at first."""
+    state = {"on": True}
+
+    def at_check(upto: int) -> None:
+        if (on := upto > before) != state["on"]:
+            post_json(url, rule if on else {}, "POST" if on else "DELETE")
+            state["on"] = on
+
+    return at_check
+
+
+def first_alarm(checks: list[tuple[int, pl.DataFrame]], before: int, llm: str, affected: set[int]) -> tuple:
+    """(checks up to ``before`` with an alarm, the first such as a line, requests after ``before`` until an alarm
+    named ``llm`` in an ``affected`` cluster, its message, alarms after naming anything else) of (requests so far,
+    alarms: ``llm, cluster, message``) checks."""
+    early = [(upto, a) for upto, a in checks if upto <= before and a.height]
+    detected, alarm, wrong = None, "", 0
+    for upto, alarms in checks:
+        if upto <= before:
+            continue
+        right = alarms.filter((pl.col("llm") == llm) & pl.col("cluster").is_in(list(affected)))
+        wrong += alarms.height - right.height
+        if right.height and detected is None:
+            detected, alarm = upto - before, right["message"][0]
+    return len(early), f"at {early[0][0]}: {early[0][1]['message'][0]}" if early else "", detected, alarm, wrong
+
+
+def post_json(url: str, body: dict, method: str = "POST") -> dict:
+    """``body`` (JSON, None values left out) to ``url`` with ``method``; the JSON answer."""
+    body = {k: v for k, v in body.items() if v is not None}
+    request = Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method=method)
+    with urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"{}")
+
+
+def drift_checks(
+    decisions: pl.DataFrame, outcomes: pl.DataFrame, validation: pl.DataFrame, args: argparse.Namespace, total: int
+) -> list[tuple[int, pl.DataFrame]]:
+    """(requests so far, online evaluation by cluster) at every ``args.check_every`` requests, on the outcomes of the
+    last ``args.window``."""
+    checks = []
+    for upto in range(args.check_every, total + 1, args.check_every):
+        rated = outcomes.filter(pl.col("index").is_between(upto - args.window, upto, closed="left"))
+        routed = decisions.filter(pl.col("request_id").is_in(rated["request_id"].to_list()))
+        checks.append((upto, online_evaluation(routed, rated.select("request_id", "score"), validation).by_cluster))
+    return checks
+
+
+def cell_line(row: dict) -> str:
+    """One cell of an online evaluation, short."""
+    return (
+        f"cluster {row['cluster']}: {row['count']} rated, observed {row['observed_error']:.2f} vs predicted "
+        f"{row['predicted_error']:.2f}, z {row['z']:.1f}"
+    )
+
+
+def affected_clusters(
+    decisions: pl.DataFrame, rows: list[int], before: int, data: Data, change: Degradation
+) -> set[int]:
+    """Clusters in which the degraded LLM's true error on its post-change traffic rose by >= :data:`AFFECTED_RISE`
+    (``rows``: each request's row in ``data``; ``index``: the decision's request)."""
+    column, served = data.models.index(change.llm), data.models.index(change.served_by)
+    rise = data.scores[:, column] - data.scores[:, served]
+    hit = (data.prompts["category"] == change.category).to_numpy()
+    after = decisions.filter(
+        (pl.col("index") >= before) & (pl.col("chosen_llm") == change.llm) & pl.col("cluster_weights").is_not_null()
+    )
+    index = after["index"].to_numpy()
+    rows_after = np.asarray(rows)[index]
+    frame = pl.DataFrame(
+        {"cluster": after["cluster_weights"].list.arg_max(), "rise": np.where(hit[rows_after], rise[rows_after], 0.0)}
+    )
+    cells = frame.group_by("cluster").agg(pl.col("rise").mean())
+    return set(cells.filter(pl.col("rise") >= AFFECTED_RISE)["cluster"].to_list())
