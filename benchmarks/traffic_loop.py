@@ -116,6 +116,10 @@ class Degradation:
         scores[hit, column] = data.scores[rows[hit], served]
         return scores
 
+    def rule(self) -> dict:
+        """The replay endpoint's substitution rule (``POST /_replay/substitutions``)."""
+        return {"model": self.llm, "category": self.category, "served_by": self.served_by}
+
 
 def sent_prompts(data_dir: Path, prompt_ids: list) -> pl.DataFrame:
     """The prompts ``prompt_ids`` (the routing data's ids) as a client sends them, in that order: ``messages`` (JSON),
@@ -322,8 +326,7 @@ def run_seed(seed: int, ctx: Context, args: argparse.Namespace) -> SeedResult:
         first = load(url, bodies[: args.before], args.concurrency)
         change = ctx.degradation or pick_degradation(ctx.data, rows[: args.before], first.chosen, args.category)
         ctx.degradation = change
-        rule = {"model": change.llm, "category": change.category, "served_by": change.served_by}
-        post_json(f"{ctx.admin}/_replay/substitutions", rule)
+        post_json(f"{ctx.admin}/_replay/substitutions", change.rule())
         second = load(url, bodies[args.before :], args.concurrency)
         ids = first.request_ids + second.request_ids
         chosen = first.chosen + second.chosen
@@ -360,7 +363,7 @@ def keep_run(home: Path, decisions: pl.DataFrame, outcomes: pl.DataFrame, rows: 
 def confirm(ctx: Context, args, home: Path, tables: list, outcomes: pl.DataFrame) -> Confirmation:
     """The two-stage check (:func:`benchmarks.traffic_recheck.confirm_drift`) on one seed's checks, the replay
     endpoint put back in the state of each check (:func:`replay_state`), left as it was after the run."""
-    at_check = replay_state(f"{ctx.admin}/_replay/substitutions", asdict(ctx.degradation), args.before)
+    at_check = replay_state(f"{ctx.admin}/_replay/substitutions", ctx.degradation.rule(), args.before)
     rechecker = Rechecker(home / "recheck.duckdb", load_catalog(ctx.catalog), ctx.sent_all, ctx.grader)
     out = confirm_drift(tables, outcomes, ctx.stored, rechecker, args, at_check)
     at_check(args.before + args.after)

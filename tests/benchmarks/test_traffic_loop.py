@@ -132,7 +132,7 @@ def test_the_replay_endpoint_is_put_in_the_state_of_each_check(mmlu_like_dir, tm
     from benchmarks.gateway import replay_process
     from benchmarks.traffic_recheck import post_json, replay_state
 
-    rule = {"model": "math-pro", "category": "math", "served_by": "history-pro"}
+    rule = traffic_loop.Degradation("math-pro", "math", "history-pro").rule()
     with replay_process(tmp_path, mmlu_like_dir, "replay") as base_url:
         url = f"{base_url.removesuffix('/v1')}/_replay/substitutions"
         post_json(url, rule)  # in force after the run
