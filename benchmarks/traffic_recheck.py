@@ -122,6 +122,28 @@ class Confirmation:
     latest: dict[Cell, tuple[bool, pl.DataFrame]] = field(default_factory=dict)  #: cell -> (changed, new answers)
     latest_before: dict[Cell, tuple[bool, pl.DataFrame]] = field(default_factory=dict)  #: the same up to the change
 
+    def recheck(
+        self, upto: int, cells: list[Cell], stored: pl.DataFrame, rechecker: Rechecker, args: argparse.Namespace
+    ) -> pl.DataFrame:
+        """Ask ``cells``' planned prompts again at the check after ``upto`` requests; record and return
+        :func:`router_core.paired_change`'s table."""
+        wanted = pl.DataFrame({"llm": [c[0] for c in cells], "cluster": [c[1] for c in cells]})
+        plan = recheck_plan(stored, wanted, args.recheck_prompts)
+        new = rechecker.ask(plan)
+        if upto <= args.before:
+            self.asked_before += plan.height
+        else:
+            self.asked_after += plan.height
+        tested = paired_change(stored, new, args.z)
+        for row in tested.iter_rows(named=True):
+            cell = (row["llm"], row["cluster"])
+            self.latest[cell] = (
+                row["changed"],
+                new.filter((pl.col("llm") == cell[0]) & (pl.col("cluster") == cell[1])),
+            )
+            self.rechecks.append(f"at {upto}: {row['message']}{' CHANGED' if row['changed'] else ''}")
+        return tested
+
     def reprofiled(self, before_change: bool = False) -> pl.DataFrame:
         """The new answers to validation prompts of the cells whose latest recheck (up to the change, with
         ``before_change``) found them changed (a confirmed cell is re-profiled): ``llm, cluster, prompt_id, row,
@@ -155,9 +177,10 @@ def confirm_drift(
 ) -> Confirmation:
     """The two-stage check at every check of ``tables`` (requests so far, online evaluation by cluster):
     ``at_check(upto)`` puts the endpoint in the state it had at that check, then each suspect cell not asked again
-    since it gained ``args.recheck_new`` rated outcomes is asked ``args.recheck_prompts`` stored prompts again."""
-    out = Confirmation()
-    asked_at: dict[Cell, int] = {}
+    since it gained ``args.recheck_new`` rated outcomes is asked ``args.recheck_prompts`` stored prompts again. With
+    ``args.recheck_llm``, the first confirmed cell of an LLM has its other cells asked again at once (a change rarely
+    keeps to one cluster, and the others may have too little traffic to be suspected)."""
+    out, asked_at, widened = Confirmation(), {}, set()
     for upto, table in tables:
         counts = rated_counts(outcomes, upto)
         suspects = suspect_cells(table, args.suspect_z, args.suspect_min_count)
@@ -167,24 +190,15 @@ def confirm_drift(
             if (llm, c) not in asked_at or counts.get((llm, c), 0) - asked_at[llm, c] >= args.recheck_new
         ]
         confirmed = pl.DataFrame(schema={"llm": pl.String, "cluster": pl.Int64, "message": pl.String})
-        if due:
+        while due:
             at_check(upto)
-            plan = recheck_plan(
-                stored, pl.DataFrame({"llm": [d[0] for d in due], "cluster": [d[1] for d in due]}), args.recheck_prompts
-            )
-            new = rechecker.ask(plan)
-            if upto <= args.before:
-                out.asked_before += plan.height
-            else:
-                out.asked_after += plan.height
-            tested = paired_change(stored, new, args.z)
-            for row in tested.iter_rows(named=True):
-                cell = (row["llm"], row["cluster"])
-                asked_at[cell] = counts.get(cell, 0)
-                part = new.filter((pl.col("llm") == cell[0]) & (pl.col("cluster") == cell[1]))
-                out.latest[cell] = (row["changed"], part)
-                out.rechecks.append(f"at {upto}: {row['message']}{' CHANGED' if row['changed'] else ''}")
-            confirmed = tested.filter("changed")
+            tested = out.recheck(upto, due, stored, rechecker, args)
+            asked_at.update({cell: counts.get(cell, 0) for cell in tested.select("llm", "cluster").rows()})
+            confirmed = pl.concat([confirmed, tested.filter("changed").select(confirmed.columns)])
+            llms = set(confirmed["llm"]) - widened if args.recheck_llm else set()
+            widened |= llms
+            cells = stored.filter(pl.col("llm").is_in(list(llms))).select("llm", "cluster").unique().rows()
+            due = sorted(set(cells) - set(due))
         out.checks.append((upto, confirmed))
         if upto <= args.before:
             out.latest_before = dict(out.latest)

@@ -66,7 +66,8 @@ def print_tables(results: list[SeedResult], rows: list[Floor], change: Degradati
         f"{args.sample_rate:.0%} sampled and judged, feedback on {args.feedback_rate:.0%}; drift checked every "
         f"{args.check_every} requests on the last {args.window}: suspect z > {args.suspect_z} (>= "
         f"{args.suspect_min_count} rated), up to {args.recheck_prompts} stored prompts asked again per suspect cell "
-        f"(again after {args.recheck_new} new rated), confirmed by the sign test at z > {args.z}; traffic-only: "
+        f"(again after {args.recheck_new} new rated; a confirmed LLM's other cells at once: {args.recheck_llm}), "
+        f"confirmed by the sign test at z > {args.z}; traffic-only: "
         f"z > {args.z}, >= {args.min_count} rated"
     )
     print(
