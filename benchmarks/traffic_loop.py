@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the router's embedder backend")
     parser.add_argument("--out", type=Path, default=DATA_HOME / "bench" / "traffic_loop.json")
     parser.add_argument("--work-dir", type=Path, default=DATA_HOME / "bench" / "traffic_loop", help="made afresh")
-    parser.add_argument("--blend", choices=("all", "selective"), default="all", help="the variant the floors judge")
+    parser.add_argument("--blend", choices=("all", "selective"), default="selective", help="what the floors judge")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
     args = parser.parse_args(argv)
     started = time.perf_counter()
