@@ -40,6 +40,9 @@ def test_benchmark_degrades_an_llm_judges_rates_and_keeps_every_record(mmlu_like
     assert seed["false_alarms_before"] == 0 and seed["detected_after"] is not None
     assert seed["alarm"].startswith(f"{change['llm']} cluster ") and " worse " in seed["alarm"]
     assert seed["asked_after"] > 0 and seed["ungraded"] == 0
+    alarmed = seed["alarm"].split(":")[0]  # "LLM cluster N"
+    widened = {line.split(": ")[1] for line in seed["rechecks"] if f"{change['llm']} cluster " in line}
+    assert len(widened - {alarmed}) >= 1  # --recheck-llm: the confirmed LLM's other cells were asked again too
     assert seed["traffic_only_false_alarms_before"] == 0  # the old figures are kept for comparison
     for variant in ("recovered", "recovered_b"):
         assert seed[variant] >= 0.8
