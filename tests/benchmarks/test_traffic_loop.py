@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from urllib.request import urlopen
 
 import numpy as np
 import polars as pl
@@ -34,9 +35,19 @@ def test_benchmark_degrades_an_llm_judges_rates_and_keeps_every_record(mmlu_like
     # the change is real (the champion loses AUDC on the degraded answers), seen and learned from: on the fixture an
     # LLM that was always right turns always wrong, which the loop must notice and route around
     assert seed["audc_truth_after"] > seed["audc_champion_after"]
+    # the two-stage check: a suspect cell is asked again through the replay endpoint; an unchanged deterministic
+    # endpoint never confirms, the changed one is confirmed naming the LLM and the cluster
     assert seed["false_alarms_before"] == 0 and seed["detected_after"] is not None
-    assert seed["alarm"].startswith(f"{change['llm']}, cluster ")
-    assert seed["recovered"] >= 0.8 and seed["audc_traffic_before"] >= seed["audc_champion_before"] - 0.001
+    assert seed["alarm"].startswith(f"{change['llm']} cluster ") and " worse " in seed["alarm"]
+    assert seed["asked_after"] > 0 and seed["ungraded"] == 0
+    alarmed = seed["alarm"].split(":")[0]  # "LLM cluster N"
+    widened = {line.split(": ")[1] for line in seed["rechecks"] if f"{change['llm']} cluster " in line}
+    assert len(widened - {alarmed}) >= 1  # --recheck-llm: the confirmed LLM's other cells were asked again too
+    assert seed["traffic_only_false_alarms_before"] == 0  # the old figures are kept for comparison
+    for variant in ("recovered", "recovered_b"):
+        assert seed[variant] >= 0.8
+    for before in ("audc_traffic_before", "audc_selective_before"):
+        assert seed[before] >= seed["audc_champion_before"] - 0.001
 
 
 def test_outcomes_take_feedback_over_the_judge_and_keep_the_traffic_order():
@@ -103,3 +114,35 @@ def test_a_results_only_dataset_is_replayed_with_answers_that_carry_its_scores(t
         traffic_loop.replay_inputs(data_dir, graded_data, tmp_path / "work")
     with pytest.raises(ValueError, match="no prompts file"):
         traffic_loop.replay_inputs(tmp_path / "work" / "replay" / "none", data, tmp_path / "work")
+
+
+def test_an_answer_asked_again_is_graded_as_the_dataset_scores_the_llm_whose_recorded_answer_it_is():
+    from benchmarks.traffic_recheck import AnswerGrader
+
+    prompts = pl.DataFrame({"prompt_id": [1, 2], "category": ["c", "c"]})
+    data = routing_quality.Data(prompts, ["a", "b"], None, np.array([[1.0, 0.0], [1.0, 0.0]]), None, None)
+    recorded = pl.DataFrame(
+        {"model": ["a", "b", "a", "b"], "prompt_id": [1, 1, 2, 2], "response": ["(A)", "(B)", "(C)", "(C)"]}
+    )
+    grader = AnswerGrader(recorded, data)
+    assert grader.grade("a", "1", "(A)") == 1.0  # its own answer
+    assert grader.grade("a", "1", "(B)") == 0.0  # b's answer served in its place (a substitution)
+    assert grader.grade("b", "2", "(C)") == 0.0  # the same text as a's, scored as b's own first
+    assert grader.grade("a", "1", "(Z)") is None
+
+
+def test_the_replay_endpoint_is_put_in_the_state_of_each_check(mmlu_like_dir, tmp_path):
+    from benchmarks.gateway import replay_process
+    from benchmarks.traffic_recheck import post_json, replay_state
+
+    rule = traffic_loop.Degradation("math-pro", "math", "history-pro").rule()
+    with replay_process(tmp_path, mmlu_like_dir, "replay") as base_url:
+        url = f"{base_url.removesuffix('/v1')}/_replay/substitutions"
+        post_json(url, rule)  # in force after the run
+        at_check = replay_state(url, rule, before=300)
+        in_force = []
+        for upto in (150, 300, 450, 150):
+            at_check(upto)
+            with urlopen(url) as response:
+                in_force.append(len(json.loads(response.read())["substitutions"]))
+    assert in_force == [0, 0, 1, 0]
