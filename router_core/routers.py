@@ -276,14 +276,20 @@ class UniRouter(Router):
         if not self.llms_:
             self.psi_ = np.zeros((0, self.validation_assignments_.shape[1]))
             return
+        psi, counts = self.traffic_basis()
+        if getattr(self, "traffic_", None) is not None:
+            psi = blend_traffic_features(psi, counts, self.traffic_.for_llms(self.llms_))
+        self.psi_ = psi
+
+    def traffic_basis(self) -> tuple[np.ndarray, np.ndarray]:
+        """What traffic blends into (:meth:`use_traffic`): the (M, K) Psi from validation answers (or the LLM's
+        :meth:`use_features`) and the validation counts weighing it (:func:`router_core.validation_counts`)."""
         args = (self.validation_assignments_, self.validation_errors_, self.shrinkage)
         psi = llm_error_features(*args, self.llms_)
         for j, name in enumerate(self.llms_):
             if name in self.features_:
                 psi[j] = self.features_[name]
-        if getattr(self, "traffic_", None) is not None:
-            psi = blend_traffic_features(psi, validation_counts(*args), self.traffic_.for_llms(self.llms_))
-        self.psi_ = psi
+        return psi, validation_counts(*args)
 
     def _predict_error(self, x: np.ndarray) -> np.ndarray:
         return self.cluster_map.transform(x) @ self.psi_.T

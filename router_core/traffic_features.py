@@ -46,7 +46,7 @@ predicts the LLMs the champion chose, not what another routing would have achiev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -68,6 +68,8 @@ __all__ = [
     "TrafficErrorStats",
     "blend_traffic_features",
     "compare_on_traffic",
+    "drop_before_changes",
+    "selective_traffic",
     "split_traffic_outcomes",
     "traffic_change_share",
     "traffic_changed_cells",
@@ -82,13 +84,17 @@ TRAFFIC_OUTCOME_COLUMNS = ("request_id", "chosen_llm", "cluster_weights", "score
 Metric = Literal["brier", "log_loss"]
 
 
-def _outcome_arrays(outcomes: pl.DataFrame, n_clusters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n,) served LLM names, (n, K) cluster weights and (n,) errors of a traffic-outcomes frame, checked."""
+def _require_outcome_columns(outcomes: pl.DataFrame, extra: Sequence[str] = ()) -> None:
     if not isinstance(outcomes, pl.DataFrame):
         raise RouterInputError("outcomes", type(outcomes).__name__, "must be a polars.DataFrame")
-    missing = [c for c in TRAFFIC_OUTCOME_COLUMNS if c not in outcomes.columns]
+    missing = [c for c in [*TRAFFIC_OUTCOME_COLUMNS, *extra] if c not in outcomes.columns]
     if missing:
         raise RouterInputError("outcomes.columns", outcomes.columns, f"missing column(s) {missing}")
+
+
+def _outcome_arrays(outcomes: pl.DataFrame, n_clusters: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n,) served LLM names, (n, K) cluster weights and (n,) errors of a traffic-outcomes frame, checked."""
+    _require_outcome_columns(outcomes)
     if outcomes.height == 0:
         return np.array([], dtype=object), np.zeros((0, n_clusters)), np.zeros(0)
     if outcomes["chosen_llm"].null_count():
@@ -137,6 +143,15 @@ class TrafficErrorStats:
 
         return TrafficErrorStats(
             tuple(llms), pick(self.mass), pick(self.error_sum), pick(self.square_mass), self.weight
+        )
+
+    def only(self, keep: np.ndarray) -> TrafficErrorStats:
+        """The same statistics emptied (as if nothing was observed) in the cells where ``keep`` (M, K) is False."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != self.mass.shape:
+            raise RouterInputError("keep", keep.shape, f"must have the statistics' shape {self.mass.shape}")
+        return TrafficErrorStats(
+            self.llms, self.mass * keep, self.error_sum * keep, self.square_mass * keep, self.weight
         )
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -285,6 +300,44 @@ def traffic_change_share(
     sigma2 = np.where(changed[c.seen], own, spread)
     share[c.seen] = (sigma2 + c.s_v2) / (sigma2 + c.v)
     return share
+
+
+def selective_traffic(
+    router: UniRouter,
+    stats: TrafficErrorStats,
+    confirmed: Iterable[tuple[str, int]] = (),
+    alpha: float = DEFAULT_CHANGE_ALPHA,
+    selection_margin: float = DEFAULT_SELECTION_MARGIN,
+) -> TrafficErrorStats:
+    """``stats`` (for ``router``'s pool, cluster map and validation) kept only where a change is established: the
+    cells :func:`traffic_changed_cells` flags and the ``confirmed`` (LLM, cluster) cells (asked again and found
+    changed: :func:`router_core.paired_change`). Elsewhere validation stands, so a pool whose LLMs did not change
+    gets exactly its validation Psi back (blending every cell moved an unchanged pool's AUDC by noise, -0.010 to
+    +0.009 over 15 runs of ``benchmarks/traffic_loop.py``). Pass the result to :meth:`UniRouter.use_traffic`."""
+    psi, counts = router.traffic_basis()
+    llms = list(router.llms_)
+    stats = stats.for_llms(llms)
+    keep = traffic_changed_cells(psi, counts, stats, alpha, selection_margin)
+    for llm, cluster in confirmed:
+        if llm in llms and 0 <= int(cluster) < keep.shape[1]:
+            keep[llms.index(llm), int(cluster)] = True
+    return stats.only(keep)
+
+
+def drop_before_changes(outcomes: pl.DataFrame, changes: pl.DataFrame) -> pl.DataFrame:
+    """``outcomes`` (with ``decided_at``) less those of a changed cell decided before its change was confirmed
+    (``changes``: ``llm, cluster, checked_at``, e.g. re-checks found changed): the LLM answered them as it was
+    before. A request's cell is its chosen LLM and the argmax of its cluster weights."""
+    _require_outcome_columns(outcomes, ["decided_at"])
+    if not changes.height:
+        return outcomes
+    confirmed = changes.group_by("llm", pl.col("cluster").cast(pl.Int64)).agg(pl.col("checked_at").max())
+    cell = pl.col("cluster_weights").list.arg_max().cast(pl.Int64).alias("_cluster")
+    marked = outcomes.with_columns(cell).join(
+        confirmed, left_on=["chosen_llm", "_cluster"], right_on=["llm", "cluster"], how="left"
+    )
+    stale = pl.col("checked_at").is_not_null() & (pl.col("decided_at") < pl.col("checked_at"))
+    return marked.filter(~stale).drop("_cluster", "checked_at")
 
 
 #: Fewest cells with traffic to estimate the pool's drift variance from (James-Stein's condition for shrinking

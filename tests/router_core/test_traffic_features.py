@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from datetime import datetime
+
 import numpy as np
 import polars as pl
 import pytest
@@ -14,8 +17,10 @@ from router_core import (
     UniRouter,
     blend_traffic_features,
     compare_on_traffic,
+    drop_before_changes,
     load_router,
     save_router,
+    selective_traffic,
     split_traffic_outcomes,
     traffic_change_share,
     traffic_changed_cells,
@@ -199,6 +204,42 @@ def test_without_degradation_the_blend_is_not_worse(two_topics, tmp_path):
     comparison = compare_on_traffic(champion, challenger, heldout)
     assert comparison.not_worse() and comparison.difference == 0.0
     assert np.array_equal(challenger.psi_, champion.psi_)
+
+
+def test_selective_traffic_moves_only_changed_and_confirmed_cells(two_topics):
+    """Noise-level traffic everywhere leaves Psi as validated; a cell traffic shows changed moves, and so does a
+    cell named as confirmed (asked again) whose traffic alone proves nothing."""
+    champion = _champion(two_topics)
+    k = _a_cluster(champion, two_topics)
+    a, other = champion.llms_.index("A"), 1 - k
+    rng = np.random.default_rng(3)
+    x = two_topics.test[rng.integers(0, len(two_topics.test), size=1500)]
+    served, weights = rng.choice(champion.llms_, size=len(x)), champion.cluster_weights(x)  # every cell rated
+    on_a_topic = (served == "A") & (weights[:, k] == 1)
+    truth = champion.psi_[[champion.llms_.index(s) for s in served], weights.argmax(1)]
+    errors = np.where(on_a_topic, rng.uniform(size=len(x)) < 0.6, rng.uniform(size=len(x)) < truth)
+    stats = traffic_error_stats(_outcomes(weights, served, errors), champion.llms_, 2)
+    everywhere = champion.psi_ != copy.deepcopy(champion).use_traffic(stats).psi_
+    assert everywhere.sum() > 1  # blending every cell moves unchanged cells too
+    kept = selective_traffic(champion, stats)
+    moved = champion.psi_ != copy.deepcopy(champion).use_traffic(kept).psi_
+    assert moved[a, k] and moved.sum() == 1
+    confirmed = selective_traffic(champion, stats, confirmed=[("A", other)])
+    assert confirmed.mass[a, other] == stats.mass[a, other] > 0 and kept.mass[a, other] == 0
+    quiet = traffic_error_stats(_outcomes(weights, served, rng.uniform(size=len(x)) < truth), champion.llms_, 2)
+    assert np.array_equal(copy.deepcopy(champion).use_traffic(selective_traffic(champion, quiet)).psi_, champion.psi_)
+
+
+def test_outcomes_before_a_confirmed_change_are_dropped():
+    at = [datetime(2026, 12, 1, h) for h in (1, 2, 3, 4)]
+    outcomes = _outcomes(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), ["A", "A", "A", "B"], np.zeros(4))
+    outcomes = outcomes.with_columns(decided_at=pl.Series(at))
+    changes = pl.DataFrame({"llm": ["A"], "cluster": [0], "checked_at": [datetime(2026, 12, 1, 2)]})
+    kept = drop_before_changes(outcomes, changes)
+    assert kept["request_id"].to_list() == ["req-1", "req-2", "req-3"]  # A's cluster-1 and B's stay
+    assert kept.columns == outcomes.columns
+    with pytest.raises(RouterInputError, match="decided_at"):
+        drop_before_changes(outcomes.drop("decided_at"), changes)
 
 
 def test_the_blended_router_survives_save_load_and_pool_changes(two_topics, tmp_path):
