@@ -2,8 +2,9 @@
 
 # Dagster resolves config and resource types from annotations at import: no `from __future__ import annotations`.
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 import polars as pl
@@ -21,6 +22,7 @@ from router_core import (
     TrafficErrorStats,
     fit_pool,
     load_cluster_map,
+    selective_traffic,
     version_figures,
 )
 from serving import gate
@@ -59,7 +61,9 @@ class RouterConfig(dg.Config):
     validation+traffic``; ``traffic_heldout_fraction`` of the outcomes (by request id) are never used for features
     but by its gate, which promotes it only when neither the test prompts nor the held-out outcomes (mean Brier
     loss, within ``traffic_gate_tolerance``) say it is worse than the champion; ``traffic_weight``: how many
-    validation prompts one traffic outcome is worth (lower it for a noisy judge)."""
+    validation prompts one traffic outcome is worth (lower it for a noisy judge); ``traffic_blend``: ``selective``
+    blends only the cells where traffic shows a change or a re-check confirmed one (``drift_rechecks``; their
+    outcomes from before the change left out), so an unchanged pool keeps its validation Psi; ``all`` every cell."""
 
     pool: list[str] | None = None
     default_cost_weight: float | None = None
@@ -69,6 +73,7 @@ class RouterConfig(dg.Config):
     traffic_heldout_fraction: float = 0.2
     traffic_weight: float = 1.0
     traffic_gate_tolerance: float = gate.DEFAULT_TRAFFIC_TOLERANCE
+    traffic_blend: Literal["selective", "all"] = "selective"
 
 
 @dg.asset(
@@ -94,12 +99,12 @@ def router(
         with warehouse.connect() as con:
             data = wh.read_router_inputs(con, emb.embedder_id, config.pool)
             outcomes = wh.read_traffic_outcomes(con) if config.traffic_features else None
+            changes = wh.read_rechecks(con).filter(pl.col("changed")) if config.traffic_features else None
         for note in data.notes():
             context.log.warning(note)
         fit = _fit(data, config)
-        traffic = (
-            None if outcomes is None else _learn_from_traffic(outcomes, data, fit, emb.embedder_id, config, mlflow)
-        )
+        learn = (outcomes, changes, data, fit, emb.embedder_id, config, mlflow)
+        traffic = None if outcomes is None else _learn_from_traffic(*learn)
     except (wh.RouterInputsError, RouterInputError) as exc:  # no map or pool, features stale against their grades
         raise dg.Failure(str(exc)) from exc
     left_out = _left_out(data.checks, data.unpriced)
@@ -153,21 +158,26 @@ def _candidate(fit: PoolFit, data: wh.RouterInputs, embedder_id: str, left_out: 
 
 def _learn_from_traffic(
     outcomes: pl.DataFrame,
+    changes: pl.DataFrame,
     data: wh.RouterInputs,
     fit: PoolFit,
     embedder_id: str,
     config: RouterConfig,
     mlflow: MlflowResource,
 ) -> tuple["versions.TrafficFeatures", PoolFit | None]:
-    """The traffic outcomes of ``fit``'s pool, cluster map and embedder (:func:`serving.versions.traffic_features`)
-    and the pool fitted with Psi blended with them (None: no such outcome to learn from)."""
+    """The traffic outcomes of ``fit``'s pool, cluster map and embedder (:func:`serving.versions.traffic_features`;
+    ``changes``: confirmed re-checks) and the pool fitted with Psi blended with them (None: no such outcome to learn
+    from), only where a change is established when ``traffic_blend`` is ``selective``."""
     from serving import versions
 
     mlflow.setup()  # the registry says which versions decided with this cluster map
     features = versions.traffic_features(
         outcomes, mlflow.model_name, data.cluster_map, embedder_id, fit.pool, config.traffic_heldout_fraction,
-        config.traffic_weight,
+        config.traffic_weight, changes,
     )  # fmt: skip
+    if config.traffic_blend == "selective":
+        kept = selective_traffic(fit.router, features.stats, features.confirmed)
+        features = replace(features, stats=kept, blend="selective")
     return features, _fit(data, config, features.stats) if features.used else None
 
 

@@ -78,16 +78,14 @@ from router_core import (
     DEFAULT_SUSPECT_MIN_COUNT,
     DEFAULT_SUSPECT_Z,
     EmbeddingCache,
-    TrafficErrorStats,
     UniRouter,
     compare_on_traffic,
     drift_alarms,
     evaluate_router,
+    selective_traffic,
     split_traffic_outcomes,
-    traffic_changed_cells,
     traffic_error_stats,
     validation_count_table,
-    validation_counts,
 )
 from serving.decisions import read_decisions
 from serving.feedback import read_feedback
@@ -293,13 +291,7 @@ def traffic_router(
     router = ctx.reprofiled_router(reprofiled)
     stats = traffic_error_stats(features, router.llms_, router.validation_assignments_.shape[1])
     if selective:
-        psi = router.psi_
-        counts = validation_counts(router.validation_assignments_, router.validation_errors_, router.shrinkage)
-        keep = traffic_changed_cells(psi, counts, stats.for_llms(router.llms_))
-        for llm, cluster in reprofiled.select("llm", "cluster").unique().rows():
-            keep[router.llms_.index(llm), cluster] = True
-        masked = (a * keep for a in (stats.mass, stats.error_sum, stats.square_mass))
-        stats = TrafficErrorStats(stats.llms, *masked, stats.weight)
+        stats = selective_traffic(router, stats, reprofiled.select("llm", "cluster").unique().rows())
     return router.use_traffic(stats), heldout
 
 

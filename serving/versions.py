@@ -25,6 +25,7 @@ from router_core import (
     Embedder,
     PoolFit,
     TrafficErrorStats,
+    drop_before_changes,
     save_router,
     split_traffic_outcomes,
     traffic_error_stats,
@@ -74,13 +75,20 @@ class TrafficFeatures:
     heldout: pl.DataFrame
     used: int
     other_map: int
+    confirmed: tuple[tuple[str, int], ...] = ()  #: cells re-checked and found changed (their earlier outcomes left out)
+    blend: str = "all"  #: "selective": only where a change is established (:func:`router_core.selective_traffic`)
 
     def describe(self) -> str:
         """One line for the model card."""
+        where = (
+            "only in the cells where traffic or a re-check shows a change (validation stands elsewhere)"
+            if self.blend == "selective"
+            else "in every cell"
+        )
         return (
             f"{TRAFFIC_FEATURES}: each LLM's Psi blends its validation errors with {self.used:,} traffic outcomes "
-            f"per cluster (precision-weighted, one outcome worth {self.stats.weight:g} validation prompts; validation "
-            f"trusted less as traffic drifts from it beyond noise, set aside where it shows a change); "
+            f"per cluster, {where} (precision-weighted, one outcome worth {self.stats.weight:g} validation prompts; "
+            f"validation trusted less as traffic drifts from it beyond noise, set aside where it shows a change); "
             f"{self.heldout.height:,} held out for the champion gate"
         )
 
@@ -267,13 +275,15 @@ def traffic_features(
     pool: Sequence[str],
     heldout_fraction: float,
     weight: float = 1.0,
+    changes: pl.DataFrame | None = None,
 ) -> TrafficFeatures:
     """Traffic outcomes (``wh.read_traffic_outcomes``' columns) as features for a version of ``pool`` on
     ``cluster_map`` (its warehouse row) and ``embedder_id``: only outcomes of requests decided by a registered
     version of ``model_name`` with that cluster map and embedder count (their cluster weights mean the same
     clusters); they are split by request id (:func:`router_core.split_traffic_outcomes`) into features and held
     out, and the features side is summed per LLM and cluster (``weight``: see
-    :func:`router_core.traffic_error_stats`)."""
+    :func:`router_core.traffic_error_stats`). ``changes`` (``drift_rechecks`` rows found changed): a changed cell's
+    outcomes decided before its change was confirmed are left out (:func:`router_core.drop_before_changes`)."""
     same = registry.versions_tagged(
         model_name, {"cluster_map_version": str(cluster_map["version"]), "embedder_id": embedder_id}
     )
@@ -281,10 +291,17 @@ def traffic_features(
     if "embedder_id" in outcomes.columns:
         kept &= pl.col("embedder_id") == embedder_id
     mine = outcomes.filter(kept)
-    features, heldout = split_traffic_outcomes(mine, heldout_fraction)
+    changes = (changes if changes is not None else pl.DataFrame(schema=_CHANGE_COLUMNS)).filter(
+        pl.col("router_version").cast(pl.String).is_in(sorted(same))
+    )
+    features, heldout = split_traffic_outcomes(drop_before_changes(mine, changes), heldout_fraction)
     stats = traffic_error_stats(features, pool, int(cluster_map["n_clusters"]), weight)
     used = features.filter(pl.col("chosen_llm").is_in(list(pool))).height
-    return TrafficFeatures(stats, heldout, used, outcomes.height - mine.height)
+    confirmed = tuple(sorted(set(changes.select("llm", pl.col("cluster").cast(pl.Int64)).rows())))
+    return TrafficFeatures(stats, heldout, used, outcomes.height - mine.height, confirmed)
+
+
+_CHANGE_COLUMNS = {"llm": pl.String, "cluster": pl.Int64, "checked_at": pl.Datetime, "router_version": pl.String}
 
 
 def with_profiles(new: Candidate, partial: Mapping[str, tuple[int, int]]) -> Candidate:

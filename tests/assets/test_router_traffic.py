@@ -29,7 +29,7 @@ def _heldout(prefix: str, n: int) -> tuple[list[str], set[str]]:
     return ids, set(heldout["request_id"])
 
 
-def _store(home, prefix: str, n: int, embedder_id: str, heldout_score: float) -> None:
+def _store(home, prefix: str, n: int, embedder_id: str, heldout_score: float, at: datetime = FIRST) -> None:
     """``n`` requests routed by v1 to DEGRADED on CLUSTER, rated (feedback) all wrong on the features side and
     ``heldout_score`` on the held-out side; plus requests of a router version with another map (K=2) and requests
     whose prompts another embedder embedded, judged (no feedback): those must be left out."""
@@ -42,7 +42,21 @@ def _store(home, prefix: str, n: int, embedder_id: str, heldout_score: float) ->
     embedders = [{**route, "embedder_id": "another-embedder", "request_id": f"{i}-embedder"} for i in ids[:3]]
     ratings = {i: heldout_score if i in held else 0.0 for i in ids}
     verdicts = {r["request_id"]: 0.0 for r in others} | {r["request_id"]: 1.0 for r in embedders}
-    store_rated_traffic(home.warehouse, decisions + others + embedders, ratings, verdicts, at=FIRST)
+    store_rated_traffic(home.warehouse, decisions + others + embedders, ratings, verdicts, at=at)
+
+
+ALL = {"traffic_features": True, "traffic_blend": "all"}  # blend every cell (these runs pin the blend itself)
+
+
+def _confirm(path, at: datetime) -> None:
+    """A re-check of DEGRADED on CLUSTER (router version 1) that found it changed, recorded at ``at``."""
+    import warehouse as wh
+
+    row = {"llm": DEGRADED, "cluster": CLUSTER, "router_version": "1", "checked_at": at.replace(tzinfo=None)}
+    row |= {"rated": 40, "traffic_z": 2.0, "asked": 4, "worse": 4, "better": 0, "stored_error": 0.75}
+    row |= {"new_error": 1.0, "p_value": 0.0625, "z": 1.5, "changed": True, "cost_usd": 0.0, "message": "changed"}
+    with wh.connect(path) as con:
+        assert wh.record_rechecks(con, pl.DataFrame([row])) == 1
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +91,20 @@ def runs(pipeline_snapshot, tmp_path_factory):
             metadata = result.asset_materializations_for_node("router")[0].metadata
             results[name] = {k: v.value for k, v in metadata.items()}
 
-        run("empty", traffic_features=True)
-        run("bad", traffic_features=True, traffic_heldout_fraction=1.5)
+        run("empty", **ALL)
+        run("bad", **ALL, traffic_heldout_fraction=1.5)
         _store(home, "a", 80, embedder_id, heldout_score=1.0)
         run("off")
-        run("contradicted", traffic_features=True)
-        run("again", traffic_features=True)
+        run("contradicted", **ALL)
+        run("again", **ALL)
         _, held = _heldout("a", 80)
         store_rated_traffic(home.warehouse, ratings=dict.fromkeys(held, 0.0), at=LATER)
         _store(home, "b", 80, embedder_id, heldout_score=0.0)
-        run("confirmed", traffic_features=True)
+        run("confirmed", **ALL)
+        run("selective_unconfirmed", traffic_features=True)  # the default blend
+        _confirm(home.warehouse, at=FIRST + timedelta(minutes=1))  # a re-check found DEGRADED changed after those
+        _store(home, "c", 80, embedder_id, heldout_score=0.0, at=LATER)
+        run("selective", traffic_features=True)
     return results | {"uri": home.tracking_uri}
 
 
@@ -169,6 +187,23 @@ def test_it_is_promoted_when_neither_test_prompts_nor_heldout_traffic_say_worse(
     assert str(client.get_model_version_by_alias("uniroute", "previous-champion").version) == "1"
 
 
+def test_the_selective_blend_moves_only_changed_cells_and_forgets_outcomes_from_before_a_confirmed_change(runs, client):
+    """By default traffic moves only cells where a change is established (here 128 wrong answers against 4
+    validation answers at 0.75); once a re-check confirms the change, the outcomes decided before it (the first 80
+    requests of "a" and "b") no longer count: only the 80 of "c", decided after it."""
+    _, champion = _psi("1")
+    for name, outcomes in (("selective_unconfirmed", 80 + 80), ("selective", 80)):
+        run = runs[name]
+        assert run["traffic_outcomes_used"] + run["traffic_outcomes_heldout"] == outcomes
+        llms, psi = _psi(run["traffic_version"])
+        moved = ~np.isclose(psi, champion)
+        assert moved.sum() == 1 and moved[llms.index(DEGRADED), CLUSTER]
+    # the first: equal statistics to the "all" blend's v3 (its only cell with traffic changed), found unchanged
+    assert runs["selective_unconfirmed"]["traffic_version"] == "3"
+    version = client.get_model_version("uniroute", runs["selective"]["traffic_version"])
+    assert "only in the cells where traffic or a re-check shows a change" in version.description
+
+
 def test_the_same_outcomes_again_register_nothing(runs, client):
     again = runs["again"]
     assert (
@@ -176,4 +211,5 @@ def test_the_same_outcomes_again_register_nothing(runs, client):
         and "traffic outcomes equal v2's (challenger)" in (again["traffic_status"])
     )
     assert again["traffic_gate"].startswith("not run: unchanged")
-    assert sorted(str(v.version) for v in client.search_model_versions("name='uniroute'")) == ["1", "2", "3"]
+    versions = sorted(str(v.version) for v in client.search_model_versions("name='uniroute'"))
+    assert versions == ["1", "2", "3", "4"]  # "again" registered nothing; v4 is the selective blend's, at the end
