@@ -5,7 +5,9 @@ r"""Onboarding a new LLM from part of the validation set: which prompts to ask f
 complete profile gives exactly :func:`router_core.features.llm_error_features`.
 
 The estimator imputes each unasked answer from what the known LLMs did on that prompt (arXiv 2402.14992's idea of
-estimating the whole from anchor items): a low-rank model of the known LLMs' per-prompt errors,
+estimating the whole from anchor items). ``method="irt"`` (the default) uses a 2PL item response model with one
+ability per cluster (:mod:`router_core.onboarding_estimators`); ``lowrank`` a low-rank model of the known LLMs'
+per-prompt errors,
 
 .. math::
 
