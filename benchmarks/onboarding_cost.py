@@ -77,7 +77,8 @@ METHODS = {
     "discriminative + plain": ("discriminative", "plain", "partial"),
     "discriminative + difficulty": ("discriminative", "difficulty", "partial"),
     "discriminative + lowrank": ("discriminative", "lowrank", "partial"),
-    "discriminative + lowrank (mixed)": ("discriminative", "lowrank", "mixed"),
+    "discriminative + irt": ("discriminative", "irt", "partial"),
+    f"{CHOSEN} (mixed)": (DEFAULT_ORDER, DEFAULT_ESTIMATOR, "mixed"),
     "adaptive + lowrank": ("adaptive", "lowrank", "partial"),
 }
 ADAPTIVE_BATCH = 0.025  # share of the validation prompts asked per adaptive step

@@ -83,8 +83,8 @@ def test_cross_validated_shrinkage_adapts_to_how_much_the_known_llms_leave_unexp
     for quirk, light in ((1.5, True), (0.0, False)):
         weights, known, new = population(quirk=quirk)
         full, partial = llm_error_features(weights, new), ask(new, order[: int(share * 480)])
-        cv = PartialProfileEstimator().fit(weights, known)
-        fixed = PartialProfileEstimator(cluster_weight=15.0).fit(weights, known)
+        cv = PartialProfileEstimator(method="lowrank").fit(weights, known)
+        fixed = PartialProfileEstimator(method="lowrank", cluster_weight=15.0).fit(weights, known)
         rmse = {
             name: float(np.sqrt(np.mean((estimator.estimate(partial).psi - full) ** 2)))
             for name, estimator in (("cv", cv), ("fixed", fixed))
@@ -92,6 +92,35 @@ def test_cross_validated_shrinkage_adapts_to_how_much_the_known_llms_leave_unexp
         assert rmse["cv"] < rmse["fixed"], (quirk, rmse)
         weight = cv._setting(~np.isnan(partial[:, 0])).cluster_weight
         assert (weight < 15) if light else (weight > 15), (quirk, weight)
+
+
+def test_irt_chooses_how_far_a_cluster_strays_from_the_overall_ability_by_leave_one_out():
+    """``irt``'s between-cluster ability variance follows the population: larger where each LLM has quirks of its
+    own per cluster; either way its Psi is much closer to the full profile's than the asked prompts' mean."""
+    asked = np.random.default_rng(1).permutation(480)[:48]
+    chosen = {}
+    for quirk in (0.0, 1.5):
+        weights, known, new = population(quirk=quirk)
+        full, partial = llm_error_features(weights, new), ask(new, asked)
+        irt = PartialProfileEstimator(method="irt").fit(weights, known)
+        plain = PartialProfileEstimator(method="plain").fit(weights, known)
+        rmse = {
+            name: float(np.sqrt(np.mean((estimator.estimate(partial).psi - full) ** 2)))
+            for name, estimator in (("irt", irt), ("plain", plain))
+        }
+        assert rmse["irt"] < 0.75 * rmse["plain"], (quirk, rmse)
+        chosen[quirk] = irt.irt_.tau2(~np.isnan(partial[:, 0]))
+    assert chosen[1.5] > chosen[0.0], chosen
+
+
+def test_irt_with_too_few_known_llms_to_cross_validate_uses_their_spread():
+    weights, known, new = population(known=2)
+    estimator = PartialProfileEstimator(method="irt").fit(weights, known)
+    partial = ask(new, np.arange(0, 480, 10))
+    assert estimator.irt_.tau2(~np.isnan(partial[:, 0])) == estimator.irt_.items.tau2
+    profile = estimator.estimate(partial)
+    assert np.isfinite(profile.psi).all() and np.isfinite(profile.standard_error).all()
+    assert not np.array_equal(profile.psi, llm_error_features(weights, partial))
 
 
 def test_a_partial_pool_is_judged_up_to_what_leaves_routing_unchanged():
@@ -106,9 +135,10 @@ def test_a_partial_pool_is_judged_up_to_what_leaves_routing_unchanged():
     assert _routing_loss(noisy, full, mass, "partial") > 1e-3
 
 
-def test_the_standard_error_shrinks_as_more_is_asked_and_covers_the_full_profile():
+@pytest.mark.parametrize("method", ["lowrank", "irt"])
+def test_the_standard_error_shrinks_as_more_is_asked_and_covers_the_full_profile(method):
     weights, known, new = population()
-    estimator = PartialProfileEstimator().fit(weights, known)
+    estimator = PartialProfileEstimator(method=method).fit(weights, known)
     plain = PartialProfileEstimator(method="plain").fit(weights, known)
     full = estimator.estimate(new)
     order = np.random.default_rng(2).permutation(len(new))
