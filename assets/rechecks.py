@@ -33,7 +33,8 @@ class DriftRecheckConfig(dg.Config):
     """Which cells of the online evaluation are suspect (``z`` above ``suspect_z`` over at least ``min_count`` rated
     requests), how many stored prompts of each are asked again (``per_cell``), after how many new rated requests a
     re-checked cell may be asked again (``recheck_new``), the USD cap of a run (``budget_usd``, never passed) and the
-    sign test's threshold (``confirm_z``)."""
+    sign test's threshold (``confirm_z``); ``whole_llm``: an LLM confirmed changed in one cluster is asked again in
+    its other clusters too."""
 
     suspect_z: float = DEFAULT_SUSPECT_Z
     min_count: int = DEFAULT_SUSPECT_MIN_COUNT
@@ -41,6 +42,7 @@ class DriftRecheckConfig(dg.Config):
     recheck_new: int = DEFAULT_RECHECK_NEW
     budget_usd: float = DEFAULT_RECHECK_BUDGET_USD
     confirm_z: float = DEFAULT_CONFIRM_Z
+    whole_llm: bool = True
 
 
 @dg.asset(group_name=GROUP, deps=[online_evaluation])
@@ -113,6 +115,7 @@ def _recheck(
             complete,
             per_cell=config.per_cell,
             confirm_z=config.confirm_z,
+            whole_llm=config.whole_llm,
             policy=collector.policy(),
             pacer=pacer,
             log=context.log.info,

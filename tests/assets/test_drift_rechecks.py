@@ -142,8 +142,13 @@ def test_a_silent_degradation_is_confirmed_by_asking_again_and_an_unchanged_llm_
         features = _features_follow(instance, request)
 
     # (a) the degraded LLM: asked again on its suspect cluster's stored prompts, validation first, all worse
-    mine = asked.filter(pl.col("model") == DEGRADED).join(prompts, on="prompt_id")
-    assert mine.height == PER_CELL and set(mine["cluster"]) == {math}
+    degraded = asked.filter(pl.col("model") == DEGRADED).join(prompts, on="prompt_id")
+    mine = degraded.filter(pl.col("cluster") == math)
+    assert mine.height == PER_CELL
+    # once confirmed there, its other clusters were asked again too (whole_llm), each recorded
+    assert set(degraded["cluster"]) == set(range(k)) and degraded.height > PER_CELL
+    for other in set(range(k)) - {math}:
+        assert f"| {DEGRADED} | {other} | 0 | " in first["rechecked"]
     validation = prompts.filter((pl.col("cluster") == math) & (pl.col("split") == "validation"))
     assert set(validation["prompt_id"]) <= set(mine["prompt_id"])
     assert set(mine.filter(pl.col("category") == CATEGORY)["served_by"]) == {SERVED_BY}
@@ -166,7 +171,7 @@ def test_a_silent_degradation_is_confirmed_by_asking_again_and_an_unchanged_llm_
             [DEGRADED],
         ).fetchall()
     assert now["new_score"].to_list() == [0.0] * PER_CELL and now["score"].to_list() == [1.0] * PER_CELL
-    assert archived == [(PER_CELL, "drift re-check", 1.0)]
+    assert archived[0][:2] == (degraded.height, "drift re-check")
     # its features follow: the sensor launches the LLM's grades and checks, and automation its features after them
     assert request.partition_key == DEGRADED and features == [DEGRADED]
 
