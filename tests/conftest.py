@@ -457,6 +457,43 @@ def _build_once_per_run(tmp_path_factory, name: str, build) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_tables_made_once(tmp_path_factory):
+    """A new sqlite MLflow registry gets a copy of MLflow's tables instead of replaying MLflow's ~70 migrations again
+    (3-30 s on these shared 2-core machines, in each of dozens of tests that start a registry). The copy is made
+    once per run by MLflow's own ``_initialize_tables`` on an empty file, so it is what MLflow would make (no
+    experiment yet: the store adds its Default one on opening it); any other database, or a file that already has
+    tables, goes through MLflow unchanged. Processes the tests start make theirs the usual way."""
+    from mlflow.store.db import utils
+    from mlflow.store.model_registry import sqlalchemy_store as registry_store
+
+    def build(folder: Path) -> None:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(f"sqlite:///{folder / 'mlflow.db'}")
+        try:
+            initialize(engine)
+        finally:
+            engine.dispose()
+
+    initialize = utils._initialize_tables
+    template = _build_once_per_run(tmp_path_factory, "mlflow_tables", build) / "mlflow.db"
+
+    def initialize_tables(engine) -> None:
+        database = engine.url.database
+        if engine.url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+            return initialize(engine)
+        if not utils._is_empty_database(engine):
+            return initialize(engine)
+        engine.dispose()  # the pooled connections to the empty file go; the next one opens the copy
+        shutil.copyfile(template, database)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(utils, "_initialize_tables", initialize_tables)
+        patch.setattr(registry_store, "_initialize_tables", initialize_tables)
+        yield
+
+
 @pytest.fixture(scope="session")
 def build_once_per_run():
     """:func:`_build_once_per_run`, for the conftests of sub-folders."""
