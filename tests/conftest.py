@@ -461,7 +461,7 @@ def _build_once_per_run(tmp_path_factory, name: str, build) -> Path:
 def _mlflow_tables_made_once(tmp_path_factory):
     """A new sqlite MLflow registry gets a copy of MLflow's tables instead of replaying MLflow's ~70 migrations again
     (3-30 s on these shared 2-core machines, in each of dozens of tests that start a registry). The copy is made
-    once per run by MLflow's own ``_initialize_tables`` on an empty file, so it is what MLflow would make (no
+    once per run, when first needed, by MLflow's own ``_initialize_tables`` on an empty file: what MLflow makes (no
     experiment yet: the store adds its Default one on opening it); any other database, or a file that already has
     tables, goes through MLflow unchanged. Processes the tests start make theirs the usual way."""
     from mlflow.store.db import utils
@@ -477,7 +477,6 @@ def _mlflow_tables_made_once(tmp_path_factory):
             engine.dispose()
 
     initialize = utils._initialize_tables
-    template = _build_once_per_run(tmp_path_factory, "mlflow_tables", build) / "mlflow.db"
 
     def initialize_tables(engine) -> None:
         database = engine.url.database
@@ -485,6 +484,7 @@ def _mlflow_tables_made_once(tmp_path_factory):
             return initialize(engine)
         if not utils._is_empty_database(engine):
             return initialize(engine)
+        template = _build_once_per_run(tmp_path_factory, "mlflow_tables", build) / "mlflow.db"
         engine.dispose()  # the pooled connections to the empty file go; the next one opens the copy
         shutil.copyfile(template, database)
 
