@@ -513,6 +513,14 @@ def _mlflow_tables_copied(tmp_path_factory, _mlflow_tables_patch):
 
 
 @pytest.fixture(scope="session")
+def litellm_venv() -> Path:
+    """LiteLLM's scratch venv for the plug-in's tests, built on first use and kept (``build_litellm_venv``)."""
+    from tests.integrations.litellm_support import build_litellm_venv
+
+    return build_litellm_venv()
+
+
+@pytest.fixture(scope="session")
 def build_once_per_run():
     """:func:`_build_once_per_run`, for the conftests of sub-folders."""
     return _build_once_per_run
