@@ -46,7 +46,8 @@ $(POSTGRES_INITDB):
 	$(SUDO) apt-get install -y -q postgresql || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql)
 
 # LiteLLM's proxy in a scratch venv of its own (benchmarks/litellm_peer.py; ~1 min from the package index), for the
-# tests of the LiteLLM plug-in (integrations/litellm_uniroute) against a real LiteLLM proxy.
+# tests of the LiteLLM plug-in (integrations/litellm_uniroute) against a real LiteLLM proxy. `make test` does not
+# build it first: the first test that needs it does (the litellm_venv fixture), while the other workers go on.
 LITELLM := data/bench/litellm/venv/bin/litellm
 
 $(LITELLM): | setup
@@ -54,7 +55,7 @@ $(LITELLM): | setup
 
 # Files run on 3 workers (--dist loadfile keeps a file's module fixtures on one): most tests wait on servers and
 # subprocesses, so 3 workers on 2 cores took the suite from 11 to 7 minutes here.
-test: setup lint $(CHROMIUM) $(POSTGRES_INITDB) $(LITELLM)
+test: setup lint $(CHROMIUM) $(POSTGRES_INITDB)
 	$(BIN)/pytest -n 3 --dist loadfile
 
 # The main job: the pipeline's whole story (profile, cluster map, router v1; onboard 4 LLMs; router v2).

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -104,9 +105,16 @@ _STAMP: Final = "uniroute-pins.json"
 def ensure_litellm_venv(root: Path) -> Path:
     """The ``litellm`` executable of a venv under ``root`` (``root/venv``) with :data:`PINS` installed.
 
-    A venv whose stamp lists the same pins and Python is reused; otherwise it is built afresh (pip, ~1 min).
+    A venv whose stamp lists the same pins and Python is reused; otherwise it is built afresh (pip, ~1 min). Callers
+    in other processes (test files on other workers) wait for one build and reuse it.
     """
-    venv_dir = Path(root) / "venv"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / ".venv.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_litellm_venv(Path(root) / "venv")
+
+
+def _ensure_litellm_venv(venv_dir: Path) -> Path:
     executable = venv_dir / "bin" / "litellm"
     stamp = venv_dir / _STAMP
     wanted = json.dumps({"python": sys.version.split()[0], "pins": sorted(PINS)}, indent=1)

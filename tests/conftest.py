@@ -457,6 +457,69 @@ def _build_once_per_run(tmp_path_factory, name: str, build) -> Path:
     return folder
 
 
+def _copy_mlflow_tables(tmp_path_factory, patch: pytest.MonkeyPatch) -> None:
+    """A new sqlite MLflow registry gets a copy of MLflow's tables instead of replaying MLflow's ~70 migrations again
+    (3-30 s on these shared 2-core machines, in each of dozens of tests that start a registry). The copy is made
+    once per run, when first needed, by MLflow's own ``_initialize_tables`` on an empty file: what MLflow makes (no
+    experiment yet: the store adds its Default one on opening it); any other database, or a file that already has
+    tables, goes through MLflow unchanged. Only where MLflow is imported already (a process that never imports it
+    pays nothing); processes the tests start make theirs the usual way."""
+    if "mlflow" not in sys.modules:
+        return
+    from mlflow.store.db import utils
+
+    if getattr(utils._initialize_tables, "copies_tables", False):
+        return
+    from mlflow.store.model_registry import sqlalchemy_store as registry_store
+
+    initialize = utils._initialize_tables
+
+    def build(folder: Path) -> None:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(f"sqlite:///{folder / 'mlflow.db'}")
+        try:
+            initialize(engine)
+        finally:
+            engine.dispose()
+
+    def initialize_tables(engine) -> None:
+        database = engine.url.database
+        if engine.url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+            return initialize(engine)
+        if not utils._is_empty_database(engine):
+            return initialize(engine)
+        template = _build_once_per_run(tmp_path_factory, "mlflow_tables", build) / "mlflow.db"
+        engine.dispose()  # the pooled connections to the empty file go; the next one opens the copy
+        shutil.copyfile(template, database)
+
+    initialize_tables.copies_tables = True
+    patch.setattr(utils, "_initialize_tables", initialize_tables)
+    patch.setattr(registry_store, "_initialize_tables", initialize_tables)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_tables_patch(tmp_path_factory):
+    """:func:`_copy_mlflow_tables` for the session (the test modules collected imported MLflow), undone at its end."""
+    with pytest.MonkeyPatch.context() as patch:
+        _copy_mlflow_tables(tmp_path_factory, patch)
+        yield patch
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_tables_copied(tmp_path_factory, _mlflow_tables_patch):
+    """:func:`_copy_mlflow_tables` once a test has imported MLflow (when no collected module had)."""
+    _copy_mlflow_tables(tmp_path_factory, _mlflow_tables_patch)
+
+
+@pytest.fixture(scope="session")
+def litellm_venv() -> Path:
+    """LiteLLM's scratch venv for the plug-in's tests, built on first use and kept (``build_litellm_venv``)."""
+    from tests.integrations.litellm_support import build_litellm_venv
+
+    return build_litellm_venv()
+
+
 @pytest.fixture(scope="session")
 def build_once_per_run():
     """:func:`_build_once_per_run`, for the conftests of sub-folders."""

@@ -1,18 +1,22 @@
-"""What the tests of the LiteLLM plug-in share: LiteLLM's scratch venv (and the mark that skips without it) and the
-replay endpoint's request log read per prompt."""
+"""What the tests of the LiteLLM plug-in share: LiteLLM's scratch venv (built by the first test that needs it) and
+the replay endpoint's request log read per prompt."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+from benchmarks.litellm_peer import ensure_litellm_venv
 from benchmarks.rollout_litellm import LITELLM_ROOT
 from replay import ReplayServer
 
 VENV = LITELLM_ROOT / "venv"
-needs_litellm_venv = pytest.mark.skipif(
-    not (VENV / "bin" / "litellm").exists(),
-    reason=f"LiteLLM's scratch venv is not built ({VENV}): `make test` builds it (~1 min from the package index)",
-)
+
+
+def build_litellm_venv() -> Path:
+    """LiteLLM's scratch venv (:data:`VENV`), built from the package index on first use (pip, ~1 min; then kept, and
+    reused by every later run while the pins hold); test files on other workers wait for the one build."""
+    ensure_litellm_venv(LITELLM_ROOT)
+    return VENV
 
 
 def asked(replay: ReplayServer) -> dict[int, list[str]]:

@@ -5,8 +5,8 @@ plug-in asks a real HTTP stand-in of the gateway's ``POST /v1/route`` (tests/int
 contract's shape, a choice that depends on the prompt); requests go through the official ``openai`` SDK; the replay
 endpoint's request log says which LLM was asked for each prompt.
 
-LiteLLM pins other versions of our dependencies, so it lives in its own venv (``python -m benchmarks.litellm_peer``
-builds it, ~1 min from the package index); without it these tests skip.
+LiteLLM pins other versions of our dependencies, so it lives in its own venv (``benchmarks.litellm_peer``), built
+from the package index by the first test that needs it (~1 min) and kept for later runs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from benchmarks.litellm_peer import MASTER_KEY, PROXY_ENV, litellm_proxy
 from benchmarks.rollout_litellm import GROUP, ensure_uniroute_plugin, plugin_env, routed_config
 from replay import ReplayServer
 from serving.processes import free_port
-from tests.integrations.litellm_support import VENV, asked, needs_litellm_venv
+from tests.integrations.litellm_support import VENV, asked
 from tests.integrations.route_stand_in import RouteStandIn, hashed_ranking
 
 KEY = "uniroute-client-key-0123456789"
@@ -32,7 +32,7 @@ KEY = "uniroute-client-key-0123456789"
 UNIROUTE_NAMES = {"math-pro": "math-pro", "history-pro": "history-pro", "biology-llm": "bio-pro", "dead": "dead"}
 QUESTIONS = range(1, 60, 2)  # prompts of the fixture dataset (none of them missing an answer)
 
-pytestmark = needs_litellm_venv
+pytestmark = pytest.mark.usefixtures("litellm_venv")  # built on first use
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,16 @@ import hashlib
 
 import httpx
 import openai
+import pytest
 
 from benchmarks.litellm_peer import MASTER_KEY, litellm_proxy
 from benchmarks.rollout_litellm import GROUP, ensure_uniroute_plugin, plugin_env, routed_config
 from replay import ReplayServer
-from tests.integrations.litellm_support import VENV, asked, needs_litellm_venv
+from tests.integrations.litellm_support import VENV, asked
 
 from .conftest import gateway_process, write_gateway_catalog
 
-pytestmark = needs_litellm_venv
+pytestmark = pytest.mark.usefixtures("litellm_venv")  # built on first use
 SECRET = "litellm-secret-0123456789abcdef"
 
 
