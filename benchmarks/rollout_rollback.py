@@ -36,12 +36,15 @@ class Answer:
 
 @dataclass(frozen=True)
 class RollbackRun:
-    """Every answer of a load during which the alias moved at ``moved_at`` (monotonic) to ``previous``."""
+    """Every answer of a load during which the alias moved to ``previous``: the move was asked for at
+    ``started_at`` and had returned by ``moved_at`` (monotonic; a CLI move takes seconds to start and exit, and
+    workers may follow it before it returns)."""
 
     answers: list[Answer]
     moved_at: float
     reload_interval_s: float
     previous: str
+    started_at: float = 0.0
 
     @property
     def failed(self) -> int:
@@ -118,12 +121,13 @@ def rollback_under_load(
         done = asyncio.Event()
         loading = asyncio.create_task(_load_until(url, bodies, concurrency, headers, done))
         await asyncio.sleep(warm_s)
+        started_at = time.monotonic()
         with ThreadPoolExecutor(1) as pool:
             previous = await asyncio.get_running_loop().run_in_executor(pool, move)
         moved_at = time.monotonic()
         await asyncio.sleep(reload_interval_s + FOLLOW_SLACK_S + after_s)
         done.set()
-        return RollbackRun(await loading, moved_at, reload_interval_s, previous)
+        return RollbackRun(await loading, moved_at, reload_interval_s, previous, started_at)
 
     return asyncio.run(run())
 

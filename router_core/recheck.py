@@ -27,7 +27,6 @@ from statistics import NormalDist
 
 import numpy as np
 import polars as pl
-from scipy.stats import binom
 
 from router_core._errors import RouterInputError
 from router_core._hashing import unit_hash
@@ -128,6 +127,8 @@ def paired_change(stored: pl.DataFrame, rechecked: pl.DataFrame, z: float = DEFA
         )
         .sort("llm", "cluster")
     )
+    from scipy.stats import binom  # imported only here: serving paths import router_core without scipy
+
     worse, moved = cells["worse"].to_numpy(), (cells["worse"] + cells["better"]).to_numpy()
     p = np.where(moved > 0, binom.sf(worse - 1, np.maximum(moved, 1), 0.5), 1.0)
     zs = np.array([min(NormalDist().inv_cdf(1 - q) if q < 1 else -8.0, 8.0) if q > 0 else 8.0 for q in p])
