@@ -6,7 +6,6 @@ did not change is asked again and cleared; re-running asks nothing; a tiny budge
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -21,7 +20,7 @@ from assets.rechecks import drift_rechecks
 from pipelines.sensors import drift_confirmed_sensor
 from profiling.recheck import prompt_clusters
 from replay import ReplayServer
-from tests.online_traffic import PREDICTED, champion_shape
+from tests.online_traffic import champion_shape, rated_request, traffic_frames
 
 DEGRADED, STEADY, CATEGORY, SERVED_BY = "math-pro", "generalist", "math", "history-pro"
 #: Prompts asked again per suspect cell: 12 all worse is a sign test's p of 0.5**12, past 3 SE; 8 would not be.
@@ -49,29 +48,10 @@ def _cluster_of(home, category: str) -> tuple[int, pl.DataFrame]:
 def _traffic(cells: dict[tuple[str, int], int], k: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Router v1's decisions with each (LLM, cluster) of ``cells`` chosen that many times, every answer rated wrong
     (predicted error 0.25: all of them suspect)."""
-    decisions, feedback, now = [], [], datetime.now(UTC)
-    for (llm, cluster), count in cells.items():
-        for _ in range(count):
-            request_id = uuid.uuid4().hex
-            decisions.append(
-                {
-                    "request_id": request_id,
-                    "at": now,
-                    "router_version": "1",
-                    "chosen_llm": llm,
-                    "status": 200,
-                    "budget_kind": "none",
-                    "realised_cost_usd": 0.001,
-                    "embedder_id": "e",
-                    "cluster_weights": [1.0 if j == cluster else 0.0 for j in range(k)],
-                    "ranked_llms": [llm],
-                    "ranked_predicted_error": [PREDICTED],
-                    "predicted_error": f'{{"{llm}": {PREDICTED}}}',
-                }
-            )
-            feedback.append({"feedback_id": uuid.uuid4().hex, "request_id": request_id, "score": 0.0, "at": now})
-    frame = pl.DataFrame(decisions).with_columns(pl.col("status").cast(pl.Int32))
-    return frame, pl.DataFrame(feedback).with_columns(source=pl.lit("api"))
+    now = datetime.now(UTC)
+    return traffic_frames(
+        [rated_request(llm, cluster, k, 0.0, now) for (llm, cluster), count in cells.items() for _ in range(count)]
+    )
 
 
 def _setup(home, cells: dict[tuple[str, int], int], k: int) -> None:
