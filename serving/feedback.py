@@ -269,10 +269,11 @@ def _normalise(record: Mapping) -> dict:
 
 class FeedbackLog(RecordLog):
     """Feedback records (:func:`feedback_record`) written off the request path to ``feedback-*.parquet`` files of
-    :data:`SCHEMA` in ``directory`` (parameters as :class:`serving.recordlog.RecordLog`'s)."""
+    :data:`SCHEMA` in ``directory`` (default :func:`default_directory`; parameters as
+    :class:`serving.recordlog.RecordLog`'s: ``metrics`` hears its queue and drops as ``log="feedback"``)."""
 
-    def __init__(self, directory: str | os.PathLike[str], **options: object) -> None:
-        super().__init__(directory, SCHEMA, PREFIX, _normalise, kind="feedback", **options)
+    def __init__(self, directory: str | os.PathLike[str] | None = None, **options: object) -> None:
+        super().__init__(directory or default_directory(), SCHEMA, PREFIX, _normalise, kind="feedback", **options)
 
 
 def feedback_files(directory: str | os.PathLike[str] | None = None, *, loaded: bool = False) -> list[Path]:

@@ -147,9 +147,9 @@ class Gateway:
         self.decisions = DecisionLog(directory, metrics=self.metrics)
         self.owners = OwnerIndex(directory)
         self.request_ids = RequestIds.load(request_id_secret_path(self.config))
-        self.feedback = FeedbackLog(self.config.feedback_dir or feedback.default_directory())
+        self.feedback = FeedbackLog(self.config.feedback_dir, metrics=self.metrics)
         if traffic.check_rate(self.config.traffic_sample_rate) > 0:
-            self.traffic = traffic.TrafficLog(self.config.traffic_dir or traffic.default_directory())
+            self.traffic = traffic.TrafficLog(self.config.traffic_dir, metrics=self.metrics)
         await self._check_router()
         self._tasks = [asyncio.create_task(self._watch())]
 

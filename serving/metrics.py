@@ -69,7 +69,7 @@ class GatewayMetrics:
             # after that (the CLI sets it before spawning workers, but may have imported this module already).
             values.ValueClass = values.get_value_class()
         self._lock = threading.Lock()
-        self._dropped_seen = 0
+        self._dropped_seen: dict[str, int] = {}  # by log: the running total of dropped records last told
         self._registry = CollectorRegistry(auto_describe=True)
         r = self._registry
         self.requests = Counter(
@@ -132,6 +132,19 @@ class GatewayMetrics:
         self.cost = Counter(
             "uniroute_cost_usd", "Realised cost in USD, by LLM and key id.", ["llm", "key_id"], registry=r
         )
+        self.record_queue = Gauge(
+            "uniroute_record_log_queue_depth",
+            "Records waiting to be written, by log: decision, feedback, traffic (summed over live workers).",
+            ["log"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.record_dropped = Counter(
+            "uniroute_record_log_dropped",
+            "Records dropped, by log (decision, feedback, traffic): queue full, closed, invalid, or unwritable.",
+            ["log"],
+            registry=r,
+        )
         self.decision_queue = Gauge(
             "uniroute_decision_log_queue_depth",
             "Decision records waiting to be written (summed over live workers).",
@@ -172,14 +185,23 @@ class GatewayMetrics:
         if usd is not None and float(usd) > 0:
             self.cost.labels(_label(llm), _label(key_id)).inc(float(usd))
 
-    def set_queue(self, depth: int, dropped: int) -> None:
-        """The decision log's queue depth now and its total of dropped records so far (``DecisionLog.depth``,
-        ``DecisionLog.dropped``); the counter grows by what was dropped since the last call."""
-        self.decision_queue.set(max(int(depth), 0))
+    def set_queue(self, depth: int, dropped: int, log: str = "decision") -> None:
+        """A record log's queue depth now and its total of dropped records so far (``RecordLog.depth``,
+        ``RecordLog.dropped``; ``log`` is its kind): the counter grows by what was dropped since that log's last
+        call. The decision log's values also go to the ``uniroute_decision_log_*`` metrics (named before the others
+        were)."""
+        depth, log = max(int(depth), 0), _label(log)
         with self._lock:
-            grown, self._dropped_seen = int(dropped) - self._dropped_seen, max(int(dropped), self._dropped_seen)
+            seen = self._dropped_seen.get(log, 0)
+            grown, self._dropped_seen[log] = int(dropped) - seen, max(int(dropped), seen)
+        self.record_queue.labels(log).set(depth)
+        dropped_counter = self.record_dropped.labels(log)  # shown from the first call on, at 0 until a drop
+        if log == "decision":
+            self.decision_queue.set(depth)
         if grown > 0:
-            self.decision_dropped.inc(grown)
+            dropped_counter.inc(grown)
+            if log == "decision":
+                self.decision_dropped.inc(grown)
 
     # ---- exposition ------------------------------------------------------------------------------------------
     def render(self) -> tuple[bytes, str]:

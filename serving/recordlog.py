@@ -60,10 +60,10 @@ class RecordLog:
     max_queue
         Records waiting at most; past that, :meth:`record` drops and counts (:attr:`dropped`).
     metrics
-        Optional: anything with ``set_queue(depth, dropped)`` (``serving.metrics.GatewayMetrics``), told by the
-        writer thread after every batch and at least every second, never on the request path.
+        Optional: anything with ``set_queue(depth, dropped, log=kind)`` (``serving.metrics.GatewayMetrics``), told
+        by the writer thread after every batch and at least every second, never on the request path.
     kind
-        What a record is, for the log's lines and its thread's name (``"decision"``).
+        What a record is, for the log's lines, its thread's name and its metrics' ``log`` label (``"decision"``).
     """
 
     def __init__(
@@ -165,7 +165,7 @@ class RecordLog:
         self._told = time.monotonic()
         if self._metrics is not None:
             try:
-                self._metrics.set_queue(self.depth, self.dropped)
+                self._metrics.set_queue(self.depth, self.dropped, log=self.kind)
             except Exception:
                 log.exception("could not update the %s log's metrics", self.kind)
 

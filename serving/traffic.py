@@ -115,11 +115,12 @@ def _normalise(record: Mapping) -> dict:
 
 class TrafficLog(RecordLog):
     """Traffic records written off the request path to ``traffic-*.parquet`` files of :data:`SCHEMA` in
-    ``directory`` (parameters as :class:`serving.recordlog.RecordLog`'s). A record's ``messages`` may be the list
-    and its ``answer`` the answer's JSON or a stream's bytes: the writer thread turns them into text."""
+    ``directory`` (default :func:`default_directory`; parameters as :class:`serving.recordlog.RecordLog`'s:
+    ``metrics`` hears its queue and drops as ``log="traffic"``). A record's ``messages`` may be the list and its
+    ``answer`` the answer's JSON or a stream's bytes: the writer thread turns them into text."""
 
-    def __init__(self, directory: str | os.PathLike[str], **options: object) -> None:
-        super().__init__(directory, SCHEMA, PREFIX, _normalise, kind="traffic", **options)
+    def __init__(self, directory: str | os.PathLike[str] | None = None, **options: object) -> None:
+        super().__init__(directory or default_directory(), SCHEMA, PREFIX, _normalise, kind="traffic", **options)
 
 
 def traffic_files(directory: str | os.PathLike[str] | None = None, *, loaded: bool = False) -> list[Path]:

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from router_core import Embedder, KMeansClusterMap, UniRouter, save_router
 
@@ -122,6 +124,50 @@ def gateway_process(root, catalog, registry_uri: str, *args: str, env: dict[str,
     url = f"http://127.0.0.1:{port}"
     with server_process(command, f"{url}/ready", root / "gateway.log", venv_env(**(env or {}))):
         yield url
+
+
+@contextlib.contextmanager
+def gateway_in_process(root, catalog, registry_uri: str, reload_interval_s: float = 0.5, **settings):
+    """The gateway app on uvicorn on a thread of this process (so the test sees its embedder calls); yields
+    (URL, Gateway) once started; decisions are written when it stops (its lifespan's end)."""
+    import uvicorn
+
+    from serving.gateway import Gateway, create_app
+    from serving.gateway_config import GatewayConfig
+
+    config = GatewayConfig(
+        catalog_path=str(catalog),
+        tracking_uri=registry_uri,
+        reload_interval_s=reload_interval_s,
+        decisions_dir=str(root / "decisions"),
+        ledger_path=str(root / "ledger.sqlite"),
+        feedback_dir=str(root / "feedback"),
+        **settings,
+    )
+    gateway = Gateway(config)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(gateway), host="127.0.0.1", port=0, log_config=None, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", gateway
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def samples(body: bytes) -> dict[tuple[str, tuple], float]:
+    """``{(sample name, sorted labels): value}`` of an exposition."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
 
 
 def post_at_once(url: str, secret: str, bodies: list[dict]) -> list[tuple[int, dict, str]]:

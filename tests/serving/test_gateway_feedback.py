@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
 import time
 import uuid
+from functools import partial
 
 import aiohttp
 import httpx
@@ -19,10 +21,10 @@ import pytest
 from profiling.rendering import render_mmlu_pro
 from replay import ReplayServer
 from serving.decisions import DecisionLog, read_decisions
-from serving.feedback import read_feedback
+from serving.feedback import FeedbackLog, read_feedback
 from serving.traffic import read_traffic
 
-from .conftest import gateway_process, write_gateway_catalog
+from .conftest import gateway_in_process, gateway_process, samples, write_gateway_catalog
 
 SECRETS = {name: f"{name}-secret-0123456789abcdef" for name in ("alice", "bob", "sam", "rita")}
 
@@ -228,3 +230,64 @@ def test_sigterm_to_two_workers_loses_no_rating(registry_uri, tmp_path, mmlu_lik
     assert frame.height == 80 and frame.group_by("request_id").len()["len"].to_list() == [2] * 40
     assert set(frame["request_id"]) == set(ids) and set(frame["key_id"]) == {"alice"}
     assert read_traffic(tmp_path / "traffic").height == 0 and not (tmp_path / "traffic").exists()  # sampling off
+
+
+class HeldFeedbackLog(FeedbackLog):
+    """A feedback log whose writer takes nothing off its queue until ``release`` is set (a disk that hangs); it
+    still tells its metrics every second, as the writer does while idle."""
+
+    def __init__(self, *args, **kwargs):
+        self.release = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _collect(self):
+        if self.release.is_set() or self._stop.is_set():
+            return super()._collect()
+        self.release.wait(0.05)
+        return []
+
+
+def _scrape_until(url: str, wanted: dict[tuple[str, tuple], float], seconds: float = 10) -> dict:
+    """The gateway's /metrics samples once they hold every ``wanted`` value (the writers tell every second)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = samples(httpx.get(f"{url}/metrics", timeout=30).content)
+        if all(got.get(name) == value for name, value in wanted.items()) or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_a_burst_of_ratings_past_the_feedback_queue_shows_in_metrics(
+    registry_uri, tmp_path, mmlu_like_dir, prices, monkeypatch
+):
+    monkeypatch.setattr("serving.gateway.FeedbackLog", partial(HeldFeedbackLog, max_queue=4))
+    with ReplayServer(mmlu_like_dir) as replay:
+        catalog = tmp_path / "llms.yaml"
+        write_gateway_catalog(catalog, replay.base_url, prices)
+        settings = {"traffic_dir": str(tmp_path / "traffic"), "traffic_sample_rate": 1.0}
+        with gateway_in_process(tmp_path, catalog, registry_uri, **settings) as (url, gateway):
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+            mine = client.chat.completions.with_raw_response.create(
+                model="uniroute", messages=[{"role": "user", "content": _prompts(mmlu_like_dir)[0]}]
+            ).headers["x-request-id"]
+
+            def rate(n: int) -> int:
+                body = {"feedback": [{"request_id": mine, "score": 1.0}] * n}
+                return httpx.post(f"{url}/v1/feedback", json=body, timeout=30).status_code
+
+            assert [rate(3), rate(2), rate(1), rate(1)] == [200, 503, 200, 503]  # 4 queued, 2 + 1 dropped
+            feedback_log = (("log", "feedback"),)
+            wanted = {
+                ("uniroute_record_log_queue_depth", feedback_log): 4,
+                ("uniroute_record_log_dropped_total", feedback_log): 3,
+                ("uniroute_record_log_dropped_total", (("log", "traffic"),)): 0,
+                ("uniroute_record_log_dropped_total", (("log", "decision"),)): 0,
+            }
+            assert {name: _scrape_until(url, wanted).get(name) for name in wanted} == wanted
+            time.sleep(2.5)  # two more reports of the same totals: nothing counted twice
+            again = _scrape_until(url, wanted)
+            assert {name: again.get(name) for name in wanted} == wanted
+            assert again["uniroute_decision_log_dropped_total", ()] == 0  # the feedback log's drops are its own
+            assert ("uniroute_record_log_queue_depth", (("log", "traffic"),)) in again
+            gateway.feedback.release.set()
+    assert read_feedback(tmp_path / "feedback").height == 4  # what was queued is written at the stop

@@ -9,20 +9,11 @@ import textwrap
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from serving.metrics import GatewayMetrics, access_log_line, clear_multiprocess_dir
 
+from .conftest import samples
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def samples(body: bytes) -> dict[tuple[str, tuple], float]:
-    """``{(sample name, sorted labels): value}`` of an exposition."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-    }
 
 
 def observe_some(metrics: GatewayMetrics) -> None:
@@ -64,6 +55,24 @@ def test_values_observed_are_rendered():
     assert got["uniroute_decision_log_dropped_total", ()] == 7
 
 
+def test_every_record_log_reports_under_its_own_label():
+    metrics = GatewayMetrics()
+    metrics.set_queue(5, 3)  # the decision log's (the default)
+    metrics.set_queue(4, 2, log="feedback")
+    metrics.set_queue(1, 6, log="feedback")  # each log's own running total: its counter reaches it
+    metrics.set_queue(1, 6, log="feedback")  # told again, nothing new dropped: nothing added
+    metrics.set_queue(0, 0, log="traffic")
+    got = samples(metrics.render()[0])
+    assert got["uniroute_record_log_queue_depth", (("log", "feedback"),)] == 1
+    assert got["uniroute_record_log_dropped_total", (("log", "feedback"),)] == 6
+    assert got["uniroute_record_log_queue_depth", (("log", "traffic"),)] == 0
+    assert got["uniroute_record_log_dropped_total", (("log", "traffic"),)] == 0  # shown before any drop
+    assert got["uniroute_record_log_queue_depth", (("log", "decision"),)] == 5
+    assert got["uniroute_record_log_dropped_total", (("log", "decision"),)] == 3
+    assert got["uniroute_decision_log_queue_depth", ()] == 5  # the feedback log's values never reach these
+    assert got["uniroute_decision_log_dropped_total", ()] == 3
+
+
 def test_two_gateways_in_one_process_keep_their_own_values():
     first, second = GatewayMetrics(), GatewayMetrics()
     first.observe_choice("cheap", fallback=False)
@@ -90,6 +99,7 @@ for _ in range(n):
     metrics.observe_cost("cheap", "k1", 0.5)
 metrics.observe_choice("cheap", fallback=False)
 metrics.set_queue(depth, 1)
+metrics.set_queue(depth + 1, 2, log="feedback")
 if dead:
     metrics.close()  # a worker shutting down: its queue depth no longer counts
 """
@@ -127,6 +137,10 @@ def test_multiprocess_mode_adds_up_every_worker(tmp_path):
     assert got["uniroute_choices_total", (("llm", "cheap"),)] == 3
     assert got["uniroute_decision_log_dropped_total", ()] == 3
     assert got["uniroute_decision_log_queue_depth", ()] == 10  # the live workers' queues only
+    assert got["uniroute_record_log_dropped_total", (("log", "decision"),)] == 3
+    assert got["uniroute_record_log_queue_depth", (("log", "decision"),)] == 10
+    assert got["uniroute_record_log_dropped_total", (("log", "feedback"),)] == 6
+    assert got["uniroute_record_log_queue_depth", (("log", "feedback"),)] == 12  # (4 + 1) + (6 + 1)
 
 
 def test_access_log_line_has_the_fields_and_never_the_prompt_or_key():

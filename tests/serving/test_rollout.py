@@ -7,7 +7,6 @@ import contextlib
 import logging
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 
@@ -16,7 +15,6 @@ import openai
 import polars as pl
 import pytest
 import requests
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from profiling.rendering import render_mmlu_pro
@@ -27,7 +25,7 @@ from serving.decisions import read_decisions
 from serving.key_policy import ANONYMOUS_ID
 from serving.rollout import CHALLENGER, canary_position
 
-from .conftest import gateway_process, register_fixture_router, write_gateway_catalog
+from .conftest import gateway_in_process, gateway_process, register_fixture_router, write_gateway_catalog
 
 CANARY = 0.3
 RELOAD_S = 0.5
@@ -69,39 +67,6 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-@contextlib.contextmanager
-def gateway_in_process(root, catalog, registry_uri: str, **settings):
-    """The gateway app on uvicorn on a thread of this process (so the test sees its embedder calls); yields
-    (URL, Gateway) once started; decisions are written when it stops (its lifespan's end)."""
-    from serving.gateway import Gateway, create_app
-    from serving.gateway_config import GatewayConfig
-
-    config = GatewayConfig(
-        catalog_path=str(catalog),
-        tracking_uri=registry_uri,
-        reload_interval_s=RELOAD_S,
-        decisions_dir=str(root / "decisions"),
-        ledger_path=str(root / "ledger.sqlite"),
-        feedback_dir=str(root / "feedback"),
-        **settings,
-    )
-    gateway = Gateway(config)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(gateway), host="127.0.0.1", port=0, log_config=None, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", gateway
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
-
-
 @pytest.fixture
 def embedded(monkeypatch) -> list[int]:
     """Counts the prompts every Embedder of this process embeds from now on (one entry per call)."""
@@ -126,7 +91,7 @@ def test_the_challenger_ranks_every_routed_request_from_the_same_embedding(
     with ReplayServer(mmlu_like_dir) as replay:
         catalog = tmp_path / "llms.yaml"
         write_gateway_catalog(catalog, replay.base_url, prices)
-        with gateway_in_process(tmp_path, catalog, registry_uri, shadow=shadow) as (url, gateway):
+        with gateway_in_process(tmp_path, catalog, registry_uri, RELOAD_S, shadow=shadow) as (url, gateway):
             assert (gateway.rollout.challenger is not None) == shadow  # --no-shadow (no canary) loads none
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
             asked_before, embedded_before = sum(replay.request_log.totals().values()), sum(embedded)
@@ -179,7 +144,7 @@ def test_a_challenger_with_another_embedder_is_not_shadowed(
     with ReplayServer(mmlu_like_dir) as replay, caplog.at_level(logging.WARNING, logger="serving.rollout"):
         catalog = tmp_path / "llms.yaml"
         write_gateway_catalog(catalog, replay.base_url, prices)
-        with gateway_in_process(tmp_path, catalog, registry_uri) as (url, gateway):
+        with gateway_in_process(tmp_path, catalog, registry_uri, RELOAD_S) as (url, gateway):
             assert gateway.rollout.challenger.version == versions["other"]
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
             before = sum(embedded)
