@@ -3,6 +3,9 @@ a new LLM never retrains the cluster map, and a re-pointed LLM is re-profiled wi
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -14,7 +17,7 @@ from pipelines.definitions import defs
 from pipelines.sensors import llm_onboarding_sensor
 from pipelines.ticks import AutomationTicks, daemon_workspace, sensor_tick
 from replay import ReplayServer
-from tests.conftest import ui_stale_statuses
+from tests.conftest import PROJECT_ROOT, ui_stale_statuses
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
@@ -24,7 +27,10 @@ ALL_SPLITS = {"llm_responses": {"config": {"splits": ["train", "validation", "te
 class Pipeline:
     """A replay endpoint, a catalog file, and the daemon's work done in-process."""
 
-    def __init__(self, instance, tmp_path, server, data_dir, shares=None):
+    def __init__(self, instance, tmp_path, server, data_dir, shares=None, setup_runs=None):
+        """Turns the daemon on, then materialises an empty catalog and ``data_dir``'s prompts (split by ``shares``)
+        and lets automation embed them; given the ``setup_runs`` that did so, ``tmp_path`` already holds their
+        result (a copy of :func:`_set_up`'s)."""
         self.instance, self.server, self.catalog = instance, server, tmp_path / "llms.yaml"
         self.resources = {
             **defs.resources,
@@ -34,6 +40,9 @@ class Pipeline:
         self.outcomes: dict[tuple[str, str | None], dg.ExecuteInProcessResult] = {}
         self.ticks = AutomationTicks(defs, instance, self.resources, on_run=self._record)
         self.cursor = None
+        if setup_runs is not None:
+            self.setup_runs = setup_runs
+            return
         assert self.ticks.tick() == []  # the daemon is on before anything is materialised
         self.write_catalog({})
         prompts = {"prompt_set": {"config": {"path": str(data_dir), "shares": shares}}}
@@ -84,9 +93,34 @@ def server(tmp_path, monkeypatch, mmlu_like_dir):
         yield server
 
 
+def _set_env(folder: Path, patch: pytest.MonkeyPatch) -> None:
+    """``folder``'s Dagster home, warehouse and catalog as the pipeline's."""
+    patch.setenv("DAGSTER_HOME", str(folder / "dagster_home"))
+    patch.setenv("UNIROUTE_WAREHOUSE", str(folder / "w.duckdb"))
+    patch.setenv("UNIROUTE_CATALOG", str(folder / "llms.yaml"))
+
+
+@pytest.fixture(scope="module")
+def _set_up(tmp_path_factory, mmlu_like_dir, without_defs_state) -> tuple[Path, list]:
+    """A :class:`Pipeline` set up (default shares) once per module in a folder of its own: (the folder, its
+    ``setup_runs``). Read only: :func:`pipeline` copies it."""
+    folder = tmp_path_factory.mktemp("automation")
+    (folder / "dagster_home").mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", folder / "dagster_home")
+    with pytest.MonkeyPatch.context() as patch, ReplayServer(mmlu_like_dir) as server:
+        _set_env(folder, patch)
+        with dg.DagsterInstance.get() as instance, without_defs_state():
+            return folder, Pipeline(instance, folder, server, mmlu_like_dir).setup_runs
+
+
 @pytest.fixture
-def pipeline(instance, tmp_path, server, mmlu_like_dir):
-    return Pipeline(instance, tmp_path, server, mmlu_like_dir)
+def pipeline(_set_up, tmp_path, server, mmlu_like_dir, monkeypatch, without_defs_state):
+    """This test's own copy of :func:`_set_up`'s pipeline, on its own instance, replay server and files."""
+    folder, setup_runs = _set_up
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    _set_env(tmp_path, monkeypatch)
+    with dg.DagsterInstance.get() as instance, without_defs_state():
+        yield Pipeline(instance, tmp_path, server, mmlu_like_dir, setup_runs=setup_runs)
 
 
 def _requested(runs) -> set[tuple[str, str | None]]:

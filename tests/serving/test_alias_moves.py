@@ -3,25 +3,48 @@ hand (`uniroute promote VERSION --reason`, `uniroute rollback --reason`), with o
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from pipelines.cli import main
 from serving import alias_moves, registry
 
+from .conftest import register_fixture_router
 
-@pytest.fixture
-def versions(tmp_path, register_router):
-    """(tracking URI, [v1, v2, v3]) in a fresh sqlite registry; MLflow pointed at it; no alias set."""
+
+@pytest.fixture(scope="module")
+def _registered(tmp_path_factory, mmlu_like_dir, onnx_cache) -> tuple[Path, list[str]]:
+    """(folder, [v1, v2, v3]): a sqlite registry (artifacts beside it) with three versions and no alias, registered
+    once per module. Read only: :func:`versions` copies it."""
     import mlflow
 
-    home = tmp_path / "home"
+    home = tmp_path_factory.mktemp("alias_moves") / "home"
     home.mkdir()
+    registry.configure(f"sqlite:///{home / 'mlflow.db'}")
+    try:
+        v1 = register_fixture_router(home, mmlu_like_dir, ["cheap", "generalist"], onnx_cache)
+        experiment = registry.ensure_experiment("uniroute", home / "artifacts")
+        v2, v3 = (
+            registry.register_router(home / "router-2", "uniroute", experiment, {}, {}, {}, {}, ["hi"]) for _ in "ab"
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    return home, [v1, v2, v3]
+
+
+@pytest.fixture
+def versions(_registered, tmp_path):
+    """(tracking URI, [v1, v2, v3]) in this test's own copy of :func:`_registered`'s registry; MLflow pointed at it
+    (its artifact URIs re-rooted to the copy); no alias set."""
+    import mlflow
+
+    built, registered = _registered
+    home = shutil.copytree(built, tmp_path / "home")
     uri = f"sqlite:///{home / 'mlflow.db'}"
     registry.configure(uri)
-    v1 = register_router(home, ["cheap", "generalist"])
-    experiment = registry.ensure_experiment("uniroute", home / "artifacts")
-    v2, v3 = (registry.register_router(home / "router-2", "uniroute", experiment, {}, {}, {}, {}, ["hi"]) for _ in "ab")
-    yield uri, [v1, v2, v3]
+    yield uri, registered
     mlflow.set_tracking_uri(None)
 
 
