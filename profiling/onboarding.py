@@ -95,11 +95,15 @@ def known_validation_errors(
     con: duckdb.DuckDBPyConnection, ids: Sequence[str], cluster_map_version: str, exclude: str
 ) -> np.ndarray:
     """(n, M) errors on the validation prompts ``ids`` of the LLMs with a full profile and features for the map
-    (passing data checks; not ``exclude``): what the planner and the partial-profile estimator learn from."""
+    (passing data checks; not ``exclude``): what the planner and the partial-profile estimator learn from. An LLM
+    with no current validation answer (re-pointed or re-profiled, its answers archived or from an endpoint it no
+    longer has) is not one, whatever features it kept."""
     failing = set(wh.failing_llms(con))
-    partial = set(wh.read_profiles(con).filter("partial")["model"])
+    pending = dict(wh.pending_counts(con).iter_rows())
+    profiles = wh.read_profiles(con).iter_rows(named=True)
+    unknown = {p["model"] for p in profiles if p["partial"] or pending.get(p["model"], 0) >= p["total"]}
     with_features = wh.read_llm_features(con, cluster_map_version)["model"].to_list()
-    known = [m for m in with_features if m != exclude and m not in failing | partial]
+    known = [m for m in with_features if m != exclude and m not in failing | unknown]
     return error_matrix(wh.read_outcomes(con, known, ["validation"]), list(ids), known)
 
 
