@@ -2,12 +2,12 @@
 :class:`router_core.onboarding.OnboardingPlanner`'s order, fitted on the fully profiled LLMs' errors and the current
 cluster map), what a run is estimated to cost before it asks anything, and the budget it may spend.
 
-An LLM is new to onboarding when none of its validation prompts is answered (stored or staged): its first run asks
-the chosen fraction of them, and every prompt of the other splits (test prompts score the router versions, so the
-gate needs them all). Any later run (the nightly schedule, a re-run) asks the rest, so the profile refines until it
-is full. A fraction of 1.0 asks everything at once, as before onboarding plans existed. Each run's plan is stored
-(``warehouse.record_onboarding_plan``): the data checks, the features and the router read whether a profile is
-partial from it.
+An LLM is new to onboarding when none of its validation prompts is answered (stored or staged; a re-pointed LLM, its
+answers archived, is new again): its first run asks the chosen fraction of them, and every prompt of the other
+splits (test prompts score the router versions, so the gate needs them all). Any later run (the nightly schedule,
+a re-run) asks the rest, so the profile refines until it is full. A fraction of 1.0 asks everything at once, as
+before onboarding plans existed. Each run's plan is stored (``warehouse.record_onboarding_plan``): the data checks,
+the features and the router read whether a profile is partial from it.
 """
 
 from __future__ import annotations
