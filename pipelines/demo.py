@@ -75,6 +75,21 @@ def _pool(value: object) -> set[str]:
     return {name.strip() for name in names if name.strip() and name.strip() != "none"}
 
 
+def _archive_earlier_answers(path: Path, models: list[str]) -> None:
+    """Run again, the added ``models`` are onboarded from nothing as on the first run (part of their validation
+    prompts, then the rest), learning from the initial pool only: their answers of the earlier run are archived
+    (``warehouse.archive_responses``, as a re-profiling does)."""
+    from datetime import UTC, datetime
+
+    import warehouse as wh
+
+    if path.exists():
+        with wh.connect(path) as con:
+            moved = wh.archive_responses(con, models, collected_before=datetime.now(UTC))
+        if moved:
+            print(f"(run again: the {len(models)} LLMs added in step 2 onboard from nothing; {moved} answers archived)")
+
+
 def _profiles(version: dict) -> str:
     """``full``, or how many of a version's LLMs have a partial profile (its ``profile`` metadata: ``full`` or
     ``partial (n of N, ...)``)."""
@@ -114,6 +129,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     resources = {**defs.resources, "mlflow": MlflowResource(tracking_uri=uri)}
     progress = ProgressLines(home / "dagster")
 
+    _archive_earlier_answers(home / "warehouse.duckdb", added["model"].to_list())
     with ReplayServer(args.data) as server, dg.DagsterInstance.get() as instance:
         ticks = AutomationTicks(defs, instance, resources, on_run=progress.automation_run)
         ticks.tick()  # the daemon is on before anything is materialised

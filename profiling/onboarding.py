@@ -96,15 +96,16 @@ def known_validation_errors(
 ) -> np.ndarray:
     """(n, M) errors on the validation prompts ``ids`` of the LLMs with a full profile and features for the map
     (passing data checks; not ``exclude``): what the planner and the partial-profile estimator learn from. An LLM
-    with no current validation answer (re-pointed or re-profiled, its answers archived or from an endpoint it no
-    longer has) is not one, whatever features it kept."""
+    with no graded answer on ``ids`` (re-profiled, its answers archived, none asked again yet) is not one, whatever
+    features it kept."""
     failing = set(wh.failing_llms(con))
-    pending = dict(wh.pending_counts(con).iter_rows())
-    profiles = wh.read_profiles(con).iter_rows(named=True)
-    unknown = {p["model"] for p in profiles if p["partial"] or pending.get(p["model"], 0) >= p["total"]}
+    partial = set(wh.read_profiles(con).filter("partial")["model"])
     with_features = wh.read_llm_features(con, cluster_map_version)["model"].to_list()
-    known = [m for m in with_features if m != exclude and m not in failing | unknown]
-    return error_matrix(wh.read_outcomes(con, known, ["validation"]), list(ids), known)
+    candidates = [m for m in with_features if m != exclude and m not in failing | partial]
+    outcomes = wh.read_outcomes(con, candidates, ["validation"]).filter(pl.col("prompt_id").is_in(list(ids)))
+    answered = set(outcomes["model"])
+    known = [m for m in candidates if m in answered]
+    return error_matrix(outcomes, list(ids), known)
 
 
 def validation_order(con: duckdb.DuckDBPyConnection, model: str) -> list[str] | None:
