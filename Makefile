@@ -58,7 +58,8 @@ $(LITELLM): | setup
 test: setup lint $(CHROMIUM) $(POSTGRES_INITDB)
 	$(BIN)/pytest -n 3 --dist loadfile
 
-# The main job: the pipeline's whole story (profile, cluster map, router v1; onboard 4 LLMs; router v2).
+# The main job: the pipeline's whole story (profile, cluster map, router v1; onboard 4 LLMs on half their validation
+# prompts: router v2; the nightly run asks the rest: router v3).
 demo: setup
 	$(BIN)/python -m pipelines.demo $(DEMO_ARGS)
 

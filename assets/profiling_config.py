@@ -15,8 +15,9 @@ from router_core.onboarding import DEFAULT_ONBOARDING_FRACTION
 
 class OnboardingConfig(dg.Config):
     """A new LLM's first profiling run asks only the first ``fraction`` of the validation prompts in the planner's
-    order (1.0: all of them, as before); later runs ask the rest. ``budget_usd``: USD its profile may cost at most
-    (its stored answers count; None: no budget); the collector stops before passing it."""
+    order (default ``router_core.onboarding.DEFAULT_ONBOARDING_FRACTION``, 0.5; 1.0: all of them at once); later
+    runs ask the rest. ``budget_usd``: USD its profile may cost at most (its stored answers count; None: no
+    budget); the collector stops before passing it."""
 
     fraction: float = DEFAULT_ONBOARDING_FRACTION
     budget_usd: float | None = None

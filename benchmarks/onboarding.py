@@ -92,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         ticks.until_idle()  # embeddings (cached in the warehouse after the first run)
         tick = sensor_tick(llm_onboarding_sensor, instance)
-        all_splits = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
+        # the pool answers every prompt (onboarding.fraction 1.0: it is what a new LLM is planned and estimated from)
+        pool_profile = {"splits": ["train", "validation", "test"], "onboarding": {"fraction": 1.0}}
+        all_splits = {"llm_responses": {"config": pool_profile}}
         for request in tick.run_requests:
             config = {**QUIET, "ops": {**request.run_config["ops"], **all_splits}}
             job.execute_in_process(

@@ -1,6 +1,8 @@
 """The pipeline end to end on ../shared/data/mmlu_pro, in-process: profile an initial pool, train the cluster
-map, register router v1; then add LLMs to the catalog, let the onboarding sensor profile them, and register v2
-with the same cluster map.
+map, register router v1; then add LLMs to the catalog, let the onboarding sensor profile them on part of the
+validation prompts (``onboarding.fraction``, 0.5 by default) and register v2 from their partial profiles with the
+same cluster map; then the nightly profiling schedule's runs ask them the rest, and v3 (full profiles) is
+registered if their features changed. Each version goes through the champion gate.
 
     python -m pipelines.demo [--sample 2000] [--full]
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipelines.progress import QUIET_ENVIRONMENT, ProgressLines, current_aliases, onboard, quiet_libraries
+from pipelines.progress import QUIET_ENVIRONMENT, ProgressLines, current_aliases, onboard, quiet_libraries, refine
 
 __all__ = ["QUIET_ENVIRONMENT", "main", "write_catalog"]
 
@@ -73,6 +75,41 @@ def _pool(value: object) -> set[str]:
     return {name.strip() for name in names if name.strip() and name.strip() != "none"}
 
 
+def _archive_earlier_answers(path: Path, models: list[str]) -> None:
+    """Run again, the added ``models`` are onboarded from nothing as on the first run (part of their validation
+    prompts, then the rest), learning from the initial pool only: their answers of the earlier run are archived
+    (``warehouse.archive_responses``, as a re-profiling does)."""
+    from datetime import UTC, datetime
+
+    import warehouse as wh
+
+    if path.exists():
+        with wh.connect(path) as con:
+            moved = wh.archive_responses(con, models, collected_before=datetime.now(UTC))
+        if moved:
+            print(f"(run again: the {len(models)} LLMs added in step 2 onboard from nothing; {moved} answers archived)")
+
+
+def _profiles(version: dict) -> str:
+    """``full``, or how many of a version's LLMs have a partial profile (its ``profile`` metadata: ``full`` or
+    ``partial (n of N, ...)``)."""
+    profile = str(version.get("profile", "full"))
+    return "full" if profile == "full" else f"{profile.count(' of ')} partial"
+
+
+def _change(previous: dict | None, version: dict) -> str:
+    """What a router version changed since the one before it: its pool, else its LLMs' profiles or features."""
+    if previous is None:
+        return "initial pool"
+    before, after = _pool(previous["pool"]), _pool(version["pool"])
+    changes = [f"added {', '.join(sorted(after - before))}"] if after - before else []
+    changes += [f"removed {', '.join(sorted(before - after))}"] if before - after else []
+    if not changes:
+        partial_before = _profiles(previous) != "full"
+        changes = ["profiles completed" if partial_before and _profiles(version) == "full" else "features changed"]
+    return "; ".join(changes)
+
+
 def _run(args: argparse.Namespace, home: Path) -> int:
     import dagster as dg
 
@@ -92,6 +129,7 @@ def _run(args: argparse.Namespace, home: Path) -> int:
     resources = {**defs.resources, "mlflow": MlflowResource(tracking_uri=uri)}
     progress = ProgressLines(home / "dagster")
 
+    _archive_earlier_answers(home / "warehouse.duckdb", added["model"].to_list())
     with ReplayServer(args.data) as server, dg.DagsterInstance.get() as instance:
         ticks = AutomationTicks(defs, instance, resources, on_run=progress.automation_run)
         ticks.tick()  # the daemon is on before anything is materialised
@@ -107,8 +145,10 @@ def _run(args: argparse.Namespace, home: Path) -> int:
         )
         progress.run("catalog, prompts (stratified sample)", result, time.perf_counter() - t)
         ticks.until_idle()  # embeds the new prompts
-        # the initial pool also answers the training prompts: the cluster map learns from them
-        every_split = {"llm_responses": {"config": {"splits": ["train", "validation", "test"]}}}
+        # the initial pool also answers the training prompts: the cluster map learns from them; and every validation
+        # prompt (run again, each is re-profiled: the replay endpoint's port, so each LLM's base_url, changed)
+        initial_profile = {"splits": ["train", "validation", "test"], "onboarding": {"fraction": 1.0}}
+        every_split = {"llm_responses": {"config": initial_profile}}
         onboard(defs, instance, resources, progress.run, every_split)
         t = time.perf_counter()
         # trained on the LLMs that answered training prompts (the initial pool) and pass their checks
@@ -124,22 +164,27 @@ def _run(args: argparse.Namespace, home: Path) -> int:
 
         print(f"2. {args.added} LLMs added to the catalog; the onboarding sensor and automation take it from here")
         write_catalog(home / "llms.yaml", pl.concat([initial, added]), server.base_url)
-        onboard(defs, instance, resources, progress.run)
-        ticks.until_idle()  # their features with the same map, then router v2
+        onboard(defs, instance, resources, progress.run)  # part of their validation prompts (onboarding.fraction)
+        ticks.until_idle()  # their features with the same map, then router v2 (tagged partial unless 1.0)
+
+        print("3. the nightly profiling schedule asks them the rest (refinement); automation follows")
+        if refine(defs, instance, resources, progress.run):
+            ticks.until_idle()  # their full profiles' features, then router v3 if they changed
 
     registered = progress.registered()
     aliases = current_aliases(uri, resources["mlflow"].model_name, [str(v["version"]) for v in registered])
     width = max([len(a) for a in aliases.values()] + [10]) + 2
-    print(f"\n{'version':<9}{'alias':<{width}}{'pool':>5}{'AUDC':>9}{'Zero AUDC':>11}  cluster map   what changed")
-    previous: set[str] = set()
+    print(
+        f"\n{'version':<9}{'alias':<{width}}{'pool':>5}{'AUDC':>9}{'Zero AUDC':>11}  cluster map   {'profiles':<11}"
+        "what changed"
+    )
+    previous: dict | None = None
     for v in registered:
-        pool = _pool(v["pool"])
-        change = "initial pool" if not previous else "added " + ", ".join(sorted(pool - previous))
         print(
-            f"{v['version']!s:<9}{aliases[str(v['version'])]:<{width}}{len(pool):>5}{v['audc']:>9.4f}"
-            f"{v['zero_audc']:>11.4f}  {v['cluster_map_version']:<13} {change}"
+            f"{v['version']!s:<9}{aliases[str(v['version'])]:<{width}}{len(_pool(v['pool'])):>5}{v['audc']:>9.4f}"
+            f"{v['zero_audc']:>11.4f}  {v['cluster_map_version']:<13} {_profiles(v):<11}{_change(previous, v)}"
         )
-        previous = pool
+        previous = v
     print(f"\ntotal {time.perf_counter() - started:.0f} s. Look at the results:")
     print(
         f"  DAGSTER_HOME={_shown(home / 'dagster')} UNIROUTE_WAREHOUSE={_shown(home / 'warehouse.duckdb')} "

@@ -2,7 +2,8 @@
 
 :func:`quiet_libraries` keeps only those lines on screen (progress bars off, libraries' INFO logs off, warnings
 still shown); :class:`ProgressLines` prints a run's line and keeps the router versions registered;
-:func:`onboard` is one tick of the onboarding sensor with the profiling runs it requests.
+:func:`onboard` is one tick of the onboarding sensor with the profiling runs it requests; :func:`refine` one tick
+of the nightly profiling schedule with its runs (a partial profile's refinement).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.ticks import QUIET, already_launched, sensor_run_tags, sensor_tick
+from pipelines.ticks import QUIET, SCHEDULE_NAME_TAG, already_launched, sensor_run_tags, sensor_tick
 
 #: Progress bars off (tqdm's own setting, and MLflow's artifact bars) and MLflow's logs from WARNING up.
 QUIET_ENVIRONMENT = {
@@ -110,5 +111,36 @@ def onboard(
             raise_on_error=False,
         )
         on_run(f"sensor run: profile {request.partition_key}", result, time.perf_counter() - started)
+        executed += 1
+    return executed
+
+
+def refine(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    resources: dict,
+    on_run: Callable[[str, dg.ExecuteInProcessResult, float], None],
+) -> int:
+    """One tick of the nightly profiling schedule, then the profiling run it requests for each LLM with validation
+    prompts still to answer (a partial profile's rest, new prompts, failures to retry), executed here with the
+    schedule's tags. Returns the runs executed."""
+    from pipelines.schedules import nightly_profiling_schedule
+
+    context = dg.build_schedule_context(instance=instance, resources={"warehouse": resources["warehouse"]})
+    requests = nightly_profiling_schedule(context)
+    job = defs.resolve_job_def("profile_llm")
+    executed = 0
+    for request in requests if isinstance(requests, list) else []:
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=request.partition_key,
+            instance=instance,
+            resources=resources,
+            run_config={**QUIET, **request.run_config},
+            tags={**request.tags, SCHEDULE_NAME_TAG: nightly_profiling_schedule.name},
+            raise_on_error=False,
+        )
+        title = f"nightly run: profile {request.partition_key} ({request.tags.get('uniroute/pending', '?')} pending)"
+        on_run(title, result, time.perf_counter() - started)
         executed += 1
     return executed

@@ -26,6 +26,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: The tags the daemon puts on the runs a sensor requests (it skips a request whose run key already ran).
 SENSOR_NAME_TAG, RUN_KEY_TAG = "dagster/sensor_name", "dagster/run_key"
+#: The tag the daemon puts on the runs a schedule requests.
+SCHEDULE_NAME_TAG = "dagster/schedule_name"
 AUTOMATION_SENSOR = "uniroute_automation_sensor"
 
 

@@ -152,7 +152,7 @@ def _add_warehouse_commands(commands: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="a new LLM (no validation answer yet) is asked only this share of the validation prompts first, in the "
-        "onboarding planner's order; later runs ask the rest (default router_core.onboarding's, 1.0: all)",
+        "onboarding planner's order; later runs ask the rest (default router_core.onboarding's, 0.5; 1.0: all at once)",
     )
     collect.add_argument(
         "--budget-usd",

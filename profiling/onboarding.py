@@ -2,12 +2,12 @@
 :class:`router_core.onboarding.OnboardingPlanner`'s order, fitted on the fully profiled LLMs' errors and the current
 cluster map), what a run is estimated to cost before it asks anything, and the budget it may spend.
 
-An LLM is new to onboarding when none of its validation prompts is answered (stored or staged): its first run asks
-the chosen fraction of them, and every prompt of the other splits (test prompts score the router versions, so the
-gate needs them all). Any later run (the nightly schedule, a re-run) asks the rest, so the profile refines until it
-is full. A fraction of 1.0 asks everything at once, as before onboarding plans existed. Each run's plan is stored
-(``warehouse.record_onboarding_plan``): the data checks, the features and the router read whether a profile is
-partial from it.
+An LLM is new to onboarding when none of its validation prompts is answered (stored or staged; a re-pointed LLM, its
+answers archived, is new again): its first run asks the chosen fraction of them, and every prompt of the other
+splits (test prompts score the router versions, so the gate needs them all). Any later run (the nightly schedule,
+a re-run) asks the rest, so the profile refines until it is full. A fraction of 1.0 asks everything at once, as
+before onboarding plans existed. Each run's plan is stored (``warehouse.record_onboarding_plan``): the data checks,
+the features and the router read whether a profile is partial from it.
 """
 
 from __future__ import annotations
@@ -95,12 +95,17 @@ def known_validation_errors(
     con: duckdb.DuckDBPyConnection, ids: Sequence[str], cluster_map_version: str, exclude: str
 ) -> np.ndarray:
     """(n, M) errors on the validation prompts ``ids`` of the LLMs with a full profile and features for the map
-    (passing data checks; not ``exclude``): what the planner and the partial-profile estimator learn from."""
+    (passing data checks; not ``exclude``): what the planner and the partial-profile estimator learn from. An LLM
+    with no graded answer on ``ids`` (re-profiled, its answers archived, none asked again yet) is not one, whatever
+    features it kept."""
     failing = set(wh.failing_llms(con))
     partial = set(wh.read_profiles(con).filter("partial")["model"])
     with_features = wh.read_llm_features(con, cluster_map_version)["model"].to_list()
-    known = [m for m in with_features if m != exclude and m not in failing | partial]
-    return error_matrix(wh.read_outcomes(con, known, ["validation"]), list(ids), known)
+    candidates = [m for m in with_features if m != exclude and m not in failing | partial]
+    outcomes = wh.read_outcomes(con, candidates, ["validation"]).filter(pl.col("prompt_id").is_in(list(ids)))
+    answered = set(outcomes["model"])
+    known = [m for m in candidates if m in answered]
+    return error_matrix(outcomes, list(ids), known)
 
 
 def validation_order(con: duckdb.DuckDBPyConnection, model: str) -> list[str] | None:

@@ -66,7 +66,7 @@ from profiling.collector import (
     new_run_id,
     run_collection,
 )
-from profiling.onboarding import plan_onboarding
+from profiling.onboarding import DEFAULT_ONBOARDING_FRACTION, plan_onboarding
 from profiling.staging_location import StagingLocation
 
 __all__ = [
@@ -354,7 +354,7 @@ def collect(
     refresh_before: datetime | None = None,
     flush_interval_s: float = 2.0,
     staging_dir: Where | None = None,
-    fraction: float = 1.0,
+    fraction: float = DEFAULT_ONBOARDING_FRACTION,
     budget_usd: float | None = None,
 ) -> CollectionReport:
     """Collect every missing response of ``models`` (default: all active catalog LLMs) on ``splits``: a profiling
@@ -370,7 +370,8 @@ def collect(
     ``warehouse`` is a connection or a function opening one (:data:`warehouse.Opener`), each step opening it for a
     short while. ``staging_dir`` defaults to :func:`warehouse.default_staging_path` of the warehouse's file.
     ``fraction`` and ``budget_usd`` (USD per LLM) plan a new LLM's onboarding
-    (:func:`profiling.onboarding.plan_onboarding`; 1.0 and None: every pending pair is asked).
+    (:func:`profiling.onboarding.plan_onboarding`: a new LLM first the pipeline's default share of its validation
+    prompts; 1.0 and None: every pending pair is asked).
     """
     check_batching(batch_size, flush_interval_s)
     if staging_dir is None:

@@ -1,8 +1,10 @@
 """Declarative automation on a real instance: features and the router follow new grades without a manual run,
-a new LLM never retrains the cluster map, and a re-pointed LLM is re-profiled with its drift reported."""
+a new LLM never retrains the cluster map, and a re-pointed LLM is re-profiled (on part of its validation prompts
+first, as a new LLM, then refined to all of them) with its drift reported."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -14,9 +16,11 @@ from assets import profiling
 from assets.resources import ArtifactsResource, MlflowResource
 from assets.routing import cluster_map
 from pipelines.definitions import defs
+from pipelines.progress import refine
 from pipelines.sensors import llm_onboarding_sensor
 from pipelines.ticks import AutomationTicks, daemon_workspace, sensor_tick
 from replay import ReplayServer
+from router_core.onboarding import DEFAULT_ONBOARDING_FRACTION
 from tests.conftest import PROJECT_ROOT, ui_stale_statuses
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
@@ -165,20 +169,49 @@ def test_a_repointed_llm_is_reprofiled_and_its_drift_named(instance, tmp_path, s
     assert check.passed and check.metadata["previous_profile"].value == "none"
     asked_before = sum(pipeline.server.request_log.totals().values())
 
-    # Same name, another model behind it: the sensor notices, the profiling run archives and asks again.
+    # Same name, another model behind it: the sensor notices, the profiling run archives and asks again. A new
+    # endpoint version is onboarded as a new LLM: first the default fraction of its validation prompts.
     pipeline.write_catalog({"cheap": "cheap", "math-pro": "history-pro", "history-pro": "history-pro"})
     changed = pipeline.onboard()
     assert [(r.partition_key, r.tags["uniroute/onboarding"]) for r in changed] == [("math-pro", "changed")]
     with wh.connect() as con:
-        asked = wh.read_prompts(con, splits=["validation", "test"]).height
+        n_validation = wh.read_prompts(con, splits=["validation"]).height
+        n_test = wh.read_prompts(con, splits=["test"]).height
         answered = wh.read_prompts(con).height  # on every split before
         archived = con.sql("SELECT count(*) FROM responses_archive WHERE model = 'math-pro'").fetchall()[0][0]
-        assert wh.pending_counts(con).height == 0
-    assert sum(pipeline.server.request_log.totals().values()) - asked_before == asked  # math-pro's prompts, once
+        first = math.ceil(DEFAULT_ONBOARDING_FRACTION * n_validation)
+        assert wh.pending_counts(con).rows() == [("math-pro", n_validation - first)]
+    assert DEFAULT_ONBOARDING_FRACTION < 1 and first < n_validation
+    assert sum(pipeline.server.request_log.totals().values()) - asked_before == first + n_test  # each once
     assert archived == answered  # its earlier answers are kept, not overwritten
 
     assert _requested(pipeline.ticks.until_idle()) == {("llm_error_features", "math-pro"), ("router", None)}
-    [drift] = pipeline.outcomes[("llm_error_features", "math-pro")].get_asset_check_evaluations()
+    features = pipeline.outcomes[("llm_error_features", "math-pro")]
+    assert features.asset_materializations_for_node("llm_error_features")[0].metadata["profile"].value == (
+        f"partial ({first} of {n_validation})"
+    )
+    _assert_drift_named(features)  # already on the partial profile: fewer prompts, wider noise, still beyond it
+
+    # refinement: the nightly schedule asks the rest; the full profile's features and drift follow
+    assert refine(defs, pipeline.instance, pipeline.resources, _succeeded) == 1
+    assert sum(pipeline.server.request_log.totals().values()) - asked_before == n_validation + n_test  # each once
+    assert _requested(pipeline.ticks.until_idle()) == {("llm_error_features", "math-pro"), ("router", None)}
+    features = pipeline.outcomes[("llm_error_features", "math-pro")]
+    assert features.asset_materializations_for_node("llm_error_features")[0].metadata["profile"].value == (
+        f"full ({n_validation} of {n_validation})"
+    )
+    _assert_drift_named(features)
+    with wh.connect() as con:
+        assert wh.pending_counts(con).height == 0
+
+
+def _succeeded(title: str, result: dg.ExecuteInProcessResult, seconds: float) -> None:
+    assert result.success, title
+
+
+def _assert_drift_named(features: dg.ExecuteInProcessResult) -> None:
+    """math-pro's drift check after its re-profiling warns, naming the clusters that moved in its own terms."""
+    [drift] = features.get_asset_check_evaluations()
     assert not drift.passed and drift.severity == dg.AssetCheckSeverity.WARN
     assert len(drift.metadata["moved_clusters"].value) == 2  # math got worse, history better, biology the same
     # the check is the LLM's own (its partition) and says what moved in its terms

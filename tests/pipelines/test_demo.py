@@ -1,4 +1,5 @@
-"""The demo's whole story on the fixture dataset: v1 on the initial pool, v2 after the sensor onboards more;
+"""The demo's whole story on the fixture dataset: v1 on the initial pool, v2 after the sensor onboards more
+(from partial profiles), v3 after the nightly schedule's runs complete them;
 run again (as `make demo` twice: a new process), it reuses the warehouse, tells the same story and prints only its
 own lines. Then the hand-off: the daemon's own sensor and automation iterations, started on the demo's results as
 `dagster dev` would start them, launch nothing until the catalog changes, and the UI shows the cluster map and every
@@ -20,12 +21,13 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+import warehouse as wh
 from pipelines import demo
 from tests.conftest import ui_stale_statuses
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
-ROW = r"^(\d+)\s+([\w,-]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\w{12})"
+ROW = r"^(\d+)\s+([\w,-]+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+(\w{12})\s+(full|\d+ partial)\s"
 ARGS = ["--full", "--initial", "4", "--added", "2"]
 DEMO_ENV = ("DAGSTER_HOME", "UNIROUTE_WAREHOUSE", "UNIROUTE_CATALOG", *demo.QUIET_ENVIRONMENT)
 # what must not come between the demo's lines: progress bars, libraries' INFO lines, MLflow's registration notes
@@ -46,7 +48,7 @@ def demo_home(tmp_path_factory, mmlu_like_dir, without_defs_state):
         yield home, out.getvalue()
 
 
-def test_demo_registers_two_versions_with_one_cluster_map_and_again_quietly(demo_home, mmlu_like_dir):
+def test_demo_registers_three_versions_with_one_cluster_map_and_again_quietly(demo_home, mmlu_like_dir):
     home, first = demo_home
     # a new process, as `make demo` run again; nothing of the demo's own settings inherited from this one
     env = {k: v for k, v in os.environ.items() if k not in DEMO_ENV}
@@ -60,11 +62,17 @@ def test_demo_registers_two_versions_with_one_cluster_map_and_again_quietly(demo
     assert again.returncode == 0, again.stderr[-3000:]
     tables = [re.findall(ROW, out, re.MULTILINE) for out in (first, again.stdout)]
     for rows in tables:
-        assert [r[0] for r in rows] == ["1", "2"]
-        assert rows[0][5] == rows[1][5]  # the new LLMs did not retrain the cluster map
-        assert int(rows[1][2]) > int(rows[0][2])  # the pool grew
-        assert "champion" in rows[1][1].split(",") and "champion" not in rows[0][1].split(",")  # aliases held now
+        assert [r[0] for r in rows] == ["1", "2", "3"]
+        assert rows[0][5] == rows[1][5] == rows[2][5]  # the new LLMs and their refinement did not retrain the map
+        assert int(rows[1][2]) > int(rows[0][2]) and rows[2][2] == rows[1][2]  # the pool grew, then refined
+        # v2 from the new LLMs' partial profiles (onboarding.fraction's default), v3 once the nightly run completed them
+        assert [r[6] for r in rows] == ["full", "2 partial", "full"]
+        assert "champion" in rows[2][1].split(",") and "champion" not in rows[0][1].split(",")  # aliases held now
     assert tables[0] == tables[1]  # same data, same map, same routers
+    with wh.connect_read_only(home / "demo" / "warehouse.duckdb") as con:  # every profile is full after refinement
+        profiles = wh.read_profiles(con)
+    assert profiles.height == 6 and not profiles["partial"].any()
+    assert profiles["answered"].to_list() == profiles["total"].to_list()
     assert "dagster dev" in first and "mlflow ui" in first
     chatter = [line for line in (again.stderr + again.stdout).splitlines(keepends=True) if CHATTER.search(line)]
     assert not chatter, chatter[:5]

@@ -6,6 +6,8 @@ estimate."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import numpy as np
 import polars as pl
@@ -141,6 +143,21 @@ def test_a_partial_profiles_router_version_is_tagged_then_refined_to_a_full_one(
         assert full["profile"] == "full" and "profile" not in _version_tags(home, full["version"])
         again = _meta(_run(home, instance, [router]), "router")  # nothing changed: nothing registered
         assert again["status"].startswith("unchanged") and again["version"] == full["version"]
+
+
+def test_an_llm_whose_answers_were_archived_is_not_learned_from(home, mmlu_like_dir):
+    # "cheap" is re-profiled (its answers archived, none asked again yet): its features remain, but nothing current
+    # stands behind them, so the planner and the estimator leave it out instead of failing on it
+    with wh.connect(home.warehouse) as con:
+        validation = set(wh.read_prompts(con, splits=["validation"])["prompt_id"])
+        assert wh.archive_responses(con, ["cheap"], collected_before=datetime.now(UTC)) > 0
+    n = len(validation)
+    with ReplayServer(mmlu_like_dir) as server, home.instance() as instance:
+        responses = _onboard(home, instance, server, fraction=0.5)
+        assert len(_asked_validation(server, validation)) == n // 2
+        assert responses["profile"] == f"{n // 2} of {n} validation prompts (partial)"
+        features = _meta(_run(home, instance, [llm_error_features], NEW), "llm_error_features")
+    assert features["profile"] == f"partial ({n // 2} of {n})"
 
 
 def test_a_fraction_of_one_asks_everything_and_gives_todays_psi_exactly(home, mmlu_like_dir):
