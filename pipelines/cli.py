@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(embeddings, cluster map, features per LLM, router); a line per run, then what changed. Safe beside a "
         "running daemon: the same cursors and run keys, so neither launches a run the other did.",
     )
+    refresh.add_argument(
+        "--complete",
+        action="store_true",
+        help="also ask every LLM the validation prompts it has not answered (the rest of a new LLM's partial "
+        "profile: it is first asked onboarding.fraction of them), as the nightly profiling schedule does",
+    )
     refresh.set_defaults(run=_refresh)
     for sub in commands.choices.values():  # `uniroute route ... --debug` works too
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -60,7 +66,7 @@ def _refresh(args: argparse.Namespace) -> int:
     from pipelines.refresh import NothingToRefresh, refresh
 
     try:
-        refresh()
+        refresh(complete=args.complete)
     except NothingToRefresh as exc:
         raise CommandError(str(exc)) from exc
     return 0

@@ -3,12 +3,15 @@
 1. the onboarding sensor's tick: a partition and a profiling run for each new or changed catalog LLM;
 2. a ``prompt_set`` run for each dataset the warehouse holds (``uniroute import-prompts``, ``import-results``)
    that no ``prompt_set`` materialisation has recorded at its size: the daemon cannot see a CLI import;
-3. automation ticks until one requests nothing: embeddings, cluster map, features per LLM partition, router.
+3. with ``--complete``, the nightly profiling schedule's tick and its runs: every LLM is asked the validation
+   prompts it has not answered (the rest of a partial profile: a new LLM is first asked ``onboarding.fraction``);
+4. automation ticks until one requests nothing: embeddings, cluster map, features per LLM partition, router.
 
 The project's ``Definitions`` and their resources, as the daemon's runs get them; the runs are tagged as the
 daemon tags them and the cursors are the daemon's (``pipelines.ticks``), so it is safe beside a running daemon:
 a sensor run key already in the instance is skipped, and each automation tick reloads the cursor from the
-instance and leaves out asset partitions a run is materialising. Prints a line per run, then what changed.
+instance and leaves out asset partitions a run is materialising. Prints a line per run, then what changed, and
+which LLMs still have validation prompts to answer.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.progress import ProgressLines, current_aliases, onboard, quiet_libraries
+from pipelines.progress import ProgressLines, current_aliases, onboard, quiet_libraries, refine
 from pipelines.ticks import QUIET, AutomationTicks
 
 
@@ -27,8 +30,9 @@ class NothingToRefresh(ValueError):
     """No instance to work on, or nothing in the warehouse to build from: a user error, one line."""
 
 
-def refresh() -> int:
-    """Bring ``$DAGSTER_HOME``'s instance, the warehouse and the registry up to date; returns the runs executed."""
+def refresh(complete: bool = False) -> int:
+    """Bring ``$DAGSTER_HOME``'s instance, the warehouse and the registry up to date; returns the runs executed.
+    ``complete``: also ask every LLM the validation prompts it has not answered (the nightly schedule's runs)."""
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         raise NothingToRefresh(
@@ -36,10 +40,10 @@ def refresh() -> int:
             "holding the project's dagster.yaml (docs/pipeline.md)"
         )
     with quiet_libraries():
-        return _refresh(Path(home))
+        return _refresh(Path(home), complete)
 
 
-def _refresh(home: Path) -> int:
+def _refresh(home: Path, complete: bool) -> int:
     from pipelines.definitions import defs
 
     resources = defs.resources
@@ -53,8 +57,11 @@ def _refresh(home: Path) -> int:
             ticks.tick()
         onboard(defs, instance, resources, progress.run)
         _prompt_sets(defs, instance, resources, progress)
+        if complete:
+            refine(defs, instance, resources, progress.run)
         ticks.until_idle()
     _summary(progress, resources["mlflow"], time.perf_counter() - started)
+    _pending(resources["warehouse"])
     return progress.runs
 
 
@@ -100,6 +107,20 @@ def _prompt_sets(defs: dg.Definitions, instance: dg.DagsterInstance, resources: 
             raise_on_error=False,
         )
         progress.run(f"prompts of dataset {name} ({size})", result, time.perf_counter() - started)
+
+
+def _pending(warehouse) -> None:
+    """A line naming the LLMs with validation prompts still to answer (a partial profile's rest, failures), if any."""
+    import warehouse as wh
+
+    with warehouse.connect_read_only() as con:
+        pending = wh.pending_counts(con)
+    if pending.height:
+        names = ", ".join(f"{row['model']} ({row['pending']})" for row in pending.iter_rows(named=True))
+        print(
+            f"refresh: validation prompts still to answer: {names}; `uniroute refresh --complete` asks them now "
+            "(the nightly_profiling_schedule does when on)"
+        )
 
 
 def _summary(progress: ProgressLines, mlflow_resource, seconds: float) -> None:
