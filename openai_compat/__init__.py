@@ -8,11 +8,13 @@ the next LLM before the first byte, behind a circuit breaker. Imports nothing of
 """
 
 from openai_compat.answers import (
+    MAX_BODY_DEPTH,
     MAX_TOKENS,
     answer_text,
     cost_usd,
     first_choice,
     has_answer,
+    json_depth,
     parse_body,
     realised_cost,
     token_count,
@@ -41,6 +43,7 @@ from openai_compat.transport import (
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
     "DEFAULT_MAX_RESPONSE_BYTES",
+    "MAX_BODY_DEPTH",
     "MAX_RETRY_AFTER_S",
     "MAX_TOKENS",
     "RETRYABLE_STATUSES",
@@ -55,6 +58,7 @@ __all__ = [
     "cost_usd",
     "first_choice",
     "has_answer",
+    "json_depth",
     "open_chat",
     "parse_body",
     "parse_retry_after",

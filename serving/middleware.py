@@ -28,11 +28,11 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 
-import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from openai_compat import json_depth
 from serving.chat_request import short_repr
 from serving.keys import ENV_VAR, SPEND_RECHECK_S, ClientError, KeyPolicy, KeyStore
 
@@ -322,32 +322,6 @@ def _bearer(authorization: str | None) -> str | None:
 
 
 # ---- the request body ----
-_DEPTH_STEP = np.zeros(256, np.int8)
-_DEPTH_STEP[list(b"[{")] = 1
-_DEPTH_STEP[list(b"]}")] = -1
-
-
-def json_depth(data: bytes) -> int:
-    """The deepest nesting of arrays and objects in JSON ``data``; brackets inside strings do not count.
-
-    Vectorised over the bytes (a few ms per MB): a quote opens or closes a string unless an odd run of
-    backslashes precedes it. UTF-8 continuation bytes are never ASCII, so bytes are as good as characters here.
-    """
-    chars = np.frombuffer(data, np.uint8)
-    step = _DEPTH_STEP[chars]
-    if not step.any():
-        return 0
-    quote = chars == ord('"')
-    if quote.any():
-        position = np.arange(chars.size, dtype=np.int32)
-        last_other = np.maximum.accumulate(np.where(chars == ord("\\"), -1, position))
-        backslashes_before = np.zeros(chars.size, np.int32)
-        backslashes_before[1:] = position[:-1] - last_other[:-1]
-        in_string = np.cumsum(quote & (backslashes_before % 2 == 0)) % 2 == 1
-        step = np.where(in_string, 0, step)
-    return max(0, int(np.cumsum(step, dtype=np.int64).max()))
-
-
 def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from openai_compat import answer_text, cost_usd, has_answer, parse_body, realised_cost, token_count
+import openai_compat.answers
+from openai_compat import MAX_BODY_DEPTH, answer_text, cost_usd, has_answer, parse_body, realised_cost, token_count
 
 
 def completion(message: object) -> dict:
@@ -19,6 +20,19 @@ def completion(message: object) -> dict:
 )
 def test_a_body_that_is_not_json_is_none_never_an_exception(raw):
     assert parse_body(raw) is None
+
+
+def test_a_body_nested_past_the_depth_never_reaches_the_recursive_parser(monkeypatch):
+    """Deep JSON is refused before ``json.loads`` recurses toward the interpreter's limit (where even a finalizer
+    the garbage collector runs fails); brackets inside strings do not count, and a body at the limit parses."""
+    parsed = []
+    loads = json.loads
+    monkeypatch.setattr(openai_compat.answers.json, "loads", lambda raw: parsed.append(len(raw)) or loads(raw))
+    assert parse_body(b"[" * 100_000 + b"]" * 100_000) is None and parsed == []
+    deepest = b"[" * MAX_BODY_DEPTH + b"]" * MAX_BODY_DEPTH
+    assert parse_body(deepest) is not None and parse_body(b"[" + deepest + b"]") is None
+    in_text = json.dumps(completion({"role": "assistant", "content": "[{" * 5_000})).encode()
+    assert answer_text(parse_body(in_text)) == "[{" * 5_000
 
 
 def test_the_answer_is_the_first_choices_text():
