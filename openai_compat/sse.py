@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from openai_compat.answers import parse_body
 
 __all__ = ["DEFAULT_MAX_EVENT_BYTES", "EventTooLong", "SSEScanner"]
 
@@ -47,10 +47,7 @@ class SSEScanner:
             if value == b"[DONE]":
                 self.done = True
                 continue
-            try:
-                chunk = json.loads(value)
-            except ValueError:
-                continue
+            chunk = parse_body(value)  # None: not JSON, or nested too deep to parse safely (relayed as it is)
             if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
                 self.usage = chunk["usage"]
                 keep = not (self.drop_usage and not chunk.get("choices"))

@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 import warehouse as wh
+from openai_compat import parse_body
 from serving.recordlog import RecordLog, read_record_files, record_files
 
 __all__ = [
@@ -91,9 +92,9 @@ def _stream_text(data: bytes) -> str | None:
         if not line.startswith("data:") or line[5:].strip() == "[DONE]":
             continue
         try:
-            event = json.loads(line[5:])
+            event = parse_body(line[5:].encode())  # None for what is not JSON or nests too deep
             content = ((event.get("choices") or [{}])[0].get("delta") or {}).get("content")
-        except (ValueError, AttributeError, IndexError, TypeError):
+        except (AttributeError, IndexError, TypeError):
             continue
         if isinstance(content, str):
             pieces.append(content)

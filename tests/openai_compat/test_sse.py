@@ -24,3 +24,11 @@ def test_an_event_longer_than_the_bound_raises():
     scanner.feed(b"data: " + b"x" * 1000)
     with pytest.raises(EventTooLong):
         scanner.feed(b"x" * 100)
+
+
+def test_an_event_nested_past_the_parsers_depth_is_relayed_and_never_raises():
+    """An upstream's deeply nested event (a RecursionError in the JSON parser before) goes through as it is."""
+    deep = b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n"
+    scanner = SSEScanner(drop_usage=True)
+    assert scanner.feed(TEXT + deep + USAGE) == TEXT + deep
+    assert scanner.usage == {"prompt_tokens": 3, "completion_tokens": 1}

@@ -149,6 +149,8 @@ def test_traffic_files_hold_the_text_taken_out_by_the_writer(tmp_path):
     assert json.loads(frame["messages"][0]) == messages and frame["cluster_weights"][0].to_list() == [0.5, 0.5]
     assert [f.name[:8] for f in traffic_files(tmp_path)] == ["traffic-"]
     assert answer_text({"choices": []}) is None and answer_text(b"data: [DONE]\n\n") is None
+    deep = b"data: " + b"[" * 100_000 + b"]" * 100_000 + b"\n\n"  # an upstream's: skipped, never a RecursionError
+    assert answer_text(STREAM + deep) == "The answer is (B)."
 
 
 def test_a_key_opts_out_of_sampling_with_store_false():
