@@ -96,23 +96,18 @@ def onboard(
     from pipelines.sensors import llm_onboarding_sensor
 
     tick = sensor_tick(llm_onboarding_sensor, instance, resources=resources)
-    job = defs.resolve_job_def("profile_llm")
-    executed = 0
-    for request in tick.run_requests if isinstance(tick, dg.SensorResult) else []:
-        if already_launched(instance, llm_onboarding_sensor, request):
-            continue
-        started = time.perf_counter()
-        result = job.execute_in_process(
-            partition_key=request.partition_key,
-            instance=instance,
-            resources=resources,
-            run_config={**QUIET, "ops": {**request.run_config["ops"], **(ops or {})}},
-            tags=sensor_run_tags(llm_onboarding_sensor, request),
-            raise_on_error=False,
+    requests = tick.run_requests if isinstance(tick, dg.SensorResult) else []
+    runs = [
+        (
+            f"sensor run: profile {request.partition_key}",
+            request.partition_key,
+            {"ops": {**request.run_config["ops"], **(ops or {})}},
+            sensor_run_tags(llm_onboarding_sensor, request),
         )
-        on_run(f"sensor run: profile {request.partition_key}", result, time.perf_counter() - started)
-        executed += 1
-    return executed
+        for request in requests
+        if not already_launched(instance, llm_onboarding_sensor, request)
+    ]
+    return _profile(defs, instance, resources, runs, on_run)
 
 
 def refine(
@@ -128,19 +123,37 @@ def refine(
 
     context = dg.build_schedule_context(instance=instance, resources={"warehouse": resources["warehouse"]})
     requests = nightly_profiling_schedule(context)
+    runs = [
+        (
+            f"nightly run: profile {request.partition_key} ({request.tags.get('uniroute/pending', '?')} pending)",
+            request.partition_key,
+            request.run_config,
+            {**request.tags, SCHEDULE_NAME_TAG: nightly_profiling_schedule.name},
+        )
+        for request in (requests if isinstance(requests, list) else [])
+    ]
+    return _profile(defs, instance, resources, runs, on_run)
+
+
+def _profile(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    resources: dict,
+    runs: list[tuple[str, str, dict, dict]],
+    on_run: Callable[[str, dg.ExecuteInProcessResult, float], None],
+) -> int:
+    """Execute a ``profile_llm`` run here for each ``(title, partition, run_config, tags)``, quietly, each told to
+    ``on_run`` with its seconds; returns the runs executed."""
     job = defs.resolve_job_def("profile_llm")
-    executed = 0
-    for request in requests if isinstance(requests, list) else []:
+    for title, partition, run_config, tags in runs:
         started = time.perf_counter()
         result = job.execute_in_process(
-            partition_key=request.partition_key,
+            partition_key=partition,
             instance=instance,
             resources=resources,
-            run_config={**QUIET, **request.run_config},
-            tags={**request.tags, SCHEDULE_NAME_TAG: nightly_profiling_schedule.name},
+            run_config={**QUIET, **run_config},
+            tags=tags,
             raise_on_error=False,
         )
-        title = f"nightly run: profile {request.partition_key} ({request.tags.get('uniroute/pending', '?')} pending)"
         on_run(title, result, time.perf_counter() - started)
-        executed += 1
-    return executed
+    return len(runs)
