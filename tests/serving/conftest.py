@@ -130,8 +130,6 @@ def gateway_process(root, catalog, registry_uri: str, *args: str, env: dict[str,
 def gateway_in_process(root, catalog, registry_uri: str, reload_interval_s: float = 0.5, **settings):
     """The gateway app on uvicorn on a thread of this process (so the test sees its embedder calls); yields
     (URL, Gateway) once started; decisions are written when it stops (its lifespan's end)."""
-    import uvicorn
-
     from serving.gateway import Gateway, create_app
     from serving.gateway_config import GatewayConfig
 
@@ -145,20 +143,30 @@ def gateway_in_process(root, catalog, registry_uri: str, reload_interval_s: floa
         **settings,
     )
     gateway = Gateway(config)
+    with uvicorn_thread(create_app(gateway), startup_s=120, shutdown_s=60) as port:
+        yield f"http://127.0.0.1:{port}", gateway
+
+
+@contextlib.contextmanager
+def uvicorn_thread(app, startup_s: float, shutdown_s: float, **settings):
+    """``app`` served by uvicorn on a thread of this process at 127.0.0.1 (a free port), as the gateway is served;
+    yields the port once started (``settings``: more ``uvicorn.Config`` options)."""
+    import uvicorn
+
     server = uvicorn.Server(
-        uvicorn.Config(create_app(gateway), host="127.0.0.1", port=0, log_config=None, log_level="warning")
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, log_level="warning", **settings)
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + startup_s
     while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the gateway did not start"
-        time.sleep(0.02)
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.005)
     try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", gateway
+        yield server.servers[0].sockets[0].getsockname()[1]
     finally:
         server.should_exit = True
-        thread.join(timeout=60)
+        thread.join(timeout=shutdown_s)
 
 
 def samples(body: bytes) -> dict[tuple[str, tuple], float]:

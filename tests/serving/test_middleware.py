@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -31,6 +30,8 @@ from serving.middleware import (
     json_depth,
     read_json,
 )
+
+from .conftest import uvicorn_thread
 
 ALICE = "alice-secret-0123456789abcdef"
 LIMITED = "limited-secret-0123456789abcdef"
@@ -94,24 +95,11 @@ class App:
 def serve(store: KeyStore):
     """(App, httpx.Client) with the app served by uvicorn on a thread, as the gateway is."""
     app = App(store)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app.app, host="127.0.0.1", port=0, lifespan="off", access_log=False, log_config=None, log_level="warning"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.005)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            yield app, client
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with (
+        uvicorn_thread(app.app, startup_s=30, shutdown_s=10, lifespan="off", access_log=False) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
+    ):
+        yield app, client
 
 
 def post(client, body=None, key=None, **kwargs):
