@@ -25,6 +25,9 @@ import dagster as dg
 from pipelines.progress import ProgressLines, current_aliases, onboard, quiet_libraries, refine
 from pipelines.ticks import QUIET, AutomationTicks
 
+#: LLMs named at most in refresh's line of validation prompts still to answer (the rest are counted).
+_NAMED = 10
+
 
 class NothingToRefresh(ValueError):
     """No instance to work on, or nothing in the warehouse to build from: a user error, one line."""
@@ -116,7 +119,8 @@ def _pending(warehouse) -> None:
     with warehouse.connect_read_only() as con:
         pending = wh.pending_counts(con)
     if pending.height:
-        names = ", ".join(f"{row['model']} ({row['pending']})" for row in pending.iter_rows(named=True))
+        shown = [f"{row['model']} ({row['pending']})" for row in pending.head(_NAMED).iter_rows(named=True)]
+        names = ", ".join(shown) + (f" and {pending.height - _NAMED} more LLMs" if pending.height > _NAMED else "")
         print(
             f"refresh: validation prompts still to answer: {names}; `uniroute refresh --complete` asks them now "
             "(the nightly_profiling_schedule does when on)"
