@@ -13,7 +13,7 @@ from assets.profiling import graded_responses, llm_catalog, llm_partitions, llm_
 from assets.resources import CollectorResource
 from assets.router import router
 from serving.processes import free_port, server_process, venv_env
-from tests.ui.conftest import SCREENSHOTS, dagster_webserver, dismiss_welcome, shot
+from tests.ui.conftest import SCREENSHOTS, dagster_webserver, no_welcome_dialog, shot
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
@@ -53,14 +53,13 @@ def test_the_dagster_ui_shows_the_lineage_and_its_checks(materialised, browser, 
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         # the router's upstream lineage: every asset of both groups, expanded
         page.goto(f"{url}/assets/router?view=lineage&lineageScope=upstream&lineageDepth=6", wait_until="networkidle")
-        dismiss_welcome(page)
+        no_welcome_dialog(page)
         for asset in ("llm_catalog", "prompt_set", "llm_responses", "graded_responses", "prompt_embeddings"):
             page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
         for asset in ("cluster_map", "llm_error_features", "router"):
             page.get_by_text(asset, exact=True).first.wait_for(timeout=60_000)
         assert shot(page, "dagster_lineage.png").stat().st_size > 10_000
         page.goto(f"{url}/assets/llm_responses?view=checks", wait_until="networkidle")
-        dismiss_welcome(page)
         page.get_by_text("check_llm_responses_coverage").first.wait_for(timeout=60_000)
         shot(page, "dagster_checks.png")
         # the failing check of one LLM, named with its LLM and the numbers in the user's terms

@@ -10,7 +10,7 @@ import pytest
 from assets.outcomes import TRAFFIC_CHECK, llm_traffic_evaluation
 from tests.conftest import SNAPSHOT_LLMS
 from tests.online_traffic import CLUSTER, DEGRADED, champion_shape, degraded_traffic, write_gateway_files
-from tests.ui.conftest import dagster_webserver, dismiss_welcome, shot
+from tests.ui.conftest import dagster_webserver, no_welcome_dialog, shot
 
 pytestmark = pytest.mark.e2e  # a whole pipeline or server, end to end
 
@@ -46,7 +46,7 @@ def test_the_online_evaluation_page_shows_its_tables_plots_and_the_degraded_llms
     with dagster_webserver(evaluated, tmp_path / "webserver.log") as url:
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(f"{url}/assets/online_evaluation", wait_until="networkidle")
-        dismiss_welcome(page)
+        no_welcome_dialog(page)
         page.get_by_text(ALARM).first.wait_for(timeout=60_000)  # the alarms line
         assert shot(page, "dagster_online_evaluation.png").stat().st_size > 10_000
         for key, text in TABLES.items():
@@ -92,7 +92,9 @@ def _show_markdown(page, key: str):
 
 
 def _close(page) -> None:
-    """Close the Markdown dialog, if one is open."""
-    if page.get_by_role("dialog").count():
-        page.keyboard.press("Escape")
-        page.get_by_role("dialog").wait_for(state="detached", timeout=30_000)
+    """Close the Markdown dialog, if one is open, with its Close button: an Escape pressed before the dialog takes the
+    focus is lost (CI once waited 30 s on a dialog that never heard it)."""
+    dialog = page.get_by_role("dialog")
+    if dialog.count():
+        dialog.get_by_role("button", name="Close", exact=True).click()
+        dialog.wait_for(state="detached", timeout=30_000)
