@@ -402,17 +402,9 @@ def _add_model(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import sqlite3
 
-    import uvicorn
-
-    import warehouse as wh
-    from serving import registry
-    from serving.gateway import Gateway, create_app
-    from serving.gateway_config import CONFIG_ENV, GatewayConfig, open_ledger
-    from serving.keys import KeyStore
     from serving.loaded_router import split_model_uri
-    from serving.metrics import MULTIPROC_ENV, clear_multiprocess_dir
-    from serving.middleware import check_bind
 
+    # the arguments first: MLflow, uvicorn and the gateway (seconds of imports) only once they hold
     if args.workers < 1:
         raise CommandError(f"--workers {args.workers}: expected at least 1")
     if args.max_upstream_bytes < 1:
@@ -425,6 +417,11 @@ def _serve(args: argparse.Namespace) -> int:
         split_model_uri(args.model_uri)
     except ValueError as exc:
         raise CommandError(f"--model-uri: {exc}") from exc
+    import warehouse as wh
+    from serving.gateway_config import CONFIG_ENV, GatewayConfig, open_ledger
+    from serving.keys import KeyStore
+    from serving.middleware import check_bind
+
     catalog = _catalog_path(args.catalog)
     if not catalog.is_file():
         raise CommandError(f"no catalog at {catalog}; pass --catalog or set UNIROUTE_CATALOG")
@@ -459,6 +456,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     if notice:
         print(f"uniroute serve: {notice}", file=sys.stderr)
+    import uvicorn
+
+    from serving import registry
+    from serving.gateway import Gateway, create_app
+    from serving.metrics import MULTIPROC_ENV, clear_multiprocess_dir
+
     options = {"host": args.host, "port": args.port, "log_config": _log_config(), "access_log": False}
     if args.workers == 1:
         uvicorn.run(create_app(Gateway(config)), **options)

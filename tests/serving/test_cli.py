@@ -310,6 +310,36 @@ def test_route_and_models_load_only_what_they_need(registry_uri, tmp_path, monke
     assert "math-pro" in result["out"] and "cheap" in result["out"]
 
 
+SERVE_REFUSAL = """
+import contextlib, io, json, sys
+from pipelines.cli import main
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    code = main(sys.argv[1:])
+print(json.dumps({"code": code, "err": err.getvalue(), "modules": sorted(sys.modules)}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--workers", "0"], "--workers 0: expected at least 1"),
+        (["--canary-fraction", "2"], "--canary-fraction 2.0: expected a number in [0, 1]"),
+        (["--model-uri", "uniroute"], "--model-uri: "),
+        (["--catalog", "missing.yaml"], "no catalog at missing.yaml"),
+    ],
+)
+def test_serve_refuses_bad_arguments_before_loading_mlflow_or_the_gateway(tmp_path, argv, says):
+    """Argument errors come first: no MLflow, uvicorn or gateway import (seconds) before the one line."""
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_REFUSAL, "serve", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    result = json.loads(done.stdout)
+    assert result["code"] == 2 and result["err"].startswith(f"uniroute serve: {says}"), result["err"]
+    loaded = set(result["modules"])
+    assert {name.split(".")[0] for name in loaded} & {"mlflow", "uvicorn", "torch"} == set()
+    assert not loaded & {"serving.registry", "serving.gateway"}
+
+
 def test_help_imports_nothing_heavy():
     """`uniroute --help` (and every command's) in well under a second: modules, not seconds, so a busy machine
     cannot make this flaky."""
