@@ -162,11 +162,15 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any] | None, **overr
 
 # ---- splits ------------------------------------------------------------------------------------------------
 def _assign_splits(frame: pl.DataFrame, shares: Mapping[str, float], seed: int) -> pl.Series:
-    """Splits for rows without one: within each category, ordered by a seeded hash of the prompt id (so a row's
-    draw does not depend on the file's order) and cut by ``shares``."""
+    """Splits for rows without one, stratified by category: within each category the rows are ordered by a seeded
+    hash of the prompt id (so a row's draw does not depend on the file's order), the categories are interleaved by
+    that order, and the whole is cut by ``shares``. Each split gets its share of the whole (a category of 4
+    prompts cut alone would give validation none of them) and of each category, give or take one prompt."""
     key = pl.col("prompt_id").map_elements(lambda i: prompt_hash(f"{seed}:{i}"), return_dtype=pl.String)
     group = pl.col("category").fill_null("")
-    frac = (key.rank("ordinal").over(group) - 1) / pl.len().over(group)
+    keyed = frame.select(key.alias("key"), group.alias("group")).with_row_index("row")
+    keyed = keyed.with_columns(((pl.col("key").rank("ordinal").over("group") - 1) / pl.len().over("group")).alias("at"))
+    position = keyed.sort("at", "key").select("row", (pl.int_range(pl.len()) / pl.len()).alias("position"))
     names = [n for n in SPLITS if n in shares]
     split = pl.lit(names[-1])
     edges = []
@@ -175,8 +179,8 @@ def _assign_splits(frame: pl.DataFrame, shares: Mapping[str, float], seed: int) 
         total += shares[name]
         edges.append((name, total))
     for name, edge in reversed(edges):
-        split = pl.when(frac < edge).then(pl.lit(name)).otherwise(split)
-    return frame.select(split.alias("split"), frac)["split"]  # frac keeps one row per row when one split takes all
+        split = pl.when(pl.col("position") < edge).then(pl.lit(name)).otherwise(split)
+    return position.sort("row").select(split.alias("split"), "position")["split"]  # one row per row, always
 
 
 def stratified_sample(prompts: pl.DataFrame, n: int, seed: int, by: str = "category") -> pl.DataFrame:

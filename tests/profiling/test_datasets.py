@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import polars as pl
 import pytest
@@ -179,3 +180,29 @@ def test_one_split_taking_every_share_gives_it_to_every_row():
 
     rows = pl.DataFrame({"prompt_id": ["a", "b", "c"], "category": ["x", "y", "x"]})
     assert _assign_splits(rows, {"validation": 1.0}, seed=0).to_list() == ["validation"] * 3  # not one value
+
+
+@pytest.mark.parametrize(("per_category", "categories"), [(4, 5), (1, 20), (40, 3), (7, 9)])
+def test_small_categories_still_give_each_split_its_share_of_the_whole(per_category, categories):
+    """Cut alone, a category of 4 prompts gives validation (10%) none: five of them made a dataset without
+    validation prompts, so no LLM could be profiled. Interleaved, each split gets its share of the whole, and of
+    each category give or take one prompt."""
+    from profiling.datasets import DEFAULT_SHARES, _assign_splits
+
+    n = per_category * categories
+    ids, names = [f"p{i}" for i in range(n)], [f"c{i % categories}" for i in range(n)]
+    rows = pl.DataFrame({"prompt_id": ids, "category": names})
+    split = _assign_splits(rows, DEFAULT_SHARES, seed=0)
+    counts = split.value_counts().rows()
+    assert dict(counts) == {name: c for name, c in _whole_counts(n).items() if c}
+    per_category_counts = rows.with_columns(split).group_by("category", "split").len()
+    for name, share in DEFAULT_SHARES.items():
+        got = per_category_counts.filter(pl.col("split") == name)["len"]
+        assert got.sum() == _whole_counts(n)[name]
+        assert all(abs(c - share * per_category) <= 1 for c in got), (name, got.to_list())
+
+
+def _whole_counts(n: int) -> dict[str, int]:
+    """The prompts of ``n`` each split of DEFAULT_SHARES takes (each edge is a cumulative share, rounded up)."""
+    train, validation = math.ceil(0.6 * n - 1e-9), math.ceil(0.7 * n - 1e-9)
+    return {"train": train, "validation": validation - train, "test": n - validation}
