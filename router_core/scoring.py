@@ -194,7 +194,9 @@ def fit_pool(
     # the default operating point resolves on the pool's validation curve, cross-fitted so that it describes
     # prompts the router has not seen
     answered = ~np.isnan(val_errors).any(axis=1)
-    predicted, val_scores = out_of_fold_errors(uni, x_val, val_errors)[answered], 1 - val_errors[answered]
+    folds = min(5, len(x_val))  # a small validation set: fewer folds; one prompt: nothing to hold out
+    predicted = out_of_fold_errors(uni, x_val, val_errors, folds) if folds >= 2 else uni.predict_error(x_val)
+    predicted, val_scores = predicted[answered], 1 - val_errors[answered]
     point = operating_point(predicted, uni.costs_, val_scores, default_cost_weight)
     x_scored, scores_scored = x_test[complete], test_scores[complete]
     return PoolFit(

@@ -198,3 +198,27 @@ def test_the_default_operating_point_is_the_cheapest_within_half_a_point_of_the_
     assert (auto.cost, auto.accuracy, auto.best_accuracy) == (1.0, 0.997, 1.0) and 0 < auto.cost_weight < np.inf
     given = operating_point(predicted, np.array([1.0, 10.0]), scores, cost_weight=0.0)
     assert (given.cost_weight, given.cost, given.accuracy, given.tolerance) == (0.0, 10.0, 1.0, None)
+
+
+@pytest.mark.parametrize("n_validation", [1, 2, 4])
+def test_fit_pool_scores_a_pool_with_fewer_validation_prompts_than_folds(two_topics, n_validation):
+    """A small prompt set leaves a handful of validation prompts: the operating point is cross-fitted on fewer folds
+    (in-sample with one prompt), not refused ("folds=5: must be in [2, 2]" stopped a 20-prompt dataset's router)."""
+    from router_core import fit_pool
+
+    cmap = KMeansClusterMap(2, seed=0).fit(two_topics.train)
+    val_ids = [f"validation-{i}" for i in range(n_validation)]
+    test_ids = [f"test-{i}" for i in range(len(two_topics.test_topic))]
+    fit = fit_pool(
+        cmap,
+        two_topics.llms,
+        dict(zip(two_topics.llms, two_topics.costs, strict=True)),
+        val_ids,
+        two_topics.validation[:n_validation],
+        two_topics.outcomes("validation").filter(pl.col("prompt_id").is_in(val_ids)),
+        test_ids,
+        two_topics.test,
+        two_topics.outcomes("test"),
+    )
+    assert fit.predicted.shape == (n_validation, len(two_topics.llms)) and np.isfinite(fit.predicted).all()
+    assert np.isfinite(fit.scores.audc)
