@@ -15,8 +15,11 @@ from assets.profiling import graded_responses, llm_check_spec, llm_partitions
 from assets.resources import ArtifactsResource, EmbedderResource, WarehouseResource
 from profiling.onboarding import known_validation_errors
 from router_core import (
+    DEFAULT_PROMPTS_PER_CLUSTER,
     KMeansClusterMap,
     LearnedClusterMap,
+    RouterInputError,
+    clusters_for,
     error_matrix,
     load_cluster_map,
     psi_drift,
@@ -32,7 +35,8 @@ class ClusterMapConfig(dg.Config):
     """Which map to train, and on which LLMs' answers to the training prompts."""
 
     kind: str = "learned"  # "learned" (the paper's soft map) or "kmeans"
-    n_clusters: int = 16
+    n_clusters: int = 16  # at most: lowered to fit a small prompt set (prompts_per_cluster)
+    prompts_per_cluster: int = DEFAULT_PROMPTS_PER_CLUSTER  # training prompts a cluster holds on average, at least
     seed: int = 0
     training_llms: list[str] | None = None  # default: every LLM graded on training prompts
 
@@ -72,7 +76,8 @@ def cluster_map(
             context.log.info("no training prompts answered by a training LLM yet: nothing to fit")
             return
         errors = error_matrix(outcomes, ids, llms)
-        version = fingerprint(config.kind, config.n_clusters, config.seed, embedder_id, llms, ids, errors.tobytes())
+        k = _fitted_clusters(context, config, len(ids))
+        version = fingerprint(config.kind, k, config.seed, embedder_id, llms, ids, errors.tobytes())
         latest = wh.latest_cluster_map(con)
         current = latest is not None and latest["version"] == version and Path(latest["path"]).exists()
         if current and _materialized_version(context) == version:
@@ -81,12 +86,12 @@ def cluster_map(
         if current:  # fitted before this Dagster instance knew of it (e.g. a new DAGSTER_HOME): record it
             context.log.info(f"cluster map {version} is already current in the warehouse: recorded, not refitted")
         else:
-            cmap = maps[config.kind](config.n_clusters, seed=config.seed).fit(x, errors)
+            cmap = maps[config.kind](k, seed=config.seed).fit(x, errors)
             path = save_cluster_map(cmap, artifacts.path("cluster_maps", version))
             row = {
                 "version": version,
                 "kind": config.kind,
-                "n_clusters": config.n_clusters,
+                "n_clusters": k,
                 "embedder_id": embedder_id,
                 "training_llms": [llms],
                 "n_train_prompts": len(ids),
@@ -97,12 +102,27 @@ def cluster_map(
         metadata={
             "version": version,
             "kind": config.kind,
-            "n_clusters": config.n_clusters,
+            "n_clusters": k,
+            "n_clusters_asked": config.n_clusters,
             "training_llms": llms,
             "train_prompts": len(ids),
         },
         data_version=dg.DataVersion(version),
     )
+
+
+def _fitted_clusters(context: dg.AssetExecutionContext, config: ClusterMapConfig, n_prompts: int) -> int:
+    """The K to fit: ``config.n_clusters``, lowered (and said so) when the training prompts are too few for it."""
+    try:
+        k = clusters_for(n_prompts, config.n_clusters, config.prompts_per_cluster)
+    except RouterInputError as exc:
+        raise dg.Failure(f"cluster_map.{exc}") from exc
+    if k < config.n_clusters:
+        context.log.warning(
+            f"{n_prompts} training prompts: K={k} clusters, not the {config.n_clusters} asked "
+            f"(at least {config.prompts_per_cluster} prompts a cluster on average; cluster_map.prompts_per_cluster)"
+        )
+    return k
 
 
 def _materialized_version(context: dg.AssetExecutionContext) -> str | None:

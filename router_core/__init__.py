@@ -12,7 +12,13 @@ No Dagster, no MLflow: those layers call this one.
 """
 
 from router_core._errors import NotFittedError, RouterInputError
-from router_core.cluster_maps import ClusterMap, KMeansClusterMap, LearnedClusterMap
+from router_core.cluster_maps import (
+    DEFAULT_PROMPTS_PER_CLUSTER,
+    ClusterMap,
+    KMeansClusterMap,
+    LearnedClusterMap,
+    clusters_for,
+)
 from router_core.coverage import (
     CoverageReference,
     CoverageReport,
@@ -126,6 +132,7 @@ __all__ = [
     "DEFAULT_MIN_COUNT",
     "DEFAULT_ONBOARDING_FRACTION",
     "DEFAULT_ORDER",
+    "DEFAULT_PROMPTS_PER_CLUSTER",
     "DEFAULT_RECHECK_PROMPTS",
     "DEFAULT_SELECTION_MARGIN",
     "DEFAULT_SUSPECT_MIN_COUNT",
@@ -174,6 +181,7 @@ __all__ = [
     "check_prompts",
     "choose",
     "cluster_weight_matrix",
+    "clusters_for",
     "compare_curves",
     "compare_on_traffic",
     "concave_hull",

@@ -10,7 +10,25 @@ import numpy as np
 from router_core._errors import NotFittedError, RouterInputError
 from router_core.features import llm_error_features
 
-__all__ = ["ClusterMap", "KMeansClusterMap", "LearnedClusterMap"]
+__all__ = ["DEFAULT_PROMPTS_PER_CLUSTER", "ClusterMap", "KMeansClusterMap", "LearnedClusterMap", "clusters_for"]
+
+#: Training prompts per cluster, on average, below which :func:`clusters_for` lowers K (benchmarks: docs).
+DEFAULT_PROMPTS_PER_CLUSTER = 8
+
+
+def clusters_for(n_prompts: int, n_clusters: int, prompts_per_cluster: int = DEFAULT_PROMPTS_PER_CLUSTER) -> int:
+    """The K to fit on ``n_prompts`` training prompts: ``n_clusters``, lowered so that a cluster holds
+    ``prompts_per_cluster`` of them on average (never below 1). A small prompt set gets fewer, better-estimated
+    clusters instead of a map that cannot be fitted (K > n) or whose clusters hold one validation prompt each."""
+    checks = (
+        ("n_prompts", n_prompts, 0),
+        ("n_clusters", n_clusters, 1),
+        ("prompts_per_cluster", prompts_per_cluster, 1),
+    )
+    for name, value, least in checks:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+            raise RouterInputError(name, value, f"must be an integer >= {least}")
+    return int(max(1, min(n_clusters, n_prompts // prompts_per_cluster)))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

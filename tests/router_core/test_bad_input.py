@@ -150,3 +150,16 @@ def test_a_refit_with_bad_input_keeps_the_fitted_pool(fitted, two_topics):
         fresh.fit_arrays(two_topics.validation, errors, ["X", "Y", "Z"], [1.0, -2.0, 1.0])
     with pytest.raises(NotFittedError):
         fresh.route(two_topics.test, 0.0)
+
+
+def test_clusters_for_lowers_k_to_the_prompts_and_names_a_bad_argument():
+    from router_core import clusters_for
+
+    assert clusters_for(10_000, 16) == 16  # plenty: K as asked
+    assert clusters_for(12, 16, prompts_per_cluster=4) == 3  # 4 prompts a cluster on average
+    assert clusters_for(3, 16, prompts_per_cluster=4) == 1  # never below one cluster
+    for args, field in [((-1, 16), "n_prompts"), ((10, 0), "n_clusters"), ((10, 4, 0), "prompts_per_cluster")]:
+        with pytest.raises(RouterInputError, match=rf"^{field}=.*: must be an integer >= "):
+            clusters_for(*args)
+    with pytest.raises(RouterInputError, match=r"^n_clusters=True: must be an integer"):
+        clusters_for(10, True)
