@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ class ProgressLines:
         failed = [c.check_name for c in errors if not c.passed]
         note = f"  data check failed ({', '.join(failed)}): left out" if failed else ""
         if not result.success and not failed:
-            raise RunFailed(f"{title}: run {result.run_id} failed; see its events in {self.dagster_home}")
+            reason = failure_reason(result.all_events)
+            raise RunFailed(f"{title}: run {result.run_id} failed: {reason}; see its events in {self.dagster_home}")
         self.runs += 1
         print(f"  {title:<58}{seconds:6.1f} s{note}", flush=True)
         for event in result.get_asset_materialization_events():
@@ -72,6 +74,24 @@ class ProgressLines:
     def automation_run(self, names: list[str], partition: str | None, result, seconds: float) -> None:
         """:meth:`run`, titled as :class:`pipelines.ticks.AutomationTicks` reports a run."""
         self.run(f"automation: {', '.join(names)}" + (f" [{partition}]" if partition else ""), result, seconds)
+
+
+def failure_reason(events: Iterable[dg.DagsterEvent], limit: int = 300) -> str:
+    """The first failed step of a run's ``events`` and what its op raised, on one line cut at ``limit`` characters
+    (a ``dg.Failure``'s description, else the op's own exception, which Dagster wraps in a step-execution error)."""
+    for event in events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            if data.user_failure_data is not None and data.user_failure_data.description:
+                message = data.user_failure_data.description
+            else:
+                error = data.error
+                wrapped = error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause
+                message = (error.cause if wrapped else error).message if error is not None else "no error recorded"
+            line = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", " ".join(message.split()))  # the class, not its module
+            line = line if len(line) <= limit else line[: limit - 3] + "..."
+            return f"{event.step_key}: {line}"
+    return "no step failed (the run itself did)"
 
 
 def current_aliases(tracking_uri: str, model_name: str, versions: list[str]) -> dict[str, str]:

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.progress import ProgressLines, current_aliases, onboard, quiet_libraries, refine
+from pipelines.progress import ProgressLines, current_aliases, failure_reason, onboard, quiet_libraries, refine
 from pipelines.ticks import QUIET, AutomationTicks
 
+#: The unpartitioned assets between the prompts and a router version, in order.
+_CHAIN = ("prompt_embeddings", "cluster_map", "router")
 #: LLMs named at most in refresh's line of validation prompts still to answer (the rest are counted).
 _NAMED = 10
 
@@ -63,7 +65,8 @@ def _refresh(home: Path, complete: bool) -> int:
         if complete:
             refine(defs, instance, resources, progress.run)
         ticks.until_idle()
-    _summary(progress, resources["mlflow"], time.perf_counter() - started)
+        failed = _failed_before(instance) if progress.runs == 0 else []
+    _summary(progress, resources["mlflow"], time.perf_counter() - started, failed)
     _pending(resources["warehouse"])
     return progress.runs
 
@@ -112,6 +115,31 @@ def _prompt_sets(defs: dg.Definitions, instance: dg.DagsterInstance, resources: 
         progress.run(f"prompts of dataset {name} ({size})", result, time.perf_counter() - started)
 
 
+def _failed_before(instance: dg.DagsterInstance) -> list[str]:
+    """A line for each asset of the router's chain whose last run failed: automation does not try a failed asset
+    again until its inputs change, so "up to date" alone would hide that it has no current value."""
+    failed = dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE])
+    said: set[str] = set()
+    lines = []
+    for run in instance.get_runs(filters=failed, limit=20):  # newest first
+        events = [e for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
+        for entry in events:
+            step = entry.dagster_event.step_key
+            if not entry.dagster_event.is_step_failure or step not in _CHAIN or step in said:
+                continue
+            said.add(step)
+            done = instance.get_latest_materialization_event(dg.AssetKey(step))
+            if done is not None and done.timestamp > entry.timestamp:
+                continue
+            reason = failure_reason(e.dagster_event for e in events)
+            lines.append(
+                f"refresh: {step} failed in run {run.run_id} ({reason}) and automation does not try it again until "
+                "its inputs change; once the cause is fixed: dagster asset materialize -m pipelines.definitions "
+                f"--select {step}, then uniroute refresh"
+            )
+    return lines
+
+
 def _pending(warehouse) -> None:
     """A line naming the LLMs with validation prompts still to answer (a partial profile's rest, failures), if any."""
     import warehouse as wh
@@ -127,10 +155,11 @@ def _pending(warehouse) -> None:
         )
 
 
-def _summary(progress: ProgressLines, mlflow_resource, seconds: float) -> None:
-    """What changed: the runs, and each router version registered with the aliases it holds now."""
+def _summary(progress: ProgressLines, mlflow_resource, seconds: float, failed: list[str]) -> None:
+    """What changed: the runs, and each router version registered with the aliases it holds now; with no run,
+    the ``failed`` lines (:func:`_failed_before`) or "up to date"."""
     if progress.runs == 0:
-        print("refresh: up to date; nothing launched")
+        print("refresh: nothing launched" if failed else "refresh: up to date; nothing launched", *failed, sep="\n")
         return
     print(f"refresh: {progress.runs} runs in {seconds:.0f} s")
     registered = progress.registered()
