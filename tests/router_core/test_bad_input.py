@@ -157,7 +157,8 @@ def test_clusters_for_lowers_k_to_the_prompts_and_names_a_bad_argument():
 
     assert clusters_for(10_000, 16) == 16  # plenty: K as asked
     assert clusters_for(12, 16, prompts_per_cluster=4) == 3  # 4 prompts a cluster on average
-    assert clusters_for(3, 16, prompts_per_cluster=4) == 1  # never below one cluster
+    assert clusters_for(3, 16, prompts_per_cluster=4) == 2  # two clusters where there are two prompts
+    assert clusters_for(1, 16) == 1 and clusters_for(0, 16) == 1 and clusters_for(50, 1) == 1
     for args, field in [((-1, 16), "n_prompts"), ((10, 0), "n_clusters"), ((10, 4, 0), "prompts_per_cluster")]:
         with pytest.raises(RouterInputError, match=rf"^{field}=.*: must be an integer >= "):
             clusters_for(*args)
