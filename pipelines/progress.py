@@ -86,8 +86,9 @@ def failure_reason(events: Iterable[dg.DagsterEvent], limit: int = 300) -> str:
                 message = data.user_failure_data.description
             else:
                 error = data.error
-                wrapped = error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause
-                message = (error.cause if wrapped else error).message if error is not None else "no error recorded"
+                if error is not None and error.cls_name == "DagsterExecutionStepExecutionError" and error.cause:
+                    error = error.cause  # Dagster's wrapper around what the op raised
+                message = error.message if error is not None else "no error recorded"
             line = re.sub(r"^[\w.]+\.(\w+): ", r"\1: ", " ".join(message.split()))  # the class, not its module
             line = line if len(line) <= limit else line[: limit - 3] + "..."
             return f"{event.step_key}: {line}"

@@ -280,12 +280,13 @@ NOT_FOR_ROUTING = {
     "sqlalchemy", "uvicorn", "starlette", "httpx", "matplotlib",
 }  # fmt: skip
 
-ROUTE_AND_MODELS = """
+#: ``uniroute`` in a fresh process: its exit code, what it printed, and every module it loaded.
+UNIROUTE_MODULES = """
 import contextlib, io, json, sys
 from pipelines.cli import main
-with contextlib.redirect_stdout(io.StringIO()) as out:
-    assert main(sys.argv[1:]) == 0
-print(json.dumps({"out": out.getvalue(), "modules": sorted(sys.modules)}))
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
+    code = main(sys.argv[1:])
+print(json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue(), "modules": sorted(sys.modules)}))
 """
 
 
@@ -302,21 +303,13 @@ def test_route_and_models_load_only_what_they_need(registry_uri, tmp_path, monke
     env = venv_env(UNIROUTE_WAREHOUSE=str(home / "warehouse.duckdb"))
     env.pop("MLFLOW_TRACKING_URI", None)
     done = subprocess.run(
-        [sys.executable, "-c", ROUTE_AND_MODELS, *argv], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", UNIROUTE_MODULES, *argv], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
+    assert result["code"] == 0, result["err"][-2000:]
     assert {name.split(".")[0] for name in result["modules"]} & NOT_FOR_ROUTING == set()
     assert "math-pro" in result["out"] and "cheap" in result["out"]
-
-
-SERVE_REFUSAL = """
-import contextlib, io, json, sys
-from pipelines.cli import main
-with contextlib.redirect_stderr(io.StringIO()) as err:
-    code = main(sys.argv[1:])
-print(json.dumps({"code": code, "err": err.getvalue(), "modules": sorted(sys.modules)}))
-"""
 
 
 @pytest.mark.parametrize(
@@ -331,7 +324,11 @@ print(json.dumps({"code": code, "err": err.getvalue(), "modules": sorted(sys.mod
 def test_serve_refuses_bad_arguments_before_loading_mlflow_or_the_gateway(tmp_path, argv, says):
     """Argument errors come first: no MLflow, uvicorn or gateway import (seconds) before the one line."""
     done = subprocess.run(
-        [sys.executable, "-c", SERVE_REFUSAL, "serve", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [sys.executable, "-c", UNIROUTE_MODULES, "serve", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     result = json.loads(done.stdout)
     assert result["code"] == 2 and result["err"].startswith(f"uniroute serve: {says}"), result["err"]
