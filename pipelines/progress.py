@@ -142,8 +142,9 @@ def refine(
     schedule's tags. Returns the runs executed."""
     from pipelines.schedules import nightly_profiling_schedule
 
-    context = dg.build_schedule_context(instance=instance, resources={"warehouse": resources["warehouse"]})
-    requests = nightly_profiling_schedule(context)
+    # closed: its ``instance`` is one it opens, which would stay Dagster's current instance after it is gone
+    with dg.build_schedule_context(instance=instance, resources={"warehouse": resources["warehouse"]}) as context:
+        requests = nightly_profiling_schedule(context)
     runs = [
         (
             f"nightly run: profile {request.partition_key} ({request.tags.get('uniroute/pending', '?')} pending)",

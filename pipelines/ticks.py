@@ -123,7 +123,9 @@ def sensor_tick(
         resources = defs.resources
     if cursor is None:
         cursor = load_sensor_cursor(instance, sensor.name)
-    result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+    # closed: an instance the context opens must not stay Dagster's current instance after it is gone
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor(context)
     if isinstance(result, dg.SensorResult):
         for request in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))

@@ -49,3 +49,22 @@ def test_nothing_launched_names_a_chain_asset_whose_last_run_failed_until_it_suc
         assert "--select cluster_map, then uniroute refresh" in line
         assert dg.materialize([_cluster_map(fails=False)], instance=instance).success
         assert _failed_before(instance) == []
+
+
+def test_in_process_ticks_leave_dagsters_current_instance_as_they_found_it(pipeline_snapshot, tmp_path):
+    """A schedule or sensor context opens an instance of its own for ``context.instance``; left open, it stayed
+    Dagster's current one, and once collected every later run in the process failed ("Attempted to resolve undefined
+    DagsterInstance weakref": the demo, on a CI worker). The contexts are closed."""
+    from dagster._core.storage.defs_state.base import DefsStateStorage
+
+    from pipelines.definitions import defs
+    from pipelines.progress import onboard, refine
+
+    home = pipeline_snapshot.copy(tmp_path / "data")
+    with pytest.MonkeyPatch.context() as patch, home.instance() as instance:
+        for key, value in home.env().items():
+            patch.setenv(key, value)
+        current = DefsStateStorage.get()  # what the home's instance leaves there (tests/conftest.py: none)
+        for tick in (refine, onboard):
+            tick(defs, instance, home.resources(), lambda *run: None)
+            assert DefsStateStorage.get() is current, tick.__name__
